@@ -1,0 +1,203 @@
+// Package eventstore holds the values and errors shared by every event store
+// Postbox can run on: the embedded store (package embedded) and EventStoreDB
+// (package esdb). Each consumer declares the small interface it needs over
+// these types; Store below is the whole surface, which the conformance suite
+// in package storetest exercises.
+//
+// The semantics follow EventStoreDB's, so that both stores behave alike:
+// stream revisions start at 0, an append names the revision it expects, a
+// read's start is inclusive and a subscription's start is exclusive.
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Store is the full event store port.
+type Store interface {
+	// Append writes events to the end of stream atomically, if the stream is
+	// at the expected revision. Retrying an append whose events carry the
+	// same IDs at the same expected revision succeeds without writing twice.
+	Append(ctx context.Context, stream string, expected ExpectedRevision, events ...EventData) (AppendResult, error)
+	// ReadStream returns up to limit events of stream in order, starting at
+	// revision from (inclusive). It returns ErrStreamNotFound when the stream
+	// has no events, and an empty slice when from is past its end.
+	ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]RecordedEvent, error)
+	// ReadStreamBackward returns up to limit events of stream, newest first.
+	ReadStreamBackward(ctx context.Context, stream string, limit int) ([]RecordedEvent, error)
+	// Subscribe delivers every event of the streams the filter selects, in
+	// global order, starting after from (exclusive): first the stored
+	// history, then one CaughtUp item, then live events as they are appended.
+	Subscribe(ctx context.Context, filter Filter, from SubscribeFrom) (Subscription, error)
+	// Delete removes a stream for good: later appends and reads return
+	// ErrStreamDeleted.
+	Delete(ctx context.Context, stream string, expected ExpectedRevision) error
+	// Close releases the store; later calls return ErrClosed.
+	Close() error
+}
+
+// EventID identifies an event for idempotent retries (a UUID's 16 bytes).
+type EventID [16]byte
+
+// String formats the ID as a UUID.
+func (id EventID) String() string {
+	return fmt.Sprintf("%x-%x-%x-%x-%x", id[0:4], id[4:6], id[6:8], id[8:10], id[10:16])
+}
+
+// EventData is an event to append.
+type EventData struct {
+	ID   EventID
+	Type string
+	// Data is the event body. Postbox writes protojson, so that EventStoreDB's
+	// own tools can read it; stores treat it as opaque bytes.
+	Data []byte
+}
+
+// RecordedEvent is an event as stored.
+type RecordedEvent struct {
+	Stream   string
+	Revision uint64
+	Position Position
+	ID       EventID
+	Type     string
+	Data     []byte
+	Created  time.Time
+}
+
+// Position is an event's place in the store's global order. The embedded
+// store sets Commit and Prepare to the same number; EventStoreDB's $all
+// positions carry both.
+type Position struct {
+	Commit  uint64
+	Prepare uint64
+}
+
+// Less reports whether p comes before q in the global order.
+func (p Position) Less(q Position) bool {
+	if p.Commit != q.Commit {
+		return p.Commit < q.Commit
+	}
+	return p.Prepare < q.Prepare
+}
+
+// AppendResult tells where an append landed.
+type AppendResult struct {
+	// NextExpectedRevision is the revision of the last event now in the
+	// stream: the value to pass as Exact for the next append.
+	NextExpectedRevision uint64
+	// Position is the global position of the last appended event.
+	Position Position
+}
+
+// ExpectedRevision states what an append expects the stream to be.
+type ExpectedRevision struct {
+	kind     expectKind
+	revision uint64
+}
+
+type expectKind uint8
+
+const (
+	expectAny expectKind = iota
+	expectNoStream
+	expectExact
+)
+
+// Any accepts the stream in any state.
+func Any() ExpectedRevision { return ExpectedRevision{kind: expectAny} }
+
+// NoStream requires that the stream has no events yet.
+func NoStream() ExpectedRevision { return ExpectedRevision{kind: expectNoStream} }
+
+// Exact requires that the stream's last event is at revision r.
+func Exact(r uint64) ExpectedRevision { return ExpectedRevision{kind: expectExact, revision: r} }
+
+// IsAny reports whether e is Any().
+func (e ExpectedRevision) IsAny() bool { return e.kind == expectAny }
+
+// IsNoStream reports whether e is NoStream().
+func (e ExpectedRevision) IsNoStream() bool { return e.kind == expectNoStream }
+
+// Revision returns the revision of an Exact expectation.
+func (e ExpectedRevision) Revision() (uint64, bool) { return e.revision, e.kind == expectExact }
+
+func (e ExpectedRevision) String() string {
+	switch e.kind {
+	case expectNoStream:
+		return "no stream"
+	case expectExact:
+		return fmt.Sprintf("revision %d", e.revision)
+	default:
+		return "any"
+	}
+}
+
+// Filter selects the streams a subscription follows. The zero value selects
+// every stream except the store's own system streams (names starting "$").
+type Filter struct {
+	StreamPrefix string
+}
+
+// SubscribeFrom is where a subscription starts, exclusive.
+type SubscribeFrom struct {
+	start bool
+	after Position
+}
+
+// FromStart starts a subscription before the first event.
+func FromStart() SubscribeFrom { return SubscribeFrom{start: true} }
+
+// After starts a subscription with the first event after p.
+func After(p Position) SubscribeFrom { return SubscribeFrom{after: p} }
+
+// IsStart reports whether the subscription starts before the first event.
+func (f SubscribeFrom) IsStart() bool { return f.start }
+
+// Position returns the exclusive start of a subscription that is not FromStart.
+func (f SubscribeFrom) Position() Position { return f.after }
+
+// Subscription yields events in global order.
+type Subscription interface {
+	// Recv blocks until the next item, or returns an error when ctx ends, the
+	// subscription is closed or the store fails.
+	Recv(ctx context.Context) (Item, error)
+	Close() error
+}
+
+// Item is one thing a subscription yields: an event, or the signal that the
+// history has been read and what follows is live.
+type Item struct {
+	Event    *RecordedEvent
+	CaughtUp bool
+}
+
+// Errors every store returns, matched with errors.Is.
+var (
+	ErrWrongExpectedRevision = errors.New("wrong expected revision")
+	ErrStreamNotFound        = errors.New("stream not found")
+	ErrStreamDeleted         = errors.New("stream deleted")
+	ErrClosed                = errors.New("event store closed")
+)
+
+// WrongExpectedRevisionError details a conflict; it matches
+// ErrWrongExpectedRevision.
+type WrongExpectedRevisionError struct {
+	Stream   string
+	Expected ExpectedRevision
+	// Actual is the stream's last revision; meaningless if !StreamExists.
+	Actual       uint64
+	StreamExists bool
+}
+
+func (e *WrongExpectedRevisionError) Error() string {
+	actual := "no stream"
+	if e.StreamExists {
+		actual = fmt.Sprintf("revision %d", e.Actual)
+	}
+	return fmt.Sprintf("append to %q: expected %s, stream is at %s: %v", e.Stream, e.Expected, actual, ErrWrongExpectedRevision)
+}
+
+func (e *WrongExpectedRevisionError) Unwrap() error { return ErrWrongExpectedRevision }
