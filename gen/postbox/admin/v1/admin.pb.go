@@ -7,6 +7,7 @@
 package adminv1
 
 import (
+	v1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -122,19 +123,126 @@ func (x *GetServerInfoResponse) GetVersion() string {
 	return ""
 }
 
+// Used in `Send`.
+type SendRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server ID of the peer the event is for.
+	To string `protobuf:"bytes,1,opt,name=to,proto3" json:"to,omitempty"`
+	// The event; its kind must be set.
+	Event         *v1.Event `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendRequest) Reset() {
+	*x = SendRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendRequest) ProtoMessage() {}
+
+func (x *SendRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
+func (*SendRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SendRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *SendRequest) GetEvent() *v1.Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+// Used in `Send`.
+type SendResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event's sequence number in the peer's outbox (0-based).
+	Seq           uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendResponse) Reset() {
+	*x = SendResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendResponse) ProtoMessage() {}
+
+func (x *SendResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
+func (*SendResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SendResponse) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 var File_postbox_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1cpostbox/admin/v1/admin.proto\x12\x10postbox.admin.v1\"\x16\n" +
+	"\x1cpostbox/admin/v1/admin.proto\x12\x10postbox.admin.v1\x1a\x1bprotocol/sync/v1/sync.proto\"\x16\n" +
 	"\x14GetServerInfoRequest\"m\n" +
 	"\x15GetServerInfoResponse\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\tR\aversion2r\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\"L\n" +
+	"\vSendRequest\x12\x0e\n" +
+	"\x02to\x18\x01 \x01(\tR\x02to\x12-\n" +
+	"\x05event\x18\x02 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\" \n" +
+	"\fSendResponse\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq2\xbb\x01\n" +
 	"\fAdminService\x12b\n" +
-	"\rGetServerInfo\x12&.postbox.admin.v1.GetServerInfoRequest\x1a'.postbox.admin.v1.GetServerInfoResponse\"\x00B\xc5\x01\n" +
+	"\rGetServerInfo\x12&.postbox.admin.v1.GetServerInfoRequest\x1a'.postbox.admin.v1.GetServerInfoResponse\"\x00\x12G\n" +
+	"\x04Send\x12\x1d.postbox.admin.v1.SendRequest\x1a\x1e.postbox.admin.v1.SendResponse\"\x00B\xc5\x01\n" +
 	"\x14com.postbox.admin.v1B\n" +
 	"AdminProtoP\x01Z?github.com/harmony-postbox/postbox/gen/postbox/admin/v1;adminv1\xa2\x02\x03PAX\xaa\x02\x10Postbox.Admin.V1\xca\x02\x10Postbox\\Admin\\V1\xe2\x02\x1cPostbox\\Admin\\V1\\GPBMetadata\xea\x02\x12Postbox::Admin::V1b\x06proto3"
 
@@ -150,19 +258,25 @@ func file_postbox_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_postbox_admin_v1_admin_proto_rawDescData
 }
 
-var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_postbox_admin_v1_admin_proto_goTypes = []any{
 	(*GetServerInfoRequest)(nil),  // 0: postbox.admin.v1.GetServerInfoRequest
 	(*GetServerInfoResponse)(nil), // 1: postbox.admin.v1.GetServerInfoResponse
+	(*SendRequest)(nil),           // 2: postbox.admin.v1.SendRequest
+	(*SendResponse)(nil),          // 3: postbox.admin.v1.SendResponse
+	(*v1.Event)(nil),              // 4: protocol.sync.v1.Event
 }
 var file_postbox_admin_v1_admin_proto_depIdxs = []int32{
-	0, // 0: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
-	1, // 1: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	4, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
+	0, // 1: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
+	2, // 2: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
+	1, // 3: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
+	3, // 4: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
+	3, // [3:5] is the sub-list for method output_type
+	1, // [1:3] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_postbox_admin_v1_admin_proto_init() }
@@ -176,7 +290,7 @@ func file_postbox_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_admin_v1_admin_proto_rawDesc), len(file_postbox_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,12 +36,16 @@ const (
 	// AdminServiceGetServerInfoProcedure is the fully-qualified name of the AdminService's
 	// GetServerInfo RPC.
 	AdminServiceGetServerInfoProcedure = "/postbox.admin.v1.AdminService/GetServerInfo"
+	// AdminServiceSendProcedure is the fully-qualified name of the AdminService's Send RPC.
+	AdminServiceSendProcedure = "/postbox.admin.v1.AdminService/Send"
 )
 
 // AdminServiceClient is a client for the postbox.admin.v1.AdminService service.
 type AdminServiceClient interface {
 	// Describes this server.
 	GetServerInfo(context.Context, *connect.Request[v1.GetServerInfoRequest]) (*connect.Response[v1.GetServerInfoResponse], error)
+	// Hands an event to Postbox for delivery to a peer.
+	Send(context.Context, *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the postbox.admin.v1.AdminService service. By
@@ -61,12 +65,19 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("GetServerInfo")),
 			connect.WithClientOptions(opts...),
 		),
+		send: connect.NewClient[v1.SendRequest, v1.SendResponse](
+			httpClient,
+			baseURL+AdminServiceSendProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("Send")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // adminServiceClient implements AdminServiceClient.
 type adminServiceClient struct {
 	getServerInfo *connect.Client[v1.GetServerInfoRequest, v1.GetServerInfoResponse]
+	send          *connect.Client[v1.SendRequest, v1.SendResponse]
 }
 
 // GetServerInfo calls postbox.admin.v1.AdminService.GetServerInfo.
@@ -74,10 +85,17 @@ func (c *adminServiceClient) GetServerInfo(ctx context.Context, req *connect.Req
 	return c.getServerInfo.CallUnary(ctx, req)
 }
 
+// Send calls postbox.admin.v1.AdminService.Send.
+func (c *adminServiceClient) Send(ctx context.Context, req *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error) {
+	return c.send.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the postbox.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	// Describes this server.
 	GetServerInfo(context.Context, *connect.Request[v1.GetServerInfoRequest]) (*connect.Response[v1.GetServerInfoResponse], error)
+	// Hands an event to Postbox for delivery to a peer.
+	Send(context.Context, *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -93,10 +111,18 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("GetServerInfo")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceSendHandler := connect.NewUnaryHandler(
+		AdminServiceSendProcedure,
+		svc.Send,
+		connect.WithSchema(adminServiceMethods.ByName("Send")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/postbox.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceGetServerInfoProcedure:
 			adminServiceGetServerInfoHandler.ServeHTTP(w, r)
+		case AdminServiceSendProcedure:
+			adminServiceSendHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -108,4 +134,8 @@ type UnimplementedAdminServiceHandler struct{}
 
 func (UnimplementedAdminServiceHandler) GetServerInfo(context.Context, *connect.Request[v1.GetServerInfoRequest]) (*connect.Response[v1.GetServerInfoResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.GetServerInfo is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) Send(context.Context, *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.Send is not implemented"))
 }

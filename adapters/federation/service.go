@@ -1,0 +1,137 @@
+// Package federation serves the endpoints other servers call:
+// protocol.sync.v1.PostboxService (Pull, Push, NotifyNewId) and
+// protocol.auth.v1.AuthService.Key. Handlers are thin: authenticate the
+// caller, translate the message, call the Postbox behind them. The same
+// handler values serve Connect, gRPC and hRPC.
+package federation
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"net/http"
+
+	"connectrpc.com/connect"
+
+	"github.com/harmony-postbox/postbox/adapters/authtoken"
+	"github.com/harmony-postbox/postbox/adapters/seqext"
+	"github.com/harmony-postbox/postbox/domain"
+	authv1 "github.com/harmony-postbox/postbox/gen/protocol/auth/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+// Authenticator checks a caller's token for one operation.
+type Authenticator interface {
+	Verify(ctx context.Context, tok domain.SignedToken, op domain.Operation, newServerID string) (domain.Caller, error)
+}
+
+// Postbox is what the endpoints do once the caller is known.
+type Postbox interface {
+	// ServePull answers a Pull from caller; ack is the caller's
+	// acknowledgement, if it sent one.
+	ServePull(ctx context.Context, caller domain.Caller, ack *uint64) (PullBatch, error)
+	// AcceptPush applies one pushed event; seq is the sender's sequence
+	// number, if it sent one. It returns once the event is durable.
+	AcceptPush(ctx context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error
+	// AcceptRename records that caller is now called newID.
+	AcceptRename(ctx context.Context, caller domain.Caller, newID domain.ServerID) error
+}
+
+// PullBatch is a Pull reply: events in order, the first at FirstSeq.
+type PullBatch struct {
+	Events   []*syncv1.Event
+	FirstSeq uint64
+}
+
+// PostboxService implements syncv1connect.PostboxServiceHandler.
+type PostboxService struct {
+	auth Authenticator
+	box  Postbox
+}
+
+// NewPostboxService returns the federation handlers.
+func NewPostboxService(auth Authenticator, box Postbox) *PostboxService {
+	return &PostboxService{auth: auth, box: box}
+}
+
+// Authentication happens in each handler rather than in an interceptor:
+// NotifyNewId must compare the token with the request body, and hRPC calls
+// reach the handlers without Connect's interceptor chain.
+func (s *PostboxService) authenticate(ctx context.Context, h http.Header, op domain.Operation, newServerID string) (domain.Caller, error) {
+	tok, err := authtoken.Decode(h.Get(authtoken.HeaderName))
+	if err != nil {
+		return domain.Caller{}, err
+	}
+	return s.auth.Verify(ctx, tok, op, newServerID)
+}
+
+// Pull serves the caller's queue.
+func (s *PostboxService) Pull(ctx context.Context, req *connect.Request[syncv1.PullRequest]) (*connect.Response[syncv1.PullResponse], error) {
+	caller, err := s.authenticate(ctx, req.Header(), domain.OpPull, "")
+	if err != nil {
+		return nil, err
+	}
+	var ack *uint64
+	if a, ok := seqext.Ack(req.Msg); ok {
+		ack = &a
+	}
+	batch, err := s.box.ServePull(ctx, caller, ack)
+	if err != nil {
+		return nil, err
+	}
+	res := &syncv1.PullResponse{EventQueue: batch.Events}
+	if len(batch.Events) > 0 {
+		seqext.SetFirstSeq(res, batch.FirstSeq)
+	}
+	return connect.NewResponse(res), nil
+}
+
+// Push accepts one event.
+func (s *PostboxService) Push(ctx context.Context, req *connect.Request[syncv1.PushRequest]) (*connect.Response[syncv1.PushResponse], error) {
+	caller, err := s.authenticate(ctx, req.Header(), domain.OpPush, "")
+	if err != nil {
+		return nil, err
+	}
+	if req.Msg.GetEvent() == nil {
+		return nil, fmt.Errorf("%w: push without an event", domain.ErrInvalidArgument)
+	}
+	var seq *uint64
+	if n, ok := seqext.PushSeq(req.Msg); ok {
+		seq = &n
+	}
+	if err := s.box.AcceptPush(ctx, caller, req.Msg.GetEvent(), seq); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&syncv1.PushResponse{}), nil
+}
+
+// NotifyNewId accepts a peer's rename.
+func (s *PostboxService) NotifyNewId(ctx context.Context, req *connect.Request[syncv1.NotifyNewIdRequest]) (*connect.Response[syncv1.NotifyNewIdResponse], error) {
+	caller, err := s.authenticate(ctx, req.Header(), domain.OpNotifyNewID, req.Msg.GetNewServerId())
+	if err != nil {
+		return nil, err
+	}
+	newID, err := domain.ParseServerID(req.Msg.GetNewServerId())
+	if err != nil {
+		return nil, fmt.Errorf("%w: new_server_id: %w", domain.ErrInvalidArgument, err)
+	}
+	if err := s.box.AcceptRename(ctx, caller, newID); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&syncv1.NotifyNewIdResponse{}), nil
+}
+
+// KeyService implements authv1connect.AuthServiceHandler.
+type KeyService struct {
+	public ed25519.PublicKey
+}
+
+// NewKeyService serves this server's public key.
+func NewKeyService(public ed25519.PublicKey) *KeyService {
+	return &KeyService{public: public}
+}
+
+// Key returns the raw 32-byte public key; it needs no authentication.
+func (s *KeyService) Key(context.Context, *connect.Request[authv1.KeyRequest]) (*connect.Response[authv1.KeyResponse], error) {
+	return connect.NewResponse(&authv1.KeyResponse{Key: s.public}), nil
+}

@@ -1,0 +1,29 @@
+package httpserver
+
+import (
+	"log/slog"
+	"net/http"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+
+	"github.com/harmony-postbox/postbox/adapters/admin"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
+	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
+)
+
+// AdminHandler is the admin listener's handler: AdminService, gRPC health
+// and reflection, behind the admin guard.
+type AdminHandler struct{ http.Handler }
+
+// NewAdminHandler mounts the admin services.
+func NewAdminHandler(svc adminv1connect.AdminServiceHandler, health grpchealth.Checker, token admin.Token, logger *slog.Logger) AdminHandler {
+	mux := http.NewServeMux()
+	mux.Handle(adminv1connect.NewAdminServiceHandler(svc, connect.WithInterceptors(rpcerrors.NewInterceptor(logger))))
+	mux.Handle(grpchealth.NewHandler(health))
+	reflector := grpcreflect.NewStaticReflector(adminv1connect.AdminServiceName)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	return AdminHandler{admin.Guard(mux, token, nil)}
+}

@@ -1,0 +1,229 @@
+// Package peerclient calls other servers' PostboxService: it signs a fresh
+// token for every request and speaks hRPC by default, since that is what
+// Harmony servers accept, or Connect or gRPC when configured (per peer or
+// for all).
+package peerclient
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/harmony-postbox/postbox/adapters/authtoken"
+	"github.com/harmony-postbox/postbox/adapters/hrpc"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
+	"github.com/harmony-postbox/postbox/adapters/seqext"
+	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
+)
+
+// Protocol is a wire protocol for outbound calls.
+type Protocol string
+
+// The outbound protocols.
+const (
+	HRPC    Protocol = "hrpc"
+	Connect Protocol = "connect"
+	GRPC    Protocol = "grpc"
+)
+
+// ParseProtocol reads a protocol name.
+func ParseProtocol(s string) (Protocol, error) {
+	switch p := Protocol(strings.ToLower(strings.TrimSpace(s))); p {
+	case HRPC, Connect, GRPC:
+		return p, nil
+	case "":
+		return HRPC, nil
+	}
+	return "", fmt.Errorf("%w: protocol %q: want hrpc, connect or grpc", domain.ErrInvalidArgument, s)
+}
+
+// Config tunes the client.
+type Config struct {
+	// Insecure calls peers over http:// (h2c for gRPC): for loopback work.
+	Insecure bool
+	// TLS is the client TLS configuration (system roots plus --peer-ca).
+	TLS *tls.Config
+	// Protocol is the default protocol; PerPeer overrides it.
+	Protocol Protocol
+	PerPeer  map[domain.ServerID]Protocol
+	// MaxReplyBytes bounds a reply (a Pull reply can be large).
+	MaxReplyBytes int64
+}
+
+// Self tells which of this server's IDs to sign with toward a peer: after a
+// rename, the old one until that peer has accepted the new one.
+type Self interface {
+	IDFor(peer domain.ServerID) domain.ServerID
+}
+
+// Client calls peers. It is safe for concurrent use.
+type Client struct {
+	cfg    Config
+	signer *authtoken.Signer
+	self   Self
+	web    *http.Client // HTTP/1.1, and HTTP/2 over TLS
+	h2c    *http.Client // gRPC over plaintext needs HTTP/2 without TLS
+}
+
+// New returns a client.
+func New(cfg Config, signer *authtoken.Signer, self Self) *Client {
+	if cfg.Protocol == "" {
+		cfg.Protocol = HRPC
+	}
+	if cfg.MaxReplyBytes <= 0 {
+		cfg.MaxReplyBytes = 8 << 20
+	}
+	web := new(http.Protocols)
+	web.SetHTTP1(true)
+	web.SetHTTP2(true)
+	h2c := new(http.Protocols)
+	h2c.SetUnencryptedHTTP2(true)
+	transport := func(p *http.Protocols) *http.Client {
+		return &http.Client{Transport: &http.Transport{
+			Proxy:               http.ProxyFromEnvironment,
+			TLSClientConfig:     cfg.TLS,
+			Protocols:           p,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     90 * time.Second,
+			TLSHandshakeTimeout: 10 * time.Second,
+		}}
+	}
+	return &Client{cfg: cfg, signer: signer, self: self, web: transport(web), h2c: transport(h2c)}
+}
+
+func (c *Client) protocol(peer domain.ServerID) Protocol {
+	if p, ok := c.cfg.PerPeer[peer]; ok {
+		return p
+	}
+	return c.cfg.Protocol
+}
+
+// message is a pointer to a generated protobuf struct.
+type message[T any] interface {
+	*T
+	proto.Message
+}
+
+// call sends one request over the peer's protocol.
+func call[Req, Res any, PReq message[Req], PRes message[Res]](ctx context.Context, c *Client, peer domain.ServerID, procedure, newServerID string, req PReq,
+	viaConnect func(syncv1connect.PostboxServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Res], error),
+) (PRes, error) {
+	header, err := c.signer.Extended(c.self.IDFor(peer), peer, newServerID)
+	if err != nil {
+		return nil, err
+	}
+	base := peer.URL(!c.cfg.Insecure)
+	protocol := c.protocol(peer)
+	if protocol == HRPC {
+		res := PRes(new(Res))
+		h := http.Header{authtoken.HeaderName: {header}}
+		if err := hrpc.Call(ctx, c.web, base, procedure, h, req, res, c.cfg.MaxReplyBytes); err != nil {
+			return nil, err
+		}
+		return res, nil
+	}
+	httpClient, opts := c.web, []connect.ClientOption{connect.WithReadMaxBytes(int(c.cfg.MaxReplyBytes))}
+	if protocol == GRPC {
+		opts = append(opts, connect.WithGRPC())
+		if c.cfg.Insecure {
+			httpClient = c.h2c
+		}
+	}
+	client := syncv1connect.NewPostboxServiceClient(httpClient, base, opts...)
+	r := connect.NewRequest((*Req)(req))
+	r.Header().Set(authtoken.HeaderName, header)
+	out, err := viaConnect(client, ctx, r)
+	if err != nil {
+		return nil, fromConnect(procedure, err)
+	}
+	return PRes(out.Msg), nil
+}
+
+// fromConnect gives Connect and gRPC errors the same shape as hRPC ones.
+func fromConnect(procedure string, err error) error {
+	var ce *connect.Error
+	if !errors.As(err, &ce) || ce.Code() == connect.CodeUnknown && ce.Meta().Get(rpcerrors.IdentifierHeader) == "" {
+		return fmt.Errorf("%s: %w", procedure, err)
+	}
+	return &hrpc.RemoteError{
+		Procedure:    procedure,
+		HTTPStatus:   connectHTTPStatus(ce.Code()),
+		Identifier:   ce.Meta().Get(rpcerrors.IdentifierHeader),
+		HumanMessage: ce.Message(),
+	}
+}
+
+// Push delivers one event with its sequence number.
+func (c *Client) Push(ctx context.Context, peer domain.ServerID, event *syncv1.Event, seq uint64) error {
+	req := &syncv1.PushRequest{Event: event}
+	seqext.SetPushSeq(req, seq)
+	_, err := call(ctx, c, peer, syncv1connect.PostboxServicePushProcedure, "", req, syncv1connect.PostboxServiceClient.Push)
+	return err
+}
+
+// PullResult is a peer's Pull reply.
+type PullResult struct {
+	Events []*syncv1.Event
+	// FirstSeq is the first event's sequence number; HasSeq is false for a
+	// peer that does not send one (an upstream server).
+	FirstSeq uint64
+	HasSeq   bool
+}
+
+// Pull fetches the peer's queue for this server, acknowledging what this
+// server has applied from it when ack is set.
+func (c *Client) Pull(ctx context.Context, peer domain.ServerID, ack *uint64) (PullResult, error) {
+	req := &syncv1.PullRequest{}
+	if ack != nil {
+		seqext.SetAck(req, *ack)
+	}
+	res, err := call(ctx, c, peer, syncv1connect.PostboxServicePullProcedure, "", req, syncv1connect.PostboxServiceClient.Pull)
+	if err != nil {
+		return PullResult{}, err
+	}
+	first, ok := seqext.FirstSeq(res)
+	return PullResult{Events: res.GetEventQueue(), FirstSeq: first, HasSeq: ok}, nil
+}
+
+// NotifyNewID tells peer that this server is now newID.
+func (c *Client) NotifyNewID(ctx context.Context, peer, newID domain.ServerID) error {
+	req := &syncv1.NotifyNewIdRequest{NewServerId: newID.String()}
+	_, err := call(ctx, c, peer, syncv1connect.PostboxServiceNotifyNewIdProcedure, newID.String(), req, syncv1connect.PostboxServiceClient.NotifyNewId)
+	return err
+}
+
+// connectHTTPStatus is the HTTP status Connect's protocol gives a code.
+func connectHTTPStatus(code connect.Code) int {
+	switch code {
+	case connect.CodeCanceled:
+		return 499
+	case connect.CodeInvalidArgument, connect.CodeFailedPrecondition, connect.CodeOutOfRange:
+		return http.StatusBadRequest
+	case connect.CodeDeadlineExceeded:
+		return http.StatusGatewayTimeout
+	case connect.CodeNotFound:
+		return http.StatusNotFound
+	case connect.CodeAlreadyExists, connect.CodeAborted:
+		return http.StatusConflict
+	case connect.CodePermissionDenied:
+		return http.StatusForbidden
+	case connect.CodeResourceExhausted:
+		return http.StatusTooManyRequests
+	case connect.CodeUnimplemented:
+		return http.StatusNotImplemented
+	case connect.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case connect.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	}
+	return http.StatusInternalServerError
+}

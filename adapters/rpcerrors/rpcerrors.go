@@ -1,0 +1,124 @@
+// Package rpcerrors is the one place where errors become what a caller sees:
+// an hRPC identifier with its HTTP status, and a Connect code. Messages sent
+// to callers are stable and sanitized; the full error goes to the log.
+package rpcerrors
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"connectrpc.com/connect"
+
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+// Reserved hRPC identifiers.
+const (
+	InternalServerError = "hrpc.internal-server-error"
+	ResourceExhausted   = "hrpc.resource-exhausted"
+	NotFound            = "hrpc.not-found"
+	NotImplemented      = "hrpc.not-implemented"
+	Unavailable         = "hrpc.unavailable"
+	BadUnaryRequest     = "hrpc.http.bad-unary-request"
+)
+
+// Class is how one kind of error looks on every transport.
+type Class struct {
+	Identifier string
+	HTTPStatus int
+	Code       connect.Code
+	// Message is what the caller is told: the sentinel's text, never the
+	// wrapped details, which may name internal state.
+	Message string
+	// Level is how loud the log line for it is: refusals of bad requests
+	// are routine (Info), failures of this server are not (Error).
+	Level slog.Level
+}
+
+type rule struct {
+	err   error
+	class Class
+}
+
+var rules = []rule{
+	{domain.ErrBadAuth, Class{"h.bad-auth", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
+	{domain.ErrBadToken, Class{"h.bad-token", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
+	{domain.ErrBadTokenData, Class{"h.bad-token-data", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
+	{domain.ErrBadTokenSignature, Class{"h.bad-token-signature", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
+	{domain.ErrTokenVerifyFailure, Class{"h.token-verify-failure", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelWarn}},
+	{domain.ErrHostNotAllowed, Class{"h.host-not-allowed", http.StatusForbidden, connect.CodePermissionDenied, "", slog.LevelInfo}},
+	{domain.ErrFederationDisabled, Class{"h.federation-disabled", http.StatusForbidden, connect.CodePermissionDenied, "", slog.LevelInfo}},
+	{domain.ErrTokenReplayed, Class{"postbox.token-replayed", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelWarn}},
+	{domain.ErrWrongAudience, Class{"postbox.wrong-audience", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelWarn}},
+	{domain.ErrExtensionRequired, Class{"postbox.extension-required", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
+	{domain.ErrKeyUnavailable, Class{"postbox.key-unavailable", http.StatusBadGateway, connect.CodeUnavailable, "", slog.LevelWarn}},
+	{domain.ErrPeerRenamed, Class{"postbox.peer-renamed", http.StatusBadRequest, connect.CodeFailedPrecondition, "", slog.LevelInfo}},
+	{domain.ErrUnknownPeer, Class{"postbox.unknown-peer", http.StatusBadRequest, connect.CodeNotFound, "", slog.LevelInfo}},
+	{domain.ErrKeyMismatch, Class{"postbox.key-mismatch", http.StatusBadRequest, connect.CodePermissionDenied, "", slog.LevelWarn}},
+	{domain.ErrIDTaken, Class{"postbox.id-taken", http.StatusConflict, connect.CodeAlreadyExists, "", slog.LevelInfo}},
+	{domain.ErrInvalidServerID, Class{BadUnaryRequest, http.StatusBadRequest, connect.CodeInvalidArgument, "", slog.LevelInfo}},
+	{domain.ErrInvalidArgument, Class{BadUnaryRequest, http.StatusBadRequest, connect.CodeInvalidArgument, "", slog.LevelInfo}},
+	{domain.ErrNotFound, Class{NotFound, http.StatusNotFound, connect.CodeNotFound, "", slog.LevelInfo}},
+	{domain.ErrUnavailable, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeUnavailable, "", slog.LevelWarn}},
+	{context.DeadlineExceeded, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeDeadlineExceeded, "deadline exceeded", slog.LevelWarn}},
+	{context.Canceled, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeCanceled, "request canceled", slog.LevelInfo}},
+}
+
+var internal = Class{InternalServerError, http.StatusInternalServerError, connect.CodeInternal, "internal server error", slog.LevelError}
+
+// Classify finds the class of err. Unknown errors are internal errors.
+func Classify(err error) Class {
+	for _, r := range rules {
+		if errors.Is(err, r.err) {
+			c := r.class
+			if c.Message == "" {
+				c.Message = r.err.Error()
+			}
+			return c
+		}
+	}
+	// An error built by a handler with connect.NewError already says its code.
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return classOfCode(ce.Code(), ce.Message())
+	}
+	return internal
+}
+
+// classOfCode maps a Connect code to the nearest hRPC class, for errors that
+// only carry a code.
+func classOfCode(code connect.Code, msg string) Class {
+	c := internal
+	switch code {
+	case connect.CodeInvalidArgument, connect.CodeFailedPrecondition, connect.CodeOutOfRange:
+		c = Class{BadUnaryRequest, http.StatusBadRequest, code, msg, slog.LevelInfo}
+	case connect.CodeNotFound:
+		c = Class{NotFound, http.StatusNotFound, code, msg, slog.LevelInfo}
+	case connect.CodeUnimplemented:
+		c = Class{NotImplemented, http.StatusNotImplemented, code, msg, slog.LevelInfo}
+	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeCanceled:
+		c = Class{Unavailable, http.StatusServiceUnavailable, code, msg, slog.LevelWarn}
+	case connect.CodeResourceExhausted:
+		c = Class{ResourceExhausted, http.StatusTooManyRequests, code, msg, slog.LevelWarn}
+	case connect.CodeUnauthenticated:
+		c = Class{"h.bad-auth", http.StatusBadRequest, code, msg, slog.LevelInfo}
+	case connect.CodePermissionDenied:
+		c = Class{"h.host-not-allowed", http.StatusForbidden, code, msg, slog.LevelInfo}
+	}
+	return c
+}
+
+// ToConnect turns err into the error a Connect or gRPC caller sees, with
+// the hRPC identifier in metadata so both kinds of client can tell the
+// postbox.* reasons apart.
+func ToConnect(err error) *connect.Error {
+	c := Classify(err)
+	ce := connect.NewError(c.Code, errors.New(c.Message))
+	ce.Meta().Set(IdentifierHeader, c.Identifier)
+	return ce
+}
+
+// IdentifierHeader carries the hRPC identifier on Connect and gRPC errors.
+const IdentifierHeader = "Postbox-Error-Identifier"

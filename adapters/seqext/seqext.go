@@ -1,0 +1,94 @@
+// Package seqext reads and writes Postbox's sequence extension (PROTOCOL.md
+// §4) on the upstream sync.v1 messages. The extension fields ride as unknown
+// fields, so upstream peers decode the messages unchanged; their numbers are
+// declared in postbox.federation.v1. A value is written explicitly even when
+// it is zero, because presence is what tells a Postbox peer from an upstream
+// one (proto3 would leave a zero out).
+package seqext
+
+import (
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+// Field numbers, as in postbox.federation.v1.
+const (
+	pushSeq      protowire.Number = 100 // PushRequestExt.seq
+	pullFirstSeq protowire.Number = 100 // PullResponseExt.first_seq
+	pullAck      protowire.Number = 100 // PullRequestExt.ack
+	pullHasAck   protowire.Number = 101 // PullRequestExt.has_ack
+)
+
+// PushSeq returns the sequence number of a pushed event, if the sender sent one.
+func PushSeq(m *syncv1.PushRequest) (uint64, bool) {
+	return lastVarint(m.ProtoReflect().GetUnknown(), pushSeq)
+}
+
+// SetPushSeq stamps a push with its sequence number.
+func SetPushSeq(m *syncv1.PushRequest, seq uint64) {
+	setVarint(m, pushSeq, seq)
+}
+
+// FirstSeq returns the sequence number of a pull reply's first event.
+func FirstSeq(m *syncv1.PullResponse) (uint64, bool) {
+	return lastVarint(m.ProtoReflect().GetUnknown(), pullFirstSeq)
+}
+
+// SetFirstSeq stamps a pull reply with its first event's sequence number.
+func SetFirstSeq(m *syncv1.PullResponse, seq uint64) {
+	setVarint(m, pullFirstSeq, seq)
+}
+
+// Ack returns a Pull's acknowledgement, if the caller sent one.
+func Ack(m *syncv1.PullRequest) (uint64, bool) {
+	raw := m.ProtoReflect().GetUnknown()
+	has, _ := lastVarint(raw, pullHasAck)
+	if has == 0 {
+		return 0, false
+	}
+	ack, _ := lastVarint(raw, pullAck)
+	return ack, true
+}
+
+// SetAck adds an acknowledgement to a Pull.
+func SetAck(m *syncv1.PullRequest, ack uint64) {
+	setVarint(m, pullAck, ack)
+	setVarint(m, pullHasAck, 1)
+}
+
+func setVarint(m proto.Message, n protowire.Number, v uint64) {
+	r := m.ProtoReflect()
+	b := append([]byte(nil), r.GetUnknown()...)
+	b = protowire.AppendTag(b, n, protowire.VarintType)
+	b = protowire.AppendVarint(b, v)
+	r.SetUnknown(b)
+}
+
+// lastVarint finds field n as a varint in raw; like protobuf decoders, the
+// last occurrence wins. Malformed or differently typed fields are ignored.
+func lastVarint(raw []byte, n protowire.Number) (v uint64, ok bool) {
+	for len(raw) > 0 {
+		num, typ, tagLen := protowire.ConsumeTag(raw)
+		if tagLen < 0 {
+			return v, ok
+		}
+		raw = raw[tagLen:]
+		if num == n && typ == protowire.VarintType {
+			val, l := protowire.ConsumeVarint(raw)
+			if l < 0 {
+				return v, ok
+			}
+			v, ok = val, true
+			raw = raw[l:]
+			continue
+		}
+		l := protowire.ConsumeFieldValue(num, typ, raw)
+		if l < 0 {
+			return v, ok
+		}
+		raw = raw[l:]
+	}
+	return v, ok
+}

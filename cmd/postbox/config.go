@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/admin"
+	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+// Config is everything `postbox serve` is told.
+type Config struct {
+	ServerID      domain.ServerID
+	ServerIDGiven bool // given explicitly, not the default
+	Listen        string
+	AdminListen   string
+	DataDir       string
+	KeyFile       string
+	Store         string
+	InsecurePeers bool
+	TLS           httpserver.TLSFiles
+	PeerCA        string
+	AuthWindow    time.Duration
+	AllowPeers    []string
+	BlockPeers    []string
+	RequireExt    bool
+	AdminToken    admin.Token
+	PeerProtocol  peerclient.Protocol
+	MaxRequest    httpserver.MaxRequestBytes
+}
+
+func parseServeConfig(args []string, stderr io.Writer, getenv func(string) string) (Config, error) {
+	fs := newFlagSet("serve", stderr)
+	serverID := fs.String("server-id", "localhost:2289", "this server's ID, `domain:port`")
+	listen := fs.String("listen", ":2289", "federation listener address")
+	adminListen := fs.String("admin-listen", "127.0.0.1:2290", "admin listener address (keep it private)")
+	dataDir := fs.String("data-dir", "./postbox-data", "data directory")
+	keyFile := fs.String("key-file", "", "Ed25519 key file (default: key.ed25519 in the data directory)")
+	store := fs.String("store", "", "event store: empty for the embedded store, or an esdb:// connection string")
+	insecure := fs.Bool("insecure-peers", false, "call peers over http:// and allow loopback and private peer addresses (local work only)")
+	tlsCert := fs.String("tls-cert", "", "TLS certificate file for the federation listener")
+	tlsKey := fs.String("tls-key", "", "TLS key file for the federation listener")
+	peerCA := fs.String("peer-ca", "", "PEM file of extra CAs trusted for outbound TLS")
+	window := fs.Duration("auth-window", domain.DefaultAuthWindow, "how far a token's time may be from now")
+	var allow, block listFlag
+	fs.Var(&allow, "allow-peers", "only federate with these servers (`host`, host:port or *.domain; comma-separated)")
+	fs.Var(&block, "block-peers", "never federate with these servers (host, host:port or *.domain; comma-separated)")
+	requireExt := fs.Bool("require-token-extension", false, "refuse upstream tokens without audience and nonce (Postbox-only federations)")
+	adminToken := fs.String("admin-token", "", "bearer token the admin listener requires")
+	protocol := fs.String("peer-protocol", "hrpc", "protocol for calls to peers: hrpc, connect or grpc")
+	maxRequest := fs.Int64("max-request-bytes", 4<<20, "largest federation request body accepted")
+	given, err := parseFlags(fs, args, getenv)
+	if err != nil {
+		return Config{}, err
+	}
+	cfg := Config{
+		ServerIDGiven: given["server-id"],
+		Listen:        *listen,
+		AdminListen:   *adminListen,
+		DataDir:       *dataDir,
+		KeyFile:       *keyFile,
+		Store:         *store,
+		InsecurePeers: *insecure,
+		TLS:           httpserver.TLSFiles{CertFile: *tlsCert, KeyFile: *tlsKey},
+		PeerCA:        *peerCA,
+		AuthWindow:    *window,
+		AllowPeers:    allow,
+		BlockPeers:    block,
+		RequireExt:    *requireExt,
+		AdminToken:    admin.Token(*adminToken),
+		MaxRequest:    httpserver.MaxRequestBytes(*maxRequest),
+	}
+	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--server-id: %w", err)}
+	}
+	if cfg.PeerProtocol, err = peerclient.ParseProtocol(*protocol); err != nil {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--peer-protocol: %w", err)}
+	}
+	if cfg.KeyFile == "" {
+		cfg.KeyFile = filepath.Join(cfg.DataDir, "key.ed25519")
+	}
+	if cfg.AuthWindow <= 0 {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--auth-window must be positive")}
+	}
+	if cfg.MaxRequest <= 0 {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-request-bytes must be positive")}
+	}
+	return cfg, nil
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// newFlagSet returns a flag set whose flags fall back to POSTBOX_* variables.
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("postbox "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// envName is the variable a flag falls back to: --server-id → POSTBOX_SERVER_ID.
+func envName(flagName string) string {
+	return "POSTBOX_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseFlags applies environment fallbacks, then the command line, and
+// returns the names of the flags given either way.
+func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (map[string]bool, error) {
+	given := map[string]bool{}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := f.Value.Set(v); err != nil && envErr == nil {
+				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
+			}
+			given[f.Name] = true
+		}
+	})
+	if envErr != nil {
+		return nil, exitError{code: 2, err: envErr}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, exitError{code: 0}
+		}
+		return nil, exitError{code: 2, err: err}
+	}
+	if fs.NArg() > 0 {
+		return nil, exitError{code: 2, err: fmt.Errorf("unexpected arguments: %q", fs.Args())}
+	}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	return given, nil
+}
+
+// listFlag is a comma-separated list that may also be repeated.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}

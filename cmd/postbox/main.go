@@ -1,0 +1,85 @@
+// Command postbox is the Postbox federation server and its operator tools.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	if err != nil {
+		var exit exitError
+		if !errors.As(err, &exit) || exit.err != nil {
+			fmt.Fprintln(os.Stderr, "postbox:", err)
+		}
+		os.Exit(exitCode(err))
+	}
+}
+
+// exitError carries a specific exit status.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e exitError) Unwrap() error { return e.err }
+
+func exitCode(err error) int {
+	var exit exitError
+	if errors.As(err, &exit) {
+		return exit.code
+	}
+	return 1
+}
+
+const usage = `postbox: the Harmony federation server
+
+Usage:
+  postbox serve [flags]     run the server (postbox serve -h lists the flags)
+  postbox keygen [flags]    create the server's Ed25519 key file if missing
+  postbox send --to ID --event JSON
+                            hand an event to a running server for a peer
+  postbox version           print the version
+
+Every flag falls back to an environment variable: --server-id reads
+POSTBOX_SERVER_ID, --data-dir reads POSTBOX_DATA_DIR, and so on.
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitError{code: 2}
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return runServe(ctx, rest, stderr, getenv)
+	case "keygen":
+		return runKeygen(rest, stdout, stderr, getenv)
+	case "send":
+		return runSend(ctx, rest, stdout, stderr, getenv)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "postbox", buildVersion())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return exitError{code: 2, err: fmt.Errorf("unknown command %q", cmd)}
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"connectrpc.com/grpchealth"
+
+	"github.com/harmony-postbox/postbox/adapters/admin"
+	"github.com/harmony-postbox/postbox/adapters/authtoken"
+	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/keyfile"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/domain"
+	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
+	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
+)
+
+// Small providers that turn Config into what the adapters take.
+
+func provideKey(cfg Config, logger *slog.Logger) (keyfile.PrivateKey, error) {
+	key, created, err := keyfile.LoadOrCreate(cfg.KeyFile, rand.Reader)
+	if err != nil {
+		return keyfile.PrivateKey{}, err
+	}
+	if created {
+		logger.Info("created a new server key", "path", cfg.KeyFile)
+	}
+	return key, nil
+}
+
+func providePublicKey(key keyfile.PrivateKey) ed25519.PublicKey { return key.PublicKey() }
+
+func provideRandom() io.Reader { return rand.Reader }
+
+func provideIdentity(cfg Config) *domain.Identity {
+	return domain.NewIdentity(cfg.ServerID, domain.DefaultAudienceGrace)
+}
+
+// currentSelf signs with the current ID toward every peer. Renames (which
+// keep the old ID toward peers that have not accepted the new one) replace
+// it.
+type currentSelf struct{ identity *domain.Identity }
+
+func (c currentSelf) IDFor(domain.ServerID) domain.ServerID { return c.identity.Current() }
+
+func provideSelf(identity *domain.Identity) peerclient.Self { return currentSelf{identity} }
+
+func provideAccessList(cfg Config) (domain.AccessList, error) {
+	return domain.NewAccessList(cfg.AllowPeers, cfg.BlockPeers)
+}
+
+func provideAuthPolicy(cfg Config, access domain.AccessList) domain.AuthPolicy {
+	return domain.AuthPolicy{Window: cfg.AuthWindow, RequireExtension: cfg.RequireExt, Access: access}
+}
+
+// provideClientTLS trusts the system roots plus --peer-ca.
+func provideClientTLS(cfg Config) (*tls.Config, error) {
+	roots, err := x509.SystemCertPool()
+	if err != nil {
+		roots = x509.NewCertPool()
+	}
+	if cfg.PeerCA != "" {
+		pem, err := os.ReadFile(cfg.PeerCA)
+		if err != nil {
+			return nil, fmt.Errorf("--peer-ca: %w", err)
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--peer-ca: no PEM certificates in %s", cfg.PeerCA)
+		}
+	}
+	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, nil
+}
+
+func providePeerKeysConfig(cfg Config, access domain.AccessList, clientTLS *tls.Config) peerkeys.Config {
+	c := peerkeys.DefaultConfig()
+	c.Insecure, c.Access, c.TLS = cfg.InsecurePeers, access, clientTLS
+	return c
+}
+
+func providePeerKeysObserver() peerkeys.Observer { return nil }
+
+func provideSigner(key keyfile.PrivateKey, clock domain.Clock, random io.Reader) *authtoken.Signer {
+	return authtoken.NewSigner(key.PrivateKey, clock, random)
+}
+
+func providePeerClientConfig(cfg Config, clientTLS *tls.Config) peerclient.Config {
+	return peerclient.Config{Insecure: cfg.InsecurePeers, TLS: clientTLS, Protocol: cfg.PeerProtocol}
+}
+
+func provideVersion() admin.Version { return admin.Version(buildVersion()) }
+
+func provideHealth() grpchealth.Checker {
+	return grpchealth.NewStaticChecker(syncv1connect.PostboxServiceName, adminv1connect.AdminServiceName)
+}
+
+func provideFederationListener(ctx context.Context, cfg Config, h *httpserver.FederationHandler, logger *slog.Logger) (federationListener, func(), error) {
+	s, err := httpserver.Listen(ctx, "federation", cfg.Listen, h, cfg.TLS, logger)
+	if err != nil {
+		return federationListener{}, nil, err
+	}
+	return federationListener{s}, func() { _ = s.Shutdown(context.Background()) }, nil
+}
+
+func provideAdminListener(ctx context.Context, cfg Config, h httpserver.AdminHandler, logger *slog.Logger) (adminListener, func(), error) {
+	s, err := httpserver.Listen(ctx, "admin", cfg.AdminListen, h, httpserver.TLSFiles{}, logger)
+	if err != nil {
+		return adminListener{}, nil, err
+	}
+	return adminListener{s}, func() { _ = s.Shutdown(context.Background()) }, nil
+}
+
+func provideMaxRequest(cfg Config) httpserver.MaxRequestBytes { return cfg.MaxRequest }
+
+func provideAdminToken(cfg Config) admin.Token { return cfg.AdminToken }

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/httpserver"
+)
+
+func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
+	cfg, err := parseServeConfig(args, stderr, getenv)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	app, cleanup, err := initServer(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	return app.run(ctx)
+}
+
+// federationListener and adminListener tell the two listeners apart in
+// the injector graph.
+type (
+	federationListener struct{ *httpserver.Server }
+	adminListener      struct{ *httpserver.Server }
+)
+
+// server is a running Postbox: its listeners and what they serve.
+type server struct {
+	cfg        Config
+	federation federationListener
+	admin      adminListener
+	logger     *slog.Logger
+}
+
+func newServer(cfg Config, federation federationListener, admin adminListener, logger *slog.Logger) *server {
+	return &server{cfg: cfg, federation: federation, admin: admin, logger: logger}
+}
+
+// run serves until ctx ends, then shuts down gracefully.
+func (s *server) run(ctx context.Context) error {
+	s.logger.Info("postbox serving", "server_id", s.cfg.ServerID.String(), "version", buildVersion(),
+		"federation", s.federation.Addr().String(), "admin", s.admin.Addr().String())
+	errs := make(chan error, 2)
+	go func() { errs <- s.federation.Serve() }()
+	go func() { errs <- s.admin.Serve() }()
+	var first error
+	select {
+	case <-ctx.Done():
+	case first = <-errs:
+	}
+	s.logger.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	err := errors.Join(first, s.federation.Shutdown(shutdownCtx), s.admin.Shutdown(shutdownCtx))
+	return err
+}

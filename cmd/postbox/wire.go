@@ -1,0 +1,69 @@
+//go:build wireinject
+
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/google/wire"
+
+	"github.com/harmony-postbox/postbox/adapters/admin"
+	"github.com/harmony-postbox/postbox/adapters/clock"
+	"github.com/harmony-postbox/postbox/adapters/federation"
+	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/domain"
+	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
+	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
+	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
+)
+
+// configSet turns Config into what the adapters take.
+var configSet = wire.NewSet(
+	provideKey, providePublicKey, provideRandom, provideIdentity, provideSelf,
+	provideAccessList, provideAuthPolicy, provideClientTLS, providePeerKeysConfig,
+	providePeerKeysObserver, provideSigner, providePeerClientConfig, provideVersion,
+	provideHealth, provideFederationListener, provideAdminListener, provideMaxRequest,
+	provideAdminToken,
+)
+
+// authSet verifies federation tokens with keys fetched from peers.
+var authSet = wire.NewSet(
+	wire.Struct(new(clock.System)),
+	wire.Bind(new(domain.Clock), new(clock.System)),
+	peerkeys.New,
+	wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)),
+	domain.NewVerifier,
+	wire.Bind(new(federation.Authenticator), new(*domain.Verifier)),
+)
+
+// standInSet is the temporary in-memory Postbox of the protocol surface;
+// the delivery engine replaces it.
+var standInSet = wire.NewSet(
+	federation.NewInMemoryStandIn,
+	wire.Bind(new(federation.Postbox), new(*federation.InMemoryStandIn)),
+	peerclient.New,
+	wire.Bind(new(federation.Pusher), new(*peerclient.Client)),
+	federation.NewDirectSenderStandIn,
+	wire.Bind(new(admin.Sender), new(*federation.DirectSenderStandIn)),
+)
+
+// handlerSet mounts the services on the listeners.
+var handlerSet = wire.NewSet(
+	federation.NewPostboxService,
+	wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)),
+	federation.NewKeyService,
+	wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)),
+	admin.NewService,
+	wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)),
+	httpserver.NewFederationHandler,
+	httpserver.NewAdminHandler,
+	newServer,
+)
+
+func initServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
+	wire.Build(configSet, authSet, standInSet, handlerSet)
+	return nil, nil, nil
+}
