@@ -1,0 +1,182 @@
+package fakestreams_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/google/uuid"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb/fakestreams"
+)
+
+// These tests drive the test double with the real client directly, to pin
+// down the wire behaviour the adapter relies on.
+
+func newClient(t *testing.T, srv *fakestreams.Server) *esdb.Client {
+	t.Helper()
+	conf, err := esdb.ParseConnectionString(srv.ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf.Logger = esdb.NoopLogging()
+	c, err := esdb.NewClient(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func ev(typ string) esdb.EventData {
+	return esdb.EventData{EventID: uuid.New(), EventType: typ, ContentType: esdb.ContentTypeJson, Data: []byte(`{}`)}
+}
+
+func readAll(t *testing.T, c *esdb.Client, stream string, opts esdb.ReadStreamOptions, n uint64) ([]*esdb.ResolvedEvent, error) {
+	t.Helper()
+	rs, err := c.ReadStream(ctxT(t), stream, opts, n)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []*esdb.ResolvedEvent
+	for {
+		e, err := rs.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, e)
+	}
+}
+
+func code(err error) esdb.ErrorCode {
+	var e *esdb.Error
+	if errors.As(err, &e) {
+		return e.Code()
+	}
+	return -1
+}
+
+func TestAppendReadIdempotentConflict(t *testing.T) {
+	srv := fakestreams.StartServer(t, fakestreams.Options{})
+	c := newClient(t, srv)
+	ctx := ctxT(t)
+	a, b := ev("A"), ev("B")
+	wr, err := c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.NoStream{}}, a, b)
+	if err != nil || wr.NextExpectedVersion != 1 || wr.CommitPosition == 0 {
+		t.Fatalf("append: %+v, %v", wr, err)
+	}
+	// The same events at the same place again: written once.
+	again, err := c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.NoStream{}}, a, b)
+	if err != nil || again.NextExpectedVersion != 1 {
+		t.Fatalf("retry: %+v, %v", again, err)
+	}
+	_, err = c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.Revision(0)}, ev("C"))
+	if code(err) != esdb.ErrorCodeWrongExpectedVersion {
+		t.Fatalf("conflict: %v", err)
+	}
+	evs, err := readAll(t, c, "s", esdb.ReadStreamOptions{From: esdb.Start{}}, 10)
+	if err != nil || len(evs) != 2 {
+		t.Fatalf("read: %d events, %v", len(evs), err)
+	}
+	e := evs[1].Event
+	if e.EventID != b.EventID || e.EventType != "B" || e.ContentType != "application/json" || e.EventNumber != 1 ||
+		e.Position.Commit != wr.CommitPosition || e.Position.Prepare != wr.PreparePosition || e.CreatedDate.IsZero() {
+		t.Fatalf("event %+v, write %+v", e, wr)
+	}
+	if _, err := readAll(t, c, "missing", esdb.ReadStreamOptions{From: esdb.Start{}}, 10); code(err) != esdb.ErrorCodeResourceNotFound {
+		t.Fatalf("missing stream: %v", err)
+	}
+}
+
+func TestTombstone(t *testing.T) {
+	srv := fakestreams.StartServer(t, fakestreams.Options{})
+	c := newClient(t, srv)
+	ctx := ctxT(t)
+	if _, err := c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{}, ev("A")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.TombstoneStream(ctx, "s", esdb.TombstoneStreamOptions{ExpectedRevision: esdb.Revision(5)}); err == nil {
+		t.Fatal("tombstone at the wrong revision succeeded")
+	}
+	if _, err := c.TombstoneStream(ctx, "s", esdb.TombstoneStreamOptions{ExpectedRevision: esdb.Revision(0)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readAll(t, c, "s", esdb.ReadStreamOptions{From: esdb.Start{}}, 10); code(err) != esdb.ErrorCodeStreamDeleted {
+		t.Fatalf("read after tombstone: %v", err)
+	}
+	if _, err := c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{}, ev("A")); code(err) != esdb.ErrorCodeStreamDeleted {
+		t.Fatalf("append after tombstone: %v", err)
+	}
+}
+
+func TestSubscribeToAllFilteredThenDrop(t *testing.T) {
+	srv := fakestreams.StartServer(t, fakestreams.Options{})
+	c := newClient(t, srv)
+	ctx := ctxT(t)
+	for _, s := range []string{"p-1", "$system", "q-1", "p-2"} {
+		if _, err := c.AppendToStream(ctx, s, esdb.AppendToStreamOptions{}, ev("A")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub, err := c.SubscribeToAll(ctx, esdb.SubscribeToAllOptions{
+		From:   esdb.Start{},
+		Filter: &esdb.SubscriptionFilter{Type: esdb.StreamFilterType, Prefixes: []string{"p-"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	var got []string
+	for len(got) < 3 {
+		e := sub.Recv()
+		switch {
+		case e.EventAppeared != nil:
+			got = append(got, e.EventAppeared.Event.StreamID)
+		case e.CaughtUp != nil:
+			got = append(got, "caught-up")
+		case e.SubscriptionDropped != nil:
+			t.Fatalf("dropped: %v", e.SubscriptionDropped.Error)
+		}
+	}
+	if want := "p-1 p-2 caught-up"; strings.Join(got, " ") != want {
+		t.Fatalf("got %q, want %q", strings.Join(got, " "), want)
+	}
+	if _, err := c.AppendToStream(ctx, "p-3", esdb.AppendToStreamOptions{}, ev("A")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		e := sub.Recv()
+		if e.EventAppeared != nil {
+			if e.EventAppeared.Event.StreamID != "p-3" {
+				t.Fatalf("live event from %s", e.EventAppeared.Event.StreamID)
+			}
+			break
+		}
+		if e.SubscriptionDropped != nil {
+			t.Fatalf("dropped: %v", e.SubscriptionDropped.Error)
+		}
+	}
+	if n := srv.DropSubscriptions(); n != 1 {
+		t.Fatalf("dropped %d subscriptions, want 1", n)
+	}
+	for {
+		e := sub.Recv()
+		if e.SubscriptionDropped != nil {
+			break
+		}
+	}
+}

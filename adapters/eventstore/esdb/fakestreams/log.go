@@ -1,0 +1,468 @@
+package fakestreams
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Revisions the server uses in place of a number.
+const (
+	// deletedRevision is the revision of a tombstone event (long.MaxValue on
+	// the server).
+	deletedRevision = math.MaxInt64
+	// firstPosition leaves room before the first event, as the server's own
+	// records do: no event sits at position 0.
+	firstPosition = 4096
+)
+
+// record is one stored event; records never change once written.
+type record struct {
+	stream   string
+	revision uint64
+	id       [16]byte
+	// metadata holds the system metadata: type, content-type and created.
+	metadata map[string]string
+	custom   []byte
+	data     []byte
+	commit   uint64
+	prepare  uint64
+}
+
+func (r *record) eventType() string { return r.metadata["type"] }
+
+// after reports whether r comes after the position (commit, prepare).
+func (r *record) after(commit, prepare uint64) bool {
+	if r.commit != commit {
+		return r.commit > commit
+	}
+	return r.prepare > prepare
+}
+
+type streamState struct {
+	events []*record
+	// truncated counts the events hidden by a soft delete.
+	truncated  int
+	tombstoned bool
+}
+
+func (st *streamState) last() (uint64, bool) {
+	if len(st.events) == 0 {
+		return 0, false
+	}
+	return st.events[len(st.events)-1].revision, true
+}
+
+// visible reports whether reads see the stream: it has events that no soft
+// delete hides.
+func (st *streamState) visible() bool { return len(st.events) > st.truncated }
+
+// expectation is an append's or delete's expected revision.
+type expectation struct {
+	kind     expectKind
+	revision uint64
+}
+
+type expectKind int
+
+const (
+	expectAny expectKind = iota
+	expectNoStream
+	expectExists
+	expectRevision
+)
+
+// serverNumber is the expected version as the server prints it in errors.
+func (e expectation) serverNumber() int64 {
+	switch e.kind {
+	case expectNoStream:
+		return -1
+	case expectExists:
+		return -4
+	case expectRevision:
+		return int64(e.revision)
+	default:
+		return -2
+	}
+}
+
+// errWrongExpected reports a failed expectation with the stream's current
+// revision (-1 for no stream).
+type errWrongExpected struct {
+	current int64
+}
+
+func (e errWrongExpected) Error() string {
+	return fmt.Sprintf("wrong expected version, current %d", e.current)
+}
+
+type errDeleted struct{}
+
+func (errDeleted) Error() string { return "stream deleted" }
+
+// eventLog is the whole store: $all in order plus an index by stream.
+type eventLog struct {
+	mu      sync.Mutex
+	all     []*record
+	streams map[string]*streamState
+	next    uint64
+	// changed is closed and replaced on every write, to wake subscriptions.
+	changed chan struct{}
+	// drop is closed and replaced by dropSubscriptions.
+	drop chan struct{}
+	subs int
+	now  func() time.Time
+}
+
+func newEventLog() *eventLog {
+	return &eventLog{
+		streams: map[string]*streamState{},
+		next:    firstPosition,
+		changed: make(chan struct{}),
+		drop:    make(chan struct{}),
+		now:     time.Now,
+	}
+}
+
+// proposed is an event to append.
+type proposed struct {
+	id          [16]byte
+	eventType   string
+	contentType string
+	custom      []byte
+	data        []byte
+}
+
+// appendResult tells where an append landed; hasPosition is false for an
+// idempotent retry, for which the test double reports no position.
+type appendResult struct {
+	current     uint64
+	noStream    bool
+	commit      uint64
+	prepare     uint64
+	hasPosition bool
+}
+
+func (l *eventLog) append(stream string, exp expectation, events []proposed) (appendResult, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.streams[stream]
+	if st != nil && st.tombstoned {
+		return appendResult{}, errDeleted{}
+	}
+	last, exists := int64(-1), false
+	if st != nil {
+		if r, ok := st.last(); ok {
+			last, exists = int64(r), true
+		}
+	}
+	current := appendResult{current: uint64(max(last, 0)), noStream: !exists}
+
+	switch exp.kind {
+	case expectNoStream:
+		if exists {
+			if l.idempotent(st, 0, events) {
+				return l.retried(st, events), nil
+			}
+			return appendResult{}, errWrongExpected{current: last}
+		}
+	case expectExists:
+		if !exists {
+			return appendResult{}, errWrongExpected{current: last}
+		}
+	case expectRevision:
+		if !exists || uint64(last) != exp.revision {
+			if exists && l.idempotent(st, exp.revision+1, events) {
+				return l.retried(st, events), nil
+			}
+			return appendResult{}, errWrongExpected{current: last}
+		}
+	default:
+		if len(events) > 0 && st != nil {
+			// With "any" the server recognises a retry by the first event's
+			// ID among the stream's events.
+			for i, r := range st.events {
+				if r.id == events[0].id && l.idempotent(st, uint64(i), events) {
+					return l.retried(st, events), nil
+				}
+			}
+		}
+	}
+	if len(events) == 0 {
+		return current, nil
+	}
+
+	if st == nil {
+		st = &streamState{}
+		l.streams[stream] = st
+	}
+	created := strconv.FormatInt(l.now().UnixNano()/100, 10)
+	commit := l.next
+	var lastRec *record
+	for i, e := range events {
+		r := &record{
+			stream:   stream,
+			revision: uint64(last + 1 + int64(i)),
+			id:       e.id,
+			metadata: map[string]string{
+				"type":         e.eventType,
+				"content-type": e.contentType,
+				"created":      created,
+			},
+			custom:  e.custom,
+			data:    e.data,
+			commit:  commit,
+			prepare: l.next,
+		}
+		// Advance by roughly a record's size, as a log offset would.
+		l.next += uint64(64 + len(e.eventType) + len(e.data) + len(e.custom))
+		st.events = append(st.events, r)
+		l.all = append(l.all, r)
+		lastRec = r
+	}
+	l.notify()
+	return appendResult{current: lastRec.revision, commit: lastRec.commit, prepare: lastRec.prepare, hasPosition: true}, nil
+}
+
+// idempotent reports whether events were already written to st from
+// revision from on, in the same order.
+func (l *eventLog) idempotent(st *streamState, from uint64, events []proposed) bool {
+	if len(events) == 0 || from+uint64(len(events)) > uint64(len(st.events)) {
+		return false
+	}
+	for i, e := range events {
+		if st.events[from+uint64(i)].id != e.id {
+			return false
+		}
+	}
+	return true
+}
+
+func (l *eventLog) retried(st *streamState, events []proposed) appendResult {
+	// Find where the retried events sit to report the last one's revision.
+	for i, r := range st.events {
+		if r.id == events[0].id {
+			return appendResult{current: st.events[i+len(events)-1].revision}
+		}
+	}
+	return appendResult{}
+}
+
+// remove deletes a stream: softly (later appends continue its revisions)
+// or for good with a tombstone. It returns the position of the record that
+// marks the deletion.
+func (l *eventLog) remove(stream string, exp expectation, hard bool) (commit, prepare uint64, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.streams[stream]
+	if st != nil && st.tombstoned {
+		return 0, 0, errDeleted{}
+	}
+	last, exists := int64(-1), false
+	if st != nil {
+		if r, ok := st.last(); ok {
+			last, exists = int64(r), true
+		}
+	}
+	switch exp.kind {
+	case expectNoStream:
+		if exists {
+			return 0, 0, errWrongExpected{current: last}
+		}
+	case expectExists:
+		if !exists {
+			return 0, 0, errWrongExpected{current: last}
+		}
+	case expectRevision:
+		if !exists || uint64(last) != exp.revision {
+			return 0, 0, errWrongExpected{current: last}
+		}
+	}
+	if st == nil {
+		st = &streamState{}
+		l.streams[stream] = st
+	}
+	created := strconv.FormatInt(l.now().UnixNano()/100, 10)
+	r := &record{
+		commit:   l.next,
+		prepare:  l.next,
+		metadata: map[string]string{"content-type": "application/json", "created": created},
+		custom:   []byte{},
+	}
+	if hard {
+		st.tombstoned = true
+		r.stream = stream
+		r.revision = deletedRevision
+		r.metadata["type"] = "$streamDeleted"
+		r.data = []byte{}
+	} else {
+		// A soft delete writes the stream's metadata with a truncate-before.
+		st.truncated = len(st.events)
+		r.stream = "$$" + stream
+		r.metadata["type"] = "$metadata"
+		r.data = fmt.Appendf(nil, `{"$tb":%d}`, last+1)
+	}
+	l.next += uint64(64 + len(r.data))
+	l.all = append(l.all, r)
+	l.notify()
+	return r.commit, r.prepare, nil
+}
+
+// notify wakes every subscription waiting for new records; l.mu is held.
+func (l *eventLog) notify() {
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// readStream returns the stream's visible events in the order asked for.
+// found is false when the stream has no visible events.
+func (l *eventLog) readStream(stream string, backwards bool, from uint64, fromEnd bool, count uint64) (out []*record, found bool, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.streams[stream]
+	if st != nil && st.tombstoned {
+		return nil, false, errDeleted{}
+	}
+	if st == nil || !st.visible() {
+		return nil, false, nil
+	}
+	events := st.events[st.truncated:]
+	first := events[0].revision
+	if !backwards {
+		if fromEnd {
+			return nil, true, nil
+		}
+		i := 0
+		if from > first {
+			i = int(min(from-first, uint64(len(events))))
+		}
+		for ; i < len(events) && uint64(len(out)) < count; i++ {
+			out = append(out, events[i])
+		}
+		return out, true, nil
+	}
+	i := len(events) - 1
+	if !fromEnd {
+		if from < first {
+			return nil, true, nil
+		}
+		i = int(min(from-first, uint64(len(events)-1)))
+	}
+	for ; i >= 0 && uint64(len(out)) < count; i-- {
+		out = append(out, events[i])
+	}
+	return out, true, nil
+}
+
+// allPosition is where a read or subscription of $all starts.
+type allPosition struct {
+	start, end      bool
+	commit, prepare uint64
+}
+
+// readAll returns up to count records of $all that match. Forwards from a
+// position includes the record at it; backwards excludes it.
+func (l *eventLog) readAll(from allPosition, backwards bool, count uint64, match func(*record) bool) []*record {
+	l.mu.Lock()
+	all := l.all
+	l.mu.Unlock()
+	var out []*record
+	if !backwards {
+		i := 0
+		switch {
+		case from.end:
+			i = len(all)
+		case !from.start:
+			i = firstAtOrAfter(all, from.commit, from.prepare)
+		}
+		for ; i < len(all) && uint64(len(out)) < count; i++ {
+			if match(all[i]) {
+				out = append(out, all[i])
+			}
+		}
+		return out
+	}
+	i := len(all) - 1
+	switch {
+	case from.start:
+		i = -1
+	case !from.end:
+		i = firstAtOrAfter(all, from.commit, from.prepare) - 1
+	}
+	for ; i >= 0 && uint64(len(out)) < count; i-- {
+		if match(all[i]) {
+			out = append(out, all[i])
+		}
+	}
+	return out
+}
+
+// firstAtOrAfter returns the index of the first record at or after the
+// position (commit, prepare).
+func firstAtOrAfter(all []*record, commit, prepare uint64) int {
+	return sort.Search(len(all), func(i int) bool {
+		r := all[i]
+		return (r.commit == commit && r.prepare == prepare) || r.after(commit, prepare)
+	})
+}
+
+// subscribe registers a subscription and returns its starting index in $all
+// (chosen by start, called with the log locked) and the index at which it is
+// caught up.
+func (l *eventLog) subscribe(start func(all []*record) int) (from, caughtUp int, drop <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.subs++
+	return start(l.all), len(l.all), l.drop
+}
+
+func (l *eventLog) unsubscribe() {
+	l.mu.Lock()
+	l.subs--
+	l.mu.Unlock()
+}
+
+// since returns the records from index i on and a channel closed on the
+// next write.
+func (l *eventLog) since(i int) ([]*record, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if i >= len(l.all) {
+		return nil, l.changed
+	}
+	return l.all[i:], l.changed
+}
+
+func (l *eventLog) dropSubscriptions() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	close(l.drop)
+	l.drop = make(chan struct{})
+	return l.subs
+}
+
+func (l *eventLog) subscriptionCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.subs
+}
+
+func (l *eventLog) length() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.all)
+}
+
+// streamStartAfter returns the index in all of the first event of stream
+// after revision rev.
+func streamStartAfter(all []*record, stream string, rev uint64) int {
+	for i, r := range all {
+		if r.stream == stream && r.revision > rev {
+			return i
+		}
+	}
+	return len(all)
+}
