@@ -1,0 +1,204 @@
+package peerkeys
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/federation"
+	"github.com/harmony-postbox/postbox/adapters/hrpc"
+	"github.com/harmony-postbox/postbox/domain"
+	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
+)
+
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// keyServer serves AuthService.Key over hRPC on loopback and counts calls.
+type keyServer struct {
+	id    domain.ServerID
+	calls atomic.Int64
+	mu    sync.Mutex
+	key   ed25519.PublicKey
+}
+
+func startKeyServer(t *testing.T, seed byte) *keyServer {
+	ks, _ := startKeyServerTLS(t, seed, false)
+	return ks
+}
+
+// startKeyServerTLS starts a key server, over TLS if secure; it returns the
+// client TLS configuration that trusts it.
+func startKeyServerTLS(t *testing.T, seed byte, secure bool) (*keyServer, *tls.Config) {
+	t.Helper()
+	ks := &keyServer{}
+	ks.setKey(seed)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ks.calls.Add(1)
+		ks.mu.Lock()
+		key := ks.key
+		ks.mu.Unlock()
+		svc := federation.NewKeyService(key)
+		hrpc.NewHandler(slog.New(slog.DiscardHandler), hrpc.Options{},
+			hrpc.Unary(authv1connect.AuthServiceKeyProcedure, svc.Key)).ServeHTTP(w, r)
+	}))
+	var clientTLS *tls.Config
+	if secure {
+		srv.StartTLS()
+		clientTLS = srv.Client().Transport.(*http.Transport).TLSClientConfig
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(srv.Close)
+	ks.id = domain.MustParseServerID(strings.TrimPrefix(strings.TrimPrefix(srv.URL, "http://"), "https://"))
+	return ks, clientTLS
+}
+
+func (ks *keyServer) setKey(seed byte) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	ks.key = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, 32)).Public().(ed25519.PublicKey)
+}
+
+func newResolver(cfg Config, clock *testClock) *Resolver {
+	return New(cfg, clock, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+}
+
+func TestPublicAddress(t *testing.T) {
+	t.Parallel()
+	for addr, want := range map[string]bool{
+		"8.8.8.8": true, "2001:4860:4860::8888": true,
+		"127.0.0.1": false, "::1": false, "10.1.2.3": false, "172.16.0.1": false, "192.168.1.1": false,
+		"169.254.169.254": false, "fe80::1": false, "fc00::1": false, "0.0.0.0": false, "::": false,
+		"100.64.0.1": false, "::ffff:127.0.0.1": false, "224.0.0.1": false, "255.255.255.255": false,
+	} {
+		if got := publicAddress(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("publicAddress(%s) = %v, want %v", addr, got, want)
+		}
+	}
+}
+
+func TestLoopbackPeerIsNotFetchedUnlessAllowed(t *testing.T) {
+	t.Parallel()
+	ks := startKeyServer(t, 1)
+	clock := &testClock{now: time.Unix(1_700_000_000, 0)}
+
+	guarded := newResolver(DefaultConfig(), clock)
+	_, err := guarded.Key(t.Context(), ks.id)
+	if !errors.Is(err, ErrAddressRefused) {
+		t.Fatalf("guarded fetch of %s: %v, want ErrAddressRefused", ks.id, err)
+	}
+	localhost := domain.MustParseServerID("localhost:" + strings.Split(ks.id.String(), ":")[1])
+	if _, err := guarded.Key(t.Context(), localhost); !errors.Is(err, ErrAddressRefused) {
+		t.Fatalf("a name resolving to loopback: %v, want ErrAddressRefused", err)
+	}
+	if n := ks.calls.Load(); n != 0 {
+		t.Fatalf("the key server got %d requests; the guard must refuse before connecting", n)
+	}
+
+	tlsServer, clientTLS := startKeyServerTLS(t, 1, true)
+	cfg := DefaultConfig()
+	cfg.TLS = clientTLS
+	cfg.Access, _ = domain.NewAccessList([]string{tlsServer.id.String()}, nil)
+	allowed := newResolver(cfg, clock)
+	if _, err := allowed.Key(t.Context(), tlsServer.id); err != nil {
+		t.Fatalf("an allow-listed loopback peer over TLS: %v", err)
+	}
+}
+
+func TestKeysAreCachedAndRefreshedAtMostOncePerInterval(t *testing.T) {
+	t.Parallel()
+	ks := startKeyServer(t, 1)
+	clock := &testClock{now: time.Unix(1_700_000_000, 0)}
+	cfg := DefaultConfig()
+	cfg.Insecure = true
+	r := newResolver(cfg, clock)
+	ctx := t.Context()
+
+	first, err := r.Key(ctx, ks.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Key(ctx, ks.id); err != nil || ks.calls.Load() != 1 {
+		t.Fatalf("the second lookup fetched again (calls=%d, err=%v)", ks.calls.Load(), err)
+	}
+	ks.setKey(2)
+	if _, ok, _ := r.RefreshKey(ctx, ks.id); ok {
+		t.Fatal("a refresh right after a fetch was allowed")
+	}
+	clock.Advance(cfg.RefreshEvery)
+	fresh, ok, err := r.RefreshKey(ctx, ks.id)
+	if err != nil || !ok || fresh.Equal(first) {
+		t.Fatalf("refresh after the interval: ok=%v err=%v changed=%v", ok, err, !fresh.Equal(first))
+	}
+	if cached, _ := r.Key(ctx, ks.id); !cached.Equal(fresh) {
+		t.Fatal("the refreshed key did not replace the cached one")
+	}
+}
+
+func TestFailuresAreRememberedAndFetchesAreBudgeted(t *testing.T) {
+	t.Parallel()
+	clock := &testClock{now: time.Unix(1_700_000_000, 0)}
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		calls.Add(1)
+		w.WriteHeader(http.StatusBadGateway)
+	}))
+	t.Cleanup(srv.Close)
+	id := domain.MustParseServerID(strings.TrimPrefix(srv.URL, "http://"))
+	cfg := DefaultConfig()
+	cfg.Insecure = true
+	cfg.FetchesPerSecond, cfg.Burst = 1, 2
+	r := newResolver(cfg, clock)
+	ctx := context.Background()
+
+	if _, err := r.Key(ctx, id); err == nil {
+		t.Fatal("a failing peer yielded a key")
+	}
+	if _, err := r.Key(ctx, id); err == nil || calls.Load() != 1 {
+		t.Fatalf("a recent failure was not remembered: calls=%d", calls.Load())
+	}
+	// The global budget (burst 2, one already spent) stops a flood of
+	// distinct IDs from turning into a flood of fetches.
+	other := domain.MustParseServerID("127.0.0.1:1")
+	r.Key(ctx, other)
+	if _, err := r.Key(ctx, domain.MustParseServerID("127.0.0.1:2")); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("fetch over budget: %v, want ErrRateLimited", err)
+	}
+}
+
+func TestKeyOfTheWrongSizeIsRefused(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", hrpc.ContentType)
+		w.Write([]byte{0x0a, 0x03, 1, 2, 3}) // KeyResponse{key: 3 bytes}
+	}))
+	t.Cleanup(srv.Close)
+	cfg := DefaultConfig()
+	cfg.Insecure = true
+	r := newResolver(cfg, &testClock{now: time.Unix(1, 0)})
+	if _, err := r.Fetch(t.Context(), domain.MustParseServerID(strings.TrimPrefix(srv.URL, "http://"))); err == nil || !strings.Contains(err.Error(), "32-byte") {
+		t.Fatalf("a 3-byte key: %v", err)
+	}
+}
