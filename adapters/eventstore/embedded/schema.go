@@ -1,0 +1,58 @@
+package embedded
+
+import (
+	"net/url"
+)
+
+// Schema creates the store's tables. It is exported, with WriterDSN, so that
+// cmd/storebench can measure the bare engine on the same table shape.
+//
+// events.position is the rowid: the global order, assigned by SQLite as
+// max+1 and never reused because events are never deleted. The unique index
+// serves reads by stream and guards the revision sequence. streams keeps the
+// last revision so that the writer's checks need no scan, and the tombstone.
+const Schema = `
+CREATE TABLE IF NOT EXISTS streams (
+	id            INTEGER PRIMARY KEY,
+	name          TEXT    NOT NULL UNIQUE,
+	last_revision INTEGER,
+	deleted       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+	position  INTEGER PRIMARY KEY,
+	stream_id INTEGER NOT NULL,
+	revision  INTEGER NOT NULL,
+	event_id  BLOB    NOT NULL,
+	type      TEXT    NOT NULL,
+	data      BLOB,
+	created   INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream_id, revision);
+`
+
+// WriterDSN is the modernc.org/sqlite data source name of the writing
+// connection. WAL lets readers, in this process or another, read while the
+// writer commits; synchronous=FULL makes SQLite fsync the WAL at every
+// commit, so an acknowledged append survives a crash or power loss.
+func WriterDSN(path string) string {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(5000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)")
+	q.Add("_pragma", "foreign_keys(OFF)")
+	// The store is the only writer; BEGIN IMMEDIATE takes the write lock at
+	// once instead of upgrading mid-transaction.
+	q.Set("_txlock", "immediate")
+	return (&url.URL{Scheme: "file", OmitHost: true, Path: path, RawQuery: q.Encode()}).String()
+}
+
+// readerDSN opens the database read-only: these connections serve reads and
+// subscriptions, and, in another process, a live server's data directory
+// must never be written by them.
+func readerDSN(path string) string {
+	q := url.Values{}
+	q.Set("mode", "ro")
+	q.Add("_pragma", "busy_timeout(5000)")
+	q.Add("_pragma", "query_only(1)")
+	return (&url.URL{Scheme: "file", OmitHost: true, Path: path, RawQuery: q.Encode()}).String()
+}

@@ -1,0 +1,483 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+)
+
+// maxBatch bounds one transaction, so that a burst of appends cannot make a
+// single commit (and the memory behind it) arbitrarily large.
+const maxBatch = 4096
+
+// maxCachedStreams bounds the writer's cache of stream heads; past it the
+// cache starts afresh and refills from the streams table.
+const maxCachedStreams = 1 << 16
+
+// request is one Append or Delete waiting for the writer.
+type request struct {
+	ctx      context.Context
+	del      bool
+	stream   string
+	expected eventstore.ExpectedRevision
+	events   []eventstore.EventData
+	res      eventstore.AppendResult
+	err      error
+	done     chan struct{}
+}
+
+// streamState is the writer's view of a stream. The writer is the only
+// process writing, so once loaded this view is authoritative.
+type streamState struct {
+	id      int64 // streams.id; 0 until the row exists
+	last    uint64
+	exists  bool // the stream has events
+	deleted bool
+	dirty   bool // streams row to update at the end of the batch
+}
+
+// batch is the work of one transaction, kept apart from the writer's
+// committed state until COMMIT succeeds, so a rollback leaves no trace.
+type batch struct {
+	created int64
+	streams map[string]*streamState
+	ids     map[idKey]uint64 // event IDs written in this batch -> revision
+	events  []eventstore.RecordedEvent
+	live    bool // build events for subscribers
+	from    uint64
+	last    uint64
+	applied int
+}
+
+type writer struct {
+	conn      *sql.Conn
+	begin     *sql.Stmt
+	commit    *sql.Stmt
+	rollback  *sql.Stmt
+	selStream *sql.Stmt
+	insStream *sql.Stmt
+	updStream *sql.Stmt
+	insEvent  *sql.Stmt
+	selEvents *sql.Stmt
+	streams   map[string]*streamState
+	ids       *idCache
+	b         batch
+	failed    error // sticky: set when a COMMIT failed
+}
+
+func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w := &writer{
+		conn:    conn,
+		streams: make(map[string]*streamState),
+		ids:     newIDCache(idCacheSize),
+		b: batch{
+			streams: make(map[string]*streamState),
+			ids:     make(map[idKey]uint64),
+		},
+	}
+	prep := func(dst **sql.Stmt, query string) {
+		if err != nil {
+			return
+		}
+		*dst, err = conn.PrepareContext(ctx, query)
+	}
+	prep(&w.begin, `BEGIN IMMEDIATE`)
+	prep(&w.commit, `COMMIT`)
+	prep(&w.rollback, `ROLLBACK`)
+	prep(&w.selStream, `SELECT id, last_revision, deleted FROM streams WHERE name = ?`)
+	prep(&w.insStream, `INSERT INTO streams (name) VALUES (?)`)
+	prep(&w.updStream, `UPDATE streams SET last_revision = ?, deleted = ? WHERE id = ?`)
+	prep(&w.insEvent, `INSERT INTO events (stream_id, revision, event_id, type, data, created) VALUES (?, ?, ?, ?, ?, ?)`)
+	prep(&w.selEvents, `SELECT revision, event_id, position FROM events WHERE stream_id = ? AND revision >= ? ORDER BY revision LIMIT ?`)
+	if err == nil {
+		err = w.ids.load(ctx, conn)
+	}
+	if err != nil {
+		w.close()
+		return nil, fmt.Errorf("prepare writer: %w", err)
+	}
+	return w, nil
+}
+
+func (w *writer) close() error {
+	var errs []error
+	for _, st := range []*sql.Stmt{w.begin, w.commit, w.rollback, w.selStream, w.insStream, w.updStream, w.insEvent, w.selEvents} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
+	errs = append(errs, w.conn.Close())
+	return errors.Join(errs...)
+}
+
+// runWriter is the single writer: it takes every request queued so far,
+// commits them in one transaction and answers each, until Close has been
+// called and the queue is empty.
+func (s *Store) runWriter(ctx context.Context) {
+	defer close(s.writerDone)
+	var taken []*request
+	for {
+		s.queueMu.Lock()
+		for len(s.queue) == 0 && !s.closing {
+			s.queueCond.Wait()
+		}
+		if len(s.queue) == 0 {
+			s.queueMu.Unlock()
+			return
+		}
+		// Swap the buffers: appenders fill the other one meanwhile.
+		taken, s.queue = s.queue, taken[:0]
+		s.queueMu.Unlock()
+
+		for rest := taken; len(rest) > 0; {
+			n := min(len(rest), maxBatch)
+			s.commitBatch(ctx, rest[:n])
+			rest = rest[n:]
+		}
+		clear(taken)
+	}
+}
+
+// commitBatch writes reqs in one transaction and answers each of them.
+func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
+	w := s.w
+	if w.failed != nil {
+		for _, r := range reqs {
+			r.err = fmt.Errorf("%s %q: %w", r.verb(), r.stream, w.failed)
+			close(r.done)
+		}
+		return
+	}
+	b := &w.b
+	b.reset(s.clock().UnixNano(), s.hasSubscribers(), s.head.Load())
+
+	_, err := w.begin.ExecContext(ctx)
+	for _, r := range reqs {
+		if err != nil {
+			break
+		}
+		if cerr := r.ctx.Err(); cerr != nil {
+			// Nobody waits for this answer: do not write what the caller
+			// has already been told failed.
+			r.err = cerr
+			continue
+		}
+		err = w.apply(ctx, b, r)
+	}
+	if err == nil {
+		err = w.updateStreams(ctx, b)
+	}
+	committing := false
+	if err == nil {
+		committing = true
+		_, err = w.commit.ExecContext(ctx)
+	}
+	if err != nil {
+		_, _ = w.rollback.ExecContext(ctx) // may fail if SQLite already rolled back
+		if committing {
+			// After a failed fsync the file's state is unknown; taking more
+			// writes could acknowledge data that is not on disk.
+			w.failed = fmt.Errorf("event store failed, restart required: commit: %w", err)
+			s.log.Error("event store commit failed; refusing further writes", "err", err)
+		} else if len(reqs) > 1 {
+			// A statement failed: retry each append on its own, so that one
+			// bad append cannot fail the others.
+			for _, r := range reqs {
+				r.err, r.res = nil, eventstore.AppendResult{}
+				s.commitBatch(ctx, []*request{r})
+			}
+			return
+		}
+		failErr := w.failed
+		if failErr == nil {
+			failErr = err
+		}
+		// Answers worked out inside the rolled-back transaction may rest
+		// on appends that are now undone: every request gets the failure.
+		for _, r := range reqs {
+			r.err = fmt.Errorf("%s %q: %w", r.verb(), r.stream, failErr)
+			close(r.done)
+		}
+		return
+	}
+
+	w.merge(b)
+	s.commits.Add(1)
+	s.appends.Add(uint64(b.applied))
+	if b.last > b.from {
+		s.head.Store(b.last)
+		s.publish(b)
+	}
+	for _, r := range reqs {
+		close(r.done)
+	}
+}
+
+func (r *request) verb() string {
+	if r.del {
+		return "delete"
+	}
+	return "append to"
+}
+
+func (b *batch) reset(created int64, live bool, head uint64) {
+	b.created = created
+	clear(b.streams)
+	clear(b.ids)
+	clear(b.events)
+	b.events = b.events[:0]
+	b.live = live
+	b.from, b.last = head, head
+	b.applied = 0
+}
+
+// state returns the batch's copy of a stream's state, loading it on first use.
+func (w *writer) state(ctx context.Context, b *batch, name string) (*streamState, error) {
+	if st, ok := b.streams[name]; ok {
+		return st, nil
+	}
+	st := new(streamState)
+	if cached, ok := w.streams[name]; ok {
+		*st = *cached
+	} else {
+		var last sql.NullInt64
+		err := w.selStream.QueryRowContext(ctx, name).Scan(&st.id, &last, &st.deleted)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return nil, fmt.Errorf("load stream: %w", err)
+		default:
+			st.exists = last.Valid
+			st.last = uint64(last.Int64)
+		}
+	}
+	st.dirty = false
+	b.streams[name] = st
+	return st, nil
+}
+
+// apply checks one request against the stream's state and writes it. A
+// conflict is the request's own answer (r.err) and leaves the batch going;
+// only a failing statement returns an error.
+func (w *writer) apply(ctx context.Context, b *batch, r *request) error {
+	st, err := w.state(ctx, b, r.stream)
+	if err != nil {
+		return err
+	}
+	if st.deleted {
+		r.err = fmt.Errorf("%s %q: %w", r.verb(), r.stream, eventstore.ErrStreamDeleted)
+		return nil
+	}
+	if r.del {
+		if !matches(st, r.expected) {
+			r.err = conflict(r, st)
+			return nil
+		}
+		if err := w.ensureRow(ctx, st, r.stream); err != nil {
+			return err
+		}
+		st.deleted, st.dirty = true, true
+		b.applied++
+		return nil
+	}
+
+	if !matches(st, r.expected) {
+		// EventStoreDB's idempotence: a retry of an append that already
+		// happened finds its own events where it meant to put them.
+		from, try := uint64(0), false
+		if rev, ok := r.expected.Revision(); ok && st.exists && rev < st.last {
+			from, try = rev+1, true
+		} else if r.expected.IsNoStream() && st.exists {
+			from, try = 0, true
+		}
+		if try {
+			res, ok, err := w.sameEvents(ctx, b, st, from, r.events)
+			if err != nil {
+				return err
+			}
+			if ok {
+				r.res = res
+				b.applied++
+				return nil
+			}
+		}
+		r.err = conflict(r, st)
+		return nil
+	}
+	if r.expected.IsAny() && st.exists {
+		// With Any, like EventStoreDB, idempotence rests on a cache of
+		// recent event IDs: best effort, but it catches a prompt retry.
+		if rev, ok := w.lookupID(b, st.id, r.events[0].ID); ok {
+			res, same, err := w.sameEvents(ctx, b, st, rev, r.events)
+			if err != nil {
+				return err
+			}
+			if !same {
+				r.err = conflict(r, st)
+				return nil
+			}
+			r.res = res
+			b.applied++
+			return nil
+		}
+	}
+
+	if err := w.ensureRow(ctx, st, r.stream); err != nil {
+		return err
+	}
+	rev := uint64(0)
+	if st.exists {
+		rev = st.last + 1
+	}
+	var pos int64
+	for i := range r.events {
+		e := &r.events[i]
+		res, err := w.insEvent.ExecContext(ctx, st.id, int64(rev), e.ID[:], e.Type, e.Data, b.created)
+		if err != nil {
+			return fmt.Errorf("insert event: %w", err)
+		}
+		if pos, err = res.LastInsertId(); err != nil {
+			return fmt.Errorf("insert event: %w", err)
+		}
+		b.ids[idKey{st.id, e.ID}] = rev
+		if b.live {
+			b.events = append(b.events, eventstore.RecordedEvent{
+				Stream:   r.stream,
+				Revision: rev,
+				Position: eventstore.Position{Commit: uint64(pos), Prepare: uint64(pos)},
+				ID:       e.ID,
+				Type:     e.Type,
+				// The caller owns e.Data once Append returns; subscribers
+				// get their own copy.
+				Data:    append([]byte(nil), e.Data...),
+				Created: time.Unix(0, b.created).UTC(),
+			})
+		}
+		st.last, st.exists, st.dirty = rev, true, true
+		rev++
+	}
+	b.last = uint64(pos)
+	b.applied++
+	r.res = eventstore.AppendResult{
+		NextExpectedRevision: st.last,
+		Position:             eventstore.Position{Commit: uint64(pos), Prepare: uint64(pos)},
+	}
+	return nil
+}
+
+func matches(st *streamState, e eventstore.ExpectedRevision) bool {
+	switch {
+	case e.IsAny():
+		return true
+	case e.IsNoStream():
+		return !st.exists
+	default:
+		rev, _ := e.Revision()
+		return st.exists && st.last == rev
+	}
+}
+
+func conflict(r *request, st *streamState) error {
+	return &eventstore.WrongExpectedRevisionError{
+		Stream:       r.stream,
+		Expected:     r.expected,
+		Actual:       st.last,
+		StreamExists: st.exists,
+	}
+}
+
+func (w *writer) ensureRow(ctx context.Context, st *streamState, name string) error {
+	if st.id != 0 {
+		return nil
+	}
+	res, err := w.insStream.ExecContext(ctx, name)
+	if err == nil {
+		st.id, err = res.LastInsertId()
+	}
+	if err != nil {
+		return fmt.Errorf("create stream: %w", err)
+	}
+	st.dirty = true
+	return nil
+}
+
+// sameEvents reports whether the stream holds events with the IDs of events,
+// in order, from revision from on; if so, res is what the original append
+// returned. It reads through the transaction, so it sees this batch too.
+func (w *writer) sameEvents(ctx context.Context, b *batch, st *streamState, from uint64, events []eventstore.EventData) (res eventstore.AppendResult, ok bool, err error) {
+	if st.id == 0 || !st.exists || from > st.last || uint64(len(events)) > st.last-from+1 {
+		return res, false, nil
+	}
+	rows, err := w.selEvents.QueryContext(ctx, st.id, int64(from), len(events))
+	if err != nil {
+		return res, false, fmt.Errorf("check idempotent append: %w", err)
+	}
+	defer rows.Close()
+	i := 0
+	for rows.Next() {
+		var rev, pos int64
+		var id []byte
+		if err := rows.Scan(&rev, &id, &pos); err != nil {
+			return res, false, fmt.Errorf("check idempotent append: %w", err)
+		}
+		if uint64(rev) != from+uint64(i) || string(id) != string(events[i].ID[:]) {
+			return res, false, nil
+		}
+		res = eventstore.AppendResult{
+			NextExpectedRevision: uint64(rev),
+			Position:             eventstore.Position{Commit: uint64(pos), Prepare: uint64(pos)},
+		}
+		i++
+	}
+	if err := rows.Err(); err != nil {
+		return res, false, fmt.Errorf("check idempotent append: %w", err)
+	}
+	return res, i == len(events), nil
+}
+
+func (w *writer) lookupID(b *batch, stream int64, id eventstore.EventID) (uint64, bool) {
+	k := idKey{stream, id}
+	if rev, ok := b.ids[k]; ok {
+		return rev, true
+	}
+	return w.ids.lookup(k)
+}
+
+// updateStreams writes each touched stream's head once per batch, however
+// many appends it took.
+func (w *writer) updateStreams(ctx context.Context, b *batch) error {
+	for _, st := range b.streams {
+		if !st.dirty {
+			continue
+		}
+		var last any
+		if st.exists {
+			last = int64(st.last)
+		}
+		if _, err := w.updStream.ExecContext(ctx, last, st.deleted, st.id); err != nil {
+			return fmt.Errorf("update stream: %w", err)
+		}
+	}
+	return nil
+}
+
+// merge makes a committed batch the writer's state.
+func (w *writer) merge(b *batch) {
+	if len(w.streams)+len(b.streams) > maxCachedStreams {
+		clear(w.streams)
+	}
+	for name, st := range b.streams {
+		w.streams[name] = st
+	}
+	for k, rev := range b.ids {
+		w.ids.add(k, rev)
+	}
+}
