@@ -1,0 +1,259 @@
+package domain
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// DeliveryMode is how a peer's outbox reaches it.
+type DeliveryMode int
+
+// The delivery modes of the seed's PostboxService comment.
+const (
+	// ModePush: this server pushes each event, one in flight, in order.
+	ModePush DeliveryMode = iota
+	// ModeQueue: pushes failed; events wait until the peer pulls them.
+	ModeQueue
+)
+
+func (m DeliveryMode) String() string {
+	if m == ModeQueue {
+		return "queue"
+	}
+	return "push"
+}
+
+// ResumeReason says why pushing started again after queue mode.
+type ResumeReason int
+
+// Why pushing resumed.
+const (
+	ResumeQueueDrained ResumeReason = iota + 1 // the peer pulled and acknowledged everything
+	ResumeProbe                                // a resume probe's push succeeded
+	ResumeOperator                             // an operator asked for it
+)
+
+// DeliveryEvent is a fact recorded in a peer's delivery stream.
+type DeliveryEvent interface{ deliveryEvent() }
+
+// EventPushed: a push of the outbox event Seq succeeded.
+type EventPushed struct {
+	Seq      uint64
+	Attempts uint32
+}
+
+// QueueModeEntered: one attempt plus the retries failed on FromSeq.
+type QueueModeEntered struct {
+	FromSeq   uint64
+	Attempts  uint32
+	LastError string
+}
+
+// PullServed: a Pull reply handed over FromSeq..ToSeq (inclusive).
+type PullServed struct {
+	FromSeq, ToSeq uint64
+	// AwaitsAck: the peer acknowledges pulls, so the events count as
+	// delivered only once acknowledged.
+	AwaitsAck bool
+}
+
+// PullAcknowledged: the peer has applied everything up to UpToSeq.
+type PullAcknowledged struct {
+	UpToSeq uint64
+}
+
+// PushResumed: pushing starts again at FromSeq.
+type PushResumed struct {
+	FromSeq uint64
+	Reason  ResumeReason
+}
+
+func (EventPushed) deliveryEvent()      {}
+func (QueueModeEntered) deliveryEvent() {}
+func (PullServed) deliveryEvent()       {}
+func (PullAcknowledged) deliveryEvent() {}
+func (PushResumed) deliveryEvent()      {}
+
+// Outbox is the sender's view of one peer: how far its outbox is delivered
+// and how. It is folded from the peer's delivery stream, plus the outbox
+// head; decisions are pure functions of it.
+type Outbox struct {
+	// Head is the number of events in the outbox: the next sequence number.
+	Head uint64
+	// Delivered: every event with a lower sequence number has been delivered.
+	Delivered uint64
+	Mode      DeliveryMode
+	// HandedOver: events below it were handed over by Pull, awaiting an ack.
+	HandedOver uint64
+	// PulledSinceQueue: the peer has pulled since queue mode began, so no
+	// resume probe is needed.
+	PulledSinceQueue bool
+}
+
+// Apply folds one recorded event into the state.
+func (o *Outbox) Apply(e DeliveryEvent) {
+	switch e := e.(type) {
+	case EventPushed:
+		o.Delivered = max(o.Delivered, e.Seq+1)
+	case QueueModeEntered:
+		o.Mode, o.PulledSinceQueue = ModeQueue, false
+	case PullServed:
+		o.PulledSinceQueue = true
+		o.HandedOver = max(o.HandedOver, e.ToSeq+1)
+		if !e.AwaitsAck {
+			o.Delivered = max(o.Delivered, e.ToSeq+1)
+		}
+	case PullAcknowledged:
+		o.Delivered = max(o.Delivered, e.UpToSeq+1)
+	case PushResumed:
+		o.Mode = ModePush
+	}
+	o.HandedOver = max(o.HandedOver, o.Delivered)
+}
+
+// Pending is how many events are not yet delivered.
+func (o Outbox) Pending() uint64 { return o.Head - o.Delivered }
+
+// ErrStale is returned when a decision was taken on a state that has since
+// moved on (another writer advanced the delivery stream): record nothing and
+// look again.
+var ErrStale = errors.New("delivery state moved on")
+
+// NextPush returns the event the push loop should send, if any: in push
+// mode, the oldest undelivered one. One push is in flight per peer, so
+// events arrive in order.
+func (o Outbox) NextPush() (seq uint64, ok bool) {
+	if o.Mode != ModePush || o.Delivered >= o.Head {
+		return 0, false
+	}
+	return o.Delivered, true
+}
+
+// NeedsProbe reports whether a resume probe should run: in queue mode,
+// while the peer has not pulled since it began.
+func (o Outbox) NeedsProbe() bool {
+	return o.Mode == ModeQueue && !o.PulledSinceQueue && o.Delivered < o.Head
+}
+
+// PushSucceeded decides what a successful push of seq records. probe is
+// true for a resume probe's push in queue mode.
+func (o Outbox) PushSucceeded(seq uint64, attempts uint32, probe bool) ([]DeliveryEvent, error) {
+	if seq != o.Delivered {
+		return nil, fmt.Errorf("%w: pushed %d, delivered up to %d", ErrStale, seq, o.Delivered)
+	}
+	switch {
+	case o.Mode == ModePush && !probe:
+		return []DeliveryEvent{EventPushed{Seq: seq, Attempts: attempts}}, nil
+	case o.Mode == ModeQueue && probe && !o.PulledSinceQueue:
+		return []DeliveryEvent{PushResumed{FromSeq: seq, Reason: ResumeProbe}, EventPushed{Seq: seq, Attempts: attempts}}, nil
+	}
+	return nil, fmt.Errorf("%w: push of %d in %s mode (probe %v, pulled %v)", ErrStale, seq, o.Mode, probe, o.PulledSinceQueue)
+}
+
+// PushFailed decides what a failed attempt on seq records: queue mode once
+// one attempt plus retries have failed, nothing before (the loop retries).
+func (o Outbox) PushFailed(seq uint64, attempts uint32, retries int, lastErr string) ([]DeliveryEvent, error) {
+	if o.Mode != ModePush || seq != o.Delivered {
+		return nil, fmt.Errorf("%w: push of %d failed in %s mode, delivered up to %d", ErrStale, seq, o.Mode, o.Delivered)
+	}
+	if int(attempts) <= retries {
+		return nil, nil
+	}
+	return []DeliveryEvent{QueueModeEntered{FromSeq: seq, Attempts: attempts, LastError: lastErr}}, nil
+}
+
+// PullPlan is what a Pull from the peer gets and records.
+type PullPlan struct {
+	// Record is what the Pull records before its events are chosen (an
+	// acknowledgement, a return to push mode).
+	Record []DeliveryEvent
+	// From and Available: the reply may carry up to Available events
+	// starting at From; 0 means the reply is empty.
+	From, Available uint64
+}
+
+// PlanPull decides a Pull's reply. ack is the peer's acknowledgement, if it
+// sent one. In push mode the reply is empty at once (the events are on their
+// way by push); in queue mode it holds everything not yet delivered, and an
+// empty, acknowledged queue returns the peer to push mode.
+func (o Outbox) PlanPull(ack *uint64) (PullPlan, error) {
+	var plan PullPlan
+	if ack != nil {
+		if *ack >= o.HandedOver {
+			return PullPlan{}, fmt.Errorf("%w: acknowledgement %d is beyond the %d events handed over", ErrInvalidArgument, *ack, o.HandedOver)
+		}
+		if *ack+1 > o.Delivered {
+			e := PullAcknowledged{UpToSeq: *ack}
+			plan.Record = append(plan.Record, e)
+			o.Apply(e)
+		}
+	}
+	if o.Mode == ModePush {
+		return plan, nil
+	}
+	if o.Delivered == o.Head {
+		plan.Record = append(plan.Record, PushResumed{FromSeq: o.Head, Reason: ResumeQueueDrained})
+		return plan, nil
+	}
+	plan.From, plan.Available = o.Delivered, o.Head-o.Delivered
+	return plan, nil
+}
+
+// ServedPull is the record of a Pull reply carrying n events from from.
+func ServedPull(from, n uint64, awaitsAck bool) PullServed {
+	return PullServed{FromSeq: from, ToSeq: from + n - 1, AwaitsAck: awaitsAck}
+}
+
+// Resume decides an operator's request to push again.
+func (o Outbox) Resume() []DeliveryEvent {
+	if o.Mode == ModePush {
+		return nil
+	}
+	return []DeliveryEvent{PushResumed{FromSeq: o.Delivered, Reason: ResumeOperator}}
+}
+
+// Inbox is the receiver's view of one sender: how far its events are applied.
+type Inbox struct {
+	// Count is the number of events received (the inbox stream's length).
+	Count uint64
+	// LastSeq is the highest sender sequence number applied, if HasSeq.
+	LastSeq uint64
+	HasSeq  bool
+}
+
+// Accepts reports whether an event with sender sequence seq (nil: the sender
+// sent none, as upstream servers do) is new and must be applied. A Postbox
+// sender's event is applied only above the last one applied, so a retried
+// push or a re-sent pull reply is never applied twice or out of order.
+func (i Inbox) Accepts(seq *uint64) bool {
+	return seq == nil || !i.HasSeq || *seq > i.LastSeq
+}
+
+// Received folds one applied event.
+func (i *Inbox) Received(seq *uint64) {
+	i.Count++
+	if seq != nil && (!i.HasSeq || *seq > i.LastSeq) {
+		i.LastSeq, i.HasSeq = *seq, true
+	}
+}
+
+// Ack is what a Pull to the sender acknowledges, if anything.
+func (i Inbox) Ack() (uint64, bool) { return i.LastSeq, i.HasSeq }
+
+// Backoff is an exponential backoff with a cap.
+type Backoff struct {
+	First, Max time.Duration
+}
+
+// Delay returns the wait before attempt n (1-based: the wait after the
+// first failure is Delay(1)), with jitter drawn from jitter in [0, 1): the
+// delay is in [d/2, d), so peers that failed together do not retry together.
+func (b Backoff) Delay(n int, jitter float64) time.Duration {
+	d := b.First
+	for i := 1; i < n && d < b.Max; i++ {
+		d *= 2
+	}
+	d = min(d, b.Max)
+	return d/2 + time.Duration(float64(d/2)*jitter)
+}
