@@ -240,15 +240,17 @@ func (s *Store) Close() error {
 
 func (s *Store) closeResources() error {
 	var errs []error
+	// Readers first: the last connection to close checkpoints the WAL into
+	// the database and removes it, which only the writer is allowed to do.
+	errs = append(errs, s.rd.close())
+	if s.rdb != nil {
+		errs = append(errs, s.rdb.Close())
+	}
 	if s.w != nil {
 		errs = append(errs, s.w.close())
 	}
 	if s.wdb != nil {
 		errs = append(errs, s.wdb.Close())
-	}
-	errs = append(errs, s.rd.close())
-	if s.rdb != nil {
-		errs = append(errs, s.rdb.Close())
 	}
 	if s.lock != nil {
 		errs = append(errs, s.lock.release())

@@ -1,0 +1,249 @@
+package embedded_test
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+)
+
+func TestCreatedComesFromTheInjectedClock(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2031, 5, 6, 7, 8, 9, 123456789, time.UTC)
+	s, err := embedded.Open(t.Context(), t.TempDir(), embedded.Options{Clock: func() time.Time { return at }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sub, err := s.Subscribe(t.Context(), eventstore.Filter{}, eventstore.FromStart())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	recvItem(t, sub) // CaughtUp
+	appendN(t, s, "clock", 0, 1)
+	got, err := s.ReadStream(t.Context(), "clock", 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got[0].Created.Equal(at) {
+		t.Errorf("read: Created = %v, want %v", got[0].Created, at)
+	}
+	if live := recvEvent(t, sub); !live.Created.Equal(at) {
+		t.Errorf("live: Created = %v, want %v", live.Created, at)
+	}
+}
+
+func TestEmptyDataRoundTrips(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	for i, data := range [][]byte{nil, {}, {0, 1, 2, 0xff}} {
+		stream := fmt.Sprintf("data-%d", i)
+		if _, err := s.Append(t.Context(), stream, eventstore.NoStream(), eventstore.EventData{ID: newID(), Type: "T", Data: data}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.ReadStream(t.Context(), stream, 0, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got[0].Data) != string(data) {
+			t.Errorf("data %v read back as %v", data, got[0].Data)
+		}
+	}
+}
+
+func TestIdempotentRetryReturnsTheOriginalResult(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	ctx := t.Context()
+	events := []eventstore.EventData{{ID: newID(), Type: "A"}, {ID: newID(), Type: "B"}}
+	first, err := s.Append(ctx, "idem", eventstore.NoStream(), events...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, "other", 0, 3) // move the global position on
+	for _, expected := range []eventstore.ExpectedRevision{eventstore.NoStream(), eventstore.Any()} {
+		retry, err := s.Append(ctx, "idem", expected, events...)
+		if err != nil {
+			t.Fatalf("retry expecting %s: %v", expected, err)
+		}
+		if retry != first {
+			t.Errorf("retry expecting %s = %+v, want the original %+v", expected, retry, first)
+		}
+	}
+}
+
+func TestEmptyAppendIsRefused(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	if _, err := s.Append(t.Context(), "empty", eventstore.Any()); err == nil {
+		t.Error("an append of no events succeeded")
+	}
+}
+
+// Concurrent appends share commits, and a conflicting append does not fail
+// the others committed with it.
+func TestGroupCommit(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	const writers, rounds = 32, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*rounds)
+	for w := range writers {
+		wg.Go(func() {
+			stream := fmt.Sprintf("gc-%d", w)
+			for i := range uint64(rounds) {
+				expected := eventstore.NoStream()
+				if i > 0 {
+					expected = eventstore.Exact(i - 1)
+				}
+				if _, err := s.Append(t.Context(), stream, expected, eventstore.EventData{ID: newID(), Type: "T"}); err != nil {
+					errs <- fmt.Errorf("%s@%d: %w", stream, i, err)
+				}
+				// Every writer also throws in an append doomed to conflict.
+				_, err := s.Append(t.Context(), stream, eventstore.Exact(i+5), eventstore.EventData{ID: newID(), Type: "T"})
+				if !errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+					errs <- fmt.Errorf("doomed append to %s: got %v", stream, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	st := s.Stats()
+	t.Logf("%d appends in %d commits", st.Appends, st.Commits)
+	if st.Appends != writers*rounds {
+		t.Errorf("Stats.Appends = %d, want %d", st.Appends, writers*rounds)
+	}
+	if st.Commits >= st.Appends {
+		t.Errorf("%d commits for %d concurrent appends: no group commit", st.Commits, st.Appends)
+	}
+}
+
+// A subscription that does not read holds up neither appends nor memory;
+// when it reads again it gets every event, in order, from the database.
+func TestSlowSubscriberDoesNotBlockAppends(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	sub, err := s.Subscribe(t.Context(), eventstore.Filter{StreamPrefix: "slow-"}, eventstore.FromStart())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if !recvItem(t, sub).CaughtUp {
+		t.Fatal("want CaughtUp first")
+	}
+	const writers, perWriter = 8, 100
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for w := range writers {
+		wg.Go(func() {
+			if _, err := tryAppendN(t.Context(), s, fmt.Sprintf("slow-%d", w), 0, perWriter); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("appends stalled behind a subscription that does not read")
+	}
+	next := map[string]uint64{}
+	var last uint64
+	for range writers * perWriter {
+		e := recvEvent(t, sub)
+		if e.Position.Commit <= last || e.Revision != next[e.Stream] {
+			t.Fatalf("%s@%d at %d after %d: out of order, a gap or a duplicate", e.Stream, e.Revision, e.Position.Commit, last)
+		}
+		last = e.Position.Commit
+		next[e.Stream]++
+	}
+}
+
+func TestCloseDrainsQueuedAppends(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	const n = 64
+	var wg sync.WaitGroup
+	results := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			_, results[i] = s.Append(t.Context(), fmt.Sprintf("drain-%d", i), eventstore.NoStream(), eventstore.EventData{ID: newID(), Type: "T"})
+		})
+	}
+	time.Sleep(time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	s = openStore(t, dir)
+	defer s.Close()
+	for i, err := range results {
+		_, rerr := s.ReadStream(t.Context(), fmt.Sprintf("drain-%d", i), 0, 1)
+		switch {
+		case err == nil && rerr != nil:
+			t.Errorf("append %d was acknowledged but is not stored: %v", i, rerr)
+		case err != nil && !errors.Is(err, eventstore.ErrClosed):
+			t.Errorf("append %d: got %v, want success or ErrClosed", i, err)
+		case err != nil && rerr == nil:
+			t.Errorf("append %d failed with %v but is stored", i, err)
+		}
+	}
+}
+
+// A subscription that reads, but slower than the writers append, keeps
+// losing live batches and getting later ones: it must notice every gap and
+// fill it from the database.
+func TestLaggingSubscriberFillsGaps(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	sub, err := s.Subscribe(t.Context(), eventstore.Filter{StreamPrefix: "lag-"}, eventstore.FromStart())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	const writers, perWriter = 16, 60
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for w := range writers {
+		wg.Go(func() {
+			if _, err := tryAppendN(t.Context(), s, fmt.Sprintf("lag-%d", w), 0, perWriter); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	next := map[string]uint64{}
+	var last uint64
+	for n := 0; n < writers*perWriter; {
+		item := recvItem(t, sub)
+		if item.CaughtUp {
+			continue
+		}
+		e := item.Event
+		if e.Position.Commit <= last || e.Revision != next[e.Stream] {
+			t.Fatalf("%s@%d at %d after %d: out of order, a gap or a duplicate", e.Stream, e.Revision, e.Position.Commit, last)
+		}
+		last = e.Position.Commit
+		next[e.Stream]++
+		n++
+		if n%8 == 0 {
+			time.Sleep(2 * time.Millisecond) // lag behind the writers
+		}
+	}
+}
