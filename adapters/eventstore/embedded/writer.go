@@ -18,7 +18,9 @@ const maxBatch = 4096
 // cache starts afresh and refills from the streams table.
 const maxCachedStreams = 1 << 16
 
-// request is one Append or Delete waiting for the writer.
+// request is one Append or Delete waiting for the writer. It carries the
+// caller's context across to the writer goroutine only so that the writer
+// can skip a request whose caller has given up.
 type request struct {
 	ctx      context.Context
 	del      bool
