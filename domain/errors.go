@@ -28,4 +28,5 @@ var (
 	ErrInvalidArgument = errors.New("invalid argument")
 	ErrNotFound        = errors.New("not found")
 	ErrUnavailable     = errors.New("temporarily unavailable")
+	ErrNotImplemented  = errors.New("not implemented")
 )

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
+	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/domain"
@@ -31,6 +32,7 @@ type Config struct {
 	AdminToken    admin.Token
 	PeerProtocol  peerclient.Protocol
 	MaxRequest    httpserver.MaxRequestBytes
+	Delivery      delivery.Config
 }
 
 func parseServeConfig(args []string, stderr io.Writer, getenv func(string) string) (Config, error) {
@@ -53,6 +55,11 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	adminToken := fs.String("admin-token", "", "bearer token the admin listener requires")
 	protocol := fs.String("peer-protocol", "hrpc", "protocol for calls to peers: hrpc, connect or grpc")
 	maxRequest := fs.Int64("max-request-bytes", 4<<20, "largest federation request body accepted")
+	dc := delivery.DefaultConfig()
+	fs.IntVar(&dc.PushRetries, "push-retries", dc.PushRetries, "retries after a failed push before the peer's events go to its queue")
+	fs.BoolVar(&dc.ResumeProbe, "resume-probe", dc.ResumeProbe, "while a peer in queue mode does not pull, push its oldest queued event now and then; false follows the spec strictly")
+	fs.DurationVar(&dc.ProbeBackoff.First, "probe-interval", dc.ProbeBackoff.First, "first wait before a resume probe (doubling, up to 10 minutes)")
+	fs.DurationVar(&dc.PullInterval, "pull-interval", dc.PullInterval, "pull each peer this long after its last push")
 	given, err := parseFlags(fs, args, getenv)
 	if err != nil {
 		return Config{}, err
@@ -73,6 +80,7 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 		RequireExt:    *requireExt,
 		AdminToken:    admin.Token(*adminToken),
 		MaxRequest:    httpserver.MaxRequestBytes(*maxRequest),
+		Delivery:      dc,
 	}
 	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--server-id: %w", err)}
@@ -85,6 +93,9 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	}
 	if cfg.AuthWindow <= 0 {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--auth-window must be positive")}
+	}
+	if dc.PushRetries < 0 || dc.PullInterval <= 0 || dc.ProbeBackoff.First <= 0 {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--push-retries must be at least 0, --pull-interval and --probe-interval positive")}
 	}
 	if cfg.MaxRequest <= 0 {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-request-bytes must be positive")}

@@ -15,10 +15,14 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
+	"github.com/harmony-postbox/postbox/adapters/delivery"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/keyfile"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
@@ -98,8 +102,40 @@ func providePeerClientConfig(cfg Config, clientTLS *tls.Config) peerclient.Confi
 
 func provideVersion() admin.Version { return admin.Version(buildVersion()) }
 
-func provideHealth() grpchealth.Checker {
-	return grpchealth.NewStaticChecker(syncv1connect.PostboxServiceName, adminv1connect.AdminServiceName)
+// provideHealth reports NOT_SERVING until the startup pulls are done.
+func provideHealth() *grpchealth.StaticChecker {
+	h := grpchealth.NewStaticChecker(syncv1connect.PostboxServiceName, adminv1connect.AdminServiceName)
+	h.SetStatus("", grpchealth.StatusNotServing)
+	return h
+}
+
+func provideEmbeddedStore(ctx context.Context, cfg Config, clock domain.Clock, logger *slog.Logger) (*embedded.Store, func(), error) {
+	s, err := embedded.Open(ctx, cfg.DataDir, embedded.Options{Logger: logger, Clock: clock.Now})
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, func() { _ = s.Close() }, nil
+}
+
+func provideESDBStore(ctx context.Context, cfg Config, logger *slog.Logger) (*esdb.Store, func(), error) {
+	s, err := esdb.Open(ctx, cfg.Store, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, func() { _ = s.Close() }, nil
+}
+
+func provideCodec(random io.Reader) *streams.Codec { return streams.NewCodec(random) }
+
+func provideRegistry(ctx context.Context, store delivery.Store, codec *streams.Codec, random io.Reader) (*delivery.Registry, error) {
+	return delivery.LoadRegistry(ctx, store, codec, random)
+}
+
+func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, registry *delivery.Registry, client delivery.PeerClient,
+	clock domain.Clock, logger *slog.Logger, random io.Reader,
+) (*delivery.Engine, func()) {
+	e := delivery.New(cfg.Delivery, store, codec, registry, client, clock, logger, random)
+	return e, e.Close
 }
 
 func provideFederationListener(ctx context.Context, cfg Config, h *httpserver.FederationHandler, logger *slog.Logger) (federationListener, func(), error) {

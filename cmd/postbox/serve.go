@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"time"
 
+	"connectrpc.com/grpchealth"
+
+	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 )
 
@@ -16,7 +19,11 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	app, cleanup, err := initServer(ctx, cfg, logger)
+	init := initEmbeddedServer
+	if cfg.Store != "" {
+		init = initESDBServer
+	}
+	app, cleanup, err := init(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
@@ -36,20 +43,35 @@ type server struct {
 	cfg        Config
 	federation federationListener
 	admin      adminListener
+	engine     *delivery.Engine
+	health     *grpchealth.StaticChecker
 	logger     *slog.Logger
 }
 
-func newServer(cfg Config, federation federationListener, admin adminListener, logger *slog.Logger) *server {
-	return &server{cfg: cfg, federation: federation, admin: admin, logger: logger}
+func newServer(cfg Config, federation federationListener, admin adminListener, engine *delivery.Engine,
+	health *grpchealth.StaticChecker, logger *slog.Logger,
+) *server {
+	return &server{cfg: cfg, federation: federation, admin: admin, engine: engine, health: health, logger: logger}
 }
 
 // run serves until ctx ends, then shuts down gracefully.
 func (s *server) run(ctx context.Context) error {
 	s.logger.Info("postbox serving", "server_id", s.cfg.ServerID.String(), "version", buildVersion(),
 		"federation", s.federation.Addr().String(), "admin", s.admin.Addr().String())
+	// Peers' state comes back from the streams first, with a gate per
+	// peer so that its pushes wait for the startup pull below.
+	if err := s.engine.Start(ctx); err != nil {
+		return err
+	}
 	errs := make(chan error, 2)
 	go func() { errs <- s.federation.Serve() }()
 	go func() { errs <- s.admin.Serve() }()
+	// The listeners are open: now pull every peer federated with before.
+	go func() {
+		s.engine.StartupPulls(ctx)
+		s.health.SetStatus("", grpchealth.StatusServing)
+		s.logger.Info("startup pulls done; serving")
+	}()
 	var first error
 	select {
 	case <-ctx.Done():

@@ -6,10 +6,14 @@ import (
 	"context"
 	"log/slog"
 
+	"connectrpc.com/grpchealth"
 	"github.com/google/wire"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
 	"github.com/harmony-postbox/postbox/adapters/clock"
+	"github.com/harmony-postbox/postbox/adapters/delivery"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
@@ -25,8 +29,8 @@ var configSet = wire.NewSet(
 	provideKey, providePublicKey, provideRandom, provideIdentity, provideSelf,
 	provideAccessList, provideAuthPolicy, provideClientTLS, providePeerKeysConfig,
 	providePeerKeysObserver, provideSigner, providePeerClientConfig, provideVersion,
-	provideHealth, provideFederationListener, provideAdminListener, provideMaxRequest,
-	provideAdminToken,
+	provideHealth, wire.Bind(new(grpchealth.Checker), new(*grpchealth.StaticChecker)),
+	provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
 )
 
 // authSet verifies federation tokens with keys fetched from peers.
@@ -39,15 +43,13 @@ var authSet = wire.NewSet(
 	wire.Bind(new(federation.Authenticator), new(*domain.Verifier)),
 )
 
-// standInSet is the temporary in-memory Postbox of the protocol surface;
-// the delivery engine replaces it.
-var standInSet = wire.NewSet(
-	federation.NewInMemoryStandIn,
-	wire.Bind(new(federation.Postbox), new(*federation.InMemoryStandIn)),
+// engineSet is the delivery engine on whichever store the injector binds.
+var engineSet = wire.NewSet(
+	provideCodec, provideRegistry, provideEngine,
 	peerclient.New,
-	wire.Bind(new(federation.Pusher), new(*peerclient.Client)),
-	federation.NewDirectSenderStandIn,
-	wire.Bind(new(admin.Sender), new(*federation.DirectSenderStandIn)),
+	wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)),
+	wire.Bind(new(federation.Postbox), new(*delivery.Engine)),
+	wire.Bind(new(admin.Sender), new(*delivery.Engine)),
 )
 
 // handlerSet mounts the services on the listeners.
@@ -63,7 +65,16 @@ var handlerSet = wire.NewSet(
 	newServer,
 )
 
-func initServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
-	wire.Build(configSet, authSet, standInSet, handlerSet)
+// initEmbeddedServer runs on the embedded store in the data directory.
+func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
+	wire.Build(configSet, authSet, engineSet, handlerSet,
+		provideEmbeddedStore, wire.Bind(new(delivery.Store), new(*embedded.Store)))
+	return nil, nil, nil
+}
+
+// initESDBServer runs on EventStoreDB (--store esdb://...).
+func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
+	wire.Build(configSet, authSet, engineSet, handlerSet,
+		provideESDBStore, wire.Bind(new(delivery.Store), new(*esdb.Store)))
 	return nil, nil, nil
 }

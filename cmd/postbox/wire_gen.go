@@ -7,10 +7,12 @@
 package main
 
 import (
+	"connectrpc.com/grpchealth"
 	"context"
 	"github.com/google/wire"
 	"github.com/harmony-postbox/postbox/adapters/admin"
 	"github.com/harmony-postbox/postbox/adapters/clock"
+	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
@@ -24,7 +26,8 @@ import (
 
 // Injectors from wire.go:
 
-func initServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
+// initEmbeddedServer runs on the embedded store in the data directory.
+func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
 	accessList, err := provideAccessList(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -40,38 +43,124 @@ func initServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, 
 	resolver := peerkeys.New(peerkeysConfig, system, logger, observer)
 	identity := provideIdentity(cfg)
 	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
-	inMemoryStandIn := federation.NewInMemoryStandIn()
-	postboxService := federation.NewPostboxService(verifier, inMemoryStandIn)
-	privateKey, err := provideKey(cfg, logger)
+	store, cleanup, err := provideEmbeddedStore(ctx, cfg, system, logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	publicKey := providePublicKey(privateKey)
-	keyService := federation.NewKeyService(publicKey)
-	maxRequestBytes := provideMaxRequest(cfg)
-	federationHandler := httpserver.NewFederationHandler(postboxService, keyService, maxRequestBytes, logger)
-	mainFederationListener, cleanup, err := provideFederationListener(ctx, cfg, federationHandler, logger)
-	if err != nil {
-		return nil, nil, err
-	}
-	version := provideVersion()
-	peerclientConfig := providePeerClientConfig(cfg, config)
 	reader := provideRandom()
-	signer := provideSigner(privateKey, system, reader)
-	self := provideSelf(identity)
-	client := peerclient.New(peerclientConfig, signer, self)
-	directSenderStandIn := federation.NewDirectSenderStandIn(client)
-	service := admin.NewService(identity, publicKey, version, directSenderStandIn)
-	checker := provideHealth()
-	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, checker, token, logger)
-	mainAdminListener, cleanup2, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	codec := provideCodec(reader)
+	registry, err := provideRegistry(ctx, store, codec, reader)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
 	}
-	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, logger)
+	peerclientConfig := providePeerClientConfig(cfg, config)
+	privateKey, err := provideKey(cfg, logger)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	signer := provideSigner(privateKey, system, reader)
+	self := provideSelf(identity)
+	client := peerclient.New(peerclientConfig, signer, self)
+	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader)
+	postboxService := federation.NewPostboxService(verifier, engine)
+	publicKey := providePublicKey(privateKey)
+	keyService := federation.NewKeyService(publicKey)
+	maxRequestBytes := provideMaxRequest(cfg)
+	federationHandler := httpserver.NewFederationHandler(postboxService, keyService, maxRequestBytes, logger)
+	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
+	if err != nil {
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	version := provideVersion()
+	service := admin.NewService(identity, publicKey, version, engine)
+	staticChecker := provideHealth()
+	token := provideAdminToken(cfg)
+	adminHandler := httpserver.NewAdminHandler(service, staticChecker, token, logger)
+	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	if err != nil {
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, staticChecker, logger)
 	return mainServer, func() {
+		cleanup4()
+		cleanup3()
+		cleanup2()
+		cleanup()
+	}, nil
+}
+
+// initESDBServer runs on EventStoreDB (--store esdb://...).
+func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
+	accessList, err := provideAccessList(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	authPolicy := provideAuthPolicy(cfg, accessList)
+	system := clock.System{}
+	config, err := provideClientTLS(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	peerkeysConfig := providePeerKeysConfig(cfg, accessList, config)
+	observer := providePeerKeysObserver()
+	resolver := peerkeys.New(peerkeysConfig, system, logger, observer)
+	identity := provideIdentity(cfg)
+	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
+	store, cleanup, err := provideESDBStore(ctx, cfg, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	reader := provideRandom()
+	codec := provideCodec(reader)
+	registry, err := provideRegistry(ctx, store, codec, reader)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	peerclientConfig := providePeerClientConfig(cfg, config)
+	privateKey, err := provideKey(cfg, logger)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	signer := provideSigner(privateKey, system, reader)
+	self := provideSelf(identity)
+	client := peerclient.New(peerclientConfig, signer, self)
+	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader)
+	postboxService := federation.NewPostboxService(verifier, engine)
+	publicKey := providePublicKey(privateKey)
+	keyService := federation.NewKeyService(publicKey)
+	maxRequestBytes := provideMaxRequest(cfg)
+	federationHandler := httpserver.NewFederationHandler(postboxService, keyService, maxRequestBytes, logger)
+	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
+	if err != nil {
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	version := provideVersion()
+	service := admin.NewService(identity, publicKey, version, engine)
+	staticChecker := provideHealth()
+	token := provideAdminToken(cfg)
+	adminHandler := httpserver.NewAdminHandler(service, staticChecker, token, logger)
+	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	if err != nil {
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, staticChecker, logger)
+	return mainServer, func() {
+		cleanup4()
+		cleanup3()
 		cleanup2()
 		cleanup()
 	}, nil
@@ -84,16 +173,16 @@ var configSet = wire.NewSet(
 	provideKey, providePublicKey, provideRandom, provideIdentity, provideSelf,
 	provideAccessList, provideAuthPolicy, provideClientTLS, providePeerKeysConfig,
 	providePeerKeysObserver, provideSigner, providePeerClientConfig, provideVersion,
-	provideHealth, provideFederationListener, provideAdminListener, provideMaxRequest,
-	provideAdminToken,
+	provideHealth, wire.Bind(new(grpchealth.Checker), new(*grpchealth.StaticChecker)), provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
 )
 
 // authSet verifies federation tokens with keys fetched from peers.
 var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), peerkeys.New, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), domain.NewVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
 
-// standInSet is the temporary in-memory Postbox of the protocol surface;
-// the delivery engine replaces it.
-var standInSet = wire.NewSet(federation.NewInMemoryStandIn, wire.Bind(new(federation.Postbox), new(*federation.InMemoryStandIn)), peerclient.New, wire.Bind(new(federation.Pusher), new(*peerclient.Client)), federation.NewDirectSenderStandIn, wire.Bind(new(admin.Sender), new(*federation.DirectSenderStandIn)))
+// engineSet is the delivery engine on whichever store the injector binds.
+var engineSet = wire.NewSet(
+	provideCodec, provideRegistry, provideEngine, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), wire.Bind(new(admin.Sender), new(*delivery.Engine)),
+)
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(federation.NewPostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), admin.NewService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), httpserver.NewFederationHandler, httpserver.NewAdminHandler, newServer)

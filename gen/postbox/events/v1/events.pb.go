@@ -474,7 +474,10 @@ type EventReceived struct {
 	// How it arrived.
 	Via EventReceived_Via `protobuf:"varint,2,opt,name=via,proto3,enum=postbox.events.v1.EventReceived_Via" json:"via,omitempty"`
 	// The sender's sequence number, when the sender sent one.
-	SenderSeq     *uint64 `protobuf:"varint,3,opt,name=sender_seq,json=senderSeq,proto3,oneof" json:"sender_seq,omitempty"`
+	SenderSeq *uint64 `protobuf:"varint,3,opt,name=sender_seq,json=senderSeq,proto3,oneof" json:"sender_seq,omitempty"`
+	// The event's wire bytes, kept when it holds fields this build does not
+	// know (such as a newer kind of event), which JSON would drop.
+	EventBytes    []byte `protobuf:"bytes,4,opt,name=event_bytes,json=eventBytes,proto3" json:"event_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -528,6 +531,13 @@ func (x *EventReceived) GetSenderSeq() uint64 {
 		return *x.SenderSeq
 	}
 	return 0
+}
+
+func (x *EventReceived) GetEventBytes() []byte {
+	if x != nil {
+		return x.EventBytes
+	}
+	return nil
 }
 
 // Appended to `peers` the first time this server deals with a peer.
@@ -844,12 +854,14 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14REASON_QUEUE_DRAINED\x10\x01\x12\x10\n" +
 	"\fREASON_PROBE\x10\x02\x12\x13\n" +
-	"\x0fREASON_OPERATOR\x10\x03\"\xe1\x01\n" +
+	"\x0fREASON_OPERATOR\x10\x03\"\x82\x02\n" +
 	"\rEventReceived\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x126\n" +
 	"\x03via\x18\x02 \x01(\x0e2$.postbox.events.v1.EventReceived.ViaR\x03via\x12\"\n" +
 	"\n" +
-	"sender_seq\x18\x03 \x01(\x04H\x00R\tsenderSeq\x88\x01\x01\"6\n" +
+	"sender_seq\x18\x03 \x01(\x04H\x00R\tsenderSeq\x88\x01\x01\x12\x1f\n" +
+	"\vevent_bytes\x18\x04 \x01(\fR\n" +
+	"eventBytes\"6\n" +
 	"\x03Via\x12\x13\n" +
 	"\x0fVIA_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bVIA_PUSH\x10\x01\x12\f\n" +

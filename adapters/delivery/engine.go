@@ -1,0 +1,329 @@
+// Package delivery is Postbox's delivery engine: it delivers this server's
+// events to each peer in order and without loss (push, falling back to a
+// queue the peer pulls), and receives peers' events exactly once. All state
+// lives in the event store's streams (outbox-, delivery-, inbox-<peer>,
+// peers); the rules are domain.Outbox and domain.Inbox, and this package
+// drives them with I/O. Idle peers hold no goroutine: a push loop runs only
+// while a peer has events to push.
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+// PeerClient calls other servers.
+type PeerClient interface {
+	Push(ctx context.Context, peer domain.ServerID, event *syncv1.Event, seq uint64) error
+	Pull(ctx context.Context, peer domain.ServerID, ack *uint64) (peerclient.PullResult, error)
+}
+
+// Config tunes the engine.
+type Config struct {
+	// PushRetries is X: queue mode after one attempt plus X retries.
+	PushRetries int
+	// PushBackoff spaces the retries of one event.
+	PushBackoff domain.Backoff
+	// AttemptTimeout bounds one push attempt.
+	AttemptTimeout time.Duration
+	// ResumeProbe pushes the oldest queued event now and then while the
+	// peer does not pull, so a peer that never pulls still gets its events.
+	ResumeProbe  bool
+	ProbeBackoff domain.Backoff
+	// MaxConcurrentPushes caps pushes in flight across all peers.
+	MaxConcurrentPushes int
+	// PullReplyMaxBytes and PullReplyMaxEvents cap one Pull reply.
+	PullReplyMaxBytes  int
+	PullReplyMaxEvents int
+	// PullInterval: each peer is pulled this long after its last push.
+	PullInterval time.Duration
+	// PullTimeout bounds one pull from a peer (all its rounds).
+	PullTimeout time.Duration
+}
+
+// DefaultConfig is the engine's configuration unless told otherwise.
+func DefaultConfig() Config {
+	return Config{
+		PushRetries:         5,
+		PushBackoff:         domain.Backoff{First: 100 * time.Millisecond, Max: 2 * time.Second},
+		AttemptTimeout:      10 * time.Second,
+		ResumeProbe:         true,
+		ProbeBackoff:        domain.Backoff{First: 10 * time.Second, Max: 10 * time.Minute},
+		MaxConcurrentPushes: 256,
+		PullReplyMaxBytes:   3 << 20,
+		PullReplyMaxEvents:  10000,
+		PullInterval:        time.Minute,
+		PullTimeout:         30 * time.Second,
+	}
+}
+
+// Engine delivers and receives. It is safe for concurrent use.
+type Engine struct {
+	cfg      Config
+	store    Store
+	codec    *streams.Codec
+	registry *Registry
+	client   PeerClient
+	clock    domain.Clock
+	logger   *slog.Logger
+	jitter   func() float64
+	slots    chan struct{}
+
+	// ctx scopes background work (push loops, probes, pulls); Close ends it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	peers map[streams.PeerID]*peer
+}
+
+// peer is the engine's state for one peer, rebuilt from its streams.
+type peer struct {
+	id streams.PeerID
+
+	mu           sync.Mutex // guards everything below except what recvMu guards
+	loaded       bool
+	out          domain.Outbox
+	deliveryNext uint64 // events in the delivery stream
+	pushing      bool   // a push loop runs
+	serving      bool   // a Pull is being served: probes record nothing
+	probeTimer   *time.Timer
+	probeCancel  context.CancelFunc
+	probeRound   int
+	journal      []journalEntry
+	flushing     bool
+	pullGate     chan struct{} // set while this server pulls from the peer; closed when done
+	// gateOwnedByStartup: Start set the gate before the startup pull runs.
+	gateOwnedByStartup bool
+	pullTimer          *time.Timer
+
+	recvMu   sync.Mutex // serializes inbox appends, in order
+	inLoaded bool
+	in       domain.Inbox
+}
+
+type journalEntry struct {
+	events []domain.DeliveryEvent
+	done   chan error // nil: nobody waits
+}
+
+// New returns an engine. Start must be called before use.
+func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, client PeerClient, clock domain.Clock, logger *slog.Logger, random io.Reader) *Engine {
+	var seed [32]byte
+	_, _ = io.ReadFull(random, seed[:])
+	jitterSource := rand.New(rand.NewChaCha8(seed))
+	var jitterMu sync.Mutex
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Engine{
+		cfg: cfg, store: store, codec: codec, registry: registry, client: client, clock: clock, logger: logger,
+		jitter: func() float64 {
+			jitterMu.Lock()
+			defer jitterMu.Unlock()
+			return jitterSource.Float64()
+		},
+		slots:  make(chan struct{}, max(cfg.MaxConcurrentPushes, 1)),
+		ctx:    ctx,
+		cancel: cancel,
+		peers:  map[streams.PeerID]*peer{},
+	}
+}
+
+// Registry returns the peer registry.
+func (e *Engine) Registry() *Registry { return e.registry }
+
+// Close stops background work and waits for it.
+func (e *Engine) Close() {
+	e.cancel()
+	e.mu.Lock()
+	for _, p := range e.peers {
+		p.mu.Lock()
+		if p.probeTimer != nil {
+			p.probeTimer.Stop()
+		}
+		if p.pullTimer != nil {
+			p.pullTimer.Stop()
+		}
+		p.mu.Unlock()
+	}
+	e.mu.Unlock()
+	e.wg.Wait()
+}
+
+// go runs fn in the background unless the engine is closing.
+func (e *Engine) goBackground(fn func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ctx.Err() != nil {
+		return
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		fn()
+	}()
+}
+
+func (e *Engine) peer(id streams.PeerID) *peer {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p, ok := e.peers[id]
+	if !ok {
+		p = &peer{id: id}
+		e.peers[id] = p
+	}
+	return p
+}
+
+// loadLocked rebuilds the sender state of p from its streams, if needed.
+func (e *Engine) loadLocked(ctx context.Context, p *peer) error {
+	if p.loaded {
+		return nil
+	}
+	var out domain.Outbox
+	last, err := e.store.ReadStreamBackward(ctx, streams.Outbox(p.id), 1)
+	switch {
+	case errors.Is(err, eventstore.ErrStreamNotFound):
+	case err != nil:
+		return fmt.Errorf("read outbox head of %s: %w", p.id, err)
+	case len(last) == 1:
+		out.Head = last[0].Revision + 1
+	}
+	next, err := readAll(ctx, e.store, streams.Delivery(p.id), func(r eventstore.RecordedEvent) error {
+		ev, err := streams.DecodeDelivery(r)
+		if err != nil {
+			return err
+		}
+		out.Apply(ev)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// The outbox may have grown since the head was read (an enqueue
+	// racing this load); enqueues raise Head themselves, so keep the max.
+	out.Head = max(out.Head, p.out.Head)
+	p.out, p.deliveryNext, p.loaded = out, next, true
+	return nil
+}
+
+// record applies events to p's state at once and appends them to its
+// delivery stream in order, behind any records still being written. If
+// wait, it returns once they are durable. The caller holds p.mu.
+func (e *Engine) recordLocked(p *peer, wait bool, events ...domain.DeliveryEvent) chan error {
+	if len(events) == 0 {
+		return nil
+	}
+	for _, ev := range events {
+		p.out.Apply(ev)
+	}
+	var done chan error
+	if wait {
+		done = make(chan error, 1)
+	}
+	p.journal = append(p.journal, journalEntry{events: events, done: done})
+	if !p.flushing {
+		p.flushing = true
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.flush(p)
+		}()
+	}
+	return done
+}
+
+// flush writes p's journal, everything waiting in one append: while one
+// append syncs, later records gather for the next (group commit per peer).
+func (e *Engine) flush(p *peer) {
+	for {
+		p.mu.Lock()
+		batch := p.journal
+		p.journal = nil
+		if len(batch) == 0 {
+			p.flushing = false
+			p.mu.Unlock()
+			return
+		}
+		expected := expectAfter(p.deliveryNext)
+		p.mu.Unlock()
+
+		var all []domain.DeliveryEvent
+		for _, j := range batch {
+			all = append(all, j.events...)
+		}
+		err := e.appendDelivery(p, expected, all)
+
+		p.mu.Lock()
+		if err == nil {
+			p.deliveryNext += uint64(len(all))
+		} else {
+			// The in-memory state ran ahead of the stream: rebuild it from
+			// the stream before the next decision. Records queued behind
+			// this batch were decided on that state, so they go too.
+			e.logger.Error("recording delivery failed; rereading the streams", "peer", p.id, "err", err)
+			for _, j := range p.journal {
+				batch = append(batch, j)
+			}
+			p.journal, p.loaded = nil, false
+		}
+		p.mu.Unlock()
+		for _, j := range batch {
+			if j.done != nil {
+				j.done <- err
+			}
+		}
+	}
+}
+
+func (e *Engine) appendDelivery(p *peer, expected eventstore.ExpectedRevision, events []domain.DeliveryEvent) error {
+	data, err := e.codec.EncodeDelivery(events...)
+	if err != nil {
+		return err
+	}
+	// Records outlive the request that caused them: once decided, they are
+	// written even if that caller went away.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), 30*time.Second)
+	defer cancel()
+	_, err = e.store.Append(ctx, streams.Delivery(p.id), expected, data...)
+	if err != nil {
+		return fmt.Errorf("append to %s: %w", streams.Delivery(p.id), err)
+	}
+	return nil
+}
+
+func waitRecorded(ctx context.Context, done chan error) error {
+	if done == nil {
+		return nil
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,106 @@
+package delivery
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/harmony-postbox/postbox/adapters/federation"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+// ServePull answers a Pull from caller: only caller's own queue, never
+// another's. It never waits for a push (PROTOCOL.md §4: two servers pulling
+// each other at startup would deadlock otherwise). A caller that is not a
+// peer gets an empty reply and is not registered.
+func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint64) (federation.PullBatch, error) {
+	id, ok := e.registry.Lookup(caller.ServerID)
+	if !ok {
+		return federation.PullBatch{}, nil
+	}
+	p := e.peer(id)
+	p.mu.Lock()
+	if err := e.loadLocked(ctx, p); err != nil {
+		p.mu.Unlock()
+		return federation.PullBatch{}, err
+	}
+	if p.serving {
+		// One Pull at a time per peer; a second concurrent one answers
+		// empty rather than wait, and the peer pulls again.
+		p.mu.Unlock()
+		return federation.PullBatch{}, nil
+	}
+	plan, err := p.out.PlanPull(ack)
+	if err != nil {
+		p.mu.Unlock()
+		return federation.PullBatch{}, err
+	}
+	if p.out.Mode == domain.ModeQueue {
+		e.cancelProbeLocked(p)
+	}
+	done := e.recordLocked(p, true, plan.Record...)
+	if plan.Available == 0 {
+		e.kickLocked(p) // back in push mode, with events that came in meanwhile
+		p.mu.Unlock()
+		return federation.PullBatch{}, waitRecorded(ctx, done)
+	}
+	p.serving = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.serving = false
+		p.mu.Unlock()
+	}()
+	if err := waitRecorded(ctx, done); err != nil {
+		return federation.PullBatch{}, err
+	}
+
+	events, err := e.readBatch(ctx, id, plan.From, plan.Available)
+	if err != nil {
+		return federation.PullBatch{}, err
+	}
+	// A Postbox peer (it signs the token extension) acknowledges in its next
+	// Pull, even on its first, so its events count as delivered only then
+	// and a lost reply is sent again. An upstream peer never does: its
+	// events count as delivered once the reply is written, as upstream does.
+	p.mu.Lock()
+	done = e.recordLocked(p, true, domain.ServedPull(plan.From, uint64(len(events)), caller.Extended))
+	p.mu.Unlock()
+	if err := waitRecorded(ctx, done); err != nil {
+		return federation.PullBatch{}, err
+	}
+	return federation.PullBatch{Events: events, FirstSeq: plan.From}, nil
+}
+
+// readBatch reads up to n outbox events from from, within the reply caps.
+func (e *Engine) readBatch(ctx context.Context, id streams.PeerID, from, n uint64) ([]*syncv1.Event, error) {
+	n = min(n, uint64(e.cfg.PullReplyMaxEvents))
+	out := make([]*syncv1.Event, 0, min(n, 1024))
+	size := 0
+	for uint64(len(out)) < n {
+		recs, err := e.store.ReadStream(ctx, streams.Outbox(id), from+uint64(len(out)), int(min(n-uint64(len(out)), 1024)))
+		if err != nil {
+			return nil, fmt.Errorf("read outbox of %s: %w", id, err)
+		}
+		if len(recs) == 0 {
+			break
+		}
+		for _, r := range recs {
+			ev, err := streams.DecodeEnqueued(r)
+			if err != nil {
+				return nil, err
+			}
+			// Each event costs its bytes plus a tag and a length prefix.
+			cost := proto.Size(ev) + 6
+			if len(out) > 0 && size+cost > e.cfg.PullReplyMaxBytes {
+				return out, nil
+			}
+			size += cost
+			out = append(out, ev)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,266 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+// AcceptPush applies one pushed event and returns once it is durable in the
+// sender's inbox stream. While this server's own Pull from the sender is
+// under way, it waits for that Pull first, as the spec asks.
+func (e *Engine) AcceptPush(ctx context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error {
+	id, err := e.registry.Register(ctx, caller.ServerID)
+	if err != nil {
+		return err
+	}
+	p := e.peer(id)
+	p.mu.Lock()
+	gate := p.pullGate
+	p.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for this server's pull from %s: %w", caller.ServerID, ctx.Err())
+		}
+	}
+	if err := e.receive(ctx, p, eventsv1.EventReceived_VIA_PUSH, []*syncv1.Event{event}, seq); err != nil {
+		return err
+	}
+	e.schedulePull(p, e.cfg.PullInterval)
+	return nil
+}
+
+// receive appends the events this server has not applied yet to the
+// sender's inbox, in order, with their sequence numbers (first, first+1...;
+// nil when the sender sent none).
+func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceived_Via, events []*syncv1.Event, first *uint64) error {
+	p.recvMu.Lock()
+	defer p.recvMu.Unlock()
+	if err := e.loadInboxLocked(ctx, p); err != nil {
+		return err
+	}
+	in := p.in
+	var data []eventstore.EventData
+	for i, ev := range events {
+		var seq *uint64
+		if first != nil {
+			s := *first + uint64(i)
+			seq = &s
+		}
+		if !in.Accepts(seq) {
+			continue // already applied: a retried push or a re-sent reply
+		}
+		d, err := e.codec.EncodeReceived(streams.Received{Event: ev, Via: via, SenderSeq: seq})
+		if err != nil {
+			return err
+		}
+		data = append(data, d)
+		in.Received(seq)
+	}
+	if len(data) == 0 {
+		return nil
+	}
+	if _, err := e.store.Append(ctx, streams.Inbox(p.id), expectAfter(p.in.Count), data...); err != nil {
+		if errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+			p.inLoaded = false // another writer shares the store: reread
+		}
+		return fmt.Errorf("append to %s: %w", streams.Inbox(p.id), err)
+	}
+	p.in = in
+	return nil
+}
+
+// loadInboxLocked rebuilds the receiver state of p from its inbox stream:
+// its length and the last sender sequence number applied.
+func (e *Engine) loadInboxLocked(ctx context.Context, p *peer) error {
+	if p.inLoaded {
+		return nil
+	}
+	var in domain.Inbox
+	const window = 64
+	recs, err := e.store.ReadStreamBackward(ctx, streams.Inbox(p.id), window)
+	switch {
+	case errors.Is(err, eventstore.ErrStreamNotFound):
+	case err != nil:
+		return fmt.Errorf("read %s: %w", streams.Inbox(p.id), err)
+	case len(recs) > 0:
+		in.Count = recs[0].Revision + 1
+		// Sequence numbers only grow, so the newest record that has one
+		// holds the highest.
+		for _, r := range recs {
+			rec, err := streams.DecodeReceived(r)
+			if err != nil {
+				return err
+			}
+			if rec.SenderSeq != nil {
+				in.LastSeq, in.HasSeq = *rec.SenderSeq, true
+				break
+			}
+		}
+	}
+	p.in, p.inLoaded = in, true
+	return nil
+}
+
+// PullFrom pulls everything peer server has queued for this server, again
+// and again until a reply is empty, acknowledging what was applied. Pushes
+// from that server wait until it is done.
+func (e *Engine) PullFrom(ctx context.Context, server domain.ServerID) error {
+	id, ok := e.registry.Lookup(server)
+	if !ok {
+		return fmt.Errorf("%w: %s", domain.ErrUnknownPeer, server)
+	}
+	return e.pullFrom(ctx, e.peer(id), server)
+}
+
+func (e *Engine) pullFrom(ctx context.Context, p *peer, server domain.ServerID) error {
+	p.mu.Lock()
+	if gate := p.pullGate; gate != nil && !p.gateOwnedByStartup {
+		p.mu.Unlock()
+		// A pull is already under way; wait for it rather than run two.
+		select {
+		case <-gate:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	gate := p.pullGate
+	if gate == nil {
+		gate = make(chan struct{})
+		p.pullGate = gate
+	}
+	p.gateOwnedByStartup = false
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.pullGate = nil
+		p.mu.Unlock()
+		close(gate)
+	}()
+
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.PullTimeout)
+	defer cancel()
+	const maxRounds = 1000
+	for round := 0; round < maxRounds; round++ {
+		p.recvMu.Lock()
+		err := e.loadInboxLocked(ctx, p)
+		var ack *uint64
+		if seq, ok := p.in.Ack(); ok {
+			ack = &seq
+		}
+		p.recvMu.Unlock()
+		if err != nil {
+			return err
+		}
+		res, err := e.client.Pull(ctx, server, ack)
+		if err != nil {
+			return fmt.Errorf("pull from %s: %w", server, err)
+		}
+		if len(res.Events) == 0 {
+			return nil
+		}
+		var first *uint64
+		if res.HasSeq {
+			first = &res.FirstSeq
+		}
+		if err := e.receive(ctx, p, eventsv1.EventReceived_VIA_PULL, res.Events, first); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// schedulePull (re)arms the periodic pull of p: after d, with no goroutine
+// held in between.
+func (e *Engine) schedulePull(p *peer, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pullTimer != nil {
+		p.pullTimer.Reset(d)
+		return
+	}
+	p.pullTimer = time.AfterFunc(d, func() {
+		e.goBackground(func() {
+			server, ok := e.registry.ServerID(p.id)
+			if !ok {
+				return
+			}
+			if err := e.pullFrom(e.ctx, p, server); err != nil && e.ctx.Err() == nil {
+				e.logger.Info("periodic pull failed", "peer", server.String(), "err", err)
+			}
+			e.schedulePull(p, e.cfg.PullInterval)
+		})
+	})
+}
+
+// Start rebuilds every peer's state from the streams and restarts what was
+// under way: push loops for peers with undelivered events, probes for peers
+// in queue mode. It also closes a gate for every peer, so their pushes wait
+// until StartupPulls has pulled them; call StartupPulls once the listeners
+// serve.
+func (e *Engine) Start(ctx context.Context) error {
+	for _, peer := range e.registry.Peers() {
+		p := e.peer(peer.ID)
+		p.mu.Lock()
+		if err := e.loadLocked(ctx, p); err != nil {
+			p.mu.Unlock()
+			return err
+		}
+		if p.pullGate == nil {
+			p.pullGate = make(chan struct{})
+			p.gateOwnedByStartup = true
+		}
+		e.kickLocked(p)
+		e.scheduleProbeLocked(p)
+		p.mu.Unlock()
+	}
+	return nil
+}
+
+// StartupPulls pulls every peer federated with before, each bounded in
+// time, concurrently, and returns when all are done. Failures are logged:
+// a peer that is down is pulled again later.
+func (e *Engine) StartupPulls(ctx context.Context) {
+	peers := e.registry.Peers()
+	done := make(chan struct{}, len(peers))
+	for _, peer := range peers {
+		e.goBackground(func() {
+			defer func() { done <- struct{}{} }()
+			p := e.peer(peer.ID)
+			if err := e.pullFrom(ctx, p, peer.ServerID); err != nil {
+				e.logger.Warn("startup pull failed", "peer", peer.ServerID.String(), "err", err)
+			}
+			e.schedulePull(p, e.cfg.PullInterval)
+		})
+	}
+	for range peers {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// AcceptRename answers NotifyNewId. Peer renames are not supported yet, so
+// it refuses with a not-implemented error that names the reason, as
+// upstream does; an unknown caller is told so.
+func (e *Engine) AcceptRename(_ context.Context, caller domain.Caller, _ domain.ServerID) error {
+	if _, ok := e.registry.Lookup(caller.ServerID); !ok {
+		return fmt.Errorf("%w: %s", domain.ErrUnknownPeer, caller.ServerID)
+	}
+	return fmt.Errorf("%w: peer renames are not supported yet", domain.ErrNotImplemented)
+}

@@ -1,0 +1,256 @@
+// Package streams names Postbox's event streams and maps what they hold
+// between domain values, the persisted schema (postbox.events.v1) and the
+// event store's records. It is the one serde: every store holds the same
+// stream names, event type names and protojson bodies.
+package streams
+
+import (
+	"fmt"
+	"io"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/domain"
+	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+// PeerID is the stable ID that names a peer's streams; it never changes,
+// so a rename never moves a stream.
+type PeerID string
+
+// Stream names. The per-peer prefixes end in "-" so a prefix subscription
+// for one kind never matches another.
+const (
+	Peers          = "peers"
+	OutboxPrefix   = "outbox-"
+	DeliveryPrefix = "delivery-"
+	InboxPrefix    = "inbox-"
+)
+
+// Outbox is the stream of events this server has for peer; revision = seq.
+func Outbox(peer PeerID) string { return OutboxPrefix + string(peer) }
+
+// Delivery is the stream recording what happened to peer's outbox.
+func Delivery(peer PeerID) string { return DeliveryPrefix + string(peer) }
+
+// Inbox is the stream of events received from peer, in the order applied.
+func Inbox(peer PeerID) string { return InboxPrefix + string(peer) }
+
+// Event type names: explicit and stable, never derived by reflection.
+const (
+	TypeEventEnqueued       = "EventEnqueued"
+	TypeEventPushed         = "EventPushed"
+	TypeQueueModeEntered    = "QueueModeEntered"
+	TypePullServed          = "PullServed"
+	TypePullAcknowledged    = "PullAcknowledged"
+	TypePushResumed         = "PushResumed"
+	TypeEventReceived       = "EventReceived"
+	TypePeerSeen            = "PeerSeen"
+	TypePeerKeyLearned      = "PeerKeyLearned"
+	TypePeerRenamed         = "PeerRenamed"
+	TypeOwnServerIDChanged  = "OwnServerIdChanged"
+	TypePeerNotifiedOfNewID = "PeerNotifiedOfNewId"
+)
+
+// Codec encodes records with fresh event IDs from its random source.
+type Codec struct {
+	rand io.Reader
+}
+
+// NewCodec returns a codec drawing event IDs from rand.
+func NewCodec(rand io.Reader) *Codec { return &Codec{rand: rand} }
+
+var jsonOut = protojson.MarshalOptions{}
+
+// jsonIn discards unknown fields, so a newer build's records stay readable.
+var jsonIn = protojson.UnmarshalOptions{DiscardUnknown: true}
+
+// Encode makes an event to append from a type name and its message.
+func (c *Codec) Encode(typ string, m proto.Message) (eventstore.EventData, error) {
+	var id eventstore.EventID
+	if _, err := io.ReadFull(c.rand, id[:]); err != nil {
+		return eventstore.EventData{}, fmt.Errorf("event ID: %w", err)
+	}
+	id[6] = id[6]&0x0f | 0x40 // a version 4 UUID, as EventStoreDB expects
+	id[8] = id[8]&0x3f | 0x80
+	data, err := jsonOut.Marshal(m)
+	if err != nil {
+		return eventstore.EventData{}, fmt.Errorf("encode %s: %w", typ, err)
+	}
+	return eventstore.EventData{ID: id, Type: typ, Data: data}, nil
+}
+
+// EncodeDelivery encodes delivery records.
+func (c *Codec) EncodeDelivery(events ...domain.DeliveryEvent) ([]eventstore.EventData, error) {
+	out := make([]eventstore.EventData, 0, len(events))
+	for _, e := range events {
+		typ, m := deliveryMessage(e)
+		d, err := c.Encode(typ, m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+func deliveryMessage(e domain.DeliveryEvent) (string, proto.Message) {
+	switch e := e.(type) {
+	case domain.EventPushed:
+		return TypeEventPushed, &eventsv1.EventPushed{Seq: e.Seq, Attempts: e.Attempts}
+	case domain.QueueModeEntered:
+		return TypeQueueModeEntered, &eventsv1.QueueModeEntered{FromSeq: e.FromSeq, Attempts: e.Attempts, LastError: e.LastError}
+	case domain.PullServed:
+		return TypePullServed, &eventsv1.PullServed{FromSeq: e.FromSeq, ToSeq: e.ToSeq, AwaitsAck: e.AwaitsAck}
+	case domain.PullAcknowledged:
+		return TypePullAcknowledged, &eventsv1.PullAcknowledged{UpToSeq: e.UpToSeq}
+	case domain.PushResumed:
+		return TypePushResumed, &eventsv1.PushResumed{FromSeq: e.FromSeq, Reason: eventsv1.PushResumed_Reason(e.Reason)}
+	}
+	panic(fmt.Sprintf("streams: unknown delivery event %T", e))
+}
+
+// DecodeDelivery reads a delivery record.
+func DecodeDelivery(r eventstore.RecordedEvent) (domain.DeliveryEvent, error) {
+	switch r.Type {
+	case TypeEventPushed:
+		var m eventsv1.EventPushed
+		if err := decode(r, &m); err != nil {
+			return nil, err
+		}
+		return domain.EventPushed{Seq: m.GetSeq(), Attempts: m.GetAttempts()}, nil
+	case TypeQueueModeEntered:
+		var m eventsv1.QueueModeEntered
+		if err := decode(r, &m); err != nil {
+			return nil, err
+		}
+		return domain.QueueModeEntered{FromSeq: m.GetFromSeq(), Attempts: m.GetAttempts(), LastError: m.GetLastError()}, nil
+	case TypePullServed:
+		var m eventsv1.PullServed
+		if err := decode(r, &m); err != nil {
+			return nil, err
+		}
+		return domain.PullServed{FromSeq: m.GetFromSeq(), ToSeq: m.GetToSeq(), AwaitsAck: m.GetAwaitsAck()}, nil
+	case TypePullAcknowledged:
+		var m eventsv1.PullAcknowledged
+		if err := decode(r, &m); err != nil {
+			return nil, err
+		}
+		return domain.PullAcknowledged{UpToSeq: m.GetUpToSeq()}, nil
+	case TypePushResumed:
+		var m eventsv1.PushResumed
+		if err := decode(r, &m); err != nil {
+			return nil, err
+		}
+		return domain.PushResumed{FromSeq: m.GetFromSeq(), Reason: domain.ResumeReason(m.GetReason())}, nil
+	}
+	return nil, fmt.Errorf("%s@%d: unknown delivery record type %q", r.Stream, r.Revision, r.Type)
+}
+
+// EncodeEnqueued encodes an outbox record.
+func (c *Codec) EncodeEnqueued(event *syncv1.Event) (eventstore.EventData, error) {
+	return c.Encode(TypeEventEnqueued, &eventsv1.EventEnqueued{Event: event})
+}
+
+// DecodeEnqueued reads an outbox record.
+func DecodeEnqueued(r eventstore.RecordedEvent) (*syncv1.Event, error) {
+	if r.Type != TypeEventEnqueued {
+		return nil, fmt.Errorf("%s@%d: outbox record of type %q", r.Stream, r.Revision, r.Type)
+	}
+	var m eventsv1.EventEnqueued
+	if err := decode(r, &m); err != nil {
+		return nil, err
+	}
+	return m.GetEvent(), nil
+}
+
+// Received is one inbox record.
+type Received struct {
+	Event *syncv1.Event
+	Via   eventsv1.EventReceived_Via
+	// SenderSeq is the sender's sequence number, if it sent one.
+	SenderSeq *uint64
+}
+
+// EncodeReceived encodes an inbox record.
+func (c *Codec) EncodeReceived(r Received) (eventstore.EventData, error) {
+	m := &eventsv1.EventReceived{Event: r.Event, Via: r.Via, SenderSeq: r.SenderSeq}
+	if hasUnknownFields(r.Event.ProtoReflect()) {
+		raw, err := proto.Marshal(r.Event)
+		if err != nil {
+			return eventstore.EventData{}, fmt.Errorf("encode received event: %w", err)
+		}
+		m.EventBytes = raw
+	}
+	return c.Encode(TypeEventReceived, m)
+}
+
+// hasUnknownFields reports whether m or a message inside it holds fields
+// this build does not know.
+func hasUnknownFields(m protoreflect.Message) bool {
+	if len(m.GetUnknown()) > 0 {
+		return true
+	}
+	found := false
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Message() != nil && !fd.IsList() && !fd.IsMap() {
+			found = hasUnknownFields(v.Message())
+		}
+		return !found
+	})
+	return found
+}
+
+// DecodeReceived reads an inbox record.
+func DecodeReceived(r eventstore.RecordedEvent) (Received, error) {
+	if r.Type != TypeEventReceived {
+		return Received{}, fmt.Errorf("%s@%d: inbox record of type %q", r.Stream, r.Revision, r.Type)
+	}
+	var m eventsv1.EventReceived
+	if err := decode(r, &m); err != nil {
+		return Received{}, err
+	}
+	event := m.GetEvent()
+	if raw := m.GetEventBytes(); len(raw) > 0 {
+		// The wire bytes are the full event; JSON kept only what it knew.
+		event = &syncv1.Event{}
+		if err := proto.Unmarshal(raw, event); err != nil {
+			return Received{}, fmt.Errorf("%s@%d: decode event bytes: %w", r.Stream, r.Revision, err)
+		}
+	}
+	return Received{Event: event, Via: m.GetVia(), SenderSeq: m.SenderSeq}, nil
+}
+
+// DecodePeers reads a record of the peers stream into its message.
+func DecodePeers(r eventstore.RecordedEvent) (proto.Message, error) {
+	var m proto.Message
+	switch r.Type {
+	case TypePeerSeen:
+		m = &eventsv1.PeerSeen{}
+	case TypePeerKeyLearned:
+		m = &eventsv1.PeerKeyLearned{}
+	case TypePeerRenamed:
+		m = &eventsv1.PeerRenamed{}
+	case TypeOwnServerIDChanged:
+		m = &eventsv1.OwnServerIdChanged{}
+	case TypePeerNotifiedOfNewID:
+		m = &eventsv1.PeerNotifiedOfNewId{}
+	default:
+		return nil, fmt.Errorf("%s@%d: unknown peers record type %q", r.Stream, r.Revision, r.Type)
+	}
+	if err := decode(r, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func decode(r eventstore.RecordedEvent, m proto.Message) error {
+	if err := jsonIn.Unmarshal(r.Data, m); err != nil {
+		return fmt.Errorf("%s@%d: decode %s: %w", r.Stream, r.Revision, r.Type, err)
+	}
+	return nil
+}
