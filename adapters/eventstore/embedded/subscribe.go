@@ -46,7 +46,8 @@ type subscription struct {
 
 // Subscribe follows the streams filter selects, after from: stored events
 // first, then one CaughtUp item, then live ones. Subscriptions of a store
-// opened read-only poll for what another process appends.
+// opened read-only poll for what another process appends. Live events share
+// their Data with other subscriptions: callers must not modify it.
 func (s *Store) Subscribe(ctx context.Context, filter eventstore.Filter, from eventstore.SubscribeFrom) (eventstore.Subscription, error) {
 	if s.closed.Load() {
 		return nil, fmt.Errorf("subscribe: %w", eventstore.ErrClosed)
