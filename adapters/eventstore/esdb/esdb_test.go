@@ -36,15 +36,38 @@ func (b *syncBuffer) String() string {
 
 // testLogger logs to the test at debug level.
 func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return leveledTestLogger(t, slog.LevelDebug)
 }
 
-type tWriter struct{ t testing.TB }
+func leveledTestLogger(t testing.TB, level slog.Level) *slog.Logger {
+	w := &tWriter{t: t}
+	// Registered first, so it runs after the cleanups that close stores:
+	// the client may log from its own goroutines until then, and logging to
+	// a finished test panics.
+	t.Cleanup(w.stop)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
 
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
+// tWriter writes log lines to the test until stopped.
+type tWriter struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+func (w *tWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
 	return len(p), nil
+}
+
+func (w *tWriter) stop() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
 }
 
 func testContext(t testing.TB) context.Context {
