@@ -63,6 +63,10 @@ type Options struct {
 	// NoCaughtUp leaves out the caught-up message on subscriptions, as
 	// servers before 23.10 do, so that clients must work it out themselves.
 	NoCaughtUp bool
+	// UnexpectedReadReplies ends every stream read with a last-stream-
+	// position message, which servers send only to clients that ask for it
+	// and which the v4 client does not expect (it panics on it).
+	UnexpectedReadReplies bool
 }
 
 // Server is a running test double.

@@ -321,6 +321,13 @@ func (s *streamsService) readStream(srv streams.Streams_ReadServer, stream strin
 			return err
 		}
 	}
+	if s.opts.UnexpectedReadReplies {
+		var last uint64
+		if len(records) > 0 {
+			last = records[len(records)-1].revision
+		}
+		return srv.Send(&streams.ReadResp{Content: &streams.ReadResp_LastStreamPosition{LastStreamPosition: last}})
+	}
 	return nil
 }
 
