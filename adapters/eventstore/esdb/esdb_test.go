@@ -585,3 +585,17 @@ func TestOpenFails(t *testing.T) {
 		t.Fatalf("open took %v to fail", d)
 	}
 }
+
+// TestClientPanicBecomesError has the test double end reads with a reply
+// the client does not expect, on which it panics; the adapter must return
+// an error and go on serving.
+func TestClientPanicBecomesError(t *testing.T) {
+	store, _ := openFake(t, fakestreams.Options{UnexpectedReadReplies: true})
+	ctx := testContext(t)
+	mustAppend(t, store, "Postbox-a", eventstore.NoStream(), event("T", "0"))
+	_, err := store.ReadStream(ctx, "Postbox-a", 0, 10)
+	if err == nil || !strings.Contains(err.Error(), "panicked") {
+		t.Fatalf("read with an unexpected reply: %v", err)
+	}
+	mustAppend(t, store, "Postbox-a", eventstore.Exact(0), event("T", "1"))
+}

@@ -247,11 +247,6 @@ func (s *Store) mapError(ctx context.Context, ref *clientRef, err error) error {
 			}
 		}
 	}
-	var cp clientPanicError
-	if errors.As(err, &cp) {
-		// A panic can come from a client whose connection loop has died.
-		s.renew(ref)
-	}
 	return err
 }
 
@@ -279,33 +274,37 @@ func (s *Store) mapWriteError(ctx context.Context, ref *clientRef, stream string
 // parseConflict recognises a wrong-expected-revision error and the stream's
 // actual revision (-1 for no stream) in it. Appends report it in the reply,
 // which the client turns into "... but got 'N'"; deletes report it as a
-// FailedPrecondition status whose message ends "Actual version: N".
+// FailedPrecondition status whose message ends "Actual version: N". The
+// client passes on neither in a field.
 func parseConflict(err error) (actual int64, known, conflict bool) {
 	var ce *esdb.Error
 	if errors.As(err, &ce) && ce.Code() == esdb.ErrorCodeWrongExpectedVersion {
-		msg := ce.Error()
-		const marker = "but got '"
-		i := strings.LastIndex(msg, marker)
-		if i < 0 {
-			return 0, false, true
-		}
-		rest := msg[i+len(marker):]
-		got, _, _ := strings.Cut(rest, "'")
-		if got == "no_stream" {
-			return -1, true, true
-		}
-		n, perr := strconv.ParseInt(got, 10, 64)
-		return n, perr == nil, true
+		actual, known = parseActual(ce.Error(), "but got '", "'")
+		return actual, known, true
 	}
 	st, ok := status.FromError(err)
 	if !ok || st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "WrongExpectedVersion") {
 		return 0, false, false
 	}
-	const marker = "Actual version: "
-	i := strings.LastIndex(st.Message(), marker)
+	actual, known = parseActual(st.Message(), "Actual version: ", "")
+	return actual, known, true
+}
+
+// parseActual reads the revision after the last marker in msg, up to end
+// (or the end of msg): a number, -1 or "no_stream".
+func parseActual(msg, marker, end string) (int64, bool) {
+	i := strings.LastIndex(msg, marker)
 	if i < 0 {
-		return 0, false, true
+		return 0, false
 	}
-	n, perr := strconv.ParseInt(strings.TrimSpace(st.Message()[i+len(marker):]), 10, 64)
-	return n, perr == nil, true
+	rest := msg[i+len(marker):]
+	if end != "" {
+		rest, _, _ = strings.Cut(rest, end)
+	}
+	rest = strings.TrimSpace(rest)
+	if rest == "no_stream" {
+		return -1, true
+	}
+	n, err := strconv.ParseInt(rest, 10, 64)
+	return n, err == nil
 }

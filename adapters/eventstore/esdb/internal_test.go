@@ -1,0 +1,80 @@
+package esdb
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+)
+
+func TestParseConflict(t *testing.T) {
+	deleteConflict := func(actual string) error {
+		st := status.New(codes.FailedPrecondition, "Delete failed due to WrongExpectedVersion. Stream: s, Expected version: 3, Actual version: "+actual)
+		return fmt.Errorf("failed to perform delete, details: %w", st.Err())
+	}
+	for _, tc := range []struct {
+		name            string
+		err             error
+		actual          int64
+		known, conflict bool
+	}{
+		{"delete, stream at 2", deleteConflict("2"), 2, true, true},
+		{"delete, no stream", deleteConflict("-1"), -1, true, true},
+		{"delete, actual left out", deleteConflict(""), 0, false, true},
+		{"stream deleted", status.Error(codes.FailedPrecondition, "Event stream 's' is deleted."), 0, false, false},
+		{"other", errors.New("boom"), 0, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			actual, known, conflict := parseConflict(tc.err)
+			if actual != tc.actual || known != tc.known || conflict != tc.conflict {
+				t.Fatalf("parseConflict(%v) = %d, %v, %v; want %d, %v, %v", tc.err, actual, known, conflict, tc.actual, tc.known, tc.conflict)
+			}
+		})
+	}
+}
+
+// TestParseAppendConflictMessage covers the message the client makes of an
+// append conflict (its error type cannot be built outside the client; the
+// adapter tests cover it end to end).
+func TestParseAppendConflictMessage(t *testing.T) {
+	const prefix = "[ErrorCodeWrongExpectedVersion] an append request failed the optimistic concurrency on the server: wrong expected version: expecting '3' but got '"
+	for got, want := range map[string]int64{"7": 7, "no_stream": -1, "0": 0} {
+		actual, known := parseActual(prefix+got+"'", "but got '", "'")
+		if !known || actual != want {
+			t.Errorf("got %q: parsed %d, %v; want %d", got, actual, known, want)
+		}
+	}
+	if _, known := parseActual("wrong expected version", "but got '", "'"); known {
+		t.Error("parsed a revision from a message without one")
+	}
+}
+
+func TestClientLoggerLevels(t *testing.T) {
+	var buf bytes.Buffer
+	log := clientLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	log(esdb.LogError, "subscription has dropped. Reason: %v", status.Error(codes.Canceled, "context canceled"))
+	log(esdb.LogError, "unexpected exception: %v", fmt.Errorf("wrapped: %w", context.Canceled))
+	log(esdb.LogError, "unexpected exception: %v", status.Error(codes.Unavailable, "connection refused"))
+	log(esdb.LogInfo, "discovery attempt %v/%v", 1, 10)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	want := []string{"level=DEBUG", "level=DEBUG", "level=ERROR", "level=INFO"}
+	if len(lines) != len(want) {
+		t.Fatalf("got %d lines:\n%s", len(lines), buf.String())
+	}
+	for i, w := range want {
+		if !strings.Contains(lines[i], w) || !strings.Contains(lines[i], "source=client") {
+			t.Errorf("line %d = %q, want %s", i, lines[i], w)
+		}
+	}
+	if !strings.Contains(lines[3], "discovery attempt 1/10") {
+		t.Errorf("message not formatted: %q", lines[3])
+	}
+}
