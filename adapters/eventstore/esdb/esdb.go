@@ -11,19 +11,29 @@
 //
 // The adapter guards the client's known traps:
 //   - subscriptions default to the END: every subscription passes an
-//     explicit start;
+//     explicit start, and resumes after the last event it delivered when
+//     the server drops it;
 //   - servers send a caught-up signal only from 23.10 (for streams that do
 //     not exist yet only from 24.2): the adapter works caught-up out itself
-//     from the last matching event in $all, read before subscribing;
+//     from the last event in $all the filter selects, read before
+//     subscribing, and delivers it once whatever the server sends;
 //   - with tls=false the client silently drops credentials: Open warns;
-//   - a read panics on an unexpected reply type, and a client that lost its
-//     connection for good panics when closed under running calls: calls are
-//     guarded and such panics become errors;
+//   - a read panics on an unexpected reply type: calls are guarded and
+//     panics become errors;
 //   - the client exits the process (log.Fatalf) on an event without
 //     "created" metadata: nothing can catch that; EventStoreDB always sends
 //     it, and so does the test double;
-//   - after a failed rediscovery the client closes itself for good: the
-//     adapter replaces it with a fresh one.
+//   - after a failed rediscovery (about a second without the server) the
+//     client closes itself for good, and calls that were waiting on it can
+//     stay stuck: the adapter replaces it with a fresh client and closes the
+//     old one once its calls are over, or after retireGrace, which releases
+//     stuck calls with an error;
+//   - the client's discovery ignores contexts: a call may overrun its
+//     context while the client looks for the server.
+//
+// Events are written as JSON (Postbox writes protojson), so that the
+// server's UI and projections can read them. Delete is a tombstone; the
+// "$streamDeleted" event it leaves in $all is not delivered to subscribers.
 //
 // Reading and subscribing to $all needs a user allowed to read $all (by
 // default only admins) on a secure server.
