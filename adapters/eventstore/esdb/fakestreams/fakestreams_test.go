@@ -3,6 +3,7 @@ package fakestreams_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -178,5 +179,42 @@ func TestSubscribeToAllFilteredThenDrop(t *testing.T) {
 		if e.SubscriptionDropped != nil {
 			break
 		}
+	}
+}
+
+func TestSubscribeToStream(t *testing.T) {
+	srv := fakestreams.StartServer(t, fakestreams.Options{})
+	c := newClient(t, srv)
+	ctx := ctxT(t)
+	for _, s := range []string{"s", "other", "s"} {
+		if _, err := c.AppendToStream(ctx, s, esdb.AppendToStreamOptions{}, ev("A")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// From revision 0, exclusive: only s@1 is history.
+	sub, err := c.SubscribeToStream(ctx, "s", esdb.SubscribeToStreamOptions{From: esdb.Revision(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	var got []string
+	for len(got) < 3 {
+		e := sub.Recv()
+		switch {
+		case e.EventAppeared != nil:
+			got = append(got, fmt.Sprintf("%s@%d", e.EventAppeared.Event.StreamID, e.EventAppeared.Event.EventNumber))
+		case e.CaughtUp != nil:
+			got = append(got, "caught-up")
+			for _, s := range []string{"other", "s"} {
+				if _, err := c.AppendToStream(ctx, s, esdb.AppendToStreamOptions{}, ev("A")); err != nil {
+					t.Fatal(err)
+				}
+			}
+		case e.SubscriptionDropped != nil:
+			t.Fatalf("dropped: %v", e.SubscriptionDropped.Error)
+		}
+	}
+	if want := "s@1 caught-up s@2"; strings.Join(got, " ") != want {
+		t.Fatalf("got %q, want %q", strings.Join(got, " "), want)
 	}
 }
