@@ -3,6 +3,7 @@ package esdb_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -88,22 +89,11 @@ func openFake(t testing.TB, opts fakestreams.Options) (*esdb.Store, *fakestreams
 	return store, srv
 }
 
-var idSeq struct {
-	mu sync.Mutex
-	n  uint64
-}
-
 func newID() eventstore.EventID {
-	idSeq.mu.Lock()
-	defer idSeq.mu.Unlock()
-	idSeq.n++
 	var id eventstore.EventID
-	id[0] = 0xfa
-	id[6] = 0x40 // version 4, so that tools show it as a UUID
-	id[8] = 0x80
-	for i := range 8 {
-		id[15-i] = byte(idSeq.n >> (8 * i))
-	}
+	_, _ = rand.Read(id[:])
+	id[6] = id[6]&0x0f | 0x40 // a version 4 UUID
+	id[8] = id[8]&0x3f | 0x80
 	return id
 }
 
