@@ -28,7 +28,7 @@ func (r *readStmts) prepare(ctx context.Context, db *sql.DB) error {
 		}
 		*dst, err = db.PrepareContext(ctx, query)
 	}
-	prep(&r.stream, `SELECT id, last_revision, deleted FROM streams WHERE name = ?`)
+	prep(&r.stream, `SELECT id, deleted FROM streams WHERE name = ?`)
 	prep(&r.forward, `SELECT revision, position, event_id, type, data, created FROM events
 		WHERE stream_id = ? AND revision >= ? ORDER BY revision LIMIT ?`)
 	prep(&r.backward, `SELECT revision, position, event_id, type, data, created FROM events
@@ -90,13 +90,14 @@ func (s *Store) read(ctx context.Context, stream string, limit int, query func(i
 	}
 	var (
 		id      int64
-		last    sql.NullInt64
 		deleted bool
 	)
-	// Two statements, no transaction: a stream's row only ever moves
-	// forward (a higher last revision, then maybe the tombstone) and events
-	// never change, so the pair cannot disagree in a way that matters.
-	err := s.rd.stream.QueryRowContext(ctx, stream).Scan(&id, &last, &deleted)
+	// A streams row is written in the transaction of the stream's first
+	// append (or of its deletion), so a row that is not a tombstone means
+	// the stream has events. Two statements, no transaction: events never
+	// change and a row only ever turns into a tombstone, so the pair cannot
+	// disagree in a way that matters.
+	err := s.rd.stream.QueryRowContext(ctx, stream).Scan(&id, &deleted)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return nil, eventstore.ErrStreamNotFound
@@ -104,15 +105,13 @@ func (s *Store) read(ctx context.Context, stream string, limit int, query func(i
 		return nil, s.closedErr(err)
 	case deleted:
 		return nil, eventstore.ErrStreamDeleted
-	case !last.Valid:
-		return nil, eventstore.ErrStreamNotFound
 	}
 	rows, err := query(id)
 	if err != nil {
 		return nil, s.closedErr(err)
 	}
 	defer rows.Close()
-	events := make([]eventstore.RecordedEvent, 0, min(limit, int(last.Int64)+1, 1024))
+	events := make([]eventstore.RecordedEvent, 0, min(limit, 1024))
 	for rows.Next() {
 		var (
 			e       eventstore.RecordedEvent

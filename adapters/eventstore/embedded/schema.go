@@ -9,14 +9,15 @@ import (
 //
 // events.position is the rowid: the global order, assigned by SQLite as
 // max+1 and never reused because events are never deleted. The unique index
-// serves reads by stream and guards the revision sequence. streams keeps the
-// last revision so that the writer's checks need no scan, and the tombstone.
+// serves reads by stream, gives a stream's last revision in one lookup and
+// guards the revision sequence. A streams row changes only when the stream
+// is created or deleted, so an append's commit writes no page but the
+// events' and the index's.
 const Schema = `
 CREATE TABLE IF NOT EXISTS streams (
-	id            INTEGER PRIMARY KEY,
-	name          TEXT    NOT NULL UNIQUE,
-	last_revision INTEGER,
-	deleted       INTEGER NOT NULL DEFAULT 0
+	id      INTEGER PRIMARY KEY,
+	name    TEXT    NOT NULL UNIQUE,
+	deleted INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS events (
 	position  INTEGER PRIMARY KEY,
