@@ -41,6 +41,7 @@ type config struct {
 	duration   time.Duration
 	warmup     time.Duration
 	reps       int
+	slices     int
 	writers    int
 	readEvents int
 	page       int
@@ -55,6 +56,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&c.duration, "duration", time.Second, "length of each append measurement")
 	fs.DurationVar(&c.warmup, "warmup", 200*time.Millisecond, "unmeasured run before the append measurements")
 	fs.IntVar(&c.reps, "reps", 5, "repetitions of each measurement (the median is reported)")
+	fs.IntVar(&c.slices, "slices", 4, "store and engine alternate this many times within each append measurement")
 	fs.IntVar(&c.writers, "writers", 64, "concurrent writers, and INSERTs per transaction for the engine baseline")
 	fs.IntVar(&c.readEvents, "read-events", 20000, "events in the stream read back by the read measurement")
 	fs.IntVar(&c.page, "page", 256, "events per ReadStream call")
@@ -62,8 +64,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if c.reps < 1 || c.writers < 1 || c.duration <= 0 || c.page < 1 || c.readEvents < 1 {
-		return errors.New("-reps, -writers, -duration, -page and -read-events must be positive")
+	if c.reps < 1 || c.slices < 1 || c.writers < 1 || c.duration <= 0 || c.page < 1 || c.readEvents < 1 {
+		return errors.New("-reps, -slices, -writers, -duration, -page and -read-events must be positive")
 	}
 	if c.dir == "" {
 		dir, err := os.MkdirTemp("", "storebench-")
@@ -113,8 +115,8 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	}
 	defer eng.close()
 
-	fmt.Fprintf(out, "storebench: %d repetitions, medians; appends for %v each; %d CPUs (GOMAXPROCS %d); %d-byte event bodies; %s\n",
-		c.reps, c.duration, runtime.NumCPU(), runtime.GOMAXPROCS(0), c.dataSize, c.dir)
+	fmt.Fprintf(out, "storebench: %d repetitions, medians; appends for %v each, store and engine alternating %d times; %d CPUs (GOMAXPROCS %d); %d-byte event bodies; %s\n",
+		c.reps, c.duration, c.slices, runtime.NumCPU(), runtime.GOMAXPROCS(0), c.dataSize, c.dir)
 
 	one := &series{name: "store, 1 writer", unit: "appends/s"}
 	many := &series{name: fmt.Sprintf("store, %d writers", c.writers), unit: "appends/s"}
@@ -124,40 +126,27 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 
 	// Warm up every path once (page cache, prepared statements, file growth).
 	if c.warmup > 0 {
-		if _, err := sw.run(ctx, 1, c.warmup); err != nil {
+		if _, _, err := pair(ctx, 1, c.warmup, sw.runner(1), eng.runner(1)); err != nil {
 			return err
 		}
-		if _, err := sw.run(ctx, c.writers, c.warmup); err != nil {
-			return err
-		}
-		if _, err := eng.run(ctx, 1, c.warmup); err != nil {
-			return err
-		}
-		if _, err := eng.run(ctx, c.writers, c.warmup); err != nil {
+		if _, _, err := pair(ctx, 1, c.warmup, sw.runner(c.writers), eng.runner(c.writers)); err != nil {
 			return err
 		}
 	}
 	var batchSizes []float64
 	for range c.reps {
-		// Interleaved, so that a noisy moment hurts all four alike.
-		r, err := sw.run(ctx, 1, c.duration)
+		s, e, err := pair(ctx, c.slices, c.duration, sw.runner(1), eng.runner(1))
 		if err != nil {
 			return err
 		}
-		one.samples = append(one.samples, r.rate)
-		if r, err = eng.run(ctx, 1, c.duration); err != nil {
+		one.samples = append(one.samples, s.rate())
+		engOne.samples = append(engOne.samples, e.rate())
+		if s, e, err = pair(ctx, c.slices, c.duration, sw.runner(c.writers), eng.runner(c.writers)); err != nil {
 			return err
 		}
-		engOne.samples = append(engOne.samples, r.rate)
-		if r, err = sw.run(ctx, c.writers, c.duration); err != nil {
-			return err
-		}
-		many.samples = append(many.samples, r.rate)
-		batchSizes = append(batchSizes, r.perCommit)
-		if r, err = eng.run(ctx, c.writers, c.duration); err != nil {
-			return err
-		}
-		engMany.samples = append(engMany.samples, r.rate)
+		many.samples = append(many.samples, s.rate())
+		engMany.samples = append(engMany.samples, e.rate())
+		batchSizes = append(batchSizes, s.perCommit())
 	}
 	many.note = fmt.Sprintf("%.1f appends per commit", median(batchSizes))
 
@@ -191,6 +180,26 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	ratio(out, fmt.Sprintf("store %d writers / engine %d per tx", c.writers, c.writers), many, engMany, 0.5)
 	ratio(out, "store 1 writer / engine 1 per tx", one, engOne, 0.8)
 	return nil
+}
+
+type runner func(ctx context.Context, d time.Duration) (result, error)
+
+// pair runs a and b for d each, alternating in slices, so that both meet
+// the same moments of a noisy machine and their ratio is fair.
+func pair(ctx context.Context, slices int, d time.Duration, a, b runner) (ra, rb result, err error) {
+	slice := d / time.Duration(slices)
+	for range slices {
+		r, err := a(ctx, slice)
+		if err != nil {
+			return ra, rb, err
+		}
+		ra.add(r)
+		if r, err = b(ctx, slice); err != nil {
+			return ra, rb, err
+		}
+		rb.add(r)
+	}
+	return ra, rb, nil
 }
 
 // ratio prints num/den from the medians, and the median of the ratios of

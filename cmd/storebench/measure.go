@@ -18,10 +18,24 @@ import (
 	_ "modernc.org/sqlite" // the engine baseline opens SQLite directly
 )
 
+// result counts the work of one or more runs.
 type result struct {
-	rate      float64 // appends or rows per second
-	perCommit float64 // appends per commit (store only)
+	n       int64 // appends or rows
+	elapsed time.Duration
+	appends uint64 // the store's counters, to tell the group commit size
+	commits uint64
 }
+
+func (r *result) add(o result) {
+	r.n += o.n
+	r.elapsed += o.elapsed
+	r.appends += o.appends
+	r.commits += o.commits
+}
+
+func (r result) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
+
+func (r result) perCommit() float64 { return float64(r.appends) / float64(max(r.commits, 1)) }
 
 // body is an event body of the given size, JSON like Postbox's.
 func body(size int) []byte {
@@ -91,11 +105,12 @@ func (sw *storeWriters) run(ctx context.Context, writers int, d time.Duration) (
 		return result{}, err
 	}
 	after := sw.s.Stats()
-	r := result{rate: float64(total.Load()) / elapsed.Seconds()}
-	if c := after.Commits - before.Commits; c > 0 {
-		r.perCommit = float64(after.Appends-before.Appends) / float64(c)
-	}
-	return r, nil
+	return result{
+		n:       total.Load(),
+		elapsed: elapsed,
+		appends: after.Appends - before.Appends,
+		commits: after.Commits - before.Commits,
+	}, nil
 }
 
 // engine is the bare SQLite baseline: the store's DSN (WAL,
@@ -178,7 +193,7 @@ func (e *engine) run(ctx context.Context, rowsPerTx int, d time.Duration) (resul
 		}
 		rows += rowsPerTx
 	}
-	return result{rate: float64(rows) / time.Since(start).Seconds()}, nil
+	return result{n: int64(rows), elapsed: time.Since(start)}, nil
 }
 
 const readStreamName = "bench-read"
@@ -242,4 +257,12 @@ func catchUpAll(ctx context.Context, s *embedded.Store) (float64, int, error) {
 		}
 		n++
 	}
+}
+
+func (sw *storeWriters) runner(writers int) runner {
+	return func(ctx context.Context, d time.Duration) (result, error) { return sw.run(ctx, writers, d) }
+}
+
+func (e *engine) runner(rowsPerTx int) runner {
+	return func(ctx context.Context, d time.Duration) (result, error) { return e.run(ctx, rowsPerTx, d) }
 }
