@@ -20,12 +20,27 @@ func envName(flagName string) string {
 	return "POSTBOX_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// parseFlags applies environment fallbacks, then the command line, and
-// returns the names of the flags given either way.
+// parseFlags parses the command line, then gives each flag it did not set
+// its environment fallback, and returns the names of the flags given either
+// way. A flag on the command line replaces its variable; a list flag does
+// not add to it.
 func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (map[string]bool, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, exitError{code: 0}
+		}
+		return nil, exitError{code: 2, err: err}
+	}
+	if fs.NArg() > 0 {
+		return nil, exitError{code: 2, err: fmt.Errorf("unexpected arguments: %q", fs.Args())}
+	}
 	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
 		if v := getenv(envName(f.Name)); v != "" {
 			if err := f.Value.Set(v); err != nil && envErr == nil {
 				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
@@ -36,16 +51,6 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (ma
 	if envErr != nil {
 		return nil, exitError{code: 2, err: envErr}
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, exitError{code: 0}
-		}
-		return nil, exitError{code: 2, err: err}
-	}
-	if fs.NArg() > 0 {
-		return nil, exitError{code: 2, err: fmt.Errorf("unexpected arguments: %q", fs.Args())}
-	}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	return given, nil
 }
 

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+func envOf(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+func TestParseServeConfigDefaults(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseServeConfig(nil, io.Discard, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServerIDGiven {
+		t.Error("ServerIDGiven with no flag and no variable")
+	}
+	if cfg.ServerID != domain.MustParseServerID("localhost:2289") {
+		t.Errorf("ServerID = %s", cfg.ServerID)
+	}
+	if cfg.Listen != ":2289" || cfg.AdminListen != "127.0.0.1:2290" || cfg.DataDir != "./postbox-data" {
+		t.Errorf("listeners/data dir = %q %q %q", cfg.Listen, cfg.AdminListen, cfg.DataDir)
+	}
+	if cfg.KeyFile != filepath.Join("./postbox-data", "key.ed25519") {
+		t.Errorf("KeyFile = %q", cfg.KeyFile)
+	}
+	if cfg.InsecurePeers || cfg.RequireExt || cfg.AuthWindow != 60*time.Second || cfg.PeerProtocol != peerclient.HRPC || cfg.MaxRequest != 4<<20 {
+		t.Errorf("defaults = %+v", cfg)
+	}
+}
+
+func TestParseServeConfigEnvironment(t *testing.T) {
+	t.Parallel()
+	env := envOf(map[string]string{
+		"POSTBOX_SERVER_ID":               "Chat.Example.org:443",
+		"POSTBOX_LISTEN":                  "127.0.0.1:9000",
+		"POSTBOX_ADMIN_LISTEN":            "127.0.0.1:9001",
+		"POSTBOX_DATA_DIR":                "/var/lib/postbox",
+		"POSTBOX_INSECURE_PEERS":          "true",
+		"POSTBOX_AUTH_WINDOW":             "30s",
+		"POSTBOX_ALLOW_PEERS":             "a.example, *.b.example",
+		"POSTBOX_BLOCK_PEERS":             "bad.example:1",
+		"POSTBOX_REQUIRE_TOKEN_EXTENSION": "1",
+		"POSTBOX_ADMIN_TOKEN":             "s3cret",
+		"POSTBOX_PEER_PROTOCOL":           "grpc",
+		"POSTBOX_MAX_REQUEST_BYTES":       "1024",
+	})
+	cfg, err := parseServeConfig(nil, io.Discard, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.ServerIDGiven || cfg.ServerID.String() != "chat.example.org:443" {
+		t.Errorf("ServerID = %s given=%v", cfg.ServerID, cfg.ServerIDGiven)
+	}
+	if cfg.Listen != "127.0.0.1:9000" || cfg.AdminListen != "127.0.0.1:9001" || cfg.DataDir != "/var/lib/postbox" {
+		t.Errorf("listeners/data dir = %q %q %q", cfg.Listen, cfg.AdminListen, cfg.DataDir)
+	}
+	if cfg.KeyFile != "/var/lib/postbox/key.ed25519" {
+		t.Errorf("KeyFile = %q, want it inside POSTBOX_DATA_DIR", cfg.KeyFile)
+	}
+	if !cfg.InsecurePeers || !cfg.RequireExt || cfg.AuthWindow != 30*time.Second || cfg.AdminToken != "s3cret" ||
+		cfg.PeerProtocol != peerclient.GRPC || cfg.MaxRequest != 1024 {
+		t.Errorf("cfg = %+v", cfg)
+	}
+	if !slices.Equal(cfg.AllowPeers, []string{"a.example", "*.b.example"}) || !slices.Equal(cfg.BlockPeers, []string{"bad.example:1"}) {
+		t.Errorf("allow %q block %q", cfg.AllowPeers, cfg.BlockPeers)
+	}
+}
+
+func TestParseServeConfigFlagOverridesEnvironment(t *testing.T) {
+	t.Parallel()
+	env := envOf(map[string]string{
+		"POSTBOX_SERVER_ID":      "env.example:1",
+		"POSTBOX_LISTEN":         "127.0.0.1:1",
+		"POSTBOX_INSECURE_PEERS": "true",
+		"POSTBOX_ALLOW_PEERS":    "env.example",
+		"POSTBOX_KEY_FILE":       "/env/key",
+	})
+	cfg, err := parseServeConfig([]string{
+		"--server-id", "flag.example:2", "--listen=127.0.0.1:2", "--insecure-peers=false",
+		"--allow-peers", "flag.example", "--allow-peers", "other.example", "--key-file", "/flag/key",
+	}, io.Discard, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServerID.String() != "flag.example:2" || !cfg.ServerIDGiven {
+		t.Errorf("ServerID = %s given=%v", cfg.ServerID, cfg.ServerIDGiven)
+	}
+	if cfg.Listen != "127.0.0.1:2" || cfg.InsecurePeers || cfg.KeyFile != "/flag/key" {
+		t.Errorf("cfg = %+v", cfg)
+	}
+	// A list given on the command line replaces the variable's, as every
+	// other flag does; it does not add to it.
+	if !slices.Equal(cfg.AllowPeers, []string{"flag.example", "other.example"}) {
+		t.Errorf("AllowPeers = %q, want the flag's list only", cfg.AllowPeers)
+	}
+}
+
+func TestParseServeConfigServerIDGivenByFlag(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseServeConfig([]string{"--server-id", "localhost:2289"}, io.Discard, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Given explicitly, even though it equals the default.
+	if !cfg.ServerIDGiven {
+		t.Error("ServerIDGiven false for an explicit --server-id")
+	}
+}
+
+func TestParseServeConfigRefuses(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"server ID without port", []string{"--server-id", "example.org"}, nil, "--server-id"},
+		{"server ID with scheme", []string{"--server-id", "https://example.org:2289"}, nil, "--server-id"},
+		{"server ID with path", []string{"--server-id", "example.org:2289/x"}, nil, "--server-id"},
+		{"server ID port out of range", []string{"--server-id", "example.org:65536"}, nil, "--server-id"},
+		{"bad server ID from the environment", nil, map[string]string{"POSTBOX_SERVER_ID": "not an id"}, "--server-id"},
+		{"bad bool in the environment", nil, map[string]string{"POSTBOX_INSECURE_PEERS": "maybe"}, "POSTBOX_INSECURE_PEERS"},
+		{"bad duration in the environment", nil, map[string]string{"POSTBOX_AUTH_WINDOW": "soon"}, "POSTBOX_AUTH_WINDOW"},
+		{"unknown flag", []string{"--no-such-flag"}, nil, "no-such-flag"},
+		{"stray argument", []string{"extra"}, nil, "unexpected arguments"},
+		{"bad protocol", []string{"--peer-protocol", "smtp"}, nil, "--peer-protocol"},
+		{"zero window", []string{"--auth-window", "0s"}, nil, "--auth-window"},
+		{"negative request limit", []string{"--max-request-bytes", "-1"}, nil, "--max-request-bytes"},
+		{"negative push retries", []string{"--push-retries", "-1"}, nil, "--push-retries"},
+		{"zero pull interval from the environment", nil, map[string]string{"POSTBOX_PULL_INTERVAL": "0s"}, "--pull-interval"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := parseServeConfig(tc.args, io.Discard, envOf(tc.env))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			var exit exitError
+			if !errors.As(err, &exit) || exit.code != 2 || exitCode(err) != 2 {
+				t.Errorf("err = %#v, want a usage error (exit status 2)", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %q, want it to name %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseServeConfigHelp(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	_, err := parseServeConfig([]string{"-h"}, &out, envOf(nil))
+	if exitCode(err) != 0 {
+		t.Errorf("-h: exit status %d, want 0", exitCode(err))
+	}
+	if !strings.Contains(out.String(), "-server-id") {
+		t.Errorf("-h printed %q", out.String())
+	}
+}
