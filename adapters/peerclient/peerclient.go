@@ -149,9 +149,11 @@ func call[Req, Res any, PReq message[Req], PRes message[Res]](ctx context.Contex
 }
 
 // fromConnect gives Connect and gRPC errors the same shape as hRPC ones.
+// Only an error the peer sent is a RemoteError; one connect-go made up on
+// this side (a refused dial, a timeout) stays a local error, as over hRPC.
 func fromConnect(procedure string, err error) error {
 	var ce *connect.Error
-	if !errors.As(err, &ce) || ce.Code() == connect.CodeUnknown && ce.Meta().Get(rpcerrors.IdentifierHeader) == "" {
+	if !errors.As(err, &ce) || !connect.IsWireError(ce) {
 		return fmt.Errorf("%s: %w", procedure, err)
 	}
 	return &hrpc.RemoteError{
