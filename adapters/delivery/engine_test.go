@@ -1,0 +1,386 @@
+package delivery
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// fakePeers records pushes and can be told to refuse them.
+type fakePeers struct {
+	mu      sync.Mutex
+	down    bool
+	pushed  []uint64
+	pullFn  func(ack *uint64) (peerclient.PullResult, error)
+	pushErr error
+}
+
+func (f *fakePeers) Push(_ context.Context, _ domain.ServerID, _ *syncv1.Event, seq uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return errors.New("connection refused")
+	}
+	f.pushed = append(f.pushed, seq)
+	return nil
+}
+
+func (f *fakePeers) Pull(_ context.Context, _ domain.ServerID, ack *uint64) (peerclient.PullResult, error) {
+	f.mu.Lock()
+	fn := f.pullFn
+	f.mu.Unlock()
+	if fn == nil {
+		return peerclient.PullResult{}, nil
+	}
+	return fn(ack)
+}
+
+func (f *fakePeers) setDown(v bool) { f.mu.Lock(); f.down = v; f.mu.Unlock() }
+func (f *fakePeers) pushes() []uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]uint64(nil), f.pushed...)
+}
+
+type world struct {
+	t      *testing.T
+	dir    string
+	store  *embedded.Store
+	peers  *fakePeers
+	engine *Engine
+	cfg    Config
+}
+
+func testConfig() Config {
+	cfg := DefaultConfig()
+	cfg.PushRetries = 2
+	cfg.PushBackoff = domain.Backoff{First: time.Millisecond, Max: 4 * time.Millisecond}
+	cfg.ResumeProbe = false
+	cfg.PullInterval = time.Hour
+	return cfg
+}
+
+func newWorld(t *testing.T, cfg Config) *world {
+	t.Helper()
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: cfg}
+	w.open()
+	return w
+}
+
+func (w *world) open() {
+	w.t.Helper()
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, w.dir, embedded.Options{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	codec := streams.NewCodec(rand.Reader)
+	reg, err := LoadRegistry(ctx, store, codec, rand.Reader)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.store = store
+	w.engine = New(w.cfg, store, codec, reg, w.peers, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+	if err := w.engine.Start(ctx); err != nil {
+		w.t.Fatal(err)
+	}
+	// As the server does once its listeners are open; pushes from known
+	// peers wait until then.
+	w.engine.StartupPulls(ctx)
+	w.t.Cleanup(w.close)
+}
+
+func (w *world) close() {
+	if w.engine != nil {
+		w.engine.Close()
+		w.store.Close()
+		w.engine = nil
+	}
+}
+
+func (w *world) restart() {
+	w.close()
+	w.open()
+}
+
+var peerB = domain.MustParseServerID("b.example:2289")
+
+func added(i uint64) *syncv1.Event {
+	return &syncv1.Event{Kind: &syncv1.Event_UserAddedToGuild_{UserAddedToGuild: &syncv1.Event_UserAddedToGuild{UserId: i, GuildId: 1}}}
+}
+
+func (w *world) send(n int) {
+	w.t.Helper()
+	for i := 0; i < n; i++ {
+		if _, err := w.engine.Send(context.Background(), peerB, added(uint64(i))); err != nil {
+			w.t.Fatal(err)
+		}
+	}
+}
+
+// deliveryRecords returns the types recorded in B's delivery stream.
+func (w *world) deliveryRecords() []domain.DeliveryEvent {
+	w.t.Helper()
+	id, _ := w.engine.registry.Lookup(peerB)
+	var out []domain.DeliveryEvent
+	_, err := readAll(context.Background(), w.store, streams.Delivery(id), func(r eventstore.RecordedEvent) error {
+		ev, err := streams.DecodeDelivery(r)
+		out = append(out, ev)
+		return err
+	})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return out
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (w *world) state() domain.Outbox {
+	id, _ := w.engine.registry.Lookup(peerB)
+	p := w.engine.peer(id)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out
+}
+
+func TestEventsArePushedInOrderAndRecorded(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.send(50)
+	eventually(t, "50 pushes recorded", func() bool { return len(w.deliveryRecords()) == 50 })
+	for i, seq := range w.peers.pushes() {
+		if seq != uint64(i) {
+			t.Fatalf("push %d carried seq %d", i, seq)
+		}
+	}
+	for i, r := range w.deliveryRecords() {
+		if p, ok := r.(domain.EventPushed); !ok || p.Seq != uint64(i) {
+			t.Fatalf("record %d is %#v", i, r)
+		}
+	}
+}
+
+func TestQueueModeThenAcknowledgedPullsThenPushAgain(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.peers.setDown(true)
+	w.send(5)
+	eventually(t, "queue mode", func() bool { return w.state().Mode == domain.ModeQueue })
+	if n := len(w.peers.pushes()); n != 0 {
+		t.Fatalf("%d pushes went through a dead peer", n)
+	}
+	w.send(2) // later events wait in the queue
+	time.Sleep(20 * time.Millisecond)
+	if n := len(w.peers.pushes()); n != 0 {
+		t.Fatal("pushed while in queue mode")
+	}
+	caller := domain.Caller{ServerID: peerB, Extended: true}
+	ctx := context.Background()
+
+	batch, err := w.engine.ServePull(ctx, caller, nil)
+	if err != nil || len(batch.Events) != 7 || batch.FirstSeq != 0 {
+		t.Fatalf("first pull: %d events from %d, %v", len(batch.Events), batch.FirstSeq, err)
+	}
+	// The reply was lost: the same events come again.
+	batch, err = w.engine.ServePull(ctx, caller, nil)
+	if err != nil || len(batch.Events) != 7 || batch.FirstSeq != 0 {
+		t.Fatalf("pull after a lost reply: %d events from %d, %v", len(batch.Events), batch.FirstSeq, err)
+	}
+	ack := uint64(6)
+	batch, err = w.engine.ServePull(ctx, caller, &ack)
+	if err != nil || len(batch.Events) != 0 {
+		t.Fatalf("acknowledged pull: %d events, %v", len(batch.Events), err)
+	}
+	if s := w.state(); s.Mode != domain.ModePush || s.Delivered != 7 {
+		t.Fatalf("after the drained queue: %+v", s)
+	}
+	w.peers.setDown(false)
+	w.send(1)
+	eventually(t, "the next event pushed", func() bool { p := w.peers.pushes(); return len(p) == 1 && p[0] == 7 })
+}
+
+func TestAPullFromAnUnknownServerRegistersNothing(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.send(1)
+	stranger := domain.Caller{ServerID: domain.MustParseServerID("c.example:2289"), Extended: true}
+	batch, err := w.engine.ServePull(context.Background(), stranger, nil)
+	if err != nil || len(batch.Events) != 0 {
+		t.Fatalf("stranger's pull: %v, %v", batch, err)
+	}
+	if _, ok := w.engine.registry.Lookup(stranger.ServerID); ok {
+		t.Fatal("a pull registered a peer")
+	}
+}
+
+func TestStateIsRebuiltFromTheStreamsAfterARestart(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.peers.setDown(true)
+	w.send(4)
+	eventually(t, "queue mode", func() bool { return w.state().Mode == domain.ModeQueue })
+	batch, _ := w.engine.ServePull(context.Background(), domain.Caller{ServerID: peerB, Extended: true}, nil)
+	if len(batch.Events) != 4 {
+		t.Fatalf("pull got %d", len(batch.Events))
+	}
+	w.restart()
+	if s := w.state(); s.Mode != domain.ModeQueue || s.Head != 4 || s.Delivered != 0 || s.HandedOver != 4 {
+		t.Fatalf("rebuilt state %+v", s)
+	}
+	ack := uint64(1)
+	batch, _ = w.engine.ServePull(context.Background(), domain.Caller{ServerID: peerB, Extended: true}, &ack)
+	if batch.FirstSeq != 2 || len(batch.Events) != 2 {
+		t.Fatalf("after restart and ack 1: %d events from %d", len(batch.Events), batch.FirstSeq)
+	}
+}
+
+func TestPushesResumeAfterARestartWhereTheyStopped(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.send(3)
+	eventually(t, "3 pushes recorded", func() bool { return len(w.deliveryRecords()) == 3 })
+	w.peers.setDown(true)
+	w.close()
+	w.peers.setDown(false)
+	// Events appended while the engine was down are pushed on start.
+	w.open()
+	w.send(2)
+	eventually(t, "5 pushes recorded", func() bool { return len(w.deliveryRecords()) == 5 })
+	if got := w.peers.pushes(); len(got) != 5 || got[3] != 3 || got[4] != 4 {
+		t.Fatalf("pushes %v", got)
+	}
+}
+
+func TestReceivedEventsAreAppliedOnceAndInOrder(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	sender := domain.Caller{ServerID: domain.MustParseServerID("s.example:2289"), Extended: true}
+	seq := func(v uint64) *uint64 { return &v }
+	for _, s := range []uint64{0, 1, 1, 0, 2} { // a retried push, a re-sent one
+		if err := w.engine.AcceptPush(ctx, sender, added(s), seq(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, _ := w.engine.registry.Lookup(sender.ServerID)
+	recs, err := w.store.ReadStream(ctx, streams.Inbox(id), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 3 {
+		t.Fatalf("inbox holds %d events, want 3", len(recs))
+	}
+	for i, r := range recs {
+		rec, _ := streams.DecodeReceived(r)
+		if *rec.SenderSeq != uint64(i) || rec.Via != eventsv1.EventReceived_VIA_PUSH || rec.Event.GetUserAddedToGuild().GetUserId() != uint64(i) {
+			t.Fatalf("inbox[%d] = %+v", i, rec)
+		}
+	}
+	// After a restart the receiver still knows what it applied.
+	w.restart()
+	if err := w.engine.AcceptPush(ctx, sender, added(2), seq(2)); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 100); len(recs) != 3 {
+		t.Fatalf("a replayed push was applied after a restart: %d events", len(recs))
+	}
+}
+
+func TestAPushWaitsForThisServersPullFromTheSender(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	sender := domain.Caller{ServerID: domain.MustParseServerID("s.example:2289"), Extended: true}
+	seq := func(v uint64) *uint64 { return &v }
+	if err := w.engine.AcceptPush(ctx, sender, added(0), seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	served := false
+	w.peers.mu.Lock()
+	w.peers.pullFn = func(ack *uint64) (peerclient.PullResult, error) {
+		if served {
+			return peerclient.PullResult{}, nil
+		}
+		<-release
+		served = true
+		if ack == nil || *ack != 0 {
+			t.Errorf("pull ack %v, want 0", ack)
+		}
+		return peerclient.PullResult{Events: []*syncv1.Event{added(1), added(2)}, FirstSeq: 1, HasSeq: true}, nil
+	}
+	w.peers.mu.Unlock()
+	pulled := make(chan error, 1)
+	go func() { pulled <- w.engine.PullFrom(ctx, sender.ServerID) }()
+	eventually(t, "the pull to start", func() bool {
+		id, _ := w.engine.registry.Lookup(sender.ServerID)
+		p := w.engine.peer(id)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.pullGate != nil
+	})
+	pushed := make(chan error, 1)
+	go func() { pushed <- w.engine.AcceptPush(ctx, sender, added(3), seq(3)) }()
+	select {
+	case err := <-pushed:
+		t.Fatalf("the push finished during the pull: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-pulled; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-pushed; err != nil {
+		t.Fatal(err)
+	}
+	id, _ := w.engine.registry.Lookup(sender.ServerID)
+	recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 100)
+	var order []uint64
+	for _, r := range recs {
+		rec, _ := streams.DecodeReceived(r)
+		order = append(order, *rec.SenderSeq)
+	}
+	if len(order) != 4 || order[1] != 1 || order[2] != 2 || order[3] != 3 {
+		t.Fatalf("inbox order %v, want [0 1 2 3]", order)
+	}
+}
+
+func TestIdlePeersHoldNoGoroutine(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.send(3)
+	eventually(t, "the push loop to exit", func() bool {
+		id, _ := w.engine.registry.Lookup(peerB)
+		p := w.engine.peer(id)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return !p.pushing && !p.flushing && p.out.Delivered == 3
+	})
+}
