@@ -17,6 +17,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
 	"github.com/harmony-postbox/postbox/adapters/federation"
+	"github.com/harmony-postbox/postbox/adapters/federation/federationtest"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/adapters/seqext"
@@ -35,10 +36,10 @@ func userAdded(user, guild uint64) *syncv1.Event {
 	}}
 }
 
-// receivedFrom returns what the stand-in received from one sender.
-func receivedFrom(f *fed, from domain.ServerID) []federation.ReceivedEvent {
-	var out []federation.ReceivedEvent
-	for _, r := range f.standIn.Received() {
+// receivedFrom returns what the recorder received from one sender.
+func receivedFrom(f *fed, from domain.ServerID) []federationtest.Received {
+	var out []federationtest.Received
+	for _, r := range f.postbox.Received() {
 		if r.From == from {
 			out = append(out, r)
 		}
@@ -46,13 +47,13 @@ func receivedFrom(f *fed, from domain.ServerID) []federation.ReceivedEvent {
 	return out
 }
 
-// checkReceived asserts the stand-in holds exactly want (event user 42
+// checkReceived asserts the recorder holds exactly want (event user 42
 // added to guild 7, with these sequence numbers; -1 for none) from sender.
 func checkReceived(t *testing.T, f *fed, from domain.ServerID, wantSeqs ...int64) {
 	t.Helper()
 	got := receivedFrom(f, from)
 	if len(got) != len(wantSeqs) {
-		t.Fatalf("stand-in holds %d events from %s, want %d", len(got), from, len(wantSeqs))
+		t.Fatalf("recorder holds %d events from %s, want %d", len(got), from, len(wantSeqs))
 	}
 	for i, r := range got {
 		if !proto.Equal(r.Event, userAdded(42, 7)) {
@@ -218,7 +219,7 @@ func TestFixtureTokensOverTheWire(t *testing.T) {
 	}
 
 	// NotifyNewId signed over the fixture's extended AuthData passes
-	// authentication and reaches the stand-in, which knows no peers. Its
+	// authentication and reaches the recorder, which knows no peers. Its
 	// nonce is the one spent above, so on this server it is a replay; a
 	// fresh server takes it.
 	notifyData := unhex(t, fixtureNotifyAuthDataHex)
@@ -272,8 +273,8 @@ func TestHRPCEdgeCases(t *testing.T) {
 			}
 		})
 	}
-	if n := len(f.standIn.Received()); n != 0 {
-		t.Errorf("stand-in received %d events from refused requests", n)
+	if n := len(f.postbox.Received()); n != 0 {
+		t.Errorf("recorder received %d events from refused requests", n)
 	}
 }
 
@@ -563,8 +564,8 @@ func TestAuthOverTheWire(t *testing.T) {
 		t.Error("no server ever fetched the peer's key")
 	}
 	for _, f := range []*fed{blocking, guarded} {
-		if n := len(f.standIn.Received()); n != 0 {
-			t.Errorf("%d refused pushes reached the stand-in", n)
+		if n := len(f.postbox.Received()); n != 0 {
+			t.Errorf("%d refused pushes reached the recorder", n)
 		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
 	"github.com/harmony-postbox/postbox/adapters/federation"
+	"github.com/harmony-postbox/postbox/adapters/federation/federationtest"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/domain"
@@ -281,13 +282,13 @@ type fedOptions struct {
 }
 
 // fed is a running federation server: the real handler over the real
-// PostboxService, Verifier, Resolver and in-memory stand-in.
+// PostboxService, Verifier, Resolver and recording Postbox.
 type fed struct {
 	id      domain.ServerID
 	url     string
 	clock   domain.Clock
 	public  ed25519.PublicKey
-	standIn *federation.InMemoryStandIn
+	postbox *federationtest.Recorder
 	rec     *recorder
 }
 
@@ -313,15 +314,15 @@ func startFederation(t testing.TB, opts fedOptions) *fed {
 	}
 	id := domain.MustParseServerID(opts.id)
 	verifier := domain.NewVerifier(opts.policy, opts.clock, resolver, domain.NewIdentity(id, domain.DefaultAudienceGrace))
-	standIn := federation.NewInMemoryStandIn()
+	postbox := federationtest.NewRecorder()
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := httpserver.NewFederationHandler(federation.NewPostboxService(verifier, standIn), federation.NewKeyService(pub), opts.limit, discardLogger)
+	h := httpserver.NewFederationHandler(federation.NewPostboxService(verifier, postbox), federation.NewKeyService(pub), opts.limit, discardLogger)
 	rec := &recorder{next: h}
 	addr := serve(t, "federation", rec)
-	return &fed{id: id, url: "http://" + addr, clock: opts.clock, public: pub, standIn: standIn, rec: rec}
+	return &fed{id: id, url: "http://" + addr, clock: opts.clock, public: pub, postbox: postbox, rec: rec}
 }
 
 // http1Client speaks HTTP/1.1 only, as hRPC clients and raw tools do.

@@ -19,6 +19,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
 	"github.com/harmony-postbox/postbox/adapters/clock"
 	"github.com/harmony-postbox/postbox/adapters/federation"
+	"github.com/harmony-postbox/postbox/adapters/federation/federationtest"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
@@ -68,7 +69,7 @@ type fakePostbox struct {
 	mu      sync.Mutex
 	batch   federation.PullBatch
 	pulls   []*uint64
-	pushes  []federation.ReceivedEvent
+	pushes  []federationtest.Received
 	renames []domain.ServerID
 }
 
@@ -82,7 +83,7 @@ func (f *fakePostbox) ServePull(_ context.Context, _ domain.Caller, ack *uint64)
 func (f *fakePostbox) AcceptPush(_ context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pushes = append(f.pushes, federation.ReceivedEvent{From: caller.ServerID, Event: event, Seq: seq})
+	f.pushes = append(f.pushes, federationtest.Received{From: caller.ServerID, Event: event, Seq: seq})
 	return nil
 }
 
@@ -104,7 +105,7 @@ func (f *fakePostbox) setBatch(b federation.PullBatch) {
 	f.batch = b
 }
 
-func (f *fakePostbox) snapshot() (pulls []*uint64, pushes []federation.ReceivedEvent, renames []domain.ServerID) {
+func (f *fakePostbox) snapshot() (pulls []*uint64, pushes []federationtest.Received, renames []domain.ServerID) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append(pulls, f.pulls...), append(pushes, f.pushes...), append(renames, f.renames...)

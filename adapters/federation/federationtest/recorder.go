@@ -1,0 +1,58 @@
+// Package federationtest has a federation.Postbox for tests of the
+// federation handlers and transports: it records what reaches it and keeps
+// nothing else.
+package federationtest
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/harmony-postbox/postbox/adapters/federation"
+	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+// Recorder keeps pushed events in memory; Pull answers empty and renames
+// are refused as unknown peers.
+type Recorder struct {
+	mu       sync.Mutex
+	received []Received
+}
+
+// Received is one pushed event.
+type Received struct {
+	From  domain.ServerID
+	Event *syncv1.Event
+	Seq   *uint64
+}
+
+var _ federation.Postbox = (*Recorder)(nil)
+
+// NewRecorder returns an empty recorder.
+func NewRecorder() *Recorder { return &Recorder{} }
+
+// ServePull answers empty.
+func (m *Recorder) ServePull(context.Context, domain.Caller, *uint64) (federation.PullBatch, error) {
+	return federation.PullBatch{}, nil
+}
+
+// AcceptPush records the event.
+func (m *Recorder) AcceptPush(_ context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.received = append(m.received, Received{From: caller.ServerID, Event: event, Seq: seq})
+	return nil
+}
+
+// AcceptRename refuses: the recorder knows no peers.
+func (m *Recorder) AcceptRename(_ context.Context, caller domain.Caller, _ domain.ServerID) error {
+	return fmt.Errorf("%w: %s", domain.ErrUnknownPeer, caller.ServerID)
+}
+
+// Received returns a copy of what was pushed so far.
+func (m *Recorder) Received() []Received {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]Received(nil), m.received...)
+}
