@@ -10,6 +10,7 @@ import (
 	v1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,6 +22,59 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// How a peer's outbox is delivered.
+type Mode int32
+
+const (
+	// Not set.
+	Mode_MODE_UNSPECIFIED Mode = 0
+	// Events are pushed, one in flight, in order.
+	Mode_MODE_PUSH Mode = 1
+	// Pushes failed; events wait until the peer pulls them.
+	Mode_MODE_QUEUE Mode = 2
+)
+
+// Enum value maps for Mode.
+var (
+	Mode_name = map[int32]string{
+		0: "MODE_UNSPECIFIED",
+		1: "MODE_PUSH",
+		2: "MODE_QUEUE",
+	}
+	Mode_value = map[string]int32{
+		"MODE_UNSPECIFIED": 0,
+		"MODE_PUSH":        1,
+		"MODE_QUEUE":       2,
+	}
+)
+
+func (x Mode) Enum() *Mode {
+	p := new(Mode)
+	*p = x
+	return p
+}
+
+func (x Mode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Mode) Descriptor() protoreflect.EnumDescriptor {
+	return file_postbox_admin_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (Mode) Type() protoreflect.EnumType {
+	return &file_postbox_admin_v1_admin_proto_enumTypes[0]
+}
+
+func (x Mode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Mode.Descriptor instead.
+func (Mode) EnumDescriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+}
 
 // Used in `GetServerInfo`.
 type GetServerInfoRequest struct {
@@ -224,11 +278,831 @@ func (x *SendResponse) GetSeq() uint64 {
 	return 0
 }
 
+// One peer's state, as the projections of its streams show it.
+type Peer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The peer's current server ID.
+	ServerId string `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// The stable ID that names the peer's streams.
+	PeerId string `protobuf:"bytes,2,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
+	// Events in the peer's outbox (the next sequence number).
+	Head uint64 `protobuf:"varint,3,opt,name=head,proto3" json:"head,omitempty"`
+	// Events delivered: every sequence number below this one.
+	Delivered uint64 `protobuf:"varint,4,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	// Events not yet delivered (head - delivered).
+	Pending uint64 `protobuf:"varint,5,opt,name=pending,proto3" json:"pending,omitempty"`
+	// How the outbox is delivered now.
+	Mode Mode `protobuf:"varint,6,opt,name=mode,proto3,enum=postbox.admin.v1.Mode" json:"mode,omitempty"`
+	// Events handed over by Pull and not yet acknowledged.
+	AwaitingAck uint64 `protobuf:"varint,7,opt,name=awaiting_ack,json=awaitingAck,proto3" json:"awaiting_ack,omitempty"`
+	// Attempts the last recorded push or queue-mode entry took.
+	Attempts uint32 `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// When the last push was recorded.
+	LastPush *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_push,json=lastPush,proto3" json:"last_push,omitempty"`
+	// When the peer's last Pull was served with events.
+	LastPullServed *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_pull_served,json=lastPullServed,proto3" json:"last_pull_served,omitempty"`
+	// The last push error recorded, if any.
+	LastError string `protobuf:"bytes,11,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// Events received from the peer.
+	EventsReceived uint64 `protobuf:"varint,12,opt,name=events_received,json=eventsReceived,proto3" json:"events_received,omitempty"`
+	// The server IDs the peer had before, oldest first.
+	FormerServerIds []string `protobuf:"bytes,13,rep,name=former_server_ids,json=formerServerIds,proto3" json:"former_server_ids,omitempty"`
+	// The peer's raw 32-byte Ed25519 public key, if recorded.
+	PublicKey []byte `protobuf:"bytes,14,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// After a rename of this server: true once the peer accepted the new ID.
+	KnowsOurServerId bool `protobuf:"varint,15,opt,name=knows_our_server_id,json=knowsOurServerId,proto3" json:"knows_our_server_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Peer) Reset() {
+	*x = Peer{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Peer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Peer) ProtoMessage() {}
+
+func (x *Peer) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Peer.ProtoReflect.Descriptor instead.
+func (*Peer) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Peer) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *Peer) GetPeerId() string {
+	if x != nil {
+		return x.PeerId
+	}
+	return ""
+}
+
+func (x *Peer) GetHead() uint64 {
+	if x != nil {
+		return x.Head
+	}
+	return 0
+}
+
+func (x *Peer) GetDelivered() uint64 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *Peer) GetPending() uint64 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *Peer) GetMode() Mode {
+	if x != nil {
+		return x.Mode
+	}
+	return Mode_MODE_UNSPECIFIED
+}
+
+func (x *Peer) GetAwaitingAck() uint64 {
+	if x != nil {
+		return x.AwaitingAck
+	}
+	return 0
+}
+
+func (x *Peer) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Peer) GetLastPush() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastPush
+	}
+	return nil
+}
+
+func (x *Peer) GetLastPullServed() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastPullServed
+	}
+	return nil
+}
+
+func (x *Peer) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Peer) GetEventsReceived() uint64 {
+	if x != nil {
+		return x.EventsReceived
+	}
+	return 0
+}
+
+func (x *Peer) GetFormerServerIds() []string {
+	if x != nil {
+		return x.FormerServerIds
+	}
+	return nil
+}
+
+func (x *Peer) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *Peer) GetKnowsOurServerId() bool {
+	if x != nil {
+		return x.KnowsOurServerId
+	}
+	return false
+}
+
+// Used in `ListPeers`.
+type ListPeersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPeersRequest) Reset() {
+	*x = ListPeersRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPeersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPeersRequest) ProtoMessage() {}
+
+func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPeersRequest.ProtoReflect.Descriptor instead.
+func (*ListPeersRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+// Used in `ListPeers`.
+type ListPeersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every peer, ordered by server ID.
+	Peers         []*Peer `protobuf:"bytes,1,rep,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPeersResponse) Reset() {
+	*x = ListPeersResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPeersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPeersResponse) ProtoMessage() {}
+
+func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPeersResponse.ProtoReflect.Descriptor instead.
+func (*ListPeersResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListPeersResponse) GetPeers() []*Peer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+// Used in `GetPeer`.
+type GetPeerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The peer's server ID (current or former).
+	ServerId      string `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPeerRequest) Reset() {
+	*x = GetPeerRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPeerRequest) ProtoMessage() {}
+
+func (x *GetPeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPeerRequest.ProtoReflect.Descriptor instead.
+func (*GetPeerRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetPeerRequest) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+// Used in `GetPeer`.
+type GetPeerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The peer.
+	Peer          *Peer `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPeerResponse) Reset() {
+	*x = GetPeerResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPeerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPeerResponse) ProtoMessage() {}
+
+func (x *GetPeerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPeerResponse.ProtoReflect.Descriptor instead.
+func (*GetPeerResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetPeerResponse) GetPeer() *Peer {
+	if x != nil {
+		return x.Peer
+	}
+	return nil
+}
+
+// Used in `Watch`.
+type WatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Start after this position (0: from the first event received).
+	After uint64 `protobuf:"varint,1,opt,name=after,proto3" json:"after,omitempty"`
+	// Keep the stream open for events received later.
+	Follow        bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *WatchRequest) GetAfter() uint64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+// One event this server received from a peer.
+type ReceivedEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its position in the store's global order: pass it as `after` to resume.
+	Position uint64 `protobuf:"varint,1,opt,name=position,proto3" json:"position,omitempty"`
+	// The server ID of the peer it came from (its current one).
+	From string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	// The event.
+	Event *v1.Event `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
+	// How it arrived: "push" or "pull".
+	Via string `protobuf:"bytes,4,opt,name=via,proto3" json:"via,omitempty"`
+	// The sender's sequence number, if it sent one.
+	SenderSeq     *uint64 `protobuf:"varint,5,opt,name=sender_seq,json=senderSeq,proto3,oneof" json:"sender_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReceivedEvent) Reset() {
+	*x = ReceivedEvent{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReceivedEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReceivedEvent) ProtoMessage() {}
+
+func (x *ReceivedEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReceivedEvent.ProtoReflect.Descriptor instead.
+func (*ReceivedEvent) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ReceivedEvent) GetPosition() uint64 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
+func (x *ReceivedEvent) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *ReceivedEvent) GetEvent() *v1.Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *ReceivedEvent) GetVia() string {
+	if x != nil {
+		return x.Via
+	}
+	return ""
+}
+
+func (x *ReceivedEvent) GetSenderSeq() uint64 {
+	if x != nil && x.SenderSeq != nil {
+		return *x.SenderSeq
+	}
+	return 0
+}
+
+// Used in `Watch`.
+type WatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An event, or the signal that what follows is live.
+	//
+	// Types that are valid to be assigned to Item:
+	//
+	//	*WatchResponse_Event
+	//	*WatchResponse_CaughtUp
+	Item          isWatchResponse_Item `protobuf_oneof:"item"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchResponse) Reset() {
+	*x = WatchResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResponse) ProtoMessage() {}
+
+func (x *WatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
+func (*WatchResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WatchResponse) GetItem() isWatchResponse_Item {
+	if x != nil {
+		return x.Item
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetEvent() *ReceivedEvent {
+	if x != nil {
+		if x, ok := x.Item.(*WatchResponse_Event); ok {
+			return x.Event
+		}
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetCaughtUp() bool {
+	if x != nil {
+		if x, ok := x.Item.(*WatchResponse_CaughtUp); ok {
+			return x.CaughtUp
+		}
+	}
+	return false
+}
+
+type isWatchResponse_Item interface {
+	isWatchResponse_Item()
+}
+
+type WatchResponse_Event struct {
+	// A received event.
+	Event *ReceivedEvent `protobuf:"bytes,1,opt,name=event,proto3,oneof"`
+}
+
+type WatchResponse_CaughtUp struct {
+	// Every event stored so far has been sent.
+	CaughtUp bool `protobuf:"varint,2,opt,name=caught_up,json=caughtUp,proto3,oneof"`
+}
+
+func (*WatchResponse_Event) isWatchResponse_Item() {}
+
+func (*WatchResponse_CaughtUp) isWatchResponse_Item() {}
+
+// Used in `PullNow`.
+type PullNowRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The peer to pull from.
+	ServerId      string `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PullNowRequest) Reset() {
+	*x = PullNowRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PullNowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PullNowRequest) ProtoMessage() {}
+
+func (x *PullNowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PullNowRequest.ProtoReflect.Descriptor instead.
+func (*PullNowRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PullNowRequest) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+// Used in `PullNow`.
+type PullNowResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PullNowResponse) Reset() {
+	*x = PullNowResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PullNowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PullNowResponse) ProtoMessage() {}
+
+func (x *PullNowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PullNowResponse.ProtoReflect.Descriptor instead.
+func (*PullNowResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+// Used in `ResumePush`.
+type ResumePushRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The peer to push to again.
+	ServerId      string `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumePushRequest) Reset() {
+	*x = ResumePushRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumePushRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumePushRequest) ProtoMessage() {}
+
+func (x *ResumePushRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumePushRequest.ProtoReflect.Descriptor instead.
+func (*ResumePushRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ResumePushRequest) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+// Used in `ResumePush`.
+type ResumePushResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumePushResponse) Reset() {
+	*x = ResumePushResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumePushResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumePushResponse) ProtoMessage() {}
+
+func (x *ResumePushResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumePushResponse.ProtoReflect.Descriptor instead.
+func (*ResumePushResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+// Used in `Rename`.
+type RenameRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// This server's new server ID.
+	NewServerId   string `protobuf:"bytes,1,opt,name=new_server_id,json=newServerId,proto3" json:"new_server_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenameRequest) Reset() {
+	*x = RenameRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenameRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenameRequest) ProtoMessage() {}
+
+func (x *RenameRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenameRequest.ProtoReflect.Descriptor instead.
+func (*RenameRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RenameRequest) GetNewServerId() string {
+	if x != nil {
+		return x.NewServerId
+	}
+	return ""
+}
+
+// Used in `Rename`.
+type RenameResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenameResponse) Reset() {
+	*x = RenameResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenameResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenameResponse) ProtoMessage() {}
+
+func (x *RenameResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenameResponse.ProtoReflect.Descriptor instead.
+func (*RenameResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
 var File_postbox_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1cpostbox/admin/v1/admin.proto\x12\x10postbox.admin.v1\x1a\x1bprotocol/sync/v1/sync.proto\"\x16\n" +
+	"\x1cpostbox/admin/v1/admin.proto\x12\x10postbox.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bprotocol/sync/v1/sync.proto\"\x16\n" +
 	"\x14GetServerInfoRequest\"m\n" +
 	"\x15GetServerInfoResponse\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x1d\n" +
@@ -239,10 +1113,72 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x02to\x18\x01 \x01(\tR\x02to\x12-\n" +
 	"\x05event\x18\x02 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\" \n" +
 	"\fSendResponse\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq2\xbb\x01\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xb4\x04\n" +
+	"\x04Peer\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x17\n" +
+	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x12\n" +
+	"\x04head\x18\x03 \x01(\x04R\x04head\x12\x1c\n" +
+	"\tdelivered\x18\x04 \x01(\x04R\tdelivered\x12\x18\n" +
+	"\apending\x18\x05 \x01(\x04R\apending\x12*\n" +
+	"\x04mode\x18\x06 \x01(\x0e2\x16.postbox.admin.v1.ModeR\x04mode\x12!\n" +
+	"\fawaiting_ack\x18\a \x01(\x04R\vawaitingAck\x12\x1a\n" +
+	"\battempts\x18\b \x01(\rR\battempts\x127\n" +
+	"\tlast_push\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\blastPush\x12D\n" +
+	"\x10last_pull_served\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x0elastPullServed\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\v \x01(\tR\tlastError\x12'\n" +
+	"\x0fevents_received\x18\f \x01(\x04R\x0eeventsReceived\x12*\n" +
+	"\x11former_server_ids\x18\r \x03(\tR\x0fformerServerIds\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x0e \x01(\fR\tpublicKey\x12-\n" +
+	"\x13knows_our_server_id\x18\x0f \x01(\bR\x10knowsOurServerId\"\x12\n" +
+	"\x10ListPeersRequest\"A\n" +
+	"\x11ListPeersResponse\x12,\n" +
+	"\x05peers\x18\x01 \x03(\v2\x16.postbox.admin.v1.PeerR\x05peers\"-\n" +
+	"\x0eGetPeerRequest\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\"=\n" +
+	"\x0fGetPeerResponse\x12*\n" +
+	"\x04peer\x18\x01 \x01(\v2\x16.postbox.admin.v1.PeerR\x04peer\"<\n" +
+	"\fWatchRequest\x12\x14\n" +
+	"\x05after\x18\x01 \x01(\x04R\x05after\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\"\xb3\x01\n" +
+	"\rReceivedEvent\x12\x1a\n" +
+	"\bposition\x18\x01 \x01(\x04R\bposition\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12-\n" +
+	"\x05event\x18\x03 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x12\x10\n" +
+	"\x03via\x18\x04 \x01(\tR\x03via\x12\"\n" +
+	"\n" +
+	"sender_seq\x18\x05 \x01(\x04H\x00R\tsenderSeq\x88\x01\x01B\r\n" +
+	"\v_sender_seq\"o\n" +
+	"\rWatchResponse\x127\n" +
+	"\x05event\x18\x01 \x01(\v2\x1f.postbox.admin.v1.ReceivedEventH\x00R\x05event\x12\x1d\n" +
+	"\tcaught_up\x18\x02 \x01(\bH\x00R\bcaughtUpB\x06\n" +
+	"\x04item\"-\n" +
+	"\x0ePullNowRequest\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\"\x11\n" +
+	"\x0fPullNowResponse\"0\n" +
+	"\x11ResumePushRequest\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\"\x14\n" +
+	"\x12ResumePushResponse\"3\n" +
+	"\rRenameRequest\x12\"\n" +
+	"\rnew_server_id\x18\x01 \x01(\tR\vnewServerId\"\x10\n" +
+	"\x0eRenameResponse*;\n" +
+	"\x04Mode\x12\x14\n" +
+	"\x10MODE_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tMODE_PUSH\x10\x01\x12\x0e\n" +
+	"\n" +
+	"MODE_QUEUE\x10\x022\xaf\x05\n" +
 	"\fAdminService\x12b\n" +
 	"\rGetServerInfo\x12&.postbox.admin.v1.GetServerInfoRequest\x1a'.postbox.admin.v1.GetServerInfoResponse\"\x00\x12G\n" +
-	"\x04Send\x12\x1d.postbox.admin.v1.SendRequest\x1a\x1e.postbox.admin.v1.SendResponse\"\x00B\xc5\x01\n" +
+	"\x04Send\x12\x1d.postbox.admin.v1.SendRequest\x1a\x1e.postbox.admin.v1.SendResponse\"\x00\x12V\n" +
+	"\tListPeers\x12\".postbox.admin.v1.ListPeersRequest\x1a#.postbox.admin.v1.ListPeersResponse\"\x00\x12P\n" +
+	"\aGetPeer\x12 .postbox.admin.v1.GetPeerRequest\x1a!.postbox.admin.v1.GetPeerResponse\"\x00\x12L\n" +
+	"\x05Watch\x12\x1e.postbox.admin.v1.WatchRequest\x1a\x1f.postbox.admin.v1.WatchResponse\"\x000\x01\x12P\n" +
+	"\aPullNow\x12 .postbox.admin.v1.PullNowRequest\x1a!.postbox.admin.v1.PullNowResponse\"\x00\x12Y\n" +
+	"\n" +
+	"ResumePush\x12#.postbox.admin.v1.ResumePushRequest\x1a$.postbox.admin.v1.ResumePushResponse\"\x00\x12M\n" +
+	"\x06Rename\x12\x1f.postbox.admin.v1.RenameRequest\x1a .postbox.admin.v1.RenameResponse\"\x00B\xc5\x01\n" +
 	"\x14com.postbox.admin.v1B\n" +
 	"AdminProtoP\x01Z?github.com/harmony-postbox/postbox/gen/postbox/admin/v1;adminv1\xa2\x02\x03PAX\xaa\x02\x10Postbox.Admin.V1\xca\x02\x10Postbox\\Admin\\V1\xe2\x02\x1cPostbox\\Admin\\V1\\GPBMetadata\xea\x02\x12Postbox::Admin::V1b\x06proto3"
 
@@ -258,25 +1194,61 @@ func file_postbox_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_postbox_admin_v1_admin_proto_rawDescData
 }
 
-var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_postbox_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_postbox_admin_v1_admin_proto_goTypes = []any{
-	(*GetServerInfoRequest)(nil),  // 0: postbox.admin.v1.GetServerInfoRequest
-	(*GetServerInfoResponse)(nil), // 1: postbox.admin.v1.GetServerInfoResponse
-	(*SendRequest)(nil),           // 2: postbox.admin.v1.SendRequest
-	(*SendResponse)(nil),          // 3: postbox.admin.v1.SendResponse
-	(*v1.Event)(nil),              // 4: protocol.sync.v1.Event
+	(Mode)(0),                     // 0: postbox.admin.v1.Mode
+	(*GetServerInfoRequest)(nil),  // 1: postbox.admin.v1.GetServerInfoRequest
+	(*GetServerInfoResponse)(nil), // 2: postbox.admin.v1.GetServerInfoResponse
+	(*SendRequest)(nil),           // 3: postbox.admin.v1.SendRequest
+	(*SendResponse)(nil),          // 4: postbox.admin.v1.SendResponse
+	(*Peer)(nil),                  // 5: postbox.admin.v1.Peer
+	(*ListPeersRequest)(nil),      // 6: postbox.admin.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),     // 7: postbox.admin.v1.ListPeersResponse
+	(*GetPeerRequest)(nil),        // 8: postbox.admin.v1.GetPeerRequest
+	(*GetPeerResponse)(nil),       // 9: postbox.admin.v1.GetPeerResponse
+	(*WatchRequest)(nil),          // 10: postbox.admin.v1.WatchRequest
+	(*ReceivedEvent)(nil),         // 11: postbox.admin.v1.ReceivedEvent
+	(*WatchResponse)(nil),         // 12: postbox.admin.v1.WatchResponse
+	(*PullNowRequest)(nil),        // 13: postbox.admin.v1.PullNowRequest
+	(*PullNowResponse)(nil),       // 14: postbox.admin.v1.PullNowResponse
+	(*ResumePushRequest)(nil),     // 15: postbox.admin.v1.ResumePushRequest
+	(*ResumePushResponse)(nil),    // 16: postbox.admin.v1.ResumePushResponse
+	(*RenameRequest)(nil),         // 17: postbox.admin.v1.RenameRequest
+	(*RenameResponse)(nil),        // 18: postbox.admin.v1.RenameResponse
+	(*v1.Event)(nil),              // 19: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
 }
 var file_postbox_admin_v1_admin_proto_depIdxs = []int32{
-	4, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
-	0, // 1: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
-	2, // 2: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
-	1, // 3: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
-	3, // 4: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	19, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
+	0,  // 1: postbox.admin.v1.Peer.mode:type_name -> postbox.admin.v1.Mode
+	20, // 2: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
+	20, // 3: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
+	5,  // 4: postbox.admin.v1.ListPeersResponse.peers:type_name -> postbox.admin.v1.Peer
+	5,  // 5: postbox.admin.v1.GetPeerResponse.peer:type_name -> postbox.admin.v1.Peer
+	19, // 6: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
+	11, // 7: postbox.admin.v1.WatchResponse.event:type_name -> postbox.admin.v1.ReceivedEvent
+	1,  // 8: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
+	3,  // 9: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
+	6,  // 10: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
+	8,  // 11: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
+	10, // 12: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
+	13, // 13: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
+	15, // 14: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
+	17, // 15: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
+	2,  // 16: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
+	4,  // 17: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
+	7,  // 18: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
+	9,  // 19: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
+	12, // 20: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
+	14, // 21: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
+	16, // 22: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
+	18, // 23: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
+	16, // [16:24] is the sub-list for method output_type
+	8,  // [8:16] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_postbox_admin_v1_admin_proto_init() }
@@ -284,18 +1256,24 @@ func file_postbox_admin_v1_admin_proto_init() {
 	if File_postbox_admin_v1_admin_proto != nil {
 		return
 	}
+	file_postbox_admin_v1_admin_proto_msgTypes[10].OneofWrappers = []any{}
+	file_postbox_admin_v1_admin_proto_msgTypes[11].OneofWrappers = []any{
+		(*WatchResponse_Event)(nil),
+		(*WatchResponse_CaughtUp)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_admin_v1_admin_proto_rawDesc), len(file_postbox_admin_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   4,
+			NumEnums:      1,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_postbox_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_postbox_admin_v1_admin_proto_depIdxs,
+		EnumInfos:         file_postbox_admin_v1_admin_proto_enumTypes,
 		MessageInfos:      file_postbox_admin_v1_admin_proto_msgTypes,
 	}.Build()
 	File_postbox_admin_v1_admin_proto = out.File

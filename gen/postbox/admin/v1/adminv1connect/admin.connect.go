@@ -38,6 +38,18 @@ const (
 	AdminServiceGetServerInfoProcedure = "/postbox.admin.v1.AdminService/GetServerInfo"
 	// AdminServiceSendProcedure is the fully-qualified name of the AdminService's Send RPC.
 	AdminServiceSendProcedure = "/postbox.admin.v1.AdminService/Send"
+	// AdminServiceListPeersProcedure is the fully-qualified name of the AdminService's ListPeers RPC.
+	AdminServiceListPeersProcedure = "/postbox.admin.v1.AdminService/ListPeers"
+	// AdminServiceGetPeerProcedure is the fully-qualified name of the AdminService's GetPeer RPC.
+	AdminServiceGetPeerProcedure = "/postbox.admin.v1.AdminService/GetPeer"
+	// AdminServiceWatchProcedure is the fully-qualified name of the AdminService's Watch RPC.
+	AdminServiceWatchProcedure = "/postbox.admin.v1.AdminService/Watch"
+	// AdminServicePullNowProcedure is the fully-qualified name of the AdminService's PullNow RPC.
+	AdminServicePullNowProcedure = "/postbox.admin.v1.AdminService/PullNow"
+	// AdminServiceResumePushProcedure is the fully-qualified name of the AdminService's ResumePush RPC.
+	AdminServiceResumePushProcedure = "/postbox.admin.v1.AdminService/ResumePush"
+	// AdminServiceRenameProcedure is the fully-qualified name of the AdminService's Rename RPC.
+	AdminServiceRenameProcedure = "/postbox.admin.v1.AdminService/Rename"
 )
 
 // AdminServiceClient is a client for the postbox.admin.v1.AdminService service.
@@ -46,6 +58,18 @@ type AdminServiceClient interface {
 	GetServerInfo(context.Context, *connect.Request[v1.GetServerInfoRequest]) (*connect.Response[v1.GetServerInfoResponse], error)
 	// Hands an event to Postbox for delivery to a peer.
 	Send(context.Context, *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error)
+	// Lists every peer with its delivery state, current as of the call.
+	ListPeers(context.Context, *connect.Request[v1.ListPeersRequest]) (*connect.Response[v1.ListPeersResponse], error)
+	// Shows one peer.
+	GetPeer(context.Context, *connect.Request[v1.GetPeerRequest]) (*connect.Response[v1.GetPeerResponse], error)
+	// Streams the events received from peers, in order, from a position.
+	Watch(context.Context, *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error)
+	// Pulls from a peer now.
+	PullNow(context.Context, *connect.Request[v1.PullNowRequest]) (*connect.Response[v1.PullNowResponse], error)
+	// Returns a peer in queue mode to push mode now.
+	ResumePush(context.Context, *connect.Request[v1.ResumePushRequest]) (*connect.Response[v1.ResumePushResponse], error)
+	// Renames this server and tells every peer.
+	Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the postbox.admin.v1.AdminService service. By
@@ -71,6 +95,42 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("Send")),
 			connect.WithClientOptions(opts...),
 		),
+		listPeers: connect.NewClient[v1.ListPeersRequest, v1.ListPeersResponse](
+			httpClient,
+			baseURL+AdminServiceListPeersProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ListPeers")),
+			connect.WithClientOptions(opts...),
+		),
+		getPeer: connect.NewClient[v1.GetPeerRequest, v1.GetPeerResponse](
+			httpClient,
+			baseURL+AdminServiceGetPeerProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("GetPeer")),
+			connect.WithClientOptions(opts...),
+		),
+		watch: connect.NewClient[v1.WatchRequest, v1.WatchResponse](
+			httpClient,
+			baseURL+AdminServiceWatchProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("Watch")),
+			connect.WithClientOptions(opts...),
+		),
+		pullNow: connect.NewClient[v1.PullNowRequest, v1.PullNowResponse](
+			httpClient,
+			baseURL+AdminServicePullNowProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("PullNow")),
+			connect.WithClientOptions(opts...),
+		),
+		resumePush: connect.NewClient[v1.ResumePushRequest, v1.ResumePushResponse](
+			httpClient,
+			baseURL+AdminServiceResumePushProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ResumePush")),
+			connect.WithClientOptions(opts...),
+		),
+		rename: connect.NewClient[v1.RenameRequest, v1.RenameResponse](
+			httpClient,
+			baseURL+AdminServiceRenameProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("Rename")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -78,6 +138,12 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 type adminServiceClient struct {
 	getServerInfo *connect.Client[v1.GetServerInfoRequest, v1.GetServerInfoResponse]
 	send          *connect.Client[v1.SendRequest, v1.SendResponse]
+	listPeers     *connect.Client[v1.ListPeersRequest, v1.ListPeersResponse]
+	getPeer       *connect.Client[v1.GetPeerRequest, v1.GetPeerResponse]
+	watch         *connect.Client[v1.WatchRequest, v1.WatchResponse]
+	pullNow       *connect.Client[v1.PullNowRequest, v1.PullNowResponse]
+	resumePush    *connect.Client[v1.ResumePushRequest, v1.ResumePushResponse]
+	rename        *connect.Client[v1.RenameRequest, v1.RenameResponse]
 }
 
 // GetServerInfo calls postbox.admin.v1.AdminService.GetServerInfo.
@@ -90,12 +156,54 @@ func (c *adminServiceClient) Send(ctx context.Context, req *connect.Request[v1.S
 	return c.send.CallUnary(ctx, req)
 }
 
+// ListPeers calls postbox.admin.v1.AdminService.ListPeers.
+func (c *adminServiceClient) ListPeers(ctx context.Context, req *connect.Request[v1.ListPeersRequest]) (*connect.Response[v1.ListPeersResponse], error) {
+	return c.listPeers.CallUnary(ctx, req)
+}
+
+// GetPeer calls postbox.admin.v1.AdminService.GetPeer.
+func (c *adminServiceClient) GetPeer(ctx context.Context, req *connect.Request[v1.GetPeerRequest]) (*connect.Response[v1.GetPeerResponse], error) {
+	return c.getPeer.CallUnary(ctx, req)
+}
+
+// Watch calls postbox.admin.v1.AdminService.Watch.
+func (c *adminServiceClient) Watch(ctx context.Context, req *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error) {
+	return c.watch.CallServerStream(ctx, req)
+}
+
+// PullNow calls postbox.admin.v1.AdminService.PullNow.
+func (c *adminServiceClient) PullNow(ctx context.Context, req *connect.Request[v1.PullNowRequest]) (*connect.Response[v1.PullNowResponse], error) {
+	return c.pullNow.CallUnary(ctx, req)
+}
+
+// ResumePush calls postbox.admin.v1.AdminService.ResumePush.
+func (c *adminServiceClient) ResumePush(ctx context.Context, req *connect.Request[v1.ResumePushRequest]) (*connect.Response[v1.ResumePushResponse], error) {
+	return c.resumePush.CallUnary(ctx, req)
+}
+
+// Rename calls postbox.admin.v1.AdminService.Rename.
+func (c *adminServiceClient) Rename(ctx context.Context, req *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error) {
+	return c.rename.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the postbox.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	// Describes this server.
 	GetServerInfo(context.Context, *connect.Request[v1.GetServerInfoRequest]) (*connect.Response[v1.GetServerInfoResponse], error)
 	// Hands an event to Postbox for delivery to a peer.
 	Send(context.Context, *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error)
+	// Lists every peer with its delivery state, current as of the call.
+	ListPeers(context.Context, *connect.Request[v1.ListPeersRequest]) (*connect.Response[v1.ListPeersResponse], error)
+	// Shows one peer.
+	GetPeer(context.Context, *connect.Request[v1.GetPeerRequest]) (*connect.Response[v1.GetPeerResponse], error)
+	// Streams the events received from peers, in order, from a position.
+	Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error
+	// Pulls from a peer now.
+	PullNow(context.Context, *connect.Request[v1.PullNowRequest]) (*connect.Response[v1.PullNowResponse], error)
+	// Returns a peer in queue mode to push mode now.
+	ResumePush(context.Context, *connect.Request[v1.ResumePushRequest]) (*connect.Response[v1.ResumePushResponse], error)
+	// Renames this server and tells every peer.
+	Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -117,12 +225,60 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("Send")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceListPeersHandler := connect.NewUnaryHandler(
+		AdminServiceListPeersProcedure,
+		svc.ListPeers,
+		connect.WithSchema(adminServiceMethods.ByName("ListPeers")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceGetPeerHandler := connect.NewUnaryHandler(
+		AdminServiceGetPeerProcedure,
+		svc.GetPeer,
+		connect.WithSchema(adminServiceMethods.ByName("GetPeer")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceWatchHandler := connect.NewServerStreamHandler(
+		AdminServiceWatchProcedure,
+		svc.Watch,
+		connect.WithSchema(adminServiceMethods.ByName("Watch")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServicePullNowHandler := connect.NewUnaryHandler(
+		AdminServicePullNowProcedure,
+		svc.PullNow,
+		connect.WithSchema(adminServiceMethods.ByName("PullNow")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceResumePushHandler := connect.NewUnaryHandler(
+		AdminServiceResumePushProcedure,
+		svc.ResumePush,
+		connect.WithSchema(adminServiceMethods.ByName("ResumePush")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceRenameHandler := connect.NewUnaryHandler(
+		AdminServiceRenameProcedure,
+		svc.Rename,
+		connect.WithSchema(adminServiceMethods.ByName("Rename")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/postbox.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceGetServerInfoProcedure:
 			adminServiceGetServerInfoHandler.ServeHTTP(w, r)
 		case AdminServiceSendProcedure:
 			adminServiceSendHandler.ServeHTTP(w, r)
+		case AdminServiceListPeersProcedure:
+			adminServiceListPeersHandler.ServeHTTP(w, r)
+		case AdminServiceGetPeerProcedure:
+			adminServiceGetPeerHandler.ServeHTTP(w, r)
+		case AdminServiceWatchProcedure:
+			adminServiceWatchHandler.ServeHTTP(w, r)
+		case AdminServicePullNowProcedure:
+			adminServicePullNowHandler.ServeHTTP(w, r)
+		case AdminServiceResumePushProcedure:
+			adminServiceResumePushHandler.ServeHTTP(w, r)
+		case AdminServiceRenameProcedure:
+			adminServiceRenameHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -138,4 +294,28 @@ func (UnimplementedAdminServiceHandler) GetServerInfo(context.Context, *connect.
 
 func (UnimplementedAdminServiceHandler) Send(context.Context, *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.Send is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ListPeers(context.Context, *connect.Request[v1.ListPeersRequest]) (*connect.Response[v1.ListPeersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.ListPeers is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) GetPeer(context.Context, *connect.Request[v1.GetPeerRequest]) (*connect.Response[v1.GetPeerResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.GetPeer is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.Watch is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) PullNow(context.Context, *connect.Request[v1.PullNowRequest]) (*connect.Response[v1.PullNowResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.PullNow is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ResumePush(context.Context, *connect.Request[v1.ResumePushRequest]) (*connect.Response[v1.ResumePushResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.ResumePush is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.Rename is not implemented"))
 }
