@@ -30,11 +30,12 @@ type Service struct {
 	public   ed25519.PublicKey
 	version  Version
 	sender   Sender
+	operator Operator
 }
 
 // NewService returns the admin API.
-func NewService(identity *domain.Identity, public ed25519.PublicKey, version Version, sender Sender) *Service {
-	return &Service{identity: identity, public: public, version: version, sender: sender}
+func NewService(identity *domain.Identity, public ed25519.PublicKey, version Version, sender Sender, operator Operator) *Service {
+	return &Service{identity: identity, public: public, version: version, sender: sender, operator: operator}
 }
 
 // Send hands an event over for delivery.

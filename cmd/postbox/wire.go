@@ -50,6 +50,7 @@ var engineSet = wire.NewSet(
 	wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)),
 	wire.Bind(new(federation.Postbox), new(*delivery.Engine)),
 	wire.Bind(new(admin.Sender), new(*delivery.Engine)),
+	wire.Bind(new(admin.Operator), new(*delivery.Engine)),
 )
 
 // handlerSet mounts the services on the listeners.

@@ -1,0 +1,71 @@
+package admin
+
+import (
+	"context"
+	"fmt"
+
+	"connectrpc.com/connect"
+
+	"github.com/harmony-postbox/postbox/domain"
+	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
+)
+
+// Operator runs an operator's commands on the delivery engine.
+type Operator interface {
+	PullFrom(ctx context.Context, server domain.ServerID) error
+	Resume(ctx context.Context, server domain.ServerID) error
+}
+
+func parsePeer(field, raw string) (domain.ServerID, error) {
+	id, err := domain.ParseServerID(raw)
+	if err != nil {
+		return domain.ServerID{}, fmt.Errorf("%w: %s: %w", domain.ErrInvalidArgument, field, err)
+	}
+	return id, nil
+}
+
+// PullNow pulls from a peer now and returns once the pull is done.
+func (s *Service) PullNow(ctx context.Context, req *connect.Request[adminv1.PullNowRequest]) (*connect.Response[adminv1.PullNowResponse], error) {
+	id, err := parsePeer("server_id", req.Msg.GetServerId())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.operator.PullFrom(ctx, id); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&adminv1.PullNowResponse{}), nil
+}
+
+// ResumePush returns a peer in queue mode to push mode.
+func (s *Service) ResumePush(ctx context.Context, req *connect.Request[adminv1.ResumePushRequest]) (*connect.Response[adminv1.ResumePushResponse], error) {
+	id, err := parsePeer("server_id", req.Msg.GetServerId())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.operator.Resume(ctx, id); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&adminv1.ResumePushResponse{}), nil
+}
+
+// Rename is not supported yet: renames of this server come with the
+// NotifyNewId work.
+func (s *Service) Rename(context.Context, *connect.Request[adminv1.RenameRequest]) (*connect.Response[adminv1.RenameResponse], error) {
+	return nil, fmt.Errorf("%w: renaming this server is not supported yet", domain.ErrNotImplemented)
+}
+
+// ListPeers and GetPeer read the projections, which are being built; until
+// then they are not implemented.
+func (s *Service) ListPeers(context.Context, *connect.Request[adminv1.ListPeersRequest]) (*connect.Response[adminv1.ListPeersResponse], error) {
+	return nil, fmt.Errorf("%w: peer listing is not available yet", domain.ErrNotImplemented)
+}
+
+// GetPeer: see ListPeers.
+func (s *Service) GetPeer(context.Context, *connect.Request[adminv1.GetPeerRequest]) (*connect.Response[adminv1.GetPeerResponse], error) {
+	return nil, fmt.Errorf("%w: peer listing is not available yet", domain.ErrNotImplemented)
+}
+
+// Watch: see ListPeers.
+func (s *Service) Watch(context.Context, *connect.Request[adminv1.WatchRequest], *connect.ServerStream[adminv1.WatchResponse]) error {
+	return fmt.Errorf("%w: watching received events is not available yet", domain.ErrNotImplemented)
+}
