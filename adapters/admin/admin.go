@@ -31,11 +31,15 @@ type Service struct {
 	version  Version
 	sender   Sender
 	operator Operator
+	received ReceivedLog
+	names    PeerNames
 }
 
 // NewService returns the admin API.
-func NewService(identity *domain.Identity, public ed25519.PublicKey, version Version, sender Sender, operator Operator) *Service {
-	return &Service{identity: identity, public: public, version: version, sender: sender, operator: operator}
+func NewService(identity *domain.Identity, public ed25519.PublicKey, version Version, sender Sender, operator Operator,
+	received ReceivedLog, names PeerNames,
+) *Service {
+	return &Service{identity: identity, public: public, version: version, sender: sender, operator: operator, received: received, names: names}
 }
 
 // Send hands an event over for delivery.

@@ -65,7 +65,3 @@ func (s *Service) GetPeer(context.Context, *connect.Request[adminv1.GetPeerReque
 	return nil, fmt.Errorf("%w: peer listing is not available yet", domain.ErrNotImplemented)
 }
 
-// Watch: see ListPeers.
-func (s *Service) Watch(context.Context, *connect.Request[adminv1.WatchRequest], *connect.ServerStream[adminv1.WatchResponse]) error {
-	return fmt.Errorf("%w: watching received events is not available yet", domain.ErrNotImplemented)
-}

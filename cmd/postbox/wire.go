@@ -51,6 +51,7 @@ var engineSet = wire.NewSet(
 	wire.Bind(new(federation.Postbox), new(*delivery.Engine)),
 	wire.Bind(new(admin.Sender), new(*delivery.Engine)),
 	wire.Bind(new(admin.Operator), new(*delivery.Engine)),
+	wire.Bind(new(admin.PeerNames), new(*delivery.Registry)),
 )
 
 // handlerSet mounts the services on the listeners.
@@ -69,13 +70,15 @@ var handlerSet = wire.NewSet(
 // initEmbeddedServer runs on the embedded store in the data directory.
 func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
 	wire.Build(configSet, authSet, engineSet, handlerSet,
-		provideEmbeddedStore, wire.Bind(new(delivery.Store), new(*embedded.Store)))
+		provideEmbeddedStore, wire.Bind(new(delivery.Store), new(*embedded.Store)),
+		wire.Bind(new(admin.ReceivedLog), new(*embedded.Store)))
 	return nil, nil, nil
 }
 
 // initESDBServer runs on EventStoreDB (--store esdb://...).
 func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
 	wire.Build(configSet, authSet, engineSet, handlerSet,
-		provideESDBStore, wire.Bind(new(delivery.Store), new(*esdb.Store)))
+		provideESDBStore, wire.Bind(new(delivery.Store), new(*esdb.Store)),
+		wire.Bind(new(admin.ReceivedLog), new(*esdb.Store)))
 	return nil, nil, nil
 }

@@ -76,7 +76,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		return nil, nil, err
 	}
 	version := provideVersion()
-	service := admin.NewService(identity, publicKey, version, engine, engine)
+	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry)
 	staticChecker := provideHealth()
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(service, staticChecker, token, logger)
@@ -146,7 +146,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		return nil, nil, err
 	}
 	version := provideVersion()
-	service := admin.NewService(identity, publicKey, version, engine, engine)
+	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry)
 	staticChecker := provideHealth()
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(service, staticChecker, token, logger)
@@ -181,7 +181,7 @@ var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.C
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideCodec, provideRegistry, provideEngine, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), wire.Bind(new(admin.Sender), new(*delivery.Engine)), wire.Bind(new(admin.Operator), new(*delivery.Engine)),
+	provideCodec, provideRegistry, provideEngine, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), wire.Bind(new(admin.Sender), new(*delivery.Engine)), wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)),
 )
 
 // handlerSet mounts the services on the listeners.

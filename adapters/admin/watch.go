@@ -1,0 +1,89 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"connectrpc.com/connect"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
+	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
+)
+
+// ReceivedLog is where received events are read from: the inbox streams.
+type ReceivedLog interface {
+	Subscribe(ctx context.Context, filter eventstore.Filter, from eventstore.SubscribeFrom) (eventstore.Subscription, error)
+}
+
+// PeerNames tells the server ID behind a peer's stable ID.
+type PeerNames interface {
+	ServerID(peer streams.PeerID) (domain.ServerID, bool)
+}
+
+// Watch streams the events received from peers, in the order they were
+// applied, starting after a position; a caught_up item marks the end of
+// what was stored when the call began. Without follow, the stream ends there.
+func (s *Service) Watch(ctx context.Context, req *connect.Request[adminv1.WatchRequest], stream *connect.ServerStream[adminv1.WatchResponse]) error {
+	from := eventstore.FromStart()
+	if after := req.Msg.GetAfter(); after > 0 {
+		from = eventstore.After(eventstore.Position{Commit: after, Prepare: after})
+	}
+	sub, err := s.received.Subscribe(ctx, eventstore.Filter{StreamPrefix: streams.InboxPrefix}, from)
+	if err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	defer sub.Close()
+	for {
+		item, err := sub.Recv(ctx)
+		if err != nil {
+			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+				return nil // the caller went away
+			}
+			return fmt.Errorf("watch: %w", err)
+		}
+		if item.CaughtUp {
+			if err := stream.Send(&adminv1.WatchResponse{Item: &adminv1.WatchResponse_CaughtUp{CaughtUp: true}}); err != nil {
+				return err
+			}
+			if !req.Msg.GetFollow() {
+				return nil
+			}
+			continue
+		}
+		ev, err := s.receivedEvent(item.Event)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&adminv1.WatchResponse{Item: &adminv1.WatchResponse_Event{Event: ev}}); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *Service) receivedEvent(r *eventstore.RecordedEvent) (*adminv1.ReceivedEvent, error) {
+	rec, err := streams.DecodeReceived(*r)
+	if err != nil {
+		return nil, err
+	}
+	peer := streams.PeerID(strings.TrimPrefix(r.Stream, streams.InboxPrefix))
+	from := string(peer)
+	if id, ok := s.names.ServerID(peer); ok {
+		from = id.String()
+	}
+	via := "push"
+	if rec.Via == eventsv1.EventReceived_VIA_PULL {
+		via = "pull"
+	}
+	return &adminv1.ReceivedEvent{
+		Position:  r.Position.Commit,
+		From:      from,
+		Event:     rec.Event,
+		Via:       via,
+		SenderSeq: rec.SenderSeq,
+	}, nil
+}
