@@ -25,14 +25,23 @@ func envName(flagName string) string {
 // way. A flag on the command line replaces its variable; a list flag does
 // not add to it.
 func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (map[string]bool, error) {
+	return parseCommand(fs, args, getenv, 0)
+}
+
+// parseCommand is parseFlags for a command that takes exactly nargs
+// arguments after its flags (fs.Args() holds them).
+func parseCommand(fs *flag.FlagSet, args []string, getenv func(string) string, nargs int) (map[string]bool, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, exitError{code: 0}
 		}
 		return nil, exitError{code: 2, err: err}
 	}
-	if fs.NArg() > 0 {
-		return nil, exitError{code: 2, err: fmt.Errorf("unexpected arguments: %q", fs.Args())}
+	if fs.NArg() != nargs {
+		if nargs == 0 {
+			return nil, exitError{code: 2, err: fmt.Errorf("unexpected arguments: %q", fs.Args())}
+		}
+		return nil, exitError{code: 2, err: fmt.Errorf("want %d argument(s) after the flags, got %q", nargs, fs.Args())}
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })

@@ -54,7 +54,15 @@ Usage:
   postbox keygen [flags]    create the server's Ed25519 key file if missing
   postbox send --to ID --event JSON
                             hand an event to a running server for a peer
+  postbox peers [--json]    list peers and their delivery state
+  postbox watch [--from N] [--follow] [--json]
+                            print received events in order from position N
+  postbox pull ID           pull from a peer now
+  postbox resume ID         push to a peer in queue mode again
   postbox version           print the version
+
+Commands that talk to a running server take --admin host:port (POSTBOX_ADMIN,
+default 127.0.0.1:2290) and --admin-token (POSTBOX_ADMIN_TOKEN).
 
 Every flag falls back to an environment variable: --server-id reads
 POSTBOX_SERVER_ID, --data-dir reads POSTBOX_DATA_DIR, and so on.
@@ -73,6 +81,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runKeygen(rest, stdout, stderr, getenv)
 	case "send":
 		return runSend(ctx, rest, stdout, stderr, getenv)
+	case "peers":
+		return runPeers(ctx, rest, stdout, stderr, getenv)
+	case "watch":
+		return runWatch(ctx, rest, stdout, stderr, getenv)
+	case "pull":
+		return runPull(ctx, rest, stdout, stderr, getenv)
+	case "resume":
+		return runResume(ctx, rest, stdout, stderr, getenv)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "postbox", buildVersion())
 		return nil

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
+	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
+)
+
+// adminFlags are the flags every admin API client command shares.
+type adminFlags struct {
+	addr  *string
+	token *string
+}
+
+func addAdminFlags(fs interface {
+	String(name, value, usage string) *string
+}) adminFlags {
+	return adminFlags{
+		addr:  fs.String("admin", "127.0.0.1:2290", "the server's admin listener, `host:port`"),
+		token: fs.String("admin-token", "", "bearer token of the admin listener"),
+	}
+}
+
+func (a adminFlags) client() adminv1connect.AdminServiceClient {
+	base := *a.addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	var opts []connect.ClientOption
+	if *a.token != "" {
+		opts = append(opts, connect.WithInterceptors(bearer(*a.token)))
+	}
+	return adminv1connect.NewAdminServiceClient(http.DefaultClient, base, opts...)
+}
+
+// failed explains an admin API error: an unreachable server is said so.
+func (a adminFlags) failed(what string, err error) error {
+	if connect.CodeOf(err) == connect.CodeUnavailable && !connect.IsWireError(err) {
+		return fmt.Errorf("%s: no Postbox admin API at %s (is the server running? --admin sets the address): %w", what, *a.addr, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+type bearer string
+
+func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("Authorization", "Bearer "+string(b))
+		return next(ctx, req)
+	}
+}
+
+func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("Authorization", "Bearer "+string(b))
+		return conn
+	}
+}
+
+func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+var jsonLine = protojson.MarshalOptions{}
+
+// printJSON writes m as one line of protojson.
+func printJSON(w io.Writer, m proto.Message) error {
+	b, err := jsonLine.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlagSet("peers", stderr)
+	a := addAdminFlags(fs)
+	asJSON := fs.Bool("json", false, "print one protojson object per peer and line")
+	if _, err := parseFlags(fs, args, getenv); err != nil {
+		return err
+	}
+	res, err := a.client().ListPeers(ctx, connect.NewRequest(&adminv1.ListPeersRequest{}))
+	if err != nil {
+		return a.failed("peers", err)
+	}
+	if *asJSON {
+		for _, p := range res.Msg.GetPeers() {
+			if err := printJSON(stdout, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tMODE\tHEAD\tDELIVERED\tPENDING\tRECEIVED\tLAST PUSH\tLAST ERROR")
+	for _, p := range res.Msg.GetPeers() {
+		lastPush := "-"
+		if p.GetLastPush() != nil {
+			lastPush = p.GetLastPush().AsTime().Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", p.GetServerId(), p.GetPeerId(),
+			strings.ToLower(strings.TrimPrefix(p.GetMode().String(), "MODE_")),
+			p.GetHead(), p.GetDelivered(), p.GetPending(), p.GetEventsReceived(), lastPush, oneLine(p.GetLastError()))
+	}
+	return tw.Flush()
+}
+
+func oneLine(s string) string {
+	if s == "" {
+		return "-"
+	}
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 60 {
+		s = s[:57] + "..."
+	}
+	return s
+}
+
+func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlagSet("watch", stderr)
+	a := addAdminFlags(fs)
+	from := fs.Uint64("from", 0, "print events from this position on (positions are printed with each event)")
+	follow := fs.Bool("follow", false, "keep printing events as they arrive")
+	asJSON := fs.Bool("json", false, "print one protojson object per event and line")
+	if _, err := parseFlags(fs, args, getenv); err != nil {
+		return err
+	}
+	after := uint64(0)
+	if *from > 0 {
+		after = *from - 1
+	}
+	stream, err := a.client().Watch(ctx, connect.NewRequest(&adminv1.WatchRequest{After: after, Follow: *follow}))
+	if err != nil {
+		return a.failed("watch", err)
+	}
+	defer stream.Close()
+	for stream.Receive() {
+		ev := stream.Msg().GetEvent()
+		if ev == nil {
+			continue // caught up; the server ends the stream unless following
+		}
+		if *asJSON {
+			if err := printJSON(stdout, ev); err != nil {
+				return err
+			}
+			continue
+		}
+		seq := "-"
+		if ev.SenderSeq != nil {
+			seq = strconv.FormatUint(ev.GetSenderSeq(), 10)
+		}
+		body, _ := jsonLine.Marshal(ev.GetEvent())
+		fmt.Fprintf(stdout, "%d\t%s\t%s\tseq %s\t%s\n", ev.GetPosition(), ev.GetFrom(), ev.GetVia(), seq, body)
+	}
+	if err := stream.Err(); err != nil && !(errors.Is(err, context.Canceled) && ctx.Err() != nil) {
+		return a.failed("watch", err)
+	}
+	return nil
+}
+
+func runPull(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlagSet("pull", stderr)
+	a := addAdminFlags(fs)
+	if _, err := parseCommand(fs, args, getenv, 1); err != nil {
+		return err
+	}
+	if _, err := a.client().PullNow(ctx, connect.NewRequest(&adminv1.PullNowRequest{ServerId: fs.Arg(0)})); err != nil {
+		return a.failed("pull", err)
+	}
+	fmt.Fprintf(stdout, "pulled from %s\n", fs.Arg(0))
+	return nil
+}
+
+func runResume(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlagSet("resume", stderr)
+	a := addAdminFlags(fs)
+	if _, err := parseCommand(fs, args, getenv, 1); err != nil {
+		return err
+	}
+	if _, err := a.client().ResumePush(ctx, connect.NewRequest(&adminv1.ResumePushRequest{ServerId: fs.Arg(0)})); err != nil {
+		return a.failed("resume", err)
+	}
+	fmt.Fprintf(stdout, "pushing to %s again\n", fs.Arg(0))
+	return nil
+}
