@@ -64,4 +64,3 @@ func (s *Service) ListPeers(context.Context, *connect.Request[adminv1.ListPeersR
 func (s *Service) GetPeer(context.Context, *connect.Request[adminv1.GetPeerRequest]) (*connect.Response[adminv1.GetPeerResponse], error) {
 	return nil, fmt.Errorf("%w: peer listing is not available yet", domain.ErrNotImplemented)
 }
-
