@@ -51,7 +51,24 @@ type Config struct {
 	PullInterval time.Duration
 	// PullTimeout bounds one pull from a peer (all its rounds).
 	PullTimeout time.Duration
+	// Observer is told what happens, for metrics; nil tells nobody.
+	Observer Observer
 }
+
+// Observer learns what the engine does, for metrics.
+type Observer interface {
+	PushAttempted(peer domain.ServerID, took time.Duration, err error)
+	PullServed(peer domain.ServerID, events int)
+	PullMade(peer domain.ServerID, err error)
+	Received(peer domain.ServerID, via string, n int)
+}
+
+type noObserver struct{}
+
+func (noObserver) PushAttempted(domain.ServerID, time.Duration, error) {}
+func (noObserver) PullServed(domain.ServerID, int)                     {}
+func (noObserver) PullMade(domain.ServerID, error)                     {}
+func (noObserver) Received(domain.ServerID, string, int)               {}
 
 // DefaultConfig is the engine's configuration unless told otherwise.
 func DefaultConfig() Config {
@@ -122,6 +139,9 @@ type journalEntry struct {
 
 // New returns an engine. Start must be called before use.
 func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, client PeerClient, clock domain.Clock, logger *slog.Logger, random io.Reader) *Engine {
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
+	}
 	var seed [32]byte
 	_, _ = io.ReadFull(random, seed[:])
 	jitterSource := rand.New(rand.NewChaCha8(seed))
@@ -326,4 +346,32 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// PeerCursor is one peer's sender-side state as the engine holds it now.
+type PeerCursor struct {
+	ServerID domain.ServerID
+	Outbox   domain.Outbox
+}
+
+// Cursors returns the state of every peer the engine has loaded (all
+// registered peers after Start), without waiting for anything.
+func (e *Engine) Cursors() []PeerCursor {
+	e.mu.Lock()
+	peers := make([]*peer, 0, len(e.peers))
+	for _, p := range e.peers {
+		peers = append(peers, p)
+	}
+	e.mu.Unlock()
+	out := make([]PeerCursor, 0, len(peers))
+	for _, p := range peers {
+		server, ok := e.registry.ServerID(p.id)
+		if !ok {
+			continue
+		}
+		p.mu.Lock()
+		out = append(out, PeerCursor{ServerID: server, Outbox: p.out})
+		p.mu.Unlock()
+	}
+	return out
 }

@@ -72,6 +72,7 @@ func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint6
 	if err := waitRecorded(ctx, done); err != nil {
 		return federation.PullBatch{}, err
 	}
+	e.cfg.Observer.PullServed(caller.ServerID, len(events))
 	return federation.PullBatch{Events: events, FirstSeq: plan.From}, nil
 }
 

@@ -76,6 +76,13 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 		return fmt.Errorf("append to %s: %w", streams.Inbox(p.id), err)
 	}
 	p.in = in
+	if server, ok := e.registry.ServerID(p.id); ok {
+		viaName := "push"
+		if via == eventsv1.EventReceived_VIA_PULL {
+			viaName = "pull"
+		}
+		e.cfg.Observer.Received(server, viaName, len(data))
+	}
 	return nil
 }
 
@@ -150,6 +157,13 @@ func (e *Engine) pullFrom(ctx context.Context, p *peer, server domain.ServerID) 
 
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PullTimeout)
 	defer cancel()
+	err := e.pullRounds(ctx, p, server)
+	e.cfg.Observer.PullMade(server, err)
+	return err
+}
+
+// pullRounds pulls until a reply is empty.
+func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID) error {
 	const maxRounds = 1000
 	for round := 0; round < maxRounds; round++ {
 		p.recvMu.Lock()

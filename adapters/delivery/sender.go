@@ -144,7 +144,10 @@ func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, event *sy
 	defer func() { <-e.slots }()
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.AttemptTimeout)
 	defer cancel()
-	return e.client.Push(ctx, server, event, seq)
+	start := time.Now()
+	err := e.client.Push(ctx, server, event, seq)
+	e.cfg.Observer.PushAttempted(server, time.Since(start), err)
+	return err
 }
 
 // scheduleProbeLocked arms the resume probe of a peer in queue mode.

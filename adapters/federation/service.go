@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/seqext"
 	"github.com/harmony-postbox/postbox/domain"
 	authv1 "github.com/harmony-postbox/postbox/gen/protocol/auth/v1"
@@ -43,10 +44,16 @@ type PullBatch struct {
 	FirstSeq uint64
 }
 
+// AuthObserver learns of refused federation requests, by reason.
+type AuthObserver interface {
+	AuthFailed(identifier string)
+}
+
 // PostboxService implements syncv1connect.PostboxServiceHandler.
 type PostboxService struct {
-	auth Authenticator
-	box  Postbox
+	auth     Authenticator
+	box      Postbox
+	observer AuthObserver
 }
 
 // NewPostboxService returns the federation handlers.
@@ -54,15 +61,25 @@ func NewPostboxService(auth Authenticator, box Postbox) *PostboxService {
 	return &PostboxService{auth: auth, box: box}
 }
 
+// ObserveAuthFailures makes s tell o of every refused request.
+func (s *PostboxService) ObserveAuthFailures(o AuthObserver) *PostboxService {
+	s.observer = o
+	return s
+}
+
 // Authentication happens in each handler rather than in an interceptor:
 // NotifyNewId must compare the token with the request body, and hRPC calls
 // reach the handlers without Connect's interceptor chain.
 func (s *PostboxService) authenticate(ctx context.Context, h http.Header, op domain.Operation, newServerID string) (domain.Caller, error) {
 	tok, err := authtoken.Decode(h.Get(authtoken.HeaderName))
-	if err != nil {
-		return domain.Caller{}, err
+	var caller domain.Caller
+	if err == nil {
+		caller, err = s.auth.Verify(ctx, tok, op, newServerID)
 	}
-	return s.auth.Verify(ctx, tok, op, newServerID)
+	if err != nil && s.observer != nil {
+		s.observer.AuthFailed(rpcerrors.Classify(err).Identifier)
+	}
+	return caller, err
 }
 
 // Pull serves the caller's queue.

@@ -9,17 +9,19 @@ import (
 	"connectrpc.com/grpcreflect"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
+	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
 )
 
 // AdminHandler is the admin listener's handler: AdminService, gRPC health
-// and reflection, behind the admin guard.
+// and reflection, Prometheus /metrics, behind the admin guard.
 type AdminHandler struct{ http.Handler }
 
 // NewAdminHandler mounts the admin services.
-func NewAdminHandler(svc adminv1connect.AdminServiceHandler, health grpchealth.Checker, token admin.Token, logger *slog.Logger) AdminHandler {
+func NewAdminHandler(svc adminv1connect.AdminServiceHandler, health grpchealth.Checker, m *metrics.Metrics, token admin.Token, logger *slog.Logger) AdminHandler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle(adminv1connect.NewAdminServiceHandler(svc, connect.WithInterceptors(rpcerrors.NewInterceptor(logger))))
 	mux.Handle(grpchealth.NewHandler(health))
 	reflector := grpcreflect.NewStaticReflector(adminv1connect.AdminServiceName)

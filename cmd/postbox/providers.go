@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync/atomic"
+	"time"
 
 	"connectrpc.com/grpchealth"
 
@@ -18,8 +20,10 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
+	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/keyfile"
+	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/adapters/streams"
@@ -132,9 +136,11 @@ func provideRegistry(ctx context.Context, store delivery.Store, codec *streams.C
 }
 
 func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, registry *delivery.Registry, client delivery.PeerClient,
-	clock domain.Clock, logger *slog.Logger, random io.Reader,
+	clock domain.Clock, logger *slog.Logger, random io.Reader, observer *forwardingObserver,
 ) (*delivery.Engine, func()) {
-	e := delivery.New(cfg.Delivery, store, codec, registry, client, clock, logger, random)
+	dc := cfg.Delivery
+	dc.Observer = observer
+	e := delivery.New(dc, store, codec, registry, client, clock, logger, random)
 	return e, e.Close
 }
 
@@ -157,3 +163,62 @@ func provideAdminListener(ctx context.Context, cfg Config, h httpserver.AdminHan
 func provideMaxRequest(cfg Config) httpserver.MaxRequestBytes { return cfg.MaxRequest }
 
 func provideAdminToken(cfg Config) admin.Token { return cfg.AdminToken }
+
+// engineGauges reads the per-peer metrics from the engine's current state.
+type engineGauges struct{ engine *delivery.Engine }
+
+func (g engineGauges) PeerGauges() []metrics.PeerGauges {
+	var out []metrics.PeerGauges
+	for _, c := range g.engine.Cursors() {
+		out = append(out, metrics.PeerGauges{
+			ServerID: c.ServerID.String(), Head: c.Outbox.Head, Delivered: c.Outbox.Delivered,
+			Pending: c.Outbox.Pending(), Queue: c.Outbox.Mode == domain.ModeQueue,
+		})
+	}
+	return out
+}
+
+// provideMetrics counts what the engine and the federation handlers do.
+// The engine reports to it through a forwarding observer, because the
+// metrics' gauges read the engine in turn.
+func provideMetrics(observer *forwardingObserver, engine *delivery.Engine) *metrics.Metrics {
+	m := metrics.New(engineGauges{engine})
+	observer.target.Store(m)
+	return m
+}
+
+// forwardingObserver lets the engine be built before the metrics that
+// observe it.
+type forwardingObserver struct {
+	target atomic.Pointer[metrics.Metrics]
+}
+
+func provideForwardingObserver() *forwardingObserver { return &forwardingObserver{} }
+
+func (f *forwardingObserver) PushAttempted(peer domain.ServerID, took time.Duration, err error) {
+	if m := f.target.Load(); m != nil {
+		m.PushAttempted(peer, took, err)
+	}
+}
+
+func (f *forwardingObserver) PullServed(peer domain.ServerID, events int) {
+	if m := f.target.Load(); m != nil {
+		m.PullServed(peer, events)
+	}
+}
+
+func (f *forwardingObserver) PullMade(peer domain.ServerID, err error) {
+	if m := f.target.Load(); m != nil {
+		m.PullMade(peer, err)
+	}
+}
+
+func (f *forwardingObserver) Received(peer domain.ServerID, via string, n int) {
+	if m := f.target.Load(); m != nil {
+		m.Received(peer, via, n)
+	}
+}
+
+func providePostboxService(auth federation.Authenticator, box federation.Postbox, m *metrics.Metrics) *federation.PostboxService {
+	return federation.NewPostboxService(auth, box).ObserveAuthFailures(m)
+}

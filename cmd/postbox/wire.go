@@ -45,7 +45,7 @@ var authSet = wire.NewSet(
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideCodec, provideRegistry, provideEngine,
+	provideCodec, provideRegistry, provideEngine, provideForwardingObserver, provideMetrics,
 	peerclient.New,
 	wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)),
 	wire.Bind(new(federation.Postbox), new(*delivery.Engine)),
@@ -56,7 +56,7 @@ var engineSet = wire.NewSet(
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(
-	federation.NewPostboxService,
+	providePostboxService,
 	wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)),
 	federation.NewKeyService,
 	wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)),

@@ -63,8 +63,10 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	signer := provideSigner(privateKey, system, reader)
 	self := provideSelf(identity)
 	client := peerclient.New(peerclientConfig, signer, self)
-	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader)
-	postboxService := federation.NewPostboxService(verifier, engine)
+	mainForwardingObserver := provideForwardingObserver()
+	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
+	metrics := provideMetrics(mainForwardingObserver, engine)
+	postboxService := providePostboxService(verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
@@ -79,7 +81,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry)
 	staticChecker := provideHealth()
 	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, staticChecker, token, logger)
+	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
 	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
 		cleanup3()
@@ -133,8 +135,10 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	signer := provideSigner(privateKey, system, reader)
 	self := provideSelf(identity)
 	client := peerclient.New(peerclientConfig, signer, self)
-	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader)
-	postboxService := federation.NewPostboxService(verifier, engine)
+	mainForwardingObserver := provideForwardingObserver()
+	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
+	metrics := provideMetrics(mainForwardingObserver, engine)
+	postboxService := providePostboxService(verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
@@ -149,7 +153,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry)
 	staticChecker := provideHealth()
 	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, staticChecker, token, logger)
+	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
 	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
 		cleanup3()
@@ -181,8 +185,10 @@ var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.C
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideCodec, provideRegistry, provideEngine, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), wire.Bind(new(admin.Sender), new(*delivery.Engine)), wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)),
+	provideCodec, provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), wire.Bind(new(admin.Sender), new(*delivery.Engine)), wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)),
 )
 
 // handlerSet mounts the services on the listeners.
-var handlerSet = wire.NewSet(federation.NewPostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), admin.NewService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), httpserver.NewFederationHandler, httpserver.NewAdminHandler, newServer)
+var handlerSet = wire.NewSet(
+	providePostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), admin.NewService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), httpserver.NewFederationHandler, httpserver.NewAdminHandler, newServer,
+)

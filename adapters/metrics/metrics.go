@@ -1,0 +1,150 @@
+// Package metrics exposes Postbox's Prometheus metrics on the admin
+// listener's /metrics. The registry is Postbox's own (no global one); the
+// per-peer gauges are read from the projections at scrape time, the rest
+// are counted by the engine and the federation handlers as things happen.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+// Metrics holds every metric. It implements delivery.Observer and
+// federation.AuthObserver.
+type Metrics struct {
+	registry     *prometheus.Registry
+	pushLatency  *prometheus.HistogramVec
+	pushFailures *prometheus.CounterVec
+	pullsServed  *prometheus.CounterVec
+	pullsMade    *prometheus.CounterVec
+	inbound      *prometheus.CounterVec
+	delivered    *prometheus.CounterVec
+	authFailures *prometheus.CounterVec
+}
+
+// PeerGauges is a snapshot of every peer's cursors.
+type PeerGauges struct {
+	ServerID  string
+	Head      uint64
+	Delivered uint64
+	Pending   uint64
+	Queue     bool
+}
+
+// PeerSource reads the current per-peer cursors without waiting.
+type PeerSource interface {
+	PeerGauges() []PeerGauges
+}
+
+// New registers every metric on a fresh registry.
+func New(peers PeerSource) *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		pushLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "postbox_push_duration_seconds",
+			Help:    "Time of one push attempt to a peer, by outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"outcome"}),
+		pushFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbox_push_failures_total", Help: "Failed push attempts, by peer.",
+		}, []string{"peer"}),
+		pullsServed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbox_pulls_served_total", Help: "Pull requests served to peers that carried events, by peer.",
+		}, []string{"peer"}),
+		pullsMade: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbox_pulls_made_total", Help: "Pulls this server made from peers, by peer and outcome.",
+		}, []string{"peer", "outcome"}),
+		inbound: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbox_inbound_events_total", Help: "Events received and applied, by peer and how they came.",
+		}, []string{"peer", "via"}),
+		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbox_delivered_events_total", Help: "Events handed to peers by push or pull, by peer.",
+		}, []string{"peer", "via"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbox_auth_failures_total", Help: "Refused federation requests, by reason (the error identifier).",
+		}, []string{"reason"}),
+	}
+	m.registry.MustRegister(m.pushLatency, m.pushFailures, m.pullsServed, m.pullsMade, m.inbound, m.delivered, m.authFailures,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&peerCollector{source: peers})
+	return m
+}
+
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
+}
+
+// PushAttempted counts one push attempt.
+func (m *Metrics) PushAttempted(peer domain.ServerID, took time.Duration, err error) {
+	if err != nil {
+		m.pushLatency.WithLabelValues("failure").Observe(took.Seconds())
+		m.pushFailures.WithLabelValues(peer.String()).Inc()
+		return
+	}
+	m.pushLatency.WithLabelValues("success").Observe(took.Seconds())
+	m.delivered.WithLabelValues(peer.String(), "push").Inc()
+}
+
+// PullServed counts a Pull reply that carried events.
+func (m *Metrics) PullServed(peer domain.ServerID, events int) {
+	m.pullsServed.WithLabelValues(peer.String()).Inc()
+	m.delivered.WithLabelValues(peer.String(), "pull").Add(float64(events))
+}
+
+// PullMade counts one pull from a peer.
+func (m *Metrics) PullMade(peer domain.ServerID, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	m.pullsMade.WithLabelValues(peer.String(), outcome).Inc()
+}
+
+// Received counts events applied from a peer.
+func (m *Metrics) Received(peer domain.ServerID, via string, n int) {
+	m.inbound.WithLabelValues(peer.String(), via).Add(float64(n))
+}
+
+// AuthFailed counts a refused federation request.
+func (m *Metrics) AuthFailed(identifier string) {
+	m.authFailures.WithLabelValues(identifier).Inc()
+}
+
+var (
+	headDesc      = prometheus.NewDesc("postbox_peer_outbox_head", "Events in the peer's outbox.", []string{"peer"}, nil)
+	deliveredDesc = prometheus.NewDesc("postbox_peer_delivered", "Events delivered to the peer.", []string{"peer"}, nil)
+	pendingDesc   = prometheus.NewDesc("postbox_peer_pending", "Events not yet delivered to the peer.", []string{"peer"}, nil)
+	queueDesc     = prometheus.NewDesc("postbox_peers_in_queue_mode", "Peers whose events wait for them to pull.", nil, nil)
+)
+
+// peerCollector reads the per-peer gauges at scrape time.
+type peerCollector struct {
+	source PeerSource
+}
+
+func (c *peerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- headDesc
+	ch <- deliveredDesc
+	ch <- pendingDesc
+	ch <- queueDesc
+}
+
+func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
+	queued := 0
+	for _, p := range c.source.PeerGauges() {
+		ch <- prometheus.MustNewConstMetric(headDesc, prometheus.GaugeValue, float64(p.Head), p.ServerID)
+		ch <- prometheus.MustNewConstMetric(deliveredDesc, prometheus.GaugeValue, float64(p.Delivered), p.ServerID)
+		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(p.Pending), p.ServerID)
+		if p.Queue {
+			queued++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(queued))
+}
