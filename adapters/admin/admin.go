@@ -33,13 +33,15 @@ type Service struct {
 	operator Operator
 	received ReceivedLog
 	names    PeerNames
+	renamer  Renamer
 }
 
 // NewService returns the admin API.
 func NewService(identity *domain.Identity, public ed25519.PublicKey, version Version, sender Sender, operator Operator,
-	received ReceivedLog, names PeerNames,
+	received ReceivedLog, names PeerNames, renamer Renamer,
 ) *Service {
-	return &Service{identity: identity, public: public, version: version, sender: sender, operator: operator, received: received, names: names}
+	return &Service{identity: identity, public: public, version: version, sender: sender, operator: operator,
+		received: received, names: names, renamer: renamer}
 }
 
 // Send hands an event over for delivery.

@@ -48,10 +48,22 @@ func (s *Service) ResumePush(ctx context.Context, req *connect.Request[adminv1.R
 	return connect.NewResponse(&adminv1.ResumePushResponse{}), nil
 }
 
-// Rename is not supported yet: renames of this server come with the
-// NotifyNewId work.
-func (s *Service) Rename(context.Context, *connect.Request[adminv1.RenameRequest]) (*connect.Response[adminv1.RenameResponse], error) {
-	return nil, fmt.Errorf("%w: renaming this server is not supported yet", domain.ErrNotImplemented)
+// Renamer renames this server.
+type Renamer interface {
+	Rename(ctx context.Context, newID domain.ServerID) error
+}
+
+// Rename renames this server; peers are told in the background, each until
+// it accepts (see ListPeers' knows_our_server_id).
+func (s *Service) Rename(ctx context.Context, req *connect.Request[adminv1.RenameRequest]) (*connect.Response[adminv1.RenameResponse], error) {
+	id, err := parsePeer("new_server_id", req.Msg.GetNewServerId())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.renamer.Rename(ctx, id); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&adminv1.RenameResponse{}), nil
 }
 
 // ListPeers and GetPeer read the projections, which are being built; until

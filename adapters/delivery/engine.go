@@ -103,8 +103,9 @@ type Engine struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	peers map[streams.PeerID]*peer
+	mu      sync.Mutex
+	peers   map[streams.PeerID]*peer
+	renames *Renames // answers NotifyNewId; set by NewRenames
 }
 
 // peer is the engine's state for one peer, rebuilt from its streams.

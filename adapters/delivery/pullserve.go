@@ -17,10 +17,11 @@ import (
 // each other at startup would deadlock otherwise). A caller that is not a
 // peer gets an empty reply and is not registered.
 func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint64) (federation.PullBatch, error) {
-	id, ok := e.registry.Lookup(caller.ServerID)
-	if !ok {
-		return federation.PullBatch{}, nil
+	peerID, found, err := domain.CheckCaller(e.registry, caller.ServerID)
+	if err != nil || !found {
+		return federation.PullBatch{}, err
 	}
+	id := streams.PeerID(peerID)
 	p := e.peer(id)
 	p.mu.Lock()
 	if err := e.loadLocked(ctx, p); err != nil {

@@ -17,6 +17,9 @@ import (
 // sender's inbox stream. While this server's own Pull from the sender is
 // under way, it waits for that Pull first, as the spec asks.
 func (e *Engine) AcceptPush(ctx context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error {
+	if _, _, err := domain.CheckCaller(e.registry, caller.ServerID); err != nil {
+		return err
+	}
 	id, err := e.registry.Register(ctx, caller.ServerID)
 	if err != nil {
 		return err
@@ -157,6 +160,12 @@ func (e *Engine) pullFrom(ctx context.Context, p *peer, server domain.ServerID) 
 
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PullTimeout)
 	defer cancel()
+	e.mu.Lock()
+	renames := e.renames
+	e.mu.Unlock()
+	if renames != nil {
+		renames.awaitNotice(ctx, p.id)
+	}
 	err := e.pullRounds(ctx, p, server)
 	e.cfg.Observer.PullMade(server, err)
 	return err
@@ -269,12 +278,13 @@ func (e *Engine) StartupPulls(ctx context.Context) {
 	}
 }
 
-// AcceptRename answers NotifyNewId. Peer renames are not supported yet, so
-// it refuses with a not-implemented error that names the reason, as
-// upstream does; an unknown caller is told so.
-func (e *Engine) AcceptRename(_ context.Context, caller domain.Caller, _ domain.ServerID) error {
-	if _, ok := e.registry.Lookup(caller.ServerID); !ok {
-		return fmt.Errorf("%w: %s", domain.ErrUnknownPeer, caller.ServerID)
+// AcceptRename answers NotifyNewId through the rename handling.
+func (e *Engine) AcceptRename(ctx context.Context, caller domain.Caller, newID domain.ServerID) error {
+	e.mu.Lock()
+	r := e.renames
+	e.mu.Unlock()
+	if r == nil {
+		return fmt.Errorf("%w: renames are not handled by this engine", domain.ErrNotImplemented)
 	}
-	return fmt.Errorf("%w: peer renames are not supported yet", domain.ErrNotImplemented)
+	return r.AcceptRename(ctx, caller, newID)
 }

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -60,25 +61,38 @@ func readAll(ctx context.Context, s Store, stream string, fn func(eventstore.Rec
 type Peer struct {
 	ID       streams.PeerID
 	ServerID domain.ServerID
+	// KnowsUsAs is this server's ID as the peer knows it: the one to sign
+	// with toward it until it accepts a rename of this server.
+	KnowsUsAs domain.ServerID
 }
 
-// Registry is the peers stream folded: which server IDs are peers and the
-// stable IDs that name their streams. It is safe for concurrent use.
+type peerEntry struct {
+	id        streams.PeerID
+	current   domain.ServerID
+	former    []domain.ServerID
+	key       ed25519.PublicKey
+	knowsUsAs domain.ServerID
+}
+
+// Registry is the peers stream folded: which server IDs are peers, the
+// stable IDs that name their streams, their former IDs and keys, and this
+// server's own ID. It is safe for concurrent use.
 type Registry struct {
 	store Store
 	codec *streams.Codec
 	rand  io.Reader
 
 	mu       sync.Mutex
-	next     uint64 // events in the peers stream
-	byServer map[domain.ServerID]streams.PeerID
-	byPeer   map[streams.PeerID]domain.ServerID
+	next     uint64                         // events in the peers stream
+	byServer map[domain.ServerID]*peerEntry // current and former IDs
+	byPeer   map[streams.PeerID]*peerEntry
+	ownID    domain.ServerID // zero until recorded
 }
 
 // LoadRegistry reads the peers stream.
 func LoadRegistry(ctx context.Context, store Store, codec *streams.Codec, rand io.Reader) (*Registry, error) {
 	r := &Registry{store: store, codec: codec, rand: rand,
-		byServer: map[domain.ServerID]streams.PeerID{}, byPeer: map[streams.PeerID]domain.ServerID{}}
+		byServer: map[domain.ServerID]*peerEntry{}, byPeer: map[streams.PeerID]*peerEntry{}}
 	next, err := readAll(ctx, store, streams.Peers, func(rec eventstore.RecordedEvent) error {
 		m, err := streams.DecodePeers(rec)
 		if err != nil {
@@ -90,43 +104,94 @@ func LoadRegistry(ctx context.Context, store Store, codec *streams.Codec, rand i
 	return r, err
 }
 
-func (r *Registry) apply(m any) error {
+func parseRecorded(field, raw string) (domain.ServerID, error) {
+	id, err := domain.ParseServerID(raw)
+	if err != nil {
+		return domain.ServerID{}, fmt.Errorf("peers stream: %s: %w", field, err)
+	}
+	return id, nil
+}
+
+func (r *Registry) apply(m proto.Message) error {
 	switch m := m.(type) {
 	case *eventsv1.PeerSeen:
-		id, err := domain.ParseServerID(m.GetServerId())
+		id, err := parseRecorded("server_id", m.GetServerId())
 		if err != nil {
-			return fmt.Errorf("peers stream: %w", err)
+			return err
 		}
-		r.byServer[id] = streams.PeerID(m.GetPeerId())
-		r.byPeer[streams.PeerID(m.GetPeerId())] = id
+		e := &peerEntry{id: streams.PeerID(m.GetPeerId()), current: id, knowsUsAs: r.ownID}
+		if m.GetOurServerId() != "" {
+			if e.knowsUsAs, err = parseRecorded("our_server_id", m.GetOurServerId()); err != nil {
+				return err
+			}
+		}
+		r.byServer[id], r.byPeer[e.id] = e, e
 	case *eventsv1.PeerRenamed:
-		id, err := domain.ParseServerID(m.GetNewServerId())
+		e, ok := r.byPeer[streams.PeerID(m.GetPeerId())]
+		if !ok {
+			return fmt.Errorf("peers stream: rename of unknown peer %s", m.GetPeerId())
+		}
+		id, err := parseRecorded("new_server_id", m.GetNewServerId())
 		if err != nil {
-			return fmt.Errorf("peers stream: %w", err)
+			return err
 		}
-		if old, err := domain.ParseServerID(m.GetOldServerId()); err == nil {
-			delete(r.byServer, old)
+		e.former = append(e.former, e.current)
+		e.current = id
+		r.byServer[id] = e
+	case *eventsv1.PeerKeyLearned:
+		if e, ok := r.byPeer[streams.PeerID(m.GetPeerId())]; ok {
+			e.key = ed25519.PublicKey(m.GetPublicKey())
 		}
-		r.byServer[id] = streams.PeerID(m.GetPeerId())
-		r.byPeer[streams.PeerID(m.GetPeerId())] = id
+	case *eventsv1.OwnServerIdChanged:
+		id, err := parseRecorded("new_server_id", m.GetNewServerId())
+		if err != nil {
+			return err
+		}
+		r.ownID = id
+	case *eventsv1.PeerNotifiedOfNewId:
+		id, err := parseRecorded("new_server_id", m.GetNewServerId())
+		if err != nil {
+			return err
+		}
+		if e, ok := r.byPeer[streams.PeerID(m.GetPeerId())]; ok {
+			e.knowsUsAs = id
+		}
 	}
 	return nil
 }
 
-// Lookup finds the peer a server ID belongs to.
+// Resolve finds the peer id names, by its current or a former server ID;
+// it implements domain.PeerDirectory.
+func (r *Registry) Resolve(id domain.ServerID) (string, domain.ServerID, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.byServer[id]
+	if !ok {
+		return "", domain.ServerID{}, false
+	}
+	return string(e.id), e.current, true
+}
+
+// Lookup finds the peer a server ID (current or former) belongs to.
 func (r *Registry) Lookup(id domain.ServerID) (streams.PeerID, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	p, ok := r.byServer[id]
-	return p, ok
+	e, ok := r.byServer[id]
+	if !ok {
+		return "", false
+	}
+	return e.id, true
 }
 
 // ServerID returns a peer's current server ID.
 func (r *Registry) ServerID(p streams.PeerID) (domain.ServerID, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	id, ok := r.byPeer[p]
-	return id, ok
+	e, ok := r.byPeer[p]
+	if !ok {
+		return domain.ServerID{}, false
+	}
+	return e.current, true
 }
 
 // Peers lists every peer, ordered by server ID.
@@ -134,29 +199,108 @@ func (r *Registry) Peers() []Peer {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]Peer, 0, len(r.byPeer))
-	for p, id := range r.byPeer {
-		out = append(out, Peer{ID: p, ServerID: id})
+	for _, e := range r.byPeer {
+		out = append(out, Peer{ID: e.id, ServerID: e.current, KnowsUsAs: e.knowsUsAs})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ServerID.String() < out[j].ServerID.String() })
 	return out
 }
 
-// Register returns the peer of id, registering it on first contact.
+// Keys returns the recorded public key of every peer, by current server ID.
+func (r *Registry) Keys() map[domain.ServerID]ed25519.PublicKey {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[domain.ServerID]ed25519.PublicKey{}
+	for _, e := range r.byPeer {
+		if e.key != nil {
+			out[e.current] = e.key
+		}
+	}
+	return out
+}
+
+// OwnID returns this server's recorded server ID, if any.
+func (r *Registry) OwnID() (domain.ServerID, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ownID, !r.ownID.IsZero()
+}
+
+// IDFor is this server's ID to sign with toward peer: the one the peer
+// knows, until it accepts a rename. For a server that is not a peer yet,
+// the current one.
+func (r *Registry) IDFor(peer domain.ServerID) domain.ServerID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.byServer[peer]; ok && !e.knowsUsAs.IsZero() {
+		return e.knowsUsAs
+	}
+	return r.ownID
+}
+
+// Register returns the peer of id (current or former), registering it on
+// first contact.
 func (r *Registry) Register(ctx context.Context, id domain.ServerID) (streams.PeerID, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if p, ok := r.byServer[id]; ok {
-		return p, nil
+	if e, ok := r.byServer[id]; ok {
+		return e.id, nil
 	}
 	var raw [8]byte
 	if _, err := io.ReadFull(r.rand, raw[:]); err != nil {
 		return "", fmt.Errorf("new peer ID: %w", err)
 	}
 	seen := &eventsv1.PeerSeen{PeerId: "p" + hex.EncodeToString(raw[:]), ServerId: id.String()}
+	if !r.ownID.IsZero() {
+		seen.OurServerId = r.ownID.String()
+	}
 	if err := r.appendLocked(ctx, streams.TypePeerSeen, seen); err != nil {
 		return "", err
 	}
 	return streams.PeerID(seen.GetPeerId()), nil
+}
+
+// RecordRename records an accepted rename of a peer.
+func (r *Registry) RecordRename(ctx context.Context, rename domain.PeerRename) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.appendLocked(ctx, streams.TypePeerRenamed, &eventsv1.PeerRenamed{
+		PeerId: rename.Peer, OldServerId: rename.Old.String(), NewServerId: rename.New.String(),
+	})
+}
+
+// RecordKey records a registered peer's key when it is new or changed;
+// keys of servers that are not peers are not recorded, so strangers cannot
+// grow the stream.
+func (r *Registry) RecordKey(ctx context.Context, id domain.ServerID, key ed25519.PublicKey) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.byServer[id]
+	if !ok || e.current != id || e.key.Equal(key) {
+		return nil
+	}
+	return r.appendLocked(ctx, streams.TypePeerKeyLearned, &eventsv1.PeerKeyLearned{PeerId: string(e.id), PublicKey: key})
+}
+
+// RecordOwnID records this server's ID: the first one, or a rename.
+func (r *Registry) RecordOwnID(ctx context.Context, id domain.ServerID) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if id == r.ownID {
+		return nil
+	}
+	m := &eventsv1.OwnServerIdChanged{NewServerId: id.String()}
+	if !r.ownID.IsZero() {
+		m.OldServerId = r.ownID.String()
+	}
+	return r.appendLocked(ctx, streams.TypeOwnServerIDChanged, m)
+}
+
+// RecordNotified records that peer accepted this server's ID newID.
+func (r *Registry) RecordNotified(ctx context.Context, peer streams.PeerID, newID domain.ServerID) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.appendLocked(ctx, streams.TypePeerNotifiedOfNewID, &eventsv1.PeerNotifiedOfNewId{PeerId: string(peer), NewServerId: newID.String()})
 }
 
 // appendLocked appends one record to the peers stream at the revision this

@@ -198,3 +198,16 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	fmt.Fprintf(stdout, "pushing to %s again\n", fs.Arg(0))
 	return nil
 }
+
+func runRename(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlagSet("rename", stderr)
+	a := addAdminFlags(fs)
+	if _, err := parseCommand(fs, args, getenv, 1); err != nil {
+		return err
+	}
+	if _, err := a.client().Rename(ctx, connect.NewRequest(&adminv1.RenameRequest{NewServerId: fs.Arg(0)})); err != nil {
+		return a.failed("rename", err)
+	}
+	fmt.Fprintf(stdout, "renamed to %s; peers are being told (see postbox peers)\n", fs.Arg(0))
+	return nil
+}

@@ -54,11 +54,14 @@ Usage:
   postbox keygen [flags]    create the server's Ed25519 key file if missing
   postbox send --to ID --event JSON
                             hand an event to a running server for a peer
+  postbox audit [--data-dir DIR | --store esdb://...] [--json]
+                            check every stream's invariants (exit 1 on violations)
   postbox peers [--json]    list peers and their delivery state
   postbox watch [--from N] [--follow] [--json]
                             print received events in order from position N
   postbox pull ID           pull from a peer now
   postbox resume ID         push to a peer in queue mode again
+  postbox rename NEW_ID     rename this server and tell every peer
   postbox version           print the version
 
 Commands that talk to a running server take --admin host:port (POSTBOX_ADMIN,
@@ -81,6 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runKeygen(rest, stdout, stderr, getenv)
 	case "send":
 		return runSend(ctx, rest, stdout, stderr, getenv)
+	case "audit":
+		return runAudit(ctx, rest, stdout, stderr, getenv)
 	case "peers":
 		return runPeers(ctx, rest, stdout, stderr, getenv)
 	case "watch":
@@ -89,6 +94,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runPull(ctx, rest, stdout, stderr, getenv)
 	case "resume":
 		return runResume(ctx, rest, stdout, stderr, getenv)
+	case "rename":
+		return runRename(ctx, rest, stdout, stderr, getenv)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "postbox", buildVersion())
 		return nil

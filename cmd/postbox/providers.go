@@ -49,18 +49,57 @@ func providePublicKey(key keyfile.PrivateKey) ed25519.PublicKey { return key.Pub
 
 func provideRandom() io.Reader { return rand.Reader }
 
-func provideIdentity(cfg Config) *domain.Identity {
-	return domain.NewIdentity(cfg.ServerID, domain.DefaultAudienceGrace)
+// provideIdentity settles this server's ID against the one stored in the
+// peers stream: the first start records it; an explicitly given
+// --server-id that differs renames the server (peers are told once it
+// serves); a default --server-id never renames, the stored ID stays.
+func provideIdentity(ctx context.Context, cfg Config, registry *delivery.Registry, clock domain.Clock, logger *slog.Logger) (*domain.Identity, error) {
+	stored, ok := registry.OwnID()
+	switch {
+	case !ok:
+		if err := registry.RecordOwnID(ctx, cfg.ServerID); err != nil {
+			return nil, err
+		}
+		return domain.NewIdentity(cfg.ServerID, domain.DefaultAudienceGrace), nil
+	case stored == cfg.ServerID:
+		return domain.NewIdentity(stored, domain.DefaultAudienceGrace), nil
+	case !cfg.ServerIDGiven:
+		logger.Info("using the server ID stored in the data directory", "server_id", stored.String())
+		return domain.NewIdentity(stored, domain.DefaultAudienceGrace), nil
+	}
+	if _, _, taken := registry.Resolve(cfg.ServerID); taken {
+		return nil, fmt.Errorf("--server-id %s: %w", cfg.ServerID, domain.ErrIDTaken)
+	}
+	identity := domain.NewIdentity(stored, domain.DefaultAudienceGrace)
+	if err := registry.RecordOwnID(ctx, cfg.ServerID); err != nil {
+		return nil, err
+	}
+	identity.Rename(cfg.ServerID, clock.Now())
+	logger.Info("this server renamed; peers will be told", "old", stored.String(), "new", cfg.ServerID.String())
+	return identity, nil
 }
 
-// currentSelf signs with the current ID toward every peer. Renames (which
-// keep the old ID toward peers that have not accepted the new one) replace
-// it.
-type currentSelf struct{ identity *domain.Identity }
+// keyRecorder records the keys fetched for registered peers, so they are
+// known after a restart (a renamed peer's old address may be gone).
+type keyRecorder struct {
+	registry *delivery.Registry
+	logger   *slog.Logger
+}
 
-func (c currentSelf) IDFor(domain.ServerID) domain.ServerID { return c.identity.Current() }
+func (k keyRecorder) KeyFetched(ctx context.Context, id domain.ServerID, key ed25519.PublicKey) {
+	if err := k.registry.RecordKey(ctx, id, key); err != nil {
+		k.logger.Warn("recording a peer key failed", "peer", id.String(), "err", err)
+	}
+}
 
-func provideSelf(identity *domain.Identity) peerclient.Self { return currentSelf{identity} }
+// provideResolver fetches peer keys, starting from those recorded.
+func provideResolver(cfg peerkeys.Config, clock domain.Clock, logger *slog.Logger, registry *delivery.Registry) *peerkeys.Resolver {
+	r := peerkeys.New(cfg, clock, logger, keyRecorder{registry, logger})
+	for id, key := range registry.Keys() {
+		r.Remember(id, key)
+	}
+	return r
+}
 
 func provideAccessList(cfg Config) (domain.AccessList, error) {
 	return domain.NewAccessList(cfg.AllowPeers, cfg.BlockPeers)
@@ -93,8 +132,6 @@ func providePeerKeysConfig(cfg Config, access domain.AccessList, clientTLS *tls.
 	c.Insecure, c.Access, c.TLS = cfg.InsecurePeers, access, clientTLS
 	return c
 }
-
-func providePeerKeysObserver() peerkeys.Observer { return nil }
 
 func provideSigner(key keyfile.PrivateKey, clock domain.Clock, random io.Reader) *authtoken.Signer {
 	return authtoken.NewSigner(key.PrivateKey, clock, random)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/domain"
 )
 
 func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
@@ -44,19 +45,22 @@ type server struct {
 	federation federationListener
 	admin      adminListener
 	engine     *delivery.Engine
+	renames    *delivery.Renames
+	identity   *domain.Identity
 	health     *grpchealth.StaticChecker
 	logger     *slog.Logger
 }
 
 func newServer(cfg Config, federation federationListener, admin adminListener, engine *delivery.Engine,
-	health *grpchealth.StaticChecker, logger *slog.Logger,
+	renames *delivery.Renames, identity *domain.Identity, health *grpchealth.StaticChecker, logger *slog.Logger,
 ) *server {
-	return &server{cfg: cfg, federation: federation, admin: admin, engine: engine, health: health, logger: logger}
+	return &server{cfg: cfg, federation: federation, admin: admin, engine: engine, renames: renames,
+		identity: identity, health: health, logger: logger}
 }
 
 // run serves until ctx ends, then shuts down gracefully.
 func (s *server) run(ctx context.Context) error {
-	s.logger.Info("postbox serving", "server_id", s.cfg.ServerID.String(), "version", buildVersion(),
+	s.logger.Info("postbox serving", "server_id", s.identity.Current().String(), "version", buildVersion(),
 		"federation", s.federation.Addr().String(), "admin", s.admin.Addr().String())
 	// Peers' state comes back from the streams first, with a gate per
 	// peer so that its pushes wait for the startup pull below.
@@ -67,6 +71,8 @@ func (s *server) run(ctx context.Context) error {
 	go func() { errs <- s.federation.Serve() }()
 	go func() { errs <- s.admin.Serve() }()
 	// The listeners are open: now pull every peer federated with before.
+	// Peers that do not know this server's current ID yet are told again.
+	s.renames.Start()
 	go func() {
 		s.engine.StartupPulls(ctx)
 		s.health.SetStatus("", grpchealth.StatusServing)

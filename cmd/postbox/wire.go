@@ -26,9 +26,9 @@ import (
 
 // configSet turns Config into what the adapters take.
 var configSet = wire.NewSet(
-	provideKey, providePublicKey, provideRandom, provideIdentity, provideSelf,
+	provideKey, providePublicKey, provideRandom, provideIdentity,
 	provideAccessList, provideAuthPolicy, provideClientTLS, providePeerKeysConfig,
-	providePeerKeysObserver, provideSigner, providePeerClientConfig, provideVersion,
+	provideSigner, providePeerClientConfig, provideVersion,
 	provideHealth, wire.Bind(new(grpchealth.Checker), new(*grpchealth.StaticChecker)),
 	provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
 )
@@ -37,8 +37,9 @@ var configSet = wire.NewSet(
 var authSet = wire.NewSet(
 	wire.Struct(new(clock.System)),
 	wire.Bind(new(domain.Clock), new(clock.System)),
-	peerkeys.New,
+	provideResolver,
 	wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)),
+	wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)),
 	domain.NewVerifier,
 	wire.Bind(new(federation.Authenticator), new(*domain.Verifier)),
 )
@@ -52,6 +53,12 @@ var engineSet = wire.NewSet(
 	wire.Bind(new(admin.Sender), new(*delivery.Engine)),
 	wire.Bind(new(admin.Operator), new(*delivery.Engine)),
 	wire.Bind(new(admin.PeerNames), new(*delivery.Registry)),
+	wire.Bind(new(peerclient.Self), new(*delivery.Registry)),
+	// Renames are part of the graph: NewRenames attaches itself to the
+	// engine, which answers NotifyNewId through it.
+	delivery.NewRenames,
+	wire.Bind(new(delivery.Notifier), new(*peerclient.Client)),
+	wire.Bind(new(admin.Renamer), new(*delivery.Renames)),
 )
 
 // handlerSet mounts the services on the listeners.

@@ -39,10 +39,6 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		return nil, nil, err
 	}
 	peerkeysConfig := providePeerKeysConfig(cfg, accessList, config)
-	observer := providePeerKeysObserver()
-	resolver := peerkeys.New(peerkeysConfig, system, logger, observer)
-	identity := provideIdentity(cfg)
-	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
 	store, cleanup, err := provideEmbeddedStore(ctx, cfg, system, logger)
 	if err != nil {
 		return nil, nil, err
@@ -54,6 +50,13 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		cleanup()
 		return nil, nil, err
 	}
+	resolver := provideResolver(peerkeysConfig, system, logger, registry)
+	identity, err := provideIdentity(ctx, cfg, registry, system, logger)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
 	peerclientConfig := providePeerClientConfig(cfg, config)
 	privateKey, err := provideKey(cfg, logger)
 	if err != nil {
@@ -61,8 +64,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		return nil, nil, err
 	}
 	signer := provideSigner(privateKey, system, reader)
-	self := provideSelf(identity)
-	client := peerclient.New(peerclientConfig, signer, self)
+	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
 	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
 	metrics := provideMetrics(mainForwardingObserver, engine)
@@ -78,7 +80,8 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		return nil, nil, err
 	}
 	version := provideVersion()
-	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry)
+	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
+	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry, renames)
 	staticChecker := provideHealth()
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
@@ -89,7 +92,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		cleanup()
 		return nil, nil, err
 	}
-	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, staticChecker, logger)
+	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, identity, staticChecker, logger)
 	return mainServer, func() {
 		cleanup4()
 		cleanup3()
@@ -111,10 +114,6 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		return nil, nil, err
 	}
 	peerkeysConfig := providePeerKeysConfig(cfg, accessList, config)
-	observer := providePeerKeysObserver()
-	resolver := peerkeys.New(peerkeysConfig, system, logger, observer)
-	identity := provideIdentity(cfg)
-	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
 	store, cleanup, err := provideESDBStore(ctx, cfg, logger)
 	if err != nil {
 		return nil, nil, err
@@ -126,6 +125,13 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		cleanup()
 		return nil, nil, err
 	}
+	resolver := provideResolver(peerkeysConfig, system, logger, registry)
+	identity, err := provideIdentity(ctx, cfg, registry, system, logger)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
 	peerclientConfig := providePeerClientConfig(cfg, config)
 	privateKey, err := provideKey(cfg, logger)
 	if err != nil {
@@ -133,8 +139,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		return nil, nil, err
 	}
 	signer := provideSigner(privateKey, system, reader)
-	self := provideSelf(identity)
-	client := peerclient.New(peerclientConfig, signer, self)
+	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
 	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
 	metrics := provideMetrics(mainForwardingObserver, engine)
@@ -150,7 +155,8 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		return nil, nil, err
 	}
 	version := provideVersion()
-	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry)
+	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
+	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry, renames)
 	staticChecker := provideHealth()
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
@@ -161,7 +167,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		cleanup()
 		return nil, nil, err
 	}
-	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, staticChecker, logger)
+	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, identity, staticChecker, logger)
 	return mainServer, func() {
 		cleanup4()
 		cleanup3()
@@ -174,18 +180,18 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 
 // configSet turns Config into what the adapters take.
 var configSet = wire.NewSet(
-	provideKey, providePublicKey, provideRandom, provideIdentity, provideSelf,
+	provideKey, providePublicKey, provideRandom, provideIdentity,
 	provideAccessList, provideAuthPolicy, provideClientTLS, providePeerKeysConfig,
-	providePeerKeysObserver, provideSigner, providePeerClientConfig, provideVersion,
+	provideSigner, providePeerClientConfig, provideVersion,
 	provideHealth, wire.Bind(new(grpchealth.Checker), new(*grpchealth.StaticChecker)), provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
 )
 
 // authSet verifies federation tokens with keys fetched from peers.
-var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), peerkeys.New, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), domain.NewVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
+var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), domain.NewVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideCodec, provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), wire.Bind(new(admin.Sender), new(*delivery.Engine)), wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)),
+	provideCodec, provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), wire.Bind(new(admin.Sender), new(*delivery.Engine)), wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)), wire.Bind(new(peerclient.Self), new(*delivery.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)),
 )
 
 // handlerSet mounts the services on the listeners.

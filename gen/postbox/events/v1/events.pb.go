@@ -546,7 +546,10 @@ type PeerSeen struct {
 	// Stable ID that names the peer's streams; it never changes.
 	PeerId string `protobuf:"bytes,1,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
 	// The peer's server ID at first contact.
-	ServerId      string `protobuf:"bytes,2,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	ServerId string `protobuf:"bytes,2,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// This server's own server ID at first contact: the one the peer knows it
+	// by until it accepts a rename.
+	OurServerId   string `protobuf:"bytes,3,opt,name=our_server_id,json=ourServerId,proto3" json:"our_server_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -591,6 +594,13 @@ func (x *PeerSeen) GetPeerId() string {
 func (x *PeerSeen) GetServerId() string {
 	if x != nil {
 		return x.ServerId
+	}
+	return ""
+}
+
+func (x *PeerSeen) GetOurServerId() string {
+	if x != nil {
+		return x.OurServerId
 	}
 	return ""
 }
@@ -866,10 +876,11 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\x0fVIA_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bVIA_PUSH\x10\x01\x12\f\n" +
 	"\bVIA_PULL\x10\x02B\r\n" +
-	"\v_sender_seq\"@\n" +
+	"\v_sender_seq\"d\n" +
 	"\bPeerSeen\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x1b\n" +
-	"\tserver_id\x18\x02 \x01(\tR\bserverId\"H\n" +
+	"\tserver_id\x18\x02 \x01(\tR\bserverId\x12\"\n" +
+	"\rour_server_id\x18\x03 \x01(\tR\vourServerId\"H\n" +
 	"\x0ePeerKeyLearned\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x1d\n" +
 	"\n" +

@@ -1,0 +1,199 @@
+package delivery
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/hrpc"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+// RenameKeys is what renames need of the peer key resolver.
+type RenameKeys interface {
+	// Key is the key already known for a server ID (it verified the
+	// caller's token a moment ago).
+	Key(ctx context.Context, id domain.ServerID) (ed25519.PublicKey, error)
+	// Fetch asks a server ID for its key now, bypassing any cache.
+	Fetch(ctx context.Context, id domain.ServerID) (ed25519.PublicKey, error)
+	// Remember makes a key known for a server ID.
+	Remember(id domain.ServerID, key ed25519.PublicKey)
+}
+
+// Notifier tells a peer of this server's new ID.
+type Notifier interface {
+	NotifyNewID(ctx context.Context, peer, newID domain.ServerID) error
+}
+
+// NotifyBackoff spaces NotifyNewId retries toward one peer.
+var notifyBackoff = domain.Backoff{First: time.Second, Max: 5 * time.Minute}
+
+// Renames handles server ID renames in both directions (PROTOCOL.md §6): a
+// peer's NotifyNewId, and this server's own rename, announced to every peer
+// until each has accepted it. It attaches itself to the engine, which
+// answers NotifyNewId through it.
+type Renames struct {
+	engine   *Engine
+	registry *Registry
+	keys     RenameKeys
+	notifier Notifier
+	identity *domain.Identity
+	clock    domain.Clock
+	logger   *slog.Logger
+
+	mu        sync.Mutex
+	notifying map[streams.PeerID]chan struct{} // closed when the notice is done
+}
+
+// NewRenames returns the rename handling and attaches it to engine.
+func NewRenames(engine *Engine, registry *Registry, keys RenameKeys, notifier Notifier, identity *domain.Identity, clock domain.Clock, logger *slog.Logger) *Renames {
+	r := &Renames{engine: engine, registry: registry, keys: keys, notifier: notifier, identity: identity,
+		clock: clock, logger: logger, notifying: map[streams.PeerID]chan struct{}{}}
+	engine.mu.Lock()
+	engine.renames = r
+	engine.mu.Unlock()
+	return r
+}
+
+// AcceptRename answers a peer's NotifyNewId: caller is its old ID,
+// authenticated with the key known for it; newID must be free and serve the
+// same key. A repeated announcement of the same rename answers OK.
+func (r *Renames) AcceptRename(ctx context.Context, caller domain.Caller, newID domain.ServerID) error {
+	decision, err := domain.DecidePeerRename(r.registry, caller.ServerID, newID)
+	if err != nil || decision.AlreadyDone {
+		return err
+	}
+	known, err := r.keys.Key(ctx, caller.ServerID)
+	if err != nil {
+		return fmt.Errorf("%w: key of %s: %w", domain.ErrKeyUnavailable, caller.ServerID, err)
+	}
+	served, err := r.keys.Fetch(ctx, newID)
+	if err != nil {
+		return fmt.Errorf("%w: key of the new ID %s: %w", domain.ErrKeyUnavailable, newID, err)
+	}
+	if !served.Equal(known) {
+		return fmt.Errorf("%w: %s serves another key than %s", domain.ErrKeyMismatch, newID, caller.ServerID)
+	}
+	if err := r.registry.RecordRename(ctx, decision); err != nil {
+		return err
+	}
+	r.keys.Remember(newID, served)
+	r.logger.Info("peer renamed", "peer", decision.Peer, "old", decision.Old.String(), "new", decision.New.String())
+	return nil
+}
+
+// Rename makes newID this server's ID, records it, and starts telling every
+// peer; toward each, the old ID stays in use until it has accepted.
+func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
+	old := r.identity.Current()
+	if newID == old {
+		return nil
+	}
+	if _, _, taken := r.registry.Resolve(newID); taken {
+		return fmt.Errorf("%w: %s is a peer's ID", domain.ErrIDTaken, newID)
+	}
+	if err := r.registry.RecordOwnID(ctx, newID); err != nil {
+		return err
+	}
+	r.identity.Rename(newID, r.clock.Now())
+	r.logger.Info("this server renamed", "old", old.String(), "new", newID.String())
+	r.Start()
+	return nil
+}
+
+// Start tells every peer that does not know this server's current ID yet;
+// it is called at startup too, so notices survive restarts.
+func (r *Renames) Start() {
+	own, ok := r.registry.OwnID()
+	if !ok {
+		return
+	}
+	for _, p := range r.registry.Peers() {
+		if p.KnowsUsAs.IsZero() || p.KnowsUsAs == own {
+			continue
+		}
+		r.mu.Lock()
+		_, busy := r.notifying[p.ID]
+		done := make(chan struct{})
+		if !busy {
+			r.notifying[p.ID] = done
+		}
+		r.mu.Unlock()
+		if !busy {
+			r.engine.goBackground(func() {
+				defer close(done)
+				r.notifyUntilAccepted(p.ID)
+			})
+		}
+	}
+}
+
+// notifyUntilAccepted calls NotifyNewId on one peer, with backoff, until it
+// accepts this server's current ID or the engine closes.
+func (r *Renames) notifyUntilAccepted(peer streams.PeerID) {
+	defer func() {
+		r.mu.Lock()
+		delete(r.notifying, peer)
+		r.mu.Unlock()
+	}()
+	ctx := r.engine.ctx
+	for attempt := 1; ctx.Err() == nil; attempt++ {
+		own, _ := r.registry.OwnID()
+		server, ok := r.registry.ServerID(peer)
+		if !ok || r.knows(peer, own) {
+			return
+		}
+		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := r.notifier.NotifyNewID(callCtx, server, own)
+		cancel()
+		var remote *hrpc.RemoteError
+		if errors.As(err, &remote) && remote.Identifier == "postbox.unknown-peer" {
+			// The peer never knew this server: there is nothing to rename
+			// there, and it learns the new ID at the next contact.
+			err = nil
+		}
+		if err == nil {
+			if err := r.registry.RecordNotified(ctx, peer, own); err != nil {
+				r.logger.Error("recording a peer's acceptance of our new ID failed", "peer", server.String(), "err", err)
+			} else {
+				r.logger.Info("peer accepted our new ID", "peer", server.String(), "id", own.String())
+				return
+			}
+		} else {
+			r.logger.Warn("telling a peer our new ID failed; will retry", "peer", server.String(), "attempt", attempt, "err", err)
+		}
+		if sleep(ctx, notifyBackoff.Delay(attempt, r.engine.jitter())) != nil {
+			return
+		}
+	}
+}
+
+// awaitNotice waits while peer is being told this server's new ID, so a
+// pull signed with the old ID does not race the peer's acceptance of the
+// new one (the peer would refuse it as renamed).
+func (r *Renames) awaitNotice(ctx context.Context, peer streams.PeerID) {
+	r.mu.Lock()
+	done := r.notifying[peer]
+	r.mu.Unlock()
+	if done == nil {
+		return
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+func (r *Renames) knows(peer streams.PeerID, own domain.ServerID) bool {
+	for _, p := range r.registry.Peers() {
+		if p.ID == peer {
+			return p.KnowsUsAs.IsZero() || p.KnowsUsAs == own
+		}
+	}
+	return true
+}
