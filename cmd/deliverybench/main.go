@@ -1,0 +1,369 @@
+// Command deliverybench measures the delivery engine end to end, in one
+// run, on this machine: Postbox servers assembled in-process (each with its
+// own embedded store, engine, verifier and hRPC listener on 127.0.0.1)
+// deliver to one receiver by push, from one sender and from many senders at
+// once (so the receiver groups the syncs of concurrent pushes into shared
+// commits), and drain a large backlog by Pull. Baselines are measured in
+// the same rounds: the embedded store's one-append-per-transaction rate and
+// a no-op hRPC call over the same transport. Last, the memory and
+// goroutines an idle peer costs, with many peers. Rates are medians of
+// several interleaved rounds, because a shared machine is noisy; every
+// server shares the same CPUs and disk, which a real federation does not.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/delivery"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "deliverybench:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	dir           string
+	keep          bool
+	rounds        int
+	duration      time.Duration
+	events        int
+	peers         int
+	eventsPerPeer int
+	backlog       int
+	idlePeers     int
+	idleEvents    int
+	timeout       time.Duration
+	cpuprofile    string
+	memprofile    string
+	verbose       bool
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	var c config
+	fs := flag.NewFlagSet("deliverybench", flag.ContinueOnError)
+	fs.StringVar(&c.dir, "dir", "", "directory in which each run makes a new directory for the servers' data (default: the system's temporary directory)")
+	fs.BoolVar(&c.keep, "keep", false, "keep the data after the run")
+	fs.IntVar(&c.rounds, "rounds", 5, "rounds of every rate measurement (the median is reported)")
+	fs.DurationVar(&c.duration, "duration", time.Second, "length of each baseline measurement")
+	fs.IntVar(&c.events, "events", 2000, "events pushed by the single sender in each 1-peer push measurement")
+	fs.IntVar(&c.peers, "peers", 32, "senders pushing into one receiver at once, and concurrent callers of the no-op baseline")
+	fs.IntVar(&c.eventsPerPeer, "events-per-peer", 150, "events pushed by each sender in each many-peer push measurement")
+	fs.IntVar(&c.backlog, "backlog", 100000, "events in the queue the receiver drains by Pull")
+	fs.IntVar(&c.idlePeers, "idle-peers", 10000, "peers of the server whose idle memory is measured (0: skip)")
+	fs.IntVar(&c.idleEvents, "idle-events", 3, "events delivered each way per idle peer")
+	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "longest wait for any one delivery before the run fails")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of each measured phase of each round to `prefix`.<phase>.r<round>.pprof\n(merge rounds: go tool pprof prefix.pushN.r*.pprof; split servers: -tagfocus=server=receiver or =sender)")
+	fs.StringVar(&c.memprofile, "memprofile", "", "write a heap profile of the idle server with all its peers to `file`")
+	fs.BoolVar(&c.verbose, "v", false, "log the servers' warnings to stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if c.rounds < 1 || c.duration <= 0 || c.events < 1 || c.peers < 1 || c.eventsPerPeer < 1 || c.backlog < 2 ||
+		c.idlePeers < 0 || c.idleEvents < 1 || c.timeout <= 0 {
+		return errors.New("-rounds, -duration, -events, -peers, -events-per-peer, -idle-events and -timeout must be positive, -backlog at least 2")
+	}
+	// Always a fresh directory: the servers must start without peers.
+	dir, err := os.MkdirTemp(c.dir, "deliverybench-")
+	if err != nil {
+		return err
+	}
+	c.dir = dir
+	if !c.keep {
+		defer os.RemoveAll(dir)
+	}
+	return bench(ctx, c, out)
+}
+
+// series holds one measurement's result from each round.
+type series struct {
+	name    string
+	unit    string
+	samples []result
+}
+
+func (s *series) rates() []float64 {
+	var v []float64
+	for _, r := range s.samples {
+		v = append(v, r.rate)
+	}
+	return v
+}
+
+func (s *series) median() float64 { return median(s.rates()) }
+
+func (s *series) cpuPer() time.Duration {
+	var v []float64
+	for _, r := range s.samples {
+		v = append(v, float64(r.cpuPer))
+	}
+	return time.Duration(median(v))
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Sorted(slices.Values(v))
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// benchDelivery is the engine configuration of the rate measurements: the
+// defaults, except that a failing push enters queue mode within
+// milliseconds (the pull measurement takes its receiver down to get
+// there), resume probes and periodic pulls are pushed past the end of the
+// run so that nothing but the measured traffic moves events, and a pull may
+// take as long as the run allows.
+func benchDelivery(c config) delivery.Config {
+	cfg := delivery.DefaultConfig()
+	cfg.PushBackoff = domain.Backoff{First: time.Millisecond, Max: 5 * time.Millisecond}
+	cfg.ProbeBackoff.First = time.Hour
+	cfg.PullInterval = time.Hour
+	cfg.PullTimeout = c.timeout
+	return cfg
+}
+
+func bench(ctx context.Context, c config, out io.Writer) error {
+	level := slog.LevelError
+	if c.verbose {
+		level = slog.LevelWarn
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	nc := nodeConfig{delivery: benchDelivery(c), authWindow: domain.DefaultAuthWindow}
+
+	fmt.Fprintf(out, "deliverybench: %d rounds, medians; %d CPUs (GOMAXPROCS %d); %s\n",
+		c.rounds, runtime.NumCPU(), runtime.GOMAXPROCS(0), c.dir)
+	fmt.Fprintf(out, "  push, 1 peer: %d events, one sender -> one receiver\n", c.events)
+	fmt.Fprintf(out, "  push, %d peers: %d events from each of %d sender servers -> one receiver (the receiver groups concurrent pushes' syncs)\n",
+		c.peers, c.eventsPerPeer, c.peers)
+	fmt.Fprintf(out, "  pull: a %d-event queue, from the receiver's first Pull to its inbox holding all of it (replies of up to %d events)\n",
+		c.backlog, nc.delivery.PullReplyMaxEvents)
+	fmt.Fprintf(out, "  baselines for %v each: embedded store, 1 append per transaction, 1 writer; no-op hRPC call over HTTP/1.1 loopback\n", c.duration)
+	fmt.Fprintf(out, "  every server runs in this process: senders and receiver share the CPUs and the disk\n")
+
+	setupStart := time.Now()
+	recv, err := startNode(ctx, "receiver", filepath.Join(c.dir, "receiver"), nc, logger)
+	if err != nil {
+		return err
+	}
+	senders := make([]*node, 0, c.peers)
+	closeServers := func() {
+		for _, s := range senders {
+			s.close(ctx)
+		}
+		senders = nil
+		if recv != nil {
+			recv.close(ctx)
+			recv = nil
+		}
+	}
+	defer closeServers()
+	for i := range c.peers {
+		s, err := startNode(ctx, "sender", filepath.Join(c.dir, fmt.Sprintf("sender%02d", i)), nc, logger)
+		if err != nil {
+			return err
+		}
+		senders = append(senders, s)
+	}
+	base, err := openStoreBaseline(ctx, filepath.Join(c.dir, "baseline"), logger)
+	if err != nil {
+		return err
+	}
+	defer base.s.Close()
+	noop, err := startNoop(ctx, logger)
+	if err != nil {
+		return err
+	}
+	defer noop.close(ctx)
+	callers := newNoopCallers(noop, c.peers)
+	defer callers.close()
+
+	// Warm up every path: each sender's first push registers it at the
+	// receiver, which fetches its key; a small pull makes the sender fetch
+	// the receiver's key; connections open; pages get cached.
+	if _, err := pushRun(ctx, noProfile, senders, recv, 2, c.timeout); err != nil {
+		return fmt.Errorf("warm-up push: %w", err)
+	}
+	if _, err := pullRun(ctx, noProfile, senders[0], recv, 1000, c.timeout); err != nil {
+		return fmt.Errorf("warm-up pull: %w", err)
+	}
+	if _, err := base.run(ctx, noProfile, c.duration/5); err != nil {
+		return err
+	}
+	if _, err := callers.run(ctx, noProfile, c.peers, c.duration/5); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  setup and warm-up: %v\n", time.Since(setupStart).Round(time.Millisecond))
+
+	storeOne := &series{name: "store, 1 append per tx", unit: "appends/s"}
+	noopOne := &series{name: "no-op call, 1 caller", unit: "calls/s"}
+	noopMany := &series{name: fmt.Sprintf("no-op call, %d callers", c.peers), unit: "calls/s"}
+	pushOne := &series{name: "push, 1 peer", unit: "events/s"}
+	pushMany := &series{name: fmt.Sprintf("push, %d peers", c.peers), unit: "events/s"}
+	pull := &series{name: fmt.Sprintf("pull, %d backlog", c.backlog), unit: "events/s"}
+
+	var profErr error
+	measure := func(s *series, phase string, round int, fn func(profiler) (result, error)) error {
+		prof := func() func() {
+			stop, err := startProfile(c.cpuprofile, phase, round)
+			if err != nil {
+				profErr = err
+				return func() {}
+			}
+			return stop
+		}
+		r, err := fn(prof)
+		if err == nil {
+			err = profErr
+		}
+		if err != nil {
+			return fmt.Errorf("%s, round %d: %w", s.name, round, err)
+		}
+		s.samples = append(s.samples, r)
+		return nil
+	}
+	for round := 1; round <= c.rounds; round++ {
+		// Each baseline next to what it is compared with, so that a noisy
+		// moment hurts both alike.
+		steps := []struct {
+			s     *series
+			phase string
+			fn    func(profiler) (result, error)
+		}{
+			{storeOne, "store", func(p profiler) (result, error) { return base.run(ctx, p, c.duration) }},
+			{pushOne, "push1", func(p profiler) (result, error) { return pushRun(ctx, p, senders[:1], recv, c.events, c.timeout) }},
+			{noopOne, "noop1", func(p profiler) (result, error) { return callers.run(ctx, p, 1, c.duration) }},
+			{noopMany, "noopN", func(p profiler) (result, error) { return callers.run(ctx, p, c.peers, c.duration) }},
+			{pushMany, "pushN", func(p profiler) (result, error) { return pushRun(ctx, p, senders, recv, c.eventsPerPeer, c.timeout) }},
+			{pull, "pull", func(p profiler) (result, error) { return pullRun(ctx, p, senders[0], recv, c.backlog, c.timeout) }},
+		}
+		for _, st := range steps {
+			if err := measure(st.s, st.phase, round, st.fn); err != nil {
+				return err
+			}
+		}
+	}
+
+	fmt.Fprintln(out)
+	fmt.Fprintf(out, "%-28s %10s %10s %10s  %-10s %12s\n", "", "median", "min", "max", "", "CPU/unit")
+	for _, s := range []*series{storeOne, noopOne, noopMany, pushOne, pushMany, pull} {
+		note := ""
+		if n := s.samples[len(s.samples)/2].note; n != "" {
+			note = "  " + n
+		}
+		fmt.Fprintf(out, "%-28s %10.0f %10.0f %10.0f  %-10s %10.1fµs%s\n",
+			s.name, s.median(), slices.Min(s.rates()), slices.Max(s.rates()), s.unit,
+			float64(s.cpuPer())/float64(time.Microsecond), note)
+	}
+	fmt.Fprintln(out, "(CPU/unit: user+system time of the whole process, every server in it, per event or call)")
+
+	// The rate servers go before the idle measurement, so that nothing else
+	// allocates while it reads the heap.
+	closeServers()
+	callers.close()
+	noop.close(ctx)
+
+	var idle idleResult
+	if c.idlePeers > 0 {
+		idleCfg := nc
+		idleCfg.delivery = delivery.DefaultConfig()
+		// The default periodic pull (a minute after a peer's last push)
+		// would start 10,000 pulls of stub peers mid-measurement.
+		idleCfg.delivery.PullInterval = time.Hour
+		idle, err = idleRun(ctx, filepath.Join(c.dir, "idle"), c.idlePeers, c.idleEvents, 32, idleCfg, logger, c.memprofile)
+		if err != nil {
+			return fmt.Errorf("idle peers: %w", err)
+		}
+		fmt.Fprintln(out)
+		fmt.Fprintf(out, "idle peers: %d peers, %d events delivered to and from each (%v out, %v in); heap after GC %s before any peer, %s after\n",
+			idle.peers, idle.perPeer, idle.setupOut.Round(time.Millisecond), idle.setupIn.Round(time.Millisecond),
+			mib(idle.heapBefore), mib(idle.heapEnd))
+		fmt.Fprintf(out, "  per peer, after sending to each:               %6d bytes\n", idle.outbound/int64(idle.peers))
+		fmt.Fprintf(out, "  per peer, after also receiving from each:      %6d bytes\n", idle.both/int64(idle.peers))
+		fmt.Fprintf(out, "  goroutines: %d before any peer, %d after sending, %d after receiving (engine idle)\n",
+			idle.goroutines[0], idle.goroutines[1], idle.goroutines[2])
+		if idle.connPeers > 0 {
+			fmt.Fprintf(out, "  before that, while the keep-alive connections of the last pushes to %d peers were open (peerclient keeps them 90 s):\n"+
+				"    %d bytes and %.1f goroutines per peer (client and stub server ends together)\n",
+				idle.connPeers, idle.connBytes/int64(idle.connPeers), float64(idle.connGoroutines)/float64(idle.connPeers))
+		}
+	}
+
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "targets:")
+	ratio(out, "push 1 peer / store 1 append per tx", pushOne, storeOne, 0.8)
+	ratio(out, fmt.Sprintf("push %d peers / no-op %d callers", c.peers, c.peers), pushMany, noopMany, 0.5)
+	verdict(out, fmt.Sprintf("pull %d backlog, events/s", c.backlog), pull.median(), ">=", 100000, pull.median() >= 100000)
+	if c.idlePeers > 0 {
+		per := float64(idle.both) / float64(idle.peers)
+		verdict(out, fmt.Sprintf("bytes per idle peer, %d peers", idle.peers), per, "<=", 4096, per <= 4096)
+		held := idle.goroutines[2] - idle.goroutines[0]
+		fmt.Fprintf(out, "  %-44s %9d  (idle peers hold no goroutine: %s)\n", "goroutines held by idle peers", held, passMiss(held <= 0))
+	}
+	return nil
+}
+
+func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+func passMiss(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+func verdict(out io.Writer, name string, v float64, op string, target float64, ok bool) {
+	fmt.Fprintf(out, "  %-44s %9.0f  target %s %.0f: %s\n", name, v, op, target, passMiss(ok))
+}
+
+// ratio prints num/den from the medians, and the median of the ratios of
+// each round's pair, which a slow drift of the machine disturbs less.
+func ratio(out io.Writer, name string, num, den *series, target float64) {
+	r := num.median() / den.median()
+	var paired []float64
+	for i := range num.samples {
+		paired = append(paired, num.samples[i].rate/den.samples[i].rate)
+	}
+	fmt.Fprintf(out, "  %-44s %9.2f  (paired median %.2f)  target >= %.2f: %s\n", name, r, median(paired), target, passMiss(r >= target))
+}
+
+// startProfile starts a CPU profile of one phase of one round, if asked.
+func startProfile(prefix, phase string, round int) (func(), error) {
+	if prefix == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(fmt.Sprintf("%s.%s.r%d.pprof", prefix, phase, round))
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}

@@ -1,0 +1,323 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/pprof"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/harmony-postbox/postbox/adapters/authtoken"
+	"github.com/harmony-postbox/postbox/adapters/clock"
+	"github.com/harmony-postbox/postbox/adapters/delivery"
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/federation"
+	"github.com/harmony-postbox/postbox/adapters/hrpc"
+	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	harmonytypesv1 "github.com/harmony-postbox/postbox/gen/protocol/harmonytypes/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+// node is one Postbox server assembled in-process the way
+// cmd/postbox/wire_gen.go assembles `postbox serve` on the embedded store,
+// without the admin listener: its own store in its own directory, registry
+// and delivery engine, a real verifier with a peer key resolver (insecure:
+// loopback peers over http://), the federation handler on a 127.0.0.1
+// listener, and a peer client speaking hRPC. Two things are added in front,
+// both thin: a door that can answer 503 as if the server were down, and a
+// count of accepted pushes, so the bench can wait for deliveries without
+// polling the store.
+type node struct {
+	id       domain.ServerID
+	role     string
+	store    *embedded.Store
+	codec    *streams.Codec
+	registry *delivery.Registry
+	engine   *delivery.Engine
+	resolver *peerkeys.Resolver
+	client   *peerclient.Client
+	accepted *counter
+	door     *door
+	srv      *httpserver.Server
+}
+
+type nodeConfig struct {
+	delivery   delivery.Config
+	authWindow time.Duration
+}
+
+// startNode assembles a server on a fresh data directory and serves it.
+// Its goroutines (store writer, listener, connections) carry the profiler
+// label server=role, so that one profile of many servers can be split:
+// go tool pprof -tagfocus=server=receiver.
+func startNode(ctx context.Context, role, dir string, cfg nodeConfig, logger *slog.Logger) (n *node, err error) {
+	pprof.Do(ctx, pprof.Labels("server", role), func(ctx context.Context) {
+		n, err = assemble(ctx, dir, cfg, logger)
+	})
+	if err == nil {
+		n.role = role
+	}
+	return n, err
+}
+
+// as runs fn with n's profiler label, for work the bench starts on n's
+// behalf (sends, pulls) and the goroutines that work starts.
+func (n *node) as(ctx context.Context, fn func(context.Context)) {
+	pprof.Do(ctx, pprof.Labels("server", n.role), fn)
+}
+
+func assemble(ctx context.Context, dir string, cfg nodeConfig, logger *slog.Logger) (*node, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	n := &node{accepted: new(counter), door: new(door)}
+	// Listen first: the server ID is the bound address.
+	n.srv, err = httpserver.Listen(ctx, "federation", "127.0.0.1:0", n.door, httpserver.TLSFiles{}, logger)
+	if err != nil {
+		return nil, err
+	}
+	if n.id, err = domain.ParseServerID(n.srv.Addr().String()); err != nil {
+		_ = n.srv.Shutdown(ctx)
+		return nil, err
+	}
+	sys := clock.System{}
+	access, err := domain.NewAccessList(nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	keysCfg := peerkeys.DefaultConfig()
+	keysCfg.Insecure = true
+	n.resolver = peerkeys.New(keysCfg, sys, logger, nil)
+	identity := domain.NewIdentity(n.id, domain.DefaultAudienceGrace)
+	verifier := domain.NewVerifier(domain.AuthPolicy{Window: cfg.authWindow, Access: access}, sys, n.resolver, identity)
+	if n.store, err = embedded.Open(ctx, dir, embedded.Options{Logger: logger, Clock: sys.Now}); err != nil {
+		_ = n.srv.Shutdown(ctx)
+		return nil, err
+	}
+	n.codec = streams.NewCodec(rand.Reader)
+	if n.registry, err = delivery.LoadRegistry(ctx, n.store, n.codec, rand.Reader); err != nil {
+		n.close(ctx)
+		return nil, err
+	}
+	signer := authtoken.NewSigner(priv, sys, rand.Reader)
+	n.client = peerclient.New(peerclient.Config{Insecure: true, Protocol: peerclient.HRPC}, signer, self{n.id})
+	n.engine = delivery.New(cfg.delivery, n.store, n.codec, n.registry, n.client, sys, logger, rand.Reader)
+	box := countingPostbox{Engine: n.engine, accepted: n.accepted}
+	n.door.next = httpserver.NewFederationHandler(federation.NewPostboxService(verifier, box),
+		federation.NewKeyService(pub), httpserver.MaxRequestBytes(4<<20), logger)
+	if err := n.engine.Start(ctx); err != nil {
+		n.close(ctx)
+		return nil, err
+	}
+	go func() { _ = n.srv.Serve() }() // returns at Shutdown
+	n.engine.StartupPulls(ctx)        // a new server has no peers: returns at once
+	return n, nil
+}
+
+// close stops the listener, then the engine, then the store.
+func (n *node) close(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if n.srv != nil {
+		_ = n.srv.Shutdown(ctx)
+	}
+	if n.engine != nil {
+		n.engine.Close()
+	}
+	if n.store != nil {
+		_ = n.store.Close()
+	}
+}
+
+// self signs with the one server ID, as cmd/postbox does before any rename.
+type self struct{ id domain.ServerID }
+
+func (s self) IDFor(domain.ServerID) domain.ServerID { return s.id }
+
+// door passes requests to the federation handler, or, while down, answers
+// every one with hrpc.unavailable, as a server behind a failing proxy would.
+type door struct {
+	next http.Handler
+	down atomic.Bool
+}
+
+func (d *door) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !d.down.Load() {
+		d.next.ServeHTTP(w, r)
+		return
+	}
+	body, _ := proto.Marshal(&harmonytypesv1.Error{Identifier: rpcerrors.Unavailable, HumanMessage: "down for the bench"})
+	w.Header().Set("Content-Type", hrpc.ContentType)
+	w.Header().Set(hrpc.VersionHeader, hrpc.Version)
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, _ = w.Write(body)
+}
+
+// countingPostbox is the engine, counting the pushes it accepted: an
+// accepted push is durable in the inbox (AcceptPush returns once the
+// append is synced). A duplicate the engine drops counts too, so every
+// measurement checks the inbox streams afterwards.
+type countingPostbox struct {
+	*delivery.Engine
+	accepted *counter
+}
+
+func (b countingPostbox) AcceptPush(ctx context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error {
+	if err := b.Engine.AcceptPush(ctx, caller, event, seq); err != nil {
+		return err
+	}
+	b.accepted.add(1)
+	return nil
+}
+
+// counter counts, and closes a channel when the count reaches a goal.
+type counter struct {
+	n    atomic.Int64
+	goal atomic.Int64 // 0: nobody waits
+	mu   sync.Mutex
+	ch   chan struct{}
+}
+
+func (c *counter) add(d int64) {
+	v := c.n.Add(d)
+	if g := c.goal.Load(); g == 0 || v < g {
+		return
+	}
+	c.mu.Lock()
+	if c.ch != nil && v >= c.goal.Load() {
+		close(c.ch)
+		c.ch = nil
+		c.goal.Store(0)
+	}
+	c.mu.Unlock()
+}
+
+// await returns a channel closed once n more have been counted.
+func (c *counter) await(n int64) <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan struct{})
+	c.ch = ch
+	c.goal.Store(c.n.Load() + n)
+	return ch
+}
+
+// Stream helpers: the bench reads the streams to check what happened,
+// never the engine's memory.
+
+// streamLen is the number of events in a stream (0 if it does not exist).
+func streamLen(ctx context.Context, s *embedded.Store, stream string) (uint64, error) {
+	last, err := s.ReadStreamBackward(ctx, stream, 1)
+	switch {
+	case errors.Is(err, eventstore.ErrStreamNotFound):
+		return 0, nil
+	case err != nil:
+		return 0, err
+	case len(last) == 0:
+		return 0, nil
+	}
+	return last[0].Revision + 1, nil
+}
+
+// lastType is the type of a stream's last event, "" if none.
+func lastType(ctx context.Context, s *embedded.Store, stream string) (string, error) {
+	last, err := s.ReadStreamBackward(ctx, stream, 1)
+	if errors.Is(err, eventstore.ErrStreamNotFound) || err == nil && len(last) == 0 {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return last[0].Type, nil
+}
+
+// peerOf is the stable peer ID n gave server.
+func (n *node) peerOf(server domain.ServerID) (streams.PeerID, error) {
+	id, ok := n.registry.Lookup(server)
+	if !ok {
+		return "", fmt.Errorf("%s does not know %s", n.id, server)
+	}
+	return id, nil
+}
+
+// inboxLen is how many events n holds from server.
+func (n *node) inboxLen(ctx context.Context, server domain.ServerID) (uint64, error) {
+	id, ok := n.registry.Lookup(server)
+	if !ok {
+		return 0, nil // not a peer yet: nothing received
+	}
+	return streamLen(ctx, n.store, streams.Inbox(id))
+}
+
+// preload appends count events to n's outbox for server directly, as Send
+// would one by one, in batches; the engine learns of them at the next Send
+// (which raises the outbox head it knows). This builds a backlog fast
+// without measuring enqueues.
+func (n *node) preload(ctx context.Context, server domain.ServerID, count int, event func(i int) *syncv1.Event) error {
+	id, err := n.registry.Register(ctx, server) // as Send does first
+	if err != nil {
+		return err
+	}
+	stream := streams.Outbox(id)
+	head, err := streamLen(ctx, n.store, stream)
+	if err != nil {
+		return err
+	}
+	const batch = 1000
+	for done := 0; done < count; {
+		m := min(batch, count-done)
+		data := make([]eventstore.EventData, 0, m)
+		for i := range m {
+			d, err := n.codec.EncodeEnqueued(event(done + i))
+			if err != nil {
+				return err
+			}
+			data = append(data, d)
+		}
+		expected := eventstore.NoStream()
+		if head > 0 {
+			expected = eventstore.Exact(head - 1)
+		}
+		if _, err := n.store.Append(ctx, stream, expected, data...); err != nil {
+			return fmt.Errorf("preload %s: %w", stream, err)
+		}
+		head += uint64(m)
+		done += m
+	}
+	return nil
+}
+
+// waitFor polls cond every few milliseconds until it holds.
+func waitFor(ctx context.Context, what string, timeout time.Duration, cond func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		ok, err := cond()
+		if err != nil {
+			return fmt.Errorf("waiting for %s: %w", what, err)
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
