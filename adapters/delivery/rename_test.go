@@ -1,0 +1,219 @@
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+func pubKey(seed byte) ed25519.PublicKey {
+	return ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, 32)).Public().(ed25519.PublicKey)
+}
+
+// fakeKeys serves keys per server ID, as their servers would.
+type fakeKeys struct {
+	mu     sync.Mutex
+	served map[domain.ServerID]ed25519.PublicKey
+}
+
+func (k *fakeKeys) Key(_ context.Context, id domain.ServerID) (ed25519.PublicKey, error) {
+	return k.Fetch(context.Background(), id)
+}
+
+func (k *fakeKeys) Fetch(_ context.Context, id domain.ServerID) (ed25519.PublicKey, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	key, ok := k.served[id]
+	if !ok {
+		return nil, errors.New("connection refused")
+	}
+	return key, nil
+}
+
+func (k *fakeKeys) Remember(id domain.ServerID, key ed25519.PublicKey) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.served[id] = key
+}
+
+// fakeNotifier accepts NotifyNewId after failing a given number of times.
+type fakeNotifier struct {
+	mu       sync.Mutex
+	failures int
+	calls    []domain.ServerID // the new IDs announced
+}
+
+func (n *fakeNotifier) NotifyNewID(_ context.Context, _, newID domain.ServerID) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.calls = append(n.calls, newID)
+	if n.failures > 0 {
+		n.failures--
+		return errors.New("connection refused")
+	}
+	return nil
+}
+
+func (n *fakeNotifier) count() int { n.mu.Lock(); defer n.mu.Unlock(); return len(n.calls) }
+
+func attachRenames(w *world, keys *fakeKeys, notifier *fakeNotifier, self domain.ServerID) *Renames {
+	return NewRenames(w.engine, w.engine.registry, keys, notifier, domain.NewIdentity(self, domain.DefaultAudienceGrace),
+		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+var (
+	peerB2 = domain.MustParseServerID("b2.example:2289")
+	peerC  = domain.MustParseServerID("c.example:2289")
+)
+
+func TestAPeerRenameCarriesItsStreamsOver(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	keys := &fakeKeys{served: map[domain.ServerID]ed25519.PublicKey{peerB: pubKey(1), peerB2: pubKey(1), peerC: pubKey(3)}}
+	attachRenames(w, keys, &fakeNotifier{}, domain.MustParseServerID("a.example:2289"))
+	ctx := context.Background()
+	w.peers.setDown(true)
+	w.send(3)
+	eventually(t, "queue mode", func() bool { return w.state().Mode == domain.ModeQueue })
+	if _, err := w.engine.Send(ctx, peerC, added(9)); err != nil {
+		t.Fatal(err)
+	}
+	oldCaller := domain.Caller{ServerID: peerB, Extended: true}
+
+	t.Run("refusals change nothing", func(t *testing.T) {
+		cases := []struct {
+			name   string
+			caller domain.ServerID
+			newID  domain.ServerID
+			want   error
+		}{
+			{"unknown old ID", domain.MustParseServerID("x.example:1"), peerB2, domain.ErrUnknownPeer},
+			{"new ID taken by another peer", peerB, peerC, domain.ErrIDTaken},
+			{"new ID serving no key", peerB, domain.MustParseServerID("b3.example:2289"), domain.ErrKeyUnavailable},
+		}
+		keys.Remember(domain.MustParseServerID("b4.example:2289"), pubKey(4))
+		cases = append(cases, struct {
+			name   string
+			caller domain.ServerID
+			newID  domain.ServerID
+			want   error
+		}{"new ID with a mismatching key", peerB, domain.MustParseServerID("b4.example:2289"), domain.ErrKeyMismatch})
+		for _, tc := range cases {
+			err := w.engine.AcceptRename(ctx, domain.Caller{ServerID: tc.caller, Extended: true}, tc.newID)
+			if !errors.Is(err, tc.want) {
+				t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+			}
+		}
+		if id, _ := w.engine.registry.ServerID(mustLookup(t, w, peerB)); id != peerB {
+			t.Fatalf("a refused rename changed the peer to %s", id)
+		}
+	})
+
+	if err := w.engine.AcceptRename(ctx, oldCaller, peerB2); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.engine.AcceptRename(ctx, oldCaller, peerB2); err != nil {
+		t.Fatalf("the same rename announced again: %v", err)
+	}
+	if _, err := w.engine.ServePull(ctx, oldCaller, nil); !errors.Is(err, domain.ErrPeerRenamed) {
+		t.Fatalf("pull under the old ID: %v", err)
+	}
+	if err := w.engine.AcceptPush(ctx, oldCaller, added(1), nil); !errors.Is(err, domain.ErrPeerRenamed) {
+		t.Fatalf("push under the old ID: %v", err)
+	}
+	// The queue continues under the new ID: the backlog is pulled whole.
+	batch, err := w.engine.ServePull(ctx, domain.Caller{ServerID: peerB2, Extended: true}, nil)
+	if err != nil || len(batch.Events) != 3 || batch.FirstSeq != 0 {
+		t.Fatalf("pull under the new ID: %d events from %d, %v", len(batch.Events), batch.FirstSeq, err)
+	}
+	// A send to either ID lands in the same outbox.
+	seq, err := w.engine.Send(ctx, peerB2, added(3))
+	if err != nil || seq != 3 {
+		t.Fatalf("send to the new ID: seq %d, %v", seq, err)
+	}
+	// After a restart the registry still knows both IDs.
+	w.restart()
+	if peer, current, ok := w.engine.registry.Resolve(peerB); !ok || current != peerB2 || peer == "" {
+		t.Fatalf("after restart: %v %v %v", peer, current, ok)
+	}
+}
+
+func mustLookup(t *testing.T, w *world, id domain.ServerID) streams.PeerID {
+	t.Helper()
+	p, ok := w.engine.registry.Lookup(id)
+	if !ok {
+		t.Fatalf("%s is not a peer", id)
+	}
+	return p
+}
+
+func TestOurRenameIsAnnouncedUntilEachPeerAccepts(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	if err := w.engine.registry.RecordOwnID(ctx, oldID); err != nil {
+		t.Fatal(err)
+	}
+	w.send(1) // B is a peer, registered while this server was oldID
+	notifier := &fakeNotifier{failures: 2}
+	renames := attachRenames(w, &fakeKeys{served: map[domain.ServerID]ed25519.PublicKey{}}, notifier, oldID)
+	if err := renames.Rename(ctx, newID); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.engine.registry.IDFor(peerB); got != oldID && notifier.count() < 3 {
+		t.Fatalf("toward B before it accepted: %s, want the old ID", got)
+	}
+	eventually(t, "B to accept", func() bool { return w.engine.registry.IDFor(peerB) == newID })
+	if n := notifier.count(); n != 3 {
+		t.Fatalf("%d notices, want 3 (two failures, then accepted)", n)
+	}
+	own, _ := w.engine.registry.OwnID()
+	if own != newID {
+		t.Fatalf("own ID %s", own)
+	}
+	var types []string
+	readAll(ctx, w.store, streams.Peers, func(r eventstore.RecordedEvent) error {
+		types = append(types, r.Type)
+		return nil
+	})
+	want := []string{streams.TypeOwnServerIDChanged, streams.TypePeerSeen, streams.TypeOwnServerIDChanged, streams.TypePeerNotifiedOfNewID}
+	if len(types) != len(want) {
+		t.Fatalf("peers stream %v, want %v", types, want)
+	}
+	for i := range want {
+		if types[i] != want[i] {
+			t.Fatalf("peers stream %v, want %v", types, want)
+		}
+	}
+}
+
+func TestAnnouncementsSurviveARestart(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	w.engine.registry.RecordOwnID(ctx, oldID)
+	w.send(1)
+	// The server is renamed while the peer is down for good...
+	down := &fakeNotifier{failures: 1 << 30}
+	if err := attachRenames(w, &fakeKeys{}, down, oldID).Rename(ctx, newID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a first notice", func() bool { return down.count() > 0 })
+	w.restart()
+	// ...and after a restart the notice goes out again and is accepted.
+	up := &fakeNotifier{}
+	r := attachRenames(w, &fakeKeys{}, up, newID)
+	r.Start()
+	eventually(t, "B to accept after the restart", func() bool { return w.engine.registry.IDFor(peerB) == newID })
+}
