@@ -1,0 +1,332 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+// Rule names: stable, for scripts reading `postbox audit --json`.
+const (
+	// RuleOutboxGapless: an outbox's revisions are 0, 1, 2... in global
+	// order: the sequence numbers have no gap and none is reused.
+	RuleOutboxGapless = "outbox-gapless"
+	// RuleCursorIncreasing: the delivered cursor only moves forward, one
+	// event at a time for a push: an EventPushed is for exactly the next
+	// undelivered event, a PullAcknowledged goes beyond what was delivered.
+	RuleCursorIncreasing = "cursor-increasing"
+	// RuleCursorWithinHead: every sequence number a delivery record names
+	// (pushed, queue mode from, pull served up to, acknowledged up to) is an
+	// event already in the outbox at that point of the global order.
+	RuleCursorWithinHead = "cursor-within-head"
+	// RuleNoPushInQueueMode: no EventPushed in queue mode, except a resume
+	// probe's PushResumed{REASON_PROBE} followed at once, in the same
+	// stream, by the EventPushed of the event it names.
+	RuleNoPushInQueueMode = "no-push-in-queue-mode"
+	// RuleNoDoubleDelivery: no EventPushed for an event already delivered.
+	RuleNoDoubleDelivery = "no-double-delivery"
+	// RuleInboxSeqIncreasing: in each inbox, the sender sequence numbers of
+	// the records that carry one strictly increase.
+	RuleInboxSeqIncreasing = "inbox-seq-increasing"
+	// RuleCheckpointMatchesReplay: the live projections' checkpoint equals a
+	// fresh replay up to the checkpoint's position.
+	RuleCheckpointMatchesReplay = "checkpoint-matches-replay"
+	// RuleRecordReadable: a record of a known type decodes.
+	RuleRecordReadable = "record-readable"
+)
+
+// AuditStore is what Audit needs of the event store.
+type AuditStore interface {
+	Subscribe(ctx context.Context, filter eventstore.Filter, from eventstore.SubscribeFrom) (eventstore.Subscription, error)
+}
+
+// AuditOptions tunes Audit.
+type AuditOptions struct {
+	// CheckpointPath, if set and the file exists, is a checkpoint of the
+	// live projections to compare with the replay.
+	CheckpointPath string
+}
+
+// Report is what Audit found.
+type Report struct {
+	Peers      []PeerSummary `json:"peers"`
+	Violations []Violation   `json:"violations"`
+	// Records is how many records were read.
+	Records uint64 `json:"records"`
+	// UnknownRecords were of types this build does not know: skipped, not
+	// violations (a newer build may have written them).
+	UnknownRecords uint64 `json:"unknown_records"`
+	// CheckpointChecked: a checkpoint was found and compared.
+	CheckpointChecked bool `json:"checkpoint_checked"`
+}
+
+// Clean reports whether no invariant was broken.
+func (r Report) Clean() bool { return len(r.Violations) == 0 }
+
+// PeerSummary is one peer's line of the report.
+type PeerSummary struct {
+	ServerID  string `json:"server_id"`
+	PeerID    string `json:"peer_id"`
+	Head      uint64 `json:"head"`
+	Delivered uint64 `json:"delivered"`
+	Pending   uint64 `json:"pending"`
+	Mode      string `json:"mode"`
+	Received  uint64 `json:"received"`
+}
+
+// Violation is one broken invariant, at the record that shows it.
+type Violation struct {
+	Stream   string `json:"stream"`
+	Revision uint64 `json:"revision"`
+	Rule     string `json:"rule"`
+	Detail   string `json:"detail"`
+}
+
+func (v Violation) String() string {
+	return fmt.Sprintf("%s@%d: %s: %s", v.Stream, v.Revision, v.Rule, v.Detail)
+}
+
+// progressEvery is how many records pass between progress calls.
+const progressEvery = 4096
+
+// Audit replays every stream from the start, in global order, into a fresh
+// State and checks the invariants of the delivery engine (ARCHITECTURE.md,
+// "Projections and audit") as of each record. It stops once it has read
+// everything stored when it began. progress, if not nil, is called now and
+// then with the number of records read. An error means the audit could not
+// run; what it found is in the Report.
+func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress func(done uint64)) (Report, error) {
+	a := newAuditor()
+	// Read the checkpoint before subscribing: a running server may rewrite
+	// it, and its position must not be past the end of what is replayed.
+	if opts.CheckpointPath != "" {
+		cp, err := ReadCheckpoint(opts.CheckpointPath)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			a.checkpointChecked = true
+			a.violate(opts.CheckpointPath, 0, RuleCheckpointMatchesReplay, fmt.Sprintf("the checkpoint cannot be read: %v", err))
+		default:
+			a.checkpointChecked = true
+			a.checkpoint, a.checkpointPath = cp, opts.CheckpointPath
+		}
+	}
+	sub, err := store.Subscribe(ctx, eventstore.Filter{}, eventstore.FromStart())
+	if err != nil {
+		return Report{}, fmt.Errorf("audit: subscribe: %w", err)
+	}
+	defer sub.Close()
+	for {
+		item, err := sub.Recv(ctx)
+		if err != nil {
+			return Report{}, fmt.Errorf("audit: read after %d records: %w", a.records, err)
+		}
+		if item.CaughtUp {
+			break
+		}
+		if item.Event == nil {
+			continue
+		}
+		a.check(*item.Event)
+		if progress != nil && a.records%progressEvery == 0 {
+			progress(a.records)
+		}
+	}
+	a.finish()
+	if progress != nil {
+		progress(a.records)
+	}
+	return a.report(), nil
+}
+
+// auditor checks records one at a time, against the state replayed so far.
+type auditor struct {
+	state      *State
+	records    uint64
+	violations []Violation
+
+	outboxNext map[string]uint64       // outbox stream → next revision expected
+	inboxSeq   map[string]uint64       // inbox stream → last sender sequence number
+	probe      map[string]pendingProbe // delivery stream → probe resume awaiting its push
+	probeOrder []string                // streams with a pending probe, for a stable report
+
+	checkpoint        *State
+	checkpointPath    string
+	checkpointChecked bool
+}
+
+type pendingProbe struct {
+	revision uint64
+	from     uint64
+}
+
+func newAuditor() *auditor {
+	return &auditor{
+		state:      NewState(),
+		outboxNext: map[string]uint64{},
+		inboxSeq:   map[string]uint64{},
+		probe:      map[string]pendingProbe{},
+	}
+}
+
+func (a *auditor) violate(stream string, rev uint64, rule, detail string) {
+	a.violations = append(a.violations, Violation{Stream: stream, Revision: rev, Rule: rule, Detail: detail})
+}
+
+func (a *auditor) check(r eventstore.RecordedEvent) {
+	a.records++
+	if a.state.applied && !a.state.pos.Less(r.Position) {
+		return // a subscription repeating itself: the state skips it too
+	}
+	if cp := a.checkpoint; cp != nil && (!cp.applied || cp.pos.Less(r.Position)) {
+		a.compareCheckpoint()
+	}
+	kind, peer := streamKind(r.Stream)
+	if known := knownType(kind, r.Type); known {
+		switch kind {
+		case kindOutbox:
+			a.checkOutbox(r)
+		case kindDelivery:
+			a.checkDelivery(r, peer)
+		case kindInbox:
+			a.checkInbox(r)
+		}
+	}
+	if err := a.state.Apply(r); err != nil {
+		a.violate(r.Stream, r.Revision, RuleRecordReadable, err.Error())
+	}
+}
+
+func (a *auditor) checkOutbox(r eventstore.RecordedEvent) {
+	next := a.outboxNext[r.Stream]
+	switch {
+	case r.Revision > next:
+		a.violate(r.Stream, r.Revision, RuleOutboxGapless, fmt.Sprintf("sequence %d where %d was due: %d missing", r.Revision, next, r.Revision-next))
+	case r.Revision < next:
+		a.violate(r.Stream, r.Revision, RuleOutboxGapless, fmt.Sprintf("sequence %d again, after %d", r.Revision, next-1))
+	}
+	a.outboxNext[r.Stream] = max(next, r.Revision+1)
+}
+
+func (a *auditor) checkInbox(r eventstore.RecordedEvent) {
+	rec, err := streams.DecodeReceived(r)
+	if err != nil || rec.SenderSeq == nil {
+		return // unreadable records are reported when applied
+	}
+	seq := *rec.SenderSeq
+	if last, ok := a.inboxSeq[r.Stream]; ok && seq <= last {
+		a.violate(r.Stream, r.Revision, RuleInboxSeqIncreasing, fmt.Sprintf("sender sequence %d after %d", seq, last))
+	}
+	if last, ok := a.inboxSeq[r.Stream]; !ok || seq > last {
+		a.inboxSeq[r.Stream] = seq
+	}
+}
+
+func (a *auditor) checkDelivery(r eventstore.RecordedEvent, peer streams.PeerID) {
+	ev, err := streams.DecodeDelivery(r)
+	if err != nil {
+		return // reported when applied
+	}
+	var out domain.Outbox // the cursors before this record
+	if p, ok := a.state.peers[peer]; ok {
+		out = p.out
+	}
+	push, isPush := ev.(domain.EventPushed)
+	if pr, ok := a.probe[r.Stream]; ok {
+		delete(a.probe, r.Stream)
+		if !isPush || push.Seq != pr.from {
+			a.violate(r.Stream, pr.revision, RuleNoPushInQueueMode,
+				fmt.Sprintf("a probe resumed pushing at %d but the next record is not the EventPushed of %d", pr.from, pr.from))
+		}
+	}
+	switch e := ev.(type) {
+	case domain.EventPushed:
+		if out.Mode == domain.ModeQueue {
+			a.violate(r.Stream, r.Revision, RuleNoPushInQueueMode, fmt.Sprintf("event %d pushed in queue mode", e.Seq))
+		}
+		switch {
+		case e.Seq >= out.Head:
+			a.violate(r.Stream, r.Revision, RuleCursorWithinHead, fmt.Sprintf("event %d pushed, but the outbox holds %d events", e.Seq, out.Head))
+		case e.Seq < out.Delivered:
+			a.violate(r.Stream, r.Revision, RuleNoDoubleDelivery, fmt.Sprintf("event %d pushed again: delivered up to %d already", e.Seq, out.Delivered))
+		case e.Seq > out.Delivered:
+			a.violate(r.Stream, r.Revision, RuleCursorIncreasing, fmt.Sprintf("event %d pushed, but the next undelivered event is %d", e.Seq, out.Delivered))
+		}
+	case domain.QueueModeEntered:
+		if e.FromSeq >= out.Head {
+			a.violate(r.Stream, r.Revision, RuleCursorWithinHead, fmt.Sprintf("queue mode from event %d, but the outbox holds %d events", e.FromSeq, out.Head))
+		}
+	case domain.PullServed:
+		switch {
+		case e.ToSeq < e.FromSeq:
+			a.violate(r.Stream, r.Revision, RuleCursorWithinHead, fmt.Sprintf("pull served %d..%d: an empty range", e.FromSeq, e.ToSeq))
+		case e.ToSeq >= out.Head:
+			a.violate(r.Stream, r.Revision, RuleCursorWithinHead, fmt.Sprintf("pull served %d..%d, but the outbox holds %d events", e.FromSeq, e.ToSeq, out.Head))
+		}
+	case domain.PullAcknowledged:
+		if e.UpToSeq >= out.Head {
+			a.violate(r.Stream, r.Revision, RuleCursorWithinHead, fmt.Sprintf("acknowledged up to %d, but the outbox holds %d events", e.UpToSeq, out.Head))
+		}
+		if e.UpToSeq < out.Delivered {
+			a.violate(r.Stream, r.Revision, RuleCursorIncreasing, fmt.Sprintf("acknowledged up to %d, but delivered up to %d already", e.UpToSeq, out.Delivered))
+		}
+	case domain.PushResumed:
+		if e.Reason == domain.ResumeProbe {
+			if _, seen := a.probe[r.Stream]; !seen {
+				a.probeOrder = append(a.probeOrder, r.Stream)
+			}
+			a.probe[r.Stream] = pendingProbe{revision: r.Revision, from: e.FromSeq}
+		}
+	}
+}
+
+// compareCheckpoint compares the replay, now at the checkpoint's position
+// or just before what follows it, with the checkpoint; once.
+func (a *auditor) compareCheckpoint() {
+	cp := a.checkpoint
+	a.checkpoint = nil
+	if same, diff := equalStates(cp, a.state); !same {
+		a.violate(a.checkpointPath, 0, RuleCheckpointMatchesReplay, diff)
+	}
+}
+
+func (a *auditor) finish() {
+	for _, stream := range a.probeOrder {
+		if pr, ok := a.probe[stream]; ok {
+			delete(a.probe, stream)
+			a.violate(stream, pr.revision, RuleNoPushInQueueMode,
+				fmt.Sprintf("a probe resumed pushing at %d but no EventPushed follows", pr.from))
+		}
+	}
+	a.probeOrder = nil
+	if a.checkpoint != nil {
+		// The store ends at or before the checkpoint's position; a
+		// checkpoint ahead of the store shows up as a position mismatch.
+		a.compareCheckpoint()
+	}
+}
+
+func (a *auditor) report() Report {
+	rep := Report{
+		Violations:        a.violations,
+		Records:           a.records,
+		UnknownRecords:    a.state.unknown,
+		CheckpointChecked: a.checkpointChecked,
+	}
+	if rep.Violations == nil {
+		rep.Violations = []Violation{} // JSON: [] rather than null
+	}
+	rep.Peers = []PeerSummary{}
+	for _, v := range a.state.Peers() {
+		rep.Peers = append(rep.Peers, PeerSummary{
+			ServerID: v.ServerID, PeerID: v.PeerID, Head: v.Head, Delivered: v.Delivered,
+			Pending: v.Pending(), Mode: v.Mode.String(), Received: v.EventsReceived,
+		})
+	}
+	return rep
+}

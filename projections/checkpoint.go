@@ -1,0 +1,368 @@
+package projections
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+// The checkpoint file holds one JSON document: a format version, the
+// position of the last event applied (null before any), and the whole state
+// at that position, so a restart resumes the subscription after the position
+// instead of replaying every stream:
+//
+//	{
+//	  "version": 1,
+//	  "position": {"commit": 1234, "prepare": 1234},
+//	  "state": {
+//	    "own_server_id": "new.example:2289",
+//	    "unknown_records": 0,
+//	    "peers": [{
+//	      "peer_id": "p0123456789abcdef", "server_id": "b.example:2289",
+//	      "former_server_ids": ["a.example:2289"], "public_key": "<base64>",
+//	      "head": 10, "delivered": 8, "handed_over": 9, "mode": "queue",
+//	      "pulled_since_queue": true, "attempts": 6,
+//	      "last_push": "2025-01-02T03:04:05.000000006Z",
+//	      "last_pull_served": "2025-01-02T03:04:06Z", "last_error": "refused",
+//	      "events_received": 4, "last_sender_seq": 3, "knows_us_as": "old.example:2289"
+//	    }],
+//	    "guilds": [{"user_id": 42, "guild_id": 7, "peer_id": "p0123456789abcdef"}],
+//	    "invites": [{"user_id": 42, "peer_id": "p0123456789abcdef", "invite_id": "x", "inviter_id": 9}],
+//	    "sent_invites": [{"peer_id": "p0123456789abcdef", "invite_id": "y", "invitee_id": 5, "inviter_id": 42}]
+//	  }
+//	}
+//
+// Lists are sorted (peers by peer ID; the rest by peer, user and ID), so
+// one state always encodes to the same bytes: that is how Audit compares a
+// checkpoint with a replay. Fields absent or empty are omitted; a reader
+// treats them as zero. A file of another version is not read: the state is
+// rebuilt from the start instead, which is always correct, only slower.
+const checkpointVersion = 1
+
+type checkpointFile struct {
+	Version  int       `json:"version"`
+	Position *position `json:"position"`
+	State    snapshot  `json:"state"`
+}
+
+type position struct {
+	Commit  uint64 `json:"commit"`
+	Prepare uint64 `json:"prepare"`
+}
+
+type snapshot struct {
+	OwnServerID    string           `json:"own_server_id,omitempty"`
+	UnknownRecords uint64           `json:"unknown_records,omitempty"`
+	Peers          []peerSnapshot   `json:"peers,omitempty"`
+	Guilds         []guildSnapshot  `json:"guilds,omitempty"`
+	Invites        []inviteSnapshot `json:"invites,omitempty"`
+	SentInvites    []sentSnapshot   `json:"sent_invites,omitempty"`
+}
+
+type peerSnapshot struct {
+	PeerID           string    `json:"peer_id"`
+	ServerID         string    `json:"server_id,omitempty"`
+	FormerServerIDs  []string  `json:"former_server_ids,omitempty"`
+	PublicKey        []byte    `json:"public_key,omitempty"`
+	Head             uint64    `json:"head,omitempty"`
+	Delivered        uint64    `json:"delivered,omitempty"`
+	HandedOver       uint64    `json:"handed_over,omitempty"`
+	Mode             string    `json:"mode"`
+	PulledSinceQueue bool      `json:"pulled_since_queue,omitempty"`
+	Attempts         uint32    `json:"attempts,omitempty"`
+	LastPush         time.Time `json:"last_push,omitzero"`
+	LastPullServed   time.Time `json:"last_pull_served,omitzero"`
+	LastError        string    `json:"last_error,omitempty"`
+	EventsReceived   uint64    `json:"events_received,omitempty"`
+	LastSenderSeq    *uint64   `json:"last_sender_seq,omitempty"`
+	KnowsUsAs        string    `json:"knows_us_as,omitempty"`
+}
+
+type guildSnapshot struct {
+	UserID  uint64 `json:"user_id"`
+	GuildID uint64 `json:"guild_id"`
+	PeerID  string `json:"peer_id"`
+}
+
+type inviteSnapshot struct {
+	UserID    uint64 `json:"user_id"`
+	PeerID    string `json:"peer_id"`
+	InviteID  string `json:"invite_id"`
+	InviterID uint64 `json:"inviter_id"`
+}
+
+type sentSnapshot struct {
+	PeerID    string `json:"peer_id"`
+	InviteID  string `json:"invite_id"`
+	InviteeID uint64 `json:"invitee_id"`
+	InviterID uint64 `json:"inviter_id"`
+}
+
+func (s *State) snapshot() checkpointFile {
+	f := checkpointFile{Version: checkpointVersion, State: snapshot{OwnServerID: s.ownServerID, UnknownRecords: s.unknown}}
+	if s.applied {
+		f.Position = &position{Commit: s.pos.Commit, Prepare: s.pos.Prepare}
+	}
+	for id, p := range s.peers {
+		ps := peerSnapshot{
+			PeerID: string(id), ServerID: p.serverID,
+			FormerServerIDs: slices.Clone(p.former), PublicKey: bytes.Clone(p.publicKey),
+			Head: p.out.Head, Delivered: p.out.Delivered, HandedOver: p.out.HandedOver,
+			Mode: p.out.Mode.String(), PulledSinceQueue: p.out.PulledSinceQueue,
+			Attempts: p.attempts, LastPush: p.lastPush, LastPullServed: p.lastPull, LastError: p.lastError,
+			EventsReceived: p.received, KnowsUsAs: p.knowsUsAs,
+		}
+		if p.hasSeq {
+			seq := p.lastSeq
+			ps.LastSenderSeq = &seq
+		}
+		f.State.Peers = append(f.State.Peers, ps)
+	}
+	slices.SortFunc(f.State.Peers, func(a, b peerSnapshot) int { return cmp.Compare(a.PeerID, b.PeerID) })
+	for u, g := range s.guilds {
+		for k := range g {
+			f.State.Guilds = append(f.State.Guilds, guildSnapshot{UserID: u, GuildID: k.guild, PeerID: string(k.peer)})
+		}
+	}
+	slices.SortFunc(f.State.Guilds, func(a, b guildSnapshot) int {
+		return cmp.Or(cmp.Compare(a.PeerID, b.PeerID), cmp.Compare(a.UserID, b.UserID), cmp.Compare(a.GuildID, b.GuildID))
+	})
+	for u, inv := range s.invites {
+		for k, inviter := range inv {
+			f.State.Invites = append(f.State.Invites, inviteSnapshot{UserID: u, PeerID: string(k.peer), InviteID: k.invite, InviterID: inviter})
+		}
+	}
+	slices.SortFunc(f.State.Invites, func(a, b inviteSnapshot) int {
+		return cmp.Or(cmp.Compare(a.PeerID, b.PeerID), cmp.Compare(a.UserID, b.UserID), cmp.Compare(a.InviteID, b.InviteID))
+	})
+	for k, v := range s.sent {
+		f.State.SentInvites = append(f.State.SentInvites, sentSnapshot{PeerID: string(k.peer), InviteID: k.invite, InviteeID: v.invitee, InviterID: v.inviter})
+	}
+	slices.SortFunc(f.State.SentInvites, func(a, b sentSnapshot) int {
+		return cmp.Or(cmp.Compare(a.PeerID, b.PeerID), cmp.Compare(a.InviteID, b.InviteID))
+	})
+	return f
+}
+
+func stateFromSnapshot(f checkpointFile) (*State, error) {
+	s := NewState()
+	if f.Position != nil {
+		s.pos = eventstore.Position{Commit: f.Position.Commit, Prepare: f.Position.Prepare}
+		s.applied = true
+	}
+	s.ownServerID, s.unknown = f.State.OwnServerID, f.State.UnknownRecords
+	for _, ps := range f.State.Peers {
+		var mode domain.DeliveryMode
+		switch ps.Mode {
+		case domain.ModePush.String():
+			mode = domain.ModePush
+		case domain.ModeQueue.String():
+			mode = domain.ModeQueue
+		default:
+			return nil, fmt.Errorf("peer %s: unknown mode %q", ps.PeerID, ps.Mode)
+		}
+		p := &peerState{
+			serverID: ps.ServerID, former: ps.FormerServerIDs, publicKey: ps.PublicKey,
+			out: domain.Outbox{Head: ps.Head, Delivered: ps.Delivered, HandedOver: ps.HandedOver,
+				Mode: mode, PulledSinceQueue: ps.PulledSinceQueue},
+			attempts: ps.Attempts, lastPush: ps.LastPush.UTC(), lastPull: ps.LastPullServed.UTC(), lastError: ps.LastError,
+			received: ps.EventsReceived, knowsUsAs: ps.KnowsUsAs,
+		}
+		if ps.LastSenderSeq != nil {
+			p.lastSeq, p.hasSeq = *ps.LastSenderSeq, true
+		}
+		s.peers[streams.PeerID(ps.PeerID)] = p
+	}
+	for _, g := range f.State.Guilds {
+		m := s.guilds[g.UserID]
+		if m == nil {
+			m = map[guildKey]struct{}{}
+			s.guilds[g.UserID] = m
+		}
+		m[guildKey{g.GuildID, streams.PeerID(g.PeerID)}] = struct{}{}
+	}
+	for _, inv := range f.State.Invites {
+		m := s.invites[inv.UserID]
+		if m == nil {
+			m = map[inviteKey]uint64{}
+			s.invites[inv.UserID] = m
+		}
+		m[inviteKey{streams.PeerID(inv.PeerID), inv.InviteID}] = inv.InviterID
+	}
+	for _, si := range f.State.SentInvites {
+		s.sent[inviteKey{streams.PeerID(si.PeerID), si.InviteID}] = sentInvite{invitee: si.InviteeID, inviter: si.InviterID}
+	}
+	return s, nil
+}
+
+// MarshalCheckpoint encodes s in the checkpoint format.
+func MarshalCheckpoint(s *State) ([]byte, error) {
+	return marshalSnapshot(s.snapshot())
+}
+
+func marshalSnapshot(f checkpointFile) ([]byte, error) {
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode checkpoint: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// UnmarshalCheckpoint decodes a state in the checkpoint format.
+func UnmarshalCheckpoint(data []byte) (*State, error) {
+	var f checkpointFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("decode checkpoint: %w", err)
+	}
+	if f.Version != checkpointVersion {
+		return nil, fmt.Errorf("%w: checkpoint version %d, this build reads %d", ErrCheckpointVersion, f.Version, checkpointVersion)
+	}
+	s, err := stateFromSnapshot(f)
+	if err != nil {
+		return nil, fmt.Errorf("decode checkpoint: %w", err)
+	}
+	return s, nil
+}
+
+// ErrCheckpointVersion: the checkpoint was written in another format.
+var ErrCheckpointVersion = errors.New("unsupported checkpoint version")
+
+// ReadCheckpoint loads the state checkpointed at path. A missing file
+// returns an error matching fs.ErrNotExist.
+func ReadCheckpoint(path string) (*State, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	s, err := UnmarshalCheckpoint(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+// WriteCheckpoint writes s to path atomically: a temporary file in the same
+// directory, synced, then renamed over path, and the directory synced, so a
+// crash leaves either the old checkpoint or the new one, never a torn file.
+func WriteCheckpoint(path string, s *State) error {
+	data, err := MarshalCheckpoint(s)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, data)
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("write checkpoint: sync directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("write checkpoint: sync directory: %w", err)
+	}
+	return nil
+}
+
+// equalStates compares two states through their canonical encoding and
+// describes the first difference found, for Audit's report.
+func equalStates(a, b *State) (bool, string) {
+	fa, fb := a.snapshot(), b.snapshot()
+	ja, _ := marshalSnapshot(fa)
+	jb, _ := marshalSnapshot(fb)
+	if bytes.Equal(ja, jb) {
+		return true, ""
+	}
+	return false, describeDiff(fa, fb)
+}
+
+func describeDiff(a, b checkpointFile) string {
+	posStr := func(p *position) string {
+		if p == nil {
+			return "none"
+		}
+		return fmt.Sprintf("%d/%d", p.Commit, p.Prepare)
+	}
+	if posStr(a.Position) != posStr(b.Position) {
+		return fmt.Sprintf("position %s, replay %s", posStr(a.Position), posStr(b.Position))
+	}
+	peers := map[string][2]*peerSnapshot{}
+	for i := range a.State.Peers {
+		p := &a.State.Peers[i]
+		e := peers[p.PeerID]
+		e[0] = p
+		peers[p.PeerID] = e
+	}
+	for i := range b.State.Peers {
+		p := &b.State.Peers[i]
+		e := peers[p.PeerID]
+		e[1] = p
+		peers[p.PeerID] = e
+	}
+	ids := make([]string, 0, len(peers))
+	for id := range peers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		e := peers[id]
+		switch {
+		case e[0] == nil:
+			return fmt.Sprintf("peer %s is missing from the checkpoint", id)
+		case e[1] == nil:
+			return fmt.Sprintf("peer %s is in the checkpoint but not in the replay", id)
+		}
+		ja, _ := json.Marshal(e[0])
+		jb, _ := json.Marshal(e[1])
+		if !bytes.Equal(ja, jb) {
+			return fmt.Sprintf("peer %s: checkpoint %s, replay %s", id, ja, jb)
+		}
+	}
+	for _, part := range []struct {
+		name string
+		a, b any
+	}{
+		{"own server ID", a.State.OwnServerID, b.State.OwnServerID},
+		{"unknown records", a.State.UnknownRecords, b.State.UnknownRecords},
+		{"guild lists", a.State.Guilds, b.State.Guilds},
+		{"pending invites", a.State.Invites, b.State.Invites},
+		{"sent invites", a.State.SentInvites, b.State.SentInvites},
+	} {
+		ja, _ := json.Marshal(part.a)
+		jb, _ := json.Marshal(part.b)
+		if !bytes.Equal(ja, jb) {
+			return fmt.Sprintf("%s: checkpoint %s, replay %s", part.name, ja, jb)
+		}
+	}
+	return "the states differ"
+}

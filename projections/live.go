@@ -1,0 +1,274 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+)
+
+// LiveStore is what Live needs of the event store.
+type LiveStore interface {
+	Subscribe(ctx context.Context, filter eventstore.Filter, from eventstore.SubscribeFrom) (eventstore.Subscription, error)
+}
+
+// Live keeps a State current by following the store with a catch-up
+// subscription over every stream, and checkpoints it to a file so that a
+// restart resumes where it stopped. It is safe for concurrent use.
+type Live struct {
+	store  LiveStore
+	path   string // "" keeps no checkpoint
+	logger *slog.Logger
+
+	checkpointEvery time.Duration
+	backoffFirst    time.Duration
+	backoffMax      time.Duration
+
+	mu    sync.Mutex
+	state *State
+	// changed is closed, and replaced, whenever state moves on: Current
+	// waits on it without polling.
+	changed chan struct{}
+}
+
+// NewLive returns a projection follower; Run starts it. checkpointPath ""
+// keeps no checkpoint. A nil logger discards logs.
+func NewLive(store LiveStore, checkpointPath string, logger *slog.Logger) *Live {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Live{
+		store:           store,
+		path:            checkpointPath,
+		logger:          logger.With("component", "projections"),
+		checkpointEvery: 5 * time.Second,
+		backoffFirst:    100 * time.Millisecond,
+		backoffMax:      30 * time.Second,
+		state:           NewState(),
+		changed:         make(chan struct{}),
+	}
+}
+
+// Run loads the checkpoint, if any, follows the store from its position
+// (from the start if none), and writes the checkpoint every few seconds and
+// on exit. After a store error it subscribes again, with backoff. It returns
+// when ctx ends; the error is the final checkpoint write's, if it failed.
+// Run one Run at a time.
+func (l *Live) Run(ctx context.Context) error {
+	l.loadCheckpoint()
+
+	var wg sync.WaitGroup
+	loopCtx, stopLoop := context.WithCancel(ctx)
+	// The loaded checkpoint needs no rewrite until something is applied.
+	l.mu.Lock()
+	written, wroteAny := l.state.pos, l.state.applied
+	l.mu.Unlock()
+	if l.path != "" {
+		wg.Go(func() { l.checkpointLoop(loopCtx, &written, &wroteAny) })
+	}
+
+	failures := 0
+	for ctx.Err() == nil {
+		progressed, err := l.follow(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if progressed {
+			failures = 0
+		}
+		failures++
+		delay := l.backoffFirst << min(failures-1, 20)
+		delay = min(delay, l.backoffMax)
+		l.logger.Warn("projection subscription failed; subscribing again", "err", err, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+
+	stopLoop()
+	wg.Wait()
+	if l.path == "" {
+		return nil
+	}
+	if _, err := l.writeCheckpoint(written, wroteAny); err != nil {
+		return err
+	}
+	return nil
+}
+
+// follow applies events from one subscription until it fails or ctx ends;
+// it reports whether any event was applied.
+func (l *Live) follow(ctx context.Context) (bool, error) {
+	l.mu.Lock()
+	from := eventstore.FromStart()
+	if l.state.applied {
+		from = eventstore.After(l.state.pos)
+	}
+	l.mu.Unlock()
+	sub, err := l.store.Subscribe(ctx, eventstore.Filter{}, from)
+	if err != nil {
+		return false, fmt.Errorf("subscribe: %w", err)
+	}
+	defer sub.Close()
+	progressed := false
+	for {
+		item, err := sub.Recv(ctx)
+		if err != nil {
+			return progressed, err
+		}
+		if item.CaughtUp {
+			l.logger.Debug("projections caught up", "position", l.Applied())
+			continue
+		}
+		if item.Event == nil {
+			continue
+		}
+		progressed = true
+		l.apply(*item.Event)
+	}
+}
+
+func (l *Live) apply(r eventstore.RecordedEvent) {
+	l.mu.Lock()
+	before := l.state.pos
+	err := l.state.Apply(r)
+	if l.state.pos != before {
+		close(l.changed)
+		l.changed = make(chan struct{})
+	}
+	l.mu.Unlock()
+	if err != nil {
+		l.logger.Error("projections skipped an unreadable record", "stream", r.Stream, "revision", r.Revision, "err", err)
+	}
+}
+
+func (l *Live) loadCheckpoint() {
+	if l.path == "" {
+		return
+	}
+	s, err := ReadCheckpoint(l.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return
+	case err != nil:
+		// Replaying from the start is always correct, only slower.
+		l.logger.Warn("ignoring the projection checkpoint; replaying every stream", "path", l.path, "err", err)
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.state.applied {
+		return // Run was called again: the state in memory is newer
+	}
+	l.state = s
+	close(l.changed)
+	l.changed = make(chan struct{})
+	l.logger.Info("projections resumed from their checkpoint", "path", l.path, "commit", s.pos.Commit)
+}
+
+func (l *Live) checkpointLoop(ctx context.Context, written *eventstore.Position, wroteAny *bool) {
+	t := time.NewTicker(l.checkpointEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pos, err := l.writeCheckpoint(*written, *wroteAny)
+		if err != nil {
+			l.logger.Error("writing the projection checkpoint failed", "path", l.path, "err", err)
+			continue
+		}
+		*written, *wroteAny = pos, true
+	}
+}
+
+// writeCheckpoint writes the state unless it is still at last.
+func (l *Live) writeCheckpoint(last eventstore.Position, wroteAny bool) (eventstore.Position, error) {
+	l.mu.Lock()
+	if !l.state.applied || wroteAny && l.state.pos == last {
+		l.mu.Unlock()
+		return last, nil
+	}
+	f := l.state.snapshot() // a copy: encoding and I/O happen outside the lock
+	pos := l.state.pos
+	l.mu.Unlock()
+	data, err := marshalSnapshot(f)
+	if err != nil {
+		return last, err
+	}
+	if err := writeFileAtomic(l.path, data); err != nil {
+		return last, err
+	}
+	return pos, nil
+}
+
+// Current returns a clone of the state that includes every event stored
+// when Current was called: it reads the store's events after what has been
+// applied up to the end, then waits until Run has applied that far.
+func (l *Live) Current(ctx context.Context) (*State, error) {
+	l.mu.Lock()
+	from := eventstore.FromStart()
+	if l.state.applied {
+		from = eventstore.After(l.state.pos)
+	}
+	l.mu.Unlock()
+	target, found, err := l.storeEnd(ctx, from)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		l.mu.Lock()
+		if !found || l.state.applied && !l.state.pos.Less(target) {
+			c := l.state.Clone()
+			l.mu.Unlock()
+			return c, nil
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("projections not yet at position %d/%d: %w", target.Commit, target.Prepare, context.Cause(ctx))
+		}
+	}
+}
+
+// storeEnd returns the position of the last event stored after from, if any.
+func (l *Live) storeEnd(ctx context.Context, from eventstore.SubscribeFrom) (eventstore.Position, bool, error) {
+	sub, err := l.store.Subscribe(ctx, eventstore.Filter{}, from)
+	if err != nil {
+		return eventstore.Position{}, false, fmt.Errorf("projections: find the store's end: %w", err)
+	}
+	defer sub.Close()
+	var last eventstore.Position
+	found := false
+	for {
+		item, err := sub.Recv(ctx)
+		if err != nil {
+			return eventstore.Position{}, false, fmt.Errorf("projections: find the store's end: %w", err)
+		}
+		if item.CaughtUp {
+			return last, found, nil
+		}
+		if item.Event != nil {
+			last, found = item.Event.Position, true
+		}
+	}
+}
+
+// Applied is the position of the last event applied.
+func (l *Live) Applied() eventstore.Position {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state.pos
+}
