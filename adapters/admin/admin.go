@@ -34,14 +34,15 @@ type Service struct {
 	received ReceivedLog
 	names    PeerNames
 	renamer  Renamer
+	views    PeerViews
 }
 
 // NewService returns the admin API.
 func NewService(identity *domain.Identity, public ed25519.PublicKey, version Version, sender Sender, operator Operator,
-	received ReceivedLog, names PeerNames, renamer Renamer,
+	received ReceivedLog, names PeerNames, renamer Renamer, views PeerViews,
 ) *Service {
 	return &Service{identity: identity, public: public, version: version, sender: sender, operator: operator,
-		received: received, names: names, renamer: renamer}
+		received: received, names: names, renamer: renamer, views: views}
 }
 
 // Send hands an event over for delivery.

@@ -66,13 +66,3 @@ func (s *Service) Rename(ctx context.Context, req *connect.Request[adminv1.Renam
 	return connect.NewResponse(&adminv1.RenameResponse{}), nil
 }
 
-// ListPeers and GetPeer read the projections, which are being built; until
-// then they are not implemented.
-func (s *Service) ListPeers(context.Context, *connect.Request[adminv1.ListPeersRequest]) (*connect.Response[adminv1.ListPeersResponse], error) {
-	return nil, fmt.Errorf("%w: peer listing is not available yet", domain.ErrNotImplemented)
-}
-
-// GetPeer: see ListPeers.
-func (s *Service) GetPeer(context.Context, *connect.Request[adminv1.GetPeerRequest]) (*connect.Response[adminv1.GetPeerResponse], error) {
-	return nil, fmt.Errorf("%w: peer listing is not available yet", domain.ErrNotImplemented)
-}

@@ -75,7 +75,8 @@ func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.
 	return next
 }
 
-var jsonLine = protojson.MarshalOptions{}
+// jsonLine writes zero values too, so scripts always find every field.
+var jsonLine = protojson.MarshalOptions{EmitUnpopulated: true}
 
 // printJSON writes m as one line of protojson.
 func printJSON(w io.Writer, m proto.Message) error {

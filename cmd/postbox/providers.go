@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
+	"github.com/harmony-postbox/postbox/projections"
 )
 
 // Small providers that turn Config into what the adapters take.
@@ -258,4 +260,10 @@ func (f *forwardingObserver) Received(peer domain.ServerID, via string, n int) {
 
 func providePostboxService(auth federation.Authenticator, box federation.Postbox, m *metrics.Metrics) *federation.PostboxService {
 	return federation.NewPostboxService(auth, box).ObserveAuthFailures(m)
+}
+
+// provideLive follows the store into the projections, checkpointed in the
+// data directory (where postbox audit compares it with a replay).
+func provideLive(cfg Config, store projections.LiveStore, logger *slog.Logger) *projections.Live {
+	return projections.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/domain"
+	"github.com/harmony-postbox/postbox/projections"
 )
 
 func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
@@ -46,16 +48,17 @@ type server struct {
 	admin      adminListener
 	engine     *delivery.Engine
 	renames    *delivery.Renames
+	live       *projections.Live
 	identity   *domain.Identity
 	health     *grpchealth.StaticChecker
 	logger     *slog.Logger
 }
 
 func newServer(cfg Config, federation federationListener, admin adminListener, engine *delivery.Engine,
-	renames *delivery.Renames, identity *domain.Identity, health *grpchealth.StaticChecker, logger *slog.Logger,
+	renames *delivery.Renames, live *projections.Live, identity *domain.Identity, health *grpchealth.StaticChecker, logger *slog.Logger,
 ) *server {
 	return &server{cfg: cfg, federation: federation, admin: admin, engine: engine, renames: renames,
-		identity: identity, health: health, logger: logger}
+		live: live, identity: identity, health: health, logger: logger}
 }
 
 // run serves until ctx ends, then shuts down gracefully.
@@ -67,6 +70,10 @@ func (s *server) run(ctx context.Context) error {
 	if err := s.engine.Start(ctx); err != nil {
 		return err
 	}
+	// The projections follow the store until shutdown, then checkpoint.
+	liveCtx, stopLive := context.WithCancel(context.WithoutCancel(ctx))
+	liveDone := make(chan error, 1)
+	go func() { liveDone <- s.live.Run(liveCtx) }()
 	errs := make(chan error, 2)
 	go func() { errs <- s.federation.Serve() }()
 	go func() { errs <- s.admin.Serve() }()
@@ -87,5 +94,9 @@ func (s *server) run(ctx context.Context) error {
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	err := errors.Join(first, s.federation.Shutdown(shutdownCtx), s.admin.Shutdown(shutdownCtx))
+	stopLive()
+	if lerr := <-liveDone; lerr != nil {
+		err = errors.Join(err, fmt.Errorf("projections checkpoint: %w", lerr))
+	}
 	return err
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
+	"github.com/harmony-postbox/postbox/projections"
 )
 
 // configSet turns Config into what the adapters take.
@@ -59,6 +60,8 @@ var engineSet = wire.NewSet(
 	delivery.NewRenames,
 	wire.Bind(new(delivery.Notifier), new(*peerclient.Client)),
 	wire.Bind(new(admin.Renamer), new(*delivery.Renames)),
+	provideLive,
+	wire.Bind(new(admin.PeerViews), new(*projections.Live)),
 )
 
 // handlerSet mounts the services on the listeners.
@@ -78,7 +81,8 @@ var handlerSet = wire.NewSet(
 func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
 	wire.Build(configSet, authSet, engineSet, handlerSet,
 		provideEmbeddedStore, wire.Bind(new(delivery.Store), new(*embedded.Store)),
-		wire.Bind(new(admin.ReceivedLog), new(*embedded.Store)))
+		wire.Bind(new(admin.ReceivedLog), new(*embedded.Store)),
+		wire.Bind(new(projections.LiveStore), new(*embedded.Store)))
 	return nil, nil, nil
 }
 
@@ -86,6 +90,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
 	wire.Build(configSet, authSet, engineSet, handlerSet,
 		provideESDBStore, wire.Bind(new(delivery.Store), new(*esdb.Store)),
-		wire.Bind(new(admin.ReceivedLog), new(*esdb.Store)))
+		wire.Bind(new(admin.ReceivedLog), new(*esdb.Store)),
+		wire.Bind(new(projections.LiveStore), new(*esdb.Store)))
 	return nil, nil, nil
 }

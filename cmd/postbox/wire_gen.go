@@ -21,6 +21,7 @@ import (
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
+	"github.com/harmony-postbox/postbox/projections"
 	"log/slog"
 )
 
@@ -81,7 +82,8 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	}
 	version := provideVersion()
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
-	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry, renames)
+	live := provideLive(cfg, store, logger)
+	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry, renames, live)
 	staticChecker := provideHealth()
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
@@ -92,7 +94,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		cleanup()
 		return nil, nil, err
 	}
-	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, identity, staticChecker, logger)
+	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, live, identity, staticChecker, logger)
 	return mainServer, func() {
 		cleanup4()
 		cleanup3()
@@ -156,7 +158,8 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	}
 	version := provideVersion()
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
-	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry, renames)
+	live := provideLive(cfg, store, logger)
+	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry, renames, live)
 	staticChecker := provideHealth()
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
@@ -167,7 +170,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		cleanup()
 		return nil, nil, err
 	}
-	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, identity, staticChecker, logger)
+	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, live, identity, staticChecker, logger)
 	return mainServer, func() {
 		cleanup4()
 		cleanup3()
@@ -191,7 +194,7 @@ var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.C
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideCodec, provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), wire.Bind(new(admin.Sender), new(*delivery.Engine)), wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)), wire.Bind(new(peerclient.Self), new(*delivery.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)),
+	provideCodec, provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), wire.Bind(new(admin.Sender), new(*delivery.Engine)), wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)), wire.Bind(new(peerclient.Self), new(*delivery.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projections.Live)),
 )
 
 // handlerSet mounts the services on the listeners.
