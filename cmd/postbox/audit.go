@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
+	"github.com/harmony-postbox/postbox/projections"
+)
+
+// checkpointFile is where the server keeps its projections' checkpoint,
+// in the data directory.
+const checkpointFile = "projections.checkpoint"
+
+// auditStore is the store audit reads, closed when it is done.
+type auditStore interface {
+	projections.AuditStore
+	Close() error
+}
+
+// runAudit replays every stream and checks the delivery invariants. Exit
+// status: 0 clean, 1 violations found, 2 the audit could not run.
+func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	flags := newFlagSet("audit", stderr)
+	dataDir := flags.String("data-dir", "./postbox-data", "data directory of the embedded store, opened read-only (works while the server runs)")
+	storeURL := flags.String("store", "", "event store: empty for the embedded store in --data-dir, or an esdb:// connection string")
+	asJSON := flags.Bool("json", false, "print one JSON document (peers and violations) instead of the report")
+	if _, err := parseFlags(flags, args, getenv); err != nil {
+		return err
+	}
+
+	var (
+		store auditStore
+		opts  projections.AuditOptions
+		err   error
+	)
+	if *storeURL == "" {
+		store, err = embedded.OpenReadOnly(ctx, *dataDir, embedded.Options{})
+		// The server's checkpoint is compared when there is one.
+		opts.CheckpointPath = filepath.Join(*dataDir, checkpointFile)
+	} else {
+		store, err = esdb.Open(ctx, *storeURL, nil)
+	}
+	if err != nil {
+		return exitError{code: 2, err: fmt.Errorf("audit: %w", err)}
+	}
+	defer store.Close()
+
+	progress, done := auditProgress(stderr)
+	report, err := projections.Audit(ctx, store, opts, progress)
+	done()
+	if err != nil {
+		return exitError{code: 2, err: err}
+	}
+
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(report); err != nil {
+			return exitError{code: 2, err: fmt.Errorf("audit: write the report: %w", err)}
+		}
+	} else if err := printAuditReport(stdout, report); err != nil {
+		return exitError{code: 2, err: fmt.Errorf("audit: write the report: %w", err)}
+	}
+	if !report.Clean() {
+		return exitError{code: 1, err: fmt.Errorf("audit found %d violation(s)", len(report.Violations))}
+	}
+	return nil
+}
+
+func printAuditReport(w io.Writer, r projections.Report) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tHEAD\tDELIVERED\tPENDING\tMODE\tRECEIVED")
+	for _, p := range r.Peers {
+		server := p.ServerID
+		if server == "" {
+			server = "(unknown)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%d\n", server, p.PeerID, p.Head, p.Delivered, p.Pending, p.Mode, p.Received)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	summary := fmt.Sprintf("%d records, %d peers", r.Records, len(r.Peers))
+	if r.UnknownRecords > 0 {
+		summary += fmt.Sprintf(", %d records of unknown types skipped", r.UnknownRecords)
+	}
+	if r.CheckpointChecked {
+		summary += ", checkpoint compared"
+	}
+	fmt.Fprintf(w, "\n%s\n", summary)
+	if r.Clean() {
+		_, err := fmt.Fprintln(w, "no violations")
+		return err
+	}
+	fmt.Fprintf(w, "%d violation(s):\n", len(r.Violations))
+	for _, v := range r.Violations {
+		fmt.Fprintf(w, "  %s revision %d: %s: %s\n", v.Stream, v.Revision, v.Rule, v.Detail)
+	}
+	return nil
+}
+
+// auditProgress returns a progress callback that redraws one line on
+// stderr, at most a few times a second, only when stderr is a terminal (a
+// log file or a pipe gets nothing); done ends the line.
+func auditProgress(stderr io.Writer) (progress func(uint64), done func()) {
+	f, ok := stderr.(*os.File)
+	if !ok || !isTerminal(f) {
+		return nil, func() {}
+	}
+	var last time.Time
+	drawn := false
+	progress = func(n uint64) {
+		if now := time.Now(); now.Sub(last) >= 200*time.Millisecond {
+			last, drawn = now, true
+			fmt.Fprintf(f, "\raudit: %d records read", n)
+		}
+	}
+	done = func() {
+		if drawn {
+			fmt.Fprint(f, "\r\033[K")
+		}
+	}
+	return progress, done
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

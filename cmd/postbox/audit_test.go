@@ -1,0 +1,361 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/delivery"
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+	"github.com/harmony-postbox/postbox/projections"
+)
+
+// runAuditCmd runs `postbox audit args...` in-process and returns its exit
+// status and output; stderr ends with the error main would print.
+func runAuditCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(t.Context(), append([]string{"audit"}, args...), &out, &errb, func(string) string { return "" })
+	if err != nil {
+		code = exitCode(err)
+		errb.WriteString(err.Error())
+	}
+	return code, out.String(), errb.String()
+}
+
+// auditPeer is a peer that accepts pushes until told to refuse them.
+type auditPeer struct {
+	mu   sync.Mutex
+	down bool
+}
+
+func (p *auditPeer) Push(context.Context, domain.ServerID, *syncv1.Event, uint64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.down {
+		return errors.New("connection refused")
+	}
+	return nil
+}
+
+func (p *auditPeer) Pull(context.Context, domain.ServerID, *uint64) (peerclient.PullResult, error) {
+	return peerclient.PullResult{}, nil
+}
+
+func (p *auditPeer) setDown(v bool) { p.mu.Lock(); p.down = v; p.mu.Unlock() }
+
+type auditClock struct{}
+
+func (auditClock) Now() time.Time { return time.Now() }
+
+func auditEvent(user uint64) *syncv1.Event {
+	return &syncv1.Event{Kind: &syncv1.Event_UserAddedToGuild_{UserAddedToGuild: &syncv1.Event_UserAddedToGuild{UserId: user, GuildId: 1}}}
+}
+
+// auditDeliveryRecords reads a delivery stream as domain events.
+func auditDeliveryRecords(t *testing.T, s *embedded.Store, peer streams.PeerID) []domain.DeliveryEvent {
+	t.Helper()
+	recs, err := s.ReadStream(t.Context(), streams.Delivery(peer), 0, 1000)
+	if errors.Is(err, eventstore.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []domain.DeliveryEvent
+	for _, r := range recs {
+		ev, err := streams.DecodeDelivery(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+func auditWait(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestAuditCommandEngineStore audits a data directory the delivery engine
+// wrote (pushes, queue mode, an acknowledged pull, received events) while
+// the store is still open for writing, as under a running server.
+func TestAuditCommandEngineStore(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dir := t.TempDir()
+	store, err := embedded.Open(ctx, dir, embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	codec := streams.NewCodec(rand.Reader)
+	registry, err := delivery.LoadRegistry(ctx, store, codec, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := delivery.DefaultConfig()
+	cfg.PushRetries = 1
+	cfg.PushBackoff = domain.Backoff{First: time.Millisecond, Max: time.Millisecond}
+	cfg.ResumeProbe = false
+	cfg.PullInterval = time.Hour
+	peer := &auditPeer{}
+	engine := delivery.New(cfg, store, codec, registry, peer, auditClock{}, slog.New(slog.DiscardHandler), rand.Reader)
+	defer engine.Close()
+
+	b := domain.MustParseServerID("b.example:2289")
+	for i := range 3 {
+		if _, err := engine.Send(ctx, b, auditEvent(uint64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, ok := registry.Lookup(b)
+	if !ok {
+		t.Fatal("peer not registered")
+	}
+	auditWait(t, "three pushes", func() bool { return len(auditDeliveryRecords(t, store, id)) == 3 })
+	peer.setDown(true)
+	for i := range 2 {
+		if _, err := engine.Send(ctx, b, auditEvent(uint64(10+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	auditWait(t, "queue mode", func() bool { return len(auditDeliveryRecords(t, store, id)) == 4 })
+	caller := domain.Caller{ServerID: b, Extended: true}
+	batch, err := engine.ServePull(ctx, caller, nil)
+	if err != nil || len(batch.Events) != 2 {
+		t.Fatalf("pull: %d events, %v", len(batch.Events), err)
+	}
+	ack := batch.FirstSeq + 1
+	if _, err := engine.ServePull(ctx, caller, &ack); err != nil {
+		t.Fatal(err)
+	}
+	for seq := range uint64(2) {
+		if err := engine.AcceptPush(ctx, caller, auditEvent(100+seq), &seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	code, stdout, stderr := runAuditCmd(t, "--data-dir", dir)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stdout, "no violations") || !strings.Contains(stdout, "b.example:2289") {
+		t.Fatalf("report:\n%s", stdout)
+	}
+	if stderr != "" {
+		t.Fatalf("stderr is not a terminal, yet: %q", stderr)
+	}
+
+	code, stdout, _ = runAuditCmd(t, "--data-dir", dir, "--json")
+	if code != 0 {
+		t.Fatalf("--json: exit %d", code)
+	}
+	var rep projections.Report
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("--json output: %v\n%s", err, stdout)
+	}
+	want := projections.PeerSummary{ServerID: "b.example:2289", PeerID: string(id), Head: 5, Delivered: 5, Pending: 0, Mode: "push", Received: 2}
+	if len(rep.Peers) != 1 || rep.Peers[0] != want {
+		t.Fatalf("peers %+v, want %+v", rep.Peers, want)
+	}
+}
+
+// auditDataDir writes records to a new data directory and closes it.
+func auditDataDir(t *testing.T, write func(ctx context.Context, s *embedded.Store, c *streams.Codec) error) string {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := embedded.Open(t.Context(), dir, embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := write(t.Context(), s, streams.NewCodec(rand.Reader)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// auditDoublePush records peer p1 with one event pushed twice.
+func auditDoublePush(ctx context.Context, s *embedded.Store, c *streams.Codec) error {
+	seen, err := c.Encode(streams.TypePeerSeen, &eventsv1.PeerSeen{PeerId: "p1", ServerId: "a.example:2289"})
+	if err != nil {
+		return err
+	}
+	enq, err := c.EncodeEnqueued(auditEvent(1))
+	if err != nil {
+		return err
+	}
+	pushes, err := c.EncodeDelivery(domain.EventPushed{Seq: 0, Attempts: 1}, domain.EventPushed{Seq: 0, Attempts: 1})
+	if err != nil {
+		return err
+	}
+	for _, a := range []struct {
+		stream string
+		data   []eventstore.EventData
+	}{{streams.Peers, []eventstore.EventData{seen}}, {"outbox-p1", []eventstore.EventData{enq}}, {"delivery-p1", pushes}} {
+		if _, err := s.Append(ctx, a.stream, eventstore.Any(), a.data...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func TestAuditCommandViolations(t *testing.T) {
+	t.Parallel()
+	dir := auditDataDir(t, auditDoublePush)
+
+	code, stdout, stderr := runAuditCmd(t, "--data-dir", dir)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stdout, "delivery-p1 revision 1: no-double-delivery") {
+		t.Fatalf("the report does not name stream, revision and rule:\n%s", stdout)
+	}
+	if !strings.Contains(stderr, "1 violation") {
+		t.Fatalf("stderr %q", stderr)
+	}
+
+	code, stdout, _ = runAuditCmd(t, "--data-dir", dir, "--json")
+	if code != 1 {
+		t.Fatalf("--json: exit %d, want 1", code)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(stdout), &doc); err != nil {
+		t.Fatalf("--json output is not one JSON document: %v\n%s", err, stdout)
+	}
+	var peers []map[string]any
+	var violations []map[string]any
+	if err := json.Unmarshal(doc["peers"], &peers); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(doc["violations"], &violations); err != nil {
+		t.Fatal(err)
+	}
+	if len(peers) != 1 || peers[0]["server_id"] != "a.example:2289" || peers[0]["peer_id"] != "p1" || peers[0]["mode"] != "push" {
+		t.Fatalf("peers %v", peers)
+	}
+	for _, k := range []string{"head", "delivered", "pending", "received"} {
+		if _, ok := peers[0][k].(float64); !ok {
+			t.Fatalf("peer field %q missing: %v", k, peers[0])
+		}
+	}
+	if len(violations) != 1 || violations[0]["stream"] != "delivery-p1" || violations[0]["revision"] != float64(1) ||
+		violations[0]["rule"] != projections.RuleNoDoubleDelivery || violations[0]["detail"] == "" {
+		t.Fatalf("violations %v", violations)
+	}
+}
+
+func TestAuditCommandCheckpoint(t *testing.T) {
+	t.Parallel()
+	dir := auditDataDir(t, func(ctx context.Context, s *embedded.Store, c *streams.Codec) error {
+		seen, err := c.Encode(streams.TypePeerSeen, &eventsv1.PeerSeen{PeerId: "p1", ServerId: "a.example:2289"})
+		if err != nil {
+			return err
+		}
+		_, err = s.Append(ctx, streams.Peers, eventstore.NoStream(), seen)
+		return err
+	})
+	store, err := embedded.OpenReadOnly(t.Context(), dir, embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	sub, err := store.Subscribe(t.Context(), eventstore.Filter{}, eventstore.FromStart())
+	if err != nil {
+		t.Fatal(err)
+	}
+	item, err := sub.Recv(t.Context())
+	sub.Close()
+	if err != nil || item.Event == nil {
+		t.Fatalf("first record: %+v, %v", item, err)
+	}
+	path := filepath.Join(dir, checkpointFile)
+
+	// A checkpoint equal to the replay passes.
+	good := projections.NewState()
+	if err := good.Apply(*item.Event); err != nil {
+		t.Fatal(err)
+	}
+	if err := projections.WriteCheckpoint(path, good); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, _ := runAuditCmd(t, "--data-dir", dir)
+	if code != 0 || !strings.Contains(stdout, "checkpoint compared") {
+		t.Fatalf("exit %d:\n%s", code, stdout)
+	}
+
+	// One that saw another history at the same position does not.
+	other := *item.Event
+	other.Data = []byte(`{"peerId":"p1","serverId":"z.example:2289"}`)
+	bad := projections.NewState()
+	if err := bad.Apply(other); err != nil {
+		t.Fatal(err)
+	}
+	if err := projections.WriteCheckpoint(path, bad); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, _ = runAuditCmd(t, "--data-dir", dir)
+	if code != 1 || !strings.Contains(stdout, projections.RuleCheckpointMatchesReplay) {
+		t.Fatalf("exit %d:\n%s", code, stdout)
+	}
+}
+
+func TestAuditCommandCannotRun(t *testing.T) {
+	t.Parallel()
+	for name, args := range map[string][]string{
+		"no data directory":       {"--data-dir", filepath.Join(t.TempDir(), "missing")},
+		"not a data directory":    {"--data-dir", t.TempDir()},
+		"a bad connection string": {"--store", "bogus://"},
+		"an unknown flag":         {"--frobnicate"},
+		"an argument":             {"extra"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			code, stdout, stderr := runAuditCmd(t, args...)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2\n%s%s", code, stdout, stderr)
+			}
+		})
+	}
+}
+
+func TestAuditCommandProgressOnlyOnATerminal(t *testing.T) {
+	t.Parallel()
+	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, w := range []io.Writer{io.Discard, f} {
+		progress, done := auditProgress(w)
+		if progress != nil {
+			t.Fatalf("progress on %T, which is not a terminal", w)
+		}
+		done()
+	}
+}
