@@ -29,24 +29,28 @@ type auditStore interface {
 // status: 0 clean, 1 violations found, 2 the audit could not run.
 func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	flags := newFlagSet("audit", stderr)
-	dataDir := flags.String("data-dir", "./postbox-data", "data directory of the embedded store, opened read-only (works while the server runs)")
+	dataDir := flags.String("data-dir", "./postbox-data", "data directory: the embedded store, opened read-only (works while the server runs), and the projections checkpoint")
 	storeURL := flags.String("store", "", "event store: empty for the embedded store in --data-dir, or an esdb:// connection string")
 	asJSON := flags.Bool("json", false, "print one JSON document (peers and violations) instead of the report")
-	if _, err := parseFlags(flags, args, getenv); err != nil {
+	given, err := parseFlags(flags, args, getenv)
+	if err != nil {
 		return err
 	}
 
 	var (
 		store auditStore
 		opts  projections.AuditOptions
-		err   error
 	)
 	if *storeURL == "" {
 		store, err = embedded.OpenReadOnly(ctx, *dataDir, embedded.Options{})
-		// The server's checkpoint is compared when there is one.
-		opts.CheckpointPath = filepath.Join(*dataDir, checkpointFile)
 	} else {
 		store, err = esdb.Open(ctx, *storeURL, nil)
+	}
+	// The server keeps its projections' checkpoint in the data directory
+	// whatever the store: compare it when there is one (with EventStoreDB,
+	// only when the directory is named, since the default is a guess).
+	if *storeURL == "" || given["data-dir"] {
+		opts.CheckpointPath = filepath.Join(*dataDir, checkpointFile)
 	}
 	if err != nil {
 		return exitError{code: 2, err: fmt.Errorf("audit: %w", err)}
