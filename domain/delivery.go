@@ -177,11 +177,16 @@ type PullPlan struct {
 // sent one. In push mode the reply is empty at once (the events are on their
 // way by push); in queue mode it holds everything not yet delivered, and an
 // empty, acknowledged queue returns the peer to push mode.
+//
+// An acknowledgement may go beyond what this side recorded as handed over:
+// a push the peer applied but whose reply was lost (or whose record a crash
+// lost) counts as failed here, yet the peer has it. Only an acknowledgement
+// of an event the outbox does not hold is refused.
 func (o Outbox) PlanPull(ack *uint64) (PullPlan, error) {
 	var plan PullPlan
 	if ack != nil {
-		if *ack >= o.HandedOver {
-			return PullPlan{}, fmt.Errorf("%w: acknowledgement %d is beyond the %d events handed over", ErrInvalidArgument, *ack, o.HandedOver)
+		if *ack >= o.Head {
+			return PullPlan{}, fmt.Errorf("%w: acknowledgement %d is beyond the %d events in the outbox", ErrInvalidArgument, *ack, o.Head)
 		}
 		if *ack+1 > o.Delivered {
 			e := PullAcknowledged{UpToSeq: *ack}
