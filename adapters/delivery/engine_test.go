@@ -12,6 +12,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -383,4 +384,34 @@ func TestIdlePeersHoldNoGoroutine(t *testing.T) {
 		defer p.mu.Unlock()
 		return !p.pushing && !p.flushing && p.out.Delivered == 3
 	})
+}
+
+func TestAPullRefusedAsPredatingThePeersStartIsRetried(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	sender := domain.MustParseServerID("s.example:2289")
+	if _, err := w.engine.registry.Register(ctx, sender); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	w.peers.mu.Lock()
+	w.peers.pullFn = func(*uint64) (peerclient.PullResult, error) {
+		calls++
+		switch calls {
+		case 1:
+			return peerclient.PullResult{}, &hrpc.RemoteError{HTTPStatus: 400, Identifier: "postbox.token-replayed"}
+		case 2:
+			return peerclient.PullResult{Events: []*syncv1.Event{added(0)}, FirstSeq: 0, HasSeq: true}, nil
+		}
+		return peerclient.PullResult{}, nil
+	}
+	w.peers.mu.Unlock()
+	if err := w.engine.PullFrom(ctx, sender); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := w.engine.registry.Lookup(sender)
+	if recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 10); len(recs) != 1 || calls != 3 {
+		t.Fatalf("inbox %d events after %d calls, want 1 after 3", len(recs), calls)
+	}
 }

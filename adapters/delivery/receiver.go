@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
@@ -174,6 +175,7 @@ func (e *Engine) pullFrom(ctx context.Context, p *peer, server domain.ServerID) 
 // pullRounds pulls until a reply is empty.
 func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID) error {
 	const maxRounds = 1000
+	retries := 0
 	for round := 0; round < maxRounds; round++ {
 		p.recvMu.Lock()
 		err := e.loadInboxLocked(ctx, p)
@@ -186,6 +188,17 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 			return err
 		}
 		res, err := e.client.Pull(ctx, server, ack)
+		if err != nil && refusedAsPredatingStart(err) && retries < 3 {
+			// The peer restarted within the second this token was signed
+			// in, and refuses tokens stamped before its start (PROTOCOL.md
+			// §3); a token signed a moment later is accepted.
+			retries++
+			if sleep(ctx, time.Second) != nil {
+				return ctx.Err()
+			}
+			round--
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("pull from %s: %w", server, err)
 		}
@@ -201,6 +214,13 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 		}
 	}
 	return nil
+}
+
+// refusedAsPredatingStart reports whether a peer refused a token because it
+// was stamped before the peer started.
+func refusedAsPredatingStart(err error) bool {
+	var remote *hrpc.RemoteError
+	return errors.As(err, &remote) && remote.Identifier == "postbox.token-replayed"
 }
 
 // schedulePull (re)arms the periodic pull of p: after d, with no goroutine
