@@ -130,7 +130,14 @@ func (e *Engine) PullFrom(ctx context.Context, server domain.ServerID) error {
 	if !ok {
 		return fmt.Errorf("%w: %s", domain.ErrUnknownPeer, server)
 	}
-	return e.pullFrom(ctx, e.peer(id), server)
+	// server may be a former ID of the peer: call it by its current one.
+	current, _ := e.registry.ServerID(id)
+	if err := e.pullFrom(ctx, e.peer(id), current); err != nil {
+		// The operator is told the peer could not be pulled, not that this
+		// server failed.
+		return fmt.Errorf("%w: %w", domain.ErrUnavailable, err)
+	}
+	return nil
 }
 
 func (e *Engine) pullFrom(ctx context.Context, p *peer, server domain.ServerID) error {

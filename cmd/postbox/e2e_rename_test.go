@@ -128,12 +128,7 @@ func TestRenamePeerByRestart(t *testing.T) {
 		if out, errOut, code := runCLI(t, "pull", "--admin", a.admin, newB); code != 0 {
 			t.Errorf("postbox pull %s (the new ID): exit %d, %q\n%s", newB, code, out, errOut)
 		}
-		out, errOut, code := runCLI(t, "pull", "--admin", a.admin, oldB)
-		if code != 0 && strings.Contains(errOut, "internal server error") {
-			t.Skipf("known bug: PullNow with a peer's former server ID pulls from the former address instead of the peer's current ID "+
-				"(Engine.PullFrom passes the requested ID to pullFrom; A logs: dial %s: connection refused): exit %d\n%s", oldB, code, errOut)
-		}
-		if code != 0 {
+		if out, errOut, code := runCLI(t, "pull", "--admin", a.admin, oldB); code != 0 {
 			t.Errorf("postbox pull %s (the old ID): exit %d, %q\n%s", oldB, code, out, errOut)
 		}
 	})
