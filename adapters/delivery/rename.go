@@ -30,9 +30,6 @@ type Notifier interface {
 	NotifyNewID(ctx context.Context, peer, newID domain.ServerID) error
 }
 
-// NotifyBackoff spaces NotifyNewId retries toward one peer.
-var notifyBackoff = domain.Backoff{First: time.Second, Max: 5 * time.Minute}
-
 // Renames handles server ID renames in both directions (PROTOCOL.md §6): a
 // peer's NotifyNewId, and this server's own rename, announced to every peer
 // until each has accepted it. It attaches itself to the engine, which
@@ -45,6 +42,8 @@ type Renames struct {
 	identity *domain.Identity
 	clock    domain.Clock
 	logger   *slog.Logger
+	// backoff spaces NotifyNewId retries toward one peer.
+	backoff domain.Backoff
 
 	mu        sync.Mutex
 	notifying map[streams.PeerID]chan struct{} // closed when the notice is done
@@ -53,7 +52,7 @@ type Renames struct {
 // NewRenames returns the rename handling and attaches it to engine.
 func NewRenames(engine *Engine, registry *Registry, keys RenameKeys, notifier Notifier, identity *domain.Identity, clock domain.Clock, logger *slog.Logger) *Renames {
 	r := &Renames{engine: engine, registry: registry, keys: keys, notifier: notifier, identity: identity,
-		clock: clock, logger: logger, notifying: map[streams.PeerID]chan struct{}{}}
+		clock: clock, logger: logger, backoff: domain.Backoff{First: time.Second, Max: 5 * time.Minute}, notifying: map[streams.PeerID]chan struct{}{}}
 	engine.mu.Lock()
 	engine.renames = r
 	engine.mu.Unlock()
@@ -167,7 +166,7 @@ func (r *Renames) notifyUntilAccepted(peer streams.PeerID) {
 		} else {
 			r.logger.Warn("telling a peer our new ID failed; will retry", "peer", server.String(), "attempt", attempt, "err", err)
 		}
-		if sleep(ctx, notifyBackoff.Delay(attempt, r.engine.jitter())) != nil {
+		if sleep(ctx, r.backoff.Delay(attempt, r.engine.jitter())) != nil {
 			return
 		}
 	}
