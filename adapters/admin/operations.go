@@ -65,4 +65,3 @@ func (s *Service) Rename(ctx context.Context, req *connect.Request[adminv1.Renam
 	}
 	return connect.NewResponse(&adminv1.RenameResponse{}), nil
 }
-
