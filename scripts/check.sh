@@ -2,7 +2,7 @@
 # Fails when generated code is stale, when buf lint or buf format complain,
 # when a change breaks the wire or JSON format of the protos (checked against
 # the committed descriptor image tools/wire-baseline.binpb, so it works in a
-# fresh clone), or when go vet finds a problem.
+# fresh clone), or when gofmt or go vet find a problem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 buf() { go tool -modfile=tools/go.mod buf "$@"; }
@@ -25,5 +25,10 @@ if ! go tool wire diff ./cmd/postbox; then
   exit 1
 fi
 
-echo "== go vet"
+echo "== gofmt, go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "not gofmt-ed: $unformatted" >&2
+  exit 1
+fi
 go vet ./...
