@@ -247,3 +247,68 @@ func TestLaggingSubscriberFillsGaps(t *testing.T) {
 		}
 	}
 }
+
+// A large append is written many rows to a statement: its events still get
+// consecutive positions in order, the same in a read and in a live
+// subscription, also when small appends to other streams share its commit.
+func TestLargeAppendsKeepTheirOrderAndPositions(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	sub, err := s.Subscribe(t.Context(), eventstore.Filter{}, eventstore.FromStart())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if item := recvItem(t, sub); !item.CaughtUp {
+		t.Fatalf("got %+v, want CaughtUp", item)
+	}
+	sizes := []int{1, 63, 64, 65, 64*3 + 5, 1000}
+	var wg sync.WaitGroup
+	results := make([]eventstore.AppendResult, len(sizes))
+	errs := make([]error, len(sizes))
+	for i, n := range sizes {
+		events := make([]eventstore.EventData, n)
+		for j := range events {
+			events[j] = eventstore.EventData{ID: newID(), Type: "T", Data: fmt.Appendf(nil, `{"n":%d,"i":%d}`, n, j)}
+		}
+		wg.Go(func() {
+			results[i], errs[i] = s.Append(t.Context(), fmt.Sprintf("large-%d", n), eventstore.NoStream(), events...)
+		})
+	}
+	wg.Wait()
+	live := map[eventstore.EventID]eventstore.Position{}
+	total := 0
+	for i, n := range sizes {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		total += n
+	}
+	for range total {
+		e := recvEvent(t, sub)
+		live[e.ID] = e.Position
+	}
+	for i, n := range sizes {
+		stream := fmt.Sprintf("large-%d", n)
+		got, err := s.ReadStream(t.Context(), stream, 0, n+1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != n {
+			t.Fatalf("%s holds %d events, want %d", stream, len(got), n)
+		}
+		first := got[0].Position.Commit
+		for j, e := range got {
+			if e.Revision != uint64(j) || e.Position.Commit != first+uint64(j) || string(e.Data) != fmt.Sprintf(`{"n":%d,"i":%d}`, n, j) {
+				t.Fatalf("%s[%d]: revision %d at %v holding %s", stream, j, e.Revision, e.Position, e.Data)
+			}
+			if live[e.ID] != e.Position {
+				t.Fatalf("%s[%d]: read at %v, delivered live at %v", stream, j, e.Position, live[e.ID])
+			}
+		}
+		if results[i].Position != got[n-1].Position || results[i].NextExpectedRevision != uint64(n-1) {
+			t.Errorf("%s: append answered %+v, last event at %v", stream, results[i], got[n-1].Position)
+		}
+	}
+}

@@ -61,6 +61,33 @@ func BenchmarkAppendConcurrent(b *testing.B) {
 	b.ReportMetric(float64(st.Appends)/float64(max(st.Commits, 1)), "appends/commit")
 }
 
+// BenchmarkAppendBatch measures appends of many events at once, the shape
+// of a pull reply applied to an inbox, per event.
+func BenchmarkAppendBatch(b *testing.B) {
+	s, err := embedded.Open(b.Context(), b.TempDir(), embedded.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	const n = 10000
+	events := make([]eventstore.EventData, n)
+	rev := uint64(0)
+	for b.Loop() {
+		for j := range events {
+			events[j] = eventstore.EventData{ID: newID(), Type: "T", Data: make([]byte, 120)}
+		}
+		expected := eventstore.NoStream()
+		if rev > 0 {
+			expected = eventstore.Exact(rev - 1)
+		}
+		if _, err := s.Append(b.Context(), "batch", expected, events...); err != nil {
+			b.Fatal(err)
+		}
+		rev += n
+	}
+	b.ReportMetric(float64(rev)/b.Elapsed().Seconds(), "events/s")
+}
+
 // BenchmarkReadStream measures paging through a stream, per event.
 func BenchmarkReadStream(b *testing.B) {
 	s, err := embedded.Open(b.Context(), b.TempDir(), embedded.Options{})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
@@ -14,6 +15,17 @@ import (
 // maxBatch bounds one transaction, so that a burst of appends cannot make a
 // single commit (and the memory behind it) arbitrarily large.
 const maxBatch = 4096
+
+// insertRows is how many events one INSERT statement writes when an append
+// carries many, such as a pull reply: each statement costs the driver and
+// SQLite's virtual machine a setup, so a reply of thousands of events takes
+// a few dozen statements rather than thousands.
+const insertRows = 64
+
+const (
+	insertEvents = `INSERT INTO events (stream_id, revision, event_id, type, data, created) VALUES `
+	eventValues  = `(?, ?, ?, ?, ?, ?)`
+)
 
 // maxCachedStreams bounds the writer's cache of stream heads; past it the
 // cache starts afresh and refills from the streams table.
@@ -64,10 +76,12 @@ type writer struct {
 	insStream *sql.Stmt
 	delStream *sql.Stmt
 	insEvent  *sql.Stmt
+	insEvents *sql.Stmt // insertRows rows
 	selEvents *sql.Stmt
 	streams   map[string]*streamState
 	ids       *idCache
 	b         batch
+	args      []any // reused for each INSERT
 	failed    error // sticky: set when a COMMIT failed
 }
 
@@ -98,7 +112,8 @@ func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
 		FROM streams WHERE name = ?`)
 	prep(&w.insStream, `INSERT INTO streams (name) VALUES (?)`)
 	prep(&w.delStream, `UPDATE streams SET deleted = 1 WHERE id = ?`)
-	prep(&w.insEvent, `INSERT INTO events (stream_id, revision, event_id, type, data, created) VALUES (?, ?, ?, ?, ?, ?)`)
+	prep(&w.insEvent, insertEvents+eventValues)
+	prep(&w.insEvents, insertEvents+eventValues+strings.Repeat(", "+eventValues, insertRows-1))
 	prep(&w.selEvents, `SELECT revision, event_id, position FROM events WHERE stream_id = ? AND revision >= ? ORDER BY revision LIMIT ?`)
 	if err == nil {
 		err = w.ids.load(ctx, conn)
@@ -112,7 +127,7 @@ func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
 
 func (w *writer) close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{w.begin, w.commit, w.rollback, w.selStream, w.insStream, w.delStream, w.insEvent, w.selEvents} {
+	for _, st := range []*sql.Stmt{w.begin, w.commit, w.rollback, w.selStream, w.insStream, w.delStream, w.insEvent, w.insEvents, w.selEvents} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -344,38 +359,60 @@ func (w *writer) apply(ctx context.Context, b *batch, r *request) error {
 	if st.exists {
 		rev = st.last + 1
 	}
-	var pos int64
-	for i := range r.events {
-		e := &r.events[i]
-		res, err := w.insEvent.ExecContext(ctx, st.id, int64(rev), e.ID[:], e.Type, e.Data, b.created)
+	for done := 0; done < len(r.events); {
+		// Many events go in insertRows to a statement, the rest one by one.
+		rows, stmt := r.events[done:done+1], w.insEvent
+		if len(r.events)-done >= insertRows {
+			rows, stmt = r.events[done:done+insertRows], w.insEvents
+		}
+		args := w.args[:0]
+		for i := range rows {
+			e := &rows[i]
+			args = append(args, st.id, int64(rev)+int64(i), e.ID[:], e.Type, e.Data, b.created)
+		}
+		res, err := stmt.ExecContext(ctx, args...)
+		clear(args) // hold nothing of the caller's once it is answered
+		w.args = args[:0]
 		if err != nil {
 			return fmt.Errorf("insert event: %w", err)
 		}
-		if pos, err = res.LastInsertId(); err != nil {
+		last, err := res.LastInsertId()
+		if err != nil {
 			return fmt.Errorf("insert event: %w", err)
 		}
-		b.ids[idKey{st.id, e.ID}] = rev
-		if b.live {
-			b.events = append(b.events, eventstore.RecordedEvent{
-				Stream:   r.stream,
-				Revision: rev,
-				Position: eventstore.Position{Commit: uint64(pos), Prepare: uint64(pos)},
-				ID:       e.ID,
-				Type:     e.Type,
-				// The caller owns e.Data once Append returns; subscribers
-				// get their own copy.
-				Data:    append([]byte(nil), e.Data...),
-				Created: time.Unix(0, b.created).UTC(),
-			})
+		// A new row's rowid is one more than the largest so far, and b.last
+		// is the largest, so the rows of one statement take the positions
+		// after it, in order. Checked, not assumed.
+		if len(rows) > 1 && uint64(last) != b.last+uint64(len(rows)) {
+			return fmt.Errorf("insert events: the last of %d rows after position %d is at %d", len(rows), b.last, last)
 		}
-		st.last, st.exists = rev, true
-		rev++
+		for i := range rows {
+			e := &rows[i]
+			pos := uint64(last) - uint64(len(rows)-1-i)
+			b.ids[idKey{st.id, e.ID}] = rev
+			if b.live {
+				b.events = append(b.events, eventstore.RecordedEvent{
+					Stream:   r.stream,
+					Revision: rev,
+					Position: eventstore.Position{Commit: pos, Prepare: pos},
+					ID:       e.ID,
+					Type:     e.Type,
+					// The caller owns e.Data once Append returns; subscribers
+					// get their own copy.
+					Data:    append([]byte(nil), e.Data...),
+					Created: time.Unix(0, b.created).UTC(),
+				})
+			}
+			st.last, st.exists = rev, true
+			rev++
+		}
+		b.last = uint64(last)
+		done += len(rows)
 	}
-	b.last = uint64(pos)
 	b.applied++
 	r.res = eventstore.AppendResult{
 		NextExpectedRevision: st.last,
-		Position:             eventstore.Position{Commit: uint64(pos), Prepare: uint64(pos)},
+		Position:             eventstore.Position{Commit: b.last, Prepare: b.last},
 	}
 	return nil
 }
