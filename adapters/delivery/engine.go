@@ -123,6 +123,7 @@ type peer struct {
 	probeRound   int
 	journal      []journalEntry
 	flushing     bool
+	flushTimer   *time.Timer   // a batch of records nobody waits for is due
 	pullGate     chan struct{} // set while this server pulls from the peer; closed when done
 	// gateOwnedByStartup: Start set the gate before the startup pull runs.
 	gateOwnedByStartup bool
@@ -177,6 +178,8 @@ func (e *Engine) Close() {
 		if p.pullTimer != nil {
 			p.pullTimer.Stop()
 		}
+		// Records still batched are written before the store closes.
+		e.flushLocked(p)
 		p.mu.Unlock()
 	}
 	e.mu.Unlock()
@@ -240,9 +243,19 @@ func (e *Engine) loadLocked(ctx context.Context, p *peer) error {
 	return nil
 }
 
-// record applies events to p's state at once and appends them to its
+// Records nobody waits for (pushes done) are written in batches: when
+// recordBatch of them are waiting, when the push loop goes idle, or
+// recordDelay after the first, whichever is first. Losing them in a crash
+// costs only pushes again, which the receiver drops by sequence number.
+const (
+	recordBatch = 256
+	recordDelay = 20 * time.Millisecond
+)
+
+// recordLocked applies events to p's state at once and appends them to its
 // delivery stream in order, behind any records still being written. If
-// wait, it returns once they are durable. The caller holds p.mu.
+// wait, the append starts now and the returned channel tells when it is
+// durable. The caller holds p.mu.
 func (e *Engine) recordLocked(p *peer, wait bool, events ...domain.DeliveryEvent) chan error {
 	if len(events) == 0 {
 		return nil
@@ -255,15 +268,40 @@ func (e *Engine) recordLocked(p *peer, wait bool, events ...domain.DeliveryEvent
 		done = make(chan error, 1)
 	}
 	p.journal = append(p.journal, journalEntry{events: events, done: done})
-	if !p.flushing {
-		p.flushing = true
-		e.wg.Add(1)
-		go func() {
-			defer e.wg.Done()
-			e.flush(p)
-		}()
+	switch {
+	case wait || len(p.journal) >= recordBatch:
+		e.flushLocked(p)
+	case p.flushTimer == nil && !p.flushing:
+		var t *time.Timer
+		t = time.AfterFunc(recordDelay, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			// Close, or a flush since, took this batch already.
+			if p.flushTimer == t {
+				e.flushLocked(p)
+			}
+		})
+		p.flushTimer = t
 	}
 	return done
+}
+
+// flushLocked starts writing p's journal now, unless a flush already runs
+// (it takes what is waiting when its append ends).
+func (e *Engine) flushLocked(p *peer) {
+	if p.flushTimer != nil {
+		p.flushTimer.Stop()
+		p.flushTimer = nil
+	}
+	if p.flushing || len(p.journal) == 0 {
+		return
+	}
+	p.flushing = true
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.flush(p)
+	}()
 }
 
 // flush writes p's journal, everything waiting in one append: while one

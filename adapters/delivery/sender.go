@@ -64,6 +64,7 @@ func (e *Engine) pushLoop(p *peer) {
 	defer func() {
 		p.mu.Lock()
 		p.pushing = false
+		e.flushLocked(p) // idle now: no reason to hold records back
 		// An enqueue may have raced the exit.
 		if ctx.Err() == nil {
 			e.kickLocked(p)
@@ -107,9 +108,9 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 		if err == nil {
 			records, derr := p.out.PushSucceeded(seq, attempts, false)
 			if derr == nil {
-				// Not waited for: the next push overlaps this record's sync.
-				// If it is lost in a crash, the event is pushed again and the
-				// receiver drops it by its sequence number.
+				// Not waited for, and batched: the next pushes overlap its
+				// sync. If it is lost in a crash, the event is pushed again
+				// and the receiver drops it by its sequence number.
 				e.recordLocked(p, false, records...)
 			}
 			p.mu.Unlock()

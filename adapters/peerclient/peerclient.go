@@ -89,11 +89,17 @@ func New(cfg Config, signer *authtoken.Signer, self Self) *Client {
 	h2c.SetUnencryptedHTTP2(true)
 	transport := func(p *http.Protocols) *http.Client {
 		return &http.Client{Transport: &http.Transport{
-			Proxy:               http.ProxyFromEnvironment,
-			TLSClientConfig:     cfg.TLS,
-			Protocols:           p,
+			Proxy: http.ProxyFromEnvironment,
+			// A clone per transport: transports write their ALPN protocols into
+			// the config, so a shared one would offer "h2" to HTTP/1-only ones.
+			TLSClientConfig: cfg.TLS.Clone(),
+			Protocols:       p,
+			// Idle connections are capped in all, not only per peer: a
+			// server with thousands of peers would otherwise keep a
+			// connection (and its goroutines) per recently pushed peer.
+			MaxIdleConns:        256,
 			MaxIdleConnsPerHost: 16,
-			IdleConnTimeout:     90 * time.Second,
+			IdleConnTimeout:     30 * time.Second,
 			TLSHandshakeTimeout: 10 * time.Second,
 		}}
 	}

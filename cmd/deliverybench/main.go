@@ -305,7 +305,7 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 		fmt.Fprintf(out, "  goroutines: %d before any peer, %d after sending, %d after receiving (engine idle)\n",
 			idle.goroutines[0], idle.goroutines[1], idle.goroutines[2])
 		if idle.connPeers > 0 {
-			fmt.Fprintf(out, "  before that, while the keep-alive connections of the last pushes to %d peers were open (peerclient keeps them 90 s):\n"+
+			fmt.Fprintf(out, "  before that, while the keep-alive connections of the last pushes to %d peers were open (peerclient keeps them 30 s):\n"+
 				"    %d bytes and %.1f goroutines per peer (client and stub server ends together)\n",
 				idle.connPeers, idle.connBytes/int64(idle.connPeers), float64(idle.connGoroutines)/float64(idle.connPeers))
 		}

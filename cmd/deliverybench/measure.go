@@ -84,7 +84,7 @@ func openStoreBaseline(ctx context.Context, dir string, logger *slog.Logger) (*s
 		return nil, err
 	}
 	seq := uint64(7)
-	d, err := streams.NewCodec(rand.Reader).EncodeReceived(streams.Received{Event: event(0), Via: eventsv1.EventReceived_VIA_PUSH, SenderSeq: &seq})
+	d, err := streams.NewCodecWithBodies(rand.Reader, streams.BinaryBodies).EncodeReceived(streams.Received{Event: event(0), Via: eventsv1.EventReceived_VIA_PUSH, SenderSeq: &seq})
 	if err != nil {
 		_ = s.Close()
 		return nil, err

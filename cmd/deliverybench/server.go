@@ -109,7 +109,7 @@ func assemble(ctx context.Context, dir string, cfg nodeConfig, logger *slog.Logg
 		_ = n.srv.Shutdown(ctx)
 		return nil, err
 	}
-	n.codec = streams.NewCodec(rand.Reader)
+	n.codec = streams.NewCodecWithBodies(rand.Reader, streams.BinaryBodies)
 	if n.registry, err = delivery.LoadRegistry(ctx, n.store, n.codec, rand.Reader); err != nil {
 		n.close(ctx)
 		return nil, err

@@ -168,7 +168,16 @@ func provideESDBStore(ctx context.Context, cfg Config, logger *slog.Logger) (*es
 	return s, func() { _ = s.Close() }, nil
 }
 
-func provideCodec(random io.Reader) *streams.Codec { return streams.NewCodec(random) }
+// provideBinaryCodec writes binary protobuf bodies, for the embedded store.
+func provideBinaryCodec(random io.Reader) *streams.Codec {
+	return streams.NewCodecWithBodies(random, streams.BinaryBodies)
+}
+
+// provideJSONCodec writes protojson bodies, which EventStoreDB's own tools
+// read.
+func provideJSONCodec(random io.Reader) *streams.Codec {
+	return streams.NewCodecWithBodies(random, streams.JSONBodies)
+}
 
 func provideRegistry(ctx context.Context, store delivery.Store, codec *streams.Codec, random io.Reader) (*delivery.Registry, error) {
 	return delivery.LoadRegistry(ctx, store, codec, random)

@@ -47,7 +47,7 @@ var authSet = wire.NewSet(
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideCodec, provideRegistry, provideEngine, provideForwardingObserver, provideMetrics,
+	provideRegistry, provideEngine, provideForwardingObserver, provideMetrics,
 	peerclient.New,
 	wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)),
 	wire.Bind(new(federation.Postbox), new(*delivery.Engine)),
@@ -80,7 +80,7 @@ var handlerSet = wire.NewSet(
 // initEmbeddedServer runs on the embedded store in the data directory.
 func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
 	wire.Build(configSet, authSet, engineSet, handlerSet,
-		provideEmbeddedStore, wire.Bind(new(delivery.Store), new(*embedded.Store)),
+		provideEmbeddedStore, provideBinaryCodec, wire.Bind(new(delivery.Store), new(*embedded.Store)),
 		wire.Bind(new(admin.ReceivedLog), new(*embedded.Store)),
 		wire.Bind(new(projections.LiveStore), new(*embedded.Store)))
 	return nil, nil, nil
@@ -89,7 +89,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 // initESDBServer runs on EventStoreDB (--store esdb://...).
 func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
 	wire.Build(configSet, authSet, engineSet, handlerSet,
-		provideESDBStore, wire.Bind(new(delivery.Store), new(*esdb.Store)),
+		provideESDBStore, provideJSONCodec, wire.Bind(new(delivery.Store), new(*esdb.Store)),
 		wire.Bind(new(admin.ReceivedLog), new(*esdb.Store)),
 		wire.Bind(new(projections.LiveStore), new(*esdb.Store)))
 	return nil, nil, nil
