@@ -114,7 +114,9 @@ func New(cfg Config, clock domain.Clock, logger *slog.Logger, observer Observer)
 
 func newClient(cfg Config, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Client {
 	t := &http.Transport{
-		TLSClientConfig:        cfg.TLS,
+		// A clone per transport: transports write their ALPN protocols into
+		// the config, so a shared one would offer "h2" to HTTP/1-only ones.
+		TLSClientConfig:        cfg.TLS.Clone(),
 		TLSHandshakeTimeout:    cfg.FetchTimeout,
 		ResponseHeaderTimeout:  cfg.FetchTimeout,
 		MaxResponseHeaderBytes: 16 << 10,
