@@ -215,7 +215,7 @@ func idleRun(ctx context.Context, dir string, peers, perPeer, workers int, cfg n
 		}
 		if err == nil && last {
 			// The hub's client keeps the connections of its last pushes
-			// alive (peerclient: 90 s idle timeout, no overall cap); what
+			// alive (peerclient: 30 s idle timeout, 256 in all); what
 			// they cost is what closing them frees, less the stubs'
 			// listeners.
 			g2, h2 := settledGoroutines(), heap()
