@@ -51,6 +51,9 @@ func (s *Service) Send(ctx context.Context, req *connect.Request[adminv1.SendReq
 	if err != nil {
 		return nil, fmt.Errorf("%w: to: %w", domain.ErrInvalidArgument, err)
 	}
+	if to == s.identity.Current() {
+		return nil, fmt.Errorf("%w: to: %s is this server", domain.ErrInvalidArgument, to)
+	}
 	if req.Msg.GetEvent().GetKind() == nil {
 		return nil, fmt.Errorf("%w: the event has no kind set", domain.ErrInvalidArgument)
 	}

@@ -87,3 +87,11 @@ func (s *Server) Serve() error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	return s.srv.Shutdown(ctx)
 }
+
+// WithoutWriteTimeout lets replies run for as long as they need: for a
+// listener serving streams (the admin API's Watch --follow), which a write
+// timeout would cut. Call it before Serve.
+func (s *Server) WithoutWriteTimeout() *Server {
+	s.srv.WriteTimeout = 0
+	return s
+}

@@ -205,6 +205,7 @@ func provideAdminListener(ctx context.Context, cfg Config, h httpserver.AdminHan
 	if err != nil {
 		return adminListener{}, nil, err
 	}
+	s.WithoutWriteTimeout() // Watch --follow streams for as long as it is followed
 	return adminListener{s}, func() { _ = s.Shutdown(context.Background()) }, nil
 }
 
