@@ -49,7 +49,7 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	peerCA := fs.String("peer-ca", "", "PEM file of extra CAs trusted for outbound TLS")
 	window := fs.Duration("auth-window", domain.DefaultAuthWindow, "how far a token's time may be from now")
 	var allow, block listFlag
-	fs.Var(&allow, "allow-peers", "only federate with these servers (`host`, host:port or *.domain; comma-separated)")
+	fs.Var(&allow, "allow-peers", "only federate with these servers (host, host:port or *.domain; comma-separated)")
 	fs.Var(&block, "block-peers", "never federate with these servers (host, host:port or *.domain; comma-separated)")
 	requireExt := fs.Bool("require-token-extension", false, "refuse upstream tokens without audience and nonce (Postbox-only federations)")
 	adminToken := fs.String("admin-token", "", "bearer token the admin listener requires")

@@ -12,6 +12,10 @@ import (
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("postbox "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage of postbox %s (every flag falls back to POSTBOX_<FLAG>, e.g. --data-dir to POSTBOX_DATA_DIR):\n", name)
+		fs.PrintDefaults()
+	}
 	return fs
 }
 
