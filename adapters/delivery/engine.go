@@ -333,9 +333,7 @@ func (e *Engine) flush(p *peer) {
 			// the stream before the next decision. Records queued behind
 			// this batch were decided on that state, so they go too.
 			e.logger.Error("recording delivery failed; rereading the streams", "peer", p.id, "err", err)
-			for _, j := range p.journal {
-				batch = append(batch, j)
-			}
+			batch = append(batch, p.journal...)
 			p.journal, p.loaded = nil, false
 		}
 		p.mu.Unlock()

@@ -26,11 +26,10 @@ func (systemClock) Now() time.Time { return time.Now() }
 
 // fakePeers records pushes and can be told to refuse them.
 type fakePeers struct {
-	mu      sync.Mutex
-	down    bool
-	pushed  []uint64
-	pullFn  func(ack *uint64) (peerclient.PullResult, error)
-	pushErr error
+	mu     sync.Mutex
+	down   bool
+	pushed []uint64
+	pullFn func(ack *uint64) (peerclient.PullResult, error)
 }
 
 func (f *fakePeers) Push(_ context.Context, _ domain.ServerID, _ *syncv1.Event, seq uint64) error {

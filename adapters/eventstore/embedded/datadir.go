@@ -65,7 +65,8 @@ func lockDir(dir string) (*dirLock, error) {
 	info := fmt.Sprintf("pid=%d\nhost=%s\nsince=%s\n", os.Getpid(), host, time.Now().UTC().Format(time.RFC3339))
 	// The holder's identity is advisory, for the error message above; the
 	// flock alone decides who holds the directory.
-	if err := f.Truncate(0); err == nil {
+	err = f.Truncate(0)
+	if err == nil {
 		_, err = f.WriteAt([]byte(info), 0)
 	}
 	if err != nil {
