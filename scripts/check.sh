@@ -2,7 +2,7 @@
 # Fails when generated code is stale, when buf lint or buf format complain,
 # when a change breaks the wire or JSON format of the protos (checked against
 # the committed descriptor image tools/wire-baseline.binpb, so it works in a
-# fresh clone), or when gofmt or go vet find a problem.
+# fresh clone), or when gofmt, go vet or staticcheck find a problem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 buf() { go tool -modfile=tools/go.mod buf "$@"; }
@@ -32,3 +32,6 @@ if [ -n "$unformatted" ]; then
   exit 1
 fi
 go vet ./...
+
+echo "== staticcheck"
+go tool -modfile=tools/go.mod staticcheck ./...
