@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
 	"github.com/harmony-postbox/postbox/adapters/clock"
 	"github.com/harmony-postbox/postbox/adapters/federation"
@@ -26,6 +28,8 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/domain"
+	authv1 "github.com/harmony-postbox/postbox/gen/protocol/auth/v1"
+	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
 )
@@ -127,3 +131,26 @@ func TestFederationOverTLS(t *testing.T) {
 type fixedSelf domain.ServerID
 
 func (f fixedSelf) IDFor(domain.ServerID) domain.ServerID { return domain.ServerID(f) }
+
+// TestKeyOverGRPCWeb calls AuthService.Key with a gRPC-Web client over
+// HTTP/1.1, the fourth protocol the federation listener serves.
+func TestKeyOverGRPCWeb(t *testing.T) {
+	t.Parallel()
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	srv, err := httpserver.Listen(t.Context(), "federation", "127.0.0.1:0",
+		httpserver.NewFederationHandler(syncv1connect.UnimplementedPostboxServiceHandler{}, federation.NewKeyService(pub), 1<<20, discardLogger),
+		httpserver.TLSFiles{}, discardLogger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	client := authv1connect.NewAuthServiceClient(http1Client(), "http://"+srv.Addr().String(), connect.WithGRPCWeb())
+	res, err := client.Key(t.Context(), connect.NewRequest(&authv1.KeyRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ed25519.PublicKey(res.Msg.GetKey()).Equal(pub) {
+		t.Fatalf("key %x, want %x", res.Msg.GetKey(), pub)
+	}
+}
