@@ -60,7 +60,7 @@ func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint6
 	}
 
 	events, err := e.readBatch(ctx, id, plan.From, plan.Available)
-	if err != nil {
+	if err != nil || len(events) == 0 {
 		return federation.PullBatch{}, err
 	}
 	// A Postbox peer (it signs the token extension) acknowledges in its next
