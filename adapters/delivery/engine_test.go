@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -412,5 +413,40 @@ func TestAPullRefusedAsPredatingThePeersStartIsRetried(t *testing.T) {
 	id, _ := w.engine.registry.Lookup(sender)
 	if recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 10); len(recs) != 1 || calls != 3 {
 		t.Fatalf("inbox %d events after %d calls, want 1 after 3", len(recs), calls)
+	}
+}
+
+func TestFirstContactsArrivingTogetherShareAppends(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	before := w.store.Stats().Appends
+	const n = 200
+	ids := make([]streams.PeerID, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			id, err := w.engine.registry.Register(ctx, domain.MustParseServerID(fmt.Sprintf("p%d.example:2289", i)))
+			if err != nil {
+				t.Error(err)
+			}
+			ids[i] = id
+		})
+	}
+	wg.Wait()
+	seen := map[streams.PeerID]bool{}
+	for i, id := range ids {
+		again, _ := w.engine.registry.Register(ctx, domain.MustParseServerID(fmt.Sprintf("p%d.example:2289", i)))
+		if id == "" || seen[id] || again != id {
+			t.Fatalf("peer %d: ID %q (again %q), duplicate %v", i, id, again, seen[id])
+		}
+		seen[id] = true
+	}
+	recs, _ := w.store.ReadStream(ctx, streams.Peers, 0, 1000)
+	if len(recs) != n {
+		t.Fatalf("peers stream holds %d records, want %d", len(recs), n)
+	}
+	if appends := w.store.Stats().Appends - before; appends >= n {
+		t.Fatalf("%d first contacts took %d appends: none were grouped", n, appends)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -82,17 +83,32 @@ type Registry struct {
 	codec *streams.Codec
 	rand  io.Reader
 
+	// writeMu serializes appends to the peers stream (each names the
+	// revision it expects); mu guards the folded state and is never held
+	// across I/O. Lock order: writeMu, then mu.
+	writeMu sync.Mutex
+
 	mu       sync.Mutex
 	next     uint64                         // events in the peers stream
 	byServer map[domain.ServerID]*peerEntry // current and former IDs
 	byPeer   map[streams.PeerID]*peerEntry
 	ownID    domain.ServerID // zero until recorded
+	pending  map[domain.ServerID]*registration
+}
+
+// registration is a first contact waiting to be recorded.
+type registration struct {
+	server domain.ServerID
+	done   chan struct{} // closed once recorded or failed
+	peer   streams.PeerID
+	err    error
 }
 
 // LoadRegistry reads the peers stream.
 func LoadRegistry(ctx context.Context, store Store, codec *streams.Codec, rand io.Reader) (*Registry, error) {
 	r := &Registry{store: store, codec: codec, rand: rand,
-		byServer: map[domain.ServerID]*peerEntry{}, byPeer: map[streams.PeerID]*peerEntry{}}
+		byServer: map[domain.ServerID]*peerEntry{}, byPeer: map[streams.PeerID]*peerEntry{},
+		pending: map[domain.ServerID]*registration{}}
 	next, err := readAll(ctx, store, streams.Peers, func(rec eventstore.RecordedEvent) error {
 		m, err := streams.DecodePeers(rec)
 		if err != nil {
@@ -239,33 +255,74 @@ func (r *Registry) IDFor(peer domain.ServerID) domain.ServerID {
 }
 
 // Register returns the peer of id (current or former), registering it on
-// first contact.
+// first contact. First contacts that arrive together are recorded in one
+// append, so contacting many new peers at once costs few syncs.
 func (r *Registry) Register(ctx context.Context, id domain.ServerID) (streams.PeerID, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if e, ok := r.byServer[id]; ok {
+		r.mu.Unlock()
 		return e.id, nil
 	}
-	var raw [8]byte
-	if _, err := io.ReadFull(r.rand, raw[:]); err != nil {
-		return "", fmt.Errorf("new peer ID: %w", err)
+	w, queued := r.pending[id]
+	if !queued {
+		w = &registration{server: id, done: make(chan struct{})}
+		r.pending[id] = w
 	}
-	seen := &eventsv1.PeerSeen{PeerId: "p" + hex.EncodeToString(raw[:]), ServerId: id.String()}
-	if !r.ownID.IsZero() {
-		seen.OurServerId = r.ownID.String()
+	r.mu.Unlock()
+
+	// Whoever holds the writer next records every registration waiting.
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	select {
+	case <-w.done:
+		return w.peer, w.err
+	default:
 	}
-	if err := r.appendLocked(ctx, streams.TypePeerSeen, seen); err != nil {
-		return "", err
+	r.mu.Lock()
+	batch := make([]*registration, 0, len(r.pending))
+	for _, p := range r.pending {
+		batch = append(batch, p)
 	}
-	return streams.PeerID(seen.GetPeerId()), nil
+	own := r.ownID
+	r.mu.Unlock()
+	recs := make([]proto.Message, 0, len(batch))
+	var err error
+	for _, p := range batch {
+		var raw [8]byte
+		if _, err = io.ReadFull(r.rand, raw[:]); err != nil {
+			err = fmt.Errorf("new peer ID: %w", err)
+			break
+		}
+		p.peer = streams.PeerID("p" + hex.EncodeToString(raw[:]))
+		seen := &eventsv1.PeerSeen{PeerId: string(p.peer), ServerId: p.server.String()}
+		if !own.IsZero() {
+			seen.OurServerId = own.String()
+		}
+		recs = append(recs, seen)
+	}
+	if err == nil {
+		// The records are shared by every caller in the batch, so the
+		// append does not end with this caller's context.
+		appendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		err = r.writeLocked(appendCtx, streams.TypePeerSeen, recs...)
+		cancel()
+	}
+	r.mu.Lock()
+	for _, p := range batch {
+		delete(r.pending, p.server)
+	}
+	r.mu.Unlock()
+	for _, p := range batch {
+		p.err = err
+		close(p.done)
+	}
+	return w.peer, w.err
 }
 
 // RecordRename records an accepted rename of a peer.
 func (r *Registry) RecordRename(ctx context.Context, rename domain.PeerRename) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.appendLocked(ctx, streams.TypePeerRenamed, &eventsv1.PeerRenamed{
-		PeerId: rename.Peer, OldServerId: rename.Old.String(), NewServerId: rename.New.String(),
+	return r.write(ctx, streams.TypePeerRenamed, func() proto.Message {
+		return &eventsv1.PeerRenamed{PeerId: rename.Peer, OldServerId: rename.Old.String(), NewServerId: rename.New.String()}
 	})
 }
 
@@ -273,58 +330,90 @@ func (r *Registry) RecordRename(ctx context.Context, rename domain.PeerRename) e
 // keys of servers that are not peers are not recorded, so strangers cannot
 // grow the stream.
 func (r *Registry) RecordKey(ctx context.Context, id domain.ServerID, key ed25519.PublicKey) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	e, ok := r.byServer[id]
-	if !ok || e.current != id || e.key.Equal(key) {
-		return nil
-	}
-	return r.appendLocked(ctx, streams.TypePeerKeyLearned, &eventsv1.PeerKeyLearned{PeerId: string(e.id), PublicKey: key})
+	return r.write(ctx, streams.TypePeerKeyLearned, func() proto.Message {
+		e, ok := r.byServer[id]
+		if !ok || e.current != id || e.key.Equal(key) {
+			return nil
+		}
+		return &eventsv1.PeerKeyLearned{PeerId: string(e.id), PublicKey: key}
+	})
 }
 
 // RecordOwnID records this server's ID: the first one, or a rename.
 func (r *Registry) RecordOwnID(ctx context.Context, id domain.ServerID) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if id == r.ownID {
-		return nil
-	}
-	m := &eventsv1.OwnServerIdChanged{NewServerId: id.String()}
-	if !r.ownID.IsZero() {
-		m.OldServerId = r.ownID.String()
-	}
-	return r.appendLocked(ctx, streams.TypeOwnServerIDChanged, m)
+	return r.write(ctx, streams.TypeOwnServerIDChanged, func() proto.Message {
+		if id == r.ownID {
+			return nil
+		}
+		m := &eventsv1.OwnServerIdChanged{NewServerId: id.String()}
+		if !r.ownID.IsZero() {
+			m.OldServerId = r.ownID.String()
+		}
+		return m
+	})
 }
 
 // RecordNotified records that peer accepted this server's ID newID.
 func (r *Registry) RecordNotified(ctx context.Context, peer streams.PeerID, newID domain.ServerID) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.appendLocked(ctx, streams.TypePeerNotifiedOfNewID, &eventsv1.PeerNotifiedOfNewId{PeerId: string(peer), NewServerId: newID.String()})
+	return r.write(ctx, streams.TypePeerNotifiedOfNewID, func() proto.Message {
+		return &eventsv1.PeerNotifiedOfNewId{PeerId: string(peer), NewServerId: newID.String()}
+	})
 }
 
-// appendLocked appends one record to the peers stream at the revision this
-// registry has read; a conflict means another writer shares the store, so
-// the registry rereads the stream and the caller retries.
-func (r *Registry) appendLocked(ctx context.Context, typ string, m proto.Message) error {
-	data, err := r.codec.Encode(typ, m)
-	if err != nil {
-		return err
+// write records what decide returns (nil: nothing); decide reads the state
+// with mu held, and no other write runs in between.
+func (r *Registry) write(ctx context.Context, typ string, decide func() proto.Message) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	r.mu.Lock()
+	m := decide()
+	r.mu.Unlock()
+	if m == nil {
+		return nil
 	}
-	if _, err := r.store.Append(ctx, streams.Peers, expectAfter(r.next), data); err != nil {
+	return r.writeLocked(ctx, typ, m)
+}
+
+// writeLocked appends records of one type to the peers stream at the
+// revision this registry has read, then folds them in. A conflict means
+// another writer shares the store: the registry rereads the stream and the
+// caller may retry. The caller holds writeMu.
+func (r *Registry) writeLocked(ctx context.Context, typ string, recs ...proto.Message) error {
+	data := make([]eventstore.EventData, 0, len(recs))
+	for _, m := range recs {
+		d, err := r.codec.Encode(typ, m)
+		if err != nil {
+			return err
+		}
+		data = append(data, d)
+	}
+	r.mu.Lock()
+	next := r.next
+	r.mu.Unlock()
+	if _, err := r.store.Append(ctx, streams.Peers, expectAfter(next), data...); err != nil {
 		if errors.Is(err, eventstore.ErrWrongExpectedRevision) {
-			r.reloadLocked(ctx)
+			r.reload(ctx)
 		}
 		return fmt.Errorf("record %s: %w", typ, err)
 	}
-	r.next++
-	return r.apply(m)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.next += uint64(len(recs))
+	for _, m := range recs {
+		if err := r.apply(m); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-func (r *Registry) reloadLocked(ctx context.Context) {
+// reload rereads the peers stream. The caller holds writeMu.
+func (r *Registry) reload(ctx context.Context) {
 	fresh, err := LoadRegistry(ctx, r.store, r.codec, r.rand)
 	if err != nil {
 		return
 	}
-	r.next, r.byServer, r.byPeer = fresh.next, fresh.byServer, fresh.byPeer
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.next, r.byServer, r.byPeer, r.ownID = fresh.next, fresh.byServer, fresh.byPeer, fresh.ownID
 }
