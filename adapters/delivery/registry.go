@@ -222,6 +222,17 @@ func (r *Registry) Peers() []Peer {
 	return out
 }
 
+// KnowsUsAs returns the ID of this server that peer knows.
+func (r *Registry) KnowsUsAs(peer streams.PeerID) (domain.ServerID, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.byPeer[peer]
+	if !ok {
+		return domain.ServerID{}, false
+	}
+	return e.knowsUsAs, true
+}
+
 // Keys returns the recorded public key of every peer, by current server ID.
 func (r *Registry) Keys() map[domain.ServerID]ed25519.PublicKey {
 	r.mu.Lock()

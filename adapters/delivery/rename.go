@@ -189,10 +189,6 @@ func (r *Renames) awaitNotice(ctx context.Context, peer streams.PeerID) {
 }
 
 func (r *Renames) knows(peer streams.PeerID, own domain.ServerID) bool {
-	for _, p := range r.registry.Peers() {
-		if p.ID == peer {
-			return p.KnowsUsAs.IsZero() || p.KnowsUsAs == own
-		}
-	}
-	return true
+	known, ok := r.registry.KnowsUsAs(peer)
+	return !ok || known.IsZero() || known == own
 }

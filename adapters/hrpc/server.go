@@ -147,7 +147,7 @@ func setHeaders(h http.Header) {
 	h.Set(VersionHeader, Version)
 }
 
-// WriteError writes an hRPC error reply; both hRPC headers are always set.
+// writeError writes an hRPC error reply; both hRPC headers are always set.
 func writeError(w http.ResponseWriter, status int, identifier, message string) {
 	body, _ := proto.Marshal(&harmonytypesv1.Error{Identifier: identifier, HumanMessage: message})
 	setHeaders(w.Header())

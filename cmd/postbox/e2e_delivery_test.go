@@ -240,10 +240,10 @@ func TestDeliveryCrashMidStream(t *testing.T) {
 // next event to A.
 //
 // How B pushes while in queue mode: it does not, by design (PROTOCOL.md §4:
-// no new Push until the queue has been emptied), there is no operator
-// resume in the admin API, and B's resume probe would push the OLDEST queued
-// event, which the pull also carries (and serving the pull cancels the
-// probe's push), so nothing would show the order. So the test makes the
+// no new Push until the queue has been emptied), and both ways back to
+// pushing (an operator's ResumePush, B's resume probe) push the OLDEST
+// queued event, which the pull also carries (and serving the pull cancels
+// the probe's push), so nothing would show the order. So the test makes the
 // push itself, exactly as B's push loop would once back in push mode: a
 // Push of B's next sequence number, signed as B with B's own key file,
 // straight to A. Afterwards B really sends that same event (the admin API
