@@ -11,7 +11,8 @@ type DeliveryMode int
 
 // The delivery modes of the seed's PostboxService comment.
 const (
-	// ModePush: this server pushes each event, one in flight, in order.
+	// ModePush: this server pushes its events in order, one push in flight
+	// (a push to a Postbox receiver may carry several consecutive events).
 	ModePush DeliveryMode = iota
 	// ModeQueue: pushes failed; events wait until the peer pulls them.
 	ModeQueue
@@ -37,11 +38,16 @@ const (
 // DeliveryEvent is a fact recorded in a peer's delivery stream.
 type DeliveryEvent interface{ deliveryEvent() }
 
-// EventPushed: a push of the outbox event Seq succeeded.
+// EventPushed: a push of the outbox event Seq succeeded; a push of
+// several events delivered Seq through Through.
 type EventPushed struct {
 	Seq      uint64
+	Through  uint64 // not above Seq: Seq alone
 	Attempts uint32
 }
+
+// Last is the last event the push delivered.
+func (e EventPushed) Last() uint64 { return max(e.Seq, e.Through) }
 
 // QueueModeEntered: one attempt plus the retries failed on FromSeq.
 type QueueModeEntered struct {
@@ -95,7 +101,7 @@ type Outbox struct {
 func (o *Outbox) Apply(e DeliveryEvent) {
 	switch e := e.(type) {
 	case EventPushed:
-		o.Delivered = max(o.Delivered, e.Seq+1)
+		o.Delivered = max(o.Delivered, e.Last()+1)
 	case QueueModeEntered:
 		o.Mode, o.PulledSinceQueue = ModeQueue, false
 	case PullServed:
@@ -121,8 +127,8 @@ func (o Outbox) Pending() uint64 { return o.Head - o.Delivered }
 var ErrStale = errors.New("delivery state moved on")
 
 // NextPush returns the event the push loop should send, if any: in push
-// mode, the oldest undelivered one. One push is in flight per peer, so
-// events arrive in order.
+// mode, the oldest undelivered one (a push may carry the events after it,
+// up to Head). One push is in flight per peer, so events arrive in order.
 func (o Outbox) NextPush() (seq uint64, ok bool) {
 	if o.Mode != ModePush || o.Delivered >= o.Head {
 		return 0, false
@@ -136,17 +142,25 @@ func (o Outbox) NeedsProbe() bool {
 	return o.Mode == ModeQueue && !o.PulledSinceQueue && o.Delivered < o.Head
 }
 
-// PushSucceeded decides what a successful push of seq records. probe is
-// true for a resume probe's push in queue mode.
-func (o Outbox) PushSucceeded(seq uint64, attempts uint32, probe bool) ([]DeliveryEvent, error) {
+// PushSucceeded decides what a successful push of seq through last records
+// (last == seq for a push of one event). probe is true for a resume probe's
+// push in queue mode.
+func (o Outbox) PushSucceeded(seq, last uint64, attempts uint32, probe bool) ([]DeliveryEvent, error) {
 	if seq != o.Delivered {
 		return nil, fmt.Errorf("%w: pushed %d, delivered up to %d", ErrStale, seq, o.Delivered)
 	}
+	if last < seq || last >= o.Head {
+		return nil, fmt.Errorf("%w: push of %d through %d, but the outbox holds %d events", ErrInvalidArgument, seq, last, o.Head)
+	}
+	pushed := EventPushed{Seq: seq, Attempts: attempts}
+	if last > seq {
+		pushed.Through = last
+	}
 	switch {
 	case o.Mode == ModePush && !probe:
-		return []DeliveryEvent{EventPushed{Seq: seq, Attempts: attempts}}, nil
+		return []DeliveryEvent{pushed}, nil
 	case o.Mode == ModeQueue && probe && !o.PulledSinceQueue:
-		return []DeliveryEvent{PushResumed{FromSeq: seq, Reason: ResumeProbe}, EventPushed{Seq: seq, Attempts: attempts}}, nil
+		return []DeliveryEvent{PushResumed{FromSeq: seq, Reason: ResumeProbe}, pushed}, nil
 	}
 	return nil, fmt.Errorf("%w: push of %d in %s mode (probe %v, pulled %v)", ErrStale, seq, o.Mode, probe, o.PulledSinceQueue)
 }

@@ -47,8 +47,24 @@ func TestPushMode(t *testing.T) {
 		}
 	})
 	t.Run("a successful push records pushed", func(t *testing.T) {
-		got, err := given(1).PushSucceeded(0, 3, false)
+		got, err := given(1).PushSucceeded(0, 0, 3, false)
 		then(t, got, err, EventPushed{Seq: 0, Attempts: 3})
+	})
+	t.Run("a push of several events records them as one range", func(t *testing.T) {
+		got, err := given(10, EventPushed{Seq: 0}).PushSucceeded(1, 6, 1, false)
+		then(t, got, err, EventPushed{Seq: 1, Through: 6, Attempts: 1})
+	})
+	t.Run("after a push of several events the next push starts after the last", func(t *testing.T) {
+		o := given(10, EventPushed{Seq: 0, Through: 6})
+		if seq, ok := o.NextPush(); !ok || seq != 7 {
+			t.Fatalf("NextPush = %d, %v; want 7", seq, ok)
+		}
+	})
+	t.Run("a push said to reach beyond the outbox is refused", func(t *testing.T) {
+		_, err := given(3).PushSucceeded(0, 3, 1, false)
+		if !errors.Is(err, ErrInvalidArgument) {
+			t.Fatalf("err = %v, want ErrInvalidArgument", err)
+		}
 	})
 	t.Run("failures below one attempt plus the retries record nothing", func(t *testing.T) {
 		for attempts := uint32(1); attempts <= retries; attempts++ {
@@ -68,7 +84,7 @@ func TestPushMode(t *testing.T) {
 		then(t, got, err)
 	})
 	t.Run("a push decided on a stale state records nothing", func(t *testing.T) {
-		_, err := given(2, EventPushed{Seq: 0}).PushSucceeded(0, 1, false)
+		_, err := given(2, EventPushed{Seq: 0}).PushSucceeded(0, 0, 1, false)
 		if !errors.Is(err, ErrStale) {
 			t.Fatalf("err = %v, want ErrStale", err)
 		}
@@ -182,7 +198,7 @@ func TestResumeProbe(t *testing.T) {
 		}
 	})
 	t.Run("a successful probe resumes pushing", func(t *testing.T) {
-		got, err := given(2, queued...).PushSucceeded(0, 1, true)
+		got, err := given(2, queued...).PushSucceeded(0, 0, 1, true)
 		then(t, got, err, PushResumed{FromSeq: 0, Reason: ResumeProbe}, EventPushed{Seq: 0, Attempts: 1})
 		o := given(2, append(queued, got...)...)
 		if seq, ok := o.NextPush(); !ok || seq != 1 || o.Mode != ModePush {
@@ -196,7 +212,7 @@ func TestResumeProbe(t *testing.T) {
 		}
 	})
 	t.Run("a probe that raced a pull records nothing", func(t *testing.T) {
-		_, err := given(2, append(queued, ServedPull(0, 2, true))...).PushSucceeded(0, 1, true)
+		_, err := given(2, append(queued, ServedPull(0, 2, true))...).PushSucceeded(0, 0, 1, true)
 		if !errors.Is(err, ErrStale) {
 			t.Fatalf("err = %v, want ErrStale", err)
 		}

@@ -16,8 +16,8 @@ const (
 	// RuleOutboxGapless: an outbox's revisions are 0, 1, 2... in global
 	// order: the sequence numbers have no gap and none is reused.
 	RuleOutboxGapless = "outbox-gapless"
-	// RuleCursorIncreasing: the delivered cursor only moves forward, one
-	// event at a time for a push: an EventPushed is for exactly the next
+	// RuleCursorIncreasing: the delivered cursor only moves forward, and
+	// without a gap for a push: an EventPushed starts at exactly the next
 	// undelivered event, a PullAcknowledged goes beyond what was delivered.
 	RuleCursorIncreasing = "cursor-increasing"
 	// RuleCursorWithinHead: every sequence number a delivery record names
@@ -250,8 +250,8 @@ func (a *auditor) checkDelivery(r eventstore.RecordedEvent, peer streams.PeerID)
 			a.violate(r.Stream, r.Revision, RuleNoPushInQueueMode, fmt.Sprintf("event %d pushed in queue mode", e.Seq))
 		}
 		switch {
-		case e.Seq >= out.Head:
-			a.violate(r.Stream, r.Revision, RuleCursorWithinHead, fmt.Sprintf("event %d pushed, but the outbox holds %d events", e.Seq, out.Head))
+		case e.Last() >= out.Head:
+			a.violate(r.Stream, r.Revision, RuleCursorWithinHead, fmt.Sprintf("event %d pushed, but the outbox holds %d events", e.Last(), out.Head))
 		case e.Seq < out.Delivered:
 			a.violate(r.Stream, r.Revision, RuleNoDoubleDelivery, fmt.Sprintf("event %d pushed again: delivered up to %d already", e.Seq, out.Delivered))
 		case e.Seq > out.Delivered:

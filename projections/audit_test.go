@@ -30,6 +30,8 @@ func cleanHistory(t *testing.T) *history {
 		delivery("pb", domain.QueueModeEntered{FromSeq: 0, Attempts: 6, LastError: "timeout"}).
 		delivery("pb", domain.PushResumed{FromSeq: 0, Reason: domain.ResumeProbe}, domain.EventPushed{Seq: 0, Attempts: 1}).
 		delivery("pb", domain.EventPushed{Seq: 1, Attempts: 1}).
+		enqueueN("pb", 4).
+		delivery("pb", domain.EventPushed{Seq: 2, Through: 5, Attempts: 2}). // a push of four events
 		received("pa", u64(0), added(42, 7), added(42, 8)).
 		received("pa", nil, added(42, 9)). // an upstream sender sends no sequence number
 		received("pa", u64(5), added(42, 10)).
@@ -77,7 +79,7 @@ func TestAuditCleanStore(t *testing.T) {
 	}
 	want := []PeerSummary{
 		{ServerID: "a.example:2289", PeerID: "pa", Head: 5, Delivered: 5, Pending: 0, Mode: "push", Received: 4},
-		{ServerID: "b.example:2289", PeerID: "pb", Head: 2, Delivered: 2, Pending: 0, Mode: "push", Received: 2},
+		{ServerID: "b.example:2289", PeerID: "pb", Head: 6, Delivered: 6, Pending: 0, Mode: "push", Received: 2},
 	}
 	if !reflect.DeepEqual(rep.Peers, want) {
 		t.Fatalf("peers:\n got %+v\nwant %+v", rep.Peers, want)
@@ -112,6 +114,12 @@ func TestAuditFindsBrokenInvariants(t *testing.T) {
 			h.enqueueN("pa", 1).delivery("pa", domain.EventPushed{Seq: 0}, domain.EventPushed{Seq: 1})
 		},
 		want: []Violation{{Stream: deliveryA, Revision: 1, Rule: RuleCursorWithinHead}},
+	}, {
+		name: "a push of several events reaching past the outbox head",
+		history: func(h *history) {
+			h.enqueueN("pa", 3).delivery("pa", domain.EventPushed{Seq: 0, Through: 3})
+		},
+		want: []Violation{{Stream: deliveryA, Revision: 0, Rule: RuleCursorWithinHead}},
 	}, {
 		name: "a push recorded before its event was enqueued",
 		history: func(h *history) {

@@ -26,7 +26,9 @@ import (
 
 // PeerClient calls other servers.
 type PeerClient interface {
-	Push(ctx context.Context, peer domain.ServerID, event *syncv1.Event, seq uint64) error
+	// Push sends events[0] as seq, and events[1:] as the events that follow
+	// it; only to a receiver whose last answer announced it takes them.
+	Push(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event) (peerclient.PushResult, error)
 	Pull(ctx context.Context, peer domain.ServerID, ack *uint64) (peerclient.PullResult, error)
 }
 
@@ -44,6 +46,11 @@ type Config struct {
 	ProbeBackoff domain.Backoff
 	// MaxConcurrentPushes caps pushes in flight across all peers.
 	MaxConcurrentPushes int
+	// PushBatchEvents and PushBatchBytes cap the events, and the request
+	// bytes, of one push to a Postbox receiver that announced it takes
+	// several (to others a push carries one event). 1 event: one per push.
+	PushBatchEvents int
+	PushBatchBytes  int
 	// PullReplyMaxBytes and PullReplyMaxEvents cap one Pull reply.
 	PullReplyMaxBytes  int
 	PullReplyMaxEvents int
@@ -79,6 +86,8 @@ func DefaultConfig() Config {
 		ResumeProbe:         true,
 		ProbeBackoff:        domain.Backoff{First: 10 * time.Second, Max: 10 * time.Minute},
 		MaxConcurrentPushes: 256,
+		PushBatchEvents:     256,
+		PushBatchBytes:      1 << 20,
 		PullReplyMaxBytes:   3 << 20,
 		PullReplyMaxEvents:  10000,
 		PullInterval:        time.Minute,
@@ -117,14 +126,18 @@ type peer struct {
 	out          domain.Outbox
 	deliveryNext uint64 // events in the delivery stream
 	pushing      bool   // a push loop runs
-	serving      bool   // a Pull is being served: probes record nothing
-	probeTimer   *time.Timer
-	probeCancel  context.CancelFunc
-	probeRound   int
-	journal      []journalEntry
-	flushing     bool
-	flushTimer   *time.Timer   // a batch of records nobody waits for is due
-	pullGate     chan struct{} // set while this server pulls from the peer; closed when done
+	// batchBytes is the largest push the peer announced in its last answer
+	// (0: one event per push). Not kept across restarts: the first push
+	// after one carries a single event and learns it again.
+	batchBytes  uint64
+	serving     bool // a Pull is being served: probes record nothing
+	probeTimer  *time.Timer
+	probeCancel context.CancelFunc
+	probeRound  int
+	journal     []journalEntry
+	flushing    bool
+	flushTimer  *time.Timer   // a batch of records nobody waits for is due
+	pullGate    chan struct{} // set while this server pulls from the peer; closed when done
 	// gateOwnedByStartup: Start set the gate before the startup pull runs.
 	gateOwnedByStartup bool
 	pullTimer          *time.Timer

@@ -7,14 +7,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/seqext"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
@@ -25,22 +30,54 @@ type systemClock struct{}
 
 func (systemClock) Now() time.Time { return time.Now() }
 
-// fakePeers records pushes and can be told to refuse them.
+// fakePeers records pushes and can be told to refuse them. With batchBytes
+// set it answers as a Postbox receiver that takes several events per push;
+// without, as an upstream one, which takes only the first.
 type fakePeers struct {
-	mu     sync.Mutex
-	down   bool
-	pushed []uint64
-	pullFn func(ack *uint64) (peerclient.PullResult, error)
+	mu          sync.Mutex
+	down        bool
+	batchBytes  uint64
+	hold        chan struct{} // set: pushes wait until it is closed
+	arrived     int           // pushes that reached the peer, held ones included
+	failBatches int           // refuse this many pushes of several events
+	pushed      []uint64      // the sequence numbers taken, in order
+	sizes       []int         // events per push, failed ones included
+	bytes       []int         // request bytes per push
+	pullFn      func(ack *uint64) (peerclient.PullResult, error)
 }
 
-func (f *fakePeers) Push(_ context.Context, _ domain.ServerID, _ *syncv1.Event, seq uint64) error {
+func (f *fakePeers) Push(_ context.Context, _ domain.ServerID, seq uint64, events []*syncv1.Event) (peerclient.PushResult, error) {
+	f.mu.Lock()
+	hold := f.hold
+	f.arrived++
+	f.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
-		return errors.New("connection refused")
+		return peerclient.PushResult{}, errors.New("connection refused")
 	}
-	f.pushed = append(f.pushed, seq)
-	return nil
+	req := &syncv1.PushRequest{Event: events[0]}
+	seqext.SetPushSeq(req, seq)
+	if err := seqext.AddFollowing(req, events[1:]...); err != nil {
+		return peerclient.PushResult{}, err
+	}
+	f.sizes = append(f.sizes, len(events))
+	f.bytes = append(f.bytes, proto.Size(req))
+	if len(events) > 1 && f.failBatches > 0 {
+		f.failBatches--
+		return peerclient.PushResult{}, errors.New("request too large")
+	}
+	if f.batchBytes == 0 {
+		f.pushed = append(f.pushed, seq)
+		return peerclient.PushResult{Through: seq}, nil
+	}
+	for i := range events {
+		f.pushed = append(f.pushed, seq+uint64(i))
+	}
+	return peerclient.PushResult{Through: seq + uint64(len(events)) - 1, BatchBytes: f.batchBytes}, nil
 }
 
 func (f *fakePeers) Pull(_ context.Context, _ domain.ServerID, ack *uint64) (peerclient.PullResult, error) {
@@ -188,6 +225,125 @@ func TestEventsArePushedInOrderAndRecorded(t *testing.T) {
 	}
 }
 
+func (f *fakePeers) set(fn func(f *fakePeers)) { f.mu.Lock(); fn(f); f.mu.Unlock() }
+
+func (f *fakePeers) pushSizes() ([]int, []int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]int(nil), f.sizes...), append([]int(nil), f.bytes...)
+}
+
+// holdPushes makes the next push wait, and returns what lets it go.
+func (w *world) holdPushes() (release func()) {
+	hold := make(chan struct{})
+	w.peers.set(func(f *fakePeers) { f.hold = hold })
+	return func() {
+		w.peers.set(func(f *fakePeers) { f.hold = nil })
+		close(hold)
+	}
+}
+
+// pushedInOrder checks that the peer took events 0..n-1, each once, in order.
+func (w *world) pushedInOrder(n int) {
+	w.t.Helper()
+	eventually(w.t, fmt.Sprintf("%d events delivered", n), func() bool { return w.state().Delivered == uint64(n) })
+	got := w.peers.pushes()
+	if len(got) != n {
+		w.t.Fatalf("the peer took %d events, want %d: %v", len(got), n, got)
+	}
+	for i, seq := range got {
+		if seq != uint64(i) {
+			w.t.Fatalf("event %d taken as seq %d: %v", i, seq, got)
+		}
+	}
+}
+
+func TestAPushCarriesSeveralEventsOnceThePeerAnnouncesIt(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.PushBatchEvents = 100
+	w := newWorld(t, cfg)
+	w.peers.set(func(f *fakePeers) { f.batchBytes = 1 << 20 })
+	// Given a first push under way, before the peer has announced anything,
+	release := w.holdPushes()
+	w.send(301)
+	// when it is answered,
+	release()
+	// then the next pushes carry what waited, up to the cap, in order.
+	w.pushedInOrder(301)
+	if sizes, _ := w.peers.pushSizes(); !slices.Equal(sizes, []int{1, 100, 100, 100}) {
+		t.Fatalf("events per push: %v, want [1 100 100 100]", sizes)
+	}
+	want := []domain.DeliveryEvent{
+		domain.EventPushed{Seq: 0, Attempts: 1},
+		domain.EventPushed{Seq: 1, Through: 100, Attempts: 1},
+		domain.EventPushed{Seq: 101, Through: 200, Attempts: 1},
+		domain.EventPushed{Seq: 201, Through: 300, Attempts: 1},
+	}
+	eventually(t, "the pushes recorded", func() bool { return len(w.deliveryRecords()) == len(want) })
+	if got := w.deliveryRecords(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("delivery records %#v, want %#v", got, want)
+	}
+}
+
+func TestAPushStaysWithinTheBytesThePeerAnnounced(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	const limit = 200
+	w.peers.set(func(f *fakePeers) { f.batchBytes = limit })
+	release := w.holdPushes()
+	w.send(100)
+	release()
+	w.pushedInOrder(100)
+	sizes, bytes := w.peers.pushSizes()
+	if len(sizes) < 3 || slices.Max(sizes) < 2 {
+		t.Fatalf("events per push: %v, want several pushes of several events", sizes)
+	}
+	for i, b := range bytes {
+		if b > limit {
+			t.Fatalf("push %d was %d bytes, over the %d announced", i, b, limit)
+		}
+	}
+}
+
+func TestAnUpstreamPeerGetsOneEventPerPush(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig()) // the fake announces nothing, as upstream
+	release := w.holdPushes()
+	w.send(20)
+	release()
+	w.pushedInOrder(20)
+	if sizes, _ := w.peers.pushSizes(); slices.Max(sizes) != 1 || len(sizes) != 20 {
+		t.Fatalf("events per push: %v, want 20 pushes of one", sizes)
+	}
+}
+
+func TestAFailedPushOfSeveralEventsIsRetriedWithOne(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.peers.set(func(f *fakePeers) { f.batchBytes = 1 << 20 })
+	w.send(1)
+	w.pushedInOrder(1) // the peer has announced batches
+	// Given a push of one event under way and nine events waiting behind it,
+	release := w.holdPushes()
+	w.send(1)
+	eventually(t, "the push under way", func() bool {
+		w.peers.mu.Lock()
+		defer w.peers.mu.Unlock()
+		return w.peers.arrived == 2
+	})
+	w.send(9)
+	// when the peer refuses the next push of several events,
+	w.peers.set(func(f *fakePeers) { f.failBatches = 1 })
+	release()
+	// then the retry carries one event, and once the peer announces
+	// again, the rest go together.
+	w.pushedInOrder(11)
+	if sizes, _ := w.peers.pushSizes(); !slices.Equal(sizes, []int{1, 1, 9, 1, 8}) {
+		t.Fatalf("events per push: %v, want [1 1 9 1 8]", sizes)
+	}
+}
+
 func TestQueueModeThenAcknowledgedPullsThenPushAgain(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, testConfig())
@@ -286,7 +442,7 @@ func TestReceivedEventsAreAppliedOnceAndInOrder(t *testing.T) {
 	sender := domain.Caller{ServerID: domain.MustParseServerID("s.example:2289"), Extended: true}
 	seq := func(v uint64) *uint64 { return &v }
 	for _, s := range []uint64{0, 1, 1, 0, 2} { // a retried push, a re-sent one
-		if err := w.engine.AcceptPush(ctx, sender, added(s), seq(s)); err != nil {
+		if err := w.engine.AcceptPush(ctx, sender, []*syncv1.Event{added(s)}, seq(s)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -304,12 +460,27 @@ func TestReceivedEventsAreAppliedOnceAndInOrder(t *testing.T) {
 			t.Fatalf("inbox[%d] = %+v", i, rec)
 		}
 	}
-	// After a restart the receiver still knows what it applied.
-	w.restart()
-	if err := w.engine.AcceptPush(ctx, sender, added(2), seq(2)); err != nil {
+	// A push of several events that overlaps what was applied: only the
+	// new ones are appended, in one append.
+	if err := w.engine.AcceptPush(ctx, sender, []*syncv1.Event{added(1), added(2), added(3), added(4)}, seq(1)); err != nil {
 		t.Fatal(err)
 	}
-	if recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 100); len(recs) != 3 {
+	recs, err = w.store.ReadStream(ctx, streams.Inbox(id), 0, 100)
+	if err != nil || len(recs) != 5 {
+		t.Fatalf("inbox holds %d events (%v), want 5", len(recs), err)
+	}
+	for i, r := range recs {
+		rec, _ := streams.DecodeReceived(r)
+		if *rec.SenderSeq != uint64(i) || rec.Event.GetUserAddedToGuild().GetUserId() != uint64(i) {
+			t.Fatalf("inbox[%d] = %+v", i, rec)
+		}
+	}
+	// After a restart the receiver still knows what it applied.
+	w.restart()
+	if err := w.engine.AcceptPush(ctx, sender, []*syncv1.Event{added(2)}, seq(2)); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 100); len(recs) != 5 {
 		t.Fatalf("a replayed push was applied after a restart: %d events", len(recs))
 	}
 }
@@ -320,7 +491,7 @@ func TestAPushWaitsForThisServersPullFromTheSender(t *testing.T) {
 	ctx := context.Background()
 	sender := domain.Caller{ServerID: domain.MustParseServerID("s.example:2289"), Extended: true}
 	seq := func(v uint64) *uint64 { return &v }
-	if err := w.engine.AcceptPush(ctx, sender, added(0), seq(0)); err != nil {
+	if err := w.engine.AcceptPush(ctx, sender, []*syncv1.Event{added(0)}, seq(0)); err != nil {
 		t.Fatal(err)
 	}
 	release := make(chan struct{})
@@ -348,7 +519,7 @@ func TestAPushWaitsForThisServersPullFromTheSender(t *testing.T) {
 		return p.pullGate != nil
 	})
 	pushed := make(chan error, 1)
-	go func() { pushed <- w.engine.AcceptPush(ctx, sender, added(3), seq(3)) }()
+	go func() { pushed <- w.engine.AcceptPush(ctx, sender, []*syncv1.Event{added(3)}, seq(3)) }()
 	select {
 	case err := <-pushed:
 		t.Fatalf("the push finished during the pull: %v", err)

@@ -14,10 +14,11 @@ import (
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
-// AcceptPush applies one pushed event and returns once it is durable in the
-// sender's inbox stream. While this server's own Pull from the sender is
-// under way, it waits for that Pull first, as the spec asks.
-func (e *Engine) AcceptPush(ctx context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error {
+// AcceptPush applies pushed events (the first at seq, the rest following
+// it) and returns once they are durable in the sender's inbox stream, all
+// in one append. While this server's own Pull from the sender is under
+// way, it waits for that Pull first, as the spec asks.
+func (e *Engine) AcceptPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error {
 	if _, _, err := domain.CheckCaller(e.registry, caller.ServerID); err != nil {
 		return err
 	}
@@ -36,7 +37,7 @@ func (e *Engine) AcceptPush(ctx context.Context, caller domain.Caller, event *sy
 			return fmt.Errorf("waiting for this server's pull from %s: %w", caller.ServerID, ctx.Err())
 		}
 	}
-	if err := e.receive(ctx, p, eventsv1.EventReceived_VIA_PUSH, []*syncv1.Event{event}, seq); err != nil {
+	if err := e.receive(ctx, p, eventsv1.EventReceived_VIA_PUSH, events, seq); err != nil {
 		return err
 	}
 	e.schedulePull(p, e.cfg.PullInterval)

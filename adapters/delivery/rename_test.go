@@ -13,6 +13,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
 func pubKey(seed byte) ed25519.PublicKey {
@@ -127,7 +128,7 @@ func TestAPeerRenameCarriesItsStreamsOver(t *testing.T) {
 	if _, err := w.engine.ServePull(ctx, oldCaller, nil); !errors.Is(err, domain.ErrPeerRenamed) {
 		t.Fatalf("pull under the old ID: %v", err)
 	}
-	if err := w.engine.AcceptPush(ctx, oldCaller, added(1), nil); !errors.Is(err, domain.ErrPeerRenamed) {
+	if err := w.engine.AcceptPush(ctx, oldCaller, []*syncv1.Event{added(1)}, nil); !errors.Is(err, domain.ErrPeerRenamed) {
 		t.Fatalf("push under the old ID: %v", err)
 	}
 	// The queue continues under the new ID: the backlog is pulled whole.

@@ -6,7 +6,11 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/seqext"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -55,9 +59,10 @@ func (e *Engine) kickLocked(p *peer) {
 	e.goBackground(func() { e.pushLoop(p) })
 }
 
-// pushLoop pushes p's undelivered events in order, one in flight, until
-// none is left or queue mode begins; then it exits, so idle peers hold no
-// goroutine.
+// pushLoop pushes p's undelivered events in order, one push in flight,
+// until none is left or queue mode begins; then it exits, so idle peers
+// hold no goroutine. A push carries as many undelivered events as the peer
+// announced it takes (one, to an upstream receiver).
 func (e *Engine) pushLoop(p *peer) {
 	ctx := e.ctx
 	var ahead outboxReader
@@ -89,24 +94,54 @@ func (e *Engine) pushLoop(p *peer) {
 			e.logger.Error("push loop for an unregistered peer", "peer", p.id)
 			return
 		}
-		event, err := ahead.read(ctx, e.store, p.id, seq)
-		if err != nil {
-			e.logger.Error("reading the outbox failed", "peer", p.id, "seq", seq, "err", err)
-			_ = sleep(ctx, time.Second)
-			continue
-		}
-		e.pushWithRetries(ctx, p, server, seq, event)
+		e.pushWithRetries(ctx, p, server, seq, &ahead)
 	}
 }
 
+// nextPush reads the events of p's next push from seq: as many as p
+// announced it takes and this server's caps allow, at least one.
+func (e *Engine) nextPush(ctx context.Context, p *peer, seq uint64, ahead *outboxReader) ([]*syncv1.Event, error) {
+	p.mu.Lock()
+	head, budget := p.out.Head, min(p.batchBytes, uint64(max(e.cfg.PushBatchBytes, 0)))
+	p.mu.Unlock()
+	maxEvents := 1
+	if budget > 0 {
+		maxEvents = max(e.cfg.PushBatchEvents, 1)
+	}
+	events, err := ahead.read(ctx, e.store, p.id, seq, head, maxEvents)
+	if err != nil {
+		return nil, err
+	}
+	// What the request holds besides the following events: the first
+	// event, its sequence number, and room for any transport framing.
+	const overhead = 64
+	size := uint64(proto.Size(events[0])) + overhead
+	for i := 1; i < len(events); i++ {
+		size += uint64(seqext.FollowingSize(events[i]))
+		if size > budget {
+			return events[:i], nil
+		}
+	}
+	return events, nil
+}
+
 // pushWithRetries makes one attempt plus the configured retries on seq,
-// and records the outcome.
-func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.ServerID, seq uint64, event *syncv1.Event) {
+// and records the outcome. A failed attempt makes the next carry one event
+// until the peer announces again what it takes: the failure may have been
+// the size.
+func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.ServerID, seq uint64, ahead *outboxReader) {
 	for attempts := uint32(1); ctx.Err() == nil; attempts++ {
-		err := e.pushOnce(ctx, server, event, seq)
+		events, err := e.nextPush(ctx, p, seq, ahead)
+		if err != nil {
+			e.logger.Error("reading the outbox failed", "peer", p.id, "seq", seq, "err", err)
+			_ = sleep(ctx, time.Second)
+			return
+		}
+		res, err := e.pushOnce(ctx, server, seq, events)
 		p.mu.Lock()
 		if err == nil {
-			records, derr := p.out.PushSucceeded(seq, attempts, false)
+			p.batchBytes = res.BatchBytes
+			records, derr := p.out.PushSucceeded(seq, res.Through, attempts, false)
 			if derr == nil {
 				// Not waited for, and batched: the next pushes overlap its
 				// sync. If it is lost in a crash, the event is pushed again
@@ -116,6 +151,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			p.mu.Unlock()
 			return
 		}
+		p.batchBytes = 0
 		records, derr := p.out.PushFailed(seq, attempts, e.cfg.PushRetries, err.Error())
 		if derr != nil || len(records) > 0 {
 			done := e.recordLocked(p, true, records...)
@@ -136,19 +172,19 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 }
 
 // pushOnce makes one attempt, holding one of the global push slots.
-func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, event *syncv1.Event, seq uint64) error {
+func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event) (peerclient.PushResult, error) {
 	select {
 	case e.slots <- struct{}{}:
 	case <-ctx.Done():
-		return ctx.Err()
+		return peerclient.PushResult{}, ctx.Err()
 	}
 	defer func() { <-e.slots }()
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.AttemptTimeout)
 	defer cancel()
 	start := time.Now()
-	err := e.client.Push(ctx, server, event, seq)
+	res, err := e.client.Push(ctx, server, seq, events)
 	e.cfg.Observer.PushAttempted(server, time.Since(start), err)
-	return err
+	return res, err
 }
 
 // scheduleProbeLocked arms the resume probe of a peer in queue mode.
@@ -194,9 +230,10 @@ func (e *Engine) probe(p *peer) {
 		return
 	}
 	var r outboxReader
-	event, err := r.read(ctx, e.store, p.id, seq)
+	events, err := r.read(ctx, e.store, p.id, seq, seq+1, 1)
+	var res peerclient.PushResult
 	if err == nil {
-		err = e.pushOnce(ctx, server, event, seq)
+		res, err = e.pushOnce(ctx, server, seq, events)
 	}
 
 	p.mu.Lock()
@@ -210,7 +247,8 @@ func (e *Engine) probe(p *peer) {
 		e.scheduleProbeLocked(p)
 		return
 	}
-	records, derr := p.out.PushSucceeded(seq, 1, true)
+	p.batchBytes = res.BatchBytes
+	records, derr := p.out.PushSucceeded(seq, seq, 1, true)
 	if derr != nil || p.serving {
 		return
 	}
@@ -249,26 +287,33 @@ type outboxReader struct {
 
 const readAhead = 256
 
-func (r *outboxReader) read(ctx context.Context, s Store, id streams.PeerID, seq uint64) (*syncv1.Event, error) {
-	if r.peer == id && seq >= r.from && seq < r.from+uint64(len(r.events)) {
-		return r.events[seq-r.from], nil
+// read returns up to n events of the outbox of id from seq, below head; at
+// least the one at seq. The slice is valid until the next read.
+func (r *outboxReader) read(ctx context.Context, s Store, id streams.PeerID, seq, head uint64, n int) ([]*syncv1.Event, error) {
+	want := uint64(max(n, 1))
+	if head > seq {
+		want = min(want, head-seq)
 	}
-	recs, err := s.ReadStream(ctx, streams.Outbox(id), seq, readAhead)
-	if err != nil {
-		return nil, err
-	}
-	if len(recs) == 0 || recs[0].Revision != seq {
-		return nil, fmt.Errorf("outbox of %s has no event %d: %w", id, seq, errMissingEvent)
-	}
-	r.peer, r.from, r.events = id, seq, r.events[:0]
-	for _, rec := range recs {
-		ev, err := streams.DecodeEnqueued(rec)
+	end := r.from + uint64(len(r.events))
+	if r.peer != id || seq < r.from || seq+want > end {
+		recs, err := s.ReadStream(ctx, streams.Outbox(id), seq, max(readAhead, int(want)))
 		if err != nil {
 			return nil, err
 		}
-		r.events = append(r.events, ev)
+		if len(recs) == 0 || recs[0].Revision != seq {
+			return nil, fmt.Errorf("outbox of %s has no event %d: %w", id, seq, errMissingEvent)
+		}
+		r.peer, r.from, r.events = id, seq, r.events[:0]
+		for _, rec := range recs {
+			ev, err := streams.DecodeEnqueued(rec)
+			if err != nil {
+				return nil, err
+			}
+			r.events = append(r.events, ev)
+		}
+		end = r.from + uint64(len(r.events))
 	}
-	return r.events[0], nil
+	return r.events[seq-r.from : min(seq+want, end)-r.from], nil
 }
 
 var errMissingEvent = errors.New("missing outbox event")

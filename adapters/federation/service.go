@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"math"
 	"net/http"
 
 	"connectrpc.com/connect"
@@ -31,9 +32,10 @@ type Postbox interface {
 	// ServePull answers a Pull from caller; ack is the caller's
 	// acknowledgement, if it sent one.
 	ServePull(ctx context.Context, caller domain.Caller, ack *uint64) (PullBatch, error)
-	// AcceptPush applies one pushed event; seq is the sender's sequence
-	// number, if it sent one. It returns once the event is durable.
-	AcceptPush(ctx context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error
+	// AcceptPush applies pushed events: one, or for a Postbox sender the
+	// first at seq and those that follow it. seq is the sender's sequence
+	// number, if it sent one. It returns once the events are durable.
+	AcceptPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error
 	// AcceptRename records that caller is now called newID.
 	AcceptRename(ctx context.Context, caller domain.Caller, newID domain.ServerID) error
 }
@@ -51,14 +53,23 @@ type AuthObserver interface {
 
 // PostboxService implements syncv1connect.PostboxServiceHandler.
 type PostboxService struct {
-	auth     Authenticator
-	box      Postbox
-	observer AuthObserver
+	auth       Authenticator
+	box        Postbox
+	observer   AuthObserver
+	batchBytes uint64
 }
 
 // NewPostboxService returns the federation handlers.
 func NewPostboxService(auth Authenticator, box Postbox) *PostboxService {
 	return &PostboxService{auth: auth, box: box}
+}
+
+// AcceptBatches makes s tell Postbox senders that a push may carry
+// following events, up to a request body of maxRequestBytes (the limit the
+// transports enforce).
+func (s *PostboxService) AcceptBatches(maxRequestBytes int64) *PostboxService {
+	s.batchBytes = uint64(max(maxRequestBytes, 0))
+	return s
 }
 
 // ObserveAuthFailures makes s tell o of every refused request.
@@ -103,7 +114,8 @@ func (s *PostboxService) Pull(ctx context.Context, req *connect.Request[syncv1.P
 	return connect.NewResponse(res), nil
 }
 
-// Push accepts one event.
+// Push accepts one event, or from a Postbox sender the events that follow
+// it too, and answers a Postbox sender with how far it took them.
 func (s *PostboxService) Push(ctx context.Context, req *connect.Request[syncv1.PushRequest]) (*connect.Response[syncv1.PushResponse], error) {
 	caller, err := s.authenticate(ctx, req.Header(), domain.OpPush, "")
 	if err != nil {
@@ -112,14 +124,29 @@ func (s *PostboxService) Push(ctx context.Context, req *connect.Request[syncv1.P
 	if req.Msg.GetEvent() == nil {
 		return nil, fmt.Errorf("%w: push without an event", domain.ErrInvalidArgument)
 	}
-	var seq *uint64
-	if n, ok := seqext.PushSeq(req.Msg); ok {
-		seq = &n
+	events := []*syncv1.Event{req.Msg.GetEvent()}
+	n, hasSeq := seqext.PushSeq(req.Msg)
+	if !hasSeq {
+		// An upstream sender: one event, and an answer as upstream gives.
+		if err := s.box.AcceptPush(ctx, caller, events, nil); err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(&syncv1.PushResponse{}), nil
 	}
-	if err := s.box.AcceptPush(ctx, caller, req.Msg.GetEvent(), seq); err != nil {
+	following, err := seqext.Following(req.Msg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", domain.ErrInvalidArgument, err)
+	}
+	if uint64(len(following)) > math.MaxUint64-n {
+		return nil, fmt.Errorf("%w: sequence numbers from %d overflow", domain.ErrInvalidArgument, n)
+	}
+	events = append(events, following...)
+	if err := s.box.AcceptPush(ctx, caller, events, &n); err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&syncv1.PushResponse{}), nil
+	res := &syncv1.PushResponse{}
+	seqext.SetPushReply(res, seqext.PushReply{LastSeq: n + uint64(len(following)), BatchBytes: s.batchBytes})
+	return connect.NewResponse(res), nil
 }
 
 // NotifyNewId accepts a peer's rename.

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"net/http"
 	"strings"
@@ -97,16 +98,40 @@ func TestFederationOverEveryProtocol(t *testing.T) {
 
 		push := rawHRPC(t, http.MethodPost, f.url+pathPush, "application/hrpc", p.extended(t, f.clock, f.id), unhex(t, fixturePushSeqHex))
 		checkOK(t, push)
-		if len(push.Body) != 0 {
-			t.Errorf("Push reply = %x, want an empty PushResponse", push.Body)
+		// To a Postbox sender: last_seq 41 (field 100), batch_bytes 4 MiB
+		// (field 101, the request limit).
+		if want := "a00629a80680808002"; hex.EncodeToString(push.Body) != want {
+			t.Errorf("Push reply = %x, want %s", push.Body, want)
 		}
 		checkReceived(t, f, p.id, 41)
 
 		// Media type compared case-insensitively, parameters allowed; a
-		// plain upstream token; a push without the sequence extension.
+		// plain upstream token; a push without the sequence extension gets
+		// the empty answer upstream gives.
 		odd := rawHRPC(t, http.MethodPost, f.url+pathPush, "Application/HRPC; charset=utf-8", p.plain(t, f.clock), unhex(t, fixturePushHex))
 		checkOK(t, odd)
+		if len(odd.Body) != 0 {
+			t.Errorf("Push reply to an upstream sender = %x, want an empty PushResponse", odd.Body)
+		}
 		checkReceived(t, f, p.id, 41, -1)
+
+		// A push of three events: seq 50 (a00632) and two following events
+		// (field 101: aa06, length 6, the same event bytes).
+		const following = "aa06061204082a1007"
+		batch := rawHRPC(t, http.MethodPost, f.url+pathPush, "application/hrpc", p.extended(t, f.clock, f.id),
+			unhex(t, "0a061204082a1007a00632"+following+following))
+		checkOK(t, batch)
+		if want := "a00634a80680808002"; hex.EncodeToString(batch.Body) != want {
+			t.Errorf("Push reply = %x, want %s (last_seq 52)", batch.Body, want)
+		}
+		checkReceived(t, f, p.id, 41, -1, 50, 51, 52)
+
+		// A following event that does not decode: the whole push is
+		// refused, nothing of it applied.
+		bad := rawHRPC(t, http.MethodPost, f.url+pathPush, "application/hrpc", p.extended(t, f.clock, f.id),
+			unhex(t, "0a061204082a1007a00635"+following+"aa0601ff"))
+		checkHRPCError(t, bad, http.StatusBadRequest, "hrpc.http.bad-unary-request")
+		checkReceived(t, f, p.id, 41, -1, 50, 51, 52)
 		for _, r := range f.rec.requests() {
 			if strings.HasPrefix(strings.ToLower(r.ContentType), "application/hrpc") && r.ProtoMajor != 1 {
 				t.Errorf("hRPC request %s arrived over HTTP/%d, want HTTP/1.1", r.Path, r.ProtoMajor)

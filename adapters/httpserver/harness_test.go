@@ -319,7 +319,7 @@ func startFederation(t testing.TB, opts fedOptions) *fed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := httpserver.NewFederationHandler(federation.NewPostboxService(verifier, postbox), federation.NewKeyService(pub), opts.limit, discardLogger)
+	h := httpserver.NewFederationHandler(federation.NewPostboxService(verifier, postbox).AcceptBatches(int64(opts.limit)), federation.NewKeyService(pub), opts.limit, discardLogger)
 	rec := &recorder{next: h}
 	addr := serve(t, "federation", rec)
 	return &fed{id: id, url: "http://" + addr, clock: opts.clock, public: pub, postbox: postbox, rec: rec}

@@ -113,7 +113,7 @@ func TestFederationOverTLS(t *testing.T) {
 	signer := authtoken.NewSigner(senderKey, clock.System{}, rand.Reader)
 	for i, protocol := range []peerclient.Protocol{peerclient.HRPC, peerclient.Connect, peerclient.GRPC} {
 		client := peerclient.New(peerclient.Config{TLS: trusting, Protocol: protocol}, signer, fixedSelf(senderID))
-		if err := client.Push(t.Context(), receiverID, event, uint64(i)); err != nil {
+		if _, err := client.Push(t.Context(), receiverID, uint64(i), []*syncv1.Event{event}); err != nil {
 			t.Fatalf("push over %s with TLS: %v", protocol, err)
 		}
 	}
@@ -123,7 +123,7 @@ func TestFederationOverTLS(t *testing.T) {
 
 	// Without the CA, the certificate is not trusted.
 	untrusting := peerclient.New(peerclient.Config{TLS: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: x509.NewCertPool()}}, signer, fixedSelf(senderID))
-	if err := untrusting.Push(t.Context(), receiverID, event, 9); err == nil || !strings.Contains(err.Error(), "certificate") {
+	if _, err := untrusting.Push(t.Context(), receiverID, 9, []*syncv1.Event{event}); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("a push to an untrusted certificate: %v", err)
 	}
 }

@@ -170,12 +170,39 @@ func fromConnect(procedure string, err error) error {
 	}
 }
 
-// Push delivers one event with its sequence number.
-func (c *Client) Push(ctx context.Context, peer domain.ServerID, event *syncv1.Event, seq uint64) error {
-	req := &syncv1.PushRequest{Event: event}
+// PushResult is a receiver's answer to a push.
+type PushResult struct {
+	// Through is the last event of the push the receiver took: the first
+	// one's sequence number, unless a Postbox receiver took the following
+	// events too.
+	Through uint64
+	// BatchBytes is the largest push request the receiver reads, which
+	// following events may fill; 0 (an upstream receiver): one event per
+	// push.
+	BatchBytes uint64
+}
+
+// Push delivers events[0] with sequence number seq and, to a receiver that
+// announced it takes them, events[1:] as the events that follow it.
+func (c *Client) Push(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event) (PushResult, error) {
+	if len(events) == 0 {
+		return PushResult{}, errors.New("push of no event")
+	}
+	req := &syncv1.PushRequest{Event: events[0]}
 	seqext.SetPushSeq(req, seq)
-	_, err := call(ctx, c, peer, syncv1connect.PostboxServicePushProcedure, "", req, syncv1connect.PostboxServiceClient.Push)
-	return err
+	if err := seqext.AddFollowing(req, events[1:]...); err != nil {
+		return PushResult{}, err
+	}
+	res, err := call(ctx, c, peer, syncv1connect.PostboxServicePushProcedure, "", req, syncv1connect.PostboxServiceClient.Push)
+	if err != nil {
+		return PushResult{}, err
+	}
+	reply, ok := seqext.GetPushReply(res)
+	if !ok {
+		return PushResult{Through: seq}, nil // an upstream receiver took the first event only
+	}
+	last := seq + uint64(len(events)) - 1
+	return PushResult{Through: min(max(reply.LastSeq, seq), last), BatchBytes: reply.BatchBytes}, nil
 }
 
 // PullResult is a peer's Pull reply.

@@ -80,10 +80,10 @@ func (f *fakePostbox) ServePull(_ context.Context, _ domain.Caller, ack *uint64)
 	return f.batch, nil
 }
 
-func (f *fakePostbox) AcceptPush(_ context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error {
+func (f *fakePostbox) AcceptPush(_ context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pushes = append(f.pushes, federationtest.Received{From: caller.ServerID, Event: event, Seq: seq})
+	f.pushes = append(f.pushes, federationtest.Each(caller.ServerID, events, seq)...)
 	return nil
 }
 
@@ -144,7 +144,7 @@ func startRemote(t *testing.T) *remote {
 		if err != nil {
 			t.Fatal(err)
 		}
-		h := httpserver.NewFederationHandler(federation.NewPostboxService(verifier, r.box), federation.NewKeyService(pub), 1<<20, discardLogger)
+		h := httpserver.NewFederationHandler(federation.NewPostboxService(verifier, r.box).AcceptBatches(1<<20), federation.NewKeyService(pub), 1<<20, discardLogger)
 		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 			r.mu.Lock()
 			r.log = append(r.log, seen{req.URL.Path, req.Header.Get("Content-Type"), req.Header.Get("Authorization"), req.ProtoMajor})
@@ -208,21 +208,34 @@ func TestClientOverEveryProtocol(t *testing.T) {
 			srv := startRemote(t)
 			client, self := newClient(t, peerclient.Config{Protocol: protocol}, nil)
 
-			// Push: the sequence number arrives, 0 included (presence matters).
-			if err := client.Push(ctx, srv.id, event(42, 7), 41); err != nil {
+			// Push: the sequence number arrives, 0 included (presence
+			// matters); the receiver announces how much one push may carry.
+			res, err := client.Push(ctx, srv.id, 41, []*syncv1.Event{event(42, 7)})
+			if err != nil {
 				t.Fatalf("Push: %v", err)
 			}
-			if err := client.Push(ctx, srv.id, removed(42, 7), 0); err != nil {
+			if res != (peerclient.PushResult{Through: 41, BatchBytes: 1 << 20}) {
+				t.Errorf("Push = %+v, want through 41, batches up to 1 MiB", res)
+			}
+			if _, err := client.Push(ctx, srv.id, 0, []*syncv1.Event{removed(42, 7)}); err != nil {
 				t.Fatalf("Push seq 0: %v", err)
 			}
+			// A push of several events: all taken, in order.
+			res, err = client.Push(ctx, srv.id, 1, []*syncv1.Event{event(5, 1), event(6, 1), removed(5, 1)})
+			if err != nil {
+				t.Fatalf("Push of three: %v", err)
+			}
+			if res.Through != 3 {
+				t.Errorf("Push of three events from 1 = %+v, want through 3", res)
+			}
 			_, pushes, _ := srv.box.snapshot()
-			if len(pushes) != 2 {
-				t.Fatalf("server got %d pushes, want 2", len(pushes))
+			if len(pushes) != 5 {
+				t.Fatalf("server got %d events, want 5", len(pushes))
 			}
 			for i, want := range []struct {
 				event *syncv1.Event
 				seq   uint64
-			}{{event(42, 7), 41}, {removed(42, 7), 0}} {
+			}{{event(42, 7), 41}, {removed(42, 7), 0}, {event(5, 1), 1}, {event(6, 1), 2}, {removed(5, 1), 3}} {
 				p := pushes[i]
 				if p.From != self || !proto.Equal(p.Event, want.event) || p.Seq == nil || *p.Seq != want.seq {
 					t.Errorf("push %d = from %s, %v, seq %v; want from %s, %v, seq %d", i, p.From, p.Event, p.Seq, self, want.event, want.seq)
@@ -327,7 +340,7 @@ func TestClientAuthRefusedOverEveryProtocol(t *testing.T) {
 		t.Run(string(protocol), func(t *testing.T) {
 			t.Parallel()
 			client, _ := newClient(t, peerclient.Config{Protocol: protocol}, otherPub)
-			err := client.Push(ctxFor(t), srv.id, event(1, 1), 0)
+			_, err := client.Push(ctxFor(t), srv.id, 0, []*syncv1.Event{event(1, 1)})
 			status := http.StatusBadRequest
 			if protocol != peerclient.HRPC {
 				status = http.StatusUnauthorized // Connect's status for Unauthenticated
@@ -349,7 +362,7 @@ func TestPerPeerProtocolOverridesDefault(t *testing.T) {
 	}, nil)
 	ctx := ctxFor(t)
 	for _, r := range []*remote{hrpcPeer, grpcPeer} {
-		if err := client.Push(ctx, r.id, event(1, 1), 5); err != nil {
+		if _, err := client.Push(ctx, r.id, 5, []*syncv1.Event{event(1, 1)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -377,7 +390,7 @@ func TestUnreachablePeerIsNotARemoteError(t *testing.T) {
 	gone := domain.MustParseServerID("127.0.0.1:" + strconv.Itoa(port))
 	for _, protocol := range protocols {
 		client, _ := newClient(t, peerclient.Config{Protocol: protocol}, nil)
-		err := client.Push(ctxFor(t), gone, event(1, 1), 0)
+		_, err := client.Push(ctxFor(t), gone, 0, []*syncv1.Event{event(1, 1)})
 		var re *hrpc.RemoteError
 		if err == nil || errors.As(err, &re) {
 			t.Errorf("%s: push to a closed port: %v, want a local error", protocol, err)

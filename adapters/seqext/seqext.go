@@ -7,6 +7,9 @@
 package seqext
 
 import (
+	"errors"
+	"fmt"
+
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -15,10 +18,13 @@ import (
 
 // Field numbers, as in postbox.federation.v1.
 const (
-	pushSeq      protowire.Number = 100 // PushRequestExt.seq
-	pullFirstSeq protowire.Number = 100 // PullResponseExt.first_seq
-	pullAck      protowire.Number = 100 // PullRequestExt.ack
-	pullHasAck   protowire.Number = 101 // PullRequestExt.has_ack
+	pushSeq       protowire.Number = 100 // PushRequestExt.seq
+	pushFollowing protowire.Number = 101 // PushRequestExt.following
+	pushLastSeq   protowire.Number = 100 // PushResponseExt.last_seq
+	pushBatch     protowire.Number = 101 // PushResponseExt.batch_bytes
+	pullFirstSeq  protowire.Number = 100 // PullResponseExt.first_seq
+	pullAck       protowire.Number = 100 // PullRequestExt.ack
+	pullHasAck    protowire.Number = 101 // PullRequestExt.has_ack
 )
 
 // PushSeq returns the sequence number of a pushed event, if the sender sent one.
@@ -29,6 +35,90 @@ func PushSeq(m *syncv1.PushRequest) (uint64, bool) {
 // SetPushSeq stamps a push with its sequence number.
 func SetPushSeq(m *syncv1.PushRequest, seq uint64) {
 	setVarint(m, pushSeq, seq)
+}
+
+// Following returns the events a push carries after its first one, in
+// order. Bytes that do not decode as events are an error: the request is
+// refused rather than partly applied.
+func Following(m *syncv1.PushRequest) ([]*syncv1.Event, error) {
+	var events []*syncv1.Event
+	raw := m.ProtoReflect().GetUnknown()
+	for len(raw) > 0 {
+		num, typ, tagLen := protowire.ConsumeTag(raw)
+		if tagLen < 0 {
+			return nil, errMalformed
+		}
+		raw = raw[tagLen:]
+		if num != pushFollowing {
+			l := protowire.ConsumeFieldValue(num, typ, raw)
+			if l < 0 {
+				return nil, errMalformed
+			}
+			raw = raw[l:]
+			continue
+		}
+		if typ != protowire.BytesType {
+			return nil, fmt.Errorf("%w: following event of wire type %d", errMalformed, typ)
+		}
+		b, l := protowire.ConsumeBytes(raw)
+		if l < 0 {
+			return nil, errMalformed
+		}
+		raw = raw[l:]
+		ev := &syncv1.Event{}
+		if err := proto.Unmarshal(b, ev); err != nil {
+			return nil, fmt.Errorf("%w: following event %d: %w", errMalformed, len(events), err)
+		}
+		events = append(events, ev)
+	}
+	return events, nil
+}
+
+var errMalformed = errors.New("malformed push extension")
+
+// AddFollowing appends events to a push after its first one.
+func AddFollowing(m *syncv1.PushRequest, events ...*syncv1.Event) error {
+	r := m.ProtoReflect()
+	b := append([]byte(nil), r.GetUnknown()...)
+	for _, ev := range events {
+		raw, err := proto.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		b = protowire.AppendTag(b, pushFollowing, protowire.BytesType)
+		b = protowire.AppendBytes(b, raw)
+	}
+	r.SetUnknown(b)
+	return nil
+}
+
+// FollowingSize is how many bytes ev adds to a push as a following event.
+func FollowingSize(ev *syncv1.Event) int {
+	n := proto.Size(ev)
+	return protowire.SizeTag(pushFollowing) + protowire.SizeBytes(n)
+}
+
+// PushReply is what a Postbox receiver adds to its answer to a push.
+type PushReply struct {
+	// LastSeq: every event of the push up to it is applied.
+	LastSeq uint64
+	// BatchBytes: the largest push request the receiver reads.
+	BatchBytes uint64
+}
+
+// SetPushReply adds r to a push's answer.
+func SetPushReply(m *syncv1.PushResponse, r PushReply) {
+	setVarint(m, pushLastSeq, r.LastSeq)
+	setVarint(m, pushBatch, r.BatchBytes)
+}
+
+// GetPushReply reads a push's answer; ok is false for an upstream receiver's
+// empty answer.
+func GetPushReply(m *syncv1.PushResponse) (r PushReply, ok bool) {
+	raw := m.ProtoReflect().GetUnknown()
+	r.LastSeq, ok = lastVarint(raw, pushLastSeq)
+	r.BatchBytes, _ = lastVarint(raw, pushBatch)
+	return r, ok
 }
 
 // FirstSeq returns the sequence number of a pull reply's first event.

@@ -124,7 +124,7 @@ func (c *Codec) EncodeDelivery(events ...domain.DeliveryEvent) ([]eventstore.Eve
 func deliveryMessage(e domain.DeliveryEvent) (string, proto.Message) {
 	switch e := e.(type) {
 	case domain.EventPushed:
-		return TypeEventPushed, &eventsv1.EventPushed{Seq: e.Seq, Attempts: e.Attempts}
+		return TypeEventPushed, &eventsv1.EventPushed{Seq: e.Seq, Attempts: e.Attempts, ThroughSeq: e.Through}
 	case domain.QueueModeEntered:
 		return TypeQueueModeEntered, &eventsv1.QueueModeEntered{FromSeq: e.FromSeq, Attempts: e.Attempts, LastError: e.LastError}
 	case domain.PullServed:
@@ -145,7 +145,7 @@ func DecodeDelivery(r eventstore.RecordedEvent) (domain.DeliveryEvent, error) {
 		if err := decode(r, &m); err != nil {
 			return nil, err
 		}
-		return domain.EventPushed{Seq: m.GetSeq(), Attempts: m.GetAttempts()}, nil
+		return domain.EventPushed{Seq: m.GetSeq(), Through: m.GetThroughSeq(), Attempts: m.GetAttempts()}, nil
 	case TypeQueueModeEntered:
 		var m eventsv1.QueueModeEntered
 		if err := decode(r, &m); err != nil {

@@ -118,7 +118,7 @@ func assemble(ctx context.Context, dir string, cfg nodeConfig, logger *slog.Logg
 	n.client = peerclient.New(peerclient.Config{Insecure: true, Protocol: peerclient.HRPC}, signer, self{n.id})
 	n.engine = delivery.New(cfg.delivery, n.store, n.codec, n.registry, n.client, sys, logger, rand.Reader)
 	box := countingPostbox{Engine: n.engine, accepted: n.accepted}
-	n.door.next = httpserver.NewFederationHandler(federation.NewPostboxService(verifier, box),
+	n.door.next = httpserver.NewFederationHandler(federation.NewPostboxService(verifier, box).AcceptBatches(4<<20),
 		federation.NewKeyService(pub), httpserver.MaxRequestBytes(4<<20), logger)
 	if err := n.engine.Start(ctx); err != nil {
 		n.close(ctx)
@@ -177,11 +177,11 @@ type countingPostbox struct {
 	accepted *counter
 }
 
-func (b countingPostbox) AcceptPush(ctx context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error {
-	if err := b.Engine.AcceptPush(ctx, caller, event, seq); err != nil {
+func (b countingPostbox) AcceptPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error {
+	if err := b.Engine.AcceptPush(ctx, caller, events, seq); err != nil {
 		return err
 	}
-	b.accepted.add(1)
+	b.accepted.add(int64(len(events)))
 	return nil
 }
 

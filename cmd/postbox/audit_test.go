@@ -45,13 +45,13 @@ type auditPeer struct {
 	down bool
 }
 
-func (p *auditPeer) Push(context.Context, domain.ServerID, *syncv1.Event, uint64) error {
+func (p *auditPeer) Push(_ context.Context, _ domain.ServerID, seq uint64, _ []*syncv1.Event) (peerclient.PushResult, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.down {
-		return errors.New("connection refused")
+		return peerclient.PushResult{}, errors.New("connection refused")
 	}
-	return nil
+	return peerclient.PushResult{Through: seq}, nil
 }
 
 func (p *auditPeer) Pull(context.Context, domain.ServerID, *uint64) (peerclient.PullResult, error) {
@@ -154,7 +154,7 @@ func TestAuditCommandEngineStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	for seq := range uint64(2) {
-		if err := engine.AcceptPush(ctx, caller, auditEvent(100+seq), &seq); err != nil {
+		if err := engine.AcceptPush(ctx, caller, []*syncv1.Event{auditEvent(100 + seq)}, &seq); err != nil {
 			t.Fatal(err)
 		}
 	}

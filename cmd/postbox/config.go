@@ -60,6 +60,7 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	fs.BoolVar(&dc.ResumeProbe, "resume-probe", dc.ResumeProbe, "while a peer in queue mode does not pull, push its oldest queued event now and then; false follows the spec strictly")
 	fs.DurationVar(&dc.ProbeBackoff.First, "probe-interval", dc.ProbeBackoff.First, "first wait before a resume probe (doubling, up to 10 minutes)")
 	fs.DurationVar(&dc.PullInterval, "pull-interval", dc.PullInterval, "pull each peer this long after its last push")
+	fs.IntVar(&dc.PushBatchEvents, "push-batch", dc.PushBatchEvents, "most events one push carries to a Postbox peer that takes several (1: one event per push, as to upstream peers)")
 	given, err := parseFlags(fs, args, getenv)
 	if err != nil {
 		return Config{}, err
@@ -94,8 +95,8 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	if cfg.AuthWindow <= 0 {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--auth-window must be positive")}
 	}
-	if dc.PushRetries < 0 || dc.PullInterval <= 0 || dc.ProbeBackoff.First <= 0 {
-		return Config{}, exitError{code: 2, err: fmt.Errorf("--push-retries must be at least 0, --pull-interval and --probe-interval positive")}
+	if dc.PushRetries < 0 || dc.PullInterval <= 0 || dc.ProbeBackoff.First <= 0 || dc.PushBatchEvents < 1 {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--push-retries must be at least 0, --push-batch at least 1, --pull-interval and --probe-interval positive")}
 	}
 	if cfg.MaxRequest <= 0 {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-request-bytes must be positive")}

@@ -18,12 +18,18 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
 // Flags shared by the scenarios: queue mode after one attempt plus two
 // retries (a few hundred milliseconds), and no resume probes, so that a
 // peer's queue is emptied by its Pull and by nothing else.
 var e2eQuickQueue = []string{"--push-retries", "2", "--resume-probe=false"}
+
+// e2eStreamingSender makes a sender push one event at a time, so that a
+// backlog takes long enough to deliver for a test to cut it midway (pushes
+// of several events deliver it faster than the test can send it).
+var e2eStreamingSender = append([]string{"--push-batch", "1"}, e2eQuickQueue...)
 
 func e2eSetup(t *testing.T) {
 	t.Helper()
@@ -65,18 +71,24 @@ func TestDeliveryPush1000(t *testing.T) {
 		t.Errorf("B's inbox: %d by push, %d by pull; want all %d by push", push, pull, n)
 	}
 	d := a.waitDelivery(b, fmt.Sprintf("EventPushed for each of %d events", n), 15*time.Second, func(d []domain.DeliveryEvent) bool {
-		return len(e2eOfType[domain.EventPushed](d)) >= n
+		p := e2eOfType[domain.EventPushed](d)
+		return len(p) > 0 && p[len(p)-1].Last() >= n-1
 	})
+	// Pushes carry one event or several; together they cover every event
+	// once, in order.
 	pushed := e2eOfType[domain.EventPushed](d)
+	var next uint64
 	for i, p := range pushed {
-		if p.Seq != uint64(i) {
-			t.Errorf("A's delivery stream: EventPushed #%d is for seq %d, want %d", i, p.Seq, i)
+		if p.Seq != next {
+			t.Errorf("A's delivery stream: EventPushed #%d starts at seq %d, want %d", i, p.Seq, next)
 			break
 		}
+		next = p.Last() + 1
 	}
-	if len(pushed) != n || len(d) != n {
-		t.Errorf("A's delivery stream: %d EventPushed among %d records, want exactly %d pushes: %s", len(pushed), len(d), n, e2eDescribe(d))
+	if next != n || len(pushed) != len(d) {
+		t.Errorf("A's delivery stream: pushes cover %d events among %d records, want exactly %d events, all by push: %s", next, len(d), n, e2eDescribe(d))
 	}
+	t.Logf("%d pushes carried the %d events", len(pushed), n)
 	if q := e2eOfType[domain.QueueModeEntered](d); len(q) > 0 {
 		t.Errorf("A entered queue mode: %+v", q)
 	}
@@ -165,7 +177,7 @@ func TestDeliveryQueueWhileDown(t *testing.T) {
 	}
 	d = a.waitDelivery(b, "EventPushed for seq 249", 10*time.Second, func(d []domain.DeliveryEvent) bool {
 		p := e2eOfType[domain.EventPushed](d)
-		return len(p) > 0 && p[len(p)-1].Seq == 249
+		return len(p) > 0 && p[len(p)-1].Last() == 249
 	})
 	e2eCheckDelivery(t, "A's delivery stream for B", d)
 	e2eAudit(t, a, b)
@@ -178,7 +190,7 @@ func TestDeliveryQueueWhileDown(t *testing.T) {
 func TestDeliveryCrashMidStream(t *testing.T) {
 	e2eSetup(t)
 	start := time.Now()
-	a, b := newE2ENode(t, "A", "", e2eQuickQueue...), newE2ENode(t, "B", "", e2eQuickQueue...)
+	a, b := newE2ENode(t, "A", "", e2eStreamingSender...), newE2ENode(t, "B", "", e2eQuickQueue...)
 	a.start()
 	b.start()
 	const n = 800
@@ -218,7 +230,7 @@ func TestDeliveryCrashMidStream(t *testing.T) {
 	}
 	d := a.waitDelivery(b, fmt.Sprintf("EventPushed for seq %d", n-1), 15*time.Second, func(d []domain.DeliveryEvent) bool {
 		p := e2eOfType[domain.EventPushed](d)
-		return len(p) > 0 && p[len(p)-1].Seq == n-1
+		return len(p) > 0 && p[len(p)-1].Last() == n-1
 	})
 	if q := e2eOfType[domain.QueueModeEntered](d); len(q) > 0 {
 		t.Errorf("A entered queue mode: %+v", q)
@@ -300,7 +312,7 @@ func TestDeliveryPushWaitsForStartupPull(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 		defer cancel()
-		err := client.Push(ctx, domain.MustParseServerID(a.id), e2eEvent(next), next)
+		_, err := client.Push(ctx, domain.MustParseServerID(a.id), next, []*syncv1.Event{e2eEvent(next)})
 		pushed <- result{err, time.Now()}
 	}()
 	var res result
@@ -339,7 +351,7 @@ func TestDeliveryPushWaitsForStartupPull(t *testing.T) {
 	}
 	d := b.waitDelivery(a, fmt.Sprintf("EventPushed for seq %d", next), 10*time.Second, func(d []domain.DeliveryEvent) bool {
 		p := e2eOfType[domain.EventPushed](d)
-		return len(p) > 0 && p[len(p)-1].Seq == next
+		return len(p) > 0 && p[len(p)-1].Last() == next
 	})
 	if r := e2eOfType[domain.PushResumed](d); len(r) != 1 || r[0].Reason != domain.ResumeQueueDrained {
 		t.Errorf("B's delivery stream: PushResumed %+v, want one, after A drained the queue: %s", r, e2eDescribe(d))
@@ -683,7 +695,7 @@ func TestDeliveryLostPushReplyThenQueue(t *testing.T) {
 func TestDeliveryReceiverCrashMidStream(t *testing.T) {
 	e2eSetup(t)
 	start := time.Now()
-	a, b := newE2ENode(t, "A", "", e2eQuickQueue...), newE2ENode(t, "B", "", e2eQuickQueue...)
+	a, b := newE2ENode(t, "A", "", e2eStreamingSender...), newE2ENode(t, "B", "", e2eQuickQueue...)
 	a.start()
 	b.start()
 	const n = 600

@@ -702,7 +702,7 @@ func e2eDescribe(d []domain.DeliveryEvent) string {
 				}
 				j++
 			}
-			parts = append(parts, fmt.Sprintf("EventPushed seq %d..%d (%d records)", p.Seq, d[j].(domain.EventPushed).Seq, j-i+1))
+			parts = append(parts, fmt.Sprintf("EventPushed seq %d..%d (%d records)", p.Seq, d[j].(domain.EventPushed).Last(), j-i+1))
 			i = j
 			continue
 		}
@@ -731,7 +731,7 @@ func e2eCheckDelivery(t *testing.T, name string, d []domain.DeliveryEvent) {
 			if ev.Seq < next {
 				t.Errorf("%s: record %d pushes seq %d, but everything below %d was delivered already", name, i, ev.Seq, next)
 			}
-			next = ev.Seq + 1
+			next = ev.Last() + 1
 		case domain.QueueModeEntered:
 			queue = true
 		case domain.PushResumed:

@@ -268,8 +268,8 @@ func (f *forwardingObserver) Received(peer domain.ServerID, via string, n int) {
 	}
 }
 
-func providePostboxService(auth federation.Authenticator, box federation.Postbox, m *metrics.Metrics) *federation.PostboxService {
-	return federation.NewPostboxService(auth, box).ObserveAuthFailures(m)
+func providePostboxService(cfg Config, auth federation.Authenticator, box federation.Postbox, m *metrics.Metrics) *federation.PostboxService {
+	return federation.NewPostboxService(auth, box).AcceptBatches(int64(cfg.MaxRequest)).ObserveAuthFailures(m)
 }
 
 // provideLive follows the store into the projections, checkpointed in the

@@ -37,12 +37,27 @@ func (m *Recorder) ServePull(context.Context, domain.Caller, *uint64) (federatio
 	return federation.PullBatch{}, nil
 }
 
-// AcceptPush records the event.
-func (m *Recorder) AcceptPush(_ context.Context, caller domain.Caller, event *syncv1.Event, seq *uint64) error {
+// AcceptPush records the events, each with its sequence number.
+func (m *Recorder) AcceptPush(_ context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.received = append(m.received, Received{From: caller.ServerID, Event: event, Seq: seq})
+	m.received = append(m.received, Each(caller.ServerID, events, seq)...)
 	return nil
+}
+
+// Each is one Received for each event of a push whose first event has
+// sequence number first (nil: none).
+func Each(from domain.ServerID, events []*syncv1.Event, first *uint64) []Received {
+	out := make([]Received, 0, len(events))
+	for i, ev := range events {
+		var seq *uint64
+		if first != nil {
+			s := *first + uint64(i)
+			seq = &s
+		}
+		out = append(out, Received{From: from, Event: ev, Seq: seq})
+	}
+	return out
 }
 
 // AcceptRename refuses: the recorder knows no peers.

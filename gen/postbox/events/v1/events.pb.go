@@ -182,10 +182,14 @@ func (x *EventEnqueued) GetEvent() *v1.Event {
 // Appended to `delivery-<peer>` when a Push of an outbox event succeeded.
 type EventPushed struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Sequence number of the pushed event.
+	// Sequence number of the pushed event (the first, for a push of several).
 	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// How many attempts the push took, the successful one included.
-	Attempts      uint32 `protobuf:"varint,2,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Attempts uint32 `protobuf:"varint,2,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// For a push of several events: the sequence number of the last one the
+	// receiver took. A value not above `seq` means the push delivered `seq`
+	// alone.
+	ThroughSeq    uint64 `protobuf:"varint,3,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -230,6 +234,13 @@ func (x *EventPushed) GetSeq() uint64 {
 func (x *EventPushed) GetAttempts() uint32 {
 	if x != nil {
 		return x.Attempts
+	}
+	return 0
+}
+
+func (x *EventPushed) GetThroughSeq() uint64 {
+	if x != nil {
+		return x.ThroughSeq
 	}
 	return 0
 }
@@ -840,10 +851,12 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"\x1epostbox/events/v1/events.proto\x12\x11postbox.events.v1\x1a\x1bprotocol/sync/v1/sync.proto\">\n" +
 	"\rEventEnqueued\x12-\n" +
-	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\";\n" +
+	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\"\\\n" +
 	"\vEventPushed\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
-	"\battempts\x18\x02 \x01(\rR\battempts\"h\n" +
+	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1f\n" +
+	"\vthrough_seq\x18\x03 \x01(\x04R\n" +
+	"throughSeq\"h\n" +
 	"\x10QueueModeEntered\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1d\n" +

@@ -112,7 +112,12 @@ type PushRequestExt struct {
 	// The event to push, as upstream sends it.
 	Event *v1.Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
 	// The event's sequence number in the sender's outbox for this receiver.
-	Seq           uint64 `protobuf:"varint,100,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq uint64 `protobuf:"varint,100,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The events that follow `event` in the outbox, with sequence numbers
+	// seq+1, seq+2...: a push of several events at once. Sent only to a
+	// receiver that announced `batch_bytes`, since an upstream receiver would
+	// skip them as unknown fields.
+	Following     []*v1.Event `protobuf:"bytes,101,rep,name=following,proto3" json:"following,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -161,6 +166,73 @@ func (x *PushRequestExt) GetSeq() uint64 {
 	return 0
 }
 
+func (x *PushRequestExt) GetFollowing() []*v1.Event {
+	if x != nil {
+		return x.Following
+	}
+	return nil
+}
+
+// Postbox's view of the bytes of a `protocol.sync.v1.PushResponse`. A
+// Postbox receiver answers a push that carries `seq` with these fields;
+// upstream receivers answer with an empty message.
+type PushResponseExt struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sequence number of the last event of the push that the receiver has
+	// applied (or had applied before): every event of the push up to it is
+	// delivered. Without it, only the first event counts as delivered.
+	LastSeq uint64 `protobuf:"varint,100,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// The largest request body, in bytes, the receiver reads: later pushes may
+	// carry `following` events as long as the request stays within it.
+	BatchBytes    uint64 `protobuf:"varint,101,opt,name=batch_bytes,json=batchBytes,proto3" json:"batch_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushResponseExt) Reset() {
+	*x = PushResponseExt{}
+	mi := &file_postbox_federation_v1_federation_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushResponseExt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushResponseExt) ProtoMessage() {}
+
+func (x *PushResponseExt) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_federation_v1_federation_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushResponseExt.ProtoReflect.Descriptor instead.
+func (*PushResponseExt) Descriptor() ([]byte, []int) {
+	return file_postbox_federation_v1_federation_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PushResponseExt) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *PushResponseExt) GetBatchBytes() uint64 {
+	if x != nil {
+		return x.BatchBytes
+	}
+	return 0
+}
+
 // Postbox's view of the bytes of a `protocol.sync.v1.PullRequest`.
 type PullRequestExt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -174,7 +246,7 @@ type PullRequestExt struct {
 
 func (x *PullRequestExt) Reset() {
 	*x = PullRequestExt{}
-	mi := &file_postbox_federation_v1_federation_proto_msgTypes[2]
+	mi := &file_postbox_federation_v1_federation_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -186,7 +258,7 @@ func (x *PullRequestExt) String() string {
 func (*PullRequestExt) ProtoMessage() {}
 
 func (x *PullRequestExt) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_federation_v1_federation_proto_msgTypes[2]
+	mi := &file_postbox_federation_v1_federation_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -199,7 +271,7 @@ func (x *PullRequestExt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullRequestExt.ProtoReflect.Descriptor instead.
 func (*PullRequestExt) Descriptor() ([]byte, []int) {
-	return file_postbox_federation_v1_federation_proto_rawDescGZIP(), []int{2}
+	return file_postbox_federation_v1_federation_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PullRequestExt) GetAck() uint64 {
@@ -229,7 +301,7 @@ type PullResponseExt struct {
 
 func (x *PullResponseExt) Reset() {
 	*x = PullResponseExt{}
-	mi := &file_postbox_federation_v1_federation_proto_msgTypes[3]
+	mi := &file_postbox_federation_v1_federation_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -241,7 +313,7 @@ func (x *PullResponseExt) String() string {
 func (*PullResponseExt) ProtoMessage() {}
 
 func (x *PullResponseExt) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_federation_v1_federation_proto_msgTypes[3]
+	mi := &file_postbox_federation_v1_federation_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -254,7 +326,7 @@ func (x *PullResponseExt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullResponseExt.ProtoReflect.Descriptor instead.
 func (*PullResponseExt) Descriptor() ([]byte, []int) {
-	return file_postbox_federation_v1_federation_proto_rawDescGZIP(), []int{3}
+	return file_postbox_federation_v1_federation_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PullResponseExt) GetEventQueue() []*v1.Event {
@@ -281,10 +353,15 @@ const file_postbox_federation_v1_federation_proto_rawDesc = "" +
 	"\x04time\x18\x02 \x01(\x04R\x04time\x12\x1a\n" +
 	"\baudience\x18d \x01(\tR\baudience\x12\x14\n" +
 	"\x05nonce\x18e \x01(\fR\x05nonce\x12\"\n" +
-	"\rnew_server_id\x18f \x01(\tR\vnewServerId\"Q\n" +
+	"\rnew_server_id\x18f \x01(\tR\vnewServerId\"\x88\x01\n" +
 	"\x0ePushRequestExt\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x12\x10\n" +
-	"\x03seq\x18d \x01(\x04R\x03seq\";\n" +
+	"\x03seq\x18d \x01(\x04R\x03seq\x125\n" +
+	"\tfollowing\x18e \x03(\v2\x17.protocol.sync.v1.EventR\tfollowing\"M\n" +
+	"\x0fPushResponseExt\x12\x19\n" +
+	"\blast_seq\x18d \x01(\x04R\alastSeq\x12\x1f\n" +
+	"\vbatch_bytes\x18e \x01(\x04R\n" +
+	"batchBytes\";\n" +
 	"\x0ePullRequestExt\x12\x10\n" +
 	"\x03ack\x18d \x01(\x04R\x03ack\x12\x17\n" +
 	"\ahas_ack\x18e \x01(\bR\x06hasAck\"h\n" +
@@ -306,22 +383,24 @@ func file_postbox_federation_v1_federation_proto_rawDescGZIP() []byte {
 	return file_postbox_federation_v1_federation_proto_rawDescData
 }
 
-var file_postbox_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_postbox_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_postbox_federation_v1_federation_proto_goTypes = []any{
 	(*AuthDataExt)(nil),     // 0: postbox.federation.v1.AuthDataExt
 	(*PushRequestExt)(nil),  // 1: postbox.federation.v1.PushRequestExt
-	(*PullRequestExt)(nil),  // 2: postbox.federation.v1.PullRequestExt
-	(*PullResponseExt)(nil), // 3: postbox.federation.v1.PullResponseExt
-	(*v1.Event)(nil),        // 4: protocol.sync.v1.Event
+	(*PushResponseExt)(nil), // 2: postbox.federation.v1.PushResponseExt
+	(*PullRequestExt)(nil),  // 3: postbox.federation.v1.PullRequestExt
+	(*PullResponseExt)(nil), // 4: postbox.federation.v1.PullResponseExt
+	(*v1.Event)(nil),        // 5: protocol.sync.v1.Event
 }
 var file_postbox_federation_v1_federation_proto_depIdxs = []int32{
-	4, // 0: postbox.federation.v1.PushRequestExt.event:type_name -> protocol.sync.v1.Event
-	4, // 1: postbox.federation.v1.PullResponseExt.event_queue:type_name -> protocol.sync.v1.Event
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	5, // 0: postbox.federation.v1.PushRequestExt.event:type_name -> protocol.sync.v1.Event
+	5, // 1: postbox.federation.v1.PushRequestExt.following:type_name -> protocol.sync.v1.Event
+	5, // 2: postbox.federation.v1.PullResponseExt.event_queue:type_name -> protocol.sync.v1.Event
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_postbox_federation_v1_federation_proto_init() }
@@ -335,7 +414,7 @@ func file_postbox_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_federation_v1_federation_proto_rawDesc), len(file_postbox_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
