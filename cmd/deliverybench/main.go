@@ -42,20 +42,22 @@ func main() {
 }
 
 type config struct {
-	dir           string
-	keep          bool
-	rounds        int
-	duration      time.Duration
-	events        int
-	peers         int
-	eventsPerPeer int
-	backlog       int
-	idlePeers     int
-	idleEvents    int
-	timeout       time.Duration
-	cpuprofile    string
-	memprofile    string
-	verbose       bool
+	dir              string
+	keep             bool
+	rounds           int
+	duration         time.Duration
+	events           int
+	eventsOne        int
+	peers            int
+	eventsPerPeer    int
+	eventsPerPeerOne int
+	backlog          int
+	idlePeers        int
+	idleEvents       int
+	timeout          time.Duration
+	cpuprofile       string
+	memprofile       string
+	verbose          bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -65,9 +67,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.BoolVar(&c.keep, "keep", false, "keep the data after the run")
 	fs.IntVar(&c.rounds, "rounds", 5, "rounds of every rate measurement (the median is reported)")
 	fs.DurationVar(&c.duration, "duration", time.Second, "length of each baseline measurement")
-	fs.IntVar(&c.events, "events", 2000, "events pushed by the single sender in each 1-peer push measurement")
+	fs.IntVar(&c.events, "events", 20000, "events pushed by the single sender in each 1-peer push measurement of a backlog")
+	fs.IntVar(&c.eventsOne, "events-one", 2000, "the same, in the measurements of one event per push and of events sent one by one")
 	fs.IntVar(&c.peers, "peers", 32, "senders pushing into one receiver at once, and concurrent callers of the no-op baseline")
-	fs.IntVar(&c.eventsPerPeer, "events-per-peer", 150, "events pushed by each sender in each many-peer push measurement")
+	fs.IntVar(&c.eventsPerPeer, "events-per-peer", 1500, "events pushed by each sender in each many-peer push measurement of a backlog")
+	fs.IntVar(&c.eventsPerPeerOne, "events-per-peer-one", 150, "the same, in the measurements of one event per push and of events sent one by one")
 	fs.IntVar(&c.backlog, "backlog", 100000, "events in the queue the receiver drains by Pull")
 	fs.IntVar(&c.idlePeers, "idle-peers", 10000, "peers of the server whose idle memory is measured (0: skip)")
 	fs.IntVar(&c.idleEvents, "idle-events", 3, "events delivered each way per idle peer")
@@ -78,9 +82,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if c.rounds < 1 || c.duration <= 0 || c.events < 1 || c.peers < 1 || c.eventsPerPeer < 1 || c.backlog < 2 ||
+	if c.rounds < 1 || c.duration <= 0 || c.events < 1 || c.eventsOne < 1 || c.peers < 1 || c.eventsPerPeer < 1 || c.eventsPerPeerOne < 1 || c.backlog < 2 ||
 		c.idlePeers < 0 || c.idleEvents < 1 || c.timeout <= 0 {
-		return errors.New("-rounds, -duration, -events, -peers, -events-per-peer, -idle-events and -timeout must be positive, -backlog at least 2")
+		return errors.New("-rounds, -duration, -events*, -peers, -events-per-peer*, -idle-events and -timeout must be positive, -backlog at least 2")
 	}
 	// Always a fresh directory: the servers must start without peers.
 	dir, err := os.MkdirTemp(c.dir, "deliverybench-")
@@ -155,9 +159,11 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 
 	fmt.Fprintf(out, "deliverybench: %d rounds, medians; %d CPUs (GOMAXPROCS %d); %s\n",
 		c.rounds, runtime.NumCPU(), runtime.GOMAXPROCS(0), c.dir)
-	fmt.Fprintf(out, "  push, 1 peer: %d events, one sender -> one receiver\n", c.events)
-	fmt.Fprintf(out, "  push, %d peers: %d events from each of %d sender servers -> one receiver (the receiver groups concurrent pushes' syncs)\n",
+	fmt.Fprintf(out, "  push, 1 peer: a backlog of %d events in the outbox, one sender -> one receiver; pushes carry up to %d events\n", c.events, nc.delivery.PushBatchEvents)
+	fmt.Fprintf(out, "  push, %d peers: a backlog of %d events in each of %d sender servers -> one receiver\n",
 		c.peers, c.eventsPerPeer, c.peers)
+	fmt.Fprintf(out, "  ... one event per push: other senders, configured --push-batch 1 (what an upstream receiver gets); %d events, %d per peer\n", c.eventsOne, c.eventsPerPeerOne)
+	fmt.Fprintf(out, "  ... sent one by one: no backlog; each sender's caller sends %d events (%d per peer), each Send synced before the next, while pushes go out\n", c.eventsOne, c.eventsPerPeerOne)
 	fmt.Fprintf(out, "  pull: a %d-event queue, from the receiver's first Pull to its inbox holding all of it (replies of up to %d events)\n",
 		c.backlog, nc.delivery.PullReplyMaxEvents)
 	fmt.Fprintf(out, "  baselines for %v each: embedded store, 1 append per transaction, 1 writer; no-op hRPC call over HTTP/1.1 loopback\n", c.duration)
@@ -169,11 +175,12 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 		return err
 	}
 	senders := make([]*node, 0, c.peers)
+	singles := make([]*node, 0, c.peers) // one event per push
 	closeServers := func() {
-		for _, s := range senders {
+		for _, s := range append(senders, singles...) {
 			s.close(ctx)
 		}
-		senders = nil
+		senders, singles = nil, nil
 		if recv != nil {
 			recv.close(ctx)
 			recv = nil
@@ -186,6 +193,19 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 			return err
 		}
 		senders = append(senders, s)
+	}
+	singleCfg := nc
+	singleCfg.delivery.PushBatchEvents = 1
+	for i := range c.peers {
+		s, err := startNode(ctx, "sender", filepath.Join(c.dir, fmt.Sprintf("single%02d", i)), singleCfg, logger)
+		if err != nil {
+			return err
+		}
+		singles = append(singles, s)
+		// The receiver limits its key fetches across all peers, and the
+		// warm-up has it fetch the first senders' keys; these it is given,
+		// as an operator may pin a peer's key.
+		recv.resolver.Remember(s.id, s.pub)
 	}
 	base, err := openStoreBaseline(ctx, filepath.Join(c.dir, "baseline"), logger)
 	if err != nil {
@@ -203,8 +223,10 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	// Warm up every path: each sender's first push registers it at the
 	// receiver, which fetches its key; a small pull makes the sender fetch
 	// the receiver's key; connections open; pages get cached.
-	if _, err := pushRun(ctx, noProfile, senders, recv, 2, c.timeout); err != nil {
-		return fmt.Errorf("warm-up push: %w", err)
+	for _, set := range [][]*node{senders, singles} {
+		if _, err := pushRun(ctx, noProfile, set, recv, 3, backlog, c.timeout); err != nil {
+			return fmt.Errorf("warm-up push: %w", err)
+		}
 	}
 	if _, err := pullRun(ctx, noProfile, senders[0], recv, 1000, c.timeout); err != nil {
 		return fmt.Errorf("warm-up pull: %w", err)
@@ -222,6 +244,10 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	noopMany := &series{name: fmt.Sprintf("no-op call, %d callers", c.peers), unit: "calls/s"}
 	pushOne := &series{name: "push, 1 peer", unit: "events/s"}
 	pushMany := &series{name: fmt.Sprintf("push, %d peers", c.peers), unit: "events/s"}
+	pushOneSingle := &series{name: "  ... one event per push", unit: "events/s"}
+	pushManySingle := &series{name: "  ... one event per push", unit: "events/s"}
+	pushOneStream := &series{name: "  ... sent one by one", unit: "events/s"}
+	pushManyStream := &series{name: "  ... sent one by one", unit: "events/s"}
 	pull := &series{name: fmt.Sprintf("pull, %d backlog", c.backlog), unit: "events/s"}
 
 	var profErr error
@@ -253,10 +279,26 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 			fn    func(profiler) (result, error)
 		}{
 			{storeOne, "store", func(p profiler) (result, error) { return base.run(ctx, p, c.duration) }},
-			{pushOne, "push1", func(p profiler) (result, error) { return pushRun(ctx, p, senders[:1], recv, c.events, c.timeout) }},
+			{pushOne, "push1", func(p profiler) (result, error) {
+				return pushRun(ctx, p, senders[:1], recv, c.events, backlog, c.timeout)
+			}},
+			{pushOneSingle, "push1single", func(p profiler) (result, error) {
+				return pushRun(ctx, p, singles[:1], recv, c.eventsOne, backlog, c.timeout)
+			}},
+			{pushOneStream, "push1stream", func(p profiler) (result, error) {
+				return pushRun(ctx, p, senders[:1], recv, c.eventsOne, oneByOne, c.timeout)
+			}},
 			{noopOne, "noop1", func(p profiler) (result, error) { return callers.run(ctx, p, 1, c.duration) }},
 			{noopMany, "noopN", func(p profiler) (result, error) { return callers.run(ctx, p, c.peers, c.duration) }},
-			{pushMany, "pushN", func(p profiler) (result, error) { return pushRun(ctx, p, senders, recv, c.eventsPerPeer, c.timeout) }},
+			{pushMany, "pushN", func(p profiler) (result, error) {
+				return pushRun(ctx, p, senders, recv, c.eventsPerPeer, backlog, c.timeout)
+			}},
+			{pushManySingle, "pushNsingle", func(p profiler) (result, error) {
+				return pushRun(ctx, p, singles, recv, c.eventsPerPeerOne, backlog, c.timeout)
+			}},
+			{pushManyStream, "pushNstream", func(p profiler) (result, error) {
+				return pushRun(ctx, p, senders, recv, c.eventsPerPeerOne, oneByOne, c.timeout)
+			}},
 			{pull, "pull", func(p profiler) (result, error) { return pullRun(ctx, p, senders[0], recv, c.backlog, c.timeout) }},
 		}
 		for _, st := range steps {
@@ -268,7 +310,7 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 
 	fmt.Fprintln(out)
 	fmt.Fprintf(out, "%-28s %10s %10s %10s  %-10s %12s\n", "", "median", "min", "max", "", "CPU/unit")
-	for _, s := range []*series{storeOne, noopOne, noopMany, pushOne, pushMany, pull} {
+	for _, s := range []*series{storeOne, noopOne, noopMany, pushOne, pushOneSingle, pushOneStream, pushMany, pushManySingle, pushManyStream, pull} {
 		note := ""
 		if n := s.samples[len(s.samples)/2].note; n != "" {
 			note = "  " + n
@@ -315,6 +357,11 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	fmt.Fprintln(out, "targets:")
 	ratio(out, "push 1 peer / store 1 append per tx", pushOne, storeOne, 0.8)
 	ratio(out, fmt.Sprintf("push %d peers / no-op %d callers", c.peers, c.peers), pushMany, noopMany, 0.5)
+	fmt.Fprintln(out, "  not targets, the same ratios for the other ways of sending:")
+	ratio(out, "  one event per push, 1 peer / store", pushOneSingle, storeOne, 0)
+	ratio(out, "  sent one by one, 1 peer / store", pushOneStream, storeOne, 0)
+	ratio(out, fmt.Sprintf("  one event per push, %d peers / no-op", c.peers), pushManySingle, noopMany, 0)
+	ratio(out, fmt.Sprintf("  sent one by one, %d peers / no-op", c.peers), pushManyStream, noopMany, 0)
 	verdict(out, fmt.Sprintf("pull %d backlog, events/s", c.backlog), pull.median(), ">=", 100000, pull.median() >= 100000)
 	if c.idlePeers > 0 {
 		per := float64(idle.both) / float64(idle.peers)
@@ -345,6 +392,10 @@ func ratio(out io.Writer, name string, num, den *series, target float64) {
 	var paired []float64
 	for i := range num.samples {
 		paired = append(paired, num.samples[i].rate/den.samples[i].rate)
+	}
+	if target <= 0 {
+		fmt.Fprintf(out, "  %-44s %9.2f  (paired median %.2f)\n", name, r, median(paired))
+		return
 	}
 	fmt.Fprintf(out, "  %-44s %9.2f  (paired median %.2f)  target >= %.2f: %s\n", name, r, median(paired), target, passMiss(r >= target))
 }

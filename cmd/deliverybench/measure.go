@@ -213,18 +213,31 @@ func (c *noopCallers) run(ctx context.Context, prof profiler, callers int, d tim
 	})
 }
 
-// pushRun measures delivery by push from each sender to recv: each sender
-// has perSender events in its outbox (all but the last preloaded, the last
-// sent with Send, which starts the push loop), and the clock runs from the
-// Sends to the moment recv has accepted every event (durable in its
-// inbox). Afterwards it waits, untimed, for the senders' delivery records
-// and checks the inbox streams.
-func pushRun(ctx context.Context, prof profiler, senders []*node, recv *node, perSender int, timeout time.Duration) (result, error) {
-	type before struct{ inbox, delivery uint64 }
+// sending is how the events of a push measurement reach the senders.
+type sending int
+
+const (
+	// backlog: all but the last event are in the outbox beforehand; the
+	// last is sent with Send, which starts the push loop.
+	backlog sending = iota
+	// oneByOne: the clock starts before the first event exists; each
+	// sender's caller sends its events one after the other with Send, each
+	// durable in the outbox before the next, while pushes go out.
+	oneByOne
+)
+
+// pushRun measures delivery by push from each sender to recv, perSender
+// events each: the clock runs from the first Send to the moment recv has
+// accepted every event (durable in its inbox). Afterwards it waits,
+// untimed, for the senders' delivery records and checks the inbox streams.
+func pushRun(ctx context.Context, prof profiler, senders []*node, recv *node, perSender int, how sending, timeout time.Duration) (result, error) {
+	type before struct{ inbox, outbox uint64 }
 	was := make([]before, len(senders))
 	for i, s := range senders {
-		if err := s.preload(ctx, recv.id, perSender-1, event); err != nil {
-			return result{}, err
+		if how == backlog {
+			if err := s.preload(ctx, recv.id, perSender-1, event); err != nil {
+				return result{}, err
+			}
 		}
 		in, err := recv.inboxLen(ctx, s.id)
 		if err != nil {
@@ -234,13 +247,19 @@ func pushRun(ctx context.Context, prof profiler, senders []*node, recv *node, pe
 		if err != nil {
 			return result{}, err
 		}
-		d, err := streamLen(ctx, s.store, streams.Delivery(pid))
+		out, err := streamLen(ctx, s.store, streams.Outbox(pid))
 		if err != nil {
 			return result{}, err
 		}
-		was[i] = before{in, d}
+		if how == backlog {
+			out++ // the event Send adds
+		} else {
+			out += uint64(perSender)
+		}
+		was[i] = before{in, out}
 	}
 	total := int64(perSender * len(senders))
+	pushes0 := recv.pushes.Load()
 	commits0 := recv.store.Stats()
 	var senderCommits0 uint64
 	for _, s := range senders {
@@ -251,8 +270,18 @@ func pushRun(ctx context.Context, prof profiler, senders []*node, recv *node, pe
 		errs := make(chan error, len(senders))
 		for _, s := range senders {
 			go s.as(ctx, func(ctx context.Context) {
-				_, err := s.engine.Send(ctx, recv.id, event(perSender-1))
-				errs <- err
+				if how == backlog {
+					_, err := s.engine.Send(ctx, recv.id, event(perSender-1))
+					errs <- err
+					return
+				}
+				for i := range perSender {
+					if _, err := s.engine.Send(ctx, recv.id, event(i)); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
 			})
 		}
 		for range senders {
@@ -281,15 +310,16 @@ func pushRun(ctx context.Context, prof profiler, senders []*node, recv *node, pe
 		// Commits are syncs: what the disk does per delivered event. The
 		// senders' are their delivery records (one append per push) and
 		// the last event's enqueue.
-		r.note = fmt.Sprintf("receiver: %.1f appends per commit; senders: %.2f commits per event",
+		r.note = fmt.Sprintf("%.1f events per push; receiver: %.1f appends per commit; senders: %.2f commits per event",
+			float64(total)/float64(max(recv.pushes.Load()-pushes0, 1)),
 			float64(commits.Appends-commits0.Appends)/float64(c), float64(senderCommits-senderCommits0)/float64(total))
 	}
 	// Untimed: every push recorded by its sender, every event in the inbox.
 	for i, s := range senders {
 		pid, _ := s.peerOf(recv.id)
-		want := was[i].delivery + uint64(perSender)
+		want := was[i].outbox
 		if err := waitFor(ctx, "the senders' delivery records", timeout, func() (bool, error) {
-			n, err := streamLen(ctx, s.store, streams.Delivery(pid))
+			n, err := pushedThrough(ctx, s.store, streams.Delivery(pid))
 			return n >= want, err
 		}); err != nil {
 			return result{}, err

@@ -49,8 +49,10 @@ type node struct {
 	registry *delivery.Registry
 	engine   *delivery.Engine
 	resolver *peerkeys.Resolver
+	pub      ed25519.PublicKey
 	client   *peerclient.Client
-	accepted *counter
+	accepted *counter      // events accepted by push
+	pushes   *atomic.Int64 // pushes accepted
 	door     *door
 	srv      *httpserver.Server
 }
@@ -85,7 +87,7 @@ func assemble(ctx context.Context, dir string, cfg nodeConfig, logger *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	n := &node{accepted: new(counter), door: new(door)}
+	n := &node{accepted: new(counter), pushes: new(atomic.Int64), door: new(door), pub: pub}
 	// Listen first: the server ID is the bound address.
 	n.srv, err = httpserver.Listen(ctx, "federation", "127.0.0.1:0", n.door, httpserver.TLSFiles{}, logger)
 	if err != nil {
@@ -117,7 +119,7 @@ func assemble(ctx context.Context, dir string, cfg nodeConfig, logger *slog.Logg
 	signer := authtoken.NewSigner(priv, sys, rand.Reader)
 	n.client = peerclient.New(peerclient.Config{Insecure: true, Protocol: peerclient.HRPC}, signer, self{n.id})
 	n.engine = delivery.New(cfg.delivery, n.store, n.codec, n.registry, n.client, sys, logger, rand.Reader)
-	box := countingPostbox{Engine: n.engine, accepted: n.accepted}
+	box := countingPostbox{Engine: n.engine, accepted: n.accepted, pushes: n.pushes}
 	n.door.next = httpserver.NewFederationHandler(federation.NewPostboxService(verifier, box).AcceptBatches(4<<20),
 		federation.NewKeyService(pub), httpserver.MaxRequestBytes(4<<20), logger)
 	if err := n.engine.Start(ctx); err != nil {
@@ -168,19 +170,21 @@ func (d *door) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(body)
 }
 
-// countingPostbox is the engine, counting the pushes it accepted: an
-// accepted push is durable in the inbox (AcceptPush returns once the
+// countingPostbox is the engine, counting the pushes it accepted and their
+// events: an accepted push is durable in the inbox (AcceptPush returns once the
 // append is synced). A duplicate the engine drops counts too, so every
 // measurement checks the inbox streams afterwards.
 type countingPostbox struct {
 	*delivery.Engine
 	accepted *counter
+	pushes   *atomic.Int64
 }
 
 func (b countingPostbox) AcceptPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error {
 	if err := b.Engine.AcceptPush(ctx, caller, events, seq); err != nil {
 		return err
 	}
+	b.pushes.Add(1)
 	b.accepted.add(int64(len(events)))
 	return nil
 }
@@ -244,6 +248,26 @@ func lastType(ctx context.Context, s *embedded.Store, stream string) (string, er
 		return "", err
 	}
 	return last[0].Type, nil
+}
+
+// pushedThrough is how many events of the outbox the delivery stream
+// records as pushed, judged by its last record (0 if that is not a push).
+func pushedThrough(ctx context.Context, s *embedded.Store, stream string) (uint64, error) {
+	last, err := s.ReadStreamBackward(ctx, stream, 1)
+	if errors.Is(err, eventstore.ErrStreamNotFound) || err == nil && len(last) == 0 {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	ev, err := streams.DecodeDelivery(last[0])
+	if err != nil {
+		return 0, err
+	}
+	if p, ok := ev.(domain.EventPushed); ok {
+		return p.Last() + 1, nil
+	}
+	return 0, nil
 }
 
 // peerOf is the stable peer ID n gave server.
