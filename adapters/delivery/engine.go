@@ -64,7 +64,9 @@ type Config struct {
 
 // Observer learns what the engine does, for metrics.
 type Observer interface {
-	PushAttempted(peer domain.ServerID, took time.Duration, err error)
+	// PushAttempted: a push took took; it delivered events events if err
+	// is nil.
+	PushAttempted(peer domain.ServerID, took time.Duration, events int, err error)
 	PullServed(peer domain.ServerID, events int)
 	PullMade(peer domain.ServerID, err error)
 	Received(peer domain.ServerID, via string, n int)
@@ -72,10 +74,10 @@ type Observer interface {
 
 type noObserver struct{}
 
-func (noObserver) PushAttempted(domain.ServerID, time.Duration, error) {}
-func (noObserver) PullServed(domain.ServerID, int)                     {}
-func (noObserver) PullMade(domain.ServerID, error)                     {}
-func (noObserver) Received(domain.ServerID, string, int)               {}
+func (noObserver) PushAttempted(domain.ServerID, time.Duration, int, error) {}
+func (noObserver) PullServed(domain.ServerID, int)                          {}
+func (noObserver) PullMade(domain.ServerID, error)                          {}
+func (noObserver) Received(domain.ServerID, string, int)                    {}
 
 // DefaultConfig is the engine's configuration unless told otherwise.
 func DefaultConfig() Config {

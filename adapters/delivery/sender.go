@@ -183,7 +183,11 @@ func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint6
 	defer cancel()
 	start := time.Now()
 	res, err := e.client.Push(ctx, server, seq, events)
-	e.cfg.Observer.PushAttempted(server, time.Since(start), err)
+	delivered := 0
+	if err == nil {
+		delivered = int(res.Through-seq) + 1
+	}
+	e.cfg.Observer.PushAttempted(server, time.Since(start), delivered, err)
 	return res, err
 }
 

@@ -81,15 +81,16 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
 }
 
-// PushAttempted counts one push attempt.
-func (m *Metrics) PushAttempted(peer domain.ServerID, took time.Duration, err error) {
+// PushAttempted counts one push attempt, which delivered events events
+// when it succeeded.
+func (m *Metrics) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
 	if err != nil {
 		m.pushLatency.WithLabelValues("failure").Observe(took.Seconds())
 		m.pushFailures.WithLabelValues(peer.String()).Inc()
 		return
 	}
 	m.pushLatency.WithLabelValues("success").Observe(took.Seconds())
-	m.delivered.WithLabelValues(peer.String(), "push").Inc()
+	m.delivered.WithLabelValues(peer.String(), "push").Add(float64(events))
 }
 
 // PullServed counts a Pull reply that carried events.

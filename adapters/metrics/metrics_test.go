@@ -30,8 +30,8 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 		{ServerID: "c.example:2289", Head: 3, Delivered: 3},
 	})
 	b := domain.MustParseServerID("b.example:2289")
-	m.PushAttempted(b, 3*time.Millisecond, nil)
-	m.PushAttempted(b, time.Second, errors.New("refused"))
+	m.PushAttempted(b, 3*time.Millisecond, 4, nil) // a push of four events
+	m.PushAttempted(b, time.Second, 0, errors.New("refused"))
 	m.PullServed(b, 5)
 	m.PullMade(b, nil)
 	m.Received(b, "pull", 7)
@@ -45,7 +45,7 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 		`postbox_push_failures_total{peer="b.example:2289"} 1`,
 		`postbox_push_duration_seconds_count{outcome="success"} 1`,
 		`postbox_delivered_events_total{peer="b.example:2289",via="pull"} 5`,
-		`postbox_delivered_events_total{peer="b.example:2289",via="push"} 1`,
+		`postbox_delivered_events_total{peer="b.example:2289",via="push"} 4`,
 		`postbox_pulls_served_total{peer="b.example:2289"} 1`,
 		`postbox_pulls_made_total{outcome="ok",peer="b.example:2289"} 1`,
 		`postbox_inbound_events_total{peer="b.example:2289",via="pull"} 7`,

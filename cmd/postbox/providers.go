@@ -244,9 +244,9 @@ type forwardingObserver struct {
 
 func provideForwardingObserver() *forwardingObserver { return &forwardingObserver{} }
 
-func (f *forwardingObserver) PushAttempted(peer domain.ServerID, took time.Duration, err error) {
+func (f *forwardingObserver) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
 	if m := f.target.Load(); m != nil {
-		m.PushAttempted(peer, took, err)
+		m.PushAttempted(peer, took, events, err)
 	}
 }
 
