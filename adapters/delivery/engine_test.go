@@ -102,6 +102,7 @@ type world struct {
 	dir    string
 	store  *embedded.Store
 	peers  *fakePeers
+	client PeerClient // calls peers; peers unless set
 	engine *Engine
 	cfg    Config
 }
@@ -135,7 +136,11 @@ func (w *world) open() {
 		w.t.Fatal(err)
 	}
 	w.store = store
-	w.engine = New(w.cfg, store, codec, reg, w.peers, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+	client := w.client
+	if client == nil {
+		client = w.peers
+	}
+	w.engine = New(w.cfg, store, codec, reg, client, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
 	if err := w.engine.Start(ctx); err != nil {
 		w.t.Fatal(err)
 	}

@@ -144,8 +144,8 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			records, derr := p.out.PushSucceeded(seq, res.Through, attempts, false)
 			if derr == nil {
 				// Not waited for, and batched: the next pushes overlap its
-				// sync. If it is lost in a crash, the event is pushed again
-				// and the receiver drops it by its sequence number.
+				// sync. If it is lost in a crash, the events are pushed
+				// again and the receiver drops them by sequence number.
 				e.recordLocked(p, false, records...)
 			}
 			p.mu.Unlock()
