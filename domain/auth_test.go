@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -300,4 +301,35 @@ func mustAccess(allow, block []string) AccessList {
 		panic(err)
 	}
 	return l
+}
+
+func TestNonceLedgerShrinksAfterABurst(t *testing.T) {
+	t.Parallel()
+	l := NewNonceLedger()
+	id := MustParseServerID("a.example:1")
+	t0 := time.Unix(1000, 0)
+	nonce := func(i int) []byte {
+		b := make([]byte, NonceSize)
+		binary.BigEndian.PutUint64(b, uint64(i))
+		return b
+	}
+	// Given a burst of nonces that expire together,
+	for i := range 2 * nonceLedgerMinPeak {
+		l.Remember(id, nonce(i), t0.Add(time.Minute), t0)
+	}
+	// and one that outlives them,
+	l.Remember(id, nonce(-1), t0.Add(time.Hour), t0)
+	// when the burst has expired and the next token arrives,
+	later := t0.Add(2 * time.Minute)
+	if !l.Remember(id, nonce(0), later.Add(time.Minute), later) {
+		t.Fatal("an expired nonce is still remembered")
+	}
+	// then the ledger holds what is alive in a map sized for it, and
+	// still refuses what it holds.
+	if l.Len() != 2 || l.peak != 2 {
+		t.Fatalf("after the burst: %d entries, peak %d; want 2 and 2", l.Len(), l.peak)
+	}
+	if l.Remember(id, nonce(-1), t0.Add(time.Hour), later) {
+		t.Fatal("a live nonce was forgotten when the ledger shrank")
+	}
 }

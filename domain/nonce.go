@@ -11,7 +11,14 @@ type NonceLedger struct {
 	mu      sync.Mutex
 	seen    map[nonceKey]time.Time
 	sweepAt time.Time
+	// peak is the most entries seen held since it was last allocated: a
+	// Go map keeps its buckets after deletes, so after a burst has expired
+	// the sweep moves what is left into a new, small map.
+	peak int
 }
+
+// nonceLedgerMinPeak: below this many entries a map is not worth rebuilding.
+const nonceLedgerMinPeak = 4096
 
 type nonceKey struct {
 	server ServerID
@@ -38,11 +45,19 @@ func (l *NonceLedger) Remember(server ServerID, nonce []byte, expiry, now time.T
 			}
 		}
 		l.sweepAt = now.Add(time.Second)
+		if l.peak >= nonceLedgerMinPeak && len(l.seen) < l.peak/4 {
+			small := make(map[nonceKey]time.Time, len(l.seen))
+			for key, exp := range l.seen {
+				small[key] = exp
+			}
+			l.seen, l.peak = small, len(small)
+		}
 	}
 	if exp, ok := l.seen[k]; ok && !now.After(exp) {
 		return false
 	}
 	l.seen[k] = expiry
+	l.peak = max(l.peak, len(l.seen))
 	return true
 }
 
