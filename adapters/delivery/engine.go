@@ -128,10 +128,10 @@ type peer struct {
 	out          domain.Outbox
 	deliveryNext uint64 // events in the delivery stream
 	pushing      bool   // a push loop runs
-	// batchBytes is the largest push the peer announced in its last answer
-	// (0: one event per push). Not kept across restarts: the first push
+	// batch is the largest push the peer announced in its last answer
+	// (zero: one event per push). Not kept across restarts: the first push
 	// after one carries a single event and learns it again.
-	batchBytes  uint64
+	batch       peerclient.PushResult
 	serving     bool // a Pull is being served: probes record nothing
 	probeTimer  *time.Timer
 	probeCancel context.CancelFunc

@@ -37,6 +37,7 @@ type fakePeers struct {
 	mu          sync.Mutex
 	down        bool
 	batchBytes  uint64
+	batchEvents uint32        // with batchBytes: the event cap announced (0: 10,000)
 	hold        chan struct{} // set: pushes wait until it is closed
 	arrived     int           // pushes that reached the peer, held ones included
 	failBatches int           // refuse this many pushes of several events
@@ -77,7 +78,14 @@ func (f *fakePeers) Push(_ context.Context, _ domain.ServerID, seq uint64, event
 	for i := range events {
 		f.pushed = append(f.pushed, seq+uint64(i))
 	}
-	return peerclient.PushResult{Through: seq + uint64(len(events)) - 1, BatchBytes: f.batchBytes}, nil
+	n := f.batchEvents
+	if n == 0 {
+		n = 10000
+	}
+	if len(events) > int(n) {
+		return peerclient.PushResult{}, errors.New("too many events")
+	}
+	return peerclient.PushResult{Through: seq + uint64(len(events)) - 1, BatchBytes: f.batchBytes, BatchEvents: n}, nil
 }
 
 func (f *fakePeers) Pull(_ context.Context, _ domain.ServerID, ack *uint64) (peerclient.PullResult, error) {
@@ -288,6 +296,19 @@ func TestAPushCarriesSeveralEventsOnceThePeerAnnouncesIt(t *testing.T) {
 	eventually(t, "the pushes recorded", func() bool { return len(w.deliveryRecords()) == len(want) })
 	if got := w.deliveryRecords(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("delivery records %#v, want %#v", got, want)
+	}
+}
+
+func TestAPushStaysWithinTheEventsThePeerAnnounced(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.peers.set(func(f *fakePeers) { f.batchBytes, f.batchEvents = 1<<20, 7 })
+	release := w.holdPushes()
+	w.send(30)
+	release()
+	w.pushedInOrder(30)
+	if sizes, _ := w.peers.pushSizes(); !slices.Equal(sizes, []int{1, 7, 7, 7, 7, 1}) {
+		t.Fatalf("events per push: %v, want [1 7 7 7 7 1]", sizes)
 	}
 }
 

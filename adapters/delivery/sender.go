@@ -102,11 +102,12 @@ func (e *Engine) pushLoop(p *peer) {
 // announced it takes and this server's caps allow, at least one.
 func (e *Engine) nextPush(ctx context.Context, p *peer, seq uint64, ahead *outboxReader) ([]*syncv1.Event, error) {
 	p.mu.Lock()
-	head, budget := p.out.Head, min(p.batchBytes, uint64(max(e.cfg.PushBatchBytes, 0)))
+	head, batch := p.out.Head, p.batch
 	p.mu.Unlock()
+	budget := min(batch.BatchBytes, uint64(max(e.cfg.PushBatchBytes, 0)))
 	maxEvents := 1
-	if budget > 0 {
-		maxEvents = max(e.cfg.PushBatchEvents, 1)
+	if budget > 0 && batch.BatchEvents > 1 {
+		maxEvents = int(min(uint32(max(e.cfg.PushBatchEvents, 1)), batch.BatchEvents))
 	}
 	events, err := ahead.read(ctx, e.store, p.id, seq, head, maxEvents)
 	if err != nil {
@@ -140,7 +141,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 		res, err := e.pushOnce(ctx, server, seq, events)
 		p.mu.Lock()
 		if err == nil {
-			p.batchBytes = res.BatchBytes
+			p.batch = res
 			records, derr := p.out.PushSucceeded(seq, res.Through, attempts, false)
 			if derr == nil {
 				// Not waited for, and batched: the next pushes overlap its
@@ -151,7 +152,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			p.mu.Unlock()
 			return
 		}
-		p.batchBytes = 0
+		p.batch = peerclient.PushResult{}
 		records, derr := p.out.PushFailed(seq, attempts, e.cfg.PushRetries, err.Error())
 		if derr != nil || len(records) > 0 {
 			done := e.recordLocked(p, true, records...)
@@ -251,7 +252,7 @@ func (e *Engine) probe(p *peer) {
 		e.scheduleProbeLocked(p)
 		return
 	}
-	p.batchBytes = res.BatchBytes
+	p.batch = res
 	records, derr := p.out.PushSucceeded(seq, seq, 1, true)
 	if derr != nil || p.serving {
 		return

@@ -53,11 +53,17 @@ type AuthObserver interface {
 
 // PostboxService implements syncv1connect.PostboxServiceHandler.
 type PostboxService struct {
-	auth       Authenticator
-	box        Postbox
-	observer   AuthObserver
-	batchBytes uint64
+	auth        Authenticator
+	box         Postbox
+	observer    AuthObserver
+	batchBytes  uint64
+	batchEvents uint32 // 0: pushes of one event only
 }
+
+// MaxEventsPerPush is the most events a push to this server may carry, the
+// first included, once it accepts batches: the same cap as a Pull reply's,
+// so one append stays bounded however small the events.
+const MaxEventsPerPush = 10000
 
 // NewPostboxService returns the federation handlers.
 func NewPostboxService(auth Authenticator, box Postbox) *PostboxService {
@@ -69,6 +75,7 @@ func NewPostboxService(auth Authenticator, box Postbox) *PostboxService {
 // transports enforce).
 func (s *PostboxService) AcceptBatches(maxRequestBytes int64) *PostboxService {
 	s.batchBytes = uint64(max(maxRequestBytes, 0))
+	s.batchEvents = MaxEventsPerPush
 	return s
 }
 
@@ -137,6 +144,9 @@ func (s *PostboxService) Push(ctx context.Context, req *connect.Request[syncv1.P
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", domain.ErrInvalidArgument, err)
 	}
+	if limit := max(s.batchEvents, 1); len(following) >= int(limit) {
+		return nil, fmt.Errorf("%w: a push of %d events; this server takes at most %d", domain.ErrInvalidArgument, 1+len(following), limit)
+	}
 	if uint64(len(following)) > math.MaxUint64-n {
 		return nil, fmt.Errorf("%w: sequence numbers from %d overflow", domain.ErrInvalidArgument, n)
 	}
@@ -145,7 +155,7 @@ func (s *PostboxService) Push(ctx context.Context, req *connect.Request[syncv1.P
 		return nil, err
 	}
 	res := &syncv1.PushResponse{}
-	seqext.SetPushReply(res, seqext.PushReply{LastSeq: n + uint64(len(following)), BatchBytes: s.batchBytes})
+	seqext.SetPushReply(res, seqext.PushReply{LastSeq: n + uint64(len(following)), BatchBytes: s.batchBytes, BatchEvents: s.batchEvents})
 	return connect.NewResponse(res), nil
 }
 

@@ -99,8 +99,9 @@ func TestFederationOverEveryProtocol(t *testing.T) {
 		push := rawHRPC(t, http.MethodPost, f.url+pathPush, "application/hrpc", p.extended(t, f.clock, f.id), unhex(t, fixturePushSeqHex))
 		checkOK(t, push)
 		// To a Postbox sender: last_seq 41 (field 100), batch_bytes 4 MiB
-		// (field 101, the request limit).
-		if want := "a00629a80680808002"; hex.EncodeToString(push.Body) != want {
+		// (field 101, the request limit), batch_events 10,000 (field 102).
+		const limits = "a80680808002" + "b006904e"
+		if want := "a00629" + limits; hex.EncodeToString(push.Body) != want {
 			t.Errorf("Push reply = %x, want %s", push.Body, want)
 		}
 		checkReceived(t, f, p.id, 41)
@@ -121,7 +122,7 @@ func TestFederationOverEveryProtocol(t *testing.T) {
 		batch := rawHRPC(t, http.MethodPost, f.url+pathPush, "application/hrpc", p.extended(t, f.clock, f.id),
 			unhex(t, "0a061204082a1007a00632"+following+following))
 		checkOK(t, batch)
-		if want := "a00634a80680808002"; hex.EncodeToString(batch.Body) != want {
+		if want := "a00634" + limits; hex.EncodeToString(batch.Body) != want {
 			t.Errorf("Push reply = %x, want %s (last_seq 52)", batch.Body, want)
 		}
 		checkReceived(t, f, p.id, 41, -1, 50, 51, 52)
@@ -131,6 +132,12 @@ func TestFederationOverEveryProtocol(t *testing.T) {
 		bad := rawHRPC(t, http.MethodPost, f.url+pathPush, "application/hrpc", p.extended(t, f.clock, f.id),
 			unhex(t, "0a061204082a1007a00635"+following+"aa0601ff"))
 		checkHRPCError(t, bad, http.StatusBadRequest, "hrpc.http.bad-unary-request")
+		checkReceived(t, f, p.id, 41, -1, 50, 51, 52)
+
+		// More events than the announced 10,000: refused whole.
+		tooMany := rawHRPC(t, http.MethodPost, f.url+pathPush, "application/hrpc", p.extended(t, f.clock, f.id),
+			unhex(t, "0a061204082a1007a00635"+strings.Repeat(following, federation.MaxEventsPerPush)))
+		checkHRPCError(t, tooMany, http.StatusBadRequest, "hrpc.http.bad-unary-request")
 		checkReceived(t, f, p.id, 41, -1, 50, 51, 52)
 		for _, r := range f.rec.requests() {
 			if strings.HasPrefix(strings.ToLower(r.ContentType), "application/hrpc") && r.ProtoMajor != 1 {

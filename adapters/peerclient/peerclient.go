@@ -176,10 +176,11 @@ type PushResult struct {
 	// one's sequence number, unless a Postbox receiver took the following
 	// events too.
 	Through uint64
-	// BatchBytes is the largest push request the receiver reads, which
-	// following events may fill; 0 (an upstream receiver): one event per
-	// push.
-	BatchBytes uint64
+	// BatchBytes and BatchEvents are the largest push, in request bytes
+	// and in events, the receiver takes; 0 (an upstream receiver): one
+	// event per push.
+	BatchBytes  uint64
+	BatchEvents uint32
 }
 
 // Push delivers events[0] with sequence number seq and, to a receiver that
@@ -202,7 +203,7 @@ func (c *Client) Push(ctx context.Context, peer domain.ServerID, seq uint64, eve
 		return PushResult{Through: seq}, nil // an upstream receiver took the first event only
 	}
 	last := seq + uint64(len(events)) - 1
-	return PushResult{Through: min(max(reply.LastSeq, seq), last), BatchBytes: reply.BatchBytes}, nil
+	return PushResult{Through: min(max(reply.LastSeq, seq), last), BatchBytes: reply.BatchBytes, BatchEvents: reply.BatchEvents}, nil
 }
 
 // PullResult is a peer's Pull reply.

@@ -214,8 +214,8 @@ func TestClientOverEveryProtocol(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Push: %v", err)
 			}
-			if res != (peerclient.PushResult{Through: 41, BatchBytes: 1 << 20}) {
-				t.Errorf("Push = %+v, want through 41, batches up to 1 MiB", res)
+			if res != (peerclient.PushResult{Through: 41, BatchBytes: 1 << 20, BatchEvents: federation.MaxEventsPerPush}) {
+				t.Errorf("Push = %+v, want through 41, batches up to 1 MiB and %d events", res, federation.MaxEventsPerPush)
 			}
 			if _, err := client.Push(ctx, srv.id, 0, []*syncv1.Event{removed(42, 7)}); err != nil {
 				t.Fatalf("Push seq 0: %v", err)

@@ -9,6 +9,7 @@ package seqext
 import (
 	"errors"
 	"fmt"
+	"math"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -22,6 +23,7 @@ const (
 	pushFollowing protowire.Number = 101 // PushRequestExt.following
 	pushLastSeq   protowire.Number = 100 // PushResponseExt.last_seq
 	pushBatch     protowire.Number = 101 // PushResponseExt.batch_bytes
+	pushBatchN    protowire.Number = 102 // PushResponseExt.batch_events
 	pullFirstSeq  protowire.Number = 100 // PullResponseExt.first_seq
 	pullAck       protowire.Number = 100 // PullRequestExt.ack
 	pullHasAck    protowire.Number = 101 // PullRequestExt.has_ack
@@ -104,12 +106,15 @@ type PushReply struct {
 	LastSeq uint64
 	// BatchBytes: the largest push request the receiver reads.
 	BatchBytes uint64
+	// BatchEvents: the most events one push may carry.
+	BatchEvents uint32
 }
 
 // SetPushReply adds r to a push's answer.
 func SetPushReply(m *syncv1.PushResponse, r PushReply) {
 	setVarint(m, pushLastSeq, r.LastSeq)
 	setVarint(m, pushBatch, r.BatchBytes)
+	setVarint(m, pushBatchN, uint64(r.BatchEvents))
 }
 
 // GetPushReply reads a push's answer; ok is false for an upstream receiver's
@@ -118,6 +123,8 @@ func GetPushReply(m *syncv1.PushResponse) (r PushReply, ok bool) {
 	raw := m.ProtoReflect().GetUnknown()
 	r.LastSeq, ok = lastVarint(raw, pushLastSeq)
 	r.BatchBytes, _ = lastVarint(raw, pushBatch)
+	n, _ := lastVarint(raw, pushBatchN)
+	r.BatchEvents = uint32(min(n, math.MaxUint32))
 	return r, ok
 }
 

@@ -60,7 +60,7 @@ func TestBatchedPushMatchesDeclaredMessages(t *testing.T) {
 	}
 
 	res := &syncv1.PushResponse{}
-	SetPushReply(res, PushReply{LastSeq: 0, BatchBytes: 4 << 20})
+	SetPushReply(res, PushReply{LastSeq: 0, BatchBytes: 4 << 20, BatchEvents: 500})
 	raw, err = proto.Marshal(res)
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +69,7 @@ func TestBatchedPushMatchesDeclaredMessages(t *testing.T) {
 	if err := proto.Unmarshal(raw, &declaredRes); err != nil {
 		t.Fatal(err)
 	}
-	if declaredRes.GetBatchBytes() != 4<<20 {
+	if declaredRes.GetBatchBytes() != 4<<20 || declaredRes.GetBatchEvents() != 500 {
 		t.Fatalf("declared view: %v", &declaredRes)
 	}
 	var backRes syncv1.PushResponse
@@ -77,7 +77,7 @@ func TestBatchedPushMatchesDeclaredMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A last_seq of 0 is still a Postbox answer: presence is the signal.
-	if r, ok := GetPushReply(&backRes); !ok || r.LastSeq != 0 || r.BatchBytes != 4<<20 {
+	if r, ok := GetPushReply(&backRes); !ok || r != (PushReply{LastSeq: 0, BatchBytes: 4 << 20, BatchEvents: 500}) {
 		t.Fatalf("GetPushReply = %+v, %v", r, ok)
 	}
 	if _, ok := GetPushReply(&syncv1.PushResponse{}); ok {

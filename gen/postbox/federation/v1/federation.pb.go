@@ -184,7 +184,10 @@ type PushResponseExt struct {
 	LastSeq uint64 `protobuf:"varint,100,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
 	// The largest request body, in bytes, the receiver reads: later pushes may
 	// carry `following` events as long as the request stays within it.
-	BatchBytes    uint64 `protobuf:"varint,101,opt,name=batch_bytes,json=batchBytes,proto3" json:"batch_bytes,omitempty"`
+	BatchBytes uint64 `protobuf:"varint,101,opt,name=batch_bytes,json=batchBytes,proto3" json:"batch_bytes,omitempty"`
+	// The most events, the first included, one push may carry. A sender adds
+	// `following` events only when both limits are present and above one.
+	BatchEvents   uint32 `protobuf:"varint,102,opt,name=batch_events,json=batchEvents,proto3" json:"batch_events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -229,6 +232,13 @@ func (x *PushResponseExt) GetLastSeq() uint64 {
 func (x *PushResponseExt) GetBatchBytes() uint64 {
 	if x != nil {
 		return x.BatchBytes
+	}
+	return 0
+}
+
+func (x *PushResponseExt) GetBatchEvents() uint32 {
+	if x != nil {
+		return x.BatchEvents
 	}
 	return 0
 }
@@ -357,11 +367,12 @@ const file_postbox_federation_v1_federation_proto_rawDesc = "" +
 	"\x0ePushRequestExt\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x12\x10\n" +
 	"\x03seq\x18d \x01(\x04R\x03seq\x125\n" +
-	"\tfollowing\x18e \x03(\v2\x17.protocol.sync.v1.EventR\tfollowing\"M\n" +
+	"\tfollowing\x18e \x03(\v2\x17.protocol.sync.v1.EventR\tfollowing\"p\n" +
 	"\x0fPushResponseExt\x12\x19\n" +
 	"\blast_seq\x18d \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vbatch_bytes\x18e \x01(\x04R\n" +
-	"batchBytes\";\n" +
+	"batchBytes\x12!\n" +
+	"\fbatch_events\x18f \x01(\rR\vbatchEvents\";\n" +
 	"\x0ePullRequestExt\x12\x10\n" +
 	"\x03ack\x18d \x01(\x04R\x03ack\x12\x17\n" +
 	"\ahas_ack\x18e \x01(\bR\x06hasAck\"h\n" +
