@@ -647,3 +647,102 @@ func TestFirstContactsArrivingTogetherShareAppends(t *testing.T) {
 		t.Fatalf("%d first contacts took %d appends: none were grouped", n, appends)
 	}
 }
+
+// engineLink carries one engine's pushes straight into another's
+// AcceptPush, answering as the federation service does, and can lose the
+// reply to a push the receiver applied.
+type engineLink struct {
+	to   *Engine
+	from domain.ServerID
+
+	mu          sync.Mutex
+	hold        chan struct{}
+	arrived     int
+	loseReplies int // this many applied pushes of several events answer with an error
+}
+
+func (l *engineLink) Push(ctx context.Context, _ domain.ServerID, seq uint64, events []*syncv1.Event) (peerclient.PushResult, error) {
+	l.mu.Lock()
+	hold := l.hold
+	l.arrived++
+	l.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+	if err := l.to.AcceptPush(ctx, domain.Caller{ServerID: l.from, Extended: true}, events, &seq); err != nil {
+		return peerclient.PushResult{}, err
+	}
+	l.mu.Lock()
+	lose := len(events) > 1 && l.loseReplies > 0
+	if lose {
+		l.loseReplies--
+	}
+	l.mu.Unlock()
+	if lose {
+		return peerclient.PushResult{}, errors.New("connection reset before the reply")
+	}
+	return peerclient.PushResult{Through: seq + uint64(len(events)) - 1, BatchBytes: 1 << 20, BatchEvents: 10000}, nil
+}
+
+func (l *engineLink) Pull(context.Context, domain.ServerID, *uint64) (peerclient.PullResult, error) {
+	return peerclient.PullResult{}, nil
+}
+
+func TestALostReplyToAPushOfSeveralEventsDeliversEachOnce(t *testing.T) {
+	t.Parallel()
+	b := newWorld(t, testConfig())
+	aID := domain.MustParseServerID("a.example:2289")
+	link := &engineLink{to: b.engine, from: aID}
+	a := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, client: link, cfg: testConfig()}
+	a.open()
+
+	// Given B has announced batches, a push of one event under way, and
+	// 49 events waiting behind it,
+	a.send(1)
+	eventually(t, "the first push", func() bool { return a.state().Delivered == 1 })
+	hold := make(chan struct{})
+	link.mu.Lock()
+	link.hold = hold
+	link.mu.Unlock()
+	if _, err := a.engine.Send(t.Context(), peerB, added(1)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the held push", func() bool { link.mu.Lock(); defer link.mu.Unlock(); return link.arrived == 2 })
+	for i := uint64(2); i < 50; i++ {
+		if _, err := a.engine.Send(t.Context(), peerB, added(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// when B applies the next push, of 48 events, but its reply is lost,
+	link.mu.Lock()
+	link.loseReplies, link.hold = 1, nil
+	link.mu.Unlock()
+	close(hold)
+	// then A pushes them again, B drops what it has, and B holds each
+	// event once, in order.
+	eventually(t, "every event delivered", func() bool { return a.state().Delivered == 50 })
+	id, _ := b.engine.registry.Lookup(aID)
+	recs, err := b.store.ReadStream(t.Context(), streams.Inbox(id), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 50 {
+		t.Fatalf("B's inbox holds %d events, want 50", len(recs))
+	}
+	for i, r := range recs {
+		rec, _ := streams.DecodeReceived(r)
+		if *rec.SenderSeq != uint64(i) || rec.Event.GetUserAddedToGuild().GetUserId() != uint64(i) {
+			t.Fatalf("B's inbox[%d] = %+v", i, rec)
+		}
+	}
+	want := []domain.DeliveryEvent{
+		domain.EventPushed{Seq: 0, Attempts: 1},
+		domain.EventPushed{Seq: 1, Attempts: 1},
+		domain.EventPushed{Seq: 2, Attempts: 2}, // the retry after the lost reply carries one event
+		domain.EventPushed{Seq: 3, Through: 49, Attempts: 1},
+	}
+	eventually(t, "A's records", func() bool { return len(a.deliveryRecords()) == len(want) })
+	if got := a.deliveryRecords(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("A's delivery records %#v, want %#v", got, want)
+	}
+}
