@@ -135,17 +135,13 @@ func oneLine(s string) string {
 func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := newFlagSet("watch", stderr)
 	a := addAdminFlags(fs)
-	from := fs.Uint64("from", 0, "print events from this position on (positions are printed with each event)")
+	after := fs.Uint64("after", 0, "print the events after this position (each event is printed with its position, so the last one printed resumes there; 0: from the first)")
 	follow := fs.Bool("follow", false, "keep printing events as they arrive")
 	asJSON := fs.Bool("json", false, "print one protojson object per event and line")
 	if _, err := parseFlags(fs, args, getenv); err != nil {
 		return err
 	}
-	after := uint64(0)
-	if *from > 0 {
-		after = *from - 1
-	}
-	stream, err := a.client().Watch(ctx, connect.NewRequest(&adminv1.WatchRequest{After: after, Follow: *follow}))
+	stream, err := a.client().Watch(ctx, connect.NewRequest(&adminv1.WatchRequest{After: *after, Follow: *follow}))
 	if err != nil {
 		return a.failed("watch", err)
 	}

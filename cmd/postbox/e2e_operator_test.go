@@ -716,20 +716,20 @@ func TestOperatorSurface(t *testing.T) {
 				t.Errorf("watch event %d at position %d after %d", i, ev.GetPosition(), all[i-1].GetPosition())
 			}
 		}
-		// --from N starts at position N.
-		from := all[4].GetPosition()
-		tail := opWatch(t, b, "--json", "--from", strconv.FormatUint(from, 10))
-		if len(tail) != n-4 || tail[0].GetPosition() != from || tail[0].GetSenderSeq() != 4 {
-			t.Errorf("watch --from %d: %d events from %v; want the last %d, from sequence 4", from, len(tail), opFirst(tail), n-4)
+		// --after N starts with the event after position N.
+		after := all[3].GetPosition()
+		tail := opWatch(t, b, "--json", "--after", strconv.FormatUint(after, 10))
+		if len(tail) != n-4 || tail[0].GetPosition() != all[4].GetPosition() || tail[0].GetSenderSeq() != 4 {
+			t.Errorf("watch --after %d: %d events from %v; want the last %d, from sequence 4", after, len(tail), opFirst(tail), n-4)
 		}
 		// The text form: one line per event, position first.
-		out, _, code := runCLI(t, "watch", "--admin", b.admin, "--from", strconv.FormatUint(all[n-1].GetPosition(), 10))
+		out, _, code := runCLI(t, "watch", "--admin", b.admin, "--after", strconv.FormatUint(all[n-2].GetPosition(), 10))
 		if want := fmt.Sprintf("%d\t%s\tpush\tseq %d\t", all[n-1].GetPosition(), a.id, n-1); code != 0 || !strings.HasPrefix(out, want) || strings.Count(out, "\n") != 1 {
-			t.Errorf("postbox watch (text) --from the last position: exit %d, %q; want one line starting %q", code, out, want)
+			t.Errorf("postbox watch (text) --after the second last position: exit %d, %q; want one line starting %q", code, out, want)
 		}
 
 		// --follow prints an event sent later and keeps running.
-		lines, stop := opFollow(t, b, strconv.FormatUint(all[n-1].GetPosition()+1, 10))
+		lines, stop := opFollow(t, b, strconv.FormatUint(all[n-1].GetPosition(), 10))
 		a.send(b.id, 100+n, n)
 		select {
 		case line := <-lines:
@@ -847,12 +847,12 @@ func opWatch(t *testing.T, n *opNode, args ...string) []*adminv1.ReceivedEvent {
 	return evs
 }
 
-// opFollow starts `postbox watch --follow --json --from from` against n and
+// opFollow starts `postbox watch --follow --json --after after` against n and
 // returns its output lines as they come; stop ends it with SIGTERM and
 // requires a clean exit. It is killed in t.Cleanup if still running.
-func opFollow(t *testing.T, n *opNode, from string) (lines <-chan string, stop func()) {
+func opFollow(t *testing.T, n *opNode, after string) (lines <-chan string, stop func()) {
 	t.Helper()
-	cmd := exec.Command(postboxBinary(t), "watch", "--follow", "--json", "--admin", n.admin, "--from", from)
+	cmd := exec.Command(postboxBinary(t), "watch", "--follow", "--json", "--admin", n.admin, "--after", after)
 	cmd.Env = cleanEnv()
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

@@ -57,7 +57,7 @@ Usage:
   postbox audit [--data-dir DIR | --store esdb://...] [--json]
                             check every stream's invariants (exit 1 on violations)
   postbox peers [--json]    list peers and their delivery state
-  postbox watch [--from N] [--follow] [--json]
+  postbox watch [--after N] [--follow] [--json]
                             print received events in order from position N
   postbox pull ID           pull from a peer now
   postbox resume ID         push to a peer in queue mode again
