@@ -71,8 +71,9 @@ func NewPostboxService(auth Authenticator, box Postbox) *PostboxService {
 }
 
 // AcceptBatches makes s tell Postbox senders that a push may carry
-// following events, up to a request body of maxRequestBytes (the limit the
-// transports enforce).
+// following events, up to MaxEventsPerPush events and a request body of
+// maxRequestBytes (the limit the transports enforce). Without it, a push
+// of more than one event is refused.
 func (s *PostboxService) AcceptBatches(maxRequestBytes int64) *PostboxService {
 	s.batchBytes = uint64(max(maxRequestBytes, 0))
 	s.batchEvents = MaxEventsPerPush
