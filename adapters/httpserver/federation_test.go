@@ -69,6 +69,24 @@ func checkReceived(t *testing.T, f *fed, from domain.ServerID, wantSeqs ...int64
 	}
 }
 
+// TestPushesOfSeveralEventsNeedAcceptBatches: a server that does not accept
+// batches announces nothing and refuses a push of several events whole.
+func TestPushesOfSeveralEventsNeedAcceptBatches(t *testing.T) {
+	t.Parallel()
+	f := startFederation(t, fedOptions{noBatch: true})
+	p := startPeer(t)
+	one := rawHRPC(t, http.MethodPost, f.url+pathPush, "application/hrpc", p.extended(t, f.clock, f.id), unhex(t, fixturePushSeqHex))
+	checkOK(t, one)
+	// last_seq 41, batch_bytes 0, batch_events 0.
+	if want := "a00629a80600b00600"; hex.EncodeToString(one.Body) != want {
+		t.Errorf("Push reply = %x, want %s", one.Body, want)
+	}
+	two := rawHRPC(t, http.MethodPost, f.url+pathPush, "application/hrpc", p.extended(t, f.clock, f.id),
+		unhex(t, "0a061204082a1007a0062a"+"aa06061204082a1007"))
+	checkHRPCError(t, two, http.StatusBadRequest, "hrpc.http.bad-unary-request")
+	checkReceived(t, f, p.id, 41)
+}
+
 // TestFederationOverEveryProtocol calls Key, Pull and Push on one plaintext
 // listener over hRPC (HTTP/1.1, raw bytes), Connect and gRPC (h2c), each
 // authenticated with a token that the server checks against a key it

@@ -279,6 +279,7 @@ type fedOptions struct {
 	keys     *peerkeys.Config // default: DefaultConfig with Insecure
 	limit    httpserver.MaxRequestBytes
 	remember map[string]ed25519.PublicKey // keys known before any request
+	noBatch  bool                         // the service does not accept pushes of several events
 }
 
 // fed is a running federation server: the real handler over the real
@@ -319,7 +320,11 @@ func startFederation(t testing.TB, opts fedOptions) *fed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := httpserver.NewFederationHandler(federation.NewPostboxService(verifier, postbox).AcceptBatches(int64(opts.limit)), federation.NewKeyService(pub), opts.limit, discardLogger)
+	service := federation.NewPostboxService(verifier, postbox)
+	if !opts.noBatch {
+		service.AcceptBatches(int64(opts.limit))
+	}
+	h := httpserver.NewFederationHandler(service, federation.NewKeyService(pub), opts.limit, discardLogger)
 	rec := &recorder{next: h}
 	addr := serve(t, "federation", rec)
 	return &fed{id: id, url: "http://" + addr, clock: opts.clock, public: pub, postbox: postbox, rec: rec}
