@@ -37,24 +37,17 @@ type fakePeers struct {
 	mu          sync.Mutex
 	down        bool
 	batchBytes  uint64
-	batchEvents uint32        // with batchBytes: the event cap announced (0: 10,000)
-	hold        chan struct{} // set: pushes wait until it is closed
-	arrived     int           // pushes that reached the peer, held ones included
-	failBatches int           // refuse this many pushes of several events
-	pushed      []uint64      // the sequence numbers taken, in order
-	sizes       []int         // events per push, failed ones included
-	bytes       []int         // request bytes per push
+	batchEvents uint32 // with batchBytes: the event cap announced (0: 10,000)
+	gate        pushGate
+	failBatches int      // refuse this many pushes of several events
+	pushed      []uint64 // the sequence numbers taken, in order
+	sizes       []int    // events per push, failed ones included
+	bytes       []int    // request bytes per push
 	pullFn      func(ack *uint64) (peerclient.PullResult, error)
 }
 
 func (f *fakePeers) Push(_ context.Context, _ domain.ServerID, seq uint64, events []*syncv1.Event) (peerclient.PushResult, error) {
-	f.mu.Lock()
-	hold := f.hold
-	f.arrived++
-	f.mu.Unlock()
-	if hold != nil {
-		<-hold
-	}
+	f.gate.pass()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
@@ -246,15 +239,48 @@ func (f *fakePeers) pushSizes() ([]int, []int) {
 	return append([]int(nil), f.sizes...), append([]int(nil), f.bytes...)
 }
 
-// holdPushes makes the next push wait, and returns what lets it go.
-func (w *world) holdPushes() (release func()) {
+// pushGate can hold the pushes that reach a test double, and counts them.
+type pushGate struct {
+	mu      sync.Mutex
+	hold    chan struct{} // set: pushes wait until it is closed
+	arrived int           // pushes that reached it, held ones included
+}
+
+// pass counts a push and waits while pushes are held.
+func (g *pushGate) pass() {
+	g.mu.Lock()
+	hold := g.hold
+	g.arrived++
+	g.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+}
+
+// holdPushes makes the next pushes wait, and returns what lets them go.
+func (g *pushGate) holdPushes() (release func()) {
 	hold := make(chan struct{})
-	w.peers.set(func(f *fakePeers) { f.hold = hold })
+	g.mu.Lock()
+	g.hold = hold
+	g.mu.Unlock()
 	return func() {
-		w.peers.set(func(f *fakePeers) { f.hold = nil })
+		g.mu.Lock()
+		g.hold = nil
+		g.mu.Unlock()
 		close(hold)
 	}
 }
+
+// arrivedIs reports whether n pushes have reached the gate.
+func (g *pushGate) arrivedIs(n int) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.arrived == n
+}
+
+// holdPushes makes the next push to the fake wait, and returns what lets
+// it go.
+func (w *world) holdPushes() (release func()) { return w.peers.gate.holdPushes() }
 
 // pushedInOrder checks that the peer took events 0..n-1, each once, in order.
 func (w *world) pushedInOrder(n int) {
@@ -353,11 +379,7 @@ func TestAFailedPushOfSeveralEventsIsRetriedWithOne(t *testing.T) {
 	// Given a push of one event under way and nine events waiting behind it,
 	release := w.holdPushes()
 	w.send(1)
-	eventually(t, "the push under way", func() bool {
-		w.peers.mu.Lock()
-		defer w.peers.mu.Unlock()
-		return w.peers.arrived == 2
-	})
+	eventually(t, "the push under way", func() bool { return w.peers.gate.arrivedIs(2) })
 	w.send(9)
 	// when the peer refuses the next push of several events,
 	w.peers.set(func(f *fakePeers) { f.failBatches = 1 })
@@ -655,20 +677,13 @@ type engineLink struct {
 	to   *Engine
 	from domain.ServerID
 
+	gate        pushGate
 	mu          sync.Mutex
-	hold        chan struct{}
-	arrived     int
 	loseReplies int // this many applied pushes of several events answer with an error
 }
 
 func (l *engineLink) Push(ctx context.Context, _ domain.ServerID, seq uint64, events []*syncv1.Event) (peerclient.PushResult, error) {
-	l.mu.Lock()
-	hold := l.hold
-	l.arrived++
-	l.mu.Unlock()
-	if hold != nil {
-		<-hold
-	}
+	l.gate.pass()
 	if err := l.to.AcceptPush(ctx, domain.Caller{ServerID: l.from, Extended: true}, events, &seq); err != nil {
 		return peerclient.PushResult{}, err
 	}
@@ -700,14 +715,11 @@ func TestALostReplyToAPushOfSeveralEventsDeliversEachOnce(t *testing.T) {
 	// 49 events waiting behind it,
 	a.send(1)
 	eventually(t, "the first push", func() bool { return a.state().Delivered == 1 })
-	hold := make(chan struct{})
-	link.mu.Lock()
-	link.hold = hold
-	link.mu.Unlock()
+	release := link.gate.holdPushes()
 	if _, err := a.engine.Send(t.Context(), peerB, added(1)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the held push", func() bool { link.mu.Lock(); defer link.mu.Unlock(); return link.arrived == 2 })
+	eventually(t, "the held push", func() bool { return link.gate.arrivedIs(2) })
 	for i := uint64(2); i < 50; i++ {
 		if _, err := a.engine.Send(t.Context(), peerB, added(i)); err != nil {
 			t.Fatal(err)
@@ -715,9 +727,9 @@ func TestALostReplyToAPushOfSeveralEventsDeliversEachOnce(t *testing.T) {
 	}
 	// when B applies the next push, of 48 events, but its reply is lost,
 	link.mu.Lock()
-	link.loseReplies, link.hold = 1, nil
+	link.loseReplies = 1
 	link.mu.Unlock()
-	close(hold)
+	release()
 	// then A pushes them again, B drops what it has, and B holds each
 	// event once, in order.
 	eventually(t, "every event delivered", func() bool { return a.state().Delivered == 50 })
