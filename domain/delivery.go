@@ -75,7 +75,16 @@ type PushResumed struct {
 	Reason  ResumeReason
 }
 
+// EventsSkipped: an operator gave up on FromSeq..ThroughSeq (inclusive),
+// the oldest undelivered events, so the ones after them can go. They are
+// not delivered, and never counted as such.
+type EventsSkipped struct {
+	FromSeq, ThroughSeq uint64
+	Reason              string
+}
+
 func (EventPushed) deliveryEvent()      {}
+func (EventsSkipped) deliveryEvent()    {}
 func (QueueModeEntered) deliveryEvent() {}
 func (PullServed) deliveryEvent()       {}
 func (PullAcknowledged) deliveryEvent() {}
@@ -95,6 +104,10 @@ type Outbox struct {
 	// PulledSinceQueue: the peer has pulled since queue mode began, so no
 	// resume probe is needed.
 	PulledSinceQueue bool
+	// Skipped counts the events below Delivered that an operator skipped:
+	// Delivered is where delivery goes on, Delivered - Skipped what the
+	// peer was actually given.
+	Skipped uint64
 }
 
 // Apply folds one recorded event into the state.
@@ -114,6 +127,11 @@ func (o *Outbox) Apply(e DeliveryEvent) {
 		o.Delivered = max(o.Delivered, e.UpToSeq+1)
 	case PushResumed:
 		o.Mode = ModePush
+	case EventsSkipped:
+		if e.ThroughSeq+1 > o.Delivered {
+			o.Skipped += e.ThroughSeq + 1 - max(o.Delivered, e.FromSeq)
+			o.Delivered = e.ThroughSeq + 1
+		}
 	}
 	o.HandedOver = max(o.HandedOver, o.Delivered)
 }
@@ -232,6 +250,24 @@ func (o Outbox) Resume() []DeliveryEvent {
 	return []DeliveryEvent{PushResumed{FromSeq: o.Delivered, Reason: ResumeOperator}}
 }
 
+// Skip decides an operator's request to give up on the undelivered events
+// up to and including through: always a prefix of what is undelivered, as
+// a Pull reply runs consecutively from the oldest one. The reason is kept
+// in the record, for the audit and for operators.
+func (o Outbox) Skip(through uint64, reason string) ([]DeliveryEvent, error) {
+	switch {
+	case reason == "":
+		return nil, fmt.Errorf("%w: a skip needs a reason", ErrInvalidArgument)
+	case o.Delivered >= o.Head:
+		return nil, fmt.Errorf("%w: nothing to skip: all %d events are delivered", ErrInvalidArgument, o.Head)
+	case through < o.Delivered:
+		return nil, fmt.Errorf("%w: event %d is delivered already; the oldest undelivered event is %d", ErrInvalidArgument, through, o.Delivered)
+	case through >= o.Head:
+		return nil, fmt.Errorf("%w: event %d is not in the outbox, which holds events 0 to %d", ErrInvalidArgument, through, o.Head-1)
+	}
+	return []DeliveryEvent{EventsSkipped{FromSeq: o.Delivered, ThroughSeq: through, Reason: reason}}, nil
+}
+
 // Inbox is the receiver's view of one sender: how far its events are applied.
 type Inbox struct {
 	// Count is the number of events received (the inbox stream's length).
@@ -275,4 +311,24 @@ func (b Backoff) Delay(n int, jitter float64) time.Duration {
 	}
 	d = min(d, b.Max)
 	return d/2 + time.Duration(float64(d/2)*jitter)
+}
+
+// EventTooLargeError refuses an event over the per-event size limit: one
+// that receivers would refuse, and that would hold up every event queued
+// behind it.
+type EventTooLargeError struct {
+	Size, Limit int
+}
+
+func (e *EventTooLargeError) Error() string {
+	return fmt.Sprintf("the event is %d bytes, over the per-event limit of %d bytes", e.Size, e.Limit)
+}
+
+func (e *EventTooLargeError) Unwrap() error { return ErrInvalidArgument }
+
+// StuckEvent is an event that delivery to a peer waits on and that the
+// peer is likely to refuse however often it is tried.
+type StuckEvent struct {
+	Seq    uint64
+	Reason string
 }

@@ -263,3 +263,57 @@ func TestBackoff(t *testing.T) {
 		t.Fatal("the cap does not hold")
 	}
 }
+
+func TestSkip(t *testing.T) {
+	t.Parallel()
+	t.Run("a skip covers the oldest undelivered events through the one named", func(t *testing.T) {
+		got, err := given(10, EventPushed{Seq: 0, Through: 2}).Skip(4, "too large")
+		then(t, got, err, EventsSkipped{FromSeq: 3, ThroughSeq: 4, Reason: "too large"})
+	})
+	t.Run("delivery goes on after the skipped events, which are not counted as delivered", func(t *testing.T) {
+		o := given(10, EventPushed{Seq: 0, Through: 2}, EventsSkipped{FromSeq: 3, ThroughSeq: 4, Reason: "r"})
+		if seq, ok := o.NextPush(); !ok || seq != 5 {
+			t.Fatalf("NextPush = %d, %v; want 5", seq, ok)
+		}
+		if o.Skipped != 2 || o.Delivered-o.Skipped != 3 {
+			t.Fatalf("Skipped = %d, Delivered = %d; want 2 skipped of 5", o.Skipped, o.Delivered)
+		}
+	})
+	t.Run("in queue mode the next Pull starts after the skipped events", func(t *testing.T) {
+		o := given(5, QueueModeEntered{FromSeq: 0}, EventsSkipped{FromSeq: 0, ThroughSeq: 0, Reason: "r"})
+		plan, err := o.PlanPull(nil)
+		if err != nil || plan.From != 1 || plan.Available != 4 {
+			t.Fatalf("PlanPull = %+v, %v; want 4 events from 1", plan, err)
+		}
+	})
+	t.Run("skipping the whole queue lets the next Pull return to push mode", func(t *testing.T) {
+		o := given(2, QueueModeEntered{FromSeq: 0}, EventsSkipped{FromSeq: 0, ThroughSeq: 1, Reason: "r"})
+		plan, err := o.PlanPull(nil)
+		then(t, plan.Record, err, PushResumed{FromSeq: 2, Reason: ResumeQueueDrained})
+	})
+	t.Run("a skip record that overlaps delivered events counts only the undelivered ones", func(t *testing.T) {
+		o := given(10, EventsSkipped{FromSeq: 0, ThroughSeq: 3, Reason: "r"}, EventPushed{Seq: 4, Through: 5})
+		o.Apply(EventsSkipped{FromSeq: 4, ThroughSeq: 7, Reason: "r"})
+		if o.Delivered != 8 || o.Skipped != 6 {
+			t.Fatalf("Delivered = %d, Skipped = %d; want 8 and 6", o.Delivered, o.Skipped)
+		}
+	})
+	for _, c := range []struct {
+		name    string
+		o       Outbox
+		through uint64
+		reason  string
+	}{
+		{"no reason", given(3), 0, ""},
+		{"nothing undelivered", given(2, EventPushed{Seq: 0, Through: 1}), 1, "r"},
+		{"an event delivered already", given(3, EventPushed{Seq: 0}), 0, "r"},
+		{"an event past the head", given(3), 3, "r"},
+	} {
+		t.Run("refused: "+c.name, func(t *testing.T) {
+			got, err := c.o.Skip(c.through, c.reason)
+			if !errors.Is(err, ErrInvalidArgument) || got != nil {
+				t.Fatalf("Skip = %v, %v; want ErrInvalidArgument and nothing recorded", got, err)
+			}
+		})
+	}
+}

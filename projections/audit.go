@@ -56,6 +56,9 @@ type AuditOptions struct {
 type Report struct {
 	Peers      []PeerSummary `json:"peers"`
 	Violations []Violation   `json:"violations"`
+	// Skips are the events operators skipped (postbox skip): not
+	// violations, but never to pass unseen.
+	Skips []Skip `json:"skips"`
 	// Records is how many records were read.
 	Records uint64 `json:"records"`
 	// UnknownRecords were of types this build does not know: skipped, not
@@ -74,9 +77,20 @@ type PeerSummary struct {
 	PeerID    string `json:"peer_id"`
 	Head      uint64 `json:"head"`
 	Delivered uint64 `json:"delivered"`
+	Skipped   uint64 `json:"skipped"`
 	Pending   uint64 `json:"pending"`
 	Mode      string `json:"mode"`
 	Received  uint64 `json:"received"`
+}
+
+// Skip is one EventsSkipped record.
+type Skip struct {
+	Stream     string `json:"stream"`
+	Revision   uint64 `json:"revision"`
+	ServerID   string `json:"server_id"`
+	FromSeq    uint64 `json:"from_seq"`
+	ThroughSeq uint64 `json:"through_seq"`
+	Reason     string `json:"reason"`
 }
 
 // Violation is one broken invariant, at the record that shows it.
@@ -149,6 +163,7 @@ type auditor struct {
 	state      *State
 	records    uint64
 	violations []Violation
+	skips      []Skip
 
 	outboxNext map[string]uint64       // outbox stream → next revision expected
 	inboxSeq   map[string]uint64       // inbox stream → last sender sequence number
@@ -275,6 +290,17 @@ func (a *auditor) checkDelivery(r eventstore.RecordedEvent, peer streams.PeerID)
 		if e.UpToSeq < out.Delivered {
 			a.violate(r.Stream, r.Revision, RuleCursorIncreasing, fmt.Sprintf("acknowledged up to %d, but delivered up to %d already", e.UpToSeq, out.Delivered))
 		}
+	case domain.EventsSkipped:
+		switch {
+		case e.ThroughSeq < e.FromSeq:
+			a.violate(r.Stream, r.Revision, RuleCursorWithinHead, fmt.Sprintf("skipped %d..%d: an empty range", e.FromSeq, e.ThroughSeq))
+		case e.ThroughSeq >= out.Head:
+			a.violate(r.Stream, r.Revision, RuleCursorWithinHead, fmt.Sprintf("skipped %d..%d, but the outbox holds %d events", e.FromSeq, e.ThroughSeq, out.Head))
+		case e.FromSeq != out.Delivered:
+			a.violate(r.Stream, r.Revision, RuleCursorIncreasing, fmt.Sprintf("skipped from %d, but the next undelivered event is %d", e.FromSeq, out.Delivered))
+		}
+		a.skips = append(a.skips, Skip{Stream: r.Stream, Revision: r.Revision, ServerID: a.state.serverID(peer),
+			FromSeq: e.FromSeq, ThroughSeq: e.ThroughSeq, Reason: e.Reason})
 	case domain.PushResumed:
 		if e.Reason == domain.ResumeProbe {
 			if _, seen := a.probe[r.Stream]; !seen {
@@ -321,10 +347,14 @@ func (a *auditor) report() Report {
 	if rep.Violations == nil {
 		rep.Violations = []Violation{} // JSON: [] rather than null
 	}
+	rep.Skips = a.skips
+	if rep.Skips == nil {
+		rep.Skips = []Skip{}
+	}
 	rep.Peers = []PeerSummary{}
 	for _, v := range a.state.Peers() {
 		rep.Peers = append(rep.Peers, PeerSummary{
-			ServerID: v.ServerID, PeerID: v.PeerID, Head: v.Head, Delivered: v.Delivered,
+			ServerID: v.ServerID, PeerID: v.PeerID, Head: v.Head, Delivered: v.Delivered - v.Skipped, Skipped: v.Skipped,
 			Pending: v.Pending(), Mode: v.Mode.String(), Received: v.EventsReceived,
 		})
 	}

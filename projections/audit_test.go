@@ -32,6 +32,9 @@ func cleanHistory(t *testing.T) *history {
 		delivery("pb", domain.EventPushed{Seq: 1, Attempts: 1}).
 		enqueueN("pb", 4).
 		delivery("pb", domain.EventPushed{Seq: 2, Through: 5, Attempts: 2}). // a push of four events
+		enqueueN("pb", 3).
+		delivery("pb", domain.EventsSkipped{FromSeq: 6, ThroughSeq: 7, Reason: "too large"}). // an operator's skip
+		delivery("pb", domain.EventPushed{Seq: 8, Attempts: 1}).
 		received("pa", u64(0), added(42, 7), added(42, 8)).
 		received("pa", nil, added(42, 9)). // an upstream sender sends no sequence number
 		received("pa", u64(5), added(42, 10)).
@@ -79,10 +82,14 @@ func TestAuditCleanStore(t *testing.T) {
 	}
 	want := []PeerSummary{
 		{ServerID: "a.example:2289", PeerID: "pa", Head: 5, Delivered: 5, Pending: 0, Mode: "push", Received: 4},
-		{ServerID: "b.example:2289", PeerID: "pb", Head: 6, Delivered: 6, Pending: 0, Mode: "push", Received: 2},
+		{ServerID: "b.example:2289", PeerID: "pb", Head: 9, Delivered: 7, Skipped: 2, Pending: 0, Mode: "push", Received: 2},
 	}
 	if !reflect.DeepEqual(rep.Peers, want) {
 		t.Fatalf("peers:\n got %+v\nwant %+v", rep.Peers, want)
+	}
+	wantSkips := []Skip{{Stream: streams.Delivery("pb"), Revision: 5, ServerID: "b.example:2289", FromSeq: 6, ThroughSeq: 7, Reason: "too large"}}
+	if !reflect.DeepEqual(rep.Skips, wantSkips) {
+		t.Fatalf("skips:\n got %+v\nwant %+v", rep.Skips, wantSkips)
 	}
 	if n := uint64(len(readAll(t, store))); rep.Records != n || len(progress) == 0 || progress[len(progress)-1] != n {
 		t.Fatalf("records %d, progress %v; want %d", rep.Records, progress, n)
@@ -153,6 +160,14 @@ func TestAuditFindsBrokenInvariants(t *testing.T) {
 				delivery("pa", domain.PushResumed{FromSeq: 0, Reason: domain.ResumeProbe}) // and the stream ends
 		},
 		want: []Violation{{Stream: deliveryA, Revision: 1, Rule: RuleNoPushInQueueMode}, {Stream: deliveryA, Revision: 4, Rule: RuleNoPushInQueueMode}},
+	}, {
+		name: "skips past the head, and from an event that is not the oldest undelivered one",
+		history: func(h *history) {
+			h.enqueueN("pa", 4).
+				delivery("pa", domain.EventsSkipped{FromSeq: 0, ThroughSeq: 4, Reason: "r"}).
+				delivery("pa", domain.EventsSkipped{FromSeq: 1, ThroughSeq: 2, Reason: "r"})
+		},
+		want: []Violation{{Stream: deliveryA, Revision: 0, Rule: RuleCursorWithinHead}, {Stream: deliveryA, Revision: 1, Rule: RuleCursorIncreasing}},
 	}, {
 		name: "an event pushed twice",
 		history: func(h *history) {

@@ -70,22 +70,30 @@ type snapshot struct {
 }
 
 type peerSnapshot struct {
-	PeerID           string    `json:"peer_id"`
-	ServerID         string    `json:"server_id,omitempty"`
-	FormerServerIDs  []string  `json:"former_server_ids,omitempty"`
-	PublicKey        []byte    `json:"public_key,omitempty"`
-	Head             uint64    `json:"head,omitempty"`
-	Delivered        uint64    `json:"delivered,omitempty"`
-	HandedOver       uint64    `json:"handed_over,omitempty"`
-	Mode             string    `json:"mode"`
-	PulledSinceQueue bool      `json:"pulled_since_queue,omitempty"`
-	Attempts         uint32    `json:"attempts,omitempty"`
-	LastPush         time.Time `json:"last_push,omitzero"`
-	LastPullServed   time.Time `json:"last_pull_served,omitzero"`
-	LastError        string    `json:"last_error,omitempty"`
-	EventsReceived   uint64    `json:"events_received,omitempty"`
-	LastSenderSeq    *uint64   `json:"last_sender_seq,omitempty"`
-	KnowsUsAs        string    `json:"knows_us_as,omitempty"`
+	PeerID           string        `json:"peer_id"`
+	ServerID         string        `json:"server_id,omitempty"`
+	FormerServerIDs  []string      `json:"former_server_ids,omitempty"`
+	PublicKey        []byte        `json:"public_key,omitempty"`
+	Head             uint64        `json:"head,omitempty"`
+	Delivered        uint64        `json:"delivered,omitempty"`
+	HandedOver       uint64        `json:"handed_over,omitempty"`
+	Skipped          uint64        `json:"skipped,omitempty"`
+	LastSkip         *skipSnapshot `json:"last_skip,omitempty"`
+	Mode             string        `json:"mode"`
+	PulledSinceQueue bool          `json:"pulled_since_queue,omitempty"`
+	Attempts         uint32        `json:"attempts,omitempty"`
+	LastPush         time.Time     `json:"last_push,omitzero"`
+	LastPullServed   time.Time     `json:"last_pull_served,omitzero"`
+	LastError        string        `json:"last_error,omitempty"`
+	EventsReceived   uint64        `json:"events_received,omitempty"`
+	LastSenderSeq    *uint64       `json:"last_sender_seq,omitempty"`
+	KnowsUsAs        string        `json:"knows_us_as,omitempty"`
+}
+
+type skipSnapshot struct {
+	FromSeq    uint64 `json:"from_seq"`
+	ThroughSeq uint64 `json:"through_seq"`
+	Reason     string `json:"reason"`
 }
 
 type guildSnapshot struct {
@@ -120,7 +128,10 @@ func (s *State) snapshot() checkpointFile {
 			Head: p.out.Head, Delivered: p.out.Delivered, HandedOver: p.out.HandedOver,
 			Mode: p.out.Mode.String(), PulledSinceQueue: p.out.PulledSinceQueue,
 			Attempts: p.attempts, LastPush: p.lastPush, LastPullServed: p.lastPull, LastError: p.lastError,
-			EventsReceived: p.received, KnowsUsAs: p.knowsUsAs,
+			EventsReceived: p.received, KnowsUsAs: p.knowsUsAs, Skipped: p.out.Skipped,
+		}
+		if s := p.lastSkip; s != nil {
+			ps.LastSkip = &skipSnapshot{FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason}
 		}
 		if p.hasSeq {
 			seq := p.lastSeq
@@ -174,12 +185,15 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 		p := &peerState{
 			serverID: ps.ServerID, former: ps.FormerServerIDs, publicKey: ps.PublicKey,
 			out: domain.Outbox{Head: ps.Head, Delivered: ps.Delivered, HandedOver: ps.HandedOver,
-				Mode: mode, PulledSinceQueue: ps.PulledSinceQueue},
+				Mode: mode, PulledSinceQueue: ps.PulledSinceQueue, Skipped: ps.Skipped},
 			attempts: ps.Attempts, lastPush: ps.LastPush.UTC(), lastPull: ps.LastPullServed.UTC(), lastError: ps.LastError,
 			received: ps.EventsReceived, knowsUsAs: ps.KnowsUsAs,
 		}
 		if ps.LastSenderSeq != nil {
 			p.lastSeq, p.hasSeq = *ps.LastSenderSeq, true
+		}
+		if s := ps.LastSkip; s != nil {
+			p.lastSkip = &domain.EventsSkipped{FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason}
 		}
 		s.peers[streams.PeerID(ps.PeerID)] = p
 	}

@@ -30,7 +30,11 @@ type PeerView struct {
 	FormerServerIDs  []string // oldest first (from PeerRenamed)
 	PublicKey        []byte   // from PeerKeyLearned, if any
 
+	// Delivered is where delivery goes on: every event below it was
+	// delivered or skipped; Skipped of them were skipped.
 	Head, Delivered, HandedOver uint64
+	Skipped                     uint64
+	LastSkip                    *domain.EventsSkipped // the last skip recorded, if any
 	Mode                        domain.DeliveryMode
 	Attempts                    uint32    // attempts of the last EventPushed/QueueModeEntered
 	LastPush, LastPullServed    time.Time // RecordedEvent.Created of the last EventPushed / PullServed
@@ -97,6 +101,7 @@ type peerState struct {
 	lastPush  time.Time
 	lastPull  time.Time
 	lastError string
+	lastSkip  *domain.EventsSkipped
 	received  uint64
 	lastSeq   uint64 // highest sender sequence number in the inbox, if hasSeq
 	hasSeq    bool
@@ -206,7 +211,7 @@ func knownType(kind streamKindT, typ string) bool {
 	case kindDelivery:
 		switch typ {
 		case streams.TypeEventPushed, streams.TypeQueueModeEntered, streams.TypePullServed,
-			streams.TypePullAcknowledged, streams.TypePushResumed:
+			streams.TypePullAcknowledged, streams.TypePushResumed, streams.TypeEventsSkipped:
 			return true
 		}
 	case kindInbox:
@@ -305,6 +310,8 @@ func (s *State) applyDelivery(id streams.PeerID, r eventstore.RecordedEvent) err
 		p.attempts, p.lastError = e.Attempts, e.LastError
 	case domain.PullServed:
 		p.lastPull = r.Created.UTC()
+	case domain.EventsSkipped:
+		p.lastSkip = &e
 	}
 	return nil
 }
@@ -378,6 +385,8 @@ func (p *peerState) view(id streams.PeerID, ownServerID string) PeerView {
 		Head:             p.out.Head,
 		Delivered:        p.out.Delivered,
 		HandedOver:       p.out.HandedOver,
+		Skipped:          p.out.Skipped,
+		LastSkip:         cloneSkip(p.lastSkip),
 		Mode:             p.out.Mode,
 		Attempts:         p.attempts,
 		LastPush:         p.lastPush,
@@ -386,6 +395,14 @@ func (p *peerState) view(id streams.PeerID, ownServerID string) PeerView {
 		EventsReceived:   p.received,
 		KnowsOurServerID: p.knowsUsAs == "" || p.knowsUsAs == ownServerID,
 	}
+}
+
+func cloneSkip(s *domain.EventsSkipped) *domain.EventsSkipped {
+	if s == nil {
+		return nil
+	}
+	c := *s
+	return &c
 }
 
 // Peers lists every peer, ordered by server ID (then peer ID).

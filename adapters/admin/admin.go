@@ -5,6 +5,7 @@ package admin
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 
 	"connectrpc.com/connect"
@@ -58,6 +59,10 @@ func (s *Service) Send(ctx context.Context, req *connect.Request[adminv1.SendReq
 		return nil, fmt.Errorf("%w: the event has no kind set", domain.ErrInvalidArgument)
 	}
 	seq, err := s.sender.Send(ctx, to, req.Msg.GetEvent())
+	if tooLarge := (*domain.EventTooLargeError)(nil); errors.As(err, &tooLarge) {
+		// Said in full: the sender must know the limit to fix the event.
+		return nil, inFull(connect.CodeInvalidArgument, fmt.Errorf("%w (the server's --max-event-bytes)", tooLarge))
+	}
 	if err != nil {
 		return nil, err
 	}

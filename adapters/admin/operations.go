@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"connectrpc.com/connect"
@@ -14,6 +15,15 @@ import (
 type Operator interface {
 	PullFrom(ctx context.Context, server domain.ServerID) error
 	Resume(ctx context.Context, server domain.ServerID) error
+	Skip(ctx context.Context, server domain.ServerID, through uint64, reason string) (domain.EventsSkipped, error)
+	Stuck() map[domain.ServerID]domain.StuckEvent
+}
+
+// inFull answers err with its whole text. The one error mapping sends
+// callers only a sentinel's text; an operator fixing a request needs the
+// details, and the admin API is the operator's own.
+func inFull(code connect.Code, err error) *connect.Error {
+	return connect.NewError(code, errors.New(err.Error()))
 }
 
 func parsePeer(field, raw string) (domain.ServerID, error) {
@@ -46,6 +56,29 @@ func (s *Service) ResumePush(ctx context.Context, req *connect.Request[adminv1.R
 		return nil, err
 	}
 	return connect.NewResponse(&adminv1.ResumePushResponse{}), nil
+}
+
+// Skip gives up on a peer's oldest undelivered events.
+func (s *Service) Skip(ctx context.Context, req *connect.Request[adminv1.SkipRequest]) (*connect.Response[adminv1.SkipResponse], error) {
+	id, err := parsePeer("server_id", req.Msg.GetServerId())
+	if err != nil {
+		return nil, err
+	}
+	skipped, err := s.operator.Skip(ctx, id, req.Msg.GetThroughSeq(), req.Msg.GetReason())
+	if errors.Is(err, domain.ErrInvalidArgument) {
+		return nil, inFull(connect.CodeInvalidArgument, err) // which event, and why not
+	}
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&adminv1.SkipResponse{Skipped: skippedMessage(&skipped)}), nil
+}
+
+func skippedMessage(s *domain.EventsSkipped) *adminv1.SkippedEvents {
+	if s == nil {
+		return nil
+	}
+	return &adminv1.SkippedEvents{FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason}
 }
 
 // Renamer renames this server.

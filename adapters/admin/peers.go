@@ -26,8 +26,9 @@ func (s *Service) ListPeers(ctx context.Context, _ *connect.Request[adminv1.List
 		return nil, fmt.Errorf("%w: projections: %w", domain.ErrUnavailable, err)
 	}
 	res := &adminv1.ListPeersResponse{}
+	stuck := s.operator.Stuck()
 	for _, v := range state.Peers() {
-		res.Peers = append(res.Peers, peerMessage(v))
+		res.Peers = append(res.Peers, peerMessage(v, stuck))
 	}
 	return connect.NewResponse(res), nil
 }
@@ -46,10 +47,10 @@ func (s *Service) GetPeer(ctx context.Context, req *connect.Request[adminv1.GetP
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", domain.ErrUnknownPeer, id)
 	}
-	return connect.NewResponse(&adminv1.GetPeerResponse{Peer: peerMessage(v)}), nil
+	return connect.NewResponse(&adminv1.GetPeerResponse{Peer: peerMessage(v, s.operator.Stuck())}), nil
 }
 
-func peerMessage(v projections.PeerView) *adminv1.Peer {
+func peerMessage(v projections.PeerView, stuck map[domain.ServerID]domain.StuckEvent) *adminv1.Peer {
 	mode := adminv1.Mode_MODE_PUSH
 	if v.Mode == domain.ModeQueue {
 		mode = adminv1.Mode_MODE_QUEUE
@@ -68,6 +69,15 @@ func peerMessage(v projections.PeerView) *adminv1.Peer {
 		FormerServerIds:  v.FormerServerIDs,
 		PublicKey:        v.PublicKey,
 		KnowsOurServerId: v.KnowsOurServerID,
+		Skipped:          v.Skipped,
+		LastSkip:         skippedMessage(v.LastSkip),
+	}
+	if id, err := domain.ParseServerID(v.ServerID); err == nil {
+		// The engine's view may be ahead of the projections: a stuck event
+		// they show delivered already is not stuck.
+		if st, ok := stuck[id]; ok && st.Seq >= v.Delivered {
+			p.Stuck = &adminv1.StuckEvent{Seq: st.Seq, Reason: st.Reason}
+		}
 	}
 	if !v.LastPush.IsZero() {
 		p.LastPush = timestamppb.New(v.LastPush)

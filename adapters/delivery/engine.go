@@ -51,6 +51,10 @@ type Config struct {
 	// several (to others a push carries one event). 1 event: one per push.
 	PushBatchEvents int
 	PushBatchBytes  int
+	// MaxEventBytes is the largest event Send takes, in its largest
+	// encoding (binary on the wire, or the store's body); an older event
+	// over it is reported as stuck when it is the oldest undelivered one.
+	MaxEventBytes int
 	// PullReplyMaxBytes and PullReplyMaxEvents cap one Pull reply.
 	PullReplyMaxBytes  int
 	PullReplyMaxEvents int
@@ -79,6 +83,11 @@ func (noObserver) PullServed(domain.ServerID, int)                          {}
 func (noObserver) PullMade(domain.ServerID, error)                          {}
 func (noObserver) Received(domain.ServerID, string, int)                    {}
 
+// DefaultMaxEventBytes fits every limit an event meets on its way: a push
+// request (4 MiB by default at Postbox receivers), a Pull reply (3 MiB), and
+// one EventStoreDB append (1 MiB by default, counting the protojson body).
+const DefaultMaxEventBytes = 512 << 10
+
 // DefaultConfig is the engine's configuration unless told otherwise.
 func DefaultConfig() Config {
 	return Config{
@@ -90,6 +99,7 @@ func DefaultConfig() Config {
 		MaxConcurrentPushes: 256,
 		PushBatchEvents:     256,
 		PushBatchBytes:      1 << 20,
+		MaxEventBytes:       DefaultMaxEventBytes,
 		PullReplyMaxBytes:   3 << 20,
 		PullReplyMaxEvents:  10000,
 		PullInterval:        time.Minute,
@@ -143,6 +153,9 @@ type peer struct {
 	// gateOwnedByStartup: Start set the gate before the startup pull runs.
 	gateOwnedByStartup bool
 	pullTimer          *time.Timer
+	// stuck: the oldest undelivered event looked undeliverable when it was
+	// last read for a push or a Pull reply; moot once Delivered passes it.
+	stuck *domain.StuckEvent
 
 	recvMu   sync.Mutex // serializes inbox appends, in order
 	inLoaded bool

@@ -63,6 +63,7 @@ func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint6
 	if err != nil || len(events) == 0 {
 		return federation.PullBatch{}, err
 	}
+	e.noteOldest(p, plan.From, events[0])
 	// A Postbox peer (it signs the token extension) acknowledges in its next
 	// Pull, even on its first, so its events count as delivered only then
 	// and a lost reply is sent again. An upstream peer never does: its

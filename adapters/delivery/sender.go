@@ -22,11 +22,16 @@ func (e *Engine) Send(ctx context.Context, to domain.ServerID, event *syncv1.Eve
 	if event.GetKind() == nil {
 		return 0, fmt.Errorf("%w: the event has no kind set", domain.ErrInvalidArgument)
 	}
-	id, err := e.registry.Register(ctx, to)
+	data, err := e.codec.EncodeEnqueued(event)
 	if err != nil {
 		return 0, err
 	}
-	data, err := e.codec.EncodeEnqueued(event)
+	// Refused before anything is stored: an event no receiver takes would
+	// hold up every later event for the peer.
+	if size := max(proto.Size(event), len(data.Data)); size > e.cfg.MaxEventBytes {
+		return 0, &domain.EventTooLargeError{Size: size, Limit: e.cfg.MaxEventBytes}
+	}
+	id, err := e.registry.Register(ctx, to)
 	if err != nil {
 		return 0, err
 	}
@@ -113,6 +118,7 @@ func (e *Engine) nextPush(ctx context.Context, p *peer, seq uint64, ahead *outbo
 	if err != nil {
 		return nil, err
 	}
+	e.noteOldest(p, seq, events[0])
 	// What the request holds besides the following events: the first
 	// event, its sequence number, and room for any transport framing.
 	const overhead = 64
@@ -238,6 +244,7 @@ func (e *Engine) probe(p *peer) {
 	events, err := r.read(ctx, e.store, p.id, seq, seq+1, 1)
 	var res peerclient.PushResult
 	if err == nil {
+		e.noteOldest(p, seq, events[0])
 		res, err = e.pushOnce(ctx, server, seq, events)
 	}
 
@@ -280,6 +287,91 @@ func (e *Engine) Resume(ctx context.Context, server domain.ServerID) error {
 	e.kickLocked(p)
 	p.mu.Unlock()
 	return waitRecorded(ctx, done)
+}
+
+// noteOldest marks p stuck on ev, its oldest undelivered event at seq, if
+// ev is over the per-event limit (it was sent before the limit, or under a
+// larger one): pushes and Pull replies carrying it are likely refused, and
+// only an operator's skip lets the events behind it go.
+func (e *Engine) noteOldest(p *peer, seq uint64, ev *syncv1.Event) {
+	size := proto.Size(ev)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if size <= e.cfg.MaxEventBytes {
+		if p.stuck != nil && p.stuck.Seq <= seq {
+			p.stuck = nil
+		}
+		return
+	}
+	if p.stuck == nil || p.stuck.Seq != seq {
+		e.logger.Warn("delivery is stuck on an event over the per-event limit; postbox skip passes it", "peer", p.id, "seq", seq, "bytes", size)
+	}
+	p.stuck = &domain.StuckEvent{Seq: seq, Reason: fmt.Sprintf(
+		"event %d is %d bytes, over the per-event limit of %d bytes: the peer is likely to refuse it; `postbox skip` passes it",
+		seq, size, e.cfg.MaxEventBytes)}
+}
+
+// Stuck lists the peers whose delivery waits on an event they are likely
+// to refuse, by server ID.
+func (e *Engine) Stuck() map[domain.ServerID]domain.StuckEvent {
+	e.mu.Lock()
+	peers := make([]*peer, 0, len(e.peers))
+	for _, p := range e.peers {
+		peers = append(peers, p)
+	}
+	e.mu.Unlock()
+	out := map[domain.ServerID]domain.StuckEvent{}
+	for _, p := range peers {
+		p.mu.Lock()
+		stuck := p.stuck
+		if stuck != nil && stuck.Seq < p.out.Delivered {
+			stuck, p.stuck = nil, nil // delivered or skipped since
+		}
+		p.mu.Unlock()
+		if stuck == nil {
+			continue
+		}
+		if server, ok := e.registry.ServerID(p.id); ok {
+			out[server] = *stuck
+		}
+	}
+	return out
+}
+
+// Skip gives up on the oldest undelivered events of a peer through the
+// one numbered through (an operator's call): recorded before it returns,
+// never counted as delivered. A peer in queue mode gets a resume probe of
+// what follows soon, as after entering queue mode.
+func (e *Engine) Skip(ctx context.Context, server domain.ServerID, through uint64, reason string) (domain.EventsSkipped, error) {
+	id, ok := e.registry.Lookup(server)
+	if !ok {
+		return domain.EventsSkipped{}, fmt.Errorf("%w: %s", domain.ErrUnknownPeer, server)
+	}
+	p := e.peer(id)
+	p.mu.Lock()
+	if err := e.loadLocked(ctx, p); err != nil {
+		p.mu.Unlock()
+		return domain.EventsSkipped{}, err
+	}
+	records, err := p.out.Skip(through, reason)
+	if err != nil {
+		p.mu.Unlock()
+		return domain.EventsSkipped{}, err
+	}
+	done := e.recordLocked(p, true, records...)
+	if p.out.Mode == domain.ModeQueue {
+		e.cancelProbeLocked(p)
+		e.scheduleProbeLocked(p)
+	}
+	e.kickLocked(p)
+	p.mu.Unlock()
+	if err := waitRecorded(ctx, done); err != nil {
+		return domain.EventsSkipped{}, err
+	}
+	skipped := records[0].(domain.EventsSkipped)
+	e.logger.Warn("events skipped by an operator: never delivered", "peer", server.String(),
+		"from", skipped.FromSeq, "through", skipped.ThroughSeq, "reason", reason)
+	return skipped, nil
 }
 
 // outboxReader reads an outbox ahead, so a push loop costs one read per

@@ -32,7 +32,8 @@ type Metrics struct {
 type PeerGauges struct {
 	ServerID  string
 	Head      uint64
-	Delivered uint64
+	Delivered uint64 // delivered, not counting skipped events
+	Skipped   uint64 // skipped by an operator (postbox skip)
 	Pending   uint64
 	Queue     bool
 }
@@ -121,6 +122,7 @@ func (m *Metrics) AuthFailed(identifier string) {
 var (
 	headDesc      = prometheus.NewDesc("postbox_peer_outbox_head", "Events in the peer's outbox.", []string{"peer"}, nil)
 	deliveredDesc = prometheus.NewDesc("postbox_peer_delivered", "Events delivered to the peer.", []string{"peer"}, nil)
+	skippedDesc   = prometheus.NewDesc("postbox_peer_skipped", "Events an operator skipped (postbox skip): never delivered.", []string{"peer"}, nil)
 	pendingDesc   = prometheus.NewDesc("postbox_peer_pending", "Events not yet delivered to the peer.", []string{"peer"}, nil)
 	queueDesc     = prometheus.NewDesc("postbox_peers_in_queue_mode", "Peers whose events wait for them to pull.", nil, nil)
 )
@@ -133,6 +135,7 @@ type peerCollector struct {
 func (c *peerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- headDesc
 	ch <- deliveredDesc
+	ch <- skippedDesc
 	ch <- pendingDesc
 	ch <- queueDesc
 }
@@ -142,6 +145,7 @@ func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range c.source.PeerGauges() {
 		ch <- prometheus.MustNewConstMetric(headDesc, prometheus.GaugeValue, float64(p.Head), p.ServerID)
 		ch <- prometheus.MustNewConstMetric(deliveredDesc, prometheus.GaugeValue, float64(p.Delivered), p.ServerID)
+		ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.GaugeValue, float64(p.Skipped), p.ServerID)
 		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(p.Pending), p.ServerID)
 		if p.Queue {
 			queued++

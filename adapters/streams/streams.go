@@ -48,6 +48,7 @@ const (
 	TypePullServed          = "PullServed"
 	TypePullAcknowledged    = "PullAcknowledged"
 	TypePushResumed         = "PushResumed"
+	TypeEventsSkipped       = "EventsSkipped"
 	TypeEventReceived       = "EventReceived"
 	TypePeerSeen            = "PeerSeen"
 	TypePeerKeyLearned      = "PeerKeyLearned"
@@ -133,6 +134,8 @@ func deliveryMessage(e domain.DeliveryEvent) (string, proto.Message) {
 		return TypePullAcknowledged, &eventsv1.PullAcknowledged{UpToSeq: e.UpToSeq}
 	case domain.PushResumed:
 		return TypePushResumed, &eventsv1.PushResumed{FromSeq: e.FromSeq, Reason: eventsv1.PushResumed_Reason(e.Reason)}
+	case domain.EventsSkipped:
+		return TypeEventsSkipped, &eventsv1.EventsSkipped{FromSeq: e.FromSeq, ThroughSeq: e.ThroughSeq, Reason: e.Reason}
 	}
 	panic(fmt.Sprintf("streams: unknown delivery event %T", e))
 }
@@ -170,6 +173,12 @@ func DecodeDelivery(r eventstore.RecordedEvent) (domain.DeliveryEvent, error) {
 			return nil, err
 		}
 		return domain.PushResumed{FromSeq: m.GetFromSeq(), Reason: domain.ResumeReason(m.GetReason())}, nil
+	case TypeEventsSkipped:
+		var m eventsv1.EventsSkipped
+		if err := decode(r, &m); err != nil {
+			return nil, err
+		}
+		return domain.EventsSkipped{FromSeq: m.GetFromSeq(), ThroughSeq: m.GetThroughSeq(), Reason: m.GetReason()}, nil
 	}
 	return nil, fmt.Errorf("%s@%d: unknown delivery record type %q", r.Stream, r.Revision, r.Type)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -108,17 +109,30 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tMODE\tHEAD\tDELIVERED\tPENDING\tRECEIVED\tLAST PUSH\tLAST ERROR")
+	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tMODE\tHEAD\tDELIVERED\tSKIPPED\tPENDING\tRECEIVED\tLAST PUSH\tLAST ERROR")
 	for _, p := range res.Msg.GetPeers() {
 		lastPush := "-"
 		if p.GetLastPush() != nil {
 			lastPush = p.GetLastPush().AsTime().Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", p.GetServerId(), p.GetPeerId(),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", p.GetServerId(), p.GetPeerId(),
 			strings.ToLower(strings.TrimPrefix(p.GetMode().String(), "MODE_")),
-			p.GetHead(), p.GetDelivered(), p.GetPending(), p.GetEventsReceived(), lastPush, oneLine(p.GetLastError()))
+			p.GetHead(), p.GetDelivered()-p.GetSkipped(), p.GetSkipped(), p.GetPending(), p.GetEventsReceived(), lastPush, oneLine(p.GetLastError()))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// Whole sentences, under the table: what an operator must act on.
+	for _, p := range res.Msg.GetPeers() {
+		if st := p.GetStuck(); st != nil {
+			fmt.Fprintf(stdout, "%s: STUCK at event %d: %s\n", p.GetServerId(), st.GetSeq(), st.GetReason())
+		}
+		if s := p.GetLastSkip(); s != nil {
+			fmt.Fprintf(stdout, "%s: %d event(s) skipped, never delivered; last skip: events %d to %d: %q\n",
+				p.GetServerId(), p.GetSkipped(), s.GetFromSeq(), s.GetThroughSeq(), s.GetReason())
+		}
+	}
+	return nil
 }
 
 func oneLine(s string) string {
@@ -193,6 +207,31 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return a.failed("resume", err)
 	}
 	fmt.Fprintf(stdout, "pushing to %s again\n", fs.Arg(0))
+	return nil
+}
+
+func runSkip(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlagSet("skip", stderr)
+	a := addAdminFlags(fs)
+	through := fs.String("through", "", "skip the peer's undelivered events up to and including this sequence number (required)")
+	reason := fs.String("reason", "", "why, recorded for the audit (required)")
+	// The peer may come before the flags, as the usage shows.
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		args = append(slices.Clone(args[1:]), args[0])
+	}
+	if _, err := parseCommand(fs, args, getenv, 1); err != nil {
+		return err
+	}
+	seq, err := strconv.ParseUint(*through, 10, 64)
+	if err != nil || *reason == "" {
+		return exitError{code: 2, err: fmt.Errorf("skip needs --through SEQ (a sequence number, as postbox peers shows) and --reason TEXT")}
+	}
+	res, err := a.client().Skip(ctx, connect.NewRequest(&adminv1.SkipRequest{ServerId: fs.Arg(0), ThroughSeq: seq, Reason: *reason}))
+	if err != nil {
+		return a.failed("skip", err)
+	}
+	s := res.Msg.GetSkipped()
+	fmt.Fprintf(stdout, "skipped events %d to %d of %s: recorded, never delivered; later events go on\n", s.GetFromSeq(), s.GetThroughSeq(), fs.Arg(0))
 	return nil
 }
 

@@ -81,13 +81,13 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 
 func printAuditReport(w io.Writer, r projections.Report) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tHEAD\tDELIVERED\tPENDING\tMODE\tRECEIVED")
+	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tHEAD\tDELIVERED\tSKIPPED\tPENDING\tMODE\tRECEIVED")
 	for _, p := range r.Peers {
 		server := p.ServerID
 		if server == "" {
 			server = "(unknown)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%d\n", server, p.PeerID, p.Head, p.Delivered, p.Pending, p.Mode, p.Received)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\n", server, p.PeerID, p.Head, p.Delivered, p.Skipped, p.Pending, p.Mode, p.Received)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -100,6 +100,12 @@ func printAuditReport(w io.Writer, r projections.Report) error {
 		summary += ", checkpoint compared"
 	}
 	fmt.Fprintf(w, "\n%s\n", summary)
+	if len(r.Skips) > 0 {
+		fmt.Fprintf(w, "%d skip(s) by an operator, never delivered:\n", len(r.Skips))
+		for _, s := range r.Skips {
+			fmt.Fprintf(w, "  %s revision %d: %s events %d to %d: %q\n", s.Stream, s.Revision, s.ServerID, s.FromSeq, s.ThroughSeq, s.Reason)
+		}
+	}
 	if r.Clean() {
 		_, err := fmt.Fprintln(w, "no violations")
 		return err

@@ -35,6 +35,9 @@ type Config struct {
 	Delivery      delivery.Config
 }
 
+// requestOverhead is room in a push request for what surrounds its event.
+const requestOverhead = 1 << 10
+
 func parseServeConfig(args []string, stderr io.Writer, getenv func(string) string) (Config, error) {
 	fs := newFlagSet("serve", stderr)
 	serverID := fs.String("server-id", "localhost:2289", "this server's ID, `domain:port`")
@@ -61,6 +64,7 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	fs.DurationVar(&dc.ProbeBackoff.First, "probe-interval", dc.ProbeBackoff.First, "first wait before a resume probe (doubling, up to 10 minutes)")
 	fs.DurationVar(&dc.PullInterval, "pull-interval", dc.PullInterval, "pull each peer this long after its last push")
 	fs.IntVar(&dc.PushBatchEvents, "push-batch", dc.PushBatchEvents, "most events one push carries to a Postbox peer that takes several (1: one event per push, as to upstream peers)")
+	fs.IntVar(&dc.MaxEventBytes, "max-event-bytes", dc.MaxEventBytes, "largest event send takes (bytes); the default fits every receiver limit Postbox announces and a default EventStoreDB append")
 	given, err := parseFlags(fs, args, getenv)
 	if err != nil {
 		return Config{}, err
@@ -100,6 +104,12 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	}
 	if cfg.MaxRequest <= 0 {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-request-bytes must be positive")}
+	}
+	// An event must fit one push to a receiver of our own kind, with room
+	// for the request around it, and one Pull reply.
+	if maxEvent := int64(dc.MaxEventBytes); maxEvent <= 0 || maxEvent+requestOverhead > int64(cfg.MaxRequest) || maxEvent > int64(dc.PullReplyMaxBytes) {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-event-bytes %d: must be positive, at most --max-request-bytes (%d) less %d bytes, and at most %d (a Pull reply)",
+			dc.MaxEventBytes, cfg.MaxRequest, requestOverhead, dc.PullReplyMaxBytes)}
 	}
 	return cfg, nil
 }

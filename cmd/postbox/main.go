@@ -62,6 +62,9 @@ Usage:
   postbox pull ID           pull from a peer now
   postbox resume ID         push to a peer in queue mode again
   postbox rename NEW_ID     rename this server and tell every peer
+  postbox skip ID --through SEQ --reason TEXT
+                            give up on a peer's undelivered events up to SEQ
+                            (recorded, audited, never counted as delivered)
   postbox version           print the version
 
 Commands that talk to a running server take --admin host:port (POSTBOX_ADMIN,
@@ -96,6 +99,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runResume(ctx, rest, stdout, stderr, getenv)
 	case "rename":
 		return runRename(ctx, rest, stdout, stderr, getenv)
+	case "skip":
+		return runSkip(ctx, rest, stdout, stderr, getenv)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "postbox", buildVersion())
 		return nil

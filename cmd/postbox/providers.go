@@ -220,7 +220,8 @@ func (g engineGauges) PeerGauges() []metrics.PeerGauges {
 	var out []metrics.PeerGauges
 	for _, c := range g.engine.Cursors() {
 		out = append(out, metrics.PeerGauges{
-			ServerID: c.ServerID.String(), Head: c.Outbox.Head, Delivered: c.Outbox.Delivered,
+			ServerID: c.ServerID.String(), Head: c.Outbox.Head,
+			Delivered: c.Outbox.Delivered - c.Outbox.Skipped, Skipped: c.Outbox.Skipped,
 			Pending: c.Outbox.Pending(), Queue: c.Outbox.Mode == domain.ModeQueue,
 		})
 	}

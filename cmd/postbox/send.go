@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -17,15 +18,23 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	a := addAdminFlags(fs)
 	to := fs.String("to", "", "server ID of the peer the event is for")
 	eventJSON := fs.String("event", "", `the event, as protojson of protocol.sync.v1.Event, e.g. {"userAddedToGuild":{"userId":"42","guildId":"7"}}`)
+	eventFile := fs.String("event-file", "", "read the event's protojson from this file instead of --event (/dev/stdin: standard input), for events too long for a command line")
 	if _, err := parseFlags(fs, args, getenv); err != nil {
 		return err
 	}
-	if *to == "" || *eventJSON == "" {
-		return exitError{code: 2, err: fmt.Errorf("send needs --to and --event")}
+	if *to == "" || (*eventJSON == "") == (*eventFile == "") {
+		return exitError{code: 2, err: fmt.Errorf("send needs --to and one of --event or --event-file")}
+	}
+	body := []byte(*eventJSON)
+	if *eventFile != "" {
+		var err error
+		if body, err = os.ReadFile(*eventFile); err != nil {
+			return exitError{code: 2, err: fmt.Errorf("--event-file: %w", err)}
+		}
 	}
 	var event syncv1.Event
-	if err := protojson.Unmarshal([]byte(*eventJSON), &event); err != nil {
-		return exitError{code: 2, err: fmt.Errorf("--event is not a protocol.sync.v1.Event in JSON: %w", err)}
+	if err := protojson.Unmarshal(body, &event); err != nil {
+		return exitError{code: 2, err: fmt.Errorf("the event is not a protocol.sync.v1.Event in JSON: %w", err)}
 	}
 	res, err := a.client().Send(ctx, connect.NewRequest(&adminv1.SendRequest{To: *to, Event: &event}))
 	if err != nil {

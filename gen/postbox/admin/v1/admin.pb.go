@@ -287,7 +287,8 @@ type Peer struct {
 	PeerId string `protobuf:"bytes,2,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
 	// Events in the peer's outbox (the next sequence number).
 	Head uint64 `protobuf:"varint,3,opt,name=head,proto3" json:"head,omitempty"`
-	// Events delivered: every sequence number below this one.
+	// Where delivery goes on: every sequence number below this one was
+	// delivered, or skipped by an operator (`skipped` of them).
 	Delivered uint64 `protobuf:"varint,4,opt,name=delivered,proto3" json:"delivered,omitempty"`
 	// Events not yet delivered (head - delivered).
 	Pending uint64 `protobuf:"varint,5,opt,name=pending,proto3" json:"pending,omitempty"`
@@ -311,8 +312,15 @@ type Peer struct {
 	PublicKey []byte `protobuf:"bytes,14,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
 	// After a rename of this server: true once the peer accepted the new ID.
 	KnowsOurServerId bool `protobuf:"varint,15,opt,name=knows_our_server_id,json=knowsOurServerId,proto3" json:"knows_our_server_id,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Events an operator skipped (`Skip`): below `delivered`, never delivered.
+	Skipped uint64 `protobuf:"varint,16,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// The last skip recorded, if any.
+	LastSkip *SkippedEvents `protobuf:"bytes,17,opt,name=last_skip,json=lastSkip,proto3" json:"last_skip,omitempty"`
+	// Set while delivery is held up by one event that the peer is likely to
+	// refuse whatever happens (such as one over the per-event size limit).
+	Stuck         *StuckEvent `protobuf:"bytes,18,opt,name=stuck,proto3" json:"stuck,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Peer) Reset() {
@@ -450,6 +458,146 @@ func (x *Peer) GetKnowsOurServerId() bool {
 	return false
 }
 
+func (x *Peer) GetSkipped() uint64 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *Peer) GetLastSkip() *SkippedEvents {
+	if x != nil {
+		return x.LastSkip
+	}
+	return nil
+}
+
+func (x *Peer) GetStuck() *StuckEvent {
+	if x != nil {
+		return x.Stuck
+	}
+	return nil
+}
+
+// Events an operator skipped.
+type SkippedEvents struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sequence number of the first skipped event.
+	FromSeq uint64 `protobuf:"varint,1,opt,name=from_seq,json=fromSeq,proto3" json:"from_seq,omitempty"`
+	// Sequence number of the last skipped event.
+	ThroughSeq uint64 `protobuf:"varint,2,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	// Why, in the operator's words.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SkippedEvents) Reset() {
+	*x = SkippedEvents{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SkippedEvents) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SkippedEvents) ProtoMessage() {}
+
+func (x *SkippedEvents) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SkippedEvents.ProtoReflect.Descriptor instead.
+func (*SkippedEvents) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SkippedEvents) GetFromSeq() uint64 {
+	if x != nil {
+		return x.FromSeq
+	}
+	return 0
+}
+
+func (x *SkippedEvents) GetThroughSeq() uint64 {
+	if x != nil {
+		return x.ThroughSeq
+	}
+	return 0
+}
+
+func (x *SkippedEvents) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// An event that delivery to a peer is stuck on.
+type StuckEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its sequence number: the oldest undelivered event.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Why it is stuck, and what to do about it.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StuckEvent) Reset() {
+	*x = StuckEvent{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StuckEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StuckEvent) ProtoMessage() {}
+
+func (x *StuckEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StuckEvent.ProtoReflect.Descriptor instead.
+func (*StuckEvent) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *StuckEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *StuckEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // Used in `ListPeers`.
 type ListPeersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -459,7 +607,7 @@ type ListPeersRequest struct {
 
 func (x *ListPeersRequest) Reset() {
 	*x = ListPeersRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +619,7 @@ func (x *ListPeersRequest) String() string {
 func (*ListPeersRequest) ProtoMessage() {}
 
 func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +632,7 @@ func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPeersRequest.ProtoReflect.Descriptor instead.
 func (*ListPeersRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 // Used in `ListPeers`.
@@ -498,7 +646,7 @@ type ListPeersResponse struct {
 
 func (x *ListPeersResponse) Reset() {
 	*x = ListPeersResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +658,7 @@ func (x *ListPeersResponse) String() string {
 func (*ListPeersResponse) ProtoMessage() {}
 
 func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +671,7 @@ func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPeersResponse.ProtoReflect.Descriptor instead.
 func (*ListPeersResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListPeersResponse) GetPeers() []*Peer {
@@ -544,7 +692,7 @@ type GetPeerRequest struct {
 
 func (x *GetPeerRequest) Reset() {
 	*x = GetPeerRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +704,7 @@ func (x *GetPeerRequest) String() string {
 func (*GetPeerRequest) ProtoMessage() {}
 
 func (x *GetPeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +717,7 @@ func (x *GetPeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPeerRequest.ProtoReflect.Descriptor instead.
 func (*GetPeerRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetPeerRequest) GetServerId() string {
@@ -590,7 +738,7 @@ type GetPeerResponse struct {
 
 func (x *GetPeerResponse) Reset() {
 	*x = GetPeerResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +750,7 @@ func (x *GetPeerResponse) String() string {
 func (*GetPeerResponse) ProtoMessage() {}
 
 func (x *GetPeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +763,7 @@ func (x *GetPeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPeerResponse.ProtoReflect.Descriptor instead.
 func (*GetPeerResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetPeerResponse) GetPeer() *Peer {
@@ -638,7 +786,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +798,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +811,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WatchRequest) GetAfter() uint64 {
@@ -699,7 +847,7 @@ type ReceivedEvent struct {
 
 func (x *ReceivedEvent) Reset() {
 	*x = ReceivedEvent{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +859,7 @@ func (x *ReceivedEvent) String() string {
 func (*ReceivedEvent) ProtoMessage() {}
 
 func (x *ReceivedEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +872,7 @@ func (x *ReceivedEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceivedEvent.ProtoReflect.Descriptor instead.
 func (*ReceivedEvent) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReceivedEvent) GetPosition() uint64 {
@@ -778,7 +926,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +938,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +951,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchResponse) GetItem() isWatchResponse_Item {
@@ -860,7 +1008,7 @@ type PullNowRequest struct {
 
 func (x *PullNowRequest) Reset() {
 	*x = PullNowRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1020,7 @@ func (x *PullNowRequest) String() string {
 func (*PullNowRequest) ProtoMessage() {}
 
 func (x *PullNowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1033,7 @@ func (x *PullNowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullNowRequest.ProtoReflect.Descriptor instead.
 func (*PullNowRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PullNowRequest) GetServerId() string {
@@ -904,7 +1052,7 @@ type PullNowResponse struct {
 
 func (x *PullNowResponse) Reset() {
 	*x = PullNowResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1064,7 @@ func (x *PullNowResponse) String() string {
 func (*PullNowResponse) ProtoMessage() {}
 
 func (x *PullNowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1077,7 @@ func (x *PullNowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullNowResponse.ProtoReflect.Descriptor instead.
 func (*PullNowResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 // Used in `ResumePush`.
@@ -943,7 +1091,7 @@ type ResumePushRequest struct {
 
 func (x *ResumePushRequest) Reset() {
 	*x = ResumePushRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1103,7 @@ func (x *ResumePushRequest) String() string {
 func (*ResumePushRequest) ProtoMessage() {}
 
 func (x *ResumePushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1116,7 @@ func (x *ResumePushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumePushRequest.ProtoReflect.Descriptor instead.
 func (*ResumePushRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResumePushRequest) GetServerId() string {
@@ -987,7 +1135,7 @@ type ResumePushResponse struct {
 
 func (x *ResumePushResponse) Reset() {
 	*x = ResumePushResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1147,7 @@ func (x *ResumePushResponse) String() string {
 func (*ResumePushResponse) ProtoMessage() {}
 
 func (x *ResumePushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1160,117 @@ func (x *ResumePushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumePushResponse.ProtoReflect.Descriptor instead.
 func (*ResumePushResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+// Used in `Skip`.
+type SkipRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The peer whose oldest undelivered events are skipped.
+	ServerId string `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// Skip every undelivered event up to and including this sequence number.
+	ThroughSeq uint64 `protobuf:"varint,2,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	// Why; required, and recorded for the audit.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SkipRequest) Reset() {
+	*x = SkipRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SkipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SkipRequest) ProtoMessage() {}
+
+func (x *SkipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SkipRequest.ProtoReflect.Descriptor instead.
+func (*SkipRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SkipRequest) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *SkipRequest) GetThroughSeq() uint64 {
+	if x != nil {
+		return x.ThroughSeq
+	}
+	return 0
+}
+
+func (x *SkipRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Used in `Skip`.
+type SkipResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What was skipped.
+	Skipped       *SkippedEvents `protobuf:"bytes,1,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SkipResponse) Reset() {
+	*x = SkipResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SkipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SkipResponse) ProtoMessage() {}
+
+func (x *SkipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SkipResponse.ProtoReflect.Descriptor instead.
+func (*SkipResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SkipResponse) GetSkipped() *SkippedEvents {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
 }
 
 // Used in `Rename`.
@@ -1026,7 +1284,7 @@ type RenameRequest struct {
 
 func (x *RenameRequest) Reset() {
 	*x = RenameRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1296,7 @@ func (x *RenameRequest) String() string {
 func (*RenameRequest) ProtoMessage() {}
 
 func (x *RenameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1309,7 @@ func (x *RenameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameRequest.ProtoReflect.Descriptor instead.
 func (*RenameRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RenameRequest) GetNewServerId() string {
@@ -1070,7 +1328,7 @@ type RenameResponse struct {
 
 func (x *RenameResponse) Reset() {
 	*x = RenameResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1340,7 @@ func (x *RenameResponse) String() string {
 func (*RenameResponse) ProtoMessage() {}
 
 func (x *RenameResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1353,7 @@ func (x *RenameResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameResponse.ProtoReflect.Descriptor instead.
 func (*RenameResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 var File_postbox_admin_v1_admin_proto protoreflect.FileDescriptor
@@ -1113,7 +1371,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x02to\x18\x01 \x01(\tR\x02to\x12-\n" +
 	"\x05event\x18\x02 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\" \n" +
 	"\fSendResponse\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xb4\x04\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xc0\x05\n" +
 	"\x04Peer\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x12\n" +
@@ -1132,7 +1390,19 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x11former_server_ids\x18\r \x03(\tR\x0fformerServerIds\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x0e \x01(\fR\tpublicKey\x12-\n" +
-	"\x13knows_our_server_id\x18\x0f \x01(\bR\x10knowsOurServerId\"\x12\n" +
+	"\x13knows_our_server_id\x18\x0f \x01(\bR\x10knowsOurServerId\x12\x18\n" +
+	"\askipped\x18\x10 \x01(\x04R\askipped\x12<\n" +
+	"\tlast_skip\x18\x11 \x01(\v2\x1f.postbox.admin.v1.SkippedEventsR\blastSkip\x122\n" +
+	"\x05stuck\x18\x12 \x01(\v2\x1c.postbox.admin.v1.StuckEventR\x05stuck\"c\n" +
+	"\rSkippedEvents\x12\x19\n" +
+	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
+	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
+	"throughSeq\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"6\n" +
+	"\n" +
+	"StuckEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x12\n" +
 	"\x10ListPeersRequest\"A\n" +
 	"\x11ListPeersResponse\x12,\n" +
 	"\x05peers\x18\x01 \x03(\v2\x16.postbox.admin.v1.PeerR\x05peers\"-\n" +
@@ -1160,7 +1430,14 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fPullNowResponse\"0\n" +
 	"\x11ResumePushRequest\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\"\x14\n" +
-	"\x12ResumePushResponse\"3\n" +
+	"\x12ResumePushResponse\"c\n" +
+	"\vSkipRequest\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x1f\n" +
+	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
+	"throughSeq\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"I\n" +
+	"\fSkipResponse\x129\n" +
+	"\askipped\x18\x01 \x01(\v2\x1f.postbox.admin.v1.SkippedEventsR\askipped\"3\n" +
 	"\rRenameRequest\x12\"\n" +
 	"\rnew_server_id\x18\x01 \x01(\tR\vnewServerId\"\x10\n" +
 	"\x0eRenameResponse*;\n" +
@@ -1168,7 +1445,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tMODE_PUSH\x10\x01\x12\x0e\n" +
 	"\n" +
-	"MODE_QUEUE\x10\x022\xaf\x05\n" +
+	"MODE_QUEUE\x10\x022\xf8\x05\n" +
 	"\fAdminService\x12b\n" +
 	"\rGetServerInfo\x12&.postbox.admin.v1.GetServerInfoRequest\x1a'.postbox.admin.v1.GetServerInfoResponse\"\x00\x12G\n" +
 	"\x04Send\x12\x1d.postbox.admin.v1.SendRequest\x1a\x1e.postbox.admin.v1.SendResponse\"\x00\x12V\n" +
@@ -1177,7 +1454,8 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x05Watch\x12\x1e.postbox.admin.v1.WatchRequest\x1a\x1f.postbox.admin.v1.WatchResponse\"\x000\x01\x12P\n" +
 	"\aPullNow\x12 .postbox.admin.v1.PullNowRequest\x1a!.postbox.admin.v1.PullNowResponse\"\x00\x12Y\n" +
 	"\n" +
-	"ResumePush\x12#.postbox.admin.v1.ResumePushRequest\x1a$.postbox.admin.v1.ResumePushResponse\"\x00\x12M\n" +
+	"ResumePush\x12#.postbox.admin.v1.ResumePushRequest\x1a$.postbox.admin.v1.ResumePushResponse\"\x00\x12G\n" +
+	"\x04Skip\x12\x1d.postbox.admin.v1.SkipRequest\x1a\x1e.postbox.admin.v1.SkipResponse\"\x00\x12M\n" +
 	"\x06Rename\x12\x1f.postbox.admin.v1.RenameRequest\x1a .postbox.admin.v1.RenameResponse\"\x00B\xc5\x01\n" +
 	"\x14com.postbox.admin.v1B\n" +
 	"AdminProtoP\x01Z?github.com/harmony-postbox/postbox/gen/postbox/admin/v1;adminv1\xa2\x02\x03PAX\xaa\x02\x10Postbox.Admin.V1\xca\x02\x10Postbox\\Admin\\V1\xe2\x02\x1cPostbox\\Admin\\V1\\GPBMetadata\xea\x02\x12Postbox::Admin::V1b\x06proto3"
@@ -1195,7 +1473,7 @@ func file_postbox_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_postbox_admin_v1_admin_proto_goTypes = []any{
 	(Mode)(0),                     // 0: postbox.admin.v1.Mode
 	(*GetServerInfoRequest)(nil),  // 1: postbox.admin.v1.GetServerInfoRequest
@@ -1203,52 +1481,61 @@ var file_postbox_admin_v1_admin_proto_goTypes = []any{
 	(*SendRequest)(nil),           // 3: postbox.admin.v1.SendRequest
 	(*SendResponse)(nil),          // 4: postbox.admin.v1.SendResponse
 	(*Peer)(nil),                  // 5: postbox.admin.v1.Peer
-	(*ListPeersRequest)(nil),      // 6: postbox.admin.v1.ListPeersRequest
-	(*ListPeersResponse)(nil),     // 7: postbox.admin.v1.ListPeersResponse
-	(*GetPeerRequest)(nil),        // 8: postbox.admin.v1.GetPeerRequest
-	(*GetPeerResponse)(nil),       // 9: postbox.admin.v1.GetPeerResponse
-	(*WatchRequest)(nil),          // 10: postbox.admin.v1.WatchRequest
-	(*ReceivedEvent)(nil),         // 11: postbox.admin.v1.ReceivedEvent
-	(*WatchResponse)(nil),         // 12: postbox.admin.v1.WatchResponse
-	(*PullNowRequest)(nil),        // 13: postbox.admin.v1.PullNowRequest
-	(*PullNowResponse)(nil),       // 14: postbox.admin.v1.PullNowResponse
-	(*ResumePushRequest)(nil),     // 15: postbox.admin.v1.ResumePushRequest
-	(*ResumePushResponse)(nil),    // 16: postbox.admin.v1.ResumePushResponse
-	(*RenameRequest)(nil),         // 17: postbox.admin.v1.RenameRequest
-	(*RenameResponse)(nil),        // 18: postbox.admin.v1.RenameResponse
-	(*v1.Event)(nil),              // 19: protocol.sync.v1.Event
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*SkippedEvents)(nil),         // 6: postbox.admin.v1.SkippedEvents
+	(*StuckEvent)(nil),            // 7: postbox.admin.v1.StuckEvent
+	(*ListPeersRequest)(nil),      // 8: postbox.admin.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),     // 9: postbox.admin.v1.ListPeersResponse
+	(*GetPeerRequest)(nil),        // 10: postbox.admin.v1.GetPeerRequest
+	(*GetPeerResponse)(nil),       // 11: postbox.admin.v1.GetPeerResponse
+	(*WatchRequest)(nil),          // 12: postbox.admin.v1.WatchRequest
+	(*ReceivedEvent)(nil),         // 13: postbox.admin.v1.ReceivedEvent
+	(*WatchResponse)(nil),         // 14: postbox.admin.v1.WatchResponse
+	(*PullNowRequest)(nil),        // 15: postbox.admin.v1.PullNowRequest
+	(*PullNowResponse)(nil),       // 16: postbox.admin.v1.PullNowResponse
+	(*ResumePushRequest)(nil),     // 17: postbox.admin.v1.ResumePushRequest
+	(*ResumePushResponse)(nil),    // 18: postbox.admin.v1.ResumePushResponse
+	(*SkipRequest)(nil),           // 19: postbox.admin.v1.SkipRequest
+	(*SkipResponse)(nil),          // 20: postbox.admin.v1.SkipResponse
+	(*RenameRequest)(nil),         // 21: postbox.admin.v1.RenameRequest
+	(*RenameResponse)(nil),        // 22: postbox.admin.v1.RenameResponse
+	(*v1.Event)(nil),              // 23: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_postbox_admin_v1_admin_proto_depIdxs = []int32{
-	19, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
+	23, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.admin.v1.Peer.mode:type_name -> postbox.admin.v1.Mode
-	20, // 2: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
-	20, // 3: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
-	5,  // 4: postbox.admin.v1.ListPeersResponse.peers:type_name -> postbox.admin.v1.Peer
-	5,  // 5: postbox.admin.v1.GetPeerResponse.peer:type_name -> postbox.admin.v1.Peer
-	19, // 6: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
-	11, // 7: postbox.admin.v1.WatchResponse.event:type_name -> postbox.admin.v1.ReceivedEvent
-	1,  // 8: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
-	3,  // 9: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
-	6,  // 10: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
-	8,  // 11: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
-	10, // 12: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
-	13, // 13: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
-	15, // 14: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
-	17, // 15: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
-	2,  // 16: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
-	4,  // 17: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
-	7,  // 18: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
-	9,  // 19: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
-	12, // 20: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
-	14, // 21: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
-	16, // 22: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
-	18, // 23: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
-	16, // [16:24] is the sub-list for method output_type
-	8,  // [8:16] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	24, // 2: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
+	24, // 3: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
+	6,  // 4: postbox.admin.v1.Peer.last_skip:type_name -> postbox.admin.v1.SkippedEvents
+	7,  // 5: postbox.admin.v1.Peer.stuck:type_name -> postbox.admin.v1.StuckEvent
+	5,  // 6: postbox.admin.v1.ListPeersResponse.peers:type_name -> postbox.admin.v1.Peer
+	5,  // 7: postbox.admin.v1.GetPeerResponse.peer:type_name -> postbox.admin.v1.Peer
+	23, // 8: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
+	13, // 9: postbox.admin.v1.WatchResponse.event:type_name -> postbox.admin.v1.ReceivedEvent
+	6,  // 10: postbox.admin.v1.SkipResponse.skipped:type_name -> postbox.admin.v1.SkippedEvents
+	1,  // 11: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
+	3,  // 12: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
+	8,  // 13: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
+	10, // 14: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
+	12, // 15: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
+	15, // 16: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
+	17, // 17: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
+	19, // 18: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
+	21, // 19: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
+	2,  // 20: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
+	4,  // 21: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
+	9,  // 22: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
+	11, // 23: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
+	14, // 24: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
+	16, // 25: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
+	18, // 26: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
+	20, // 27: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
+	22, // 28: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
+	20, // [20:29] is the sub-list for method output_type
+	11, // [11:20] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_postbox_admin_v1_admin_proto_init() }
@@ -1256,8 +1543,8 @@ func file_postbox_admin_v1_admin_proto_init() {
 	if File_postbox_admin_v1_admin_proto != nil {
 		return
 	}
-	file_postbox_admin_v1_admin_proto_msgTypes[10].OneofWrappers = []any{}
-	file_postbox_admin_v1_admin_proto_msgTypes[11].OneofWrappers = []any{
+	file_postbox_admin_v1_admin_proto_msgTypes[12].OneofWrappers = []any{}
+	file_postbox_admin_v1_admin_proto_msgTypes[13].OneofWrappers = []any{
 		(*WatchResponse_Event)(nil),
 		(*WatchResponse_CaughtUp)(nil),
 	}
@@ -1267,7 +1554,7 @@ func file_postbox_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_admin_v1_admin_proto_rawDesc), len(file_postbox_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

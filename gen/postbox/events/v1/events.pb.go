@@ -129,7 +129,7 @@ func (x EventReceived_Via) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventReceived_Via.Descriptor instead.
 func (EventReceived_Via) EnumDescriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{6, 0}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{7, 0}
 }
 
 // Appended to `outbox-<peer>` when this server has an event for that peer.
@@ -476,6 +476,72 @@ func (x *PushResumed) GetReason() PushResumed_Reason {
 	return PushResumed_REASON_UNSPECIFIED
 }
 
+// Appended to `delivery-<peer>` when an operator skipped the oldest
+// undelivered events (`postbox skip`), so the events after them can go. The
+// skipped events are not delivered and never counted as delivered.
+type EventsSkipped struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sequence number of the first skipped event (the oldest undelivered one).
+	FromSeq uint64 `protobuf:"varint,1,opt,name=from_seq,json=fromSeq,proto3" json:"from_seq,omitempty"`
+	// Sequence number of the last skipped event.
+	ThroughSeq uint64 `protobuf:"varint,2,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	// Why, in the operator's words.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsSkipped) Reset() {
+	*x = EventsSkipped{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsSkipped) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsSkipped) ProtoMessage() {}
+
+func (x *EventsSkipped) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsSkipped.ProtoReflect.Descriptor instead.
+func (*EventsSkipped) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *EventsSkipped) GetFromSeq() uint64 {
+	if x != nil {
+		return x.FromSeq
+	}
+	return 0
+}
+
+func (x *EventsSkipped) GetThroughSeq() uint64 {
+	if x != nil {
+		return x.ThroughSeq
+	}
+	return 0
+}
+
+func (x *EventsSkipped) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // Appended to `inbox-<peer>` for every event received from that peer, in the
 // order it was applied.
 type EventReceived struct {
@@ -495,7 +561,7 @@ type EventReceived struct {
 
 func (x *EventReceived) Reset() {
 	*x = EventReceived{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[6]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +573,7 @@ func (x *EventReceived) String() string {
 func (*EventReceived) ProtoMessage() {}
 
 func (x *EventReceived) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[6]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +586,7 @@ func (x *EventReceived) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventReceived.ProtoReflect.Descriptor instead.
 func (*EventReceived) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{6}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EventReceived) GetEvent() *v1.Event {
@@ -567,7 +633,7 @@ type PeerSeen struct {
 
 func (x *PeerSeen) Reset() {
 	*x = PeerSeen{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[7]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +645,7 @@ func (x *PeerSeen) String() string {
 func (*PeerSeen) ProtoMessage() {}
 
 func (x *PeerSeen) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[7]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +658,7 @@ func (x *PeerSeen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerSeen.ProtoReflect.Descriptor instead.
 func (*PeerSeen) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{7}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PeerSeen) GetPeerId() string {
@@ -629,7 +695,7 @@ type PeerKeyLearned struct {
 
 func (x *PeerKeyLearned) Reset() {
 	*x = PeerKeyLearned{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[8]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +707,7 @@ func (x *PeerKeyLearned) String() string {
 func (*PeerKeyLearned) ProtoMessage() {}
 
 func (x *PeerKeyLearned) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[8]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +720,7 @@ func (x *PeerKeyLearned) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerKeyLearned.ProtoReflect.Descriptor instead.
 func (*PeerKeyLearned) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{8}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PeerKeyLearned) GetPeerId() string {
@@ -686,7 +752,7 @@ type PeerRenamed struct {
 
 func (x *PeerRenamed) Reset() {
 	*x = PeerRenamed{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[9]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +764,7 @@ func (x *PeerRenamed) String() string {
 func (*PeerRenamed) ProtoMessage() {}
 
 func (x *PeerRenamed) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[9]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +777,7 @@ func (x *PeerRenamed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerRenamed.ProtoReflect.Descriptor instead.
 func (*PeerRenamed) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{9}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PeerRenamed) GetPeerId() string {
@@ -748,7 +814,7 @@ type OwnServerIdChanged struct {
 
 func (x *OwnServerIdChanged) Reset() {
 	*x = OwnServerIdChanged{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +826,7 @@ func (x *OwnServerIdChanged) String() string {
 func (*OwnServerIdChanged) ProtoMessage() {}
 
 func (x *OwnServerIdChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +839,7 @@ func (x *OwnServerIdChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OwnServerIdChanged.ProtoReflect.Descriptor instead.
 func (*OwnServerIdChanged) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{10}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *OwnServerIdChanged) GetOldServerId() string {
@@ -803,7 +869,7 @@ type PeerNotifiedOfNewId struct {
 
 func (x *PeerNotifiedOfNewId) Reset() {
 	*x = PeerNotifiedOfNewId{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +881,7 @@ func (x *PeerNotifiedOfNewId) String() string {
 func (*PeerNotifiedOfNewId) ProtoMessage() {}
 
 func (x *PeerNotifiedOfNewId) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +894,7 @@ func (x *PeerNotifiedOfNewId) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerNotifiedOfNewId.ProtoReflect.Descriptor instead.
 func (*PeerNotifiedOfNewId) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PeerNotifiedOfNewId) GetPeerId() string {
@@ -877,7 +943,12 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14REASON_QUEUE_DRAINED\x10\x01\x12\x10\n" +
 	"\fREASON_PROBE\x10\x02\x12\x13\n" +
-	"\x0fREASON_OPERATOR\x10\x03\"\x82\x02\n" +
+	"\x0fREASON_OPERATOR\x10\x03\"c\n" +
+	"\rEventsSkipped\x12\x19\n" +
+	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
+	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
+	"throughSeq\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x82\x02\n" +
 	"\rEventReceived\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x126\n" +
 	"\x03via\x18\x02 \x01(\x0e2$.postbox.events.v1.EventReceived.ViaR\x03via\x12\"\n" +
@@ -923,7 +994,7 @@ func file_postbox_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_postbox_events_v1_events_proto_goTypes = []any{
 	(PushResumed_Reason)(0),     // 0: postbox.events.v1.PushResumed.Reason
 	(EventReceived_Via)(0),      // 1: postbox.events.v1.EventReceived.Via
@@ -933,18 +1004,19 @@ var file_postbox_events_v1_events_proto_goTypes = []any{
 	(*PullServed)(nil),          // 5: postbox.events.v1.PullServed
 	(*PullAcknowledged)(nil),    // 6: postbox.events.v1.PullAcknowledged
 	(*PushResumed)(nil),         // 7: postbox.events.v1.PushResumed
-	(*EventReceived)(nil),       // 8: postbox.events.v1.EventReceived
-	(*PeerSeen)(nil),            // 9: postbox.events.v1.PeerSeen
-	(*PeerKeyLearned)(nil),      // 10: postbox.events.v1.PeerKeyLearned
-	(*PeerRenamed)(nil),         // 11: postbox.events.v1.PeerRenamed
-	(*OwnServerIdChanged)(nil),  // 12: postbox.events.v1.OwnServerIdChanged
-	(*PeerNotifiedOfNewId)(nil), // 13: postbox.events.v1.PeerNotifiedOfNewId
-	(*v1.Event)(nil),            // 14: protocol.sync.v1.Event
+	(*EventsSkipped)(nil),       // 8: postbox.events.v1.EventsSkipped
+	(*EventReceived)(nil),       // 9: postbox.events.v1.EventReceived
+	(*PeerSeen)(nil),            // 10: postbox.events.v1.PeerSeen
+	(*PeerKeyLearned)(nil),      // 11: postbox.events.v1.PeerKeyLearned
+	(*PeerRenamed)(nil),         // 12: postbox.events.v1.PeerRenamed
+	(*OwnServerIdChanged)(nil),  // 13: postbox.events.v1.OwnServerIdChanged
+	(*PeerNotifiedOfNewId)(nil), // 14: postbox.events.v1.PeerNotifiedOfNewId
+	(*v1.Event)(nil),            // 15: protocol.sync.v1.Event
 }
 var file_postbox_events_v1_events_proto_depIdxs = []int32{
-	14, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
+	15, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.events.v1.PushResumed.reason:type_name -> postbox.events.v1.PushResumed.Reason
-	14, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
+	15, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
 	1,  // 3: postbox.events.v1.EventReceived.via:type_name -> postbox.events.v1.EventReceived.Via
 	4,  // [4:4] is the sub-list for method output_type
 	4,  // [4:4] is the sub-list for method input_type
@@ -958,14 +1030,14 @@ func file_postbox_events_v1_events_proto_init() {
 	if File_postbox_events_v1_events_proto != nil {
 		return
 	}
-	file_postbox_events_v1_events_proto_msgTypes[6].OneofWrappers = []any{}
+	file_postbox_events_v1_events_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_events_v1_events_proto_rawDesc), len(file_postbox_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

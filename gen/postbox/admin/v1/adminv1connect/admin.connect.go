@@ -48,6 +48,8 @@ const (
 	AdminServicePullNowProcedure = "/postbox.admin.v1.AdminService/PullNow"
 	// AdminServiceResumePushProcedure is the fully-qualified name of the AdminService's ResumePush RPC.
 	AdminServiceResumePushProcedure = "/postbox.admin.v1.AdminService/ResumePush"
+	// AdminServiceSkipProcedure is the fully-qualified name of the AdminService's Skip RPC.
+	AdminServiceSkipProcedure = "/postbox.admin.v1.AdminService/Skip"
 	// AdminServiceRenameProcedure is the fully-qualified name of the AdminService's Rename RPC.
 	AdminServiceRenameProcedure = "/postbox.admin.v1.AdminService/Rename"
 )
@@ -68,6 +70,10 @@ type AdminServiceClient interface {
 	PullNow(context.Context, *connect.Request[v1.PullNowRequest]) (*connect.Response[v1.PullNowResponse], error)
 	// Returns a peer in queue mode to push mode now.
 	ResumePush(context.Context, *connect.Request[v1.ResumePushRequest]) (*connect.Response[v1.ResumePushResponse], error)
+	// Gives up on a peer's oldest undelivered events, so the ones after them
+	// can go: recorded in the peer's delivery stream, reported by the audit,
+	// never counted as delivered.
+	Skip(context.Context, *connect.Request[v1.SkipRequest]) (*connect.Response[v1.SkipResponse], error)
 	// Renames this server and tells every peer.
 	Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error)
 }
@@ -125,6 +131,12 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("ResumePush")),
 			connect.WithClientOptions(opts...),
 		),
+		skip: connect.NewClient[v1.SkipRequest, v1.SkipResponse](
+			httpClient,
+			baseURL+AdminServiceSkipProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("Skip")),
+			connect.WithClientOptions(opts...),
+		),
 		rename: connect.NewClient[v1.RenameRequest, v1.RenameResponse](
 			httpClient,
 			baseURL+AdminServiceRenameProcedure,
@@ -143,6 +155,7 @@ type adminServiceClient struct {
 	watch         *connect.Client[v1.WatchRequest, v1.WatchResponse]
 	pullNow       *connect.Client[v1.PullNowRequest, v1.PullNowResponse]
 	resumePush    *connect.Client[v1.ResumePushRequest, v1.ResumePushResponse]
+	skip          *connect.Client[v1.SkipRequest, v1.SkipResponse]
 	rename        *connect.Client[v1.RenameRequest, v1.RenameResponse]
 }
 
@@ -181,6 +194,11 @@ func (c *adminServiceClient) ResumePush(ctx context.Context, req *connect.Reques
 	return c.resumePush.CallUnary(ctx, req)
 }
 
+// Skip calls postbox.admin.v1.AdminService.Skip.
+func (c *adminServiceClient) Skip(ctx context.Context, req *connect.Request[v1.SkipRequest]) (*connect.Response[v1.SkipResponse], error) {
+	return c.skip.CallUnary(ctx, req)
+}
+
 // Rename calls postbox.admin.v1.AdminService.Rename.
 func (c *adminServiceClient) Rename(ctx context.Context, req *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error) {
 	return c.rename.CallUnary(ctx, req)
@@ -202,6 +220,10 @@ type AdminServiceHandler interface {
 	PullNow(context.Context, *connect.Request[v1.PullNowRequest]) (*connect.Response[v1.PullNowResponse], error)
 	// Returns a peer in queue mode to push mode now.
 	ResumePush(context.Context, *connect.Request[v1.ResumePushRequest]) (*connect.Response[v1.ResumePushResponse], error)
+	// Gives up on a peer's oldest undelivered events, so the ones after them
+	// can go: recorded in the peer's delivery stream, reported by the audit,
+	// never counted as delivered.
+	Skip(context.Context, *connect.Request[v1.SkipRequest]) (*connect.Response[v1.SkipResponse], error)
 	// Renames this server and tells every peer.
 	Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error)
 }
@@ -255,6 +277,12 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("ResumePush")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceSkipHandler := connect.NewUnaryHandler(
+		AdminServiceSkipProcedure,
+		svc.Skip,
+		connect.WithSchema(adminServiceMethods.ByName("Skip")),
+		connect.WithHandlerOptions(opts...),
+	)
 	adminServiceRenameHandler := connect.NewUnaryHandler(
 		AdminServiceRenameProcedure,
 		svc.Rename,
@@ -277,6 +305,8 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServicePullNowHandler.ServeHTTP(w, r)
 		case AdminServiceResumePushProcedure:
 			adminServiceResumePushHandler.ServeHTTP(w, r)
+		case AdminServiceSkipProcedure:
+			adminServiceSkipHandler.ServeHTTP(w, r)
 		case AdminServiceRenameProcedure:
 			adminServiceRenameHandler.ServeHTTP(w, r)
 		default:
@@ -314,6 +344,10 @@ func (UnimplementedAdminServiceHandler) PullNow(context.Context, *connect.Reques
 
 func (UnimplementedAdminServiceHandler) ResumePush(context.Context, *connect.Request[v1.ResumePushRequest]) (*connect.Response[v1.ResumePushResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.ResumePush is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) Skip(context.Context, *connect.Request[v1.SkipRequest]) (*connect.Response[v1.SkipResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.Skip is not implemented"))
 }
 
 func (UnimplementedAdminServiceHandler) Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error) {
