@@ -106,10 +106,16 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-request-bytes must be positive")}
 	}
 	// An event must fit one push to a receiver of our own kind, with room
-	// for the request around it, and one Pull reply.
-	if maxEvent := int64(dc.MaxEventBytes); maxEvent <= 0 || maxEvent+requestOverhead > int64(cfg.MaxRequest) || maxEvent > int64(dc.PullReplyMaxBytes) {
-		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-event-bytes %d: must be positive, at most --max-request-bytes (%d) less %d bytes, and at most %d (a Pull reply)",
-			dc.MaxEventBytes, cfg.MaxRequest, requestOverhead, dc.PullReplyMaxBytes)}
+	// for the request around it, and one Pull reply. A smaller request
+	// limit lowers the default rather than refuse it.
+	room := int64(cfg.MaxRequest) - min(requestOverhead, int64(cfg.MaxRequest)/2)
+	if !given["max-event-bytes"] {
+		dc.MaxEventBytes = int(min(int64(dc.MaxEventBytes), room))
+		cfg.Delivery = dc
+	}
+	if maxEvent := int64(dc.MaxEventBytes); maxEvent <= 0 || maxEvent > room || maxEvent > int64(dc.PullReplyMaxBytes) {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-event-bytes %d: must be positive, at most %d (--max-request-bytes less room for the request around the event), and at most %d (a Pull reply)",
+			dc.MaxEventBytes, room, dc.PullReplyMaxBytes)}
 	}
 	return cfg, nil
 }

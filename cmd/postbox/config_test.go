@@ -119,6 +119,26 @@ func TestParseServeConfigServerIDGivenByFlag(t *testing.T) {
 	}
 }
 
+func TestParseServeConfigEventLimitFollowsARequestLimit(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{nil, 512 << 10},
+		{[]string{"--max-request-bytes", "262144"}, 262144 - 1024},
+		{[]string{"--max-request-bytes", "262144", "--max-event-bytes", "1000"}, 1000},
+	} {
+		cfg, err := parseServeConfig(tc.args, io.Discard, envOf(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Delivery.MaxEventBytes != tc.want {
+			t.Errorf("%q: MaxEventBytes = %d, want %d", tc.args, cfg.Delivery.MaxEventBytes, tc.want)
+		}
+	}
+}
+
 func TestParseServeConfigRefuses(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -139,6 +159,9 @@ func TestParseServeConfigRefuses(t *testing.T) {
 		{"bad protocol", []string{"--peer-protocol", "smtp"}, nil, "--peer-protocol"},
 		{"zero window", []string{"--auth-window", "0s"}, nil, "--auth-window"},
 		{"negative request limit", []string{"--max-request-bytes", "-1"}, nil, "--max-request-bytes"},
+		{"event limit over the request limit", []string{"--max-request-bytes", "1048576", "--max-event-bytes", "1048576"}, nil, "--max-event-bytes 1048576"},
+		{"event limit over a Pull reply", []string{"--max-request-bytes", "16777216", "--max-event-bytes", "4194304"}, nil, "a Pull reply"},
+		{"zero event limit", []string{"--max-event-bytes", "0"}, nil, "--max-event-bytes 0"},
 		{"negative push retries", []string{"--push-retries", "-1"}, nil, "--push-retries"},
 		{"zero pull interval from the environment", nil, map[string]string{"POSTBOX_PULL_INTERVAL": "0s"}, "--pull-interval"},
 	} {
