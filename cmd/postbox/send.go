@@ -34,7 +34,11 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}
 	var event syncv1.Event
 	if err := protojson.Unmarshal(body, &event); err != nil {
-		return exitError{code: 2, err: fmt.Errorf("the event is not a protocol.sync.v1.Event in JSON: %w", err)}
+		source := "--event"
+		if *eventFile != "" {
+			source = "--event-file " + *eventFile
+		}
+		return exitError{code: 2, err: fmt.Errorf("%s is not a protocol.sync.v1.Event in JSON: %w", source, err)}
 	}
 	res, err := a.client().Send(ctx, connect.NewRequest(&adminv1.SendRequest{To: *to, Event: &event}))
 	if err != nil {
