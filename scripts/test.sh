@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/check.sh
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
+echo "== go test tools/mutate"
+go -C tools test -count=1 ./mutate

@@ -1,0 +1,343 @@
+// Command mutate measures how well a package's tests notice wrong changes:
+// it applies one small change at a time to the package's code (a comparison
+// flipped, && for ||, a returned err made nil, a call deleted, a boolean
+// flipped, a +1 or -1 dropped, a ! dropped), runs the package's tests on
+// the changed code, and reports which changes no test noticed.
+//
+// The tree is never written: each mutant reaches the compiler through
+// `go test -overlay`, so mutants run side by side and an interrupted run
+// leaves nothing behind.
+//
+//	scripts/mutate.sh [-jobs N] [-min-score P] ./domain ./adapters/seqext
+//
+// Survivors that cannot change behaviour are listed, with the reason, in
+// equivalent.txt beside this file; they do not count against the score.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "mutate:", err)
+		var below errBelow
+		if errors.As(err, &below) {
+			os.Exit(1)
+		}
+		os.Exit(2)
+	}
+}
+
+type errBelow struct{ msg string }
+
+func (e errBelow) Error() string { return e.msg }
+
+type options struct {
+	jobs        int
+	minScore    float64
+	equivalents string
+	timeout     time.Duration
+	race        bool
+	verbose     bool
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("mutate", flag.ContinueOnError)
+	var o options
+	fs.IntVar(&o.jobs, "jobs", max(runtime.NumCPU(), 1), "mutants tested at once")
+	fs.Float64Var(&o.minScore, "min-score", 0, "fail (exit 1) when a package scores below this percentage")
+	fs.StringVar(&o.equivalents, "equivalents", filepath.Join("tools", "mutate", "equivalent.txt"), "the file of survivors known not to change behaviour")
+	fs.DurationVar(&o.timeout, "timeout", 0, "time one mutant's tests may take, compiling included (0: 3 times the package's own run, plus 30s)")
+	fs.BoolVar(&o.race, "race", false, "run the tests with the race detector (slower)")
+	fs.BoolVar(&o.verbose, "v", false, "print every mutant's outcome, not only the survivors")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return errors.New("name the packages to mutate, as directories: ./domain ./adapters/seqext")
+	}
+	equivalents, err := readEquivalents(o.equivalents)
+	if err != nil {
+		return err
+	}
+	var below []string
+	for _, dir := range fs.Args() {
+		res, err := mutatePackage(ctx, dir, o, equivalents, out)
+		if err != nil {
+			return fmt.Errorf("%s: %w", dir, err)
+		}
+		if o.minScore > 0 && res.score() < o.minScore {
+			below = append(below, fmt.Sprintf("%s scores %.1f%%, below %.1f%%", dir, res.score(), o.minScore))
+		}
+	}
+	if len(below) > 0 {
+		return errBelow{strings.Join(below, "; ")}
+	}
+	return nil
+}
+
+// outcome of one mutant.
+type outcome int
+
+const (
+	killed outcome = iota
+	survived
+	equivalent
+	timedOut
+	notCompiling
+)
+
+func (o outcome) String() string {
+	return [...]string{"killed", "SURVIVED", "equivalent", "timed out", "not compiling"}[o]
+}
+
+type result struct {
+	counts   [5]int
+	duration time.Duration
+}
+
+// score is the share of mutants the tests noticed, of those that compile
+// and are not equivalent; a mutant that makes the tests hang was noticed.
+func (r result) score() float64 {
+	noticed := r.counts[killed] + r.counts[timedOut]
+	total := noticed + r.counts[survived]
+	if total == 0 {
+		return 100
+	}
+	return 100 * float64(noticed) / float64(total)
+}
+
+func mutatePackage(ctx context.Context, dir string, o options, eq map[string]bool, out io.Writer) (result, error) {
+	start := time.Now()
+	pkg := "./" + filepath.ToSlash(filepath.Clean(dir))
+	files, err := sourceFiles(dir)
+	if err != nil {
+		return result{}, err
+	}
+	var all []mutant
+	sources := map[string][]byte{}
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			return result{}, err
+		}
+		sources[f] = src
+		ms, err := mutants(f, src)
+		if err != nil {
+			return result{}, err
+		}
+		all = append(all, ms...)
+	}
+	if len(all) == 0 {
+		return result{}, errors.New("no code to mutate")
+	}
+
+	work, err := os.MkdirTemp("", "mutate-")
+	if err != nil {
+		return result{}, err
+	}
+	defer os.RemoveAll(work)
+
+	// The package's own run, with its code recompiled (a comment added), is
+	// the yardstick for each mutant's time limit.
+	baseStart := time.Now()
+	baseSrc := append(bytes.Clone(sources[files[0]]), []byte("\n// mutate: baseline\n")...)
+	if ok, output, err := testWith(ctx, work, "base", pkg, files[0], baseSrc, 0, o.race); err != nil || !ok {
+		if err == nil {
+			err = fmt.Errorf("the package's tests fail without any mutation:\n%s", output)
+		}
+		return result{}, err
+	}
+	limit := o.timeout
+	if limit == 0 {
+		limit = 3*time.Since(baseStart) + 30*time.Second
+	}
+	fmt.Fprintf(out, "%s: %d mutants, %d at a time, each limited to %s\n", pkg, len(all), o.jobs, limit.Round(time.Second))
+
+	type done struct {
+		m   mutant
+		out outcome
+	}
+	jobs := make(chan int)
+	results := make(chan done)
+	var wg sync.WaitGroup
+	for w := range o.jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				m := all[i]
+				mutated, err := apply(&m, sources[m.File])
+				res := notCompiling
+				if err == nil {
+					ok, output, terr := testWith(ctx, work, fmt.Sprint("w", w), pkg, m.File, mutated, limit, o.race)
+					switch {
+					case errors.Is(terr, context.DeadlineExceeded):
+						res = timedOut
+					case terr != nil:
+						res = notCompiling
+					case ok:
+						res = survived
+						if eq[m.key(dir)] {
+							res = equivalent
+						}
+					case strings.Contains(output, "[build failed]") || strings.Contains(output, "[setup failed]"):
+						res = notCompiling
+					default:
+						res = killed
+					}
+				}
+				results <- done{m, res}
+			}
+		}()
+	}
+	go func() {
+		for i := range all {
+			jobs <- i
+		}
+		close(jobs)
+		wg.Wait()
+		close(results)
+	}()
+
+	var r result
+	var lines []string
+	for d := range results {
+		r.counts[d.out]++
+		if d.out == survived || o.verbose {
+			rel, _ := filepath.Rel(".", d.m.File)
+			lines = append(lines, fmt.Sprintf("%-13s %s:%d: %s\n              equivalent.txt key: %s", d.out, rel, d.m.Line, d.m.Mutated, d.m.key(dir)))
+		}
+	}
+	sort.Strings(lines)
+	for _, l := range lines {
+		fmt.Fprintln(out, l)
+	}
+	r.duration = time.Since(start)
+	fmt.Fprintf(out, "%s: score %.1f%%: %d killed, %d survived, %d equivalent, %d timed out, %d not compiling (%s)\n",
+		pkg, r.score(), r.counts[killed], r.counts[survived], r.counts[equivalent], r.counts[timedOut], r.counts[notCompiling],
+		r.duration.Round(time.Second))
+	return r, nil
+}
+
+// testWith runs pkg's tests with file replaced by src. ok is whether they
+// passed; err is set when they could not run (or ran out of time).
+func testWith(ctx context.Context, work, slot, pkg, file string, src []byte, limit time.Duration, race bool) (ok bool, output string, err error) {
+	dir := filepath.Join(work, slot)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return false, "", err
+	}
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return false, "", err
+	}
+	mutantPath := filepath.Join(dir, filepath.Base(file))
+	if err := os.WriteFile(mutantPath, src, 0o644); err != nil {
+		return false, "", err
+	}
+	overlay, err := json.Marshal(map[string]map[string]string{"Replace": {abs: mutantPath}})
+	if err != nil {
+		return false, "", err
+	}
+	overlayPath := filepath.Join(dir, "overlay.json")
+	if err := os.WriteFile(overlayPath, overlay, 0o644); err != nil {
+		return false, "", err
+	}
+	if limit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, limit)
+		defer cancel()
+	}
+	args := []string{"test", "-count=1", "-failfast", "-vet=off", "-overlay=" + overlayPath}
+	if race {
+		args = append(args, "-race")
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
+	cmd.WaitDelay = 5 * time.Second
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	runErr := cmd.Run()
+	if ctx.Err() != nil {
+		return false, buf.String(), ctx.Err()
+	}
+	var exit *exec.ExitError
+	if runErr != nil && !errors.As(runErr, &exit) {
+		return false, buf.String(), runErr
+	}
+	return runErr == nil, buf.String(), nil
+}
+
+// sourceFiles lists the package's own Go files: not tests, not generated.
+func sourceFiles(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() || !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		path := filepath.Join(dir, name)
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		if bytes.Contains(src, []byte("// Code generated")) {
+			continue
+		}
+		out = append(out, path)
+	}
+	return out, nil
+}
+
+// key names a mutant by what it changes, not by line, so the equivalents
+// file survives edits elsewhere in the file.
+func (m mutant) key(dir string) string {
+	return strings.Join([]string{filepath.ToSlash(filepath.Clean(dir)), m.Func, m.Kind, m.Original, m.Mutated}, "\t")
+}
+
+// readEquivalents reads lines of six tab-separated fields: dir, Func, kind,
+// original, mutated, reason (as the report prints them); # starts a
+// comment. A missing file lists nothing.
+func readEquivalents(path string) (map[string]bool, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]bool{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	out := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		parts := strings.Split(line, "\t")
+		if len(parts) != 6 || strings.TrimSpace(parts[5]) == "" {
+			return nil, fmt.Errorf("%s:%d: want six tab-separated fields: dir, Func, kind, original, mutated, reason", path, n)
+		}
+		out[strings.Join(parts[:5], "\t")] = true
+	}
+	return out, sc.Err()
+}

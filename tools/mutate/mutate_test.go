@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+)
+
+// The example package's tests leave its boundaries and one function
+// untested; the tool must say exactly which changes went unnoticed.
+func TestMutateReportsSurvivorsAndScores(t *testing.T) {
+	t.Chdir("testdata/example")
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"-jobs", "2", "-equivalents", "equivalent.txt", "-min-score", "50", "./calc"}, &out)
+	report := out.String()
+	var below errBelow
+	if !errors.As(err, &below) || !strings.Contains(err.Error(), "./calc scores 33.3%") {
+		t.Errorf("run = %v; want the package reported below 50%%", err)
+	}
+	for _, want := range []string{
+		"./calc: 5 mutants",
+		"SURVIVED      calc/calc.go:11: x >= hi",
+		"SURVIVED      calc/calc.go:25: x <= 0",
+		"./calc: score 33.3%: 1 killed, 2 survived, 1 equivalent, 0 timed out, 1 not compiling",
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q:\n%s", want, report)
+		}
+	}
+	if strings.Contains(report, "x <= lo") {
+		t.Errorf("the listed equivalent is reported as a survivor:\n%s", report)
+	}
+}
+
+func TestMutantsOfEachKind(t *testing.T) {
+	src := []byte(`package p
+
+func f(a, b bool, x int, g func()) (int, error) {
+	var err error
+	g()
+	if !a || b && x == 1 {
+		return x + 1, err
+	}
+	panic("never deleted")
+	return x - 1, nil
+}
+`)
+	ms, err := mutants("p.go", src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for i := range ms {
+		m := ms[i]
+		if _, err := apply(&m, src); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m.Kind+": "+m.Original+" => "+m.Mutated)
+	}
+	want := []string{
+		"call-deleted: g() => (deleted)",
+		"logical: !a || b && x == 1 => !a && (b && x == 1)", // the tree is kept: the printer adds the parentheses
+		"not-dropped: !a => a",
+		"logical: b && x == 1 => b || x == 1",
+		"comparison: x == 1 => x != 1",
+		"return-nil: return x + 1, err => return x + 1, nil",
+		"plus-minus-1: x + 1 => x",
+		"plus-minus-1: x - 1 => x",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("mutants:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestEquivalentsFileMustGiveReasons(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/eq.txt"
+	if err := writeFile(path, "calc\tClamp\tcomparison\tx < lo\tx <= lo\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readEquivalents(path); err == nil || !strings.Contains(err.Error(), "eq.txt:1") {
+		t.Errorf("an entry without a reason: %v; want an error naming the line", err)
+	}
+}
+
+func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o644) }
