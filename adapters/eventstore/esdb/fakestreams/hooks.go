@@ -15,11 +15,11 @@ import (
 
 // hooks are the faults tests ask for and what the test double saw.
 type hooks struct {
-	mu        sync.Mutex
-	timeouts  int
+	mu         sync.Mutex
+	timeouts   int
 	notLeaders int
-	leader    map[string][2]int
-	conns     atomic.Int64
+	leader     map[string][2]int
+	conns      atomic.Int64
 }
 
 // TimeoutAfterStore makes the next n appends store their events and then

@@ -28,7 +28,7 @@ func TestAppendSizeLimitByProfile(t *testing.T) {
 		{"24.10", []esdb.EventData{sized("T", 1<<19), sized("T", 1<<19)}, false},
 		{"24.10.4", []esdb.EventData{sized("T", 1<<19), sized("T", 1<<19)}, true},
 		{"25.1", []esdb.EventData{sized("T", 1<<19), sized("T", 1<<19-4)}, false},
-		{"22.10", []esdb.EventData{sized("T", 1<<20 + 1)}, true},
+		{"22.10", []esdb.EventData{sized("T", 1<<20+1)}, true},
 		// Far over the limit: the client is still sending when the server
 		// ends the call.
 		{"24.10", []esdb.EventData{sized("T", 1<<20), sized("T", 1<<20), sized("T", 1<<20)}, true},
