@@ -63,6 +63,11 @@ func isNotLeader(err error) bool {
 func unclear(err error) bool {
 	var ce *esdb.Error
 	if errors.As(err, &ce) {
+		if st, ok := status.FromError(ce.Err()); ok && ce.Err() != nil && st.Code() == codes.InvalidArgument {
+			// A refusal the server explained (a size limit, a bad
+			// request): the same request meets the same answer.
+			return false
+		}
 		switch ce.Code() {
 		case esdb.ErrorAborted, esdb.ErrorCodeDeadlineExceeded, esdb.ErrorUnavailable,
 			esdb.ErrorCodeNotLeader, esdb.ErrorCodeConnectionClosed, esdb.ErrorCodeUnknown:
@@ -94,6 +99,9 @@ func (v serverVersion) less(w serverVersion) bool {
 }
 
 func (v serverVersion) String() string { return fmt.Sprintf("%d.%d.%d", v.major, v.minor, v.patch) }
+
+// release is the version without its patch, as releases are named.
+func (v serverVersion) release() string { return fmt.Sprintf("%d.%d", v.major, v.minor) }
 
 func parseServerVersion(s string) (serverVersion, error) {
 	var v serverVersion
@@ -144,7 +152,7 @@ func (s *Store) checkServer(ctx context.Context) (serverVersion, error) {
 	defer cancel()
 	methods, err := serverfeatures.NewServerFeaturesClient(conn).GetSupportedMethods(ctx, &shared.Empty{})
 	if status.Code(err) == codes.Unimplemented {
-		return serverVersion{}, fmt.Errorf("%w: the server does not report its version (ServerFeatures, served from 21.10), so it is older than %s, which Postbox needs", errUnsupportedServer, minServer)
+		return serverVersion{}, fmt.Errorf("%w: the server does not report its version (ServerFeatures, served from 21.10), so it is older than %s, which Postbox needs", errUnsupportedServer, minServer.release())
 	}
 	if err != nil {
 		return serverVersion{}, fmt.Errorf("read the server version: %w", err)
@@ -154,7 +162,7 @@ func (s *Store) checkServer(ctx context.Context) (serverVersion, error) {
 		return serverVersion{}, err
 	}
 	if v.less(minServer) {
-		return v, fmt.Errorf("%w: the server runs %s; Postbox needs %s or later, the oldest version its adapter is built and tested against (older versions are past their end of life)", errUnsupportedServer, v, minServer)
+		return v, fmt.Errorf("%w: the server runs %s; Postbox needs %s or later, the oldest version its adapter is built and tested against (older versions are past their end of life)", errUnsupportedServer, v, minServer.release())
 	}
 	return v, nil
 }

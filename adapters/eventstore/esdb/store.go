@@ -122,6 +122,15 @@ func (s *Store) appendChunk(ctx context.Context, stream string, expected eventst
 	for attempt := 1; ; attempt++ {
 		var res eventstore.AppendResult
 		err := s.withRef(ctx, func(ref *clientRef) error {
+			if attempt > 1 && expected.IsAny() {
+				// With Any the server's only duplicate check is a cache
+				// that a restart or a leader change forgets: look first.
+				found, ok, err := s.findStored(ctx, ref, stream, data)
+				if err != nil || ok {
+					res = found
+					return err
+				}
+			}
 			var err error
 			res, err = s.appendOnce(ctx, ref, stream, expected, data)
 			return err
@@ -135,7 +144,12 @@ func (s *Store) appendChunk(ctx context.Context, stream string, expected eventst
 		if !unclear(err) || ctx.Err() != nil || s.isClosed() {
 			return eventstore.AppendResult{}, err
 		}
-		s.logger.Warn("append outcome unclear; retrying with the same event IDs", "stream", stream, "attempt", attempt, "err", err)
+		if errors.Is(err, io.EOF) {
+			s.logger.Warn("append cut short (EOF); retrying with the same event IDs. If this repeats, the server's MaxAppendSize may be below the append budget (maxAppendBytes)",
+				"stream", stream, "attempt", attempt, "max_append_bytes", s.maxAppendBytes, "err", err)
+		} else {
+			s.logger.Warn("append outcome unclear; retrying with the same event IDs", "stream", stream, "attempt", attempt, "err", err)
+		}
 		if wait.next >= appendRetryMax {
 			wait.next = appendRetryMax / 2
 		}
@@ -144,6 +158,37 @@ func (s *Store) appendChunk(ctx context.Context, stream string, expected eventst
 			return eventstore.AppendResult{}, fmt.Errorf("%w (last attempt: %w)", err, lastErr)
 		}
 	}
+}
+
+// storedScan bounds how far back from a stream's end findStored looks.
+const storedScan = 1024
+
+// findStored reports whether data already sits in the stream, among its
+// last storedScan events, and where. Only part of it there is a conflict.
+func (s *Store) findStored(ctx context.Context, ref *clientRef, stream string, data []esdb.EventData) (eventstore.AppendResult, bool, error) {
+	tail, err := s.readStream(ctx, ref, stream, esdb.Backwards, esdb.End{}, storedScan)
+	if errors.Is(err, eventstore.ErrStreamNotFound) {
+		return eventstore.AppendResult{}, false, nil
+	}
+	if err != nil {
+		return eventstore.AppendResult{}, false, err
+	}
+	for i := len(tail) - 1; i >= 0; i-- {
+		if tail[i].ID != eventstore.EventID(data[0].EventID) {
+			continue
+		}
+		// tail is newest first: the chunk runs from i down to i-len+1.
+		for j := range data {
+			if i-j < 0 || tail[i-j].ID != eventstore.EventID(data[j].EventID) {
+				return eventstore.AppendResult{}, false, &eventstore.WrongExpectedRevisionError{
+					Stream: stream, Expected: eventstore.Any(), Actual: tail[0].Revision, StreamExists: true,
+				}
+			}
+		}
+		last := tail[i-len(data)+1]
+		return eventstore.AppendResult{NextExpectedRevision: last.Revision, Position: last.Position}, true, nil
+	}
+	return eventstore.AppendResult{}, false, nil
 }
 
 // appendOnce makes one attempt at an append.

@@ -192,6 +192,7 @@ func (s *Server) Stop() {
 func (s *Server) Restart() error {
 	s.Stop()
 	s.log.forgetRecent()
+	s.hooks.down.Store(false)
 	var lis net.Listener
 	var err error
 	// The port was just released; retry briefly in case the kernel still

@@ -20,6 +20,10 @@ type hooks struct {
 	notLeaders int
 	leader     map[string][2]int
 	conns      atomic.Int64
+	// crash: the next timed-out append takes the server down.
+	crash bool
+	// down refuses every call until Restart.
+	down atomic.Bool
 }
 
 // TimeoutAfterStore makes the next n appends store their events and then
@@ -29,6 +33,17 @@ func (s *Server) TimeoutAfterStore(n int) {
 	s.hooks.mu.Lock()
 	defer s.hooks.mu.Unlock()
 	s.hooks.timeouts = n
+}
+
+// TimeoutThenStop makes the next append store its events, answer the
+// commit timeout as TimeoutAfterStore does, and take the server down as a
+// crash would: every later call is refused as unavailable until Restart,
+// so a client's retry can only arrive after the restart.
+func (s *Server) TimeoutThenStop() {
+	s.hooks.mu.Lock()
+	defer s.hooks.mu.Unlock()
+	s.hooks.timeouts = 1
+	s.hooks.crash = true
 }
 
 // NotLeader makes the next n appends or reads that carry the
@@ -55,6 +70,8 @@ func (s *Server) RequiresLeader(kind string) (with, without int) {
 // Connections returns how many connections the test double has accepted.
 func (s *Server) Connections() int { return int(s.hooks.conns.Load()) }
 
+// takeTimeout reports whether this append answers a timeout; it takes the
+// server down if TimeoutThenStop asked for it.
 func (h *hooks) takeTimeout() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -62,7 +79,22 @@ func (h *hooks) takeTimeout() bool {
 		return false
 	}
 	h.timeouts--
+	if h.crash {
+		h.crash = false
+		h.down.Store(true)
+	}
 	return true
+}
+
+// Down reports whether the server is down after TimeoutThenStop.
+func (s *Server) Down() bool { return s.hooks.down.Load() }
+
+// unavailable refuses calls while the server is down.
+func (h *hooks) unavailable() error {
+	if h.down.Load() {
+		return status.Error(codes.Unavailable, "the test double is down")
+	}
+	return nil
 }
 
 func requiresLeader(ctx context.Context) bool {
@@ -72,6 +104,9 @@ func requiresLeader(ctx context.Context) bool {
 }
 
 func (h *hooks) sawCall(kind string, ctx context.Context) {
+	if h.down.Load() {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.leader == nil {

@@ -97,6 +97,9 @@ func uuidFromProto(id *shared.UUID) ([16]byte, error) {
 }
 
 func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
+	if err := s.hooks.unavailable(); err != nil {
+		return err
+	}
 	s.hooks.sawCall("append", srv.Context())
 	if err := s.hooks.notLeader(srv.Context(), s.addr); err != nil {
 		return err
@@ -287,6 +290,9 @@ func (s *streamsService) Read(req *streams.ReadReq, srv streams.Streams_ReadServ
 	}
 	stringIDs := opts.GetUuidOption().GetString_() != nil
 	_, subscribe := opts.GetCountOption().(*streams.ReadReq_Options_Subscription)
+	if err := s.hooks.unavailable(); err != nil {
+		return err
+	}
 	if subscribe {
 		s.hooks.sawCall("subscribe", srv.Context())
 	} else {
