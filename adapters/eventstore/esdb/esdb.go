@@ -29,7 +29,23 @@
 //     old one once its calls are over, or after retireGrace, which releases
 //     stuck calls with an error;
 //   - the client's discovery ignores contexts: a call may overrun its
-//     context while the client looks for the server.
+//     context while the client looks for the server;
+//   - the client never says which server version it found: Open asks
+//     ServerFeatures itself and refuses versions before 22.10;
+//   - servers refuse appends over MaxAppendSize and the client then sees
+//     only EOF: appends are split by a byte budget (see Append);
+//   - timeouts answer while the write may still land, and the client
+//     applies a 10 s deadline of its own: calls take the caller's
+//     deadline, and unclear appends are retried with the same event IDs;
+//   - the client's RequiresLeader option never reaches the server: the
+//     adapter sends the header itself on appends and reads, and retries
+//     a NotLeader answer on the leader the client moves to;
+//   - the client reports a missing stream and a gRPC NotFound status
+//     (also a follower's answer) with the same code: only the former is
+//     eventstore.ErrStreamNotFound;
+//   - a $all subscription from a position that is not a record's skips
+//     an event (up to 23.10) or fails (from 24.2): subscriptions start
+//     only from event positions.
 //
 // Events are written as JSON (Postbox writes protojson), so that the
 // server's UI and projections can read them. Delete is a tombstone; the
