@@ -41,13 +41,24 @@ func watchAll(t *testing.T, n *e2eNode) []uint64 {
 // each on its own in-process test double of the EventStoreDB gRPC API (the
 // real client library talks to it; no EventStoreDB server is involved),
 // through a push, a queue-mode episode and a startup pull, then audits one
-// of them with --store.
+// of them with --store; once per server version the test double models
+// and the adapter supports.
 func TestServeOnEventStoreDBProtocol(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
 	t.Parallel()
-	storeA, storeB := fakestreams.Start(t), fakestreams.Start(t)
+	for _, profile := range []string{"22.10", "23.10", "24.10", "24.10.4", "25.1"} {
+		t.Run(profile, func(t *testing.T) {
+			t.Parallel()
+			serveOnEventStoreDBProtocol(t, profile)
+		})
+	}
+}
+
+func serveOnEventStoreDBProtocol(t *testing.T, profile string) {
+	storeA := fakestreams.StartServer(t, fakestreams.Options{Profile: profile}).ConnString()
+	storeB := fakestreams.StartServer(t, fakestreams.Options{Profile: profile}).ConnString()
 	a := newE2ENode(t, "A", "", "--store", storeA, "--push-retries", "1", "--resume-probe=false")
 	b := newE2ENode(t, "B", "", "--store", storeB)
 	a.start()

@@ -125,13 +125,49 @@ var errUnsupportedServer = errors.New("unsupported server version")
 
 // checkServer reads the server's version through ServerFeatures, as the
 // client does at connect but does not tell, and refuses versions the
-// adapter does not support. It dials the node of the connection string
-// (or its first gossip seed) itself.
+// adapter does not support. It dials the node of the connection string,
+// or each gossip seed in turn until one answers, itself.
 func (s *Store) checkServer(ctx context.Context) (serverVersion, error) {
-	target := s.conf.Address
-	if target == "" && len(s.conf.GossipSeeds) > 0 {
-		target = s.conf.GossipSeeds[0].String()
+	targets := []string{s.conf.Address}
+	if s.conf.Address == "" {
+		targets = targets[:0]
+		for _, seed := range s.conf.GossipSeeds {
+			targets = append(targets, seed.String())
+		}
 	}
+	var last error
+	for _, target := range targets {
+		raw, err := s.readVersion(ctx, target)
+		if err != nil {
+			last = err
+			continue
+		}
+		return checkVersion(raw)
+	}
+	if last == nil {
+		last = errors.New("no node address in the connection string")
+	}
+	return serverVersion{}, last
+}
+
+// checkVersion parses a reported version and refuses unsupported ones.
+func checkVersion(raw *string) (serverVersion, error) {
+	if raw == nil {
+		return serverVersion{}, fmt.Errorf("%w: the server does not report its version (ServerFeatures, served from 21.10), so it is older than %s, which Postbox needs", errUnsupportedServer, minServer.release())
+	}
+	v, err := parseServerVersion(*raw)
+	if err != nil {
+		return serverVersion{}, err
+	}
+	if v.less(minServer) {
+		return v, fmt.Errorf("%w: the server runs %s; Postbox needs %s or later, the oldest version its adapter is built and tested against (older versions are past their end of life)", errUnsupportedServer, v, minServer.release())
+	}
+	return v, nil
+}
+
+// readVersion asks one node for its version; nil if it has no
+// ServerFeatures service.
+func (s *Store) readVersion(ctx context.Context, target string) (*string, error) {
 	creds := insecure.NewCredentials()
 	if !s.conf.DisableTLS {
 		creds = credentials.NewTLS(&tls.Config{
@@ -145,24 +181,18 @@ func (s *Store) checkServer(ctx context.Context) (serverVersion, error) {
 	}
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
 	if err != nil {
-		return serverVersion{}, fmt.Errorf("dial %s for its version: %w", target, err)
+		return nil, fmt.Errorf("dial %s for its version: %w", target, err)
 	}
 	defer func() { _ = conn.Close() }()
 	ctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
 	defer cancel()
 	methods, err := serverfeatures.NewServerFeaturesClient(conn).GetSupportedMethods(ctx, &shared.Empty{})
 	if status.Code(err) == codes.Unimplemented {
-		return serverVersion{}, fmt.Errorf("%w: the server does not report its version (ServerFeatures, served from 21.10), so it is older than %s, which Postbox needs", errUnsupportedServer, minServer.release())
+		return nil, nil
 	}
 	if err != nil {
-		return serverVersion{}, fmt.Errorf("read the server version: %w", err)
+		return nil, fmt.Errorf("read the version of %s: %w", target, err)
 	}
-	v, err := parseServerVersion(methods.GetEventStoreServerVersion())
-	if err != nil {
-		return serverVersion{}, err
-	}
-	if v.less(minServer) {
-		return v, fmt.Errorf("%w: the server runs %s; Postbox needs %s or later, the oldest version its adapter is built and tested against (older versions are past their end of life)", errUnsupportedServer, v, minServer.release())
-	}
-	return v, nil
+	v := methods.GetEventStoreServerVersion()
+	return &v, nil
 }

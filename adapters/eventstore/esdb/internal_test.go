@@ -120,3 +120,17 @@ func TestTakeAppendBudget(t *testing.T) {
 		t.Errorf("%q %d", conn, n)
 	}
 }
+
+func TestCheckVersion(t *testing.T) {
+	if _, err := checkVersion(nil); !errors.Is(err, errUnsupportedServer) || !strings.Contains(err.Error(), "does not report its version") {
+		t.Errorf("no ServerFeatures: %v", err)
+	}
+	old := "21.10.9"
+	if _, err := checkVersion(&old); !errors.Is(err, errUnsupportedServer) || !strings.Contains(err.Error(), "21.10.9") {
+		t.Errorf("21.10: %v", err)
+	}
+	cur := "25.1.0"
+	if v, err := checkVersion(&cur); err != nil || v != (serverVersion{25, 1, 0}) {
+		t.Errorf("25.1: %v, %v", v, err)
+	}
+}
