@@ -233,11 +233,13 @@ func TestServerFeaturesAndCaughtUpByProfile(t *testing.T) {
 		}
 		srv := fakestreams.StartServer(t, fakestreams.Options{Profile: name})
 		c := newClient(t, srv)
-		sub, err := c.SubscribeToAll(ctxT(t), esdb.SubscribeToAllOptions{From: esdb.Start{}})
-		if err != nil {
+		// History A, then live B: a caught-up message, if any, comes
+		// between them.
+		if _, err := c.AppendToStream(ctxT(t), "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.Any{}}, ev("A")); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.AppendToStream(ctxT(t), "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.Any{}}, ev("A")); err != nil {
+		sub, err := c.SubscribeToAll(ctxT(t), esdb.SubscribeToAllOptions{From: esdb.Start{}})
+		if err != nil {
 			t.Fatal(err)
 		}
 		caughtUp := false
@@ -246,7 +248,15 @@ func TestServerFeaturesAndCaughtUpByProfile(t *testing.T) {
 			if e.CaughtUp != nil {
 				caughtUp = true
 			}
-			if e.EventAppeared != nil || e.SubscriptionDropped != nil {
+			if e.SubscriptionDropped != nil {
+				t.Fatal(e.SubscriptionDropped.Error)
+			}
+			if e.EventAppeared != nil && e.EventAppeared.Event.EventType == "A" {
+				if _, err := c.AppendToStream(ctxT(t), "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.Any{}}, ev("B")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if e.EventAppeared != nil && e.EventAppeared.Event.EventType == "B" {
 				break
 			}
 		}
