@@ -44,6 +44,9 @@ const DefaultMaxAppendSize = 1 << 20
 const DefaultProfile = "24.10"
 
 var profiles = []Profile{
+	// 20.10 is modelled only to be refused by the adapter. It reports its
+	// version here so that the refusal can name it; a real 20.10 may not
+	// serve ServerFeatures at all, which the adapter refuses as well.
 	{Name: "20.10", Version: "20.10.5"},
 	{Name: "22.10", Version: "22.10.4"},
 	{Name: "23.10", Version: "23.10.2", CaughtUp: true},
