@@ -180,6 +180,10 @@ var (
 	ErrStreamNotFound        = errors.New("stream not found")
 	ErrStreamDeleted         = errors.New("stream deleted")
 	ErrClosed                = errors.New("event store closed")
+	// ErrEventTooLarge: one event is larger than the store can take in an
+	// append; retrying cannot help, so callers store something smaller
+	// (a bounded marker) and report it. Nothing of the append was written.
+	ErrEventTooLarge = errors.New("event too large for the store")
 )
 
 // WrongExpectedRevisionError details a conflict; it matches

@@ -34,22 +34,23 @@ func harness(conn string) storetest.Harness {
 	}
 }
 
+// supportedProfiles are the stand-in's server versions the adapter works
+// with; every other profile must be refused at Open.
+var supportedProfiles = []string{"22.10", "23.10", "24.10", "24.10.4", "25.1"}
+
 // TestConformanceWithTestDouble runs the store conformance suite through the
 // real client against fakestreams, the in-process test double of the gRPC
-// streams API. It is not EventStoreDB; see TestConformanceWithRealServer.
+// streams API, once per modelled server version the adapter supports. It is
+// not a real server; see TestConformanceWithRealServer.
 func TestConformanceWithTestDouble(t *testing.T) {
-	t.Log("conformance suite: adapter and real client against the in-process test double (fakestreams), not a real server")
-	srv := fakestreams.StartServer(t, fakestreams.Options{})
-	storetest.Run(t, harness(srv.ConnString()))
-}
-
-// TestConformanceWithTestDoubleOfOldServer runs the suite against the test
-// double acting as a server before 23.10, which sends no caught-up message,
-// so that the adapter's own caught-up detection carries the suite.
-func TestConformanceWithTestDoubleOfOldServer(t *testing.T) {
-	t.Log("conformance suite: adapter and real client against the in-process test double (fakestreams) acting as a server before 23.10 (no caught-up messages), not a real server")
-	srv := fakestreams.StartServer(t, fakestreams.Options{ServerVersion: "22.10.0", NoCaughtUp: true})
-	storetest.Run(t, harness(srv.ConnString()))
+	for _, profile := range supportedProfiles {
+		t.Run(profile, func(t *testing.T) {
+			t.Parallel()
+			t.Logf("conformance suite: adapter and real client against the in-process test double (fakestreams) modelling server version %s, not a real server", profile)
+			srv := fakestreams.StartServer(t, fakestreams.Options{Profile: profile})
+			storetest.Run(t, harness(srv.ConnString()))
+		})
+	}
 }
 
 // TestConformanceWithRealServer runs the suite against the EventStoreDB

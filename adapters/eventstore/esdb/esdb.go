@@ -29,7 +29,23 @@
 //     old one once its calls are over, or after retireGrace, which releases
 //     stuck calls with an error;
 //   - the client's discovery ignores contexts: a call may overrun its
-//     context while the client looks for the server.
+//     context while the client looks for the server;
+//   - the client never says which server version it found: Open asks
+//     ServerFeatures itself and refuses versions before 22.10;
+//   - servers refuse appends over MaxAppendSize and the client then sees
+//     only EOF: appends are split by a byte budget (see Append);
+//   - timeouts answer while the write may still land, and the client
+//     applies a 10 s deadline of its own: calls take the caller's
+//     deadline, and unclear appends are retried with the same event IDs;
+//   - the client's RequiresLeader option never reaches the server: the
+//     adapter sends the header itself on appends and reads, and retries
+//     a NotLeader answer on the leader the client moves to;
+//   - the client reports a missing stream and a gRPC NotFound status
+//     (also a follower's answer) with the same code: only the former is
+//     eventstore.ErrStreamNotFound;
+//   - a $all subscription from a position that is not a record's skips
+//     an event (up to 23.10) or fails (from 24.2): subscriptions start
+//     only from event positions.
 //
 // Events are written as JSON (Postbox writes protojson), so that the
 // server's UI and projections can read them. Delete is a tombstone; the
@@ -45,6 +61,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,6 +75,10 @@ import (
 type Store struct {
 	logger *slog.Logger
 	conf   esdb.Configuration
+	// maxAppendBytes is the append budget: appends larger by the
+	// strictest count are split.
+	maxAppendBytes int
+	version        serverVersion
 
 	// ctx ends on Close, ending every call and subscription under way.
 	ctx    context.Context
@@ -86,13 +108,33 @@ const retireGrace = 5 * time.Second
 
 var _ eventstore.Store = (*Store)(nil)
 
-// Open connects to EventStoreDB at connString and checks that it answers,
-// by reading the head of $all. A nil logger discards logs.
-func Open(ctx context.Context, connString string, logger *slog.Logger) (*Store, error) {
+// Option adjusts a Store.
+type Option func(*Store)
+
+// WithMaxAppendBytes sets the append budget (DefaultMaxAppendBytes when
+// not set or not positive). It must not exceed the server's MaxAppendSize.
+func WithMaxAppendBytes(n int) Option {
+	return func(s *Store) {
+		if n > 0 {
+			s.maxAppendBytes = n
+		}
+	}
+}
+
+// Open connects to EventStoreDB at connString, checks the server's version
+// and that it answers, by reading the head of $all. A nil logger discards
+// logs. Besides the client's settings, the connection string may carry
+// maxAppendBytes=N, the append budget (see WithMaxAppendBytes), which
+// options override.
+func Open(ctx context.Context, connString string, logger *slog.Logger, opts ...Option) (*Store, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "esdb")
+	connString, budget, err := takeAppendBudget(connString)
+	if err != nil {
+		return nil, fmt.Errorf("esdb: parse connection string: %w", err)
+	}
 	conf, err := esdb.ParseConnectionString(connString)
 	if err != nil {
 		return nil, fmt.Errorf("esdb: parse connection string: %w", redactURLError(err))
@@ -106,7 +148,16 @@ func Open(ctx context.Context, connString string, logger *slog.Logger) (*Store, 
 		logger.Info("connecting to a cluster through gossip")
 	}
 
-	s := &Store{logger: logger, conf: *conf}
+	s := &Store{logger: logger, conf: *conf, maxAppendBytes: DefaultMaxAppendBytes}
+	WithMaxAppendBytes(budget)(s)
+	for _, o := range opts {
+		o(s)
+	}
+	s.version, err = s.checkServer(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("esdb: connect: %w", err)
+	}
+	logger.Info("connected", "server_version", s.version.String(), "max_append_bytes", s.maxAppendBytes)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	client, err := esdb.NewClient(s.newConf())
 	if err != nil {
@@ -139,7 +190,7 @@ func (s *Store) ping(ctx context.Context) error {
 	result := make(chan error, 1)
 	go func() {
 		defer s.release(ref)
-		_, err := s.readAllBackward(ctx, ref, esdb.End{}, 1)
+		_, err := s.readAllBackward(leaderOnly(ctx), ref, esdb.End{}, 1)
 		result <- err
 	}()
 	select {
@@ -190,20 +241,6 @@ func (s *Store) track() (func(), error) {
 	}
 	s.calls.Add(1)
 	return s.calls.Done, nil
-}
-
-// begin starts a call: a context that also ends on Close, the client to
-// use and a func to call when the call is over.
-func (s *Store) begin(ctx context.Context) (context.Context, *clientRef, func(), error) {
-	ref, err := s.acquire()
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	ctx, cancel := s.bind(ctx)
-	return ctx, ref, func() {
-		cancel()
-		s.release(ref)
-	}, nil
 }
 
 func (s *Store) isClosed() bool {
@@ -288,6 +325,33 @@ type clientPanicError struct {
 }
 
 func (e clientPanicError) Error() string { return fmt.Sprintf("esdb client panicked: %v", e.value) }
+
+// takeAppendBudget removes the maxAppendBytes setting, which the client
+// does not know, from a connection string and returns it (0 if absent).
+func takeAppendBudget(connString string) (string, int, error) {
+	base, query, ok := strings.Cut(connString, "?")
+	if !ok {
+		return connString, 0, nil
+	}
+	var kept []string
+	budget := 0
+	for _, kv := range strings.Split(query, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		if !strings.EqualFold(k, "maxAppendBytes") {
+			kept = append(kept, kv)
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return "", 0, fmt.Errorf("maxAppendBytes=%q: want a positive number of bytes", v)
+		}
+		budget = n
+	}
+	if len(kept) == 0 {
+		return base, budget, nil
+	}
+	return base + "?" + strings.Join(kept, "&"), budget, nil
+}
 
 // redactURLError drops the connection string, which may hold a password,
 // from a parse error.

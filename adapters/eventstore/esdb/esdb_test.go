@@ -180,7 +180,7 @@ func TestSubscribeCaughtUp(t *testing.T) {
 		opts fakestreams.Options
 	}{
 		{"server sends caught-up", fakestreams.Options{}},
-		{"server before 23.10 sends none", fakestreams.Options{ServerVersion: "22.10.0", NoCaughtUp: true}},
+		{"server before 23.10 sends none", fakestreams.Options{Profile: "22.10"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			store, _ := openFake(t, tc.opts)
@@ -214,7 +214,7 @@ func TestSubscribeCaughtUp(t *testing.T) {
 }
 
 func TestSubscribeEmptyAndAfter(t *testing.T) {
-	store, _ := openFake(t, fakestreams.Options{NoCaughtUp: true})
+	store, _ := openFake(t, fakestreams.Options{Profile: "22.10"})
 	empty := subscribe(t, store, eventstore.Filter{StreamPrefix: "Postbox-"}, eventstore.FromStart())
 	if got := describe(recv(t, empty)); got != "caught-up" {
 		t.Fatalf("empty store: first item %q", got)

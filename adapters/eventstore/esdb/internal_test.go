@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -76,5 +77,60 @@ func TestClientLoggerLevels(t *testing.T) {
 	}
 	if !strings.Contains(lines[3], "discovery attempt 1/10") {
 		t.Errorf("message not formatted: %q", lines[3])
+	}
+}
+
+// The caller's deadline, not the client's 10 s default, bounds a call; a
+// caller without one gets DefaultCallTimeout.
+func TestCallDeadline(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if d := *callDeadline(ctx); d < 59*time.Second || d > time.Minute {
+		t.Errorf("deadline with a minute left: %v", d)
+	}
+	if d := *callDeadline(context.Background()); d != DefaultCallTimeout {
+		t.Errorf("deadline without one: %v", d)
+	}
+}
+
+func TestParseServerVersion(t *testing.T) {
+	for in, want := range map[string]serverVersion{"24.10.4": {24, 10, 4}, "22.10": {22, 10, 0}, "25.1.0.1": {25, 1, 0}} {
+		got, err := parseServerVersion(in)
+		if err != nil || got != want {
+			t.Errorf("%q: %v, %v", in, got, err)
+		}
+	}
+	if _, err := parseServerVersion("x"); err == nil {
+		t.Error("accepted x")
+	}
+	if !(serverVersion{20, 10, 5}).less(minServer) || (serverVersion{22, 10, 0}).less(minServer) {
+		t.Error("minimum version")
+	}
+}
+
+func TestTakeAppendBudget(t *testing.T) {
+	conn, n, err := takeAppendBudget("esdb://h:2113?tls=false&maxAppendBytes=500&x=1")
+	if err != nil || n != 500 || conn != "esdb://h:2113?tls=false&x=1" {
+		t.Errorf("%q %d %v", conn, n, err)
+	}
+	if _, _, err := takeAppendBudget("esdb://h:2113?maxAppendBytes=-1"); err == nil {
+		t.Error("accepted a negative budget")
+	}
+	if conn, n, _ := takeAppendBudget("esdb://h:2113?maxappendbytes=7"); n != 7 || conn != "esdb://h:2113" {
+		t.Errorf("%q %d", conn, n)
+	}
+}
+
+func TestCheckVersion(t *testing.T) {
+	if _, err := checkVersion(nil); !errors.Is(err, errUnsupportedServer) || !strings.Contains(err.Error(), "does not report its version") {
+		t.Errorf("no ServerFeatures: %v", err)
+	}
+	old := "21.10.9"
+	if _, err := checkVersion(&old); !errors.Is(err, errUnsupportedServer) || !strings.Contains(err.Error(), "21.10.9") {
+		t.Errorf("21.10: %v", err)
+	}
+	cur := "25.1.0"
+	if v, err := checkVersion(&cur); err != nil || v != (serverVersion{25, 1, 0}) {
+		t.Errorf("25.1: %v, %v", v, err)
 	}
 }

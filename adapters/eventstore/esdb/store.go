@@ -8,6 +8,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
@@ -17,27 +18,55 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 )
 
+// DefaultMaxAppendBytes is the default append budget: under the 1 MiB
+// that every server version refuses by default (MaxAppendSize), by the
+// strictest count, 24.10.4's: data + metadata + twice the type length.
+const DefaultMaxAppendBytes = 1_000_000
+
+// eventCost is what the strictest server counts of an event towards its
+// append limits. The adapter writes no event metadata.
+func eventCost(e eventstore.EventData) int { return len(e.Data) + 2*len(e.Type) }
+
 // Append writes events to stream if it is at the expected revision.
+//
+// The server refuses an append over its MaxAppendSize (the v4 client sees
+// only EOF), so events over the budget are written in consecutive appends,
+// each at the exact revision the previous one left: the first chunk at
+// expected, the rest at exact revisions. One event over the budget is
+// refused with eventstore.ErrEventTooLarge before anything is written. A
+// chunk whose outcome is unclear (a timeout, a lost connection, a
+// follower) is retried with the same event IDs and expected revision, which
+// the server recognises if the first try landed, until it is stored or ctx
+// ends. If a later chunk fails for good, the earlier ones stay written.
 func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
-	ctx, ref, done, err := s.begin(ctx)
-	if err != nil {
-		return eventstore.AppendResult{}, fmt.Errorf("esdb: append to %q: %w", stream, err)
+	if s.isClosed() {
+		return eventstore.AppendResult{}, fmt.Errorf("esdb: append to %q: %w", stream, eventstore.ErrClosed)
 	}
-	defer done()
+	ctx, cancel := s.bind(ctx)
+	defer cancel()
 	if len(events) == 0 {
 		// The client reports a made-up revision for an empty append, so
 		// check the expectation against the stream's head instead.
-		res, err := s.checkExpected(ctx, ref, stream, expected)
+		var res eventstore.AppendResult
+		err := s.withRef(ctx, func(ref *clientRef) (err error) {
+			res, err = s.checkExpected(ctx, ref, stream, expected)
+			return err
+		})
 		if err != nil {
 			return eventstore.AppendResult{}, fmt.Errorf("esdb: append to %q: %w", stream, err)
 		}
 		return res, nil
 	}
-
+	for _, e := range events {
+		if c := eventCost(e); c > s.maxAppendBytes {
+			return eventstore.AppendResult{}, fmt.Errorf("esdb: append to %q: event %s of type %q counts %d bytes, over the append budget of %d: %w",
+				stream, e.ID, e.Type, c, s.maxAppendBytes, eventstore.ErrEventTooLarge)
+		}
+	}
 	data := make([]esdb.EventData, len(events))
 	for i, e := range events {
 		data[i] = esdb.EventData{
-			EventID: uuid.UUID(e.ID),
+			EventID: eventID(stream, expected, i, e.ID),
 			// Postbox writes protojson bodies; JSON lets the server's UI and
 			// projections read them.
 			ContentType: esdb.ContentTypeJson,
@@ -45,27 +74,166 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 			Data:        e.Data,
 		}
 	}
+	var res eventstore.AppendResult
+	stored := 0
+	for stored < len(events) {
+		n, size := 0, 0
+		for stored+n < len(events) && size+eventCost(events[stored+n]) <= s.maxAppendBytes {
+			size += eventCost(events[stored+n])
+			n++
+		}
+		var err error
+		res, err = s.appendChunk(ctx, stream, expected, data[stored:stored+n])
+		if err != nil {
+			if stored > 0 {
+				return eventstore.AppendResult{}, fmt.Errorf("esdb: append to %q: %d of %d events stored, then: %w", stream, stored, len(events), err)
+			}
+			return eventstore.AppendResult{}, fmt.Errorf("esdb: append to %q: %w", stream, err)
+		}
+		stored += n
+		expected = eventstore.Exact(res.NextExpectedRevision)
+	}
+	return res, nil
+}
+
+// eventID is the ID an event is written with: the caller's, or, for an
+// event without one, one derived from where it goes, so that a retry
+// carries the same.
+func eventID(stream string, expected eventstore.ExpectedRevision, i int, id eventstore.EventID) uuid.UUID {
+	if id != (eventstore.EventID{}) {
+		return uuid.UUID(id)
+	}
+	if rev, ok := expected.Revision(); ok {
+		return uuid.NewSHA1(uuid.NameSpaceOID, fmt.Appendf(nil, "postbox-esdb\x00%s\x00%d", stream, rev+1+uint64(i)))
+	}
+	if expected.IsNoStream() {
+		return uuid.NewSHA1(uuid.NameSpaceOID, fmt.Appendf(nil, "postbox-esdb\x00%s\x00%d", stream, i))
+	}
+	return uuid.New()
+}
+
+// appendRetryMax bounds the wait between retries of an unclear append.
+const appendRetryMax = 2 * time.Second
+
+// appendChunk writes one append the server accepts, retrying unclear
+// outcomes until it is stored or ctx ends.
+func (s *Store) appendChunk(ctx context.Context, stream string, expected eventstore.ExpectedRevision, data []esdb.EventData) (eventstore.AppendResult, error) {
+	wait := backoff{}
+	for attempt := 1; ; attempt++ {
+		var res eventstore.AppendResult
+		err := s.withRef(ctx, func(ref *clientRef) error {
+			if attempt > 1 && expected.IsAny() {
+				// With Any the server's only duplicate check is a cache
+				// that a restart or a leader change forgets: look first.
+				found, ok, err := s.findStored(ctx, ref, stream, data)
+				if err != nil || ok {
+					res = found
+					return err
+				}
+			}
+			var err error
+			res, err = s.appendOnce(ctx, ref, stream, expected, data)
+			return err
+		})
+		if err == nil {
+			if attempt > 1 {
+				s.logger.Info("append stored after a retry", "stream", stream, "attempts", attempt)
+			}
+			return res, nil
+		}
+		if !unclear(err) || ctx.Err() != nil || s.isClosed() {
+			return eventstore.AppendResult{}, err
+		}
+		if errors.Is(err, io.EOF) {
+			s.logger.Warn("append cut short (EOF); retrying with the same event IDs. If this repeats, the server's MaxAppendSize may be below the append budget (maxAppendBytes)",
+				"stream", stream, "attempt", attempt, "max_append_bytes", s.maxAppendBytes, "err", err)
+		} else {
+			s.logger.Warn("append outcome unclear; retrying with the same event IDs", "stream", stream, "attempt", attempt, "err", err)
+		}
+		if wait.next >= appendRetryMax {
+			wait.next = appendRetryMax / 2
+		}
+		lastErr := err
+		if err := wait.wait(ctx); err != nil {
+			return eventstore.AppendResult{}, fmt.Errorf("%w (last attempt: %w)", err, lastErr)
+		}
+	}
+}
+
+// storedScan bounds how far back from a stream's end findStored looks.
+const storedScan = 1024
+
+// findStored reports whether data already sits in the stream, among its
+// last storedScan events, and where. Only part of it there is a conflict.
+func (s *Store) findStored(ctx context.Context, ref *clientRef, stream string, data []esdb.EventData) (eventstore.AppendResult, bool, error) {
+	tail, err := s.readStream(ctx, ref, stream, esdb.Backwards, esdb.End{}, storedScan)
+	if errors.Is(err, eventstore.ErrStreamNotFound) {
+		return eventstore.AppendResult{}, false, nil
+	}
+	if err != nil {
+		return eventstore.AppendResult{}, false, err
+	}
+	for i := len(tail) - 1; i >= 0; i-- {
+		if tail[i].ID != eventstore.EventID(data[0].EventID) {
+			continue
+		}
+		// tail is newest first: the chunk runs from i down to i-len+1.
+		for j := range data {
+			if i-j < 0 || tail[i-j].ID != eventstore.EventID(data[j].EventID) {
+				return eventstore.AppendResult{}, false, &eventstore.WrongExpectedRevisionError{
+					Stream: stream, Expected: eventstore.Any(), Actual: tail[0].Revision, StreamExists: true,
+				}
+			}
+		}
+		last := tail[i-len(data)+1]
+		return eventstore.AppendResult{NextExpectedRevision: last.Revision, Position: last.Position}, true, nil
+	}
+	return eventstore.AppendResult{}, false, nil
+}
+
+// appendOnce makes one attempt at an append.
+func (s *Store) appendOnce(ctx context.Context, ref *clientRef, stream string, expected eventstore.ExpectedRevision, data []esdb.EventData) (eventstore.AppendResult, error) {
 	var wr *esdb.WriteResult
-	err = guard(func() (err error) {
-		wr, err = ref.client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: toClientExpected(expected)}, data...)
+	err := guard(func() (err error) {
+		wr, err = ref.client.AppendToStream(leaderOnly(ctx), stream, esdb.AppendToStreamOptions{
+			ExpectedRevision: toClientExpected(expected),
+			Deadline:         callDeadline(ctx),
+		}, data...)
 		return err
 	})
 	if err != nil {
-		return eventstore.AppendResult{}, fmt.Errorf("esdb: append to %q: %w", stream, s.mapWriteError(ctx, ref, stream, expected, err))
+		return eventstore.AppendResult{}, s.mapWriteError(ctx, ref, stream, expected, err)
 	}
 	res := eventstore.AppendResult{
 		NextExpectedRevision: wr.NextExpectedVersion,
 		Position:             eventstore.Position{Commit: wr.CommitPosition, Prepare: wr.PreparePosition},
 	}
 	if res.Position == (eventstore.Position{}) {
-		// A retry the server recognised as already written comes back
-		// without a position; find the last event's.
+		// A server that reports no position for a recognised retry: find
+		// the last event's.
 		evs, err := s.readStream(ctx, ref, stream, esdb.Forwards, esdb.Revision(res.NextExpectedRevision), 1)
 		if err == nil && len(evs) == 1 {
 			res.Position = evs[0].Position
 		}
 	}
 	return res, nil
+}
+
+// withRef runs f on the current client, retrying a few times when a
+// follower answered NotLeader: the client has moved to the leader by then.
+func (s *Store) withRef(ctx context.Context, f func(ref *clientRef) error) error {
+	for attempt := 0; ; attempt++ {
+		ref, err := s.acquire()
+		if err != nil {
+			return err
+		}
+		err = f(ref)
+		s.release(ref)
+		if err == nil || !isNotLeader(err) || attempt >= notLeaderRetries || ctx.Err() != nil {
+			return err
+		}
+		s.logger.Info("the node is not the leader; retrying on the leader", "err", err)
+	}
 }
 
 // checkExpected checks expected against the stream's head without writing.
@@ -100,21 +268,23 @@ func (s *Store) ReadStreamBackward(ctx context.Context, stream string, limit int
 }
 
 func (s *Store) read(ctx context.Context, stream string, dir esdb.Direction, from esdb.StreamPosition, limit int) ([]eventstore.RecordedEvent, error) {
-	ctx, ref, done, err := s.begin(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("esdb: read %q: %w", stream, err)
+	if s.isClosed() {
+		return nil, fmt.Errorf("esdb: read %q: %w", stream, eventstore.ErrClosed)
 	}
-	defer done()
-	if limit <= 0 {
-		// A count of 0 would mean no limit to some servers; ask for one
-		// event to learn whether the stream exists, and return none.
-		_, err := s.readStream(ctx, ref, stream, dir, from, 1)
-		if err != nil {
-			return nil, fmt.Errorf("esdb: read %q: %w", stream, err)
+	ctx, cancel := s.bind(ctx)
+	defer cancel()
+	var evs []eventstore.RecordedEvent
+	err := s.withRef(ctx, func(ref *clientRef) (err error) {
+		if limit <= 0 {
+			// A count of 0 would mean no limit to some servers; ask for one
+			// event to learn whether the stream exists, and return none.
+			_, err = s.readStream(ctx, ref, stream, dir, from, 1)
+			evs = []eventstore.RecordedEvent{}
+			return err
 		}
-		return []eventstore.RecordedEvent{}, nil
-	}
-	evs, err := s.readStream(ctx, ref, stream, dir, from, uint64(limit))
+		evs, err = s.readStream(ctx, ref, stream, dir, from, uint64(limit))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("esdb: read %q: %w", stream, err)
 	}
@@ -125,7 +295,7 @@ func (s *Store) read(ctx context.Context, stream string, dir esdb.Direction, fro
 func (s *Store) readStream(ctx context.Context, ref *clientRef, stream string, dir esdb.Direction, from esdb.StreamPosition, count uint64) ([]eventstore.RecordedEvent, error) {
 	out := []eventstore.RecordedEvent{}
 	err := guard(func() error {
-		rs, err := ref.client.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: dir, From: from}, count)
+		rs, err := ref.client.ReadStream(leaderOnly(ctx), stream, esdb.ReadStreamOptions{Direction: dir, From: from, Deadline: callDeadline(ctx)}, count)
 		if err != nil {
 			return err
 		}
@@ -153,7 +323,7 @@ func (s *Store) readStream(ctx context.Context, ref *clientRef, stream string, d
 func (s *Store) readAllBackward(ctx context.Context, ref *clientRef, from esdb.AllPosition, count uint64) ([]*esdb.RecordedEvent, error) {
 	var out []*esdb.RecordedEvent
 	err := guard(func() error {
-		rs, err := ref.client.ReadAll(ctx, esdb.ReadAllOptions{Direction: esdb.Backwards, From: from}, count)
+		rs, err := ref.client.ReadAll(leaderOnly(ctx), esdb.ReadAllOptions{Direction: esdb.Backwards, From: from, Deadline: callDeadline(ctx)}, count)
 		if err != nil {
 			return err
 		}
@@ -176,17 +346,26 @@ func (s *Store) readAllBackward(ctx context.Context, ref *clientRef, from esdb.A
 
 // Delete tombstones stream: it cannot be written or read again.
 func (s *Store) Delete(ctx context.Context, stream string, expected eventstore.ExpectedRevision) error {
-	ctx, ref, done, err := s.begin(ctx)
-	if err != nil {
-		return fmt.Errorf("esdb: delete %q: %w", stream, err)
+	if s.isClosed() {
+		return fmt.Errorf("esdb: delete %q: %w", stream, eventstore.ErrClosed)
 	}
-	defer done()
-	err = guard(func() error {
-		_, err := ref.client.TombstoneStream(ctx, stream, esdb.TombstoneStreamOptions{ExpectedRevision: toClientExpected(expected)})
-		return err
+	ctx, cancel := s.bind(ctx)
+	defer cancel()
+	err := s.withRef(ctx, func(ref *clientRef) error {
+		err := guard(func() error {
+			_, err := ref.client.TombstoneStream(leaderOnly(ctx), stream, esdb.TombstoneStreamOptions{
+				ExpectedRevision: toClientExpected(expected),
+				Deadline:         callDeadline(ctx),
+			})
+			return err
+		})
+		if err != nil {
+			return s.mapWriteError(ctx, ref, stream, expected, err)
+		}
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("esdb: delete %q: %w", stream, s.mapWriteError(ctx, ref, stream, expected, err))
+		return fmt.Errorf("esdb: delete %q: %w", stream, err)
 	}
 	return nil
 }
@@ -236,7 +415,14 @@ func (s *Store) mapError(ctx context.Context, ref *clientRef, err error) error {
 		case esdb.ErrorCodeStreamDeleted:
 			return fmt.Errorf("%w: %w", eventstore.ErrStreamDeleted, err)
 		case esdb.ErrorCodeResourceNotFound:
-			return fmt.Errorf("%w: %w", eventstore.ErrStreamNotFound, err)
+			// A read's stream-not-found reply, not a gRPC NotFound status:
+			// that is also how other failures (a follower's NotLeader
+			// without the leader's address, a missing resource) arrive.
+			if inner := ce.Err(); inner != nil {
+				if _, isStatus := status.FromError(inner); !isStatus {
+					return fmt.Errorf("%w: %w", eventstore.ErrStreamNotFound, err)
+				}
+			}
 		case esdb.ErrorCodeConnectionClosed:
 			s.renew(ref)
 		default:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync/atomic"
 
@@ -68,6 +69,11 @@ func (sub *subscription) start(ctx context.Context) (*esdb.Subscription, error) 
 		return nil, err
 	}
 	defer s.release(ref)
+	if sub.last != nil {
+		if err := s.checkStart(ctx, ref, *sub.last); err != nil {
+			return nil, err
+		}
+	}
 	head, err := s.findHead(ctx, ref, sub.filter)
 	if err != nil {
 		return nil, s.mapError(ctx, ref, err)
@@ -78,6 +84,47 @@ func (sub *subscription) start(ctx context.Context) (*esdb.Subscription, error) 
 		return nil, s.mapError(ctx, ref, err)
 	}
 	return cs, nil
+}
+
+// errNotAPosition refuses a start position that is no event's.
+var errNotAPosition = errors.New("not the position of an event in this store")
+
+// checkStart makes sure a subscription starts from a record's own
+// position. From any other position, servers up to 23.10 skip the first
+// event after it (they read one record at or after the position and start
+// after that), and servers from 24.2 refuse it; from a record's own
+// position, both deliver exactly what follows it.
+func (s *Store) checkStart(ctx context.Context, ref *clientRef, p eventstore.Position) error {
+	var first []*esdb.RecordedEvent
+	err := guard(func() error {
+		rs, err := ref.client.ReadAll(leaderOnly(ctx), esdb.ReadAllOptions{
+			Direction: esdb.Forwards,
+			From:      esdb.Position{Commit: p.Commit, Prepare: p.Prepare},
+			Deadline:  callDeadline(ctx),
+		}, 1)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		ev, err := rs.Recv()
+		if err != nil {
+			return err
+		}
+		if e := ev.OriginalEvent(); e != nil {
+			first = append(first, e)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, io.EOF) {
+		if strings.Contains(err.Error(), "invalid position") {
+			return fmt.Errorf("start after %d/%d: %w", p.Commit, p.Prepare, errNotAPosition)
+		}
+		return s.mapError(ctx, ref, err)
+	}
+	if len(first) == 0 || first[0].Position.Commit != p.Commit || first[0].Position.Prepare != p.Prepare {
+		return fmt.Errorf("start after %d/%d: %w", p.Commit, p.Prepare, errNotAPosition)
+	}
+	return nil
 }
 
 // matches mirrors the server-side filter the subscription asks for.

@@ -1,34 +1,41 @@
-// Package fakestreams is a test double: an in-process fake of the gRPC
+// Package fakestreams is a test double: an in-process stand-in for the gRPC
 // streams API that the esdb adapter talks to, served on 127.0.0.1 so that
-// the adapter can be tested with the real client library where the real
-// server cannot be installed.
+// the adapter can be tested with the real client library where no real
+// server can be installed. It is not the real server.
 //
-// It is not the real server and makes no claim to behave like one beyond
-// what the adapter uses; each behaviour below follows the server's
-// documented or observed wire behaviour:
+// It models server versions as profiles (see Profile and profiles.go),
+// each behaviour following the server's source (kurrent-io/KurrentDB,
+// under src/KurrentDB.Core/, cited where it is modelled):
 //
 //   - Append with an expected revision (any, no stream, exact, stream
-//     exists) and idempotent retries by event IDs: a retry of the same IDs at
-//     the same place succeeds without writing again.
+//     exists); idempotent retries by event IDs: a strong index check for
+//     exact and no-stream expectations, a weak bounded cache of recent IDs
+//     for any (forgotten on Restart), a partial match failing as a wrong
+//     expected version; the append size limits of each version, ending
+//     the call while the request is read.
+//   - Every event its own position (commit = prepare); an append, and its
+//     idempotent retry, reports the last event's.
 //   - Read of a stream forward and backward (stream-not-found message,
 //     stream-deleted error with the "exception" trailers the client checks)
 //     and of $all forward and backward.
 //   - Subscriptions to a stream and to $all, with a stream-name or
 //     event-type filter (prefixes or regular expression): a confirmation,
-//     the history, a caught-up message, then live events. A filtered $all
-//     subscription sends checkpoints every window × multiplier considered
-//     events, as the server does. A subscription's start position is
-//     exclusive the way the server makes it so: it skips the first event at
-//     or after the position given.
+//     the history, a caught-up message from 23.10, then live events. A
+//     filtered $all subscription sends checkpoints every window ×
+//     multiplier considered events. A $all start position follows the
+//     version's rule (see Profile.ExclusiveAllStart).
 //   - Delete (soft) and Tombstone (hard delete, which writes a
-//     "$streamDeleted" event into $all, as the server does).
-//   - ServerFeatures, reporting a recent server version.
+//     "$streamDeleted" event into $all).
+//   - ServerFeatures, reporting the profile's version.
+//   - Test hooks: an append that is stored and then answered with the
+//     server's commit timeout (TimeoutAfterStore); NotLeader answers with
+//     the trailers that send the client to the leader, this test double's
+//     own address (NotLeader); which calls carried the requires-leader
+//     header (RequiresLeader); connections accepted (Connections).
 //
 // Every recorded event carries the system metadata the client requires
 // ("type", "content-type" and "created", whose absence makes the client
-// exit the process) and commit and prepare positions. Within one append,
-// events share the commit position of the first and have their own prepare
-// positions.
+// exit the process).
 //
 // Not served: gossip (so esdb+discover:// and multi-host connection strings
 // cannot reach it), batch append, persistent subscriptions, projections,
@@ -40,6 +47,7 @@ package fakestreams
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"testing"
@@ -51,18 +59,20 @@ import (
 	"google.golang.org/grpc/keepalive"
 )
 
-// DefaultServerVersion is the version the test double reports unless told
-// otherwise: one that sends caught-up messages on every subscription.
-const DefaultServerVersion = "24.10.0"
-
 // Options adjust the test double.
 type Options struct {
-	// ServerVersion is reported through ServerFeatures; DefaultServerVersion
-	// when empty.
-	ServerVersion string
-	// NoCaughtUp leaves out the caught-up message on subscriptions, as
-	// servers before 23.10 do, so that clients must work it out themselves.
-	NoCaughtUp bool
+	// Profile names the server version modelled; DefaultProfile when
+	// empty.
+	Profile string
+	// MaxAppendSize is the server's MaxAppendSize setting;
+	// DefaultMaxAppendSize when zero.
+	MaxAppendSize int
+	// MaxAppendEventSize is the per-event limit of profiles that have one;
+	// no limit when zero (the server's default is int.MaxValue).
+	MaxAppendEventSize int
+	// RecentIDs bounds the weak idempotency cache; defaultRecentIDs when
+	// zero.
+	RecentIDs int
 	// UnexpectedReadReplies ends every stream read with a last-stream-
 	// position message, which servers send only to clients that ask for it
 	// and which the v4 client does not expect (it panics on it).
@@ -71,8 +81,10 @@ type Options struct {
 
 // Server is a running test double.
 type Server struct {
-	opts Options
-	log  *eventLog
+	opts    Options
+	profile Profile
+	log     *eventLog
+	hooks   *hooks
 
 	mu   sync.Mutex
 	addr string
@@ -90,19 +102,45 @@ func Start(t testing.TB) string {
 // when the test ends.
 func StartServer(t testing.TB, opts Options) *Server {
 	t.Helper()
-	if opts.ServerVersion == "" {
-		opts.ServerVersion = DefaultServerVersion
-	}
-	s := &Server{opts: opts, log: newEventLog()}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("fakestreams: listen: %v", err)
 	}
-	s.addr = lis.Addr().String()
-	s.serve(lis)
+	s, err := New(lis, opts)
+	if err != nil {
+		_ = lis.Close()
+		t.Fatal(err)
+	}
 	t.Cleanup(s.Stop)
 	return s
 }
+
+// New serves a test double on lis until Stop. Its state lives in memory.
+func New(lis net.Listener, opts Options) (*Server, error) {
+	if opts.Profile == "" {
+		opts.Profile = DefaultProfile
+	}
+	p, err := LookupProfile(opts.Profile)
+	if err != nil {
+		return nil, err
+	}
+	if opts.MaxAppendSize == 0 {
+		opts.MaxAppendSize = DefaultMaxAppendSize
+	}
+	if opts.MaxAppendEventSize == 0 {
+		opts.MaxAppendEventSize = math.MaxInt32
+	}
+	s := &Server{opts: opts, profile: p, log: newEventLog(), hooks: &hooks{}}
+	if opts.RecentIDs > 0 {
+		s.log.recent = newIDCache(opts.RecentIDs)
+	}
+	s.addr = lis.Addr().String()
+	s.serve(lis)
+	return s, nil
+}
+
+// Profile returns the modelled version.
+func (s *Server) Profile() Profile { return s.profile }
 
 // ConnString returns a connection string for the client: plain text, as the
 // test double serves no TLS.
@@ -121,13 +159,19 @@ func (s *Server) serve(lis net.Listener) {
 			MinTime:             time.Second,
 			PermitWithoutStream: true,
 		}),
+		// Large enough that the modelled append limits (up to 16 MiB),
+		// not gRPC's 4 MiB default, decide what is refused.
+		grpc.MaxRecvMsgSize(32<<20),
 	)
-	streams.RegisterStreamsServer(gs, &streamsService{log: s.log, opts: s.opts})
-	serverfeatures.RegisterServerFeaturesServer(gs, &featuresService{version: s.opts.ServerVersion})
+	streams.RegisterStreamsServer(gs, &streamsService{
+		log: s.log, opts: s.opts, profile: s.profile, hooks: s.hooks, addr: s.addr,
+		maxAppendSize: s.opts.MaxAppendSize, maxEventSize: s.opts.MaxAppendEventSize,
+	})
+	serverfeatures.RegisterServerFeaturesServer(gs, &featuresService{version: s.profile.Version})
 	s.mu.Lock()
 	s.gs = gs
 	s.mu.Unlock()
-	go func() { _ = gs.Serve(lis) }()
+	go func() { _ = gs.Serve(countingListener{Listener: lis, n: &s.hooks.conns}) }()
 }
 
 // Stop closes every connection and stops listening; the stored events are
@@ -143,9 +187,12 @@ func (s *Server) Stop() {
 }
 
 // Restart stops the server if it runs and serves the same events again on
-// the same address, as a server restart would.
+// the same address, as a server restart would: the weak idempotency cache
+// is lost.
 func (s *Server) Restart() error {
 	s.Stop()
+	s.log.forgetRecent()
+	s.hooks.down.Store(false)
 	var lis net.Listener
 	var err error
 	// The port was just released; retry briefly in case the kernel still

@@ -115,6 +115,8 @@ type eventLog struct {
 	drop chan struct{}
 	subs int
 	now  func() time.Time
+	// recent is the weak idempotency cache of recent event IDs.
+	recent *idCache
 }
 
 func newEventLog() *eventLog {
@@ -124,6 +126,7 @@ func newEventLog() *eventLog {
 		changed: make(chan struct{}),
 		drop:    make(chan struct{}),
 		now:     time.Now,
+		recent:  newIDCache(defaultRecentIDs),
 	}
 }
 
@@ -136,8 +139,10 @@ type proposed struct {
 	data        []byte
 }
 
-// appendResult tells where an append landed; hasPosition is false for an
-// idempotent retry, for which the test double reports no position.
+// appendResult tells where an append landed: the stream's last revision
+// and the last event's position, also for an idempotent retry, as the
+// server reports them (Services/RequestManager/Managers/WriteEvents.cs,
+// Services/Storage/ReaderIndex/IndexWriter.cs).
 type appendResult struct {
 	current     uint64
 	noStream    bool
@@ -161,33 +166,31 @@ func (l *eventLog) append(stream string, exp expectation, events []proposed) (ap
 	}
 	current := appendResult{current: uint64(max(last, 0)), noStream: !exists}
 
+	// The idempotency checks of Services/Storage/ReaderIndex/IndexWriter.cs
+	// (CheckCommit): a retry is recognised by its event IDs; a partial
+	// match is "corrupted idempotency", which the client sees as a wrong
+	// expected version.
 	switch exp.kind {
 	case expectNoStream:
 		if exists {
-			if l.idempotent(st, 0, events) {
-				return l.retried(st, events), nil
-			}
-			return appendResult{}, errWrongExpected{current: last}
-		}
-	case expectExists:
-		if !exists {
-			return appendResult{}, errWrongExpected{current: last}
+			return l.strongRetry(st, 0, events, last)
 		}
 	case expectRevision:
 		if !exists || uint64(last) != exp.revision {
-			if exists && l.idempotent(st, exp.revision+1, events) {
-				return l.retried(st, events), nil
+			if !exists {
+				return appendResult{}, errWrongExpected{current: last}
 			}
-			return appendResult{}, errWrongExpected{current: last}
+			return l.strongRetry(st, exp.revision+1, events, last)
 		}
 	default:
+		if exp.kind == expectExists && !exists {
+			return appendResult{}, errWrongExpected{current: last}
+		}
+		// Any and StreamExists: only the in-memory cache of recent event
+		// IDs tells a retry (weak); what it forgot is written again.
 		if len(events) > 0 && st != nil {
-			// With "any" the server recognises a retry by the first event's
-			// ID among the stream's events.
-			for i, r := range st.events {
-				if r.id == events[0].id && l.idempotent(st, uint64(i), events) {
-					return l.retried(st, events), nil
-				}
+			if at, ok := l.recent.lookup(events[0].id, stream); ok {
+				return l.matchFrom(st, at, events, last)
 			}
 		}
 	}
@@ -200,9 +203,11 @@ func (l *eventLog) append(stream string, exp expectation, events []proposed) (ap
 		l.streams[stream] = st
 	}
 	created := strconv.FormatInt(l.now().UnixNano()/100, 10)
-	commit := l.next
 	var lastRec *record
 	for i, e := range events {
+		// Every event is its own prepare and commit record:
+		// commit = prepare = its own position
+		// (Services/Storage/StorageWriterService.cs, ReaderIndex/AllReader.cs).
 		r := &record{
 			stream:   stream,
 			revision: uint64(last + 1 + int64(i)),
@@ -214,41 +219,65 @@ func (l *eventLog) append(stream string, exp expectation, events []proposed) (ap
 			},
 			custom:  e.custom,
 			data:    e.data,
-			commit:  commit,
+			commit:  l.next,
 			prepare: l.next,
 		}
 		// Advance by roughly a record's size, as a log offset would.
 		l.next += uint64(64 + len(e.eventType) + len(e.data) + len(e.custom))
 		st.events = append(st.events, r)
 		l.all = append(l.all, r)
+		l.recent.add(e.id, stream, r.revision)
 		lastRec = r
 	}
 	l.notify()
 	return appendResult{current: lastRec.revision, commit: lastRec.commit, prepare: lastRec.prepare, hasPosition: true}, nil
 }
 
-// idempotent reports whether events were already written to st from
-// revision from on, in the same order.
-func (l *eventLog) idempotent(st *streamState, from uint64, events []proposed) bool {
-	if len(events) == 0 || from+uint64(len(events)) > uint64(len(st.events)) {
-		return false
+// strongRetry is the index check for an exact or no-stream expectation that
+// the stream is past: the events must be the stream's from revision from
+// on. It has no time window and survives restarts.
+func (l *eventLog) strongRetry(st *streamState, from uint64, events []proposed, last int64) (appendResult, error) {
+	if len(events) == 0 || from >= uint64(len(st.events)) || st.events[from].id != events[0].id {
+		return appendResult{}, errWrongExpected{current: last}
+	}
+	return l.matchFrom(st, from, events, last)
+}
+
+// matchFrom reports an idempotent retry if every event sits in st from
+// revision from on, and a wrong expected version if only some do.
+func (l *eventLog) matchFrom(st *streamState, from uint64, events []proposed, last int64) (appendResult, error) {
+	if from+uint64(len(events)) > uint64(len(st.events)) {
+		return appendResult{}, errWrongExpected{current: last}
 	}
 	for i, e := range events {
 		if st.events[from+uint64(i)].id != e.id {
-			return false
+			return appendResult{}, errWrongExpected{current: last}
 		}
 	}
-	return true
+	r := st.events[from+uint64(len(events))-1]
+	return appendResult{current: r.revision, commit: r.commit, prepare: r.prepare, hasPosition: true}, nil
 }
 
-func (l *eventLog) retried(st *streamState, events []proposed) appendResult {
-	// Find where the retried events sit to report the last one's revision.
-	for i, r := range st.events {
-		if r.id == events[0].id {
-			return appendResult{current: st.events[i+len(events)-1].revision}
-		}
+// forgetRecent empties the weak idempotency cache, as a restart does.
+func (l *eventLog) forgetRecent() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recent.reset()
+}
+
+// isBoundary reports whether a $all position is a record's own, or the
+// end of the log, which the server accepts as a start.
+func (l *eventLog) isBoundary(commit, prepare uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if commit != prepare {
+		return false
 	}
-	return appendResult{}
+	if commit == 0 || commit == l.next {
+		return true
+	}
+	i := firstAtOrAfter(l.all, commit, prepare)
+	return i < len(l.all) && l.all[i].commit == commit
 }
 
 // remove deletes a stream: softly (later appends continue its revisions)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"sort"
 	"strings"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/serverfeatures"
@@ -37,8 +38,13 @@ func (f *featuresService) GetSupportedMethods(context.Context, *shared.Empty) (*
 
 type streamsService struct {
 	streams.UnimplementedStreamsServer
-	log  *eventLog
-	opts Options
+	log           *eventLog
+	opts          Options
+	profile       Profile
+	maxAppendSize int
+	maxEventSize  int
+	hooks         *hooks
+	addr          string
 }
 
 // streamDeleted is the server's error for a deleted stream: the client
@@ -91,6 +97,13 @@ func uuidFromProto(id *shared.UUID) ([16]byte, error) {
 }
 
 func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
+	if err := s.hooks.unavailable(); err != nil {
+		return err
+	}
+	s.hooks.sawCall("append", srv.Context())
+	if err := s.hooks.notLeader(srv.Context(), s.addr); err != nil {
+		return err
+	}
 	first, err := srv.Recv()
 	if err != nil {
 		return err
@@ -108,6 +121,7 @@ func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
 		return err
 	}
 	var events []proposed
+	size := 0
 	for {
 		req, err := srv.Recv()
 		if errors.Is(err, io.EOF) {
@@ -133,10 +147,28 @@ func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
 		if !ok {
 			return invalid("Required Metadata Property 'content-type' is missing")
 		}
-		events = append(events, proposed{
+		e := proposed{
 			id: id, eventType: eventType, contentType: contentType,
 			custom: msg.GetCustomMetadata(), data: msg.GetData(),
-		})
+		}
+		// The limits are checked while the request is read, and the call
+		// ends there (Services/Transport/Grpc/Streams.Append.cs,
+		// RpcExceptions.cs): a client still sending sees its stream cut
+		// (the v4 client reports EOF with ErrorCode Unknown), one done
+		// sending sees this status.
+		es := s.profile.eventSize(e)
+		if s.profile.FullSizeCount && es > s.maxEventSize {
+			_ = grpc.SetTrailer(srv.Context(), metadata.Pairs("exception", "maximum-append-event-size-exceeded"))
+			return invalid("Event with Id: %s, Size: %d, exceeds Maximum Append Event Size of %d.", uuid.UUID(id), es, s.maxEventSize)
+		}
+		size += es
+		if size > s.maxAppendSize {
+			_ = grpc.SetTrailer(srv.Context(), metadata.Pairs(
+				"exception", "maximum-append-size-exceeded",
+				"maximum-append-size", fmt.Sprint(s.maxAppendSize)))
+			return invalid("Maximum Append Size of %d Exceeded.", s.maxAppendSize)
+		}
+		events = append(events, e)
 	}
 
 	res, err := s.log.append(stream, exp, events)
@@ -150,6 +182,11 @@ func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
 		return streamDeleted(srv.Context(), stream)
 	case err != nil:
 		return status.Error(codes.Internal, err.Error())
+	}
+	if s.hooks.takeTimeout() {
+		// The write landed, but the answer is the server's commit timeout
+		// (RpcExceptions.cs, Timeout): the client cannot tell.
+		return status.Error(codes.Aborted, "Operation timed out")
 	}
 	success := &streams.AppendResp_Success{}
 	if res.noStream {
@@ -253,6 +290,17 @@ func (s *streamsService) Read(req *streams.ReadReq, srv streams.Streams_ReadServ
 	}
 	stringIDs := opts.GetUuidOption().GetString_() != nil
 	_, subscribe := opts.GetCountOption().(*streams.ReadReq_Options_Subscription)
+	if err := s.hooks.unavailable(); err != nil {
+		return err
+	}
+	if subscribe {
+		s.hooks.sawCall("subscribe", srv.Context())
+	} else {
+		s.hooks.sawCall("read", srv.Context())
+		if err := s.hooks.notLeader(srv.Context(), s.addr); err != nil {
+			return err
+		}
+	}
 	backwards := opts.GetReadDirection() == streams.ReadReq_Options_Backwards
 	match, err := toMatcher(opts.GetFilter())
 	if err != nil {
@@ -360,10 +408,21 @@ func (s *streamsService) subscribeAll(srv streams.Streams_ReadServer, from allPo
 		start = func([]*record) int { return 0 }
 	case from.end:
 		start = func(all []*record) int { return len(all) }
+	case s.profile.ExclusiveAllStart:
+		// From 24.2: a position that is not a record boundary is refused,
+		// and the start is truly exclusive
+		// (Services/Storage/StorageReaderWorker.AllFiltered.cs).
+		if !s.log.isBoundary(from.commit, from.prepare) {
+			return invalid("Trying to read from an invalid position.")
+		}
+		start = func(all []*record) int {
+			return sort.Search(len(all), func(i int) bool { return all[i].after(from.commit, from.prepare) })
+		}
 	default:
-		// As the server does: read one record at or after the position and
-		// start after it, which is exclusive when the position is an
-		// event's own.
+		// Up to 23.10: read one record at or after the position and start
+		// after it, which is exclusive when the position is an event's own
+		// and skips an event when it is not
+		// (v23.10.0: Services/Transport/Grpc/Enumerators.AllSubscriptionFiltered.cs).
 		start = func(all []*record) int { return min(firstAtOrAfter(all, from.commit, from.prepare)+1, len(all)) }
 	}
 	interval := 0
@@ -420,7 +479,7 @@ func (s *streamsService) serveSubscription(srv streams.Streams_ReadServer, start
 		}
 		if !caughtUp && next >= caughtUpAt {
 			caughtUp = true
-			if !s.opts.NoCaughtUp {
+			if s.profile.CaughtUp {
 				if err := srv.Send(&streams.ReadResp{Content: &streams.ReadResp_CaughtUp_{CaughtUp: &streams.ReadResp_CaughtUp{}}}); err != nil {
 					return err
 				}
