@@ -82,6 +82,11 @@ func (r *Renames) AcceptRename(ctx context.Context, caller domain.Caller, newID 
 		return err
 	}
 	r.keys.Remember(newID, served)
+	// Recorded under the new ID too (a no-op when the old ID's was), so
+	// the key is known after a restart.
+	if err := r.registry.RecordKey(ctx, newID, served); err != nil {
+		r.logger.Warn("recording a renamed peer's key failed", "peer", newID.String(), "err", err)
+	}
 	r.logger.Info("peer renamed", "peer", decision.Peer, "old", decision.Old.String(), "new", decision.New.String())
 	return nil
 }
@@ -96,10 +101,11 @@ func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
 	if _, _, taken := r.registry.Resolve(newID); taken {
 		return fmt.Errorf("%w: %s is a peer's ID", domain.ErrIDTaken, newID)
 	}
-	if err := r.registry.RecordOwnID(ctx, newID); err != nil {
+	now := r.clock.Now()
+	if err := r.registry.RecordOwnID(ctx, newID, now); err != nil {
 		return err
 	}
-	r.identity.Rename(newID, r.clock.Now())
+	r.identity.Rename(newID, now)
 	r.logger.Info("this server renamed", "old", old.String(), "new", newID.String())
 	r.Start()
 	return nil

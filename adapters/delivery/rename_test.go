@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/streams"
@@ -162,7 +163,7 @@ func TestOurRenameIsAnnouncedUntilEachPeerAccepts(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
-	if err := w.engine.registry.RecordOwnID(ctx, oldID); err != nil {
+	if err := w.engine.registry.RecordOwnID(ctx, oldID, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	w.send(1) // B is a peer, registered while this server was oldID
@@ -203,7 +204,7 @@ func TestAnnouncementsSurviveARestart(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
-	w.engine.registry.RecordOwnID(ctx, oldID)
+	w.engine.registry.RecordOwnID(ctx, oldID, time.Now())
 	w.send(1)
 	// The server is renamed while the peer is down for good...
 	down := &fakeNotifier{failures: 1 << 30}
