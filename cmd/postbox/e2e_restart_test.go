@@ -171,3 +171,55 @@ func TestOwnFormerIDStaysAnAudienceAfterRestart(t *testing.T) {
 	}
 	a.waitPeer(k2, "the pushes received", 10*time.Second, func(p *adminv1.Peer) bool { return p.GetEventsReceived() == 2 })
 }
+
+// TestRenameToldAPeerThatNeverKnewUs: A renames itself while B, which A has
+// events for but never reached, knows nothing of A. B answers A's
+// NotifyNewId with postbox.unknown-peer: A logs it, does not count it as
+// accepted (postbox peers --json: knowsOurServerId false) and keeps signing
+// with its old ID toward B. Once the operator resumes pushing, B learns A
+// by its old ID, and A's next notice renames it there: one peer at B, the
+// new ID formerly the old one.
+func TestRenameToldAPeerThatNeverKnewUs(t *testing.T) {
+	opSetup(t)
+	a, b := newOpNode(t, "A", opQuickQueue...), newOpNode(t, "B", opQuickQueue...)
+	a.start()
+	oldA := a.id
+	_, port, _ := strings.Cut(oldA, ":")
+	newA := "localhost:" + port
+
+	a.send(b.id, 100, 0) // B is down: queue mode
+	a.waitPeer(b.id, "queue mode", 20*time.Second, func(p *adminv1.Peer) bool { return p.GetMode() == adminv1.Mode_MODE_QUEUE })
+	b.start()
+	if out, errOut, code := runCLI(t, "rename", "--admin", a.admin, newA); code != 0 {
+		t.Fatalf("postbox rename %s: exit %d, %q\n%s", newA, code, out, errOut)
+	}
+	a.id = newA
+	opWait(t, 15*time.Second, "B's unknown-peer answer to A's NotifyNewId", func() (bool, string) {
+		return strings.Contains(b.logText(), "identifier=postbox.unknown-peer"), "not in B's log"
+	})
+	const refused = `msg="a peer does not know our old ID, so has not accepted the new one; will retry" peer=`
+	opWait(t, 10*time.Second, "A's log of what it made of the answer", func() (bool, string) {
+		log := a.logText()
+		return strings.Contains(log, refused) || strings.Contains(log, "peer accepted our new ID"), "neither logged"
+	})
+	if !strings.Contains(a.logText(), refused+b.id+" old="+oldA) {
+		t.Errorf("A's log does not name B's unknown-peer answer")
+	}
+	if strings.Contains(a.logText(), "peer accepted our new ID") {
+		t.Errorf("A logged B's unknown-peer answer as an acceptance")
+	}
+	if _, peers := a.peersCLI(); len(peers) != 1 || peers[0].GetKnowsOurServerId() {
+		t.Errorf("A's postbox peers --json after B's unknown-peer answer: %v; want B, not knowing A's new ID", peers)
+	}
+
+	if out, errOut, code := runCLI(t, "resume", "--admin", a.admin, b.id); code != 0 {
+		t.Fatalf("postbox resume %s: exit %d, %q\n%s", b.id, code, out, errOut)
+	}
+	b.waitPeer(newA, "A renamed from its old ID", 30*time.Second, func(p *adminv1.Peer) bool {
+		return p.GetServerId() == newA && slices.Equal(p.GetFormerServerIds(), []string{oldA}) && p.GetEventsReceived() == 1
+	})
+	a.waitPeer(b.id, "B knows A's new ID", 10*time.Second, func(p *adminv1.Peer) bool { return p.GetKnowsOurServerId() && p.GetDelivered() == 1 })
+	if _, peers := b.peersCLI(); len(peers) != 1 {
+		t.Errorf("B's peers: %v; want A once", peers)
+	}
+}
