@@ -79,8 +79,8 @@ type peerEntry struct {
 	knowsUsAs  domain.ServerID
 }
 
-// OwnID is one of this server's IDs and when it took it.
-type OwnID struct {
+// OwnIDEntry is one of this server's IDs and when it took it.
+type OwnIDEntry struct {
 	ID    domain.ServerID
 	Since time.Time
 }
@@ -109,7 +109,7 @@ type Registry struct {
 	byServer map[domain.ServerID]*peerEntry // current and former IDs
 	byPeer   map[streams.PeerID]*peerEntry
 	ownID    domain.ServerID // zero until recorded
-	ownIDs   []OwnID         // every ID this server had, oldest first
+	ownIDs   []OwnIDEntry    // every ID this server had, oldest first
 	pending  map[domain.ServerID]*registration
 	// unregistered holds keys learned for servers that are not peers, in
 	// the order learned, until their first contact registers them: the
@@ -193,7 +193,7 @@ func (r *Registry) apply(m proto.Message, at time.Time) error {
 			return err
 		}
 		r.ownID = id
-		r.ownIDs = append(r.ownIDs, OwnID{ID: id, Since: at})
+		r.ownIDs = append(r.ownIDs, OwnIDEntry{ID: id, Since: at})
 	case *eventsv1.PeerNotifiedOfNewId:
 		id, err := parseRecorded("new_server_id", m.GetNewServerId())
 		if err != nil {
@@ -288,10 +288,10 @@ func (r *Registry) Keys() map[domain.ServerID]ed25519.PublicKey {
 
 // OwnIDs returns every server ID this server has had, oldest first, each
 // with the time it was recorded.
-func (r *Registry) OwnIDs() []OwnID {
+func (r *Registry) OwnIDs() []OwnIDEntry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]OwnID(nil), r.ownIDs...)
+	return append([]OwnIDEntry(nil), r.ownIDs...)
 }
 
 // OwnID returns this server's recorded server ID, if any.

@@ -129,9 +129,9 @@ func TestRegistryRemembersOwnIDsWithTheirTimes(t *testing.T) {
 		}
 	}
 	store.Close()
-	want := []OwnID{{a1, t0}, {a2, t0}, {a3, t0}}
+	want := []OwnIDEntry{{a1, t0}, {a2, t0}, {a3, t0}}
 	reg, _ = openRegistry(t, dir)
-	if got := reg.OwnIDs(); !slices.EqualFunc(got, want, func(x, y OwnID) bool { return x.ID == y.ID && x.Since.Equal(y.Since) }) {
+	if got := reg.OwnIDs(); !slices.EqualFunc(got, want, func(x, y OwnIDEntry) bool { return x.ID == y.ID && x.Since.Equal(y.Since) }) {
 		t.Fatalf("OwnIDs after a restart: %v, want %v", got, want)
 	}
 }
