@@ -163,7 +163,7 @@ func (r *Renames) notifyUntilAccepted(peer streams.PeerID) {
 				r.logger.Info("peer accepted our new ID", "peer", server.String(), "id", own.String())
 				return
 			}
-		} else if knowsUsNot(err) {
+		} else if unknownToPeer(err) {
 			// Not an acceptance: the peer has no record of the ID it is
 			// told about. Toward it this server keeps signing with that
 			// ID; the next push registers it there, and then a notice is
@@ -195,9 +195,9 @@ func (r *Renames) awaitNotice(ctx context.Context, peer streams.PeerID) {
 	}
 }
 
-// knowsUsNot reports whether a peer answered that it does not know the ID
+// unknownToPeer reports whether a peer answered that it does not know the ID
 // this server signed with.
-func knowsUsNot(err error) bool {
+func unknownToPeer(err error) bool {
 	var remote *hrpc.RemoteError
 	return errors.As(err, &remote) && remote.Identifier == "postbox.unknown-peer"
 }

@@ -102,8 +102,9 @@ func recordedIdentity(registry *delivery.Registry, clock domain.Clock, logger *s
 	return identity
 }
 
-// keyRecorder records the keys fetched for registered peers, so they are
-// known after a restart (a renamed peer's old address may be gone).
+// keyRecorder records the keys fetched for peers (for a server that is not
+// a peer yet, once its first call registers it), so they are known after a
+// restart (a renamed peer's old address may be gone).
 type keyRecorder struct {
 	registry *delivery.Registry
 	logger   *slog.Logger
