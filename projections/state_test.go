@@ -10,6 +10,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
 func TestProjectionPeerRegistry(t *testing.T) {
@@ -249,8 +250,10 @@ func TestProjectionReplayIsIdempotent(t *testing.T) {
 	if same, diff := equalStates(once, twice); !same {
 		t.Fatalf("replaying again changed the state: %s", diff)
 	}
-	// Each event delivered twice in a row (an at-least-once feed) gives the
-	// same state too.
+	// Each record delivered twice in a row (an at-least-once feed) gives
+	// the same state too. The second copy has the same position and is
+	// skipped before any handler runs, so this checks the position rule
+	// only; TestProjectionDuplicatesAtNewPositions checks the handlers.
 	doubled := NewState()
 	for _, r := range recs {
 		apply(t, doubled, r, r)
@@ -263,6 +266,61 @@ func TestProjectionReplayIsIdempotent(t *testing.T) {
 	}
 	if once.Position() != recs[len(recs)-1].Position {
 		t.Fatalf("position %v, want the last record's", once.Position())
+	}
+}
+
+// An upstream sender sends no sequence numbers, so when the reply to a push
+// is lost and the push is retried, the receiver stores the same event again:
+// a new inbox record at a new position, which the position rule does not
+// skip. Given a history where every event from such a sender arrives twice
+// (other streams written between the copies), then every effect is as if
+// each had arrived once; only the inbox is longer.
+func TestProjectionDuplicatesAtNewPositions(t *testing.T) {
+	t.Parallel()
+	events := []*syncv1.Event{
+		added(42, 7), added(42, 8), invited(42, 9, "i1"), removed(42, 8),
+		rejected(1, 6, "s1"), invited(43, 9, "i2"), added(43, 7), rejected(1, 6, "s2"),
+	}
+	script := func(copies int) *history {
+		h := newHistory(t).
+			seen("pa", "a.example:2289").
+			seen("pu", "upstream.example:2289").
+			enqueue("pu", invited(6, 42, "s1"), invited(6, 42, "s2"))
+		for i, ev := range events {
+			for range copies {
+				h.received("pu", nil, ev)
+				h.enqueue("pa", added(uint64(100+i), 1)) // another stream between the copies
+			}
+		}
+		return h
+	}
+	once := given(t, script(1).records()...)
+	twice := given(t, script(2).records()...)
+	for _, user := range []uint64{42, 43} {
+		if got, want := twice.Guilds(user), once.Guilds(user); !reflect.DeepEqual(got, want) {
+			t.Errorf("user %d's guilds: %v, want %v", user, got, want)
+		}
+		if got, want := twice.Invites(user), once.Invites(user); !reflect.DeepEqual(got, want) {
+			t.Errorf("user %d's invites: %v, want %v", user, got, want)
+		}
+	}
+	if got, want := twice.SentInvites(), once.SentInvites(); !reflect.DeepEqual(got, want) {
+		t.Errorf("sent invites: %v, want %v", got, want)
+	}
+	// What the effects must be, so the comparison above cannot pass on
+	// two equally wrong states.
+	if g := once.Guilds(42); len(g) != 1 || g[0].GuildID != 7 {
+		t.Errorf("user 42's guilds: %v, want guild 7 only", g)
+	}
+	if inv := once.Invites(42); len(inv) != 1 || inv[0].InviteID != "i1" {
+		t.Errorf("user 42's invites: %v, want i1 only", inv)
+	}
+	if sent := once.SentInvites(); len(sent) != 0 {
+		t.Errorf("sent invites: %v, want none (both rejected)", sent)
+	}
+	u, ok := twice.Peer("upstream.example:2289")
+	if !ok || u.EventsReceived != uint64(2*len(events)) {
+		t.Errorf("the upstream sender's inbox: %+v, want %d records", u, 2*len(events))
 	}
 }
 

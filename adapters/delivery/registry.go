@@ -68,12 +68,28 @@ type Peer struct {
 }
 
 type peerEntry struct {
-	id        streams.PeerID
-	current   domain.ServerID
-	former    []domain.ServerID
-	key       ed25519.PublicKey
-	knowsUsAs domain.ServerID
+	id      streams.PeerID
+	current domain.ServerID
+	former  []domain.ServerID
+	key     ed25519.PublicKey
+	// formerKeys holds the key each former ID had when the peer left it,
+	// so requests still signed as that ID (a repeated NotifyNewId) verify
+	// after a restart, when the old address may be gone.
+	formerKeys map[domain.ServerID]ed25519.PublicKey
+	knowsUsAs  domain.ServerID
 }
+
+// OwnIDEntry is one of this server's IDs and when it took it.
+type OwnIDEntry struct {
+	ID    domain.ServerID
+	Since time.Time
+}
+
+// maxUnregisteredKeys bounds the keys held for servers that are not peers
+// (yet). Key fetches are rate-limited (peerkeys.Config), so a key fetched
+// while verifying a first contact stays here far longer than the moment
+// until that contact registers the peer.
+const maxUnregisteredKeys = 1024
 
 // Registry is the peers stream folded: which server IDs are peers, the
 // stable IDs that name their streams, their former IDs and keys, and this
@@ -93,7 +109,13 @@ type Registry struct {
 	byServer map[domain.ServerID]*peerEntry // current and former IDs
 	byPeer   map[streams.PeerID]*peerEntry
 	ownID    domain.ServerID // zero until recorded
+	ownIDs   []OwnIDEntry    // every ID this server had, oldest first
 	pending  map[domain.ServerID]*registration
+	// unregistered holds keys learned for servers that are not peers, in
+	// the order learned, until their first contact registers them: the
+	// key that verified a peer's own first call is recorded with it.
+	unregistered      map[domain.ServerID]ed25519.PublicKey
+	unregisteredOrder []domain.ServerID
 }
 
 // registration is a first contact waiting to be recorded.
@@ -108,13 +130,13 @@ type registration struct {
 func LoadRegistry(ctx context.Context, store Store, codec *streams.Codec, rand io.Reader) (*Registry, error) {
 	r := &Registry{store: store, codec: codec, rand: rand,
 		byServer: map[domain.ServerID]*peerEntry{}, byPeer: map[streams.PeerID]*peerEntry{},
-		pending: map[domain.ServerID]*registration{}}
+		pending: map[domain.ServerID]*registration{}, unregistered: map[domain.ServerID]ed25519.PublicKey{}}
 	next, err := readAll(ctx, store, streams.Peers, func(rec eventstore.RecordedEvent) error {
 		m, err := streams.DecodePeers(rec)
 		if err != nil {
 			return err
 		}
-		return r.apply(m)
+		return r.apply(m, rec.Created)
 	})
 	r.next = next
 	return r, err
@@ -128,7 +150,8 @@ func parseRecorded(field, raw string) (domain.ServerID, error) {
 	return id, nil
 }
 
-func (r *Registry) apply(m proto.Message) error {
+// apply folds one record of the peers stream, recorded at at.
+func (r *Registry) apply(m proto.Message, at time.Time) error {
 	switch m := m.(type) {
 	case *eventsv1.PeerSeen:
 		id, err := parseRecorded("server_id", m.GetServerId())
@@ -151,6 +174,12 @@ func (r *Registry) apply(m proto.Message) error {
 		if err != nil {
 			return err
 		}
+		if e.key != nil {
+			if e.formerKeys == nil {
+				e.formerKeys = map[domain.ServerID]ed25519.PublicKey{}
+			}
+			e.formerKeys[e.current] = e.key
+		}
 		e.former = append(e.former, e.current)
 		e.current = id
 		r.byServer[id] = e
@@ -164,6 +193,7 @@ func (r *Registry) apply(m proto.Message) error {
 			return err
 		}
 		r.ownID = id
+		r.ownIDs = append(r.ownIDs, OwnIDEntry{ID: id, Since: at})
 	case *eventsv1.PeerNotifiedOfNewId:
 		id, err := parseRecorded("new_server_id", m.GetNewServerId())
 		if err != nil {
@@ -233,17 +263,35 @@ func (r *Registry) KnowsUsAs(peer streams.PeerID) (domain.ServerID, bool) {
 	return e.knowsUsAs, true
 }
 
-// Keys returns the recorded public key of every peer, by current server ID.
+// Keys returns the recorded public key of every peer, by current and
+// former server ID. A former ID whose key was not recorded before the
+// rename gets the current key: the rename was accepted only because the
+// new ID served the key known for the old one.
 func (r *Registry) Keys() map[domain.ServerID]ed25519.PublicKey {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := map[domain.ServerID]ed25519.PublicKey{}
 	for _, e := range r.byPeer {
+		for _, id := range e.former {
+			if key := e.formerKeys[id]; key != nil {
+				out[id] = key
+			} else if e.key != nil {
+				out[id] = e.key
+			}
+		}
 		if e.key != nil {
 			out[e.current] = e.key
 		}
 	}
 	return out
+}
+
+// OwnIDs returns every server ID this server has had, oldest first, each
+// with the time it was recorded.
+func (r *Registry) OwnIDs() []OwnIDEntry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]OwnIDEntry(nil), r.ownIDs...)
 }
 
 // OwnID returns this server's recorded server ID, if any.
@@ -295,8 +343,14 @@ func (r *Registry) Register(ctx context.Context, id domain.ServerID) (streams.Pe
 		batch = append(batch, p)
 	}
 	own := r.ownID
+	keys := make(map[domain.ServerID]ed25519.PublicKey, len(batch))
+	for _, p := range batch {
+		if key, ok := r.unregistered[p.server]; ok {
+			keys[p.server] = key
+		}
+	}
 	r.mu.Unlock()
-	recs := make([]proto.Message, 0, len(batch))
+	recs := make([]record, 0, len(batch))
 	var err error
 	for _, p := range batch {
 		var raw [8]byte
@@ -309,18 +363,24 @@ func (r *Registry) Register(ctx context.Context, id domain.ServerID) (streams.Pe
 		if !own.IsZero() {
 			seen.OurServerId = own.String()
 		}
-		recs = append(recs, seen)
+		recs = append(recs, record{streams.TypePeerSeen, seen})
+		if key := keys[p.server]; key != nil {
+			recs = append(recs, record{streams.TypePeerKeyLearned, &eventsv1.PeerKeyLearned{PeerId: string(p.peer), PublicKey: key}})
+		}
 	}
 	if err == nil {
 		// The records are shared by every caller in the batch, so the
 		// append does not end with this caller's context.
 		appendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		err = r.writeLocked(appendCtx, streams.TypePeerSeen, recs...)
+		err = r.writeLocked(appendCtx, time.Time{}, recs...)
 		cancel()
 	}
 	r.mu.Lock()
 	for _, p := range batch {
 		delete(r.pending, p.server)
+		if err == nil {
+			delete(r.unregistered, p.server) // its order entry goes when it is next pruned
+		}
 	}
 	r.mu.Unlock()
 	for _, p := range batch {
@@ -332,27 +392,47 @@ func (r *Registry) Register(ctx context.Context, id domain.ServerID) (streams.Pe
 
 // RecordRename records an accepted rename of a peer.
 func (r *Registry) RecordRename(ctx context.Context, rename domain.PeerRename) error {
-	return r.write(ctx, streams.TypePeerRenamed, func() proto.Message {
+	return r.write(ctx, streams.TypePeerRenamed, time.Time{}, func() proto.Message {
 		return &eventsv1.PeerRenamed{PeerId: rename.Peer, OldServerId: rename.Old.String(), NewServerId: rename.New.String()}
 	})
 }
 
-// RecordKey records a registered peer's key when it is new or changed;
-// keys of servers that are not peers are not recorded, so strangers cannot
-// grow the stream.
+// RecordKey records a registered peer's key when it is new or changed.
+// The key of a server that is not a peer is only held in memory (a bounded
+// number of them), and recorded with its PeerSeen if it becomes one, so a
+// peer whose first contact was its own call (its key fetched to verify it)
+// has its key recorded while strangers cannot grow the stream.
 func (r *Registry) RecordKey(ctx context.Context, id domain.ServerID, key ed25519.PublicKey) error {
-	return r.write(ctx, streams.TypePeerKeyLearned, func() proto.Message {
+	return r.write(ctx, streams.TypePeerKeyLearned, time.Time{}, func() proto.Message {
 		e, ok := r.byServer[id]
-		if !ok || e.current != id || e.key.Equal(key) {
+		if !ok {
+			r.holdKeyLocked(id, key)
+			return nil
+		}
+		if e.current != id || e.key.Equal(key) {
 			return nil
 		}
 		return &eventsv1.PeerKeyLearned{PeerId: string(e.id), PublicKey: key}
 	})
 }
 
-// RecordOwnID records this server's ID: the first one, or a rename.
-func (r *Registry) RecordOwnID(ctx context.Context, id domain.ServerID) error {
-	return r.write(ctx, streams.TypeOwnServerIDChanged, func() proto.Message {
+// holdKeyLocked keeps the key of a server that is not a peer, dropping the
+// oldest held once the bound is reached. The caller holds mu.
+func (r *Registry) holdKeyLocked(id domain.ServerID, key ed25519.PublicKey) {
+	if _, held := r.unregistered[id]; !held {
+		for len(r.unregisteredOrder) >= maxUnregisteredKeys {
+			delete(r.unregistered, r.unregisteredOrder[0])
+			r.unregisteredOrder = r.unregisteredOrder[1:]
+		}
+		r.unregisteredOrder = append(r.unregisteredOrder, id)
+	}
+	r.unregistered[id] = key
+}
+
+// RecordOwnID records this server's ID, taken at at: the first one, or a
+// rename.
+func (r *Registry) RecordOwnID(ctx context.Context, id domain.ServerID, at time.Time) error {
+	return r.write(ctx, streams.TypeOwnServerIDChanged, at, func() proto.Message {
 		if id == r.ownID {
 			return nil
 		}
@@ -366,14 +446,20 @@ func (r *Registry) RecordOwnID(ctx context.Context, id domain.ServerID) error {
 
 // RecordNotified records that peer accepted this server's ID newID.
 func (r *Registry) RecordNotified(ctx context.Context, peer streams.PeerID, newID domain.ServerID) error {
-	return r.write(ctx, streams.TypePeerNotifiedOfNewID, func() proto.Message {
+	return r.write(ctx, streams.TypePeerNotifiedOfNewID, time.Time{}, func() proto.Message {
 		return &eventsv1.PeerNotifiedOfNewId{PeerId: string(peer), NewServerId: newID.String()}
 	})
 }
 
-// write records what decide returns (nil: nothing); decide reads the state
-// with mu held, and no other write runs in between.
-func (r *Registry) write(ctx context.Context, typ string, decide func() proto.Message) error {
+// record is one record of the peers stream and its type.
+type record struct {
+	typ string
+	m   proto.Message
+}
+
+// write records what decide returns (nil: nothing), as of at; decide reads
+// the state with mu held, and no other write runs in between.
+func (r *Registry) write(ctx context.Context, typ string, at time.Time, decide func() proto.Message) error {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	r.mu.Lock()
@@ -382,17 +468,17 @@ func (r *Registry) write(ctx context.Context, typ string, decide func() proto.Me
 	if m == nil {
 		return nil
 	}
-	return r.writeLocked(ctx, typ, m)
+	return r.writeLocked(ctx, at, record{typ, m})
 }
 
-// writeLocked appends records of one type to the peers stream at the
-// revision this registry has read, then folds them in. A conflict means
-// another writer shares the store: the registry rereads the stream and the
-// caller may retry. The caller holds writeMu.
-func (r *Registry) writeLocked(ctx context.Context, typ string, recs ...proto.Message) error {
+// writeLocked appends records to the peers stream at the revision this
+// registry has read, then folds them in as of at. A conflict means another
+// writer shares the store: the registry rereads the stream and the caller
+// may retry. The caller holds writeMu.
+func (r *Registry) writeLocked(ctx context.Context, at time.Time, recs ...record) error {
 	data := make([]eventstore.EventData, 0, len(recs))
-	for _, m := range recs {
-		d, err := r.codec.Encode(typ, m)
+	for _, rec := range recs {
+		d, err := r.codec.Encode(rec.typ, rec.m)
 		if err != nil {
 			return err
 		}
@@ -405,13 +491,13 @@ func (r *Registry) writeLocked(ctx context.Context, typ string, recs ...proto.Me
 		if errors.Is(err, eventstore.ErrWrongExpectedRevision) {
 			r.reload(ctx)
 		}
-		return fmt.Errorf("record %s: %w", typ, err)
+		return fmt.Errorf("record %s: %w", recs[0].typ, err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.next += uint64(len(recs))
-	for _, m := range recs {
-		if err := r.apply(m); err != nil {
+	for _, rec := range recs {
+		if err := r.apply(rec.m, at); err != nil {
 			return err
 		}
 	}
@@ -426,5 +512,5 @@ func (r *Registry) reload(ctx context.Context) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.next, r.byServer, r.byPeer, r.ownID = fresh.next, fresh.byServer, fresh.byPeer, fresh.ownID
+	r.next, r.byServer, r.byPeer, r.ownID, r.ownIDs = fresh.next, fresh.byServer, fresh.byPeer, fresh.ownID, fresh.ownIDs
 }

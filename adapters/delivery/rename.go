@@ -82,6 +82,11 @@ func (r *Renames) AcceptRename(ctx context.Context, caller domain.Caller, newID 
 		return err
 	}
 	r.keys.Remember(newID, served)
+	// Recorded under the new ID too (a no-op when the old ID's was), so
+	// the key is known after a restart.
+	if err := r.registry.RecordKey(ctx, newID, served); err != nil {
+		r.logger.Warn("recording a renamed peer's key failed", "peer", newID.String(), "err", err)
+	}
 	r.logger.Info("peer renamed", "peer", decision.Peer, "old", decision.Old.String(), "new", decision.New.String())
 	return nil
 }
@@ -96,10 +101,11 @@ func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
 	if _, _, taken := r.registry.Resolve(newID); taken {
 		return fmt.Errorf("%w: %s is a peer's ID", domain.ErrIDTaken, newID)
 	}
-	if err := r.registry.RecordOwnID(ctx, newID); err != nil {
+	now := r.clock.Now()
+	if err := r.registry.RecordOwnID(ctx, newID, now); err != nil {
 		return err
 	}
-	r.identity.Rename(newID, r.clock.Now())
+	r.identity.Rename(newID, now)
 	r.logger.Info("this server renamed", "old", old.String(), "new", newID.String())
 	r.Start()
 	return nil
@@ -150,12 +156,6 @@ func (r *Renames) notifyUntilAccepted(peer streams.PeerID) {
 		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := r.notifier.NotifyNewID(callCtx, server, own)
 		cancel()
-		var remote *hrpc.RemoteError
-		if errors.As(err, &remote) && remote.Identifier == "postbox.unknown-peer" {
-			// The peer never knew this server: there is nothing to rename
-			// there, and it learns the new ID at the next contact.
-			err = nil
-		}
 		if err == nil {
 			if err := r.registry.RecordNotified(ctx, peer, own); err != nil {
 				r.logger.Error("recording a peer's acceptance of our new ID failed", "peer", server.String(), "err", err)
@@ -163,6 +163,13 @@ func (r *Renames) notifyUntilAccepted(peer streams.PeerID) {
 				r.logger.Info("peer accepted our new ID", "peer", server.String(), "id", own.String())
 				return
 			}
+		} else if unknownToPeer(err) {
+			// Not an acceptance: the peer has no record of the ID it is
+			// told about. Toward it this server keeps signing with that
+			// ID; the next push registers it there, and then a notice is
+			// accepted as a rename, leaving the peer one entry for us.
+			r.logger.Warn("a peer does not know our old ID, so has not accepted the new one; will retry",
+				"peer", server.String(), "old", known(r.registry, peer).String(), "attempt", attempt, "err", err)
 		} else {
 			r.logger.Warn("telling a peer our new ID failed; will retry", "peer", server.String(), "attempt", attempt, "err", err)
 		}
@@ -186,6 +193,19 @@ func (r *Renames) awaitNotice(ctx context.Context, peer streams.PeerID) {
 	case <-done:
 	case <-ctx.Done():
 	}
+}
+
+// unknownToPeer reports whether a peer answered that it does not know the ID
+// this server signed with.
+func unknownToPeer(err error) bool {
+	var remote *hrpc.RemoteError
+	return errors.As(err, &remote) && remote.Identifier == "postbox.unknown-peer"
+}
+
+// known is the ID of this server that peer knows.
+func known(reg *Registry, peer streams.PeerID) domain.ServerID {
+	id, _ := reg.KnowsUsAs(peer)
+	return id
 }
 
 func (r *Renames) knows(peer streams.PeerID, own domain.ServerID) bool {

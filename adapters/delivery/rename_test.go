@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -162,7 +164,7 @@ func TestOurRenameIsAnnouncedUntilEachPeerAccepts(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
-	if err := w.engine.registry.RecordOwnID(ctx, oldID); err != nil {
+	if err := w.engine.registry.RecordOwnID(ctx, oldID, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	w.send(1) // B is a peer, registered while this server was oldID
@@ -203,7 +205,7 @@ func TestAnnouncementsSurviveARestart(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
-	w.engine.registry.RecordOwnID(ctx, oldID)
+	w.engine.registry.RecordOwnID(ctx, oldID, time.Now())
 	w.send(1)
 	// The server is renamed while the peer is down for good...
 	down := &fakeNotifier{failures: 1 << 30}
@@ -217,4 +219,77 @@ func TestAnnouncementsSurviveARestart(t *testing.T) {
 	r := attachRenames(w, &fakeKeys{}, up, newID)
 	r.Start()
 	eventually(t, "B to accept after the restart", func() bool { return w.engine.registry.IDFor(peerB) == newID })
+}
+
+// scriptedNotifier answers NotifyNewId with the given errors in turn, then
+// accepts.
+type scriptedNotifier struct {
+	mu      sync.Mutex
+	answers []error
+	calls   int
+}
+
+func (n *scriptedNotifier) NotifyNewID(context.Context, domain.ServerID, domain.ServerID) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.calls++
+	if len(n.answers) == 0 {
+		return nil
+	}
+	err := n.answers[0]
+	n.answers = n.answers[1:]
+	return err
+}
+
+func (n *scriptedNotifier) count() int { n.mu.Lock(); defer n.mu.Unlock(); return n.calls }
+
+// Given a peer registered while this server was oldID, when this server
+// renames and the peer answers postbox.unknown-peer (it has no record of
+// oldID), then that is not an acceptance: nothing is recorded, this server
+// keeps signing as oldID toward it and asks again, until it accepts.
+func TestUnknownPeerAnswerIsNotAnAcceptance(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	if err := w.engine.registry.RecordOwnID(ctx, oldID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	w.send(1)
+	unknown := &hrpc.RemoteError{Procedure: "/protocol.sync.v1.PostboxService/NotifyNewId", HTTPStatus: 400,
+		Identifier: "postbox.unknown-peer", HumanMessage: "unknown peer: a.example:2289"}
+	notifier := &scriptedNotifier{answers: []error{unknown, unknown}}
+	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, notifier, domain.NewIdentity(oldID, domain.DefaultAudienceGrace),
+		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	renames.backoff = domain.Backoff{First: 50 * time.Millisecond, Max: 50 * time.Millisecond}
+	if err := renames.Rename(ctx, newID); err != nil {
+		t.Fatal(err)
+	}
+	notified := func() int {
+		n := 0
+		readAll(ctx, w.store, streams.Peers, func(r eventstore.RecordedEvent) error {
+			if r.Type == streams.TypePeerNotifiedOfNewID {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	eventually(t, "a first answer", func() bool { return notifier.count() >= 1 })
+	for {
+		n, signing := notified(), w.engine.registry.IDFor(peerB)
+		calls := notifier.count() // the third call, which accepts, is counted before it is recorded
+		if calls >= 3 {
+			break
+		}
+		if n != 0 || signing != oldID {
+			t.Fatalf("after %d unknown-peer answers: %d PeerNotifiedOfNewId recorded, signing as %s toward B; want none, and the old ID %s",
+				calls, n, signing, oldID)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	eventually(t, "B to accept", func() bool { return w.engine.registry.IDFor(peerB) == newID })
+	if n, calls := notified(), notifier.count(); n != 1 || calls != 3 {
+		t.Fatalf("%d notices, %d recorded as accepted; want 3 and 1", calls, n)
+	}
 }

@@ -380,7 +380,7 @@ type outcome struct {
 	code       connect.Code // Connect and gRPC only
 }
 
-// call makes op over protocol ("hrpc", "connect" or "grpc").
+// call makes op over protocol ("hrpc", "connect", "grpc" or "grpc-web").
 func call(t *testing.T, f *fed, protocol string, op operation, auth string) outcome {
 	t.Helper()
 	if protocol == "hrpc" {
@@ -398,8 +398,11 @@ func call(t *testing.T, f *fed, protocol string, op operation, auth string) outc
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	client, opts := http1Client(), []connect.ClientOption(nil)
-	if protocol == "grpc" {
+	switch protocol {
+	case "grpc":
 		client, opts = h2cClient(), []connect.ClientOption{connect.WithGRPC()}
+	case "grpc-web":
+		opts = []connect.ClientOption{connect.WithGRPCWeb()}
 	}
 	defer client.CloseIdleConnections()
 	err := op.viaConnect(ctx, syncv1connect.NewPostboxServiceClient(client, f.url, opts...), auth)
@@ -413,11 +416,12 @@ func call(t *testing.T, f *fed, protocol string, op operation, auth string) outc
 	return outcome{identifier: ce.Meta().Get("Postbox-Error-Identifier"), code: ce.Code()}
 }
 
-var protocols = []string{"hrpc", "connect", "grpc"}
+var protocols = []string{"hrpc", "connect", "grpc", "grpc-web"}
 
 // TestAuthOverTheWire refuses each kind of bad token with its identifier,
-// over hRPC (identifier and HTTP status) and over Connect and gRPC (code
-// and the Postbox-Error-Identifier metadata), and accepts the good ones.
+// over hRPC (identifier and HTTP status) and over Connect, gRPC and
+// gRPC-Web (code and the Postbox-Error-Identifier metadata), and accepts
+// the good ones.
 func TestAuthOverTheWire(t *testing.T) {
 	t.Parallel()
 	main := startFederation(t, fedOptions{})

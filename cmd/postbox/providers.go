@@ -54,35 +54,57 @@ func provideRandom() io.Reader { return rand.Reader }
 // provideIdentity settles this server's ID against the one stored in the
 // peers stream: the first start records it; an explicitly given
 // --server-id that differs renames the server (peers are told once it
-// serves); a default --server-id never renames, the stored ID stays.
+// serves); a default --server-id never renames, the stored ID stays. The
+// IDs this server had before stay accepted audiences for the grace period
+// after each rename, counted from when it was recorded, across restarts.
 func provideIdentity(ctx context.Context, cfg Config, registry *delivery.Registry, clock domain.Clock, logger *slog.Logger) (*domain.Identity, error) {
 	stored, ok := registry.OwnID()
 	switch {
 	case !ok:
-		if err := registry.RecordOwnID(ctx, cfg.ServerID); err != nil {
+		if err := registry.RecordOwnID(ctx, cfg.ServerID, clock.Now()); err != nil {
 			return nil, err
 		}
 		return domain.NewIdentity(cfg.ServerID, domain.DefaultAudienceGrace), nil
 	case stored == cfg.ServerID:
-		return domain.NewIdentity(stored, domain.DefaultAudienceGrace), nil
+		return recordedIdentity(registry, clock, logger), nil
 	case !cfg.ServerIDGiven:
 		logger.Info("using the server ID stored in the data directory", "server_id", stored.String())
-		return domain.NewIdentity(stored, domain.DefaultAudienceGrace), nil
+		return recordedIdentity(registry, clock, logger), nil
 	}
 	if _, _, taken := registry.Resolve(cfg.ServerID); taken {
 		return nil, fmt.Errorf("--server-id %s: %w", cfg.ServerID, domain.ErrIDTaken)
 	}
-	identity := domain.NewIdentity(stored, domain.DefaultAudienceGrace)
-	if err := registry.RecordOwnID(ctx, cfg.ServerID); err != nil {
+	identity := recordedIdentity(registry, clock, logger)
+	now := clock.Now()
+	if err := registry.RecordOwnID(ctx, cfg.ServerID, now); err != nil {
 		return nil, err
 	}
-	identity.Rename(cfg.ServerID, clock.Now())
+	identity.Rename(cfg.ServerID, now)
 	logger.Info("this server renamed; peers will be told", "old", stored.String(), "new", cfg.ServerID.String())
 	return identity, nil
 }
 
-// keyRecorder records the keys fetched for registered peers, so they are
-// known after a restart (a renamed peer's old address may be gone).
+// recordedIdentity replays this server's recorded IDs, so each former one
+// is an audience until the grace after the rename that left it, and logs
+// those still accepted.
+func recordedIdentity(registry *delivery.Registry, clock domain.Clock, logger *slog.Logger) *domain.Identity {
+	ids := registry.OwnIDs()
+	identity := domain.NewIdentity(ids[0].ID, domain.DefaultAudienceGrace)
+	now := clock.Now()
+	for i, next := range ids[1:] {
+		identity.Rename(next.ID, next.Since)
+		former, until := ids[i].ID, next.Since.Add(domain.DefaultAudienceGrace)
+		if former != next.ID && now.Before(until) && former != ids[len(ids)-1].ID {
+			logger.Info("tokens addressed to a former ID of this server are still accepted",
+				"former_id", former.String(), "until", until.UTC().Format(time.RFC3339))
+		}
+	}
+	return identity
+}
+
+// keyRecorder records the keys fetched for peers (for a server that is not
+// a peer yet, once its first call registers it), so they are known after a
+// restart (a renamed peer's old address may be gone).
 type keyRecorder struct {
 	registry *delivery.Registry
 	logger   *slog.Logger

@@ -1,0 +1,137 @@
+package delivery
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+// openRegistry reads the registry of the store in dir; close closes the
+// store (once).
+func openRegistry(t *testing.T, dir string) (reg *Registry, close func()) {
+	t.Helper()
+	store, err := embedded.Open(t.Context(), dir, embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	close = func() { once.Do(func() { store.Close() }) }
+	t.Cleanup(close)
+	if reg, err = LoadRegistry(t.Context(), store, streams.NewCodec(rand.Reader), rand.Reader); err != nil {
+		t.Fatal(err)
+	}
+	return reg, close
+}
+
+// Given a key learned while verifying a server's first call (it is not a
+// peer yet), when that call registers it, then the key is recorded with it
+// and known after a restart; a stranger that never becomes a peer records
+// nothing.
+func TestRegistryRecordsTheKeyOfAPeerMetByItsOwnCall(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, dir, embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := LoadRegistry(ctx, store, streams.NewCodec(rand.Reader), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := domain.MustParseServerID("x.example:2289")
+	for _, k := range []struct {
+		id   domain.ServerID
+		seed byte
+	}{{peerB, 1}, {stranger, 2}} {
+		if err := reg.RecordKey(ctx, k.id, pubKey(k.seed)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := reg.Register(ctx, peerB); err != nil {
+		t.Fatal(err)
+	}
+	store.Close()
+
+	reg, _ = openRegistry(t, dir)
+	keys := reg.Keys()
+	if !keys[peerB].Equal(pubKey(1)) {
+		t.Errorf("after a restart, B's key is %x; want the one that verified its first call", keys[peerB])
+	}
+	if _, ok := keys[stranger]; ok || len(keys) != 1 {
+		t.Errorf("keys after a restart: %v; want B's only", keys)
+	}
+}
+
+// Given a peer with a recorded key, when it is renamed (twice) and this
+// server restarts, then its former IDs still have the key they had.
+func TestRegistryKeepsTheKeysOfFormerIDs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := context.Background()
+	reg, closeStore := openRegistry(t, dir)
+	peer, err := reg.Register(ctx, peerB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.RecordKey(ctx, peerB, pubKey(1)); err != nil {
+		t.Fatal(err)
+	}
+	b3 := domain.MustParseServerID("b3.example:2289")
+	for _, step := range []domain.PeerRename{{Peer: string(peer), Old: peerB, New: peerB2}, {Peer: string(peer), Old: peerB2, New: b3}} {
+		if err := reg.RecordRename(ctx, step); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := reg.RecordKey(ctx, b3, pubKey(3)); err != nil { // rotated after the renames
+		t.Fatal(err)
+	}
+	want := map[domain.ServerID]byte{peerB: 1, peerB2: 1, b3: 3}
+	running := reg.Keys()
+	closeStore()
+	reg, _ = openRegistry(t, dir)
+	for name, keys := range map[string]map[domain.ServerID]ed25519.PublicKey{"running": running, "after a restart": reg.Keys()} {
+		for id, seed := range want {
+			if !keys[id].Equal(pubKey(seed)) {
+				t.Errorf("%s: the key of %s is %x, want key %d", name, id, keys[id], seed)
+			}
+		}
+	}
+}
+
+// Given this server renamed twice, when the registry is read again, then
+// it lists every ID with the time it was taken.
+func TestRegistryRemembersOwnIDsWithTheirTimes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := context.Background()
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	store, err := embedded.Open(ctx, dir, embedded.Options{Clock: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := LoadRegistry(ctx, store, streams.NewCodec(rand.Reader), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1, a2, a3 := domain.MustParseServerID("a1.example:1"), domain.MustParseServerID("a2.example:1"), domain.MustParseServerID("a3.example:1")
+	for _, id := range []domain.ServerID{a1, a2, a3} {
+		if err := reg.RecordOwnID(ctx, id, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store.Close()
+	want := []OwnIDEntry{{a1, t0}, {a2, t0}, {a3, t0}}
+	reg, _ = openRegistry(t, dir)
+	if got := reg.OwnIDs(); !slices.EqualFunc(got, want, func(x, y OwnIDEntry) bool { return x.ID == y.ID && x.Since.Equal(y.Since) }) {
+		t.Fatalf("OwnIDs after a restart: %v, want %v", got, want)
+	}
+}
