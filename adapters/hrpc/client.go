@@ -32,10 +32,11 @@ type RemoteError struct {
 }
 
 // Busy reports whether the server refused the call for now, as too busy
-// (429 or hrpc.resource-exhausted), and how long it asked the caller to
+// (429; hrpc.resource-exhausted also answers 413 for a body over the size
+// limit, which is no reason to wait), and how long it asked the caller to
 // wait (0 when it did not say).
 func (e *RemoteError) Busy() (time.Duration, bool) {
-	if e.HTTPStatus != http.StatusTooManyRequests && e.Identifier != rpcerrors.ResourceExhausted {
+	if e.HTTPStatus != http.StatusTooManyRequests {
 		return 0, false
 	}
 	return e.RetryAfter, true

@@ -59,7 +59,7 @@ const framingBytes = 64
 // limit: a budget below it could never admit the largest request this
 // server announces.
 func ValidateInflight(inflight, maxRequest int64) error {
-	if inflight != 0 && inflight < maxRequest {
+	if inflight < 0 || (inflight != 0 && inflight < maxRequest) {
 		return fmt.Errorf("--max-inflight-bytes %d is below --max-request-bytes %d: the largest request could never be admitted", inflight, maxRequest)
 	}
 	return nil

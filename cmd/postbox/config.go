@@ -32,6 +32,7 @@ type Config struct {
 	AdminToken    admin.Token
 	PeerProtocol  peerclient.Protocol
 	MaxRequest    httpserver.MaxRequestBytes
+	MaxInflight   int64 // bytes of request bodies in flight; 0: the default
 	Delivery      delivery.Config
 }
 
@@ -55,6 +56,7 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	adminToken := fs.String("admin-token", "", "bearer token the admin listener requires")
 	protocol := fs.String("peer-protocol", "hrpc", "protocol for calls to peers: hrpc, connect or grpc")
 	maxRequest := fs.Int64("max-request-bytes", 4<<20, "largest federation request body accepted")
+	maxInflight := fs.Int64("max-inflight-bytes", 0, "bytes of federation request bodies held at once, all callers together; at least --max-request-bytes (default: 16 times it, at least 64 MiB)")
 	dc := delivery.DefaultConfig()
 	fs.IntVar(&dc.PushRetries, "push-retries", dc.PushRetries, "retries after a failed push before the peer's events go to its queue")
 	fs.BoolVar(&dc.ResumeProbe, "resume-probe", dc.ResumeProbe, "while a peer in queue mode does not pull, push its oldest queued event now and then; false follows the spec strictly")
@@ -81,6 +83,7 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 		RequireExt:    *requireExt,
 		AdminToken:    admin.Token(*adminToken),
 		MaxRequest:    httpserver.MaxRequestBytes(*maxRequest),
+		MaxInflight:   *maxInflight,
 		Delivery:      dc,
 	}
 	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
@@ -100,6 +103,9 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	}
 	if cfg.MaxRequest <= 0 {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-request-bytes must be positive")}
+	}
+	if err := httpserver.ValidateInflight(cfg.MaxInflight, int64(cfg.MaxRequest)); err != nil {
+		return Config{}, exitError{code: 2, err: err}
 	}
 	return cfg, nil
 }

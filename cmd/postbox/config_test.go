@@ -139,6 +139,7 @@ func TestParseServeConfigRefuses(t *testing.T) {
 		{"bad protocol", []string{"--peer-protocol", "smtp"}, nil, "--peer-protocol"},
 		{"zero window", []string{"--auth-window", "0s"}, nil, "--auth-window"},
 		{"negative request limit", []string{"--max-request-bytes", "-1"}, nil, "--max-request-bytes"},
+		{"bodies in flight below the request limit", []string{"--max-request-bytes", "2048", "--max-inflight-bytes", "2047"}, nil, "--max-inflight-bytes 2047 is below --max-request-bytes 2048"},
 		{"negative push retries", []string{"--push-retries", "-1"}, nil, "--push-retries"},
 		{"zero pull interval from the environment", nil, map[string]string{"POSTBOX_PULL_INTERVAL": "0s"}, "--pull-interval"},
 	} {
