@@ -105,9 +105,9 @@ func (f *FederationHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (f *FederationHandler) refuse(w http.ResponseWriter, r *http.Request, isHRPC bool, err error) {
 	c := rpcerrors.Classify(err)
 	f.logger.Log(r.Context(), c.Level, "federation request refused before its body", "procedure", r.URL.Path, "identifier", c.Identifier, "err", err)
-	// The body is left unread: an HTTP/1 connection is closed rather than
-	// drained of it.
-	w.Header().Set("Connection", "close")
+	// The body is left unread: net/http closes an HTTP/1 connection
+	// rather than drain more than a little of it, and resets an HTTP/2
+	// stream, leaving the connection to the caller's other calls.
 	if isHRPC {
 		hrpc.WriteError(w, err)
 		return
