@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -409,42 +412,110 @@ func TestAGzipBombIsCutAtTheSizeLimit(t *testing.T) {
 	}
 }
 
+// One HTTP/2 connection, over h2c and over TLS, opening 40 streams at a
+// handler that holds each call: the server takes 32 and refuses the rest,
+// and says so in its SETTINGS.
 func TestOneHTTP2ConnectionCarriesAtMost32Calls(t *testing.T) {
 	t.Parallel()
-	var now, most atomic.Int64
-	release := make(chan struct{})
-	addr := serve(t, "streams", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		n := now.Add(1)
-		defer now.Add(-1)
-		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
-		}
-		<-release
-	}))
-	p := new(http.Protocols)
-	p.SetUnencryptedHTTP2(true)
-	// One connection only: calls beyond the server's limit wait for it.
-	tr := &http.Transport{Protocols: p, HTTP2: &http.HTTP2Config{StrictMaxConcurrentRequests: true}}
-	t.Cleanup(tr.CloseIdleConnections)
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	var wg sync.WaitGroup
-	for range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if resp, err := client.Get("http://" + addr + "/"); err == nil {
-				resp.Body.Close()
+	files, pool := testCA(t)
+	for _, secure := range []bool{false, true} {
+		t.Run(map[bool]string{false: "h2c", true: "tls"}[secure], func(t *testing.T) {
+			t.Parallel()
+			release := make(chan struct{})
+			var running atomic.Int64
+			blocking := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+				running.Add(1)
+				<-release
+			})
+			var tf httpserver.TLSFiles
+			if secure {
+				tf = files
 			}
-		}()
+			srv, err := httpserver.Listen(t.Context(), "streams", "127.0.0.1:0", blocking, tf, discardLogger)
+			if err != nil {
+				t.Fatal(err)
+			}
+			go srv.Serve()
+			t.Cleanup(func() {
+				close(release)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = srv.Shutdown(ctx)
+			})
+			var conn net.Conn
+			if secure {
+				conn, err = tls.Dial("tcp", srv.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", NextProtos: []string{"h2"}})
+			} else {
+				conn, err = net.Dial("tcp", srv.Addr().String())
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			advertised, refused := openStreams(t, conn, 40)
+			if advertised != httpserver.MaxConcurrentStreams {
+				t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS = %d, want %d", advertised, httpserver.MaxConcurrentStreams)
+			}
+			if refused != 40-httpserver.MaxConcurrentStreams {
+				t.Errorf("%d of 40 streams refused, want %d", refused, 40-httpserver.MaxConcurrentStreams)
+			}
+			if n := running.Load(); n > httpserver.MaxConcurrentStreams {
+				t.Errorf("%d calls running on one connection", n)
+			}
+		})
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for now.Load() < httpserver.MaxConcurrentStreams && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+}
+
+// openStreams speaks HTTP/2 on conn: it reads the server's SETTINGS,
+// acknowledges them, opens n GET streams and counts the streams the server
+// resets, until n less the advertised limit are reset or a second passes
+// without a frame.
+func openStreams(t *testing.T, conn net.Conn, n int) (advertised uint32, refused int) {
+	t.Helper()
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // room for any more to arrive
-	got := most.Load()
-	close(release)
-	wg.Wait()
-	if got != httpserver.MaxConcurrentStreams {
-		t.Fatalf("at most %d calls at once on one connection, want %d", got, httpserver.MaxConcurrentStreams)
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
 	}
+	for advertised == 0 {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+			advertised = 1 << 31
+			if v, ok := sf.Value(http2.SettingMaxConcurrentStreams); ok {
+				advertised = v
+			}
+			if err := fr.WriteSettingsAck(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var hbuf bytes.Buffer
+	enc := hpack.NewEncoder(&hbuf)
+	for i := range n {
+		hbuf.Reset()
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "test"}, {":path", "/"}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hbuf.Bytes(), EndHeaders: true, EndStream: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := n - int(min(advertised, uint32(n)))
+	for refused < want {
+		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+		f, err := fr.ReadFrame()
+		if err != nil {
+			break // nothing more: a server without the cap refuses none
+		}
+		if _, ok := f.(*http2.RSTStreamFrame); ok {
+			refused++
+		}
+	}
+	return advertised, refused
 }
