@@ -140,7 +140,8 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			return
 		}
 		res, err := e.pushOnce(ctx, server, seq, events)
-		if wait, busy := peerclient.Busy(err); busy && busyInRow < maxBusyInRow {
+		wait, busy := peerclient.Busy(err)
+		if busy && busyInRow < maxBusyInRow {
 			// The peer is at its budget and said when to come back: not a
 			// failure, so not a step toward queue mode.
 			busyInRow++
@@ -151,7 +152,9 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			}
 			continue
 		}
-		busyInRow = 0
+		if !busy {
+			busyInRow = 0
+		}
 		p.mu.Lock()
 		if err == nil {
 			p.batch = res
@@ -185,11 +188,11 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 	}
 }
 
-// A peer that answers "busy" (429 with RetryInfo) is waited for as it
-// asks, up to maxBusyWait each time, and such answers do not count toward
-// queue mode; but after maxBusyInRow of them in a row they count as failed
-// attempts again, so a peer cannot hold a push loop forever (about five
-// minutes at most).
+// A peer that answers "busy" (429, with RetryInfo or not) is waited for as
+// it asks, up to maxBusyWait each time, and such answers do not count
+// toward queue mode; but after maxBusyInRow of them in a row, further ones
+// count as failed attempts, so a peer cannot hold a push loop for more than
+// about five minutes before queue mode.
 const (
 	maxBusyInRow = 10
 	maxBusyWait  = 30 * time.Second
