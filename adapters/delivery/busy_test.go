@@ -18,11 +18,13 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/federation/federationtest"
+	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
 type fixedSelf domain.ServerID
@@ -187,5 +189,35 @@ func TestBusyWaitsAreCapped(t *testing.T) {
 		if got := busyWait(asked); got != want {
 			t.Errorf("busyWait(%s) = %s, want %s", asked, got, want)
 		}
+	}
+}
+
+// alwaysBusy answers every push as a receiver at its budget would.
+type alwaysBusy struct{ pushes atomic.Int64 }
+
+func (a *alwaysBusy) Push(context.Context, domain.ServerID, uint64, []*syncv1.Event) (peerclient.PushResult, error) {
+	a.pushes.Add(1)
+	return peerclient.PushResult{}, &hrpc.RemoteError{Procedure: "/Push", HTTPStatus: http.StatusTooManyRequests,
+		Identifier: "hrpc.resource-exhausted", RetryAfter: time.Millisecond, HasRetryInfo: true}
+}
+
+func (a *alwaysBusy) Pull(context.Context, domain.ServerID, *uint64) (peerclient.PullResult, error) {
+	return peerclient.PullResult{}, nil
+}
+
+// A peer that is busy forever cannot hold the push loop forever: after ten
+// busy answers in a row, the next ones count as failed attempts.
+func TestAPeerBusyForeverReachesQueueMode(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.PushRetries = 1
+	peer := &alwaysBusy{}
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: cfg, client: peer}
+	w.open()
+	w.send(1)
+	eventually(t, "queue mode", func() bool { return w.state().Mode == domain.ModeQueue })
+	// Ten waited for, then one attempt and one retry.
+	if n := peer.pushes.Load(); n != maxBusyInRow+2 {
+		t.Errorf("%d pushes before queue mode, want %d", n, maxBusyInRow+2)
 	}
 }
