@@ -137,6 +137,7 @@ func (e *Engine) nextPush(ctx context.Context, p *peer, seq uint64, ahead *outbo
 // until the peer announces again what it takes: the failure may have been
 // the size.
 func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.ServerID, seq uint64, ahead *outboxReader) {
+	busyInRow := 0
 	for attempts := uint32(1); ctx.Err() == nil; attempts++ {
 		events, err := e.nextPush(ctx, p, seq, ahead)
 		if err != nil {
@@ -145,6 +146,21 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			return
 		}
 		res, err := e.pushOnce(ctx, server, seq, events)
+		wait, busy := peerclient.Busy(err)
+		if busy && busyInRow < maxBusyInRow {
+			// The peer is at its budget and said when to come back: not a
+			// failure, so not a step toward queue mode.
+			busyInRow++
+			attempts--
+			e.logger.Info("peer busy; waiting as it asked", "peer", server.String(), "seq", seq, "wait", busyWait(wait))
+			if sleep(ctx, busyWait(wait)) != nil {
+				return
+			}
+			continue
+		}
+		if !busy {
+			busyInRow = 0
+		}
 		p.mu.Lock()
 		if err == nil {
 			p.batch = res
@@ -176,6 +192,25 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			return
 		}
 	}
+}
+
+// A peer that answers "busy" (429, with RetryInfo or not) is waited for as
+// it asks, up to maxBusyWait each time, and such answers do not count
+// toward queue mode; but after maxBusyInRow of them in a row, further ones
+// count as failed attempts, so a peer cannot hold a push loop for more than
+// about five minutes before queue mode.
+const (
+	maxBusyInRow = 10
+	maxBusyWait  = 30 * time.Second
+)
+
+// busyWait is the wait before retrying a busy peer: what it asked, capped,
+// and a second when it did not say.
+func busyWait(asked time.Duration) time.Duration {
+	if asked <= 0 {
+		return time.Second
+	}
+	return min(asked, maxBusyWait)
 }
 
 // pushOnce makes one attempt, holding one of the global push slots.

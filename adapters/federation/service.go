@@ -20,6 +20,7 @@ import (
 	"github.com/harmony-postbox/postbox/domain"
 	authv1 "github.com/harmony-postbox/postbox/gen/protocol/auth/v1"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
 )
 
 // Authenticator checks a caller's token for one operation.
@@ -86,24 +87,97 @@ func (s *PostboxService) ObserveAuthFailures(o AuthObserver) *PostboxService {
 	return s
 }
 
-// Authentication happens in each handler rather than in an interceptor:
-// NotifyNewId must compare the token with the request body, and hRPC calls
-// reach the handlers without Connect's interceptor chain.
+// Authentication happens from the headers alone, before the request body
+// is read (Preauthenticate, called by the listener), so a stranger cannot
+// make this server hold request bodies: the token's signature, time,
+// audience and nonce are all in Authorization. NotifyNewId's token signs
+// the new ID, which the handler then compares with the body. A handler
+// reached without Preauthenticate (mounted on its own) authenticates itself
+// from the same header, after its body was read.
 func (s *PostboxService) authenticate(ctx context.Context, h http.Header, op domain.Operation, newServerID string) (domain.Caller, error) {
 	tok, err := authtoken.Decode(h.Get(authtoken.HeaderName))
 	var caller domain.Caller
 	if err == nil {
 		caller, err = s.auth.Verify(ctx, tok, op, newServerID)
 	}
-	if err != nil && s.observer != nil {
-		s.observer.AuthFailed(rpcerrors.Classify(err).Identifier)
+	if err != nil {
+		s.authFailed(err)
 	}
 	return caller, err
 }
 
+func (s *PostboxService) authFailed(err error) {
+	if s.observer != nil {
+		s.observer.AuthFailed(rpcerrors.Classify(err).Identifier)
+	}
+}
+
+// preauthenticated is what Preauthenticate puts in a request's context.
+type preauthenticated struct {
+	caller      domain.Caller
+	op          domain.Operation
+	newServerID string // what the token signed, for NotifyNewId
+}
+
+type preauthKey struct{}
+
+// operation is what a token for procedure authorises; ok is false for a
+// procedure that needs no token.
+func operation(procedure string) (_ domain.Operation, ok bool) {
+	switch procedure {
+	case syncv1connect.PostboxServicePullProcedure:
+		return domain.OpPull, true
+	case syncv1connect.PostboxServicePushProcedure:
+		return domain.OpPush, true
+	case syncv1connect.PostboxServiceNotifyNewIdProcedure:
+		return domain.OpNotifyNewID, true
+	}
+	return 0, false
+}
+
+// Preauthenticate verifies the token of a call to procedure from its
+// headers alone, before the body is read, and returns a context carrying the
+// caller, which the handler then uses. For a procedure that needs no token
+// (AuthService.Key, or a path that is not a federation call) it returns ctx
+// and ok=false.
+func (s *PostboxService) Preauthenticate(ctx context.Context, procedure string, h http.Header) (_ context.Context, _ domain.Caller, ok bool, _ error) {
+	op, ok := operation(procedure)
+	if !ok {
+		return ctx, domain.Caller{}, false, nil
+	}
+	tok, err := authtoken.Decode(h.Get(authtoken.HeaderName))
+	var caller domain.Caller
+	if err == nil {
+		// NotifyNewId: the ID the token signs; the handler compares it
+		// with the body's.
+		caller, err = s.auth.Verify(ctx, tok, op, tok.Claims.NewServerID)
+	}
+	if err != nil {
+		s.authFailed(err)
+		return ctx, domain.Caller{}, true, err
+	}
+	pre := preauthenticated{caller: caller, op: op, newServerID: tok.Claims.NewServerID}
+	return context.WithValue(ctx, preauthKey{}, pre), caller, true, nil
+}
+
+// caller is the authenticated caller of a handler: the one Preauthenticate
+// verified for this operation, else verified now from the header.
+func (s *PostboxService) caller(ctx context.Context, h http.Header, op domain.Operation, newServerID string) (domain.Caller, error) {
+	pre, ok := ctx.Value(preauthKey{}).(preauthenticated)
+	if !ok || pre.op != op {
+		return s.authenticate(ctx, h, op, newServerID)
+	}
+	if op == domain.OpNotifyNewID && pre.newServerID != newServerID {
+		err := fmt.Errorf("%w: the token's new_server_id %q differs from the request's %q", domain.ErrExtensionRequired, pre.newServerID, newServerID)
+		s.authFailed(err)
+		return domain.Caller{}, err
+	}
+	return pre.caller, nil
+}
+
 // Pull serves the caller's queue.
 func (s *PostboxService) Pull(ctx context.Context, req *connect.Request[syncv1.PullRequest]) (*connect.Response[syncv1.PullResponse], error) {
-	caller, err := s.authenticate(ctx, req.Header(), domain.OpPull, "")
+	caller, err := s.caller(ctx, req.Header(), domain.OpPull, "")
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +199,7 @@ func (s *PostboxService) Pull(ctx context.Context, req *connect.Request[syncv1.P
 // Push accepts one event, or from a Postbox sender the events that follow
 // it too, and answers a Postbox sender with how far it took them.
 func (s *PostboxService) Push(ctx context.Context, req *connect.Request[syncv1.PushRequest]) (*connect.Response[syncv1.PushResponse], error) {
-	caller, err := s.authenticate(ctx, req.Header(), domain.OpPush, "")
+	caller, err := s.caller(ctx, req.Header(), domain.OpPush, "")
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +236,7 @@ func (s *PostboxService) Push(ctx context.Context, req *connect.Request[syncv1.P
 
 // NotifyNewId accepts a peer's rename.
 func (s *PostboxService) NotifyNewId(ctx context.Context, req *connect.Request[syncv1.NotifyNewIdRequest]) (*connect.Response[syncv1.NotifyNewIdResponse], error) {
-	caller, err := s.authenticate(ctx, req.Header(), domain.OpNotifyNewID, req.Msg.GetNewServerId())
+	caller, err := s.caller(ctx, req.Header(), domain.OpNotifyNewID, req.Msg.GetNewServerId())
 	if err != nil {
 		return nil, err
 	}

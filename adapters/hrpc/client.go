@@ -7,9 +7,12 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
+	hrpcv1 "github.com/harmony-postbox/postbox/gen/hrpc/v1"
 	harmonytypesv1 "github.com/harmony-postbox/postbox/gen/protocol/harmonytypes/v1"
 )
 
@@ -22,6 +25,33 @@ type RemoteError struct {
 	HTTPStatus   int
 	Identifier   string
 	HumanMessage string
+	// RetryAfter is the wait a busy server asked for (RetryInfo in the
+	// details of hrpc.resource-exhausted); HasRetryInfo says it sent one.
+	RetryAfter   time.Duration
+	HasRetryInfo bool
+}
+
+// Busy reports whether the server refused the call for now, as too busy
+// (429; hrpc.resource-exhausted also answers 413 for a body over the size
+// limit, which is no reason to wait), and how long it asked the caller to
+// wait (0 when it did not say).
+func (e *RemoteError) Busy() (time.Duration, bool) {
+	if e.HTTPStatus != http.StatusTooManyRequests {
+		return 0, false
+	}
+	return e.RetryAfter, true
+}
+
+// retryAfter reads hrpc.v1.RetryInfo from an error's details.
+func retryAfter(details []byte) (time.Duration, bool) {
+	if len(details) == 0 {
+		return 0, false
+	}
+	var info hrpcv1.RetryInfo
+	if proto.Unmarshal(details, &info) != nil {
+		return 0, false
+	}
+	return time.Duration(info.GetRetryAfter()) * time.Second, true
 }
 
 func (e *RemoteError) Error() string {
@@ -66,6 +96,9 @@ func Call(ctx context.Context, client *http.Client, baseURL, procedure string, h
 		var e harmonytypesv1.Error
 		if IsContentType(resp.Header.Get("Content-Type")) && proto.Unmarshal(reply, &e) == nil {
 			remote.Identifier, remote.HumanMessage = e.GetIdentifier(), e.GetHumanMessage()
+			if remote.Identifier == rpcerrors.ResourceExhausted {
+				remote.RetryAfter, remote.HasRetryInfo = retryAfter(e.GetMoreDetails())
+			}
 		} else {
 			remote.HumanMessage = http.StatusText(resp.StatusCode)
 		}

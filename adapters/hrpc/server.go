@@ -107,7 +107,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, http.StatusUnsupportedMediaType, rpcerrors.BadUnaryRequest, "Content-Type must be application/hrpc", nil)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBytes))
+	body, err := readBody(w, r, h.maxBytes)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -115,7 +115,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				"request body exceeds "+strconv.FormatInt(h.maxBytes, 10)+" bytes", nil)
 			return
 		}
-		h.fail(w, r, http.StatusBadRequest, rpcerrors.BadUnaryRequest, "could not read request body", nil)
+		h.fail(w, r, http.StatusBadRequest, rpcerrors.BadUnaryRequest, "could not read request body", err)
 		return
 	}
 	reply, err := m.call(r.Context(), r.Header, body)
@@ -129,7 +129,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		c := rpcerrors.Classify(err)
 		h.logger.Log(r.Context(), c.Level, "hrpc call failed", "procedure", m.Procedure, "identifier", c.Identifier, "err", err)
-		writeError(w, c.HTTPStatus, c.Identifier, c.Message)
+		WriteError(w, err)
 		return
 	}
 	setHeaders(w.Header())
@@ -139,7 +139,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, status int, identifier, message string, err error) {
 	h.logger.Info("hrpc request refused", "path", r.URL.Path, "method", r.Method, "identifier", identifier, "err", err)
-	writeError(w, status, identifier, message)
+	writeError(w, status, identifier, message, nil)
+}
+
+// readBody reads a request body of at most limit bytes. A body that says
+// its length is read into a buffer of that size, so a large body costs its
+// size once rather than the doublings of a growing buffer.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, limit)
+	if r.ContentLength <= 0 || r.ContentLength > limit {
+		return io.ReadAll(body)
+	}
+	buf := make([]byte, r.ContentLength+1) // one more, to see the end
+	n, err := io.ReadFull(body, buf)
+	switch {
+	case int64(n) == r.ContentLength && errors.Is(err, io.ErrUnexpectedEOF):
+		return buf[:n], nil // all of it, and then the end
+	case err != nil:
+		return nil, err
+	}
+	// More bytes than announced: net/http does not allow that.
+	return nil, errors.New("request body longer than its Content-Length")
+}
+
+// WriteError answers err as an hRPC error, classified by rpcerrors: the
+// identifier and status of its class, and RetryInfo in the details of a
+// busy refusal.
+func WriteError(w http.ResponseWriter, err error) {
+	c := rpcerrors.Classify(err)
+	writeError(w, c.HTTPStatus, c.Identifier, c.Message, rpcerrors.HRPCDetails(err))
 }
 
 func setHeaders(h http.Header) {
@@ -148,8 +176,8 @@ func setHeaders(h http.Header) {
 }
 
 // writeError writes an hRPC error reply; both hRPC headers are always set.
-func writeError(w http.ResponseWriter, status int, identifier, message string) {
-	body, _ := proto.Marshal(&harmonytypesv1.Error{Identifier: identifier, HumanMessage: message})
+func writeError(w http.ResponseWriter, status int, identifier, message string, details []byte) {
+	body, _ := proto.Marshal(&harmonytypesv1.Error{Identifier: identifier, HumanMessage: message, MoreDetails: details})
 	setHeaders(w.Header())
 	w.WriteHeader(status)
 	_, _ = w.Write(body)

@@ -295,28 +295,31 @@ func TestFixtureTokensOverTheWire(t *testing.T) {
 func TestHRPCEdgeCases(t *testing.T) {
 	t.Parallel()
 	const limit = 1024
-	f := startFederation(t, fedOptions{limit: limit})
+	f := startFederation(t, fedOptions{limit: limit, remember: map[string]ed25519.PublicKey{fixtureSender: ed25519.PublicKey(unhex(t, fixturePublicKeyHex))}})
 	garbage := []byte{0xff, 0xff, 0xff, 0xff}
+	// Bodies are read only from authenticated callers: a plain token,
+	// which may be sent again within its second.
+	auth := fixturePlainHeader
 
 	for _, tc := range []struct {
-		name, method, path, contentType string
-		body                            []byte
-		status                          int
-		identifier                      string
+		name, method, path, contentType, auth string
+		body                                  []byte
+		status                                int
+		identifier                            string
 	}{
-		{"GET", http.MethodGet, pathPull, "", nil, http.StatusMethodNotAllowed, "hrpc.http.bad-unary-request"},
-		{"GET with hRPC type", http.MethodGet, pathKey, "application/hrpc", nil, http.StatusMethodNotAllowed, "hrpc.http.bad-unary-request"},
-		{"PUT", http.MethodPut, pathPush, "application/hrpc", unhex(t, fixturePushHex), http.StatusMethodNotAllowed, "hrpc.http.bad-unary-request"},
-		{"garbage body", http.MethodPost, pathPush, "application/hrpc", garbage, http.StatusBadRequest, "hrpc.http.bad-unary-request"},
-		{"garbage body at the limit", http.MethodPost, pathPush, "application/hrpc", append(bytes.Repeat([]byte{0x0a}, limit-1), 0xff), http.StatusBadRequest, "hrpc.http.bad-unary-request"},
-		{"unknown procedure", http.MethodPost, "/protocol.sync.v1.PostboxService/Nope", "application/hrpc", nil, http.StatusNotFound, "hrpc.not-found"},
-		{"unknown path with a Connect type", http.MethodPost, "/nope", "application/proto", nil, http.StatusNotFound, "hrpc.not-found"},
-		{"root", http.MethodGet, "/", "", nil, http.StatusNotFound, "hrpc.not-found"},
-		{"body over the limit", http.MethodPost, pathPush, "application/hrpc", make([]byte, limit+1), http.StatusRequestEntityTooLarge, "hrpc.resource-exhausted"},
+		{"GET", http.MethodGet, pathPull, "", "", nil, http.StatusMethodNotAllowed, "hrpc.http.bad-unary-request"},
+		{"GET with hRPC type", http.MethodGet, pathKey, "application/hrpc", "", nil, http.StatusMethodNotAllowed, "hrpc.http.bad-unary-request"},
+		{"PUT", http.MethodPut, pathPush, "application/hrpc", "", unhex(t, fixturePushHex), http.StatusMethodNotAllowed, "hrpc.http.bad-unary-request"},
+		{"garbage body", http.MethodPost, pathPush, "application/hrpc", auth, garbage, http.StatusBadRequest, "hrpc.http.bad-unary-request"},
+		{"garbage body at the limit", http.MethodPost, pathPush, "application/hrpc", auth, append(bytes.Repeat([]byte{0x0a}, limit-1), 0xff), http.StatusBadRequest, "hrpc.http.bad-unary-request"},
+		{"unknown procedure", http.MethodPost, "/protocol.sync.v1.PostboxService/Nope", "application/hrpc", "", nil, http.StatusNotFound, "hrpc.not-found"},
+		{"unknown path with a Connect type", http.MethodPost, "/nope", "application/proto", "", nil, http.StatusNotFound, "hrpc.not-found"},
+		{"root", http.MethodGet, "/", "", "", nil, http.StatusNotFound, "hrpc.not-found"},
+		{"body over the limit", http.MethodPost, pathPush, "application/hrpc", auth, make([]byte, limit+1), http.StatusRequestEntityTooLarge, "hrpc.resource-exhausted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			r := rawHRPC(t, tc.method, f.url+tc.path, tc.contentType, "", tc.body)
+			r := rawHRPC(t, tc.method, f.url+tc.path, tc.contentType, tc.auth, tc.body)
 			checkHRPCError(t, r, tc.status, tc.identifier)
 			if tc.status == http.StatusMethodNotAllowed && r.Header.Get("Allow") != http.MethodPost {
 				t.Errorf("Allow = %q, want POST", r.Header.Get("Allow"))

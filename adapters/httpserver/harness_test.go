@@ -280,6 +280,7 @@ type fedOptions struct {
 	limit    httpserver.MaxRequestBytes
 	remember map[string]ed25519.PublicKey // keys known before any request
 	noBatch  bool                         // the service does not accept pushes of several events
+	admit    *httpserver.Admission        // default: the handler's defaults
 }
 
 // fed is a running federation server: the real handler over the real
@@ -325,6 +326,9 @@ func startFederation(t testing.TB, opts fedOptions) *fed {
 		service.AcceptBatches(int64(opts.limit))
 	}
 	h := httpserver.NewFederationHandler(service, federation.NewKeyService(pub), opts.limit, discardLogger)
+	if opts.admit != nil {
+		h.WithAdmission(*opts.admit)
+	}
 	rec := &recorder{next: h}
 	addr := serve(t, "federation", rec)
 	return &fed{id: id, url: "http://" + addr, clock: opts.clock, public: pub, postbox: postbox, rec: rec}

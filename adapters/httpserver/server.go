@@ -26,6 +26,14 @@ type Server struct {
 	logger   *slog.Logger
 }
 
+// writeTimeout bounds a request and its reply; the federation listener
+// extends it once a slow body has been read whole (rateReader).
+const writeTimeout = 60 * time.Second
+
+// MaxConcurrentStreams caps the HTTP/2 streams of one connection (TLS and
+// h2c), so one connection cannot open hundreds of calls at once.
+const MaxConcurrentStreams = 32
+
 // Listen binds addr now, so the caller knows the port is ours before it
 // starts anything that depends on being reachable.
 func Listen(ctx context.Context, name, addr string, handler http.Handler, files TLSFiles, logger *slog.Logger) (*Server, error) {
@@ -38,10 +46,11 @@ func Listen(ctx context.Context, name, addr string, handler http.Handler, files 
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      60 * time.Second,
+		WriteTimeout:      writeTimeout,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		Protocols:         protocols,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: MaxConcurrentStreams},
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}

@@ -162,12 +162,31 @@ func fromConnect(procedure string, err error) error {
 	if !errors.As(err, &ce) || !connect.IsWireError(ce) {
 		return fmt.Errorf("%s: %w", procedure, err)
 	}
-	return &hrpc.RemoteError{
+	remote := &hrpc.RemoteError{
 		Procedure:    procedure,
 		HTTPStatus:   connectHTTPStatus(ce.Code()),
 		Identifier:   ce.Meta().Get(rpcerrors.IdentifierHeader),
 		HumanMessage: ce.Message(),
 	}
+	remote.RetryAfter, remote.HasRetryInfo = rpcerrors.RetryAfterOf(ce)
+	if ce.Code() == connect.CodeResourceExhausted && !remote.HasRetryInfo {
+		// Connect has one code for "busy" and "too large"; a busy refusal
+		// carries RetryInfo, so without it this is the size limit, hRPC's
+		// 413: a failure, not a request to wait.
+		remote.HTTPStatus = http.StatusRequestEntityTooLarge
+	}
+	return remote
+}
+
+// Busy reports whether err is a peer's refusal for now as too busy (429,
+// hrpc.resource-exhausted, ResourceExhausted), with the wait it asked for
+// (0 when it sent no RetryInfo).
+func Busy(err error) (time.Duration, bool) {
+	var remote *hrpc.RemoteError
+	if !errors.As(err, &remote) {
+		return 0, false
+	}
+	return remote.Busy()
 }
 
 // PushResult is a receiver's answer to a push.

@@ -39,9 +39,16 @@ type Config struct {
 	RefreshEvery time.Duration
 	// FailureTTL is how long a failed fetch is remembered.
 	FailureTTL time.Duration
-	// FetchesPerSecond and Burst cap fetches across all peers.
+	// FetchesPerSecond and Burst cap fetches of known peers' keys.
 	FetchesPerSecond float64
 	Burst            int
+	// UnknownPerSecond, UnknownBurst and UnknownInFlight cap fetches for IDs
+	// never seen before (no key, and unknown to KnownPeers): a budget of
+	// their own, so tokens naming forged IDs spend only it, never what
+	// known peers' fetches need.
+	UnknownPerSecond float64
+	UnknownBurst     int
+	UnknownInFlight  int
 }
 
 // DefaultConfig returns conservative limits.
@@ -52,13 +59,16 @@ func DefaultConfig() Config {
 		FailureTTL:       30 * time.Second,
 		FetchesPerSecond: 20,
 		Burst:            40,
+		UnknownPerSecond: 5,
+		UnknownBurst:     10,
+		UnknownInFlight:  4,
 	}
 }
 
 // maxKeyReply bounds a Key reply: 32 bytes of key plus framing.
 const maxKeyReply = 1024
 
-// ErrRateLimited is returned when the global fetch budget is spent.
+// ErrRateLimited is returned when the fetch budget is spent.
 var ErrRateLimited = errors.New("key fetch rate limit reached")
 
 // Observer learns of every key fetched, so it can be recorded.
@@ -74,7 +84,10 @@ type Resolver struct {
 	guarded  *http.Client
 	open     *http.Client
 	observer Observer
-	budget   *tokenBucket
+	budget   *tokenBucket // known peers
+	unknown  *tokenBucket // IDs never seen before
+	slots    chan struct{}
+	known    KnownPeers
 
 	mu      sync.Mutex
 	entries map[domain.ServerID]*entry
@@ -100,6 +113,12 @@ func New(cfg Config, clock domain.Clock, logger *slog.Logger, observer Observer)
 	if cfg.FetchesPerSecond <= 0 {
 		cfg.FetchesPerSecond, cfg.Burst = def.FetchesPerSecond, def.Burst
 	}
+	if cfg.UnknownPerSecond <= 0 {
+		cfg.UnknownPerSecond, cfg.UnknownBurst = def.UnknownPerSecond, def.UnknownBurst
+	}
+	if cfg.UnknownInFlight <= 0 {
+		cfg.UnknownInFlight = def.UnknownInFlight
+	}
 	return &Resolver{
 		cfg:      cfg,
 		clock:    clock,
@@ -108,6 +127,8 @@ func New(cfg Config, clock domain.Clock, logger *slog.Logger, observer Observer)
 		open:     newClient(cfg, nil),
 		observer: observer,
 		budget:   newTokenBucket(cfg.FetchesPerSecond, cfg.Burst, clock.Now()),
+		unknown:  newTokenBucket(cfg.UnknownPerSecond, cfg.UnknownBurst, clock.Now()),
+		slots:    make(chan struct{}, cfg.UnknownInFlight),
 		entries:  make(map[domain.ServerID]*entry),
 	}
 }
@@ -133,6 +154,19 @@ func newClient(cfg Config, dial func(ctx context.Context, network, addr string) 
 		// A redirect could point anywhere, past the address guard's intent.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+}
+
+// KnownPeers tells the IDs this server already deals with (its registry),
+// whose first key fetch uses the known peers' budget.
+type KnownPeers interface {
+	Knows(id domain.ServerID) bool
+}
+
+// WithKnownPeers makes first fetches for k's IDs use the known peers'
+// budget. Call it before use.
+func (r *Resolver) WithKnownPeers(k KnownPeers) *Resolver {
+	r.known = k
+	return r
 }
 
 // Remember seeds the resolver with a key already known, such as one read
@@ -205,8 +239,21 @@ func (r *Resolver) RefreshKey(ctx context.Context, id domain.ServerID) (ed25519.
 }
 
 func (r *Resolver) fetchLocked(ctx context.Context, id domain.ServerID, e *entry, now time.Time) (ed25519.PublicKey, error) {
-	if !r.budget.take(now) {
-		return nil, ErrRateLimited
+	if e.key != nil || (r.known != nil && r.known.Knows(id)) {
+		if !r.budget.take(now) {
+			return nil, ErrRateLimited
+		}
+	} else {
+		// Never seen: anyone can name such an ID in a token.
+		select {
+		case r.slots <- struct{}{}:
+			defer func() { <-r.slots }()
+		default:
+			return nil, fmt.Errorf("%w: fetches for unknown IDs in flight", ErrRateLimited)
+		}
+		if !r.unknown.take(now) {
+			return nil, fmt.Errorf("%w: fetches for unknown IDs", ErrRateLimited)
+		}
 	}
 	e.lastFetch = now
 	key, err := r.Fetch(ctx, id)

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -169,7 +170,7 @@ func TestFailuresAreRememberedAndFetchesAreBudgeted(t *testing.T) {
 	id := domain.MustParseServerID(strings.TrimPrefix(srv.URL, "http://"))
 	cfg := DefaultConfig()
 	cfg.Insecure = true
-	cfg.FetchesPerSecond, cfg.Burst = 1, 2
+	cfg.UnknownPerSecond, cfg.UnknownBurst = 1, 2
 	r := newResolver(cfg, clock)
 	ctx := context.Background()
 
@@ -179,8 +180,8 @@ func TestFailuresAreRememberedAndFetchesAreBudgeted(t *testing.T) {
 	if _, err := r.Key(ctx, id); err == nil || calls.Load() != 1 {
 		t.Fatalf("a recent failure was not remembered: calls=%d", calls.Load())
 	}
-	// The global budget (burst 2, one already spent) stops a flood of
-	// distinct IDs from turning into a flood of fetches.
+	// The unknown IDs' budget (burst 2, one already spent) stops a flood
+	// of distinct IDs from turning into a flood of fetches.
 	other := domain.MustParseServerID("127.0.0.1:1")
 	r.Key(ctx, other)
 	if _, err := r.Key(ctx, domain.MustParseServerID("127.0.0.1:2")); !errors.Is(err, ErrRateLimited) {
@@ -200,5 +201,64 @@ func TestKeyOfTheWrongSizeIsRefused(t *testing.T) {
 	r := newResolver(cfg, &testClock{now: time.Unix(1, 0)})
 	if _, err := r.Fetch(t.Context(), domain.MustParseServerID(strings.TrimPrefix(srv.URL, "http://"))); err == nil || !strings.Contains(err.Error(), "32-byte") {
 		t.Fatalf("a 3-byte key: %v", err)
+	}
+}
+
+// knownSet is a KnownPeers of fixed IDs.
+type knownSet map[domain.ServerID]bool
+
+func (k knownSet) Knows(id domain.ServerID) bool { return k[id] }
+
+func TestUnknownIDsDoNotSpendTheKnownPeersBudget(t *testing.T) {
+	t.Parallel()
+	clock := &testClock{now: time.Unix(1_700_000_000, 0)}
+	// Two key servers that never answer hold the in-flight slots of
+	// unknown IDs, as forged IDs pointing at black holes would.
+	hold := make(chan struct{})
+	var arrived sync.WaitGroup
+	arrived.Add(2)
+	hanging := func() domain.ServerID {
+		srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+			arrived.Done()
+			<-hold
+		}))
+		t.Cleanup(srv.Close)
+		return domain.MustParseServerID(strings.TrimPrefix(srv.URL, "http://"))
+	}
+	black1, black2 := hanging(), hanging()
+	t.Cleanup(func() { close(hold) })
+	rotated := startKeyServer(t, 1)      // a known peer that rotated its key
+	firstContact := startKeyServer(t, 2) // in the registry, key not yet fetched
+
+	cfg := DefaultConfig()
+	cfg.Insecure = true
+	cfg.FetchesPerSecond, cfg.Burst = 1, 2
+	cfg.UnknownPerSecond, cfg.UnknownBurst, cfg.UnknownInFlight = 1, 3, 2
+	r := newResolver(cfg, clock).WithKnownPeers(knownSet{firstContact.id: true})
+	old := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32)).Public().(ed25519.PublicKey)
+	r.Remember(rotated.id, old)
+	ctx := t.Context()
+
+	var done sync.WaitGroup
+	for _, id := range []domain.ServerID{black1, black2} {
+		done.Add(1)
+		go func() { defer done.Done(); _, _ = r.Key(ctx, id) }()
+	}
+	arrived.Wait()
+	// Both slots held: a third unknown ID is refused at once, without
+	// a connection, and so is every further one.
+	for port := 1; port <= 5; port++ {
+		_, err := r.Key(ctx, domain.MustParseServerID("127.0.0.1:"+strconv.Itoa(port)))
+		if !errors.Is(err, ErrRateLimited) {
+			t.Fatalf("unknown ID %d with the slots held: %v, want ErrRateLimited", port, err)
+		}
+	}
+	// The known peers' fetches are untouched by all of that.
+	fresh, ok, err := r.RefreshKey(ctx, rotated.id)
+	if err != nil || !ok || fresh.Equal(old) {
+		t.Fatalf("refetch of a known peer's key: ok=%v err=%v", ok, err)
+	}
+	if _, err := r.Key(ctx, firstContact.id); err != nil {
+		t.Fatalf("first key fetch of a peer the registry knows: %v", err)
 	}
 }

@@ -7,11 +7,17 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
+	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/harmony-postbox/postbox/domain"
+	hrpcv1 "github.com/harmony-postbox/postbox/gen/hrpc/v1"
 )
 
 // Reserved hRPC identifiers.
@@ -37,12 +43,17 @@ type Class struct {
 	Level slog.Level
 }
 
+// ErrRequestTooLarge refuses a request body over the size limit, before or
+// while it is read.
+var ErrRequestTooLarge = errors.New("request body too large")
+
 type rule struct {
 	err   error
 	class Class
 }
 
 var rules = []rule{
+	{ErrRequestTooLarge, Class{ResourceExhausted, http.StatusRequestEntityTooLarge, connect.CodeResourceExhausted, "", slog.LevelInfo}},
 	{domain.ErrBadAuth, Class{"h.bad-auth", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
 	{domain.ErrBadToken, Class{"h.bad-token", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
 	{domain.ErrBadTokenData, Class{"h.bad-token-data", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
@@ -71,6 +82,10 @@ var internal = Class{InternalServerError, http.StatusInternalServerError, connec
 
 // Classify finds the class of err. Unknown errors are internal errors.
 func Classify(err error) Class {
+	var busy *Busy
+	if errors.As(err, &busy) {
+		return Class{ResourceExhausted, http.StatusTooManyRequests, connect.CodeResourceExhausted, busy.Error(), slog.LevelWarn}
+	}
 	for _, r := range rules {
 		if errors.Is(err, r.err) {
 			c := r.class
@@ -118,8 +133,81 @@ func ToConnect(err error) *connect.Error {
 	c := Classify(err)
 	ce := connect.NewError(c.Code, errors.New(c.Message))
 	ce.Meta().Set(IdentifierHeader, c.Identifier)
+	if info, ok := RetryInfo(err); ok {
+		// Ours, which hRPC carries too, and gRPC's own, which gRPC
+		// clients and proxies understand.
+		if d, derr := connect.NewErrorDetail(info); derr == nil {
+			ce.AddDetail(d)
+		}
+		delay := durationpb.New(time.Duration(info.GetRetryAfter()) * time.Second)
+		if d, derr := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: delay}); derr == nil {
+			ce.AddDetail(d)
+		}
+	}
 	return ce
 }
 
 // IdentifierHeader carries the hRPC identifier on Connect and gRPC errors.
 const IdentifierHeader = "Postbox-Error-Identifier"
+
+// Busy refuses a request because this server is at one of its budgets (the
+// bytes of request bodies in flight, in all or for one peer). It is answered
+// as hrpc.resource-exhausted (429) or ResourceExhausted, with RetryInfo, so
+// the caller waits and tries again instead of counting a failure.
+type Busy struct {
+	// What is spent, for the caller: "request bodies in flight", ...
+	Budget string
+	// RetryAfter is the hint given to the caller, in whole seconds (at
+	// least one).
+	RetryAfter time.Duration
+}
+
+func (e *Busy) Error() string {
+	return "server busy: " + e.Budget + " at its limit; retry later"
+}
+
+// retryAfterSeconds is the hint in RetryInfo's unit: whole seconds, at
+// least one, as uint32.
+func (e *Busy) retryAfterSeconds() uint32 {
+	s := (e.RetryAfter + time.Second - 1) / time.Second
+	return uint32(min(max(s, 1), math.MaxUint32))
+}
+
+// RetryInfo returns the hrpc.v1.RetryInfo of a Busy error, if err is one.
+func RetryInfo(err error) (*hrpcv1.RetryInfo, bool) {
+	var busy *Busy
+	if !errors.As(err, &busy) {
+		return nil, false
+	}
+	return &hrpcv1.RetryInfo{RetryAfter: busy.retryAfterSeconds()}, true
+}
+
+// HRPCDetails is what an hRPC error reply carries in its details field for
+// err: a serialized hrpc.v1.RetryInfo for a Busy error (PROTOCOL.md §2),
+// else nothing.
+func HRPCDetails(err error) []byte {
+	info, ok := RetryInfo(err)
+	if !ok {
+		return nil
+	}
+	b, _ := proto.Marshal(info)
+	return b
+}
+
+// RetryAfterOf reads the retry hint a peer put in a Connect or gRPC error:
+// hrpc.v1.RetryInfo or google.rpc.RetryInfo. ok is false when it sent none.
+func RetryAfterOf(ce *connect.Error) (time.Duration, bool) {
+	for _, d := range ce.Details() {
+		switch v, err := d.Value(); info := v.(type) {
+		case *hrpcv1.RetryInfo:
+			if err == nil {
+				return time.Duration(info.GetRetryAfter()) * time.Second, true
+			}
+		case *errdetails.RetryInfo:
+			if err == nil && info.GetRetryDelay().IsValid() {
+				return max(info.GetRetryDelay().AsDuration(), 0), true
+			}
+		}
+	}
+	return 0, false
+}

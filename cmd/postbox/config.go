@@ -32,6 +32,7 @@ type Config struct {
 	AdminToken    admin.Token
 	PeerProtocol  peerclient.Protocol
 	MaxRequest    httpserver.MaxRequestBytes
+	MaxInflight   int64 // bytes of request bodies in flight; 0: the default
 	Delivery      delivery.Config
 }
 
@@ -58,6 +59,7 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	adminToken := fs.String("admin-token", "", "bearer token the admin listener requires")
 	protocol := fs.String("peer-protocol", "hrpc", "protocol for calls to peers: hrpc, connect or grpc")
 	maxRequest := fs.Int64("max-request-bytes", 4<<20, "largest federation request body accepted")
+	maxInflight := fs.Int64("max-inflight-bytes", 0, "bytes of federation request bodies held at once, all callers together; at least --max-request-bytes (default: 16 times it, at least 64 MiB)")
 	dc := delivery.DefaultConfig()
 	fs.IntVar(&dc.PushRetries, "push-retries", dc.PushRetries, "retries after a failed push before the peer's events go to its queue")
 	fs.BoolVar(&dc.ResumeProbe, "resume-probe", dc.ResumeProbe, "while a peer in queue mode does not pull, push its oldest queued event now and then; false follows the spec strictly")
@@ -85,6 +87,7 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 		RequireExt:    *requireExt,
 		AdminToken:    admin.Token(*adminToken),
 		MaxRequest:    httpserver.MaxRequestBytes(*maxRequest),
+		MaxInflight:   *maxInflight,
 		Delivery:      dc,
 	}
 	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
@@ -116,6 +119,9 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	if maxEvent := int64(dc.MaxEventBytes); maxEvent <= 0 || maxEvent > room || maxEvent > int64(dc.PullReplyMaxBytes) {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-event-bytes %d: must be positive, at most %d (--max-request-bytes less room for the request around the event), and at most %d (a Pull reply)",
 			dc.MaxEventBytes, room, dc.PullReplyMaxBytes)}
+	}
+	if err := httpserver.ValidateInflight(cfg.MaxInflight, int64(cfg.MaxRequest)); err != nil {
+		return Config{}, exitError{code: 2, err: err}
 	}
 	return cfg, nil
 }

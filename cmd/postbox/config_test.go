@@ -162,6 +162,7 @@ func TestParseServeConfigRefuses(t *testing.T) {
 		{"event limit over the request limit", []string{"--max-request-bytes", "1048576", "--max-event-bytes", "1048576"}, nil, "--max-event-bytes 1048576"},
 		{"event limit over a Pull reply", []string{"--max-request-bytes", "16777216", "--max-event-bytes", "4194304"}, nil, "a Pull reply"},
 		{"zero event limit", []string{"--max-event-bytes", "0"}, nil, "--max-event-bytes 0"},
+		{"bodies in flight below the request limit", []string{"--max-request-bytes", "2048", "--max-inflight-bytes", "2047"}, nil, "--max-inflight-bytes 2047 is below --max-request-bytes 2048"},
 		{"negative push retries", []string{"--push-retries", "-1"}, nil, "--push-retries"},
 		{"zero pull interval from the environment", nil, map[string]string{"POSTBOX_PULL_INTERVAL": "0s"}, "--pull-interval"},
 	} {

@@ -30,6 +30,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
+	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
 	"github.com/harmony-postbox/postbox/projections"
 )
@@ -116,9 +117,18 @@ func (k keyRecorder) KeyFetched(ctx context.Context, id domain.ServerID, key ed2
 	}
 }
 
+// knownPeers tells the resolver which IDs the registry knows, whose first
+// key fetch is not on the budget of unknown IDs.
+type knownPeers struct{ registry *delivery.Registry }
+
+func (k knownPeers) Knows(id domain.ServerID) bool {
+	_, ok := k.registry.Lookup(id)
+	return ok
+}
+
 // provideResolver fetches peer keys, starting from those recorded.
 func provideResolver(cfg peerkeys.Config, clock domain.Clock, logger *slog.Logger, registry *delivery.Registry) *peerkeys.Resolver {
-	r := peerkeys.New(cfg, clock, logger, keyRecorder{registry, logger})
+	r := peerkeys.New(cfg, clock, logger, keyRecorder{registry, logger}).WithKnownPeers(knownPeers{registry})
 	for id, key := range registry.Keys() {
 		r.Remember(id, key)
 	}
@@ -232,6 +242,12 @@ func provideAdminListener(ctx context.Context, cfg Config, h httpserver.AdminHan
 }
 
 func provideMaxRequest(cfg Config) httpserver.MaxRequestBytes { return cfg.MaxRequest }
+
+// provideFederationHandler serves the federation services within
+// --max-inflight-bytes.
+func provideFederationHandler(postbox syncv1connect.PostboxServiceHandler, key authv1connect.AuthServiceHandler, limit httpserver.MaxRequestBytes, cfg Config, logger *slog.Logger) *httpserver.FederationHandler {
+	return httpserver.NewFederationHandler(postbox, key, limit, logger).WithAdmission(httpserver.Admission{InflightBytes: cfg.MaxInflight})
+}
 
 func provideAdminToken(cfg Config) admin.Token { return cfg.AdminToken }
 

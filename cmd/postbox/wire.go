@@ -72,7 +72,7 @@ var handlerSet = wire.NewSet(
 	wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)),
 	admin.NewService,
 	wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)),
-	httpserver.NewFederationHandler,
+	provideFederationHandler,
 	httpserver.NewAdminHandler,
 	newServer,
 )

@@ -73,7 +73,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
-	federationHandler := httpserver.NewFederationHandler(postboxService, keyService, maxRequestBytes, logger)
+	federationHandler := provideFederationHandler(postboxService, keyService, maxRequestBytes, cfg, logger)
 	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
 	if err != nil {
 		cleanup2()
@@ -149,7 +149,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
-	federationHandler := httpserver.NewFederationHandler(postboxService, keyService, maxRequestBytes, logger)
+	federationHandler := provideFederationHandler(postboxService, keyService, maxRequestBytes, cfg, logger)
 	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
 	if err != nil {
 		cleanup2()
@@ -199,5 +199,5 @@ var engineSet = wire.NewSet(
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(
-	providePostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), admin.NewService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), httpserver.NewFederationHandler, httpserver.NewAdminHandler, newServer,
+	providePostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), admin.NewService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), provideFederationHandler, httpserver.NewAdminHandler, newServer,
 )
