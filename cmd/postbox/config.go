@@ -3,12 +3,14 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"path/filepath"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/netguard"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -22,17 +24,21 @@ type Config struct {
 	DataDir       string
 	KeyFile       string
 	Store         string
-	InsecurePeers bool
-	TLS           httpserver.TLSFiles
-	PeerCA        string
-	AuthWindow    time.Duration
-	AllowPeers    []string
-	BlockPeers    []string
-	RequireExt    bool
-	AdminToken    admin.Token
-	PeerProtocol  peerclient.Protocol
-	MaxRequest    httpserver.MaxRequestBytes
-	Delivery      delivery.Config
+	InsecurePeers bool // the shorthand: PlaintextPeers and every network
+	// PlaintextPeers calls peers over http://.
+	PlaintextPeers bool
+	// PeerNetworks are the internal networks peers may be in.
+	PeerNetworks []netip.Prefix
+	TLS          httpserver.TLSFiles
+	PeerCA       string
+	AuthWindow   time.Duration
+	AllowPeers   []string
+	BlockPeers   []string
+	RequireExt   bool
+	AdminToken   admin.Token
+	PeerProtocol peerclient.Protocol
+	MaxRequest   httpserver.MaxRequestBytes
+	Delivery     delivery.Config
 }
 
 func parseServeConfig(args []string, stderr io.Writer, getenv func(string) string) (Config, error) {
@@ -43,7 +49,10 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	dataDir := fs.String("data-dir", "./postbox-data", "data directory")
 	keyFile := fs.String("key-file", "", "Ed25519 key file (default: key.ed25519 in the data directory)")
 	store := fs.String("store", "", "event store: empty for the embedded store, or an esdb:// connection string")
-	insecure := fs.Bool("insecure-peers", false, "call peers over http:// and allow loopback and private peer addresses (local work only)")
+	insecure := fs.Bool("insecure-peers", false, "shorthand for --plaintext-peers and every network allowed for peers (local work only)")
+	plaintext := fs.Bool("plaintext-peers", false, "call peers over http:// instead of https:// (h2c for gRPC)")
+	var networks listFlag
+	fs.Var(&networks, "allow-peer-networks", "internal networks peers may be in, CIDR, comma-separated (e.g. 10.0.0.0/8,127.0.0.0/8); public addresses are always allowed")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate file for the federation listener")
 	tlsKey := fs.String("tls-key", "", "TLS key file for the federation listener")
 	peerCA := fs.String("peer-ca", "", "PEM file of extra CAs trusted for outbound TLS")
@@ -66,25 +75,32 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 		return Config{}, err
 	}
 	cfg := Config{
-		ServerIDGiven: given["server-id"],
-		Listen:        *listen,
-		AdminListen:   *adminListen,
-		DataDir:       *dataDir,
-		KeyFile:       *keyFile,
-		Store:         *store,
-		InsecurePeers: *insecure,
-		TLS:           httpserver.TLSFiles{CertFile: *tlsCert, KeyFile: *tlsKey},
-		PeerCA:        *peerCA,
-		AuthWindow:    *window,
-		AllowPeers:    allow,
-		BlockPeers:    block,
-		RequireExt:    *requireExt,
-		AdminToken:    admin.Token(*adminToken),
-		MaxRequest:    httpserver.MaxRequestBytes(*maxRequest),
-		Delivery:      dc,
+		ServerIDGiven:  given["server-id"],
+		Listen:         *listen,
+		AdminListen:    *adminListen,
+		DataDir:        *dataDir,
+		KeyFile:        *keyFile,
+		Store:          *store,
+		InsecurePeers:  *insecure,
+		PlaintextPeers: *plaintext || *insecure,
+		TLS:            httpserver.TLSFiles{CertFile: *tlsCert, KeyFile: *tlsKey},
+		PeerCA:         *peerCA,
+		AuthWindow:     *window,
+		AllowPeers:     allow,
+		BlockPeers:     block,
+		RequireExt:     *requireExt,
+		AdminToken:     admin.Token(*adminToken),
+		MaxRequest:     httpserver.MaxRequestBytes(*maxRequest),
+		Delivery:       dc,
 	}
 	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--server-id: %w", err)}
+	}
+	if cfg.PeerNetworks, err = netguard.ParseNetworks(networks); err != nil {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--allow-peer-networks: %w", err)}
+	}
+	if cfg.InsecurePeers {
+		cfg.PeerNetworks = append(cfg.PeerNetworks, netguard.Everything...)
 	}
 	if cfg.PeerProtocol, err = peerclient.ParseProtocol(*protocol); err != nil {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--peer-protocol: %w", err)}
