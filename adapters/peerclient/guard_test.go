@@ -168,7 +168,7 @@ func slowPeer(t *testing.T, delay time.Duration, bodyFirst bool) domain.ServerID
 // the answer's body is not under that clock.
 func TestAnswerTimeoutGrowsWithTheRequest(t *testing.T) {
 	t.Parallel()
-	timeouts := peerclient.Timeouts{Answer: 150 * time.Millisecond, MinRate: 256 << 10}
+	timeouts := peerclient.Timeouts{Answer: 150 * time.Millisecond, MinRate: 256 << 10, WorkAnswer: time.Nanosecond}
 	client := signingClient(t, peerclient.Config{Plaintext: true, Guard: loopbackGuard(t), Timeouts: timeouts})
 	peer := slowPeer(t, 600*time.Millisecond, false)
 
@@ -200,6 +200,9 @@ func TestDefaultTimeoutsBoundAnAttempt(t *testing.T) {
 	d := peerclient.DefaultTimeouts()
 	if w := d.AnswerWithin(100); w < time.Second || w > 3*time.Second {
 		t.Errorf("a small request gets %s to be answered, want 1 to 3 s", w)
+	}
+	if d.WorkAnswer < 3*time.Second {
+		t.Errorf("a Pull or NotifyNewId gets only %s more, want time for the receiver's work", d.WorkAnswer)
 	}
 	if w := d.AnswerWithin(1 << 20); w < 15*time.Second {
 		t.Errorf("a 1 MiB request gets %s, want at least 15 s (64 KiB/s)", w)

@@ -149,7 +149,7 @@ func call[Req, Res any, PReq message[Req], PRes message[Res]](ctx context.Contex
 	}
 	base := peer.URL(!c.cfg.Plaintext)
 	protocol := c.protocol(peer)
-	ctx, stop := c.cfg.Timeouts.answerDeadline(ctx, proto.Size(req), procedure == syncv1connect.PostboxServiceNotifyNewIdProcedure)
+	ctx, stop := c.cfg.Timeouts.answerDeadline(ctx, proto.Size(req), procedure != syncv1connect.PostboxServicePushProcedure)
 	defer stop()
 	if protocol == HRPC {
 		res := PRes(new(Res))

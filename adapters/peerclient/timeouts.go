@@ -23,22 +23,25 @@ type Timeouts struct {
 	// to have). Reading the answer's body is bounded by the caller.
 	Answer  time.Duration
 	MinRate int64
-	// RenameAnswer is added for NotifyNewId, whose receiver fetches the new
-	// ID's key before it answers.
-	RenameAnswer time.Duration
+	// WorkAnswer is added for Pull and NotifyNewId, whose receiver has
+	// work to do before it answers: read and record a reply of up to
+	// 3 MiB, or fetch the new ID's key. Pushes do without it, so a silent
+	// peer reaches queue mode quickly.
+	WorkAnswer time.Duration
 }
 
 // DefaultTimeouts: 3 s to connect, 2 s for TLS, and an answer within 2 s
-// plus the request's size at 64 KiB/s (a 1 MiB push gets 18 s). A peer that
-// never answers fails an attempt after about 2 s; with one attempt and 5
-// retries (backoff 0.1 s doubling) that is queue mode after 13 to 15 s.
+// plus the request's size at 64 KiB/s (a 1 MiB push gets 18 s; a Pull or
+// NotifyNewId 5 s more). A peer that never answers fails a push attempt
+// after about 2 s; with one attempt and 5 retries (backoff 0.1 s doubling)
+// that is queue mode after 13 to 15 s.
 func DefaultTimeouts() Timeouts {
 	return Timeouts{
 		Dial:         3 * time.Second,
 		TLSHandshake: 2 * time.Second,
 		Answer:       2 * time.Second,
 		MinRate:      64 << 10,
-		RenameAnswer: 5 * time.Second,
+		WorkAnswer:   5 * time.Second,
 	}
 }
 
@@ -56,8 +59,8 @@ func (t Timeouts) orDefault() Timeouts {
 	if t.MinRate <= 0 {
 		t.MinRate = d.MinRate
 	}
-	if t.RenameAnswer <= 0 {
-		t.RenameAnswer = d.RenameAnswer
+	if t.WorkAnswer <= 0 {
+		t.WorkAnswer = d.WorkAnswer
 	}
 	return t
 }
@@ -85,10 +88,10 @@ var ErrNoAnswer = errors.New("the peer did not answer in time")
 // clock starts at the connection (dial and handshake have their own
 // bounds) and stops at the answer's first byte (a Pull reply may be large
 // and is bounded by the caller).
-func (t Timeouts) answerDeadline(ctx context.Context, requestBytes int, rename bool) (context.Context, func()) {
+func (t Timeouts) answerDeadline(ctx context.Context, requestBytes int, work bool) (context.Context, func()) {
 	within := t.AnswerWithin(requestBytes)
-	if rename {
-		within += t.RenameAnswer
+	if work {
+		within += t.orDefault().WorkAnswer
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	var (

@@ -944,7 +944,10 @@ func e2eClientSigningAs(t *testing.T, keyOf *e2eNode, as string) *peerclient.Cli
 		t.Fatal(err)
 	}
 	signer := authtoken.NewSigner(key.PrivateKey, clock.System{}, rand.Reader)
-	return peerclient.New(peerclient.Config{Insecure: true, Protocol: peerclient.HRPC}, signer, e2eSelf(domain.MustParseServerID(as)))
+	// A generous answer time: the tests measure how long the receiver
+	// makes a push wait (for its own pull), not this client's bound.
+	timeouts := peerclient.Timeouts{Answer: 30 * time.Second}
+	return peerclient.New(peerclient.Config{Insecure: true, Protocol: peerclient.HRPC, Timeouts: timeouts}, signer, e2eSelf(domain.MustParseServerID(as)))
 }
 
 // e2eSameDelivery reports whether two delivery streams are equal (their
