@@ -24,21 +24,22 @@ type Config struct {
 	DataDir       string
 	KeyFile       string
 	Store         string
-	InsecurePeers bool // the shorthand: PlaintextPeers and every network
-	// PlaintextPeers calls peers over http://.
+	InsecurePeers bool
+	TLS           httpserver.TLSFiles
+	PeerCA        string
+	AuthWindow    time.Duration
+	AllowPeers    []string
+	BlockPeers    []string
+	RequireExt    bool
+	AdminToken    admin.Token
+	PeerProtocol  peerclient.Protocol
+	MaxRequest    httpserver.MaxRequestBytes
+	Delivery      delivery.Config
+
+	// PlaintextPeers calls peers over http://; PeerNetworks are the
+	// internal networks peers may be in (--insecure-peers sets both).
 	PlaintextPeers bool
-	// PeerNetworks are the internal networks peers may be in.
-	PeerNetworks []netip.Prefix
-	TLS          httpserver.TLSFiles
-	PeerCA       string
-	AuthWindow   time.Duration
-	AllowPeers   []string
-	BlockPeers   []string
-	RequireExt   bool
-	AdminToken   admin.Token
-	PeerProtocol peerclient.Protocol
-	MaxRequest   httpserver.MaxRequestBytes
-	Delivery     delivery.Config
+	PeerNetworks   []netip.Prefix
 }
 
 func parseServeConfig(args []string, stderr io.Writer, getenv func(string) string) (Config, error) {
@@ -75,27 +76,27 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 		return Config{}, err
 	}
 	cfg := Config{
-		ServerIDGiven:  given["server-id"],
-		Listen:         *listen,
-		AdminListen:    *adminListen,
-		DataDir:        *dataDir,
-		KeyFile:        *keyFile,
-		Store:          *store,
-		InsecurePeers:  *insecure,
-		PlaintextPeers: *plaintext || *insecure,
-		TLS:            httpserver.TLSFiles{CertFile: *tlsCert, KeyFile: *tlsKey},
-		PeerCA:         *peerCA,
-		AuthWindow:     *window,
-		AllowPeers:     allow,
-		BlockPeers:     block,
-		RequireExt:     *requireExt,
-		AdminToken:     admin.Token(*adminToken),
-		MaxRequest:     httpserver.MaxRequestBytes(*maxRequest),
-		Delivery:       dc,
+		ServerIDGiven: given["server-id"],
+		Listen:        *listen,
+		AdminListen:   *adminListen,
+		DataDir:       *dataDir,
+		KeyFile:       *keyFile,
+		Store:         *store,
+		InsecurePeers: *insecure,
+		TLS:           httpserver.TLSFiles{CertFile: *tlsCert, KeyFile: *tlsKey},
+		PeerCA:        *peerCA,
+		AuthWindow:    *window,
+		AllowPeers:    allow,
+		BlockPeers:    block,
+		RequireExt:    *requireExt,
+		AdminToken:    admin.Token(*adminToken),
+		MaxRequest:    httpserver.MaxRequestBytes(*maxRequest),
+		Delivery:      dc,
 	}
 	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--server-id: %w", err)}
 	}
+	cfg.PlaintextPeers = *plaintext || *insecure
 	if cfg.PeerNetworks, err = netguard.ParseNetworks(networks); err != nil {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--allow-peer-networks: %w", err)}
 	}
