@@ -87,8 +87,19 @@ func (l AccessList) Allows(id ServerID) bool {
 	return len(l.allow) == 0 || matchesAny(l.allow, id)
 }
 
-// ExplicitlyAllows reports whether id is on the allow list itself, which
-// also vouches for it being reachable at a private or loopback address.
+// ExplicitlyAllows reports whether id is named on the allow list by an
+// exact entry (`host` or `host:port`), which vouches for it being reachable
+// at a private or loopback address. A wildcard entry does not: whoever
+// controls the DNS of one subdomain of `*.example.org` could otherwise point
+// it at this server's internal network.
 func (l AccessList) ExplicitlyAllows(id ServerID) bool {
-	return !matchesAny(l.block, id) && matchesAny(l.allow, id)
+	if matchesAny(l.block, id) {
+		return false
+	}
+	for _, p := range l.allow {
+		if !p.wildcard && p.matches(id) {
+			return true
+		}
+	}
+	return false
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/federation/federationtest"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/netguard"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/domain"
@@ -111,8 +112,11 @@ func TestFederationOverTLS(t *testing.T) {
 
 	event := &syncv1.Event{Kind: &syncv1.Event_UserAddedToGuild_{UserAddedToGuild: &syncv1.Event_UserAddedToGuild{UserId: 1, GuildId: 2}}}
 	signer := authtoken.NewSigner(senderKey, clock.System{}, rand.Reader)
+	// Likewise a loopback receiver, to be called at all.
+	receiverAccess, _ := domain.NewAccessList([]string{receiverID.String()}, nil)
+	guard := netguard.New(nil, receiverAccess)
 	for i, protocol := range []peerclient.Protocol{peerclient.HRPC, peerclient.Connect, peerclient.GRPC} {
-		client := peerclient.New(peerclient.Config{TLS: trusting, Protocol: protocol}, signer, fixedSelf(senderID))
+		client := peerclient.New(peerclient.Config{TLS: trusting, Guard: guard, Protocol: protocol}, signer, fixedSelf(senderID))
 		if _, err := client.Push(t.Context(), receiverID, uint64(i), []*syncv1.Event{event}); err != nil {
 			t.Fatalf("push over %s with TLS: %v", protocol, err)
 		}
@@ -122,7 +126,7 @@ func TestFederationOverTLS(t *testing.T) {
 	}
 
 	// Without the CA, the certificate is not trusted.
-	untrusting := peerclient.New(peerclient.Config{TLS: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: x509.NewCertPool()}}, signer, fixedSelf(senderID))
+	untrusting := peerclient.New(peerclient.Config{TLS: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: x509.NewCertPool()}, Guard: guard}, signer, fixedSelf(senderID))
 	if _, err := untrusting.Push(t.Context(), receiverID, 9, []*syncv1.Event{event}); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("a push to an untrusted certificate: %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
+	"github.com/harmony-postbox/postbox/adapters/netguard"
 	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/seqext"
 	"github.com/harmony-postbox/postbox/domain"
@@ -48,8 +49,16 @@ func ParseProtocol(s string) (Protocol, error) {
 
 // Config tunes the client.
 type Config struct {
-	// Insecure calls peers over http:// (h2c for gRPC): for loopback work.
+	// Insecure is Plaintext with every address allowed: for loopback work
+	// (--insecure-peers).
 	Insecure bool
+	// Plaintext calls peers over http:// (h2c for gRPC).
+	Plaintext bool
+	// Guard decides which addresses may be dialled; nil: public addresses
+	// only (every address if Insecure).
+	Guard *netguard.Guard
+	// Timeouts bound each call; zero fields take DefaultTimeouts'.
+	Timeouts Timeouts
 	// TLS is the client TLS configuration (system roots plus --peer-ca).
 	TLS *tls.Config
 	// Protocol is the default protocol; PerPeer overrides it.
@@ -82,6 +91,14 @@ func New(cfg Config, signer *authtoken.Signer, self Self) *Client {
 	if cfg.MaxReplyBytes <= 0 {
 		cfg.MaxReplyBytes = 8 << 20
 	}
+	if cfg.Insecure {
+		cfg.Plaintext = true
+		if cfg.Guard == nil {
+			cfg.Guard = netguard.New(netguard.Everything, domain.AccessList{})
+		}
+	}
+	cfg.Timeouts = cfg.Timeouts.orDefault()
+	dial := cfg.Guard.DialContext(cfg.Timeouts.Dial)
 	web := new(http.Protocols)
 	web.SetHTTP1(true)
 	web.SetHTTP2(true)
@@ -89,7 +106,10 @@ func New(cfg Config, signer *authtoken.Signer, self Self) *Client {
 	h2c.SetUnencryptedHTTP2(true)
 	transport := func(p *http.Protocols) *http.Client {
 		return &http.Client{Transport: &http.Transport{
-			Proxy: http.ProxyFromEnvironment,
+			// No proxy from the environment: the guard must judge the
+			// peer's address, and HTTPS_PROXY would make it the proxy's.
+			Proxy:       nil,
+			DialContext: dial,
 			// A clone per transport: transports write their ALPN protocols into
 			// the config, so a shared one would offer "h2" to HTTP/1-only ones.
 			TLSClientConfig: cfg.TLS.Clone(),
@@ -100,7 +120,7 @@ func New(cfg Config, signer *authtoken.Signer, self Self) *Client {
 			MaxIdleConns:        256,
 			MaxIdleConnsPerHost: 16,
 			IdleConnTimeout:     30 * time.Second,
-			TLSHandshakeTimeout: 10 * time.Second,
+			TLSHandshakeTimeout: cfg.Timeouts.TLSHandshake,
 		}}
 	}
 	return &Client{cfg: cfg, signer: signer, self: self, web: transport(web), h2c: transport(h2c)}
@@ -127,20 +147,22 @@ func call[Req, Res any, PReq message[Req], PRes message[Res]](ctx context.Contex
 	if err != nil {
 		return nil, err
 	}
-	base := peer.URL(!c.cfg.Insecure)
+	base := peer.URL(!c.cfg.Plaintext)
 	protocol := c.protocol(peer)
+	ctx, stop := c.cfg.Timeouts.answerDeadline(ctx, proto.Size(req), procedure != syncv1connect.PostboxServicePushProcedure)
+	defer stop()
 	if protocol == HRPC {
 		res := PRes(new(Res))
 		h := http.Header{authtoken.HeaderName: {header}}
 		if err := hrpc.Call(ctx, c.web, base, procedure, h, req, res, c.cfg.MaxReplyBytes); err != nil {
-			return nil, err
+			return nil, noAnswer(ctx, err)
 		}
 		return res, nil
 	}
 	httpClient, opts := c.web, []connect.ClientOption{connect.WithReadMaxBytes(int(c.cfg.MaxReplyBytes))}
 	if protocol == GRPC {
 		opts = append(opts, connect.WithGRPC())
-		if c.cfg.Insecure {
+		if c.cfg.Plaintext {
 			httpClient = c.h2c
 		}
 	}
@@ -149,7 +171,7 @@ func call[Req, Res any, PReq message[Req], PRes message[Res]](ctx context.Contex
 	r.Header().Set(authtoken.HeaderName, header)
 	out, err := viaConnect(client, ctx, r)
 	if err != nil {
-		return nil, fromConnect(procedure, err)
+		return nil, noAnswer(ctx, fromConnect(procedure, err))
 	}
 	return PRes(out.Msg), nil
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
+	"github.com/harmony-postbox/postbox/adapters/netguard"
 	"github.com/harmony-postbox/postbox/domain"
 	authv1 "github.com/harmony-postbox/postbox/gen/protocol/auth/v1"
 )
@@ -27,9 +28,16 @@ const KeyProcedure = "/protocol.auth.v1.AuthService/Key"
 
 // Config tunes the resolver.
 type Config struct {
-	// Insecure fetches over http:// and allows any address: for loopback work.
+	// Insecure fetches over http:// and allows any address: for loopback
+	// work (--insecure-peers, Plaintext and every network).
 	Insecure bool
-	// Access lists servers; an explicitly allowed server may be private.
+	// Plaintext fetches over http://.
+	Plaintext bool
+	// Guard decides which addresses may be dialled; nil: public addresses
+	// and the servers Access names exactly (every address if Insecure).
+	Guard *netguard.Guard
+	// Access lists servers; one named exactly may be private (used only
+	// when Guard is nil).
 	Access domain.AccessList
 	// TLS is the client TLS configuration (roots include --peer-ca).
 	TLS *tls.Config
@@ -81,8 +89,7 @@ type Resolver struct {
 	cfg      Config
 	clock    domain.Clock
 	logger   *slog.Logger
-	guarded  *http.Client
-	open     *http.Client
+	client   *http.Client
 	observer Observer
 	budget   *tokenBucket // known peers
 	unknown  *tokenBucket // IDs never seen before
@@ -119,12 +126,18 @@ func New(cfg Config, clock domain.Clock, logger *slog.Logger, observer Observer)
 	if cfg.UnknownInFlight <= 0 {
 		cfg.UnknownInFlight = def.UnknownInFlight
 	}
+	guard := cfg.Guard
+	if guard == nil {
+		guard = netguard.New(nil, cfg.Access)
+		if cfg.Insecure {
+			guard = netguard.New(netguard.Everything, cfg.Access)
+		}
+	}
 	return &Resolver{
 		cfg:      cfg,
 		clock:    clock,
 		logger:   logger,
-		guarded:  newClient(cfg, guardedDialer(cfg.FetchTimeout).DialContext),
-		open:     newClient(cfg, nil),
+		client:   newClient(cfg, guard.DialContext(cfg.FetchTimeout)),
 		observer: observer,
 		budget:   newTokenBucket(cfg.FetchesPerSecond, cfg.Burst, clock.Now()),
 		unknown:  newTokenBucket(cfg.UnknownPerSecond, cfg.UnknownBurst, clock.Now()),
@@ -143,10 +156,9 @@ func newClient(cfg Config, dial func(ctx context.Context, network, addr string) 
 		MaxResponseHeaderBytes: 16 << 10,
 		// Key fetches are rare; idle connections would only outlive their use.
 		DisableKeepAlives: true,
-		Proxy:             nil,
-	}
-	if dial != nil {
-		t.DialContext = dial
+		// No proxy: the guard must judge the peer's address, not a proxy's.
+		Proxy:       nil,
+		DialContext: dial,
 	}
 	return &http.Client{
 		Transport: t,
@@ -278,14 +290,10 @@ func (r *Resolver) fetchLocked(ctx context.Context, id domain.ServerID, e *entry
 // address guard). NotifyNewId uses it to check that a new ID serves the
 // same key.
 func (r *Resolver) Fetch(ctx context.Context, id domain.ServerID) (ed25519.PublicKey, error) {
-	client := r.guarded
-	if r.cfg.Insecure || r.cfg.Access.ExplicitlyAllows(id) {
-		client = r.open
-	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.FetchTimeout)
 	defer cancel()
 	var res authv1.KeyResponse
-	err := hrpc.Call(ctx, client, id.URL(!r.cfg.Insecure), KeyProcedure, nil, &authv1.KeyRequest{}, &res, maxKeyReply)
+	err := hrpc.Call(ctx, r.client, id.URL(!r.cfg.Insecure && !r.cfg.Plaintext), KeyProcedure, nil, &authv1.KeyRequest{}, &res, maxKeyReply)
 	if err != nil {
 		return nil, fmt.Errorf("fetch key of %s: %w", id, err)
 	}

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
+	"github.com/harmony-postbox/postbox/adapters/netguard"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
 )
@@ -86,20 +86,6 @@ func newResolver(cfg Config, clock *testClock) *Resolver {
 	return New(cfg, clock, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 }
 
-func TestPublicAddress(t *testing.T) {
-	t.Parallel()
-	for addr, want := range map[string]bool{
-		"8.8.8.8": true, "2001:4860:4860::8888": true,
-		"127.0.0.1": false, "::1": false, "10.1.2.3": false, "172.16.0.1": false, "192.168.1.1": false,
-		"169.254.169.254": false, "fe80::1": false, "fc00::1": false, "0.0.0.0": false, "::": false,
-		"100.64.0.1": false, "::ffff:127.0.0.1": false, "224.0.0.1": false, "255.255.255.255": false,
-	} {
-		if got := publicAddress(netip.MustParseAddr(addr)); got != want {
-			t.Errorf("publicAddress(%s) = %v, want %v", addr, got, want)
-		}
-	}
-}
-
 func TestLoopbackPeerIsNotFetchedUnlessAllowed(t *testing.T) {
 	t.Parallel()
 	ks := startKeyServer(t, 1)
@@ -125,6 +111,21 @@ func TestLoopbackPeerIsNotFetchedUnlessAllowed(t *testing.T) {
 	allowed := newResolver(cfg, clock)
 	if _, err := allowed.Key(t.Context(), tlsServer.id); err != nil {
 		t.Fatalf("an allow-listed loopback peer over TLS: %v", err)
+	}
+
+	// A wildcard entry vouches for no address; an allowed network does.
+	wildcard := DefaultConfig()
+	wildcard.Plaintext = true
+	wildcard.Access, _ = domain.NewAccessList([]string{"*.localhost"}, nil)
+	if _, err := newResolver(wildcard, clock).Fetch(t.Context(), localhost); !errors.Is(err, ErrAddressRefused) {
+		t.Fatalf("a loopback peer under a wildcard entry: %v, want ErrAddressRefused", err)
+	}
+	networks := DefaultConfig()
+	networks.Plaintext = true
+	loop, _ := netguard.ParseNetworks([]string{"127.0.0.0/8"})
+	networks.Guard = netguard.New(loop, domain.AccessList{})
+	if _, err := newResolver(networks, clock).Fetch(t.Context(), ks.id); err != nil {
+		t.Fatalf("a loopback peer with 127.0.0.0/8 allowed: %v", err)
 	}
 }
 

@@ -3,12 +3,14 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"path/filepath"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/netguard"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -34,6 +36,11 @@ type Config struct {
 	MaxRequest    httpserver.MaxRequestBytes
 	MaxInflight   int64 // bytes of request bodies in flight; 0: the default
 	Delivery      delivery.Config
+
+	// PlaintextPeers calls peers over http://; PeerNetworks are the
+	// internal networks peers may be in (--insecure-peers sets both).
+	PlaintextPeers bool
+	PeerNetworks   []netip.Prefix
 }
 
 // requestOverhead is room in a push request for what surrounds its event.
@@ -47,7 +54,10 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	dataDir := fs.String("data-dir", "./postbox-data", "data directory")
 	keyFile := fs.String("key-file", "", "Ed25519 key file (default: key.ed25519 in the data directory)")
 	store := fs.String("store", "", "event store: empty for the embedded store, or an esdb:// connection string")
-	insecure := fs.Bool("insecure-peers", false, "call peers over http:// and allow loopback and private peer addresses (local work only)")
+	insecure := fs.Bool("insecure-peers", false, "shorthand for --plaintext-peers and every network allowed for peers (local work only)")
+	plaintext := fs.Bool("plaintext-peers", false, "call peers over http:// instead of https:// (h2c for gRPC)")
+	var networks listFlag
+	fs.Var(&networks, "allow-peer-networks", "internal networks peers may be in, CIDR, comma-separated (e.g. 10.0.0.0/8,127.0.0.0/8); public addresses are always allowed")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate file for the federation listener")
 	tlsKey := fs.String("tls-key", "", "TLS key file for the federation listener")
 	peerCA := fs.String("peer-ca", "", "PEM file of extra CAs trusted for outbound TLS")
@@ -92,6 +102,13 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	}
 	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--server-id: %w", err)}
+	}
+	cfg.PlaintextPeers = *plaintext || *insecure
+	if cfg.PeerNetworks, err = netguard.ParseNetworks(networks); err != nil {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--allow-peer-networks: %w", err)}
+	}
+	if cfg.InsecurePeers {
+		cfg.PeerNetworks = append(cfg.PeerNetworks, netguard.Everything...)
 	}
 	if cfg.PeerProtocol, err = peerclient.ParseProtocol(*protocol); err != nil {
 		return Config{}, exitError{code: 2, err: fmt.Errorf("--peer-protocol: %w", err)}

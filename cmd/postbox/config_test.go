@@ -107,6 +107,35 @@ func TestParseServeConfigFlagOverridesEnvironment(t *testing.T) {
 	}
 }
 
+func TestParseServeConfigPeerSecurity(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		env       map[string]string
+		plaintext bool
+		networks  []string
+	}{
+		{"default: TLS, public addresses only", nil, nil, false, nil},
+		{"plaintext alone allows no network", []string{"--plaintext-peers"}, nil, true, nil},
+		{"networks alone keep TLS", []string{"--allow-peer-networks", "127.0.0.0/8, 10.1.2.3"}, nil, false, []string{"127.0.0.0/8", "10.1.2.3/32"}},
+		{"networks from the environment", nil, map[string]string{"POSTBOX_ALLOW_PEER_NETWORKS": "fd00::/8"}, false, []string{"fd00::/8"}},
+		{"--insecure-peers is both, every network", []string{"--insecure-peers"}, nil, true, []string{"0.0.0.0/0", "::/0"}},
+	} {
+		cfg, err := parseServeConfig(tc.args, io.Discard, envOf(tc.env))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var networks []string
+		for _, p := range cfg.PeerNetworks {
+			networks = append(networks, p.String())
+		}
+		if cfg.PlaintextPeers != tc.plaintext || !slices.Equal(networks, tc.networks) {
+			t.Errorf("%s: plaintext %v, networks %q; want %v, %q", tc.name, cfg.PlaintextPeers, networks, tc.plaintext, tc.networks)
+		}
+	}
+}
+
 func TestParseServeConfigServerIDGivenByFlag(t *testing.T) {
 	t.Parallel()
 	cfg, err := parseServeConfig([]string{"--server-id", "localhost:2289"}, io.Discard, envOf(nil))
@@ -165,6 +194,7 @@ func TestParseServeConfigRefuses(t *testing.T) {
 		{"bodies in flight below the request limit", []string{"--max-request-bytes", "2048", "--max-inflight-bytes", "2047"}, nil, "--max-inflight-bytes 2047 is below --max-request-bytes 2048"},
 		{"negative push retries", []string{"--push-retries", "-1"}, nil, "--push-retries"},
 		{"zero pull interval from the environment", nil, map[string]string{"POSTBOX_PULL_INTERVAL": "0s"}, "--pull-interval"},
+		{"a name as a peer network", []string{"--allow-peer-networks", "10.0.0.0/8,intranet"}, nil, "--allow-peer-networks"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

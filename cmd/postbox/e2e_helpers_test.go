@@ -65,6 +65,11 @@ type e2eNode struct {
 	dataDir string
 	logPath string
 	flags   []string
+	// peerFlags replace --insecure-peers (see newE2ESecureNode); fedURL
+	// is the federation listener's base URL, fed the client for it.
+	peerFlags []string
+	fedURL    string
+	fed       *http.Client
 
 	admins adminv1connect.AdminServiceClient
 	http   *http.Client
@@ -91,10 +96,12 @@ func newE2ENode(t *testing.T, name, id string, flags ...string) *e2eNode {
 	if n.id == "" {
 		n.id = n.listen
 	}
+	n.peerFlags, n.fedURL, n.fed = []string{"--insecure-peers"}, "http://"+n.listen, n.http
 	n.admins = adminv1connect.NewAdminServiceClient(n.http, "http://"+n.admin)
 	t.Cleanup(func() {
 		n.kill()
 		n.http.CloseIdleConnections()
+		n.fed.CloseIdleConnections()
 		if t.Failed() {
 			t.Logf("%s (%s) log, last part:\n%s", n.name, n.id, n.logTail(12000))
 		}
@@ -129,9 +136,9 @@ func (n *e2eNode) spawn() {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(logFile, "----- %s run %d -----\n", n.name, n.runs)
-	args := append([]string{"serve", "--insecure-peers",
-		"--server-id", n.id, "--listen", n.listen, "--admin-listen", n.admin, "--data-dir", n.dataDir,
-	}, n.flags...)
+	args := append(append([]string{"serve"}, n.peerFlags...),
+		"--server-id", n.id, "--listen", n.listen, "--admin-listen", n.admin, "--data-dir", n.dataDir)
+	args = append(args, n.flags...)
 	cmd := exec.Command(postboxBinary(t), args...)
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = logFile, logFile
@@ -189,7 +196,7 @@ func (n *e2eNode) checkIdentity() error {
 	if info.Msg.GetServerId() != n.id {
 		return fmt.Errorf("the admin listener %s is server %s, not %s", n.admin, info.Msg.GetServerId(), n.id)
 	}
-	key, err := authv1connect.NewAuthServiceClient(n.http, "http://"+n.listen).Key(ctx, connect.NewRequest(&authv1.KeyRequest{}))
+	key, err := authv1connect.NewAuthServiceClient(n.fed, n.fedURL).Key(ctx, connect.NewRequest(&authv1.KeyRequest{}))
 	if err != nil {
 		return err
 	}
@@ -937,7 +944,10 @@ func e2eClientSigningAs(t *testing.T, keyOf *e2eNode, as string) *peerclient.Cli
 		t.Fatal(err)
 	}
 	signer := authtoken.NewSigner(key.PrivateKey, clock.System{}, rand.Reader)
-	return peerclient.New(peerclient.Config{Insecure: true, Protocol: peerclient.HRPC}, signer, e2eSelf(domain.MustParseServerID(as)))
+	// A generous answer time: the tests measure how long the receiver
+	// makes a push wait (for its own pull), not this client's bound.
+	timeouts := peerclient.Timeouts{Answer: 30 * time.Second}
+	return peerclient.New(peerclient.Config{Insecure: true, Protocol: peerclient.HRPC, Timeouts: timeouts}, signer, e2eSelf(domain.MustParseServerID(as)))
 }
 
 // e2eSameDelivery reports whether two delivery streams are equal (their

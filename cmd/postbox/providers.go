@@ -25,6 +25,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/keyfile"
 	"github.com/harmony-postbox/postbox/adapters/metrics"
+	"github.com/harmony-postbox/postbox/adapters/netguard"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/adapters/streams"
@@ -161,9 +162,16 @@ func provideClientTLS(cfg Config) (*tls.Config, error) {
 	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, nil
 }
 
-func providePeerKeysConfig(cfg Config, access domain.AccessList, clientTLS *tls.Config) peerkeys.Config {
+// provideGuard is the one address guard every outbound call dials
+// through: public addresses, --allow-peer-networks, and the peers
+// --allow-peers names exactly.
+func provideGuard(cfg Config, access domain.AccessList) *netguard.Guard {
+	return netguard.New(cfg.PeerNetworks, access)
+}
+
+func providePeerKeysConfig(cfg Config, access domain.AccessList, clientTLS *tls.Config, guard *netguard.Guard) peerkeys.Config {
 	c := peerkeys.DefaultConfig()
-	c.Insecure, c.Access, c.TLS = cfg.InsecurePeers, access, clientTLS
+	c.Plaintext, c.Guard, c.Access, c.TLS = cfg.PlaintextPeers, guard, access, clientTLS
 	return c
 }
 
@@ -171,8 +179,14 @@ func provideSigner(key keyfile.PrivateKey, clock domain.Clock, random io.Reader)
 	return authtoken.NewSigner(key.PrivateKey, clock, random)
 }
 
-func providePeerClientConfig(cfg Config, clientTLS *tls.Config) peerclient.Config {
-	return peerclient.Config{Insecure: cfg.InsecurePeers, TLS: clientTLS, Protocol: cfg.PeerProtocol}
+func providePeerClientConfig(cfg Config, clientTLS *tls.Config, guard *netguard.Guard) peerclient.Config {
+	return peerclient.Config{Plaintext: cfg.PlaintextPeers, Guard: guard, TLS: clientTLS, Protocol: cfg.PeerProtocol}
+}
+
+// provideAdminSender refuses at once a send to a peer whose ID is an
+// address the guard would never let a push reach.
+func provideAdminSender(engine *delivery.Engine, guard *netguard.Guard) admin.Sender {
+	return admin.CheckedSender(engine, guard)
 }
 
 func provideVersion() admin.Version { return admin.Version(buildVersion()) }
@@ -220,6 +234,10 @@ func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, regis
 ) (*delivery.Engine, func()) {
 	dc := cfg.Delivery
 	dc.Observer = observer
+	// The peer client bounds each call by its size (a silent peer fails an
+	// attempt in about 2 s); the engine's bound must not cut the largest
+	// push on a slow link before that.
+	dc.AttemptTimeout = max(dc.AttemptTimeout, peerclient.DefaultTimeouts().CallBound(dc.PushBatchBytes)+time.Second)
 	e := delivery.New(dc, store, codec, registry, client, clock, logger, random)
 	return e, e.Close
 }

@@ -29,7 +29,7 @@ import (
 var configSet = wire.NewSet(
 	provideKey, providePublicKey, provideRandom, provideIdentity,
 	provideAccessList, provideAuthPolicy, provideClientTLS, providePeerKeysConfig,
-	provideSigner, providePeerClientConfig, provideVersion,
+	provideSigner, providePeerClientConfig, provideVersion, provideGuard,
 	provideHealth, wire.Bind(new(grpchealth.Checker), new(*grpchealth.StaticChecker)),
 	provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
 )
@@ -51,7 +51,7 @@ var engineSet = wire.NewSet(
 	peerclient.New,
 	wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)),
 	wire.Bind(new(federation.Postbox), new(*delivery.Engine)),
-	wire.Bind(new(admin.Sender), new(*delivery.Engine)),
+	provideAdminSender,
 	wire.Bind(new(admin.Operator), new(*delivery.Engine)),
 	wire.Bind(new(admin.PeerNames), new(*delivery.Registry)),
 	wire.Bind(new(peerclient.Self), new(*delivery.Registry)),

@@ -39,7 +39,8 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	if err != nil {
 		return nil, nil, err
 	}
-	peerkeysConfig := providePeerKeysConfig(cfg, accessList, config)
+	guard := provideGuard(cfg, accessList)
+	peerkeysConfig := providePeerKeysConfig(cfg, accessList, config, guard)
 	store, cleanup, err := provideEmbeddedStore(ctx, cfg, system, logger)
 	if err != nil {
 		return nil, nil, err
@@ -58,7 +59,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		return nil, nil, err
 	}
 	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
-	peerclientConfig := providePeerClientConfig(cfg, config)
+	peerclientConfig := providePeerClientConfig(cfg, config, guard)
 	privateKey, err := provideKey(cfg, logger)
 	if err != nil {
 		cleanup()
@@ -81,9 +82,10 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		return nil, nil, err
 	}
 	version := provideVersion()
+	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry, renames, live)
+	service := admin.NewService(identity, publicKey, version, sender, engine, store, registry, renames, live)
 	staticChecker := provideHealth()
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
@@ -115,7 +117,8 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	if err != nil {
 		return nil, nil, err
 	}
-	peerkeysConfig := providePeerKeysConfig(cfg, accessList, config)
+	guard := provideGuard(cfg, accessList)
+	peerkeysConfig := providePeerKeysConfig(cfg, accessList, config, guard)
 	store, cleanup, err := provideESDBStore(ctx, cfg, logger)
 	if err != nil {
 		return nil, nil, err
@@ -134,7 +137,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		return nil, nil, err
 	}
 	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
-	peerclientConfig := providePeerClientConfig(cfg, config)
+	peerclientConfig := providePeerClientConfig(cfg, config, guard)
 	privateKey, err := provideKey(cfg, logger)
 	if err != nil {
 		cleanup()
@@ -157,9 +160,10 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		return nil, nil, err
 	}
 	version := provideVersion()
+	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry, renames, live)
+	service := admin.NewService(identity, publicKey, version, sender, engine, store, registry, renames, live)
 	staticChecker := provideHealth()
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
@@ -185,7 +189,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 var configSet = wire.NewSet(
 	provideKey, providePublicKey, provideRandom, provideIdentity,
 	provideAccessList, provideAuthPolicy, provideClientTLS, providePeerKeysConfig,
-	provideSigner, providePeerClientConfig, provideVersion,
+	provideSigner, providePeerClientConfig, provideVersion, provideGuard,
 	provideHealth, wire.Bind(new(grpchealth.Checker), new(*grpchealth.StaticChecker)), provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
 )
 
@@ -194,7 +198,7 @@ var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.C
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), wire.Bind(new(admin.Sender), new(*delivery.Engine)), wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)), wire.Bind(new(peerclient.Self), new(*delivery.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projections.Live)),
+	provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)), wire.Bind(new(peerclient.Self), new(*delivery.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projections.Live)),
 )
 
 // handlerSet mounts the services on the listeners.
