@@ -7,7 +7,6 @@
 package main
 
 import (
-	"connectrpc.com/grpchealth"
 	"context"
 	"github.com/google/wire"
 	"github.com/harmony-postbox/postbox/adapters/admin"
@@ -68,7 +67,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
 	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
-	metrics := provideMetrics(mainForwardingObserver, engine)
+	metrics := provideMetrics(mainForwardingObserver, engine, store)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
@@ -85,8 +84,9 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	live := provideLive(cfg, store, logger)
 	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry, renames, live)
 	staticChecker := provideHealth()
+	checker := provideHealthChecker(staticChecker, store)
 	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
+	adminHandler := httpserver.NewAdminHandler(service, checker, metrics, token, logger)
 	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
 		cleanup3()
@@ -144,7 +144,8 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
 	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
-	metrics := provideMetrics(mainForwardingObserver, engine)
+	mainDiskState := _wireNoDiskStateValue
+	metrics := provideMetrics(mainForwardingObserver, engine, mainDiskState)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
@@ -161,8 +162,9 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	live := provideLive(cfg, store, logger)
 	service := admin.NewService(identity, publicKey, version, engine, engine, store, registry, renames, live)
 	staticChecker := provideHealth()
+	checker := provideHealthChecker(staticChecker, mainDiskState)
 	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
+	adminHandler := httpserver.NewAdminHandler(service, checker, metrics, token, logger)
 	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
 		cleanup3()
@@ -179,6 +181,10 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	}, nil
 }
 
+var (
+	_wireNoDiskStateValue = noDiskState{}
+)
+
 // wire.go:
 
 // configSet turns Config into what the adapters take.
@@ -186,7 +192,8 @@ var configSet = wire.NewSet(
 	provideKey, providePublicKey, provideRandom, provideIdentity,
 	provideAccessList, provideAuthPolicy, provideClientTLS, providePeerKeysConfig,
 	provideSigner, providePeerClientConfig, provideVersion,
-	provideHealth, wire.Bind(new(grpchealth.Checker), new(*grpchealth.StaticChecker)), provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
+	provideHealth, provideHealthChecker,
+	provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
 )
 
 // authSet verifies federation tokens with keys fetched from peers.
