@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -145,4 +147,26 @@ func e2eFill(t *testing.T, dir string) string {
 		}
 	}
 	return path
+}
+
+// TestStorageFailureExits: the store's OnFatal in the server ends the
+// process with status 74, after an error-level line naming the cause, so
+// the supervisor restarts it (run in a child process: it exits).
+func TestStorageFailureExits(t *testing.T) {
+	if os.Getenv("POSTBOX_TEST_STORAGE_FAILURE") == "1" {
+		logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+		exitOnStorageFailure(logger)(errors.New("commit: disk I/O error (1034)"))
+		return
+	}
+	t.Parallel()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestStorageFailureExits$")
+	cmd.Env = append(os.Environ(), "POSTBOX_TEST_STORAGE_FAILURE=1")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitStorageFailed {
+		t.Fatalf("got %v, want exit status %d:\n%s", err, exitStorageFailed, out)
+	}
+	if log := string(out); !strings.Contains(log, "level=ERROR") || !strings.Contains(log, "disk I/O error (1034)") || !strings.Contains(log, "restart") {
+		t.Errorf("the log does not say why the process exits:\n%s", log)
+	}
 }
