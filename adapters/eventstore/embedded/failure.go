@@ -117,8 +117,28 @@ func (s *Store) setFull(cause error) {
 		return
 	}
 	w.fullSince = s.clock()
+	go s.watchSpace()
 	s.log.Error("event store: disk full; appends are refused until there is room again, and retried meanwhile",
 		"dir", s.dir, "err", cause)
+}
+
+// watchSpace ends the full state once the filesystem has room again, for a
+// store nobody writes to meanwhile: a server out of rotation because its
+// health says NOT_SERVING may get no append to find out with.
+func (s *Store) watchSpace() {
+	t := time.NewTicker(fullRetryMax)
+	defer t.Stop()
+	for s.full.Load() {
+		select {
+		case <-s.closedCh:
+			return
+		case <-t.C:
+		}
+		if !s.spaceLow() && s.full.CompareAndSwap(true, false) {
+			s.log.Info("event store: the disk has room again; appends are taken", "dir", s.dir)
+			return
+		}
+	}
 }
 
 // clearFull records a commit that succeeded after the disk was full.

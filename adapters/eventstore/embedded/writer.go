@@ -255,7 +255,7 @@ func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
 		return
 	}
 
-	if s.full.Load() {
+	if w.fullBackoff != 0 || s.full.Load() {
 		s.clearFull()
 	}
 	w.merge(b)
