@@ -25,6 +25,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/keyfile"
 	"github.com/harmony-postbox/postbox/adapters/metrics"
+	"github.com/harmony-postbox/postbox/adapters/noncefile"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/adapters/streams"
@@ -109,6 +110,18 @@ func provideAccessList(cfg Config) (domain.AccessList, error) {
 
 func provideAuthPolicy(cfg Config, access domain.AccessList) domain.AuthPolicy {
 	return domain.AuthPolicy{Window: cfg.AuthWindow, RequireExtension: cfg.RequireExt, Access: access}
+}
+
+// provideVerifier checks federation tokens, and keeps what it needs to
+// refuse replays across a restart in the data directory (domain.NonceLedger).
+func provideVerifier(cfg Config, policy domain.AuthPolicy, clock domain.Clock, keys domain.PeerKeys, self *domain.Identity, logger *slog.Logger) (*domain.Verifier, func(), error) {
+	v := domain.NewVerifier(policy, clock, keys, self)
+	rec, previous, err := noncefile.Open(filepath.Join(cfg.DataDir, "nonces"), clock.Now, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	v.PersistNonces(previous, rec)
+	return v, func() { _ = rec.Close() }, nil
 }
 
 // provideClientTLS trusts the system roots plus --peer-ca.

@@ -40,7 +40,7 @@ var authSet = wire.NewSet(
 	provideResolver,
 	wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)),
 	wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)),
-	domain.NewVerifier,
+	provideVerifier,
 	wire.Bind(new(federation.Authenticator), new(*domain.Verifier)),
 )
 

@@ -56,25 +56,31 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		cleanup()
 		return nil, nil, err
 	}
-	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
+	verifier, cleanup2, err := provideVerifier(cfg, authPolicy, system, resolver, identity, logger)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
 	peerclientConfig := providePeerClientConfig(cfg, config)
 	privateKey, err := provideKey(cfg, logger)
 	if err != nil {
+		cleanup2()
 		cleanup()
 		return nil, nil, err
 	}
 	signer := provideSigner(privateKey, system, reader)
 	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
-	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
+	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
 	metrics := provideMetrics(mainForwardingObserver, engine, store)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
 	federationHandler := httpserver.NewFederationHandler(postboxService, keyService, maxRequestBytes, logger)
-	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
+	mainFederationListener, cleanup4, err := provideFederationListener(ctx, cfg, federationHandler, logger)
 	if err != nil {
+		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
@@ -87,8 +93,9 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	checker := provideHealthChecker(staticChecker, store)
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(service, checker, metrics, token, logger)
-	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
+		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
@@ -96,6 +103,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	}
 	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, live, identity, staticChecker, logger)
 	return mainServer, func() {
+		cleanup5()
 		cleanup4()
 		cleanup3()
 		cleanup2()
@@ -133,17 +141,22 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		cleanup()
 		return nil, nil, err
 	}
-	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
+	verifier, cleanup2, err := provideVerifier(cfg, authPolicy, system, resolver, identity, logger)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
 	peerclientConfig := providePeerClientConfig(cfg, config)
 	privateKey, err := provideKey(cfg, logger)
 	if err != nil {
+		cleanup2()
 		cleanup()
 		return nil, nil, err
 	}
 	signer := provideSigner(privateKey, system, reader)
 	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
-	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
+	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
 	mainDiskState := _wireNoDiskStateValue
 	metrics := provideMetrics(mainForwardingObserver, engine, mainDiskState)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
@@ -151,8 +164,9 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
 	federationHandler := httpserver.NewFederationHandler(postboxService, keyService, maxRequestBytes, logger)
-	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
+	mainFederationListener, cleanup4, err := provideFederationListener(ctx, cfg, federationHandler, logger)
 	if err != nil {
+		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
@@ -165,8 +179,9 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	checker := provideHealthChecker(staticChecker, mainDiskState)
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(service, checker, metrics, token, logger)
-	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
+		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
@@ -174,6 +189,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	}
 	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, live, identity, staticChecker, logger)
 	return mainServer, func() {
+		cleanup5()
 		cleanup4()
 		cleanup3()
 		cleanup2()
@@ -197,7 +213,7 @@ var configSet = wire.NewSet(
 )
 
 // authSet verifies federation tokens with keys fetched from peers.
-var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), domain.NewVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
+var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), provideVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
