@@ -41,6 +41,11 @@ func TestDeliveryResumesAfterAFullDisk(t *testing.T) {
 	if m := b.metrics(); !strings.Contains(m, "\npostbox_store_disk_full 1\n") {
 		t.Errorf("B's /metrics on a full disk lacks postbox_store_disk_full 1")
 	}
+	// The operator is told why B cannot take an event.
+	_, errOut, code := runCLI(t, "send", "--admin", b.admin, "--to", a.id, "--event", `{"userAddedToGuild":{"userId":"1","guildId":"7"}}`)
+	if code == 0 || !strings.Contains(errOut, "disk full") {
+		t.Errorf("postbox send on a full disk: exit %d, %q; want a failure naming the full disk", code, errOut)
+	}
 	// Room again: delivery resumes in the same process.
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
@@ -63,7 +68,7 @@ func TestDeliveryResumesAfterAFullDisk(t *testing.T) {
 	b.start()
 	b.waitHealth(false, 5*time.Second)
 	e2eWait(t, 15*time.Second, "B to refuse an append for want of space", func() (bool, string) {
-		return strings.Contains(b.lastRunLog(), "disk full, the append was not written"), "not yet"
+		return strings.Contains(b.lastRunLog(), "disk full, nothing was stored"), "not yet"
 	})
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)

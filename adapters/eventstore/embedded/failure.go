@@ -14,8 +14,9 @@ import (
 
 // ErrDiskFull answers the appends of a transaction that did not fit on disk:
 // it was rolled back whole, and the store takes writes again once there is
-// room. It is a domain.ErrUnavailable, so a peer's push is told to retry.
-var ErrDiskFull = fmt.Errorf("event store: disk full, the append was not written: %w", domain.ErrUnavailable)
+// room. It is a domain.ErrStorageFull, so a peer's push is told to retry
+// (hrpc.unavailable) and the operator's send is told why.
+var ErrDiskFull = fmt.Errorf("event store: %w", domain.ErrStorageFull)
 
 // failure is what a failed write means for the store.
 type failure int
