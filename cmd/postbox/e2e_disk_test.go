@@ -175,3 +175,75 @@ func TestStorageFailureExits(t *testing.T) {
 		t.Errorf("the log does not say why the process exits:\n%s", log)
 	}
 }
+
+// TestSenderFullDisk: A's own disk fills while it sends to B. Sends that
+// could not be stored are refused, with the reason; every send A
+// acknowledged reaches B once and in order, with no gap in A's sequence
+// numbers, once A has room again, without a restart.
+func TestSenderFullDisk(t *testing.T) {
+	e2eSetup(t)
+	mnt := e2eMountTmpfs(t, 24<<20)
+	a := newE2ENode(t, "A", "")
+	a.dataDir = filepath.Join(mnt, "data")
+	b := newE2ENode(t, "B", "")
+	a.start()
+	b.start()
+	sent := newE2ELedger()
+	a.sendMany(b, sent, e2eUsers(0, 10))
+	b.waitInboxLen(a, 10, 10*time.Second)
+
+	// A fills up while sends keep coming.
+	stop, done := make(chan struct{}), make(chan error, 1)
+	var acked, refused int
+	go func() {
+		for user := uint64(10); ; user++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			seq, err := a.trySend(t.Context(), b, user)
+			if err != nil {
+				if !strings.Contains(err.Error(), "disk full") {
+					done <- fmt.Errorf("send %d on a full disk: %w, want it refused for the full disk", user, err)
+					return
+				}
+				refused++
+				continue
+			}
+			if err := sent.record(seq, user); err != nil {
+				done <- err
+				return
+			}
+			acked++
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	filler := e2eFill(t, mnt)
+	e2eWait(t, 10*time.Second, "a send refused", func() (bool, string) {
+		return strings.Contains(a.lastRunLog(), "disk full"), "none yet"
+	})
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("while the disk filled: %d sends acknowledged, %d refused", acked, refused)
+	if refused == 0 {
+		t.Fatal("no send was refused on a full disk")
+	}
+	a.waitHealth(false, 10*time.Second)
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	a.waitHealth(true, 10*time.Second)
+	a.sendMany(b, sent, e2eUsers(100, 10))
+	b.waitInboxLen(a, sent.len(), 30*time.Second)
+	b.checkInbox(a, sent)
+	if a.runs != 1 {
+		t.Errorf("A ran %d times", a.runs)
+	}
+	e2eAudit(t, a, b)
+}
