@@ -1,6 +1,9 @@
 package domain
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Why a federation request was refused. Each names one failure the caller
 // can act on; the transport edge maps each to an hRPC identifier, an HTTP
@@ -30,3 +33,7 @@ var (
 	ErrUnavailable     = errors.New("temporarily unavailable")
 	ErrNotImplemented  = errors.New("not implemented")
 )
+
+// ErrStorageFull means nothing was stored because the disk is full; it is
+// temporary (an ErrUnavailable): retry once the operator has freed space.
+var ErrStorageFull = fmt.Errorf("disk full, nothing was stored: %w", ErrUnavailable)

@@ -77,6 +77,21 @@ func New(peers PeerSource) *Metrics {
 	return m
 }
 
+// ObserveDiskFull exports full, read at scrape time, as the gauge
+// postbox_store_disk_full: 1 while the event store refuses writes for want
+// of disk space.
+func (m *Metrics) ObserveDiskFull(full func() bool) {
+	m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "postbox_store_disk_full",
+		Help: "1 while the event store refuses writes because its disk is full, else 0.",
+	}, func() float64 {
+		if full() {
+			return 1
+		}
+		return 0
+	}))
+}
+
 // Handler serves /metrics.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,5 +55,19 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+}
+
+func TestDiskFullGaugeFollowsTheStore(t *testing.T) {
+	t.Parallel()
+	m := New(fixedPeers{})
+	var full atomic.Bool
+	m.ObserveDiskFull(full.Load)
+	if body := scrape(t, m); !strings.Contains(body, "\npostbox_store_disk_full 0\n") {
+		t.Errorf("/metrics with room on disk lacks postbox_store_disk_full 0")
+	}
+	full.Store(true)
+	if body := scrape(t, m); !strings.Contains(body, "\npostbox_store_disk_full 1\n") {
+		t.Errorf("/metrics on a full disk lacks postbox_store_disk_full 1")
 	}
 }

@@ -73,6 +73,7 @@ var rules = []rule{
 	{domain.ErrInvalidArgument, Class{BadUnaryRequest, http.StatusBadRequest, connect.CodeInvalidArgument, "", slog.LevelInfo}},
 	{domain.ErrNotFound, Class{NotFound, http.StatusNotFound, connect.CodeNotFound, "", slog.LevelInfo}},
 	{domain.ErrNotImplemented, Class{NotImplemented, http.StatusNotImplemented, connect.CodeUnimplemented, "", slog.LevelInfo}},
+	{domain.ErrStorageFull, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeUnavailable, "", slog.LevelWarn}},
 	{domain.ErrUnavailable, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeUnavailable, "", slog.LevelWarn}},
 	{context.DeadlineExceeded, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeDeadlineExceeded, "deadline exceeded", slog.LevelWarn}},
 	{context.Canceled, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeCanceled, "request canceled", slog.LevelInfo}},

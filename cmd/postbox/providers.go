@@ -26,6 +26,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/keyfile"
 	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/netguard"
+	"github.com/harmony-postbox/postbox/adapters/noncefile"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/adapters/streams"
@@ -144,6 +145,18 @@ func provideAuthPolicy(cfg Config, access domain.AccessList) domain.AuthPolicy {
 	return domain.AuthPolicy{Window: cfg.AuthWindow, RequireExtension: cfg.RequireExt, Access: access}
 }
 
+// provideVerifier checks federation tokens, and keeps what it needs to
+// refuse replays across a restart in the data directory (domain.NonceLedger).
+func provideVerifier(cfg Config, policy domain.AuthPolicy, clock domain.Clock, keys domain.PeerKeys, self *domain.Identity, logger *slog.Logger) (*domain.Verifier, func(), error) {
+	v := domain.NewVerifier(policy, clock, keys, self)
+	rec, previous, err := noncefile.Open(filepath.Join(cfg.DataDir, "nonces"), clock.Now, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	v.PersistNonces(previous, rec)
+	return v, func() { _ = rec.Close() }, nil
+}
+
 // provideClientTLS trusts the system roots plus --peer-ca.
 func provideClientTLS(cfg Config) (*tls.Config, error) {
 	roots, err := x509.SystemCertPool()
@@ -198,8 +211,54 @@ func provideHealth() *grpchealth.StaticChecker {
 	return h
 }
 
+// diskState reports whether the event store refuses writes for want of
+// disk space.
+type diskState interface{ DiskFull() bool }
+
+// noDiskState is the state of a store without a local disk (EventStoreDB).
+type noDiskState struct{}
+
+func (noDiskState) DiskFull() bool { return false }
+
+// storeHealth answers NOT_SERVING while the store's disk is full, and else
+// what the static checker says (NOT_SERVING until the startup pulls are
+// done): a server that cannot store what it is sent should be taken out of
+// rotation, though it keeps serving reads and retrying.
+type storeHealth struct {
+	static *grpchealth.StaticChecker
+	disk   diskState
+}
+
+func provideHealthChecker(static *grpchealth.StaticChecker, disk diskState) grpchealth.Checker {
+	return storeHealth{static: static, disk: disk}
+}
+
+func (h storeHealth) Check(ctx context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
+	res, err := h.static.Check(ctx, req)
+	if err == nil && h.disk.DiskFull() {
+		res.Status = grpchealth.StatusNotServing
+	}
+	return res, err
+}
+
+// exitStorageFailed is the exit status after the store's disk failed in a
+// way that makes going on unsafe (EX_IOERR).
+const exitStorageFailed = 74
+
+// exitOnStorageFailure ends the process at once, without the graceful
+// shutdown: after a failed fsync nothing more may be written or
+// acknowledged, and the restarted process recovers from the files as after
+// a crash. The supervisor (systemd, Kubernetes) restarts it.
+func exitOnStorageFailure(logger *slog.Logger) func(error) {
+	return func(err error) {
+		logger.Error("exiting: the event store's disk failed (a failed sync or I/O error), so continuing could acknowledge events that are not on disk; the supervisor must restart postbox",
+			"err", err, "exit_status", exitStorageFailed)
+		os.Exit(exitStorageFailed)
+	}
+}
+
 func provideEmbeddedStore(ctx context.Context, cfg Config, clock domain.Clock, logger *slog.Logger) (*embedded.Store, func(), error) {
-	s, err := embedded.Open(ctx, cfg.DataDir, embedded.Options{Logger: logger, Clock: clock.Now})
+	s, err := embedded.Open(ctx, cfg.DataDir, embedded.Options{Logger: logger, Clock: clock.Now, OnFatal: exitOnStorageFailure(logger)})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -287,8 +346,9 @@ func (g engineGauges) PeerGauges() []metrics.PeerGauges {
 // provideMetrics counts what the engine and the federation handlers do.
 // The engine reports to it through a forwarding observer, because the
 // metrics' gauges read the engine in turn.
-func provideMetrics(observer *forwardingObserver, engine *delivery.Engine) *metrics.Metrics {
+func provideMetrics(observer *forwardingObserver, engine *delivery.Engine, disk diskState) *metrics.Metrics {
 	m := metrics.New(engineGauges{engine})
+	m.ObserveDiskFull(disk.DiskFull)
 	observer.target.Store(m)
 	return m
 }

@@ -6,7 +6,6 @@ import (
 	"context"
 	"log/slog"
 
-	"connectrpc.com/grpchealth"
 	"github.com/google/wire"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
@@ -30,7 +29,7 @@ var configSet = wire.NewSet(
 	provideKey, providePublicKey, provideRandom, provideIdentity,
 	provideAccessList, provideAuthPolicy, provideClientTLS, providePeerKeysConfig,
 	provideSigner, providePeerClientConfig, provideVersion, provideGuard,
-	provideHealth, wire.Bind(new(grpchealth.Checker), new(*grpchealth.StaticChecker)),
+	provideHealth, provideHealthChecker,
 	provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
 )
 
@@ -41,7 +40,7 @@ var authSet = wire.NewSet(
 	provideResolver,
 	wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)),
 	wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)),
-	domain.NewVerifier,
+	provideVerifier,
 	wire.Bind(new(federation.Authenticator), new(*domain.Verifier)),
 )
 
@@ -81,6 +80,7 @@ var handlerSet = wire.NewSet(
 func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
 	wire.Build(configSet, authSet, engineSet, handlerSet,
 		provideEmbeddedStore, provideBinaryCodec, wire.Bind(new(delivery.Store), new(*embedded.Store)),
+		wire.Bind(new(diskState), new(*embedded.Store)),
 		wire.Bind(new(admin.ReceivedLog), new(*embedded.Store)),
 		wire.Bind(new(projections.LiveStore), new(*embedded.Store)))
 	return nil, nil, nil
@@ -90,6 +90,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
 	wire.Build(configSet, authSet, engineSet, handlerSet,
 		provideESDBStore, provideJSONCodec, wire.Bind(new(delivery.Store), new(*esdb.Store)),
+		wire.InterfaceValue(new(diskState), noDiskState{}),
 		wire.Bind(new(admin.ReceivedLog), new(*esdb.Store)),
 		wire.Bind(new(projections.LiveStore), new(*esdb.Store)))
 	return nil, nil, nil

@@ -7,7 +7,6 @@
 package main
 
 import (
-	"connectrpc.com/grpchealth"
 	"context"
 	"github.com/google/wire"
 	"github.com/harmony-postbox/postbox/adapters/admin"
@@ -58,25 +57,31 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		cleanup()
 		return nil, nil, err
 	}
-	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
+	verifier, cleanup2, err := provideVerifier(cfg, authPolicy, system, resolver, identity, logger)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
 	peerclientConfig := providePeerClientConfig(cfg, config, guard)
 	privateKey, err := provideKey(cfg, logger)
 	if err != nil {
+		cleanup2()
 		cleanup()
 		return nil, nil, err
 	}
 	signer := provideSigner(privateKey, system, reader)
 	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
-	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
-	metrics := provideMetrics(mainForwardingObserver, engine)
+	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
+	metrics := provideMetrics(mainForwardingObserver, engine, store)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
 	federationHandler := provideFederationHandler(postboxService, keyService, maxRequestBytes, cfg, logger)
-	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
+	mainFederationListener, cleanup4, err := provideFederationListener(ctx, cfg, federationHandler, logger)
 	if err != nil {
+		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
@@ -87,10 +92,12 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	live := provideLive(cfg, store, logger)
 	service := admin.NewService(identity, publicKey, version, sender, engine, store, registry, renames, live)
 	staticChecker := provideHealth()
+	checker := provideHealthChecker(staticChecker, store)
 	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
-	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	adminHandler := httpserver.NewAdminHandler(service, checker, metrics, token, logger)
+	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
+		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
@@ -98,6 +105,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	}
 	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, live, identity, staticChecker, logger)
 	return mainServer, func() {
+		cleanup5()
 		cleanup4()
 		cleanup3()
 		cleanup2()
@@ -136,25 +144,32 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		cleanup()
 		return nil, nil, err
 	}
-	verifier := domain.NewVerifier(authPolicy, system, resolver, identity)
+	verifier, cleanup2, err := provideVerifier(cfg, authPolicy, system, resolver, identity, logger)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
 	peerclientConfig := providePeerClientConfig(cfg, config, guard)
 	privateKey, err := provideKey(cfg, logger)
 	if err != nil {
+		cleanup2()
 		cleanup()
 		return nil, nil, err
 	}
 	signer := provideSigner(privateKey, system, reader)
 	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
-	engine, cleanup2 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
-	metrics := provideMetrics(mainForwardingObserver, engine)
+	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
+	mainDiskState := _wireNoDiskStateValue
+	metrics := provideMetrics(mainForwardingObserver, engine, mainDiskState)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
 	federationHandler := provideFederationHandler(postboxService, keyService, maxRequestBytes, cfg, logger)
-	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
+	mainFederationListener, cleanup4, err := provideFederationListener(ctx, cfg, federationHandler, logger)
 	if err != nil {
+		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
@@ -165,10 +180,12 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	live := provideLive(cfg, store, logger)
 	service := admin.NewService(identity, publicKey, version, sender, engine, store, registry, renames, live)
 	staticChecker := provideHealth()
+	checker := provideHealthChecker(staticChecker, mainDiskState)
 	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, staticChecker, metrics, token, logger)
-	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	adminHandler := httpserver.NewAdminHandler(service, checker, metrics, token, logger)
+	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
+		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
@@ -176,12 +193,17 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	}
 	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, live, identity, staticChecker, logger)
 	return mainServer, func() {
+		cleanup5()
 		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
 	}, nil
 }
+
+var (
+	_wireNoDiskStateValue = noDiskState{}
+)
 
 // wire.go:
 
@@ -190,11 +212,12 @@ var configSet = wire.NewSet(
 	provideKey, providePublicKey, provideRandom, provideIdentity,
 	provideAccessList, provideAuthPolicy, provideClientTLS, providePeerKeysConfig,
 	provideSigner, providePeerClientConfig, provideVersion, provideGuard,
-	provideHealth, wire.Bind(new(grpchealth.Checker), new(*grpchealth.StaticChecker)), provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
+	provideHealth, provideHealthChecker,
+	provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
 )
 
 // authSet verifies federation tokens with keys fetched from peers.
-var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), domain.NewVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
+var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), provideVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(

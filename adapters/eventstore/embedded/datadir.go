@@ -69,6 +69,11 @@ func lockDir(dir string) (*dirLock, error) {
 	if err == nil {
 		_, err = f.WriteAt([]byte(info), 0)
 	}
+	if errors.Is(err, unix.ENOSPC) {
+		// On a full disk the server must still start (and say it cannot
+		// write); the holder's identity is only advisory.
+		err = nil
+	}
 	if err != nil {
 		unix.Flock(int(f.Fd()), unix.LOCK_UN)
 		f.Close()

@@ -34,6 +34,11 @@ type Options struct {
 	// PollInterval is how often a read-only store looks for events another
 	// process appended, for live subscriptions; zero means 200ms.
 	PollInterval time.Duration
+	// OnFatal is called, from the writer, when the disk failed in a way
+	// that makes further writes unsafe (a failed fsync): the process should
+	// exit so that it restarts and recovers from its files. The store
+	// refuses writes from then on either way. A full disk is not fatal.
+	OnFatal func(error)
 }
 
 // Store is the embedded event store. It is safe for concurrent use.
@@ -72,6 +77,11 @@ type Store struct {
 
 	commits atomic.Uint64
 	appends atomic.Uint64
+
+	// full is set while writes fail for want of disk space.
+	full      atomic.Bool
+	onFatal   func(error)
+	freeSpace func(dir string) (uint64, error) // a seam for tests
 }
 
 var _ eventstore.Store = (*Store)(nil)
@@ -128,6 +138,8 @@ func newStore(dir string, opts Options) *Store {
 		log:        opts.Logger,
 		clock:      opts.Clock,
 		poll:       opts.PollInterval,
+		onFatal:    opts.OnFatal,
+		freeSpace:  freeSpace,
 		writerDone: make(chan struct{}),
 		subs:       make(map[*subscription]struct{}),
 		closedCh:   make(chan struct{}),
@@ -183,6 +195,12 @@ func (s *Store) openWriter(ctx context.Context) error {
 		return err
 	}
 	s.head.Store(head)
+	if s.spaceLow() {
+		// Starting on a full disk: say so at once (health, metrics), and
+		// let the first append find out whether it fits.
+		s.setFull(fmt.Errorf("less than %d MiB free in %s at start", lowSpace>>20, s.dir))
+		s.w.retryAt = time.Time{}
+	}
 	go s.runWriter(context.WithoutCancel(ctx))
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"modernc.org/sqlite"
+
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 )
 
@@ -82,7 +84,16 @@ type writer struct {
 	ids       *idCache
 	b         batch
 	args      []any // reused for each INSERT
-	failed    error // sticky: set when a COMMIT failed
+	failed    error // sticky: set when the storage failed (failStorage)
+
+	// While the disk is full (Store.full): the next try, and the backoff.
+	retryAt     time.Time
+	fullBackoff time.Duration
+	fullSince   time.Time
+
+	// failCommit, in tests, makes COMMIT fail with its error instead of
+	// running: the seam for disk failures SQLite cannot be made to report.
+	failCommit func() error
 }
 
 func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
@@ -98,6 +109,22 @@ func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
 			streams: make(map[string]*streamState),
 			ids:     make(map[idKey]uint64),
 		},
+	}
+	// Keep the WAL and its shared-memory index when the store closes: a
+	// server restarted on a full disk could not create them again, and
+	// could then neither read nor say why. Their size is bounded by the
+	// checkpoints either way.
+	err = conn.Raw(func(dc any) error {
+		fc, ok := dc.(sqlite.FileControl)
+		if !ok {
+			return fmt.Errorf("driver connection %T has no file control", dc)
+		}
+		_, err := fc.FileControlPersistWAL("main", 1)
+		return err
+	})
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("persist the WAL: %w", err)
 	}
 	prep := func(dst **sql.Stmt, query string) {
 		if err != nil {
@@ -173,10 +200,12 @@ func (s *Store) runWriter(ctx context.Context) {
 func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
 	w := s.w
 	if w.failed != nil {
-		for _, r := range reqs {
-			r.err = fmt.Errorf("%s %q: %w", r.verb(), r.stream, w.failed)
-			close(r.done)
-		}
+		answerAll(reqs, w.failed)
+		return
+	}
+	if s.full.Load() && s.clock().Before(w.retryAt) {
+		// Not yet time to try the disk again: refuse without touching it.
+		answerAll(reqs, ErrDiskFull)
 		return
 	}
 	b := &w.b
@@ -198,37 +227,37 @@ func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
 	committing := false
 	if err == nil {
 		committing = true
-		_, err = w.commit.ExecContext(ctx)
+		err = w.execCommit(ctx)
 	}
 	if err != nil {
 		_, _ = w.rollback.ExecContext(ctx) // may fail if SQLite already rolled back
-		if committing {
-			// After a failed fsync the file's state is unknown; taking more
-			// writes could acknowledge data that is not on disk.
-			w.failed = fmt.Errorf("event store failed, restart required: commit: %w", err)
-			s.log.Error("event store commit failed; refusing further writes", "err", err)
-		} else if len(reqs) > 1 {
-			// A statement failed: retry each append on its own, so that one
-			// bad append cannot fail the others.
-			for _, r := range reqs {
-				r.err, r.res = nil, eventstore.AppendResult{}
-				s.commitBatch(ctx, []*request{r})
-			}
-			return
-		}
-		failErr := w.failed
-		if failErr == nil {
-			failErr = err
-		}
 		// Answers worked out inside the rolled-back transaction may rest
 		// on appends that are now undone: every request gets the failure.
-		for _, r := range reqs {
-			r.err = fmt.Errorf("%s %q: %w", r.verb(), r.stream, failErr)
-			close(r.done)
+		switch s.classify(err, committing) {
+		case failDiskFull:
+			s.setFull(err)
+			answerAll(reqs, fmt.Errorf("%w (%v)", ErrDiskFull, err))
+		case failStorage:
+			answerAll(reqs, fmt.Errorf("commit: %w", err))
+			s.failStorage(err)
+		default:
+			if len(reqs) > 1 {
+				// A statement failed: retry each append on its own, so
+				// that one bad append cannot fail the others.
+				for _, r := range reqs {
+					r.err, r.res = nil, eventstore.AppendResult{}
+					s.commitBatch(ctx, []*request{r})
+				}
+				return
+			}
+			answerAll(reqs, err)
 		}
 		return
 	}
 
+	if w.fullBackoff != 0 || s.full.Load() {
+		s.clearFull()
+	}
 	w.merge(b)
 	s.commits.Add(1)
 	s.appends.Add(uint64(b.applied))
@@ -237,6 +266,24 @@ func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
 		s.publish(b)
 	}
 	for _, r := range reqs {
+		close(r.done)
+	}
+}
+
+func (w *writer) execCommit(ctx context.Context) error {
+	if w.failCommit != nil {
+		if err := w.failCommit(); err != nil {
+			return err
+		}
+	}
+	_, err := w.commit.ExecContext(ctx)
+	return err
+}
+
+// answerAll fails every request with err.
+func answerAll(reqs []*request, err error) {
+	for _, r := range reqs {
+		r.err = fmt.Errorf("%s %q: %w", r.verb(), r.stream, err)
 		close(r.done)
 	}
 }
