@@ -37,6 +37,12 @@ func TestReceiverContinuity(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a push applied whole already, by its last event's ID, is a repeat", func(t *testing.T) {
+		in := holding(7, idA)
+		if !in.Repeats(5, 3, idA) || in.Repeats(5, 3, idB) || in.Repeats(5, 2, idA) || in.Repeats(5, 4, idA) || in.Repeats(7, 1, nil) || (Inbox{}).Repeats(0, 1, idA) {
+			t.Fatal("Repeats is not: the same last event, under the same ID")
+		}
+	})
 	t.Run("a new epoch starts again from nothing, keeping the count", func(t *testing.T) {
 		in := holding(99, idA).InEpoch(42)
 		if in.HasSeq || in.Count != 1 || in.Epoch != 42 || !in.Accepts(u64(50)) || !in.Continues(nil) {

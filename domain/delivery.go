@@ -425,6 +425,14 @@ func (i Inbox) Last() *EventRef {
 	return &EventRef{Seq: i.LastSeq, ID: bytes.Clone(i.LastID)}
 }
 
+// Repeats reports whether a push of n events from first is one the
+// receiver applied whole already: its last event is the last one applied,
+// under the same outbox ID (a retry whose reply, or whose record at the
+// sender, was lost).
+func (i Inbox) Repeats(first uint64, n int, lastID []byte) bool {
+	return i.HasSeq && n > 0 && first+uint64(n)-1 == i.LastSeq && len(lastID) > 0 && bytes.Equal(lastID, i.LastID)
+}
+
 // Continues reports whether a push continues what the receiver holds: prev
 // is the last event the sender believes it applied in this epoch (nil:
 // none). If not, nothing of the push is applied and the receiver says what

@@ -87,6 +87,7 @@ type peerSnapshot struct {
 	LastError        string        `json:"last_error,omitempty"`
 	EventsReceived   uint64        `json:"events_received,omitempty"`
 	LastSenderSeq    *uint64       `json:"last_sender_seq,omitempty"`
+	LastSenderEpoch  uint64        `json:"last_sender_epoch,omitempty"`
 	KnowsUsAs        string        `json:"knows_us_as,omitempty"`
 }
 
@@ -133,6 +134,7 @@ func (s *State) snapshot() checkpointFile {
 		if s := p.lastSkip; s != nil {
 			ps.LastSkip = &skipSnapshot{FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason}
 		}
+		ps.LastSenderEpoch = p.seqEpoch
 		if p.hasSeq {
 			seq := p.lastSeq
 			ps.LastSenderSeq = &seq
@@ -190,7 +192,7 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 			received: ps.EventsReceived, knowsUsAs: ps.KnowsUsAs,
 		}
 		if ps.LastSenderSeq != nil {
-			p.lastSeq, p.hasSeq = *ps.LastSenderSeq, true
+			p.lastSeq, p.hasSeq, p.seqEpoch = *ps.LastSenderSeq, true, ps.LastSenderEpoch
 		}
 		if s := ps.LastSkip; s != nil {
 			p.lastSkip = &domain.EventsSkipped{FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason}

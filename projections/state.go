@@ -103,8 +103,9 @@ type peerState struct {
 	lastError string
 	lastSkip  *domain.EventsSkipped
 	received  uint64
-	lastSeq   uint64 // highest sender sequence number in the inbox, if hasSeq
+	lastSeq   uint64 // highest sender sequence number in the inbox, if hasSeq, in seqEpoch
 	hasSeq    bool
+	seqEpoch  uint64
 	// knowsUsAs is this server's ID as the peer knows it: the one it had
 	// when they met, or the last one the peer accepted; "" when this
 	// server's ID was not recorded yet, which is the current one.
@@ -211,7 +212,8 @@ func knownType(kind streamKindT, typ string) bool {
 	case kindDelivery:
 		switch typ {
 		case streams.TypeEventPushed, streams.TypeQueueModeEntered, streams.TypePullServed,
-			streams.TypePullAcknowledged, streams.TypePushResumed, streams.TypeEventsSkipped:
+			streams.TypePullAcknowledged, streams.TypePushResumed, streams.TypeEventsSkipped,
+			streams.TypeEpochStarted, streams.TypeReceiverReported:
 			return true
 		}
 	case kindInbox:
@@ -323,8 +325,8 @@ func (s *State) applyInbox(id streams.PeerID, r eventstore.RecordedEvent) error 
 	if err != nil {
 		return err
 	}
-	if seq := rec.SenderSeq; seq != nil && (!p.hasSeq || *seq > p.lastSeq) {
-		p.lastSeq, p.hasSeq = *seq, true
+	if seq := rec.SenderSeq; seq != nil && (!p.hasSeq || rec.SenderEpoch != p.seqEpoch || *seq > p.lastSeq) {
+		p.lastSeq, p.hasSeq, p.seqEpoch = *seq, true, rec.SenderEpoch
 	}
 	// PROTOCOL.md §4: the sender is the peer whose inbox this is.
 	switch k := rec.Event.GetKind().(type) {

@@ -85,7 +85,7 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 				"peer", p.id, "epoch", in.Epoch, "was", p.in.Epoch)
 		}
 	}
-	if from.checked && !in.Continues(from.prev) {
+	if from.checked && !in.Continues(from.prev) && !in.Repeats(*first, len(events), from.lastID) {
 		held := in.Last()
 		e.logger.Warn("push refused: it does not continue what this server holds from the sender",
 			"peer", p.id, "claimed", refString(from.prev), "held", refString(held))
