@@ -171,7 +171,8 @@ func (o *Outbox) Apply(e DeliveryEvent) {
 			o.Delivered = e.ThroughSeq + 1
 		}
 	case EpochStarted:
-		o.PastEpochs = append(o.PastEpochs, o.Epoch)
+		// Clipped, so copies of the state never share what is appended.
+		o.PastEpochs = append(slices.Clip(o.PastEpochs), o.Epoch)
 		o.Epoch, o.EpochFrom, o.HasGiven = e.Epoch, e.FromSeq, false
 		o.HandedOver = o.Delivered // pulls handed over in the old epoch are void
 	case ReceiverReported:

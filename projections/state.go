@@ -35,12 +35,17 @@ type PeerView struct {
 	Head, Delivered, HandedOver uint64
 	Skipped                     uint64
 	LastSkip                    *domain.EventsSkipped // the last skip recorded, if any
-	Mode                        domain.DeliveryMode
-	Attempts                    uint32    // attempts of the last EventPushed/QueueModeEntered
-	LastPush, LastPullServed    time.Time // RecordedEvent.Created of the last EventPushed / PullServed
-	LastError                   string    // from the last QueueModeEntered; cleared by a later push
-	EventsReceived              uint64    // inbox length
-	KnowsOurServerID            bool      // false after OwnServerIdChanged until PeerNotifiedOfNewId for this peer
+	// Epoch is the current epoch toward the peer; EpochsStarted counts the
+	// times the peer's account showed this server's store went back, and
+	// ReceiverRewinds the times it showed the peer lost events.
+	Epoch                          uint64
+	EpochsStarted, ReceiverRewinds uint32
+	Mode                           domain.DeliveryMode
+	Attempts                       uint32    // attempts of the last EventPushed/QueueModeEntered
+	LastPush, LastPullServed       time.Time // RecordedEvent.Created of the last EventPushed / PullServed
+	LastError                      string    // from the last QueueModeEntered; cleared by a later push
+	EventsReceived                 uint64    // inbox length
+	KnowsOurServerID               bool      // false after OwnServerIdChanged until PeerNotifiedOfNewId for this peer
 }
 
 // Pending is how many outbox events are not yet delivered.
@@ -102,6 +107,8 @@ type peerState struct {
 	lastPull  time.Time
 	lastError string
 	lastSkip  *domain.EventsSkipped
+	epochs    uint32 // EpochStarted records
+	rewinds   uint32 // ReceiverReported records that sent events again
 	received  uint64
 	lastSeq   uint64 // highest sender sequence number in the inbox, if hasSeq, in seqEpoch
 	hasSeq    bool
@@ -304,8 +311,15 @@ func (s *State) applyDelivery(id streams.PeerID, r eventstore.RecordedEvent) err
 		return err
 	}
 	p := s.peer(id)
+	before := p.out.Delivered
 	p.out.Apply(ev)
 	switch e := ev.(type) {
+	case domain.EpochStarted:
+		p.epochs++
+	case domain.ReceiverReported:
+		if p.out.Delivered < before {
+			p.rewinds++
+		}
 	case domain.EventPushed:
 		p.attempts, p.lastPush, p.lastError = e.Attempts, r.Created.UTC(), ""
 	case domain.QueueModeEntered:
@@ -388,6 +402,9 @@ func (p *peerState) view(id streams.PeerID, ownServerID string) PeerView {
 		Delivered:        p.out.Delivered,
 		HandedOver:       p.out.HandedOver,
 		Skipped:          p.out.Skipped,
+		Epoch:            p.out.Epoch,
+		EpochsStarted:    p.epochs,
+		ReceiverRewinds:  p.rewinds,
 		LastSkip:         cloneSkip(p.lastSkip),
 		Mode:             p.out.Mode,
 		Attempts:         p.attempts,
