@@ -1,8 +1,10 @@
 package domain
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -83,7 +85,32 @@ type EventsSkipped struct {
 	Reason              string
 }
 
+// EpochStarted: the receiver's account of what it holds contradicts this
+// outbox (this server's store was restored from a backup, or recreated):
+// the same sequence numbers name other events on the two sides. Sequence
+// numbers from FromSeq on count in a new, random Epoch, which the receiver
+// takes as a new start, so every event not known delivered reaches it once.
+// Nothing counts as delivered on the receiver's account.
+type EpochStarted struct {
+	Epoch, FromSeq uint64
+	// ReceiverSeq is the last event the receiver said it applied, if
+	// ReceiverHas.
+	ReceiverSeq uint64
+	ReceiverHas bool
+}
+
+// ReceiverReported: a receiver that checks continuity said it holds every
+// event through Seq of the current epoch (Has false: none). Delivery goes on
+// after it: forward when a lost reply or record hid them, backward when the
+// receiver lost events (its store was restored), so they are sent again.
+type ReceiverReported struct {
+	Seq uint64
+	Has bool
+}
+
 func (EventPushed) deliveryEvent()      {}
+func (EpochStarted) deliveryEvent()     {}
+func (ReceiverReported) deliveryEvent() {}
 func (EventsSkipped) deliveryEvent()    {}
 func (QueueModeEntered) deliveryEvent() {}
 func (PullServed) deliveryEvent()       {}
@@ -108,6 +135,14 @@ type Outbox struct {
 	// Delivered is where delivery goes on, Delivered - Skipped what the
 	// peer was actually given.
 	Skipped uint64
+	// Epoch is the current epoch toward the peer (0 until an EpochStarted),
+	// which began at EpochFrom; PastEpochs are the ones before it.
+	Epoch, EpochFrom uint64
+	PastEpochs       []uint64
+	// Given is the last event the peer got in this epoch, if HasGiven: what
+	// a push tells a continuity-checking receiver it should hold.
+	Given    uint64
+	HasGiven bool
 }
 
 // Apply folds one recorded event into the state.
@@ -115,6 +150,7 @@ func (o *Outbox) Apply(e DeliveryEvent) {
 	switch e := e.(type) {
 	case EventPushed:
 		o.Delivered = max(o.Delivered, e.Last()+1)
+		o.give(e.Last())
 	case QueueModeEntered:
 		o.Mode, o.PulledSinceQueue = ModeQueue, false
 	case PullServed:
@@ -122,9 +158,11 @@ func (o *Outbox) Apply(e DeliveryEvent) {
 		o.HandedOver = max(o.HandedOver, e.ToSeq+1)
 		if !e.AwaitsAck {
 			o.Delivered = max(o.Delivered, e.ToSeq+1)
+			o.give(e.ToSeq)
 		}
 	case PullAcknowledged:
 		o.Delivered = max(o.Delivered, e.UpToSeq+1)
+		o.give(e.UpToSeq)
 	case PushResumed:
 		o.Mode = ModePush
 	case EventsSkipped:
@@ -132,8 +170,89 @@ func (o *Outbox) Apply(e DeliveryEvent) {
 			o.Skipped += e.ThroughSeq + 1 - max(o.Delivered, e.FromSeq)
 			o.Delivered = e.ThroughSeq + 1
 		}
+	case EpochStarted:
+		// Clipped, so copies of the state never share what is appended.
+		o.PastEpochs = append(slices.Clip(o.PastEpochs), o.Epoch)
+		o.Epoch, o.EpochFrom, o.HasGiven = e.Epoch, e.FromSeq, false
+		o.HandedOver = o.Delivered // pulls handed over in the old epoch are void
+	case ReceiverReported:
+		next := o.EpochFrom
+		if e.Has {
+			next = e.Seq + 1
+		}
+		if o.HasGiven && (!e.Has || e.Seq < o.Given) {
+			// The receiver lost events it had got: send them again.
+			o.Delivered, o.HandedOver = next, next
+			o.Skipped = min(o.Skipped, o.Delivered)
+		} else {
+			o.Delivered = max(o.Delivered, next)
+		}
+		o.Given, o.HasGiven = e.Seq, e.Has
 	}
 	o.HandedOver = max(o.HandedOver, o.Delivered)
+}
+
+// give notes that the peer got event seq in this epoch.
+func (o *Outbox) give(seq uint64) {
+	if !o.HasGiven || seq > o.Given {
+		o.Given, o.HasGiven = seq, true
+	}
+}
+
+// LastGiven is the last event the peer got in this epoch, if any.
+func (o Outbox) LastGiven() (uint64, bool) { return o.Given, o.HasGiven }
+
+// KnowsEpoch reports whether e is this outbox's current epoch or one of its
+// past ones.
+func (o Outbox) KnowsEpoch(e uint64) bool {
+	return e == o.Epoch || slices.Contains(o.PastEpochs, e)
+}
+
+// CheckAck decides what a continuity-checking caller's Pull account means
+// when it contradicts the outbox: ack is its last applied event in the
+// current epoch (nil: none) and same whether that event's outbox ID matches
+// (true when either side does not know it). Nothing to record means the
+// acknowledgement is ordinary, for PlanPull.
+func (o Outbox) CheckAck(ack *uint64, same bool, newEpoch uint64) []DeliveryEvent {
+	switch {
+	case ack == nil && o.HasGiven:
+		return []DeliveryEvent{ReceiverReported{}}
+	case ack == nil:
+		return nil
+	case *ack >= o.Head || !same:
+		return []DeliveryEvent{EpochStarted{Epoch: newEpoch, FromSeq: o.Delivered, ReceiverSeq: *ack, ReceiverHas: true}}
+	case o.HasGiven && *ack < o.Given:
+		return []DeliveryEvent{ReceiverReported{Seq: *ack, Has: true}}
+	}
+	return nil
+}
+
+// Reconcile decides what a continuity-checking receiver's account means:
+// has is the last event it says it applied in the current epoch (nil:
+// none), and same whether that event's outbox ID matches this outbox's
+// record at that sequence number (true when either side does not know it).
+// newEpoch is a fresh random epoch, used if the two histories diverged.
+// Unlike an acknowledgement, it also records a receiver that holds more
+// than this outbox knows it got (a lost reply or record).
+func (o Outbox) Reconcile(has *uint64, same bool, newEpoch uint64) []DeliveryEvent {
+	if records := o.CheckAck(has, same, newEpoch); records != nil || has == nil {
+		return records
+	}
+	if o.HasGiven && *has == o.Given {
+		return nil // in step
+	}
+	return []DeliveryEvent{ReceiverReported{Seq: *has, Has: true}}
+}
+
+// Diverged records a new epoch at once: the receiver holds events of an
+// epoch this outbox never had (its store lost them). ack is the receiver's
+// last applied event there, if any.
+func (o Outbox) Diverged(ack *uint64, newEpoch uint64) []DeliveryEvent {
+	e := EpochStarted{Epoch: newEpoch, FromSeq: o.Delivered}
+	if ack != nil {
+		e.ReceiverSeq, e.ReceiverHas = *ack, true
+	}
+	return []DeliveryEvent{e}
 }
 
 // Pending is how many events are not yet delivered.
@@ -275,6 +394,59 @@ type Inbox struct {
 	// LastSeq is the highest sender sequence number applied, if HasSeq.
 	LastSeq uint64
 	HasSeq  bool
+	// LastID is the sender's outbox ID of LastSeq, if the sender sent it.
+	LastID []byte
+	// Epoch is the sender's epoch LastSeq counts in.
+	Epoch uint64
+}
+
+// EventRef names an event of a sender's outbox: its sequence number and
+// the ID of its outbox record (nil when unknown). A restored or recreated
+// outbox writes new records with new IDs, so the same sequence number with
+// another ID shows that the two sides' histories diverged.
+type EventRef struct {
+	Seq uint64
+	ID  []byte
+}
+
+// InEpoch is the inbox as events of the sender's epoch see it: a new epoch
+// starts again with nothing applied.
+func (i Inbox) InEpoch(epoch uint64) Inbox {
+	if epoch == i.Epoch {
+		return i
+	}
+	return Inbox{Count: i.Count, Epoch: epoch}
+}
+
+// Last is the last event applied in the inbox's epoch, if any.
+func (i Inbox) Last() *EventRef {
+	if !i.HasSeq {
+		return nil
+	}
+	return &EventRef{Seq: i.LastSeq, ID: bytes.Clone(i.LastID)}
+}
+
+// Repeats reports whether a push of n events from first is one the
+// receiver applied whole already: its last event is the last one applied,
+// under the same outbox ID (a retry whose reply, or whose record at the
+// sender, was lost).
+func (i Inbox) Repeats(first uint64, n int, lastID []byte) bool {
+	return i.HasSeq && n > 0 && first+uint64(n)-1 == i.LastSeq && len(lastID) > 0 && bytes.Equal(lastID, i.LastID)
+}
+
+// Continues reports whether a push continues what the receiver holds: prev
+// is the last event the sender believes it applied in this epoch (nil:
+// none). If not, nothing of the push is applied and the receiver says what
+// it holds instead, for the sender to reconcile: applying it could skip
+// events the receiver lost, or drop new events under reused numbers.
+func (i Inbox) Continues(prev *EventRef) bool {
+	if !i.HasSeq || prev == nil {
+		return !i.HasSeq && prev == nil
+	}
+	if prev.Seq != i.LastSeq {
+		return false
+	}
+	return len(i.LastID) == 0 || len(prev.ID) == 0 || bytes.Equal(prev.ID, i.LastID)
 }
 
 // Accepts reports whether an event with sender sequence seq (nil: the sender
@@ -285,11 +457,12 @@ func (i Inbox) Accepts(seq *uint64) bool {
 	return seq == nil || !i.HasSeq || *seq > i.LastSeq
 }
 
-// Received folds one applied event.
-func (i *Inbox) Received(seq *uint64) {
+// Received folds one applied event; id is the sender's outbox ID of it, if
+// known.
+func (i *Inbox) Received(seq *uint64, id []byte) {
 	i.Count++
 	if seq != nil && (!i.HasSeq || *seq > i.LastSeq) {
-		i.LastSeq, i.HasSeq = *seq, true
+		i.LastSeq, i.HasSeq, i.LastID = *seq, true, bytes.Clone(id)
 	}
 }
 
@@ -331,4 +504,29 @@ func (e *EventTooLargeError) Unwrap() error { return ErrInvalidArgument }
 type StuckEvent struct {
 	Seq    uint64
 	Reason string
+}
+
+// PushClaim is what a continuity-checking sender says with a push: its
+// epoch toward this receiver, the last event it believes the receiver
+// applied in it (nil: none), and the outbox ID of the push's last event.
+type PushClaim struct {
+	Epoch  uint64
+	Prev   *EventRef
+	LastID []byte
+}
+
+// PushAnswer is a continuity-checking receiver's account after a push:
+// whether it refused the push (applied nothing, as the claim does not match
+// what it holds) and the last event it holds in the push's epoch.
+type PushAnswer struct {
+	Refused bool
+	Applied *EventRef
+}
+
+// PullAccount is a continuity-checking caller's account with a Pull: the
+// epoch its acknowledgement counts in, and the outbox ID of the
+// acknowledged event, if known.
+type PullAccount struct {
+	Epoch uint64
+	AckID []byte
 }

@@ -229,8 +229,8 @@ func TestInboxAppliesEachSequenceOnce(t *testing.T) {
 	if !in.Accepts(u64(0)) {
 		t.Fatal("the first event was refused")
 	}
-	in.Received(u64(0))
-	in.Received(u64(1))
+	in.Received(u64(0), nil)
+	in.Received(u64(1), nil)
 	for _, seq := range []uint64{0, 1} {
 		if in.Accepts(u64(seq)) {
 			t.Fatalf("sequence %d applied twice", seq)

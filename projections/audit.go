@@ -166,7 +166,7 @@ type auditor struct {
 	skips      []Skip
 
 	outboxNext map[string]uint64       // outbox stream → next revision expected
-	inboxSeq   map[string]uint64       // inbox stream → last sender sequence number
+	inboxSeq   map[string]epochSeq     // inbox stream → last sender sequence number, in its epoch
 	probe      map[string]pendingProbe // delivery stream → probe resume awaiting its push
 	probeOrder []string                // streams with a pending probe, for a stable report
 
@@ -184,7 +184,7 @@ func newAuditor() *auditor {
 	return &auditor{
 		state:      NewState(),
 		outboxNext: map[string]uint64{},
-		inboxSeq:   map[string]uint64{},
+		inboxSeq:   map[string]epochSeq{},
 		probe:      map[string]pendingProbe{},
 	}
 }
@@ -233,14 +233,22 @@ func (a *auditor) checkInbox(r eventstore.RecordedEvent) {
 	if err != nil || rec.SenderSeq == nil {
 		return // unreadable records are reported when applied
 	}
-	seq := *rec.SenderSeq
-	if last, ok := a.inboxSeq[r.Stream]; ok && seq <= last {
-		a.violate(r.Stream, r.Revision, RuleInboxSeqIncreasing, fmt.Sprintf("sender sequence %d after %d", seq, last))
+	// Sequence numbers count within the sender's epoch: a new epoch (the
+	// sender's store went back) starts them again.
+	seq, epoch := *rec.SenderSeq, rec.SenderEpoch
+	last, ok := a.inboxSeq[r.Stream]
+	if ok && last.epoch != epoch {
+		ok = false
 	}
-	if last, ok := a.inboxSeq[r.Stream]; !ok || seq > last {
-		a.inboxSeq[r.Stream] = seq
+	if ok && seq <= last.seq {
+		a.violate(r.Stream, r.Revision, RuleInboxSeqIncreasing, fmt.Sprintf("sender sequence %d after %d (epoch %d)", seq, last.seq, epoch))
+	}
+	if !ok || seq > last.seq {
+		a.inboxSeq[r.Stream] = epochSeq{epoch: epoch, seq: seq}
 	}
 }
+
+type epochSeq struct{ epoch, seq uint64 }
 
 func (a *auditor) checkDelivery(r eventstore.RecordedEvent, peer streams.PeerID) {
 	ev, err := streams.DecodeDelivery(r)
@@ -289,6 +297,14 @@ func (a *auditor) checkDelivery(r eventstore.RecordedEvent, peer streams.PeerID)
 		}
 		if e.UpToSeq < out.Delivered {
 			a.violate(r.Stream, r.Revision, RuleCursorIncreasing, fmt.Sprintf("acknowledged up to %d, but delivered up to %d already", e.UpToSeq, out.Delivered))
+		}
+	case domain.EpochStarted:
+		if e.FromSeq != out.Delivered {
+			a.violate(r.Stream, r.Revision, RuleCursorIncreasing, fmt.Sprintf("epoch %d from %d, but the next undelivered event is %d", e.Epoch, e.FromSeq, out.Delivered))
+		}
+	case domain.ReceiverReported:
+		if e.Has && e.Seq >= out.Head {
+			a.violate(r.Stream, r.Revision, RuleCursorWithinHead, fmt.Sprintf("the peer reported event %d, but the outbox holds %d events", e.Seq, out.Head))
 		}
 	case domain.EventsSkipped:
 		switch {

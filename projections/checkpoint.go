@@ -79,6 +79,12 @@ type peerSnapshot struct {
 	HandedOver       uint64        `json:"handed_over,omitempty"`
 	Skipped          uint64        `json:"skipped,omitempty"`
 	LastSkip         *skipSnapshot `json:"last_skip,omitempty"`
+	Epoch            uint64        `json:"epoch,omitempty"`
+	EpochFrom        uint64        `json:"epoch_from,omitempty"`
+	PastEpochs       []uint64      `json:"past_epochs,omitempty"`
+	Given            *uint64       `json:"given,omitempty"`
+	EpochsStarted    uint32        `json:"epochs_started,omitempty"`
+	ReceiverRewinds  uint32        `json:"receiver_rewinds,omitempty"`
 	Mode             string        `json:"mode"`
 	PulledSinceQueue bool          `json:"pulled_since_queue,omitempty"`
 	Attempts         uint32        `json:"attempts,omitempty"`
@@ -87,6 +93,7 @@ type peerSnapshot struct {
 	LastError        string        `json:"last_error,omitempty"`
 	EventsReceived   uint64        `json:"events_received,omitempty"`
 	LastSenderSeq    *uint64       `json:"last_sender_seq,omitempty"`
+	LastSenderEpoch  uint64        `json:"last_sender_epoch,omitempty"`
 	KnowsUsAs        string        `json:"knows_us_as,omitempty"`
 }
 
@@ -132,6 +139,12 @@ func (s *State) snapshot() checkpointFile {
 		}
 		if s := p.lastSkip; s != nil {
 			ps.LastSkip = &skipSnapshot{FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason}
+		}
+		ps.LastSenderEpoch = p.seqEpoch
+		ps.Epoch, ps.EpochFrom, ps.PastEpochs = p.out.Epoch, p.out.EpochFrom, slices.Clone(p.out.PastEpochs)
+		ps.EpochsStarted, ps.ReceiverRewinds = p.epochs, p.rewinds
+		if given, has := p.out.LastGiven(); has {
+			ps.Given = &given
 		}
 		if p.hasSeq {
 			seq := p.lastSeq
@@ -185,12 +198,17 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 		p := &peerState{
 			serverID: ps.ServerID, former: ps.FormerServerIDs, publicKey: ps.PublicKey,
 			out: domain.Outbox{Head: ps.Head, Delivered: ps.Delivered, HandedOver: ps.HandedOver,
-				Mode: mode, PulledSinceQueue: ps.PulledSinceQueue, Skipped: ps.Skipped},
+				Mode: mode, PulledSinceQueue: ps.PulledSinceQueue, Skipped: ps.Skipped,
+				Epoch: ps.Epoch, EpochFrom: ps.EpochFrom, PastEpochs: ps.PastEpochs},
+			epochs: ps.EpochsStarted, rewinds: ps.ReceiverRewinds,
 			attempts: ps.Attempts, lastPush: ps.LastPush.UTC(), lastPull: ps.LastPullServed.UTC(), lastError: ps.LastError,
 			received: ps.EventsReceived, knowsUsAs: ps.KnowsUsAs,
 		}
 		if ps.LastSenderSeq != nil {
-			p.lastSeq, p.hasSeq = *ps.LastSenderSeq, true
+			p.lastSeq, p.hasSeq, p.seqEpoch = *ps.LastSenderSeq, true, ps.LastSenderEpoch
+		}
+		if ps.Given != nil {
+			p.out.Given, p.out.HasGiven = *ps.Given, true
 		}
 		if s := ps.LastSkip; s != nil {
 			p.lastSkip = &domain.EventsSkipped{FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason}

@@ -35,12 +35,17 @@ type PeerView struct {
 	Head, Delivered, HandedOver uint64
 	Skipped                     uint64
 	LastSkip                    *domain.EventsSkipped // the last skip recorded, if any
-	Mode                        domain.DeliveryMode
-	Attempts                    uint32    // attempts of the last EventPushed/QueueModeEntered
-	LastPush, LastPullServed    time.Time // RecordedEvent.Created of the last EventPushed / PullServed
-	LastError                   string    // from the last QueueModeEntered; cleared by a later push
-	EventsReceived              uint64    // inbox length
-	KnowsOurServerID            bool      // false after OwnServerIdChanged until PeerNotifiedOfNewId for this peer
+	// Epoch is the current epoch toward the peer; EpochsStarted counts the
+	// times the peer's account showed this server's store went back, and
+	// ReceiverRewinds the times it showed the peer lost events.
+	Epoch                          uint64
+	EpochsStarted, ReceiverRewinds uint32
+	Mode                           domain.DeliveryMode
+	Attempts                       uint32    // attempts of the last EventPushed/QueueModeEntered
+	LastPush, LastPullServed       time.Time // RecordedEvent.Created of the last EventPushed / PullServed
+	LastError                      string    // from the last QueueModeEntered; cleared by a later push
+	EventsReceived                 uint64    // inbox length
+	KnowsOurServerID               bool      // false after OwnServerIdChanged until PeerNotifiedOfNewId for this peer
 }
 
 // Pending is how many outbox events are not yet delivered.
@@ -102,9 +107,12 @@ type peerState struct {
 	lastPull  time.Time
 	lastError string
 	lastSkip  *domain.EventsSkipped
+	epochs    uint32 // EpochStarted records
+	rewinds   uint32 // ReceiverReported records that sent events again
 	received  uint64
-	lastSeq   uint64 // highest sender sequence number in the inbox, if hasSeq
+	lastSeq   uint64 // highest sender sequence number in the inbox, if hasSeq, in seqEpoch
 	hasSeq    bool
+	seqEpoch  uint64
 	// knowsUsAs is this server's ID as the peer knows it: the one it had
 	// when they met, or the last one the peer accepted; "" when this
 	// server's ID was not recorded yet, which is the current one.
@@ -211,7 +219,8 @@ func knownType(kind streamKindT, typ string) bool {
 	case kindDelivery:
 		switch typ {
 		case streams.TypeEventPushed, streams.TypeQueueModeEntered, streams.TypePullServed,
-			streams.TypePullAcknowledged, streams.TypePushResumed, streams.TypeEventsSkipped:
+			streams.TypePullAcknowledged, streams.TypePushResumed, streams.TypeEventsSkipped,
+			streams.TypeEpochStarted, streams.TypeReceiverReported:
 			return true
 		}
 	case kindInbox:
@@ -302,8 +311,15 @@ func (s *State) applyDelivery(id streams.PeerID, r eventstore.RecordedEvent) err
 		return err
 	}
 	p := s.peer(id)
+	before := p.out.Delivered
 	p.out.Apply(ev)
 	switch e := ev.(type) {
+	case domain.EpochStarted:
+		p.epochs++
+	case domain.ReceiverReported:
+		if p.out.Delivered < before {
+			p.rewinds++
+		}
 	case domain.EventPushed:
 		p.attempts, p.lastPush, p.lastError = e.Attempts, r.Created.UTC(), ""
 	case domain.QueueModeEntered:
@@ -323,8 +339,8 @@ func (s *State) applyInbox(id streams.PeerID, r eventstore.RecordedEvent) error 
 	if err != nil {
 		return err
 	}
-	if seq := rec.SenderSeq; seq != nil && (!p.hasSeq || *seq > p.lastSeq) {
-		p.lastSeq, p.hasSeq = *seq, true
+	if seq := rec.SenderSeq; seq != nil && (!p.hasSeq || rec.SenderEpoch != p.seqEpoch || *seq > p.lastSeq) {
+		p.lastSeq, p.hasSeq, p.seqEpoch = *seq, true, rec.SenderEpoch
 	}
 	// PROTOCOL.md §4: the sender is the peer whose inbox this is.
 	switch k := rec.Event.GetKind().(type) {
@@ -386,6 +402,9 @@ func (p *peerState) view(id streams.PeerID, ownServerID string) PeerView {
 		Delivered:        p.out.Delivered,
 		HandedOver:       p.out.HandedOver,
 		Skipped:          p.out.Skipped,
+		Epoch:            p.out.Epoch,
+		EpochsStarted:    p.epochs,
+		ReceiverRewinds:  p.rewinds,
 		LastSkip:         cloneSkip(p.lastSkip),
 		Mode:             p.out.Mode,
 		Attempts:         p.attempts,

@@ -70,6 +70,9 @@ func peerMessage(v projections.PeerView, stuck map[domain.ServerID]domain.StuckE
 		PublicKey:        v.PublicKey,
 		KnowsOurServerId: v.KnowsOurServerID,
 		Skipped:          v.Skipped,
+		Epoch:            v.Epoch,
+		EpochsStarted:    v.EpochsStarted,
+		ReceiverRewinds:  v.ReceiverRewinds,
 		LastSkip:         skippedMessage(v.LastSkip),
 	}
 	if id, err := domain.ParseServerID(v.ServerID); err == nil {

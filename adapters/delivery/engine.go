@@ -32,6 +32,28 @@ type PeerClient interface {
 	Pull(ctx context.Context, peer domain.ServerID, ack *uint64) (peerclient.PullResult, error)
 }
 
+// continuityClient is a PeerClient that also carries the continuity
+// extension (README "Interoperability notes"): the real one does; a test
+// double that does not is called without it, as an older server would be.
+type continuityClient interface {
+	PushClaimed(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (peerclient.PushResult, error)
+	PullAccounted(ctx context.Context, peer domain.ServerID, ack *uint64, account domain.PullAccount) (peerclient.PullResult, error)
+}
+
+func (e *Engine) push(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (peerclient.PushResult, error) {
+	if c, ok := e.client.(continuityClient); ok {
+		return c.PushClaimed(ctx, server, seq, events, claim)
+	}
+	return e.client.Push(ctx, server, seq, events)
+}
+
+func (e *Engine) pull(ctx context.Context, server domain.ServerID, ack *uint64, account domain.PullAccount) (peerclient.PullResult, error) {
+	if c, ok := e.client.(continuityClient); ok {
+		return c.PullAccounted(ctx, server, ack, account)
+	}
+	return e.client.Pull(ctx, server, ack)
+}
+
 // Config tunes the engine.
 type Config struct {
 	// PushRetries is X: queue mode after one attempt plus X retries.
@@ -74,6 +96,9 @@ type Observer interface {
 	PullServed(peer domain.ServerID, events int)
 	PullMade(peer domain.ServerID, err error)
 	Received(peer domain.ServerID, via string, n int)
+	// Continuity: a receiver's account contradicted the outbox; kind is
+	// "epoch_started", "receiver_behind" or "receiver_ahead".
+	Continuity(peer domain.ServerID, kind string)
 }
 
 type noObserver struct{}
@@ -82,6 +107,7 @@ func (noObserver) PushAttempted(domain.ServerID, time.Duration, int, error) {}
 func (noObserver) PullServed(domain.ServerID, int)                          {}
 func (noObserver) PullMade(domain.ServerID, error)                          {}
 func (noObserver) Received(domain.ServerID, string, int)                    {}
+func (noObserver) Continuity(domain.ServerID, string)                       {}
 
 // DefaultMaxEventBytes fits every limit an event meets on its way: a push
 // request (4 MiB by default at Postbox receivers), a Pull reply (3 MiB), and
@@ -117,6 +143,7 @@ type Engine struct {
 	clock    domain.Clock
 	logger   *slog.Logger
 	jitter   func() float64
+	newEpoch func() uint64 // a random epoch, never 0
 	slots    chan struct{}
 
 	// ctx scopes background work (push loops, probes, pulls); Close ends it.
@@ -153,6 +180,8 @@ type peer struct {
 	// gateOwnedByStartup: Start set the gate before the startup pull runs.
 	gateOwnedByStartup bool
 	pullTimer          *time.Timer
+	// given caches the outbox ID of out.Given, which each push claims.
+	given *domain.EventRef
 	// stuck: the oldest undelivered event looked undeliverable when it was
 	// last read for a push or a Pull reply; moot once Delivered passes it.
 	stuck *domain.StuckEvent
@@ -183,6 +212,11 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, clie
 			jitterMu.Lock()
 			defer jitterMu.Unlock()
 			return jitterSource.Float64()
+		},
+		newEpoch: func() uint64 {
+			jitterMu.Lock()
+			defer jitterMu.Unlock()
+			return jitterSource.Uint64() | 1
 		},
 		slots:  make(chan struct{}, max(cfg.MaxConcurrentPushes, 1)),
 		ctx:    ctx,

@@ -1,11 +1,13 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -17,6 +19,13 @@ import (
 // each other at startup would deadlock otherwise). A caller that is not a
 // peer gets an empty reply and is not registered.
 func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint64) (federation.PullBatch, error) {
+	return e.ServeAccountedPull(ctx, caller, ack, nil)
+}
+
+// ServeAccountedPull is ServePull for a caller that gave an account of
+// what it applied (nil: none): one that contradicts the outbox is recorded
+// first, so the reply carries what the caller really lacks.
+func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, ack *uint64, account *domain.PullAccount) (federation.PullBatch, error) {
 	peerID, found, err := domain.CheckCaller(e.registry, caller.ServerID)
 	if err != nil || !found {
 		return federation.PullBatch{}, err
@@ -34,6 +43,22 @@ func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint6
 		p.mu.Unlock()
 		return federation.PullBatch{}, nil
 	}
+	var checkedDone chan error
+	if account != nil {
+		checked, err := e.checkAccountLocked(ctx, p, ack, *account)
+		if err != nil {
+			p.mu.Unlock()
+			return federation.PullBatch{}, err
+		}
+		if len(checked) > 0 {
+			// The records say where delivery goes on; the acknowledgement
+			// counts no further.
+			before := p.out
+			checkedDone = e.recordLocked(p, true, checked...)
+			ack, p.given = nil, nil
+			defer e.reportContinuity(caller.ServerID, before, checked[0], "pull")
+		}
+	}
 	plan, err := p.out.PlanPull(ack)
 	if err != nil {
 		p.mu.Unlock()
@@ -46,6 +71,9 @@ func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint6
 	if plan.Available == 0 {
 		e.kickLocked(p) // back in push mode, with events that came in meanwhile
 		p.mu.Unlock()
+		if err := waitRecorded(ctx, checkedDone); err != nil {
+			return federation.PullBatch{}, err
+		}
 		return federation.PullBatch{}, waitRecorded(ctx, done)
 	}
 	p.serving = true
@@ -55,11 +83,14 @@ func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint6
 		p.serving = false
 		p.mu.Unlock()
 	}()
+	if err := waitRecorded(ctx, checkedDone); err != nil {
+		return federation.PullBatch{}, err
+	}
 	if err := waitRecorded(ctx, done); err != nil {
 		return federation.PullBatch{}, err
 	}
 
-	events, err := e.readBatch(ctx, id, plan.From, plan.Available)
+	events, lastID, err := e.readBatch(ctx, id, plan.From, plan.Available)
 	if err != nil || len(events) == 0 {
 		return federation.PullBatch{}, err
 	}
@@ -70,23 +101,48 @@ func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint6
 	// events count as delivered once the reply is written, as upstream does.
 	p.mu.Lock()
 	done = e.recordLocked(p, true, domain.ServedPull(plan.From, uint64(len(events)), caller.Extended))
+	epoch := p.out.Epoch
 	p.mu.Unlock()
 	if err := waitRecorded(ctx, done); err != nil {
 		return federation.PullBatch{}, err
 	}
 	e.cfg.Observer.PullServed(caller.ServerID, len(events))
-	return federation.PullBatch{Events: events, FirstSeq: plan.From}, nil
+	return federation.PullBatch{Events: events, FirstSeq: plan.From, Epoch: epoch, LastID: lastID}, nil
 }
 
-// readBatch reads up to n outbox events from from, within the reply caps.
-func (e *Engine) readBatch(ctx context.Context, id streams.PeerID, from, n uint64) ([]*syncv1.Event, error) {
+// checkAccountLocked compares a continuity-checking caller's account with
+// the outbox and decides what to record when they disagree. p.mu is held.
+func (e *Engine) checkAccountLocked(ctx context.Context, p *peer, ack *uint64, account domain.PullAccount) ([]domain.DeliveryEvent, error) {
+	switch {
+	case account.Epoch != p.out.Epoch && !p.out.KnowsEpoch(account.Epoch):
+		// The caller holds events of an epoch this outbox never had.
+		return p.out.Diverged(ack, e.newEpoch()), nil
+	case account.Epoch != p.out.Epoch:
+		// The caller has nothing of the current epoch yet.
+		return p.out.CheckAck(nil, true, e.newEpoch()), nil
+	}
+	same := true
+	if ack != nil && *ack < p.out.Head && len(account.AckID) > 0 {
+		id, err := e.outboxID(ctx, p.id, nil, *ack)
+		if err != nil {
+			return nil, err
+		}
+		same = bytes.Equal(id, account.AckID)
+	}
+	return p.out.CheckAck(ack, same, e.newEpoch()), nil
+}
+
+// readBatch reads up to n outbox events from from, within the reply caps,
+// and the outbox ID of the last one.
+func (e *Engine) readBatch(ctx context.Context, id streams.PeerID, from, n uint64) ([]*syncv1.Event, []byte, error) {
 	n = min(n, uint64(e.cfg.PullReplyMaxEvents))
 	out := make([]*syncv1.Event, 0, min(n, 1024))
+	var lastID eventstore.EventID
 	size := 0
 	for uint64(len(out)) < n {
 		recs, err := e.store.ReadStream(ctx, streams.Outbox(id), from+uint64(len(out)), int(min(n-uint64(len(out)), 1024)))
 		if err != nil {
-			return nil, fmt.Errorf("read outbox of %s: %w", id, err)
+			return nil, nil, fmt.Errorf("read outbox of %s: %w", id, err)
 		}
 		if len(recs) == 0 {
 			break
@@ -94,16 +150,16 @@ func (e *Engine) readBatch(ctx context.Context, id streams.PeerID, from, n uint6
 		for _, r := range recs {
 			ev, err := streams.DecodeEnqueued(r)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			// Each event costs its bytes plus a tag and a length prefix.
 			cost := proto.Size(ev) + 6
 			if len(out) > 0 && size+cost > e.cfg.PullReplyMaxBytes {
-				return out, nil
+				return out, bytes.Clone(lastID[:]), nil
 			}
 			size += cost
-			out = append(out, ev)
+			out, lastID = append(out, ev), r.ID
 		}
 	}
-	return out, nil
+	return out, bytes.Clone(lastID[:]), nil
 }

@@ -19,12 +19,20 @@ import (
 // in one append. While this server's own Pull from the sender is under
 // way, it waits for that Pull first, as the spec asks.
 func (e *Engine) AcceptPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error {
+	_, err := e.AcceptClaimedPush(ctx, caller, events, seq, nil)
+	return err
+}
+
+// AcceptClaimedPush is AcceptPush for a sender that made a continuity
+// claim (nil: none): a push that does not continue what this server holds
+// from the sender is refused whole, and the answer says what it holds.
+func (e *Engine) AcceptClaimedPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64, claim *domain.PushClaim) (domain.PushAnswer, error) {
 	if _, _, err := domain.CheckCaller(e.registry, caller.ServerID); err != nil {
-		return err
+		return domain.PushAnswer{}, err
 	}
 	id, err := e.registry.Register(ctx, caller.ServerID)
 	if err != nil {
-		return err
+		return domain.PushAnswer{}, err
 	}
 	p := e.peer(id)
 	p.mu.Lock()
@@ -34,26 +42,55 @@ func (e *Engine) AcceptPush(ctx context.Context, caller domain.Caller, events []
 		select {
 		case <-gate:
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for this server's pull from %s: %w", caller.ServerID, ctx.Err())
+			return domain.PushAnswer{}, fmt.Errorf("waiting for this server's pull from %s: %w", caller.ServerID, ctx.Err())
 		}
 	}
-	if err := e.receive(ctx, p, eventsv1.EventReceived_VIA_PUSH, events, seq); err != nil {
-		return err
+	var from incoming
+	if claim != nil && seq != nil {
+		from = incoming{epoch: claim.Epoch, lastID: claim.LastID, checked: true, prev: claim.Prev}
+	}
+	answer, err := e.receive(ctx, p, eventsv1.EventReceived_VIA_PUSH, events, seq, from)
+	if err != nil {
+		return domain.PushAnswer{}, err
 	}
 	e.schedulePull(p, e.cfg.PullInterval)
-	return nil
+	return answer, nil
+}
+
+// incoming is what a sender said about the events it sends: the epoch
+// their sequence numbers count in, the outbox ID of the last one, and for
+// a checked push the last event it believes this server applied.
+type incoming struct {
+	epoch   uint64
+	lastID  []byte
+	checked bool
+	prev    *domain.EventRef
 }
 
 // receive appends the events this server has not applied yet to the
 // sender's inbox, in order, with their sequence numbers (first, first+1...;
 // nil when the sender sent none).
-func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceived_Via, events []*syncv1.Event, first *uint64) error {
+func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceived_Via, events []*syncv1.Event, first *uint64, from incoming) (domain.PushAnswer, error) {
 	p.recvMu.Lock()
 	defer p.recvMu.Unlock()
 	if err := e.loadInboxLocked(ctx, p); err != nil {
-		return err
+		return domain.PushAnswer{}, err
 	}
 	in := p.in
+	if first != nil {
+		// A sender's new epoch starts its sequence numbers again.
+		in = in.InEpoch(from.epoch)
+		if in.Epoch != p.in.Epoch {
+			e.logger.Warn("the sender started a new epoch: its store was restored or recreated; its events are taken anew",
+				"peer", p.id, "epoch", in.Epoch, "was", p.in.Epoch)
+		}
+	}
+	if from.checked && !in.Continues(from.prev) && !in.Repeats(*first, len(events), from.lastID) {
+		held := in.Last()
+		e.logger.Warn("push refused: it does not continue what this server holds from the sender",
+			"peer", p.id, "claimed", refString(from.prev), "held", refString(held))
+		return domain.PushAnswer{Refused: true, Applied: held}, nil
+	}
 	var data []eventstore.EventData
 	for i, ev := range events {
 		var seq *uint64
@@ -64,21 +101,29 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 		if !in.Accepts(seq) {
 			continue // already applied: a retried push or a re-sent reply
 		}
-		d, err := e.codec.EncodeReceived(streams.Received{Event: ev, Via: via, SenderSeq: seq})
+		var id []byte
+		if i == len(events)-1 {
+			id = from.lastID
+		}
+		rec := streams.Received{Event: ev, Via: via, SenderSeq: seq, SenderEventID: id}
+		if seq != nil {
+			rec.SenderEpoch = in.Epoch
+		}
+		d, err := e.codec.EncodeReceived(rec)
 		if err != nil {
-			return err
+			return domain.PushAnswer{}, err
 		}
 		data = append(data, d)
-		in.Received(seq)
+		in.Received(seq, id)
 	}
 	if len(data) == 0 {
-		return nil
+		return domain.PushAnswer{Applied: in.Last()}, nil
 	}
 	if _, err := e.store.Append(ctx, streams.Inbox(p.id), expectAfter(p.in.Count), data...); err != nil {
 		if errors.Is(err, eventstore.ErrWrongExpectedRevision) {
 			p.inLoaded = false // another writer shares the store: reread
 		}
-		return fmt.Errorf("append to %s: %w", streams.Inbox(p.id), err)
+		return domain.PushAnswer{}, fmt.Errorf("append to %s: %w", streams.Inbox(p.id), err)
 	}
 	p.in = in
 	if server, ok := e.registry.ServerID(p.id); ok {
@@ -88,7 +133,14 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 		}
 		e.cfg.Observer.Received(server, viaName, len(data))
 	}
-	return nil
+	return domain.PushAnswer{Applied: in.Last()}, nil
+}
+
+func refString(r *domain.EventRef) string {
+	if r == nil {
+		return "nothing"
+	}
+	return fmt.Sprintf("%d (%x)", r.Seq, r.ID)
 }
 
 // loadInboxLocked rebuilds the receiver state of p from its inbox stream:
@@ -115,6 +167,7 @@ func (e *Engine) loadInboxLocked(ctx context.Context, p *peer) error {
 			}
 			if rec.SenderSeq != nil {
 				in.LastSeq, in.HasSeq = *rec.SenderSeq, true
+				in.Epoch, in.LastID = rec.SenderEpoch, rec.SenderEventID
 				break
 			}
 		}
@@ -191,11 +244,12 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 		if seq, ok := p.in.Ack(); ok {
 			ack = &seq
 		}
+		account := domain.PullAccount{Epoch: p.in.Epoch, AckID: p.in.LastID}
 		p.recvMu.Unlock()
 		if err != nil {
 			return err
 		}
-		res, err := e.client.Pull(ctx, server, ack)
+		res, err := e.pull(ctx, server, ack, account)
 		if err != nil && refusedAsPredatingStart(err) && retries < 3 {
 			// The peer restarted within the second this token was signed
 			// in, and refuses tokens stamped before its start (PROTOCOL.md
@@ -217,7 +271,7 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 		if res.HasSeq {
 			first = &res.FirstSeq
 		}
-		if err := e.receive(ctx, p, eventsv1.EventReceived_VIA_PULL, res.Events, first); err != nil {
+		if _, err := e.receive(ctx, p, eventsv1.EventReceived_VIA_PULL, res.Events, first, incoming{epoch: res.Epoch, lastID: res.LastID}); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -145,7 +146,19 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			_ = sleep(ctx, time.Second)
 			return
 		}
-		res, err := e.pushOnce(ctx, server, seq, events)
+		claim, err := e.claimFor(ctx, p, ahead, seq, len(events))
+		if err != nil {
+			e.logger.Error("reading the outbox failed", "peer", p.id, "seq", seq, "err", err)
+			_ = sleep(ctx, time.Second)
+			return
+		}
+		res, err := e.pushOnce(ctx, server, seq, events, claim)
+		if err == nil && res.Answer != nil && res.Answer.Refused {
+			if e.reconcile(ctx, p, server, ahead, res) {
+				return // the records say where delivery goes on
+			}
+			err = fmt.Errorf("the peer refused push %d: its account (%s) matches what this server claimed", seq, refString(res.Answer.Applied))
+		}
 		wait, busy := peerclient.Busy(err)
 		if busy && busyInRow < maxBusyInRow {
 			// The peer is at its budget and said when to come back: not a
@@ -164,6 +177,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 		p.mu.Lock()
 		if err == nil {
 			p.batch = res
+			p.given = &domain.EventRef{Seq: res.Through, ID: claimLastID(claim, res.Through, seq+uint64(len(events))-1)}
 			records, derr := p.out.PushSucceeded(seq, res.Through, attempts, false)
 			if derr == nil {
 				// Not waited for, and batched: the next pushes overlap its
@@ -213,8 +227,127 @@ func busyWait(asked time.Duration) time.Duration {
 	return min(asked, maxBusyWait)
 }
 
+// claimFor is what a push of n events from seq claims to a receiver that
+// checks continuity: the epoch, the last event the receiver got in it, and
+// the outbox ID of the push's last event.
+func (e *Engine) claimFor(ctx context.Context, p *peer, ahead *outboxReader, seq uint64, n int) (domain.PushClaim, error) {
+	p.mu.Lock()
+	epoch := p.out.Epoch
+	given, has := p.out.LastGiven()
+	cached := p.given
+	p.mu.Unlock()
+	claim := domain.PushClaim{Epoch: epoch}
+	claim.LastID, _ = ahead.id(seq + uint64(n) - 1)
+	if !has {
+		return claim, nil
+	}
+	if cached != nil && cached.Seq == given && len(cached.ID) > 0 {
+		claim.Prev = cached
+		return claim, nil
+	}
+	id, err := e.outboxID(ctx, p.id, ahead, given)
+	if err != nil {
+		return claim, err
+	}
+	claim.Prev = &domain.EventRef{Seq: given, ID: id}
+	p.mu.Lock()
+	p.given = claim.Prev
+	p.mu.Unlock()
+	return claim, nil
+}
+
+// claimLastID is the outbox ID of through, the last event a push
+// delivered, when it is the last one the push carried.
+func claimLastID(claim domain.PushClaim, through, last uint64) []byte {
+	if through == last {
+		return claim.LastID
+	}
+	return nil
+}
+
+// outboxID reads the ID of the outbox record at seq.
+func (e *Engine) outboxID(ctx context.Context, id streams.PeerID, ahead *outboxReader, seq uint64) ([]byte, error) {
+	if ahead != nil {
+		if got, ok := ahead.id(seq); ok && ahead.peer == id {
+			return got, nil
+		}
+	}
+	recs, err := e.store.ReadStream(ctx, streams.Outbox(id), seq, 1)
+	if err != nil {
+		return nil, fmt.Errorf("read outbox of %s at %d: %w", id, seq, err)
+	}
+	if len(recs) == 0 || recs[0].Revision != seq {
+		return nil, fmt.Errorf("outbox of %s has no event %d: %w", id, seq, errMissingEvent)
+	}
+	return bytes.Clone(recs[0].ID[:]), nil
+}
+
+// reconcile acts on a receiver's refusal of a push: it compares the
+// receiver's account with the outbox and records where delivery goes on. It
+// reports whether it recorded anything.
+func (e *Engine) reconcile(ctx context.Context, p *peer, server domain.ServerID, ahead *outboxReader, res peerclient.PushResult) bool {
+	has := res.Answer.Applied
+	same := true
+	p.mu.Lock()
+	head := p.out.Head
+	p.mu.Unlock()
+	if has != nil && has.Seq < head && len(has.ID) > 0 {
+		id, err := e.outboxID(ctx, p.id, ahead, has.Seq)
+		if err != nil {
+			e.logger.Error("reading the outbox failed", "peer", p.id, "seq", has.Seq, "err", err)
+			return false
+		}
+		same = bytes.Equal(id, has.ID)
+	}
+	var seq *uint64
+	if has != nil {
+		seq = &has.Seq
+	}
+	p.mu.Lock()
+	p.batch = res
+	records := p.out.Reconcile(seq, same, e.newEpoch())
+	before := p.out
+	done := e.recordLocked(p, true, records...)
+	p.given = nil
+	if len(records) > 0 && has != nil && same {
+		p.given = has
+	}
+	p.mu.Unlock()
+	if len(records) == 0 {
+		return false
+	}
+	if err := waitRecorded(ctx, done); err != nil {
+		return true // rereading the streams follows
+	}
+	e.reportContinuity(server, before, records[0], "push")
+	return true
+}
+
+// reportContinuity says loudly what a receiver's contradicting account
+// led to.
+func (e *Engine) reportContinuity(server domain.ServerID, before domain.Outbox, record domain.DeliveryEvent, via string) {
+	switch r := record.(type) {
+	case domain.EpochStarted:
+		e.cfg.Observer.Continuity(server, "epoch_started")
+		e.logger.Error("the peer holds events this server's outbox does not: this server's store went back (restored from a backup, or recreated); "+
+			"events not known delivered are sent again under a new epoch, and nothing is counted delivered on the peer's account",
+			"peer", server.String(), "via", via, "peer_last_seq", r.ReceiverSeq, "peer_has", r.ReceiverHas,
+			"delivered", before.Delivered, "head", before.Head, "new_epoch", r.Epoch)
+	case domain.ReceiverReported:
+		if before.HasGiven && (!r.Has || r.Seq < before.Given) {
+			e.cfg.Observer.Continuity(server, "receiver_behind")
+			e.logger.Error("the peer lost events it had received (its store went back): they are sent again",
+				"peer", server.String(), "via", via, "peer_has", r.Has, "peer_last_seq", r.Seq, "was_given", before.Given)
+			return
+		}
+		e.cfg.Observer.Continuity(server, "receiver_ahead")
+		e.logger.Info("the peer holds events whose delivery was not recorded (a lost reply): delivery goes on after them",
+			"peer", server.String(), "via", via, "peer_last_seq", r.Seq)
+	}
+}
+
 // pushOnce makes one attempt, holding one of the global push slots.
-func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event) (peerclient.PushResult, error) {
+func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (peerclient.PushResult, error) {
 	select {
 	case e.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -224,9 +357,9 @@ func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint6
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.AttemptTimeout)
 	defer cancel()
 	start := time.Now()
-	res, err := e.client.Push(ctx, server, seq, events)
+	res, err := e.push(ctx, server, seq, events, claim)
 	delivered := 0
-	if err == nil {
+	if err == nil && (res.Answer == nil || !res.Answer.Refused) {
 		delivered = int(res.Through-seq) + 1
 	}
 	e.cfg.Observer.PushAttempted(server, time.Since(start), delivered, err)
@@ -278,9 +411,23 @@ func (e *Engine) probe(p *peer) {
 	var r outboxReader
 	events, err := r.read(ctx, e.store, p.id, seq, seq+1, 1)
 	var res peerclient.PushResult
+	var claim domain.PushClaim
 	if err == nil {
 		e.noteOldest(p, seq, events[0])
-		res, err = e.pushOnce(ctx, server, seq, events)
+		claim, err = e.claimFor(ctx, p, &r, seq, 1)
+	}
+	if err == nil {
+		res, err = e.pushOnce(ctx, server, seq, events, claim)
+	}
+	if err == nil && res.Answer != nil && res.Answer.Refused {
+		if e.reconcile(ctx, p, server, &r, res) {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			p.probeCancel = nil
+			e.scheduleProbeLocked(p) // probe again where delivery now goes on
+			return
+		}
+		err = fmt.Errorf("the peer refused probe %d", seq)
 	}
 
 	p.mu.Lock()
@@ -295,6 +442,7 @@ func (e *Engine) probe(p *peer) {
 		return
 	}
 	p.batch = res
+	p.given = &domain.EventRef{Seq: seq, ID: claim.LastID}
 	records, derr := p.out.PushSucceeded(seq, seq, 1, true)
 	if derr != nil || p.serving {
 		return
@@ -415,6 +563,15 @@ type outboxReader struct {
 	peer   streams.PeerID
 	from   uint64
 	events []*syncv1.Event
+	ids    []eventstore.EventID
+}
+
+// id returns the outbox ID of the record at seq, if the reader holds it.
+func (r *outboxReader) id(seq uint64) ([]byte, bool) {
+	if seq < r.from || seq >= r.from+uint64(len(r.ids)) {
+		return nil, false
+	}
+	return bytes.Clone(r.ids[seq-r.from][:]), true
 }
 
 const readAhead = 256
@@ -435,13 +592,14 @@ func (r *outboxReader) read(ctx context.Context, s Store, id streams.PeerID, seq
 		if len(recs) == 0 || recs[0].Revision != seq {
 			return nil, fmt.Errorf("outbox of %s has no event %d: %w", id, seq, errMissingEvent)
 		}
-		r.peer, r.from, r.events = id, seq, r.events[:0]
+		r.peer, r.from, r.events, r.ids = id, seq, r.events[:0], r.ids[:0]
 		for _, rec := range recs {
 			ev, err := streams.DecodeEnqueued(rec)
 			if err != nil {
 				return nil, err
 			}
 			r.events = append(r.events, ev)
+			r.ids = append(r.ids, rec.ID)
 		}
 		end = r.from + uint64(len(r.events))
 	}

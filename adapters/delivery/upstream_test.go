@@ -49,7 +49,11 @@ func (u *upstreamReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if n < 0 {
 			break
 		}
-		if num != 100 { // the sequence number
+		// The sequence number and the continuity claim (epoch, prev_seq,
+		// prev_id, last_id: fields 102 to 106) are sent to every receiver
+		// and skipped by upstream ones; events following the first (101)
+		// must never reach one.
+		if num != 100 && (num < 102 || num > 106) {
 			u.extras = append(u.extras, num)
 		}
 		raw = raw[n:]

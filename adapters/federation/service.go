@@ -30,13 +30,15 @@ type Authenticator interface {
 
 // Postbox is what the endpoints do once the caller is known.
 type Postbox interface {
-	// ServePull answers a Pull from caller; ack is the caller's
-	// acknowledgement, if it sent one.
-	ServePull(ctx context.Context, caller domain.Caller, ack *uint64) (PullBatch, error)
-	// AcceptPush applies pushed events: one, or for a Postbox sender the
-	// first at seq and those that follow it. seq is the sender's sequence
-	// number, if it sent one. It returns once the events are durable.
-	AcceptPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error
+	// ServeAccountedPull answers a Pull from caller; ack is the caller's
+	// acknowledgement, if it sent one, and account its continuity account,
+	// if it gave one.
+	ServeAccountedPull(ctx context.Context, caller domain.Caller, ack *uint64, account *domain.PullAccount) (PullBatch, error)
+	// AcceptClaimedPush applies pushed events: one, or for a Postbox sender
+	// the first at seq and those that follow it. seq is the sender's
+	// sequence number, if it sent one, and claim its continuity claim, if it
+	// made one. It returns once the events are durable, or refused.
+	AcceptClaimedPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64, claim *domain.PushClaim) (domain.PushAnswer, error)
 	// AcceptRename records that caller is now called newID.
 	AcceptRename(ctx context.Context, caller domain.Caller, newID domain.ServerID) error
 }
@@ -45,6 +47,10 @@ type Postbox interface {
 type PullBatch struct {
 	Events   []*syncv1.Event
 	FirstSeq uint64
+	// Epoch is the epoch the sequence numbers count in; LastID the outbox
+	// ID of the last event (continuity extension).
+	Epoch  uint64
+	LastID []byte
 }
 
 // AuthObserver learns of refused federation requests, by reason.
@@ -185,13 +191,18 @@ func (s *PostboxService) Pull(ctx context.Context, req *connect.Request[syncv1.P
 	if a, ok := seqext.Ack(req.Msg); ok {
 		ack = &a
 	}
-	batch, err := s.box.ServePull(ctx, caller, ack)
+	var account *domain.PullAccount
+	if epoch, ackID, ok := seqext.PullContinuity(req.Msg); ok {
+		account = &domain.PullAccount{Epoch: epoch, AckID: ackID}
+	}
+	batch, err := s.box.ServeAccountedPull(ctx, caller, ack, account)
 	if err != nil {
 		return nil, err
 	}
 	res := &syncv1.PullResponse{EventQueue: batch.Events}
 	if len(batch.Events) > 0 {
 		seqext.SetFirstSeq(res, batch.FirstSeq)
+		seqext.SetPullReplyContinuity(res, batch.Epoch, batch.LastID)
 	}
 	return connect.NewResponse(res), nil
 }
@@ -210,7 +221,7 @@ func (s *PostboxService) Push(ctx context.Context, req *connect.Request[syncv1.P
 	n, hasSeq := seqext.PushSeq(req.Msg)
 	if !hasSeq {
 		// An upstream sender: one event, and an answer as upstream gives.
-		if err := s.box.AcceptPush(ctx, caller, events, nil); err != nil {
+		if _, err := s.box.AcceptClaimedPush(ctx, caller, events, nil, nil); err != nil {
 			return nil, err
 		}
 		return connect.NewResponse(&syncv1.PushResponse{}), nil
@@ -226,11 +237,31 @@ func (s *PostboxService) Push(ctx context.Context, req *connect.Request[syncv1.P
 		return nil, fmt.Errorf("%w: sequence numbers from %d overflow", domain.ErrInvalidArgument, n)
 	}
 	events = append(events, following...)
-	if err := s.box.AcceptPush(ctx, caller, events, &n); err != nil {
+	var claim *domain.PushClaim
+	if c, lastID, ok := seqext.PushContinuity(req.Msg); ok {
+		claim = &domain.PushClaim{Epoch: c.Epoch, LastID: lastID}
+		if c.Last != nil {
+			claim.Prev = &domain.EventRef{Seq: c.Last.Seq, ID: c.Last.ID}
+		}
+	}
+	answer, err := s.box.AcceptClaimedPush(ctx, caller, events, &n, claim)
+	if err != nil {
 		return nil, err
 	}
 	res := &syncv1.PushResponse{}
-	seqext.SetPushReply(res, seqext.PushReply{LastSeq: n + uint64(len(following)), BatchBytes: s.batchBytes, BatchEvents: s.batchEvents})
+	if answer.Refused {
+		// Nothing applied: no last_seq, which would count events delivered.
+		seqext.SetPushLimits(res, s.batchBytes, s.batchEvents)
+	} else {
+		seqext.SetPushReply(res, seqext.PushReply{LastSeq: n + uint64(len(following)), BatchBytes: s.batchBytes, BatchEvents: s.batchEvents})
+	}
+	if claim != nil {
+		outcome := seqext.PushOutcome{Refused: answer.Refused}
+		if a := answer.Applied; a != nil {
+			outcome.Applied = &seqext.Ref{Seq: a.Seq, ID: a.ID}
+		}
+		seqext.SetPushOutcome(res, outcome)
+	}
 	return connect.NewResponse(res), nil
 }
 

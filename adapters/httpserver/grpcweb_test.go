@@ -31,7 +31,7 @@ type queuedPostbox struct {
 	acks []*uint64
 }
 
-func (q *queuedPostbox) ServePull(_ context.Context, _ domain.Caller, ack *uint64) (federation.PullBatch, error) {
+func (q *queuedPostbox) ServeAccountedPull(_ context.Context, _ domain.Caller, ack *uint64, _ *domain.PullAccount) (federation.PullBatch, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.acks = append(q.acks, ack)

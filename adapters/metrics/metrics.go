@@ -26,6 +26,7 @@ type Metrics struct {
 	inbound      *prometheus.CounterVec
 	delivered    *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
+	continuity   *prometheus.CounterVec
 }
 
 // PeerGauges is a snapshot of every peer's cursors.
@@ -70,8 +71,12 @@ func New(peers PeerSource) *Metrics {
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postbox_auth_failures_total", Help: "Refused federation requests, by reason (the error identifier).",
 		}, []string{"reason"}),
+		continuity: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbox_continuity_breaks_total",
+			Help: "Peers' accounts that contradicted an outbox, by kind: epoch_started (this server's store went back), receiver_behind (the peer's did), receiver_ahead (a lost reply or record).",
+		}, []string{"peer", "kind"}),
 	}
-	m.registry.MustRegister(m.pushLatency, m.pushFailures, m.pullsServed, m.pullsMade, m.inbound, m.delivered, m.authFailures,
+	m.registry.MustRegister(m.pushLatency, m.pushFailures, m.pullsServed, m.pullsMade, m.inbound, m.delivered, m.authFailures, m.continuity,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&peerCollector{source: peers})
 	return m
@@ -127,6 +132,11 @@ func (m *Metrics) PullMade(peer domain.ServerID, err error) {
 // Received counts events applied from a peer.
 func (m *Metrics) Received(peer domain.ServerID, via string, n int) {
 	m.inbound.WithLabelValues(peer.String(), via).Add(float64(n))
+}
+
+// Continuity counts a peer's account that contradicted its outbox.
+func (m *Metrics) Continuity(peer domain.ServerID, kind string) {
+	m.continuity.WithLabelValues(peer.String(), kind).Inc()
 }
 
 // AuthFailed counts a refused federation request.

@@ -222,11 +222,24 @@ type PushResult struct {
 	// event per push.
 	BatchBytes  uint64
 	BatchEvents uint32
+	// Answer is a continuity-checking receiver's account (nil for others);
+	// when it refused the push, nothing of it was applied.
+	Answer *domain.PushAnswer
 }
 
 // Push delivers events[0] with sequence number seq and, to a receiver that
 // announced it takes them, events[1:] as the events that follow it.
 func (c *Client) Push(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event) (PushResult, error) {
+	return c.push(ctx, peer, seq, events, nil)
+}
+
+// PushClaimed is Push with a continuity claim, which a receiver that checks
+// continuity compares with what it holds before applying anything.
+func (c *Client) PushClaimed(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (PushResult, error) {
+	return c.push(ctx, peer, seq, events, &claim)
+}
+
+func (c *Client) push(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event, claim *domain.PushClaim) (PushResult, error) {
 	if len(events) == 0 {
 		return PushResult{}, errors.New("push of no event")
 	}
@@ -235,16 +248,40 @@ func (c *Client) Push(ctx context.Context, peer domain.ServerID, seq uint64, eve
 	if err := seqext.AddFollowing(req, events[1:]...); err != nil {
 		return PushResult{}, err
 	}
+	if claim != nil {
+		seqext.SetPushContinuity(req, seqext.Continuity{Epoch: claim.Epoch, Last: toRef(claim.Prev)}, claim.LastID)
+	}
 	res, err := call(ctx, c, peer, syncv1connect.PostboxServicePushProcedure, "", req, syncv1connect.PostboxServiceClient.Push)
 	if err != nil {
 		return PushResult{}, err
 	}
 	reply, ok := seqext.GetPushReply(res)
+	var answer *domain.PushAnswer
+	if outcome, checked := seqext.GetPushOutcome(res); checked {
+		answer = &domain.PushAnswer{Refused: outcome.Refused, Applied: fromRef(outcome.Applied)}
+		if outcome.Refused {
+			return PushResult{Through: seq, BatchBytes: reply.BatchBytes, BatchEvents: reply.BatchEvents, Answer: answer}, nil
+		}
+	}
 	if !ok {
 		return PushResult{Through: seq}, nil // an upstream receiver took the first event only
 	}
 	last := seq + uint64(len(events)) - 1
-	return PushResult{Through: min(max(reply.LastSeq, seq), last), BatchBytes: reply.BatchBytes, BatchEvents: reply.BatchEvents}, nil
+	return PushResult{Through: min(max(reply.LastSeq, seq), last), BatchBytes: reply.BatchBytes, BatchEvents: reply.BatchEvents, Answer: answer}, nil
+}
+
+func toRef(r *domain.EventRef) *seqext.Ref {
+	if r == nil {
+		return nil
+	}
+	return &seqext.Ref{Seq: r.Seq, ID: r.ID}
+}
+
+func fromRef(r *seqext.Ref) *domain.EventRef {
+	if r == nil {
+		return nil
+	}
+	return &domain.EventRef{Seq: r.Seq, ID: r.ID}
 }
 
 // PullResult is a peer's Pull reply.
@@ -254,21 +291,40 @@ type PullResult struct {
 	// peer that does not send one (an upstream server).
 	FirstSeq uint64
 	HasSeq   bool
+	// Epoch is the sender's epoch the sequence numbers count in; LastID the
+	// outbox ID of the last event, if the sender sent it.
+	Epoch  uint64
+	LastID []byte
 }
 
 // Pull fetches the peer's queue for this server, acknowledging what this
 // server has applied from it when ack is set.
 func (c *Client) Pull(ctx context.Context, peer domain.ServerID, ack *uint64) (PullResult, error) {
+	return c.pull(ctx, peer, ack, nil)
+}
+
+// PullAccounted is Pull with this server's account of what it applied
+// from the peer, which a peer that checks continuity compares with its
+// outbox.
+func (c *Client) PullAccounted(ctx context.Context, peer domain.ServerID, ack *uint64, account domain.PullAccount) (PullResult, error) {
+	return c.pull(ctx, peer, ack, &account)
+}
+
+func (c *Client) pull(ctx context.Context, peer domain.ServerID, ack *uint64, account *domain.PullAccount) (PullResult, error) {
 	req := &syncv1.PullRequest{}
 	if ack != nil {
 		seqext.SetAck(req, *ack)
+	}
+	if account != nil {
+		seqext.SetPullContinuity(req, account.Epoch, account.AckID)
 	}
 	res, err := call(ctx, c, peer, syncv1connect.PostboxServicePullProcedure, "", req, syncv1connect.PostboxServiceClient.Pull)
 	if err != nil {
 		return PullResult{}, err
 	}
 	first, ok := seqext.FirstSeq(res)
-	return PullResult{Events: res.GetEventQueue(), FirstSeq: first, HasSeq: ok}, nil
+	epoch, lastID := seqext.PullReplyContinuity(res)
+	return PullResult{Events: res.GetEventQueue(), FirstSeq: first, HasSeq: ok, Epoch: epoch, LastID: lastID}, nil
 }
 
 // NotifyNewID tells peer that this server is now newID.

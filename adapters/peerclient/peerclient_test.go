@@ -73,18 +73,18 @@ type fakePostbox struct {
 	renames []domain.ServerID
 }
 
-func (f *fakePostbox) ServePull(_ context.Context, _ domain.Caller, ack *uint64) (federation.PullBatch, error) {
+func (f *fakePostbox) ServeAccountedPull(_ context.Context, _ domain.Caller, ack *uint64, _ *domain.PullAccount) (federation.PullBatch, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.pulls = append(f.pulls, ack)
 	return f.batch, nil
 }
 
-func (f *fakePostbox) AcceptPush(_ context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error {
+func (f *fakePostbox) AcceptClaimedPush(_ context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64, _ *domain.PushClaim) (domain.PushAnswer, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.pushes = append(f.pushes, federationtest.Each(caller.ServerID, events, seq)...)
-	return nil
+	return domain.PushAnswer{}, nil
 }
 
 const takenID = "taken.example:2289"

@@ -117,6 +117,13 @@ func SetPushReply(m *syncv1.PushResponse, r PushReply) {
 	setVarint(m, pushBatchN, uint64(r.BatchEvents))
 }
 
+// SetPushLimits adds only the receiver's limits to a push's answer: for a
+// push it applied nothing of.
+func SetPushLimits(m *syncv1.PushResponse, batchBytes uint64, batchEvents uint32) {
+	setVarint(m, pushBatch, batchBytes)
+	setVarint(m, pushBatchN, uint64(batchEvents))
+}
+
 // GetPushReply reads a push's answer; ok is false for an upstream receiver's
 // empty answer.
 func GetPushReply(m *syncv1.PushResponse) (r PushReply, ok bool) {

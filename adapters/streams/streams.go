@@ -49,6 +49,8 @@ const (
 	TypePullAcknowledged    = "PullAcknowledged"
 	TypePushResumed         = "PushResumed"
 	TypeEventsSkipped       = "EventsSkipped"
+	TypeEpochStarted        = "EpochStarted"
+	TypeReceiverReported    = "ReceiverReported"
 	TypeEventReceived       = "EventReceived"
 	TypePeerSeen            = "PeerSeen"
 	TypePeerKeyLearned      = "PeerKeyLearned"
@@ -136,6 +138,10 @@ func deliveryMessage(e domain.DeliveryEvent) (string, proto.Message) {
 		return TypePushResumed, &eventsv1.PushResumed{FromSeq: e.FromSeq, Reason: eventsv1.PushResumed_Reason(e.Reason)}
 	case domain.EventsSkipped:
 		return TypeEventsSkipped, &eventsv1.EventsSkipped{FromSeq: e.FromSeq, ThroughSeq: e.ThroughSeq, Reason: e.Reason}
+	case domain.EpochStarted:
+		return TypeEpochStarted, &eventsv1.EpochStarted{Epoch: e.Epoch, FromSeq: e.FromSeq, ReceiverSeq: e.ReceiverSeq, ReceiverHas: e.ReceiverHas}
+	case domain.ReceiverReported:
+		return TypeReceiverReported, &eventsv1.ReceiverReported{Seq: e.Seq, Has: e.Has}
 	}
 	panic(fmt.Sprintf("streams: unknown delivery event %T", e))
 }
@@ -179,6 +185,18 @@ func DecodeDelivery(r eventstore.RecordedEvent) (domain.DeliveryEvent, error) {
 			return nil, err
 		}
 		return domain.EventsSkipped{FromSeq: m.GetFromSeq(), ThroughSeq: m.GetThroughSeq(), Reason: m.GetReason()}, nil
+	case TypeEpochStarted:
+		var m eventsv1.EpochStarted
+		if err := decode(r, &m); err != nil {
+			return nil, err
+		}
+		return domain.EpochStarted{Epoch: m.GetEpoch(), FromSeq: m.GetFromSeq(), ReceiverSeq: m.GetReceiverSeq(), ReceiverHas: m.GetReceiverHas()}, nil
+	case TypeReceiverReported:
+		var m eventsv1.ReceiverReported
+		if err := decode(r, &m); err != nil {
+			return nil, err
+		}
+		return domain.ReceiverReported{Seq: m.GetSeq(), Has: m.GetHas()}, nil
 	}
 	return nil, fmt.Errorf("%s@%d: unknown delivery record type %q", r.Stream, r.Revision, r.Type)
 }
@@ -204,13 +222,18 @@ func DecodeEnqueued(r eventstore.RecordedEvent) (*syncv1.Event, error) {
 type Received struct {
 	Event *syncv1.Event
 	Via   eventsv1.EventReceived_Via
-	// SenderSeq is the sender's sequence number, if it sent one.
-	SenderSeq *uint64
+	// SenderSeq is the sender's sequence number, if it sent one, in the
+	// sender's SenderEpoch.
+	SenderSeq   *uint64
+	SenderEpoch uint64
+	// SenderEventID is the ID of the event's record in the sender's
+	// outbox, if the sender sent it.
+	SenderEventID []byte
 }
 
 // EncodeReceived encodes an inbox record.
 func (c *Codec) EncodeReceived(r Received) (eventstore.EventData, error) {
-	m := &eventsv1.EventReceived{Event: r.Event, Via: r.Via, SenderSeq: r.SenderSeq}
+	m := &eventsv1.EventReceived{Event: r.Event, Via: r.Via, SenderSeq: r.SenderSeq, SenderEpoch: r.SenderEpoch, SenderEventId: r.SenderEventID}
 	if c.body == JSONBodies && hasUnknownFields(r.Event.ProtoReflect()) {
 		raw, err := proto.Marshal(r.Event)
 		if err != nil {
@@ -254,7 +277,7 @@ func DecodeReceived(r eventstore.RecordedEvent) (Received, error) {
 			return Received{}, fmt.Errorf("%s@%d: decode event bytes: %w", r.Stream, r.Revision, err)
 		}
 	}
-	return Received{Event: event, Via: m.GetVia(), SenderSeq: m.SenderSeq}, nil
+	return Received{Event: event, Via: m.GetVia(), SenderSeq: m.SenderSeq, SenderEpoch: m.GetSenderEpoch(), SenderEventID: m.GetSenderEventId()}, nil
 }
 
 // DecodePeers reads a record of the peers stream into its message.

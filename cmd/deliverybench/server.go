@@ -180,13 +180,14 @@ type countingPostbox struct {
 	pushes   *atomic.Int64
 }
 
-func (b countingPostbox) AcceptPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error {
-	if err := b.Engine.AcceptPush(ctx, caller, events, seq); err != nil {
-		return err
+func (b countingPostbox) AcceptClaimedPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64, claim *domain.PushClaim) (domain.PushAnswer, error) {
+	answer, err := b.Engine.AcceptClaimedPush(ctx, caller, events, seq, claim)
+	if err != nil || answer.Refused {
+		return answer, err
 	}
 	b.pushes.Add(1)
 	b.accepted.add(int64(len(events)))
-	return nil
+	return answer, nil
 }
 
 // counter counts, and closes a channel when the count reaches a goal.

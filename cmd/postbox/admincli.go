@@ -127,6 +127,13 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		if st := p.GetStuck(); st != nil {
 			fmt.Fprintf(stdout, "%s: STUCK at event %d: %s\n", p.GetServerId(), st.GetSeq(), st.GetReason())
 		}
+		if n := p.GetEpochsStarted(); n > 0 {
+			fmt.Fprintf(stdout, "%s: this server's store went back (restored or recreated) %d time(s): events not known delivered were sent again under a new epoch (now %x)\n",
+				p.GetServerId(), n, p.GetEpoch())
+		}
+		if n := p.GetReceiverRewinds(); n > 0 {
+			fmt.Fprintf(stdout, "%s: the peer lost events it had been given %d time(s) (its store went back): they were sent again\n", p.GetServerId(), n)
+		}
 		if s := p.GetLastSkip(); s != nil {
 			fmt.Fprintf(stdout, "%s: %d event(s) skipped, never delivered; last skip: events %d to %d: %q\n",
 				p.GetServerId(), p.GetSkipped(), s.GetFromSeq(), s.GetThroughSeq(), s.GetReason())

@@ -750,6 +750,14 @@ func e2eCheckDelivery(t *testing.T, name string, d []domain.DeliveryEvent) {
 			if !ev.AwaitsAck {
 				next = max(next, ev.ToSeq+1)
 			}
+		case domain.EventsSkipped:
+			next = max(next, ev.ThroughSeq+1)
+		case domain.ReceiverReported:
+			// What the peer holds, by its own account: delivery goes on
+			// after it, backward too when the peer lost events.
+			if ev.Has {
+				next = ev.Seq + 1
+			}
 		}
 	}
 }

@@ -379,6 +379,12 @@ func (f *forwardingObserver) PullMade(peer domain.ServerID, err error) {
 	}
 }
 
+func (f *forwardingObserver) Continuity(peer domain.ServerID, kind string) {
+	if m := f.target.Load(); m != nil {
+		m.Continuity(peer, kind)
+	}
+}
+
 func (f *forwardingObserver) Received(peer domain.ServerID, via string, n int) {
 	if m := f.target.Load(); m != nil {
 		m.Received(peer, via, n)

@@ -32,17 +32,18 @@ var _ federation.Postbox = (*Recorder)(nil)
 // NewRecorder returns an empty recorder.
 func NewRecorder() *Recorder { return &Recorder{} }
 
-// ServePull answers empty.
-func (m *Recorder) ServePull(context.Context, domain.Caller, *uint64) (federation.PullBatch, error) {
+// ServeAccountedPull answers empty.
+func (m *Recorder) ServeAccountedPull(context.Context, domain.Caller, *uint64, *domain.PullAccount) (federation.PullBatch, error) {
 	return federation.PullBatch{}, nil
 }
 
-// AcceptPush records the events, each with its sequence number.
-func (m *Recorder) AcceptPush(_ context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64) error {
+// AcceptClaimedPush records the events, each with its sequence number; it
+// checks no continuity claim, as an older Postbox receiver would not.
+func (m *Recorder) AcceptClaimedPush(_ context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64, _ *domain.PushClaim) (domain.PushAnswer, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.received = append(m.received, Each(caller.ServerID, events, seq)...)
-	return nil
+	return domain.PushAnswer{}, nil
 }
 
 // Each is one Received for each event of a push whose first event has

@@ -318,9 +318,18 @@ type Peer struct {
 	LastSkip *SkippedEvents `protobuf:"bytes,17,opt,name=last_skip,json=lastSkip,proto3" json:"last_skip,omitempty"`
 	// Set while delivery is held up by one event that the peer is likely to
 	// refuse whatever happens (such as one over the per-event size limit).
-	Stuck         *StuckEvent `protobuf:"bytes,18,opt,name=stuck,proto3" json:"stuck,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Stuck *StuckEvent `protobuf:"bytes,18,opt,name=stuck,proto3" json:"stuck,omitempty"`
+	// The current epoch toward the peer: 0 until this server's store was
+	// found to have gone back (restored from a backup, or recreated), then a
+	// random number under which sequence numbers start again.
+	Epoch uint64 `protobuf:"varint,19,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// How many times the peer's account showed this server's store went back.
+	EpochsStarted uint32 `protobuf:"varint,20,opt,name=epochs_started,json=epochsStarted,proto3" json:"epochs_started,omitempty"`
+	// How many times the peer's account showed it lost events it had been
+	// given (its store went back); they were sent again.
+	ReceiverRewinds uint32 `protobuf:"varint,21,opt,name=receiver_rewinds,json=receiverRewinds,proto3" json:"receiver_rewinds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Peer) Reset() {
@@ -477,6 +486,27 @@ func (x *Peer) GetStuck() *StuckEvent {
 		return x.Stuck
 	}
 	return nil
+}
+
+func (x *Peer) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Peer) GetEpochsStarted() uint32 {
+	if x != nil {
+		return x.EpochsStarted
+	}
+	return 0
+}
+
+func (x *Peer) GetReceiverRewinds() uint32 {
+	if x != nil {
+		return x.ReceiverRewinds
+	}
+	return 0
 }
 
 // Events an operator skipped.
@@ -1371,7 +1401,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x02to\x18\x01 \x01(\tR\x02to\x12-\n" +
 	"\x05event\x18\x02 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\" \n" +
 	"\fSendResponse\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xc0\x05\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xa8\x06\n" +
 	"\x04Peer\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x12\n" +
@@ -1393,7 +1423,10 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x13knows_our_server_id\x18\x0f \x01(\bR\x10knowsOurServerId\x12\x18\n" +
 	"\askipped\x18\x10 \x01(\x04R\askipped\x12<\n" +
 	"\tlast_skip\x18\x11 \x01(\v2\x1f.postbox.admin.v1.SkippedEventsR\blastSkip\x122\n" +
-	"\x05stuck\x18\x12 \x01(\v2\x1c.postbox.admin.v1.StuckEventR\x05stuck\"c\n" +
+	"\x05stuck\x18\x12 \x01(\v2\x1c.postbox.admin.v1.StuckEventR\x05stuck\x12\x14\n" +
+	"\x05epoch\x18\x13 \x01(\x04R\x05epoch\x12%\n" +
+	"\x0eepochs_started\x18\x14 \x01(\rR\repochsStarted\x12)\n" +
+	"\x10receiver_rewinds\x18\x15 \x01(\rR\x0freceiverRewinds\"c\n" +
 	"\rSkippedEvents\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
 	"\vthrough_seq\x18\x02 \x01(\x04R\n" +

@@ -129,7 +129,7 @@ func (x EventReceived_Via) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventReceived_Via.Descriptor instead.
 func (EventReceived_Via) EnumDescriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{7, 0}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{9, 0}
 }
 
 // Appended to `outbox-<peer>` when this server has an event for that peer.
@@ -542,6 +542,140 @@ func (x *EventsSkipped) GetReason() string {
 	return ""
 }
 
+// Appended to `delivery-<peer>` when the peer's account of what it holds
+// contradicted the outbox (this server's store was restored or recreated):
+// sequence numbers from `from_seq` on count in a new epoch.
+type EpochStarted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new epoch: a random number, never 0.
+	Epoch uint64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The first event of the new epoch: the oldest one not known delivered.
+	FromSeq uint64 `protobuf:"varint,2,opt,name=from_seq,json=fromSeq,proto3" json:"from_seq,omitempty"`
+	// The last event the peer said it applied in the old epoch, if
+	// `receiver_has`.
+	ReceiverSeq uint64 `protobuf:"varint,3,opt,name=receiver_seq,json=receiverSeq,proto3" json:"receiver_seq,omitempty"`
+	// Whether the peer said it applied any event.
+	ReceiverHas   bool `protobuf:"varint,4,opt,name=receiver_has,json=receiverHas,proto3" json:"receiver_has,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EpochStarted) Reset() {
+	*x = EpochStarted{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EpochStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EpochStarted) ProtoMessage() {}
+
+func (x *EpochStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EpochStarted.ProtoReflect.Descriptor instead.
+func (*EpochStarted) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EpochStarted) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *EpochStarted) GetFromSeq() uint64 {
+	if x != nil {
+		return x.FromSeq
+	}
+	return 0
+}
+
+func (x *EpochStarted) GetReceiverSeq() uint64 {
+	if x != nil {
+		return x.ReceiverSeq
+	}
+	return 0
+}
+
+func (x *EpochStarted) GetReceiverHas() bool {
+	if x != nil {
+		return x.ReceiverHas
+	}
+	return false
+}
+
+// Appended to `delivery-<peer>` when the peer said it holds every event of
+// the current epoch through `seq` (none, unless `has`), and delivery goes on
+// after it: forward past events a lost reply hid, or back to send again what
+// a restored peer lost.
+type ReceiverReported struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The last event the peer holds.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Whether it holds any.
+	Has           bool `protobuf:"varint,2,opt,name=has,proto3" json:"has,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReceiverReported) Reset() {
+	*x = ReceiverReported{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReceiverReported) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReceiverReported) ProtoMessage() {}
+
+func (x *ReceiverReported) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReceiverReported.ProtoReflect.Descriptor instead.
+func (*ReceiverReported) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReceiverReported) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ReceiverReported) GetHas() bool {
+	if x != nil {
+		return x.Has
+	}
+	return false
+}
+
 // Appended to `inbox-<peer>` for every event received from that peer, in the
 // order it was applied.
 type EventReceived struct {
@@ -554,14 +688,19 @@ type EventReceived struct {
 	SenderSeq *uint64 `protobuf:"varint,3,opt,name=sender_seq,json=senderSeq,proto3,oneof" json:"sender_seq,omitempty"`
 	// The event's wire bytes, kept when it holds fields this build does not
 	// know (such as a newer kind of event), which JSON would drop.
-	EventBytes    []byte `protobuf:"bytes,4,opt,name=event_bytes,json=eventBytes,proto3" json:"event_bytes,omitempty"`
+	EventBytes []byte `protobuf:"bytes,4,opt,name=event_bytes,json=eventBytes,proto3" json:"event_bytes,omitempty"`
+	// The sender's epoch `sender_seq` counts in (0 before any).
+	SenderEpoch uint64 `protobuf:"varint,5,opt,name=sender_epoch,json=senderEpoch,proto3" json:"sender_epoch,omitempty"`
+	// The ID of the event's record in the sender's outbox, when the sender
+	// sent it (it does for the last event of each push or Pull reply).
+	SenderEventId []byte `protobuf:"bytes,6,opt,name=sender_event_id,json=senderEventId,proto3" json:"sender_event_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EventReceived) Reset() {
 	*x = EventReceived{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[7]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +712,7 @@ func (x *EventReceived) String() string {
 func (*EventReceived) ProtoMessage() {}
 
 func (x *EventReceived) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[7]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +725,7 @@ func (x *EventReceived) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventReceived.ProtoReflect.Descriptor instead.
 func (*EventReceived) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{7}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EventReceived) GetEvent() *v1.Event {
@@ -617,6 +756,20 @@ func (x *EventReceived) GetEventBytes() []byte {
 	return nil
 }
 
+func (x *EventReceived) GetSenderEpoch() uint64 {
+	if x != nil {
+		return x.SenderEpoch
+	}
+	return 0
+}
+
+func (x *EventReceived) GetSenderEventId() []byte {
+	if x != nil {
+		return x.SenderEventId
+	}
+	return nil
+}
+
 // Appended to `peers` the first time this server deals with a peer.
 type PeerSeen struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -633,7 +786,7 @@ type PeerSeen struct {
 
 func (x *PeerSeen) Reset() {
 	*x = PeerSeen{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[8]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +798,7 @@ func (x *PeerSeen) String() string {
 func (*PeerSeen) ProtoMessage() {}
 
 func (x *PeerSeen) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[8]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +811,7 @@ func (x *PeerSeen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerSeen.ProtoReflect.Descriptor instead.
 func (*PeerSeen) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{8}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PeerSeen) GetPeerId() string {
@@ -695,7 +848,7 @@ type PeerKeyLearned struct {
 
 func (x *PeerKeyLearned) Reset() {
 	*x = PeerKeyLearned{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[9]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +860,7 @@ func (x *PeerKeyLearned) String() string {
 func (*PeerKeyLearned) ProtoMessage() {}
 
 func (x *PeerKeyLearned) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[9]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +873,7 @@ func (x *PeerKeyLearned) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerKeyLearned.ProtoReflect.Descriptor instead.
 func (*PeerKeyLearned) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{9}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PeerKeyLearned) GetPeerId() string {
@@ -752,7 +905,7 @@ type PeerRenamed struct {
 
 func (x *PeerRenamed) Reset() {
 	*x = PeerRenamed{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +917,7 @@ func (x *PeerRenamed) String() string {
 func (*PeerRenamed) ProtoMessage() {}
 
 func (x *PeerRenamed) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +930,7 @@ func (x *PeerRenamed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerRenamed.ProtoReflect.Descriptor instead.
 func (*PeerRenamed) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{10}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PeerRenamed) GetPeerId() string {
@@ -814,7 +967,7 @@ type OwnServerIdChanged struct {
 
 func (x *OwnServerIdChanged) Reset() {
 	*x = OwnServerIdChanged{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +979,7 @@ func (x *OwnServerIdChanged) String() string {
 func (*OwnServerIdChanged) ProtoMessage() {}
 
 func (x *OwnServerIdChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +992,7 @@ func (x *OwnServerIdChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OwnServerIdChanged.ProtoReflect.Descriptor instead.
 func (*OwnServerIdChanged) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *OwnServerIdChanged) GetOldServerId() string {
@@ -869,7 +1022,7 @@ type PeerNotifiedOfNewId struct {
 
 func (x *PeerNotifiedOfNewId) Reset() {
 	*x = PeerNotifiedOfNewId{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[12]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +1034,7 @@ func (x *PeerNotifiedOfNewId) String() string {
 func (*PeerNotifiedOfNewId) ProtoMessage() {}
 
 func (x *PeerNotifiedOfNewId) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[12]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +1047,7 @@ func (x *PeerNotifiedOfNewId) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerNotifiedOfNewId.ProtoReflect.Descriptor instead.
 func (*PeerNotifiedOfNewId) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{12}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PeerNotifiedOfNewId) GetPeerId() string {
@@ -948,14 +1101,24 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
 	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
 	"throughSeq\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x82\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x85\x01\n" +
+	"\fEpochStarted\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x19\n" +
+	"\bfrom_seq\x18\x02 \x01(\x04R\afromSeq\x12!\n" +
+	"\freceiver_seq\x18\x03 \x01(\x04R\vreceiverSeq\x12!\n" +
+	"\freceiver_has\x18\x04 \x01(\bR\vreceiverHas\"6\n" +
+	"\x10ReceiverReported\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
+	"\x03has\x18\x02 \x01(\bR\x03has\"\xcd\x02\n" +
 	"\rEventReceived\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x126\n" +
 	"\x03via\x18\x02 \x01(\x0e2$.postbox.events.v1.EventReceived.ViaR\x03via\x12\"\n" +
 	"\n" +
 	"sender_seq\x18\x03 \x01(\x04H\x00R\tsenderSeq\x88\x01\x01\x12\x1f\n" +
 	"\vevent_bytes\x18\x04 \x01(\fR\n" +
-	"eventBytes\"6\n" +
+	"eventBytes\x12!\n" +
+	"\fsender_epoch\x18\x05 \x01(\x04R\vsenderEpoch\x12&\n" +
+	"\x0fsender_event_id\x18\x06 \x01(\fR\rsenderEventId\"6\n" +
 	"\x03Via\x12\x13\n" +
 	"\x0fVIA_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bVIA_PUSH\x10\x01\x12\f\n" +
@@ -994,7 +1157,7 @@ func file_postbox_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_postbox_events_v1_events_proto_goTypes = []any{
 	(PushResumed_Reason)(0),     // 0: postbox.events.v1.PushResumed.Reason
 	(EventReceived_Via)(0),      // 1: postbox.events.v1.EventReceived.Via
@@ -1005,18 +1168,20 @@ var file_postbox_events_v1_events_proto_goTypes = []any{
 	(*PullAcknowledged)(nil),    // 6: postbox.events.v1.PullAcknowledged
 	(*PushResumed)(nil),         // 7: postbox.events.v1.PushResumed
 	(*EventsSkipped)(nil),       // 8: postbox.events.v1.EventsSkipped
-	(*EventReceived)(nil),       // 9: postbox.events.v1.EventReceived
-	(*PeerSeen)(nil),            // 10: postbox.events.v1.PeerSeen
-	(*PeerKeyLearned)(nil),      // 11: postbox.events.v1.PeerKeyLearned
-	(*PeerRenamed)(nil),         // 12: postbox.events.v1.PeerRenamed
-	(*OwnServerIdChanged)(nil),  // 13: postbox.events.v1.OwnServerIdChanged
-	(*PeerNotifiedOfNewId)(nil), // 14: postbox.events.v1.PeerNotifiedOfNewId
-	(*v1.Event)(nil),            // 15: protocol.sync.v1.Event
+	(*EpochStarted)(nil),        // 9: postbox.events.v1.EpochStarted
+	(*ReceiverReported)(nil),    // 10: postbox.events.v1.ReceiverReported
+	(*EventReceived)(nil),       // 11: postbox.events.v1.EventReceived
+	(*PeerSeen)(nil),            // 12: postbox.events.v1.PeerSeen
+	(*PeerKeyLearned)(nil),      // 13: postbox.events.v1.PeerKeyLearned
+	(*PeerRenamed)(nil),         // 14: postbox.events.v1.PeerRenamed
+	(*OwnServerIdChanged)(nil),  // 15: postbox.events.v1.OwnServerIdChanged
+	(*PeerNotifiedOfNewId)(nil), // 16: postbox.events.v1.PeerNotifiedOfNewId
+	(*v1.Event)(nil),            // 17: protocol.sync.v1.Event
 }
 var file_postbox_events_v1_events_proto_depIdxs = []int32{
-	15, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
+	17, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.events.v1.PushResumed.reason:type_name -> postbox.events.v1.PushResumed.Reason
-	15, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
+	17, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
 	1,  // 3: postbox.events.v1.EventReceived.via:type_name -> postbox.events.v1.EventReceived.Via
 	4,  // [4:4] is the sub-list for method output_type
 	4,  // [4:4] is the sub-list for method input_type
@@ -1030,14 +1195,14 @@ func file_postbox_events_v1_events_proto_init() {
 	if File_postbox_events_v1_events_proto != nil {
 		return
 	}
-	file_postbox_events_v1_events_proto_msgTypes[7].OneofWrappers = []any{}
+	file_postbox_events_v1_events_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_events_v1_events_proto_rawDesc), len(file_postbox_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

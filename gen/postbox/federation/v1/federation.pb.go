@@ -117,7 +117,20 @@ type PushRequestExt struct {
 	// seq+1, seq+2...: a push of several events at once. Sent only to a
 	// receiver that announced `batch_bytes`, since an upstream receiver would
 	// skip them as unknown fields.
-	Following     []*v1.Event `protobuf:"bytes,101,rep,name=following,proto3" json:"following,omitempty"`
+	Following []*v1.Event `protobuf:"bytes,101,rep,name=following,proto3" json:"following,omitempty"`
+	// The sender's epoch for this receiver: 0 until the two were found to
+	// disagree about what the receiver holds (a restored sender), then a random
+	// number, under which sequence numbers start again.
+	Epoch uint64 `protobuf:"varint,102,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Set by a sender that checks continuity; `prev_seq` and `prev_id` are then
+	// what it believes the receiver applied last in `epoch` (both absent: none).
+	Continuity bool `protobuf:"varint,103,opt,name=continuity,proto3" json:"continuity,omitempty"`
+	// The sequence number of the last event the receiver got in `epoch`.
+	PrevSeq uint64 `protobuf:"varint,104,opt,name=prev_seq,json=prevSeq,proto3" json:"prev_seq,omitempty"`
+	// The ID of that event's record in the sender's outbox (16 bytes).
+	PrevId []byte `protobuf:"bytes,105,opt,name=prev_id,json=prevId,proto3" json:"prev_id,omitempty"`
+	// The ID of the outbox record of this push's last event.
+	LastId        []byte `protobuf:"bytes,106,opt,name=last_id,json=lastId,proto3" json:"last_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -173,6 +186,41 @@ func (x *PushRequestExt) GetFollowing() []*v1.Event {
 	return nil
 }
 
+func (x *PushRequestExt) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *PushRequestExt) GetContinuity() bool {
+	if x != nil {
+		return x.Continuity
+	}
+	return false
+}
+
+func (x *PushRequestExt) GetPrevSeq() uint64 {
+	if x != nil {
+		return x.PrevSeq
+	}
+	return 0
+}
+
+func (x *PushRequestExt) GetPrevId() []byte {
+	if x != nil {
+		return x.PrevId
+	}
+	return nil
+}
+
+func (x *PushRequestExt) GetLastId() []byte {
+	if x != nil {
+		return x.LastId
+	}
+	return nil
+}
+
 // Postbox's view of the bytes of a `protocol.sync.v1.PushResponse`. A
 // Postbox receiver answers a push that carries `seq` with these fields;
 // upstream receivers answer with an empty message.
@@ -187,7 +235,19 @@ type PushResponseExt struct {
 	BatchBytes uint64 `protobuf:"varint,101,opt,name=batch_bytes,json=batchBytes,proto3" json:"batch_bytes,omitempty"`
 	// The most events, the first included, one push may carry. A sender adds
 	// `following` events only when both limits are present and above one.
-	BatchEvents   uint32 `protobuf:"varint,102,opt,name=batch_events,json=batchEvents,proto3" json:"batch_events,omitempty"`
+	BatchEvents uint32 `protobuf:"varint,102,opt,name=batch_events,json=batchEvents,proto3" json:"batch_events,omitempty"`
+	// Set by a receiver that checks continuity.
+	Continuity bool `protobuf:"varint,103,opt,name=continuity,proto3" json:"continuity,omitempty"`
+	// The receiver applied nothing: the sender's `prev_seq` and `prev_id` are
+	// not what it applied last in the push's epoch, which `applied_seq` and
+	// `applied_id` say instead.
+	Refused bool `protobuf:"varint,104,opt,name=refused,proto3" json:"refused,omitempty"`
+	// The sequence number of the last event the receiver applied in the epoch.
+	AppliedSeq uint64 `protobuf:"varint,105,opt,name=applied_seq,json=appliedSeq,proto3" json:"applied_seq,omitempty"`
+	// The sender's outbox ID of that event, if the receiver knows it.
+	AppliedId []byte `protobuf:"bytes,106,opt,name=applied_id,json=appliedId,proto3" json:"applied_id,omitempty"`
+	// Whether `applied_seq` is set: false when it holds nothing in the epoch.
+	HasApplied    bool `protobuf:"varint,107,opt,name=has_applied,json=hasApplied,proto3" json:"has_applied,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -243,13 +303,54 @@ func (x *PushResponseExt) GetBatchEvents() uint32 {
 	return 0
 }
 
+func (x *PushResponseExt) GetContinuity() bool {
+	if x != nil {
+		return x.Continuity
+	}
+	return false
+}
+
+func (x *PushResponseExt) GetRefused() bool {
+	if x != nil {
+		return x.Refused
+	}
+	return false
+}
+
+func (x *PushResponseExt) GetAppliedSeq() uint64 {
+	if x != nil {
+		return x.AppliedSeq
+	}
+	return 0
+}
+
+func (x *PushResponseExt) GetAppliedId() []byte {
+	if x != nil {
+		return x.AppliedId
+	}
+	return nil
+}
+
+func (x *PushResponseExt) GetHasApplied() bool {
+	if x != nil {
+		return x.HasApplied
+	}
+	return false
+}
+
 // Postbox's view of the bytes of a `protocol.sync.v1.PullRequest`.
 type PullRequestExt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The highest sequence number the caller has applied from the receiver.
 	Ack uint64 `protobuf:"varint,100,opt,name=ack,proto3" json:"ack,omitempty"`
 	// Whether `ack` is set; an ack of 0 is a real acknowledgement.
-	HasAck        bool `protobuf:"varint,101,opt,name=has_ack,json=hasAck,proto3" json:"has_ack,omitempty"`
+	HasAck bool `protobuf:"varint,101,opt,name=has_ack,json=hasAck,proto3" json:"has_ack,omitempty"`
+	// Set by a caller that checks continuity.
+	Continuity bool `protobuf:"varint,102,opt,name=continuity,proto3" json:"continuity,omitempty"`
+	// The epoch `ack` belongs to (0: none yet).
+	Epoch uint64 `protobuf:"varint,103,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The sender's outbox ID of the acknowledged event, if known.
+	AckId         []byte `protobuf:"bytes,104,opt,name=ack_id,json=ackId,proto3" json:"ack_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -298,13 +399,38 @@ func (x *PullRequestExt) GetHasAck() bool {
 	return false
 }
 
+func (x *PullRequestExt) GetContinuity() bool {
+	if x != nil {
+		return x.Continuity
+	}
+	return false
+}
+
+func (x *PullRequestExt) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *PullRequestExt) GetAckId() []byte {
+	if x != nil {
+		return x.AckId
+	}
+	return nil
+}
+
 // Postbox's view of the bytes of a `protocol.sync.v1.PullResponse`.
 type PullResponseExt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The queued events, as upstream sends them.
 	EventQueue []*v1.Event `protobuf:"bytes,1,rep,name=event_queue,json=eventQueue,proto3" json:"event_queue,omitempty"`
 	// The sequence number of the first event; the rest follow consecutively.
-	FirstSeq      uint64 `protobuf:"varint,100,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	FirstSeq uint64 `protobuf:"varint,100,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	// The sender's epoch for the caller (absent: 0).
+	Epoch uint64 `protobuf:"varint,101,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The ID of the outbox record of the last event.
+	LastId        []byte `protobuf:"bytes,102,opt,name=last_id,json=lastId,proto3" json:"last_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -353,6 +479,20 @@ func (x *PullResponseExt) GetFirstSeq() uint64 {
 	return 0
 }
 
+func (x *PullResponseExt) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *PullResponseExt) GetLastId() []byte {
+	if x != nil {
+		return x.LastId
+	}
+	return nil
+}
+
 var File_postbox_federation_v1_federation_proto protoreflect.FileDescriptor
 
 const file_postbox_federation_v1_federation_proto_rawDesc = "" +
@@ -363,23 +503,47 @@ const file_postbox_federation_v1_federation_proto_rawDesc = "" +
 	"\x04time\x18\x02 \x01(\x04R\x04time\x12\x1a\n" +
 	"\baudience\x18d \x01(\tR\baudience\x12\x14\n" +
 	"\x05nonce\x18e \x01(\fR\x05nonce\x12\"\n" +
-	"\rnew_server_id\x18f \x01(\tR\vnewServerId\"\x88\x01\n" +
+	"\rnew_server_id\x18f \x01(\tR\vnewServerId\"\x8b\x02\n" +
 	"\x0ePushRequestExt\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x12\x10\n" +
 	"\x03seq\x18d \x01(\x04R\x03seq\x125\n" +
-	"\tfollowing\x18e \x03(\v2\x17.protocol.sync.v1.EventR\tfollowing\"p\n" +
+	"\tfollowing\x18e \x03(\v2\x17.protocol.sync.v1.EventR\tfollowing\x12\x14\n" +
+	"\x05epoch\x18f \x01(\x04R\x05epoch\x12\x1e\n" +
+	"\n" +
+	"continuity\x18g \x01(\bR\n" +
+	"continuity\x12\x19\n" +
+	"\bprev_seq\x18h \x01(\x04R\aprevSeq\x12\x17\n" +
+	"\aprev_id\x18i \x01(\fR\x06prevId\x12\x17\n" +
+	"\alast_id\x18j \x01(\fR\x06lastId\"\x8b\x02\n" +
 	"\x0fPushResponseExt\x12\x19\n" +
 	"\blast_seq\x18d \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vbatch_bytes\x18e \x01(\x04R\n" +
 	"batchBytes\x12!\n" +
-	"\fbatch_events\x18f \x01(\rR\vbatchEvents\";\n" +
+	"\fbatch_events\x18f \x01(\rR\vbatchEvents\x12\x1e\n" +
+	"\n" +
+	"continuity\x18g \x01(\bR\n" +
+	"continuity\x12\x18\n" +
+	"\arefused\x18h \x01(\bR\arefused\x12\x1f\n" +
+	"\vapplied_seq\x18i \x01(\x04R\n" +
+	"appliedSeq\x12\x1d\n" +
+	"\n" +
+	"applied_id\x18j \x01(\fR\tappliedId\x12\x1f\n" +
+	"\vhas_applied\x18k \x01(\bR\n" +
+	"hasApplied\"\x88\x01\n" +
 	"\x0ePullRequestExt\x12\x10\n" +
 	"\x03ack\x18d \x01(\x04R\x03ack\x12\x17\n" +
-	"\ahas_ack\x18e \x01(\bR\x06hasAck\"h\n" +
+	"\ahas_ack\x18e \x01(\bR\x06hasAck\x12\x1e\n" +
+	"\n" +
+	"continuity\x18f \x01(\bR\n" +
+	"continuity\x12\x14\n" +
+	"\x05epoch\x18g \x01(\x04R\x05epoch\x12\x15\n" +
+	"\x06ack_id\x18h \x01(\fR\x05ackId\"\x97\x01\n" +
 	"\x0fPullResponseExt\x128\n" +
 	"\vevent_queue\x18\x01 \x03(\v2\x17.protocol.sync.v1.EventR\n" +
 	"eventQueue\x12\x1b\n" +
-	"\tfirst_seq\x18d \x01(\x04R\bfirstSeqB\xed\x01\n" +
+	"\tfirst_seq\x18d \x01(\x04R\bfirstSeq\x12\x14\n" +
+	"\x05epoch\x18e \x01(\x04R\x05epoch\x12\x17\n" +
+	"\alast_id\x18f \x01(\fR\x06lastIdB\xed\x01\n" +
 	"\x19com.postbox.federation.v1B\x0fFederationProtoP\x01ZIgithub.com/harmony-postbox/postbox/gen/postbox/federation/v1;federationv1\xa2\x02\x03PFX\xaa\x02\x15Postbox.Federation.V1\xca\x02\x15Postbox\\Federation\\V1\xe2\x02!Postbox\\Federation\\V1\\GPBMetadata\xea\x02\x17Postbox::Federation::V1b\x06proto3"
 
 var (

@@ -1,0 +1,157 @@
+package seqext
+
+import (
+	"bytes"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	federationv1 "github.com/harmony-postbox/postbox/gen/postbox/federation/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+var (
+	idA = []byte("0123456789abcdef")
+	idB = []byte("fedcba9876543210")
+)
+
+// roundTrip marshals m and reads it back into out, as the far side would.
+func roundTrip(t *testing.T, m, out proto.Message) {
+	t.Helper()
+	raw, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proto.Unmarshal(raw, out); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestContinuityMatchesDeclaredMessages checks the continuity fields
+// written on the upstream messages against the messages that declare them,
+// and reads them back.
+func TestContinuityMatchesDeclaredMessages(t *testing.T) {
+	t.Parallel()
+	t.Run("push claim", func(t *testing.T) {
+		req := &syncv1.PushRequest{Event: added(1, 10)}
+		SetPushSeq(req, 8)
+		SetPushContinuity(req, Continuity{Epoch: 77, Last: &Ref{Seq: 7, ID: idA}}, idB)
+		var declared federationv1.PushRequestExt
+		roundTrip(t, req, &declared)
+		if !declared.GetContinuity() || declared.GetEpoch() != 77 || declared.GetPrevSeq() != 7 ||
+			!bytes.Equal(declared.GetPrevId(), idA) || !bytes.Equal(declared.GetLastId(), idB) {
+			t.Fatalf("declared view: %v", &declared)
+		}
+		var back syncv1.PushRequest
+		roundTrip(t, req, &back)
+		c, lastID, ok := PushContinuity(&back)
+		if !ok || c.Epoch != 77 || c.Last == nil || c.Last.Seq != 7 || !bytes.Equal(c.Last.ID, idA) || !bytes.Equal(lastID, idB) {
+			t.Fatalf("PushContinuity = %+v, %x, %v", c, lastID, ok)
+		}
+	})
+	t.Run("a claim of nothing given, in epoch 0, is still a claim", func(t *testing.T) {
+		req := &syncv1.PushRequest{Event: added(1, 10)}
+		SetPushContinuity(req, Continuity{}, nil)
+		var back syncv1.PushRequest
+		roundTrip(t, req, &back)
+		if c, _, ok := PushContinuity(&back); !ok || c.Epoch != 0 || c.Last != nil {
+			t.Fatalf("PushContinuity = %+v, %v", c, ok)
+		}
+		if _, _, ok := PushContinuity(&syncv1.PushRequest{Event: added(1, 10)}); ok {
+			t.Fatal("a push without the extension reads as a claim")
+		}
+	})
+	t.Run("push outcome", func(t *testing.T) {
+		res := &syncv1.PushResponse{}
+		SetPushLimits(res, 1<<20, 100)
+		SetPushOutcome(res, PushOutcome{Refused: true, Applied: &Ref{Seq: 0, ID: idA}})
+		var declared federationv1.PushResponseExt
+		roundTrip(t, res, &declared)
+		if !declared.GetContinuity() || !declared.GetRefused() || !declared.GetHasApplied() || declared.GetAppliedSeq() != 0 ||
+			!bytes.Equal(declared.GetAppliedId(), idA) || declared.GetBatchBytes() != 1<<20 {
+			t.Fatalf("declared view: %v", &declared)
+		}
+		var back syncv1.PushResponse
+		roundTrip(t, res, &back)
+		o, ok := GetPushOutcome(&back)
+		if !ok || !o.Refused || o.Applied == nil || o.Applied.Seq != 0 || !bytes.Equal(o.Applied.ID, idA) {
+			t.Fatalf("GetPushOutcome = %+v, %v", o, ok)
+		}
+		// A refused push carries no last_seq, which would count events delivered.
+		if _, ok := GetPushReply(&back); ok {
+			t.Fatal("a refusal reads as a push answer with last_seq")
+		}
+		if _, ok := GetPushOutcome(&syncv1.PushResponse{}); ok {
+			t.Fatal("an answer without the extension reads as a checked one")
+		}
+	})
+	t.Run("an outcome of nothing held", func(t *testing.T) {
+		res := &syncv1.PushResponse{}
+		SetPushOutcome(res, PushOutcome{Refused: true})
+		var back syncv1.PushResponse
+		roundTrip(t, res, &back)
+		if o, ok := GetPushOutcome(&back); !ok || !o.Refused || o.Applied != nil {
+			t.Fatalf("GetPushOutcome = %+v, %v", o, ok)
+		}
+	})
+	t.Run("pull account and reply", func(t *testing.T) {
+		req := &syncv1.PullRequest{}
+		SetAck(req, 99)
+		SetPullContinuity(req, 5, idA)
+		var declared federationv1.PullRequestExt
+		roundTrip(t, req, &declared)
+		if !declared.GetContinuity() || declared.GetEpoch() != 5 || !bytes.Equal(declared.GetAckId(), idA) || declared.GetAck() != 99 {
+			t.Fatalf("declared view: %v", &declared)
+		}
+		var back syncv1.PullRequest
+		roundTrip(t, req, &back)
+		if epoch, id, ok := PullContinuity(&back); !ok || epoch != 5 || !bytes.Equal(id, idA) {
+			t.Fatalf("PullContinuity = %d, %x, %v", epoch, id, ok)
+		}
+		res := &syncv1.PullResponse{EventQueue: []*syncv1.Event{added(1, 1)}}
+		SetFirstSeq(res, 50)
+		SetPullReplyContinuity(res, 5, idB)
+		var declaredRes federationv1.PullResponseExt
+		roundTrip(t, res, &declaredRes)
+		if declaredRes.GetEpoch() != 5 || !bytes.Equal(declaredRes.GetLastId(), idB) || declaredRes.GetFirstSeq() != 50 {
+			t.Fatalf("declared view: %v", &declaredRes)
+		}
+		var backRes syncv1.PullResponse
+		roundTrip(t, res, &backRes)
+		if epoch, id := PullReplyContinuity(&backRes); epoch != 5 || !bytes.Equal(id, idB) {
+			t.Fatalf("PullReplyContinuity = %d, %x", epoch, id)
+		}
+	})
+}
+
+// FuzzContinuity feeds arbitrary bytes, as a peer could send them, to every
+// reader of the extension: none may panic, and an ID is never longer than
+// an outbox ID.
+func FuzzContinuity(f *testing.F) {
+	req := &syncv1.PushRequest{Event: added(1, 10)}
+	SetPushContinuity(req, Continuity{Epoch: 3, Last: &Ref{Seq: 2, ID: idA}}, idB)
+	seed, _ := proto.Marshal(req)
+	f.Add(seed)
+	f.Add([]byte{0xaa, 0x06, 0x20, 0x01})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var push syncv1.PushRequest
+		if proto.Unmarshal(raw, &push) == nil {
+			c, lastID, _ := PushContinuity(&push)
+			if len(lastID) > maxOutboxIDLength || (c.Last != nil && len(c.Last.ID) > maxOutboxIDLength) {
+				t.Fatal("an ID longer than an outbox ID was taken")
+			}
+		}
+		var res syncv1.PushResponse
+		if proto.Unmarshal(raw, &res) == nil {
+			_, _ = GetPushOutcome(&res)
+		}
+		var pull syncv1.PullRequest
+		if proto.Unmarshal(raw, &pull) == nil {
+			_, _, _ = PullContinuity(&pull)
+		}
+		var reply syncv1.PullResponse
+		if proto.Unmarshal(raw, &reply) == nil {
+			_, _ = PullReplyContinuity(&reply)
+		}
+	})
+}
