@@ -104,18 +104,35 @@ func (r *busyReceiver) holdBudget(t *testing.T) (release func()) {
 		req.Header.Set("Authorization", auth())
 		return http.DefaultClient.Do(req)
 	}
-	pr, pw := io.Pipe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if resp, err := post(pr); err == nil {
-			resp.Body.Close()
-		}
-	}()
+	var (
+		pw   *io.PipeWriter
+		done chan struct{}
+	)
+	hold := func() {
+		var pr *io.PipeReader
+		pr, pw = io.Pipe()
+		finished := make(chan struct{})
+		done = finished
+		go func() {
+			defer close(finished)
+			if resp, err := post(pr); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	hold()
 	var once sync.Once
 	release = func() { once.Do(func() { pw.CloseWithError(errors.New("released")); <-done }) }
 	t.Cleanup(release)
 	eventually(t, "the receiver's budget to be held", func() bool {
+		select {
+		case <-done:
+			// A probe below held budget when the hold arrived, so the hold
+			// was refused: hold again.
+			hold()
+			return false
+		default:
+		}
 		resp, err := post(bytes.NewReader([]byte{0x0a, 0x00})) // a body needs budget; an empty one does not
 		if err != nil {
 			return false
