@@ -154,7 +154,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 		}
 		res, err := e.pushOnce(ctx, server, seq, events, claim)
 		if err == nil && res.Answer != nil && res.Answer.Refused {
-			if e.reconcile(ctx, p, server, ahead, res) {
+			if e.reconcile(ctx, p, server, ahead, res, claim.Epoch) {
 				return // the records say where delivery goes on
 			}
 			err = fmt.Errorf("the peer refused push %d: its account (%s) matches what this server claimed", seq, refString(res.Answer.Applied))
@@ -282,10 +282,12 @@ func (e *Engine) outboxID(ctx context.Context, id streams.PeerID, ahead *outboxR
 	return bytes.Clone(recs[0].ID[:]), nil
 }
 
-// reconcile acts on a receiver's refusal of a push: it compares the
-// receiver's account with the outbox and records where delivery goes on. It
-// reports whether it recorded anything.
-func (e *Engine) reconcile(ctx context.Context, p *peer, server domain.ServerID, ahead *outboxReader, res peerclient.PushResult) bool {
+// reconcile acts on a receiver's refusal of a push made in epoch: it
+// compares the receiver's account with the outbox and records where
+// delivery goes on. It reports whether it recorded anything; an account
+// of an epoch that has since ended (a Pull started a new one meanwhile)
+// records nothing.
+func (e *Engine) reconcile(ctx context.Context, p *peer, server domain.ServerID, ahead *outboxReader, res peerclient.PushResult, epoch uint64) bool {
 	has := res.Answer.Applied
 	same := true
 	p.mu.Lock()
@@ -304,6 +306,10 @@ func (e *Engine) reconcile(ctx context.Context, p *peer, server domain.ServerID,
 		seq = &has.Seq
 	}
 	p.mu.Lock()
+	if p.out.Epoch != epoch {
+		p.mu.Unlock()
+		return false
+	}
 	p.batch = res
 	records := p.out.Reconcile(seq, same, e.newEpoch())
 	before := p.out
@@ -420,7 +426,7 @@ func (e *Engine) probe(p *peer) {
 		res, err = e.pushOnce(ctx, server, seq, events, claim)
 	}
 	if err == nil && res.Answer != nil && res.Answer.Refused {
-		if e.reconcile(ctx, p, server, &r, res) {
+		if e.reconcile(ctx, p, server, &r, res, claim.Epoch) {
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			p.probeCancel = nil
