@@ -20,7 +20,6 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
 )
@@ -132,6 +131,24 @@ func (n *e2eNode) checkRollbackReported(peer *e2eNode) {
 	}
 }
 
+// deliverWithBackupAt50 starts both servers, has a deliver 100 events to
+// b, and returns a backup of a's data directory taken when 50 of them were
+// delivered.
+func deliverWithBackupAt50(a, b *e2eNode) string {
+	a.t.Helper()
+	a.start()
+	b.start()
+	a.sendUsers(b, usersFrom(0, 50))
+	b.waitInboxUsers(a, usersFrom(0, 50), 20*time.Second)
+	a.waitPeerDelivered(b, 50)
+	a.kill()
+	copyAt50 := a.backup()
+	a.start()
+	a.sendUsers(b, usersFrom(50, 50))
+	b.waitInboxUsers(a, usersFrom(0, 100), 20*time.Second)
+	return copyAt50
+}
+
 func usersFrom(first uint64, n int) []uint64 {
 	out := make([]uint64, n)
 	for i := range out {
@@ -148,16 +165,7 @@ func usersFrom(first uint64, n int) []uint64 {
 func TestRestoredSenderDeliversEverythingSentAfterTheRollback(t *testing.T) {
 	t.Parallel()
 	a, b := newE2ENode(t, "A", ""), newE2ENode(t, "B", "")
-	a.start()
-	b.start()
-	a.sendUsers(b, usersFrom(0, 50))
-	b.waitInboxUsers(a, usersFrom(0, 50), 20*time.Second)
-	a.waitPeerDelivered(b, 50)
-	a.kill()
-	copyAt50 := a.backup()
-	a.start()
-	a.sendUsers(b, usersFrom(50, 50))
-	b.waitInboxUsers(a, usersFrom(0, 100), 20*time.Second)
+	copyAt50 := deliverWithBackupAt50(a, b)
 
 	a.kill()
 	a.restore(copyAt50)
@@ -176,16 +184,7 @@ func TestRestoredSenderDeliversEverythingSentAfterTheRollback(t *testing.T) {
 func TestRestoredSenderWhileTheReceiverIsDown(t *testing.T) {
 	t.Parallel()
 	a, b := newE2ENode(t, "A", "", "--push-retries", "1"), newE2ENode(t, "B", "")
-	a.start()
-	b.start()
-	a.sendUsers(b, usersFrom(0, 50))
-	b.waitInboxUsers(a, usersFrom(0, 50), 20*time.Second)
-	a.waitPeerDelivered(b, 50)
-	a.kill()
-	copyAt50 := a.backup()
-	a.start()
-	a.sendUsers(b, usersFrom(50, 50))
-	b.waitInboxUsers(a, usersFrom(0, 100), 20*time.Second)
+	copyAt50 := deliverWithBackupAt50(a, b)
 
 	a.kill()
 	b.kill()
@@ -245,5 +244,3 @@ func (n *e2eNode) waitPeerDelivered(peer *e2eNode, seq uint64) {
 		return p.GetDelivered() >= seq && p.GetPending() == 0, fmt.Sprintf("delivered %d, pending %d", p.GetDelivered(), p.GetPending())
 	})
 }
-
-var _ = streams.Inbox
