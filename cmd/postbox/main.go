@@ -62,6 +62,10 @@ Usage:
   postbox pull ID           pull from a peer now
   postbox resume ID         push to a peer in queue mode again
   postbox rename NEW_ID     rename this server and tell every peer
+  postbox guilds USER [--json]
+                            a local user's guilds on peers
+  postbox invites USER [--json]
+                            a local user's pending invites from peers
   postbox skip ID --through SEQ --reason TEXT
                             give up on a peer's undelivered events up to SEQ
                             (recorded, audited, never counted as delivered)
@@ -101,6 +105,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runRename(ctx, rest, stdout, stderr, getenv)
 	case "skip":
 		return runSkip(ctx, rest, stdout, stderr, getenv)
+	case "guilds":
+		return runGuilds(ctx, rest, stdout, stderr, getenv)
+	case "invites":
+		return runInvites(ctx, rest, stdout, stderr, getenv)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "postbox", buildVersion())
 		return nil

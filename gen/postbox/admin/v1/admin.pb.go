@@ -1303,6 +1303,309 @@ func (x *SkipResponse) GetSkipped() *SkippedEvents {
 	return nil
 }
 
+// Used in `ListGuilds`.
+type ListGuildsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The local user whose guild list is wanted.
+	UserId        uint64 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGuildsRequest) Reset() {
+	*x = ListGuildsRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGuildsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGuildsRequest) ProtoMessage() {}
+
+func (x *ListGuildsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGuildsRequest.ProtoReflect.Descriptor instead.
+func (*ListGuildsRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListGuildsRequest) GetUserId() uint64 {
+	if x != nil {
+		return x.UserId
+	}
+	return 0
+}
+
+// A guild of a peer that a local user is in.
+type GuildEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The guild's ID on its server.
+	GuildId uint64 `protobuf:"varint,1,opt,name=guild_id,json=guildId,proto3" json:"guild_id,omitempty"`
+	// The server ID of the peer the guild lives on (its current one).
+	ServerId      string `protobuf:"bytes,2,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuildEntry) Reset() {
+	*x = GuildEntry{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuildEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuildEntry) ProtoMessage() {}
+
+func (x *GuildEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuildEntry.ProtoReflect.Descriptor instead.
+func (*GuildEntry) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GuildEntry) GetGuildId() uint64 {
+	if x != nil {
+		return x.GuildId
+	}
+	return 0
+}
+
+func (x *GuildEntry) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+// Used in `ListGuilds`.
+type ListGuildsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user's guilds on peers, ordered by server ID, then guild ID.
+	Guilds        []*GuildEntry `protobuf:"bytes,1,rep,name=guilds,proto3" json:"guilds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGuildsResponse) Reset() {
+	*x = ListGuildsResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGuildsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGuildsResponse) ProtoMessage() {}
+
+func (x *ListGuildsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGuildsResponse.ProtoReflect.Descriptor instead.
+func (*ListGuildsResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListGuildsResponse) GetGuilds() []*GuildEntry {
+	if x != nil {
+		return x.Guilds
+	}
+	return nil
+}
+
+// Used in `ListInvites`.
+type ListInvitesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The local user whose pending invites are wanted.
+	UserId        uint64 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInvitesRequest) Reset() {
+	*x = ListInvitesRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInvitesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInvitesRequest) ProtoMessage() {}
+
+func (x *ListInvitesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInvitesRequest.ProtoReflect.Descriptor instead.
+func (*ListInvitesRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListInvitesRequest) GetUserId() uint64 {
+	if x != nil {
+		return x.UserId
+	}
+	return 0
+}
+
+// A pending invite a peer sent to a local user.
+type PendingInvite struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The invite's ID.
+	InviteId string `protobuf:"bytes,1,opt,name=invite_id,json=inviteId,proto3" json:"invite_id,omitempty"`
+	// The user of the peer who invited.
+	InviterId uint64 `protobuf:"varint,2,opt,name=inviter_id,json=inviterId,proto3" json:"inviter_id,omitempty"`
+	// The server ID of the peer (its current one).
+	ServerId      string `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PendingInvite) Reset() {
+	*x = PendingInvite{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingInvite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingInvite) ProtoMessage() {}
+
+func (x *PendingInvite) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingInvite.ProtoReflect.Descriptor instead.
+func (*PendingInvite) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PendingInvite) GetInviteId() string {
+	if x != nil {
+		return x.InviteId
+	}
+	return ""
+}
+
+func (x *PendingInvite) GetInviterId() uint64 {
+	if x != nil {
+		return x.InviterId
+	}
+	return 0
+}
+
+func (x *PendingInvite) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+// Used in `ListInvites`.
+type ListInvitesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user's pending invites, ordered by server ID, then invite ID.
+	Invites       []*PendingInvite `protobuf:"bytes,1,rep,name=invites,proto3" json:"invites,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInvitesResponse) Reset() {
+	*x = ListInvitesResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInvitesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInvitesResponse) ProtoMessage() {}
+
+func (x *ListInvitesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInvitesResponse.ProtoReflect.Descriptor instead.
+func (*ListInvitesResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListInvitesResponse) GetInvites() []*PendingInvite {
+	if x != nil {
+		return x.Invites
+	}
+	return nil
+}
+
 // Used in `Rename`.
 type RenameRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1314,7 +1617,7 @@ type RenameRequest struct {
 
 func (x *RenameRequest) Reset() {
 	*x = RenameRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1629,7 @@ func (x *RenameRequest) String() string {
 func (*RenameRequest) ProtoMessage() {}
 
 func (x *RenameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1642,7 @@ func (x *RenameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameRequest.ProtoReflect.Descriptor instead.
 func (*RenameRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RenameRequest) GetNewServerId() string {
@@ -1358,7 +1661,7 @@ type RenameResponse struct {
 
 func (x *RenameResponse) Reset() {
 	*x = RenameResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1673,7 @@ func (x *RenameResponse) String() string {
 func (*RenameResponse) ProtoMessage() {}
 
 func (x *RenameResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1686,7 @@ func (x *RenameResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameResponse.ProtoReflect.Descriptor instead.
 func (*RenameResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 var File_postbox_admin_v1_admin_proto protoreflect.FileDescriptor
@@ -1470,7 +1773,24 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"throughSeq\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"I\n" +
 	"\fSkipResponse\x129\n" +
-	"\askipped\x18\x01 \x01(\v2\x1f.postbox.admin.v1.SkippedEventsR\askipped\"3\n" +
+	"\askipped\x18\x01 \x01(\v2\x1f.postbox.admin.v1.SkippedEventsR\askipped\",\n" +
+	"\x11ListGuildsRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\"D\n" +
+	"\n" +
+	"GuildEntry\x12\x19\n" +
+	"\bguild_id\x18\x01 \x01(\x04R\aguildId\x12\x1b\n" +
+	"\tserver_id\x18\x02 \x01(\tR\bserverId\"J\n" +
+	"\x12ListGuildsResponse\x124\n" +
+	"\x06guilds\x18\x01 \x03(\v2\x1c.postbox.admin.v1.GuildEntryR\x06guilds\"-\n" +
+	"\x12ListInvitesRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\"h\n" +
+	"\rPendingInvite\x12\x1b\n" +
+	"\tinvite_id\x18\x01 \x01(\tR\binviteId\x12\x1d\n" +
+	"\n" +
+	"inviter_id\x18\x02 \x01(\x04R\tinviterId\x12\x1b\n" +
+	"\tserver_id\x18\x03 \x01(\tR\bserverId\"P\n" +
+	"\x13ListInvitesResponse\x129\n" +
+	"\ainvites\x18\x01 \x03(\v2\x1f.postbox.admin.v1.PendingInviteR\ainvites\"3\n" +
 	"\rRenameRequest\x12\"\n" +
 	"\rnew_server_id\x18\x01 \x01(\tR\vnewServerId\"\x10\n" +
 	"\x0eRenameResponse*;\n" +
@@ -1478,7 +1798,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tMODE_PUSH\x10\x01\x12\x0e\n" +
 	"\n" +
-	"MODE_QUEUE\x10\x022\xf8\x05\n" +
+	"MODE_QUEUE\x10\x022\xb1\a\n" +
 	"\fAdminService\x12b\n" +
 	"\rGetServerInfo\x12&.postbox.admin.v1.GetServerInfoRequest\x1a'.postbox.admin.v1.GetServerInfoResponse\"\x00\x12G\n" +
 	"\x04Send\x12\x1d.postbox.admin.v1.SendRequest\x1a\x1e.postbox.admin.v1.SendResponse\"\x00\x12V\n" +
@@ -1488,7 +1808,10 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\aPullNow\x12 .postbox.admin.v1.PullNowRequest\x1a!.postbox.admin.v1.PullNowResponse\"\x00\x12Y\n" +
 	"\n" +
 	"ResumePush\x12#.postbox.admin.v1.ResumePushRequest\x1a$.postbox.admin.v1.ResumePushResponse\"\x00\x12G\n" +
-	"\x04Skip\x12\x1d.postbox.admin.v1.SkipRequest\x1a\x1e.postbox.admin.v1.SkipResponse\"\x00\x12M\n" +
+	"\x04Skip\x12\x1d.postbox.admin.v1.SkipRequest\x1a\x1e.postbox.admin.v1.SkipResponse\"\x00\x12Y\n" +
+	"\n" +
+	"ListGuilds\x12#.postbox.admin.v1.ListGuildsRequest\x1a$.postbox.admin.v1.ListGuildsResponse\"\x00\x12\\\n" +
+	"\vListInvites\x12$.postbox.admin.v1.ListInvitesRequest\x1a%.postbox.admin.v1.ListInvitesResponse\"\x00\x12M\n" +
 	"\x06Rename\x12\x1f.postbox.admin.v1.RenameRequest\x1a .postbox.admin.v1.RenameResponse\"\x00B\xc5\x01\n" +
 	"\x14com.postbox.admin.v1B\n" +
 	"AdminProtoP\x01Z?github.com/harmony-postbox/postbox/gen/postbox/admin/v1;adminv1\xa2\x02\x03PAX\xaa\x02\x10Postbox.Admin.V1\xca\x02\x10Postbox\\Admin\\V1\xe2\x02\x1cPostbox\\Admin\\V1\\GPBMetadata\xea\x02\x12Postbox::Admin::V1b\x06proto3"
@@ -1506,7 +1829,7 @@ func file_postbox_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_postbox_admin_v1_admin_proto_goTypes = []any{
 	(Mode)(0),                     // 0: postbox.admin.v1.Mode
 	(*GetServerInfoRequest)(nil),  // 1: postbox.admin.v1.GetServerInfoRequest
@@ -1529,46 +1852,58 @@ var file_postbox_admin_v1_admin_proto_goTypes = []any{
 	(*ResumePushResponse)(nil),    // 18: postbox.admin.v1.ResumePushResponse
 	(*SkipRequest)(nil),           // 19: postbox.admin.v1.SkipRequest
 	(*SkipResponse)(nil),          // 20: postbox.admin.v1.SkipResponse
-	(*RenameRequest)(nil),         // 21: postbox.admin.v1.RenameRequest
-	(*RenameResponse)(nil),        // 22: postbox.admin.v1.RenameResponse
-	(*v1.Event)(nil),              // 23: protocol.sync.v1.Event
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*ListGuildsRequest)(nil),     // 21: postbox.admin.v1.ListGuildsRequest
+	(*GuildEntry)(nil),            // 22: postbox.admin.v1.GuildEntry
+	(*ListGuildsResponse)(nil),    // 23: postbox.admin.v1.ListGuildsResponse
+	(*ListInvitesRequest)(nil),    // 24: postbox.admin.v1.ListInvitesRequest
+	(*PendingInvite)(nil),         // 25: postbox.admin.v1.PendingInvite
+	(*ListInvitesResponse)(nil),   // 26: postbox.admin.v1.ListInvitesResponse
+	(*RenameRequest)(nil),         // 27: postbox.admin.v1.RenameRequest
+	(*RenameResponse)(nil),        // 28: postbox.admin.v1.RenameResponse
+	(*v1.Event)(nil),              // 29: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
 }
 var file_postbox_admin_v1_admin_proto_depIdxs = []int32{
-	23, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
+	29, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.admin.v1.Peer.mode:type_name -> postbox.admin.v1.Mode
-	24, // 2: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
-	24, // 3: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
+	30, // 2: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
+	30, // 3: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
 	6,  // 4: postbox.admin.v1.Peer.last_skip:type_name -> postbox.admin.v1.SkippedEvents
 	7,  // 5: postbox.admin.v1.Peer.stuck:type_name -> postbox.admin.v1.StuckEvent
 	5,  // 6: postbox.admin.v1.ListPeersResponse.peers:type_name -> postbox.admin.v1.Peer
 	5,  // 7: postbox.admin.v1.GetPeerResponse.peer:type_name -> postbox.admin.v1.Peer
-	23, // 8: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
+	29, // 8: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
 	13, // 9: postbox.admin.v1.WatchResponse.event:type_name -> postbox.admin.v1.ReceivedEvent
 	6,  // 10: postbox.admin.v1.SkipResponse.skipped:type_name -> postbox.admin.v1.SkippedEvents
-	1,  // 11: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
-	3,  // 12: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
-	8,  // 13: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
-	10, // 14: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
-	12, // 15: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
-	15, // 16: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
-	17, // 17: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
-	19, // 18: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
-	21, // 19: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
-	2,  // 20: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
-	4,  // 21: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
-	9,  // 22: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
-	11, // 23: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
-	14, // 24: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
-	16, // 25: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
-	18, // 26: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
-	20, // 27: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
-	22, // 28: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
-	20, // [20:29] is the sub-list for method output_type
-	11, // [11:20] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	22, // 11: postbox.admin.v1.ListGuildsResponse.guilds:type_name -> postbox.admin.v1.GuildEntry
+	25, // 12: postbox.admin.v1.ListInvitesResponse.invites:type_name -> postbox.admin.v1.PendingInvite
+	1,  // 13: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
+	3,  // 14: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
+	8,  // 15: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
+	10, // 16: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
+	12, // 17: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
+	15, // 18: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
+	17, // 19: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
+	19, // 20: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
+	21, // 21: postbox.admin.v1.AdminService.ListGuilds:input_type -> postbox.admin.v1.ListGuildsRequest
+	24, // 22: postbox.admin.v1.AdminService.ListInvites:input_type -> postbox.admin.v1.ListInvitesRequest
+	27, // 23: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
+	2,  // 24: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
+	4,  // 25: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
+	9,  // 26: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
+	11, // 27: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
+	14, // 28: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
+	16, // 29: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
+	18, // 30: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
+	20, // 31: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
+	23, // 32: postbox.admin.v1.AdminService.ListGuilds:output_type -> postbox.admin.v1.ListGuildsResponse
+	26, // 33: postbox.admin.v1.AdminService.ListInvites:output_type -> postbox.admin.v1.ListInvitesResponse
+	28, // 34: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
+	24, // [24:35] is the sub-list for method output_type
+	13, // [13:24] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_postbox_admin_v1_admin_proto_init() }
@@ -1587,7 +1922,7 @@ func file_postbox_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_admin_v1_admin_proto_rawDesc), len(file_postbox_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

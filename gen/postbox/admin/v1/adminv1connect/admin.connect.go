@@ -50,6 +50,11 @@ const (
 	AdminServiceResumePushProcedure = "/postbox.admin.v1.AdminService/ResumePush"
 	// AdminServiceSkipProcedure is the fully-qualified name of the AdminService's Skip RPC.
 	AdminServiceSkipProcedure = "/postbox.admin.v1.AdminService/Skip"
+	// AdminServiceListGuildsProcedure is the fully-qualified name of the AdminService's ListGuilds RPC.
+	AdminServiceListGuildsProcedure = "/postbox.admin.v1.AdminService/ListGuilds"
+	// AdminServiceListInvitesProcedure is the fully-qualified name of the AdminService's ListInvites
+	// RPC.
+	AdminServiceListInvitesProcedure = "/postbox.admin.v1.AdminService/ListInvites"
 	// AdminServiceRenameProcedure is the fully-qualified name of the AdminService's Rename RPC.
 	AdminServiceRenameProcedure = "/postbox.admin.v1.AdminService/Rename"
 )
@@ -74,6 +79,11 @@ type AdminServiceClient interface {
 	// can go: recorded in the peer's delivery stream, reported by the audit,
 	// never counted as delivered.
 	Skip(context.Context, *connect.Request[v1.SkipRequest]) (*connect.Response[v1.SkipResponse], error)
+	// Lists a local user's guilds on peers, as received events left them, once
+	// the projections include every event stored when the call arrived.
+	ListGuilds(context.Context, *connect.Request[v1.ListGuildsRequest]) (*connect.Response[v1.ListGuildsResponse], error)
+	// Lists a local user's pending invites from peers, likewise.
+	ListInvites(context.Context, *connect.Request[v1.ListInvitesRequest]) (*connect.Response[v1.ListInvitesResponse], error)
 	// Renames this server and tells every peer.
 	Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error)
 }
@@ -137,6 +147,18 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("Skip")),
 			connect.WithClientOptions(opts...),
 		),
+		listGuilds: connect.NewClient[v1.ListGuildsRequest, v1.ListGuildsResponse](
+			httpClient,
+			baseURL+AdminServiceListGuildsProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ListGuilds")),
+			connect.WithClientOptions(opts...),
+		),
+		listInvites: connect.NewClient[v1.ListInvitesRequest, v1.ListInvitesResponse](
+			httpClient,
+			baseURL+AdminServiceListInvitesProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ListInvites")),
+			connect.WithClientOptions(opts...),
+		),
 		rename: connect.NewClient[v1.RenameRequest, v1.RenameResponse](
 			httpClient,
 			baseURL+AdminServiceRenameProcedure,
@@ -156,6 +178,8 @@ type adminServiceClient struct {
 	pullNow       *connect.Client[v1.PullNowRequest, v1.PullNowResponse]
 	resumePush    *connect.Client[v1.ResumePushRequest, v1.ResumePushResponse]
 	skip          *connect.Client[v1.SkipRequest, v1.SkipResponse]
+	listGuilds    *connect.Client[v1.ListGuildsRequest, v1.ListGuildsResponse]
+	listInvites   *connect.Client[v1.ListInvitesRequest, v1.ListInvitesResponse]
 	rename        *connect.Client[v1.RenameRequest, v1.RenameResponse]
 }
 
@@ -199,6 +223,16 @@ func (c *adminServiceClient) Skip(ctx context.Context, req *connect.Request[v1.S
 	return c.skip.CallUnary(ctx, req)
 }
 
+// ListGuilds calls postbox.admin.v1.AdminService.ListGuilds.
+func (c *adminServiceClient) ListGuilds(ctx context.Context, req *connect.Request[v1.ListGuildsRequest]) (*connect.Response[v1.ListGuildsResponse], error) {
+	return c.listGuilds.CallUnary(ctx, req)
+}
+
+// ListInvites calls postbox.admin.v1.AdminService.ListInvites.
+func (c *adminServiceClient) ListInvites(ctx context.Context, req *connect.Request[v1.ListInvitesRequest]) (*connect.Response[v1.ListInvitesResponse], error) {
+	return c.listInvites.CallUnary(ctx, req)
+}
+
 // Rename calls postbox.admin.v1.AdminService.Rename.
 func (c *adminServiceClient) Rename(ctx context.Context, req *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error) {
 	return c.rename.CallUnary(ctx, req)
@@ -224,6 +258,11 @@ type AdminServiceHandler interface {
 	// can go: recorded in the peer's delivery stream, reported by the audit,
 	// never counted as delivered.
 	Skip(context.Context, *connect.Request[v1.SkipRequest]) (*connect.Response[v1.SkipResponse], error)
+	// Lists a local user's guilds on peers, as received events left them, once
+	// the projections include every event stored when the call arrived.
+	ListGuilds(context.Context, *connect.Request[v1.ListGuildsRequest]) (*connect.Response[v1.ListGuildsResponse], error)
+	// Lists a local user's pending invites from peers, likewise.
+	ListInvites(context.Context, *connect.Request[v1.ListInvitesRequest]) (*connect.Response[v1.ListInvitesResponse], error)
 	// Renames this server and tells every peer.
 	Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error)
 }
@@ -283,6 +322,18 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("Skip")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceListGuildsHandler := connect.NewUnaryHandler(
+		AdminServiceListGuildsProcedure,
+		svc.ListGuilds,
+		connect.WithSchema(adminServiceMethods.ByName("ListGuilds")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceListInvitesHandler := connect.NewUnaryHandler(
+		AdminServiceListInvitesProcedure,
+		svc.ListInvites,
+		connect.WithSchema(adminServiceMethods.ByName("ListInvites")),
+		connect.WithHandlerOptions(opts...),
+	)
 	adminServiceRenameHandler := connect.NewUnaryHandler(
 		AdminServiceRenameProcedure,
 		svc.Rename,
@@ -307,6 +358,10 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceResumePushHandler.ServeHTTP(w, r)
 		case AdminServiceSkipProcedure:
 			adminServiceSkipHandler.ServeHTTP(w, r)
+		case AdminServiceListGuildsProcedure:
+			adminServiceListGuildsHandler.ServeHTTP(w, r)
+		case AdminServiceListInvitesProcedure:
+			adminServiceListInvitesHandler.ServeHTTP(w, r)
 		case AdminServiceRenameProcedure:
 			adminServiceRenameHandler.ServeHTTP(w, r)
 		default:
@@ -348,6 +403,14 @@ func (UnimplementedAdminServiceHandler) ResumePush(context.Context, *connect.Req
 
 func (UnimplementedAdminServiceHandler) Skip(context.Context, *connect.Request[v1.SkipRequest]) (*connect.Response[v1.SkipResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.Skip is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ListGuilds(context.Context, *connect.Request[v1.ListGuildsRequest]) (*connect.Response[v1.ListGuildsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.ListGuilds is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ListInvites(context.Context, *connect.Request[v1.ListInvitesRequest]) (*connect.Response[v1.ListInvitesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.ListInvites is not implemented"))
 }
 
 func (UnimplementedAdminServiceHandler) Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error) {
