@@ -19,6 +19,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/netguard"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/domain"
 	authv1 "github.com/harmony-postbox/postbox/gen/protocol/auth/v1"
 )
@@ -78,6 +79,13 @@ const maxKeyReply = 1024
 
 // ErrRateLimited is returned when the fetch budget is spent.
 var ErrRateLimited = errors.New("key fetch rate limit reached")
+
+// rateLimited refuses a fetch over a budget as a busy server does, so the
+// caller is answered 429 with RetryInfo and waits, rather than counting a
+// failure toward queue mode: a burst of real first contacts is only slowed.
+func rateLimited(budget string) error {
+	return fmt.Errorf("%w: %w", ErrRateLimited, &rpcerrors.Busy{Budget: budget, RetryAfter: time.Second})
+}
 
 // Observer learns of every key fetched, so it can be recorded.
 type Observer interface {
@@ -253,7 +261,7 @@ func (r *Resolver) RefreshKey(ctx context.Context, id domain.ServerID) (ed25519.
 func (r *Resolver) fetchLocked(ctx context.Context, id domain.ServerID, e *entry, now time.Time) (ed25519.PublicKey, error) {
 	if e.key != nil || (r.known != nil && r.known.Knows(id)) {
 		if !r.budget.take(now) {
-			return nil, ErrRateLimited
+			return nil, rateLimited("key fetches")
 		}
 	} else {
 		// Never seen: anyone can name such an ID in a token.
@@ -261,10 +269,10 @@ func (r *Resolver) fetchLocked(ctx context.Context, id domain.ServerID, e *entry
 		case r.slots <- struct{}{}:
 			defer func() { <-r.slots }()
 		default:
-			return nil, fmt.Errorf("%w: fetches for unknown IDs in flight", ErrRateLimited)
+			return nil, rateLimited("key fetches in flight for servers not seen before")
 		}
 		if !r.unknown.take(now) {
-			return nil, fmt.Errorf("%w: fetches for unknown IDs", ErrRateLimited)
+			return nil, rateLimited("key fetches for servers not seen before")
 		}
 	}
 	e.lastFetch = now
