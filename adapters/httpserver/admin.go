@@ -10,7 +10,6 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
 	"github.com/harmony-postbox/postbox/adapters/metrics"
-	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
 )
 
@@ -22,7 +21,7 @@ type AdminHandler struct{ http.Handler }
 func NewAdminHandler(svc adminv1connect.AdminServiceHandler, health grpchealth.Checker, m *metrics.Metrics, token admin.Token, logger *slog.Logger) AdminHandler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
-	mux.Handle(adminv1connect.NewAdminServiceHandler(svc, connect.WithInterceptors(rpcerrors.NewInterceptor(logger))))
+	mux.Handle(adminv1connect.NewAdminServiceHandler(svc, connect.WithInterceptors(admin.ErrorsInFull(logger))))
 	mux.Handle(grpchealth.NewHandler(health))
 	reflector := grpcreflect.NewStaticReflector(adminv1connect.AdminServiceName)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))

@@ -28,7 +28,7 @@ type auditStore interface {
 // runAudit replays every stream and checks the delivery invariants. Exit
 // status: 0 clean, 1 violations found, 2 the audit could not run.
 func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	flags := newFlagSet("audit", stderr)
+	flags := newFlagSet("audit", "", stdout)
 	dataDir := flags.String("data-dir", "./postbox-data", "data directory: the embedded store, opened read-only (works while the server runs), and the projections checkpoint")
 	storeURL := flags.String("store", "", "event store: empty for the embedded store in --data-dir, or an esdb:// connection string")
 	asJSON := flags.Bool("json", false, "print one JSON document (peers and violations) instead of the report")

@@ -11,7 +11,7 @@ import (
 )
 
 func runKeygen(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := newFlagSet("keygen", stderr)
+	fs := newFlagSet("keygen", "", stdout)
 	dataDir := fs.String("data-dir", "./postbox-data", "data directory")
 	keyFile := fs.String("key-file", "", "key file (default: key.ed25519 in the data directory)")
 	if _, err := parseFlags(fs, args, getenv); err != nil {

@@ -72,6 +72,13 @@ default 127.0.0.1:2290) and --admin-token (POSTBOX_ADMIN_TOKEN).
 
 Every flag falls back to an environment variable: --server-id reads
 POSTBOX_SERVER_ID, --data-dir reads POSTBOX_DATA_DIR, and so on.
+postbox COMMAND -h prints a command's flags and arguments.
+
+Exit status: 0 done; 1 failed (the server refused or could not be reached,
+or serve stopped on an error); 2 the command line or configuration is wrong
+(the message names the flag, the value and an example); audit: 0 clean,
+1 violations found, 2 the audit could not run; serve: 74 the store's disk
+failed (the supervisor must restart it).
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -82,7 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "serve":
-		return runServe(ctx, rest, stderr, getenv)
+		return runServe(ctx, rest, stdout, stderr, getenv)
 	case "keygen":
 		return runKeygen(rest, stdout, stderr, getenv)
 	case "send":

@@ -75,7 +75,7 @@ func provideIdentity(ctx context.Context, cfg Config, registry *delivery.Registr
 		return recordedIdentity(registry, clock, logger), nil
 	}
 	if _, _, taken := registry.Resolve(cfg.ServerID); taken {
-		return nil, fmt.Errorf("--server-id %s: %w", cfg.ServerID, domain.ErrIDTaken)
+		return nil, exitError{code: 2, err: fmt.Errorf("--server-id %s: %w (a peer has it, or had it before a rename)", cfg.ServerID, domain.ErrIDTaken)}
 	}
 	identity := recordedIdentity(registry, clock, logger)
 	now := clock.Now()
@@ -138,7 +138,11 @@ func provideResolver(cfg peerkeys.Config, clock domain.Clock, logger *slog.Logge
 }
 
 func provideAccessList(cfg Config) (domain.AccessList, error) {
-	return domain.NewAccessList(cfg.AllowPeers, cfg.BlockPeers)
+	list, err := domain.NewAccessList(cfg.AllowPeers, cfg.BlockPeers)
+	if err != nil {
+		return list, exitError{code: 2, err: fmt.Errorf("--allow-peers or --block-peers: %w; e.g. --allow-peers %s", err, examples["allow-peers"])}
+	}
+	return list, nil
 }
 
 func provideAuthPolicy(cfg Config, access domain.AccessList) domain.AuthPolicy {
@@ -166,10 +170,10 @@ func provideClientTLS(cfg Config) (*tls.Config, error) {
 	if cfg.PeerCA != "" {
 		pem, err := os.ReadFile(cfg.PeerCA)
 		if err != nil {
-			return nil, fmt.Errorf("--peer-ca: %w", err)
+			return nil, exitError{code: 2, err: fmt.Errorf("--peer-ca: %w", err)}
 		}
 		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--peer-ca: no PEM certificates in %s", cfg.PeerCA)
+			return nil, exitError{code: 2, err: fmt.Errorf("--peer-ca %s: no PEM certificates in it; e.g. --peer-ca %s", cfg.PeerCA, examples["peer-ca"])}
 		}
 	}
 	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, nil

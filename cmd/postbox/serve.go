@@ -16,8 +16,8 @@ import (
 	"github.com/harmony-postbox/postbox/projections"
 )
 
-func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
-	cfg, err := parseServeConfig(args, stderr, getenv)
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	cfg, err := parseServeConfig(args, stdout, getenv)
 	if err != nil {
 		return err
 	}

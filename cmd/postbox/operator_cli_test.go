@@ -1,0 +1,170 @@
+package main
+
+// The operator's command line against a real admin listener in process:
+// what a mistake prints, where help goes, what each --json line is.
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"connectrpc.com/grpchealth"
+
+	"github.com/harmony-postbox/postbox/adapters/admin"
+	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/metrics"
+	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+type cliSender struct{ sent int }
+
+func (s *cliSender) Send(context.Context, domain.ServerID, *syncv1.Event) (uint64, error) {
+	s.sent++
+	return uint64(s.sent - 1), nil
+}
+
+type noPeers struct{}
+
+func (noPeers) PeerGauges() []metrics.PeerGauges { return nil }
+
+// startAdminAPI serves the admin handler of a server named self.example.
+func startAdminAPI(t *testing.T, token admin.Token) (addr string, sender *cliSender) {
+	t.Helper()
+	sender = &cliSender{}
+	self := domain.MustParseServerID("self.example:2289")
+	svc := admin.NewService(domain.NewIdentity(self, domain.DefaultAudienceGrace), nil, "test", sender, nil, nil, nil, nil, nil)
+	health := grpchealth.NewStaticChecker()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := httpserver.NewAdminHandler(svc, health, metrics.New(noPeers{}), token, logger)
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), sender
+}
+
+// cli runs one command in process.
+func cli(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err = run(t.Context(), args, &out, &errb, envOf(nil))
+	return out.String(), errb.String(), err
+}
+
+func TestSendErrorsSayWhatToFix(t *testing.T) {
+	t.Parallel()
+	addr, sender := startAdminAPI(t, "")
+	event := `{"userAddedToGuild":{"userId":"42","guildId":"7"}}`
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"a server ID without a port", []string{"--to", "peer.example", "--event", event}, []string{`"peer.example"`, "missing :port", "host:port"}},
+		{"an event of no kind", []string{"--to", "peer.example:2289", "--event", `{}`}, []string{"no kind", "userAddedToGuild"}},
+		{"this server's own ID", []string{"--to", "self.example:2289", "--event", event}, []string{"self.example:2289", "own ID"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, stderr, err := cli(t, append([]string{"send", "--admin", addr}, tc.args...)...)
+			if exitCode(err) != 1 {
+				t.Errorf("exit status %d, want 1 (refused by the server)", exitCode(err))
+			}
+			for _, w := range tc.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("error %v does not say %q", err, w)
+				}
+			}
+			if stderr != "" {
+				t.Errorf("stderr %q: the error is printed once, by main", stderr)
+			}
+		})
+	}
+	if sender.sent != 0 {
+		t.Errorf("%d refused sends reached the engine", sender.sent)
+	}
+	if out, _, err := cli(t, "send", "--admin", addr, "--to", "peer.example:2289", "--event", event); err != nil || strings.TrimSpace(out) != "0" {
+		t.Errorf("a good send: %q, %v", out, err)
+	}
+}
+
+func TestAdminTokenErrorsNameTheFlag(t *testing.T) {
+	t.Parallel()
+	addr, _ := startAdminAPI(t, "s3cret")
+	if _, _, err := cli(t, "send", "--admin", addr, "--to", "peer.example:2289", "--event", "{}"); exitCode(err) != 1 || !strings.Contains(err.Error(), "--admin-token") {
+		t.Errorf("no token: %v (exit %d)", err, exitCode(err))
+	}
+	if _, _, err := cli(t, "send", "--admin", addr, "--admin-token", "wrong", "--to", "peer.example:2289", "--event", "{}"); exitCode(err) != 1 || !strings.Contains(err.Error(), "refused --admin-token") {
+		t.Errorf("wrong token: %v", err)
+	}
+	event := `{"userAddedToGuild":{"userId":"42","guildId":"7"}}`
+	if _, _, err := cli(t, "send", "--admin", addr, "--admin-token", "s3cret", "--to", "peer.example:2289", "--event", event); err != nil {
+		t.Errorf("the right token: %v", err)
+	}
+}
+
+func TestFlagMistakesNameTheFlagTheValueAndAnExample(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{[]string{"serve", "--push-retries", "many"}, nil, []string{"--push-retries", `"many"`, "e.g. --push-retries 5"}},
+		{[]string{"serve", "--push-retries", "-2"}, nil, []string{"--push-retries -2", "at least 0", "e.g. --push-retries 5"}},
+		{[]string{"serve", "--server-id", "example.org"}, nil, []string{"--server-id example.org", "missing :port", "e.g. --server-id chat.example.com:2289"}},
+		{[]string{"serve", "--auth-window"}, nil, []string{"--auth-window needs a value", "e.g. --auth-window"}},
+		{[]string{"serve", "--no-such-flag"}, nil, []string{"unknown flag --no-such-flag", "postbox serve -h"}},
+		{[]string{"serve"}, map[string]string{"POSTBOX_AUTH_WINDOW": "soon"}, []string{"POSTBOX_AUTH_WINDOW", `"soon"`, "--auth-window", "e.g. POSTBOX_AUTH_WINDOW="}},
+		{[]string{"skip", "a.example:1", "--through", "x", "--reason", "r"}, nil, []string{"--through", `"x"`, "e.g. --through"}},
+		{[]string{"send", "--event", "{}"}, nil, []string{"--to", "e.g. --to chat.example.com:2289"}},
+		{[]string{"send", "--to", "a.example:1", "--event", "not json"}, nil, []string{"--event", "e.g. --event"}},
+		{[]string{"pull"}, nil, []string{"want 1 argument", "postbox pull -h"}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			t.Parallel()
+			var out, errb bytes.Buffer
+			err := run(t.Context(), tc.args, &out, &errb, envOf(tc.env))
+			if exitCode(err) != 2 {
+				t.Errorf("exit status %d, want 2 (usage)", exitCode(err))
+			}
+			for _, w := range tc.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("error %v does not say %q", err, w)
+				}
+			}
+			if out.Len() != 0 || errb.Len() != 0 {
+				t.Errorf("printed %q and %q besides the one error", out.String(), errb.String())
+			}
+		})
+	}
+}
+
+func TestHelpGoesToStdoutAndNamesTheArguments(t *testing.T) {
+	t.Parallel()
+	for cmd, arg := range map[string]string{"pull": "ID", "resume": "ID", "skip": "ID", "rename": "NEW_ID", "serve": "", "peers": ""} {
+		t.Run(cmd, func(t *testing.T) {
+			t.Parallel()
+			stdout, stderr, err := cli(t, cmd, "--help")
+			if exitCode(err) != 0 {
+				t.Fatalf("%s --help: %v", cmd, err)
+			}
+			if stderr != "" {
+				t.Errorf("help on stderr: %q", stderr)
+			}
+			if !strings.HasPrefix(stdout, "Usage: postbox "+cmd+" [flags]") || !strings.Contains(stdout, "-admin") && cmd != "serve" {
+				t.Errorf("%s --help printed %q", cmd, stdout)
+			}
+			if arg != "" && (!strings.Contains(stdout, "[flags] "+arg+"\n") || !strings.Contains(stdout, "\n  "+arg+" ")) {
+				t.Errorf("%s --help does not name and explain %s:\n%s", cmd, arg, stdout)
+			}
+		})
+	}
+	var errb bytes.Buffer
+	if err := run(t.Context(), []string{"pull", "--help"}, io.Discard, &errb, envOf(nil)); exitCode(err) != 0 || errb.Len() != 0 {
+		t.Errorf("pull --help: %v, stderr %q", err, errb.String())
+	}
+}
