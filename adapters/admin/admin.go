@@ -36,6 +36,7 @@ type Service struct {
 	names    PeerNames
 	renamer  Renamer
 	views    PeerViews
+	ages     PendingAges // optional
 }
 
 // NewService returns the admin API.

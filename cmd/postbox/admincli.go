@@ -120,15 +120,17 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tMODE\tHEAD\tDELIVERED\tSKIPPED\tPENDING\tRECEIVED\tLAST PUSH\tLAST ERROR")
+	// The last error is the last column, whole: its cause is at its end.
+	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tMODE\tHEAD\tDELIVERED\tSKIPPED\tPENDING\tOLDEST PENDING\tRECEIVED\tLAST PUSH\tLAST ERROR")
+	now := time.Now()
 	for _, p := range res.Msg.GetPeers() {
 		lastPush := "-"
 		if p.GetLastPush() != nil {
 			lastPush = p.GetLastPush().AsTime().Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", p.GetServerId(), p.GetPeerId(),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%s\n", p.GetServerId(), p.GetPeerId(),
 			strings.ToLower(strings.TrimPrefix(p.GetMode().String(), "MODE_")),
-			p.GetHead(), p.GetDelivered()-p.GetSkipped(), p.GetSkipped(), p.GetPending(), p.GetEventsReceived(), lastPush, oneLine(p.GetLastError()))
+			p.GetHead(), p.GetDelivered()-p.GetSkipped(), p.GetSkipped(), p.GetPending(), pendingAge(p, now), p.GetEventsReceived(), lastPush, oneLine(p.GetLastError()))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -139,7 +141,7 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 			fmt.Fprintf(stdout, "%s: STUCK at event %d: %s\n", p.GetServerId(), st.GetSeq(), st.GetReason())
 		}
 		if n := p.GetEpochsStarted(); n > 0 {
-			fmt.Fprintf(stdout, "%s: this server's store went back (restored or recreated) %d time(s): events not known delivered were sent again under a new epoch (now %x)\n",
+			fmt.Fprintf(stdout, "%s: this server's store went back (restored or recreated) %d time(s): events not known delivered were sent again under a new epoch (now %d)\n",
 				p.GetServerId(), n, p.GetEpoch())
 		}
 		if n := p.GetReceiverRewinds(); n > 0 {
@@ -153,15 +155,21 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	return nil
 }
 
+// oneLine keeps a table row on one line.
 func oneLine(s string) string {
 	if s == "" {
 		return "-"
 	}
-	s = strings.ReplaceAll(s, "\n", " ")
-	if len(s) > 60 {
-		s = s[:57] + "..."
+	return strings.ReplaceAll(s, "\n", " ")
+}
+
+// pendingAge is how long the peer's oldest pending event has waited, e.g.
+// "3m12s ago"; "-" when nothing waits.
+func pendingAge(p *adminv1.Peer, now time.Time) string {
+	if p.GetOldestPending() == nil || p.GetPending() == 0 {
+		return "-"
 	}
-	return s
+	return max(0, now.Sub(p.GetOldestPending().AsTime())).Round(time.Second).String()
 }
 
 func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {

@@ -11,7 +11,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -390,7 +389,8 @@ func opAudit(t *testing.T, dir string) (projections.Report, int, string) {
 	out, errOut, code := runCLI(t, "audit", "--json", "--data-dir", dir)
 	var rep projections.Report
 	if code == 0 || code == 1 {
-		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		var err error
+		if rep, err = decodeAudit(out); err != nil {
 			t.Fatalf("postbox audit --json on %s: exit %d, report %q: %v\n%s", dir, code, out, err, errOut)
 		}
 	}
@@ -598,12 +598,21 @@ func TestOperatorSurface(t *testing.T) {
 	b.waitPeer(a.id, "1 delivered", 20*time.Second, func(p *adminv1.Peer) bool { return p.GetDelivered() == 1 })
 
 	b.stop()
+	queuedFrom := time.Now().Add(-time.Second) // the store's timestamps may be a little coarser
 	for i := uint64(3); i < 7; i++ {
 		a.send(b.id, 100+i, i)
 	}
 	a.waitPeer(b.id, "queue mode with 4 pending", 20*time.Second, func(p *adminv1.Peer) bool {
 		return p.GetMode() == adminv1.Mode_MODE_QUEUE && p.GetPending() == 4
 	})
+	// peers says since when the oldest pending event waits, and why, whole.
+	if _, peers := a.peersCLI(); len(peers) != 1 || peers[0].GetOldestPending() == nil ||
+		peers[0].GetOldestPending().AsTime().Before(queuedFrom) || peers[0].GetOldestPending().AsTime().After(time.Now()) {
+		t.Errorf("A's peers while B is down: %v, want the oldest pending event stored after %v", peers, queuedFrom)
+	} else if out, _, _ := runCLI(t, "peers", "--admin", a.admin); !strings.Contains(out, "OLDEST PENDING") ||
+		peers[0].GetLastError() == "" || !strings.Contains(out, strings.ReplaceAll(peers[0].GetLastError(), "\n", " ")) {
+		t.Errorf("postbox peers does not show the age of the oldest pending event or the whole last error %q:\n%s", peers[0].GetLastError(), out)
+	}
 	// The metrics show the queue while B is down.
 	if status, m := opScrape(t, a.admin, ""); status != http.StatusOK {
 		t.Errorf("GET /metrics on A: %d", status)
@@ -638,6 +647,11 @@ func TestOperatorSurface(t *testing.T) {
 			if len(peers) != 1 {
 				t.Errorf("%s has %d peers, want 1: %v", node.name, len(peers), peers)
 			}
+			for _, p := range peers {
+				if p.GetOldestPending() != nil {
+					t.Errorf("%s: nothing is pending for %s, yet peers shows an oldest pending event of %v", node.name, p.GetServerId(), p.GetOldestPending().AsTime())
+				}
+			}
 		}
 		_, aPeers := a.peersCLI()
 		if p := aPeers[0]; p.GetServerId() != b.id || p.GetHead() != n || p.GetDelivered() != n || p.GetPending() != 0 || p.GetEventsReceived() != 1 {
@@ -660,9 +674,9 @@ func TestOperatorSurface(t *testing.T) {
 		}
 		_, peers := a.peersCLI()
 		row := strings.Fields(lines[1])
-		if len(row) < 8 || row[0] != b.id || row[1] != peers[0].GetPeerId() || row[2] != "push" ||
-			row[3] != strconv.Itoa(n) || row[4] != strconv.Itoa(n) || row[5] != "0" || row[6] != "0" || row[7] != "1" {
-			t.Errorf("postbox peers row %q; want B %s, its peer ID, push, head and delivered %d, 0 skipped, 0 pending, 1 received", lines[1], b.id, n)
+		if len(row) < 9 || row[0] != b.id || row[1] != peers[0].GetPeerId() || row[2] != "push" ||
+			row[3] != strconv.Itoa(n) || row[4] != strconv.Itoa(n) || row[5] != "0" || row[6] != "0" || row[7] != "-" || row[8] != "1" {
+			t.Errorf("postbox peers row %q; want B %s, its peer ID, push, head and delivered %d, 0 skipped, 0 pending, none waiting, 1 received", lines[1], b.id, n)
 		}
 	})
 

@@ -8,7 +8,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,7 +23,6 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
-	"github.com/harmony-postbox/postbox/projections"
 )
 
 func e2eInvite(userID uint64, inviteID string) *syncv1.Event {
@@ -141,8 +139,8 @@ func TestStuckPeerIsShownAndSkipUnblocksIt(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("audit of A: exit %d\n%s\n%s", code, out, errOut)
 	}
-	var report projections.Report
-	if err := json.Unmarshal([]byte(out), &report); err != nil {
+	report, err := decodeAudit(out)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(report.Skips) != 1 || report.Skips[0].FromSeq != 1 || report.Skips[0].ThroughSeq != 1 || report.Skips[0].ServerID != b.id {

@@ -2,7 +2,7 @@ package main
 
 import (
 	"crypto/rand"
-	"encoding/hex"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -29,6 +29,7 @@ func runKeygen(args []string, stdout, stderr io.Writer, getenv func(string) stri
 	if created {
 		verb = "created"
 	}
-	fmt.Fprintf(stdout, "%s key %s\npublic key %s\n", verb, path, hex.EncodeToString(key.PublicKey()))
+	// Base64, as every --json (protojson) shows a key.
+	fmt.Fprintf(stdout, "%s key %s\npublic key %s\n", verb, path, base64.StdEncoding.EncodeToString(key.PublicKey()))
 	return nil
 }

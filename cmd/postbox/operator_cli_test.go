@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -13,12 +14,15 @@ import (
 	"testing"
 
 	"connectrpc.com/grpchealth"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/domain"
+	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+	"github.com/harmony-postbox/postbox/projections"
 )
 
 type cliSender struct{ sent int }
@@ -167,4 +171,37 @@ func TestHelpGoesToStdoutAndNamesTheArguments(t *testing.T) {
 	if err := run(t.Context(), []string{"pull", "--help"}, io.Discard, &errb, envOf(nil)); exitCode(err) != 0 || errb.Len() != 0 {
 		t.Errorf("pull --help: %v, stderr %q", err, errb.String())
 	}
+}
+
+// decodeAudit reads `postbox audit --json`: one line, protojson of
+// postbox.admin.v1.AuditReport, read back into the report it came from.
+func decodeAudit(out string) (projections.Report, error) {
+	var rep projections.Report
+	if strings.Count(out, "\n") != 1 || !strings.HasSuffix(out, "\n") {
+		return rep, fmt.Errorf("audit --json printed %d lines, want one", strings.Count(out, "\n"))
+	}
+	var m adminv1.AuditReport
+	if err := protojson.Unmarshal([]byte(out), &m); err != nil {
+		return rep, err
+	}
+	rep.Records, rep.UnknownRecords, rep.CheckpointChecked = m.GetRecords(), m.GetUnknownRecords(), m.GetCheckpointChecked()
+	for _, p := range m.GetPeers() {
+		mode := domain.ModePush
+		if p.GetMode() == adminv1.Mode_MODE_QUEUE {
+			mode = domain.ModeQueue
+		}
+		rep.Peers = append(rep.Peers, projections.PeerSummary{ServerID: p.GetServerId(), PeerID: p.GetPeerId(), Head: p.GetHead(),
+			Delivered: p.GetDelivered(), Skipped: p.GetSkipped(), Pending: p.GetPending(), Mode: mode.String(), Received: p.GetReceived()})
+	}
+	for _, v := range m.GetViolations() {
+		rep.Violations = append(rep.Violations, projections.Violation{Stream: v.GetStream(), Revision: v.GetRevision(), Rule: v.GetRule(), Detail: v.GetDetail()})
+	}
+	for _, s := range m.GetSkips() {
+		rep.Skips = append(rep.Skips, projections.Skip{Stream: s.GetStream(), Revision: s.GetRevision(), ServerID: s.GetServerId(),
+			FromSeq: s.GetFromSeq(), ThroughSeq: s.GetThroughSeq(), Reason: s.GetReason()})
+	}
+	if m.GetClean() != rep.Clean() {
+		return rep, fmt.Errorf("clean is %v with %d violation(s)", m.GetClean(), len(rep.Violations))
+	}
+	return rep, nil
 }

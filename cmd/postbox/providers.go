@@ -404,3 +404,26 @@ func providePostboxService(cfg Config, auth federation.Authenticator, box federa
 func provideLive(cfg Config, store projections.LiveStore, logger *slog.Logger) *projections.Live {
 	return projections.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
 }
+
+// provideAdminService is the admin API, which reads the outboxes for the
+// age of each peer's oldest pending event.
+func provideAdminService(identity *domain.Identity, public ed25519.PublicKey, version admin.Version, sender admin.Sender, operator admin.Operator,
+	received admin.ReceivedLog, names admin.PeerNames, renamer admin.Renamer, views admin.PeerViews, store delivery.Store,
+) *admin.Service {
+	return admin.NewService(identity, public, version, sender, operator, received, names, renamer, views).WithPendingAges(outboxAges{store})
+}
+
+// outboxAges reads when an outbox event was stored: its sequence number
+// is its revision in the outbox stream.
+type outboxAges struct{ store delivery.Store }
+
+func (o outboxAges) HandedOverAt(ctx context.Context, peerID string, seq uint64) (time.Time, error) {
+	recs, err := o.store.ReadStream(ctx, streams.Outbox(streams.PeerID(peerID)), seq, 1)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if len(recs) == 0 {
+		return time.Time{}, fmt.Errorf("outbox of %s has no event %d", peerID, seq)
+	}
+	return recs[0].Created, nil
+}

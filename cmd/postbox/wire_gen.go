@@ -90,7 +90,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := admin.NewService(identity, publicKey, version, sender, engine, store, registry, renames, live)
+	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, store)
 	token := provideAdminToken(cfg)
@@ -178,7 +178,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := admin.NewService(identity, publicKey, version, sender, engine, store, registry, renames, live)
+	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, mainDiskState)
 	token := provideAdminToken(cfg)
@@ -226,5 +226,5 @@ var engineSet = wire.NewSet(
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(
-	providePostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), admin.NewService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), provideFederationHandler, httpserver.NewAdminHandler, newServer,
+	providePostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), provideAdminService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), provideFederationHandler, httpserver.NewAdminHandler, newServer,
 )
