@@ -20,6 +20,7 @@ import (
 type Config struct {
 	ServerID      domain.ServerID
 	ServerIDGiven bool // given explicitly, not the default
+	Rename        bool // a given --server-id new to this server renames it
 	Listen        string
 	AdminListen   string
 	DataDir       string
@@ -50,6 +51,7 @@ const requestOverhead = 1 << 10
 func parseServeConfig(args []string, help io.Writer, getenv func(string) string) (Config, error) {
 	fs := newFlagSet("serve", "", help)
 	serverID := fs.String("server-id", "localhost:2289", "this server's ID, `domain:port`")
+	rename := fs.Bool("rename", false, "rename this server to --server-id when it differs from the ID stored in the data directory (without it, a new --server-id is refused, and a former one of this server kept from becoming current again)")
 	listen := fs.String("listen", ":2289", "federation listener address")
 	adminListen := fs.String("admin-listen", "127.0.0.1:2290", "admin listener address (keep it private)")
 	dataDir := fs.String("data-dir", "./postbox-data", "data directory")
@@ -84,6 +86,7 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	}
 	cfg := Config{
 		ServerIDGiven: given["server-id"],
+		Rename:        *rename,
 		Listen:        *listen,
 		AdminListen:   *adminListen,
 		DataDir:       *dataDir,

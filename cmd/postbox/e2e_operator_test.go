@@ -146,6 +146,7 @@ type opNode struct {
 	dataDir string
 	logPath string
 	flags   []string
+	renamed bool // moved since it last served: the next start passes --rename
 	http    *http.Client
 	api     adminv1connect.AdminServiceClient
 
@@ -182,6 +183,7 @@ func newOpNode(t *testing.T, name string, flags ...string) *opNode {
 func (n *opNode) moveTo(port int) {
 	n.listen = loopback(port)
 	n.id = n.listen
+	n.renamed = n.runs > 0
 }
 
 func (n *opNode) running() bool {
@@ -212,6 +214,10 @@ func (n *opNode) start() {
 	fmt.Fprintf(logFile, "----- %s run %d as %s -----\n", n.name, n.runs, n.id)
 	args := append([]string{"serve", "--insecure-peers", "--server-id", n.id, "--listen", n.listen,
 		"--admin-listen", n.admin, "--data-dir", n.dataDir}, n.flags...)
+	if n.renamed {
+		args = append(args, "--rename")
+		n.renamed = false
+	}
 	cmd := exec.Command(postboxBinary(t), args...)
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = logFile, logFile

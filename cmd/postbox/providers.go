@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -55,11 +56,14 @@ func providePublicKey(key keyfile.PrivateKey) ed25519.PublicKey { return key.Pub
 func provideRandom() io.Reader { return rand.Reader }
 
 // provideIdentity settles this server's ID against the one stored in the
-// peers stream: the first start records it; an explicitly given
-// --server-id that differs renames the server (peers are told once it
-// serves); a default --server-id never renames, the stored ID stays. The
-// IDs this server had before stay accepted audiences for the grace period
-// after each rename, counted from when it was recorded, across restarts.
+// peers stream: the first start records it; a default --server-id never
+// renames, the stored ID stays; a given --server-id that was one of this
+// server's former IDs keeps the current one, with a warning (a command
+// line written before `postbox rename` must not silently rename it back);
+// any other given --server-id renames the server (peers are told once it
+// serves) only with --rename, and is refused without. The IDs this server
+// had before stay accepted audiences for the grace period after each
+// rename, counted from when it was recorded, across restarts.
 func provideIdentity(ctx context.Context, cfg Config, registry *delivery.Registry, clock domain.Clock, logger *slog.Logger) (*domain.Identity, error) {
 	stored, ok := registry.OwnID()
 	switch {
@@ -73,6 +77,13 @@ func provideIdentity(ctx context.Context, cfg Config, registry *delivery.Registr
 	case !cfg.ServerIDGiven:
 		logger.Info("using the server ID stored in the data directory", "server_id", stored.String())
 		return recordedIdentity(registry, clock, logger), nil
+	case slices.ContainsFunc(registry.OwnIDs(), func(e delivery.OwnIDEntry) bool { return e.ID == cfg.ServerID }):
+		logger.Warn("--server-id is a former ID of this server: keeping its current ID (to go back, run postbox rename while it serves; drop or update --server-id to silence this)",
+			"server_id", stored.String(), "given", cfg.ServerID.String())
+		return recordedIdentity(registry, clock, logger), nil
+	case !cfg.Rename:
+		return nil, exitError{code: 2, err: fmt.Errorf("--server-id %s: this server is %s (stored in %s); to rename it, add --rename (peers are told), or run postbox rename %s while it serves; to keep %s, drop --server-id or give that",
+			cfg.ServerID, stored, cfg.DataDir, cfg.ServerID, stored)}
 	}
 	if _, _, taken := registry.Resolve(cfg.ServerID); taken {
 		return nil, exitError{code: 2, err: fmt.Errorf("--server-id %s: %w (a peer has it, or had it before a rename)", cfg.ServerID, domain.ErrIDTaken)}
