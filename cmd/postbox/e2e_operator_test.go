@@ -345,6 +345,16 @@ func (n *opNode) peer(serverID string) (*adminv1.Peer, error) {
 	return res.Msg.GetPeer(), nil
 }
 
+// peerLabel is the label of n's metrics for a peer: its stable peer ID.
+func (n *opNode) peerLabel(serverID string) string {
+	n.t.Helper()
+	p, err := n.peer(serverID)
+	if err != nil {
+		n.t.Fatalf("%s's peer %s: %v", n.name, serverID, err)
+	}
+	return `peer="` + p.GetPeerId() + `"`
+}
+
 // waitPeer waits until n's view of a peer satisfies cond.
 func (n *opNode) waitPeer(serverID, what string, within time.Duration, cond func(*adminv1.Peer) bool) *adminv1.Peer {
 	n.t.Helper()
@@ -623,12 +633,13 @@ func TestOperatorSurface(t *testing.T) {
 	if status, m := opScrape(t, a.admin, ""); status != http.StatusOK {
 		t.Errorf("GET /metrics on A: %d", status)
 	} else {
+		peer := a.peerLabel(b.id)
 		opCheckSamples(t, "A's /metrics during the queue", m, map[string]float64{
-			`postbox_peer_pending{peer="` + b.id + `"}`:        4,
-			`postbox_peer_outbox_head{peer="` + b.id + `"}`:    7,
-			`postbox_peer_delivered{peer="` + b.id + `"}`:      3,
-			`postbox_peers_in_queue_mode`:                      1,
-			`postbox_push_failures_total{peer="` + b.id + `"}`: 2, // one attempt plus one retry
+			`postbox_peer_pending{` + peer + `}`:        4,
+			`postbox_peer_outbox_head{` + peer + `}`:    7,
+			`postbox_peer_delivered{` + peer + `}`:      3,
+			`postbox_peers_in_queue_mode`:               1,
+			`postbox_push_failures_total{` + peer + `}`: 2, // one attempt plus one retry
 		})
 	}
 
@@ -691,28 +702,31 @@ func TestOperatorSurface(t *testing.T) {
 		if status != http.StatusOK {
 			t.Fatalf("GET /metrics on A: %d", status)
 		}
-		peer := `peer="` + b.id + `"`
+		peer := a.peerLabel(b.id)
 		opCheckSamples(t, "A's /metrics", m, map[string]float64{
-			`postbox_peer_pending{` + peer + `}`:                           0,
-			`postbox_peer_outbox_head{` + peer + `}`:                       n,
-			`postbox_peer_delivered{` + peer + `}`:                         n,
-			`postbox_peers_in_queue_mode`:                                  0,
-			`postbox_delivered_events_total{` + peer + `,via="push"}`:      5,
-			`postbox_delivered_events_total{` + peer + `,via="pull"}`:      4,
-			`postbox_pulls_served_total{` + peer + `}`:                     1,
-			`postbox_push_failures_total{` + peer + `}`:                    2,
-			`postbox_inbound_events_total{peer="` + b.id + `",via="push"}`: 1,
+			`postbox_peer_info{` + peer + `,server_id="` + b.id + `"}`:        1,
+			`postbox_server_info{server_id="` + a.id + `",version="(devel)"}`: 1,
+			`postbox_peer_pending{` + peer + `}`:                              0,
+			`postbox_peer_outbox_head{` + peer + `}`:                          n,
+			`postbox_peer_delivered{` + peer + `}`:                            n,
+			`postbox_peers_in_queue_mode`:                                     0,
+			`postbox_delivered_events_total{` + peer + `,via="push"}`:         5,
+			`postbox_delivered_events_total{` + peer + `,via="pull"}`:         4,
+			`postbox_pulls_served_total{` + peer + `}`:                        1,
+			`postbox_push_failures_total{` + peer + `}`:                       2,
+			`postbox_inbound_events_total{` + peer + `,via="push"}`:           1,
 		})
 		// B counts from its restart: the queue by pull, then two pushes.
 		status, m = opScrape(t, b.admin, "localhost")
 		if status != http.StatusOK {
 			t.Fatalf("GET /metrics on B with Host localhost: %d", status)
 		}
+		peerA := b.peerLabel(a.id)
 		opCheckSamples(t, "B's /metrics", m, map[string]float64{
-			`postbox_inbound_events_total{peer="` + a.id + `",via="pull"}`: 4,
-			`postbox_inbound_events_total{peer="` + a.id + `",via="push"}`: 2,
-			`postbox_pulls_made_total{outcome="ok",peer="` + a.id + `"}`:   1,
-			`postbox_peer_outbox_head{peer="` + a.id + `"}`:                1,
+			`postbox_inbound_events_total{` + peerA + `,via="pull"}`: 4,
+			`postbox_inbound_events_total{` + peerA + `,via="push"}`: 2,
+			`postbox_pulls_made_total{outcome="ok",` + peerA + `}`:   1,
+			`postbox_peer_outbox_head{` + peerA + `}`:                1,
 		})
 		for _, host := range []string{"evil.example", "evil.example:80", "10.1.2.3"} {
 			if status, _ := opScrape(t, a.admin, host); status != http.StatusForbidden {

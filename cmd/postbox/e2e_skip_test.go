@@ -125,9 +125,9 @@ func TestStuckPeerIsShownAndSkipUnblocksIt(t *testing.T) {
 	// Metrics never count the skipped event as delivered.
 	_, m := opScrape(t, a.admin, "")
 	for series, want := range map[string]float64{
-		`postbox_peer_delivered{peer="` + b.id + `"}`: 3,
-		`postbox_peer_skipped{peer="` + b.id + `"}`:   1,
-		`postbox_peer_pending{peer="` + b.id + `"}`:   0,
+		`postbox_peer_delivered{peer="` + p.GetPeerId() + `"}`: 3,
+		`postbox_peer_skipped{peer="` + p.GetPeerId() + `"}`:   1,
+		`postbox_peer_pending{peer="` + p.GetPeerId() + `"}`:   0,
 	} {
 		if got, ok := m[series]; !ok || got != want {
 			t.Errorf("A's /metrics: %s = %v (present %v), want %v", series, got, ok, want)

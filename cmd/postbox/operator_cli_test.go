@@ -36,6 +36,8 @@ type noPeers struct{}
 
 func (noPeers) PeerGauges() []metrics.PeerGauges { return nil }
 
+func (noPeers) PeerIDOf(domain.ServerID) (string, bool) { return "", false }
+
 // startAdminAPI serves the admin handler of a server named self.example.
 func startAdminAPI(t *testing.T, token admin.Token) (addr string, sender *cliSender) {
 	t.Helper()
@@ -44,7 +46,7 @@ func startAdminAPI(t *testing.T, token admin.Token) (addr string, sender *cliSen
 	svc := admin.NewService(domain.NewIdentity(self, domain.DefaultAudienceGrace), nil, "test", sender, nil, nil, nil, nil, nil)
 	health := grpchealth.NewStaticChecker()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	h := httpserver.NewAdminHandler(svc, health, metrics.New(noPeers{}), token, logger)
+	h := httpserver.NewAdminHandler(svc, health, metrics.New(noPeers{}, noPeers{}), token, logger)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://"), sender

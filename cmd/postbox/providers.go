@@ -344,13 +344,20 @@ func provideFederationHandler(postbox syncv1connect.PostboxServiceHandler, key a
 func provideAdminToken(cfg Config) admin.Token { return cfg.AdminToken }
 
 // engineGauges reads the per-peer metrics from the engine's current state.
-type engineGauges struct{ engine *delivery.Engine }
+type engineGauges struct {
+	engine   *delivery.Engine
+	registry *delivery.Registry
+}
 
 func (g engineGauges) PeerGauges() []metrics.PeerGauges {
 	var out []metrics.PeerGauges
 	for _, c := range g.engine.Cursors() {
+		id, ok := g.PeerIDOf(c.ServerID)
+		if !ok {
+			continue
+		}
 		out = append(out, metrics.PeerGauges{
-			ServerID: c.ServerID.String(), Head: c.Outbox.Head,
+			PeerID: id, ServerID: c.ServerID.String(), Head: c.Outbox.Head,
 			Delivered: c.Outbox.Delivered - c.Outbox.Skipped, Skipped: c.Outbox.Skipped,
 			Pending: c.Outbox.Pending(), Queue: c.Outbox.Mode == domain.ModeQueue,
 		})
@@ -358,12 +365,20 @@ func (g engineGauges) PeerGauges() []metrics.PeerGauges {
 	return out
 }
 
+// PeerIDOf labels metrics with the stable peer ID, which a rename keeps.
+func (g engineGauges) PeerIDOf(server domain.ServerID) (string, bool) {
+	id, ok := g.registry.Lookup(server)
+	return string(id), ok
+}
+
 // provideMetrics counts what the engine and the federation handlers do.
 // The engine reports to it through a forwarding observer, because the
 // metrics' gauges read the engine in turn.
-func provideMetrics(observer *forwardingObserver, engine *delivery.Engine, disk diskState) *metrics.Metrics {
-	m := metrics.New(engineGauges{engine})
+func provideMetrics(observer *forwardingObserver, engine *delivery.Engine, registry *delivery.Registry, disk diskState, identity *domain.Identity) *metrics.Metrics {
+	g := engineGauges{engine: engine, registry: registry}
+	m := metrics.New(g, g)
 	m.ObserveDiskFull(disk.DiskFull)
+	m.ObserveServer(func() string { return identity.Current().String() }, buildVersion())
 	observer.target.Store(m)
 	return m
 }

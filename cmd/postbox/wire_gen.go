@@ -73,7 +73,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
 	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
-	metrics := provideMetrics(mainForwardingObserver, engine, store)
+	metrics := provideMetrics(mainForwardingObserver, engine, registry, store, identity)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
@@ -161,7 +161,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	mainForwardingObserver := provideForwardingObserver()
 	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
 	mainDiskState := _wireNoDiskStateValue
-	metrics := provideMetrics(mainForwardingObserver, engine, mainDiskState)
+	metrics := provideMetrics(mainForwardingObserver, engine, registry, mainDiskState, identity)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
