@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -206,4 +207,31 @@ func decodeAudit(out string) (projections.Report, error) {
 		return rep, fmt.Errorf("clean is %v with %d violation(s)", m.GetClean(), len(rep.Violations))
 	}
 	return rep, nil
+}
+
+// A probe reaches gRPC health without the admin token; the rest of the
+// admin listener still wants it.
+func TestHealthAnswersProbesWithoutTheAdminToken(t *testing.T) {
+	t.Parallel()
+	addr, _ := startAdminAPI(t, "s3cret")
+	post := func(path string) int {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), "POST", "http://"+addr+path, strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if got := post("/grpc.health.v1.Health/Check"); got != http.StatusOK {
+		t.Errorf("health check without the token: %d, want 200", got)
+	}
+	if got := post("/postbox.admin.v1.AdminService/GetServerInfo"); got != http.StatusUnauthorized {
+		t.Errorf("admin API without the token: %d, want 401", got)
+	}
 }
