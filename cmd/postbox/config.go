@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"strconv"
@@ -21,6 +22,8 @@ type Config struct {
 	ServerID      domain.ServerID
 	ServerIDGiven bool // given explicitly, not the default
 	Rename        bool // a given --server-id new to this server renames it
+	LogJSON       bool // --log-format json
+	LogLevel      slog.Level
 	Listen        string
 	AdminListen   string
 	DataDir       string
@@ -53,6 +56,8 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	serverID := fs.String("server-id", "localhost:2289", "this server's ID, `domain:port`")
 	rename := fs.Bool("rename", false, "rename this server to --server-id when it differs from the ID stored in the data directory (without it, a new --server-id is refused, and a former one of this server kept from becoming current again)")
 	listen := fs.String("listen", ":2289", "federation listener address")
+	logFormat := fs.String("log-format", "text", "log lines as text (key=value) or json, on standard error")
+	logLevel := fs.String("log-level", "info", "least severe log lines written: debug, info, warn or error")
 	adminListen := fs.String("admin-listen", "127.0.0.1:2290", "admin listener address (keep it private)")
 	dataDir := fs.String("data-dir", "./postbox-data", "data directory")
 	keyFile := fs.String("key-file", "", "Ed25519 key file (default: key.ed25519 in the data directory)")
@@ -106,6 +111,16 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	}
 	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
 		return Config{}, flagError("server-id", *serverID, err.Error()+" (a server ID is host:port, the name and port peers reach this server at)", examples["server-id"])
+	}
+	switch *logFormat {
+	case "text":
+	case "json":
+		cfg.LogJSON = true
+	default:
+		return Config{}, flagError("log-format", *logFormat, "want text or json", "json")
+	}
+	if err := cfg.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		return Config{}, flagError("log-level", *logLevel, "want debug, info, warn or error", "warn")
 	}
 	cfg.PlaintextPeers = *plaintext || *insecure
 	if cfg.PeerNetworks, err = netguard.ParseNetworks(networks); err != nil {

@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -78,4 +81,44 @@ func TestServerIDOnTheCommandLineNeverRenamesBySurprise(t *testing.T) {
 	}
 	a.id = newA
 	a.start() // and the stored ID is still the current one
+}
+
+// TestDataDirIsPrivate: what serve creates is its user's alone, and a data
+// directory made open to others before is closed.
+func TestDataDirIsPrivate(t *testing.T) {
+	opSetup(t)
+	a := newOpNode(t, "A")
+	if err := os.MkdirAll(a.dataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(a.dataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a.start()
+	a.stop()
+	var seen int
+	err := filepath.WalkDir(a.dataDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		want := fs.FileMode(0o600)
+		if d.IsDir() {
+			want = 0o700
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", path, fi.Mode().Perm(), want)
+		}
+		seen++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen < 3 {
+		t.Errorf("the data directory holds %d entries, want the store, the key and more", seen)
+	}
 }

@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -233,5 +234,29 @@ func TestHealthAnswersProbesWithoutTheAdminToken(t *testing.T) {
 	}
 	if got := post("/postbox.admin.v1.AdminService/GetServerInfo"); got != http.StatusUnauthorized {
 		t.Errorf("admin API without the token: %d, want 401", got)
+	}
+}
+
+func TestLogFormatAndLevel(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseServeConfig([]string{"--log-format", "json", "--log-level", "warn"}, io.Discard, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	logger := newLogger(cfg, &out)
+	logger.Info("quiet")
+	logger.Warn("loud", "peer", "b.example:2289")
+	var line map[string]any
+	if err := json.Unmarshal(out.Bytes(), &line); err != nil || line["msg"] != "loud" || line["peer"] != "b.example:2289" || strings.Contains(out.String(), "quiet") {
+		t.Errorf("--log-format json --log-level warn wrote %q (%v)", out.String(), err)
+	}
+	if cfg, err = parseServeConfig(nil, io.Discard, envOf(map[string]string{"POSTBOX_LOG_LEVEL": "debug"})); err != nil || cfg.LogJSON || cfg.LogLevel != slog.LevelDebug {
+		t.Errorf("POSTBOX_LOG_LEVEL=debug: %+v, %v", cfg, err)
+	}
+	for _, args := range [][]string{{"--log-format", "xml"}, {"--log-level", "loud"}} {
+		if _, err := parseServeConfig(args, io.Discard, envOf(nil)); exitCode(err) != 2 || !strings.Contains(err.Error(), args[0]+" "+args[1]) {
+			t.Errorf("%v: %v", args, err)
+		}
 	}
 }
