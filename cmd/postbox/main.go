@@ -66,6 +66,9 @@ Usage:
   postbox skip ID --through SEQ --reason TEXT
                             give up on a peer's undelivered events up to SEQ
                             (recorded, audited, never counted as delivered)
+  postbox backup [--data-dir DIR] BACKUP_DIR
+                            copy the embedded store, consistent, while it runs
+                            or not, and the key, into a new data directory
   postbox version           print the version
 
 Commands that talk to a running server take --admin host:port (POSTBOX_ADMIN,
@@ -109,6 +112,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runRename(ctx, rest, stdout, stderr, getenv)
 	case "skip":
 		return runSkip(ctx, rest, stdout, stderr, getenv)
+	case "backup":
+		return runBackup(ctx, rest, stdout, stderr, getenv)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "postbox", buildVersion())
 		return nil
