@@ -104,4 +104,3 @@ func syncFile(path string) error {
 	}
 	return err
 }
-
