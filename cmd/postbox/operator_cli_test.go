@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
+	"github.com/harmony-postbox/postbox/adapters/clock"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/domain"
@@ -48,7 +49,7 @@ func startAdminAPI(t *testing.T, token admin.Token) (addr string, sender *cliSen
 	svc := admin.NewService(domain.NewIdentity(self, domain.DefaultAudienceGrace), nil, "test", sender, nil, nil, nil, nil, nil)
 	health := grpchealth.NewStaticChecker()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	h := httpserver.NewAdminHandler(svc, health, metrics.New(noPeers{}, noPeers{}), token, logger)
+	h := httpserver.NewAdminHandler(t.Context(), svc, health, metrics.New(noPeers{}, noPeers{}), token, clock.System{}, logger)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://"), sender

@@ -94,7 +94,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, store)
 	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, checker, metrics, token, logger)
+	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
 	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
 		cleanup4()
@@ -182,7 +182,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, mainDiskState)
 	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, checker, metrics, token, logger)
+	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
 	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
 		cleanup4()
