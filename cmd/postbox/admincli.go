@@ -61,7 +61,9 @@ func (a adminFlags) failed(what string, err error) error {
 		return fmt.Errorf("%s: the admin listener at %s refused --admin-token: it is not the server's --admin-token", what, *a.addr)
 	}
 	if ce := (*connect.Error)(nil); errors.As(err, &ce) {
-		return fmt.Errorf("%s failed (%s): %s", what, code, ce.Message())
+		// "invalid_argument: invalid argument: ..." says it twice.
+		msg := strings.TrimPrefix(ce.Message(), strings.ReplaceAll(code.String(), "_", " ")+": ")
+		return fmt.Errorf("%s failed (%s): %s", what, code, msg)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }

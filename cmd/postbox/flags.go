@@ -117,7 +117,13 @@ func explainParseError(fs *flag.FlagSet, err error) error {
 	msg := err.Error()
 	if m := badValue.FindStringSubmatch(msg); m != nil {
 		if f := fs.Lookup(m[2]); f != nil {
-			return fmt.Errorf("--%s %s: %s; e.g. --%s %s", f.Name, m[1], m[3], f.Name, flagExample(f))
+			why := m[3]
+			if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+				why = "want true or false"
+			} else if why == "parse error" {
+				why = "not a whole number"
+			}
+			return fmt.Errorf("--%s %s: %s; e.g. --%s %s", f.Name, m[1], why, f.Name, flagExample(f))
 		}
 	}
 	if m := missingArg.FindStringSubmatch(msg); m != nil {

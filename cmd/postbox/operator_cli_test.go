@@ -122,7 +122,8 @@ func TestFlagMistakesNameTheFlagTheValueAndAnExample(t *testing.T) {
 		env  map[string]string
 		want []string
 	}{
-		{[]string{"serve", "--push-retries", "many"}, nil, []string{"--push-retries", `"many"`, "e.g. --push-retries 5"}},
+		{[]string{"serve", "--push-retries", "many"}, nil, []string{"--push-retries", `"many"`, "not a whole number", "e.g. --push-retries 5"}},
+		{[]string{"serve", "--resume-probe=maybe"}, nil, []string{"--resume-probe", `"maybe"`, "want true or false", "e.g. --resume-probe true"}},
 		{[]string{"serve", "--push-retries", "-2"}, nil, []string{"--push-retries -2", "at least 0", "e.g. --push-retries 5"}},
 		{[]string{"serve", "--server-id", "example.org"}, nil, []string{"--server-id example.org", "missing :port", "e.g. --server-id chat.example.com:2289"}},
 		{[]string{"serve", "--auth-window"}, nil, []string{"--auth-window needs a value", "e.g. --auth-window"}},
