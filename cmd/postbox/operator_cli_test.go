@@ -262,3 +262,15 @@ func TestLogFormatAndLevel(t *testing.T) {
 		}
 	}
 }
+
+// A wrong TLS file is a configuration mistake: exit 2, naming both flags.
+func TestServeWithAMissingTLSFileIsAUsageError(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var out, errb bytes.Buffer
+	err := run(t.Context(), []string{"serve", "--data-dir", dir, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--tls-cert", dir + "/nope.pem", "--tls-key", dir + "/nope.key"}, &out, &errb, envOf(nil))
+	if exitCode(err) != 2 || !strings.Contains(err.Error(), "--tls-cert "+dir+"/nope.pem --tls-key") {
+		t.Errorf("serve with a missing certificate: %v (exit %d), want exit 2 naming the flags", err, exitCode(err))
+	}
+}

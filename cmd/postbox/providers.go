@@ -317,6 +317,16 @@ func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, regis
 }
 
 func provideFederationListener(ctx context.Context, cfg Config, h *httpserver.FederationHandler, logger *slog.Logger) (federationListener, func(), error) {
+	// A wrong --tls-cert or --tls-key is a configuration mistake (exit 2),
+	// unlike an address in use.
+	if (cfg.TLS.CertFile == "") != (cfg.TLS.KeyFile == "") {
+		return federationListener{}, nil, exitError{code: 2, err: fmt.Errorf("--tls-cert and --tls-key go together; e.g. --tls-cert %s --tls-key %s", examples["tls-cert"], examples["tls-key"])}
+	}
+	if cfg.TLS.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			return federationListener{}, nil, exitError{code: 2, err: fmt.Errorf("--tls-cert %s --tls-key %s: %w", cfg.TLS.CertFile, cfg.TLS.KeyFile, err)}
+		}
+	}
 	s, err := httpserver.Listen(ctx, "federation", cfg.Listen, h, cfg.TLS, logger)
 	if err != nil {
 		return federationListener{}, nil, err
