@@ -26,7 +26,14 @@ if ! go tool wire diff ./cmd/postbox; then
 fi
 
 echo "== gofmt, go vet"
-unformatted=$(gofmt -l $(git ls-files '*.go'))
+# The files git tracks; outside a git checkout (a source archive), every
+# Go file in the tree. Never an empty list: gofmt would read the terminal.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  gofiles=$(git ls-files '*.go')
+else
+  gofiles=$(find . -name '*.go' -not -path './.git/*')
+fi
+unformatted=$(gofmt -l $gofiles </dev/null)
 if [ -n "$unformatted" ]; then
   echo "not gofmt-ed: $unformatted" >&2
   exit 1

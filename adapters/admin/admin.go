@@ -36,6 +36,7 @@ type Service struct {
 	names    PeerNames
 	renamer  Renamer
 	views    PeerViews
+	ages     PendingAges // optional
 }
 
 // NewService returns the admin API.
@@ -48,20 +49,20 @@ func NewService(identity *domain.Identity, public ed25519.PublicKey, version Ver
 
 // Send hands an event over for delivery.
 func (s *Service) Send(ctx context.Context, req *connect.Request[adminv1.SendRequest]) (*connect.Response[adminv1.SendResponse], error) {
-	to, err := domain.ParseServerID(req.Msg.GetTo())
+	to, err := parsePeer("to", req.Msg.GetTo())
 	if err != nil {
-		return nil, fmt.Errorf("%w: to: %w", domain.ErrInvalidArgument, err)
+		return nil, err
 	}
 	if to == s.identity.Current() {
-		return nil, fmt.Errorf("%w: to: %s is this server", domain.ErrInvalidArgument, to)
+		return nil, fmt.Errorf("%w: to: %s is this server's own ID; send to a peer's ID", domain.ErrInvalidArgument, to)
 	}
 	if req.Msg.GetEvent().GetKind() == nil {
-		return nil, fmt.Errorf("%w: the event has no kind set", domain.ErrInvalidArgument)
+		return nil, fmt.Errorf(`%w: the event has no kind: set one of protocol.sync.v1.Event's kinds, e.g. {"userAddedToGuild":{"userId":"42","guildId":"7"}}`, domain.ErrInvalidArgument)
 	}
 	seq, err := s.sender.Send(ctx, to, req.Msg.GetEvent())
 	if tooLarge := (*domain.EventTooLargeError)(nil); errors.As(err, &tooLarge) {
-		// Said in full: the sender must know the limit to fix the event.
-		return nil, inFull(connect.CodeInvalidArgument, fmt.Errorf("%w (the server's --max-event-bytes)", tooLarge))
+		// The sender must know the limit to fix the event.
+		return nil, fmt.Errorf("%w: %w (the server's --max-event-bytes)", domain.ErrInvalidArgument, tooLarge)
 	}
 	if err != nil {
 		return nil, err

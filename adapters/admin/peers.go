@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -18,6 +19,31 @@ type PeerViews interface {
 	Current(ctx context.Context) (*projections.State, error)
 }
 
+// PendingAges tells when a peer's oldest undelivered event was handed
+// over: the one at sequence number seq of the outbox of peer (its stable
+// peer ID).
+type PendingAges interface {
+	HandedOverAt(ctx context.Context, peerID string, seq uint64) (time.Time, error)
+}
+
+// WithPendingAges makes the peers' listings say since when their oldest
+// pending event waits.
+func (s *Service) WithPendingAges(ages PendingAges) *Service {
+	s.ages = ages
+	return s
+}
+
+// oldestPending sets p.OldestPending; a failed read leaves it unset (the
+// rest of the listing still helps).
+func (s *Service) oldestPending(ctx context.Context, p *adminv1.Peer) {
+	if s.ages == nil || p.GetPending() == 0 {
+		return
+	}
+	if at, err := s.ages.HandedOverAt(ctx, p.GetPeerId(), p.GetDelivered()); err == nil && !at.IsZero() {
+		p.OldestPending = timestamppb.New(at)
+	}
+}
+
 // ListPeers lists every peer from the projections, once they have caught
 // up with everything stored when the call arrived.
 func (s *Service) ListPeers(ctx context.Context, _ *connect.Request[adminv1.ListPeersRequest]) (*connect.Response[adminv1.ListPeersResponse], error) {
@@ -28,7 +54,9 @@ func (s *Service) ListPeers(ctx context.Context, _ *connect.Request[adminv1.List
 	res := &adminv1.ListPeersResponse{}
 	stuck := s.operator.Stuck()
 	for _, v := range state.Peers() {
-		res.Peers = append(res.Peers, peerMessage(v, stuck))
+		p := peerMessage(v, stuck)
+		s.oldestPending(ctx, p)
+		res.Peers = append(res.Peers, p)
 	}
 	return connect.NewResponse(res), nil
 }
@@ -47,7 +75,9 @@ func (s *Service) GetPeer(ctx context.Context, req *connect.Request[adminv1.GetP
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", domain.ErrUnknownPeer, id)
 	}
-	return connect.NewResponse(&adminv1.GetPeerResponse{Peer: peerMessage(v, s.operator.Stuck())}), nil
+	p := peerMessage(v, s.operator.Stuck())
+	s.oldestPending(ctx, p)
+	return connect.NewResponse(&adminv1.GetPeerResponse{Peer: p}), nil
 }
 
 func peerMessage(v projections.PeerView, stuck map[domain.ServerID]domain.StuckEvent) *adminv1.Peer {

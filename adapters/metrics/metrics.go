@@ -2,6 +2,11 @@
 // listener's /metrics. The registry is Postbox's own (no global one); the
 // per-peer gauges are read from the projections at scrape time, the rest
 // are counted by the engine and the federation handlers as things happen.
+//
+// Every per-peer series is labelled peer="<stable peer ID>", the ID that
+// names the peer's streams and that a rename keeps, so that a rename does
+// not split a series; postbox_peer_info maps it to the peer's current
+// server ID, and postbox_server_info names this server.
 package metrics
 
 import (
@@ -27,11 +32,28 @@ type Metrics struct {
 	delivered    *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
 	continuity   *prometheus.CounterVec
+	ids          PeerIDs
+}
+
+// PeerIDs finds a peer's stable peer ID by its server ID (current or
+// former).
+type PeerIDs interface {
+	PeerIDOf(server domain.ServerID) (string, bool)
+}
+
+// peer is the label value for a peer: its stable ID, or, for a server
+// not registered as a peer (yet), its server ID.
+func (m *Metrics) peer(server domain.ServerID) string {
+	if id, ok := m.ids.PeerIDOf(server); ok {
+		return id
+	}
+	return server.String()
 }
 
 // PeerGauges is a snapshot of every peer's cursors.
 type PeerGauges struct {
-	ServerID  string
+	PeerID    string // the stable ID, the series' label
+	ServerID  string // the current one, in postbox_peer_info
 	Head      uint64
 	Delivered uint64 // delivered, not counting skipped events
 	Skipped   uint64 // skipped by an operator (postbox skip)
@@ -45,8 +67,9 @@ type PeerSource interface {
 }
 
 // New registers every metric on a fresh registry.
-func New(peers PeerSource) *Metrics {
+func New(peers PeerSource, ids PeerIDs) *Metrics {
 	m := &Metrics{
+		ids:      ids,
 		registry: prometheus.NewRegistry(),
 		pushLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "postbox_push_duration_seconds",
@@ -97,6 +120,25 @@ func (m *Metrics) ObserveDiskFull(full func() bool) {
 	}))
 }
 
+// ObserveServer exports postbox_server_info{server_id, version} 1, the
+// server ID read at scrape time (a rename changes it).
+func (m *Metrics) ObserveServer(serverID func() string, version string) {
+	m.registry.MustRegister(&serverCollector{serverID: serverID, version: version})
+}
+
+var serverDesc = prometheus.NewDesc("postbox_server_info", "This server: its current server ID and its version.", []string{"server_id", "version"}, nil)
+
+type serverCollector struct {
+	serverID func() string
+	version  string
+}
+
+func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) { ch <- serverDesc }
+
+func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(serverDesc, prometheus.GaugeValue, 1, c.serverID(), c.version)
+}
+
 // Handler serves /metrics.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
@@ -107,17 +149,17 @@ func (m *Metrics) Handler() http.Handler {
 func (m *Metrics) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
 	if err != nil {
 		m.pushLatency.WithLabelValues("failure").Observe(took.Seconds())
-		m.pushFailures.WithLabelValues(peer.String()).Inc()
+		m.pushFailures.WithLabelValues(m.peer(peer)).Inc()
 		return
 	}
 	m.pushLatency.WithLabelValues("success").Observe(took.Seconds())
-	m.delivered.WithLabelValues(peer.String(), "push").Add(float64(events))
+	m.delivered.WithLabelValues(m.peer(peer), "push").Add(float64(events))
 }
 
 // PullServed counts a Pull reply that carried events.
 func (m *Metrics) PullServed(peer domain.ServerID, events int) {
-	m.pullsServed.WithLabelValues(peer.String()).Inc()
-	m.delivered.WithLabelValues(peer.String(), "pull").Add(float64(events))
+	m.pullsServed.WithLabelValues(m.peer(peer)).Inc()
+	m.delivered.WithLabelValues(m.peer(peer), "pull").Add(float64(events))
 }
 
 // PullMade counts one pull from a peer.
@@ -126,17 +168,17 @@ func (m *Metrics) PullMade(peer domain.ServerID, err error) {
 	if err != nil {
 		outcome = "error"
 	}
-	m.pullsMade.WithLabelValues(peer.String(), outcome).Inc()
+	m.pullsMade.WithLabelValues(m.peer(peer), outcome).Inc()
 }
 
 // Received counts events applied from a peer.
 func (m *Metrics) Received(peer domain.ServerID, via string, n int) {
-	m.inbound.WithLabelValues(peer.String(), via).Add(float64(n))
+	m.inbound.WithLabelValues(m.peer(peer), via).Add(float64(n))
 }
 
 // Continuity counts a peer's account that contradicted its outbox.
 func (m *Metrics) Continuity(peer domain.ServerID, kind string) {
-	m.continuity.WithLabelValues(peer.String(), kind).Inc()
+	m.continuity.WithLabelValues(m.peer(peer), kind).Inc()
 }
 
 // AuthFailed counts a refused federation request.
@@ -150,6 +192,7 @@ var (
 	skippedDesc   = prometheus.NewDesc("postbox_peer_skipped", "Events an operator skipped (postbox skip): never delivered.", []string{"peer"}, nil)
 	pendingDesc   = prometheus.NewDesc("postbox_peer_pending", "Events not yet delivered to the peer.", []string{"peer"}, nil)
 	queueDesc     = prometheus.NewDesc("postbox_peers_in_queue_mode", "Peers whose events wait for them to pull.", nil, nil)
+	infoDesc      = prometheus.NewDesc("postbox_peer_info", "A peer's current server ID, by its stable peer ID (the peer label of every per-peer series).", []string{"peer", "server_id"}, nil)
 )
 
 // peerCollector reads the per-peer gauges at scrape time.
@@ -163,15 +206,17 @@ func (c *peerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- skippedDesc
 	ch <- pendingDesc
 	ch <- queueDesc
+	ch <- infoDesc
 }
 
 func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
 	queued := 0
 	for _, p := range c.source.PeerGauges() {
-		ch <- prometheus.MustNewConstMetric(headDesc, prometheus.GaugeValue, float64(p.Head), p.ServerID)
-		ch <- prometheus.MustNewConstMetric(deliveredDesc, prometheus.GaugeValue, float64(p.Delivered), p.ServerID)
-		ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.GaugeValue, float64(p.Skipped), p.ServerID)
-		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(p.Pending), p.ServerID)
+		ch <- prometheus.MustNewConstMetric(infoDesc, prometheus.GaugeValue, 1, p.PeerID, p.ServerID)
+		ch <- prometheus.MustNewConstMetric(headDesc, prometheus.GaugeValue, float64(p.Head), p.PeerID)
+		ch <- prometheus.MustNewConstMetric(deliveredDesc, prometheus.GaugeValue, float64(p.Delivered), p.PeerID)
+		ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.GaugeValue, float64(p.Skipped), p.PeerID)
+		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(p.Pending), p.PeerID)
 		if p.Queue {
 			queued++
 		}

@@ -16,6 +16,17 @@ type fixedPeers []PeerGauges
 
 func (f fixedPeers) PeerGauges() []PeerGauges { return f }
 
+// PeerIDOf finds the peer by its current server ID, or by "old-" and it,
+// a former one.
+func (f fixedPeers) PeerIDOf(server domain.ServerID) (string, bool) {
+	for _, p := range f {
+		if p.ServerID == server.String() || "old-"+p.ServerID == server.String() {
+			return p.PeerID, true
+		}
+	}
+	return "", false
+}
+
 func scrape(t *testing.T, m *Metrics) string {
 	t.Helper()
 	rec := httptest.NewRecorder()
@@ -26,12 +37,16 @@ func scrape(t *testing.T, m *Metrics) string {
 
 func TestMetricsShowWhatHappened(t *testing.T) {
 	t.Parallel()
-	m := New(fixedPeers{
-		{ServerID: "b.example:2289", Head: 10, Delivered: 4, Pending: 6, Queue: true},
-		{ServerID: "c.example:2289", Head: 3, Delivered: 3},
-	})
+	peers := fixedPeers{
+		{PeerID: "pb", ServerID: "b.example:2289", Head: 10, Delivered: 4, Pending: 6, Queue: true},
+		{PeerID: "pc", ServerID: "c.example:2289", Head: 3, Delivered: 3},
+	}
+	m := New(peers, peers)
+	m.ObserveServer(func() string { return "a.example:2289" }, "v1.2.3")
 	b := domain.MustParseServerID("b.example:2289")
-	m.PushAttempted(b, 3*time.Millisecond, 4, nil) // a push of four events
+	// One peer, by its former and its current server ID: one series.
+	m.PushAttempted(domain.MustParseServerID("old-b.example:2289"), 3*time.Millisecond, 1, nil)
+	m.PushAttempted(b, 3*time.Millisecond, 3, nil)
 	m.PushAttempted(b, time.Second, 0, errors.New("refused"))
 	m.PullServed(b, 5)
 	m.PullMade(b, nil)
@@ -40,16 +55,19 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 	m.AuthFailed("h.bad-token")
 	body := scrape(t, m)
 	for _, want := range []string{
-		`postbox_peer_pending{peer="b.example:2289"} 6`,
-		`postbox_peer_outbox_head{peer="c.example:2289"} 3`,
+		`postbox_server_info{server_id="a.example:2289",version="v1.2.3"} 1`,
+		`postbox_peer_info{peer="pb",server_id="b.example:2289"} 1`,
+		`postbox_peer_info{peer="pc",server_id="c.example:2289"} 1`,
+		`postbox_peer_pending{peer="pb"} 6`,
+		`postbox_peer_outbox_head{peer="pc"} 3`,
 		`postbox_peers_in_queue_mode 1`,
-		`postbox_push_failures_total{peer="b.example:2289"} 1`,
-		`postbox_push_duration_seconds_count{outcome="success"} 1`,
-		`postbox_delivered_events_total{peer="b.example:2289",via="pull"} 5`,
-		`postbox_delivered_events_total{peer="b.example:2289",via="push"} 4`,
-		`postbox_pulls_served_total{peer="b.example:2289"} 1`,
-		`postbox_pulls_made_total{outcome="ok",peer="b.example:2289"} 1`,
-		`postbox_inbound_events_total{peer="b.example:2289",via="pull"} 7`,
+		`postbox_push_failures_total{peer="pb"} 1`,
+		`postbox_push_duration_seconds_count{outcome="success"} 2`,
+		`postbox_delivered_events_total{peer="pb",via="pull"} 5`,
+		`postbox_delivered_events_total{peer="pb",via="push"} 4`,
+		`postbox_pulls_served_total{peer="pb"} 1`,
+		`postbox_pulls_made_total{outcome="ok",peer="pb"} 1`,
+		`postbox_inbound_events_total{peer="pb",via="pull"} 7`,
 		`postbox_auth_failures_total{reason="h.bad-token"} 2`,
 	} {
 		if !strings.Contains(body, want) {
@@ -60,7 +78,7 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 
 func TestDiskFullGaugeFollowsTheStore(t *testing.T) {
 	t.Parallel()
-	m := New(fixedPeers{})
+	m := New(fixedPeers{}, fixedPeers{})
 	var full atomic.Bool
 	m.ObserveDiskFull(full.Load)
 	if body := scrape(t, m); !strings.Contains(body, "\npostbox_store_disk_full 0\n") {

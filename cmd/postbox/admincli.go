@@ -47,10 +47,23 @@ func (a adminFlags) client() adminv1connect.AdminServiceClient {
 	return adminv1connect.NewAdminServiceClient(http.DefaultClient, base, opts...)
 }
 
-// failed explains an admin API error: an unreachable server is said so.
+// failed explains an admin API error (exit status 1): an unreachable
+// server or a missing token is said so; the server's own words (the admin
+// API sends them in full) follow the code.
 func (a adminFlags) failed(what string, err error) error {
-	if connect.CodeOf(err) == connect.CodeUnavailable && !connect.IsWireError(err) {
+	code := connect.CodeOf(err)
+	switch {
+	case !connect.IsWireError(err) && code == connect.CodeUnavailable:
 		return fmt.Errorf("%s: no Postbox admin API at %s (is the server running? --admin sets the address): %w", what, *a.addr, err)
+	case code == connect.CodeUnauthenticated && *a.token == "":
+		return fmt.Errorf("%s: the admin listener at %s wants a token: give it with --admin-token or POSTBOX_ADMIN_TOKEN", what, *a.addr)
+	case code == connect.CodeUnauthenticated:
+		return fmt.Errorf("%s: the admin listener at %s refused --admin-token: it is not the server's --admin-token", what, *a.addr)
+	}
+	if ce := (*connect.Error)(nil); errors.As(err, &ce) {
+		// "invalid_argument: invalid argument: ..." says it twice.
+		msg := strings.TrimPrefix(ce.Message(), strings.ReplaceAll(code.String(), "_", " ")+": ")
+		return fmt.Errorf("%s failed (%s): %s", what, code, msg)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
@@ -90,7 +103,7 @@ func printJSON(w io.Writer, m proto.Message) error {
 }
 
 func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := newFlagSet("peers", stderr)
+	fs := newFlagSet("peers", "", stdout)
 	a := addAdminFlags(fs)
 	asJSON := fs.Bool("json", false, "print one protojson object per peer and line")
 	if _, err := parseFlags(fs, args, getenv); err != nil {
@@ -109,15 +122,17 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tMODE\tHEAD\tDELIVERED\tSKIPPED\tPENDING\tRECEIVED\tLAST PUSH\tLAST ERROR")
+	// The last error is the last column, whole: its cause is at its end.
+	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tMODE\tHEAD\tDELIVERED\tSKIPPED\tPENDING\tOLDEST PENDING\tRECEIVED\tLAST PUSH\tLAST ERROR")
+	now := time.Now()
 	for _, p := range res.Msg.GetPeers() {
 		lastPush := "-"
 		if p.GetLastPush() != nil {
 			lastPush = p.GetLastPush().AsTime().Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", p.GetServerId(), p.GetPeerId(),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%s\n", p.GetServerId(), p.GetPeerId(),
 			strings.ToLower(strings.TrimPrefix(p.GetMode().String(), "MODE_")),
-			p.GetHead(), p.GetDelivered()-p.GetSkipped(), p.GetSkipped(), p.GetPending(), p.GetEventsReceived(), lastPush, oneLine(p.GetLastError()))
+			p.GetHead(), p.GetDelivered()-p.GetSkipped(), p.GetSkipped(), p.GetPending(), pendingAge(p, now), p.GetEventsReceived(), lastPush, oneLine(p.GetLastError()))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -128,7 +143,7 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 			fmt.Fprintf(stdout, "%s: STUCK at event %d: %s\n", p.GetServerId(), st.GetSeq(), st.GetReason())
 		}
 		if n := p.GetEpochsStarted(); n > 0 {
-			fmt.Fprintf(stdout, "%s: this server's store went back (restored or recreated) %d time(s): events not known delivered were sent again under a new epoch (now %x)\n",
+			fmt.Fprintf(stdout, "%s: this server's store went back (restored or recreated) %d time(s): events not known delivered were sent again under a new epoch (now %d)\n",
 				p.GetServerId(), n, p.GetEpoch())
 		}
 		if n := p.GetReceiverRewinds(); n > 0 {
@@ -142,19 +157,25 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	return nil
 }
 
+// oneLine keeps a table row on one line.
 func oneLine(s string) string {
 	if s == "" {
 		return "-"
 	}
-	s = strings.ReplaceAll(s, "\n", " ")
-	if len(s) > 60 {
-		s = s[:57] + "..."
+	return strings.ReplaceAll(s, "\n", " ")
+}
+
+// pendingAge is how long the peer's oldest pending event has waited, e.g.
+// "3m12s ago"; "-" when nothing waits.
+func pendingAge(p *adminv1.Peer, now time.Time) string {
+	if p.GetOldestPending() == nil || p.GetPending() == 0 {
+		return "-"
 	}
-	return s
+	return max(0, now.Sub(p.GetOldestPending().AsTime())).Round(time.Second).String()
 }
 
 func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := newFlagSet("watch", stderr)
+	fs := newFlagSet("watch", "", stdout)
 	a := addAdminFlags(fs)
 	after := fs.Uint64("after", 0, "print the events after this position (each event is printed with its position, so the last one printed resumes there; 0: from the first)")
 	follow := fs.Bool("follow", false, "keep printing events as they arrive")
@@ -192,7 +213,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 }
 
 func runPull(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := newFlagSet("pull", stderr)
+	fs := newFlagSet("pull", "ID", stdout)
 	a := addAdminFlags(fs)
 	if _, err := parseCommand(fs, args, getenv, 1); err != nil {
 		return err
@@ -205,7 +226,7 @@ func runPull(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 }
 
 func runResume(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := newFlagSet("resume", stderr)
+	fs := newFlagSet("resume", "ID", stdout)
 	a := addAdminFlags(fs)
 	if _, err := parseCommand(fs, args, getenv, 1); err != nil {
 		return err
@@ -218,7 +239,7 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer, get
 }
 
 func runSkip(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := newFlagSet("skip", stderr)
+	fs := newFlagSet("skip", "ID", stdout)
 	a := addAdminFlags(fs)
 	through := fs.String("through", "", "skip the peer's undelivered events up to and including this sequence number (required)")
 	reason := fs.String("reason", "", "why, recorded for the audit (required)")
@@ -230,8 +251,11 @@ func runSkip(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return err
 	}
 	seq, err := strconv.ParseUint(*through, 10, 64)
-	if err != nil || *reason == "" {
-		return exitError{code: 2, err: fmt.Errorf("skip needs --through SEQ (a sequence number, as postbox peers shows) and --reason TEXT")}
+	if err != nil {
+		return flagError("through", fmt.Sprintf("%q", *through), "want the sequence number of the last event to skip (postbox peers shows where delivery is)", examples["through"])
+	}
+	if *reason == "" {
+		return flagError("reason", `""`, "say why, for the audit", examples["reason"])
 	}
 	res, err := a.client().Skip(ctx, connect.NewRequest(&adminv1.SkipRequest{ServerId: fs.Arg(0), ThroughSeq: seq, Reason: *reason}))
 	if err != nil {
@@ -243,7 +267,7 @@ func runSkip(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 }
 
 func runRename(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := newFlagSet("rename", stderr)
+	fs := newFlagSet("rename", "NEW_ID", stdout)
 	a := addAdminFlags(fs)
 	if _, err := parseCommand(fs, args, getenv, 1); err != nil {
 		return err

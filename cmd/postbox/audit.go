@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
+	"github.com/harmony-postbox/postbox/domain"
+	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
 	"github.com/harmony-postbox/postbox/projections"
 )
 
@@ -28,10 +29,10 @@ type auditStore interface {
 // runAudit replays every stream and checks the delivery invariants. Exit
 // status: 0 clean, 1 violations found, 2 the audit could not run.
 func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	flags := newFlagSet("audit", stderr)
+	flags := newFlagSet("audit", "", stdout)
 	dataDir := flags.String("data-dir", "./postbox-data", "data directory: the embedded store, opened read-only (works while the server runs), and the projections checkpoint")
 	storeURL := flags.String("store", "", "event store: empty for the embedded store in --data-dir, or an esdb:// connection string")
-	asJSON := flags.Bool("json", false, "print one JSON document (peers and violations) instead of the report")
+	asJSON := flags.Bool("json", false, "print the report as one line of protojson (postbox.admin.v1.AuditReport)")
 	given, err := parseFlags(flags, args, getenv)
 	if err != nil {
 		return err
@@ -65,9 +66,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	}
 
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(report); err != nil {
+		if err := printJSON(stdout, auditMessage(report)); err != nil {
 			return exitError{code: 2, err: fmt.Errorf("audit: write the report: %w", err)}
 		}
 	} else if err := printAuditReport(stdout, report); err != nil {
@@ -77,6 +76,28 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return exitError{code: 1, err: fmt.Errorf("audit found %d violation(s)", len(report.Violations))}
 	}
 	return nil
+}
+
+// auditMessage is the report as the admin API's message, so that every
+// --json prints protojson of one.
+func auditMessage(r projections.Report) *adminv1.AuditReport {
+	m := &adminv1.AuditReport{Records: r.Records, UnknownRecords: r.UnknownRecords, CheckpointChecked: r.CheckpointChecked, Clean: r.Clean()}
+	for _, p := range r.Peers {
+		mode := adminv1.Mode_MODE_PUSH
+		if p.Mode == domain.ModeQueue.String() {
+			mode = adminv1.Mode_MODE_QUEUE
+		}
+		m.Peers = append(m.Peers, &adminv1.AuditPeer{ServerId: p.ServerID, PeerId: p.PeerID, Head: p.Head, Delivered: p.Delivered,
+			Skipped: p.Skipped, Pending: p.Pending, Mode: mode, Received: p.Received})
+	}
+	for _, v := range r.Violations {
+		m.Violations = append(m.Violations, &adminv1.AuditViolation{Stream: v.Stream, Revision: v.Revision, Rule: v.Rule, Detail: v.Detail})
+	}
+	for _, s := range r.Skips {
+		m.Skips = append(m.Skips, &adminv1.AuditSkip{Stream: s.Stream, Revision: s.Revision, ServerId: s.ServerID,
+			FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason})
+	}
+	return m
 }
 
 func printAuditReport(w io.Writer, r projections.Report) error {

@@ -174,8 +174,8 @@ func TestAuditCommandEngineStore(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("--json: exit %d", code)
 	}
-	var rep projections.Report
-	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+	rep, err := decodeAudit(stdout)
+	if err != nil {
 		t.Fatalf("--json output: %v\n%s", err, stdout)
 	}
 	want := projections.PeerSummary{ServerID: "b.example:2289", PeerID: string(id), Head: 5, Delivered: 5, Pending: 0, Mode: "push", Received: 2}
@@ -245,29 +245,24 @@ func TestAuditCommandViolations(t *testing.T) {
 	if code != 1 {
 		t.Fatalf("--json: exit %d, want 1", code)
 	}
+	// One line of protojson of the admin API's AuditReport: camelCase
+	// keys, 64-bit numbers as strings, every field present.
 	var doc map[string]json.RawMessage
-	if err := json.Unmarshal([]byte(stdout), &doc); err != nil {
-		t.Fatalf("--json output is not one JSON document: %v\n%s", err, stdout)
+	if err := json.Unmarshal([]byte(stdout), &doc); err != nil || strings.Count(stdout, "\n") != 1 {
+		t.Fatalf("--json output is not one line of JSON: %v\n%s", err, stdout)
 	}
-	var peers []map[string]any
-	var violations []map[string]any
-	if err := json.Unmarshal(doc["peers"], &peers); err != nil {
+	if string(doc["clean"]) != "false" || string(doc["checkpointChecked"]) == "" {
+		t.Fatalf("--json output: %s", stdout)
+	}
+	rep, err := decodeAudit(stdout)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := json.Unmarshal(doc["violations"], &violations); err != nil {
-		t.Fatal(err)
+	if len(rep.Peers) != 1 || rep.Peers[0].ServerID != "a.example:2289" || rep.Peers[0].PeerID != "p1" || rep.Peers[0].Mode != "push" {
+		t.Fatalf("peers %v", rep.Peers)
 	}
-	if len(peers) != 1 || peers[0]["server_id"] != "a.example:2289" || peers[0]["peer_id"] != "p1" || peers[0]["mode"] != "push" {
-		t.Fatalf("peers %v", peers)
-	}
-	for _, k := range []string{"head", "delivered", "pending", "received"} {
-		if _, ok := peers[0][k].(float64); !ok {
-			t.Fatalf("peer field %q missing: %v", k, peers[0])
-		}
-	}
-	if len(violations) != 1 || violations[0]["stream"] != "delivery-p1" || violations[0]["revision"] != float64(1) ||
-		violations[0]["rule"] != projections.RuleNoDoubleDelivery || violations[0]["detail"] == "" {
-		t.Fatalf("violations %v", violations)
+	if v := rep.Violations; len(v) != 1 || v[0].Stream != "delivery-p1" || v[0].Revision != 1 || v[0].Rule != projections.RuleNoDoubleDelivery || v[0].Detail == "" {
+		t.Fatalf("violations %v", v)
 	}
 }
 

@@ -3,8 +3,10 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
@@ -19,6 +21,9 @@ import (
 type Config struct {
 	ServerID      domain.ServerID
 	ServerIDGiven bool // given explicitly, not the default
+	Rename        bool // a given --server-id new to this server renames it
+	LogJSON       bool // --log-format json
+	LogLevel      slog.Level
 	Listen        string
 	AdminListen   string
 	DataDir       string
@@ -46,10 +51,13 @@ type Config struct {
 // requestOverhead is room in a push request for what surrounds its event.
 const requestOverhead = 1 << 10
 
-func parseServeConfig(args []string, stderr io.Writer, getenv func(string) string) (Config, error) {
-	fs := newFlagSet("serve", stderr)
+func parseServeConfig(args []string, help io.Writer, getenv func(string) string) (Config, error) {
+	fs := newFlagSet("serve", "", help)
 	serverID := fs.String("server-id", "localhost:2289", "this server's ID, `domain:port`")
+	rename := fs.Bool("rename", false, "rename this server to --server-id when it differs from the ID stored in the data directory (without it, a new --server-id is refused, and a former one of this server kept from becoming current again)")
 	listen := fs.String("listen", ":2289", "federation listener address")
+	logFormat := fs.String("log-format", "text", "log lines as text (key=value) or json, on standard error")
+	logLevel := fs.String("log-level", "info", "least severe log lines written: debug, info, warn or error")
 	adminListen := fs.String("admin-listen", "127.0.0.1:2290", "admin listener address (keep it private)")
 	dataDir := fs.String("data-dir", "./postbox-data", "data directory")
 	keyFile := fs.String("key-file", "", "Ed25519 key file (default: key.ed25519 in the data directory)")
@@ -83,6 +91,7 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 	}
 	cfg := Config{
 		ServerIDGiven: given["server-id"],
+		Rename:        *rename,
 		Listen:        *listen,
 		AdminListen:   *adminListen,
 		DataDir:       *dataDir,
@@ -101,29 +110,45 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 		Delivery:      dc,
 	}
 	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
-		return Config{}, exitError{code: 2, err: fmt.Errorf("--server-id: %w", err)}
+		return Config{}, flagError("server-id", *serverID, err.Error()+" (a server ID is host:port, the name and port peers reach this server at)", examples["server-id"])
+	}
+	switch *logFormat {
+	case "text":
+	case "json":
+		cfg.LogJSON = true
+	default:
+		return Config{}, flagError("log-format", *logFormat, "want text or json", "json")
+	}
+	if err := cfg.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		return Config{}, flagError("log-level", *logLevel, "want debug, info, warn or error", "warn")
 	}
 	cfg.PlaintextPeers = *plaintext || *insecure
 	if cfg.PeerNetworks, err = netguard.ParseNetworks(networks); err != nil {
-		return Config{}, exitError{code: 2, err: fmt.Errorf("--allow-peer-networks: %w", err)}
+		return Config{}, flagError("allow-peer-networks", networks.String(), err.Error(), examples["allow-peer-networks"])
 	}
 	if cfg.InsecurePeers {
 		cfg.PeerNetworks = append(cfg.PeerNetworks, netguard.Everything...)
 	}
 	if cfg.PeerProtocol, err = peerclient.ParseProtocol(*protocol); err != nil {
-		return Config{}, exitError{code: 2, err: fmt.Errorf("--peer-protocol: %w", err)}
+		return Config{}, flagError("peer-protocol", *protocol, err.Error(), "grpc")
 	}
 	if cfg.KeyFile == "" {
 		cfg.KeyFile = filepath.Join(cfg.DataDir, "key.ed25519")
 	}
-	if cfg.AuthWindow <= 0 {
-		return Config{}, exitError{code: 2, err: fmt.Errorf("--auth-window must be positive")}
-	}
-	if dc.PushRetries < 0 || dc.PullInterval <= 0 || dc.ProbeBackoff.First <= 0 || dc.PushBatchEvents < 1 {
-		return Config{}, exitError{code: 2, err: fmt.Errorf("--push-retries must be at least 0, --push-batch at least 1, --pull-interval and --probe-interval positive")}
-	}
-	if cfg.MaxRequest <= 0 {
-		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-request-bytes must be positive")}
+	def := func(name string) string { return fs.Lookup(name).DefValue }
+	switch {
+	case cfg.AuthWindow <= 0:
+		return Config{}, flagError("auth-window", cfg.AuthWindow, "must be positive", def("auth-window"))
+	case dc.PushRetries < 0:
+		return Config{}, flagError("push-retries", dc.PushRetries, "must be at least 0", def("push-retries"))
+	case dc.PushBatchEvents < 1:
+		return Config{}, flagError("push-batch", dc.PushBatchEvents, "must be at least 1", def("push-batch"))
+	case dc.PullInterval <= 0:
+		return Config{}, flagError("pull-interval", dc.PullInterval, "must be positive", def("pull-interval"))
+	case dc.ProbeBackoff.First <= 0:
+		return Config{}, flagError("probe-interval", dc.ProbeBackoff.First, "must be positive", def("probe-interval"))
+	case cfg.MaxRequest <= 0:
+		return Config{}, flagError("max-request-bytes", int64(cfg.MaxRequest), "must be positive", def("max-request-bytes"))
 	}
 	// An event must fit one push to a receiver of our own kind, with room
 	// for the request around it, and one Pull reply. A smaller request
@@ -134,8 +159,8 @@ func parseServeConfig(args []string, stderr io.Writer, getenv func(string) strin
 		cfg.Delivery = dc
 	}
 	if maxEvent := int64(dc.MaxEventBytes); maxEvent <= 0 || maxEvent > room || maxEvent > int64(dc.PullReplyMaxBytes) {
-		return Config{}, exitError{code: 2, err: fmt.Errorf("--max-event-bytes %d: must be positive, at most %d (--max-request-bytes less room for the request around the event), and at most %d (a Pull reply)",
-			dc.MaxEventBytes, room, dc.PullReplyMaxBytes)}
+		return Config{}, flagError("max-event-bytes", dc.MaxEventBytes, fmt.Sprintf("must be positive, at most %d (--max-request-bytes less room for the request around the event), and at most %d (a Pull reply)",
+			room, dc.PullReplyMaxBytes), strconv.FormatInt(min(room, int64(dc.PullReplyMaxBytes)), 10))
 	}
 	if err := httpserver.ValidateInflight(cfg.MaxInflight, int64(cfg.MaxRequest)); err != nil {
 		return Config{}, exitError{code: 2, err: err}

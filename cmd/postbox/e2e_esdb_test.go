@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -92,15 +91,11 @@ func serveOnEventStoreDBProtocol(t *testing.T, profile string) {
 	if code != 0 {
 		t.Fatalf("audit --store of A: exit %d\n%s\n%s", code, out, errOut)
 	}
-	var report struct {
-		Peers []struct {
-			Head, Delivered json.Number
-		} `json:"peers"`
-	}
-	if err := json.Unmarshal([]byte(out), &report); err != nil {
+	report, err := decodeAudit(out)
+	if err != nil {
 		t.Fatalf("audit --json: %v\n%s", err, out)
 	}
-	if len(report.Peers) != 1 || report.Peers[0].Head != "8" || report.Peers[0].Delivered != "8" {
+	if len(report.Peers) != 1 || report.Peers[0].Head != 8 || report.Peers[0].Delivered != 8 {
 		t.Fatalf("audit of A: %s", out)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -147,6 +146,7 @@ type opNode struct {
 	dataDir string
 	logPath string
 	flags   []string
+	renamed bool // moved since it last served: the next start passes --rename
 	http    *http.Client
 	api     adminv1connect.AdminServiceClient
 
@@ -183,6 +183,7 @@ func newOpNode(t *testing.T, name string, flags ...string) *opNode {
 func (n *opNode) moveTo(port int) {
 	n.listen = loopback(port)
 	n.id = n.listen
+	n.renamed = n.runs > 0
 }
 
 func (n *opNode) running() bool {
@@ -213,6 +214,10 @@ func (n *opNode) start() {
 	fmt.Fprintf(logFile, "----- %s run %d as %s -----\n", n.name, n.runs, n.id)
 	args := append([]string{"serve", "--insecure-peers", "--server-id", n.id, "--listen", n.listen,
 		"--admin-listen", n.admin, "--data-dir", n.dataDir}, n.flags...)
+	if n.renamed {
+		args = append(args, "--rename")
+		n.renamed = false
+	}
 	cmd := exec.Command(postboxBinary(t), args...)
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = logFile, logFile
@@ -340,6 +345,16 @@ func (n *opNode) peer(serverID string) (*adminv1.Peer, error) {
 	return res.Msg.GetPeer(), nil
 }
 
+// peerLabel is the label of n's metrics for a peer: its stable peer ID.
+func (n *opNode) peerLabel(serverID string) string {
+	n.t.Helper()
+	p, err := n.peer(serverID)
+	if err != nil {
+		n.t.Fatalf("%s's peer %s: %v", n.name, serverID, err)
+	}
+	return `peer="` + p.GetPeerId() + `"`
+}
+
 // waitPeer waits until n's view of a peer satisfies cond.
 func (n *opNode) waitPeer(serverID, what string, within time.Duration, cond func(*adminv1.Peer) bool) *adminv1.Peer {
 	n.t.Helper()
@@ -390,7 +405,8 @@ func opAudit(t *testing.T, dir string) (projections.Report, int, string) {
 	out, errOut, code := runCLI(t, "audit", "--json", "--data-dir", dir)
 	var rep projections.Report
 	if code == 0 || code == 1 {
-		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		var err error
+		if rep, err = decodeAudit(out); err != nil {
 			t.Fatalf("postbox audit --json on %s: exit %d, report %q: %v\n%s", dir, code, out, err, errOut)
 		}
 	}
@@ -598,22 +614,32 @@ func TestOperatorSurface(t *testing.T) {
 	b.waitPeer(a.id, "1 delivered", 20*time.Second, func(p *adminv1.Peer) bool { return p.GetDelivered() == 1 })
 
 	b.stop()
+	queuedFrom := time.Now().Add(-time.Second) // the store's timestamps may be a little coarser
 	for i := uint64(3); i < 7; i++ {
 		a.send(b.id, 100+i, i)
 	}
 	a.waitPeer(b.id, "queue mode with 4 pending", 20*time.Second, func(p *adminv1.Peer) bool {
 		return p.GetMode() == adminv1.Mode_MODE_QUEUE && p.GetPending() == 4
 	})
+	// peers says since when the oldest pending event waits, and why, whole.
+	if _, peers := a.peersCLI(); len(peers) != 1 || peers[0].GetOldestPending() == nil ||
+		peers[0].GetOldestPending().AsTime().Before(queuedFrom) || peers[0].GetOldestPending().AsTime().After(time.Now()) {
+		t.Errorf("A's peers while B is down: %v, want the oldest pending event stored after %v", peers, queuedFrom)
+	} else if out, _, _ := runCLI(t, "peers", "--admin", a.admin); !strings.Contains(out, "OLDEST PENDING") ||
+		peers[0].GetLastError() == "" || !strings.Contains(out, strings.ReplaceAll(peers[0].GetLastError(), "\n", " ")) {
+		t.Errorf("postbox peers does not show the age of the oldest pending event or the whole last error %q:\n%s", peers[0].GetLastError(), out)
+	}
 	// The metrics show the queue while B is down.
 	if status, m := opScrape(t, a.admin, ""); status != http.StatusOK {
 		t.Errorf("GET /metrics on A: %d", status)
 	} else {
+		peer := a.peerLabel(b.id)
 		opCheckSamples(t, "A's /metrics during the queue", m, map[string]float64{
-			`postbox_peer_pending{peer="` + b.id + `"}`:        4,
-			`postbox_peer_outbox_head{peer="` + b.id + `"}`:    7,
-			`postbox_peer_delivered{peer="` + b.id + `"}`:      3,
-			`postbox_peers_in_queue_mode`:                      1,
-			`postbox_push_failures_total{peer="` + b.id + `"}`: 2, // one attempt plus one retry
+			`postbox_peer_pending{` + peer + `}`:        4,
+			`postbox_peer_outbox_head{` + peer + `}`:    7,
+			`postbox_peer_delivered{` + peer + `}`:      3,
+			`postbox_peers_in_queue_mode`:               1,
+			`postbox_push_failures_total{` + peer + `}`: 2, // one attempt plus one retry
 		})
 	}
 
@@ -638,6 +664,11 @@ func TestOperatorSurface(t *testing.T) {
 			if len(peers) != 1 {
 				t.Errorf("%s has %d peers, want 1: %v", node.name, len(peers), peers)
 			}
+			for _, p := range peers {
+				if p.GetOldestPending() != nil {
+					t.Errorf("%s: nothing is pending for %s, yet peers shows an oldest pending event of %v", node.name, p.GetServerId(), p.GetOldestPending().AsTime())
+				}
+			}
 		}
 		_, aPeers := a.peersCLI()
 		if p := aPeers[0]; p.GetServerId() != b.id || p.GetHead() != n || p.GetDelivered() != n || p.GetPending() != 0 || p.GetEventsReceived() != 1 {
@@ -660,9 +691,9 @@ func TestOperatorSurface(t *testing.T) {
 		}
 		_, peers := a.peersCLI()
 		row := strings.Fields(lines[1])
-		if len(row) < 8 || row[0] != b.id || row[1] != peers[0].GetPeerId() || row[2] != "push" ||
-			row[3] != strconv.Itoa(n) || row[4] != strconv.Itoa(n) || row[5] != "0" || row[6] != "0" || row[7] != "1" {
-			t.Errorf("postbox peers row %q; want B %s, its peer ID, push, head and delivered %d, 0 skipped, 0 pending, 1 received", lines[1], b.id, n)
+		if len(row) < 9 || row[0] != b.id || row[1] != peers[0].GetPeerId() || row[2] != "push" ||
+			row[3] != strconv.Itoa(n) || row[4] != strconv.Itoa(n) || row[5] != "0" || row[6] != "0" || row[7] != "-" || row[8] != "1" {
+			t.Errorf("postbox peers row %q; want B %s, its peer ID, push, head and delivered %d, 0 skipped, 0 pending, none waiting, 1 received", lines[1], b.id, n)
 		}
 	})
 
@@ -671,28 +702,34 @@ func TestOperatorSurface(t *testing.T) {
 		if status != http.StatusOK {
 			t.Fatalf("GET /metrics on A: %d", status)
 		}
-		peer := `peer="` + b.id + `"`
+		peer := a.peerLabel(b.id)
+		// The version label is what the binary reports: "(devel)", or the
+		// version the toolchain stamped from the checkout.
+		version := strings.TrimPrefix(strings.TrimSpace(func() string { out, _, _ := runCLI(t, "version"); return out }()), "postbox ")
 		opCheckSamples(t, "A's /metrics", m, map[string]float64{
-			`postbox_peer_pending{` + peer + `}`:                           0,
-			`postbox_peer_outbox_head{` + peer + `}`:                       n,
-			`postbox_peer_delivered{` + peer + `}`:                         n,
-			`postbox_peers_in_queue_mode`:                                  0,
-			`postbox_delivered_events_total{` + peer + `,via="push"}`:      5,
-			`postbox_delivered_events_total{` + peer + `,via="pull"}`:      4,
-			`postbox_pulls_served_total{` + peer + `}`:                     1,
-			`postbox_push_failures_total{` + peer + `}`:                    2,
-			`postbox_inbound_events_total{peer="` + b.id + `",via="push"}`: 1,
+			`postbox_peer_info{` + peer + `,server_id="` + b.id + `"}`:                1,
+			`postbox_server_info{server_id="` + a.id + `",version="` + version + `"}`: 1,
+			`postbox_peer_pending{` + peer + `}`:                                      0,
+			`postbox_peer_outbox_head{` + peer + `}`:                                  n,
+			`postbox_peer_delivered{` + peer + `}`:                                    n,
+			`postbox_peers_in_queue_mode`:                                             0,
+			`postbox_delivered_events_total{` + peer + `,via="push"}`:                 5,
+			`postbox_delivered_events_total{` + peer + `,via="pull"}`:                 4,
+			`postbox_pulls_served_total{` + peer + `}`:                                1,
+			`postbox_push_failures_total{` + peer + `}`:                               2,
+			`postbox_inbound_events_total{` + peer + `,via="push"}`:                   1,
 		})
 		// B counts from its restart: the queue by pull, then two pushes.
 		status, m = opScrape(t, b.admin, "localhost")
 		if status != http.StatusOK {
 			t.Fatalf("GET /metrics on B with Host localhost: %d", status)
 		}
+		peerA := b.peerLabel(a.id)
 		opCheckSamples(t, "B's /metrics", m, map[string]float64{
-			`postbox_inbound_events_total{peer="` + a.id + `",via="pull"}`: 4,
-			`postbox_inbound_events_total{peer="` + a.id + `",via="push"}`: 2,
-			`postbox_pulls_made_total{outcome="ok",peer="` + a.id + `"}`:   1,
-			`postbox_peer_outbox_head{peer="` + a.id + `"}`:                1,
+			`postbox_inbound_events_total{` + peerA + `,via="pull"}`: 4,
+			`postbox_inbound_events_total{` + peerA + `,via="push"}`: 2,
+			`postbox_pulls_made_total{outcome="ok",` + peerA + `}`:   1,
+			`postbox_peer_outbox_head{` + peerA + `}`:                1,
 		})
 		for _, host := range []string{"evil.example", "evil.example:80", "10.1.2.3"} {
 			if status, _ := opScrape(t, a.admin, host); status != http.StatusForbidden {

@@ -103,18 +103,21 @@ func TestRenamePeerByRestart(t *testing.T) {
 		t.Errorf("A refused a request under B's old ID:\n%s", a.logTail(4000))
 	}
 
-	// The metrics name B by its new ID only.
+	// The metrics label B by its stable peer ID, which the rename kept,
+	// and postbox_peer_info names it by its new server ID only.
 	if status, m := opScrape(t, a.admin, ""); status != http.StatusOK {
 		t.Errorf("GET /metrics on A: %d", status)
 	} else {
+		peer := a.peerLabel(newB)
 		opCheckSamples(t, "A's /metrics after B's rename", m, map[string]float64{
-			`postbox_peer_outbox_head{peer="` + newB + `"}`: total,
-			`postbox_peer_delivered{peer="` + newB + `"}`:   total,
-			`postbox_peer_pending{peer="` + newB + `"}`:     0,
+			`postbox_peer_info{` + peer + `,server_id="` + newB + `"}`: 1,
+			`postbox_peer_outbox_head{` + peer + `}`:                   total,
+			`postbox_peer_delivered{` + peer + `}`:                     total,
+			`postbox_peer_pending{` + peer + `}`:                       0,
 		})
 		for series := range m {
-			if strings.HasPrefix(series, "postbox_peer_") && strings.Contains(series, `peer="`+oldB+`"`) {
-				t.Errorf("A's /metrics still has a gauge for B's old ID: %s", series)
+			if strings.Contains(series, `"`+oldB+`"`) || strings.Contains(series, `"`+newB+`"`) && !strings.HasPrefix(series, "postbox_peer_info{") {
+				t.Errorf("A's /metrics labels a series by a server ID of B: %s", series)
 			}
 		}
 	}

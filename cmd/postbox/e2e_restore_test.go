@@ -126,7 +126,7 @@ func (n *e2eNode) checkRollbackReported(peer *e2eNode) {
 		n.t.Errorf("postbox peers on %s does not report the rollback:\n%s", n.name, out)
 	}
 	_, m := opScrape(n.t, n.admin, "")
-	if m[`postbox_continuity_breaks_total{kind="epoch_started",peer="`+peer.id+`"}`] < 1 {
+	if m[`postbox_continuity_breaks_total{kind="epoch_started",peer="`+n.peerView(peer).GetPeerId()+`"}`] < 1 {
 		n.t.Errorf("%s's /metrics does not count the rollback", n.name)
 	}
 }

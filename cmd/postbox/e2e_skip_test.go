@@ -8,7 +8,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,7 +23,6 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
-	"github.com/harmony-postbox/postbox/projections"
 )
 
 func e2eInvite(userID uint64, inviteID string) *syncv1.Event {
@@ -127,9 +125,9 @@ func TestStuckPeerIsShownAndSkipUnblocksIt(t *testing.T) {
 	// Metrics never count the skipped event as delivered.
 	_, m := opScrape(t, a.admin, "")
 	for series, want := range map[string]float64{
-		`postbox_peer_delivered{peer="` + b.id + `"}`: 3,
-		`postbox_peer_skipped{peer="` + b.id + `"}`:   1,
-		`postbox_peer_pending{peer="` + b.id + `"}`:   0,
+		`postbox_peer_delivered{peer="` + p.GetPeerId() + `"}`: 3,
+		`postbox_peer_skipped{peer="` + p.GetPeerId() + `"}`:   1,
+		`postbox_peer_pending{peer="` + p.GetPeerId() + `"}`:   0,
 	} {
 		if got, ok := m[series]; !ok || got != want {
 			t.Errorf("A's /metrics: %s = %v (present %v), want %v", series, got, ok, want)
@@ -141,8 +139,8 @@ func TestStuckPeerIsShownAndSkipUnblocksIt(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("audit of A: exit %d\n%s\n%s", code, out, errOut)
 	}
-	var report projections.Report
-	if err := json.Unmarshal([]byte(out), &report); err != nil {
+	report, err := decodeAudit(out)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(report.Skips) != 1 || report.Skips[0].FromSeq != 1 || report.Skips[0].ThroughSeq != 1 || report.Skips[0].ServerID != b.id {

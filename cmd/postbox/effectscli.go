@@ -25,8 +25,8 @@ func parseUser(cmd, raw string) (uint64, error) {
 
 // effectsCommand parses `postbox guilds|invites USER [--json]`, the user
 // before or after the flags.
-func effectsCommand(name string, args []string, stderr io.Writer, getenv func(string) string) (adminFlags, uint64, bool, error) {
-	fs := newFlagSet(name, stderr)
+func effectsCommand(name string, args []string, stdout io.Writer, getenv func(string) string) (adminFlags, uint64, bool, error) {
+	fs := newFlagSet(name, "USER", stdout)
 	a := addAdminFlags(fs)
 	asJSON := fs.Bool("json", false, "print one protojson object per line")
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -40,7 +40,7 @@ func effectsCommand(name string, args []string, stderr io.Writer, getenv func(st
 }
 
 func runGuilds(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	a, user, asJSON, err := effectsCommand("guilds", args, stderr, getenv)
+	a, user, asJSON, err := effectsCommand("guilds", args, stdout, getenv)
 	if err != nil {
 		return err
 	}
@@ -65,7 +65,7 @@ func runGuilds(ctx context.Context, args []string, stdout, stderr io.Writer, get
 }
 
 func runInvites(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	a, user, asJSON, err := effectsCommand("invites", args, stderr, getenv)
+	a, user, asJSON, err := effectsCommand("invites", args, stdout, getenv)
 	if err != nil {
 		return err
 	}

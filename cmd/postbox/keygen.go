@@ -2,7 +2,7 @@ package main
 
 import (
 	"crypto/rand"
-	"encoding/hex"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -11,7 +11,7 @@ import (
 )
 
 func runKeygen(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := newFlagSet("keygen", stderr)
+	fs := newFlagSet("keygen", "", stdout)
 	dataDir := fs.String("data-dir", "./postbox-data", "data directory")
 	keyFile := fs.String("key-file", "", "key file (default: key.ed25519 in the data directory)")
 	if _, err := parseFlags(fs, args, getenv); err != nil {
@@ -29,6 +29,7 @@ func runKeygen(args []string, stdout, stderr io.Writer, getenv func(string) stri
 	if created {
 		verb = "created"
 	}
-	fmt.Fprintf(stdout, "%s key %s\npublic key %s\n", verb, path, hex.EncodeToString(key.PublicKey()))
+	// Base64, as every --json (protojson) shows a key.
+	fmt.Fprintf(stdout, "%s key %s\npublic key %s\n", verb, path, base64.StdEncoding.EncodeToString(key.PublicKey()))
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 )
 
 func main() {
+	privateFiles()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
 	stop()
@@ -69,6 +70,9 @@ Usage:
   postbox skip ID --through SEQ --reason TEXT
                             give up on a peer's undelivered events up to SEQ
                             (recorded, audited, never counted as delivered)
+  postbox backup [--data-dir DIR] BACKUP_DIR
+                            copy the embedded store, consistent, while it runs
+                            or not, and the key, into a new data directory
   postbox version           print the version
 
 Commands that talk to a running server take --admin host:port (POSTBOX_ADMIN,
@@ -76,6 +80,13 @@ default 127.0.0.1:2290) and --admin-token (POSTBOX_ADMIN_TOKEN).
 
 Every flag falls back to an environment variable: --server-id reads
 POSTBOX_SERVER_ID, --data-dir reads POSTBOX_DATA_DIR, and so on.
+postbox COMMAND -h prints a command's flags and arguments.
+
+Exit status: 0 done; 1 failed (the server refused or could not be reached,
+or serve stopped on an error); 2 the command line or configuration is wrong
+(the message names the flag, the value and an example); audit: 0 clean,
+1 violations found, 2 the audit could not run; serve: 74 the store's disk
+failed (the supervisor must restart it).
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -86,7 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "serve":
-		return runServe(ctx, rest, stderr, getenv)
+		return runServe(ctx, rest, stdout, stderr, getenv)
 	case "keygen":
 		return runKeygen(rest, stdout, stderr, getenv)
 	case "send":
@@ -109,6 +120,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runGuilds(ctx, rest, stdout, stderr, getenv)
 	case "invites":
 		return runInvites(ctx, rest, stdout, stderr, getenv)
+	case "backup":
+		return runBackup(ctx, rest, stdout, stderr, getenv)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "postbox", buildVersion())
 		return nil

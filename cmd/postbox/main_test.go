@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"encoding/hex"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -69,7 +70,7 @@ func postboxBinary(t *testing.T) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		binPath = filepath.Join(binDir, "postbox")
-		out, err := exec.CommandContext(ctx, goTool, "build", "-o", binPath, ".").CombinedOutput()
+		out, err := exec.CommandContext(ctx, goTool, "build", "-buildvcs=auto", "-o", binPath, ".").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}
@@ -511,6 +512,42 @@ func TestVersion(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(stdout, "postbox ") || len(strings.TrimSpace(stdout)) <= len("postbox") {
 		t.Errorf("postbox version: exit %d, printed %q", code, stdout)
 	}
+	// Built in a git checkout, the binary names its revision (the Go
+	// toolchain stamps it where the top level has a .git directory; a git
+	// worktree's .git file is not enough).
+	top, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		return
+	}
+	if fi, err := os.Stat(filepath.Join(strings.TrimSpace(string(top)), ".git")); err != nil || !fi.IsDir() {
+		return
+	}
+	if rev, err := exec.Command("git", "rev-parse", "HEAD").Output(); err == nil && len(rev) >= 12 {
+		// " rev X", or inside the pseudo-version the toolchain stamps.
+		if !strings.Contains(stdout, string(rev[:12])) {
+			t.Errorf("postbox version printed %q, want it to name revision %s", stdout, rev[:12])
+		}
+	}
+}
+
+func TestVersionOfABuild(t *testing.T) {
+	t.Parallel()
+	rev := "42866ae1c0de0123456789abcdef0123456789ab"
+	for _, tc := range []struct {
+		version  string
+		settings []debug.BuildSetting
+		want     string
+	}{
+		{"", nil, "(devel)"},
+		{"(devel)", []debug.BuildSetting{{Key: "vcs.revision", Value: rev}}, "(devel) rev 42866ae1c0de"},
+		{"v1.2.0", []debug.BuildSetting{{Key: "vcs.revision", Value: rev}, {Key: "vcs.modified", Value: "true"}}, "v1.2.0 rev 42866ae1c0de+dirty"},
+		{"v0.0.0-20261129150000-42866ae1c0de", []debug.BuildSetting{{Key: "vcs.revision", Value: rev}}, "v0.0.0-20261129150000-42866ae1c0de"},
+	} {
+		info := &debug.BuildInfo{Main: debug.Module{Version: tc.version}, Settings: tc.settings}
+		if got := versionOf(info); got != tc.want {
+			t.Errorf("versionOf(%q, %v) = %q, want %q", tc.version, tc.settings, got, tc.want)
+		}
+	}
 }
 
 func TestUsage(t *testing.T) {
@@ -545,7 +582,7 @@ func TestKeygen(t *testing.T) {
 		if !ok {
 			t.Fatalf("keygen printed %q, no public key", out)
 		}
-		pub, err := hex.DecodeString(strings.TrimSpace(h))
+		pub, err := base64.StdEncoding.DecodeString(strings.TrimSpace(h))
 		if err != nil || len(pub) != ed25519.PublicKeySize {
 			t.Fatalf("public key %q: %v", h, err)
 		}

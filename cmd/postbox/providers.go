@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -55,11 +56,14 @@ func providePublicKey(key keyfile.PrivateKey) ed25519.PublicKey { return key.Pub
 func provideRandom() io.Reader { return rand.Reader }
 
 // provideIdentity settles this server's ID against the one stored in the
-// peers stream: the first start records it; an explicitly given
-// --server-id that differs renames the server (peers are told once it
-// serves); a default --server-id never renames, the stored ID stays. The
-// IDs this server had before stay accepted audiences for the grace period
-// after each rename, counted from when it was recorded, across restarts.
+// peers stream: the first start records it; a default --server-id never
+// renames, the stored ID stays; a given --server-id that was one of this
+// server's former IDs keeps the current one, with a warning (a command
+// line written before `postbox rename` must not silently rename it back);
+// any other given --server-id renames the server (peers are told once it
+// serves) only with --rename, and is refused without. The IDs this server
+// had before stay accepted audiences for the grace period after each
+// rename, counted from when it was recorded, across restarts.
 func provideIdentity(ctx context.Context, cfg Config, registry *delivery.Registry, clock domain.Clock, logger *slog.Logger) (*domain.Identity, error) {
 	stored, ok := registry.OwnID()
 	switch {
@@ -73,9 +77,16 @@ func provideIdentity(ctx context.Context, cfg Config, registry *delivery.Registr
 	case !cfg.ServerIDGiven:
 		logger.Info("using the server ID stored in the data directory", "server_id", stored.String())
 		return recordedIdentity(registry, clock, logger), nil
+	case slices.ContainsFunc(registry.OwnIDs(), func(e delivery.OwnIDEntry) bool { return e.ID == cfg.ServerID }):
+		logger.Warn("--server-id is a former ID of this server: keeping its current ID (to go back, run postbox rename while it serves; drop or update --server-id to silence this)",
+			"server_id", stored.String(), "given", cfg.ServerID.String())
+		return recordedIdentity(registry, clock, logger), nil
+	case !cfg.Rename:
+		return nil, exitError{code: 2, err: fmt.Errorf("--server-id %s: this server is %s (stored in %s); to rename it, add --rename (peers are told), or run postbox rename %s while it serves; to keep %s, drop --server-id or give that",
+			cfg.ServerID, stored, cfg.DataDir, cfg.ServerID, stored)}
 	}
 	if _, _, taken := registry.Resolve(cfg.ServerID); taken {
-		return nil, fmt.Errorf("--server-id %s: %w", cfg.ServerID, domain.ErrIDTaken)
+		return nil, exitError{code: 2, err: fmt.Errorf("--server-id %s: %w (a peer has it, or had it before a rename)", cfg.ServerID, domain.ErrIDTaken)}
 	}
 	identity := recordedIdentity(registry, clock, logger)
 	now := clock.Now()
@@ -138,7 +149,11 @@ func provideResolver(cfg peerkeys.Config, clock domain.Clock, logger *slog.Logge
 }
 
 func provideAccessList(cfg Config) (domain.AccessList, error) {
-	return domain.NewAccessList(cfg.AllowPeers, cfg.BlockPeers)
+	list, err := domain.NewAccessList(cfg.AllowPeers, cfg.BlockPeers)
+	if err != nil {
+		return list, exitError{code: 2, err: fmt.Errorf("--allow-peers or --block-peers: %w; e.g. --allow-peers %s", err, examples["allow-peers"])}
+	}
+	return list, nil
 }
 
 func provideAuthPolicy(cfg Config, access domain.AccessList) domain.AuthPolicy {
@@ -166,10 +181,10 @@ func provideClientTLS(cfg Config) (*tls.Config, error) {
 	if cfg.PeerCA != "" {
 		pem, err := os.ReadFile(cfg.PeerCA)
 		if err != nil {
-			return nil, fmt.Errorf("--peer-ca: %w", err)
+			return nil, exitError{code: 2, err: fmt.Errorf("--peer-ca: %w", err)}
 		}
 		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--peer-ca: no PEM certificates in %s", cfg.PeerCA)
+			return nil, exitError{code: 2, err: fmt.Errorf("--peer-ca %s: no PEM certificates in it; e.g. --peer-ca %s", cfg.PeerCA, examples["peer-ca"])}
 		}
 	}
 	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, nil
@@ -302,6 +317,16 @@ func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, regis
 }
 
 func provideFederationListener(ctx context.Context, cfg Config, h *httpserver.FederationHandler, logger *slog.Logger) (federationListener, func(), error) {
+	// A wrong --tls-cert or --tls-key is a configuration mistake (exit 2),
+	// unlike an address in use.
+	if (cfg.TLS.CertFile == "") != (cfg.TLS.KeyFile == "") {
+		return federationListener{}, nil, exitError{code: 2, err: fmt.Errorf("--tls-cert and --tls-key go together; e.g. --tls-cert %s --tls-key %s", examples["tls-cert"], examples["tls-key"])}
+	}
+	if cfg.TLS.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			return federationListener{}, nil, exitError{code: 2, err: fmt.Errorf("--tls-cert %s --tls-key %s: %w", cfg.TLS.CertFile, cfg.TLS.KeyFile, err)}
+		}
+	}
 	s, err := httpserver.Listen(ctx, "federation", cfg.Listen, h, cfg.TLS, logger)
 	if err != nil {
 		return federationListener{}, nil, err
@@ -329,13 +354,20 @@ func provideFederationHandler(postbox syncv1connect.PostboxServiceHandler, key a
 func provideAdminToken(cfg Config) admin.Token { return cfg.AdminToken }
 
 // engineGauges reads the per-peer metrics from the engine's current state.
-type engineGauges struct{ engine *delivery.Engine }
+type engineGauges struct {
+	engine   *delivery.Engine
+	registry *delivery.Registry
+}
 
 func (g engineGauges) PeerGauges() []metrics.PeerGauges {
 	var out []metrics.PeerGauges
 	for _, c := range g.engine.Cursors() {
+		id, ok := g.PeerIDOf(c.ServerID)
+		if !ok {
+			continue
+		}
 		out = append(out, metrics.PeerGauges{
-			ServerID: c.ServerID.String(), Head: c.Outbox.Head,
+			PeerID: id, ServerID: c.ServerID.String(), Head: c.Outbox.Head,
 			Delivered: c.Outbox.Delivered - c.Outbox.Skipped, Skipped: c.Outbox.Skipped,
 			Pending: c.Outbox.Pending(), Queue: c.Outbox.Mode == domain.ModeQueue,
 		})
@@ -343,12 +375,20 @@ func (g engineGauges) PeerGauges() []metrics.PeerGauges {
 	return out
 }
 
+// PeerIDOf labels metrics with the stable peer ID, which a rename keeps.
+func (g engineGauges) PeerIDOf(server domain.ServerID) (string, bool) {
+	id, ok := g.registry.Lookup(server)
+	return string(id), ok
+}
+
 // provideMetrics counts what the engine and the federation handlers do.
 // The engine reports to it through a forwarding observer, because the
 // metrics' gauges read the engine in turn.
-func provideMetrics(observer *forwardingObserver, engine *delivery.Engine, disk diskState) *metrics.Metrics {
-	m := metrics.New(engineGauges{engine})
+func provideMetrics(observer *forwardingObserver, engine *delivery.Engine, registry *delivery.Registry, disk diskState, identity *domain.Identity) *metrics.Metrics {
+	g := engineGauges{engine: engine, registry: registry}
+	m := metrics.New(g, g)
 	m.ObserveDiskFull(disk.DiskFull)
+	m.ObserveServer(func() string { return identity.Current().String() }, buildVersion())
 	observer.target.Store(m)
 	return m
 }
@@ -399,4 +439,27 @@ func providePostboxService(cfg Config, auth federation.Authenticator, box federa
 // data directory (where postbox audit compares it with a replay).
 func provideLive(cfg Config, store projections.LiveStore, logger *slog.Logger) *projections.Live {
 	return projections.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
+}
+
+// provideAdminService is the admin API, which reads the outboxes for the
+// age of each peer's oldest pending event.
+func provideAdminService(identity *domain.Identity, public ed25519.PublicKey, version admin.Version, sender admin.Sender, operator admin.Operator,
+	received admin.ReceivedLog, names admin.PeerNames, renamer admin.Renamer, views admin.PeerViews, store delivery.Store,
+) *admin.Service {
+	return admin.NewService(identity, public, version, sender, operator, received, names, renamer, views).WithPendingAges(outboxAges{store})
+}
+
+// outboxAges reads when an outbox event was stored: its sequence number
+// is its revision in the outbox stream.
+type outboxAges struct{ store delivery.Store }
+
+func (o outboxAges) HandedOverAt(ctx context.Context, peerID string, seq uint64) (time.Time, error) {
+	recs, err := o.store.ReadStream(ctx, streams.Outbox(streams.PeerID(peerID)), seq, 1)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if len(recs) == 0 {
+		return time.Time{}, fmt.Errorf("outbox of %s has no event %d", peerID, seq)
+	}
+	return recs[0].Created, nil
 }

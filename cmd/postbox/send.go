@@ -14,7 +14,7 @@ import (
 )
 
 func runSend(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := newFlagSet("send", stderr)
+	fs := newFlagSet("send", "", stdout)
 	a := addAdminFlags(fs)
 	to := fs.String("to", "", "server ID of the peer the event is for")
 	eventJSON := fs.String("event", "", `the event, as protojson of protocol.sync.v1.Event, e.g. {"userAddedToGuild":{"userId":"42","guildId":"7"}}`)
@@ -22,8 +22,11 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if _, err := parseFlags(fs, args, getenv); err != nil {
 		return err
 	}
-	if *to == "" || (*eventJSON == "") == (*eventFile == "") {
-		return exitError{code: 2, err: fmt.Errorf("send needs --to and one of --event or --event-file")}
+	if *to == "" {
+		return flagError("to", `""`, "send needs the peer's server ID", examples["to"])
+	}
+	if (*eventJSON == "") == (*eventFile == "") {
+		return exitError{code: 2, err: fmt.Errorf("send needs one of --event or --event-file, e.g. --event %s", examples["event"])}
 	}
 	body := []byte(*eventJSON)
 	if *eventFile != "" {
@@ -38,7 +41,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		if *eventFile != "" {
 			source = "--event-file " + *eventFile
 		}
-		return exitError{code: 2, err: fmt.Errorf("%s is not a protocol.sync.v1.Event in JSON: %w", source, err)}
+		return exitError{code: 2, err: fmt.Errorf("%s is not a protocol.sync.v1.Event in JSON: %w; e.g. --event %s", source, err, examples["event"])}
 	}
 	res, err := a.client().Send(ctx, connect.NewRequest(&adminv1.SendRequest{To: *to, Event: &event}))
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"time"
 
 	"connectrpc.com/grpchealth"
@@ -16,12 +17,13 @@ import (
 	"github.com/harmony-postbox/postbox/projections"
 )
 
-func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
-	cfg, err := parseServeConfig(args, stderr, getenv)
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	cfg, err := parseServeConfig(args, stdout, getenv)
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	logger := newLogger(cfg, stderr)
+	privateDataDir(cfg.DataDir, logger)
 	init := initEmbeddedServer
 	if cfg.Store != "" {
 		init = initESDBServer
@@ -32,6 +34,29 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 	}
 	defer cleanup()
 	return app.run(ctx)
+}
+
+// privateDataDir closes an existing data directory to other users: one
+// made before Postbox created its files 0600 may be open to them.
+func privateDataDir(dir string, logger *slog.Logger) {
+	fi, err := os.Stat(dir)
+	if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o077 == 0 {
+		return
+	}
+	if err := os.Chmod(dir, fi.Mode().Perm()&0o700); err != nil {
+		logger.Warn("the data directory is open to other users; make it 0700", "dir", dir, "mode", fi.Mode().Perm().String(), "err", err)
+		return
+	}
+	logger.Info("the data directory was open to other users: made it private (0700)", "dir", dir, "was", fi.Mode().Perm().String())
+}
+
+// newLogger writes log lines as --log-format and --log-level say.
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // federationListener and adminListener tell the two listeners apart in

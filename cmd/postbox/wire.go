@@ -69,7 +69,7 @@ var handlerSet = wire.NewSet(
 	wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)),
 	federation.NewKeyService,
 	wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)),
-	admin.NewService,
+	provideAdminService,
 	wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)),
 	provideFederationHandler,
 	httpserver.NewAdminHandler,

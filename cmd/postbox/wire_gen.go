@@ -73,7 +73,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
 	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
-	metrics := provideMetrics(mainForwardingObserver, engine, store)
+	metrics := provideMetrics(mainForwardingObserver, engine, registry, store, identity)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
@@ -90,11 +90,11 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := admin.NewService(identity, publicKey, version, sender, engine, store, registry, renames, live)
+	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, store)
 	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, checker, metrics, token, logger)
+	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
 	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
 		cleanup4()
@@ -161,7 +161,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	mainForwardingObserver := provideForwardingObserver()
 	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
 	mainDiskState := _wireNoDiskStateValue
-	metrics := provideMetrics(mainForwardingObserver, engine, mainDiskState)
+	metrics := provideMetrics(mainForwardingObserver, engine, registry, mainDiskState, identity)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
@@ -178,11 +178,11 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := admin.NewService(identity, publicKey, version, sender, engine, store, registry, renames, live)
+	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, mainDiskState)
 	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(service, checker, metrics, token, logger)
+	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
 	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
 		cleanup4()
@@ -226,5 +226,5 @@ var engineSet = wire.NewSet(
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(
-	providePostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), admin.NewService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), provideFederationHandler, httpserver.NewAdminHandler, newServer,
+	providePostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), provideAdminService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), provideFederationHandler, httpserver.NewAdminHandler, newServer,
 )

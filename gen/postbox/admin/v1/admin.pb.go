@@ -328,8 +328,11 @@ type Peer struct {
 	// How many times the peer's account showed it lost events it had been
 	// given (its store went back); they were sent again.
 	ReceiverRewinds uint32 `protobuf:"varint,21,opt,name=receiver_rewinds,json=receiverRewinds,proto3" json:"receiver_rewinds,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When the oldest pending event was handed over for delivery (stored in
+	// the outbox); unset when nothing is pending.
+	OldestPending *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=oldest_pending,json=oldestPending,proto3" json:"oldest_pending,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Peer) Reset() {
@@ -507,6 +510,13 @@ func (x *Peer) GetReceiverRewinds() uint32 {
 		return x.ReceiverRewinds
 	}
 	return 0
+}
+
+func (x *Peer) GetOldestPending() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OldestPending
+	}
+	return nil
 }
 
 // Events an operator skipped.
@@ -1689,6 +1699,381 @@ func (*RenameResponse) Descriptor() ([]byte, []int) {
 	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
+// What `postbox audit` found: every stream replayed from the start and the
+// delivery invariants checked as of each record. `postbox audit --json`
+// prints it as one line of protojson.
+type AuditReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every peer as the replay leaves it.
+	Peers []*AuditPeer `protobuf:"bytes,1,rep,name=peers,proto3" json:"peers,omitempty"`
+	// Every broken invariant, at the record that shows it; none when clean.
+	Violations []*AuditViolation `protobuf:"bytes,2,rep,name=violations,proto3" json:"violations,omitempty"`
+	// Every skip by an operator (`Skip`): not violations, never delivered.
+	Skips []*AuditSkip `protobuf:"bytes,3,rep,name=skips,proto3" json:"skips,omitempty"`
+	// How many records were read.
+	Records uint64 `protobuf:"varint,4,opt,name=records,proto3" json:"records,omitempty"`
+	// Records of types this build does not know: skipped, not violations.
+	UnknownRecords uint64 `protobuf:"varint,5,opt,name=unknown_records,json=unknownRecords,proto3" json:"unknown_records,omitempty"`
+	// A projections checkpoint was found and compared with the replay.
+	CheckpointChecked bool `protobuf:"varint,6,opt,name=checkpoint_checked,json=checkpointChecked,proto3" json:"checkpoint_checked,omitempty"`
+	// No invariant was broken.
+	Clean         bool `protobuf:"varint,7,opt,name=clean,proto3" json:"clean,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditReport) Reset() {
+	*x = AuditReport{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditReport) ProtoMessage() {}
+
+func (x *AuditReport) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditReport.ProtoReflect.Descriptor instead.
+func (*AuditReport) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *AuditReport) GetPeers() []*AuditPeer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *AuditReport) GetViolations() []*AuditViolation {
+	if x != nil {
+		return x.Violations
+	}
+	return nil
+}
+
+func (x *AuditReport) GetSkips() []*AuditSkip {
+	if x != nil {
+		return x.Skips
+	}
+	return nil
+}
+
+func (x *AuditReport) GetRecords() uint64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *AuditReport) GetUnknownRecords() uint64 {
+	if x != nil {
+		return x.UnknownRecords
+	}
+	return 0
+}
+
+func (x *AuditReport) GetCheckpointChecked() bool {
+	if x != nil {
+		return x.CheckpointChecked
+	}
+	return false
+}
+
+func (x *AuditReport) GetClean() bool {
+	if x != nil {
+		return x.Clean
+	}
+	return false
+}
+
+// One peer's line of an audit report.
+type AuditPeer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The peer's current server ID; empty if the streams never named it.
+	ServerId string `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// The stable ID that names the peer's streams.
+	PeerId string `protobuf:"bytes,2,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
+	// Events in the peer's outbox.
+	Head uint64 `protobuf:"varint,3,opt,name=head,proto3" json:"head,omitempty"`
+	// Where delivery goes on (delivered or skipped below it).
+	Delivered uint64 `protobuf:"varint,4,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	// Events an operator skipped, below `delivered`.
+	Skipped uint64 `protobuf:"varint,5,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// Events not yet delivered.
+	Pending uint64 `protobuf:"varint,6,opt,name=pending,proto3" json:"pending,omitempty"`
+	// How the outbox is delivered.
+	Mode Mode `protobuf:"varint,7,opt,name=mode,proto3,enum=postbox.admin.v1.Mode" json:"mode,omitempty"`
+	// Events received from the peer.
+	Received      uint64 `protobuf:"varint,8,opt,name=received,proto3" json:"received,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditPeer) Reset() {
+	*x = AuditPeer{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditPeer) ProtoMessage() {}
+
+func (x *AuditPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditPeer.ProtoReflect.Descriptor instead.
+func (*AuditPeer) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *AuditPeer) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *AuditPeer) GetPeerId() string {
+	if x != nil {
+		return x.PeerId
+	}
+	return ""
+}
+
+func (x *AuditPeer) GetHead() uint64 {
+	if x != nil {
+		return x.Head
+	}
+	return 0
+}
+
+func (x *AuditPeer) GetDelivered() uint64 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *AuditPeer) GetSkipped() uint64 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *AuditPeer) GetPending() uint64 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *AuditPeer) GetMode() Mode {
+	if x != nil {
+		return x.Mode
+	}
+	return Mode_MODE_UNSPECIFIED
+}
+
+func (x *AuditPeer) GetReceived() uint64 {
+	if x != nil {
+		return x.Received
+	}
+	return 0
+}
+
+// One broken invariant, at the record that shows it.
+type AuditViolation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stream of the record.
+	Stream string `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
+	// The record's revision in its stream.
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The invariant broken.
+	Rule string `protobuf:"bytes,3,opt,name=rule,proto3" json:"rule,omitempty"`
+	// What the record shows.
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditViolation) Reset() {
+	*x = AuditViolation{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditViolation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditViolation) ProtoMessage() {}
+
+func (x *AuditViolation) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditViolation.ProtoReflect.Descriptor instead.
+func (*AuditViolation) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *AuditViolation) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *AuditViolation) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *AuditViolation) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *AuditViolation) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// One skip by an operator, as recorded.
+type AuditSkip struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stream of the record.
+	Stream string `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
+	// The record's revision in its stream.
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The peer's server ID.
+	ServerId string `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// Sequence number of the first skipped event.
+	FromSeq uint64 `protobuf:"varint,4,opt,name=from_seq,json=fromSeq,proto3" json:"from_seq,omitempty"`
+	// Sequence number of the last skipped event.
+	ThroughSeq uint64 `protobuf:"varint,5,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	// Why, in the operator's words.
+	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditSkip) Reset() {
+	*x = AuditSkip{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditSkip) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditSkip) ProtoMessage() {}
+
+func (x *AuditSkip) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditSkip.ProtoReflect.Descriptor instead.
+func (*AuditSkip) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *AuditSkip) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *AuditSkip) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *AuditSkip) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *AuditSkip) GetFromSeq() uint64 {
+	if x != nil {
+		return x.FromSeq
+	}
+	return 0
+}
+
+func (x *AuditSkip) GetThroughSeq() uint64 {
+	if x != nil {
+		return x.ThroughSeq
+	}
+	return 0
+}
+
+func (x *AuditSkip) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_postbox_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_postbox_admin_v1_admin_proto_rawDesc = "" +
@@ -1704,7 +2089,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x02to\x18\x01 \x01(\tR\x02to\x12-\n" +
 	"\x05event\x18\x02 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\" \n" +
 	"\fSendResponse\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xa8\x06\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xeb\x06\n" +
 	"\x04Peer\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x12\n" +
@@ -1729,7 +2114,8 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x05stuck\x18\x12 \x01(\v2\x1c.postbox.admin.v1.StuckEventR\x05stuck\x12\x14\n" +
 	"\x05epoch\x18\x13 \x01(\x04R\x05epoch\x12%\n" +
 	"\x0eepochs_started\x18\x14 \x01(\rR\repochsStarted\x12)\n" +
-	"\x10receiver_rewinds\x18\x15 \x01(\rR\x0freceiverRewinds\"c\n" +
+	"\x10receiver_rewinds\x18\x15 \x01(\rR\x0freceiverRewinds\x12A\n" +
+	"\x0eoldest_pending\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\roldestPending\"c\n" +
 	"\rSkippedEvents\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
 	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
@@ -1793,7 +2179,39 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\ainvites\x18\x01 \x03(\v2\x1f.postbox.admin.v1.PendingInviteR\ainvites\"3\n" +
 	"\rRenameRequest\x12\"\n" +
 	"\rnew_server_id\x18\x01 \x01(\tR\vnewServerId\"\x10\n" +
-	"\x0eRenameResponse*;\n" +
+	"\x0eRenameResponse\"\xbd\x02\n" +
+	"\vAuditReport\x121\n" +
+	"\x05peers\x18\x01 \x03(\v2\x1b.postbox.admin.v1.AuditPeerR\x05peers\x12@\n" +
+	"\n" +
+	"violations\x18\x02 \x03(\v2 .postbox.admin.v1.AuditViolationR\n" +
+	"violations\x121\n" +
+	"\x05skips\x18\x03 \x03(\v2\x1b.postbox.admin.v1.AuditSkipR\x05skips\x12\x18\n" +
+	"\arecords\x18\x04 \x01(\x04R\arecords\x12'\n" +
+	"\x0funknown_records\x18\x05 \x01(\x04R\x0eunknownRecords\x12-\n" +
+	"\x12checkpoint_checked\x18\x06 \x01(\bR\x11checkpointChecked\x12\x14\n" +
+	"\x05clean\x18\a \x01(\bR\x05clean\"\xef\x01\n" +
+	"\tAuditPeer\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x17\n" +
+	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x12\n" +
+	"\x04head\x18\x03 \x01(\x04R\x04head\x12\x1c\n" +
+	"\tdelivered\x18\x04 \x01(\x04R\tdelivered\x12\x18\n" +
+	"\askipped\x18\x05 \x01(\x04R\askipped\x12\x18\n" +
+	"\apending\x18\x06 \x01(\x04R\apending\x12*\n" +
+	"\x04mode\x18\a \x01(\x0e2\x16.postbox.admin.v1.ModeR\x04mode\x12\x1a\n" +
+	"\breceived\x18\b \x01(\x04R\breceived\"p\n" +
+	"\x0eAuditViolation\x12\x16\n" +
+	"\x06stream\x18\x01 \x01(\tR\x06stream\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x12\n" +
+	"\x04rule\x18\x03 \x01(\tR\x04rule\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"\xb0\x01\n" +
+	"\tAuditSkip\x12\x16\n" +
+	"\x06stream\x18\x01 \x01(\tR\x06stream\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x1b\n" +
+	"\tserver_id\x18\x03 \x01(\tR\bserverId\x12\x19\n" +
+	"\bfrom_seq\x18\x04 \x01(\x04R\afromSeq\x12\x1f\n" +
+	"\vthrough_seq\x18\x05 \x01(\x04R\n" +
+	"throughSeq\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason*;\n" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tMODE_PUSH\x10\x01\x12\x0e\n" +
@@ -1829,7 +2247,7 @@ func file_postbox_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_postbox_admin_v1_admin_proto_goTypes = []any{
 	(Mode)(0),                     // 0: postbox.admin.v1.Mode
 	(*GetServerInfoRequest)(nil),  // 1: postbox.admin.v1.GetServerInfoRequest
@@ -1860,50 +2278,59 @@ var file_postbox_admin_v1_admin_proto_goTypes = []any{
 	(*ListInvitesResponse)(nil),   // 26: postbox.admin.v1.ListInvitesResponse
 	(*RenameRequest)(nil),         // 27: postbox.admin.v1.RenameRequest
 	(*RenameResponse)(nil),        // 28: postbox.admin.v1.RenameResponse
-	(*v1.Event)(nil),              // 29: protocol.sync.v1.Event
-	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
+	(*AuditReport)(nil),           // 29: postbox.admin.v1.AuditReport
+	(*AuditPeer)(nil),             // 30: postbox.admin.v1.AuditPeer
+	(*AuditViolation)(nil),        // 31: postbox.admin.v1.AuditViolation
+	(*AuditSkip)(nil),             // 32: postbox.admin.v1.AuditSkip
+	(*v1.Event)(nil),              // 33: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
 }
 var file_postbox_admin_v1_admin_proto_depIdxs = []int32{
-	29, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
+	33, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.admin.v1.Peer.mode:type_name -> postbox.admin.v1.Mode
-	30, // 2: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
-	30, // 3: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
+	34, // 2: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
+	34, // 3: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
 	6,  // 4: postbox.admin.v1.Peer.last_skip:type_name -> postbox.admin.v1.SkippedEvents
 	7,  // 5: postbox.admin.v1.Peer.stuck:type_name -> postbox.admin.v1.StuckEvent
-	5,  // 6: postbox.admin.v1.ListPeersResponse.peers:type_name -> postbox.admin.v1.Peer
-	5,  // 7: postbox.admin.v1.GetPeerResponse.peer:type_name -> postbox.admin.v1.Peer
-	29, // 8: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
-	13, // 9: postbox.admin.v1.WatchResponse.event:type_name -> postbox.admin.v1.ReceivedEvent
-	6,  // 10: postbox.admin.v1.SkipResponse.skipped:type_name -> postbox.admin.v1.SkippedEvents
-	22, // 11: postbox.admin.v1.ListGuildsResponse.guilds:type_name -> postbox.admin.v1.GuildEntry
-	25, // 12: postbox.admin.v1.ListInvitesResponse.invites:type_name -> postbox.admin.v1.PendingInvite
-	1,  // 13: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
-	3,  // 14: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
-	8,  // 15: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
-	10, // 16: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
-	12, // 17: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
-	15, // 18: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
-	17, // 19: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
-	19, // 20: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
-	21, // 21: postbox.admin.v1.AdminService.ListGuilds:input_type -> postbox.admin.v1.ListGuildsRequest
-	24, // 22: postbox.admin.v1.AdminService.ListInvites:input_type -> postbox.admin.v1.ListInvitesRequest
-	27, // 23: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
-	2,  // 24: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
-	4,  // 25: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
-	9,  // 26: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
-	11, // 27: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
-	14, // 28: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
-	16, // 29: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
-	18, // 30: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
-	20, // 31: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
-	23, // 32: postbox.admin.v1.AdminService.ListGuilds:output_type -> postbox.admin.v1.ListGuildsResponse
-	26, // 33: postbox.admin.v1.AdminService.ListInvites:output_type -> postbox.admin.v1.ListInvitesResponse
-	28, // 34: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
-	24, // [24:35] is the sub-list for method output_type
-	13, // [13:24] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	34, // 6: postbox.admin.v1.Peer.oldest_pending:type_name -> google.protobuf.Timestamp
+	5,  // 7: postbox.admin.v1.ListPeersResponse.peers:type_name -> postbox.admin.v1.Peer
+	5,  // 8: postbox.admin.v1.GetPeerResponse.peer:type_name -> postbox.admin.v1.Peer
+	33, // 9: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
+	13, // 10: postbox.admin.v1.WatchResponse.event:type_name -> postbox.admin.v1.ReceivedEvent
+	6,  // 11: postbox.admin.v1.SkipResponse.skipped:type_name -> postbox.admin.v1.SkippedEvents
+	22, // 12: postbox.admin.v1.ListGuildsResponse.guilds:type_name -> postbox.admin.v1.GuildEntry
+	25, // 13: postbox.admin.v1.ListInvitesResponse.invites:type_name -> postbox.admin.v1.PendingInvite
+	30, // 14: postbox.admin.v1.AuditReport.peers:type_name -> postbox.admin.v1.AuditPeer
+	31, // 15: postbox.admin.v1.AuditReport.violations:type_name -> postbox.admin.v1.AuditViolation
+	32, // 16: postbox.admin.v1.AuditReport.skips:type_name -> postbox.admin.v1.AuditSkip
+	0,  // 17: postbox.admin.v1.AuditPeer.mode:type_name -> postbox.admin.v1.Mode
+	1,  // 18: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
+	3,  // 19: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
+	8,  // 20: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
+	10, // 21: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
+	12, // 22: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
+	15, // 23: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
+	17, // 24: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
+	19, // 25: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
+	21, // 26: postbox.admin.v1.AdminService.ListGuilds:input_type -> postbox.admin.v1.ListGuildsRequest
+	24, // 27: postbox.admin.v1.AdminService.ListInvites:input_type -> postbox.admin.v1.ListInvitesRequest
+	27, // 28: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
+	2,  // 29: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
+	4,  // 30: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
+	9,  // 31: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
+	11, // 32: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
+	14, // 33: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
+	16, // 34: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
+	18, // 35: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
+	20, // 36: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
+	23, // 37: postbox.admin.v1.AdminService.ListGuilds:output_type -> postbox.admin.v1.ListGuildsResponse
+	26, // 38: postbox.admin.v1.AdminService.ListInvites:output_type -> postbox.admin.v1.ListInvitesResponse
+	28, // 39: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
+	29, // [29:40] is the sub-list for method output_type
+	18, // [18:29] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_postbox_admin_v1_admin_proto_init() }
@@ -1922,7 +2349,7 @@ func file_postbox_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_admin_v1_admin_proto_rawDesc), len(file_postbox_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   28,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
