@@ -59,6 +59,9 @@ type Report struct {
 	// Skips are the events operators skipped (postbox skip): not
 	// violations, but never to pass unseen.
 	Skips []Skip `json:"skips"`
+	// TooLarge are the received events too large for the event store,
+	// of which only a marker is stored: not violations, but lost.
+	TooLarge []TooLarge `json:"too_large"`
 	// Records is how many records were read.
 	Records uint64 `json:"records"`
 	// UnknownRecords were of types this build does not know: skipped, not
@@ -91,6 +94,15 @@ type Skip struct {
 	FromSeq    uint64 `json:"from_seq"`
 	ThroughSeq uint64 `json:"through_seq"`
 	Reason     string `json:"reason"`
+}
+
+// TooLarge is one marker of a received event too large for the store.
+type TooLarge struct {
+	Stream    string  `json:"stream"`
+	Revision  uint64  `json:"revision"`
+	ServerID  string  `json:"server_id"`
+	SenderSeq *uint64 `json:"sender_seq,omitempty"`
+	Bytes     uint64  `json:"bytes"`
 }
 
 // Violation is one broken invariant, at the record that shows it.
@@ -164,6 +176,7 @@ type auditor struct {
 	records    uint64
 	violations []Violation
 	skips      []Skip
+	tooLarge   []TooLarge
 
 	outboxNext map[string]uint64       // outbox stream → next revision expected
 	inboxSeq   map[string]uint64       // inbox stream → last sender sequence number
@@ -209,7 +222,7 @@ func (a *auditor) check(r eventstore.RecordedEvent) {
 		case kindDelivery:
 			a.checkDelivery(r, peer)
 		case kindInbox:
-			a.checkInbox(r)
+			a.checkInbox(r, peer)
 		}
 	}
 	if err := a.state.Apply(r); err != nil {
@@ -228,10 +241,17 @@ func (a *auditor) checkOutbox(r eventstore.RecordedEvent) {
 	a.outboxNext[r.Stream] = max(next, r.Revision+1)
 }
 
-func (a *auditor) checkInbox(r eventstore.RecordedEvent) {
+func (a *auditor) checkInbox(r eventstore.RecordedEvent, peer streams.PeerID) {
 	rec, err := streams.DecodeReceived(r)
-	if err != nil || rec.SenderSeq == nil {
+	if err != nil {
 		return // unreadable records are reported when applied
+	}
+	if rec.TooLargeBytes != nil {
+		a.tooLarge = append(a.tooLarge, TooLarge{Stream: r.Stream, Revision: r.Revision,
+			ServerID: a.state.serverID(peer), SenderSeq: rec.SenderSeq, Bytes: *rec.TooLargeBytes})
+	}
+	if rec.SenderSeq == nil {
+		return
 	}
 	seq := *rec.SenderSeq
 	if last, ok := a.inboxSeq[r.Stream]; ok && seq <= last {
@@ -350,6 +370,10 @@ func (a *auditor) report() Report {
 	rep.Skips = a.skips
 	if rep.Skips == nil {
 		rep.Skips = []Skip{}
+	}
+	rep.TooLarge = a.tooLarge
+	if rep.TooLarge == nil {
+		rep.TooLarge = []TooLarge{}
 	}
 	rep.Peers = []PeerSummary{}
 	for _, v := range a.state.Peers() {

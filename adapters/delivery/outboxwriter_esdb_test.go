@@ -21,21 +21,7 @@ func TestASendTimedOutAcrossAServerRestartIsStoredOnce(t *testing.T) {
 	t.Parallel()
 	srv := fakestreams.StartServer(t, fakestreams.Options{Profile: "24.10"})
 	ctx := t.Context()
-	store, err := esdb.Open(ctx, srv.ConnString()+"&maxDiscoverAttempts=2&discoveryInterval=20", slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	codec := streams.NewCodec(rand.Reader)
-	reg, err := LoadRegistry(ctx, store, codec, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	engine := New(testConfig(), store, codec, reg, &fakePeers{}, systemClock{}, slog.New(slog.DiscardHandler), rand.Reader)
-	if err := engine.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(engine.Close)
+	engine, store, reg := newESDBEngine(t, srv, "", testConfig(), nil)
 	if seq, err := engine.Send(ctx, peerB, added(0)); err != nil || seq != 0 {
 		t.Fatalf("first Send: %d, %v", seq, err)
 	}
@@ -83,4 +69,30 @@ func TestASendTimedOutAcrossAServerRestartIsStoredOnce(t *testing.T) {
 	if seq, err := engine.Send(ctx, peerB, added(2)); err != nil || seq != 2 {
 		t.Fatalf("Send after the restart: %d, %v; want 2", seq, err)
 	}
+}
+
+// newESDBEngine opens the adapter on srv (query: more of the connection
+// string) and an engine on it.
+func newESDBEngine(t *testing.T, srv *fakestreams.Server, query string, cfg Config, client PeerClient) (*Engine, *esdb.Store, *Registry) {
+	t.Helper()
+	ctx := t.Context()
+	store, err := esdb.Open(ctx, srv.ConnString()+"&maxDiscoverAttempts=2&discoveryInterval=20"+query, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	codec := streams.NewCodec(rand.Reader)
+	reg, err := LoadRegistry(ctx, store, codec, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if client == nil {
+		client = &fakePeers{}
+	}
+	engine := New(cfg, store, codec, reg, client, systemClock{}, slog.New(slog.DiscardHandler), rand.Reader)
+	if err := engine.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(engine.Close)
+	return engine, store, reg
 }

@@ -205,3 +205,21 @@ func (e *WrongExpectedRevisionError) Error() string {
 }
 
 func (e *WrongExpectedRevisionError) Unwrap() error { return ErrWrongExpectedRevision }
+
+// EventTooLargeError names the events of an append that are each larger
+// than the store takes in one append; it matches ErrEventTooLarge. Nothing
+// of the append was written.
+type EventTooLargeError struct {
+	Stream string
+	// IDs are the events over the limit, in the append's order.
+	IDs []EventID
+	// Limit is the store's per-append budget in bytes, as it counts them.
+	Limit int
+}
+
+func (e *EventTooLargeError) Error() string {
+	return fmt.Sprintf("append to %q: %d event(s) over the per-append budget of %d bytes (the first %s): %v",
+		e.Stream, len(e.IDs), e.Limit, e.IDs[0], ErrEventTooLarge)
+}
+
+func (e *EventTooLargeError) Unwrap() error { return ErrEventTooLarge }

@@ -24,6 +24,7 @@ type Metrics struct {
 	pullsServed  *prometheus.CounterVec
 	pullsMade    *prometheus.CounterVec
 	inbound      *prometheus.CounterVec
+	tooLarge     *prometheus.CounterVec
 	delivered    *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
 }
@@ -64,6 +65,10 @@ func New(peers PeerSource) *Metrics {
 		inbound: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postbox_inbound_events_total", Help: "Events received and applied, by peer and how they came.",
 		}, []string{"peer", "via"}),
+		tooLarge: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbox_inbound_too_large_total",
+			Help: "Received events too large for the event store, stored only as a marker of their size and sequence number, by peer.",
+		}, []string{"peer"}),
 		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postbox_delivered_events_total", Help: "Events handed to peers by push or pull, by peer.",
 		}, []string{"peer", "via"}),
@@ -71,7 +76,7 @@ func New(peers PeerSource) *Metrics {
 			Name: "postbox_auth_failures_total", Help: "Refused federation requests, by reason (the error identifier).",
 		}, []string{"reason"}),
 	}
-	m.registry.MustRegister(m.pushLatency, m.pushFailures, m.pullsServed, m.pullsMade, m.inbound, m.delivered, m.authFailures,
+	m.registry.MustRegister(m.pushLatency, m.pushFailures, m.pullsServed, m.pullsMade, m.inbound, m.tooLarge, m.delivered, m.authFailures,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&peerCollector{source: peers})
 	return m
@@ -112,6 +117,12 @@ func (m *Metrics) PullMade(peer domain.ServerID, err error) {
 // Received counts events applied from a peer.
 func (m *Metrics) Received(peer domain.ServerID, via string, n int) {
 	m.inbound.WithLabelValues(peer.String(), via).Add(float64(n))
+}
+
+// ReceivedTooLarge counts received events stored only as a marker, too
+// large for the event store.
+func (m *Metrics) ReceivedTooLarge(peer domain.ServerID, n int) {
+	m.tooLarge.WithLabelValues(peer.String()).Add(float64(n))
 }
 
 // AuthFailed counts a refused federation request.

@@ -206,12 +206,17 @@ type Received struct {
 	Via   eventsv1.EventReceived_Via
 	// SenderSeq is the sender's sequence number, if it sent one.
 	SenderSeq *uint64
+	// TooLargeBytes is set, and Event nil, in the marker stored for an
+	// event too large for the store: the event's size in bytes.
+	TooLargeBytes *uint64
 }
 
 // EncodeReceived encodes an inbox record.
 func (c *Codec) EncodeReceived(r Received) (eventstore.EventData, error) {
-	m := &eventsv1.EventReceived{Event: r.Event, Via: r.Via, SenderSeq: r.SenderSeq}
-	if c.body == JSONBodies && hasUnknownFields(r.Event.ProtoReflect()) {
+	m := &eventsv1.EventReceived{Event: r.Event, Via: r.Via, SenderSeq: r.SenderSeq, TooLargeBytes: r.TooLargeBytes}
+	if r.TooLargeBytes != nil {
+		m.Event = nil
+	} else if c.body == JSONBodies && hasUnknownFields(r.Event.ProtoReflect()) {
 		raw, err := proto.Marshal(r.Event)
 		if err != nil {
 			return eventstore.EventData{}, fmt.Errorf("encode received event: %w", err)
@@ -254,7 +259,7 @@ func DecodeReceived(r eventstore.RecordedEvent) (Received, error) {
 			return Received{}, fmt.Errorf("%s@%d: decode event bytes: %w", r.Stream, r.Revision, err)
 		}
 	}
-	return Received{Event: event, Via: m.GetVia(), SenderSeq: m.SenderSeq}, nil
+	return Received{Event: event, Via: m.GetVia(), SenderSeq: m.SenderSeq, TooLargeBytes: m.TooLargeBytes}, nil
 }
 
 // DecodePeers reads a record of the peers stream into its message.

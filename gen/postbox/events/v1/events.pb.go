@@ -554,7 +554,12 @@ type EventReceived struct {
 	SenderSeq *uint64 `protobuf:"varint,3,opt,name=sender_seq,json=senderSeq,proto3,oneof" json:"sender_seq,omitempty"`
 	// The event's wire bytes, kept when it holds fields this build does not
 	// know (such as a newer kind of event), which JSON would drop.
-	EventBytes    []byte `protobuf:"bytes,4,opt,name=event_bytes,json=eventBytes,proto3" json:"event_bytes,omitempty"`
+	EventBytes []byte `protobuf:"bytes,4,opt,name=event_bytes,json=eventBytes,proto3" json:"event_bytes,omitempty"`
+	// Set, with event unset, when the event was too large for the event store
+	// to take in one append: its size in bytes (binary encoding). This marker
+	// is stored instead, so the sender's sequence numbers advance and it is not
+	// held up; the event itself is lost, which is logged, counted and audited.
+	TooLargeBytes *uint64 `protobuf:"varint,5,opt,name=too_large_bytes,json=tooLargeBytes,proto3,oneof" json:"too_large_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -615,6 +620,13 @@ func (x *EventReceived) GetEventBytes() []byte {
 		return x.EventBytes
 	}
 	return nil
+}
+
+func (x *EventReceived) GetTooLargeBytes() uint64 {
+	if x != nil && x.TooLargeBytes != nil {
+		return *x.TooLargeBytes
+	}
+	return 0
 }
 
 // Appended to `peers` the first time this server deals with a peer.
@@ -948,19 +960,21 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
 	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
 	"throughSeq\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x82\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xc3\x02\n" +
 	"\rEventReceived\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x126\n" +
 	"\x03via\x18\x02 \x01(\x0e2$.postbox.events.v1.EventReceived.ViaR\x03via\x12\"\n" +
 	"\n" +
 	"sender_seq\x18\x03 \x01(\x04H\x00R\tsenderSeq\x88\x01\x01\x12\x1f\n" +
 	"\vevent_bytes\x18\x04 \x01(\fR\n" +
-	"eventBytes\"6\n" +
+	"eventBytes\x12+\n" +
+	"\x0ftoo_large_bytes\x18\x05 \x01(\x04H\x01R\rtooLargeBytes\x88\x01\x01\"6\n" +
 	"\x03Via\x12\x13\n" +
 	"\x0fVIA_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bVIA_PUSH\x10\x01\x12\f\n" +
 	"\bVIA_PULL\x10\x02B\r\n" +
-	"\v_sender_seq\"d\n" +
+	"\v_sender_seqB\x12\n" +
+	"\x10_too_large_bytes\"d\n" +
 	"\bPeerSeen\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x1b\n" +
 	"\tserver_id\x18\x02 \x01(\tR\bserverId\x12\"\n" +

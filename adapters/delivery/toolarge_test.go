@@ -1,0 +1,134 @@
+package delivery
+
+import (
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb/fakestreams"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+	"github.com/harmony-postbox/postbox/projections"
+)
+
+type tooLargeCounter struct {
+	noObserver
+	mu sync.Mutex
+	n  map[domain.ServerID]int
+}
+
+func (c *tooLargeCounter) ReceivedTooLarge(peer domain.ServerID, n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[domain.ServerID]int{}
+	}
+	c.n[peer] += n
+}
+
+func (c *tooLargeCounter) count(peer domain.ServerID) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[peer]
+}
+
+// On a store that takes appends of a few KiB, a received event too large
+// for any append is stored as a marker of its sender sequence number and
+// size: the push is answered, the sequence numbers go on, the next push is
+// taken, and the loss is counted and audited. The same for an upstream
+// sender (no sequence numbers) and for events that came by Pull.
+func TestAReceivedEventTooLargeForTheStoreIsStoredAsAMarker(t *testing.T) {
+	t.Parallel()
+	srv := fakestreams.StartServer(t, fakestreams.Options{Profile: "24.10", MaxAppendSize: 4096})
+	counter := &tooLargeCounter{}
+	cfg := testConfig()
+	cfg.Observer = counter
+	upstream := domain.MustParseServerID("up.example:2289")
+	peers := &fakePeers{}
+	engine, store, reg := newESDBEngine(t, srv, "&maxAppendBytes=4000", cfg, peers)
+	ctx := t.Context()
+	huge := invite(strings.Repeat("x", 10000))
+
+	pusher := domain.Caller{ServerID: peerB, Extended: true}
+	seq := uint64(0)
+	if err := engine.AcceptPush(ctx, pusher, []*syncv1.Event{added(0), huge, added(2)}, &seq); err != nil {
+		t.Fatalf("push carrying an event too large for the store: %v", err)
+	}
+	seq = 3
+	if err := engine.AcceptPush(ctx, pusher, []*syncv1.Event{added(3)}, &seq); err != nil {
+		t.Fatalf("the next push: %v", err)
+	}
+	// The same push again (a lost answer): nothing is stored twice.
+	seq = 0
+	if err := engine.AcceptPush(ctx, pusher, []*syncv1.Event{added(0), huge, added(2)}, &seq); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.AcceptPush(ctx, domain.Caller{ServerID: upstream}, []*syncv1.Event{huge}, nil); err != nil {
+		t.Fatalf("upstream push too large for the store: %v", err)
+	}
+	// By Pull: a reply of several events, one too large.
+	first := uint64(4)
+	peers.set(func(f *fakePeers) {
+		f.pullFn = func(ack *uint64) (peerclient.PullResult, error) {
+			if ack != nil && *ack >= 6 {
+				return peerclient.PullResult{}, nil
+			}
+			return peerclient.PullResult{Events: []*syncv1.Event{huge, added(5), huge}, FirstSeq: first, HasSeq: true}, nil
+		}
+	})
+	if err := engine.PullFrom(ctx, peerB); err != nil {
+		t.Fatalf("pull of events too large for the store: %v", err)
+	}
+
+	id, _ := reg.Lookup(peerB)
+	recs, err := store.ReadStream(ctx, streams.Inbox(id), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		rec, err := streams.DecodeReceived(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case rec.TooLargeBytes != nil:
+			if *rec.TooLargeBytes < 10000 || *rec.TooLargeBytes > 11000 {
+				t.Errorf("marker of %d bytes for an event of about 10 KB", *rec.TooLargeBytes)
+			}
+			got = append(got, "marker")
+		default:
+			got = append(got, "event")
+		}
+		if rec.SenderSeq == nil || *rec.SenderSeq != uint64(len(got)-1) {
+			t.Fatalf("record %d has sender sequence %v", len(got)-1, rec.SenderSeq)
+		}
+	}
+	if want := "event marker event event marker event marker"; strings.Join(got, " ") != want {
+		t.Fatalf("inbox holds %q, want %q", strings.Join(got, " "), want)
+	}
+	upID, _ := reg.Lookup(upstream)
+	up, err := store.ReadStream(ctx, streams.Inbox(upID), 0, 10)
+	if err != nil || len(up) != 1 {
+		t.Fatalf("upstream inbox: %d records, %v", len(up), err)
+	}
+	if rec, err := streams.DecodeReceived(up[0]); err != nil || rec.TooLargeBytes == nil || rec.SenderSeq != nil || rec.Event != nil {
+		t.Fatalf("upstream record %+v, %v; want a marker without a sequence number", rec, err)
+	}
+	if n, m := counter.count(peerB), counter.count(upstream); n != 3 || m != 1 {
+		t.Fatalf("counted %d and %d events too large, want 3 and 1", n, m)
+	}
+
+	report, err := projections.Audit(ctx, store, projections.AuditOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !report.Clean() || len(report.TooLarge) != 4 {
+		t.Fatalf("audit: %d violations %v, %d markers listed (want 4)", len(report.Violations), report.Violations, len(report.TooLarge))
+	}
+	if m := report.TooLarge[0]; m.ServerID != peerB.String() || m.SenderSeq == nil || *m.SenderSeq != 1 || m.Bytes < 10000 {
+		t.Fatalf("first marker in the audit: %+v", m)
+	}
+}
