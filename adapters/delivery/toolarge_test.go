@@ -1,14 +1,20 @@
 package delivery
 
 import (
+	"crypto/rand"
 	"strings"
+
+	"google.golang.org/protobuf/proto"
+
 	"sync"
 	"testing"
 
+	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb/fakestreams"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
+	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 	"github.com/harmony-postbox/postbox/projections"
 )
@@ -37,7 +43,8 @@ func (c *tooLargeCounter) count(peer domain.ServerID) int {
 // On a store that takes appends of a few KiB, a received event too large
 // for any append is stored as a marker of its sender sequence number and
 // size: the push is answered, the sequence numbers go on, the next push is
-// taken, and the loss is counted and audited. The same for an upstream
+// taken, and the loss is counted and audited. An event whose protojson is
+// too large but whose wire bytes fit is stored as its wire bytes. The same for an upstream
 // sender (no sequence numbers) and for events that came by Pull.
 func TestAReceivedEventTooLargeForTheStoreIsStoredAsAMarker(t *testing.T) {
 	t.Parallel()
@@ -50,6 +57,9 @@ func TestAReceivedEventTooLargeForTheStoreIsStoredAsAMarker(t *testing.T) {
 	engine, store, reg := newESDBEngine(t, srv, "&maxAppendBytes=4000", cfg, peers)
 	ctx := t.Context()
 	huge := invite(strings.Repeat("x", 10000))
+	// 1.5 KB on the wire, 9 KB as protojson (each byte escaped as \u0001):
+	// it fits the store only as its wire bytes.
+	escaped := invite(strings.Repeat("\x01", 1500))
 
 	pusher := domain.Caller{ServerID: peerB, Extended: true}
 	seq := uint64(0)
@@ -75,7 +85,7 @@ func TestAReceivedEventTooLargeForTheStoreIsStoredAsAMarker(t *testing.T) {
 			if ack != nil && *ack >= 6 {
 				return peerclient.PullResult{}, nil
 			}
-			return peerclient.PullResult{Events: []*syncv1.Event{huge, added(5), huge}, FirstSeq: first, HasSeq: true}, nil
+			return peerclient.PullResult{Events: []*syncv1.Event{huge, escaped, huge}, FirstSeq: first, HasSeq: true}, nil
 		}
 	})
 	if err := engine.PullFrom(ctx, peerB); err != nil {
@@ -101,6 +111,9 @@ func TestAReceivedEventTooLargeForTheStoreIsStoredAsAMarker(t *testing.T) {
 			got = append(got, "marker")
 		default:
 			got = append(got, "event")
+		}
+		if len(got) == 6 && !proto.Equal(rec.Event, escaped) {
+			t.Fatalf("the event whose protojson was too large reads back as %v", rec.Event)
 		}
 		if rec.SenderSeq == nil || *rec.SenderSeq != uint64(len(got)-1) {
 			t.Fatalf("record %d has sender sequence %v", len(got)-1, rec.SenderSeq)
@@ -130,5 +143,39 @@ func TestAReceivedEventTooLargeForTheStoreIsStoredAsAMarker(t *testing.T) {
 	}
 	if m := report.TooLarge[0]; m.ServerID != peerB.String() || m.SenderSeq == nil || *m.SenderSeq != 1 || m.Bytes < 10000 {
 		t.Fatalf("first marker in the audit: %+v", m)
+	}
+}
+
+// What the announced limits rest on: the store splits a batch of any size
+// into appends, so only a single event must fit one. The largest event a
+// Postbox sender's Send takes by default (DefaultMaxEventBytes on the wire),
+// at its worst for protojson (every byte escaped), fits a default
+// EventStoreDB append budget as its wire bytes, with the largest sequence
+// number; as protojson it would not.
+func TestTheLargestEventSendTakesFitsOneEventStoreDBAppend(t *testing.T) {
+	t.Parallel()
+	ev := invite("")
+	for n := DefaultMaxEventBytes; ; n-- {
+		ev.GetUserInvited().InviteId = strings.Repeat("\x01", n)
+		if proto.Size(ev) <= DefaultMaxEventBytes {
+			break
+		}
+	}
+	seq := ^uint64(0)
+	codec := streams.NewCodec(rand.Reader)
+	r := streams.Received{Event: ev, Via: eventsv1.EventReceived_VIA_PULL, SenderSeq: &seq}
+	compact, err := codec.EncodeReceivedAsBytes(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cost := len(compact.Data) + 2*len(compact.Type); cost > esdb.DefaultMaxAppendBytes {
+		t.Fatalf("as wire bytes it counts %d, over the default append budget %d", cost, esdb.DefaultMaxAppendBytes)
+	}
+	full, err := codec.EncodeReceived(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cost := len(full.Data) + 2*len(full.Type); cost <= esdb.DefaultMaxAppendBytes {
+		t.Fatalf("as protojson it counts %d: the worst case is not the worst", cost)
 	}
 }

@@ -226,6 +226,19 @@ func (c *Codec) EncodeReceived(r Received) (eventstore.EventData, error) {
 	return c.Encode(TypeEventReceived, m)
 }
 
+// EncodeReceivedAsBytes encodes an inbox record that holds the event only
+// as its wire bytes: in a JSON body they take 4/3 of the binary size, while
+// protojson of the event itself can take several times that (escaped
+// control characters), so an event too large for one append as JSON may
+// still fit this way. Readers take either form.
+func (c *Codec) EncodeReceivedAsBytes(r Received) (eventstore.EventData, error) {
+	raw, err := proto.Marshal(r.Event)
+	if err != nil {
+		return eventstore.EventData{}, fmt.Errorf("encode received event: %w", err)
+	}
+	return c.Encode(TypeEventReceived, &eventsv1.EventReceived{Via: r.Via, SenderSeq: r.SenderSeq, EventBytes: raw})
+}
+
 // hasUnknownFields reports whether m or a message inside it holds fields
 // this build does not know.
 func hasUnknownFields(m protoreflect.Message) bool {
