@@ -139,7 +139,7 @@ func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress fu
 			a.violate(opts.CheckpointPath, 0, RuleCheckpointMatchesReplay, fmt.Sprintf("the checkpoint cannot be read: %v", err))
 		default:
 			a.checkpointChecked = true
-			a.checkpoint, a.checkpointPath = cp, opts.CheckpointPath
+			a.checkpoint, a.checkpointPath, a.checkpointDB = cp, opts.CheckpointPath, cp.databaseID
 		}
 	}
 	sub, err := store.Subscribe(ctx, eventstore.Filter{}, eventstore.FromStart())
@@ -184,6 +184,7 @@ type auditor struct {
 	probeOrder []string                // streams with a pending probe, for a stable report
 
 	checkpoint        *State
+	checkpointDB      string // the checkpoint's database identity
 	checkpointPath    string
 	checkpointChecked bool
 }
@@ -350,6 +351,10 @@ func (a *auditor) finish() {
 		}
 	}
 	a.probeOrder = nil
+	if db := a.state.databaseID; a.checkpointDB != "" && db != "" && a.checkpointDB != db {
+		a.violate(a.checkpointPath, 0, RuleCheckpointMatchesReplay,
+			fmt.Sprintf("the checkpoint is of database %s, the store is database %s", a.checkpointDB, db))
+	}
 	if a.checkpoint != nil {
 		// The store ends at or before the checkpoint's position; a
 		// checkpoint ahead of the store shows up as a position mismatch.

@@ -184,6 +184,10 @@ var (
 	// append; retrying cannot help, so callers store something smaller
 	// (a bounded marker) and report it. Nothing of the append was written.
 	ErrEventTooLarge = errors.New("event too large for the store")
+	// ErrNotAPosition: a subscription was asked to start after a position
+	// that is no event's in this store (past its end, between records, or
+	// from another database).
+	ErrNotAPosition = errors.New("not the position of an event in this store")
 )
 
 // WrongExpectedRevisionError details a conflict; it matches

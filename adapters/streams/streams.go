@@ -25,7 +25,9 @@ type PeerID string
 // Stream names. The per-peer prefixes end in "-" so a prefix subscription
 // for one kind never matches another.
 const (
-	Peers          = "peers"
+	Peers = "peers"
+	// Database holds one DatabaseCreated event: this database's identity.
+	Database       = "database"
 	OutboxPrefix   = "outbox-"
 	DeliveryPrefix = "delivery-"
 	InboxPrefix    = "inbox-"
@@ -55,6 +57,7 @@ const (
 	TypePeerRenamed         = "PeerRenamed"
 	TypeOwnServerIDChanged  = "OwnServerIdChanged"
 	TypePeerNotifiedOfNewID = "PeerNotifiedOfNewId"
+	TypeDatabaseCreated     = "DatabaseCreated"
 )
 
 // Body is how a codec writes event bodies. Decoding reads either.
@@ -312,4 +315,24 @@ func decode(r eventstore.RecordedEvent, m proto.Message) error {
 		return fmt.Errorf("%s@%d: decode %s: %w", r.Stream, r.Revision, r.Type, err)
 	}
 	return nil
+}
+
+// EncodeDatabaseCreated encodes the database's identity record.
+func (c *Codec) EncodeDatabaseCreated(id string) (eventstore.EventData, error) {
+	return c.Encode(TypeDatabaseCreated, &eventsv1.DatabaseCreated{DatabaseId: id})
+}
+
+// DecodeDatabaseCreated reads the database's identity record.
+func DecodeDatabaseCreated(r eventstore.RecordedEvent) (string, error) {
+	if r.Type != TypeDatabaseCreated {
+		return "", fmt.Errorf("%s@%d: database record of type %q", r.Stream, r.Revision, r.Type)
+	}
+	var m eventsv1.DatabaseCreated
+	if err := decode(r, &m); err != nil {
+		return "", err
+	}
+	if m.GetDatabaseId() == "" {
+		return "", fmt.Errorf("%s@%d: database record without an ID", r.Stream, r.Revision)
+	}
+	return m.GetDatabaseId(), nil
 }

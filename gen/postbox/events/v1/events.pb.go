@@ -923,6 +923,55 @@ func (x *PeerNotifiedOfNewId) GetNewServerId() string {
 	return ""
 }
 
+// The first event of the `database` stream, appended by the first server to
+// start on a database: a random ID naming this database. The projections'
+// checkpoint records it, so that a checkpoint of another database is never
+// used.
+type DatabaseCreated struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 32 hex digits.
+	DatabaseId    string `protobuf:"bytes,1,opt,name=database_id,json=databaseId,proto3" json:"database_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatabaseCreated) Reset() {
+	*x = DatabaseCreated{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatabaseCreated) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatabaseCreated) ProtoMessage() {}
+
+func (x *DatabaseCreated) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatabaseCreated.ProtoReflect.Descriptor instead.
+func (*DatabaseCreated) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DatabaseCreated) GetDatabaseId() string {
+	if x != nil {
+		return x.DatabaseId
+	}
+	return ""
+}
+
 var File_postbox_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_postbox_events_v1_events_proto_rawDesc = "" +
@@ -992,7 +1041,10 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\rnew_server_id\x18\x02 \x01(\tR\vnewServerId\"R\n" +
 	"\x13PeerNotifiedOfNewId\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\"\n" +
-	"\rnew_server_id\x18\x02 \x01(\tR\vnewServerIdB\xcd\x01\n" +
+	"\rnew_server_id\x18\x02 \x01(\tR\vnewServerId\"2\n" +
+	"\x0fDatabaseCreated\x12\x1f\n" +
+	"\vdatabase_id\x18\x01 \x01(\tR\n" +
+	"databaseIdB\xcd\x01\n" +
 	"\x15com.postbox.events.v1B\vEventsProtoP\x01ZAgithub.com/harmony-postbox/postbox/gen/postbox/events/v1;eventsv1\xa2\x02\x03PEX\xaa\x02\x11Postbox.Events.V1\xca\x02\x11Postbox\\Events\\V1\xe2\x02\x1dPostbox\\Events\\V1\\GPBMetadata\xea\x02\x13Postbox::Events::V1b\x06proto3"
 
 var (
@@ -1008,7 +1060,7 @@ func file_postbox_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_postbox_events_v1_events_proto_goTypes = []any{
 	(PushResumed_Reason)(0),     // 0: postbox.events.v1.PushResumed.Reason
 	(EventReceived_Via)(0),      // 1: postbox.events.v1.EventReceived.Via
@@ -1025,12 +1077,13 @@ var file_postbox_events_v1_events_proto_goTypes = []any{
 	(*PeerRenamed)(nil),         // 12: postbox.events.v1.PeerRenamed
 	(*OwnServerIdChanged)(nil),  // 13: postbox.events.v1.OwnServerIdChanged
 	(*PeerNotifiedOfNewId)(nil), // 14: postbox.events.v1.PeerNotifiedOfNewId
-	(*v1.Event)(nil),            // 15: protocol.sync.v1.Event
+	(*DatabaseCreated)(nil),     // 15: postbox.events.v1.DatabaseCreated
+	(*v1.Event)(nil),            // 16: protocol.sync.v1.Event
 }
 var file_postbox_events_v1_events_proto_depIdxs = []int32{
-	15, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
+	16, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.events.v1.PushResumed.reason:type_name -> postbox.events.v1.PushResumed.Reason
-	15, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
+	16, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
 	1,  // 3: postbox.events.v1.EventReceived.via:type_name -> postbox.events.v1.EventReceived.Via
 	4,  // [4:4] is the sub-list for method output_type
 	4,  // [4:4] is the sub-list for method input_type
@@ -1051,7 +1104,7 @@ func file_postbox_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_events_v1_events_proto_rawDesc), len(file_postbox_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
