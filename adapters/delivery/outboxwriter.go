@@ -18,8 +18,9 @@ import (
 // revision the writer knows the outbox to be at, so a retry is checked by
 // the store's strong duplicate check (EventStoreDB's index check; with
 // Any, EventStoreDB only has an in-memory cache that a restart or a leader
-// change forgets). A writer goroutine runs only while Sends wait: idle
-// peers hold none.
+// change forgets). The first caller of an idle peer makes its append
+// itself; a writer goroutine takes over only while more Sends wait, so
+// idle peers hold none.
 type outboxWriter struct {
 	mu      sync.Mutex
 	queue   []*outboxSend
@@ -57,10 +58,18 @@ func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint6
 	s.done = make(chan struct{})
 	w.mu.Lock()
 	w.queue = append(w.queue, s)
-	start := !w.writing
+	lead := !w.writing
 	w.writing = true
 	w.mu.Unlock()
-	if start && !e.startWriter(p) {
+	if lead && e.enterWriter() {
+		// No append for the peer is in flight: this caller makes it, with
+		// no hand-over to another goroutine, and leaves what queued
+		// meanwhile to a writer in the background.
+		e.writeOutbox(p, s)
+		e.wg.Done()
+		return s.seq, s.err
+	}
+	if lead {
 		w.mu.Lock()
 		w.writing = false
 		queue := w.queue
@@ -97,25 +106,21 @@ func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint6
 	}
 }
 
-// startWriter runs p's outbox writer in the background, unless the engine
-// is closing.
-func (e *Engine) startWriter(p *peer) bool {
+// enterWriter counts a writer in, unless the engine is closing.
+func (e *Engine) enterWriter() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.ctx.Err() != nil {
 		return false
 	}
 	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		e.writeOutbox(p)
-	}()
 	return true
 }
 
 // writeOutbox appends what waits in p's queue, batch after batch, and exits
-// once the queue is empty.
-func (e *Engine) writeOutbox(p *peer) {
+// once the queue is empty. A caller's Send (own) writes until its own event
+// is answered and hands the rest to a goroutine of its own.
+func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 	w := &p.sends
 	for {
 		w.mu.Lock()
@@ -157,6 +162,25 @@ func (e *Engine) writeOutbox(p *peer) {
 				s.err = err
 			}
 			close(s.done)
+		}
+		if own != nil && own.taken {
+			w.mu.Lock()
+			rest := len(w.queue) > 0
+			if !rest {
+				w.writing = false
+			}
+			w.mu.Unlock()
+			if !rest {
+				return
+			}
+			if e.enterWriter() {
+				go func() {
+					defer e.wg.Done()
+					e.writeOutbox(p, nil)
+				}()
+				return
+			}
+			own = nil // closing: finish the queue here
 		}
 	}
 }

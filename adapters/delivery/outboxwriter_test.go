@@ -191,7 +191,9 @@ func TestConcurrentSendsShareAppendsAtExactRevisions(t *testing.T) {
 			t.Fatalf("an outbox append expected any revision: %+v", calls)
 		}
 	}
-	if len(calls) >= senders*each || calls[1].events != senders-1 {
+	// The second append takes every send that waited (and perhaps the
+	// first sender's next one).
+	if len(calls) >= senders*each || calls[1].events < senders-1 {
 		t.Fatalf("%d appends for %d sends, the second of %d events; want the waiting sends together", len(calls), senders*each, calls[1].events)
 	}
 	if rev, _ := calls[0].expected.Revision(); rev != 0 {
