@@ -157,11 +157,17 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 		if err != nil {
 			e.logger.Error("appending to an outbox failed", "peer", p.id, "events", len(batch)-stored, "err", err)
 		}
+		w.mu.Lock()
+		waiting := len(w.queue)
+		w.mu.Unlock()
 		for i, s := range batch {
 			if i >= stored {
 				s.err = err
 			}
 			close(s.done)
+		}
+		if own == nil {
+			e.awaitCallers(w, waiting+len(batch))
 		}
 		if own != nil && own.taken {
 			w.mu.Lock()
@@ -182,6 +188,26 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 			}
 			own = nil // closing: finish the queue here
 		}
+	}
+}
+
+// Under load, callers that send one after the other would split into two
+// alternating halves, each half's append going while the other half's
+// callers send again. So before taking the next batch the writer gives the
+// callers it just answered a moment to send again: until want Sends wait,
+// or callersGrace has passed.
+const callersGrace = 200 * time.Microsecond
+
+func (e *Engine) awaitCallers(w *outboxWriter, want int) {
+	deadline := time.Now().Add(callersGrace)
+	for {
+		w.mu.Lock()
+		n := len(w.queue)
+		w.mu.Unlock()
+		if n >= want || !time.Now().Before(deadline) {
+			return
+		}
+		time.Sleep(20 * time.Microsecond)
 	}
 }
 
