@@ -24,9 +24,9 @@ import (
 type outboxWriter struct {
 	mu      sync.Mutex
 	queue   []*outboxSend
-	writing bool // a writer goroutine runs
+	writing bool // a writer (a caller's Send or a goroutine) runs
 
-	// Owned by the writer goroutine.
+	// Owned by the writer.
 	next  uint64 // events in the outbox, if known
 	known bool
 }
@@ -54,6 +54,9 @@ var errEngineClosed = errors.New("delivery engine closed")
 // enqueueSend adds s to p's next outbox append and waits until it is
 // durable, or ctx ends.
 func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
 	w := &p.sends
 	s.done = make(chan struct{})
 	w.mu.Lock()
