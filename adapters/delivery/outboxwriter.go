@@ -25,6 +25,10 @@ type outboxWriter struct {
 	mu      sync.Mutex
 	queue   []*outboxSend
 	writing bool // a writer (a caller's Send or a goroutine) runs
+	// want, if not 0, is how many waiting Sends wake the writer (through
+	// enough) from awaitCallers.
+	want   int
+	enough chan struct{}
 
 	// Owned by the writer.
 	next  uint64 // events in the outbox, if known
@@ -61,6 +65,10 @@ func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint6
 	s.done = make(chan struct{})
 	w.mu.Lock()
 	w.queue = append(w.queue, s)
+	if w.want > 0 && len(w.queue) >= w.want {
+		w.want = 0
+		w.enough <- struct{}{} // buffered, and sent once per want
+	}
 	lead := !w.writing
 	w.writing = true
 	w.mu.Unlock()
@@ -202,15 +210,27 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 const callersGrace = 200 * time.Microsecond
 
 func (e *Engine) awaitCallers(w *outboxWriter, want int) {
-	deadline := time.Now().Add(callersGrace)
-	for {
-		w.mu.Lock()
-		n := len(w.queue)
+	w.mu.Lock()
+	if len(w.queue) >= want {
 		w.mu.Unlock()
-		if n >= want || !time.Now().Before(deadline) {
-			return
+		return
+	}
+	if w.enough == nil {
+		w.enough = make(chan struct{}, 1)
+	}
+	w.want = want
+	w.mu.Unlock()
+	t := time.NewTimer(callersGrace)
+	defer t.Stop()
+	select {
+	case <-w.enough:
+	case <-t.C:
+		w.mu.Lock()
+		if w.want == 0 {
+			<-w.enough // sent just now
 		}
-		time.Sleep(20 * time.Microsecond)
+		w.want = 0
+		w.mu.Unlock()
 	}
 }
 
