@@ -59,6 +59,9 @@ type Report struct {
 	// Skips are the events operators skipped (postbox skip): not
 	// violations, but never to pass unseen.
 	Skips []Skip `json:"skips"`
+	// TooLarge are the received events too large for the event store,
+	// of which only a marker is stored: not violations, but lost.
+	TooLarge []TooLarge `json:"too_large"`
 	// Records is how many records were read.
 	Records uint64 `json:"records"`
 	// UnknownRecords were of types this build does not know: skipped, not
@@ -91,6 +94,15 @@ type Skip struct {
 	FromSeq    uint64 `json:"from_seq"`
 	ThroughSeq uint64 `json:"through_seq"`
 	Reason     string `json:"reason"`
+}
+
+// TooLarge is one marker of a received event too large for the store.
+type TooLarge struct {
+	Stream    string  `json:"stream"`
+	Revision  uint64  `json:"revision"`
+	ServerID  string  `json:"server_id"`
+	SenderSeq *uint64 `json:"sender_seq,omitempty"`
+	Bytes     uint64  `json:"bytes"`
 }
 
 // Violation is one broken invariant, at the record that shows it.
@@ -127,7 +139,7 @@ func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress fu
 			a.violate(opts.CheckpointPath, 0, RuleCheckpointMatchesReplay, fmt.Sprintf("the checkpoint cannot be read: %v", err))
 		default:
 			a.checkpointChecked = true
-			a.checkpoint, a.checkpointPath = cp, opts.CheckpointPath
+			a.checkpoint, a.checkpointPath, a.checkpointDB = cp, opts.CheckpointPath, cp.databaseID
 		}
 	}
 	sub, err := store.Subscribe(ctx, eventstore.Filter{}, eventstore.FromStart())
@@ -164,6 +176,7 @@ type auditor struct {
 	records    uint64
 	violations []Violation
 	skips      []Skip
+	tooLarge   []TooLarge
 
 	outboxNext map[string]uint64       // outbox stream → next revision expected
 	inboxSeq   map[string]epochSeq     // inbox stream → last sender sequence number, in its epoch
@@ -171,6 +184,7 @@ type auditor struct {
 	probeOrder []string                // streams with a pending probe, for a stable report
 
 	checkpoint        *State
+	checkpointDB      string // the checkpoint's database identity
 	checkpointPath    string
 	checkpointChecked bool
 }
@@ -209,7 +223,7 @@ func (a *auditor) check(r eventstore.RecordedEvent) {
 		case kindDelivery:
 			a.checkDelivery(r, peer)
 		case kindInbox:
-			a.checkInbox(r)
+			a.checkInbox(r, peer)
 		}
 	}
 	if err := a.state.Apply(r); err != nil {
@@ -228,10 +242,17 @@ func (a *auditor) checkOutbox(r eventstore.RecordedEvent) {
 	a.outboxNext[r.Stream] = max(next, r.Revision+1)
 }
 
-func (a *auditor) checkInbox(r eventstore.RecordedEvent) {
+func (a *auditor) checkInbox(r eventstore.RecordedEvent, peer streams.PeerID) {
 	rec, err := streams.DecodeReceived(r)
-	if err != nil || rec.SenderSeq == nil {
+	if err != nil {
 		return // unreadable records are reported when applied
+	}
+	if rec.TooLargeBytes != nil {
+		a.tooLarge = append(a.tooLarge, TooLarge{Stream: r.Stream, Revision: r.Revision,
+			ServerID: a.state.serverID(peer), SenderSeq: rec.SenderSeq, Bytes: *rec.TooLargeBytes})
+	}
+	if rec.SenderSeq == nil {
+		return
 	}
 	// Sequence numbers count within the sender's epoch: a new epoch (the
 	// sender's store went back) starts them again.
@@ -346,6 +367,10 @@ func (a *auditor) finish() {
 		}
 	}
 	a.probeOrder = nil
+	if db := a.state.databaseID; a.checkpointDB != "" && db != "" && a.checkpointDB != db {
+		a.violate(a.checkpointPath, 0, RuleCheckpointMatchesReplay,
+			fmt.Sprintf("the checkpoint is of database %s, the store is database %s", a.checkpointDB, db))
+	}
 	if a.checkpoint != nil {
 		// The store ends at or before the checkpoint's position; a
 		// checkpoint ahead of the store shows up as a position mismatch.
@@ -366,6 +391,10 @@ func (a *auditor) report() Report {
 	rep.Skips = a.skips
 	if rep.Skips == nil {
 		rep.Skips = []Skip{}
+	}
+	rep.TooLarge = a.tooLarge
+	if rep.TooLarge == nil {
+		rep.TooLarge = []TooLarge{}
 	}
 	rep.Peers = []PeerSummary{}
 	for _, v := range a.state.Peers() {

@@ -23,6 +23,7 @@ import (
 //
 //	{
 //	  "version": 1,
+//	  "database_id": "0123456789abcdef0123456789abcdef",
 //	  "position": {"commit": 1234, "prepare": 1234},
 //	  "state": {
 //	    "own_server_id": "new.example:2289",
@@ -46,13 +47,17 @@ import (
 // one state always encodes to the same bytes: that is how Audit compares a
 // checkpoint with a replay. Fields absent or empty are omitted; a reader
 // treats them as zero. A file of another version is not read: the state is
-// rebuilt from the start instead, which is always correct, only slower.
+// rebuilt from the start instead, which is always correct, only slower; so
+// is a checkpoint of another database (or of none recorded): positions mean
+// something only in the database they come from.
 const checkpointVersion = 1
 
 type checkpointFile struct {
-	Version  int       `json:"version"`
-	Position *position `json:"position"`
-	State    snapshot  `json:"state"`
+	Version int `json:"version"`
+	// DatabaseID is the identity of the store the position belongs to.
+	DatabaseID string    `json:"database_id,omitempty"`
+	Position   *position `json:"position"`
+	State      snapshot  `json:"state"`
 }
 
 type position struct {
@@ -124,7 +129,7 @@ type sentSnapshot struct {
 }
 
 func (s *State) snapshot() checkpointFile {
-	f := checkpointFile{Version: checkpointVersion, State: snapshot{OwnServerID: s.ownServerID, UnknownRecords: s.unknown}}
+	f := checkpointFile{Version: checkpointVersion, DatabaseID: s.databaseID, State: snapshot{OwnServerID: s.ownServerID, UnknownRecords: s.unknown}}
 	if s.applied {
 		f.Position = &position{Commit: s.pos.Commit, Prepare: s.pos.Prepare}
 	}
@@ -184,7 +189,7 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 		s.pos = eventstore.Position{Commit: f.Position.Commit, Prepare: f.Position.Prepare}
 		s.applied = true
 	}
-	s.ownServerID, s.unknown = f.State.OwnServerID, f.State.UnknownRecords
+	s.ownServerID, s.unknown, s.databaseID = f.State.OwnServerID, f.State.UnknownRecords, f.DatabaseID
 	for _, ps := range f.State.Peers {
 		var mode domain.DeliveryMode
 		switch ps.Mode {
@@ -330,6 +335,9 @@ func writeFileAtomic(path string, data []byte) error {
 // describes the first difference found, for Audit's report.
 func equalStates(a, b *State) (bool, string) {
 	fa, fb := a.snapshot(), b.snapshot()
+	// Not compared: a live state learns the ID before it replays the
+	// record holding it. Audit compares it at the end.
+	fa.DatabaseID, fb.DatabaseID = "", ""
 	ja, _ := marshalSnapshot(fa)
 	jb, _ := marshalSnapshot(fb)
 	if bytes.Equal(ja, jb) {

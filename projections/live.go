@@ -1,9 +1,12 @@
 package projections
 
 import (
+	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"sync"
@@ -12,9 +15,11 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 )
 
-// LiveStore is what Live needs of the event store.
+// LiveStore is what Live needs of the event store: to follow it, and to
+// learn (or write) its identity.
 type LiveStore interface {
 	Subscribe(ctx context.Context, filter eventstore.Filter, from eventstore.SubscribeFrom) (eventstore.Subscription, error)
+	IdentityStore
 }
 
 // Live keeps a State current by following the store with a catch-up
@@ -24,6 +29,7 @@ type Live struct {
 	store  LiveStore
 	path   string // "" keeps no checkpoint
 	logger *slog.Logger
+	random io.Reader // for a new database's identity
 
 	checkpointEvery time.Duration
 	backoffFirst    time.Duration
@@ -46,6 +52,7 @@ func NewLive(store LiveStore, checkpointPath string, logger *slog.Logger) *Live 
 		store:           store,
 		path:            checkpointPath,
 		logger:          logger.With("component", "projections"),
+		random:          rand.Reader,
 		checkpointEvery: 5 * time.Second,
 		backoffFirst:    100 * time.Millisecond,
 		backoffMax:      30 * time.Second,
@@ -60,7 +67,11 @@ func NewLive(store LiveStore, checkpointPath string, logger *slog.Logger) *Live 
 // when ctx ends; the error is the final checkpoint write's, if it failed.
 // Run one Run at a time.
 func (l *Live) Run(ctx context.Context) error {
-	l.loadCheckpoint()
+	id, ok := l.identify(ctx)
+	if !ok {
+		return nil
+	}
+	l.loadCheckpoint(id)
 
 	var wg sync.WaitGroup
 	loopCtx, stopLoop := context.WithCancel(ctx)
@@ -114,6 +125,18 @@ func (l *Live) follow(ctx context.Context) (bool, error) {
 	}
 	l.mu.Unlock()
 	sub, err := l.store.Subscribe(ctx, eventstore.Filter{}, from)
+	if errors.Is(err, eventstore.ErrNotAPosition) {
+		// The store lost what the state had applied (restored from an
+		// older backup, say): start again from its beginning.
+		l.logger.Warn("the projections' position is no longer in the store; replaying every stream", "err", err)
+		l.mu.Lock()
+		fresh := NewState()
+		fresh.databaseID = l.state.databaseID
+		l.state = fresh
+		close(l.changed)
+		l.changed = make(chan struct{})
+		l.mu.Unlock()
+	}
 	if err != nil {
 		return false, fmt.Errorf("subscribe: %w", err)
 	}
@@ -150,7 +173,37 @@ func (l *Live) apply(r eventstore.RecordedEvent) {
 	}
 }
 
-func (l *Live) loadCheckpoint() {
+// identify learns the store's database identity, writing it if the store
+// has none, retrying with backoff until ctx ends (then ok is false).
+func (l *Live) identify(ctx context.Context) (id string, ok bool) {
+	delay := l.backoffFirst
+	for {
+		id, err := DatabaseID(ctx, l.store, l.random)
+		if err == nil {
+			return id, true
+		}
+		if ctx.Err() != nil {
+			return "", false
+		}
+		l.logger.Warn("reading the database identity failed; trying again", "err", err, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		delay = min(2*delay, l.backoffMax)
+	}
+}
+
+// loadCheckpoint resumes from the checkpoint, if there is one of database
+// id; the state records id either way.
+func (l *Live) loadCheckpoint(id string) {
+	defer func() {
+		l.mu.Lock()
+		l.state.databaseID = id
+		l.mu.Unlock()
+	}()
 	if l.path == "" {
 		return
 	}
@@ -161,6 +214,12 @@ func (l *Live) loadCheckpoint() {
 	case err != nil:
 		// Replaying from the start is always correct, only slower.
 		l.logger.Warn("ignoring the projection checkpoint; replaying every stream", "path", l.path, "err", err)
+		return
+	case s.databaseID != id:
+		// Its positions belong to another database: resuming after one
+		// would skip or repeat this store's events.
+		l.logger.Warn("the projection checkpoint is of another database; replaying every stream", "path", l.path,
+			"checkpoint_database", cmp.Or(s.databaseID, "(none recorded)"), "store_database", id)
 		return
 	}
 	l.mu.Lock()

@@ -89,7 +89,9 @@ type State struct {
 	// for forward compatibility.
 	unknown     uint64
 	ownServerID string
-	peers       map[streams.PeerID]*peerState
+	// databaseID is the store's identity (streams.Database), once known.
+	databaseID string
+	peers      map[streams.PeerID]*peerState
 	// Effects are keyed by the stable peer ID, not the server ID, so a
 	// rename keeps them; readers see the peer's current server ID.
 	guilds  map[uint64]map[guildKey]struct{}
@@ -178,6 +180,12 @@ func (s *State) Apply(r eventstore.RecordedEvent) error {
 		return s.applyDelivery(peer, r)
 	case kindInbox:
 		return s.applyInbox(peer, r)
+	case kindDatabase:
+		if s.databaseID == "" {
+			id, err := streams.DecodeDatabaseCreated(r)
+			s.databaseID = id
+			return err
+		}
 	}
 	return nil
 }
@@ -190,12 +198,15 @@ const (
 	kindOutbox
 	kindDelivery
 	kindInbox
+	kindDatabase
 )
 
 func streamKind(stream string) (streamKindT, streams.PeerID) {
 	switch {
 	case stream == streams.Peers:
 		return kindPeers, ""
+	case stream == streams.Database:
+		return kindDatabase, ""
 	case strings.HasPrefix(stream, streams.OutboxPrefix):
 		return kindOutbox, streams.PeerID(strings.TrimPrefix(stream, streams.OutboxPrefix))
 	case strings.HasPrefix(stream, streams.DeliveryPrefix):
@@ -225,6 +236,8 @@ func knownType(kind streamKindT, typ string) bool {
 		}
 	case kindInbox:
 		return typ == streams.TypeEventReceived
+	case kindDatabase:
+		return typ == streams.TypeDatabaseCreated
 	}
 	return false
 }
@@ -496,7 +509,7 @@ func (s *State) SentInvites() []SentInvite {
 // Clone returns a deep copy.
 func (s *State) Clone() *State {
 	c := &State{
-		pos: s.pos, applied: s.applied, unknown: s.unknown, ownServerID: s.ownServerID,
+		pos: s.pos, applied: s.applied, unknown: s.unknown, ownServerID: s.ownServerID, databaseID: s.databaseID,
 		peers:   make(map[streams.PeerID]*peerState, len(s.peers)),
 		guilds:  make(map[uint64]map[guildKey]struct{}, len(s.guilds)),
 		invites: make(map[uint64]map[inviteKey]uint64, len(s.invites)),

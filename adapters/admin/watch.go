@@ -34,6 +34,12 @@ func (s *Service) Watch(ctx context.Context, req *connect.Request[adminv1.WatchR
 		from = eventstore.After(eventstore.Position{Commit: after, Prepare: after})
 	}
 	sub, err := s.received.Subscribe(ctx, eventstore.Filter{StreamPrefix: streams.InboxPrefix}, from)
+	if errors.Is(err, eventstore.ErrNotAPosition) {
+		// A position from another database, or one made up: refused, rather
+		// than quietly watching from somewhere else.
+		return fmt.Errorf("%w: after %d is not the position of an event in this server's store: use a position that watch printed here",
+			domain.ErrInvalidArgument, req.Msg.GetAfter())
+	}
 	if err != nil {
 		return fmt.Errorf("watch: %w", err)
 	}

@@ -186,6 +186,8 @@ type peer struct {
 	// last read for a push or a Pull reply; moot once Delivered passes it.
 	stuck *domain.StuckEvent
 
+	sends outboxWriter // batches Sends into outbox appends
+
 	recvMu   sync.Mutex // serializes inbox appends, in order
 	inLoaded bool
 	in       domain.Inbox

@@ -119,7 +119,11 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 	if len(data) == 0 {
 		return domain.PushAnswer{Applied: in.Last()}, nil
 	}
-	if _, err := e.store.Append(ctx, streams.Inbox(p.id), expectAfter(p.in.Count), data...); err != nil {
+	_, err := e.store.Append(ctx, streams.Inbox(p.id), expectAfter(p.in.Count), data...)
+	if err != nil {
+		err = e.storeTooLargeAsMarkers(ctx, p, data, err)
+	}
+	if err != nil {
 		if errors.Is(err, eventstore.ErrWrongExpectedRevision) {
 			p.inLoaded = false // another writer shares the store: reread
 		}

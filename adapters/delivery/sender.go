@@ -36,18 +36,12 @@ func (e *Engine) Send(ctx context.Context, to domain.ServerID, event *syncv1.Eve
 	if err != nil {
 		return 0, err
 	}
-	// Any: concurrent sends to one peer are ordered by the store, and the
-	// revision it gives is the sequence number.
-	res, err := e.store.Append(ctx, streams.Outbox(id), eventstore.Any(), data)
+	// The peer's outbox writer appends it at the exact revision, with the
+	// Sends that wait beside it; the revision is the sequence number.
+	seq, err := e.enqueueSend(ctx, e.peer(id), &outboxSend{data: data})
 	if err != nil {
 		return 0, fmt.Errorf("append to outbox of %s: %w", to, err)
 	}
-	seq := res.NextExpectedRevision
-	p := e.peer(id)
-	p.mu.Lock()
-	p.out.Head = max(p.out.Head, seq+1)
-	e.kickLocked(p)
-	p.mu.Unlock()
 	return seq, nil
 }
 

@@ -184,6 +184,10 @@ var (
 	// append; retrying cannot help, so callers store something smaller
 	// (a bounded marker) and report it. Nothing of the append was written.
 	ErrEventTooLarge = errors.New("event too large for the store")
+	// ErrNotAPosition: a subscription was asked to start after a position
+	// that is no event's in this store (past its end, between records, or
+	// from another database).
+	ErrNotAPosition = errors.New("not the position of an event in this store")
 )
 
 // WrongExpectedRevisionError details a conflict; it matches
@@ -205,3 +209,21 @@ func (e *WrongExpectedRevisionError) Error() string {
 }
 
 func (e *WrongExpectedRevisionError) Unwrap() error { return ErrWrongExpectedRevision }
+
+// EventTooLargeError names the events of an append that are each larger
+// than the store takes in one append; it matches ErrEventTooLarge. Nothing
+// of the append was written.
+type EventTooLargeError struct {
+	Stream string
+	// IDs are the events over the limit, in the append's order.
+	IDs []EventID
+	// Limit is the store's per-append budget in bytes, as it counts them.
+	Limit int
+}
+
+func (e *EventTooLargeError) Error() string {
+	return fmt.Sprintf("append to %q: %d event(s) over the per-append budget of %d bytes (the first %s): %v",
+		e.Stream, len(e.IDs), e.Limit, e.IDs[0], ErrEventTooLarge)
+}
+
+func (e *EventTooLargeError) Unwrap() error { return ErrEventTooLarge }

@@ -29,6 +29,7 @@ type Metrics struct {
 	pullsServed  *prometheus.CounterVec
 	pullsMade    *prometheus.CounterVec
 	inbound      *prometheus.CounterVec
+	tooLarge     *prometheus.CounterVec
 	delivered    *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
 	continuity   *prometheus.CounterVec
@@ -88,6 +89,10 @@ func New(peers PeerSource, ids PeerIDs) *Metrics {
 		inbound: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postbox_inbound_events_total", Help: "Events received and applied, by peer and how they came.",
 		}, []string{"peer", "via"}),
+		tooLarge: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbox_inbound_too_large_total",
+			Help: "Received events too large for the event store, stored only as a marker of their size and sequence number, by peer.",
+		}, []string{"peer"}),
 		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postbox_delivered_events_total", Help: "Events handed to peers by push or pull, by peer.",
 		}, []string{"peer", "via"}),
@@ -99,7 +104,7 @@ func New(peers PeerSource, ids PeerIDs) *Metrics {
 			Help: "Peers' accounts that contradicted an outbox, by kind: epoch_started (this server's store went back), receiver_behind (the peer's did), receiver_ahead (a lost reply or record).",
 		}, []string{"peer", "kind"}),
 	}
-	m.registry.MustRegister(m.pushLatency, m.pushFailures, m.pullsServed, m.pullsMade, m.inbound, m.delivered, m.authFailures, m.continuity,
+	m.registry.MustRegister(m.pushLatency, m.pushFailures, m.pullsServed, m.pullsMade, m.inbound, m.tooLarge, m.delivered, m.authFailures, m.continuity,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&peerCollector{source: peers})
 	return m
@@ -179,6 +184,12 @@ func (m *Metrics) Received(peer domain.ServerID, via string, n int) {
 // Continuity counts a peer's account that contradicted its outbox.
 func (m *Metrics) Continuity(peer domain.ServerID, kind string) {
 	m.continuity.WithLabelValues(m.peer(peer), kind).Inc()
+}
+
+// ReceivedTooLarge counts received events stored only as a marker, too
+// large for the event store.
+func (m *Metrics) ReceivedTooLarge(peer domain.ServerID, n int) {
+	m.tooLarge.WithLabelValues(m.peer(peer)).Add(float64(n))
 }
 
 // AuthFailed counts a refused federation request.

@@ -25,7 +25,9 @@ type PeerID string
 // Stream names. The per-peer prefixes end in "-" so a prefix subscription
 // for one kind never matches another.
 const (
-	Peers          = "peers"
+	Peers = "peers"
+	// Database holds one DatabaseCreated event: this database's identity.
+	Database       = "database"
 	OutboxPrefix   = "outbox-"
 	DeliveryPrefix = "delivery-"
 	InboxPrefix    = "inbox-"
@@ -57,6 +59,7 @@ const (
 	TypePeerRenamed         = "PeerRenamed"
 	TypeOwnServerIDChanged  = "OwnServerIdChanged"
 	TypePeerNotifiedOfNewID = "PeerNotifiedOfNewId"
+	TypeDatabaseCreated     = "DatabaseCreated"
 )
 
 // Body is how a codec writes event bodies. Decoding reads either.
@@ -229,12 +232,17 @@ type Received struct {
 	// SenderEventID is the ID of the event's record in the sender's
 	// outbox, if the sender sent it.
 	SenderEventID []byte
+	// TooLargeBytes is set, and Event nil, in the marker stored for an
+	// event too large for the store: the event's size in bytes.
+	TooLargeBytes *uint64
 }
 
 // EncodeReceived encodes an inbox record.
 func (c *Codec) EncodeReceived(r Received) (eventstore.EventData, error) {
-	m := &eventsv1.EventReceived{Event: r.Event, Via: r.Via, SenderSeq: r.SenderSeq, SenderEpoch: r.SenderEpoch, SenderEventId: r.SenderEventID}
-	if c.body == JSONBodies && hasUnknownFields(r.Event.ProtoReflect()) {
+	m := &eventsv1.EventReceived{Event: r.Event, Via: r.Via, SenderSeq: r.SenderSeq, SenderEpoch: r.SenderEpoch, SenderEventId: r.SenderEventID, TooLargeBytes: r.TooLargeBytes}
+	if r.TooLargeBytes != nil {
+		m.Event = nil
+	} else if c.body == JSONBodies && hasUnknownFields(r.Event.ProtoReflect()) {
 		raw, err := proto.Marshal(r.Event)
 		if err != nil {
 			return eventstore.EventData{}, fmt.Errorf("encode received event: %w", err)
@@ -242,6 +250,19 @@ func (c *Codec) EncodeReceived(r Received) (eventstore.EventData, error) {
 		m.EventBytes = raw
 	}
 	return c.Encode(TypeEventReceived, m)
+}
+
+// EncodeReceivedAsBytes encodes an inbox record that holds the event only
+// as its wire bytes: in a JSON body they take 4/3 of the binary size, while
+// protojson of the event itself can take several times that (escaped
+// control characters), so an event too large for one append as JSON may
+// still fit this way. Readers take either form.
+func (c *Codec) EncodeReceivedAsBytes(r Received) (eventstore.EventData, error) {
+	raw, err := proto.Marshal(r.Event)
+	if err != nil {
+		return eventstore.EventData{}, fmt.Errorf("encode received event: %w", err)
+	}
+	return c.Encode(TypeEventReceived, &eventsv1.EventReceived{Via: r.Via, SenderSeq: r.SenderSeq, EventBytes: raw})
 }
 
 // hasUnknownFields reports whether m or a message inside it holds fields
@@ -277,7 +298,7 @@ func DecodeReceived(r eventstore.RecordedEvent) (Received, error) {
 			return Received{}, fmt.Errorf("%s@%d: decode event bytes: %w", r.Stream, r.Revision, err)
 		}
 	}
-	return Received{Event: event, Via: m.GetVia(), SenderSeq: m.SenderSeq, SenderEpoch: m.GetSenderEpoch(), SenderEventID: m.GetSenderEventId()}, nil
+	return Received{Event: event, Via: m.GetVia(), SenderSeq: m.SenderSeq, SenderEpoch: m.GetSenderEpoch(), SenderEventID: m.GetSenderEventId(), TooLargeBytes: m.TooLargeBytes}, nil
 }
 
 // DecodePeers reads a record of the peers stream into its message.
@@ -317,4 +338,24 @@ func decode(r eventstore.RecordedEvent, m proto.Message) error {
 		return fmt.Errorf("%s@%d: decode %s: %w", r.Stream, r.Revision, r.Type, err)
 	}
 	return nil
+}
+
+// EncodeDatabaseCreated encodes the database's identity record.
+func (c *Codec) EncodeDatabaseCreated(id string) (eventstore.EventData, error) {
+	return c.Encode(TypeDatabaseCreated, &eventsv1.DatabaseCreated{DatabaseId: id})
+}
+
+// DecodeDatabaseCreated reads the database's identity record.
+func DecodeDatabaseCreated(r eventstore.RecordedEvent) (string, error) {
+	if r.Type != TypeDatabaseCreated {
+		return "", fmt.Errorf("%s@%d: database record of type %q", r.Stream, r.Revision, r.Type)
+	}
+	var m eventsv1.DatabaseCreated
+	if err := decode(r, &m); err != nil {
+		return "", err
+	}
+	if m.GetDatabaseId() == "" {
+		return "", fmt.Errorf("%s@%d: database record without an ID", r.Stream, r.Revision)
+	}
+	return m.GetDatabaseId(), nil
 }

@@ -164,6 +164,7 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 		c.peers, c.eventsPerPeer, c.peers)
 	fmt.Fprintf(out, "  ... one event per push: other senders, configured --push-batch 1 (what an upstream receiver gets); %d events, %d per peer\n", c.eventsOne, c.eventsPerPeerOne)
 	fmt.Fprintf(out, "  ... sent one by one: no backlog; each sender's caller sends %d events (%d per peer), each Send synced before the next, while pushes go out\n", c.eventsOne, c.eventsPerPeerOne)
+	fmt.Fprintf(out, "  ... sent by %d callers: the same %d events of the one sender, sent by %d callers at once, each one by one\n", c.peers, c.eventsOne, c.peers)
 	fmt.Fprintf(out, "  pull: a %d-event queue, from the receiver's first Pull to its inbox holding all of it (replies of up to %d events)\n",
 		c.backlog, nc.delivery.PullReplyMaxEvents)
 	fmt.Fprintf(out, "  baselines for %v each: embedded store, 1 append per transaction, 1 writer; no-op hRPC call over HTTP/1.1 loopback\n", c.duration)
@@ -248,6 +249,7 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	pushManySingle := &series{name: "  ... one event per push", unit: "events/s"}
 	pushOneStream := &series{name: "  ... sent one by one", unit: "events/s"}
 	pushManyStream := &series{name: "  ... sent one by one", unit: "events/s"}
+	pushOneCallers := &series{name: fmt.Sprintf("  ... sent by %d callers", c.peers), unit: "events/s"}
 	pull := &series{name: fmt.Sprintf("pull, %d backlog", c.backlog), unit: "events/s"}
 
 	var profErr error
@@ -288,6 +290,9 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 			{pushOneStream, "push1stream", func(p profiler) (result, error) {
 				return pushRun(ctx, p, senders[:1], recv, c.eventsOne, oneByOne, c.timeout)
 			}},
+			{pushOneCallers, "push1callers", func(p profiler) (result, error) {
+				return pushRun(ctx, p, senders[:1], recv, c.eventsOne, manyCallers, c.timeout, c.peers)
+			}},
 			{noopOne, "noop1", func(p profiler) (result, error) { return callers.run(ctx, p, 1, c.duration) }},
 			{noopMany, "noopN", func(p profiler) (result, error) { return callers.run(ctx, p, c.peers, c.duration) }},
 			{pushMany, "pushN", func(p profiler) (result, error) {
@@ -310,7 +315,7 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 
 	fmt.Fprintln(out)
 	fmt.Fprintf(out, "%-28s %10s %10s %10s  %-10s %12s\n", "", "median", "min", "max", "", "CPU/unit")
-	for _, s := range []*series{storeOne, noopOne, noopMany, pushOne, pushOneSingle, pushOneStream, pushMany, pushManySingle, pushManyStream, pull} {
+	for _, s := range []*series{storeOne, noopOne, noopMany, pushOne, pushOneSingle, pushOneStream, pushOneCallers, pushMany, pushManySingle, pushManyStream, pull} {
 		note := ""
 		if n := s.samples[len(s.samples)/2].note; n != "" {
 			note = "  " + n

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -224,13 +225,17 @@ const (
 	// sender's caller sends its events one after the other with Send, each
 	// durable in the outbox before the next, while pushes go out.
 	oneByOne
+	// manyCallers: as oneByOne, but each sender's events are sent by
+	// several callers at once (callers of pushRun), each one by one: Sends
+	// to one peer that meet go in one outbox append.
+	manyCallers
 )
 
 // pushRun measures delivery by push from each sender to recv, perSender
 // events each: the clock runs from the first Send to the moment recv has
 // accepted every event (durable in its inbox). Afterwards it waits,
 // untimed, for the senders' delivery records and checks the inbox streams.
-func pushRun(ctx context.Context, prof profiler, senders []*node, recv *node, perSender int, how sending, timeout time.Duration) (result, error) {
+func pushRun(ctx context.Context, prof profiler, senders []*node, recv *node, perSender int, how sending, timeout time.Duration, callers ...int) (result, error) {
 	type before struct{ inbox, outbox uint64 }
 	was := make([]before, len(senders))
 	for i, s := range senders {
@@ -278,6 +283,27 @@ func pushRun(ctx context.Context, prof profiler, senders []*node, recv *node, pe
 					errs <- err
 					return
 				}
+				if how == manyCallers {
+					n := max(callers[0], 1)
+					callerErrs := make(chan error, n)
+					for c := range n {
+						go func() {
+							for i := c; i < perSender; i += n {
+								if _, err := s.engine.Send(ctx, recv.id, event(i)); err != nil {
+									callerErrs <- err
+									return
+								}
+							}
+							callerErrs <- nil
+						}()
+					}
+					var first error
+					for range n {
+						first = cmp.Or(first, <-callerErrs)
+					}
+					errs <- first
+					return
+				}
 				for i := range perSender {
 					if _, err := s.engine.Send(ctx, recv.id, event(i)); err != nil {
 						errs <- err
@@ -317,7 +343,7 @@ func pushRun(ctx context.Context, prof profiler, senders []*node, recv *node, pe
 		r.note = fmt.Sprintf("%.1f events per push; receiver: %.1f appends per commit; senders: %.2f commits per event",
 			float64(total)/float64(max(recv.pushes.Load()-pushes0, 1)),
 			float64(commits.Appends-commits0.Appends)/float64(c), float64(senderCommits-senderCommits0)/float64(total))
-		if how == oneByOne {
+		if how != backlog {
 			// How long the callers took to send it all, against the whole
 			// delivery: near 100% means delivery kept pace with sending.
 			r.note += fmt.Sprintf("; sends done at %.0f%% of the time", 100*sendsTook.Seconds()/allTook.Seconds())

@@ -127,6 +127,16 @@ func printAuditReport(w io.Writer, r projections.Report) error {
 			fmt.Fprintf(w, "  %s revision %d: %s events %d to %d: %q\n", s.Stream, s.Revision, s.ServerID, s.FromSeq, s.ThroughSeq, s.Reason)
 		}
 	}
+	if len(r.TooLarge) > 0 {
+		fmt.Fprintf(w, "%d received event(s) too large for the event store, only a marker stored:\n", len(r.TooLarge))
+		for _, t := range r.TooLarge {
+			seq := "no sequence number"
+			if t.SenderSeq != nil {
+				seq = fmt.Sprintf("sequence %d", *t.SenderSeq)
+			}
+			fmt.Fprintf(w, "  %s revision %d: from %s, %s, %d bytes\n", t.Stream, t.Revision, t.ServerID, seq, t.Bytes)
+		}
+	}
 	if r.Clean() {
 		_, err := fmt.Fprintln(w, "no violations")
 		return err

@@ -431,6 +431,12 @@ func (f *forwardingObserver) Received(peer domain.ServerID, via string, n int) {
 	}
 }
 
+func (f *forwardingObserver) ReceivedTooLarge(peer domain.ServerID, n int) {
+	if m := f.target.Load(); m != nil {
+		m.ReceivedTooLarge(peer, n)
+	}
+}
+
 func providePostboxService(cfg Config, auth federation.Authenticator, box federation.Postbox, m *metrics.Metrics) *federation.PostboxService {
 	return federation.NewPostboxService(auth, box).AcceptBatches(int64(cfg.MaxRequest)).ObserveAuthFailures(m)
 }

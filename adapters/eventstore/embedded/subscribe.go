@@ -67,8 +67,16 @@ func (s *Store) Subscribe(ctx context.Context, filter eventstore.Filter, from ev
 			return nil, fmt.Errorf("subscribe: %w", err)
 		}
 		s.advanceHead(head)
+		if sub.seen > head {
+			return nil, fmt.Errorf("subscribe after %d, past the last event at %d: %w", sub.seen, head, eventstore.ErrNotAPosition)
+		}
 		sub.target = head
 		return sub, nil
+	}
+	// A start past the head is no position of this store (another
+	// database's, say): waiting there would skip what comes until then.
+	if head := s.head.Load(); sub.seen > head {
+		return nil, fmt.Errorf("subscribe after %d, past the last event at %d: %w", sub.seen, head, eventstore.ErrNotAPosition)
 	}
 	// Register before reading the head: whatever commits after this point
 	// reaches the subscription through live, or at least moves the head

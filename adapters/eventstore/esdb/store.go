@@ -38,6 +38,7 @@ func eventCost(e eventstore.EventData) int { return len(e.Data) + 2*len(e.Type) 
 // follower) is retried with the same event IDs and expected revision, which
 // the server recognises if the first try landed, until it is stored or ctx
 // ends. If a later chunk fails for good, the earlier ones stay written.
+// Events over the budget are named in an *eventstore.EventTooLargeError.
 func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
 	if s.isClosed() {
 		return eventstore.AppendResult{}, fmt.Errorf("esdb: append to %q: %w", stream, eventstore.ErrClosed)
@@ -57,11 +58,14 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 		}
 		return res, nil
 	}
+	var tooLarge []eventstore.EventID
 	for _, e := range events {
-		if c := eventCost(e); c > s.maxAppendBytes {
-			return eventstore.AppendResult{}, fmt.Errorf("esdb: append to %q: event %s of type %q counts %d bytes, over the append budget of %d: %w",
-				stream, e.ID, e.Type, c, s.maxAppendBytes, eventstore.ErrEventTooLarge)
+		if eventCost(e) > s.maxAppendBytes {
+			tooLarge = append(tooLarge, e.ID)
 		}
+	}
+	if len(tooLarge) > 0 {
+		return eventstore.AppendResult{}, fmt.Errorf("esdb: %w", &eventstore.EventTooLargeError{Stream: stream, IDs: tooLarge, Limit: s.maxAppendBytes})
 	}
 	data := make([]esdb.EventData, len(events))
 	for i, e := range events {

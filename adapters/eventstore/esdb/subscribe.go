@@ -87,7 +87,7 @@ func (sub *subscription) start(ctx context.Context) (*esdb.Subscription, error) 
 }
 
 // errNotAPosition refuses a start position that is no event's.
-var errNotAPosition = errors.New("not the position of an event in this store")
+var errNotAPosition = eventstore.ErrNotAPosition
 
 // checkStart makes sure a subscription starts from a record's own
 // position. From any other position, servers up to 23.10 skip the first

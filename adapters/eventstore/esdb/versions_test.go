@@ -54,9 +54,14 @@ func TestAppendOverServerLimitIsSplit(t *testing.T) {
 // error before anything is written.
 func TestEventTooLarge(t *testing.T) {
 	store, srv := openFake(t, fakestreams.Options{})
-	_, err := store.Append(testContext(t), "s", eventstore.Any(), event("Small", `{}`), jsonEvent("Huge", esdb.DefaultMaxAppendBytes))
-	if !errors.Is(err, eventstore.ErrEventTooLarge) {
+	huge := jsonEvent("Huge", esdb.DefaultMaxAppendBytes)
+	_, err := store.Append(testContext(t), "s", eventstore.Any(), event("Small", `{}`), huge)
+	var tooLarge *eventstore.EventTooLargeError
+	if !errors.Is(err, eventstore.ErrEventTooLarge) || !errors.As(err, &tooLarge) {
 		t.Fatalf("error %v, want ErrEventTooLarge", err)
+	}
+	if len(tooLarge.IDs) != 1 || tooLarge.IDs[0] != huge.ID || tooLarge.Limit != esdb.DefaultMaxAppendBytes {
+		t.Fatalf("error names %v over %d, want only the huge event's ID", tooLarge.IDs, tooLarge.Limit)
 	}
 	if srv.AllEvents() != 0 {
 		t.Errorf("%d events written", srv.AllEvents())

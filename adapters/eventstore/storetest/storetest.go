@@ -75,6 +75,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Subscribe", func(t *testing.T) {
 		t.Run("FromStartHistoryThenCaughtUpThenLive", su.subscribeFromStart)
 		t.Run("FromPositionIsExclusive", su.subscribeFromPositionExclusive)
+		t.Run("FromPositionPastTheEndRefused", su.subscribePastTheEnd)
 		t.Run("PrefixFilter", su.subscribePrefix)
 		t.Run("SystemStreamsExcluded", su.subscribeExcludesSystemStreams)
 		t.Run("NoGapNorDuplicateAcrossCatchUp", su.subscribeAcrossCatchUp)

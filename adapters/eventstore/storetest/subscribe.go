@@ -338,3 +338,21 @@ func (su *suite) subscribeClose(t *testing.T) {
 	}
 	mustAppend(t, s, prefix+"s", eventstore.NoStream(), newEvents(1, "A")...)
 }
+
+// A start after a position past the store's end (another database's, say)
+// is refused, rather than waiting there and skipping what comes until then.
+func (su *suite) subscribePastTheEnd(t *testing.T) {
+	s, _ := su.open(t)
+	res := mustAppend(t, s, su.stream(t, "a"), eventstore.NoStream(), newEvents(1, "A")...)
+	far := eventstore.Position{Commit: res.Position.Commit + 1<<40, Prepare: res.Position.Prepare + 1<<40}
+	sub, err := s.Subscribe(ctxFor(t), eventstore.Filter{}, eventstore.After(far))
+	if err == nil {
+		defer sub.Close()
+		ctx, cancel := context.WithTimeout(ctxFor(t), recvTimeout)
+		defer cancel()
+		_, err = sub.Recv(ctx)
+	}
+	if !errors.Is(err, eventstore.ErrNotAPosition) {
+		t.Fatalf("subscribe after a position past the end: %v, want ErrNotAPosition", err)
+	}
+}

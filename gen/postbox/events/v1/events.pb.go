@@ -694,6 +694,11 @@ type EventReceived struct {
 	// The ID of the event's record in the sender's outbox, when the sender
 	// sent it (it does for the last event of each push or Pull reply).
 	SenderEventId []byte `protobuf:"bytes,6,opt,name=sender_event_id,json=senderEventId,proto3" json:"sender_event_id,omitempty"`
+	// Set, with event unset, when the event was too large for the event store
+	// to take in one append: its size in bytes (binary encoding). This marker
+	// is stored instead, so the sender's sequence numbers advance and it is not
+	// held up; the event itself is lost, which is logged, counted and audited.
+	TooLargeBytes *uint64 `protobuf:"varint,7,opt,name=too_large_bytes,json=tooLargeBytes,proto3,oneof" json:"too_large_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -768,6 +773,13 @@ func (x *EventReceived) GetSenderEventId() []byte {
 		return x.SenderEventId
 	}
 	return nil
+}
+
+func (x *EventReceived) GetTooLargeBytes() uint64 {
+	if x != nil && x.TooLargeBytes != nil {
+		return *x.TooLargeBytes
+	}
+	return 0
 }
 
 // Appended to `peers` the first time this server deals with a peer.
@@ -1064,6 +1076,55 @@ func (x *PeerNotifiedOfNewId) GetNewServerId() string {
 	return ""
 }
 
+// The first event of the `database` stream, appended by the first server to
+// start on a database: a random ID naming this database. The projections'
+// checkpoint records it, so that a checkpoint of another database is never
+// used.
+type DatabaseCreated struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 32 hex digits.
+	DatabaseId    string `protobuf:"bytes,1,opt,name=database_id,json=databaseId,proto3" json:"database_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatabaseCreated) Reset() {
+	*x = DatabaseCreated{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatabaseCreated) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatabaseCreated) ProtoMessage() {}
+
+func (x *DatabaseCreated) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatabaseCreated.ProtoReflect.Descriptor instead.
+func (*DatabaseCreated) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DatabaseCreated) GetDatabaseId() string {
+	if x != nil {
+		return x.DatabaseId
+	}
+	return ""
+}
+
 var File_postbox_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_postbox_events_v1_events_proto_rawDesc = "" +
@@ -1109,7 +1170,7 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\freceiver_has\x18\x04 \x01(\bR\vreceiverHas\"6\n" +
 	"\x10ReceiverReported\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
-	"\x03has\x18\x02 \x01(\bR\x03has\"\xcd\x02\n" +
+	"\x03has\x18\x02 \x01(\bR\x03has\"\x8e\x03\n" +
 	"\rEventReceived\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x126\n" +
 	"\x03via\x18\x02 \x01(\x0e2$.postbox.events.v1.EventReceived.ViaR\x03via\x12\"\n" +
@@ -1118,12 +1179,14 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\vevent_bytes\x18\x04 \x01(\fR\n" +
 	"eventBytes\x12!\n" +
 	"\fsender_epoch\x18\x05 \x01(\x04R\vsenderEpoch\x12&\n" +
-	"\x0fsender_event_id\x18\x06 \x01(\fR\rsenderEventId\"6\n" +
+	"\x0fsender_event_id\x18\x06 \x01(\fR\rsenderEventId\x12+\n" +
+	"\x0ftoo_large_bytes\x18\a \x01(\x04H\x01R\rtooLargeBytes\x88\x01\x01\"6\n" +
 	"\x03Via\x12\x13\n" +
 	"\x0fVIA_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bVIA_PUSH\x10\x01\x12\f\n" +
 	"\bVIA_PULL\x10\x02B\r\n" +
-	"\v_sender_seq\"d\n" +
+	"\v_sender_seqB\x12\n" +
+	"\x10_too_large_bytes\"d\n" +
 	"\bPeerSeen\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x1b\n" +
 	"\tserver_id\x18\x02 \x01(\tR\bserverId\x12\"\n" +
@@ -1141,7 +1204,10 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\rnew_server_id\x18\x02 \x01(\tR\vnewServerId\"R\n" +
 	"\x13PeerNotifiedOfNewId\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\"\n" +
-	"\rnew_server_id\x18\x02 \x01(\tR\vnewServerIdB\xcd\x01\n" +
+	"\rnew_server_id\x18\x02 \x01(\tR\vnewServerId\"2\n" +
+	"\x0fDatabaseCreated\x12\x1f\n" +
+	"\vdatabase_id\x18\x01 \x01(\tR\n" +
+	"databaseIdB\xcd\x01\n" +
 	"\x15com.postbox.events.v1B\vEventsProtoP\x01ZAgithub.com/harmony-postbox/postbox/gen/postbox/events/v1;eventsv1\xa2\x02\x03PEX\xaa\x02\x11Postbox.Events.V1\xca\x02\x11Postbox\\Events\\V1\xe2\x02\x1dPostbox\\Events\\V1\\GPBMetadata\xea\x02\x13Postbox::Events::V1b\x06proto3"
 
 var (
@@ -1157,7 +1223,7 @@ func file_postbox_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_postbox_events_v1_events_proto_goTypes = []any{
 	(PushResumed_Reason)(0),     // 0: postbox.events.v1.PushResumed.Reason
 	(EventReceived_Via)(0),      // 1: postbox.events.v1.EventReceived.Via
@@ -1176,12 +1242,13 @@ var file_postbox_events_v1_events_proto_goTypes = []any{
 	(*PeerRenamed)(nil),         // 14: postbox.events.v1.PeerRenamed
 	(*OwnServerIdChanged)(nil),  // 15: postbox.events.v1.OwnServerIdChanged
 	(*PeerNotifiedOfNewId)(nil), // 16: postbox.events.v1.PeerNotifiedOfNewId
-	(*v1.Event)(nil),            // 17: protocol.sync.v1.Event
+	(*DatabaseCreated)(nil),     // 17: postbox.events.v1.DatabaseCreated
+	(*v1.Event)(nil),            // 18: protocol.sync.v1.Event
 }
 var file_postbox_events_v1_events_proto_depIdxs = []int32{
-	17, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
+	18, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.events.v1.PushResumed.reason:type_name -> postbox.events.v1.PushResumed.Reason
-	17, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
+	18, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
 	1,  // 3: postbox.events.v1.EventReceived.via:type_name -> postbox.events.v1.EventReceived.Via
 	4,  // [4:4] is the sub-list for method output_type
 	4,  // [4:4] is the sub-list for method input_type
@@ -1202,7 +1269,7 @@ func file_postbox_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_events_v1_events_proto_rawDesc), len(file_postbox_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
