@@ -2,8 +2,8 @@ package admin
 
 import (
 	"crypto/rand"
-	"net/http"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
