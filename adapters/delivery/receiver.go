@@ -119,7 +119,15 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 	if len(data) == 0 {
 		return domain.PushAnswer{Applied: in.Last()}, nil
 	}
-	_, err := e.store.Append(ctx, streams.Inbox(p.id), expectAfter(p.in.Count), data...)
+	appendCtx := ctx
+	if first == nil && via == eventsv1.EventReceived_VIA_PULL {
+		// An upstream sender deleted these events once its reply was
+		// written: only this server holds them now, so they are kept
+		// trying until stored, past the pull's own deadline, until the
+		// engine stops.
+		appendCtx = e.ctx
+	}
+	err := e.appendInbox(appendCtx, p, data, appendCtx != ctx)
 	if err != nil {
 		err = e.storeTooLargeAsMarkers(ctx, p, data, err)
 	}
@@ -138,6 +146,26 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 		e.cfg.Observer.Received(server, viaName, len(data))
 	}
 	return domain.PushAnswer{Applied: in.Last()}, nil
+}
+
+// appendInbox appends data to p's inbox; if untilStored, failures that
+// leave nothing stored are tried again with backoff (the store retries an
+// unclear or partly stored append itself) until the append succeeds or ctx
+// ends. A conflict, or an event too large for the store, is never retried.
+func (e *Engine) appendInbox(ctx context.Context, p *peer, data []eventstore.EventData, untilStored bool) error {
+	backoff := domain.Backoff{First: 100 * time.Millisecond, Max: 5 * time.Second}
+	for attempt := 1; ; attempt++ {
+		_, err := e.store.Append(ctx, streams.Inbox(p.id), expectAfter(p.in.Count), data...)
+		if err == nil || !untilStored || ctx.Err() != nil ||
+			errors.Is(err, eventstore.ErrWrongExpectedRevision) || errors.Is(err, eventstore.ErrEventTooLarge) {
+			return err
+		}
+		e.logger.Error("storing events pulled from an upstream peer failed; they exist nowhere else, so this is tried again",
+			"peer", p.id, "events", len(data), "attempt", attempt, "err", err)
+		if sleep(ctx, backoff.Delay(attempt, e.jitter())) != nil {
+			return err
+		}
+	}
 }
 
 func refString(r *domain.EventRef) string {
