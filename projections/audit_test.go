@@ -169,6 +169,23 @@ func TestAuditFindsBrokenInvariants(t *testing.T) {
 		},
 		want: []Violation{{Stream: deliveryA, Revision: 0, Rule: RuleCursorWithinHead}, {Stream: deliveryA, Revision: 1, Rule: RuleCursorIncreasing}},
 	}, {
+		name: "an epoch not started at the next undelivered event, a peer's report past the head",
+		history: func(h *history) {
+			h.enqueueN("pa", 3).
+				delivery("pa", domain.EventPushed{Seq: 0}).
+				delivery("pa", domain.EpochStarted{Epoch: 7, FromSeq: 0, ReceiverSeq: 2, ReceiverHas: true}).
+				delivery("pa", domain.ReceiverReported{Seq: 3, Has: true})
+		},
+		want: []Violation{{Stream: deliveryA, Revision: 1, Rule: RuleCursorIncreasing}, {Stream: deliveryA, Revision: 2, Rule: RuleCursorWithinHead}},
+	}, {
+		name: "inbox sequence numbers start again in a new epoch, and must rise within it",
+		history: func(h *history) {
+			h.receivedIn("pa", 0, u64(5), added(1, 1)).
+				receivedIn("pa", 9, u64(2), added(1, 2)).
+				receivedIn("pa", 9, u64(2), added(1, 3))
+		},
+		want: []Violation{{Stream: "inbox-pa", Revision: 2, Rule: RuleInboxSeqIncreasing}},
+	}, {
 		name: "an event pushed twice",
 		history: func(h *history) {
 			h.enqueueN("pa", 3).delivery("pa", domain.EventPushed{Seq: 0}, domain.EventPushed{Seq: 1}, domain.EventPushed{Seq: 0})

@@ -93,13 +93,24 @@ func (h *history) delivery(peer string, events ...domain.DeliveryEvent) *history
 // (the rest follow), or nil for none.
 func (h *history) received(peer string, seq *uint64, events ...*syncv1.Event) *history {
 	h.t.Helper()
+	return h.receivedIn(peer, 0, seq, events...)
+}
+
+// receivedIn is received with the sender's epoch the sequence numbers
+// count in.
+func (h *history) receivedIn(peer string, epoch uint64, seq *uint64, events ...*syncv1.Event) *history {
+	h.t.Helper()
 	for i, ev := range events {
 		var s *uint64
 		if seq != nil {
 			v := *seq + uint64(i)
 			s = &v
 		}
-		d, err := h.codec.EncodeReceived(streams.Received{Event: ev, Via: eventsv1.EventReceived_VIA_PUSH, SenderSeq: s})
+		rec := streams.Received{Event: ev, Via: eventsv1.EventReceived_VIA_PUSH, SenderSeq: s}
+		if s != nil {
+			rec.SenderEpoch = epoch
+		}
+		d, err := h.codec.EncodeReceived(rec)
 		if err != nil {
 			h.t.Fatal(err)
 		}
