@@ -294,7 +294,12 @@ func testWith(ctx context.Context, work, slot, pkg, file string, src []byte, lim
 	if race {
 		args = append(args, "-race")
 	}
+	if limit > 0 {
+		// The binary's own limit too, should the kill not reach it.
+		args = append(args, "-timeout="+limit.String())
+	}
 	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
+	ownGroup(cmd)
 	cmd.WaitDelay = 5 * time.Second
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
