@@ -6,6 +6,7 @@ package projections
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"log/slog"
 	"os"
@@ -44,6 +45,26 @@ func (m *memStore) Subscribe(_ context.Context, _ eventstore.Filter, from events
 		}
 	}
 	return &memSub{rest: rest, err: m.recvErr}, nil
+}
+
+// memDatabaseID is the database identity every memStore holds.
+const memDatabaseID = "0123456789abcdef0123456789abcdef"
+
+// ReadStream serves the database stream only: the store's identity.
+func (m *memStore) ReadStream(_ context.Context, stream string, from uint64, _ int) ([]eventstore.RecordedEvent, error) {
+	if stream != streams.Database || from > 0 {
+		return nil, eventstore.ErrStreamNotFound
+	}
+	ev, err := streams.NewCodec(rand.Reader).EncodeDatabaseCreated(memDatabaseID)
+	if err != nil {
+		return nil, err
+	}
+	return []eventstore.RecordedEvent{{Stream: stream, ID: ev.ID, Type: ev.Type, Data: ev.Data}}, nil
+}
+
+// Append is never needed: the identity is there already.
+func (m *memStore) Append(context.Context, string, eventstore.ExpectedRevision, ...eventstore.EventData) (eventstore.AppendResult, error) {
+	return eventstore.AppendResult{}, errors.New("memStore: read only")
 }
 
 type memSub struct {
@@ -355,6 +376,7 @@ func TestLiveResumesFromItsCheckpoint(t *testing.T) {
 	// replay of them gives,
 	s := given(t, recs...)
 	s.unknown = 7
+	s.databaseID = memDatabaseID
 	if err := WriteCheckpoint(path, s); err != nil {
 		t.Fatal(err)
 	}
