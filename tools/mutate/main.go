@@ -242,18 +242,15 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 		close(results)
 	}()
 
+	// Each outcome is printed as it comes, so that a long run (the
+	// delivery engine's) shows its survivors even if it is stopped.
 	var r result
-	var lines []string
 	for d := range results {
 		r.counts[d.out]++
 		if d.out == survived || o.verbose {
 			rel, _ := filepath.Rel(".", d.m.File)
-			lines = append(lines, fmt.Sprintf("%-13s %s:%d: %s\n              equivalent.txt key: %s", d.out, rel, d.m.Line, d.m.Mutated, d.m.key(dir)))
+			fmt.Fprintf(out, "%-13s %s:%d: %s\n              equivalent.txt key: %s\n", d.out, rel, d.m.Line, d.m.Mutated, d.m.key(dir))
 		}
-	}
-	sort.Strings(lines)
-	for _, l := range lines {
-		fmt.Fprintln(out, l)
 	}
 	r.duration = time.Since(start)
 	fmt.Fprintf(out, "%s: score %.1f%%: %d killed, %d survived, %d equivalent, %d timed out, %d not compiling (%s)\n",
