@@ -147,6 +147,33 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 	if len(all) == 0 {
 		return result{}, errors.New("no code to mutate")
 	}
+	// Each mutant's code is made up front, so that the same change made
+	// twice in one function gets a key of its own (kind#2, ...).
+	code := make([][]byte, len(all))
+	codeErr := make([]error, len(all))
+	seen, made := map[string]int{}, map[string]bool{}
+	for i := range all {
+		code[i], codeErr[i] = apply(&all[i], sources[all[i].File])
+		k := all[i].key(dir)
+		seen[k]++
+		if n := seen[k]; n > 1 {
+			all[i].Kind = fmt.Sprintf("%s#%d", all[i].Kind, n)
+		}
+		made[all[i].key(dir)] = true
+	}
+	// An entry no mutant matches any more is reported, so the file does
+	// not keep reasons for code that is gone.
+	var stale []string
+	prefix := filepath.ToSlash(filepath.Clean(dir)) + "\t"
+	for k := range eq {
+		if strings.HasPrefix(k, prefix) && !made[k] {
+			stale = append(stale, k)
+		}
+	}
+	sort.Strings(stale)
+	for _, k := range stale {
+		fmt.Fprintf(out, "%s: equivalent.txt lists a change no mutant makes any more: %s\n", pkg, k)
+	}
 
 	work, err := os.MkdirTemp("", "mutate-")
 	if err != nil {
@@ -183,10 +210,9 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 			defer wg.Done()
 			for i := range jobs {
 				m := all[i]
-				mutated, err := apply(&m, sources[m.File])
 				res := notCompiling
-				if err == nil {
-					ok, output, terr := testWith(ctx, work, fmt.Sprint("w", w), pkg, m.File, mutated, limit, o.race)
+				if codeErr[i] == nil {
+					ok, output, terr := testWith(ctx, work, fmt.Sprint("w", w), pkg, m.File, code[i], limit, o.race)
 					switch {
 					case errors.Is(terr, context.DeadlineExceeded):
 						res = timedOut
@@ -216,18 +242,15 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 		close(results)
 	}()
 
+	// Each outcome is printed as it comes, so that a long run (the
+	// delivery engine's) shows its survivors even if it is stopped.
 	var r result
-	var lines []string
 	for d := range results {
 		r.counts[d.out]++
 		if d.out == survived || o.verbose {
 			rel, _ := filepath.Rel(".", d.m.File)
-			lines = append(lines, fmt.Sprintf("%-13s %s:%d: %s\n              equivalent.txt key: %s", d.out, rel, d.m.Line, d.m.Mutated, d.m.key(dir)))
+			fmt.Fprintf(out, "%-13s %s:%d: %s\n              equivalent.txt key: %s\n", d.out, rel, d.m.Line, d.m.Mutated, d.m.key(dir))
 		}
-	}
-	sort.Strings(lines)
-	for _, l := range lines {
-		fmt.Fprintln(out, l)
 	}
 	r.duration = time.Since(start)
 	fmt.Fprintf(out, "%s: score %.1f%%: %d killed, %d survived, %d equivalent, %d timed out, %d not compiling (%s)\n",
@@ -268,7 +291,12 @@ func testWith(ctx context.Context, work, slot, pkg, file string, src []byte, lim
 	if race {
 		args = append(args, "-race")
 	}
+	if limit > 0 {
+		// The binary's own limit too, should the kill not reach it.
+		args = append(args, "-timeout="+limit.String())
+	}
 	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
+	ownGroup(cmd)
 	cmd.WaitDelay = 5 * time.Second
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
@@ -309,7 +337,8 @@ func sourceFiles(dir string) ([]string, error) {
 }
 
 // key names a mutant by what it changes, not by line, so the equivalents
-// file survives edits elsewhere in the file.
+// file survives edits elsewhere in the file. The n-th identical change in
+// one function has kind#n (n from 2).
 func (m mutant) key(dir string) string {
 	return strings.Join([]string{filepath.ToSlash(filepath.Clean(dir)), m.Func, m.Kind, m.Original, m.Mutated}, "\t")
 }

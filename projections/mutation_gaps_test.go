@@ -1,0 +1,496 @@
+package projections
+
+// Behaviour whose breaking no other test noticed (scripts/mutate.sh
+// ./projections): each case here fails on one or more small wrong changes.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
+)
+
+// memStore serves records from memory: a subscription yields those after
+// its start, then CaughtUp, then waits; recvErr, if set, fails every Recv.
+type memStore struct {
+	records []eventstore.RecordedEvent
+	recvErr error
+	subErr  error
+	subs    atomic.Int32
+}
+
+func (m *memStore) Subscribe(_ context.Context, _ eventstore.Filter, from eventstore.SubscribeFrom) (eventstore.Subscription, error) {
+	m.subs.Add(1)
+	if m.subErr != nil {
+		return nil, m.subErr
+	}
+	var rest []eventstore.RecordedEvent
+	for _, r := range m.records {
+		if from.IsStart() || from.Position().Less(r.Position) {
+			rest = append(rest, r)
+		}
+	}
+	return &memSub{rest: rest, err: m.recvErr}, nil
+}
+
+// memDatabaseID is the database identity every memStore holds.
+const memDatabaseID = "0123456789abcdef0123456789abcdef"
+
+// ReadStream serves the database stream only: the store's identity.
+func (m *memStore) ReadStream(_ context.Context, stream string, from uint64, _ int) ([]eventstore.RecordedEvent, error) {
+	if stream != streams.Database || from > 0 {
+		return nil, eventstore.ErrStreamNotFound
+	}
+	ev, err := streams.NewCodec(rand.Reader).EncodeDatabaseCreated(memDatabaseID)
+	if err != nil {
+		return nil, err
+	}
+	return []eventstore.RecordedEvent{{Stream: stream, ID: ev.ID, Type: ev.Type, Data: ev.Data}}, nil
+}
+
+// Append is never needed: the identity is there already.
+func (m *memStore) Append(context.Context, string, eventstore.ExpectedRevision, ...eventstore.EventData) (eventstore.AppendResult, error) {
+	return eventstore.AppendResult{}, errors.New("memStore: read only")
+}
+
+type memSub struct {
+	rest   []eventstore.RecordedEvent
+	err    error
+	caught bool
+}
+
+func (s *memSub) Recv(ctx context.Context) (eventstore.Item, error) {
+	switch {
+	case s.err != nil:
+		return eventstore.Item{}, s.err
+	case len(s.rest) > 0:
+		r := s.rest[0]
+		s.rest = s.rest[1:]
+		return eventstore.Item{Event: &r}, nil
+	case !s.caught:
+		s.caught = true
+		return eventstore.Item{CaughtUp: true}, nil
+	}
+	<-ctx.Done()
+	return eventstore.Item{}, ctx.Err()
+}
+
+func (s *memSub) Close() error { return nil }
+
+// syncBuffer is a log destination safe for the goroutines of Live.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func bufferLogger(b *syncBuffer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func TestAuditProgressIsCalledNowAndThen(t *testing.T) {
+	t.Parallel()
+	recs := newHistory(t).enqueueN("pa", progressEvery+2).records()
+	var calls []uint64
+	rep, err := Audit(t.Context(), &memStore{records: recs}, AuditOptions{}, func(done uint64) { calls = append(calls, done) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []uint64{progressEvery, progressEvery + 2}
+	if !reflect.DeepEqual(calls, want) || rep.Records != progressEvery+2 {
+		t.Fatalf("progress calls %v, records %d; want %v", calls, rep.Records, want)
+	}
+	if _, err := Audit(t.Context(), &memStore{records: recs}, AuditOptions{}, nil); err != nil {
+		t.Fatalf("an audit without progress: %v", err)
+	}
+}
+
+func TestAuditThatCannotReadTheStoreFails(t *testing.T) {
+	t.Parallel()
+	if _, err := Audit(t.Context(), &memStore{recvErr: errors.New("disk gone")}, AuditOptions{}, nil); err == nil {
+		t.Fatal("an audit whose store read failed reported a result")
+	}
+}
+
+func TestAuditReportsAnUnreadableCheckpointAsChecked(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "projections.checkpoint")
+	if err := writeFileAtomic(path, []byte("{")); err != nil {
+		t.Fatal(err)
+	}
+	rep := audit(t, &memStore{}, AuditOptions{CheckpointPath: path})
+	if !rep.CheckpointChecked || rep.Clean() {
+		t.Fatalf("report %+v; want the checkpoint checked and found bad", rep)
+	}
+}
+
+func TestAuditRuleEdges(t *testing.T) {
+	t.Parallel()
+	deliveryA, inboxA := streams.Delivery("pa"), streams.Inbox("pa")
+	epoch := func(h *history, seq, epoch uint64) {
+		d, err := h.codec.EncodeReceived(streams.Received{Event: added(1, 1), Via: eventsv1.EventReceived_VIA_PUSH, SenderSeq: &seq, SenderEpoch: epoch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.steps = append(h.steps, step{inboxA, d})
+	}
+	for _, tt := range []struct {
+		name    string
+		history func(h *history)
+		want    []Violation
+	}{{
+		name: "queue mode from the event at the head",
+		history: func(h *history) {
+			h.enqueueN("pa", 2).delivery("pa", domain.QueueModeEntered{FromSeq: 2, Attempts: 6})
+		},
+		want: []Violation{{Stream: deliveryA, Revision: 0, Rule: RuleCursorWithinHead}},
+	}, {
+		name: "an acknowledgement of the event at the head",
+		history: func(h *history) {
+			h.enqueueN("pa", 2).delivery("pa", domain.QueueModeEntered{FromSeq: 0, Attempts: 6}, domain.PullAcknowledged{UpToSeq: 2})
+		},
+		want: []Violation{{Stream: deliveryA, Revision: 1, Rule: RuleCursorWithinHead}},
+	}, {
+		name: "an epoch that starts where delivery stands, and one that does not",
+		history: func(h *history) {
+			h.enqueueN("pa", 3).delivery("pa", domain.EventPushed{Seq: 0}, domain.EpochStarted{Epoch: 7, FromSeq: 1}, domain.EpochStarted{Epoch: 8, FromSeq: 2})
+		},
+		want: []Violation{{Stream: deliveryA, Revision: 2, Rule: RuleCursorIncreasing}},
+	}, {
+		name: "a receiver's report within the outbox, of nothing, and of the event at the head",
+		history: func(h *history) {
+			h.delivery("pa", domain.ReceiverReported{}).
+				enqueueN("pa", 3).
+				delivery("pa", domain.EventPushed{Seq: 0, Through: 1}, domain.ReceiverReported{Seq: 1, Has: true}, domain.ReceiverReported{Seq: 3, Has: true})
+		},
+		want: []Violation{{Stream: deliveryA, Revision: 3, Rule: RuleCursorWithinHead}},
+	}, {
+		name: "a skip of a single event",
+		history: func(h *history) {
+			h.enqueueN("pa", 2).delivery("pa", domain.EventsSkipped{FromSeq: 0, ThroughSeq: 0, Reason: "r"})
+		},
+	}, {
+		name: "an inbox's first sequence number repeated",
+		history: func(h *history) {
+			h.received("pa", u64(0), added(1, 1)).received("pa", u64(0), added(1, 2))
+		},
+		want: []Violation{{Stream: inboxA, Revision: 1, Rule: RuleInboxSeqIncreasing}},
+	}, {
+		name: "a sender's new epoch starts its sequence numbers again",
+		history: func(h *history) {
+			epoch(h, 5, 1)
+			epoch(h, 0, 2)
+			epoch(h, 1, 2)
+		},
+	}} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHistory(t).seen("pa", "a.example:2289")
+			tt.history(h)
+			wantViolations(t, audit(t, &memStore{records: h.records()}, AuditOptions{}), tt.want...)
+		})
+	}
+}
+
+func TestAuditOutboxRepeatSaysWhatCameBefore(t *testing.T) {
+	t.Parallel()
+	recs := newHistory(t).enqueueN("pa", 3).records()
+	recs[2].Revision = 1 // 0, 1, 1
+	a := newAuditor()
+	for _, r := range recs {
+		a.check(r)
+	}
+	if rep := a.report(); len(rep.Violations) != 1 || !strings.Contains(rep.Violations[0].Detail, "sequence 1 again, after 1") {
+		t.Fatalf("violations %v", rep.Violations)
+	}
+}
+
+func TestCheckpointDiffDescriptions(t *testing.T) {
+	t.Parallel()
+	recs := newHistory(t).seen("pa", "a.example:2289").seen("pb", "b.example:2289").received("pa", nil, added(1, 1)).records()
+	full := given(t, recs...)
+	t.Run("a peer missing on either side", func(t *testing.T) {
+		fewer := full.Clone()
+		delete(fewer.peers, "pb")
+		if _, diff := equalStates(fewer, full); !strings.Contains(diff, "peer pb is missing from the checkpoint") {
+			t.Errorf("diff %q", diff)
+		}
+		if _, diff := equalStates(full, fewer); !strings.Contains(diff, "peer pb is in the checkpoint but not in the replay") {
+			t.Errorf("diff %q", diff)
+		}
+	})
+	t.Run("the first differing peer by ID", func(t *testing.T) {
+		other := full.Clone()
+		other.peers["pa"].out.Head, other.peers["pb"].out.Head = 5, 5
+		for range 5 {
+			if _, diff := equalStates(other, full); !strings.HasPrefix(diff, "peer pa:") {
+				t.Fatalf("diff %q", diff)
+			}
+		}
+	})
+	t.Run("a state without position", func(t *testing.T) {
+		if _, diff := equalStates(NewState(), full); !strings.Contains(diff, "position none") {
+			t.Errorf("diff %q", diff)
+		}
+	})
+	t.Run("the guild lists", func(t *testing.T) {
+		other := full.Clone()
+		other.guilds = map[uint64]map[guildKey]struct{}{}
+		if _, diff := equalStates(other, full); !strings.HasPrefix(diff, "guild lists:") {
+			t.Errorf("diff %q", diff)
+		}
+	})
+}
+
+// A checkpoint's bytes depend on the state alone, not on map order.
+func TestCheckpointBytesAreStable(t *testing.T) {
+	t.Parallel()
+	h := newHistory(t)
+	for _, p := range []string{"pa", "pb", "pc"} {
+		h.seen(p, p+".example:2289")
+		for _, inv := range []string{"i1", "i2", "i3", "i4"} {
+			h.enqueue(p, invited(uint64(len(inv)), 9, p+inv))
+			h.received(p, nil, invited(42, 9, p+inv))
+		}
+	}
+	s := given(t, h.records()...)
+	first, err := MarshalCheckpoint(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		again, err := MarshalCheckpoint(s.Clone())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(again, first) {
+			t.Fatalf("two encodings of one state differ:\n%s\n%s", first, again)
+		}
+	}
+	sent := s.SentInvites()
+	for i := 1; i < len(sent); i++ {
+		if a, b := sent[i-1], sent[i]; a.ServerID > b.ServerID || a.ServerID == b.ServerID && a.InviteID > b.InviteID {
+			t.Fatalf("SentInvites not sorted: %v", sent)
+		}
+	}
+}
+
+func TestStateEdges(t *testing.T) {
+	t.Parallel()
+	t.Run("unreadable records of every stream are errors", func(t *testing.T) {
+		for _, stream := range []string{streams.Peers, streams.Outbox("pa"), streams.Inbox("pa")} {
+			typ := map[string]string{streams.Peers: streams.TypePeerSeen, streams.Outbox("pa"): streams.TypeEventEnqueued, streams.Inbox("pa"): streams.TypeEventReceived}[stream]
+			recs := newHistory(t).raw(stream, typ, []byte("not json")).records()
+			if err := NewState().Apply(recs[0]); err == nil {
+				t.Errorf("an unreadable %s record applied without error", typ)
+			}
+		}
+	})
+	t.Run("a rename keeps the former ID", func(t *testing.T) {
+		s := given(t, newHistory(t).seen("pa", "a.example:2289").renamed("pa", "a.example:2289", "b.example:2289").records()...)
+		v, ok := s.Peer("a.example:2289")
+		if !ok || v.ServerID != "b.example:2289" || !reflect.DeepEqual(v.FormerServerIDs, []string{"a.example:2289"}) {
+			t.Fatalf("Peer = %+v, %v", v, ok)
+		}
+	})
+	t.Run("no peer has an empty server ID", func(t *testing.T) {
+		s := given(t, newHistory(t).enqueueN("pa", 1).records()...)
+		if _, ok := s.Peer(""); ok {
+			t.Fatal("a peer was found by an empty server ID")
+		}
+	})
+	t.Run("only a report that moves delivery back counts as a rewind", func(t *testing.T) {
+		s := given(t, newHistory(t).seen("pa", "a.example:2289").enqueueN("pa", 3).
+			delivery("pa", domain.EventPushed{Seq: 0, Through: 1}, domain.ReceiverReported{Seq: 1, Has: true}).records()...)
+		if v, _ := s.Peer("a.example:2289"); v.ReceiverRewinds != 0 {
+			t.Fatalf("ReceiverRewinds = %d after an in-step report", v.ReceiverRewinds)
+		}
+	})
+	t.Run("the inbox's last sender sequence number, by epoch", func(t *testing.T) {
+		h := newHistory(t)
+		add := func(seq, epoch uint64) {
+			d, err := h.codec.EncodeReceived(streams.Received{Event: added(1, 1), Via: eventsv1.EventReceived_VIA_PUSH, SenderSeq: &seq, SenderEpoch: epoch})
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.steps = append(h.steps, step{streams.Inbox("pa"), d})
+		}
+		last := func(s *State) (uint64, uint64, bool) {
+			p := s.peers["pa"]
+			return p.lastSeq, p.seqEpoch, p.hasSeq
+		}
+		add(0, 0)
+		s := given(t, h.records()...)
+		if seq, ep, has := last(s); !has || seq != 0 || ep != 0 {
+			t.Fatalf("after event 0: %d in %d, %v", seq, ep, has)
+		}
+		h.steps = nil
+		add(5, 0)
+		add(3, 0)
+		add(1, 9)
+		recs := h.records()
+		for i := range recs {
+			recs[i].Position = eventstore.Position{Commit: uint64(10 + i), Prepare: uint64(10 + i)}
+		}
+		apply(t, s, recs[:2]...)
+		if seq, _, _ := last(s); seq != 5 {
+			t.Fatalf("after 5 and 3: last %d, want 5", seq)
+		}
+		apply(t, s, recs[2])
+		if seq, ep, _ := last(s); seq != 1 || ep != 9 {
+			t.Fatalf("after a new epoch: %d in %d, want 1 in 9", seq, ep)
+		}
+	})
+}
+
+func TestLiveResumesFromItsCheckpoint(t *testing.T) {
+	t.Parallel()
+	recs := newHistory(t).seen("pa", "a.example:2289").enqueueN("pa", 2).records()
+	path := filepath.Join(t.TempDir(), "projections.checkpoint")
+	// Given a checkpoint of the store's records, marked with a count no
+	// replay of them gives,
+	s := given(t, recs...)
+	s.unknown = 7
+	s.databaseID = memDatabaseID
+	if err := WriteCheckpoint(path, s); err != nil {
+		t.Fatal(err)
+	}
+	// when a projection starts on it,
+	var log syncBuffer
+	l := NewLive(&memStore{records: recs}, path, bufferLogger(&log))
+	startLive(t, l)
+	got, err := l.Current(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// then it went on from the checkpoint rather than replaying.
+	if got.UnknownRecords() != 7 {
+		t.Fatalf("UnknownRecords = %d: the checkpoint was not loaded", got.UnknownRecords())
+	}
+	if !strings.Contains(log.String(), "resumed from their checkpoint") {
+		t.Fatalf("log: %s", log.String())
+	}
+}
+
+func TestLiveReportsWhatItCannotDo(t *testing.T) {
+	t.Parallel()
+	recs := newHistory(t).seen("pa", "a.example:2289").raw(streams.Delivery("pa"), streams.TypeEventPushed, []byte("{")).records()
+	t.Run("an unreadable record is logged", func(t *testing.T) {
+		var log syncBuffer
+		l := NewLive(&memStore{records: recs}, "", bufferLogger(&log))
+		startLive(t, l)
+		if _, err := l.Current(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the log line", func() bool { return strings.Contains(log.String(), "unreadable record") })
+	})
+	t.Run("a checkpoint that cannot be written is logged, and fails Run", func(t *testing.T) {
+		var log syncBuffer
+		path := filepath.Join(t.TempDir(), "missing-dir", "projections.checkpoint")
+		l := NewLive(&memStore{records: recs}, path, bufferLogger(&log))
+		l.checkpointEvery = 5 * time.Millisecond
+		stop := startLive(t, l)
+		if _, err := l.Current(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the log line", func() bool { return strings.Contains(log.String(), "writing the projection checkpoint failed") })
+		if err := stop(); err == nil {
+			t.Fatal("Run ended without error though its checkpoint could not be written")
+		}
+	})
+	t.Run("Current fails when the store cannot be read", func(t *testing.T) {
+		l := NewLive(&memStore{recvErr: errors.New("disk gone")}, "", nil)
+		if s, err := l.Current(t.Context()); err == nil {
+			t.Fatalf("Current = %v without error", s)
+		}
+	})
+}
+
+// An unchanged state is not written again.
+func TestLiveWritesAnUnchangedCheckpointOnce(t *testing.T) {
+	t.Parallel()
+	recs := newHistory(t).seen("pa", "a.example:2289").records()
+	path := filepath.Join(t.TempDir(), "projections.checkpoint")
+	l := NewLive(&memStore{records: recs}, path, testLogger(t))
+	l.checkpointEvery = 5 * time.Millisecond
+	stop := startLive(t, l)
+	eventually(t, "the first checkpoint", func() bool { _, err := os.Stat(path); return err == nil })
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // twenty ticks
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("an unchanged checkpoint was written again")
+	}
+}
+
+// Failing subscriptions are retried ever more slowly: a store that is down
+// is not hammered.
+func TestLiveBacksOffWhileTheStoreFails(t *testing.T) {
+	t.Parallel()
+	for name, store := range map[string]*memStore{
+		"subscribing fails": {subErr: errors.New("store down")},
+		"reading fails":     {recvErr: errors.New("disk gone")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			l := NewLive(store, "", nil)
+			l.backoffFirst, l.backoffMax = time.Millisecond, time.Minute
+			stop := startLive(t, l)
+			time.Sleep(300 * time.Millisecond)
+			_ = stop()
+			// 1+2+4+...+256 ms: about nine tries; without backoff, hundreds.
+			if n := store.subs.Load(); n > 30 {
+				t.Fatalf("%d subscriptions in 300 ms", n)
+			}
+		})
+	}
+}
+
+// A time JSON cannot hold (after year 9999) makes the checkpoint fail to
+// encode: that is an error, not a checkpoint silently left unwritten.
+func TestACheckpointThatCannotBeEncodedIsAnError(t *testing.T) {
+	t.Parallel()
+	recs := newHistory(t).seen("pa", "a.example:2289").enqueueN("pa", 1).delivery("pa", domain.EventPushed{Seq: 0}).records()
+	recs[2].Created = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	path := filepath.Join(t.TempDir(), "projections.checkpoint")
+	if err := WriteCheckpoint(path, given(t, recs...)); err == nil {
+		t.Fatal("WriteCheckpoint succeeded")
+	}
+	l := NewLive(&memStore{records: recs}, path, nil)
+	stop := startLive(t, l)
+	if _, err := l.Current(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err == nil {
+		t.Fatal("Run ended without error though its checkpoint could not be encoded")
+	}
+}
