@@ -704,7 +704,23 @@ func TestDeliveryReceiverCrashMidStream(t *testing.T) {
 	b.start()
 	const n = 600
 	sent := newE2ELedger()
-	a.sendMany(b, sent, e2eUsers(0, n))
+	// Sent one by one in the background while B receives, so that B is
+	// killed while the stream is still coming (sent all at once, a backlog
+	// can be delivered before the kill).
+	sendDone := make(chan error, 1)
+	go func() {
+		for _, u := range e2eUsers(0, n) {
+			seq, err := a.trySend(t.Context(), b, u)
+			if err == nil {
+				err = sent.record(seq, u)
+			}
+			if err != nil {
+				sendDone <- fmt.Errorf("send %d: %w", u, err)
+				return
+			}
+		}
+		sendDone <- nil
+	}()
 
 	var atKill int
 	e2eWait(t, 30*time.Second, "B to receive part of the stream", func() (bool, string) {
@@ -716,6 +732,9 @@ func TestDeliveryReceiverCrashMidStream(t *testing.T) {
 		return got >= 50, fmt.Sprintf("%d records", got)
 	})
 	b.kill()
+	if err := <-sendDone; err != nil {
+		t.Fatal(err)
+	}
 	if atKill >= n {
 		t.Fatalf("B had all %d events before it was killed; the test did not kill it mid-stream", n)
 	}
