@@ -262,7 +262,8 @@ func (c *Codec) EncodeReceivedAsBytes(r Received) (eventstore.EventData, error) 
 	if err != nil {
 		return eventstore.EventData{}, fmt.Errorf("encode received event: %w", err)
 	}
-	return c.Encode(TypeEventReceived, &eventsv1.EventReceived{Via: r.Via, SenderSeq: r.SenderSeq, EventBytes: raw})
+	return c.Encode(TypeEventReceived, &eventsv1.EventReceived{Via: r.Via, SenderSeq: r.SenderSeq, EventBytes: raw,
+		SenderEpoch: r.SenderEpoch, SenderEventId: r.SenderEventID})
 }
 
 // hasUnknownFields reports whether m or a message inside it holds fields
