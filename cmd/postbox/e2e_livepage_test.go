@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -160,10 +161,26 @@ type cdp struct {
 func startChromium(t *testing.T) *cdp {
 	t.Helper()
 	bin := chromiumBinary(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-		"--user-data-dir="+t.TempDir(), "--remote-debugging-port=0", "--remote-allow-origins=http://127.0.0.1",
+	// Not t.TempDir: Chromium's helper processes may still write to the
+	// profile for a moment after the browser is gone, which would fail the
+	// test's own cleanup. Removed here, after the whole process group is.
+	profile, err := os.MkdirTemp("", "postbox-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for range 50 {
+			if os.RemoveAll(profile) == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("left Chromium's profile %s behind", profile)
+	})
+	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+		"--user-data-dir="+profile, "--remote-debugging-port=0", "--remote-allow-origins=http://127.0.0.1",
 		"--window-size=1280,720", "--no-first-run", "about:blank")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its helpers go with it
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +189,7 @@ func startChromium(t *testing.T) *cdp {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cancel()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		_ = cmd.Wait()
 	})
 	// "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"
