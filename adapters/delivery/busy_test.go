@@ -214,8 +214,8 @@ type alwaysBusy struct{ pushes atomic.Int64 }
 
 func (a *alwaysBusy) Push(context.Context, domain.ServerID, uint64, []*syncv1.Event) (peerclient.PushResult, error) {
 	a.pushes.Add(1)
-	return peerclient.PushResult{}, &hrpc.RemoteError{Procedure: "/Push", HTTPStatus: http.StatusTooManyRequests,
-		Identifier: "hrpc.resource-exhausted", RetryAfter: time.Millisecond, HasRetryInfo: true}
+	return peerclient.PushResult{}, fromPeer(&hrpc.RemoteError{Procedure: "/Push", HTTPStatus: http.StatusTooManyRequests,
+		Identifier: "hrpc.resource-exhausted", RetryAfter: time.Millisecond, HasRetryInfo: true})
 }
 
 func (a *alwaysBusy) Pull(context.Context, domain.ServerID, *uint64) (peerclient.PullResult, error) {

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -28,26 +27,29 @@ import (
 type PeerClient interface {
 	// Push sends events[0] as seq, and events[1:] as the events that follow
 	// it; only to a receiver whose last answer announced it takes them.
-	Push(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event) (peerclient.PushResult, error)
-	Pull(ctx context.Context, peer domain.ServerID, ack *uint64) (peerclient.PullResult, error)
+	Push(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event) (domain.PushResult, error)
+	Pull(ctx context.Context, peer domain.ServerID, ack *uint64) (PullBatch, error)
 }
+
+// PullBatch is a Pull reply as the engine serves and receives it.
+type PullBatch = domain.PullBatch[*syncv1.Event]
 
 // continuityClient is a PeerClient that also carries the continuity
 // extension (README "Interoperability notes"): the real one does; a test
 // double that does not is called without it, as an older server would be.
 type continuityClient interface {
-	PushClaimed(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (peerclient.PushResult, error)
-	PullAccounted(ctx context.Context, peer domain.ServerID, ack *uint64, account domain.PullAccount) (peerclient.PullResult, error)
+	PushClaimed(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (domain.PushResult, error)
+	PullAccounted(ctx context.Context, peer domain.ServerID, ack *uint64, account domain.PullAccount) (PullBatch, error)
 }
 
-func (e *Engine) push(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (peerclient.PushResult, error) {
+func (e *Engine) push(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (domain.PushResult, error) {
 	if c, ok := e.client.(continuityClient); ok {
 		return c.PushClaimed(ctx, server, seq, events, claim)
 	}
 	return e.client.Push(ctx, server, seq, events)
 }
 
-func (e *Engine) pull(ctx context.Context, server domain.ServerID, ack *uint64, account domain.PullAccount) (peerclient.PullResult, error) {
+func (e *Engine) pull(ctx context.Context, server domain.ServerID, ack *uint64, account domain.PullAccount) (PullBatch, error) {
 	if c, ok := e.client.(continuityClient); ok {
 		return c.PullAccounted(ctx, server, ack, account)
 	}
@@ -168,7 +170,7 @@ type peer struct {
 	// batch is the largest push the peer announced in its last answer
 	// (zero: one event per push). Not kept across restarts: the first push
 	// after one carries a single event and learns it again.
-	batch       peerclient.PushResult
+	batch       domain.PushResult
 	serving     bool // a Pull is being served: probes record nothing
 	probeTimer  *time.Timer
 	probeCancel context.CancelFunc

@@ -19,6 +19,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/seqext"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -619,7 +620,7 @@ func TestAPullRefusedAsPredatingThePeersStartIsRetried(t *testing.T) {
 		calls++
 		switch calls {
 		case 1:
-			return peerclient.PullResult{}, &hrpc.RemoteError{HTTPStatus: 400, Identifier: "postbox.token-replayed"}
+			return peerclient.PullResult{}, fromPeer(&hrpc.RemoteError{HTTPStatus: 400, Identifier: "postbox.token-replayed"})
 		case 2:
 			return peerclient.PullResult{Events: []*syncv1.Event{added(0)}, FirstSeq: 0, HasSeq: true}, nil
 		}
@@ -757,4 +758,11 @@ func TestALostReplyToAPushOfSeveralEventsDeliversEachOnce(t *testing.T) {
 	if got := a.deliveryRecords(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("A's delivery records %#v, want %#v", got, want)
 	}
+}
+
+// fromPeer is an hRPC error answer as the peer client hands it to the
+// engine: read back through the one error table, marked as the peer's.
+func fromPeer(remote *hrpc.RemoteError) error {
+	wait, busy := remote.Busy()
+	return rpcerrors.FromPeer(remote.Identifier, remote, busy, wait)
 }

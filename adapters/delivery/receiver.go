@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
@@ -313,8 +312,7 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 // refusedAsPredatingStart reports whether a peer refused a token because it
 // was stamped before the peer started.
 func refusedAsPredatingStart(err error) bool {
-	var remote *hrpc.RemoteError
-	return errors.As(err, &remote) && remote.Identifier == "postbox.token-replayed"
+	return domain.PeerSaid(err, domain.ErrTokenReplayed)
 }
 
 // schedulePull (re)arms the periodic pull of p: after d, with no goroutine

@@ -3,13 +3,11 @@ package delivery
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -198,8 +196,7 @@ func (r *Renames) awaitNotice(ctx context.Context, peer streams.PeerID) {
 // unknownToPeer reports whether a peer answered that it does not know the ID
 // this server signed with.
 func unknownToPeer(err error) bool {
-	var remote *hrpc.RemoteError
-	return errors.As(err, &remote) && remote.Identifier == "postbox.unknown-peer"
+	return domain.PeerSaid(err, domain.ErrUnknownPeer)
 }
 
 // known is the ID of this server that peer knows.

@@ -256,8 +256,8 @@ func TestUnknownPeerAnswerIsNotAnAcceptance(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.send(1)
-	unknown := &hrpc.RemoteError{Procedure: "/protocol.sync.v1.PostboxService/NotifyNewId", HTTPStatus: 400,
-		Identifier: "postbox.unknown-peer", HumanMessage: "unknown peer: a.example:2289"}
+	unknown := fromPeer(&hrpc.RemoteError{Procedure: "/protocol.sync.v1.PostboxService/NotifyNewId", HTTPStatus: 400,
+		Identifier: "postbox.unknown-peer", HumanMessage: "unknown peer: a.example:2289"})
 	notifier := &scriptedNotifier{answers: []error{unknown, unknown}}
 	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, notifier, domain.NewIdentity(oldID, domain.DefaultAudienceGrace),
 		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/seqext"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -153,7 +152,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			}
 			err = fmt.Errorf("the peer refused push %d: its account (%s) matches what this server claimed", seq, refString(res.Answer.Applied))
 		}
-		wait, busy := peerclient.Busy(err)
+		wait, busy := domain.PeerBusy(err)
 		if busy && busyInRow < maxBusyInRow {
 			// The peer is at its budget and said when to come back: not a
 			// failure, so not a step toward queue mode.
@@ -182,7 +181,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			p.mu.Unlock()
 			return
 		}
-		p.batch = peerclient.PushResult{}
+		p.batch = domain.PushResult{}
 		records, derr := p.out.PushFailed(seq, attempts, e.cfg.PushRetries, err.Error())
 		if derr != nil || len(records) > 0 {
 			done := e.recordLocked(p, true, records...)
@@ -281,7 +280,7 @@ func (e *Engine) outboxID(ctx context.Context, id streams.PeerID, ahead *outboxR
 // delivery goes on. It reports whether it recorded anything; an account
 // of an epoch that has since ended (a Pull started a new one meanwhile)
 // records nothing.
-func (e *Engine) reconcile(ctx context.Context, p *peer, server domain.ServerID, ahead *outboxReader, res peerclient.PushResult, epoch uint64) bool {
+func (e *Engine) reconcile(ctx context.Context, p *peer, server domain.ServerID, ahead *outboxReader, res domain.PushResult, epoch uint64) bool {
 	has := res.Answer.Applied
 	same := true
 	p.mu.Lock()
@@ -347,11 +346,11 @@ func (e *Engine) reportContinuity(server domain.ServerID, before domain.Outbox, 
 }
 
 // pushOnce makes one attempt, holding one of the global push slots.
-func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (peerclient.PushResult, error) {
+func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (domain.PushResult, error) {
 	select {
 	case e.slots <- struct{}{}:
 	case <-ctx.Done():
-		return peerclient.PushResult{}, ctx.Err()
+		return domain.PushResult{}, ctx.Err()
 	}
 	defer func() { <-e.slots }()
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.AttemptTimeout)
@@ -410,7 +409,7 @@ func (e *Engine) probe(p *peer) {
 	}
 	var r outboxReader
 	events, err := r.read(ctx, e.store, p.id, seq, seq+1, 1)
-	var res peerclient.PushResult
+	var res domain.PushResult
 	var claim domain.PushClaim
 	if err == nil {
 		e.noteOldest(p, seq, events[0])
