@@ -148,14 +148,21 @@ type Engine struct {
 	newEpoch func() uint64 // a random epoch, never 0
 	slots    chan struct{}
 
-	// ctx scopes background work (push loops, probes, pulls); Close ends it.
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// Background work (push loops, probes, pulls, notices) runs under
+	// Run's context: whatever starts it (a Send, a timer, a Pull served)
+	// hands it to Run through work.
+	wg      sync.WaitGroup
+	wake    chan struct{} // work is waiting; capacity 1
+	started chan struct{} // closed once Run has rebuilt every peer's state
+	pulled  chan struct{} // closed once the startup pulls are done
+	stopped chan struct{} // closed when Run ends
 
-	mu      sync.Mutex
-	peers   map[streams.PeerID]*peer
-	renames *Renames // answers NotifyNewId; set by NewRenames
+	mu       sync.Mutex
+	work     []func(context.Context) // waiting for Run to start it
+	running  bool                    // Run was called
+	stopping bool                    // Run is ending: no new work
+	peers    map[streams.PeerID]*peer
+	renames  *Renames // answers NotifyNewId; set by NewRenames
 }
 
 // peer is the engine's state for one peer, rebuilt from its streams.
@@ -200,7 +207,8 @@ type journalEntry struct {
 	done   chan error // nil: nobody waits
 }
 
-// New returns an engine. Start must be called before use.
+// New returns an engine; Run runs it. Calls made before Run has rebuilt
+// the peers' state wait for it.
 func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, client PeerClient, clock domain.Clock, logger *slog.Logger, random io.Reader) *Engine {
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
@@ -209,7 +217,6 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, clie
 	_, _ = io.ReadFull(random, seed[:])
 	jitterSource := rand.New(rand.NewChaCha8(seed))
 	var jitterMu sync.Mutex
-	ctx, cancel := context.WithCancel(context.Background())
 	return &Engine{
 		cfg: cfg, store: store, codec: codec, registry: registry, client: client, clock: clock, logger: logger,
 		jitter: func() float64 {
@@ -222,21 +229,84 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, clie
 			defer jitterMu.Unlock()
 			return jitterSource.Uint64() | 1
 		},
-		slots:  make(chan struct{}, max(cfg.MaxConcurrentPushes, 1)),
-		ctx:    ctx,
-		cancel: cancel,
-		peers:  map[streams.PeerID]*peer{},
+		slots:   make(chan struct{}, max(cfg.MaxConcurrentPushes, 1)),
+		wake:    make(chan struct{}, 1),
+		started: make(chan struct{}),
+		pulled:  make(chan struct{}),
+		stopped: make(chan struct{}),
+		peers:   map[streams.PeerID]*peer{},
 	}
 }
 
 // Registry returns the peer registry.
 func (e *Engine) Registry() *Registry { return e.registry }
 
-// Close stops background work and waits for it.
-func (e *Engine) Close() {
-	e.cancel()
+// Run rebuilds every peer's state from the streams and restarts what was
+// under way (push loops for peers with undelivered events, probes for
+// peers in queue mode, notices of this server's new ID), then pulls every
+// peer federated with before, and does the engine's background work until
+// ctx ends. Then it stops that work, writes the records still batched, and
+// returns. Until a peer has been pulled, its pushes wait: start Run once
+// the listeners are bound. Run is called once.
+func (e *Engine) Run(ctx context.Context) error {
 	e.mu.Lock()
+	if e.running {
+		e.mu.Unlock()
+		return errors.New("the delivery engine runs already")
+	}
+	e.running = true
+	e.mu.Unlock()
+	defer e.shutdown()
+	if err := e.restore(ctx); err != nil {
+		return err
+	}
+	close(e.started)
+	e.mu.Lock()
+	renames := e.renames
+	e.mu.Unlock()
+	if renames != nil {
+		renames.Start()
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.startupPulls(ctx)
+		close(e.pulled)
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-e.wake:
+			e.mu.Lock()
+			work := e.work
+			e.work = nil
+			e.mu.Unlock()
+			for _, fn := range work {
+				e.wg.Add(1)
+				go func() {
+					defer e.wg.Done()
+					fn(ctx)
+				}()
+			}
+		}
+	}
+}
+
+// Ready is closed once Run's startup pulls are done.
+func (e *Engine) Ready() <-chan struct{} { return e.pulled }
+
+// shutdown stops background work and waits for it.
+func (e *Engine) shutdown() {
+	e.mu.Lock()
+	e.stopping, e.work = true, nil
+	close(e.stopped)
+	peers := make([]*peer, 0, len(e.peers))
 	for _, p := range e.peers {
+		peers = append(peers, p)
+	}
+	e.mu.Unlock()
+	for _, p := range peers {
 		p.mu.Lock()
 		if p.probeTimer != nil {
 			p.probeTimer.Stop()
@@ -248,22 +318,63 @@ func (e *Engine) Close() {
 		e.flushLocked(p)
 		p.mu.Unlock()
 	}
-	e.mu.Unlock()
 	e.wg.Wait()
 }
 
-// go runs fn in the background unless the engine is closing.
-func (e *Engine) goBackground(fn func()) {
+// errStopped answers calls once Run has ended (or failed to start).
+var errStopped = fmt.Errorf("%w: the delivery engine has stopped", domain.ErrUnavailable)
+
+// awaitStart waits until Run has rebuilt the peers' state.
+func (e *Engine) awaitStart(ctx context.Context) error {
+	select {
+	case <-e.stopped:
+		return errStopped
+	default:
+	}
+	select {
+	case <-e.started:
+		return nil
+	case <-e.stopped:
+		return errStopped
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the delivery engine to start: %w", ctx.Err())
+	}
+}
+
+// isStopping reports whether Run is ending (or has ended).
+func (e *Engine) isStopping() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.ctx.Err() != nil {
+	return e.stopping
+}
+
+// untilStopped is ctx without its cancellation or deadline, ended when the
+// engine stops instead: for work that must outlive its caller.
+func (e *Engine) untilStopped(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		select {
+		case <-e.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// goBackground hands fn to Run, which runs it under its context, unless
+// the engine is stopping.
+func (e *Engine) goBackground(fn func(ctx context.Context)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopping {
 		return
 	}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		fn()
-	}()
+	e.work = append(e.work, fn)
+	select {
+	case e.wake <- struct{}{}:
+	default: // Run has been woken already
+	}
 }
 
 func (e *Engine) peer(id streams.PeerID) *peer {
@@ -418,7 +529,7 @@ func (e *Engine) appendDelivery(p *peer, expected eventstore.ExpectedRevision, e
 	}
 	// Records outlive the request that caused them: once decided, they are
 	// written even if that caller went away.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, err = e.store.Append(ctx, streams.Delivery(p.id), expected, data...)
 	if err != nil {

@@ -106,6 +106,7 @@ type world struct {
 	peers  *fakePeers
 	client PeerClient // calls peers; peers unless set
 	engine *Engine
+	stop   func() // ends the engine's Run
 	cfg    Config
 }
 
@@ -143,21 +144,44 @@ func (w *world) open() {
 		client = w.peers
 	}
 	w.engine = New(w.cfg, store, codec, reg, client, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
-	if err := w.engine.Start(ctx); err != nil {
-		w.t.Fatal(err)
-	}
-	// As the server does once its listeners are open; pushes from known
-	// peers wait until then.
-	w.engine.StartupPulls(ctx)
+	// Pushes from known peers wait until their startup pull is done.
+	w.stop = runEngine(w.t, w.engine)
+	<-w.engine.Ready()
 	w.t.Cleanup(w.close)
 }
 
 func (w *world) close() {
 	if w.engine != nil {
-		w.engine.Close()
+		w.stop()
 		w.store.Close()
 		w.engine = nil
 	}
+}
+
+// runEngine runs e until the returned stop is called (at the latest when
+// the test ends), and returns once e has rebuilt its state.
+func runEngine(t testing.TB, e *Engine) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	select {
+	case <-e.started:
+	case err := <-done:
+		cancel()
+		t.Fatalf("Run: %v", err)
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func (w *world) restart() {
@@ -765,4 +789,45 @@ func TestALostReplyToAPushOfSeveralEventsDeliversEachOnce(t *testing.T) {
 func fromPeer(remote *hrpc.RemoteError) error {
 	wait, busy := remote.Busy()
 	return rpcerrors.FromPeer(remote.Identifier, remote, busy, wait)
+}
+
+// The engine serves calls only while Run runs: before, they wait for it to
+// rebuild the peers' state; after, they are refused as unavailable; and
+// Run runs once.
+func TestCallsWaitForRunAndEndWithIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	codec := streams.NewCodec(rand.Reader)
+	reg, err := LoadRegistry(ctx, store, codec, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peers := &fakePeers{}
+	e := New(testConfig(), store, codec, reg, peers, systemClock{}, slog.New(slog.DiscardHandler), rand.Reader)
+
+	early, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := e.Send(early, peerB, added(0)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Send before Run = %v, want it to wait for Run until its deadline", err)
+	}
+	stop := runEngine(t, e)
+	if _, err := e.Send(ctx, peerB, added(0)); err != nil {
+		t.Fatalf("Send while Run runs: %v", err)
+	}
+	eventually(t, "the push", func() bool { return len(peers.pushes()) == 1 })
+	if err := e.Run(ctx); err == nil {
+		t.Error("a second Run started")
+	}
+	stop()
+	if _, err := e.Send(ctx, peerB, added(1)); !errors.Is(err, domain.ErrUnavailable) {
+		t.Errorf("Send after Run ended = %v, want unavailable", err)
+	}
+	if err := e.AcceptPush(ctx, domain.Caller{ServerID: peerB}, []*syncv1.Event{added(0)}, nil); !errors.Is(err, domain.ErrUnavailable) {
+		t.Errorf("AcceptPush after Run ended = %v, want unavailable", err)
+	}
 }

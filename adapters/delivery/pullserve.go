@@ -25,6 +25,9 @@ func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint6
 // what it applied (nil: none): one that contradicts the outbox is recorded
 // first, so the reply carries what the caller really lacks.
 func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, ack *uint64, account *domain.PullAccount) (PullBatch, error) {
+	if err := e.awaitStart(ctx); err != nil {
+		return PullBatch{}, err
+	}
 	peerID, found, err := domain.CheckCaller(e.registry, caller.ServerID)
 	if err != nil || !found {
 		return PullBatch{}, err

@@ -128,9 +128,9 @@ func (r *Renames) Start() {
 		}
 		r.mu.Unlock()
 		if !busy {
-			r.engine.goBackground(func() {
+			r.engine.goBackground(func(ctx context.Context) {
 				defer close(done)
-				r.notifyUntilAccepted(p.ID)
+				r.notifyUntilAccepted(ctx, p.ID)
 			})
 		}
 	}
@@ -138,13 +138,12 @@ func (r *Renames) Start() {
 
 // notifyUntilAccepted calls NotifyNewId on one peer, with backoff, until it
 // accepts this server's current ID or the engine closes.
-func (r *Renames) notifyUntilAccepted(peer streams.PeerID) {
+func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID) {
 	defer func() {
 		r.mu.Lock()
 		delete(r.notifying, peer)
 		r.mu.Unlock()
 	}()
-	ctx := r.engine.ctx
 	for attempt := 1; ctx.Err() == nil; attempt++ {
 		own, _ := r.registry.OwnID()
 		server, ok := r.registry.ServerID(peer)

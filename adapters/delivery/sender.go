@@ -19,6 +19,9 @@ import (
 // Send appends event to the peer's outbox and returns its sequence number.
 // The event is durable before Send returns; delivery happens afterwards.
 func (e *Engine) Send(ctx context.Context, to domain.ServerID, event *syncv1.Event) (uint64, error) {
+	if err := e.awaitStart(ctx); err != nil {
+		return 0, err
+	}
 	if event.GetKind() == nil {
 		return 0, fmt.Errorf("%w: the event has no kind set", domain.ErrInvalidArgument)
 	}
@@ -55,15 +58,14 @@ func (e *Engine) kickLocked(p *peer) {
 		}
 	}
 	p.pushing = true
-	e.goBackground(func() { e.pushLoop(p) })
+	e.goBackground(func(ctx context.Context) { e.pushLoop(ctx, p) })
 }
 
 // pushLoop pushes p's undelivered events in order, one push in flight,
 // until none is left or queue mode begins; then it exits, so idle peers
 // hold no goroutine. A push carries as many undelivered events as the peer
 // announced it takes (one, to an upstream receiver).
-func (e *Engine) pushLoop(p *peer) {
-	ctx := e.ctx
+func (e *Engine) pushLoop(ctx context.Context, p *peer) {
 	var ahead outboxReader
 	defer func() {
 		p.mu.Lock()
@@ -367,12 +369,12 @@ func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint6
 
 // scheduleProbeLocked arms the resume probe of a peer in queue mode.
 func (e *Engine) scheduleProbeLocked(p *peer) {
-	if !e.cfg.ResumeProbe || !p.out.NeedsProbe() || p.probeTimer != nil || e.ctx.Err() != nil {
+	if !e.cfg.ResumeProbe || !p.out.NeedsProbe() || p.probeTimer != nil || e.isStopping() {
 		return
 	}
 	p.probeRound++
 	delay := e.cfg.ProbeBackoff.Delay(p.probeRound, e.jitter())
-	p.probeTimer = time.AfterFunc(delay, func() { e.goBackground(func() { e.probe(p) }) })
+	p.probeTimer = time.AfterFunc(delay, func() { e.goBackground(func(ctx context.Context) { e.probe(ctx, p) }) })
 }
 
 // cancelProbeLocked stops a pending or running probe: the peer pulls.
@@ -390,15 +392,15 @@ func (e *Engine) cancelProbeLocked(p *peer) {
 
 // probe pushes the oldest undelivered event of a peer in queue mode that
 // has not pulled; success returns the peer to push mode.
-func (e *Engine) probe(p *peer) {
+func (e *Engine) probe(ctx context.Context, p *peer) {
 	p.mu.Lock()
 	p.probeTimer = nil
-	if err := e.loadLocked(e.ctx, p); err != nil || !p.out.NeedsProbe() || p.serving {
+	if err := e.loadLocked(ctx, p); err != nil || !p.out.NeedsProbe() || p.serving {
 		p.mu.Unlock()
 		return
 	}
 	seq := p.out.Delivered
-	ctx, cancel := context.WithCancel(e.ctx)
+	ctx, cancel := context.WithCancel(ctx)
 	p.probeCancel = cancel
 	p.mu.Unlock()
 	defer cancel()
@@ -454,6 +456,9 @@ func (e *Engine) probe(p *peer) {
 
 // Resume returns a peer in queue mode to push mode (an operator's call).
 func (e *Engine) Resume(ctx context.Context, server domain.ServerID) error {
+	if err := e.awaitStart(ctx); err != nil {
+		return err
+	}
 	id, ok := e.registry.Lookup(server)
 	if !ok {
 		return fmt.Errorf("%w: %s", domain.ErrUnknownPeer, server)
@@ -525,6 +530,9 @@ func (e *Engine) Stuck() map[domain.ServerID]domain.StuckEvent {
 // never counted as delivered. A peer in queue mode gets a resume probe of
 // what follows soon, as after entering queue mode.
 func (e *Engine) Skip(ctx context.Context, server domain.ServerID, through uint64, reason string) (domain.EventsSkipped, error) {
+	if err := e.awaitStart(ctx); err != nil {
+		return domain.EventsSkipped{}, err
+	}
 	id, ok := e.registry.Lookup(server)
 	if !ok {
 		return domain.EventsSkipped{}, fmt.Errorf("%w: %s", domain.ErrUnknownPeer, server)

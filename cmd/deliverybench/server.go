@@ -48,13 +48,15 @@ type node struct {
 	codec    *streams.Codec
 	registry *delivery.Registry
 	engine   *delivery.Engine
-	resolver *peerkeys.Resolver
-	pub      ed25519.PublicKey
-	client   *peerclient.Client
-	accepted *counter      // events accepted by push
-	pushes   *atomic.Int64 // pushes accepted
-	door     *door
-	srv      *httpserver.Server
+	// stopEngine ends the engine's Run and waits for it.
+	stopEngine func() error
+	resolver   *peerkeys.Resolver
+	pub        ed25519.PublicKey
+	client     *peerclient.Client
+	accepted   *counter      // events accepted by push
+	pushes     *atomic.Int64 // pushes accepted
+	door       *door
+	srv        *httpserver.Server
 }
 
 type nodeConfig struct {
@@ -122,12 +124,18 @@ func assemble(ctx context.Context, dir string, cfg nodeConfig, logger *slog.Logg
 	box := countingPostbox{Engine: n.engine, accepted: n.accepted, pushes: n.pushes}
 	n.door.next = httpserver.NewFederationHandler(federation.NewPostboxService(verifier, box).AcceptBatches(4<<20),
 		federation.NewKeyService(pub), httpserver.MaxRequestBytes(4<<20), logger)
-	if err := n.engine.Start(ctx); err != nil {
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	ran := make(chan error, 1)
+	go func() { ran <- n.engine.Run(runCtx) }()
+	n.stopEngine = func() error { stop(); return <-ran }
+	go func() { _ = n.srv.Serve() }() // returns at Shutdown
+	select {
+	case <-n.engine.Ready(): // a new server has no peers: at once
+	case err := <-ran:
+		n.stopEngine = nil
 		n.close(ctx)
 		return nil, err
 	}
-	go func() { _ = n.srv.Serve() }() // returns at Shutdown
-	n.engine.StartupPulls(ctx)        // a new server has no peers: returns at once
 	return n, nil
 }
 
@@ -138,8 +146,8 @@ func (n *node) close(ctx context.Context) {
 	if n.srv != nil {
 		_ = n.srv.Shutdown(ctx)
 	}
-	if n.engine != nil {
-		n.engine.Close()
+	if n.stopEngine != nil {
+		_ = n.stopEngine()
 	}
 	if n.store != nil {
 		_ = n.store.Close()

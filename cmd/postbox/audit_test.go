@@ -124,7 +124,10 @@ func TestAuditCommandEngineStore(t *testing.T) {
 	cfg.PullInterval = time.Hour
 	peer := &auditPeer{}
 	engine := delivery.New(cfg, store, codec, registry, peer, auditClock{}, slog.New(slog.DiscardHandler), rand.Reader)
-	defer engine.Close()
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- engine.Run(runCtx) }()
+	defer func() { stop(); <-ran }()
 
 	b := domain.MustParseServerID("b.example:2289")
 	for i := range 3 {

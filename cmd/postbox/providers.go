@@ -305,15 +305,14 @@ func provideRegistry(ctx context.Context, store delivery.Store, codec *streams.C
 
 func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, registry *delivery.Registry, client delivery.PeerClient,
 	clock domain.Clock, logger *slog.Logger, random io.Reader, observer *forwardingObserver,
-) (*delivery.Engine, func()) {
+) *delivery.Engine {
 	dc := cfg.Delivery
 	dc.Observer = observer
 	// The peer client bounds each call by its size (a silent peer fails an
 	// attempt in about 2 s); the engine's bound must not cut the largest
 	// push on a slow link before that.
 	dc.AttemptTimeout = max(dc.AttemptTimeout, peerclient.DefaultTimeouts().CallBound(dc.PushBatchBytes)+time.Second)
-	e := delivery.New(dc, store, codec, registry, client, clock, logger, random)
-	return e, e.Close
+	return delivery.New(dc, store, codec, registry, client, clock, logger, random)
 }
 
 func provideFederationListener(ctx context.Context, cfg Config, h *httpserver.FederationHandler, logger *slog.Logger) (federationListener, func(), error) {

@@ -72,16 +72,15 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	signer := provideSigner(privateKey, system, reader)
 	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
-	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
+	engine := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
 	metrics := provideMetrics(mainForwardingObserver, engine, registry, store, identity)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
 	federationHandler := provideFederationHandler(postboxService, keyService, maxRequestBytes, cfg, logger)
-	mainFederationListener, cleanup4, err := provideFederationListener(ctx, cfg, federationHandler, logger)
+	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
 	if err != nil {
-		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
@@ -95,17 +94,15 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	checker := provideHealthChecker(staticChecker, store)
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
-	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
-		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
 	}
-	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, live, identity, staticChecker, logger)
+	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, live, identity, staticChecker, logger)
 	return mainServer, func() {
-		cleanup5()
 		cleanup4()
 		cleanup3()
 		cleanup2()
@@ -159,7 +156,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	signer := provideSigner(privateKey, system, reader)
 	client := peerclient.New(peerclientConfig, signer, registry)
 	mainForwardingObserver := provideForwardingObserver()
-	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
+	engine := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
 	mainDiskState := _wireNoDiskStateValue
 	metrics := provideMetrics(mainForwardingObserver, engine, registry, mainDiskState, identity)
 	postboxService := providePostboxService(cfg, verifier, engine, metrics)
@@ -167,9 +164,8 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
 	federationHandler := provideFederationHandler(postboxService, keyService, maxRequestBytes, cfg, logger)
-	mainFederationListener, cleanup4, err := provideFederationListener(ctx, cfg, federationHandler, logger)
+	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
 	if err != nil {
-		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
@@ -183,17 +179,15 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	checker := provideHealthChecker(staticChecker, mainDiskState)
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
-	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
-		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
 	}
-	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, live, identity, staticChecker, logger)
+	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, live, identity, staticChecker, logger)
 	return mainServer, func() {
-		cleanup5()
 		cleanup4()
 		cleanup3()
 		cleanup2()
