@@ -562,29 +562,23 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// PeerCursor is one peer's sender-side state as the engine holds it now.
-type PeerCursor struct {
-	ServerID domain.ServerID
-	Outbox   domain.Outbox
-}
-
 // Cursors returns the state of every peer the engine has loaded (all
-// registered peers after Start), without waiting for anything.
-func (e *Engine) Cursors() []PeerCursor {
+// registered peers once Run has started), without waiting for anything.
+func (e *Engine) Cursors() []domain.PeerCursor {
 	e.mu.Lock()
 	peers := make([]*peer, 0, len(e.peers))
 	for _, p := range e.peers {
 		peers = append(peers, p)
 	}
 	e.mu.Unlock()
-	out := make([]PeerCursor, 0, len(peers))
+	out := make([]domain.PeerCursor, 0, len(peers))
 	for _, p := range peers {
 		server, ok := e.registry.ServerID(p.id)
 		if !ok {
 			continue
 		}
 		p.mu.Lock()
-		out = append(out, PeerCursor{ServerID: server, Outbox: p.out})
+		out = append(out, domain.PeerCursor{PeerID: string(p.id), ServerID: server, Outbox: p.out})
 		p.mu.Unlock()
 	}
 	return out

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	"connectrpc.com/grpchealth"
@@ -304,7 +303,7 @@ func provideRegistry(ctx context.Context, store delivery.Store, codec *streams.C
 }
 
 func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, registry *delivery.Registry, client delivery.PeerClient,
-	clock domain.Clock, logger *slog.Logger, random io.Reader, observer *forwardingObserver,
+	clock domain.Clock, logger *slog.Logger, random io.Reader, observer delivery.Observer,
 ) *delivery.Engine {
 	dc := cfg.Delivery
 	dc.Observer = observer
@@ -352,91 +351,30 @@ func provideFederationHandler(postbox syncv1connect.PostboxServiceHandler, key a
 
 func provideAdminToken(cfg Config) admin.Token { return cfg.AdminToken }
 
-// engineGauges reads the per-peer metrics from the engine's current state.
-type engineGauges struct {
-	engine   *delivery.Engine
-	registry *delivery.Registry
-}
+// peerIDs labels metrics with the stable peer ID, which a rename keeps.
+type peerIDs struct{ registry *delivery.Registry }
 
-func (g engineGauges) PeerGauges() []metrics.PeerGauges {
-	var out []metrics.PeerGauges
-	for _, c := range g.engine.Cursors() {
-		id, ok := g.PeerIDOf(c.ServerID)
-		if !ok {
-			continue
-		}
-		out = append(out, metrics.PeerGauges{
-			PeerID: id, ServerID: c.ServerID.String(), Head: c.Outbox.Head,
-			Delivered: c.Outbox.Delivered - c.Outbox.Skipped, Skipped: c.Outbox.Skipped,
-			Pending: c.Outbox.Pending(), Queue: c.Outbox.Mode == domain.ModeQueue,
-		})
-	}
-	return out
-}
-
-// PeerIDOf labels metrics with the stable peer ID, which a rename keeps.
-func (g engineGauges) PeerIDOf(server domain.ServerID) (string, bool) {
-	id, ok := g.registry.Lookup(server)
+func (p peerIDs) PeerIDOf(server domain.ServerID) (string, bool) {
+	id, ok := p.registry.Lookup(server)
 	return string(id), ok
 }
 
-// provideMetrics counts what the engine and the federation handlers do.
-// The engine reports to it through a forwarding observer, because the
-// metrics' gauges read the engine in turn.
-func provideMetrics(observer *forwardingObserver, engine *delivery.Engine, registry *delivery.Registry, disk diskState, identity *domain.Identity) *metrics.Metrics {
-	g := engineGauges{engine: engine, registry: registry}
-	m := metrics.New(g, g)
+// provideCounters counts what the engine and the federation handlers do;
+// the engine reports to them.
+func provideCounters(registry *delivery.Registry) *metrics.Counters {
+	return metrics.NewCounters(peerIDs{registry})
+}
+
+// provideMetrics is every metric: the counters, and the gauges read from
+// the engine at scrape time.
+func provideMetrics(counters *metrics.Counters, engine *delivery.Engine, disk diskState, identity *domain.Identity) *metrics.Metrics {
+	m := metrics.New(counters, engine)
 	m.ObserveDiskFull(disk.DiskFull)
 	m.ObserveServer(func() string { return identity.Current().String() }, buildVersion())
-	observer.target.Store(m)
 	return m
 }
 
-// forwardingObserver lets the engine be built before the metrics that
-// observe it.
-type forwardingObserver struct {
-	target atomic.Pointer[metrics.Metrics]
-}
-
-func provideForwardingObserver() *forwardingObserver { return &forwardingObserver{} }
-
-func (f *forwardingObserver) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
-	if m := f.target.Load(); m != nil {
-		m.PushAttempted(peer, took, events, err)
-	}
-}
-
-func (f *forwardingObserver) PullServed(peer domain.ServerID, events int) {
-	if m := f.target.Load(); m != nil {
-		m.PullServed(peer, events)
-	}
-}
-
-func (f *forwardingObserver) PullMade(peer domain.ServerID, err error) {
-	if m := f.target.Load(); m != nil {
-		m.PullMade(peer, err)
-	}
-}
-
-func (f *forwardingObserver) Continuity(peer domain.ServerID, kind string) {
-	if m := f.target.Load(); m != nil {
-		m.Continuity(peer, kind)
-	}
-}
-
-func (f *forwardingObserver) Received(peer domain.ServerID, via string, n int) {
-	if m := f.target.Load(); m != nil {
-		m.Received(peer, via, n)
-	}
-}
-
-func (f *forwardingObserver) ReceivedTooLarge(peer domain.ServerID, n int) {
-	if m := f.target.Load(); m != nil {
-		m.ReceivedTooLarge(peer, n)
-	}
-}
-
-func providePostboxService(cfg Config, auth federation.Authenticator, box federation.Postbox, m *metrics.Metrics) *federation.PostboxService {
+func providePostboxService(cfg Config, auth federation.Authenticator, box federation.Postbox, m *metrics.Counters) *federation.PostboxService {
 	return federation.NewPostboxService(auth, box).AcceptBatches(int64(cfg.MaxRequest)).ObserveAuthFailures(m)
 }
 

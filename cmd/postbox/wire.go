@@ -15,6 +15,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/domain"
@@ -46,7 +47,8 @@ var authSet = wire.NewSet(
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideRegistry, provideEngine, provideForwardingObserver, provideMetrics,
+	provideRegistry, provideEngine, provideCounters, provideMetrics,
+	wire.Bind(new(delivery.Observer), new(*metrics.Counters)),
 	peerclient.New,
 	wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)),
 	wire.Bind(new(federation.Postbox), new(*delivery.Engine)),

@@ -14,6 +14,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/domain"
@@ -71,10 +72,9 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	}
 	signer := provideSigner(privateKey, system, reader)
 	client := peerclient.New(peerclientConfig, signer, registry)
-	mainForwardingObserver := provideForwardingObserver()
-	engine := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
-	metrics := provideMetrics(mainForwardingObserver, engine, registry, store, identity)
-	postboxService := providePostboxService(cfg, verifier, engine, metrics)
+	counters := provideCounters(registry)
+	engine := provideEngine(cfg, store, codec, registry, client, system, logger, reader, counters)
+	postboxService := providePostboxService(cfg, verifier, engine, counters)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
@@ -92,6 +92,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, store)
+	metrics := provideMetrics(counters, engine, store, identity)
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
 	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
@@ -155,11 +156,9 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	}
 	signer := provideSigner(privateKey, system, reader)
 	client := peerclient.New(peerclientConfig, signer, registry)
-	mainForwardingObserver := provideForwardingObserver()
-	engine := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
-	mainDiskState := _wireNoDiskStateValue
-	metrics := provideMetrics(mainForwardingObserver, engine, registry, mainDiskState, identity)
-	postboxService := providePostboxService(cfg, verifier, engine, metrics)
+	counters := provideCounters(registry)
+	engine := provideEngine(cfg, store, codec, registry, client, system, logger, reader, counters)
+	postboxService := providePostboxService(cfg, verifier, engine, counters)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
 	maxRequestBytes := provideMaxRequest(cfg)
@@ -176,7 +175,9 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	live := provideLive(cfg, store, logger)
 	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
 	staticChecker := provideHealth()
+	mainDiskState := _wireNoDiskStateValue
 	checker := provideHealthChecker(staticChecker, mainDiskState)
+	metrics := provideMetrics(counters, engine, mainDiskState, identity)
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
 	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
@@ -215,7 +216,7 @@ var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.C
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)), wire.Bind(new(peerclient.Self), new(*delivery.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projections.Live)),
+	provideRegistry, provideEngine, provideCounters, provideMetrics, wire.Bind(new(delivery.Observer), new(*metrics.Counters)), peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)), wire.Bind(new(peerclient.Self), new(*delivery.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projections.Live)),
 )
 
 // handlerSet mounts the services on the listeners.
