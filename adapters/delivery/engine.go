@@ -142,7 +142,7 @@ type Engine struct {
 	codec    *streams.Codec
 	registry *Registry
 	client   PeerClient
-	clock    domain.Clock
+	clock    domain.Timers // every wait and timer of the engine runs on it
 	logger   *slog.Logger
 	jitter   func() float64
 	newEpoch func() uint64 // a random epoch, never 0
@@ -179,16 +179,16 @@ type peer struct {
 	// after one carries a single event and learns it again.
 	batch       domain.PushResult
 	serving     bool // a Pull is being served: probes record nothing
-	probeTimer  *time.Timer
+	probeTimer  domain.Timer
 	probeCancel context.CancelFunc
 	probeRound  int
 	journal     []journalEntry
 	flushing    bool
-	flushTimer  *time.Timer   // a batch of records nobody waits for is due
+	flushTimer  domain.Timer  // a batch of records nobody waits for is due
 	pullGate    chan struct{} // set while this server pulls from the peer; closed when done
 	// gateOwnedByStartup: Start set the gate before the startup pull runs.
 	gateOwnedByStartup bool
-	pullTimer          *time.Timer
+	pullTimer          domain.Timer
 	// given caches the outbox ID of out.Given, which each push claims.
 	given *domain.EventRef
 	// stuck: the oldest undelivered event looked undeliverable when it was
@@ -209,7 +209,7 @@ type journalEntry struct {
 
 // New returns an engine; Run runs it. Calls made before Run has rebuilt
 // the peers' state wait for it.
-func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, client PeerClient, clock domain.Clock, logger *slog.Logger, random io.Reader) *Engine {
+func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, client PeerClient, clock domain.Timers, logger *slog.Logger, random io.Reader) *Engine {
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
@@ -449,8 +449,8 @@ func (e *Engine) recordLocked(p *peer, wait bool, events ...domain.DeliveryEvent
 	case wait || len(p.journal) >= recordBatch:
 		e.flushLocked(p)
 	case p.flushTimer == nil && !p.flushing:
-		var t *time.Timer
-		t = time.AfterFunc(recordDelay, func() {
+		var t domain.Timer
+		t = e.clock.AfterFunc(recordDelay, func() {
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			// Close, or a flush since, took this batch already.
@@ -550,16 +550,24 @@ func waitRecorded(ctx context.Context, done chan error) error {
 	}
 }
 
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
+// sleep waits d on the engine's clock, or until ctx ends.
+func (e *Engine) sleep(ctx context.Context, d time.Duration) error {
+	due, stop := e.after(d)
+	defer stop()
 	select {
-	case <-t.C:
+	case <-due:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// after returns a channel closed once d has passed on the engine's
+// clock, and a function that stops the timer.
+func (e *Engine) after(d time.Duration) (<-chan struct{}, func()) {
+	due := make(chan struct{})
+	t := e.clock.AfterFunc(d, func() { close(due) })
+	return due, func() { t.Stop() }
 }
 
 // Cursors returns the state of every peer the engine has loaded (all

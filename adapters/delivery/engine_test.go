@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -30,6 +31,8 @@ import (
 type systemClock struct{}
 
 func (systemClock) Now() time.Time { return time.Now() }
+
+func (systemClock) AfterFunc(d time.Duration, f func()) domain.Timer { return time.AfterFunc(d, f) }
 
 // fakePeers records pushes and can be told to refuse them. With batchBytes
 // set it answers as a Postbox receiver that takes several events per push;
@@ -104,7 +107,8 @@ type world struct {
 	dir    string
 	store  *embedded.Store
 	peers  *fakePeers
-	client PeerClient // calls peers; peers unless set
+	client PeerClient    // calls peers; peers unless set
+	clock  domain.Timers // the engine's; the system's unless set
 	engine *Engine
 	stop   func() // ends the engine's Run
 	cfg    Config
@@ -143,7 +147,11 @@ func (w *world) open() {
 	if client == nil {
 		client = w.peers
 	}
-	w.engine = New(w.cfg, store, codec, reg, client, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+	var clock domain.Timers = systemClock{}
+	if w.clock != nil {
+		clock = w.clock
+	}
+	w.engine = New(w.cfg, store, codec, reg, client, clock, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
 	// Pushes from known peers wait until their startup pull is done.
 	w.stop = runEngine(w.t, w.engine)
 	<-w.engine.Ready()
@@ -397,6 +405,11 @@ func TestAnUpstreamPeerGetsOneEventPerPush(t *testing.T) {
 
 func TestAFailedPushOfSeveralEventsIsRetriedWithOne(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testAFailedPushOfSeveralEventsIsRetriedWithOne)
+}
+
+// testAFailedPushOfSeveralEventsIsRetriedWithOne runs in a synctest bubble: the retry waits its backoff on the bubble's clock.
+func testAFailedPushOfSeveralEventsIsRetriedWithOne(t *testing.T) {
 	w := newWorld(t, testConfig())
 	w.peers.set(func(f *fakePeers) { f.batchBytes = 1 << 20 })
 	w.send(1)
@@ -419,6 +432,11 @@ func TestAFailedPushOfSeveralEventsIsRetriedWithOne(t *testing.T) {
 
 func TestQueueModeThenAcknowledgedPullsThenPushAgain(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testQueueModeThenAcknowledgedPullsThenPushAgain)
+}
+
+// testQueueModeThenAcknowledgedPullsThenPushAgain runs in a synctest bubble: the retries before queue mode wait on its clock, and nothing more happens once every goroutine waits.
+func testQueueModeThenAcknowledgedPullsThenPushAgain(t *testing.T) {
 	w := newWorld(t, testConfig())
 	w.peers.setDown(true)
 	w.send(5)
@@ -427,7 +445,7 @@ func TestQueueModeThenAcknowledgedPullsThenPushAgain(t *testing.T) {
 		t.Fatalf("%d pushes went through a dead peer", n)
 	}
 	w.send(2) // later events wait in the queue
-	time.Sleep(20 * time.Millisecond)
+	synctest.Wait()
 	if n := len(w.peers.pushes()); n != 0 {
 		t.Fatal("pushed while in queue mode")
 	}
@@ -472,6 +490,11 @@ func TestAPullFromAnUnknownServerRegistersNothing(t *testing.T) {
 
 func TestStateIsRebuiltFromTheStreamsAfterARestart(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testStateIsRebuiltFromTheStreamsAfterARestart)
+}
+
+// testStateIsRebuiltFromTheStreamsAfterARestart runs in a synctest bubble: the retries before queue mode wait on the bubble's clock.
+func testStateIsRebuiltFromTheStreamsAfterARestart(t *testing.T) {
 	w := newWorld(t, testConfig())
 	w.peers.setDown(true)
 	w.send(4)
@@ -560,6 +583,11 @@ func TestReceivedEventsAreAppliedOnceAndInOrder(t *testing.T) {
 
 func TestAPushWaitsForThisServersPullFromTheSender(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testAPushWaitsForThisServersPullFromTheSender)
+}
+
+// testAPushWaitsForThisServersPullFromTheSender runs in a synctest bubble: the push is seen waiting once every goroutine waits.
+func testAPushWaitsForThisServersPullFromTheSender(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	sender := domain.Caller{ServerID: domain.MustParseServerID("s.example:2289"), Extended: true}
@@ -593,10 +621,11 @@ func TestAPushWaitsForThisServersPullFromTheSender(t *testing.T) {
 	})
 	pushed := make(chan error, 1)
 	go func() { pushed <- w.engine.AcceptPush(ctx, sender, []*syncv1.Event{added(3)}, seq(3)) }()
+	synctest.Wait()
 	select {
 	case err := <-pushed:
 		t.Fatalf("the push finished during the pull: %v", err)
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	close(release)
 	if err := <-pulled; err != nil {
@@ -630,8 +659,14 @@ func TestIdlePeersHoldNoGoroutine(t *testing.T) {
 	})
 }
 
+// The retry waits a second, on a clock the test controls (a synctest
+// bubble's): the test takes no second.
 func TestAPullRefusedAsPredatingThePeersStartIsRetried(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testAPullRefusedAsPredatingThePeersStartIsRetried)
+}
+
+func testAPullRefusedAsPredatingThePeersStartIsRetried(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	sender := domain.MustParseServerID("s.example:2289")
@@ -651,8 +686,12 @@ func TestAPullRefusedAsPredatingThePeersStartIsRetried(t *testing.T) {
 		return peerclient.PullResult{}, nil
 	}
 	w.peers.mu.Unlock()
+	start := time.Now()
 	if err := w.engine.PullFrom(ctx, sender); err != nil {
 		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < time.Second {
+		t.Errorf("retried after %s, want a second: a token signed in the same second is refused again", waited)
 	}
 	id, _ := w.engine.registry.Lookup(sender)
 	if recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 10); len(recs) != 1 || calls != 3 {

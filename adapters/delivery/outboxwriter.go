@@ -220,11 +220,11 @@ func (e *Engine) awaitCallers(w *outboxWriter, want int) {
 	}
 	w.want = want
 	w.mu.Unlock()
-	t := time.NewTimer(callersGrace)
-	defer t.Stop()
+	due, stop := e.after(callersGrace)
+	defer stop()
 	select {
 	case <-w.enough:
-	case <-t.C:
+	case <-due:
 		w.mu.Lock()
 		if w.want == 0 {
 			<-w.enough // sent just now

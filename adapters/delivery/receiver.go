@@ -167,7 +167,7 @@ func (e *Engine) appendInbox(ctx context.Context, p *peer, data []eventstore.Eve
 		}
 		e.logger.Error("storing events pulled from an upstream peer failed; they exist nowhere else, so this is tried again",
 			"peer", p.id, "events", len(data), "attempt", attempt, "err", err)
-		if sleep(ctx, backoff.Delay(attempt, e.jitter())) != nil {
+		if e.sleep(ctx, backoff.Delay(attempt, e.jitter())) != nil {
 			return err
 		}
 	}
@@ -295,7 +295,7 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 			// in, and refuses tokens stamped before its start (PROTOCOL.md
 			// §3); a token signed a moment later is accepted.
 			retries++
-			if sleep(ctx, time.Second) != nil {
+			if e.sleep(ctx, time.Second) != nil {
 				return ctx.Err()
 			}
 			round--
@@ -336,7 +336,7 @@ func (e *Engine) schedulePull(p *peer, d time.Duration) {
 		p.pullTimer.Reset(d)
 		return
 	}
-	p.pullTimer = time.AfterFunc(d, func() {
+	p.pullTimer = e.clock.AfterFunc(d, func() {
 		e.goBackground(func(ctx context.Context) {
 			server, ok := e.registry.ServerID(p.id)
 			if !ok {

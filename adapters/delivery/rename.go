@@ -170,7 +170,7 @@ func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID) 
 		} else {
 			r.logger.Warn("telling a peer our new ID failed; will retry", "peer", server.String(), "attempt", attempt, "err", err)
 		}
-		if sleep(ctx, r.backoff.Delay(attempt, r.engine.jitter())) != nil {
+		if r.engine.sleep(ctx, r.backoff.Delay(attempt, r.engine.jitter())) != nil {
 			return
 		}
 	}

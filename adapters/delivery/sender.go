@@ -82,7 +82,7 @@ func (e *Engine) pushLoop(ctx context.Context, p *peer) {
 		if err := e.loadLocked(ctx, p); err != nil {
 			p.mu.Unlock()
 			e.logger.Error("loading peer state failed", "peer", p.id, "err", err)
-			_ = sleep(ctx, time.Second)
+			_ = e.sleep(ctx, time.Second)
 			continue
 		}
 		seq, ok := p.out.NextPush()
@@ -138,13 +138,13 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 		events, err := e.nextPush(ctx, p, seq, ahead)
 		if err != nil {
 			e.logger.Error("reading the outbox failed", "peer", p.id, "seq", seq, "err", err)
-			_ = sleep(ctx, time.Second)
+			_ = e.sleep(ctx, time.Second)
 			return
 		}
 		claim, err := e.claimFor(ctx, p, ahead, seq, len(events))
 		if err != nil {
 			e.logger.Error("reading the outbox failed", "peer", p.id, "seq", seq, "err", err)
-			_ = sleep(ctx, time.Second)
+			_ = e.sleep(ctx, time.Second)
 			return
 		}
 		res, err := e.pushOnce(ctx, server, seq, events, claim)
@@ -161,7 +161,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			busyInRow++
 			attempts--
 			e.logger.Info("peer busy; waiting as it asked", "peer", server.String(), "seq", seq, "wait", busyWait(wait))
-			if sleep(ctx, busyWait(wait)) != nil {
+			if e.sleep(ctx, busyWait(wait)) != nil {
 				return
 			}
 			continue
@@ -197,7 +197,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 		}
 		p.mu.Unlock()
 		e.logger.Info("push failed; retrying", "peer", server.String(), "seq", seq, "attempt", attempts, "err", err)
-		if sleep(ctx, e.cfg.PushBackoff.Delay(int(attempts), e.jitter())) != nil {
+		if e.sleep(ctx, e.cfg.PushBackoff.Delay(int(attempts), e.jitter())) != nil {
 			return
 		}
 	}
@@ -357,13 +357,13 @@ func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint6
 	defer func() { <-e.slots }()
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.AttemptTimeout)
 	defer cancel()
-	start := time.Now()
+	start := e.clock.Now()
 	res, err := e.push(ctx, server, seq, events, claim)
 	delivered := 0
 	if err == nil && (res.Answer == nil || !res.Answer.Refused) {
 		delivered = int(res.Through-seq) + 1
 	}
-	e.cfg.Observer.PushAttempted(server, time.Since(start), delivered, err)
+	e.cfg.Observer.PushAttempted(server, e.clock.Now().Sub(start), delivered, err)
 	return res, err
 }
 
@@ -374,7 +374,7 @@ func (e *Engine) scheduleProbeLocked(p *peer) {
 	}
 	p.probeRound++
 	delay := e.cfg.ProbeBackoff.Delay(p.probeRound, e.jitter())
-	p.probeTimer = time.AfterFunc(delay, func() { e.goBackground(func(ctx context.Context) { e.probe(ctx, p) }) })
+	p.probeTimer = e.clock.AfterFunc(delay, func() { e.goBackground(func(ctx context.Context) { e.probe(ctx, p) }) })
 }
 
 // cancelProbeLocked stops a pending or running probe: the peer pulls.

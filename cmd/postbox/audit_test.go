@@ -64,6 +64,8 @@ type auditClock struct{}
 
 func (auditClock) Now() time.Time { return time.Now() }
 
+func (auditClock) AfterFunc(d time.Duration, f func()) domain.Timer { return time.AfterFunc(d, f) }
+
 func auditEvent(user uint64) *syncv1.Event {
 	return &syncv1.Event{Kind: &syncv1.Event_UserAddedToGuild_{UserAddedToGuild: &syncv1.Event_UserAddedToGuild{UserId: user, GuildId: 1}}}
 }

@@ -303,7 +303,7 @@ func provideRegistry(ctx context.Context, store delivery.Store, codec *streams.C
 }
 
 func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, registry *delivery.Registry, client delivery.PeerClient,
-	clock domain.Clock, logger *slog.Logger, random io.Reader, observer delivery.Observer,
+	clock domain.Timers, logger *slog.Logger, random io.Reader, observer delivery.Observer,
 ) *delivery.Engine {
 	dc := cfg.Delivery
 	dc.Observer = observer

@@ -38,6 +38,7 @@ var configSet = wire.NewSet(
 var authSet = wire.NewSet(
 	wire.Struct(new(clock.System)),
 	wire.Bind(new(domain.Clock), new(clock.System)),
+	wire.Bind(new(domain.Timers), new(clock.System)),
 	provideResolver,
 	wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)),
 	wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)),

@@ -212,7 +212,7 @@ var configSet = wire.NewSet(
 )
 
 // authSet verifies federation tokens with keys fetched from peers.
-var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), provideVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
+var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), wire.Bind(new(domain.Timers), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), provideVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
