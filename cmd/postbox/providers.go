@@ -21,7 +21,6 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
-	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/keyfile"
 	"github.com/harmony-postbox/postbox/adapters/metrics"
@@ -32,7 +31,6 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
-	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
 	"github.com/harmony-postbox/postbox/projections"
 )
@@ -302,18 +300,6 @@ func provideRegistry(ctx context.Context, store delivery.Store, codec *streams.C
 	return delivery.LoadRegistry(ctx, store, codec, random)
 }
 
-func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, registry *delivery.Registry, client delivery.PeerClient,
-	clock domain.Timers, logger *slog.Logger, random io.Reader, observer delivery.Observer,
-) *delivery.Engine {
-	dc := cfg.Delivery
-	dc.Observer = observer
-	// The peer client bounds each call by its size (a silent peer fails an
-	// attempt in about 2 s); the engine's bound must not cut the largest
-	// push on a slow link before that.
-	dc.AttemptTimeout = max(dc.AttemptTimeout, peerclient.DefaultTimeouts().CallBound(dc.PushBatchBytes)+time.Second)
-	return delivery.New(dc, store, codec, registry, client, clock, logger, random)
-}
-
 func provideFederationListener(ctx context.Context, cfg Config, h *httpserver.FederationHandler, logger *slog.Logger) (federationListener, func(), error) {
 	// A wrong --tls-cert or --tls-key is a configuration mistake (exit 2),
 	// unlike an address in use.
@@ -343,13 +329,15 @@ func provideAdminListener(ctx context.Context, cfg Config, h httpserver.AdminHan
 
 func provideMaxRequest(cfg Config) httpserver.MaxRequestBytes { return cfg.MaxRequest }
 
-// provideFederationHandler serves the federation services within
-// --max-inflight-bytes.
-func provideFederationHandler(postbox syncv1connect.PostboxServiceHandler, key authv1connect.AuthServiceHandler, limit httpserver.MaxRequestBytes, cfg Config, logger *slog.Logger) *httpserver.FederationHandler {
-	return httpserver.NewFederationHandler(postbox, key, limit, logger).WithAdmission(httpserver.Admission{InflightBytes: cfg.MaxInflight})
-}
-
 func provideAdminToken(cfg Config) admin.Token { return cfg.AdminToken }
+
+func provideDeliveryConfig(cfg Config) delivery.Config { return cfg.Delivery }
+
+// provideAdmission bounds the federation request bodies held at once
+// (--max-inflight-bytes).
+func provideAdmission(cfg Config) httpserver.Admission {
+	return httpserver.Admission{InflightBytes: cfg.MaxInflight}
+}
 
 // peerIDs labels metrics with the stable peer ID, which a rename keeps.
 type peerIDs struct{ registry *delivery.Registry }
@@ -372,10 +360,6 @@ func provideMetrics(counters *metrics.Counters, engine *delivery.Engine, disk di
 	m.ObserveDiskFull(disk.DiskFull)
 	m.ObserveServer(func() string { return identity.Current().String() }, buildVersion())
 	return m
-}
-
-func providePostboxService(cfg Config, auth federation.Authenticator, box federation.Postbox, m *metrics.Counters) *federation.PostboxService {
-	return federation.NewPostboxService(auth, box).AcceptBatches(int64(cfg.MaxRequest)).ObserveAuthFailures(m)
 }
 
 // provideLive follows the store into the projections, checkpointed in the
