@@ -186,7 +186,7 @@ type peer struct {
 	flushing    bool
 	flushTimer  domain.Timer  // a batch of records nobody waits for is due
 	pullGate    chan struct{} // set while this server pulls from the peer; closed when done
-	// gateOwnedByStartup: Start set the gate before the startup pull runs.
+	// gateOwnedByStartup: Run set the gate before the startup pull runs.
 	gateOwnedByStartup bool
 	pullTimer          domain.Timer
 	// given caches the outbox ID of out.Given, which each push claims.
