@@ -90,9 +90,6 @@ func newESDBEngine(t *testing.T, srv *fakestreams.Server, query string, cfg Conf
 		client = &fakePeers{}
 	}
 	engine := New(cfg, store, codec, reg, client, systemClock{}, slog.New(slog.DiscardHandler), rand.Reader)
-	if err := engine.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(engine.Close)
+	runEngine(t, engine)
 	return engine, store, reg
 }

@@ -76,9 +76,7 @@ func newSpiedWorld(t *testing.T) (*world, *outboxSpy) {
 	w.store = store
 	spy := &outboxSpy{Store: store}
 	w.engine = New(w.cfg, spy, codec, reg, w.peers, systemClock{}, slog.New(slog.DiscardHandler), rand.Reader)
-	if err := w.engine.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w.stop = runEngine(t, w.engine)
 	t.Cleanup(w.close)
 	return w, spy
 }

@@ -3,13 +3,11 @@ package delivery
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -130,9 +128,9 @@ func (r *Renames) Start() {
 		}
 		r.mu.Unlock()
 		if !busy {
-			r.engine.goBackground(func() {
+			r.engine.goBackground(func(ctx context.Context) {
 				defer close(done)
-				r.notifyUntilAccepted(p.ID)
+				r.notifyUntilAccepted(ctx, p.ID)
 			})
 		}
 	}
@@ -140,13 +138,12 @@ func (r *Renames) Start() {
 
 // notifyUntilAccepted calls NotifyNewId on one peer, with backoff, until it
 // accepts this server's current ID or the engine closes.
-func (r *Renames) notifyUntilAccepted(peer streams.PeerID) {
+func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID) {
 	defer func() {
 		r.mu.Lock()
 		delete(r.notifying, peer)
 		r.mu.Unlock()
 	}()
-	ctx := r.engine.ctx
 	for attempt := 1; ctx.Err() == nil; attempt++ {
 		own, _ := r.registry.OwnID()
 		server, ok := r.registry.ServerID(peer)
@@ -173,7 +170,7 @@ func (r *Renames) notifyUntilAccepted(peer streams.PeerID) {
 		} else {
 			r.logger.Warn("telling a peer our new ID failed; will retry", "peer", server.String(), "attempt", attempt, "err", err)
 		}
-		if sleep(ctx, r.backoff.Delay(attempt, r.engine.jitter())) != nil {
+		if r.engine.sleep(ctx, r.backoff.Delay(attempt, r.engine.jitter())) != nil {
 			return
 		}
 	}
@@ -198,8 +195,7 @@ func (r *Renames) awaitNotice(ctx context.Context, peer streams.PeerID) {
 // unknownToPeer reports whether a peer answered that it does not know the ID
 // this server signed with.
 func unknownToPeer(err error) bool {
-	var remote *hrpc.RemoteError
-	return errors.As(err, &remote) && remote.Identifier == "postbox.unknown-peer"
+	return domain.PeerSaid(err, domain.ErrUnknownPeer)
 }
 
 // known is the ID of this server that peer knows.

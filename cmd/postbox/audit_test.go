@@ -64,6 +64,8 @@ type auditClock struct{}
 
 func (auditClock) Now() time.Time { return time.Now() }
 
+func (auditClock) AfterFunc(d time.Duration, f func()) domain.Timer { return time.AfterFunc(d, f) }
+
 func auditEvent(user uint64) *syncv1.Event {
 	return &syncv1.Event{Kind: &syncv1.Event_UserAddedToGuild_{UserAddedToGuild: &syncv1.Event_UserAddedToGuild{UserId: user, GuildId: 1}}}
 }
@@ -124,7 +126,10 @@ func TestAuditCommandEngineStore(t *testing.T) {
 	cfg.PullInterval = time.Hour
 	peer := &auditPeer{}
 	engine := delivery.New(cfg, store, codec, registry, peer, auditClock{}, slog.New(slog.DiscardHandler), rand.Reader)
-	defer engine.Close()
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- engine.Run(runCtx) }()
+	defer func() { stop(); <-ran }()
 
 	b := domain.MustParseServerID("b.example:2289")
 	for i := range 3 {

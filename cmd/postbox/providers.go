@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	"connectrpc.com/grpchealth"
@@ -22,7 +21,6 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
-	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/keyfile"
 	"github.com/harmony-postbox/postbox/adapters/metrics"
@@ -33,7 +31,6 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
-	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
 	"github.com/harmony-postbox/postbox/projections"
 )
@@ -303,19 +300,6 @@ func provideRegistry(ctx context.Context, store delivery.Store, codec *streams.C
 	return delivery.LoadRegistry(ctx, store, codec, random)
 }
 
-func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, registry *delivery.Registry, client delivery.PeerClient,
-	clock domain.Clock, logger *slog.Logger, random io.Reader, observer *forwardingObserver,
-) (*delivery.Engine, func()) {
-	dc := cfg.Delivery
-	dc.Observer = observer
-	// The peer client bounds each call by its size (a silent peer fails an
-	// attempt in about 2 s); the engine's bound must not cut the largest
-	// push on a slow link before that.
-	dc.AttemptTimeout = max(dc.AttemptTimeout, peerclient.DefaultTimeouts().CallBound(dc.PushBatchBytes)+time.Second)
-	e := delivery.New(dc, store, codec, registry, client, clock, logger, random)
-	return e, e.Close
-}
-
 func provideFederationListener(ctx context.Context, cfg Config, h *httpserver.FederationHandler, logger *slog.Logger) (federationListener, func(), error) {
 	// A wrong --tls-cert or --tls-key is a configuration mistake (exit 2),
 	// unlike an address in use.
@@ -345,100 +329,37 @@ func provideAdminListener(ctx context.Context, cfg Config, h httpserver.AdminHan
 
 func provideMaxRequest(cfg Config) httpserver.MaxRequestBytes { return cfg.MaxRequest }
 
-// provideFederationHandler serves the federation services within
-// --max-inflight-bytes.
-func provideFederationHandler(postbox syncv1connect.PostboxServiceHandler, key authv1connect.AuthServiceHandler, limit httpserver.MaxRequestBytes, cfg Config, logger *slog.Logger) *httpserver.FederationHandler {
-	return httpserver.NewFederationHandler(postbox, key, limit, logger).WithAdmission(httpserver.Admission{InflightBytes: cfg.MaxInflight})
-}
-
 func provideAdminToken(cfg Config) admin.Token { return cfg.AdminToken }
 
-// engineGauges reads the per-peer metrics from the engine's current state.
-type engineGauges struct {
-	engine   *delivery.Engine
-	registry *delivery.Registry
+func provideDeliveryConfig(cfg Config) delivery.Config { return cfg.Delivery }
+
+// provideAdmission bounds the federation request bodies held at once
+// (--max-inflight-bytes).
+func provideAdmission(cfg Config) httpserver.Admission {
+	return httpserver.Admission{InflightBytes: cfg.MaxInflight}
 }
 
-func (g engineGauges) PeerGauges() []metrics.PeerGauges {
-	var out []metrics.PeerGauges
-	for _, c := range g.engine.Cursors() {
-		id, ok := g.PeerIDOf(c.ServerID)
-		if !ok {
-			continue
-		}
-		out = append(out, metrics.PeerGauges{
-			PeerID: id, ServerID: c.ServerID.String(), Head: c.Outbox.Head,
-			Delivered: c.Outbox.Delivered - c.Outbox.Skipped, Skipped: c.Outbox.Skipped,
-			Pending: c.Outbox.Pending(), Queue: c.Outbox.Mode == domain.ModeQueue,
-		})
-	}
-	return out
-}
+// peerIDs labels metrics with the stable peer ID, which a rename keeps.
+type peerIDs struct{ registry *delivery.Registry }
 
-// PeerIDOf labels metrics with the stable peer ID, which a rename keeps.
-func (g engineGauges) PeerIDOf(server domain.ServerID) (string, bool) {
-	id, ok := g.registry.Lookup(server)
+func (p peerIDs) PeerIDOf(server domain.ServerID) (string, bool) {
+	id, ok := p.registry.Lookup(server)
 	return string(id), ok
 }
 
-// provideMetrics counts what the engine and the federation handlers do.
-// The engine reports to it through a forwarding observer, because the
-// metrics' gauges read the engine in turn.
-func provideMetrics(observer *forwardingObserver, engine *delivery.Engine, registry *delivery.Registry, disk diskState, identity *domain.Identity) *metrics.Metrics {
-	g := engineGauges{engine: engine, registry: registry}
-	m := metrics.New(g, g)
+// provideCounters counts what the engine and the federation handlers do;
+// the engine reports to them.
+func provideCounters(registry *delivery.Registry) *metrics.Counters {
+	return metrics.NewCounters(peerIDs{registry})
+}
+
+// provideMetrics is every metric: the counters, and the gauges read from
+// the engine at scrape time.
+func provideMetrics(counters *metrics.Counters, engine *delivery.Engine, disk diskState, identity *domain.Identity) *metrics.Metrics {
+	m := metrics.New(counters, engine)
 	m.ObserveDiskFull(disk.DiskFull)
 	m.ObserveServer(func() string { return identity.Current().String() }, buildVersion())
-	observer.target.Store(m)
 	return m
-}
-
-// forwardingObserver lets the engine be built before the metrics that
-// observe it.
-type forwardingObserver struct {
-	target atomic.Pointer[metrics.Metrics]
-}
-
-func provideForwardingObserver() *forwardingObserver { return &forwardingObserver{} }
-
-func (f *forwardingObserver) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
-	if m := f.target.Load(); m != nil {
-		m.PushAttempted(peer, took, events, err)
-	}
-}
-
-func (f *forwardingObserver) PullServed(peer domain.ServerID, events int) {
-	if m := f.target.Load(); m != nil {
-		m.PullServed(peer, events)
-	}
-}
-
-func (f *forwardingObserver) PullMade(peer domain.ServerID, err error) {
-	if m := f.target.Load(); m != nil {
-		m.PullMade(peer, err)
-	}
-}
-
-func (f *forwardingObserver) Continuity(peer domain.ServerID, kind string) {
-	if m := f.target.Load(); m != nil {
-		m.Continuity(peer, kind)
-	}
-}
-
-func (f *forwardingObserver) Received(peer domain.ServerID, via string, n int) {
-	if m := f.target.Load(); m != nil {
-		m.Received(peer, via, n)
-	}
-}
-
-func (f *forwardingObserver) ReceivedTooLarge(peer domain.ServerID, n int) {
-	if m := f.target.Load(); m != nil {
-		m.ReceivedTooLarge(peer, n)
-	}
-}
-
-func providePostboxService(cfg Config, auth federation.Authenticator, box federation.Postbox, m *metrics.Metrics) *federation.PostboxService {
-	return federation.NewPostboxService(auth, box).AcceptBatches(int64(cfg.MaxRequest)).ObserveAuthFailures(m)
 }
 
 // provideLive follows the store into the projections, checkpointed in the

@@ -15,12 +15,12 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
-	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
-	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
+	"github.com/harmony-postbox/postbox/internal/assembly"
 	"github.com/harmony-postbox/postbox/projections"
 )
 
@@ -31,12 +31,14 @@ var configSet = wire.NewSet(
 	provideSigner, providePeerClientConfig, provideVersion, provideGuard,
 	provideHealth, provideHealthChecker,
 	provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
+	provideDeliveryConfig, provideAdmission,
 )
 
 // authSet verifies federation tokens with keys fetched from peers.
 var authSet = wire.NewSet(
 	wire.Struct(new(clock.System)),
 	wire.Bind(new(domain.Clock), new(clock.System)),
+	wire.Bind(new(domain.Timers), new(clock.System)),
 	provideResolver,
 	wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)),
 	wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)),
@@ -46,10 +48,10 @@ var authSet = wire.NewSet(
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideRegistry, provideEngine, provideForwardingObserver, provideMetrics,
-	peerclient.New,
-	wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)),
-	wire.Bind(new(federation.Postbox), new(*delivery.Engine)),
+	assembly.EngineSet,
+	provideRegistry, provideCounters, provideMetrics,
+	wire.Bind(new(delivery.Observer), new(*metrics.Counters)),
+	wire.Bind(new(federation.AuthObserver), new(*metrics.Counters)),
 	provideAdminSender,
 	wire.Bind(new(admin.Operator), new(*delivery.Engine)),
 	wire.Bind(new(admin.PeerNames), new(*delivery.Registry)),
@@ -65,13 +67,8 @@ var engineSet = wire.NewSet(
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(
-	providePostboxService,
-	wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)),
-	federation.NewKeyService,
-	wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)),
 	provideAdminService,
 	wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)),
-	provideFederationHandler,
 	httpserver.NewAdminHandler,
 	newServer,
 )
