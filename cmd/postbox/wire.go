@@ -70,6 +70,7 @@ var handlerSet = wire.NewSet(
 	federation.NewKeyService,
 	wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)),
 	provideAdminService,
+	provideConsumers,
 	wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)),
 	provideFederationHandler,
 	httpserver.NewAdminHandler,

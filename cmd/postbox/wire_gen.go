@@ -90,7 +90,15 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
+	ledger, err := provideConsumers(ctx, store, codec, system)
+	if err != nil {
+		cleanup4()
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, store)
 	token := provideAdminToken(cfg)
@@ -178,7 +186,15 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
+	ledger, err := provideConsumers(ctx, store, codec, system)
+	if err != nil {
+		cleanup4()
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, mainDiskState)
 	token := provideAdminToken(cfg)
@@ -226,5 +242,6 @@ var engineSet = wire.NewSet(
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(
-	providePostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), provideAdminService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), provideFederationHandler, httpserver.NewAdminHandler, newServer,
+	providePostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), provideAdminService,
+	provideConsumers, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), provideFederationHandler, httpserver.NewAdminHandler, newServer,
 )
