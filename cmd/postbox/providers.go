@@ -18,6 +18,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
+	"github.com/harmony-postbox/postbox/adapters/consumers"
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
@@ -368,12 +369,20 @@ func provideLive(cfg Config, store projections.LiveStore, logger *slog.Logger) *
 	return projections.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
 }
 
+// provideConsumers reads the durable consumers' positions from the store.
+func provideConsumers(ctx context.Context, store delivery.Store, codec *streams.Codec, clock domain.Clock) (*consumers.Ledger, error) {
+	return consumers.Open(ctx, store, codec, clock)
+}
+
 // provideAdminService is the admin API, which reads the outboxes for the
-// age of each peer's oldest pending event.
-func provideAdminService(identity *domain.Identity, public ed25519.PublicKey, version admin.Version, sender admin.Sender, operator admin.Operator,
+// age of each peer's oldest pending event and keeps the durable consumers.
+func provideAdminService(cfg Config, identity *domain.Identity, public ed25519.PublicKey, version admin.Version, sender admin.Sender, operator admin.Operator,
 	received admin.ReceivedLog, names admin.PeerNames, renamer admin.Renamer, views admin.PeerViews, store delivery.Store,
+	ledger *consumers.Ledger, clock domain.Clock,
 ) *admin.Service {
-	return admin.NewService(identity, public, version, sender, operator, received, names, renamer, views).WithPendingAges(outboxAges{store})
+	return admin.NewService(identity, public, version, sender, operator, received, names, renamer, views).
+		WithPendingAges(outboxAges{store}).
+		WithConsumers(ledger, cfg.ConsumerIdleAfter, clock)
 }
 
 // outboxAges reads when an outbox event was stored: its sequence number

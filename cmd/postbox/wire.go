@@ -68,6 +68,7 @@ var engineSet = wire.NewSet(
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(
 	provideAdminService,
+	provideConsumers,
 	wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)),
 	httpserver.NewAdminHandler,
 	newServer,

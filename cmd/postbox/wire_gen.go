@@ -90,7 +90,14 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
+	ledger, err := provideConsumers(ctx, store, codec, system)
+	if err != nil {
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, store)
 	metrics := provideMetrics(counters, engine, store, identity)
@@ -176,7 +183,14 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
+	ledger, err := provideConsumers(ctx, store, codec, system)
+	if err != nil {
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
 	staticChecker := provideHealth()
 	mainDiskState := _wireNoDiskStateValue
 	checker := provideHealthChecker(staticChecker, mainDiskState)
@@ -223,5 +237,6 @@ var engineSet = wire.NewSet(assembly.EngineSet, provideRegistry, provideCounters
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(
-	provideAdminService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), httpserver.NewAdminHandler, newServer,
+	provideAdminService,
+	provideConsumers, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), httpserver.NewAdminHandler, newServer,
 )

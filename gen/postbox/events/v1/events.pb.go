@@ -10,6 +10,7 @@ import (
 	v1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1125,11 +1126,125 @@ func (x *DatabaseCreated) GetDatabaseId() string {
 	return ""
 }
 
+// Appended to `consumers` when a durable consumer of received events
+// acknowledged everything through a position; a position at or below the one
+// it holds is not recorded again.
+type ConsumerAcknowledged struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The consumer's name.
+	Consumer string `protobuf:"bytes,1,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	// The store position of the last received event it has processed.
+	Position uint64 `protobuf:"varint,2,opt,name=position,proto3" json:"position,omitempty"`
+	// When this server recorded it.
+	At            *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsumerAcknowledged) Reset() {
+	*x = ConsumerAcknowledged{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsumerAcknowledged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsumerAcknowledged) ProtoMessage() {}
+
+func (x *ConsumerAcknowledged) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsumerAcknowledged.ProtoReflect.Descriptor instead.
+func (*ConsumerAcknowledged) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ConsumerAcknowledged) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+func (x *ConsumerAcknowledged) GetPosition() uint64 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
+func (x *ConsumerAcknowledged) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+// Appended to `consumers` when an operator deleted a durable consumer: its
+// position is forgotten, and a later Watch under the name starts from the
+// first event.
+type ConsumerDeleted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The consumer's name.
+	Consumer      string `protobuf:"bytes,1,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsumerDeleted) Reset() {
+	*x = ConsumerDeleted{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsumerDeleted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsumerDeleted) ProtoMessage() {}
+
+func (x *ConsumerDeleted) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsumerDeleted.ProtoReflect.Descriptor instead.
+func (*ConsumerDeleted) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ConsumerDeleted) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
 var File_postbox_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1epostbox/events/v1/events.proto\x12\x11postbox.events.v1\x1a\x1bprotocol/sync/v1/sync.proto\">\n" +
+	"\x1epostbox/events/v1/events.proto\x12\x11postbox.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bprotocol/sync/v1/sync.proto\">\n" +
 	"\rEventEnqueued\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\"\\\n" +
 	"\vEventPushed\x12\x10\n" +
@@ -1207,7 +1322,13 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\rnew_server_id\x18\x02 \x01(\tR\vnewServerId\"2\n" +
 	"\x0fDatabaseCreated\x12\x1f\n" +
 	"\vdatabase_id\x18\x01 \x01(\tR\n" +
-	"databaseIdB\xcd\x01\n" +
+	"databaseId\"z\n" +
+	"\x14ConsumerAcknowledged\x12\x1a\n" +
+	"\bconsumer\x18\x01 \x01(\tR\bconsumer\x12\x1a\n" +
+	"\bposition\x18\x02 \x01(\x04R\bposition\x12*\n" +
+	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"-\n" +
+	"\x0fConsumerDeleted\x12\x1a\n" +
+	"\bconsumer\x18\x01 \x01(\tR\bconsumerB\xcd\x01\n" +
 	"\x15com.postbox.events.v1B\vEventsProtoP\x01ZAgithub.com/harmony-postbox/postbox/gen/postbox/events/v1;eventsv1\xa2\x02\x03PEX\xaa\x02\x11Postbox.Events.V1\xca\x02\x11Postbox\\Events\\V1\xe2\x02\x1dPostbox\\Events\\V1\\GPBMetadata\xea\x02\x13Postbox::Events::V1b\x06proto3"
 
 var (
@@ -1223,38 +1344,42 @@ func file_postbox_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_postbox_events_v1_events_proto_goTypes = []any{
-	(PushResumed_Reason)(0),     // 0: postbox.events.v1.PushResumed.Reason
-	(EventReceived_Via)(0),      // 1: postbox.events.v1.EventReceived.Via
-	(*EventEnqueued)(nil),       // 2: postbox.events.v1.EventEnqueued
-	(*EventPushed)(nil),         // 3: postbox.events.v1.EventPushed
-	(*QueueModeEntered)(nil),    // 4: postbox.events.v1.QueueModeEntered
-	(*PullServed)(nil),          // 5: postbox.events.v1.PullServed
-	(*PullAcknowledged)(nil),    // 6: postbox.events.v1.PullAcknowledged
-	(*PushResumed)(nil),         // 7: postbox.events.v1.PushResumed
-	(*EventsSkipped)(nil),       // 8: postbox.events.v1.EventsSkipped
-	(*EpochStarted)(nil),        // 9: postbox.events.v1.EpochStarted
-	(*ReceiverReported)(nil),    // 10: postbox.events.v1.ReceiverReported
-	(*EventReceived)(nil),       // 11: postbox.events.v1.EventReceived
-	(*PeerSeen)(nil),            // 12: postbox.events.v1.PeerSeen
-	(*PeerKeyLearned)(nil),      // 13: postbox.events.v1.PeerKeyLearned
-	(*PeerRenamed)(nil),         // 14: postbox.events.v1.PeerRenamed
-	(*OwnServerIdChanged)(nil),  // 15: postbox.events.v1.OwnServerIdChanged
-	(*PeerNotifiedOfNewId)(nil), // 16: postbox.events.v1.PeerNotifiedOfNewId
-	(*DatabaseCreated)(nil),     // 17: postbox.events.v1.DatabaseCreated
-	(*v1.Event)(nil),            // 18: protocol.sync.v1.Event
+	(PushResumed_Reason)(0),       // 0: postbox.events.v1.PushResumed.Reason
+	(EventReceived_Via)(0),        // 1: postbox.events.v1.EventReceived.Via
+	(*EventEnqueued)(nil),         // 2: postbox.events.v1.EventEnqueued
+	(*EventPushed)(nil),           // 3: postbox.events.v1.EventPushed
+	(*QueueModeEntered)(nil),      // 4: postbox.events.v1.QueueModeEntered
+	(*PullServed)(nil),            // 5: postbox.events.v1.PullServed
+	(*PullAcknowledged)(nil),      // 6: postbox.events.v1.PullAcknowledged
+	(*PushResumed)(nil),           // 7: postbox.events.v1.PushResumed
+	(*EventsSkipped)(nil),         // 8: postbox.events.v1.EventsSkipped
+	(*EpochStarted)(nil),          // 9: postbox.events.v1.EpochStarted
+	(*ReceiverReported)(nil),      // 10: postbox.events.v1.ReceiverReported
+	(*EventReceived)(nil),         // 11: postbox.events.v1.EventReceived
+	(*PeerSeen)(nil),              // 12: postbox.events.v1.PeerSeen
+	(*PeerKeyLearned)(nil),        // 13: postbox.events.v1.PeerKeyLearned
+	(*PeerRenamed)(nil),           // 14: postbox.events.v1.PeerRenamed
+	(*OwnServerIdChanged)(nil),    // 15: postbox.events.v1.OwnServerIdChanged
+	(*PeerNotifiedOfNewId)(nil),   // 16: postbox.events.v1.PeerNotifiedOfNewId
+	(*DatabaseCreated)(nil),       // 17: postbox.events.v1.DatabaseCreated
+	(*ConsumerAcknowledged)(nil),  // 18: postbox.events.v1.ConsumerAcknowledged
+	(*ConsumerDeleted)(nil),       // 19: postbox.events.v1.ConsumerDeleted
+	(*v1.Event)(nil),              // 20: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_postbox_events_v1_events_proto_depIdxs = []int32{
-	18, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
+	20, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.events.v1.PushResumed.reason:type_name -> postbox.events.v1.PushResumed.Reason
-	18, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
+	20, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
 	1,  // 3: postbox.events.v1.EventReceived.via:type_name -> postbox.events.v1.EventReceived.Via
-	4,  // [4:4] is the sub-list for method output_type
-	4,  // [4:4] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	21, // 4: postbox.events.v1.ConsumerAcknowledged.at:type_name -> google.protobuf.Timestamp
+	5,  // [5:5] is the sub-list for method output_type
+	5,  // [5:5] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_postbox_events_v1_events_proto_init() }
@@ -1269,7 +1394,7 @@ func file_postbox_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_events_v1_events_proto_rawDesc), len(file_postbox_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
