@@ -1,9 +1,13 @@
 // Package replicas lets several replicas of one Postbox server share one
-// event store: each appends a heartbeat to the replicas stream every
+// event store: each appends a heartbeat to the hour's replicas stream every
 // interval (one record per replica, however many peers), reads the others',
 // and so knows the live replicas and which of them runs each peer's
 // delivery (domain.PeerOwner). A peer's term is recorded in its delivery
 // stream only when it changes hands (Terms).
+//
+// Cost: a heartbeat is one append and one or two reads (two near the turn
+// of an hour) per interval per replica; the store keeps about two hours of
+// heartbeats, since every replica deletes the streams of hours past.
 package replicas
 
 import (
@@ -29,6 +33,7 @@ type Store interface {
 	Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error)
 	ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]eventstore.RecordedEvent, error)
 	ReadStreamBackward(ctx context.Context, stream string, limit int) ([]eventstore.RecordedEvent, error)
+	Delete(ctx context.Context, stream string, expected eventstore.ExpectedRevision) error
 }
 
 // Errors of Start, matched with errors.Is.
@@ -77,10 +82,11 @@ type Replicas struct {
 	instance    []byte
 	fingerprint []byte
 
-	// ioMu orders reads of the replicas stream; mu guards the state, and
-	// is never held across a store call, so View stays cheap.
-	ioMu sync.Mutex
-	next uint64 // the next revision of the replicas stream to read
+	// ioMu orders reads of the heartbeat streams; mu guards the state,
+	// and is never held across a store call, so View stays cheap.
+	ioMu    sync.Mutex
+	cursors map[int64]uint64 // by period: the next revision of its stream to read
+	swept   int64            // the streams of periods up to this one are deleted
 
 	mu       sync.Mutex
 	set      domain.ReplicaSet
@@ -148,7 +154,7 @@ func New(cfg Config, store Store, codec *streams.Codec, clock domain.Clock, rand
 	return &Replicas{
 		cfg: cfg, store: store, codec: codec, clock: clock, log: logger.With("replica", cfg.Name),
 		instance: instance, fingerprint: Fingerprint(cfg.PublicKey),
-		records: make(map[string]streams.Heartbeat), reported: make(map[string]bool),
+		records: make(map[string]streams.Heartbeat), reported: make(map[string]bool), cursors: make(map[int64]uint64),
 		view: View{Self: cfg.Name}, changed: make(chan struct{}),
 	}, nil
 }
@@ -172,25 +178,56 @@ func (r *Replicas) Start(ctx context.Context) error {
 	return r.Beat(ctx)
 }
 
-// readRecent reads the tail of the replicas stream back to where no
-// heartbeat can still be live, and then follows it from its head.
+// clockSkew is how far replicas' clocks may disagree: a replica reads the
+// heartbeat streams of the hours that far ahead of its clock, and of the
+// lease and that far behind.
+const clockSkew = time.Minute
+
+// periods returns the heartbeat streams' periods to read at now.
+func (r *Replicas) periods(now time.Time) (first, last int64) {
+	return streams.ReplicasPeriodOf(now.Add(-r.cfg.Lease - clockSkew)), streams.ReplicasPeriodOf(now.Add(clockSkew))
+}
+
+// readRecent reads the tails of the heartbeat streams back to where no
+// heartbeat can still be live, to follow them from their heads.
 func (r *Replicas) readRecent(ctx context.Context) error {
-	tail, err := r.store.ReadStreamBackward(ctx, streams.Replicas, readPage)
-	if errors.Is(err, eventstore.ErrStreamNotFound) || err == nil && len(tail) == 0 {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("replica %s: read heartbeats: %w", r.cfg.Name, err)
-	}
 	now := r.clock.Now()
 	r.ioMu.Lock()
 	defer r.ioMu.Unlock()
-	r.next = tail[0].Revision + 1
-	// Pages are read newest first and applied oldest first, so that of two
-	// heartbeats with one time (a beat and a Leave in one millisecond) the
-	// later record wins, as it does when read forward.
-	var pages [][]eventstore.RecordedEvent
-	page := tail
+	first, last := r.periods(now)
+	for p := first; p <= last; p++ {
+		pages, next, err := r.readTail(ctx, streams.Replicas(p), now)
+		if err != nil {
+			return err
+		}
+		r.cursors[p] = next
+		r.mu.Lock()
+		for _, page := range slices.Backward(pages) {
+			r.applyLocked(page)
+		}
+		r.mu.Unlock()
+	}
+	r.swept = first - 1
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recomputeLocked(now)
+	return nil
+}
+
+// readTail reads stream back from its head to where no heartbeat can
+// still be live, and returns the pages, newest first, each oldest first,
+// so that applying them in reverse order applies records in the order
+// written: of two heartbeats with one time (a beat and a Leave in one
+// millisecond) the later record wins. next is the revision after the head.
+func (r *Replicas) readTail(ctx context.Context, stream string, now time.Time) (pages [][]eventstore.RecordedEvent, next uint64, err error) {
+	page, err := r.store.ReadStreamBackward(ctx, stream, readPage)
+	if errors.Is(err, eventstore.ErrStreamNotFound) || err == nil && len(page) == 0 {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("replica %s: read heartbeats: %w", r.cfg.Name, err)
+	}
+	next = page[0].Revision + 1
 	for {
 		slices.Reverse(page)
 		pages = append(pages, page)
@@ -198,25 +235,18 @@ func (r *Replicas) readRecent(ctx context.Context) error {
 		// Heartbeats are appended about in time order: once the oldest
 		// read had expired, nothing before it can still be live.
 		if err == nil && oldest.Expiry().Before(now) || page[0].Revision == 0 {
-			break
+			return pages, next, nil
 		}
 		end := page[0].Revision
 		from := end - min(end, readPage)
-		if page, err = r.store.ReadStream(ctx, streams.Replicas, from, int(end-from)); err != nil {
-			return fmt.Errorf("replica %s: read heartbeats: %w", r.cfg.Name, err)
+		if page, err = r.store.ReadStream(ctx, stream, from, int(end-from)); err != nil {
+			return nil, 0, fmt.Errorf("replica %s: read heartbeats: %w", r.cfg.Name, err)
 		}
 		if len(page) == 0 {
-			break
+			return pages, next, nil
 		}
 		slices.Reverse(page) // as a backward read gives them
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, p := range slices.Backward(pages) {
-		r.applyLocked(p)
-	}
-	r.recomputeLocked(now)
-	return nil
 }
 
 // applyLocked folds records, oldest first, into the set.
@@ -284,7 +314,7 @@ func (r *Replicas) write(ctx context.Context, leaving bool) error {
 	if err != nil {
 		return fmt.Errorf("replica %s: %w", r.cfg.Name, err)
 	}
-	if _, err := r.store.Append(ctx, streams.Replicas, eventstore.Any(), ev); err != nil {
+	if _, err := r.store.Append(ctx, streams.Replicas(streams.ReplicasPeriodOf(h.At)), eventstore.Any(), ev); err != nil {
 		// Time passing alone ends leases, this replica's own among them.
 		r.mu.Lock()
 		r.recomputeLocked(r.clock.Now())
@@ -295,38 +325,62 @@ func (r *Replicas) write(ctx context.Context, leaving bool) error {
 }
 
 // Refresh reads the heartbeats written since the last read and updates
-// the view.
+// the view. It deletes the heartbeat streams of hours past.
 func (r *Replicas) Refresh(ctx context.Context) error {
 	r.ioMu.Lock()
 	defer r.ioMu.Unlock()
+	now := r.clock.Now()
+	first, last := r.periods(now)
 	var err error
-	for {
-		var recs []eventstore.RecordedEvent
-		recs, err = r.store.ReadStream(ctx, streams.Replicas, r.next, readPage)
-		if errors.Is(err, eventstore.ErrStreamNotFound) {
-			err = nil
-			break
-		}
-		if err != nil {
-			err = fmt.Errorf("replica %s: read heartbeats: %w", r.cfg.Name, err)
-			break
-		}
-		r.mu.Lock()
-		r.applyLocked(recs)
-		r.mu.Unlock()
-		if len(recs) > 0 {
-			r.next = recs[len(recs)-1].Revision + 1
-		}
-		if len(recs) < readPage {
-			break
+	for p := first; p <= last && err == nil; p++ {
+		err = r.readForward(ctx, p)
+	}
+	for p := range r.cursors {
+		if p < first {
+			delete(r.cursors, p)
 		}
 	}
-	// Even when the read failed: time passing alone ends leases, this
+	// Every replica deletes the streams of the hours before the last one
+	// it read; one deleted already is no error.
+	for ; r.swept < first-1; r.swept++ {
+		stream := streams.Replicas(r.swept)
+		if r.swept < first-4 {
+			continue // long past: deleted when it ended, or never written
+		}
+		if derr := r.store.Delete(ctx, stream, eventstore.Any()); derr != nil &&
+			!errors.Is(derr, eventstore.ErrStreamDeleted) && !errors.Is(derr, eventstore.ErrStreamNotFound) {
+			r.log.Warn("replicas: cannot delete a past heartbeat stream", "stream", stream, "err", derr)
+		}
+	}
+	// Even when a read failed: time passing alone ends leases, this
 	// replica's own among them.
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.recomputeLocked(r.clock.Now())
 	return err
+}
+
+// readForward reads the heartbeats of period's stream after its cursor.
+func (r *Replicas) readForward(ctx context.Context, period int64) error {
+	stream := streams.Replicas(period)
+	for {
+		recs, err := r.store.ReadStream(ctx, stream, r.cursors[period], readPage)
+		if errors.Is(err, eventstore.ErrStreamNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("replica %s: read heartbeats: %w", r.cfg.Name, err)
+		}
+		r.mu.Lock()
+		r.applyLocked(recs)
+		r.mu.Unlock()
+		if len(recs) > 0 {
+			r.cursors[period] = recs[len(recs)-1].Revision + 1
+		}
+		if len(recs) < readPage {
+			return nil
+		}
+	}
 }
 
 // recomputeLocked sets the view from the heartbeats live at now, leaving

@@ -49,7 +49,7 @@ func TestReplicasOnOneStoreSeeEachOtherAndGiveEachPeerOneOwner(t *testing.T) {
 		}
 		// Heartbeats cost one record per replica per beat, whatever the
 		// number of peers.
-		recs, err := store.ReadStream(t.Context(), streams.Replicas, 0, 100)
+		recs, err := store.ReadStream(t.Context(), streams.Replicas(streams.ReplicasPeriodOf(clock.Now())), 0, 100)
 		if err != nil || len(recs) != 3 {
 			t.Fatalf("replicas stream: %d records, %v; want 3", len(recs), err)
 		}
@@ -188,7 +188,7 @@ func TestAReplicaOfAnotherServerIDOrKeyRefusesToStart(t *testing.T) {
 				t.Fatalf("another %s: the error does not say what to do: %v", name, err)
 			}
 		}
-		recs, _ := store.ReadStream(t.Context(), streams.Replicas, 0, 100)
+		recs, _ := store.ReadStream(t.Context(), streams.Replicas(streams.ReplicasPeriodOf(clock.Now())), 0, 100)
 		if len(recs) != 1 {
 			t.Fatalf("a refused replica wrote heartbeats: %d records", len(recs))
 		}
@@ -277,7 +277,7 @@ func TestStartReadsTheLiveTailOfALongHistory(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := store.Append(t.Context(), streams.Replicas, eventstore.Any(), ev); err != nil {
+			if _, err := store.Append(t.Context(), streams.Replicas(streams.ReplicasPeriodOf(at)), eventstore.Any(), ev); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -318,4 +318,47 @@ func TestNewRefusesABadConfig(t *testing.T) {
 	if err != nil || r.Lease() != DefaultLease || r.cfg.Interval != DefaultLease/4 {
 		t.Fatalf("defaults: %v, lease %s, interval %s", err, r.Lease(), r.cfg.Interval)
 	}
+}
+
+// Heartbeats go to one stream per hour: replicas see each other across
+// the hour's turn, even with clocks a little apart, and the streams of
+// hours past are deleted.
+func TestHeartbeatStreamsTurnEachHourAndOldOnesAreDeleted(t *testing.T) {
+	t.Parallel()
+	eachStore(t, func(t *testing.T, store eventstore.Store) {
+		clock := newFakeClock()
+		clock.Advance(-30 * time.Minute)
+		long := func(c *Config) { c.Lease, c.Interval = 10*time.Minute, 5*time.Minute }
+		a, b := newReplica(t, store, clock, "a", long), newReplica(t, store, clock, "b", long)
+		mustStart(t, a, b)
+		firstHour := streams.ReplicasPeriodOf(clock.Now())
+		for range 36 { // three hours, a beat each five minutes
+			clock.Advance(5 * time.Minute)
+			for _, r := range []*Replicas{a, b} {
+				if err := r.Beat(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				if v := r.View(); !slices.Equal(v.Live, []string{"a", "b"}) {
+					t.Fatalf("at %s %s sees %v", clock.Now().Format(time.TimeOnly), r.Name(), v.Live)
+				}
+			}
+		}
+		now := streams.ReplicasPeriodOf(clock.Now())
+		if now != firstHour+3 {
+			t.Fatalf("ran from hour %d to %d", firstHour, now)
+		}
+		for p := firstHour; p <= now; p++ {
+			_, err := store.ReadStream(t.Context(), streams.Replicas(p), 0, 1)
+			gone := errors.Is(err, eventstore.ErrStreamDeleted) || errors.Is(err, eventstore.ErrStreamNotFound)
+			if want := p < now-1; gone != want {
+				t.Errorf("hour %d of %d..%d: deleted %v (%v), want %v", p, firstHour, now, gone, err, want)
+			}
+		}
+		// A replica starting now reads only the live hours.
+		c := newReplica(t, store, clock, "c", long)
+		mustStart(t, c)
+		if v := c.View(); !slices.Equal(v.Live, []string{"a", "b", "c"}) {
+			t.Fatalf("c sees %v", v.Live)
+		}
+	})
 }

@@ -9,9 +9,20 @@ import (
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
 )
 
-// Replicas is the stream every replica of this server appends its
-// heartbeats to, when several share one event store.
-const Replicas = "replicas"
+// ReplicasPrefix starts the streams replicas of this server append their
+// heartbeats to, when several share one event store: one stream per hour
+// (ReplicasPeriod), so that streams of past hours can be deleted whole and
+// the store keeps about an hour of heartbeats.
+const ReplicasPrefix = "replicas-"
+
+// ReplicasPeriod is the span of heartbeat times one replicas stream holds.
+const ReplicasPeriod = time.Hour
+
+// ReplicasPeriodOf returns the period holding time t.
+func ReplicasPeriodOf(t time.Time) int64 { return t.Unix() / int64(ReplicasPeriod/time.Second) }
+
+// Replicas is the stream of the heartbeats written in period (a UNIX hour).
+func Replicas(period int64) string { return fmt.Sprintf("%s%d", ReplicasPrefix, period) }
 
 // Type names of the records replicas write.
 const (

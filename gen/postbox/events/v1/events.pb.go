@@ -1125,10 +1125,11 @@ func (x *DatabaseCreated) GetDatabaseId() string {
 	return ""
 }
 
-// Appended to `replicas` by each replica of this server that shares the
-// event store with others, every heartbeat interval: one record per replica
-// per interval, whatever the number of peers. Replicas read each other's to
-// know who is live, and so which peers each one runs.
+// Appended to `replicas-<hour>` (the UNIX hour of `at_unix_ms`) by each
+// replica of this server that shares the event store with others, every
+// heartbeat interval: one record per replica per interval, whatever the
+// number of peers. Replicas read each other's to know who is live, and so
+// which peers each one runs; streams of past hours are deleted.
 type ReplicaHeartbeat struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The replica's name (`--replica`), unique among the live replicas.
