@@ -136,7 +136,7 @@ func newReplica(t *testing.T, store Store, clock *fakeClock, name string, edit .
 func mustStart(t *testing.T, rs ...*Replicas) {
 	t.Helper()
 	for _, r := range rs {
-		if err := r.Start(t.Context()); err != nil {
+		if err := r.Start(t.Context(), noWait(t)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -200,4 +200,14 @@ func (s *failingStore) ReadStreamBackward(ctx context.Context, stream string, li
 		return nil, err
 	}
 	return s.Store.ReadStreamBackward(ctx, stream, limit)
+}
+
+// noWait is an after for a Start that must not wait.
+func noWait(t *testing.T) func(time.Duration) <-chan time.Time {
+	return func(d time.Duration) <-chan time.Time {
+		t.Errorf("Start waited %s", d)
+		ch := make(chan time.Time, 1)
+		ch <- time.Time{}
+		return ch
+	}
 }

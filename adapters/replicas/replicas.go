@@ -94,6 +94,7 @@ type Replicas struct {
 	view     View
 	changed  chan struct{}
 	reported map[string]bool // mismatched replicas already logged
+	started  bool            // Start is past its checks
 }
 
 // View is a snapshot of the live replicas. It is immutable.
@@ -166,15 +167,45 @@ func (r *Replicas) Name() string { return r.cfg.Name }
 func (r *Replicas) Lease() time.Duration { return r.cfg.Lease }
 
 // Start reads the heartbeats still live, refuses to run beside a live
-// replica of another server ID or key, or of the same name in another
-// process, and writes this replica's first heartbeat.
-func (r *Replicas) Start(ctx context.Context) error {
+// replica of another server ID or key, and writes this replica's first
+// heartbeat. A heartbeat under this name from another process (this
+// replica's name given again, or the process it replaces, killed just
+// before) is waited out: if it is not renewed within its lease, Start goes
+// on, else it refuses. after waits (time.After, or a virtual clock's).
+func (r *Replicas) Start(ctx context.Context, after func(time.Duration) <-chan time.Time) error {
 	if err := r.readRecent(ctx); err != nil {
 		return err
 	}
-	if err := r.checkPeers(r.clock.Now()); err != nil {
-		return err
+	var waited *streams.Heartbeat
+	for {
+		now := r.clock.Now()
+		holder, err := r.checkPeers(now)
+		if err != nil {
+			return err
+		}
+		if holder == nil {
+			break
+		}
+		if waited != nil && holder.At.After(waited.At) {
+			return fmt.Errorf("replica %s: another process keeps writing heartbeats under this name (the last at %s): %w; "+
+				"give each replica its own --replica name",
+				r.cfg.Name, holder.At.UTC().Format(time.RFC3339Nano), ErrNameInUse)
+		}
+		waited = holder
+		r.log.Warn("replicas: another process wrote a heartbeat under this name; waiting for its lease to run out",
+			"its_last", holder.At, "until", holder.Expiry())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-after(holder.Expiry().Sub(now) + time.Millisecond):
+		}
+		if err := r.Refresh(ctx); err != nil {
+			return err
+		}
 	}
+	r.mu.Lock()
+	r.started = true
+	r.mu.Unlock()
 	return r.Beat(ctx)
 }
 
@@ -264,23 +295,22 @@ func (r *Replicas) applyLocked(recs []eventstore.RecordedEvent) {
 	}
 }
 
-// checkPeers refuses a live replica of another identity, or of this name
-// in another process.
-func (r *Replicas) checkPeers(now time.Time) error {
+// checkPeers refuses a live replica of another identity, and returns the
+// live heartbeat of another process under this name, if any.
+func (r *Replicas) checkPeers(now time.Time) (*streams.Heartbeat, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var holder *streams.Heartbeat
 	for _, name := range r.set.Live(now) {
 		h := r.records[name]
 		if name == r.cfg.Name && !bytes.Equal(h.Instance, r.instance) {
-			return fmt.Errorf("replica %s: another process wrote a heartbeat under this name at %s, live until %s: %w; "+
-				"give each replica its own --replica name, or wait for the lease to pass",
-				name, h.At.UTC().Format(time.RFC3339), h.Expiry().UTC().Format(time.RFC3339), ErrNameInUse)
+			holder = &h
 		}
 		if err := r.sameIdentity(h); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return holder, nil
 }
 
 func (r *Replicas) sameIdentity(h streams.Heartbeat) error {
@@ -398,7 +428,7 @@ func (r *Replicas) recomputeLocked(now time.Time) {
 				}
 				continue
 			}
-		} else if !bytes.Equal(h.Instance, r.instance) {
+		} else if r.started && !bytes.Equal(h.Instance, r.instance) {
 			if key := name + string(h.Instance); !r.reported[key] {
 				r.reported[key] = true
 				r.log.Error("replicas: another process writes heartbeats under this replica's name; give each replica its own --replica name",

@@ -180,7 +180,7 @@ func TestAReplicaOfAnotherServerIDOrKeyRefusesToStart(t *testing.T) {
 			"key":       func(c *Config) { c.PublicKey = otherKey.Public().(ed25519.PublicKey) },
 		} {
 			d := newReplica(t, store, clock, "d", edit)
-			err := d.Start(t.Context())
+			err := d.Start(t.Context(), noWait(t))
 			if !errors.Is(err, ErrIdentityMismatch) {
 				t.Fatalf("another %s: Start = %v", name, err)
 			}
@@ -204,18 +204,46 @@ func TestAReplicaOfAnotherServerIDOrKeyRefusesToStart(t *testing.T) {
 	})
 }
 
-func TestATakenReplicaNameIsRefusedWhileItsHolderIsLive(t *testing.T) {
+// A replica started under the name of a process killed just before (a
+// pod restarted under its name) waits for that process's lease to run out,
+// then starts; one started under the name of a process that keeps beating
+// is refused.
+func TestAReplicaNameHeldByAnotherProcessIsWaitedOutOrRefused(t *testing.T) {
 	t.Parallel()
 	eachStore(t, func(t *testing.T, store eventstore.Store) {
 		clock := newFakeClock()
-		a := newReplica(t, store, clock, "a")
-		mustStart(t, a)
-		err := newReplica(t, store, clock, "a").Start(t.Context())
-		if !errors.Is(err, ErrNameInUse) || !strings.Contains(err.Error(), "--replica") {
-			t.Fatalf("Start under a live name: %v", err)
+		killed := newReplica(t, store, clock, "a")
+		mustStart(t, killed)
+		clock.Advance(3 * time.Second)
+
+		started := make(chan error, 1)
+		go func() { started <- newReplica(t, store, clock, "a").Start(t.Context(), clock.After) }()
+		clock.waitForWaiters(t, 1)
+		select {
+		case err := <-started:
+			t.Fatalf("Start did not wait for the killed process's lease: %v", err)
+		default:
 		}
-		clock.Advance(10*time.Second + time.Millisecond)
-		mustStart(t, newReplica(t, store, clock, "a"))
+		clock.Advance(7 * time.Second) // the lease ends, but is not past
+		clock.waitForWaiters(t, 1)
+		clock.Advance(time.Millisecond)
+		if err := <-started; err != nil {
+			t.Fatalf("Start after the killed process's lease: %v", err)
+		}
+
+		alive := newReplica(t, store, clock, "b")
+		mustStart(t, alive)
+		go func() { started <- newReplica(t, store, clock, "b").Start(t.Context(), clock.After) }()
+		clock.waitForWaiters(t, 1)
+		clock.Advance(5 * time.Second)
+		if err := alive.Beat(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(5*time.Second + time.Millisecond)
+		err := <-started
+		if !errors.Is(err, ErrNameInUse) || !strings.Contains(err.Error(), "--replica") {
+			t.Fatalf("Start beside a live process of its name: %v", err)
+		}
 	})
 }
 
