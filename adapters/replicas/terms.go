@@ -44,6 +44,13 @@ type TermState struct {
 	last uint64
 }
 
+// TermStateAt is the state of a delivery stream the engine has folded
+// itself: owner as its last owner record says (the zero OwnerTerm if none),
+// and last the revision of its last record.
+func TermStateAt(owner domain.OwnerTerm, last uint64) TermState {
+	return TermState{Owner: owner, read: true, last: last}
+}
+
 // Expected is where the delivery stream's next record must go for the
 // stream to be as read.
 func (s TermState) Expected() eventstore.ExpectedRevision {

@@ -166,6 +166,12 @@ func TestAcquireReadsOnPastOtherRecords(t *testing.T) {
 		if err != nil || st.Owner.Term != 1 || st.Expected() != eventstore.Exact(uint64(readPage+10)) {
 			t.Fatalf("Acquire: %+v at %s, %v", st.Owner, st.Expected(), err)
 		}
+		// From the engine's own fold of the stream, Acquire writes nothing
+		// more.
+		again, err := terms.Acquire(ctx, peer, TermStateAt(st.Owner, uint64(readPage+10)))
+		if err != nil || again != st {
+			t.Fatalf("Acquire from the engine's state: %+v, %v; want %+v", again, err, st)
+		}
 		if (TermState{}).Expected() != eventstore.NoStream() {
 			t.Fatal("the zero state does not expect an empty stream")
 		}
