@@ -1240,6 +1240,249 @@ func (x *ConsumerDeleted) GetConsumer() string {
 	return ""
 }
 
+// Appended to `replicas-<hour>` (the UNIX hour of `at_unix_ms`) by each
+// replica of this server that shares the event store with others, every
+// heartbeat interval: one record per replica per interval, whatever the
+// number of peers. Replicas read each other's to know who is live, and so
+// which peers each one runs; streams of past hours are deleted.
+type ReplicaHeartbeat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replica's name (`--replica`), unique among the live replicas.
+	Replica string `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	// A random ID drawn when the process started, so that two processes
+	// given the same name are told apart.
+	Instance []byte `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	// The server ID the replica serves: every replica must serve the same.
+	ServerId string `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// SHA-256 of the replica's raw 32-byte Ed25519 public key: every replica
+	// must sign with the same key.
+	KeyFingerprint []byte `protobuf:"bytes,4,opt,name=key_fingerprint,json=keyFingerprint,proto3" json:"key_fingerprint,omitempty"`
+	// The replica's clock when it wrote the heartbeat, in milliseconds since
+	// the UNIX epoch.
+	AtUnixMs int64 `protobuf:"varint,5,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	// How long after `at_unix_ms` the replica counts as live, in
+	// milliseconds.
+	LeaseMs uint64 `protobuf:"varint,6,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	// True when the replica stopped: its peers go to the others at once.
+	Leaving       bool `protobuf:"varint,7,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaHeartbeat) Reset() {
+	*x = ReplicaHeartbeat{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaHeartbeat) ProtoMessage() {}
+
+func (x *ReplicaHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaHeartbeat.ProtoReflect.Descriptor instead.
+func (*ReplicaHeartbeat) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReplicaHeartbeat) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *ReplicaHeartbeat) GetInstance() []byte {
+	if x != nil {
+		return x.Instance
+	}
+	return nil
+}
+
+func (x *ReplicaHeartbeat) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *ReplicaHeartbeat) GetKeyFingerprint() []byte {
+	if x != nil {
+		return x.KeyFingerprint
+	}
+	return nil
+}
+
+func (x *ReplicaHeartbeat) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
+func (x *ReplicaHeartbeat) GetLeaseMs() uint64 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+func (x *ReplicaHeartbeat) GetLeaving() bool {
+	if x != nil {
+		return x.Leaving
+	}
+	return false
+}
+
+// Appended to `delivery-<peer>` by a replica that takes over the peer's
+// delivery, at the stream's expected revision: a replica that ran it before
+// and appends at the revision it knew is refused from then on (fencing).
+// Written only when the peer changes hands, never to renew.
+type OwnerTermStarted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new term: one more than the last recorded for this peer (the first
+	// owner's is 1).
+	Term uint64 `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
+	// The replica that runs the peer's delivery in this term.
+	Replica string `protobuf:"bytes,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	// The replica that ran it in the previous term, empty for the first.
+	PreviousReplica string `protobuf:"bytes,3,opt,name=previous_replica,json=previousReplica,proto3" json:"previous_replica,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *OwnerTermStarted) Reset() {
+	*x = OwnerTermStarted{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OwnerTermStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OwnerTermStarted) ProtoMessage() {}
+
+func (x *OwnerTermStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OwnerTermStarted.ProtoReflect.Descriptor instead.
+func (*OwnerTermStarted) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *OwnerTermStarted) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *OwnerTermStarted) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *OwnerTermStarted) GetPreviousReplica() string {
+	if x != nil {
+		return x.PreviousReplica
+	}
+	return ""
+}
+
+// Appended to `nonces-<slot>-<shard>` when a replica accepts a federation
+// token that carries a nonce, at the stream's expected revision, so that
+// replicas sharing one event store accept each nonce once. The slot is the
+// minute the token expires in; streams of past slots are deleted.
+type NonceAccepted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server ID that signed the token.
+	ServerId string `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// The token's nonce.
+	Nonce []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// When the token expires, in seconds since the UNIX epoch.
+	ExpiryUnix    int64 `protobuf:"varint,3,opt,name=expiry_unix,json=expiryUnix,proto3" json:"expiry_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NonceAccepted) Reset() {
+	*x = NonceAccepted{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NonceAccepted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NonceAccepted) ProtoMessage() {}
+
+func (x *NonceAccepted) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NonceAccepted.ProtoReflect.Descriptor instead.
+func (*NonceAccepted) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *NonceAccepted) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *NonceAccepted) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+func (x *NonceAccepted) GetExpiryUnix() int64 {
+	if x != nil {
+		return x.ExpiryUnix
+	}
+	return 0
+}
+
 var File_postbox_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_postbox_events_v1_events_proto_rawDesc = "" +
@@ -1328,7 +1571,25 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\bposition\x18\x02 \x01(\x04R\bposition\x12*\n" +
 	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"-\n" +
 	"\x0fConsumerDeleted\x12\x1a\n" +
-	"\bconsumer\x18\x01 \x01(\tR\bconsumerB\xcd\x01\n" +
+	"\bconsumer\x18\x01 \x01(\tR\bconsumer\"\xe1\x01\n" +
+	"\x10ReplicaHeartbeat\x12\x18\n" +
+	"\areplica\x18\x01 \x01(\tR\areplica\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\fR\binstance\x12\x1b\n" +
+	"\tserver_id\x18\x03 \x01(\tR\bserverId\x12'\n" +
+	"\x0fkey_fingerprint\x18\x04 \x01(\fR\x0ekeyFingerprint\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\x12\x19\n" +
+	"\blease_ms\x18\x06 \x01(\x04R\aleaseMs\x12\x18\n" +
+	"\aleaving\x18\a \x01(\bR\aleaving\"k\n" +
+	"\x10OwnerTermStarted\x12\x12\n" +
+	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x18\n" +
+	"\areplica\x18\x02 \x01(\tR\areplica\x12)\n" +
+	"\x10previous_replica\x18\x03 \x01(\tR\x0fpreviousReplica\"c\n" +
+	"\rNonceAccepted\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12\x1f\n" +
+	"\vexpiry_unix\x18\x03 \x01(\x03R\n" +
+	"expiryUnixB\xcd\x01\n" +
 	"\x15com.postbox.events.v1B\vEventsProtoP\x01ZAgithub.com/harmony-postbox/postbox/gen/postbox/events/v1;eventsv1\xa2\x02\x03PEX\xaa\x02\x11Postbox.Events.V1\xca\x02\x11Postbox\\Events\\V1\xe2\x02\x1dPostbox\\Events\\V1\\GPBMetadata\xea\x02\x13Postbox::Events::V1b\x06proto3"
 
 var (
@@ -1344,7 +1605,7 @@ func file_postbox_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_postbox_events_v1_events_proto_goTypes = []any{
 	(PushResumed_Reason)(0),       // 0: postbox.events.v1.PushResumed.Reason
 	(EventReceived_Via)(0),        // 1: postbox.events.v1.EventReceived.Via
@@ -1366,15 +1627,18 @@ var file_postbox_events_v1_events_proto_goTypes = []any{
 	(*DatabaseCreated)(nil),       // 17: postbox.events.v1.DatabaseCreated
 	(*ConsumerAcknowledged)(nil),  // 18: postbox.events.v1.ConsumerAcknowledged
 	(*ConsumerDeleted)(nil),       // 19: postbox.events.v1.ConsumerDeleted
-	(*v1.Event)(nil),              // 20: protocol.sync.v1.Event
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*ReplicaHeartbeat)(nil),      // 20: postbox.events.v1.ReplicaHeartbeat
+	(*OwnerTermStarted)(nil),      // 21: postbox.events.v1.OwnerTermStarted
+	(*NonceAccepted)(nil),         // 22: postbox.events.v1.NonceAccepted
+	(*v1.Event)(nil),              // 23: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_postbox_events_v1_events_proto_depIdxs = []int32{
-	20, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
+	23, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.events.v1.PushResumed.reason:type_name -> postbox.events.v1.PushResumed.Reason
-	20, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
+	23, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
 	1,  // 3: postbox.events.v1.EventReceived.via:type_name -> postbox.events.v1.EventReceived.Via
-	21, // 4: postbox.events.v1.ConsumerAcknowledged.at:type_name -> google.protobuf.Timestamp
+	24, // 4: postbox.events.v1.ConsumerAcknowledged.at:type_name -> google.protobuf.Timestamp
 	5,  // [5:5] is the sub-list for method output_type
 	5,  // [5:5] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
@@ -1394,7 +1658,7 @@ func file_postbox_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_events_v1_events_proto_rawDesc), len(file_postbox_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
