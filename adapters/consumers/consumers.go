@@ -116,7 +116,9 @@ func (l *Ledger) Delete(ctx context.Context, name string) error {
 func (l *Ledger) record(ctx context.Context, decide func() ([]domain.ConsumerEvent, error)) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	const attempts = 5
+	// A conflict means another writer's record landed: progress for
+	// someone, so this only loops while others keep winning.
+	const attempts = 64
 	for range attempts {
 		if err := l.catchUpLocked(ctx); err != nil {
 			return err
