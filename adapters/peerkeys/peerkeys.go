@@ -42,6 +42,10 @@ type Config struct {
 	Access domain.AccessList
 	// TLS is the client TLS configuration (roots include --peer-ca).
 	TLS *tls.Config
+	// Transport, if set, carries every fetch instead of dialling: for a
+	// simulated network (adapters/simnet). Guard, Access and TLS then do
+	// not apply; never set from configuration.
+	Transport http.RoundTripper
 	// FetchTimeout bounds one fetch, dial to last byte.
 	FetchTimeout time.Duration
 	// RefreshEvery is the least time between two refetches of one peer's key.
@@ -168,8 +172,12 @@ func newClient(cfg Config, dial func(ctx context.Context, network, addr string) 
 		Proxy:       nil,
 		DialContext: dial,
 	}
+	var transport http.RoundTripper = t
+	if cfg.Transport != nil {
+		transport = cfg.Transport
+	}
 	return &http.Client{
-		Transport: t,
+		Transport: transport,
 		Timeout:   cfg.FetchTimeout,
 		// A redirect could point anywhere, past the address guard's intent.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
