@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"log/slog"
+	"net/http"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -100,3 +101,62 @@ func TestFederationStackOverTheNetworkInABubble(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// Two requests from a server whose key is not known yet arrive together
+// while its key takes a while to come: one handler fetches it, the other
+// waits for that fetch. The wait must be durable in the bubble (a
+// sync.Mutex wait is not), or virtual time stops and the fetch never ends.
+func TestConcurrentVerificationsWaitDurablyForOneKeyFetch(t *testing.T) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		synctest.Test(t, func(t *testing.T) {
+			logger := discardLogger()
+			n := simnet.New(3, simnet.Faults{})
+			defer n.Close()
+			idA, idB := domain.MustParseServerID(a), domain.MustParseServerID(b)
+			pubA, privA, _ := ed25519.GenerateKey(rand.Reader)
+			pubB, _, _ := ed25519.GenerateKey(rand.Reader)
+			slowKeys := httpserver.NewFederationHandler(syncv1connect.UnimplementedPostboxServiceHandler{},
+				federation.NewKeyService(pubA), 1<<20, logger)
+			n.Listen(a, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				time.Sleep(time.Second) // a slow key server
+				slowKeys.ServeHTTP(w, r)
+			}))
+			keysCfg := peerkeys.DefaultConfig()
+			keysCfg.Plaintext, keysCfg.Transport = true, n.Transport(b)
+			keys := peerkeys.New(keysCfg, clock.System{}, logger, nil)
+			verifier := domain.NewVerifier(domain.AuthPolicy{}, clock.System{}, keys, domain.NewIdentity(idB, domain.DefaultAudienceGrace))
+			box := federationtest.NewRecorder()
+			n.Listen(b, httpserver.NewFederationHandler(federation.NewPostboxService(verifier, box),
+				federation.NewKeyService(pubB), 1<<20, logger))
+			client := peerclient.New(peerclient.Config{Plaintext: true, Transport: n.Transport(a)},
+				authtoken.NewSigner(privA, clock.System{}, rand.Reader), fixedSelf(idA))
+			start := time.Now()
+			errs := make(chan error, 2)
+			for i := range 2 {
+				go func() {
+					ev := &syncv1.Event{Kind: &syncv1.Event_UserInvited_{UserInvited: &syncv1.Event_UserInvited{InviteId: "i"}}}
+					_, err := client.Push(t.Context(), idB, uint64(i), []*syncv1.Event{ev})
+					errs <- err
+				}()
+			}
+			for range 2 {
+				if err := <-errs; err != nil {
+					t.Errorf("push: %v", err)
+				}
+			}
+			if took := time.Since(start); took != time.Second {
+				t.Errorf("the pushes took %v, want the key fetch's 1s", took)
+			}
+			if got := len(box.Received()); got != 2 {
+				t.Errorf("b received %d pushes, want 2", got)
+			}
+		})
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the bubble stalled: a wait inside it is not durable (a sync.Mutex held across a network wait?)")
+	}
+}
