@@ -19,6 +19,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -138,7 +139,7 @@ type Engine struct {
 	cfg      Config
 	store    Store
 	codec    *streams.Codec
-	registry *Registry
+	registry *registry.Registry
 	client   PeerClient
 	clock    domain.Clock
 	logger   *slog.Logger
@@ -199,7 +200,7 @@ type journalEntry struct {
 }
 
 // New returns an engine. Start must be called before use.
-func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, client PeerClient, clock domain.Clock, logger *slog.Logger, random io.Reader) *Engine {
+func New(cfg Config, store Store, codec *streams.Codec, registry *registry.Registry, client PeerClient, clock domain.Clock, logger *slog.Logger, random io.Reader) *Engine {
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
@@ -228,7 +229,7 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, clie
 }
 
 // Registry returns the peer registry.
-func (e *Engine) Registry() *Registry { return e.registry }
+func (e *Engine) Registry() *registry.Registry { return e.registry }
 
 // Close stops background work and waits for it.
 func (e *Engine) Close() {

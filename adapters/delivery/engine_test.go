@@ -19,6 +19,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/seqext"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -132,7 +133,7 @@ func (w *world) open() {
 		w.t.Fatal(err)
 	}
 	codec := streams.NewCodec(rand.Reader)
-	reg, err := LoadRegistry(ctx, store, codec, rand.Reader)
+	reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -46,7 +47,7 @@ type node struct {
 	role     string
 	store    *embedded.Store
 	codec    *streams.Codec
-	registry *delivery.Registry
+	registry *registry.Registry
 	engine   *delivery.Engine
 	resolver *peerkeys.Resolver
 	pub      ed25519.PublicKey
@@ -112,7 +113,7 @@ func assemble(ctx context.Context, dir string, cfg nodeConfig, logger *slog.Logg
 		return nil, err
 	}
 	n.codec = streams.NewCodecWithBodies(rand.Reader, streams.BinaryBodies)
-	if n.registry, err = delivery.LoadRegistry(ctx, n.store, n.codec, rand.Reader); err != nil {
+	if n.registry, err = registry.Load(ctx, n.store, n.codec, rand.Reader, nil); err != nil {
 		n.close(ctx)
 		return nil, err
 	}

@@ -16,11 +16,12 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/projector"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
-	"github.com/harmony-postbox/postbox/projections"
 	"log/slog"
 )
 
@@ -46,7 +47,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	}
 	reader := provideRandom()
 	codec := provideBinaryCodec(reader)
-	registry, err := provideRegistry(ctx, store, codec, reader)
+	registry, err := provideRegistry(ctx, store, codec, reader, logger)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -133,7 +134,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	}
 	reader := provideRandom()
 	codec := provideJSONCodec(reader)
-	registry, err := provideRegistry(ctx, store, codec, reader)
+	registry, err := provideRegistry(ctx, store, codec, reader, logger)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -221,7 +222,7 @@ var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.C
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)), wire.Bind(new(peerclient.Self), new(*delivery.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projections.Live)),
+	provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*registry.Registry)), wire.Bind(new(peerclient.Self), new(*registry.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projector.Live)),
 )
 
 // handlerSet mounts the services on the listeners.

@@ -1,6 +1,7 @@
-package delivery
+package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -25,7 +26,7 @@ func openRegistry(t *testing.T, dir string) (reg *Registry, close func()) {
 	var once sync.Once
 	close = func() { once.Do(func() { store.Close() }) }
 	t.Cleanup(close)
-	if reg, err = LoadRegistry(t.Context(), store, streams.NewCodec(rand.Reader), rand.Reader); err != nil {
+	if reg, err = Load(t.Context(), store, streams.NewCodec(rand.Reader), rand.Reader, nil); err != nil {
 		t.Fatal(err)
 	}
 	return reg, close
@@ -43,7 +44,7 @@ func TestRegistryRecordsTheKeyOfAPeerMetByItsOwnCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := LoadRegistry(ctx, store, streams.NewCodec(rand.Reader), rand.Reader)
+	reg, err := Load(ctx, store, streams.NewCodec(rand.Reader), rand.Reader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +119,7 @@ func TestRegistryRemembersOwnIDsWithTheirTimes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := LoadRegistry(ctx, store, streams.NewCodec(rand.Reader), rand.Reader)
+	reg, err := Load(ctx, store, streams.NewCodec(rand.Reader), rand.Reader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,9 +130,18 @@ func TestRegistryRemembersOwnIDsWithTheirTimes(t *testing.T) {
 		}
 	}
 	store.Close()
-	want := []OwnIDEntry{{a1, t0}, {a2, t0}, {a3, t0}}
+	want := []domain.OwnID{{ID: a1, Since: t0}, {ID: a2, Since: t0}, {ID: a3, Since: t0}}
 	reg, _ = openRegistry(t, dir)
-	if got := reg.OwnIDs(); !slices.EqualFunc(got, want, func(x, y OwnIDEntry) bool { return x.ID == y.ID && x.Since.Equal(y.Since) }) {
+	if got := reg.OwnIDs(); !slices.EqualFunc(got, want, func(x, y domain.OwnID) bool { return x.ID == y.ID && x.Since.Equal(y.Since) }) {
 		t.Fatalf("OwnIDs after a restart: %v, want %v", got, want)
 	}
+}
+
+var (
+	peerB  = domain.MustParseServerID("b.example:2289")
+	peerB2 = domain.MustParseServerID("b2.example:2289")
+)
+
+func pubKey(seed byte) ed25519.PublicKey {
+	return ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, 32)).Public().(ed25519.PublicKey)
 }
