@@ -192,6 +192,10 @@ func (o *Outbox) Apply(e DeliveryEvent) {
 	o.HandedOver = max(o.HandedOver, o.Delivered)
 }
 
+// Stored folds the outbox record at revision rev (its sequence number):
+// the outbox holds every event up to it.
+func (o *Outbox) Stored(rev uint64) { o.Head = max(o.Head, rev+1) }
+
 // give notes that the peer got event seq in this epoch.
 func (o *Outbox) give(seq uint64) {
 	if !o.HasGiven || seq > o.Given {

@@ -397,3 +397,15 @@ func TestInboxFold(t *testing.T) {
 		t.Fatalf("an event applied now: %+v", in)
 	}
 }
+
+// The one fold of an outbox's records: its head is past the last stored.
+func TestOutboxStored(t *testing.T) {
+	t.Parallel()
+	var o Outbox
+	o.Stored(0)
+	o.Stored(4)
+	o.Stored(2) // read again, out of order
+	if o.Head != 5 {
+		t.Fatalf("Head = %d, want 5", o.Head)
+	}
+}

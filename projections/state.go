@@ -177,8 +177,7 @@ func (s *State) Apply(r domain.Record) error {
 		// The outbox and inbox still hold the record: it counts.
 		switch r.Kind {
 		case domain.StreamOutbox:
-			p := s.peer(r.Peer)
-			p.out.Head = max(p.out.Head, r.Revision+1)
+			s.peer(r.Peer).out.Stored(r.Revision)
 		case domain.StreamInbox:
 			p := s.peer(r.Peer)
 			p.in.Count = max(p.in.Count, r.Revision+1)
@@ -214,8 +213,7 @@ func (s *State) peer(id domain.PeerID) *peerState {
 }
 
 func (s *State) applyOutbox(id domain.PeerID, rev uint64, e domain.EventEnqueued) {
-	p := s.peer(id)
-	p.out.Head = max(p.out.Head, rev+1)
+	s.peer(id).out.Stored(rev)
 	switch ev := e.Event.(type) {
 	case domain.UserInvited:
 		// This server invites a user of the peer; the peer may reject it.

@@ -288,7 +288,7 @@ func (e *Engine) loadLocked(ctx context.Context, p *peer) error {
 	case err != nil:
 		return fmt.Errorf("read outbox head of %s: %w", p.id, err)
 	case len(last) == 1:
-		out.Head = last[0].Revision + 1
+		out.Stored(last[0].Revision)
 	}
 	next, err := readAll(ctx, e.store, streams.Delivery(p.id), func(r eventstore.RecordedEvent) error {
 		ev, err := streams.DecodeDelivery(r)
