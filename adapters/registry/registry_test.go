@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -144,4 +146,27 @@ var (
 
 func pubKey(seed byte) ed25519.PublicKey {
 	return ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, 32)).Public().(ed25519.PublicKey)
+}
+
+// A peers stream that renames a peer it never registered was not written
+// by this server: the registry refuses to start on it rather than guess.
+func TestRegistryRefusesARenameOfAPeerNeverRegistered(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	codec := streams.NewCodec(rand.Reader)
+	data, err := codec.EncodePeers(domain.PeerRenamed{Peer: "px", Old: peerB, New: peerB2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, streams.Peers, eventstore.NoStream(), data...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(ctx, store, codec, rand.Reader, nil); !errors.Is(err, domain.ErrUnregisteredPeer) {
+		t.Fatalf("Load = %v, want ErrUnregisteredPeer", err)
+	}
 }
