@@ -134,10 +134,8 @@ type pendingProbe struct {
 }
 
 // NewAuditor returns an audit before any record.
-func NewAuditor() *Auditor { return newAuditor() }
-
-func newAuditor() *auditor {
-	return &auditor{
+func NewAuditor() *Auditor {
+	return &Auditor{
 		state:      NewState(),
 		outboxNext: map[string]uint64{},
 		inboxSeq:   map[string]domain.Inbox{},
@@ -147,33 +145,33 @@ func newAuditor() *auditor {
 
 // CompareCheckpoint makes the audit compare cp, the live projections'
 // checkpoint read from path, with the replay.
-func (a *auditor) CompareCheckpoint(path string, cp *State) {
+func (a *Auditor) CompareCheckpoint(path string, cp *State) {
 	a.checkpointChecked = true
 	a.checkpoint, a.checkpointPath, a.checkpointDB = cp, path, cp.databaseID
 }
 
 // CheckpointUnreadable reports the checkpoint at path that could not be
 // read.
-func (a *auditor) CheckpointUnreadable(path string, err error) {
+func (a *Auditor) CheckpointUnreadable(path string, err error) {
 	a.checkpointChecked = true
 	a.violate(path, 0, RuleCheckpointMatchesReplay, fmt.Sprintf("the checkpoint cannot be read: %v", err))
 }
 
 // Records is how many records were checked.
-func (a *auditor) Records() uint64 { return a.records }
+func (a *Auditor) Records() uint64 { return a.records }
 
 // Report ends the audit: what it found.
-func (a *auditor) Report() Report {
+func (a *Auditor) Report() Report {
 	a.finish()
 	return a.report()
 }
 
-func (a *auditor) violate(stream string, rev uint64, rule, detail string) {
+func (a *Auditor) violate(stream string, rev uint64, rule, detail string) {
 	a.violations = append(a.violations, Violation{Stream: stream, Revision: rev, Rule: rule, Detail: detail})
 }
 
 // Check checks one record, then folds it into the replay.
-func (a *auditor) Check(r domain.Record) {
+func (a *Auditor) Check(r domain.Record) {
 	a.records++
 	if a.state.applied && !a.state.pos.Less(r.Position) {
 		return // a subscription repeating itself: the state skips it too
@@ -200,7 +198,7 @@ func (a *auditor) Check(r domain.Record) {
 	}
 }
 
-func (a *auditor) checkOutbox(r domain.Record) {
+func (a *Auditor) checkOutbox(r domain.Record) {
 	next := a.outboxNext[r.Stream]
 	switch {
 	case r.Revision > next:
@@ -211,7 +209,7 @@ func (a *auditor) checkOutbox(r domain.Record) {
 	a.outboxNext[r.Stream] = max(next, r.Revision+1)
 }
 
-func (a *auditor) checkInbox(r domain.Record, rec domain.EventReceived) {
+func (a *Auditor) checkInbox(r domain.Record, rec domain.EventReceived) {
 	if rec.TooLargeBytes != nil {
 		a.tooLarge = append(a.tooLarge, TooLarge{Stream: r.Stream, Revision: r.Revision,
 			ServerID: a.state.ServerIDOf(r.Peer), SenderSeq: rec.SenderSeq, Bytes: *rec.TooLargeBytes})
@@ -229,7 +227,7 @@ func (a *auditor) checkInbox(r domain.Record, rec domain.EventReceived) {
 	a.inboxSeq[r.Stream] = in
 }
 
-func (a *auditor) checkDelivery(r domain.Record, ev domain.DeliveryEvent) {
+func (a *Auditor) checkDelivery(r domain.Record, ev domain.DeliveryEvent) {
 	peer := r.Peer
 	var out domain.Outbox // the cursors before this record
 	if p, ok := a.state.peers[peer]; ok {
@@ -305,7 +303,7 @@ func (a *auditor) checkDelivery(r domain.Record, ev domain.DeliveryEvent) {
 
 // compareCheckpoint compares the replay, now at the checkpoint's position
 // or just before what follows it, with the checkpoint; once.
-func (a *auditor) compareCheckpoint() {
+func (a *Auditor) compareCheckpoint() {
 	cp := a.checkpoint
 	a.checkpoint = nil
 	if same, diff := equalStates(cp, a.state); !same {
@@ -313,7 +311,7 @@ func (a *auditor) compareCheckpoint() {
 	}
 }
 
-func (a *auditor) finish() {
+func (a *Auditor) finish() {
 	for _, stream := range a.probeOrder {
 		if pr, ok := a.probe[stream]; ok {
 			delete(a.probe, stream)
@@ -333,7 +331,7 @@ func (a *auditor) finish() {
 	}
 }
 
-func (a *auditor) report() Report {
+func (a *Auditor) report() Report {
 	rep := Report{
 		Violations:        a.violations,
 		Records:           a.records,

@@ -243,7 +243,7 @@ func TestAuditOutboxGapless(t *testing.T) {
 	recs[2].Revision = 2 // 0, 2: 1 is missing
 	recs[3].Revision = 2 // 2 again
 	recs[4].Revision = 3
-	a := newAuditor()
+	a := NewAuditor()
 	for _, r := range recs {
 		a.Check(streams.Decode(r))
 	}
@@ -254,7 +254,7 @@ func TestAuditOutboxGapless(t *testing.T) {
 		t.Fatalf("detail %q", rep.Violations[0].Detail)
 	}
 	// The gapless records as the store gives them pass.
-	a = newAuditor()
+	a = NewAuditor()
 	for _, r := range newHistory(t).enqueueN("pa", 4).records() {
 		a.Check(streams.Decode(r))
 	}

@@ -172,7 +172,7 @@ func TestAuditOutboxRepeatSaysWhatCameBefore(t *testing.T) {
 	t.Parallel()
 	recs := newHistory(t).enqueueN("pa", 3).records()
 	recs[2].Revision = 1 // 0, 1, 1
-	a := newAuditor()
+	a := NewAuditor()
 	for _, r := range recs {
 		a.Check(streams.Decode(r))
 	}

@@ -263,8 +263,8 @@ func (r *Registry) Register(ctx context.Context, id domain.ServerID) (domain.Pee
 
 // RecordRename records an accepted rename of a peer.
 func (r *Registry) RecordRename(ctx context.Context, rename domain.PeerRename) error {
-	return r.write(ctx, time.Time{}, func(*domain.Peers) ([]domain.PeerEvent, error) {
-		return []domain.PeerEvent{domain.PeerRenamed{Peer: domain.PeerID(rename.Peer), Old: rename.Old, New: rename.New}}, nil
+	return r.write(ctx, time.Time{}, func(peers *domain.Peers) ([]domain.PeerEvent, error) {
+		return registered(peers, domain.PeerRenamed{Peer: domain.PeerID(rename.Peer), Old: rename.Old, New: rename.New}, domain.PeerID(rename.Peer))
 	})
 }
 
@@ -339,9 +339,18 @@ func (r *Registry) SettleStartupID(ctx context.Context, id domain.ServerID, give
 
 // RecordNotified records that peer accepted this server's ID newID.
 func (r *Registry) RecordNotified(ctx context.Context, peer domain.PeerID, newID domain.ServerID) error {
-	return r.write(ctx, time.Time{}, func(*domain.Peers) ([]domain.PeerEvent, error) {
-		return []domain.PeerEvent{domain.PeerNotifiedOfNewID{Peer: peer, NewID: newID}}, nil
+	return r.write(ctx, time.Time{}, func(peers *domain.Peers) ([]domain.PeerEvent, error) {
+		return registered(peers, domain.PeerNotifiedOfNewID{Peer: peer, NewID: newID}, peer)
 	})
+}
+
+// registered is the record e about peer, if peer is registered: the fold
+// would refuse it once appended, so it is refused before.
+func registered(peers *domain.Peers, e domain.PeerEvent, peer domain.PeerID) ([]domain.PeerEvent, error) {
+	if _, ok := peers.Peer(peer); !ok {
+		return nil, fmt.Errorf("%w: %s", domain.ErrUnregisteredPeer, peer)
+	}
+	return []domain.PeerEvent{e}, nil
 }
 
 // write records what decide returns (none: nothing), as of at; decide

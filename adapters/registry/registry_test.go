@@ -170,3 +170,20 @@ func TestRegistryRefusesARenameOfAPeerNeverRegistered(t *testing.T) {
 		t.Fatalf("Load = %v, want ErrUnregisteredPeer", err)
 	}
 }
+
+// What the fold would refuse is not appended: a rename or a notice about a
+// peer that is not registered.
+func TestRegistryRecordsNothingAboutAPeerNotRegistered(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reg, _ := openRegistry(t, t.TempDir())
+	if err := reg.RecordRename(ctx, domain.PeerRename{Peer: "px", Old: peerB, New: peerB2}); !errors.Is(err, domain.ErrUnregisteredPeer) {
+		t.Fatalf("RecordRename = %v", err)
+	}
+	if err := reg.RecordNotified(ctx, "px", peerB2); !errors.Is(err, domain.ErrUnregisteredPeer) {
+		t.Fatalf("RecordNotified = %v", err)
+	}
+	if reg.next != 0 {
+		t.Fatalf("%d records appended", reg.next)
+	}
+}
