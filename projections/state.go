@@ -41,7 +41,7 @@ type PeerView struct {
 	EpochsStarted, ReceiverRewinds uint32
 	Mode                           domain.DeliveryMode
 	Attempts                       uint32    // attempts of the last EventPushed/QueueModeEntered
-	LastPush, LastPullServed       time.Time // RecordedEvent.Created of the last EventPushed / PullServed
+	LastPush, LastPullServed       time.Time // Record.Created of the last EventPushed / PullServed
 	LastError                      string    // from the last QueueModeEntered; cleared by a later push
 	EventsReceived                 uint64    // inbox length
 	KnowsOurServerID               bool      // false after OwnServerIdChanged until PeerNotifiedOfNewId for this peer
