@@ -228,10 +228,9 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 		if err != nil {
 			return nil, fmt.Errorf("own server ID: %w", err)
 		}
-		// Recorded last, so it moves no peer's KnowsUsAs.
-		if err := s.registry.Apply(domain.OwnServerIDChanged{New: own}, time.Time{}); err != nil {
-			return nil, err
-		}
+		// Recorded last, so it moves no peer's KnowsUsAs; a change of this
+		// server's ID is never refused.
+		_ = s.registry.Apply(domain.OwnServerIDChanged{New: own}, time.Time{})
 	}
 	for _, g := range f.State.Guilds {
 		m := s.guilds[g.UserID]
@@ -330,9 +329,8 @@ func (s *State) restorePeer(ps peerSnapshot) error {
 		events = append(events, domain.PeerKeyLearned{Peer: peer, Key: ps.PublicKey})
 	}
 	for _, e := range events {
-		if err := s.registry.Apply(e, time.Time{}); err != nil {
-			return err
-		}
+		// About the peer registered first: never refused.
+		_ = s.registry.Apply(e, time.Time{})
 	}
 	return nil
 }

@@ -195,8 +195,16 @@ func TestCheckpointDiffDescriptions(t *testing.T) {
 		}
 	})
 	t.Run("the first differing peer by ID", func(t *testing.T) {
+		// Many peers differ, so an unsorted walk would rarely name pa.
+		h := newHistory(t)
+		for _, id := range []string{"pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph"} {
+			h.seen(id, id[1:]+".example:2289")
+		}
+		full := given(t, h.records()...)
 		other := full.Clone()
-		other.peer("pa").out.Head, other.peer("pb").out.Head = 5, 5
+		for _, id := range []domain.PeerID{"pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph"} {
+			other.peer(id).out.Head = 5
+		}
 		for range 5 {
 			if _, diff := equalStates(other, full); !strings.HasPrefix(diff, "peer pa:") {
 				t.Fatalf("diff %q", diff)
@@ -327,5 +335,78 @@ func TestACheckpointThatCannotBeEncodedIsAnError(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "projections.checkpoint")
 	if err := WriteCheckpoint(path, given(t, recs...)); err == nil {
 		t.Fatal("WriteCheckpoint succeeded")
+	}
+}
+
+// A checkpoint whose registry part names no valid server ID is not read:
+// the state is rebuilt instead.
+func TestACheckpointWithABadServerIDIsRefused(t *testing.T) {
+	t.Parallel()
+	for name, peer := range map[string]string{
+		"current":     `{"peer_id": "pa", "server_id": "no port", "mode": "push"}`,
+		"former":      `{"peer_id": "pa", "server_id": "a.example:1", "former_server_ids": ["no port"], "mode": "push"}`,
+		"knows us as": `{"peer_id": "pa", "server_id": "a.example:1", "knows_us_as": "no port", "mode": "push"}`,
+	} {
+		data := `{"version": 1, "position": null, "state": {"peers": [` + peer + `]}}`
+		if _, err := UnmarshalCheckpoint([]byte(data)); err == nil {
+			t.Errorf("%s: a checkpoint with %s read", name, peer)
+		}
+	}
+	if _, err := UnmarshalCheckpoint([]byte(`{"version": 1, "position": null, "state": {"own_server_id": "no port"}}`)); err == nil {
+		t.Error("a checkpoint with an own server ID of no port read")
+	}
+}
+
+// The database's identity is the first record of its stream; a checkpoint
+// of another database is reported once the replay knows the store's.
+func TestTheDatabaseIdentityAndTheAudit(t *testing.T) {
+	t.Parallel()
+	h := newHistory(t)
+	first, _ := h.codec.EncodeDatabaseCreated("d1")
+	second, _ := h.codec.EncodeDatabaseCreated("d2")
+	h.steps = append(h.steps, step{streams.Database, first}, step{streams.Database, second})
+	recs := h.seen("pa", "a.example:2289").records()
+	if id := given(t, recs...).DatabaseID(); id != "d1" {
+		t.Fatalf("DatabaseID = %q, want the first record's", id)
+	}
+	for _, tc := range []struct {
+		checkpointDB string
+		violations   int
+	}{{"d1", 0}, {"d9", 1}, {"", 0}} {
+		cp := given(t, recs...)
+		cp.SetDatabaseID(tc.checkpointDB)
+		a := NewAuditor()
+		a.CompareCheckpoint("cp", cp)
+		for _, r := range recs {
+			a.Check(streams.Decode(r))
+		}
+		if rep := a.Report(); len(rep.Violations) != tc.violations {
+			t.Errorf("checkpoint of %q: violations %v", tc.checkpointDB, rep.Violations)
+		}
+	}
+	// A store without one: nothing to compare.
+	cp := given(t, recs[2:]...)
+	cp.SetDatabaseID("d9")
+	a := NewAuditor()
+	a.CompareCheckpoint("cp", cp)
+	for _, r := range recs[2:] {
+		a.Check(streams.Decode(r))
+	}
+	if rep := a.Report(); !rep.Clean() || rep.TooLarge == nil || rep.Skips == nil {
+		t.Errorf("a store without an identity: %+v", rep)
+	}
+}
+
+// An inbox record that cannot be read still counts in the inbox's length:
+// the stream holds it.
+func TestAnUnreadableInboxRecordCounts(t *testing.T) {
+	t.Parallel()
+	recs := newHistory(t).seen("pa", "a.example:2289").raw(streams.Inbox("pa"), streams.TypeEventReceived, []byte("{")).records()
+	s := NewState()
+	for _, r := range recs {
+		_ = s.Apply(streams.Decode(r))
+	}
+	if v, _ := s.Peer("a.example:2289"); v.EventsReceived != 1 {
+		t.Fatalf("EventsReceived = %d, want 1", v.EventsReceived)
 	}
 }
