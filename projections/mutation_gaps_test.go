@@ -10,6 +10,7 @@ import (
 	"errors"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -408,5 +409,23 @@ func TestAnUnreadableInboxRecordCounts(t *testing.T) {
 	}
 	if v, _ := s.Peer("a.example:2289"); v.EventsReceived != 1 {
 		t.Fatalf("EventsReceived = %d, want 1", v.EventsReceived)
+	}
+}
+
+// Peers lists by server ID, then peer ID, however many there are.
+func TestPeersAreListedByServerID(t *testing.T) {
+	t.Parallel()
+	h := newHistory(t)
+	for _, id := range []string{"ph", "pg", "pf", "pe", "pd", "pc", "pb", "pa"} {
+		h.seen(id, id[1:]+".example:2289")
+	}
+	h.enqueueN("pz", 1) // a peer known only by its streams: no server ID, first
+	var got []string
+	for _, v := range given(t, h.records()...).Peers() {
+		got = append(got, v.PeerID)
+	}
+	want := []string{"pz", "pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Peers in the order %v, want %v", got, want)
 	}
 }
