@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -140,7 +141,7 @@ type Engine struct {
 	cfg      Config
 	store    Store
 	codec    *streams.Codec
-	registry *Registry
+	registry *registry.Registry
 	client   PeerClient
 	clock    domain.Timers // every wait and timer of the engine runs on it
 	logger   *slog.Logger
@@ -209,7 +210,7 @@ type journalEntry struct {
 
 // New returns an engine; Run runs it. Calls made before Run has rebuilt
 // the peers' state wait for it.
-func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, client PeerClient, clock domain.Timers, logger *slog.Logger, random io.Reader) *Engine {
+func New(cfg Config, store Store, codec *streams.Codec, registry *registry.Registry, client PeerClient, clock domain.Timers, logger *slog.Logger, random io.Reader) *Engine {
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
@@ -239,7 +240,7 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, clie
 }
 
 // Registry returns the peer registry.
-func (e *Engine) Registry() *Registry { return e.registry }
+func (e *Engine) Registry() *registry.Registry { return e.registry }
 
 // Run rebuilds every peer's state from the streams and restarts what was
 // under way (push loops for peers with undelivered events, probes for
@@ -400,7 +401,7 @@ func (e *Engine) loadLocked(ctx context.Context, p *peer) error {
 	case err != nil:
 		return fmt.Errorf("read outbox head of %s: %w", p.id, err)
 	case len(last) == 1:
-		out.Head = last[0].Revision + 1
+		out.Stored(last[0].Revision)
 	}
 	next, err := readAll(ctx, e.store, streams.Delivery(p.id), func(r eventstore.RecordedEvent) error {
 		ev, err := streams.DecodeDelivery(r)

@@ -20,6 +20,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/seqext"
 	"github.com/harmony-postbox/postbox/adapters/streams"
@@ -138,7 +139,7 @@ func (w *world) open() {
 		w.t.Fatal(err)
 	}
 	codec := streams.NewCodec(rand.Reader)
-	reg, err := LoadRegistry(ctx, store, codec, rand.Reader)
+	reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -842,7 +843,7 @@ func TestCallsWaitForRunAndEndWithIt(t *testing.T) {
 	}
 	defer store.Close()
 	codec := streams.NewCodec(rand.Reader)
-	reg, err := LoadRegistry(ctx, store, codec, rand.Reader)
+	reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -193,20 +193,15 @@ func (e *Engine) loadInboxLocked(ctx context.Context, p *peer) error {
 	case errors.Is(err, eventstore.ErrStreamNotFound):
 	case err != nil:
 		return fmt.Errorf("read %s: %w", streams.Inbox(p.id), err)
-	case len(recs) > 0:
-		in.Count = recs[0].Revision + 1
-		// Sequence numbers only grow, so the newest record that has one
-		// holds the highest.
-		for _, r := range recs {
-			rec, err := streams.DecodeReceived(r)
+	default:
+		// Sequence numbers only grow within an epoch, so the newest
+		// records are enough for domain.Inbox's fold: oldest first.
+		for i := len(recs) - 1; i >= 0; i-- {
+			rec, err := streams.DecodeReceived(recs[i])
 			if err != nil {
 				return err
 			}
-			if rec.SenderSeq != nil {
-				in.LastSeq, in.HasSeq = *rec.SenderSeq, true
-				in.Epoch, in.LastID = rec.SenderEpoch, rec.SenderEventID
-				break
-			}
+			in.Apply(recs[i].Revision, rec.Domain())
 		}
 	}
 	p.in, p.inLoaded = in, true

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -34,7 +35,7 @@ type Notifier interface {
 // answers NotifyNewId through it.
 type Renames struct {
 	engine   *Engine
-	registry *Registry
+	registry *registry.Registry
 	keys     RenameKeys
 	notifier Notifier
 	identity *domain.Identity
@@ -48,7 +49,7 @@ type Renames struct {
 }
 
 // NewRenames returns the rename handling and attaches it to engine.
-func NewRenames(engine *Engine, registry *Registry, keys RenameKeys, notifier Notifier, identity *domain.Identity, clock domain.Clock, logger *slog.Logger) *Renames {
+func NewRenames(engine *Engine, registry *registry.Registry, keys RenameKeys, notifier Notifier, identity *domain.Identity, clock domain.Clock, logger *slog.Logger) *Renames {
 	r := &Renames{engine: engine, registry: registry, keys: keys, notifier: notifier, identity: identity,
 		clock: clock, logger: logger, backoff: domain.Backoff{First: time.Second, Max: 5 * time.Minute}, notifying: map[streams.PeerID]chan struct{}{}}
 	engine.mu.Lock()
@@ -93,14 +94,9 @@ func (r *Renames) AcceptRename(ctx context.Context, caller domain.Caller, newID 
 // peer; toward each, the old ID stays in use until it has accepted.
 func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
 	old := r.identity.Current()
-	if newID == old {
-		return nil
-	}
-	if _, _, taken := r.registry.Resolve(newID); taken {
-		return fmt.Errorf("%w: %s is a peer's ID", domain.ErrIDTaken, newID)
-	}
 	now := r.clock.Now()
-	if err := r.registry.RecordOwnID(ctx, newID, now); err != nil {
+	renamed, err := r.registry.RenameOwn(ctx, newID, now)
+	if err != nil || !renamed {
 		return err
 	}
 	r.identity.Rename(newID, now)
@@ -112,14 +108,7 @@ func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
 // Start tells every peer that does not know this server's current ID yet;
 // it is called at startup too, so notices survive restarts.
 func (r *Renames) Start() {
-	own, ok := r.registry.OwnID()
-	if !ok {
-		return
-	}
-	for _, p := range r.registry.Peers() {
-		if p.KnowsUsAs.IsZero() || p.KnowsUsAs == own {
-			continue
-		}
+	for _, p := range r.registry.NoticesDue() {
 		r.mu.Lock()
 		_, busy := r.notifying[p.ID]
 		done := make(chan struct{})
@@ -147,7 +136,7 @@ func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID) 
 	for attempt := 1; ctx.Err() == nil; attempt++ {
 		own, _ := r.registry.OwnID()
 		server, ok := r.registry.ServerID(peer)
-		if !ok || r.knows(peer, own) {
+		if !ok || r.knows(peer) {
 			return
 		}
 		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -199,12 +188,11 @@ func unknownToPeer(err error) bool {
 }
 
 // known is the ID of this server that peer knows.
-func known(reg *Registry, peer streams.PeerID) domain.ServerID {
+func known(reg *registry.Registry, peer streams.PeerID) domain.ServerID {
 	id, _ := reg.KnowsUsAs(peer)
 	return id
 }
 
-func (r *Renames) knows(peer streams.PeerID, own domain.ServerID) bool {
-	known, ok := r.registry.KnowsUsAs(peer)
-	return !ok || known.IsZero() || known == own
+func (r *Renames) knows(peer streams.PeerID) bool {
+	return r.registry.KnowsOurID(peer)
 }

@@ -310,3 +310,28 @@ func testUnknownPeerAnswerIsNotAnAcceptance(t *testing.T) {
 		t.Fatalf("%d notices, %d recorded as accepted; want 3 and 1", calls, n)
 	}
 }
+
+// A peer met before this server's ID was first recorded (a data directory
+// older than that record) knows the ID the server had then: after a rename
+// it is signed to with that ID and told the new one, like every other peer.
+func TestOurRenameReachesAPeerMetBeforeOurIDWasRecorded(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	w.send(1) // B registered while no ID of this server was recorded
+	if err := w.engine.registry.RecordOwnID(ctx, oldID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.engine.registry.IDFor(peerB); got != oldID {
+		t.Fatalf("toward B before the rename: %s, want %s", got, oldID)
+	}
+	notifier := &fakeNotifier{failures: 1 << 30}
+	if err := attachRenames(w, &fakeKeys{}, notifier, oldID).Rename(ctx, newID); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.engine.registry.IDFor(peerB); got != oldID {
+		t.Fatalf("toward B after the rename, before it accepted: %s, want the old %s", got, oldID)
+	}
+	eventually(t, "B to be told the new ID", func() bool { return notifier.count() > 0 })
+}

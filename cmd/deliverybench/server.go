@@ -21,6 +21,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -44,7 +45,7 @@ type node struct {
 	role     string
 	store    *embedded.Store
 	codec    *streams.Codec
-	registry *delivery.Registry
+	registry *registry.Registry
 	engine   *delivery.Engine
 	// stopEngine ends the engine's Run and waits for it.
 	stopEngine func() error

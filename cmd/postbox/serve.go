@@ -13,8 +13,8 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/projector"
 	"github.com/harmony-postbox/postbox/domain"
-	"github.com/harmony-postbox/postbox/projections"
 )
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -72,14 +72,14 @@ type server struct {
 	federation federationListener
 	admin      adminListener
 	engine     *delivery.Engine
-	live       *projections.Live
+	live       *projector.Live
 	identity   *domain.Identity
 	health     *grpchealth.StaticChecker
 	logger     *slog.Logger
 }
 
 func newServer(cfg Config, federation federationListener, admin adminListener, engine *delivery.Engine,
-	live *projections.Live, identity *domain.Identity, health *grpchealth.StaticChecker, logger *slog.Logger,
+	live *projector.Live, identity *domain.Identity, health *grpchealth.StaticChecker, logger *slog.Logger,
 ) *server {
 	return &server{cfg: cfg, federation: federation, admin: admin, engine: engine,
 		live: live, identity: identity, health: health, logger: logger}

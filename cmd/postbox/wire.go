@@ -18,10 +18,11 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/projector"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
 	"github.com/harmony-postbox/postbox/internal/assembly"
-	"github.com/harmony-postbox/postbox/projections"
 )
 
 // configSet turns Config into what the adapters take.
@@ -54,15 +55,15 @@ var engineSet = wire.NewSet(
 	wire.Bind(new(federation.AuthObserver), new(*metrics.Counters)),
 	provideAdminSender,
 	wire.Bind(new(admin.Operator), new(*delivery.Engine)),
-	wire.Bind(new(admin.PeerNames), new(*delivery.Registry)),
-	wire.Bind(new(peerclient.Self), new(*delivery.Registry)),
+	wire.Bind(new(admin.PeerNames), new(*registry.Registry)),
+	wire.Bind(new(peerclient.Self), new(*registry.Registry)),
 	// Renames are part of the graph: NewRenames attaches itself to the
 	// engine, which answers NotifyNewId through it.
 	delivery.NewRenames,
 	wire.Bind(new(delivery.Notifier), new(*peerclient.Client)),
 	wire.Bind(new(admin.Renamer), new(*delivery.Renames)),
 	provideLive,
-	wire.Bind(new(admin.PeerViews), new(*projections.Live)),
+	wire.Bind(new(admin.PeerViews), new(*projector.Live)),
 )
 
 // handlerSet mounts the services on the listeners.
@@ -80,7 +81,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		provideEmbeddedStore, provideBinaryCodec, wire.Bind(new(delivery.Store), new(*embedded.Store)),
 		wire.Bind(new(diskState), new(*embedded.Store)),
 		wire.Bind(new(admin.ReceivedLog), new(*embedded.Store)),
-		wire.Bind(new(projections.LiveStore), new(*embedded.Store)))
+		wire.Bind(new(projector.LiveStore), new(*embedded.Store)))
 	return nil, nil, nil
 }
 
@@ -90,6 +91,6 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		provideESDBStore, provideJSONCodec, wire.Bind(new(delivery.Store), new(*esdb.Store)),
 		wire.InterfaceValue(new(diskState), noDiskState{}),
 		wire.Bind(new(admin.ReceivedLog), new(*esdb.Store)),
-		wire.Bind(new(projections.LiveStore), new(*esdb.Store)))
+		wire.Bind(new(projector.LiveStore), new(*esdb.Store)))
 	return nil, nil, nil
 }

@@ -17,10 +17,11 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/projector"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
 	"github.com/harmony-postbox/postbox/internal/assembly"
-	"github.com/harmony-postbox/postbox/projections"
 	"log/slog"
 )
 
@@ -47,7 +48,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	}
 	reader := provideRandom()
 	codec := provideBinaryCodec(reader)
-	registry, err := provideRegistry(ctx, store, codec, reader)
+	registry, err := provideRegistry(ctx, store, codec, reader, logger)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -140,7 +141,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	}
 	reader := provideRandom()
 	codec := provideJSONCodec(reader)
-	registry, err := provideRegistry(ctx, store, codec, reader)
+	registry, err := provideRegistry(ctx, store, codec, reader, logger)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -233,7 +234,7 @@ var configSet = wire.NewSet(
 var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), wire.Bind(new(domain.Timers), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), provideVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
 
 // engineSet is the delivery engine on whichever store the injector binds.
-var engineSet = wire.NewSet(assembly.EngineSet, provideRegistry, provideCounters, provideMetrics, wire.Bind(new(delivery.Observer), new(*metrics.Counters)), wire.Bind(new(federation.AuthObserver), new(*metrics.Counters)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)), wire.Bind(new(peerclient.Self), new(*delivery.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projections.Live)))
+var engineSet = wire.NewSet(assembly.EngineSet, provideRegistry, provideCounters, provideMetrics, wire.Bind(new(delivery.Observer), new(*metrics.Counters)), wire.Bind(new(federation.AuthObserver), new(*metrics.Counters)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*registry.Registry)), wire.Bind(new(peerclient.Self), new(*registry.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projector.Live)))
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(

@@ -16,6 +16,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
@@ -40,7 +41,7 @@ var EngineSet = wire.NewSet(
 )
 
 // NewEngine is the delivery engine on cfg, reporting to observer.
-func NewEngine(cfg delivery.Config, store delivery.Store, codec *streams.Codec, registry *delivery.Registry, client delivery.PeerClient,
+func NewEngine(cfg delivery.Config, store delivery.Store, codec *streams.Codec, registry *registry.Registry, client delivery.PeerClient,
 	clock domain.Timers, logger *slog.Logger, random io.Reader, observer delivery.Observer,
 ) *delivery.Engine {
 	cfg.Observer = observer

@@ -16,6 +16,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -48,13 +49,13 @@ type Node struct {
 	Public   ed25519.PublicKey
 	Store    *embedded.Store
 	Codec    *streams.Codec
-	Registry *delivery.Registry
+	Registry *registry.Registry
 	Engine   *delivery.Engine
 	Resolver *peerkeys.Resolver
 	Listener *httpserver.Server
 }
 
-func newNode(cfg NodeConfig, public ed25519.PublicKey, store *embedded.Store, codec *streams.Codec, registry *delivery.Registry,
+func newNode(cfg NodeConfig, public ed25519.PublicKey, store *embedded.Store, codec *streams.Codec, registry *registry.Registry,
 	engine *delivery.Engine, resolver *peerkeys.Resolver, listener *httpserver.Server,
 ) *Node {
 	return &Node{ID: cfg.ID, Public: public, Store: store, Codec: codec, Registry: registry, Engine: engine, Resolver: resolver, Listener: listener}
@@ -86,12 +87,12 @@ func nodeCodec(random io.Reader) *streams.Codec {
 	return streams.NewCodecWithBodies(random, streams.BinaryBodies)
 }
 
-func nodeRegistry(ctx context.Context, store *embedded.Store, codec *streams.Codec, random io.Reader) (*delivery.Registry, error) {
-	return delivery.LoadRegistry(ctx, store, codec, random)
+func nodeRegistry(ctx context.Context, store *embedded.Store, codec *streams.Codec, random io.Reader) (*registry.Registry, error) {
+	return registry.Load(ctx, store, codec, random, nil)
 }
 
 // nodeIdentity records the node's ID, as a first start does.
-func nodeIdentity(ctx context.Context, cfg NodeConfig, registry *delivery.Registry, clock domain.Clock) (*domain.Identity, error) {
+func nodeIdentity(ctx context.Context, cfg NodeConfig, registry *registry.Registry, clock domain.Clock) (*domain.Identity, error) {
 	if err := registry.RecordOwnID(ctx, cfg.ID, clock.Now()); err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/domain"
 )
 
@@ -26,7 +27,7 @@ func InitNode(ctx context.Context, cfg NodeConfig, logger *slog.Logger) (*Node, 
 		wire.Bind(new(domain.Timers), new(clock.System)),
 		nodeRandom, nodeKey, nodePublicKey, nodeSigner,
 		nodeStore, wire.Bind(new(delivery.Store), new(*embedded.Store)),
-		nodeCodec, nodeRegistry, wire.Bind(new(peerclient.Self), new(*delivery.Registry)),
+		nodeCodec, nodeRegistry, wire.Bind(new(peerclient.Self), new(*registry.Registry)),
 		nodeIdentity, nodeResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)),
 		nodeVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)),
 		nodeDelivery, nodeObserver, nodeMaxRequest, nodeAdmission, nodeAuthObserver, nodePeerClient,
