@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -50,8 +51,9 @@ type fakeClock struct {
 }
 
 type waiter struct {
-	at time.Time
-	ch chan time.Time
+	at  time.Time
+	ch  chan time.Time
+	tag string // who waits, for forget
 }
 
 func newFakeClock() *fakeClock {
@@ -66,7 +68,22 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+func (c *fakeClock) After(d time.Duration) <-chan time.Time { return c.after(d, "") }
+
+// afterAs is After for a loop named tag, whose waits forget can drop.
+func (c *fakeClock) afterAs(tag string) func(time.Duration) <-chan time.Time {
+	return func(d time.Duration) <-chan time.Time { return c.after(d, tag) }
+}
+
+// forget drops the waits of a loop that has stopped, so waitForWaiters
+// counts only the loops still running.
+func (c *fakeClock) forget(tag string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.waiters = slices.DeleteFunc(c.waiters, func(w waiter) bool { return w.tag == tag })
+}
+
+func (c *fakeClock) after(d time.Duration, tag string) <-chan time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ch := make(chan time.Time, 1)
@@ -74,7 +91,7 @@ func (c *fakeClock) After(d time.Duration) <-chan time.Time {
 		ch <- c.now
 		return ch
 	}
-	c.waiters = append(c.waiters, waiter{at: c.now.Add(d), ch: ch})
+	c.waiters = append(c.waiters, waiter{at: c.now.Add(d), ch: ch, tag: tag})
 	c.cond.Broadcast()
 	return ch
 }

@@ -73,7 +73,7 @@ func TestAKilledReplicasPeersMoveToTheOthersWhenItsLeaseRunsOut(t *testing.T) {
 		for _, r := range []*Replicas{a, b} {
 			go func() { r.Run(ctx, clock.After); loops <- struct{}{} }()
 		}
-		go func() { c.Run(cctx, clock.After); loops <- struct{}{} }()
+		go func() { c.Run(cctx, clock.afterAs("c")); loops <- struct{}{} }()
 		clock.waitForWaiters(t, 3)
 
 		// A minute of beats: everyone stays live.
@@ -89,7 +89,8 @@ func TestAKilledReplicasPeersMoveToTheOthersWhenItsLeaseRunsOut(t *testing.T) {
 
 		kill()
 		<-loops
-		lastBeat, _ := a.lastHeartbeat("c")
+		clock.forget("c") // c's last wait would count as a running loop's
+		lastBeat, _ := c.lastHeartbeat("c") // its own last beat: a may not have read it yet
 		killedAt := clock.Now()
 		var movedAt time.Time
 		for range 30 {
