@@ -31,9 +31,9 @@ func (r *readStmts) prepare(ctx context.Context, db *sql.DB, noTruncation bool) 
 	// Rows below a stream's truncation point may still be there: removal
 	// goes in bounded steps after the point is set, and the event at the
 	// largest position is kept. Every read hides them.
-	tb := "truncate_before"
+	tb, stb := "truncate_before", "s.truncate_before"
 	if noTruncation {
-		tb = "0"
+		tb, stb = "0", "0"
 	}
 	prep(&r.stream, `SELECT id, deleted, `+tb+` FROM streams WHERE name = ?`)
 	prep(&r.forward, `SELECT revision, position, event_id, type, data, created FROM events
@@ -50,7 +50,7 @@ func (r *readStmts) prepare(ctx context.Context, db *sql.DB, noTruncation bool) 
 		WHERE e.position > ?1 AND e.position <= ?2
 		  AND substr(CAST(s.name AS BLOB), 1, length(CAST(?3 AS BLOB))) = CAST(?3 AS BLOB)
 		  AND (?4 OR substr(s.name, 1, 1) <> '$')
-		  AND e.revision >= s.`+tb+`
+		  AND e.revision >= `+stb+`
 		ORDER BY e.position LIMIT ?5`)
 	if err != nil {
 		return fmt.Errorf("prepare reads: %w", err)

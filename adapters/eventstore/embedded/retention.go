@@ -82,7 +82,7 @@ func (w *writer) truncate(ctx context.Context, b *batch, st *streamState, r *req
 	if !first.Valid || uint64(first.Int64) >= st.tb {
 		return nil
 	}
-	upto := min(st.tb, uint64(first.Int64)+truncateStep)
+	upto := min(st.tb, uint64(first.Int64)+w.step)
 	res, err := w.delEvents.ExecContext(ctx, st.id, first.Int64, int64(upto), int64(b.last))
 	if err != nil {
 		return fmt.Errorf("delete truncated events: %w", err)

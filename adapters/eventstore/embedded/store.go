@@ -93,7 +93,12 @@ var _ eventstore.Store = (*Store)(nil)
 // directory's lock and fails at once, naming the holder, if another store
 // has it; it refuses a directory of an unknown format version.
 func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
-	s := newStore(dir, opts)
+	return openStore(ctx, newStore(dir, opts))
+}
+
+// openStore opens s for writing; tests set its seams first.
+func openStore(ctx context.Context, s *Store) (*Store, error) {
+	dir := s.dir
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open event store: %w", err)
 	}

@@ -102,6 +102,8 @@ type writer struct {
 	// failCommit, in tests, makes COMMIT fail with its error instead of
 	// running: the seam for disk failures SQLite cannot be made to report.
 	failCommit func() error
+	// step is the most rows a truncation step deletes (truncateStep).
+	step uint64
 }
 
 func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
@@ -113,6 +115,7 @@ func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
 		conn:    conn,
 		streams: make(map[string]*streamState),
 		ids:     newIDCache(idCacheSize),
+		step:    truncateStep,
 		b: batch{
 			streams: make(map[string]*streamState),
 			ids:     make(map[idKey]uint64),
@@ -278,11 +281,13 @@ func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
 		s.head.Store(b.last)
 		s.publish(b)
 	}
+	if b.removed > 0 {
+		// Before answering, so that a Truncate that returns has given the
+		// space back; appends of the same batch wait for it too.
+		s.reclaim(ctx)
+	}
 	for _, r := range reqs {
 		close(r.done)
-	}
-	if b.removed > 0 {
-		s.reclaim(ctx)
 	}
 }
 

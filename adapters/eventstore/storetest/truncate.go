@@ -81,12 +81,13 @@ func (su *suite) truncateKeepsRevisions(t *testing.T) {
 
 // EventStoreDB: truncating before one past the last revision hides every
 // event; the stream still exists (reads succeed, empty; no-stream appends
-// conflict) and the next append takes the next revision.
+// conflict) and the next append takes the next revision, at a position
+// after every truncated event's (positions are never given twice).
 func (su *suite) truncateEverything(t *testing.T) {
 	t.Parallel()
 	s, _ := su.open(t)
 	stream := su.stream(t, "s")
-	truncated(t, s, stream, 3, 3)
+	_, stored := truncated(t, s, stream, 3, 3)
 
 	if got := mustRead(t, s, stream, 0, 10); len(got) != 0 {
 		t.Errorf("read of a fully truncated stream: got revisions %v, want none", revisions(got))
@@ -98,8 +99,12 @@ func (su *suite) truncateEverything(t *testing.T) {
 	_, err = s.Append(ctxFor(t), stream, eventstore.NoStream(), newEvents(1, "A")...)
 	wantConflict(t, err, stream, 2, true)
 	next := newEvents(1, "A")
-	if res := mustAppend(t, s, stream, eventstore.Exact(2), next...); res.NextExpectedRevision != 3 {
+	res := mustAppend(t, s, stream, eventstore.Exact(2), next...)
+	if res.NextExpectedRevision != 3 {
 		t.Errorf("append after truncating everything: NextExpectedRevision = %d, want 3", res.NextExpectedRevision)
+	}
+	if !stored[2].Position.Less(res.Position) {
+		t.Errorf("append after truncating everything landed at %v, not after the truncated %v", res.Position, stored[2].Position)
 	}
 	checkEvents(t, mustRead(t, s, stream, 0, 10), stream, next, 3, false)
 }
