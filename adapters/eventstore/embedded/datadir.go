@@ -144,13 +144,13 @@ func checkVersion(dir string) (version int, create bool, err error) {
 
 // writeVersion writes the VERSION file durably: through a temporary file,
 // renamed into place, with the directory synced so the name survives a crash.
-func writeVersion(dir string) error {
+func writeVersion(dir string, version int) error {
 	tmp := filepath.Join(dir, versionFile+".tmp")
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return fmt.Errorf("write format version: %w", err)
 	}
-	_, err = fmt.Fprintf(f, "%d\n", FormatVersion)
+	_, err = fmt.Fprintf(f, "%d\n", version)
 	if err == nil {
 		err = f.Sync()
 	}

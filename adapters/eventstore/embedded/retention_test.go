@@ -292,3 +292,51 @@ func TestDiskUsageCountsTheStoreFiles(t *testing.T) {
 		t.Errorf("DiskUsage = %d, want %d", got, want)
 	}
 }
+
+// A backup keeps truncation points and incremental auto-vacuum; a backup
+// of a version 1 directory, taken read-only, is a version 1 directory that
+// Open migrates.
+func TestBackupKeepsTheFormat(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	defer func() { _ = s.Close() }()
+	events := appendN(t, s, "s", 0, 5)
+	if err := s.Truncate(t.Context(), "s", 3); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(t.TempDir(), "backup")
+	if _, err := s.Backup(t.Context(), target); err != nil {
+		t.Fatal(err)
+	}
+	if mode := autoVacuum(t, target); mode != 2 {
+		t.Errorf("the backup has auto_vacuum %d, want 2 (incremental)", mode)
+	}
+	copied := openStore(t, target)
+	got := mustReadAll(t, copied, "s")
+	if len(got) != 2 || got[0].Revision != 3 || got[0].ID != events[3].ID {
+		t.Errorf("the backup reads %v, want revisions 3 and 4", got)
+	}
+	if err := copied.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	old := writeV1Dir(t, 10, false)
+	ro, err := embedded.OpenReadOnly(t.Context(), old, embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	oldTarget := filepath.Join(t.TempDir(), "backup")
+	if _, err := ro.Backup(t.Context(), oldTarget); err != nil {
+		t.Fatalf("back up a version 1 directory: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(oldTarget, "VERSION")); err != nil || strings.TrimSpace(string(b)) != "1" {
+		t.Errorf("VERSION of the backup of a version 1 directory: %q, %v; want 1", b, err)
+	}
+	migrated := openStore(t, oldTarget)
+	defer migrated.Close()
+	if got := mustReadAll(t, migrated, "s"); len(got) != 10 {
+		t.Errorf("the migrated backup reads %d events, want 10", len(got))
+	}
+}

@@ -48,6 +48,9 @@ type Store struct {
 	clock    func() time.Time
 	poll     time.Duration
 	readOnly bool
+	// version is the data directory's format version: FormatVersion once
+	// Open has migrated it; a read-only store leaves it as it found it.
+	version int
 	// noTruncation: a read-only store of a version 1 directory, whose
 	// streams table has no truncation points.
 	noTruncation bool
@@ -128,6 +131,7 @@ func OpenReadOnly(ctx context.Context, dir string, opts Options) (*Store, error)
 	if err == nil {
 		// A version 1 directory (a server of an older build may be running
 		// on it) has no truncation points: every stream starts at 0.
+		s.version = version
 		s.noTruncation = version < 2
 		err = s.openReaders(ctx)
 	}
@@ -202,10 +206,11 @@ func (s *Store) openWriter(ctx context.Context) error {
 		// The version goes in after the database exists (and is migrated),
 		// so that a crash in between leaves a directory Open recognises as
 		// new or migrates again, never one it misreads.
-		if err := writeVersion(s.dir); err != nil {
+		if err := writeVersion(s.dir, FormatVersion); err != nil {
 			return err
 		}
 	}
+	s.version = FormatVersion
 	s.convertAutoVacuum(ctx)
 	s.w, err = newWriter(ctx, s.wdb)
 	if err != nil {
