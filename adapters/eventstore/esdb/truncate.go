@@ -11,8 +11,10 @@ import (
 )
 
 // truncateAttempts bounds the tries of a truncation whose metadata write
-// met another writer's, or whose outcome was unclear.
-const truncateAttempts = 8
+// met another writer's, or whose outcome was unclear. Each conflict is
+// another writer's success, and one stream has one owner in Postbox: a
+// few concurrent writers at most.
+const truncateAttempts = 16
 
 // errMetadataConflict: the stream's metadata changed between reading and
 // writing it; the truncation reads it again.
@@ -58,9 +60,27 @@ func (s *Store) truncateOnce(ctx context.Context, ref *clientRef, stream string,
 		return err
 	}
 	current := truncatePoint(meta)
-	last, err := s.lastRevision(ctx, ref, stream, current)
+	head, err := s.readStream(ctx, ref, stream, esdb.Backwards, esdb.End{}, 1)
 	if err != nil {
 		return err
+	}
+	var last uint64
+	if len(head) == 1 {
+		last = head[0].Revision
+	} else {
+		// Reads hide truncated events: a stream whose every event is
+		// truncated reads as empty, not as missing, and its truncation
+		// point, one past its last revision (Truncate never writes it
+		// further), tells the last revision. Read again, as the point may
+		// have risen since the first read.
+		if meta, metaRev, err = s.readMetadata(ctx, ref, stream); err != nil {
+			return err
+		}
+		current = truncatePoint(meta)
+		if current == 0 {
+			return fmt.Errorf("the stream reads as empty without a truncation point: %w", eventstore.ErrStreamNotFound)
+		}
+		last = current - 1
 	}
 	if before <= current {
 		return nil
@@ -138,24 +158,6 @@ func truncatePoint(meta *esdb.StreamMetadata) uint64 {
 		return 0
 	}
 	return *meta.TruncateBefore()
-}
-
-// lastRevision returns the stream's last revision. Reads hide truncated
-// events, so for a stream whose every event is truncated (it reads as
-// empty, not as missing) the truncation point tells: it is one past the
-// last revision, since Truncate never writes it further.
-func (s *Store) lastRevision(ctx context.Context, ref *clientRef, stream string, tb uint64) (uint64, error) {
-	head, err := s.readStream(ctx, ref, stream, esdb.Backwards, esdb.End{}, 1)
-	if err != nil {
-		return 0, err
-	}
-	if len(head) == 1 {
-		return head[0].Revision, nil
-	}
-	if tb == 0 {
-		return 0, fmt.Errorf("the stream reads as empty without a truncation point: %w", eventstore.ErrStreamNotFound)
-	}
-	return tb - 1, nil
 }
 
 // truncationPoints remembers, for one subscription, the truncate-before of
