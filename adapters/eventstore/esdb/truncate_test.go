@@ -106,3 +106,20 @@ func TestConcurrentTruncationsKeepTheHighest(t *testing.T) {
 		t.Errorf("TruncatedBefore = %d, %v; want %d", tb, err, n)
 	}
 }
+
+// An empty append checks its expectation against the head, which a fully
+// truncated stream does not show: its truncation point tells instead.
+func TestEmptyAppendToAFullyTruncatedStream(t *testing.T) {
+	t.Parallel()
+	s, _ := openFake(t, fakestreams.Options{})
+	ctx := testContext(t)
+	mustAppend(t, s, "s", eventstore.NoStream(), event("A", `{}`), event("A", `{}`))
+	if err := s.Truncate(ctx, "s", 2); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := s.Append(ctx, "s", eventstore.Exact(1)); err != nil || res.NextExpectedRevision != 1 {
+		t.Errorf("empty append expecting the last revision: %+v, %v", res, err)
+	}
+	_, err := s.Append(ctx, "s", eventstore.NoStream())
+	wantWrong(t, err, true, 1)
+}
