@@ -35,13 +35,20 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream_id, revision);
 `
 
+// NewDatabase runs once, on a database without tables, before Schema:
+// incremental auto-vacuum lets truncation give disk space back without a
+// full VACUUM, and only a database without tables takes it up directly
+// (Open converts older ones once). Exported, like Schema, for
+// cmd/storebench.
+const NewDatabase = `PRAGMA auto_vacuum = INCREMENTAL`
+
 // WriterDSN is the modernc.org/sqlite data source name of the writing
 // connection. WAL lets readers, in this process or another, read while the
 // writer commits; synchronous=FULL makes SQLite fsync the WAL at every
 // commit, so an acknowledged append survives a crash or power loss.
-// (Incremental auto-vacuum is set by Open when it creates a database, not
-// here: setting it on a database that has it rewrites the header, a write
-// at every start that fails on a full disk.)
+// (Incremental auto-vacuum is in NewDatabase, not here: setting it on a
+// database that has it rewrites the header, a write at every start that
+// fails on a full disk.)
 func WriterDSN(path string) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(5000)")

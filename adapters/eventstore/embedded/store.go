@@ -188,9 +188,7 @@ func (s *Store) openWriter(ctx context.Context) error {
 	s.wdb.SetConnMaxLifetime(0)
 	s.wdb.SetConnMaxIdleTime(0)
 	if create {
-		// Only a database without tables takes this up directly; older
-		// ones are converted once, by convertAutoVacuum.
-		if _, err := s.wdb.ExecContext(ctx, `PRAGMA auto_vacuum = INCREMENTAL`); err != nil {
+		if _, err := s.wdb.ExecContext(ctx, NewDatabase); err != nil {
 			return fmt.Errorf("set incremental auto-vacuum: %w", err)
 		}
 	}
