@@ -82,12 +82,15 @@ func (su *suite) truncateKeepsRevisions(t *testing.T) {
 // EventStoreDB: truncating before one past the last revision hides every
 // event; the stream still exists (reads succeed, empty; no-stream appends
 // conflict) and the next append takes the next revision, at a position
-// after every truncated event's (positions are never given twice).
+// after every truncated event's (positions are never given twice). A
+// subscription whose history is all truncated is caught up at once.
 func (su *suite) truncateEverything(t *testing.T) {
 	t.Parallel()
 	s, _ := su.open(t)
 	stream := su.stream(t, "s")
 	_, stored := truncated(t, s, stream, 3, 3)
+	sub := subscribe(t, s, eventstore.Filter{StreamPrefix: su.prefix(t)}, eventstore.FromStart())
+	expectCaughtUp(t, sub)
 
 	if got := mustRead(t, s, stream, 0, 10); len(got) != 0 {
 		t.Errorf("read of a fully truncated stream: got revisions %v, want none", revisions(got))
@@ -107,6 +110,7 @@ func (su *suite) truncateEverything(t *testing.T) {
 		t.Errorf("append after truncating everything landed at %v, not after the truncated %v", res.Position, stored[2].Position)
 	}
 	checkEvents(t, mustRead(t, s, stream, 0, 10), stream, next, 3, false)
+	expectEvents(t, sub, stored[2].Position, refs(stream, 3, next)...)
 }
 
 // EventStoreDB keeps any $tb it is given, and one past the end would hide
