@@ -100,17 +100,23 @@ func (w *writer) truncate(ctx context.Context, b *batch, st *streamState, r *req
 // incremental vacuum moves the last pages into the free ones and shortens
 // the database file, and the checkpoint copies that into the file and
 // empties the WAL. Neither needs more room than the pages moved, unlike a
-// full VACUUM (a copy of the whole database). Failing is not fatal: the
-// events are gone either way, and the next removal tries again.
+// full VACUUM (a copy of the whole database). A failure other than a
+// failed sync is not fatal: the events are gone either way, and the next
+// removal tries again. A failed sync stops writes, as in a commit.
 func (s *Store) reclaim(ctx context.Context) {
 	w := s.w
-	if _, err := w.conn.ExecContext(ctx, `PRAGMA incremental_vacuum`); err != nil {
-		s.log.Warn("event store: giving freed space back failed; retried after the next removal", "dir", s.dir, "err", err)
+	_, err := w.conn.ExecContext(ctx, `PRAGMA incremental_vacuum`)
+	if err == nil {
+		err = s.checkpoint(ctx, w.conn)
+	}
+	if err == nil {
 		return
 	}
-	if err := s.checkpoint(ctx, w.conn); err != nil {
-		s.log.Warn("event store: WAL checkpoint after a removal failed; retried after the next removal", "dir", s.dir, "err", err)
+	if s.classify(err, false) == failStorage {
+		s.failStorage(err)
+		return
 	}
+	s.log.Warn("event store: giving the space of removed events back failed; retried after the next removal", "dir", s.dir, "err", err)
 }
 
 // checkpoint copies the WAL into the database and truncates it, waiting at

@@ -353,7 +353,7 @@ func (w *writer) state(ctx context.Context, b *batch, name string) (*streamState
 			st.tb = uint64(tb)
 			st.exists = last.Valid || st.tb > 0
 			st.last = uint64(last.Int64)
-			if !last.Valid || uint64(last.Int64) < st.tb {
+			if st.tb > 0 && (!last.Valid || uint64(last.Int64) < st.tb) {
 				// Every event was truncated: the point is one past the last.
 				st.last = st.tb - 1
 			}
