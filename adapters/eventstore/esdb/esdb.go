@@ -56,7 +56,8 @@
 // what lies below it.
 //
 // Reading and subscribing to $all needs a user allowed to read $all (by
-// default only admins) on a secure server.
+// default only admins) on a secure server; truncation and subscriptions
+// also read and write streams' metadata.
 package esdb
 
 import (
