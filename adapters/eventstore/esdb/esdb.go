@@ -56,8 +56,8 @@
 // what lies below it.
 //
 // Reading and subscribing to $all needs a user allowed to read $all (by
-// default only admins) on a secure server; truncation and subscriptions
-// also read and write streams' metadata.
+// default only admins) on a secure server; Truncate writes streams'
+// metadata, and it and subscriptions read it.
 package esdb
 
 import (
