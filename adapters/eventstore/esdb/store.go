@@ -253,11 +253,11 @@ func (s *Store) checkExpected(ctx context.Context, ref *clientRef, stream string
 	} else if err == nil {
 		// Every event truncated: the stream exists, and its truncation
 		// point is one past its last revision.
-		meta, _, merr := s.readMetadata(ctx, ref, stream)
+		md, merr := s.readMetadata(ctx, ref, stream)
 		if merr != nil {
 			return eventstore.AppendResult{}, merr
 		}
-		if tb := truncatePoint(meta); tb > 0 {
+		if tb := md.truncateBefore(); tb > 0 {
 			exists = true
 			res.NextExpectedRevision = tb - 1
 		}

@@ -1,9 +1,12 @@
 package esdb
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
@@ -55,11 +58,11 @@ func (s *Store) Truncate(ctx context.Context, stream string, before uint64) erro
 }
 
 func (s *Store) truncateOnce(ctx context.Context, ref *clientRef, stream string, before uint64) error {
-	meta, metaRev, err := s.readMetadata(ctx, ref, stream)
+	md, err := s.readMetadata(ctx, ref, stream)
 	if err != nil {
 		return err
 	}
-	current := truncatePoint(meta)
+	current := md.truncateBefore()
 	head, err := s.readStream(ctx, ref, stream, esdb.Backwards, esdb.End{}, 1)
 	if err != nil {
 		return err
@@ -73,10 +76,10 @@ func (s *Store) truncateOnce(ctx context.Context, ref *clientRef, stream string,
 		// point, one past its last revision (Truncate never writes it
 		// further), tells the last revision. Read again, as the point may
 		// have risen since the first read.
-		if meta, metaRev, err = s.readMetadata(ctx, ref, stream); err != nil {
+		if md, err = s.readMetadata(ctx, ref, stream); err != nil {
 			return err
 		}
-		current = truncatePoint(meta)
+		current = md.truncateBefore()
 		if current == 0 {
 			return fmt.Errorf("the stream reads as empty without a truncation point: %w", eventstore.ErrStreamNotFound)
 		}
@@ -88,9 +91,15 @@ func (s *Store) truncateOnce(ctx context.Context, ref *clientRef, stream string,
 	if before > last+1 {
 		return fmt.Errorf("before %d, the last revision is %d: %w", before, last, eventstore.ErrTruncateBeyondEnd)
 	}
+	// The client's own type carries the rest of the metadata over; a
+	// document it cannot read is not overwritten.
+	meta := &esdb.StreamMetadata{}
 	var expected esdb.ExpectedRevision = esdb.NoStream{}
-	if metaRev != nil {
-		expected = esdb.Revision(*metaRev)
+	if md.raw != nil {
+		if meta, err = esdb.StreamMetadataFromJson(md.raw); err != nil {
+			return fmt.Errorf("the stream's metadata cannot be read, so it is left as it is (not truncated): %w", err)
+		}
+		expected = esdb.Revision(md.rev)
 	}
 	meta.SetTruncateBefore(before)
 	err = guard(func() error {
@@ -123,8 +132,8 @@ func (s *Store) TruncatedBefore(ctx context.Context, stream string) (uint64, err
 		if _, err := s.readStream(ctx, ref, stream, esdb.Backwards, esdb.End{}, 1); err != nil {
 			return err
 		}
-		meta, _, err := s.readMetadata(ctx, ref, stream)
-		tb = truncatePoint(meta)
+		md, err := s.readMetadata(ctx, ref, stream)
+		tb = md.truncateBefore()
 		return err
 	})
 	if err != nil {
@@ -133,31 +142,52 @@ func (s *Store) TruncatedBefore(ctx context.Context, stream string) (uint64, err
 	return tb, nil
 }
 
-// readMetadata returns the stream's metadata and the revision of the event
-// that holds it (nil when it has none). The server keeps only the last
-// event of a metadata stream readable (its $maxCount is 1); the read asks
-// for the last one anyway.
-func (s *Store) readMetadata(ctx context.Context, ref *clientRef, stream string) (*esdb.StreamMetadata, *uint64, error) {
-	evs, err := s.readStream(ctx, ref, "$$"+stream, esdb.Backwards, esdb.End{}, 1)
-	if errors.Is(err, eventstore.ErrStreamNotFound) || err == nil && len(evs) == 0 {
-		return &esdb.StreamMetadata{}, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read the metadata: %w", err)
-	}
-	meta, err := esdb.StreamMetadataFromJson(evs[0].Data)
-	if err != nil {
-		return nil, nil, fmt.Errorf("parse the metadata of %q: %w", stream, err)
-	}
-	rev := evs[0].Revision
-	return meta, &rev, nil
+// streamMeta is a stream's metadata document as stored, and the revision of
+// the event that holds it in the metadata stream; raw is nil when there is
+// none.
+type streamMeta struct {
+	raw []byte
+	rev uint64
 }
 
-func truncatePoint(meta *esdb.StreamMetadata) uint64 {
-	if meta == nil || meta.TruncateBefore() == nil {
+// readMetadata reads the stream's metadata. The server keeps only the last
+// event of a metadata stream readable (its $maxCount is 1); the read asks
+// for the last one anyway.
+func (s *Store) readMetadata(ctx context.Context, ref *clientRef, stream string) (streamMeta, error) {
+	evs, err := s.readStream(ctx, ref, "$$"+stream, esdb.Backwards, esdb.End{}, 1)
+	if errors.Is(err, eventstore.ErrStreamNotFound) || err == nil && len(evs) == 0 {
+		return streamMeta{}, nil
+	}
+	if err != nil {
+		return streamMeta{}, fmt.Errorf("read the metadata: %w", err)
+	}
+	raw := evs[0].Data
+	if raw == nil {
+		raw = []byte{}
+	}
+	return streamMeta{raw: raw, rev: evs[0].Revision}, nil
+}
+
+func (md streamMeta) truncateBefore() uint64 { return truncateBefore(md.raw) }
+
+// truncateBefore reads $tb from a metadata document, 0 when there is none.
+// It reads nothing else, so that metadata the client's own parser refuses
+// (an ACL shape it does not know, say) cannot stop a subscription; a
+// document that is not JSON, or a $tb that is not a non-negative integer,
+// counts as none, as the server then falls back to empty metadata.
+func truncateBefore(raw []byte) uint64 {
+	var doc struct {
+		TB json.RawMessage `json:"$tb"`
+	}
+	if len(raw) == 0 || json.Unmarshal(raw, &doc) != nil {
 		return 0
 	}
-	return *meta.TruncateBefore()
+	// A JSON integer, written as digits only.
+	tb, err := strconv.ParseUint(string(bytes.TrimSpace(doc.TB)), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return tb
 }
 
 // truncationPoints remembers, for one subscription, the truncate-before of
@@ -174,12 +204,12 @@ func (sub *subscription) hidden(ctx context.Context, e *eventstore.RecordedEvent
 		if err != nil {
 			return false, err
 		}
-		meta, _, err := s.readMetadata(ctx, ref, e.Stream)
+		md, err := s.readMetadata(ctx, ref, e.Stream)
 		s.release(ref)
 		if err != nil {
 			return false, fmt.Errorf("look up the truncation point of %q: %w", e.Stream, err)
 		}
-		tb = truncatePoint(meta)
+		tb = md.truncateBefore()
 		if sub.tbs == nil {
 			sub.tbs = truncationPoints{}
 		}

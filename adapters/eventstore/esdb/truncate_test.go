@@ -2,6 +2,7 @@ package esdb_test
 
 import (
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -122,4 +123,37 @@ func TestEmptyAppendToAFullyTruncatedStream(t *testing.T) {
 	}
 	_, err := s.Append(ctx, "s", eventstore.NoStream())
 	wantWrong(t, err, true, 1)
+}
+
+// Metadata the client's parser refuses (here an ACL key it does not know)
+// cannot stop a subscription, which reads only $tb from it; Truncate,
+// which would have to rewrite the document, leaves it as it is and says
+// why.
+func TestMetadataTheClientCannotParse(t *testing.T) {
+	t.Parallel()
+	s, srv := openFake(t, fakestreams.Options{})
+	c := rawClient(t, srv)
+	ctx := testContext(t)
+	for range 3 {
+		mustAppend(t, s, "odd-s", eventstore.Any(), event("A", `{}`))
+	}
+	doc := []byte(`{"$acl":{"$x":["ops"]},"$tb":2}`)
+	if _, err := c.AppendToStream(ctx, "$$odd-s", client.AppendToStreamOptions{}, client.EventData{
+		EventType: "$metadata", ContentType: client.ContentTypeJson, Data: doc,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sub := subscribe(t, s, eventstore.Filter{StreamPrefix: "odd-"}, eventstore.FromStart())
+	if it := recv(t, sub); it.Event == nil || it.Event.Revision != 2 {
+		t.Fatalf("first item %s, want odd-s@2", describe(it))
+	}
+	if it := recv(t, sub); !it.CaughtUp {
+		t.Fatalf("second item %s, want caught-up", describe(it))
+	}
+	if err := s.Truncate(ctx, "odd-s", 3); err == nil || !strings.Contains(err.Error(), "metadata cannot be read") {
+		t.Fatalf("truncation over metadata the client cannot parse: %v, want a refusal saying so", err)
+	}
+	if tb, err := s.TruncatedBefore(ctx, "odd-s"); err != nil || tb != 2 {
+		t.Errorf("TruncatedBefore = %d, %v; want 2 (left as it was)", tb, err)
+	}
 }
