@@ -23,8 +23,10 @@ type Store interface {
 	// same IDs at the same expected revision succeeds without writing twice.
 	Append(ctx context.Context, stream string, expected ExpectedRevision, events ...EventData) (AppendResult, error)
 	// ReadStream returns up to limit events of stream in order, starting at
-	// revision from (inclusive). It returns ErrStreamNotFound when the stream
-	// has no events, and an empty slice when from is past its end.
+	// revision from (inclusive), or at the stream's truncation point if from
+	// is below it. It returns ErrStreamNotFound when the stream never had
+	// events, and an empty slice when from is past its end or every event
+	// was truncated.
 	ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]RecordedEvent, error)
 	// ReadStreamBackward returns up to limit events of stream, newest first.
 	ReadStreamBackward(ctx context.Context, stream string, limit int) ([]RecordedEvent, error)
@@ -35,6 +37,26 @@ type Store interface {
 	// Delete removes a stream for good: later appends and reads return
 	// ErrStreamDeleted.
 	Delete(ctx context.Context, stream string, expected ExpectedRevision) error
+	// Truncate removes the events of stream before revision before, as
+	// EventStoreDB's truncate-before ($tb stream metadata) does: reads then
+	// start at the first kept revision, and a fully truncated stream reads
+	// as empty but still exists. Revisions and expected-revision appends are
+	// unchanged. before may be at most one past the last revision;
+	// further is refused with ErrTruncateBeyondEnd (EventStoreDB would keep
+	// such a value and hide the events appended later too). A truncation
+	// point never moves back: truncating again at or below it does nothing.
+	// It returns ErrStreamNotFound for a stream that never had events.
+	//
+	// Subscriptions skip truncated events on every store. EventStoreDB keeps
+	// them in $all until a scavenge; its adapter looks each stream's
+	// truncation point up and skips them itself. An event truncated after a
+	// subscription read it (or first met its stream) may still be
+	// delivered. Subscribing after the position of a truncated event works.
+	Truncate(ctx context.Context, stream string, before uint64) error
+	// TruncatedBefore returns the stream's truncation point: the first
+	// revision that reads may return, 0 if it was never truncated. It
+	// returns ErrStreamNotFound and ErrStreamDeleted as ReadStream does.
+	TruncatedBefore(ctx context.Context, stream string) (uint64, error)
 	// Close releases the store; later calls return ErrClosed.
 	Close() error
 }
@@ -188,6 +210,9 @@ var (
 	// that is no event's in this store (past its end, between records, or
 	// from another database).
 	ErrNotAPosition = errors.New("not the position of an event in this store")
+	// ErrTruncateBeyondEnd: a truncation was asked to remove events the
+	// stream does not have yet.
+	ErrTruncateBeyondEnd = errors.New("truncation past the end of the stream")
 )
 
 // WrongExpectedRevisionError details a conflict; it matches

@@ -135,7 +135,7 @@ func openEngine(ctx context.Context, path string, dataSize int) (*engine, error)
 		return nil, err
 	}
 	e.db.SetMaxOpenConns(1)
-	if _, err = e.db.ExecContext(ctx, embedded.Schema); err == nil {
+	if _, err = e.db.ExecContext(ctx, embedded.NewDatabase+";"+embedded.Schema); err == nil {
 		e.conn, err = e.db.Conn(ctx)
 	}
 	prep := func(dst **sql.Stmt, query string) {

@@ -37,7 +37,9 @@ func (s *Store) Backup(ctx context.Context, dir string) (uint64, error) {
 		err = os.Rename(tmp, filepath.Join(dir, dbFile))
 	}
 	if err == nil {
-		err = writeVersion(dir)
+		// The copy has the layout of the source, which a read-only store
+		// of an older directory leaves as it was.
+		err = writeVersion(dir, s.version)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("back up %s into %s: %w", s.dir, dir, err)

@@ -14,8 +14,13 @@ import (
 )
 
 // FormatVersion is the layout of the data directory this build writes and
-// reads. A directory of another version is refused rather than guessed at.
-const FormatVersion = 1
+// reads. A directory of another version is refused rather than guessed at,
+// except version 1 (before streams could be truncated), which Open
+// migrates and OpenReadOnly reads as it is.
+const FormatVersion = 2
+
+// oldestFormat is the oldest version this build still reads.
+const oldestFormat = 1
 
 // Names inside the data directory.
 const (
@@ -116,36 +121,36 @@ func (l *dirLock) release() error {
 
 // checkVersion reads the format version. A directory without a VERSION file
 // and without a database is new; create reports whether to write one.
-func checkVersion(dir string) (create bool, err error) {
+func checkVersion(dir string) (version int, create bool, err error) {
 	b, err := os.ReadFile(filepath.Join(dir, versionFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, serr := os.Stat(filepath.Join(dir, dbFile)); serr == nil {
-			return false, fmt.Errorf("data directory %s has a database but no %s file: %w", dir, versionFile, ErrUnsupportedFormat)
+			return 0, false, fmt.Errorf("data directory %s has a database but no %s file: %w", dir, versionFile, ErrUnsupportedFormat)
 		}
-		return true, nil
+		return FormatVersion, true, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read format version: %w", err)
+		return 0, false, fmt.Errorf("read format version: %w", err)
 	}
 	v, perr := strconv.Atoi(strings.TrimSpace(string(b)))
 	if perr != nil {
-		return false, fmt.Errorf("data directory %s: %s holds %q, not a version number: %w", dir, versionFile, strings.TrimSpace(string(b)), ErrUnsupportedFormat)
+		return 0, false, fmt.Errorf("data directory %s: %s holds %q, not a version number: %w", dir, versionFile, strings.TrimSpace(string(b)), ErrUnsupportedFormat)
 	}
-	if v != FormatVersion {
-		return false, fmt.Errorf("data directory %s has format version %d, this build reads version %d only: %w", dir, v, FormatVersion, ErrUnsupportedFormat)
+	if v < oldestFormat || v > FormatVersion {
+		return 0, false, fmt.Errorf("data directory %s has format version %d, this build reads versions %d to %d only: %w", dir, v, oldestFormat, FormatVersion, ErrUnsupportedFormat)
 	}
-	return false, nil
+	return v, false, nil
 }
 
 // writeVersion writes the VERSION file durably: through a temporary file,
 // renamed into place, with the directory synced so the name survives a crash.
-func writeVersion(dir string) error {
+func writeVersion(dir string, version int) error {
 	tmp := filepath.Join(dir, versionFile+".tmp")
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return fmt.Errorf("write format version: %w", err)
 	}
-	_, err = fmt.Fprintf(f, "%d\n", FormatVersion)
+	_, err = fmt.Fprintf(f, "%d\n", version)
 	if err == nil {
 		err = f.Sync()
 	}

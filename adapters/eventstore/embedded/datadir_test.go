@@ -50,7 +50,7 @@ func TestUnknownFormatIsRefused(t *testing.T) {
 		db      bool   // leave a database file behind
 		mention string
 	}{
-		{name: "newer version", version: "2\n", mention: "format version 2"},
+		{name: "newer version", version: "3\n", mention: "format version 3"},
 		{name: "not a number", version: "postbox\n", mention: `"postbox"`},
 		{name: "database without version", db: true, mention: "no VERSION file"},
 	} {
@@ -75,8 +75,8 @@ func TestUnknownFormatIsRefused(t *testing.T) {
 				t.Errorf("OpenReadOnly: got %v, want ErrUnsupportedFormat", err)
 			}
 			// The refusal must not have taken the lock for good.
-			if tc.version == "2\n" {
-				writeFile(t, filepath.Join(dir, "VERSION"), "1\n")
+			if tc.version == "3\n" {
+				writeFile(t, filepath.Join(dir, "VERSION"), fmt.Sprintf("%d\n", embedded.FormatVersion))
 				if err := openStore(t, dir).Close(); err != nil {
 					t.Fatal(err)
 				}

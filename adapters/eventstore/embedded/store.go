@@ -48,6 +48,12 @@ type Store struct {
 	clock    func() time.Time
 	poll     time.Duration
 	readOnly bool
+	// version is the data directory's format version: FormatVersion once
+	// Open has migrated it; a read-only store leaves it as it found it.
+	version int
+	// noTruncation: a read-only store of a version 1 directory, whose
+	// streams table has no truncation points.
+	noTruncation bool
 
 	lock *dirLock // nil when read-only
 	rdb  *sql.DB  // read-only connections: reads and subscriptions
@@ -90,7 +96,12 @@ var _ eventstore.Store = (*Store)(nil)
 // directory's lock and fails at once, naming the holder, if another store
 // has it; it refuses a directory of an unknown format version.
 func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
-	s := newStore(dir, opts)
+	return openStore(ctx, newStore(dir, opts))
+}
+
+// openStore opens s for writing; tests set its seams first.
+func openStore(ctx context.Context, s *Store) (*Store, error) {
+	dir := s.dir
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open event store: %w", err)
 	}
@@ -113,11 +124,15 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 func OpenReadOnly(ctx context.Context, dir string, opts Options) (*Store, error) {
 	s := newStore(dir, opts)
 	s.readOnly = true
-	create, err := checkVersion(dir)
+	version, create, err := checkVersion(dir)
 	if err == nil && create {
 		err = fmt.Errorf("%s is not a data directory (no %s file): %w", dir, versionFile, ErrUnsupportedFormat)
 	}
 	if err == nil {
+		// A version 1 directory (a server of an older build may be running
+		// on it) has no truncation points: every stream starts at 0.
+		s.version = version
+		s.noTruncation = version < 2
 		err = s.openReaders(ctx)
 	}
 	if err == nil {
@@ -158,7 +173,7 @@ func newStore(dir string, opts Options) *Store {
 }
 
 func (s *Store) openWriter(ctx context.Context) error {
-	create, err := checkVersion(s.dir)
+	version, create, err := checkVersion(s.dir)
 	if err != nil {
 		return err
 	}
@@ -172,17 +187,29 @@ func (s *Store) openWriter(ctx context.Context) error {
 	s.wdb.SetMaxIdleConns(1)
 	s.wdb.SetConnMaxLifetime(0)
 	s.wdb.SetConnMaxIdleTime(0)
+	if create {
+		if _, err := s.wdb.ExecContext(ctx, NewDatabase); err != nil {
+			return fmt.Errorf("set incremental auto-vacuum: %w", err)
+		}
+	}
 	if _, err := s.wdb.ExecContext(ctx, Schema); err != nil {
 		return fmt.Errorf("create schema: %w", err)
 	}
-	if create {
-		// The version goes in after the database exists, so that a crash
-		// in between leaves a directory Open recognises as new or refuses,
-		// never one it misreads.
-		if err := writeVersion(s.dir); err != nil {
+	if !create && version < FormatVersion {
+		if err := s.migrate(ctx, version); err != nil {
+			return fmt.Errorf("migrate the data directory from format version %d: %w", version, err)
+		}
+	}
+	if create || version < FormatVersion {
+		// The version goes in after the database exists (and is migrated),
+		// so that a crash in between leaves a directory Open recognises as
+		// new or migrates again, never one it misreads.
+		if err := writeVersion(s.dir, FormatVersion); err != nil {
 			return err
 		}
 	}
+	s.version = FormatVersion
+	s.convertAutoVacuum(ctx)
 	s.w, err = newWriter(ctx, s.wdb)
 	if err != nil {
 		return err
@@ -216,7 +243,7 @@ func (s *Store) openReaders(ctx context.Context) error {
 	if err := s.rdb.PingContext(ctx); err != nil {
 		return err
 	}
-	return s.rd.prepare(ctx, s.rdb)
+	return s.rd.prepare(ctx, s.rdb, s.noTruncation)
 }
 
 // Dir returns the data directory.

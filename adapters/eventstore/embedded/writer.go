@@ -33,12 +33,15 @@ const (
 // cache starts afresh and refills from the streams table.
 const maxCachedStreams = 1 << 16
 
-// request is one Append or Delete waiting for the writer. It carries the
-// caller's context across to the writer goroutine only so that the writer
-// can skip a request whose caller has given up.
+// request is one Append, Delete or step of a Truncate waiting for the
+// writer. It carries the caller's context across to the writer goroutine
+// only so that the writer can skip a request whose caller has given up.
 type request struct {
 	ctx      context.Context
 	del      bool
+	trunc    bool
+	before   uint64 // the truncation point, for trunc
+	more     bool   // answer to trunc: rows below the point remain
 	stream   string
 	expected eventstore.ExpectedRevision
 	events   []eventstore.EventData
@@ -52,7 +55,8 @@ type request struct {
 type streamState struct {
 	id      int64 // streams.id; 0 until the row exists
 	last    uint64
-	exists  bool // the stream has events
+	exists  bool   // the stream has had events
+	tb      uint64 // streams.truncate_before
 	deleted bool
 }
 
@@ -67,6 +71,7 @@ type batch struct {
 	from    uint64
 	last    uint64
 	applied int
+	removed int64 // rows deleted by truncations
 }
 
 type writer struct {
@@ -77,6 +82,9 @@ type writer struct {
 	selStream *sql.Stmt
 	insStream *sql.Stmt
 	delStream *sql.Stmt
+	setTB     *sql.Stmt
+	minRev    *sql.Stmt
+	delEvents *sql.Stmt
 	insEvent  *sql.Stmt
 	insEvents *sql.Stmt // insertRows rows
 	selEvents *sql.Stmt
@@ -94,6 +102,8 @@ type writer struct {
 	// failCommit, in tests, makes COMMIT fail with its error instead of
 	// running: the seam for disk failures SQLite cannot be made to report.
 	failCommit func() error
+	// step is the most rows a truncation step deletes (truncateStep).
+	step uint64
 }
 
 func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
@@ -105,6 +115,7 @@ func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
 		conn:    conn,
 		streams: make(map[string]*streamState),
 		ids:     newIDCache(idCacheSize),
+		step:    truncateStep,
 		b: batch{
 			streams: make(map[string]*streamState),
 			ids:     make(map[idKey]uint64),
@@ -135,10 +146,15 @@ func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
 	prep(&w.begin, `BEGIN IMMEDIATE`)
 	prep(&w.commit, `COMMIT`)
 	prep(&w.rollback, `ROLLBACK`)
-	prep(&w.selStream, `SELECT id, deleted, (SELECT MAX(revision) FROM events WHERE stream_id = streams.id)
+	prep(&w.selStream, `SELECT id, deleted, truncate_before, (SELECT MAX(revision) FROM events WHERE stream_id = streams.id)
 		FROM streams WHERE name = ?`)
 	prep(&w.insStream, `INSERT INTO streams (name) VALUES (?)`)
 	prep(&w.delStream, `UPDATE streams SET deleted = 1 WHERE id = ?`)
+	prep(&w.setTB, `UPDATE streams SET truncate_before = ? WHERE id = ?`)
+	prep(&w.minRev, `SELECT MIN(revision) FROM events WHERE stream_id = ?`)
+	// ?4 is the largest position in the table, whose row stays so that
+	// SQLite never hands its rowid out again.
+	prep(&w.delEvents, `DELETE FROM events WHERE stream_id = ?1 AND revision >= ?2 AND revision < ?3 AND position < ?4`)
 	prep(&w.insEvent, insertEvents+eventValues)
 	prep(&w.insEvents, insertEvents+eventValues+strings.Repeat(", "+eventValues, insertRows-1))
 	prep(&w.selEvents, `SELECT revision, event_id, position FROM events WHERE stream_id = ? AND revision >= ? ORDER BY revision LIMIT ?`)
@@ -154,7 +170,7 @@ func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
 
 func (w *writer) close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{w.begin, w.commit, w.rollback, w.selStream, w.insStream, w.delStream, w.insEvent, w.insEvents, w.selEvents} {
+	for _, st := range []*sql.Stmt{w.begin, w.commit, w.rollback, w.selStream, w.insStream, w.delStream, w.setTB, w.minRev, w.delEvents, w.insEvent, w.insEvents, w.selEvents} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -245,7 +261,7 @@ func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
 				// A statement failed: retry each append on its own, so
 				// that one bad append cannot fail the others.
 				for _, r := range reqs {
-					r.err, r.res = nil, eventstore.AppendResult{}
+					r.err, r.res, r.more = nil, eventstore.AppendResult{}, false
 					s.commitBatch(ctx, []*request{r})
 				}
 				return
@@ -264,6 +280,11 @@ func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
 	if b.last > b.from {
 		s.head.Store(b.last)
 		s.publish(b)
+	}
+	if b.removed > 0 {
+		// Before answering, so that a Truncate that returns has given the
+		// space back; appends of the same batch wait for it too.
+		s.reclaim(ctx)
 	}
 	for _, r := range reqs {
 		close(r.done)
@@ -289,8 +310,11 @@ func answerAll(reqs []*request, err error) {
 }
 
 func (r *request) verb() string {
-	if r.del {
+	switch {
+	case r.del:
 		return "delete"
+	case r.trunc:
+		return "truncate"
 	}
 	return "append to"
 }
@@ -304,6 +328,7 @@ func (b *batch) reset(created int64, live bool, head uint64) {
 	b.live = live
 	b.from, b.last = head, head
 	b.applied = 0
+	b.removed = 0
 }
 
 // state returns the batch's copy of a stream's state, loading it on first use.
@@ -315,15 +340,23 @@ func (w *writer) state(ctx context.Context, b *batch, name string) (*streamState
 	if cached, ok := w.streams[name]; ok {
 		*st = *cached
 	} else {
-		var last sql.NullInt64
-		err := w.selStream.QueryRowContext(ctx, name).Scan(&st.id, &st.deleted, &last)
+		var (
+			last sql.NullInt64
+			tb   int64
+		)
+		err := w.selStream.QueryRowContext(ctx, name).Scan(&st.id, &st.deleted, &tb, &last)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 		case err != nil:
 			return nil, fmt.Errorf("load stream: %w", err)
 		default:
-			st.exists = last.Valid
+			st.tb = uint64(tb)
+			st.exists = last.Valid || st.tb > 0
 			st.last = uint64(last.Int64)
+			if st.tb > 0 && (!last.Valid || uint64(last.Int64) < st.tb) {
+				// Every event was truncated: the point is one past the last.
+				st.last = st.tb - 1
+			}
 		}
 	}
 	b.streams[name] = st
@@ -356,6 +389,9 @@ func (w *writer) apply(ctx context.Context, b *batch, r *request) error {
 		st.deleted = true
 		b.applied++
 		return nil
+	}
+	if r.trunc {
+		return w.truncate(ctx, b, st, r)
 	}
 
 	if !matches(st, r.expected) {

@@ -50,9 +50,14 @@
 // Events are written as JSON (Postbox writes protojson), so that the
 // server's UI and projections can read them. Delete is a tombstone; the
 // "$streamDeleted" event it leaves in $all is not delivered to subscribers.
+// Truncate writes the stream's truncate-before ($tb) metadata; the server
+// hides the events from reads but keeps them in $all, and on disk, until a
+// scavenge, so subscriptions look up each stream's point once and skip
+// what lies below it.
 //
 // Reading and subscribing to $all needs a user allowed to read $all (by
-// default only admins) on a secure server.
+// default only admins) on a secure server; Truncate writes streams'
+// metadata, and it and subscriptions read it.
 package esdb
 
 import (

@@ -134,3 +134,42 @@ func TestCheckVersion(t *testing.T) {
 		t.Errorf("25.1: %v, %v", v, err)
 	}
 }
+
+func TestTruncateBeforeOfMetadata(t *testing.T) {
+	for _, tc := range []struct {
+		doc  string
+		want uint64
+	}{
+		{``, 0},
+		{`{}`, 0},
+		{`{"$tb":7}`, 7},
+		{`{"$maxAge":60,"$tb":12,"owner":"ops"}`, 12},
+		{`{"$tb":9223372036854775807}`, 9223372036854775807}, // a soft delete's
+		{`{"$acl":{"$x":["a"]},"$tb":3}`, 3},                 // an ACL the client's parser refuses
+		{`{"$tb":-1}`, 0},
+		{`{"$tb":"5"}`, 0},
+		{`{"$tb":2.5}`, 0},
+		{`[1,2]`, 0},
+		{`not json`, 0},
+	} {
+		if got := truncateBefore([]byte(tc.doc)); got != tc.want {
+			t.Errorf("truncateBefore(%s) = %d, want %d", tc.doc, got, tc.want)
+		}
+	}
+}
+
+// FuzzTruncateBefore: metadata comes from the server, written by anyone
+// allowed to; reading $tb from it never panics, and a document that holds
+// only a $tb gives it back.
+func FuzzTruncateBefore(f *testing.F) {
+	for _, seed := range []string{``, `{}`, `{"$tb":7}`, `{"$tb":-1,"$tb":3}`, `{"$acl":{"$r":"$all"},"$tb":1e3}`, `[`} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		tb := truncateBefore(doc)
+		again := truncateBefore(fmt.Appendf(nil, `{"$tb":%d}`, tb))
+		if again != tb {
+			t.Fatalf("a document holding only $tb %d reads as %d", tb, again)
+		}
+	})
+}

@@ -250,6 +250,17 @@ func (s *Store) checkExpected(ctx context.Context, ref *clientRef, stream string
 	var res eventstore.AppendResult
 	if exists {
 		res = eventstore.AppendResult{NextExpectedRevision: head[0].Revision, Position: head[0].Position}
+	} else if err == nil {
+		// Every event truncated: the stream exists, and its truncation
+		// point is one past its last revision.
+		md, merr := s.readMetadata(ctx, ref, stream)
+		if merr != nil {
+			return eventstore.AppendResult{}, merr
+		}
+		if tb := md.truncateBefore(); tb > 0 {
+			exists = true
+			res.NextExpectedRevision = tb - 1
+		}
 	}
 	wrong := &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: res.NextExpectedRevision, StreamExists: exists}
 	if rev, ok := expected.Revision(); ok && (!exists || rev != res.NextExpectedRevision) {

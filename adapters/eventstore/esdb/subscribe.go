@@ -185,6 +185,7 @@ type subscription struct {
 	// Owned by run.
 	last     *eventstore.Position
 	caughtUp bool
+	tbs      truncationPoints
 
 	items chan eventstore.Item
 	ended chan struct{}
@@ -236,6 +237,8 @@ func (sub *subscription) open(ctx context.Context, ref *clientRef) (*esdb.Subscr
 // reopen subscribes again on the current client.
 func (sub *subscription) reopen(ctx context.Context) (*esdb.Subscription, error) {
 	s := sub.store
+	// Look the truncation points up afresh: they may have risen meanwhile.
+	sub.tbs = nil
 	ref, err := s.acquire()
 	if err != nil {
 		return nil, err
@@ -340,10 +343,16 @@ func (sub *subscription) drain(ctx context.Context, cs *esdb.Subscription) (deli
 				continue
 			}
 			if e.EventType != tombstoneType {
-				if err := sub.deliver(ctx, eventstore.Item{Event: &rec}); err != nil {
+				hidden, err := sub.hidden(ctx, &rec)
+				if err != nil {
 					return delivered, err
 				}
-				delivered = true
+				if !hidden {
+					if err := sub.deliver(ctx, eventstore.Item{Event: &rec}); err != nil {
+						return delivered, err
+					}
+					delivered = true
+				}
 			}
 			sub.last = &rec.Position
 			if !sub.caughtUp && !rec.Position.Less(*sub.head) {

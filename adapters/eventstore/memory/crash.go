@@ -143,6 +143,27 @@ func (c *Crashing) Delete(ctx context.Context, stream string, expected eventstor
 	return err
 }
 
+// Truncate implements eventstore.Store.
+func (c *Crashing) Truncate(ctx context.Context, stream string, before uint64) error {
+	after, err := c.enter(true)
+	if err != nil {
+		return fmt.Errorf("truncate %q: %w", stream, err)
+	}
+	err = c.inner.Truncate(ctx, stream, before)
+	if cerr := c.leave(after); cerr != nil {
+		return fmt.Errorf("truncate %q: %w", stream, cerr)
+	}
+	return err
+}
+
+// TruncatedBefore implements eventstore.Store.
+func (c *Crashing) TruncatedBefore(ctx context.Context, stream string) (uint64, error) {
+	if _, err := c.enter(false); err != nil {
+		return 0, fmt.Errorf("read %q: %w", stream, err)
+	}
+	return c.inner.TruncatedBefore(ctx, stream)
+}
+
 // ReadStream implements eventstore.Store.
 func (c *Crashing) ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]eventstore.RecordedEvent, error) {
 	if _, err := c.enter(false); err != nil {

@@ -44,6 +44,10 @@ type stream struct {
 	positions []uint64                      // global positions of its events, by revision
 	revs      map[eventstore.EventID]uint64 // revision of each event ID, for retries with Any
 	deleted   bool
+	// before is the truncation point: reads and subscriptions skip the
+	// revisions below it, which stay in the global order as EventStoreDB
+	// keeps them in $all until a scavenge.
+	before uint64
 }
 
 // NewStorage returns empty storage.
@@ -90,7 +94,7 @@ func (st *Storage) Copy() *Storage {
 		c.log[i] = e
 	}
 	for name, s := range st.streams {
-		c.streams[name] = &stream{positions: slices.Clone(s.positions), revs: maps.Clone(s.revs), deleted: s.deleted}
+		c.streams[name] = &stream{positions: slices.Clone(s.positions), revs: maps.Clone(s.revs), deleted: s.deleted, before: s.before}
 	}
 	return c
 }
@@ -251,7 +255,7 @@ func (s *Store) ReadStream(ctx context.Context, name string, from uint64, limit 
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
 	out := []eventstore.RecordedEvent{}
-	for rev := from; rev < uint64(len(str.positions)) && len(out) < limit; rev++ {
+	for rev := max(from, str.before); rev < uint64(len(str.positions)) && len(out) < limit; rev++ {
 		out = append(out, s.st.eventLocked(str.positions[rev]))
 	}
 	return out, nil
@@ -266,7 +270,7 @@ func (s *Store) ReadStreamBackward(ctx context.Context, name string, limit int) 
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
 	out := []eventstore.RecordedEvent{}
-	for i := len(str.positions) - 1; i >= 0 && len(out) < limit; i-- {
+	for i := len(str.positions) - 1; i >= int(str.before) && len(out) < limit; i-- {
 		out = append(out, s.st.eventLocked(str.positions[i]))
 	}
 	return out, nil
@@ -293,6 +297,32 @@ func (st *Storage) eventLocked(pos uint64) eventstore.RecordedEvent {
 	e := st.log[pos-1]
 	e.Data = slices.Clone(e.Data)
 	return e
+}
+
+// Truncate implements eventstore.Store.
+func (s *Store) Truncate(ctx context.Context, name string, before uint64) error {
+	str, err := s.readable(ctx, name)
+	if err != nil {
+		return fmt.Errorf("truncate: %w", err)
+	}
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	if before > uint64(len(str.positions)) {
+		return fmt.Errorf("truncate %q before %d, past its last revision %d: %w", name, before, len(str.positions)-1, eventstore.ErrTruncateBeyondEnd)
+	}
+	str.before = max(str.before, before)
+	return nil
+}
+
+// TruncatedBefore implements eventstore.Store.
+func (s *Store) TruncatedBefore(ctx context.Context, name string) (uint64, error) {
+	str, err := s.readable(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	return str.before, nil
 }
 
 // Delete implements eventstore.Store: the stream is tombstoned, its events
@@ -383,7 +413,7 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Item, error) {
 		}
 		for sub.seen < upper {
 			sub.seen++
-			if e := st.log[sub.seen-1]; sub.selects(e.Stream) {
+			if e := st.log[sub.seen-1]; sub.selects(e.Stream) && e.Revision >= st.streams[e.Stream].before {
 				e = st.eventLocked(sub.seen)
 				st.mu.Unlock()
 				return eventstore.Item{Event: &e}, nil

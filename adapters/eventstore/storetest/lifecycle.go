@@ -110,6 +110,9 @@ func (su *suite) closedStore(t *testing.T) {
 	_, err = s.ReadStreamBackward(ctx, stream, 10)
 	check("ReadStreamBackward", err)
 	check("Delete", s.Delete(ctx, stream, eventstore.Any()))
+	check("Truncate", s.Truncate(ctx, stream, 1))
+	_, err = s.TruncatedBefore(ctx, stream)
+	check("TruncatedBefore", err)
 	// A store may refuse the subscription or end it at the first Recv.
 	if sub2, err := s.Subscribe(ctx, eventstore.Filter{StreamPrefix: prefix}, eventstore.FromStart()); err != nil {
 		check("Subscribe", err)

@@ -82,6 +82,16 @@ func Run(t *testing.T, h Harness) {
 		t.Run("RecvHonoursContext", su.subscribeRecvContext)
 		t.Run("CloseEndsRecv", su.subscribeClose)
 	})
+	t.Run("Truncate", func(t *testing.T) {
+		t.Run("ReadsStartAtTheFirstKept", su.truncateReadsStartAtTheFirstKept)
+		t.Run("RevisionsAndAppendsUnchanged", su.truncateKeepsRevisions)
+		t.Run("Everything", su.truncateEverything)
+		t.Run("BeyondTheEndRefused", su.truncateBeyondTheEndRefused)
+		t.Run("IdempotentNeverBack", su.truncateIdempotentNeverBack)
+		t.Run("MissingOrDeletedStream", su.truncateMissingOrDeleted)
+		t.Run("SubscriptionsSkipTruncated", su.truncateSubscriptionsSkip)
+		t.Run("SurvivesReopen", su.truncateSurvivesReopen)
+	})
 	t.Run("Lifecycle", func(t *testing.T) {
 		t.Run("ReopenKeepsEverything", su.reopenKeepsEverything)
 		t.Run("ClosedStoreReturnsErrClosed", su.closedStore)

@@ -26,6 +26,15 @@
 //     version's rule (see Profile.ExclusiveAllStart).
 //   - Delete (soft) and Tombstone (hard delete, which writes a
 //     "$streamDeleted" event into $all).
+//   - Truncate-before: a stream's metadata ("$$" + stream, written and read
+//     as a stream) may set "$tb"; reads of the stream and the catch-up of a
+//     stream subscription start at it, a fully truncated stream reads as
+//     empty, and a value past the end is kept and hides later events
+//     (Services/Storage/ReaderIndex/IndexReader.cs, minEventNumber). $all
+//     keeps truncated events, as the server does until a scavenge
+//     (ReaderIndex/AllReader.cs reads no metadata). A metadata stream
+//     reads as its last event only (its $maxCount is 1). Every modelled
+//     version does this alike: the rule predates them all.
 //   - ServerFeatures, reporting the profile's version.
 //   - Test hooks: an append that is stored and then answered with the
 //     server's commit timeout (TimeoutAfterStore); NotLeader answers with
@@ -40,9 +49,10 @@
 // Not served: gossip (so esdb+discover:// and multi-host connection strings
 // cannot reach it), batch append, persistent subscriptions, projections,
 // users, operations, authentication (credentials are ignored), TLS, link
-// resolution, stream metadata beyond soft delete, scavenging, and the
-// server's slow-consumer drops. Tests can cut subscriptions on purpose with
-// DropSubscriptions and take the whole server away with Stop and Restart.
+// resolution, stream metadata other than $tb (max age, max count, ACLs),
+// scavenging, and the server's slow-consumer drops. Tests can cut
+// subscriptions on purpose with DropSubscriptions and take the whole server
+// away with Stop and Restart.
 package fakestreams
 
 import (

@@ -218,3 +218,138 @@ func TestSubscribeToStream(t *testing.T) {
 		t.Fatalf("got %q, want %q", strings.Join(got, " "), want)
 	}
 }
+
+func revs(evs []*esdb.ResolvedEvent) string {
+	var out []string
+	for _, e := range evs {
+		out = append(out, fmt.Sprint(e.Event.EventNumber))
+	}
+	return strings.Join(out, " ")
+}
+
+// $tb in a stream's metadata, as every modelled version treats it
+// (IndexReader.ReadStreamEventsForward and Backward: minEventNumber): reads
+// start at it and a fully truncated stream reads as empty; the metadata
+// stream reads as its last event only ($maxCount 1); $all keeps truncated
+// events (until a scavenge, which the double does not model); a value past
+// the end is kept as it is and hides the events appended later; the
+// metadata of a deleted stream cannot be written.
+func TestTruncateBefore(t *testing.T) {
+	for _, profile := range fakestreams.Profiles() {
+		t.Run(profile, func(t *testing.T) {
+			t.Parallel()
+			srv := fakestreams.StartServer(t, fakestreams.Options{Profile: profile})
+			c := newClient(t, srv)
+			ctx := ctxT(t)
+			events := make([]esdb.EventData, 10)
+			for i := range events {
+				events[i] = ev("A")
+			}
+			if _, err := c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.NoStream{}}, events...); err != nil {
+				t.Fatal(err)
+			}
+			setTB := func(stream string, tb uint64) error {
+				var meta esdb.StreamMetadata
+				meta.SetTruncateBefore(tb)
+				_, err := c.SetStreamMetadata(ctx, stream, esdb.AppendToStreamOptions{}, meta)
+				return err
+			}
+			if err := setTB("s", 2); err != nil {
+				t.Fatal(err)
+			}
+			if err := setTB("s", 4); err != nil {
+				t.Fatal(err)
+			}
+			meta, err := c.GetStreamMetadata(ctx, "s", esdb.ReadStreamOptions{})
+			if err != nil || meta.TruncateBefore() == nil || *meta.TruncateBefore() != 4 {
+				t.Fatalf("metadata read from the start: %+v, %v; want the last one, $tb 4", meta, err)
+			}
+			for _, tc := range []struct {
+				opts  esdb.ReadStreamOptions
+				count uint64
+				want  string
+			}{
+				{esdb.ReadStreamOptions{From: esdb.Start{}}, 3, "4 5 6"},
+				{esdb.ReadStreamOptions{From: esdb.Revision(1)}, 100, "4 5 6 7 8 9"},
+				{esdb.ReadStreamOptions{From: esdb.Revision(7)}, 100, "7 8 9"},
+				{esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 100, "9 8 7 6 5 4"},
+				{esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.Revision(2)}, 100, ""},
+			} {
+				evs, err := readAll(t, c, "s", tc.opts, tc.count)
+				if err != nil || revs(evs) != tc.want {
+					t.Errorf("read %+v count %d: %q, %v; want %q", tc.opts, tc.count, revs(evs), err, tc.want)
+				}
+			}
+			all, err := c.ReadAll(ctx, esdb.ReadAllOptions{From: esdb.Start{}}, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var inAll int
+			for {
+				e, err := all.Recv()
+				if err != nil {
+					break
+				}
+				if e.Event.StreamID == "s" {
+					inAll++
+				}
+			}
+			all.Close()
+			if inAll != 10 {
+				t.Errorf("$all holds %d events of the truncated stream, want all 10", inAll)
+			}
+			// Past the end: kept, and hiding what comes later.
+			if err := setTB("s", 12); err != nil {
+				t.Fatal(err)
+			}
+			if evs, err := readAll(t, c, "s", esdb.ReadStreamOptions{From: esdb.Start{}}, 100); err != nil || len(evs) != 0 {
+				t.Errorf("fully truncated stream: %q, %v; want no events, no error", revs(evs), err)
+			}
+			if _, err := c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.Revision(9)}, ev("A"), ev("A"), ev("A")); err != nil {
+				t.Fatal(err)
+			}
+			if evs, err := readAll(t, c, "s", esdb.ReadStreamOptions{From: esdb.Start{}}, 100); err != nil || revs(evs) != "12" {
+				t.Errorf("after appending past a $tb beyond the end: %q, %v; want only 12", revs(evs), err)
+			}
+			if _, err := c.TombstoneStream(ctx, "s", esdb.TombstoneStreamOptions{ExpectedRevision: esdb.Any{}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := setTB("s", 13); code(err) != esdb.ErrorCodeStreamDeleted {
+				t.Errorf("metadata of a deleted stream: %v, want stream deleted", err)
+			}
+		})
+	}
+}
+
+// A stream subscription's catch-up reads the stream, so it skips truncated
+// events.
+func TestSubscribeToTruncatedStream(t *testing.T) {
+	srv := fakestreams.StartServer(t, fakestreams.Options{})
+	c := newClient(t, srv)
+	ctx := ctxT(t)
+	if _, err := c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{}, ev("A"), ev("A"), ev("A")); err != nil {
+		t.Fatal(err)
+	}
+	var meta esdb.StreamMetadata
+	meta.SetTruncateBefore(2)
+	if _, err := c.SetStreamMetadata(ctx, "s", esdb.AppendToStreamOptions{}, meta); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := c.SubscribeToStream(ctx, "s", esdb.SubscribeToStreamOptions{From: esdb.Start{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for {
+		e := sub.Recv()
+		if e.SubscriptionDropped != nil {
+			t.Fatalf("dropped: %v", e.SubscriptionDropped.Error)
+		}
+		if e.EventAppeared != nil {
+			if n := e.EventAppeared.Event.EventNumber; n != 2 {
+				t.Fatalf("first event of the subscription is %d, want 2", n)
+			}
+			return
+		}
+	}
+}

@@ -1,10 +1,12 @@
 package fakestreams
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -157,6 +159,12 @@ func (l *eventLog) append(stream string, exp expectation, events []proposed) (ap
 	st := l.streams[stream]
 	if st != nil && st.tombstoned {
 		return appendResult{}, errDeleted{}
+	}
+	if orig, ok := strings.CutPrefix(stream, "$$"); ok {
+		// The metadata of a deleted stream cannot be written either.
+		if o := l.streams[orig]; o != nil && o.tombstoned {
+			return appendResult{}, errDeleted{}
+		}
 	}
 	last, exists := int64(-1), false
 	if st != nil {
@@ -359,6 +367,21 @@ func (l *eventLog) readStream(stream string, backwards bool, from uint64, fromEn
 		return nil, false, nil
 	}
 	events := st.events[st.truncated:]
+	// Reads start at the truncation point: the stream's $tb, or for a
+	// metadata stream its last event, as its $maxCount is 1
+	// (Services/Storage/ReaderIndex/IndexReader.cs, ReadStreamEventsForward
+	// and Backward: minEventNumber). A stream whose every event is
+	// truncated still exists and reads as empty.
+	minRev := l.truncateBefore(stream)
+	if strings.HasPrefix(stream, "$$") {
+		minRev = events[len(events)-1].revision
+	}
+	if k := sort.Search(len(events), func(i int) bool { return events[i].revision >= minRev }); k > 0 {
+		events = events[k:]
+	}
+	if len(events) == 0 {
+		return nil, true, nil
+	}
 	first := events[0].revision
 	if !backwards {
 		if fromEnd {
@@ -384,6 +407,29 @@ func (l *eventLog) readStream(stream string, backwards bool, from uint64, fromEn
 		out = append(out, events[i])
 	}
 	return out, true, nil
+}
+
+// truncateBefore returns the $tb of the stream's metadata, 0 if none; l.mu
+// is held. The server keeps any value it is given.
+func (l *eventLog) truncateBefore(stream string) uint64 {
+	meta := l.streams["$$"+stream]
+	if meta == nil || len(meta.events) == 0 {
+		return 0
+	}
+	var props struct {
+		TB *float64 `json:"$tb"`
+	}
+	if err := json.Unmarshal(meta.events[len(meta.events)-1].data, &props); err != nil || props.TB == nil || *props.TB < 0 {
+		return 0
+	}
+	return uint64(*props.TB)
+}
+
+// streamTruncateBefore is truncateBefore for callers without the lock.
+func (l *eventLog) streamTruncateBefore(stream string) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.truncateBefore(stream)
 }
 
 // allPosition is where a read or subscription of $all starts.

@@ -392,7 +392,9 @@ func (s *streamsService) subscribeStream(srv streams.Streams_ReadServer, stream 
 	default:
 		return invalid("subscription to %q without a start", stream)
 	}
-	match := func(r *record) bool { return r.stream == stream }
+	// The catch-up of a stream subscription reads the stream, so it skips
+	// truncated events; $all keeps them (AllReader.cs looks at no metadata).
+	match := func(r *record) bool { return r.stream == stream && r.revision >= s.log.streamTruncateBefore(stream) }
 	return s.serveSubscription(srv, start, match, 0, stringIDs, func(r *record) error {
 		if r.revision == deletedRevision {
 			return streamDeleted(srv.Context(), stream)
