@@ -10,6 +10,7 @@
 package metrics
 
 import (
+	"math"
 	"net/http"
 	"time"
 
@@ -125,6 +126,22 @@ func (m *Metrics) ObserveDiskFull(full func() bool) {
 			return 1
 		}
 		return 0
+	}))
+}
+
+// ObserveIdleConsumers exports idle, read at scrape time, as the gauge
+// postbox_consumers_idle: durable consumers that acknowledged nothing for
+// longer than --consumer-idle-after (NaN when they cannot be read).
+func (m *Metrics) ObserveIdleConsumers(idle func() (int, error)) {
+	m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "postbox_consumers_idle",
+		Help: "Durable consumers that acknowledged nothing for longer than --consumer-idle-after.",
+	}, func() float64 {
+		n, err := idle()
+		if err != nil {
+			return math.NaN()
+		}
+		return float64(n)
 	}))
 }
 

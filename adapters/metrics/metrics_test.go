@@ -78,6 +78,27 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 	}
 }
 
+func TestIdleConsumersGauge(t *testing.T) {
+	t.Parallel()
+	m := New(NewCounters(fixedPeers{}), fixedPeers{})
+	var idle atomic.Int64
+	var failing atomic.Bool
+	m.ObserveIdleConsumers(func() (int, error) {
+		if failing.Load() {
+			return 0, errors.New("store down")
+		}
+		return int(idle.Load()), nil
+	})
+	idle.Store(2)
+	if body := scrape(t, m); !strings.Contains(body, "\npostbox_consumers_idle 2\n") {
+		t.Errorf("/metrics lacks postbox_consumers_idle 2")
+	}
+	failing.Store(true)
+	if body := scrape(t, m); !strings.Contains(body, "\npostbox_consumers_idle NaN\n") {
+		t.Errorf("/metrics lacks postbox_consumers_idle NaN while the consumers cannot be read")
+	}
+}
+
 func TestDiskFullGaugeFollowsTheStore(t *testing.T) {
 	t.Parallel()
 	m := New(NewCounters(fixedPeers{}), fixedPeers{})

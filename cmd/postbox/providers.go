@@ -318,9 +318,21 @@ func provideCounters(registry *registry.Registry) *metrics.Counters {
 
 // provideMetrics is every metric: the counters, and the gauges read from
 // the engine at scrape time.
-func provideMetrics(counters *metrics.Counters, engine *delivery.Engine, disk diskState, identity *domain.Identity) *metrics.Metrics {
+func provideMetrics(cfg Config, counters *metrics.Counters, engine *delivery.Engine, disk diskState, identity *domain.Identity,
+	ledger *consumers.Ledger, clock domain.Clock,
+) *metrics.Metrics {
 	m := metrics.New(counters, engine)
 	m.ObserveDiskFull(disk.DiskFull)
+	m.ObserveIdleConsumers(func() (int, error) {
+		all, err := ledger.List(context.Background())
+		idle := 0
+		for _, c := range all {
+			if c.IdleSince(clock.Now(), cfg.ConsumerIdleAfter) {
+				idle++
+			}
+		}
+		return idle, err
+	})
 	m.ObserveServer(func() string { return identity.Current().String() }, buildVersion())
 	return m
 }

@@ -101,7 +101,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, store)
-	metrics := provideMetrics(counters, engine, store, identity)
+	metrics := provideMetrics(cfg, counters, engine, store, identity, ledger, system)
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
 	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
@@ -195,7 +195,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	staticChecker := provideHealth()
 	mainDiskState := _wireNoDiskStateValue
 	checker := provideHealthChecker(staticChecker, mainDiskState)
-	metrics := provideMetrics(counters, engine, mainDiskState, identity)
+	metrics := provideMetrics(cfg, counters, engine, mainDiskState, identity, ledger, system)
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
 	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
