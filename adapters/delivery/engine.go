@@ -190,6 +190,9 @@ type peer struct {
 	// gateOwnedByStartup: Run set the gate before the startup pull runs.
 	gateOwnedByStartup bool
 	pullTimer          domain.Timer
+	// pullFailures counts the pulls of the peer that failed in a row, so
+	// the next is tried again sooner than the pull interval (guarded by mu).
+	pullFailures int
 	// given caches the outbox ID of out.Given, which each push claims.
 	given *domain.EventRef
 	// stuck: the oldest undelivered event looked undeliverable when it was

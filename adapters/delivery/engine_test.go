@@ -871,3 +871,44 @@ func TestCallsWaitForRunAndEndWithIt(t *testing.T) {
 		t.Errorf("AcceptPush after Run ended = %v, want unavailable", err)
 	}
 }
+
+func TestAFailedPullIsRetriedSoonerThanThePullInterval(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, testAFailedPullIsRetriedSoonerThanThePullInterval)
+}
+
+// A failed startup pull (here the peer refuses twice) is tried again after
+// about a second, then two, not after the hour's pull interval: the pull
+// may have been served, and a peer in queue mode then waits for the next.
+func testAFailedPullIsRetriedSoonerThanThePullInterval(t *testing.T) {
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	peer := domain.MustParseServerID("s.example:2289")
+	if _, err := w.engine.registry.Register(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+	w.close()
+	var at []time.Time
+	w.peers.mu.Lock()
+	w.peers.pullFn = func(*uint64) (peerclient.PullResult, error) {
+		at = append(at, time.Now())
+		if len(at) <= 2 {
+			return peerclient.PullResult{}, errors.New("connection refused")
+		}
+		return peerclient.PullResult{}, nil
+	}
+	w.peers.mu.Unlock()
+	start := time.Now()
+	w.open()
+	time.Sleep(10 * time.Second) // virtual
+	synctest.Wait()
+	w.peers.mu.Lock()
+	defer w.peers.mu.Unlock()
+	if len(at) != 3 {
+		t.Fatalf("%d pulls in 10 s after two failures, want 3 (two retries, then the pull interval)", len(at))
+	}
+	if first, second := at[1].Sub(at[0]), at[2].Sub(at[1]); first < 500*time.Millisecond || first > time.Second ||
+		second < time.Second || second > 2*time.Second || at[0].Sub(start) > time.Second {
+		t.Fatalf("pulls at %v, %v, %v after the start; want the retries after about 1 s and 2 s", at[0].Sub(start), at[1].Sub(start), at[2].Sub(start))
+	}
+}

@@ -337,12 +337,31 @@ func (e *Engine) schedulePull(p *peer, d time.Duration) {
 			if !ok {
 				return
 			}
-			if err := e.pullFrom(ctx, p, server); err != nil && ctx.Err() == nil {
+			err := e.pullFrom(ctx, p, server)
+			if err != nil && ctx.Err() == nil {
 				e.logger.Info("periodic pull failed", "peer", server.String(), "err", err)
 			}
-			e.schedulePull(p, e.cfg.PullInterval)
+			e.schedulePull(p, e.nextPullAfter(p, err))
 		})
 	})
+}
+
+// nextPullAfter is when to pull p next after a pull that ended with err:
+// the pull interval after a success; sooner after a failure, with backoff
+// up to the interval. A failed pull may have been served (a peer in queue
+// mode then stops probing and waits for our next pull with the
+// acknowledgement), and its cause, such as our own disk being full, may
+// clear in seconds.
+func (e *Engine) nextPullAfter(p *peer, err error) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil {
+		p.pullFailures = 0
+		return e.cfg.PullInterval
+	}
+	p.pullFailures++
+	retry := domain.Backoff{First: time.Second, Max: e.cfg.PullInterval}
+	return min(retry.Delay(p.pullFailures, e.jitter()), e.cfg.PullInterval)
 }
 
 // restore rebuilds every peer's state from the streams and restarts what
@@ -378,10 +397,11 @@ func (e *Engine) startupPulls(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			p := e.peer(peer.ID)
-			if err := e.pullFrom(ctx, p, peer.ServerID); err != nil {
+			err := e.pullFrom(ctx, p, peer.ServerID)
+			if err != nil {
 				e.logger.Warn("startup pull failed", "peer", peer.ServerID.String(), "err", err)
 			}
-			e.schedulePull(p, e.cfg.PullInterval)
+			e.schedulePull(p, e.nextPullAfter(p, err))
 		}()
 	}
 	wg.Wait()
