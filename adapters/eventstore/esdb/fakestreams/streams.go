@@ -101,9 +101,6 @@ func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
 		return err
 	}
 	s.hooks.sawCall("append", srv.Context())
-	if err := s.hooks.notLeader(srv.Context(), s.addr); err != nil {
-		return err
-	}
 	first, err := srv.Recv()
 	if err != nil {
 		return err
@@ -169,6 +166,13 @@ func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
 			return invalid("Maximum Append Size of %d Exceeded.", s.maxAppendSize)
 		}
 		events = append(events, e)
+	}
+	// A follower answers NotLeader when the write reaches its queue, after
+	// the whole request was read (Streams.Append.cs reads every proposed
+	// message first): answering earlier would cut a client still sending,
+	// which then sees EOF instead of the redirect.
+	if err := s.hooks.notLeader(srv.Context(), s.addr); err != nil {
+		return err
 	}
 
 	res, err := s.log.append(stream, exp, events)
