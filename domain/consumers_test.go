@@ -70,6 +70,15 @@ func TestConsumerFold(t *testing.T) {
 			t.Fatalf("got %+v, want position 9 acknowledged at %v", c, t0.Add(time.Second))
 		}
 	})
+	t.Run("of two records of one position, the first stands", func(t *testing.T) {
+		cs := givenConsumers(
+			ConsumerAcknowledged{Consumer: "hs", Position: 9, At: t0},
+			ConsumerAcknowledged{Consumer: "hs", Position: 9, At: t0.Add(time.Hour)},
+		)
+		if c, _ := cs.Get("hs"); !c.AcknowledgedAt.Equal(t0) {
+			t.Fatalf("got %+v, want it acknowledged at %v", c, t0)
+		}
+	})
 	t.Run("a deleted consumer is gone, and starts again from nothing", func(t *testing.T) {
 		cs := givenConsumers(
 			ConsumerAcknowledged{Consumer: "hs", Position: 9, At: t0},
@@ -123,7 +132,7 @@ func TestConsumerDelete(t *testing.T) {
 
 func TestConsumerNames(t *testing.T) {
 	t.Parallel()
-	for _, ok := range []string{"homeserver", "a", "hs-1.worker_2", strings.Repeat("x", 64)} {
+	for _, ok := range []string{"homeserver", "a", "hs-1.worker_2", "z09", strings.Repeat("x", 64)} {
 		if err := CheckConsumerName(ok); err != nil {
 			t.Errorf("%q refused: %v", ok, err)
 		}
