@@ -192,6 +192,10 @@ func (o *Outbox) Apply(e DeliveryEvent) {
 	o.HandedOver = max(o.HandedOver, o.Delivered)
 }
 
+// Stored folds the outbox record at revision rev (its sequence number):
+// the outbox holds every event up to it.
+func (o *Outbox) Stored(rev uint64) { o.Head = max(o.Head, rev+1) }
+
 // give notes that the peer got event seq in this epoch.
 func (o *Outbox) give(seq uint64) {
 	if !o.HasGiven || seq > o.Given {
@@ -457,13 +461,21 @@ func (i Inbox) Accepts(seq *uint64) bool {
 	return seq == nil || !i.HasSeq || *seq > i.LastSeq
 }
 
-// Received folds one applied event; id is the sender's outbox ID of it, if
-// known.
-func (i *Inbox) Received(seq *uint64, id []byte) {
-	i.Count++
-	if seq != nil && (!i.HasSeq || *seq > i.LastSeq) {
-		i.LastSeq, i.HasSeq, i.LastID = *seq, true, bytes.Clone(id)
+// Apply folds the record at revision rev of the sender's inbox stream: the
+// one rule for how far a sender's events are applied, which the receiver,
+// the projections and the audit all read. A sequence number counts in its
+// epoch: one of a new epoch starts again from it.
+func (i *Inbox) Apply(rev uint64, e EventReceived) {
+	i.Count = max(i.Count, rev+1)
+	if seq := e.SenderSeq; seq != nil && (!i.HasSeq || e.SenderEpoch != i.Epoch || *seq > i.LastSeq) {
+		i.LastSeq, i.HasSeq, i.Epoch, i.LastID = *seq, true, e.SenderEpoch, bytes.Clone(e.SenderEventID)
 	}
+}
+
+// Received folds one event being applied now, in the inbox's epoch; id is
+// the sender's outbox ID of it, if known.
+func (i *Inbox) Received(seq *uint64, id []byte) {
+	i.Apply(i.Count, EventReceived{SenderSeq: seq, SenderEpoch: i.Epoch, SenderEventID: id})
 }
 
 // Ack is what a Pull to the sender acknowledges, if anything.

@@ -80,6 +80,29 @@ func (v *Verifier) PersistNonces(previous map[[NonceSize]byte]time.Time, rec Non
 func (l *NonceLedger) Remember(server ServerID, nonce []byte, expiry, now time.Time) bool {
 	k := nonceKey{server: server}
 	copy(k.nonce[:], nonce)
+	rec, fresh := l.reserve(k, expiry, now)
+	if !fresh {
+		return false
+	}
+	if rec == nil {
+		return true
+	}
+	// Written before the token is accepted: a crash right after must not
+	// leave it out. What cannot be written is refused, and forgotten, so
+	// that the sender's retry can be accepted once recording works.
+	if err := rec.RecordNonce(server, k.nonce[:], expiry); err != nil {
+		l.forget(k)
+		return false
+	}
+	return true
+}
+
+// reserve holds k as seen, if it is new, and returns where to record it.
+// It is held while it is recorded, so that one token arriving twice at once
+// is accepted once; the lock is not held while it is recorded, which may
+// take a round trip to an event store shared by replicas, so other tokens
+// do not wait for it.
+func (l *NonceLedger) reserve(k nonceKey, expiry, now time.Time) (rec NonceRecorder, fresh bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if now.After(l.sweepAt) {
@@ -103,21 +126,21 @@ func (l *NonceLedger) Remember(server ServerID, nonce []byte, expiry, now time.T
 		}
 	}
 	if exp, ok := l.seen[k]; ok && !now.After(exp) {
-		return false
+		return nil, false
 	}
 	if exp, ok := l.previous[k.nonce]; ok && !now.After(exp) {
-		return false
-	}
-	if l.recorder != nil {
-		// Written before the token is accepted: a crash right after must
-		// not leave it out. What cannot be written is refused.
-		if err := l.recorder.RecordNonce(server, k.nonce[:], expiry); err != nil {
-			return false
-		}
+		return nil, false
 	}
 	l.seen[k] = expiry
 	l.peak = max(l.peak, len(l.seen))
-	return true
+	return l.recorder, true
+}
+
+// forget drops k, whose recording failed.
+func (l *NonceLedger) forget(k nonceKey) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.seen, k)
 }
 
 // Len returns how many nonces are remembered.

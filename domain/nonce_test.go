@@ -98,3 +98,84 @@ func TestNonceThatCannotBeRecordedIsRefused(t *testing.T) {
 		t.Fatalf("a plain token: %v", err)
 	}
 }
+
+// blockingRecord records nonces, holding the one equal to block until
+// release is closed, and failing while fail is set.
+type blockingRecord struct {
+	block   [NonceSize]byte
+	entered chan struct{}
+	release chan struct{}
+	mu      sync.Mutex
+	fail    error
+}
+
+func (b *blockingRecord) RecordNonce(_ ServerID, nonce []byte, _ time.Time) error {
+	if [NonceSize]byte(nonce) == b.block {
+		close(b.entered)
+		<-b.release
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.fail
+}
+
+// Recording a nonce may take a round trip to a shared store: other tokens
+// do not wait for it, the same token arriving meanwhile is refused, and a
+// token whose nonce could not be recorded is accepted when it comes again
+// and recording works.
+func TestRecordingANonceHoldsUpNoOtherToken(t *testing.T) {
+	t.Parallel()
+	server := MustParseServerID("b.example:2289")
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	slow, other := [NonceSize]byte{1}, [NonceSize]byte{2}
+	rec := &blockingRecord{block: slow, entered: make(chan struct{}), release: make(chan struct{})}
+	l := NewNonceLedger()
+	l.recorder = rec
+
+	// Given a token whose nonce is being recorded,
+	first := make(chan bool, 1)
+	go func() { first <- l.Remember(server, slow[:], now.Add(time.Minute), now) }()
+	select {
+	case <-rec.entered:
+	case ok := <-first:
+		t.Fatalf("a fresh token was not recorded (accepted: %v)", ok)
+	}
+	// when another token comes, then it is accepted without waiting,
+	done := make(chan bool, 1)
+	go func() { done <- l.Remember(server, other[:], now.Add(time.Minute), now) }()
+	select {
+	case ok := <-done:
+		if !ok {
+			t.Fatal("another token was refused")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("another token waited for the recording of the first")
+	}
+	// and the same token again is refused;
+	if l.Remember(server, slow[:], now.Add(time.Minute), now) {
+		t.Fatal("a token being recorded was accepted a second time")
+	}
+	close(rec.release)
+	if !<-first {
+		t.Fatal("the first token was refused")
+	}
+
+	// a token whose nonce cannot be recorded is refused,
+	third := [NonceSize]byte{3}
+	rec.mu.Lock()
+	rec.fail = errors.New("store unavailable")
+	rec.mu.Unlock()
+	if l.Remember(server, third[:], now.Add(time.Minute), now) {
+		t.Fatal("a token whose nonce was not recorded was accepted")
+	}
+	// and accepted when it comes again once recording works.
+	rec.mu.Lock()
+	rec.fail = nil
+	rec.mu.Unlock()
+	if !l.Remember(server, third[:], now.Add(time.Minute), now) {
+		t.Fatal("the retry of a token whose recording failed was refused")
+	}
+	if l.Remember(server, third[:], now.Add(time.Minute), now) {
+		t.Fatal("a token was accepted twice")
+	}
+}

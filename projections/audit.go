@@ -1,13 +1,8 @@
 package projections
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 
-	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 )
 
@@ -36,21 +31,11 @@ const (
 	// RuleCheckpointMatchesReplay: the live projections' checkpoint equals a
 	// fresh replay up to the checkpoint's position.
 	RuleCheckpointMatchesReplay = "checkpoint-matches-replay"
-	// RuleRecordReadable: a record of a known type decodes.
+	// RuleRecordReadable: a record of a known type decodes, and its
+	// stream's fold takes it (a record of the peers stream names a peer an
+	// earlier one registered).
 	RuleRecordReadable = "record-readable"
 )
-
-// AuditStore is what Audit needs of the event store.
-type AuditStore interface {
-	Subscribe(ctx context.Context, filter eventstore.Filter, from eventstore.SubscribeFrom) (eventstore.Subscription, error)
-}
-
-// AuditOptions tunes Audit.
-type AuditOptions struct {
-	// CheckpointPath, if set and the file exists, is a checkpoint of the
-	// live projections to compare with the replay.
-	CheckpointPath string
-}
 
 // Report is what Audit found.
 type Report struct {
@@ -117,58 +102,12 @@ func (v Violation) String() string {
 	return fmt.Sprintf("%s@%d: %s: %s", v.Stream, v.Revision, v.Rule, v.Detail)
 }
 
-// progressEvery is how many records pass between progress calls.
-const progressEvery = 4096
-
-// Audit replays every stream from the start, in global order, into a fresh
-// State and checks the invariants of the delivery engine (ARCHITECTURE.md,
-// "Projections and audit") as of each record. It stops once it has read
-// everything stored when it began. progress, if not nil, is called now and
-// then with the number of records read. An error means the audit could not
-// run; what it found is in the Report.
-func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress func(done uint64)) (Report, error) {
-	a := newAuditor()
-	// Read the checkpoint before subscribing: a running server may rewrite
-	// it, and its position must not be past the end of what is replayed.
-	if opts.CheckpointPath != "" {
-		cp, err := ReadCheckpoint(opts.CheckpointPath)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-		case err != nil:
-			a.checkpointChecked = true
-			a.violate(opts.CheckpointPath, 0, RuleCheckpointMatchesReplay, fmt.Sprintf("the checkpoint cannot be read: %v", err))
-		default:
-			a.checkpointChecked = true
-			a.checkpoint, a.checkpointPath, a.checkpointDB = cp, opts.CheckpointPath, cp.databaseID
-		}
-	}
-	sub, err := store.Subscribe(ctx, eventstore.Filter{}, eventstore.FromStart())
-	if err != nil {
-		return Report{}, fmt.Errorf("audit: subscribe: %w", err)
-	}
-	defer sub.Close()
-	for {
-		item, err := sub.Recv(ctx)
-		if err != nil {
-			return Report{}, fmt.Errorf("audit: read after %d records: %w", a.records, err)
-		}
-		if item.CaughtUp {
-			break
-		}
-		if item.Event == nil {
-			continue
-		}
-		a.check(*item.Event)
-		if progress != nil && a.records%progressEvery == 0 {
-			progress(a.records)
-		}
-	}
-	a.finish()
-	if progress != nil {
-		progress(a.records)
-	}
-	return a.report(), nil
-}
+// Auditor replays every stream from the start, in global order, into a
+// fresh State and checks the invariants of the delivery engine
+// (ARCHITECTURE.md, "Projections and audit") as of each record; and
+// compares the live projections' checkpoint, if given, with the replay at
+// the checkpoint's position. adapters/projector feeds it the store.
+type Auditor = auditor
 
 // auditor checks records one at a time, against the state replayed so far.
 type auditor struct {
@@ -179,7 +118,7 @@ type auditor struct {
 	tooLarge   []TooLarge
 
 	outboxNext map[string]uint64       // outbox stream → next revision expected
-	inboxSeq   map[string]epochSeq     // inbox stream → last sender sequence number, in its epoch
+	inboxSeq   map[string]domain.Inbox // inbox stream → how far the sender's sequence numbers went
 	probe      map[string]pendingProbe // delivery stream → probe resume awaiting its push
 	probeOrder []string                // streams with a pending probe, for a stable report
 
@@ -194,20 +133,45 @@ type pendingProbe struct {
 	from     uint64
 }
 
-func newAuditor() *auditor {
-	return &auditor{
+// NewAuditor returns an audit before any record.
+func NewAuditor() *Auditor {
+	return &Auditor{
 		state:      NewState(),
 		outboxNext: map[string]uint64{},
-		inboxSeq:   map[string]epochSeq{},
+		inboxSeq:   map[string]domain.Inbox{},
 		probe:      map[string]pendingProbe{},
 	}
 }
 
-func (a *auditor) violate(stream string, rev uint64, rule, detail string) {
+// CompareCheckpoint makes the audit compare cp, the live projections'
+// checkpoint read from path, with the replay.
+func (a *Auditor) CompareCheckpoint(path string, cp *State) {
+	a.checkpointChecked = true
+	a.checkpoint, a.checkpointPath, a.checkpointDB = cp, path, cp.databaseID
+}
+
+// CheckpointUnreadable reports the checkpoint at path that could not be
+// read.
+func (a *Auditor) CheckpointUnreadable(path string, err error) {
+	a.checkpointChecked = true
+	a.violate(path, 0, RuleCheckpointMatchesReplay, fmt.Sprintf("the checkpoint cannot be read: %v", err))
+}
+
+// Records is how many records were checked.
+func (a *Auditor) Records() uint64 { return a.records }
+
+// Report ends the audit: what it found.
+func (a *Auditor) Report() Report {
+	a.finish()
+	return a.report()
+}
+
+func (a *Auditor) violate(stream string, rev uint64, rule, detail string) {
 	a.violations = append(a.violations, Violation{Stream: stream, Revision: rev, Rule: rule, Detail: detail})
 }
 
-func (a *auditor) check(r eventstore.RecordedEvent) {
+// Check checks one record, then folds it into the replay.
+func (a *Auditor) Check(r domain.Record) {
 	a.records++
 	if a.state.applied && !a.state.pos.Less(r.Position) {
 		return // a subscription repeating itself: the state skips it too
@@ -215,15 +179,18 @@ func (a *auditor) check(r eventstore.RecordedEvent) {
 	if cp := a.checkpoint; cp != nil && (!cp.applied || cp.pos.Less(r.Position)) {
 		a.compareCheckpoint()
 	}
-	kind, peer := streamKind(r.Stream)
-	if known := knownType(kind, r.Type); known {
-		switch kind {
-		case kindOutbox:
+	if !r.Unknown {
+		switch r.Kind {
+		case domain.StreamOutbox:
 			a.checkOutbox(r)
-		case kindDelivery:
-			a.checkDelivery(r, peer)
-		case kindInbox:
-			a.checkInbox(r, peer)
+		case domain.StreamDelivery:
+			if ev, ok := r.Event.(domain.DeliveryEvent); ok { // unreadable records are reported when applied
+				a.checkDelivery(r, ev)
+			}
+		case domain.StreamInbox:
+			if rec, ok := r.Event.(domain.EventReceived); ok {
+				a.checkInbox(r, rec)
+			}
 		}
 	}
 	if err := a.state.Apply(r); err != nil {
@@ -231,7 +198,7 @@ func (a *auditor) check(r eventstore.RecordedEvent) {
 	}
 }
 
-func (a *auditor) checkOutbox(r eventstore.RecordedEvent) {
+func (a *Auditor) checkOutbox(r domain.Record) {
 	next := a.outboxNext[r.Stream]
 	switch {
 	case r.Revision > next:
@@ -242,40 +209,26 @@ func (a *auditor) checkOutbox(r eventstore.RecordedEvent) {
 	a.outboxNext[r.Stream] = max(next, r.Revision+1)
 }
 
-func (a *auditor) checkInbox(r eventstore.RecordedEvent, peer streams.PeerID) {
-	rec, err := streams.DecodeReceived(r)
-	if err != nil {
-		return // unreadable records are reported when applied
-	}
+func (a *Auditor) checkInbox(r domain.Record, rec domain.EventReceived) {
 	if rec.TooLargeBytes != nil {
 		a.tooLarge = append(a.tooLarge, TooLarge{Stream: r.Stream, Revision: r.Revision,
-			ServerID: a.state.serverID(peer), SenderSeq: rec.SenderSeq, Bytes: *rec.TooLargeBytes})
+			ServerID: a.state.ServerIDOf(r.Peer), SenderSeq: rec.SenderSeq, Bytes: *rec.TooLargeBytes})
 	}
 	if rec.SenderSeq == nil {
 		return
 	}
 	// Sequence numbers count within the sender's epoch: a new epoch (the
-	// sender's store went back) starts them again.
-	seq, epoch := *rec.SenderSeq, rec.SenderEpoch
-	last, ok := a.inboxSeq[r.Stream]
-	if ok && last.epoch != epoch {
-		ok = false
+	// sender's store went back) starts them again (domain.Inbox's rule).
+	in := a.inboxSeq[r.Stream]
+	if seq, epoch := *rec.SenderSeq, rec.SenderEpoch; in.HasSeq && in.Epoch == epoch && seq <= in.LastSeq {
+		a.violate(r.Stream, r.Revision, RuleInboxSeqIncreasing, fmt.Sprintf("sender sequence %d after %d (epoch %d)", seq, in.LastSeq, epoch))
 	}
-	if ok && seq <= last.seq {
-		a.violate(r.Stream, r.Revision, RuleInboxSeqIncreasing, fmt.Sprintf("sender sequence %d after %d (epoch %d)", seq, last.seq, epoch))
-	}
-	if !ok || seq > last.seq {
-		a.inboxSeq[r.Stream] = epochSeq{epoch: epoch, seq: seq}
-	}
+	in.Apply(r.Revision, rec)
+	a.inboxSeq[r.Stream] = in
 }
 
-type epochSeq struct{ epoch, seq uint64 }
-
-func (a *auditor) checkDelivery(r eventstore.RecordedEvent, peer streams.PeerID) {
-	ev, err := streams.DecodeDelivery(r)
-	if err != nil {
-		return // reported when applied
-	}
+func (a *Auditor) checkDelivery(r domain.Record, ev domain.DeliveryEvent) {
+	peer := r.Peer
 	var out domain.Outbox // the cursors before this record
 	if p, ok := a.state.peers[peer]; ok {
 		out = p.out
@@ -336,7 +289,7 @@ func (a *auditor) checkDelivery(r eventstore.RecordedEvent, peer streams.PeerID)
 		case e.FromSeq != out.Delivered:
 			a.violate(r.Stream, r.Revision, RuleCursorIncreasing, fmt.Sprintf("skipped from %d, but the next undelivered event is %d", e.FromSeq, out.Delivered))
 		}
-		a.skips = append(a.skips, Skip{Stream: r.Stream, Revision: r.Revision, ServerID: a.state.serverID(peer),
+		a.skips = append(a.skips, Skip{Stream: r.Stream, Revision: r.Revision, ServerID: a.state.ServerIDOf(peer),
 			FromSeq: e.FromSeq, ThroughSeq: e.ThroughSeq, Reason: e.Reason})
 	case domain.PushResumed:
 		if e.Reason == domain.ResumeProbe {
@@ -350,7 +303,7 @@ func (a *auditor) checkDelivery(r eventstore.RecordedEvent, peer streams.PeerID)
 
 // compareCheckpoint compares the replay, now at the checkpoint's position
 // or just before what follows it, with the checkpoint; once.
-func (a *auditor) compareCheckpoint() {
+func (a *Auditor) compareCheckpoint() {
 	cp := a.checkpoint
 	a.checkpoint = nil
 	if same, diff := equalStates(cp, a.state); !same {
@@ -358,7 +311,7 @@ func (a *auditor) compareCheckpoint() {
 	}
 }
 
-func (a *auditor) finish() {
+func (a *Auditor) finish() {
 	for _, stream := range a.probeOrder {
 		if pr, ok := a.probe[stream]; ok {
 			delete(a.probe, stream)
@@ -378,7 +331,7 @@ func (a *auditor) finish() {
 	}
 }
 
-func (a *auditor) report() Report {
+func (a *Auditor) report() Report {
 	rep := Report{
 		Violations:        a.violations,
 		Records:           a.records,

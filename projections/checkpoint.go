@@ -6,13 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
-	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 )
 
@@ -129,30 +125,35 @@ type sentSnapshot struct {
 }
 
 func (s *State) snapshot() checkpointFile {
-	f := checkpointFile{Version: checkpointVersion, DatabaseID: s.databaseID, State: snapshot{OwnServerID: s.ownServerID, UnknownRecords: s.unknown}}
+	f := checkpointFile{Version: checkpointVersion, DatabaseID: s.databaseID, State: snapshot{OwnServerID: s.OwnServerID(), UnknownRecords: s.unknown}}
 	if s.applied {
 		f.Position = &position{Commit: s.pos.Commit, Prepare: s.pos.Prepare}
 	}
-	for id, p := range s.peers {
+	for _, id := range s.peerIDs() {
+		v := s.view(id)
+		entry, _ := s.registry.Peer(id)
+		var p peerState
+		if ps := s.peers[id]; ps != nil {
+			p = *ps
+		}
 		ps := peerSnapshot{
-			PeerID: string(id), ServerID: p.serverID,
-			FormerServerIDs: slices.Clone(p.former), PublicKey: bytes.Clone(p.publicKey),
+			PeerID: v.PeerID, ServerID: v.ServerID,
+			FormerServerIDs: v.FormerServerIDs, PublicKey: v.PublicKey,
 			Head: p.out.Head, Delivered: p.out.Delivered, HandedOver: p.out.HandedOver,
 			Mode: p.out.Mode.String(), PulledSinceQueue: p.out.PulledSinceQueue,
 			Attempts: p.attempts, LastPush: p.lastPush, LastPullServed: p.lastPull, LastError: p.lastError,
-			EventsReceived: p.received, KnowsUsAs: p.knowsUsAs, Skipped: p.out.Skipped,
+			EventsReceived: p.in.Count, KnowsUsAs: entry.KnowsUsAs.String(), Skipped: p.out.Skipped,
 		}
 		if s := p.lastSkip; s != nil {
 			ps.LastSkip = &skipSnapshot{FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason}
 		}
-		ps.LastSenderEpoch = p.seqEpoch
+		ps.LastSenderEpoch = p.in.Epoch
 		ps.Epoch, ps.EpochFrom, ps.PastEpochs = p.out.Epoch, p.out.EpochFrom, slices.Clone(p.out.PastEpochs)
 		ps.EpochsStarted, ps.ReceiverRewinds = p.epochs, p.rewinds
 		if given, has := p.out.LastGiven(); has {
 			ps.Given = &given
 		}
-		if p.hasSeq {
-			seq := p.lastSeq
+		if seq, has := p.in.Ack(); has {
 			ps.LastSenderSeq = &seq
 		}
 		f.State.Peers = append(f.State.Peers, ps)
@@ -186,10 +187,10 @@ func (s *State) snapshot() checkpointFile {
 func stateFromSnapshot(f checkpointFile) (*State, error) {
 	s := NewState()
 	if f.Position != nil {
-		s.pos = eventstore.Position{Commit: f.Position.Commit, Prepare: f.Position.Prepare}
+		s.pos = domain.Position{Commit: f.Position.Commit, Prepare: f.Position.Prepare}
 		s.applied = true
 	}
-	s.ownServerID, s.unknown, s.databaseID = f.State.OwnServerID, f.State.UnknownRecords, f.DatabaseID
+	s.unknown, s.databaseID = f.State.UnknownRecords, f.DatabaseID
 	for _, ps := range f.State.Peers {
 		var mode domain.DeliveryMode
 		switch ps.Mode {
@@ -200,17 +201,19 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 		default:
 			return nil, fmt.Errorf("peer %s: unknown mode %q", ps.PeerID, ps.Mode)
 		}
+		if err := s.restorePeer(ps); err != nil {
+			return nil, fmt.Errorf("peer %s: %w", ps.PeerID, err)
+		}
 		p := &peerState{
-			serverID: ps.ServerID, former: ps.FormerServerIDs, publicKey: ps.PublicKey,
 			out: domain.Outbox{Head: ps.Head, Delivered: ps.Delivered, HandedOver: ps.HandedOver,
 				Mode: mode, PulledSinceQueue: ps.PulledSinceQueue, Skipped: ps.Skipped,
 				Epoch: ps.Epoch, EpochFrom: ps.EpochFrom, PastEpochs: ps.PastEpochs},
+			in:     domain.Inbox{Count: ps.EventsReceived, Epoch: ps.LastSenderEpoch},
 			epochs: ps.EpochsStarted, rewinds: ps.ReceiverRewinds,
 			attempts: ps.Attempts, lastPush: ps.LastPush.UTC(), lastPull: ps.LastPullServed.UTC(), lastError: ps.LastError,
-			received: ps.EventsReceived, knowsUsAs: ps.KnowsUsAs,
 		}
 		if ps.LastSenderSeq != nil {
-			p.lastSeq, p.hasSeq, p.seqEpoch = *ps.LastSenderSeq, true, ps.LastSenderEpoch
+			p.in.LastSeq, p.in.HasSeq = *ps.LastSenderSeq, true
 		}
 		if ps.Given != nil {
 			p.out.Given, p.out.HasGiven = *ps.Given, true
@@ -218,7 +221,16 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 		if s := ps.LastSkip; s != nil {
 			p.lastSkip = &domain.EventsSkipped{FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason}
 		}
-		s.peers[streams.PeerID(ps.PeerID)] = p
+		s.peers[domain.PeerID(ps.PeerID)] = p
+	}
+	if f.State.OwnServerID != "" {
+		own, err := domain.ParseServerID(f.State.OwnServerID)
+		if err != nil {
+			return nil, fmt.Errorf("own server ID: %w", err)
+		}
+		// Recorded last, so it moves no peer's KnowsUsAs; a change of this
+		// server's ID is never refused.
+		_ = s.registry.Apply(domain.OwnServerIDChanged{New: own}, time.Time{})
 	}
 	for _, g := range f.State.Guilds {
 		m := s.guilds[g.UserID]
@@ -226,7 +238,7 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 			m = map[guildKey]struct{}{}
 			s.guilds[g.UserID] = m
 		}
-		m[guildKey{g.GuildID, streams.PeerID(g.PeerID)}] = struct{}{}
+		m[guildKey{g.GuildID, domain.PeerID(g.PeerID)}] = struct{}{}
 	}
 	for _, inv := range f.State.Invites {
 		m := s.invites[inv.UserID]
@@ -234,10 +246,10 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 			m = map[inviteKey]uint64{}
 			s.invites[inv.UserID] = m
 		}
-		m[inviteKey{streams.PeerID(inv.PeerID), inv.InviteID}] = inv.InviterID
+		m[inviteKey{domain.PeerID(inv.PeerID), inv.InviteID}] = inv.InviterID
 	}
 	for _, si := range f.State.SentInvites {
-		s.sent[inviteKey{streams.PeerID(si.PeerID), si.InviteID}] = sentInvite{invitee: si.InviteeID, inviter: si.InviterID}
+		s.sent[inviteKey{domain.PeerID(si.PeerID), si.InviteID}] = sentInvite{invitee: si.InviteeID, inviter: si.InviterID}
 	}
 	return s, nil
 }
@@ -274,62 +286,58 @@ func UnmarshalCheckpoint(data []byte) (*State, error) {
 // ErrCheckpointVersion: the checkpoint was written in another format.
 var ErrCheckpointVersion = errors.New("unsupported checkpoint version")
 
-// ReadCheckpoint loads the state checkpointed at path. A missing file
-// returns an error matching fs.ErrNotExist.
-func ReadCheckpoint(path string) (*State, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read checkpoint: %w", err)
-	}
-	s, err := UnmarshalCheckpoint(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return s, nil
-}
+// Snapshot is a state's checkpoint, taken at once; encoding it can wait
+// (a follower takes it under its lock and encodes it outside).
+type Snapshot struct{ f checkpointFile }
 
-// WriteCheckpoint writes s to path atomically: a temporary file in the same
-// directory, synced, then renamed over path, and the directory synced, so a
-// crash leaves either the old checkpoint or the new one, never a torn file.
-func WriteCheckpoint(path string, s *State) error {
-	data, err := MarshalCheckpoint(s)
-	if err != nil {
-		return err
-	}
-	return writeFileAtomic(path, data)
-}
+// Snapshot takes the state's checkpoint.
+func (s *State) Snapshot() Snapshot { return Snapshot{s.snapshot()} }
 
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write checkpoint: %w", err)
+// Marshal encodes the snapshot in the checkpoint format.
+func (s Snapshot) Marshal() ([]byte, error) { return marshalSnapshot(s.f) }
+
+// restorePeer rebuilds a peer's registry entry from its checkpoint: its
+// registration under its first ID, its renames, its key. What the
+// projections do not show (the keys of former IDs, when this server took
+// each of its IDs) is not in a checkpoint.
+func (s *State) restorePeer(ps peerSnapshot) error {
+	if ps.ServerID == "" {
+		return nil // known only from its per-peer streams
 	}
-	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write checkpoint: %w", err)
+	ids := append(slices.Clone(ps.FormerServerIDs), ps.ServerID)
+	parsed := make([]domain.ServerID, len(ids))
+	for i, raw := range ids {
+		id, err := domain.ParseServerID(raw)
+		if err != nil {
+			return err
+		}
+		parsed[i] = id
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write checkpoint: %w", err)
+	var ours domain.ServerID
+	if ps.KnowsUsAs != "" {
+		var err error
+		if ours, err = domain.ParseServerID(ps.KnowsUsAs); err != nil {
+			return err
+		}
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write checkpoint: %w", err)
+	peer := domain.PeerID(ps.PeerID)
+	events := []domain.PeerEvent{domain.PeerRegistered{Peer: peer, ServerID: parsed[0], OurServerID: ours}}
+	for i := 1; i < len(parsed); i++ {
+		events = append(events, domain.PeerRenamed{Peer: peer, Old: parsed[i-1], New: parsed[i]})
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write checkpoint: %w", err)
+	if ps.PublicKey != nil {
+		events = append(events, domain.PeerKeyLearned{Peer: peer, Key: ps.PublicKey})
 	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("write checkpoint: sync directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write checkpoint: sync directory: %w", err)
+	for _, e := range events {
+		// About the peer registered first: never refused.
+		_ = s.registry.Apply(e, time.Time{})
 	}
 	return nil
 }
+
+// Equal compares two states as their checkpoints show them (the database
+// identity aside), and describes the first difference found.
+func Equal(a, b *State) (same bool, diff string) { return equalStates(a, b) }
 
 // equalStates compares two states through their canonical encoding and
 // describes the first difference found, for Audit's report.

@@ -1,7 +1,6 @@
 package projections
 
 import (
-	"context"
 	"crypto/rand"
 	"log/slog"
 	"testing"
@@ -184,7 +183,7 @@ func given(t *testing.T, records ...eventstore.RecordedEvent) *State {
 func apply(t *testing.T, s *State, records ...eventstore.RecordedEvent) {
 	t.Helper()
 	for _, r := range records {
-		if err := s.Apply(r); err != nil {
+		if err := s.Apply(streams.Decode(r)); err != nil {
 			t.Fatalf("apply %s@%d: %v", r.Stream, r.Revision, err)
 		}
 	}
@@ -228,17 +227,3 @@ func rejected(guild, user uint64, invite string) *syncv1.Event {
 }
 
 func u64(v uint64) *uint64 { return &v }
-
-// eventually polls cond until it holds or 10 seconds pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}

@@ -8,12 +8,10 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"log/slog"
-	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -90,52 +88,6 @@ func (s *memSub) Recv(ctx context.Context) (eventstore.Item, error) {
 }
 
 func (s *memSub) Close() error { return nil }
-
-// syncBuffer is a log destination safe for the goroutines of Live.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func bufferLogger(b *syncBuffer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-func TestAuditProgressIsCalledNowAndThen(t *testing.T) {
-	t.Parallel()
-	recs := newHistory(t).enqueueN("pa", progressEvery+2).records()
-	var calls []uint64
-	rep, err := Audit(t.Context(), &memStore{records: recs}, AuditOptions{}, func(done uint64) { calls = append(calls, done) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []uint64{progressEvery, progressEvery + 2}
-	if !reflect.DeepEqual(calls, want) || rep.Records != progressEvery+2 {
-		t.Fatalf("progress calls %v, records %d; want %v", calls, rep.Records, want)
-	}
-	if _, err := Audit(t.Context(), &memStore{records: recs}, AuditOptions{}, nil); err != nil {
-		t.Fatalf("an audit without progress: %v", err)
-	}
-}
-
-func TestAuditThatCannotReadTheStoreFails(t *testing.T) {
-	t.Parallel()
-	if _, err := Audit(t.Context(), &memStore{recvErr: errors.New("disk gone")}, AuditOptions{}, nil); err == nil {
-		t.Fatal("an audit whose store read failed reported a result")
-	}
-}
 
 func TestAuditReportsAnUnreadableCheckpointAsChecked(t *testing.T) {
 	t.Parallel()
@@ -221,9 +173,9 @@ func TestAuditOutboxRepeatSaysWhatCameBefore(t *testing.T) {
 	t.Parallel()
 	recs := newHistory(t).enqueueN("pa", 3).records()
 	recs[2].Revision = 1 // 0, 1, 1
-	a := newAuditor()
+	a := NewAuditor()
 	for _, r := range recs {
-		a.check(r)
+		a.Check(streams.Decode(r))
 	}
 	if rep := a.report(); len(rep.Violations) != 1 || !strings.Contains(rep.Violations[0].Detail, "sequence 1 again, after 1") {
 		t.Fatalf("violations %v", rep.Violations)
@@ -235,8 +187,7 @@ func TestCheckpointDiffDescriptions(t *testing.T) {
 	recs := newHistory(t).seen("pa", "a.example:2289").seen("pb", "b.example:2289").received("pa", nil, added(1, 1)).records()
 	full := given(t, recs...)
 	t.Run("a peer missing on either side", func(t *testing.T) {
-		fewer := full.Clone()
-		delete(fewer.peers, "pb")
+		fewer := given(t, recs[0], recs[2]) // at the same position, without pb's registration
 		if _, diff := equalStates(fewer, full); !strings.Contains(diff, "peer pb is missing from the checkpoint") {
 			t.Errorf("diff %q", diff)
 		}
@@ -245,8 +196,16 @@ func TestCheckpointDiffDescriptions(t *testing.T) {
 		}
 	})
 	t.Run("the first differing peer by ID", func(t *testing.T) {
+		// Many peers differ, so an unsorted walk would rarely name pa.
+		h := newHistory(t)
+		for _, id := range []string{"pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph"} {
+			h.seen(id, id[1:]+".example:2289")
+		}
+		full := given(t, h.records()...)
 		other := full.Clone()
-		other.peers["pa"].out.Head, other.peers["pb"].out.Head = 5, 5
+		for _, id := range []domain.PeerID{"pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph"} {
+			other.peer(id).out.Head = 5
+		}
 		for range 5 {
 			if _, diff := equalStates(other, full); !strings.HasPrefix(diff, "peer pa:") {
 				t.Fatalf("diff %q", diff)
@@ -306,7 +265,7 @@ func TestStateEdges(t *testing.T) {
 		for _, stream := range []string{streams.Peers, streams.Outbox("pa"), streams.Inbox("pa")} {
 			typ := map[string]string{streams.Peers: streams.TypePeerSeen, streams.Outbox("pa"): streams.TypeEventEnqueued, streams.Inbox("pa"): streams.TypeEventReceived}[stream]
 			recs := newHistory(t).raw(stream, typ, []byte("not json")).records()
-			if err := NewState().Apply(recs[0]); err == nil {
+			if err := NewState().Apply(streams.Decode(recs[0])); err == nil {
 				t.Errorf("an unreadable %s record applied without error", typ)
 			}
 		}
@@ -342,7 +301,7 @@ func TestStateEdges(t *testing.T) {
 		}
 		last := func(s *State) (uint64, uint64, bool) {
 			p := s.peers["pa"]
-			return p.lastSeq, p.seqEpoch, p.hasSeq
+			return p.in.LastSeq, p.in.Epoch, p.in.HasSeq
 		}
 		add(0, 0)
 		s := given(t, h.records()...)
@@ -368,113 +327,6 @@ func TestStateEdges(t *testing.T) {
 	})
 }
 
-func TestLiveResumesFromItsCheckpoint(t *testing.T) {
-	t.Parallel()
-	recs := newHistory(t).seen("pa", "a.example:2289").enqueueN("pa", 2).records()
-	path := filepath.Join(t.TempDir(), "projections.checkpoint")
-	// Given a checkpoint of the store's records, marked with a count no
-	// replay of them gives,
-	s := given(t, recs...)
-	s.unknown = 7
-	s.databaseID = memDatabaseID
-	if err := WriteCheckpoint(path, s); err != nil {
-		t.Fatal(err)
-	}
-	// when a projection starts on it,
-	var log syncBuffer
-	l := NewLive(&memStore{records: recs}, path, bufferLogger(&log))
-	startLive(t, l)
-	got, err := l.Current(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// then it went on from the checkpoint rather than replaying.
-	if got.UnknownRecords() != 7 {
-		t.Fatalf("UnknownRecords = %d: the checkpoint was not loaded", got.UnknownRecords())
-	}
-	if !strings.Contains(log.String(), "resumed from their checkpoint") {
-		t.Fatalf("log: %s", log.String())
-	}
-}
-
-func TestLiveReportsWhatItCannotDo(t *testing.T) {
-	t.Parallel()
-	recs := newHistory(t).seen("pa", "a.example:2289").raw(streams.Delivery("pa"), streams.TypeEventPushed, []byte("{")).records()
-	t.Run("an unreadable record is logged", func(t *testing.T) {
-		var log syncBuffer
-		l := NewLive(&memStore{records: recs}, "", bufferLogger(&log))
-		startLive(t, l)
-		if _, err := l.Current(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, "the log line", func() bool { return strings.Contains(log.String(), "unreadable record") })
-	})
-	t.Run("a checkpoint that cannot be written is logged, and fails Run", func(t *testing.T) {
-		var log syncBuffer
-		path := filepath.Join(t.TempDir(), "missing-dir", "projections.checkpoint")
-		l := NewLive(&memStore{records: recs}, path, bufferLogger(&log))
-		l.checkpointEvery = 5 * time.Millisecond
-		stop := startLive(t, l)
-		if _, err := l.Current(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, "the log line", func() bool { return strings.Contains(log.String(), "writing the projection checkpoint failed") })
-		if err := stop(); err == nil {
-			t.Fatal("Run ended without error though its checkpoint could not be written")
-		}
-	})
-	t.Run("Current fails when the store cannot be read", func(t *testing.T) {
-		l := NewLive(&memStore{recvErr: errors.New("disk gone")}, "", nil)
-		if s, err := l.Current(t.Context()); err == nil {
-			t.Fatalf("Current = %v without error", s)
-		}
-	})
-}
-
-// An unchanged state is not written again.
-func TestLiveWritesAnUnchangedCheckpointOnce(t *testing.T) {
-	t.Parallel()
-	recs := newHistory(t).seen("pa", "a.example:2289").records()
-	path := filepath.Join(t.TempDir(), "projections.checkpoint")
-	l := NewLive(&memStore{records: recs}, path, testLogger(t))
-	l.checkpointEvery = 5 * time.Millisecond
-	stop := startLive(t, l)
-	eventually(t, "the first checkpoint", func() bool { _, err := os.Stat(path); return err == nil })
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(100 * time.Millisecond) // twenty ticks
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(path); err == nil {
-		t.Fatal("an unchanged checkpoint was written again")
-	}
-}
-
-// Failing subscriptions are retried ever more slowly: a store that is down
-// is not hammered.
-func TestLiveBacksOffWhileTheStoreFails(t *testing.T) {
-	t.Parallel()
-	for name, store := range map[string]*memStore{
-		"subscribing fails": {subErr: errors.New("store down")},
-		"reading fails":     {recvErr: errors.New("disk gone")},
-	} {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			l := NewLive(store, "", nil)
-			l.backoffFirst, l.backoffMax = time.Millisecond, time.Minute
-			stop := startLive(t, l)
-			time.Sleep(300 * time.Millisecond)
-			_ = stop()
-			// 1+2+4+...+256 ms: about nine tries; without backoff, hundreds.
-			if n := store.subs.Load(); n > 30 {
-				t.Fatalf("%d subscriptions in 300 ms", n)
-			}
-		})
-	}
-}
-
 // A time JSON cannot hold (after year 9999) makes the checkpoint fail to
 // encode: that is an error, not a checkpoint silently left unwritten.
 func TestACheckpointThatCannotBeEncodedIsAnError(t *testing.T) {
@@ -485,12 +337,95 @@ func TestACheckpointThatCannotBeEncodedIsAnError(t *testing.T) {
 	if err := WriteCheckpoint(path, given(t, recs...)); err == nil {
 		t.Fatal("WriteCheckpoint succeeded")
 	}
-	l := NewLive(&memStore{records: recs}, path, nil)
-	stop := startLive(t, l)
-	if _, err := l.Current(t.Context()); err != nil {
-		t.Fatal(err)
+}
+
+// A checkpoint whose registry part names no valid server ID is not read:
+// the state is rebuilt instead.
+func TestACheckpointWithABadServerIDIsRefused(t *testing.T) {
+	t.Parallel()
+	for name, peer := range map[string]string{
+		"current":     `{"peer_id": "pa", "server_id": "no port", "mode": "push"}`,
+		"former":      `{"peer_id": "pa", "server_id": "a.example:1", "former_server_ids": ["no port"], "mode": "push"}`,
+		"knows us as": `{"peer_id": "pa", "server_id": "a.example:1", "knows_us_as": "no port", "mode": "push"}`,
+	} {
+		data := `{"version": 1, "position": null, "state": {"peers": [` + peer + `]}}`
+		if _, err := UnmarshalCheckpoint([]byte(data)); err == nil {
+			t.Errorf("%s: a checkpoint with %s read", name, peer)
+		}
 	}
-	if err := stop(); err == nil {
-		t.Fatal("Run ended without error though its checkpoint could not be encoded")
+	if _, err := UnmarshalCheckpoint([]byte(`{"version": 1, "position": null, "state": {"own_server_id": "no port"}}`)); err == nil {
+		t.Error("a checkpoint with an own server ID of no port read")
+	}
+}
+
+// The database's identity is the first record of its stream; a checkpoint
+// of another database is reported once the replay knows the store's.
+func TestTheDatabaseIdentityAndTheAudit(t *testing.T) {
+	t.Parallel()
+	h := newHistory(t)
+	first, _ := h.codec.EncodeDatabaseCreated("d1")
+	second, _ := h.codec.EncodeDatabaseCreated("d2")
+	h.steps = append(h.steps, step{streams.Database, first}, step{streams.Database, second})
+	recs := h.seen("pa", "a.example:2289").records()
+	if id := given(t, recs...).DatabaseID(); id != "d1" {
+		t.Fatalf("DatabaseID = %q, want the first record's", id)
+	}
+	for _, tc := range []struct {
+		checkpointDB string
+		violations   int
+	}{{"d1", 0}, {"d9", 1}, {"", 0}} {
+		cp := given(t, recs...)
+		cp.SetDatabaseID(tc.checkpointDB)
+		a := NewAuditor()
+		a.CompareCheckpoint("cp", cp)
+		for _, r := range recs {
+			a.Check(streams.Decode(r))
+		}
+		if rep := a.Report(); len(rep.Violations) != tc.violations {
+			t.Errorf("checkpoint of %q: violations %v", tc.checkpointDB, rep.Violations)
+		}
+	}
+	// A store without one: nothing to compare.
+	cp := given(t, recs[2:]...)
+	cp.SetDatabaseID("d9")
+	a := NewAuditor()
+	a.CompareCheckpoint("cp", cp)
+	for _, r := range recs[2:] {
+		a.Check(streams.Decode(r))
+	}
+	if rep := a.Report(); !rep.Clean() || rep.TooLarge == nil || rep.Skips == nil {
+		t.Errorf("a store without an identity: %+v", rep)
+	}
+}
+
+// An inbox record that cannot be read still counts in the inbox's length:
+// the stream holds it.
+func TestAnUnreadableInboxRecordCounts(t *testing.T) {
+	t.Parallel()
+	recs := newHistory(t).seen("pa", "a.example:2289").raw(streams.Inbox("pa"), streams.TypeEventReceived, []byte("{")).records()
+	s := NewState()
+	for _, r := range recs {
+		_ = s.Apply(streams.Decode(r))
+	}
+	if v, _ := s.Peer("a.example:2289"); v.EventsReceived != 1 {
+		t.Fatalf("EventsReceived = %d, want 1", v.EventsReceived)
+	}
+}
+
+// Peers lists by server ID, then peer ID, however many there are.
+func TestPeersAreListedByServerID(t *testing.T) {
+	t.Parallel()
+	h := newHistory(t)
+	for _, id := range []string{"ph", "pg", "pf", "pe", "pd", "pc", "pb", "pa"} {
+		h.seen(id, id[1:]+".example:2289")
+	}
+	h.enqueueN("pz", 1) // a peer known only by its streams: no server ID, first
+	var got []string
+	for _, v := range given(t, h.records()...).Peers() {
+		got = append(got, v.PeerID)
+	}
+	want := []string{"pz", "pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Peers in the order %v, want %v", got, want)
 	}
 }

@@ -1,27 +1,26 @@
 // Package projections folds Postbox's streams into read models: each peer's
 // delivery cursors and registry entry, and the effects of the events
-// received from peers (every local user's guild list and pending invites).
+// received from peers (every local user's guild list and pending invites);
+// and checks the audit's rules over them.
 //
-// A State is a pure fold over the store's global order. It remembers the
-// position of the last event it applied and skips anything not after it, so
-// feeding it the same events twice changes nothing, and the effects
-// themselves are set-like. Live keeps a State current by following the
-// store, checkpointing it to a file; Audit replays every stream into a
-// fresh State and checks the invariants the delivery engine promises.
+// A State is a pure fold over the store's records in global order, decoded
+// to domain values (domain.Record; adapters/streams decodes them). Each
+// stream is folded by the domain's one fold of it: the peers stream by
+// domain.Peers, a delivery stream by domain.Outbox, an inbox by
+// domain.Inbox, the same folds the engine and the registry use. A State
+// remembers the position of the last record it applied and skips anything
+// not after it, so feeding it the same records twice changes nothing, and
+// the effects themselves are set-like. adapters/projector follows the store
+// into a State, checkpoints it to a file, and runs the audit over the store.
 package projections
 
 import (
 	"bytes"
 	"cmp"
 	"slices"
-	"strings"
 	"time"
 
-	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
-	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
-	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
 // PeerView is one peer's state.
@@ -42,7 +41,7 @@ type PeerView struct {
 	EpochsStarted, ReceiverRewinds uint32
 	Mode                           domain.DeliveryMode
 	Attempts                       uint32    // attempts of the last EventPushed/QueueModeEntered
-	LastPush, LastPullServed       time.Time // RecordedEvent.Created of the last EventPushed / PullServed
+	LastPush, LastPullServed       time.Time // Record.Created of the last EventPushed / PullServed
 	LastError                      string    // from the last QueueModeEntered; cleared by a later push
 	EventsReceived                 uint64    // inbox length
 	KnowsOurServerID               bool      // false after OwnServerIdChanged until PeerNotifiedOfNewId for this peer
@@ -79,19 +78,20 @@ type SentInvite struct {
 }
 
 // State is every projection at one position of the global order. It is not
-// safe for concurrent use; Live guards its own and hands out clones.
+// safe for concurrent use; its followers guard their own and hand out clones.
 type State struct {
-	pos eventstore.Position
+	pos domain.Position
 	// applied tells a zero position from "nothing applied": EventStoreDB
 	// positions may start at zero.
 	applied bool
 	// unknown counts records of types this build does not know, skipped
 	// for forward compatibility.
-	unknown     uint64
-	ownServerID string
-	// databaseID is the store's identity (streams.Database), once known.
+	unknown uint64
+	// databaseID is the store's identity (its database stream), once known.
 	databaseID string
-	peers      map[streams.PeerID]*peerState
+	// registry is the peers stream, folded by its one fold.
+	registry *domain.Peers
+	peers    map[domain.PeerID]*peerState
 	// Effects are keyed by the stable peer ID, not the server ID, so a
 	// rename keeps them; readers see the peer's current server ID.
 	guilds  map[uint64]map[guildKey]struct{}
@@ -99,11 +99,10 @@ type State struct {
 	sent    map[inviteKey]sentInvite
 }
 
+// peerState is what the per-peer streams say of a peer.
 type peerState struct {
-	serverID  string
-	former    []string
-	publicKey []byte
 	out       domain.Outbox
+	in        domain.Inbox
 	attempts  uint32
 	lastPush  time.Time
 	lastPull  time.Time
@@ -111,23 +110,15 @@ type peerState struct {
 	lastSkip  *domain.EventsSkipped
 	epochs    uint32 // EpochStarted records
 	rewinds   uint32 // ReceiverReported records that sent events again
-	received  uint64
-	lastSeq   uint64 // highest sender sequence number in the inbox, if hasSeq, in seqEpoch
-	hasSeq    bool
-	seqEpoch  uint64
-	// knowsUsAs is this server's ID as the peer knows it: the one it had
-	// when they met, or the last one the peer accepted; "" when this
-	// server's ID was not recorded yet, which is the current one.
-	knowsUsAs string
 }
 
 type guildKey struct {
 	guild uint64
-	peer  streams.PeerID
+	peer  domain.PeerID
 }
 
 type inviteKey struct {
-	peer   streams.PeerID
+	peer   domain.PeerID
 	invite string
 }
 
@@ -138,191 +129,102 @@ type sentInvite struct {
 // NewState returns the state before any event.
 func NewState() *State {
 	return &State{
-		peers:   map[streams.PeerID]*peerState{},
-		guilds:  map[uint64]map[guildKey]struct{}{},
-		invites: map[uint64]map[inviteKey]uint64{},
-		sent:    map[inviteKey]sentInvite{},
+		registry: domain.NewPeers(),
+		peers:    map[domain.PeerID]*peerState{},
+		guilds:   map[uint64]map[guildKey]struct{}{},
+		invites:  map[uint64]map[inviteKey]uint64{},
+		sent:     map[inviteKey]sentInvite{},
 	}
 }
 
-// Position is the position of the last event applied (zero before any).
-func (s *State) Position() eventstore.Position { return s.pos }
+// Position is the position of the last record applied (zero before any);
+// ok is false before any.
+func (s *State) Position() (pos domain.Position, ok bool) { return s.pos, s.applied }
 
 // UnknownRecords is how many records of unknown types were skipped.
 func (s *State) UnknownRecords() uint64 { return s.unknown }
 
 // OwnServerID is this server's ID as of the last OwnServerIdChanged, if any.
-func (s *State) OwnServerID() string { return s.ownServerID }
+func (s *State) OwnServerID() string {
+	own, _ := s.registry.OwnID()
+	return own.String()
+}
 
-// Apply folds one recorded event. It skips r if r.Position is not after
-// the state's position, so replaying events is harmless. A record that
-// cannot be decoded returns an error, but the position still moves past it:
-// one bad record must not stop the projections (Audit reports it).
-func (s *State) Apply(r eventstore.RecordedEvent) error {
+// DatabaseID is the identity of the store the state's positions belong to.
+func (s *State) DatabaseID() string { return s.databaseID }
+
+// SetDatabaseID records the identity of the store the state follows: a
+// follower learns it before it replays the record that holds it.
+func (s *State) SetDatabaseID(id string) { s.databaseID = id }
+
+// Apply folds one record. It skips r if r.Position is not after the
+// state's position, so replaying records is harmless. A record that could
+// not be decoded, or that its stream's fold refuses, returns an error, but
+// the position still moves past it: one bad record must not stop the
+// projections (the audit reports it).
+func (s *State) Apply(r domain.Record) error {
 	if s.applied && !s.pos.Less(r.Position) {
 		return nil
 	}
 	s.pos, s.applied = r.Position, true
-	kind, peer := streamKind(r.Stream)
-	if kind == kindOther {
+	switch {
+	case r.Kind == domain.StreamOther:
 		return nil // not a Postbox stream: another application shares the store
-	}
-	if !knownType(kind, r.Type) {
+	case r.Unknown:
 		s.unknown++
 		return nil
+	case r.Err != nil:
+		// The outbox and inbox still hold the record: it counts.
+		switch r.Kind {
+		case domain.StreamOutbox:
+			s.peer(r.Peer).out.Stored(r.Revision)
+		case domain.StreamInbox:
+			p := s.peer(r.Peer)
+			p.in.Count = max(p.in.Count, r.Revision+1)
+		}
+		return r.Err
 	}
-	switch kind {
-	case kindPeers:
-		return s.applyPeers(r)
-	case kindOutbox:
-		return s.applyOutbox(peer, r)
-	case kindDelivery:
-		return s.applyDelivery(peer, r)
-	case kindInbox:
-		return s.applyInbox(peer, r)
-	case kindDatabase:
+	switch e := r.Event.(type) {
+	case domain.PeerEvent:
+		return s.registry.Apply(e, r.Created)
+	case domain.EventEnqueued:
+		s.applyOutbox(r.Peer, r.Revision, e)
+	case domain.DeliveryEvent:
+		s.applyDelivery(r.Peer, r.Created, e)
+	case domain.EventReceived:
+		s.applyInbox(r.Peer, r.Revision, e)
+	case domain.DatabaseCreated:
 		if s.databaseID == "" {
-			id, err := streams.DecodeDatabaseCreated(r)
-			s.databaseID = id
-			return err
+			s.databaseID = e.ID
 		}
 	}
 	return nil
 }
 
-type streamKindT int
-
-const (
-	kindOther streamKindT = iota
-	kindPeers
-	kindOutbox
-	kindDelivery
-	kindInbox
-	kindDatabase
-)
-
-func streamKind(stream string) (streamKindT, streams.PeerID) {
-	switch {
-	case stream == streams.Peers:
-		return kindPeers, ""
-	case stream == streams.Database:
-		return kindDatabase, ""
-	case strings.HasPrefix(stream, streams.OutboxPrefix):
-		return kindOutbox, streams.PeerID(strings.TrimPrefix(stream, streams.OutboxPrefix))
-	case strings.HasPrefix(stream, streams.DeliveryPrefix):
-		return kindDelivery, streams.PeerID(strings.TrimPrefix(stream, streams.DeliveryPrefix))
-	case strings.HasPrefix(stream, streams.InboxPrefix):
-		return kindInbox, streams.PeerID(strings.TrimPrefix(stream, streams.InboxPrefix))
-	}
-	return kindOther, ""
-}
-
-func knownType(kind streamKindT, typ string) bool {
-	switch kind {
-	case kindPeers:
-		switch typ {
-		case streams.TypePeerSeen, streams.TypePeerKeyLearned, streams.TypePeerRenamed,
-			streams.TypeOwnServerIDChanged, streams.TypePeerNotifiedOfNewID:
-			return true
-		}
-	case kindOutbox:
-		return typ == streams.TypeEventEnqueued
-	case kindDelivery:
-		switch typ {
-		case streams.TypeEventPushed, streams.TypeQueueModeEntered, streams.TypePullServed,
-			streams.TypePullAcknowledged, streams.TypePushResumed, streams.TypeEventsSkipped,
-			streams.TypeEpochStarted, streams.TypeReceiverReported:
-			return true
-		}
-	case kindInbox:
-		return typ == streams.TypeEventReceived
-	case kindDatabase:
-		return typ == streams.TypeDatabaseCreated
-	}
-	return false
-}
-
 // peer returns id's state, creating it: the per-peer streams may be read
-// before the PeerSeen that introduced the peer, in a store shared oddly.
-func (s *State) peer(id streams.PeerID) *peerState {
+// before the registration that introduced the peer, in a store shared oddly.
+func (s *State) peer(id domain.PeerID) *peerState {
 	p, ok := s.peers[id]
 	if !ok {
-		p = &peerState{knowsUsAs: s.ownServerID}
+		p = &peerState{}
 		s.peers[id] = p
 	}
 	return p
 }
 
-func (s *State) applyPeers(r eventstore.RecordedEvent) error {
-	m, err := streams.DecodePeers(r)
-	if err != nil {
-		return err
-	}
-	switch m := m.(type) {
-	case *eventsv1.PeerSeen:
-		p := s.peer(streams.PeerID(m.GetPeerId()))
-		if p.serverID == "" {
-			p.serverID = m.GetServerId()
-		}
-	case *eventsv1.PeerKeyLearned:
-		s.peer(streams.PeerID(m.GetPeerId())).publicKey = bytes.Clone(m.GetPublicKey())
-	case *eventsv1.PeerRenamed:
-		p := s.peer(streams.PeerID(m.GetPeerId()))
-		if p.serverID == m.GetNewServerId() {
-			return nil // already applied under another position: nothing moves
-		}
-		old := p.serverID
-		if old == "" {
-			old = m.GetOldServerId()
-		}
-		if old != "" {
-			p.former = append(p.former, old)
-		}
-		p.serverID = m.GetNewServerId()
-	case *eventsv1.OwnServerIdChanged:
-		// The first record of this server's ID has no old one: it is not a
-		// rename, and every peer met so far knows that ID.
-		if old := m.GetOldServerId(); old != "" {
-			for _, p := range s.peers {
-				if p.knowsUsAs == "" {
-					p.knowsUsAs = old
-				}
-			}
-		}
-		s.ownServerID = m.GetNewServerId()
-	case *eventsv1.PeerNotifiedOfNewId:
-		// Compared with the current ID when read: a peer told of an ID this
-		// server has since changed again does not know the current one.
-		s.peer(streams.PeerID(m.GetPeerId())).knowsUsAs = m.GetNewServerId()
-	}
-	return nil
-}
-
-func (s *State) applyOutbox(id streams.PeerID, r eventstore.RecordedEvent) error {
-	p := s.peer(id)
-	p.out.Head = max(p.out.Head, r.Revision+1)
-	ev, err := streams.DecodeEnqueued(r)
-	if err != nil {
-		return err
-	}
-	switch k := ev.GetKind().(type) {
-	case *syncv1.Event_UserInvited_:
+func (s *State) applyOutbox(id domain.PeerID, rev uint64, e domain.EventEnqueued) {
+	s.peer(id).out.Stored(rev)
+	switch ev := e.Event.(type) {
+	case domain.UserInvited:
 		// This server invites a user of the peer; the peer may reject it.
-		inv := k.UserInvited
-		s.sent[inviteKey{id, inv.GetInviteId()}] = sentInvite{invitee: inv.GetUserId(), inviter: inv.GetInviterId()}
-	case *syncv1.Event_UserRejectedInvite_:
+		s.sent[inviteKey{id, ev.InviteID}] = sentInvite{invitee: ev.UserID, inviter: ev.InviterID}
+	case domain.UserRejectedInvite:
 		// A local user rejected the peer's invite: it is no longer pending.
-		rej := k.UserRejectedInvite
-		s.dropInvite(rej.GetUserId(), inviteKey{id, rej.GetInviteId()})
+		s.dropInvite(ev.UserID, inviteKey{id, ev.InviteID})
 	}
-	return nil
 }
 
-func (s *State) applyDelivery(id streams.PeerID, r eventstore.RecordedEvent) error {
-	ev, err := streams.DecodeDelivery(r)
-	if err != nil {
-		return err
-	}
+func (s *State) applyDelivery(id domain.PeerID, at time.Time, ev domain.DeliveryEvent) {
 	p := s.peer(id)
 	before := p.out.Delivered
 	p.out.Apply(ev)
@@ -334,59 +236,47 @@ func (s *State) applyDelivery(id streams.PeerID, r eventstore.RecordedEvent) err
 			p.rewinds++
 		}
 	case domain.EventPushed:
-		p.attempts, p.lastPush, p.lastError = e.Attempts, r.Created.UTC(), ""
+		p.attempts, p.lastPush, p.lastError = e.Attempts, at.UTC(), ""
 	case domain.QueueModeEntered:
 		p.attempts, p.lastError = e.Attempts, e.LastError
 	case domain.PullServed:
-		p.lastPull = r.Created.UTC()
+		p.lastPull = at.UTC()
 	case domain.EventsSkipped:
 		p.lastSkip = &e
 	}
-	return nil
 }
 
-func (s *State) applyInbox(id streams.PeerID, r eventstore.RecordedEvent) error {
+func (s *State) applyInbox(id domain.PeerID, rev uint64, rec domain.EventReceived) {
 	p := s.peer(id)
-	p.received = max(p.received, r.Revision+1)
-	rec, err := streams.DecodeReceived(r)
-	if err != nil {
-		return err
-	}
-	if seq := rec.SenderSeq; seq != nil && (!p.hasSeq || rec.SenderEpoch != p.seqEpoch || *seq > p.lastSeq) {
-		p.lastSeq, p.hasSeq, p.seqEpoch = *seq, true, rec.SenderEpoch
-	}
+	p.in.Apply(rev, rec)
 	// PROTOCOL.md §4: the sender is the peer whose inbox this is.
-	switch k := rec.Event.GetKind().(type) {
-	case *syncv1.Event_UserAddedToGuild_:
-		e := k.UserAddedToGuild
-		g := s.guilds[e.GetUserId()]
+	switch e := rec.Event.(type) {
+	case domain.UserAddedToGuild:
+		g := s.guilds[e.UserID]
 		if g == nil {
 			g = map[guildKey]struct{}{}
-			s.guilds[e.GetUserId()] = g
+			s.guilds[e.UserID] = g
 		}
-		g[guildKey{e.GetGuildId(), id}] = struct{}{}
-	case *syncv1.Event_UserRemovedFromGuild_:
-		e := k.UserRemovedFromGuild
-		if g := s.guilds[e.GetUserId()]; g != nil {
-			delete(g, guildKey{e.GetGuildId(), id})
+		g[guildKey{e.GuildID, id}] = struct{}{}
+	case domain.UserRemovedFromGuild:
+		if g := s.guilds[e.UserID]; g != nil {
+			delete(g, guildKey{e.GuildID, id})
 			if len(g) == 0 {
-				delete(s.guilds, e.GetUserId())
+				delete(s.guilds, e.UserID)
 			}
 		}
-	case *syncv1.Event_UserInvited_:
-		e := k.UserInvited
-		inv := s.invites[e.GetUserId()]
+	case domain.UserInvited:
+		inv := s.invites[e.UserID]
 		if inv == nil {
 			inv = map[inviteKey]uint64{}
-			s.invites[e.GetUserId()] = inv
+			s.invites[e.UserID] = inv
 		}
-		inv[inviteKey{id, e.GetInviteId()}] = e.GetInviterId()
-	case *syncv1.Event_UserRejectedInvite_:
+		inv[inviteKey{id, e.InviteID}] = e.InviterID
+	case domain.UserRejectedInvite:
 		// Sent by the invitee's server to the guild's server (this one):
 		// the invite this server sent is no longer pending.
-		delete(s.sent, inviteKey{id, k.UserRejectedInvite.GetInviteId()})
+		delete(s.sent, inviteKey{id, e.InviteID})
 	}
-	return nil
 }
 
 func (s *State) dropInvite(user uint64, k inviteKey) {
@@ -398,19 +288,44 @@ func (s *State) dropInvite(user uint64, k inviteKey) {
 	}
 }
 
-func (s *State) serverID(id streams.PeerID) string {
-	if p, ok := s.peers[id]; ok {
-		return p.serverID
-	}
-	return ""
+// ServerIDOf is a peer's current server ID ("" if not registered).
+func (s *State) ServerIDOf(id domain.PeerID) string {
+	e, _ := s.registry.Peer(id)
+	return e.ServerID.String()
 }
 
-func (p *peerState) view(id streams.PeerID, ownServerID string) PeerView {
+// peerIDs lists every peer the streams name: registered, or with streams.
+func (s *State) peerIDs() []domain.PeerID {
+	ids := make([]domain.PeerID, 0, len(s.peers))
+	for id := range s.peers {
+		ids = append(ids, id)
+	}
+	for _, e := range s.registry.List() {
+		if _, ok := s.peers[e.ID]; !ok {
+			ids = append(ids, e.ID)
+		}
+	}
+	return ids
+}
+
+func (s *State) view(id domain.PeerID) PeerView {
+	entry, _ := s.registry.Peer(id)
+	var p peerState
+	if ps := s.peers[id]; ps != nil {
+		p = *ps
+	}
+	former := make([]string, 0, len(entry.Former))
+	for _, f := range entry.Former {
+		former = append(former, f.String())
+	}
+	if len(former) == 0 {
+		former = nil
+	}
 	return PeerView{
 		PeerID:           string(id),
-		ServerID:         p.serverID,
-		FormerServerIDs:  slices.Clone(p.former),
-		PublicKey:        bytes.Clone(p.publicKey),
+		ServerID:         entry.ServerID.String(),
+		FormerServerIDs:  former,
+		PublicKey:        bytes.Clone(entry.Key),
 		Head:             p.out.Head,
 		Delivered:        p.out.Delivered,
 		HandedOver:       p.out.HandedOver,
@@ -424,8 +339,8 @@ func (p *peerState) view(id streams.PeerID, ownServerID string) PeerView {
 		LastPush:         p.lastPush,
 		LastPullServed:   p.lastPull,
 		LastError:        p.lastError,
-		EventsReceived:   p.received,
-		KnowsOurServerID: p.knowsUsAs == "" || p.knowsUsAs == ownServerID,
+		EventsReceived:   p.in.Count,
+		KnowsOurServerID: s.registry.KnowsOurID(id),
 	}
 }
 
@@ -439,9 +354,10 @@ func cloneSkip(s *domain.EventsSkipped) *domain.EventsSkipped {
 
 // Peers lists every peer, ordered by server ID (then peer ID).
 func (s *State) Peers() []PeerView {
-	out := make([]PeerView, 0, len(s.peers))
-	for id, p := range s.peers {
-		out = append(out, p.view(id, s.ownServerID))
+	ids := s.peerIDs()
+	out := make([]PeerView, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, s.view(id))
 	}
 	slices.SortFunc(out, func(a, b PeerView) int {
 		return cmp.Or(cmp.Compare(a.ServerID, b.ServerID), cmp.Compare(a.PeerID, b.PeerID))
@@ -472,7 +388,7 @@ func (s *State) Peer(serverID string) (PeerView, bool) {
 func (s *State) Guilds(userID uint64) []GuildRef {
 	out := make([]GuildRef, 0, len(s.guilds[userID]))
 	for k := range s.guilds[userID] {
-		out = append(out, GuildRef{GuildID: k.guild, ServerID: s.serverID(k.peer)})
+		out = append(out, GuildRef{GuildID: k.guild, ServerID: s.ServerIDOf(k.peer)})
 	}
 	slices.SortFunc(out, func(a, b GuildRef) int {
 		return cmp.Or(cmp.Compare(a.ServerID, b.ServerID), cmp.Compare(a.GuildID, b.GuildID))
@@ -485,7 +401,7 @@ func (s *State) Guilds(userID uint64) []GuildRef {
 func (s *State) Invites(userID uint64) []Invite {
 	out := make([]Invite, 0, len(s.invites[userID]))
 	for k, inviter := range s.invites[userID] {
-		out = append(out, Invite{InviteID: k.invite, InviterID: inviter, ServerID: s.serverID(k.peer)})
+		out = append(out, Invite{InviteID: k.invite, InviterID: inviter, ServerID: s.ServerIDOf(k.peer)})
 	}
 	slices.SortFunc(out, func(a, b Invite) int {
 		return cmp.Or(cmp.Compare(a.ServerID, b.ServerID), cmp.Compare(a.InviteID, b.InviteID))
@@ -498,7 +414,7 @@ func (s *State) Invites(userID uint64) []Invite {
 func (s *State) SentInvites() []SentInvite {
 	out := make([]SentInvite, 0, len(s.sent))
 	for k, v := range s.sent {
-		out = append(out, SentInvite{InviteID: k.invite, InviteeID: v.invitee, InviterID: v.inviter, ServerID: s.serverID(k.peer)})
+		out = append(out, SentInvite{InviteID: k.invite, InviteeID: v.invitee, InviterID: v.inviter, ServerID: s.ServerIDOf(k.peer)})
 	}
 	slices.SortFunc(out, func(a, b SentInvite) int {
 		return cmp.Or(cmp.Compare(a.ServerID, b.ServerID), cmp.Compare(a.InviteID, b.InviteID))
@@ -509,16 +425,14 @@ func (s *State) SentInvites() []SentInvite {
 // Clone returns a deep copy.
 func (s *State) Clone() *State {
 	c := &State{
-		pos: s.pos, applied: s.applied, unknown: s.unknown, ownServerID: s.ownServerID, databaseID: s.databaseID,
-		peers:   make(map[streams.PeerID]*peerState, len(s.peers)),
-		guilds:  make(map[uint64]map[guildKey]struct{}, len(s.guilds)),
-		invites: make(map[uint64]map[inviteKey]uint64, len(s.invites)),
-		sent:    make(map[inviteKey]sentInvite, len(s.sent)),
+		pos: s.pos, applied: s.applied, unknown: s.unknown, databaseID: s.databaseID,
+		registry: s.registry.Clone(),
+		peers:    make(map[domain.PeerID]*peerState, len(s.peers)),
+		guilds:   make(map[uint64]map[guildKey]struct{}, len(s.guilds)),
+		invites:  make(map[uint64]map[inviteKey]uint64, len(s.invites)),
 	}
 	for id, p := range s.peers {
 		cp := *p
-		cp.former = slices.Clone(p.former)
-		cp.publicKey = bytes.Clone(p.publicKey)
 		c.peers[id] = &cp
 	}
 	for u, g := range s.guilds {

@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"errors"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -264,8 +265,8 @@ func TestProjectionReplayIsIdempotent(t *testing.T) {
 	if !reflect.DeepEqual(once.Peers(), doubled.Peers()) || !reflect.DeepEqual(once.Guilds(42), doubled.Guilds(42)) {
 		t.Fatal("the views differ")
 	}
-	if once.Position() != recs[len(recs)-1].Position {
-		t.Fatalf("position %v, want the last record's", once.Position())
+	if pos, _ := once.Position(); pos != streams.Decode(recs[len(recs)-1]).Position {
+		t.Fatalf("position %v, want the last record's", pos)
 	}
 }
 
@@ -393,7 +394,7 @@ func TestProjectionUnknownAndUnreadableRecords(t *testing.T) {
 	s := NewState()
 	var errs int
 	for _, r := range recs {
-		if err := s.Apply(r); err != nil {
+		if err := s.Apply(streams.Decode(r)); err != nil {
 			errs++
 		}
 	}
@@ -403,8 +404,8 @@ func TestProjectionUnknownAndUnreadableRecords(t *testing.T) {
 	if errs != 1 {
 		t.Fatalf("%d errors, want 1 for the unreadable record", errs)
 	}
-	if v, _ := s.Peer("a.example:2289"); v.Head != 1 || s.Position() != recs[len(recs)-1].Position {
-		t.Fatalf("the records after them were not applied: %+v at %v", v, s.Position())
+	if v, _ := s.Peer("a.example:2289"); v.Head != 1 || s.pos != streams.Decode(recs[len(recs)-1]).Position {
+		t.Fatalf("the records after them were not applied: %+v at %v", v, s.pos)
 	}
 }
 
@@ -427,4 +428,25 @@ func mixedHistory(t *testing.T) *history {
 		delivery("pa", domain.PullAcknowledged{UpToSeq: 2}, domain.PushResumed{FromSeq: 3, Reason: domain.ResumeQueueDrained}).
 		add(streams.Peers, streams.TypeOwnServerIDChanged, &eventsv1.OwnServerIdChanged{OldServerId: "us:1", NewServerId: "we:1"}).
 		add(streams.Peers, streams.TypePeerNotifiedOfNewID, &eventsv1.PeerNotifiedOfNewId{PeerId: "pa", NewServerId: "we:1"})
+}
+
+// The peers stream is folded by the registry's own fold: a rename of a
+// peer never registered is refused (the registry would not start on it)
+// and invents no peer; the audit reports the record.
+func TestProjectionRefusesARenameOfAPeerNeverRegistered(t *testing.T) {
+	t.Parallel()
+	h := newHistory(t).seen("pa", "a.example:2289").renamed("px", "b.example:2289", "b2.example:2289")
+	recs := h.records()
+	s := NewState()
+	if err := s.Apply(streams.Decode(recs[0])); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(streams.Decode(recs[1])); !errors.Is(err, domain.ErrUnregisteredPeer) {
+		t.Fatalf("Apply = %v, want ErrUnregisteredPeer", err)
+	}
+	if peers := s.Peers(); len(peers) != 1 || peers[0].PeerID != "pa" {
+		t.Fatalf("peers %+v, want pa alone", peers)
+	}
+	rep := audit(t, h.store(), AuditOptions{})
+	wantViolations(t, rep, Violation{Stream: streams.Peers, Revision: 1, Rule: RuleRecordReadable})
 }

@@ -20,8 +20,8 @@ if ! diff -r "$tmp/gen" gen; then
   echo "gen/ is stale: run scripts/generate.sh and commit the result" >&2
   exit 1
 fi
-if ! go tool wire diff ./cmd/postbox; then
-  echo "cmd/postbox/wire_gen.go is stale: run scripts/generate.sh and commit the result" >&2
+if ! go tool wire diff ./cmd/postbox ./internal/assembly; then
+  echo "cmd/postbox/wire_gen.go or internal/assembly/wire_gen.go is stale: run scripts/generate.sh and commit the result" >&2
   exit 1
 fi
 

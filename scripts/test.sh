@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check and every test, as CI does. Needs only Go: the event store
+# Runs every check and every test, as CI does. Needs Go, and spin with a C
+# compiler for the protocol model (.ci/run installs them). The event store
 # tests run the embedded store and an in-process test double of EventStoreDB's
 # gRPC API; set POSTBOX_TEST_ESDB_URL to also run them against a real server.
 set -euo pipefail
@@ -8,6 +9,12 @@ cd "$(dirname "$0")/.."
 step=checks
 trap 'rc=$?; if [ $rc -eq 0 ]; then echo "PASS: all checks and tests passed"; else echo "FAIL: $step failed (exit $rc; see above)"; fi' EXIT
 scripts/check.sh
+step="protocol model (spin)"
+# The delivery protocol's bounded model, checked exhaustively, and each of
+# its rules broken on purpose must be caught (README "Protocol model");
+# needs spin and a C compiler (Debian: apt-get install spin gcc).
+echo "== protocol model: spin (domain/model/check.sh)"
+domain/model/check.sh
 step="go test -race"
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...

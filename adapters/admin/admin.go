@@ -37,6 +37,8 @@ type Service struct {
 	renamer  Renamer
 	views    PeerViews
 	ages     PendingAges // optional
+
+	consumers consumerSettings // optional
 }
 
 // NewService returns the admin API.

@@ -29,8 +29,12 @@ type PeerNames interface {
 // applied, starting after a position; a caught_up item marks the end of
 // what was stored when the call began. Without follow, the stream ends there.
 func (s *Service) Watch(ctx context.Context, req *connect.Request[adminv1.WatchRequest], stream *connect.ServerStream[adminv1.WatchResponse]) error {
+	after, err := s.watchStart(ctx, req.Msg)
+	if err != nil {
+		return err
+	}
 	from := eventstore.FromStart()
-	if after := req.Msg.GetAfter(); after > 0 {
+	if after > 0 {
 		from = eventstore.After(eventstore.Position{Commit: after, Prepare: after})
 	}
 	sub, err := s.received.Subscribe(ctx, eventstore.Filter{StreamPrefix: streams.InboxPrefix}, from)
@@ -38,7 +42,7 @@ func (s *Service) Watch(ctx context.Context, req *connect.Request[adminv1.WatchR
 		// A position from another database, or one made up: refused, rather
 		// than quietly watching from somewhere else.
 		return fmt.Errorf("%w: after %d is not the position of an event in this server's store: use a position that watch printed here",
-			domain.ErrInvalidArgument, req.Msg.GetAfter())
+			domain.ErrInvalidArgument, after)
 	}
 	if err != nil {
 		return fmt.Errorf("watch: %w", err)

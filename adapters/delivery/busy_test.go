@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
@@ -155,16 +156,18 @@ func TestABusyReceiverIsWaitedForNotQueued(t *testing.T) {
 
 	cfg := testConfig()
 	cfg.PushRetries = 1 // queue mode after two failed attempts
-	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: cfg,
+	clock := newFastClock(20)
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: cfg, clock: clock,
 		client: peerclient.New(peerclient.Config{Insecure: true}, authtoken.NewSigner(senderKey, systemClock{}, rand.Reader), fixedSelf(self))}
 	w.open()
 	if _, err := w.engine.Send(context.Background(), recv.id, added(1)); err != nil {
 		t.Fatal(err)
 	}
-	// Three busy answers: one second apart, as the receiver asked.
-	start := time.Now()
+	// Three busy answers: one second apart on the engine's clock, as the
+	// receiver asked.
+	start := clock.Now()
 	eventually(t, "three busy answers", func() bool { return recv.busy.Load() >= 3 })
-	if took := time.Since(start); took < 1500*time.Millisecond {
+	if took := clock.Now().Sub(start); took < 1500*time.Millisecond {
 		t.Errorf("three busy answers within %s: the sender did not wait as asked", took)
 	}
 	id, _ := w.engine.registry.Lookup(recv.id)
@@ -214,8 +217,8 @@ type alwaysBusy struct{ pushes atomic.Int64 }
 
 func (a *alwaysBusy) Push(context.Context, domain.ServerID, uint64, []*syncv1.Event) (peerclient.PushResult, error) {
 	a.pushes.Add(1)
-	return peerclient.PushResult{}, &hrpc.RemoteError{Procedure: "/Push", HTTPStatus: http.StatusTooManyRequests,
-		Identifier: "hrpc.resource-exhausted", RetryAfter: time.Millisecond, HasRetryInfo: true}
+	return peerclient.PushResult{}, fromPeer(&hrpc.RemoteError{Procedure: "/Push", HTTPStatus: http.StatusTooManyRequests,
+		Identifier: "hrpc.resource-exhausted", RetryAfter: time.Millisecond, HasRetryInfo: true})
 }
 
 func (a *alwaysBusy) Pull(context.Context, domain.ServerID, *uint64) (peerclient.PullResult, error) {
@@ -226,6 +229,11 @@ func (a *alwaysBusy) Pull(context.Context, domain.ServerID, *uint64) (peerclient
 // busy answers in a row, the next ones count as failed attempts.
 func TestAPeerBusyForeverReachesQueueMode(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testAPeerBusyForeverReachesQueueMode)
+}
+
+// testAPeerBusyForeverReachesQueueMode runs in a synctest bubble: the waits the peer asks for pass on the bubble's clock.
+func testAPeerBusyForeverReachesQueueMode(t *testing.T) {
 	cfg := testConfig()
 	cfg.PushRetries = 1
 	peer := &alwaysBusy{}
@@ -238,3 +246,28 @@ func TestAPeerBusyForeverReachesQueueMode(t *testing.T) {
 		t.Errorf("%d pushes before queue mode, want %d", n, maxBusyInRow+2)
 	}
 }
+
+// fastClock is the engine's clock run faster than real time: its waits of
+// seconds take tens of milliseconds, against a real receiver over a socket,
+// where a synctest bubble cannot go.
+type fastClock struct {
+	start  time.Time
+	factor time.Duration
+}
+
+func newFastClock(factor int) fastClock {
+	return fastClock{start: time.Now(), factor: time.Duration(factor)}
+}
+
+func (c fastClock) Now() time.Time { return c.start.Add(time.Since(c.start) * c.factor) }
+
+func (c fastClock) AfterFunc(d time.Duration, f func()) domain.Timer {
+	return fastTimer{time.AfterFunc(d/c.factor, f), c.factor}
+}
+
+type fastTimer struct {
+	*time.Timer
+	factor time.Duration
+}
+
+func (t fastTimer) Reset(d time.Duration) bool { return t.Timer.Reset(d / t.factor) }

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -28,26 +28,29 @@ import (
 type PeerClient interface {
 	// Push sends events[0] as seq, and events[1:] as the events that follow
 	// it; only to a receiver whose last answer announced it takes them.
-	Push(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event) (peerclient.PushResult, error)
-	Pull(ctx context.Context, peer domain.ServerID, ack *uint64) (peerclient.PullResult, error)
+	Push(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event) (domain.PushResult, error)
+	Pull(ctx context.Context, peer domain.ServerID, ack *uint64) (PullBatch, error)
 }
+
+// PullBatch is a Pull reply as the engine serves and receives it.
+type PullBatch = domain.PullBatch[*syncv1.Event]
 
 // continuityClient is a PeerClient that also carries the continuity
 // extension (README "Interoperability notes"): the real one does; a test
 // double that does not is called without it, as an older server would be.
 type continuityClient interface {
-	PushClaimed(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (peerclient.PushResult, error)
-	PullAccounted(ctx context.Context, peer domain.ServerID, ack *uint64, account domain.PullAccount) (peerclient.PullResult, error)
+	PushClaimed(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (domain.PushResult, error)
+	PullAccounted(ctx context.Context, peer domain.ServerID, ack *uint64, account domain.PullAccount) (PullBatch, error)
 }
 
-func (e *Engine) push(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (peerclient.PushResult, error) {
+func (e *Engine) push(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (domain.PushResult, error) {
 	if c, ok := e.client.(continuityClient); ok {
 		return c.PushClaimed(ctx, server, seq, events, claim)
 	}
 	return e.client.Push(ctx, server, seq, events)
 }
 
-func (e *Engine) pull(ctx context.Context, server domain.ServerID, ack *uint64, account domain.PullAccount) (peerclient.PullResult, error) {
+func (e *Engine) pull(ctx context.Context, server domain.ServerID, ack *uint64, account domain.PullAccount) (PullBatch, error) {
 	if c, ok := e.client.(continuityClient); ok {
 		return c.PullAccounted(ctx, server, ack, account)
 	}
@@ -138,22 +141,29 @@ type Engine struct {
 	cfg      Config
 	store    Store
 	codec    *streams.Codec
-	registry *Registry
+	registry *registry.Registry
 	client   PeerClient
-	clock    domain.Clock
+	clock    domain.Timers // every wait and timer of the engine runs on it
 	logger   *slog.Logger
 	jitter   func() float64
 	newEpoch func() uint64 // a random epoch, never 0
 	slots    chan struct{}
 
-	// ctx scopes background work (push loops, probes, pulls); Close ends it.
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// Background work (push loops, probes, pulls, notices) runs under
+	// Run's context: whatever starts it (a Send, a timer, a Pull served)
+	// hands it to Run through work.
+	wg      sync.WaitGroup
+	wake    chan struct{} // work is waiting; capacity 1
+	started chan struct{} // closed once Run has rebuilt every peer's state
+	pulled  chan struct{} // closed once the startup pulls are done
+	stopped chan struct{} // closed when Run ends
 
-	mu      sync.Mutex
-	peers   map[streams.PeerID]*peer
-	renames *Renames // answers NotifyNewId; set by NewRenames
+	mu       sync.Mutex
+	work     []func(context.Context) // waiting for Run to start it
+	running  bool                    // Run was called
+	stopping bool                    // Run is ending: no new work
+	peers    map[streams.PeerID]*peer
+	renames  *Renames // answers NotifyNewId; set by NewRenames
 }
 
 // peer is the engine's state for one peer, rebuilt from its streams.
@@ -168,18 +178,18 @@ type peer struct {
 	// batch is the largest push the peer announced in its last answer
 	// (zero: one event per push). Not kept across restarts: the first push
 	// after one carries a single event and learns it again.
-	batch       peerclient.PushResult
+	batch       domain.PushResult
 	serving     bool // a Pull is being served: probes record nothing
-	probeTimer  *time.Timer
+	probeTimer  domain.Timer
 	probeCancel context.CancelFunc
 	probeRound  int
 	journal     []journalEntry
 	flushing    bool
-	flushTimer  *time.Timer   // a batch of records nobody waits for is due
+	flushTimer  domain.Timer  // a batch of records nobody waits for is due
 	pullGate    chan struct{} // set while this server pulls from the peer; closed when done
-	// gateOwnedByStartup: Start set the gate before the startup pull runs.
+	// gateOwnedByStartup: Run set the gate before the startup pull runs.
 	gateOwnedByStartup bool
-	pullTimer          *time.Timer
+	pullTimer          domain.Timer
 	// given caches the outbox ID of out.Given, which each push claims.
 	given *domain.EventRef
 	// stuck: the oldest undelivered event looked undeliverable when it was
@@ -198,8 +208,9 @@ type journalEntry struct {
 	done   chan error // nil: nobody waits
 }
 
-// New returns an engine. Start must be called before use.
-func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, client PeerClient, clock domain.Clock, logger *slog.Logger, random io.Reader) *Engine {
+// New returns an engine; Run runs it. Calls made before Run has rebuilt
+// the peers' state wait for it.
+func New(cfg Config, store Store, codec *streams.Codec, registry *registry.Registry, client PeerClient, clock domain.Timers, logger *slog.Logger, random io.Reader) *Engine {
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
@@ -207,7 +218,6 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, clie
 	_, _ = io.ReadFull(random, seed[:])
 	jitterSource := rand.New(rand.NewChaCha8(seed))
 	var jitterMu sync.Mutex
-	ctx, cancel := context.WithCancel(context.Background())
 	return &Engine{
 		cfg: cfg, store: store, codec: codec, registry: registry, client: client, clock: clock, logger: logger,
 		jitter: func() float64 {
@@ -220,21 +230,84 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *Registry, clie
 			defer jitterMu.Unlock()
 			return jitterSource.Uint64() | 1
 		},
-		slots:  make(chan struct{}, max(cfg.MaxConcurrentPushes, 1)),
-		ctx:    ctx,
-		cancel: cancel,
-		peers:  map[streams.PeerID]*peer{},
+		slots:   make(chan struct{}, max(cfg.MaxConcurrentPushes, 1)),
+		wake:    make(chan struct{}, 1),
+		started: make(chan struct{}),
+		pulled:  make(chan struct{}),
+		stopped: make(chan struct{}),
+		peers:   map[streams.PeerID]*peer{},
 	}
 }
 
 // Registry returns the peer registry.
-func (e *Engine) Registry() *Registry { return e.registry }
+func (e *Engine) Registry() *registry.Registry { return e.registry }
 
-// Close stops background work and waits for it.
-func (e *Engine) Close() {
-	e.cancel()
+// Run rebuilds every peer's state from the streams and restarts what was
+// under way (push loops for peers with undelivered events, probes for
+// peers in queue mode, notices of this server's new ID), then pulls every
+// peer federated with before, and does the engine's background work until
+// ctx ends. Then it stops that work, writes the records still batched, and
+// returns. Until a peer has been pulled, its pushes wait: start Run once
+// the listeners are bound. Run is called once.
+func (e *Engine) Run(ctx context.Context) error {
 	e.mu.Lock()
+	if e.running {
+		e.mu.Unlock()
+		return errors.New("the delivery engine runs already")
+	}
+	e.running = true
+	e.mu.Unlock()
+	defer e.shutdown()
+	if err := e.restore(ctx); err != nil {
+		return err
+	}
+	close(e.started)
+	e.mu.Lock()
+	renames := e.renames
+	e.mu.Unlock()
+	if renames != nil {
+		renames.Start()
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.startupPulls(ctx)
+		close(e.pulled)
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-e.wake:
+			e.mu.Lock()
+			work := e.work
+			e.work = nil
+			e.mu.Unlock()
+			for _, fn := range work {
+				e.wg.Add(1)
+				go func() {
+					defer e.wg.Done()
+					fn(ctx)
+				}()
+			}
+		}
+	}
+}
+
+// Ready is closed once Run's startup pulls are done.
+func (e *Engine) Ready() <-chan struct{} { return e.pulled }
+
+// shutdown stops background work and waits for it.
+func (e *Engine) shutdown() {
+	e.mu.Lock()
+	e.stopping, e.work = true, nil
+	close(e.stopped)
+	peers := make([]*peer, 0, len(e.peers))
 	for _, p := range e.peers {
+		peers = append(peers, p)
+	}
+	e.mu.Unlock()
+	for _, p := range peers {
 		p.mu.Lock()
 		if p.probeTimer != nil {
 			p.probeTimer.Stop()
@@ -246,22 +319,63 @@ func (e *Engine) Close() {
 		e.flushLocked(p)
 		p.mu.Unlock()
 	}
-	e.mu.Unlock()
 	e.wg.Wait()
 }
 
-// go runs fn in the background unless the engine is closing.
-func (e *Engine) goBackground(fn func()) {
+// errStopped answers calls once Run has ended (or failed to start).
+var errStopped = fmt.Errorf("%w: the delivery engine has stopped", domain.ErrUnavailable)
+
+// awaitStart waits until Run has rebuilt the peers' state.
+func (e *Engine) awaitStart(ctx context.Context) error {
+	select {
+	case <-e.stopped:
+		return errStopped
+	default:
+	}
+	select {
+	case <-e.started:
+		return nil
+	case <-e.stopped:
+		return errStopped
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the delivery engine to start: %w", ctx.Err())
+	}
+}
+
+// isStopping reports whether Run is ending (or has ended).
+func (e *Engine) isStopping() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.ctx.Err() != nil {
+	return e.stopping
+}
+
+// untilStopped is ctx without its cancellation or deadline, ended when the
+// engine stops instead: for work that must outlive its caller.
+func (e *Engine) untilStopped(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		select {
+		case <-e.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// goBackground hands fn to Run, which runs it under its context, unless
+// the engine is stopping.
+func (e *Engine) goBackground(fn func(ctx context.Context)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopping {
 		return
 	}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		fn()
-	}()
+	e.work = append(e.work, fn)
+	select {
+	case e.wake <- struct{}{}:
+	default: // Run has been woken already
+	}
 }
 
 func (e *Engine) peer(id streams.PeerID) *peer {
@@ -287,7 +401,7 @@ func (e *Engine) loadLocked(ctx context.Context, p *peer) error {
 	case err != nil:
 		return fmt.Errorf("read outbox head of %s: %w", p.id, err)
 	case len(last) == 1:
-		out.Head = last[0].Revision + 1
+		out.Stored(last[0].Revision)
 	}
 	next, err := readAll(ctx, e.store, streams.Delivery(p.id), func(r eventstore.RecordedEvent) error {
 		ev, err := streams.DecodeDelivery(r)
@@ -336,8 +450,8 @@ func (e *Engine) recordLocked(p *peer, wait bool, events ...domain.DeliveryEvent
 	case wait || len(p.journal) >= recordBatch:
 		e.flushLocked(p)
 	case p.flushTimer == nil && !p.flushing:
-		var t *time.Timer
-		t = time.AfterFunc(recordDelay, func() {
+		var t domain.Timer
+		t = e.clock.AfterFunc(recordDelay, func() {
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			// Close, or a flush since, took this batch already.
@@ -416,7 +530,7 @@ func (e *Engine) appendDelivery(p *peer, expected eventstore.ExpectedRevision, e
 	}
 	// Records outlive the request that caused them: once decided, they are
 	// written even if that caller went away.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, err = e.store.Append(ctx, streams.Delivery(p.id), expected, data...)
 	if err != nil {
@@ -437,41 +551,43 @@ func waitRecorded(ctx context.Context, done chan error) error {
 	}
 }
 
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
+// sleep waits d on the engine's clock, or until ctx ends.
+func (e *Engine) sleep(ctx context.Context, d time.Duration) error {
+	due, stop := e.after(d)
+	defer stop()
 	select {
-	case <-t.C:
+	case <-due:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-// PeerCursor is one peer's sender-side state as the engine holds it now.
-type PeerCursor struct {
-	ServerID domain.ServerID
-	Outbox   domain.Outbox
+// after returns a channel closed once d has passed on the engine's
+// clock, and a function that stops the timer.
+func (e *Engine) after(d time.Duration) (<-chan struct{}, func()) {
+	due := make(chan struct{})
+	t := e.clock.AfterFunc(d, func() { close(due) })
+	return due, func() { t.Stop() }
 }
 
 // Cursors returns the state of every peer the engine has loaded (all
-// registered peers after Start), without waiting for anything.
-func (e *Engine) Cursors() []PeerCursor {
+// registered peers once Run has started), without waiting for anything.
+func (e *Engine) Cursors() []domain.PeerCursor {
 	e.mu.Lock()
 	peers := make([]*peer, 0, len(e.peers))
 	for _, p := range e.peers {
 		peers = append(peers, p)
 	}
 	e.mu.Unlock()
-	out := make([]PeerCursor, 0, len(peers))
+	out := make([]domain.PeerCursor, 0, len(peers))
 	for _, p := range peers {
 		server, ok := e.registry.ServerID(p.id)
 		if !ok {
 			continue
 		}
 		p.mu.Lock()
-		out = append(out, PeerCursor{ServerID: server, Outbox: p.out})
+		out = append(out, domain.PeerCursor{PeerID: string(p.id), ServerID: server, Outbox: p.out})
 		p.mu.Unlock()
 	}
 	return out

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -19,6 +20,8 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/registry"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/seqext"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -29,6 +32,8 @@ import (
 type systemClock struct{}
 
 func (systemClock) Now() time.Time { return time.Now() }
+
+func (systemClock) AfterFunc(d time.Duration, f func()) domain.Timer { return time.AfterFunc(d, f) }
 
 // fakePeers records pushes and can be told to refuse them. With batchBytes
 // set it answers as a Postbox receiver that takes several events per push;
@@ -103,8 +108,10 @@ type world struct {
 	dir    string
 	store  *embedded.Store
 	peers  *fakePeers
-	client PeerClient // calls peers; peers unless set
+	client PeerClient    // calls peers; peers unless set
+	clock  domain.Timers // the engine's; the system's unless set
 	engine *Engine
+	stop   func() // ends the engine's Run
 	cfg    Config
 }
 
@@ -132,7 +139,7 @@ func (w *world) open() {
 		w.t.Fatal(err)
 	}
 	codec := streams.NewCodec(rand.Reader)
-	reg, err := LoadRegistry(ctx, store, codec, rand.Reader)
+	reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -141,22 +148,49 @@ func (w *world) open() {
 	if client == nil {
 		client = w.peers
 	}
-	w.engine = New(w.cfg, store, codec, reg, client, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
-	if err := w.engine.Start(ctx); err != nil {
-		w.t.Fatal(err)
+	var clock domain.Timers = systemClock{}
+	if w.clock != nil {
+		clock = w.clock
 	}
-	// As the server does once its listeners are open; pushes from known
-	// peers wait until then.
-	w.engine.StartupPulls(ctx)
+	w.engine = New(w.cfg, store, codec, reg, client, clock, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+	// Pushes from known peers wait until their startup pull is done.
+	w.stop = runEngine(w.t, w.engine)
+	<-w.engine.Ready()
 	w.t.Cleanup(w.close)
 }
 
 func (w *world) close() {
 	if w.engine != nil {
-		w.engine.Close()
+		w.stop()
 		w.store.Close()
 		w.engine = nil
 	}
+}
+
+// runEngine runs e until the returned stop is called (at the latest when
+// the test ends), and returns once e has rebuilt its state.
+func runEngine(t testing.TB, e *Engine) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	select {
+	case <-e.started:
+	case err := <-done:
+		cancel()
+		t.Fatalf("Run: %v", err)
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func (w *world) restart() {
@@ -372,6 +406,11 @@ func TestAnUpstreamPeerGetsOneEventPerPush(t *testing.T) {
 
 func TestAFailedPushOfSeveralEventsIsRetriedWithOne(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testAFailedPushOfSeveralEventsIsRetriedWithOne)
+}
+
+// testAFailedPushOfSeveralEventsIsRetriedWithOne runs in a synctest bubble: the retry waits its backoff on the bubble's clock.
+func testAFailedPushOfSeveralEventsIsRetriedWithOne(t *testing.T) {
 	w := newWorld(t, testConfig())
 	w.peers.set(func(f *fakePeers) { f.batchBytes = 1 << 20 })
 	w.send(1)
@@ -394,6 +433,11 @@ func TestAFailedPushOfSeveralEventsIsRetriedWithOne(t *testing.T) {
 
 func TestQueueModeThenAcknowledgedPullsThenPushAgain(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testQueueModeThenAcknowledgedPullsThenPushAgain)
+}
+
+// testQueueModeThenAcknowledgedPullsThenPushAgain runs in a synctest bubble: the retries before queue mode wait on its clock, and nothing more happens once every goroutine waits.
+func testQueueModeThenAcknowledgedPullsThenPushAgain(t *testing.T) {
 	w := newWorld(t, testConfig())
 	w.peers.setDown(true)
 	w.send(5)
@@ -402,7 +446,7 @@ func TestQueueModeThenAcknowledgedPullsThenPushAgain(t *testing.T) {
 		t.Fatalf("%d pushes went through a dead peer", n)
 	}
 	w.send(2) // later events wait in the queue
-	time.Sleep(20 * time.Millisecond)
+	synctest.Wait()
 	if n := len(w.peers.pushes()); n != 0 {
 		t.Fatal("pushed while in queue mode")
 	}
@@ -447,6 +491,11 @@ func TestAPullFromAnUnknownServerRegistersNothing(t *testing.T) {
 
 func TestStateIsRebuiltFromTheStreamsAfterARestart(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testStateIsRebuiltFromTheStreamsAfterARestart)
+}
+
+// testStateIsRebuiltFromTheStreamsAfterARestart runs in a synctest bubble: the retries before queue mode wait on the bubble's clock.
+func testStateIsRebuiltFromTheStreamsAfterARestart(t *testing.T) {
 	w := newWorld(t, testConfig())
 	w.peers.setDown(true)
 	w.send(4)
@@ -535,6 +584,11 @@ func TestReceivedEventsAreAppliedOnceAndInOrder(t *testing.T) {
 
 func TestAPushWaitsForThisServersPullFromTheSender(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testAPushWaitsForThisServersPullFromTheSender)
+}
+
+// testAPushWaitsForThisServersPullFromTheSender runs in a synctest bubble: the push is seen waiting once every goroutine waits.
+func testAPushWaitsForThisServersPullFromTheSender(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	sender := domain.Caller{ServerID: domain.MustParseServerID("s.example:2289"), Extended: true}
@@ -568,10 +622,11 @@ func TestAPushWaitsForThisServersPullFromTheSender(t *testing.T) {
 	})
 	pushed := make(chan error, 1)
 	go func() { pushed <- w.engine.AcceptPush(ctx, sender, []*syncv1.Event{added(3)}, seq(3)) }()
+	synctest.Wait()
 	select {
 	case err := <-pushed:
 		t.Fatalf("the push finished during the pull: %v", err)
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	close(release)
 	if err := <-pulled; err != nil {
@@ -605,8 +660,14 @@ func TestIdlePeersHoldNoGoroutine(t *testing.T) {
 	})
 }
 
+// The retry waits a second, on a clock the test controls (a synctest
+// bubble's): the test takes no second.
 func TestAPullRefusedAsPredatingThePeersStartIsRetried(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testAPullRefusedAsPredatingThePeersStartIsRetried)
+}
+
+func testAPullRefusedAsPredatingThePeersStartIsRetried(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	sender := domain.MustParseServerID("s.example:2289")
@@ -619,15 +680,19 @@ func TestAPullRefusedAsPredatingThePeersStartIsRetried(t *testing.T) {
 		calls++
 		switch calls {
 		case 1:
-			return peerclient.PullResult{}, &hrpc.RemoteError{HTTPStatus: 400, Identifier: "postbox.token-replayed"}
+			return peerclient.PullResult{}, fromPeer(&hrpc.RemoteError{HTTPStatus: 400, Identifier: "postbox.token-replayed"})
 		case 2:
 			return peerclient.PullResult{Events: []*syncv1.Event{added(0)}, FirstSeq: 0, HasSeq: true}, nil
 		}
 		return peerclient.PullResult{}, nil
 	}
 	w.peers.mu.Unlock()
+	start := time.Now()
 	if err := w.engine.PullFrom(ctx, sender); err != nil {
 		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < time.Second {
+		t.Errorf("retried after %s, want a second: a token signed in the same second is refused again", waited)
 	}
 	id, _ := w.engine.registry.Lookup(sender)
 	if recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 10); len(recs) != 1 || calls != 3 {
@@ -756,5 +821,53 @@ func TestALostReplyToAPushOfSeveralEventsDeliversEachOnce(t *testing.T) {
 	eventually(t, "A's records", func() bool { return len(a.deliveryRecords()) == len(want) })
 	if got := a.deliveryRecords(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("A's delivery records %#v, want %#v", got, want)
+	}
+}
+
+// fromPeer is an hRPC error answer as the peer client hands it to the
+// engine: read back through the one error table, marked as the peer's.
+func fromPeer(remote *hrpc.RemoteError) error {
+	wait, busy := remote.Busy()
+	return rpcerrors.FromPeer(remote.Identifier, remote, busy, wait)
+}
+
+// The engine serves calls only while Run runs: before, they wait for it to
+// rebuild the peers' state; after, they are refused as unavailable; and
+// Run runs once.
+func TestCallsWaitForRunAndEndWithIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	codec := streams.NewCodec(rand.Reader)
+	reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peers := &fakePeers{}
+	e := New(testConfig(), store, codec, reg, peers, systemClock{}, slog.New(slog.DiscardHandler), rand.Reader)
+
+	early, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := e.Send(early, peerB, added(0)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Send before Run = %v, want it to wait for Run until its deadline", err)
+	}
+	stop := runEngine(t, e)
+	if _, err := e.Send(ctx, peerB, added(0)); err != nil {
+		t.Fatalf("Send while Run runs: %v", err)
+	}
+	eventually(t, "the push", func() bool { return len(peers.pushes()) == 1 })
+	if err := e.Run(ctx); err == nil {
+		t.Error("a second Run started")
+	}
+	stop()
+	if _, err := e.Send(ctx, peerB, added(1)); !errors.Is(err, domain.ErrUnavailable) {
+		t.Errorf("Send after Run ended = %v, want unavailable", err)
+	}
+	if err := e.AcceptPush(ctx, domain.Caller{ServerID: peerB}, []*syncv1.Event{added(0)}, nil); !errors.Is(err, domain.ErrUnavailable) {
+		t.Errorf("AcceptPush after Run ended = %v, want unavailable", err)
 	}
 }

@@ -121,7 +121,7 @@ func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint6
 func (e *Engine) enterWriter() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.ctx.Err() != nil {
+	if e.stopping {
 		return false
 	}
 	e.wg.Add(1)
@@ -155,7 +155,7 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 
 		// Once taken, a batch is written even if its callers went away,
 		// within a bound, and before the engine closes.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), outboxAppendLimit)
+		ctx, cancel := context.WithTimeout(context.Background(), outboxAppendLimit)
 		stored, err := e.appendOutbox(ctx, p, batch)
 		cancel()
 		if stored > 0 {
@@ -220,11 +220,11 @@ func (e *Engine) awaitCallers(w *outboxWriter, want int) {
 	}
 	w.want = want
 	w.mu.Unlock()
-	t := time.NewTimer(callersGrace)
-	defer t.Stop()
+	due, stop := e.after(callersGrace)
+	defer stop()
 	select {
 	case <-w.enough:
-	case <-t.C:
+	case <-due:
 		w.mu.Lock()
 		if w.want == 0 {
 			<-w.enough // sent just now

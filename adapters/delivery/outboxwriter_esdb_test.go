@@ -9,6 +9,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb/fakestreams"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 )
 
@@ -73,7 +74,7 @@ func TestASendTimedOutAcrossAServerRestartIsStoredOnce(t *testing.T) {
 
 // newESDBEngine opens the adapter on srv (query: more of the connection
 // string) and an engine on it.
-func newESDBEngine(t *testing.T, srv *fakestreams.Server, query string, cfg Config, client PeerClient) (*Engine, *esdb.Store, *Registry) {
+func newESDBEngine(t *testing.T, srv *fakestreams.Server, query string, cfg Config, client PeerClient) (*Engine, *esdb.Store, *registry.Registry) {
 	t.Helper()
 	ctx := t.Context()
 	store, err := esdb.Open(ctx, srv.ConnString()+"&maxDiscoverAttempts=2&discoveryInterval=20"+query, slog.New(slog.DiscardHandler))
@@ -82,7 +83,7 @@ func newESDBEngine(t *testing.T, srv *fakestreams.Server, query string, cfg Conf
 	}
 	t.Cleanup(func() { _ = store.Close() })
 	codec := streams.NewCodec(rand.Reader)
-	reg, err := LoadRegistry(ctx, store, codec, rand.Reader)
+	reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,9 +91,6 @@ func newESDBEngine(t *testing.T, srv *fakestreams.Server, query string, cfg Conf
 		client = &fakePeers{}
 	}
 	engine := New(cfg, store, codec, reg, client, systemClock{}, slog.New(slog.DiscardHandler), rand.Reader)
-	if err := engine.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(engine.Close)
+	runEngine(t, engine)
 	return engine, store, reg
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 )
 
@@ -69,16 +70,14 @@ func newSpiedWorld(t *testing.T) (*world, *outboxSpy) {
 		t.Fatal(err)
 	}
 	codec := streams.NewCodec(rand.Reader)
-	reg, err := LoadRegistry(ctx, store, codec, rand.Reader)
+	reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.store = store
 	spy := &outboxSpy{Store: store}
 	w.engine = New(w.cfg, spy, codec, reg, w.peers, systemClock{}, slog.New(slog.DiscardHandler), rand.Reader)
-	if err := w.engine.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w.stop = runEngine(t, w.engine)
 	t.Cleanup(w.close)
 	return w, spy
 }

@@ -8,7 +8,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -18,37 +17,40 @@ import (
 // another's. It never waits for a push (PROTOCOL.md §4: two servers pulling
 // each other at startup would deadlock otherwise). A caller that is not a
 // peer gets an empty reply and is not registered.
-func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint64) (federation.PullBatch, error) {
+func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint64) (PullBatch, error) {
 	return e.ServeAccountedPull(ctx, caller, ack, nil)
 }
 
 // ServeAccountedPull is ServePull for a caller that gave an account of
 // what it applied (nil: none): one that contradicts the outbox is recorded
 // first, so the reply carries what the caller really lacks.
-func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, ack *uint64, account *domain.PullAccount) (federation.PullBatch, error) {
+func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, ack *uint64, account *domain.PullAccount) (PullBatch, error) {
+	if err := e.awaitStart(ctx); err != nil {
+		return PullBatch{}, err
+	}
 	peerID, found, err := domain.CheckCaller(e.registry, caller.ServerID)
 	if err != nil || !found {
-		return federation.PullBatch{}, err
+		return PullBatch{}, err
 	}
 	id := streams.PeerID(peerID)
 	p := e.peer(id)
 	p.mu.Lock()
 	if err := e.loadLocked(ctx, p); err != nil {
 		p.mu.Unlock()
-		return federation.PullBatch{}, err
+		return PullBatch{}, err
 	}
 	if p.serving {
 		// One Pull at a time per peer; a second concurrent one answers
 		// empty rather than wait, and the peer pulls again.
 		p.mu.Unlock()
-		return federation.PullBatch{}, nil
+		return PullBatch{}, nil
 	}
 	var checkedDone chan error
 	if account != nil {
 		checked, err := e.checkAccountLocked(ctx, p, ack, *account)
 		if err != nil {
 			p.mu.Unlock()
-			return federation.PullBatch{}, err
+			return PullBatch{}, err
 		}
 		if len(checked) > 0 {
 			// The records say where delivery goes on; the acknowledgement
@@ -62,7 +64,7 @@ func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, a
 	plan, err := p.out.PlanPull(ack)
 	if err != nil {
 		p.mu.Unlock()
-		return federation.PullBatch{}, err
+		return PullBatch{}, err
 	}
 	if p.out.Mode == domain.ModeQueue {
 		e.cancelProbeLocked(p)
@@ -72,9 +74,9 @@ func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, a
 		e.kickLocked(p) // back in push mode, with events that came in meanwhile
 		p.mu.Unlock()
 		if err := waitRecorded(ctx, checkedDone); err != nil {
-			return federation.PullBatch{}, err
+			return PullBatch{}, err
 		}
-		return federation.PullBatch{}, waitRecorded(ctx, done)
+		return PullBatch{}, waitRecorded(ctx, done)
 	}
 	p.serving = true
 	p.mu.Unlock()
@@ -84,15 +86,15 @@ func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, a
 		p.mu.Unlock()
 	}()
 	if err := waitRecorded(ctx, checkedDone); err != nil {
-		return federation.PullBatch{}, err
+		return PullBatch{}, err
 	}
 	if err := waitRecorded(ctx, done); err != nil {
-		return federation.PullBatch{}, err
+		return PullBatch{}, err
 	}
 
 	events, lastID, err := e.readBatch(ctx, id, plan.From, plan.Available)
 	if err != nil || len(events) == 0 {
-		return federation.PullBatch{}, err
+		return PullBatch{}, err
 	}
 	e.noteOldest(p, plan.From, events[0])
 	// A Postbox peer (it signs the token extension) acknowledges in its next
@@ -104,10 +106,10 @@ func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, a
 	epoch := p.out.Epoch
 	p.mu.Unlock()
 	if err := waitRecorded(ctx, done); err != nil {
-		return federation.PullBatch{}, err
+		return PullBatch{}, err
 	}
 	e.cfg.Observer.PullServed(caller.ServerID, len(events))
-	return federation.PullBatch{Events: events, FirstSeq: plan.From, Epoch: epoch, LastID: lastID}, nil
+	return PullBatch{Events: events, FirstSeq: plan.From, HasSeq: true, Epoch: epoch, LastID: lastID}, nil
 }
 
 // checkAccountLocked compares a continuity-checking caller's account with

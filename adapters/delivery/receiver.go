@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
@@ -27,6 +27,9 @@ func (e *Engine) AcceptPush(ctx context.Context, caller domain.Caller, events []
 // claim (nil: none): a push that does not continue what this server holds
 // from the sender is refused whole, and the answer says what it holds.
 func (e *Engine) AcceptClaimedPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64, claim *domain.PushClaim) (domain.PushAnswer, error) {
+	if err := e.awaitStart(ctx); err != nil {
+		return domain.PushAnswer{}, err
+	}
 	if _, _, err := domain.CheckCaller(e.registry, caller.ServerID); err != nil {
 		return domain.PushAnswer{}, err
 	}
@@ -119,15 +122,17 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 	if len(data) == 0 {
 		return domain.PushAnswer{Applied: in.Last()}, nil
 	}
-	appendCtx := ctx
-	if first == nil && via == eventsv1.EventReceived_VIA_PULL {
+	appendCtx, untilStored := ctx, first == nil && via == eventsv1.EventReceived_VIA_PULL
+	if untilStored {
 		// An upstream sender deleted these events once its reply was
 		// written: only this server holds them now, so they are kept
 		// trying until stored, past the pull's own deadline, until the
 		// engine stops.
-		appendCtx = e.ctx
+		var cancel context.CancelFunc
+		appendCtx, cancel = e.untilStopped(ctx)
+		defer cancel()
 	}
-	err := e.appendInbox(appendCtx, p, data, appendCtx != ctx)
+	err := e.appendInbox(appendCtx, p, data, untilStored)
 	if err != nil {
 		err = e.storeTooLargeAsMarkers(ctx, p, data, err)
 	}
@@ -162,7 +167,7 @@ func (e *Engine) appendInbox(ctx context.Context, p *peer, data []eventstore.Eve
 		}
 		e.logger.Error("storing events pulled from an upstream peer failed; they exist nowhere else, so this is tried again",
 			"peer", p.id, "events", len(data), "attempt", attempt, "err", err)
-		if sleep(ctx, backoff.Delay(attempt, e.jitter())) != nil {
+		if e.sleep(ctx, backoff.Delay(attempt, e.jitter())) != nil {
 			return err
 		}
 	}
@@ -188,20 +193,15 @@ func (e *Engine) loadInboxLocked(ctx context.Context, p *peer) error {
 	case errors.Is(err, eventstore.ErrStreamNotFound):
 	case err != nil:
 		return fmt.Errorf("read %s: %w", streams.Inbox(p.id), err)
-	case len(recs) > 0:
-		in.Count = recs[0].Revision + 1
-		// Sequence numbers only grow, so the newest record that has one
-		// holds the highest.
-		for _, r := range recs {
-			rec, err := streams.DecodeReceived(r)
+	default:
+		// Sequence numbers only grow within an epoch, so the newest
+		// records are enough for domain.Inbox's fold: oldest first.
+		for i := len(recs) - 1; i >= 0; i-- {
+			rec, err := streams.DecodeReceived(recs[i])
 			if err != nil {
 				return err
 			}
-			if rec.SenderSeq != nil {
-				in.LastSeq, in.HasSeq = *rec.SenderSeq, true
-				in.Epoch, in.LastID = rec.SenderEpoch, rec.SenderEventID
-				break
-			}
+			in.Apply(recs[i].Revision, rec.Domain())
 		}
 	}
 	p.in, p.inLoaded = in, true
@@ -212,6 +212,9 @@ func (e *Engine) loadInboxLocked(ctx context.Context, p *peer) error {
 // and again until a reply is empty, acknowledging what was applied. Pushes
 // from that server wait until it is done.
 func (e *Engine) PullFrom(ctx context.Context, server domain.ServerID) error {
+	if err := e.awaitStart(ctx); err != nil {
+		return err
+	}
 	id, ok := e.registry.Lookup(server)
 	if !ok {
 		return fmt.Errorf("%w: %s", domain.ErrUnknownPeer, server)
@@ -287,7 +290,7 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 			// in, and refuses tokens stamped before its start (PROTOCOL.md
 			// §3); a token signed a moment later is accepted.
 			retries++
-			if sleep(ctx, time.Second) != nil {
+			if e.sleep(ctx, time.Second) != nil {
 				return ctx.Err()
 			}
 			round--
@@ -313,8 +316,7 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 // refusedAsPredatingStart reports whether a peer refused a token because it
 // was stamped before the peer started.
 func refusedAsPredatingStart(err error) bool {
-	var remote *hrpc.RemoteError
-	return errors.As(err, &remote) && remote.Identifier == "postbox.token-replayed"
+	return domain.PeerSaid(err, domain.ErrTokenReplayed)
 }
 
 // schedulePull (re)arms the periodic pull of p: after d, with no goroutine
@@ -329,13 +331,13 @@ func (e *Engine) schedulePull(p *peer, d time.Duration) {
 		p.pullTimer.Reset(d)
 		return
 	}
-	p.pullTimer = time.AfterFunc(d, func() {
-		e.goBackground(func() {
+	p.pullTimer = e.clock.AfterFunc(d, func() {
+		e.goBackground(func(ctx context.Context) {
 			server, ok := e.registry.ServerID(p.id)
 			if !ok {
 				return
 			}
-			if err := e.pullFrom(e.ctx, p, server); err != nil && e.ctx.Err() == nil {
+			if err := e.pullFrom(ctx, p, server); err != nil && ctx.Err() == nil {
 				e.logger.Info("periodic pull failed", "peer", server.String(), "err", err)
 			}
 			e.schedulePull(p, e.cfg.PullInterval)
@@ -343,12 +345,11 @@ func (e *Engine) schedulePull(p *peer, d time.Duration) {
 	})
 }
 
-// Start rebuilds every peer's state from the streams and restarts what was
-// under way: push loops for peers with undelivered events, probes for peers
-// in queue mode. It also closes a gate for every peer, so their pushes wait
-// until StartupPulls has pulled them; call StartupPulls once the listeners
-// serve.
-func (e *Engine) Start(ctx context.Context) error {
+// restore rebuilds every peer's state from the streams and restarts what
+// was under way: push loops for peers with undelivered events, probes for
+// peers in queue mode. It also closes a gate for every peer, so their
+// pushes wait until the startup pulls have pulled them.
+func (e *Engine) restore(ctx context.Context) error {
 	for _, peer := range e.registry.Peers() {
 		p := e.peer(peer.ID)
 		p.mu.Lock()
@@ -367,33 +368,30 @@ func (e *Engine) Start(ctx context.Context) error {
 	return nil
 }
 
-// StartupPulls pulls every peer federated with before, each bounded in
+// startupPulls pulls every peer federated with before, each bounded in
 // time, concurrently, and returns when all are done. Failures are logged:
 // a peer that is down is pulled again later.
-func (e *Engine) StartupPulls(ctx context.Context) {
-	peers := e.registry.Peers()
-	done := make(chan struct{}, len(peers))
-	for _, peer := range peers {
-		e.goBackground(func() {
-			defer func() { done <- struct{}{} }()
+func (e *Engine) startupPulls(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, peer := range e.registry.Peers() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
 			p := e.peer(peer.ID)
 			if err := e.pullFrom(ctx, p, peer.ServerID); err != nil {
 				e.logger.Warn("startup pull failed", "peer", peer.ServerID.String(), "err", err)
 			}
 			e.schedulePull(p, e.cfg.PullInterval)
-		})
+		}()
 	}
-	for range peers {
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return
-		}
-	}
+	wg.Wait()
 }
 
 // AcceptRename answers NotifyNewId through the rename handling.
 func (e *Engine) AcceptRename(ctx context.Context, caller domain.Caller, newID domain.ServerID) error {
+	if err := e.awaitStart(ctx); err != nil {
+		return err
+	}
 	e.mu.Lock()
 	r := e.renames
 	e.mu.Unlock()

@@ -3,13 +3,12 @@ package delivery
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/harmony-postbox/postbox/adapters/hrpc"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -36,7 +35,7 @@ type Notifier interface {
 // answers NotifyNewId through it.
 type Renames struct {
 	engine   *Engine
-	registry *Registry
+	registry *registry.Registry
 	keys     RenameKeys
 	notifier Notifier
 	identity *domain.Identity
@@ -50,7 +49,7 @@ type Renames struct {
 }
 
 // NewRenames returns the rename handling and attaches it to engine.
-func NewRenames(engine *Engine, registry *Registry, keys RenameKeys, notifier Notifier, identity *domain.Identity, clock domain.Clock, logger *slog.Logger) *Renames {
+func NewRenames(engine *Engine, registry *registry.Registry, keys RenameKeys, notifier Notifier, identity *domain.Identity, clock domain.Clock, logger *slog.Logger) *Renames {
 	r := &Renames{engine: engine, registry: registry, keys: keys, notifier: notifier, identity: identity,
 		clock: clock, logger: logger, backoff: domain.Backoff{First: time.Second, Max: 5 * time.Minute}, notifying: map[streams.PeerID]chan struct{}{}}
 	engine.mu.Lock()
@@ -95,14 +94,9 @@ func (r *Renames) AcceptRename(ctx context.Context, caller domain.Caller, newID 
 // peer; toward each, the old ID stays in use until it has accepted.
 func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
 	old := r.identity.Current()
-	if newID == old {
-		return nil
-	}
-	if _, _, taken := r.registry.Resolve(newID); taken {
-		return fmt.Errorf("%w: %s is a peer's ID", domain.ErrIDTaken, newID)
-	}
 	now := r.clock.Now()
-	if err := r.registry.RecordOwnID(ctx, newID, now); err != nil {
+	renamed, err := r.registry.RenameOwn(ctx, newID, now)
+	if err != nil || !renamed {
 		return err
 	}
 	r.identity.Rename(newID, now)
@@ -114,14 +108,7 @@ func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
 // Start tells every peer that does not know this server's current ID yet;
 // it is called at startup too, so notices survive restarts.
 func (r *Renames) Start() {
-	own, ok := r.registry.OwnID()
-	if !ok {
-		return
-	}
-	for _, p := range r.registry.Peers() {
-		if p.KnowsUsAs.IsZero() || p.KnowsUsAs == own {
-			continue
-		}
+	for _, p := range r.registry.NoticesDue() {
 		r.mu.Lock()
 		_, busy := r.notifying[p.ID]
 		done := make(chan struct{})
@@ -130,9 +117,9 @@ func (r *Renames) Start() {
 		}
 		r.mu.Unlock()
 		if !busy {
-			r.engine.goBackground(func() {
+			r.engine.goBackground(func(ctx context.Context) {
 				defer close(done)
-				r.notifyUntilAccepted(p.ID)
+				r.notifyUntilAccepted(ctx, p.ID)
 			})
 		}
 	}
@@ -140,17 +127,16 @@ func (r *Renames) Start() {
 
 // notifyUntilAccepted calls NotifyNewId on one peer, with backoff, until it
 // accepts this server's current ID or the engine closes.
-func (r *Renames) notifyUntilAccepted(peer streams.PeerID) {
+func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID) {
 	defer func() {
 		r.mu.Lock()
 		delete(r.notifying, peer)
 		r.mu.Unlock()
 	}()
-	ctx := r.engine.ctx
 	for attempt := 1; ctx.Err() == nil; attempt++ {
 		own, _ := r.registry.OwnID()
 		server, ok := r.registry.ServerID(peer)
-		if !ok || r.knows(peer, own) {
+		if !ok || r.knows(peer) {
 			return
 		}
 		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -173,7 +159,7 @@ func (r *Renames) notifyUntilAccepted(peer streams.PeerID) {
 		} else {
 			r.logger.Warn("telling a peer our new ID failed; will retry", "peer", server.String(), "attempt", attempt, "err", err)
 		}
-		if sleep(ctx, r.backoff.Delay(attempt, r.engine.jitter())) != nil {
+		if r.engine.sleep(ctx, r.backoff.Delay(attempt, r.engine.jitter())) != nil {
 			return
 		}
 	}
@@ -198,17 +184,15 @@ func (r *Renames) awaitNotice(ctx context.Context, peer streams.PeerID) {
 // unknownToPeer reports whether a peer answered that it does not know the ID
 // this server signed with.
 func unknownToPeer(err error) bool {
-	var remote *hrpc.RemoteError
-	return errors.As(err, &remote) && remote.Identifier == "postbox.unknown-peer"
+	return domain.PeerSaid(err, domain.ErrUnknownPeer)
 }
 
 // known is the ID of this server that peer knows.
-func known(reg *Registry, peer streams.PeerID) domain.ServerID {
+func known(reg *registry.Registry, peer streams.PeerID) domain.ServerID {
 	id, _ := reg.KnowsUsAs(peer)
 	return id
 }
 
-func (r *Renames) knows(peer streams.PeerID, own domain.ServerID) bool {
-	known, ok := r.registry.KnowsUsAs(peer)
-	return !ok || known.IsZero() || known == own
+func (r *Renames) knows(peer streams.PeerID) bool {
+	return r.registry.KnowsOurID(peer)
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
@@ -161,6 +162,11 @@ func mustLookup(t *testing.T, w *world, id domain.ServerID) streams.PeerID {
 
 func TestOurRenameIsAnnouncedUntilEachPeerAccepts(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testOurRenameIsAnnouncedUntilEachPeerAccepts)
+}
+
+// testOurRenameIsAnnouncedUntilEachPeerAccepts runs in a synctest bubble: the notices' backoff (seconds) passes on the bubble's clock.
+func testOurRenameIsAnnouncedUntilEachPeerAccepts(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
@@ -202,6 +208,11 @@ func TestOurRenameIsAnnouncedUntilEachPeerAccepts(t *testing.T) {
 
 func TestAnnouncementsSurviveARestart(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testAnnouncementsSurviveARestart)
+}
+
+// testAnnouncementsSurviveARestart runs in a synctest bubble: the notices' backoff passes on the bubble's clock.
+func testAnnouncementsSurviveARestart(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
@@ -227,12 +238,17 @@ type scriptedNotifier struct {
 	mu      sync.Mutex
 	answers []error
 	calls   int
+	// called, if set, is told of each call before it is answered.
+	called func(call int)
 }
 
 func (n *scriptedNotifier) NotifyNewID(context.Context, domain.ServerID, domain.ServerID) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.calls++
+	if n.called != nil {
+		n.called(n.calls)
+	}
 	if len(n.answers) == 0 {
 		return nil
 	}
@@ -249,6 +265,11 @@ func (n *scriptedNotifier) count() int { n.mu.Lock(); defer n.mu.Unlock(); retur
 // keeps signing as oldID toward it and asks again, until it accepts.
 func TestUnknownPeerAnswerIsNotAnAcceptance(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testUnknownPeerAnswerIsNotAnAcceptance)
+}
+
+// testUnknownPeerAnswerIsNotAnAcceptance runs in a synctest bubble: the notices' backoff passes on the bubble's clock.
+func testUnknownPeerAnswerIsNotAnAcceptance(t *testing.T) {
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
 	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
@@ -256,16 +277,25 @@ func TestUnknownPeerAnswerIsNotAnAcceptance(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.send(1)
-	unknown := &hrpc.RemoteError{Procedure: "/protocol.sync.v1.PostboxService/NotifyNewId", HTTPStatus: 400,
-		Identifier: "postbox.unknown-peer", HumanMessage: "unknown peer: a.example:2289"}
+	unknown := fromPeer(&hrpc.RemoteError{Procedure: "/protocol.sync.v1.PostboxService/NotifyNewId", HTTPStatus: 400,
+		Identifier: "postbox.unknown-peer", HumanMessage: "unknown peer: a.example:2289"})
 	notifier := &scriptedNotifier{answers: []error{unknown, unknown}}
+	var notified func() int
+	notifier.called = func(call int) {
+		// Each call follows the last answer: an unknown-peer answer
+		// recorded nothing, and this server still signs as oldID.
+		if n, signing := notified(), w.engine.registry.IDFor(peerB); call > 1 && (n != 0 || signing != oldID) {
+			t.Errorf("after %d unknown-peer answers: %d PeerNotifiedOfNewId recorded, signing as %s toward B; want none, and the old ID %s",
+				call-1, n, signing, oldID)
+		}
+	}
 	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, notifier, domain.NewIdentity(oldID, domain.DefaultAudienceGrace),
 		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	renames.backoff = domain.Backoff{First: 50 * time.Millisecond, Max: 50 * time.Millisecond}
 	if err := renames.Rename(ctx, newID); err != nil {
 		t.Fatal(err)
 	}
-	notified := func() int {
+	notified = func() int {
 		n := 0
 		readAll(ctx, w.store, streams.Peers, func(r eventstore.RecordedEvent) error {
 			if r.Type == streams.TypePeerNotifiedOfNewID {
@@ -275,21 +305,33 @@ func TestUnknownPeerAnswerIsNotAnAcceptance(t *testing.T) {
 		})
 		return n
 	}
-	eventually(t, "a first answer", func() bool { return notifier.count() >= 1 })
-	for {
-		n, signing := notified(), w.engine.registry.IDFor(peerB)
-		calls := notifier.count() // the third call, which accepts, is counted before it is recorded
-		if calls >= 3 {
-			break
-		}
-		if n != 0 || signing != oldID {
-			t.Fatalf("after %d unknown-peer answers: %d PeerNotifiedOfNewId recorded, signing as %s toward B; want none, and the old ID %s",
-				calls, n, signing, oldID)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 	eventually(t, "B to accept", func() bool { return w.engine.registry.IDFor(peerB) == newID })
 	if n, calls := notified(), notifier.count(); n != 1 || calls != 3 {
 		t.Fatalf("%d notices, %d recorded as accepted; want 3 and 1", calls, n)
 	}
+}
+
+// A peer met before this server's ID was first recorded (a data directory
+// older than that record) knows the ID the server had then: after a rename
+// it is signed to with that ID and told the new one, like every other peer.
+func TestOurRenameReachesAPeerMetBeforeOurIDWasRecorded(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	w.send(1) // B registered while no ID of this server was recorded
+	if err := w.engine.registry.RecordOwnID(ctx, oldID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.engine.registry.IDFor(peerB); got != oldID {
+		t.Fatalf("toward B before the rename: %s, want %s", got, oldID)
+	}
+	notifier := &fakeNotifier{failures: 1 << 30}
+	if err := attachRenames(w, &fakeKeys{}, notifier, oldID).Rename(ctx, newID); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.engine.registry.IDFor(peerB); got != oldID {
+		t.Fatalf("toward B after the rename, before it accepted: %s, want the old %s", got, oldID)
+	}
+	eventually(t, "B to be told the new ID", func() bool { return notifier.count() > 0 })
 }

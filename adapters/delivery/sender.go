@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/seqext"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -20,6 +19,9 @@ import (
 // Send appends event to the peer's outbox and returns its sequence number.
 // The event is durable before Send returns; delivery happens afterwards.
 func (e *Engine) Send(ctx context.Context, to domain.ServerID, event *syncv1.Event) (uint64, error) {
+	if err := e.awaitStart(ctx); err != nil {
+		return 0, err
+	}
 	if event.GetKind() == nil {
 		return 0, fmt.Errorf("%w: the event has no kind set", domain.ErrInvalidArgument)
 	}
@@ -56,15 +58,14 @@ func (e *Engine) kickLocked(p *peer) {
 		}
 	}
 	p.pushing = true
-	e.goBackground(func() { e.pushLoop(p) })
+	e.goBackground(func(ctx context.Context) { e.pushLoop(ctx, p) })
 }
 
 // pushLoop pushes p's undelivered events in order, one push in flight,
 // until none is left or queue mode begins; then it exits, so idle peers
 // hold no goroutine. A push carries as many undelivered events as the peer
 // announced it takes (one, to an upstream receiver).
-func (e *Engine) pushLoop(p *peer) {
-	ctx := e.ctx
+func (e *Engine) pushLoop(ctx context.Context, p *peer) {
 	var ahead outboxReader
 	defer func() {
 		p.mu.Lock()
@@ -81,7 +82,7 @@ func (e *Engine) pushLoop(p *peer) {
 		if err := e.loadLocked(ctx, p); err != nil {
 			p.mu.Unlock()
 			e.logger.Error("loading peer state failed", "peer", p.id, "err", err)
-			_ = sleep(ctx, time.Second)
+			_ = e.sleep(ctx, time.Second)
 			continue
 		}
 		seq, ok := p.out.NextPush()
@@ -137,13 +138,13 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 		events, err := e.nextPush(ctx, p, seq, ahead)
 		if err != nil {
 			e.logger.Error("reading the outbox failed", "peer", p.id, "seq", seq, "err", err)
-			_ = sleep(ctx, time.Second)
+			_ = e.sleep(ctx, time.Second)
 			return
 		}
 		claim, err := e.claimFor(ctx, p, ahead, seq, len(events))
 		if err != nil {
 			e.logger.Error("reading the outbox failed", "peer", p.id, "seq", seq, "err", err)
-			_ = sleep(ctx, time.Second)
+			_ = e.sleep(ctx, time.Second)
 			return
 		}
 		res, err := e.pushOnce(ctx, server, seq, events, claim)
@@ -153,14 +154,14 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			}
 			err = fmt.Errorf("the peer refused push %d: its account (%s) matches what this server claimed", seq, refString(res.Answer.Applied))
 		}
-		wait, busy := peerclient.Busy(err)
+		wait, busy := domain.PeerBusy(err)
 		if busy && busyInRow < maxBusyInRow {
 			// The peer is at its budget and said when to come back: not a
 			// failure, so not a step toward queue mode.
 			busyInRow++
 			attempts--
 			e.logger.Info("peer busy; waiting as it asked", "peer", server.String(), "seq", seq, "wait", busyWait(wait))
-			if sleep(ctx, busyWait(wait)) != nil {
+			if e.sleep(ctx, busyWait(wait)) != nil {
 				return
 			}
 			continue
@@ -182,7 +183,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			p.mu.Unlock()
 			return
 		}
-		p.batch = peerclient.PushResult{}
+		p.batch = domain.PushResult{}
 		records, derr := p.out.PushFailed(seq, attempts, e.cfg.PushRetries, err.Error())
 		if derr != nil || len(records) > 0 {
 			done := e.recordLocked(p, true, records...)
@@ -196,7 +197,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 		}
 		p.mu.Unlock()
 		e.logger.Info("push failed; retrying", "peer", server.String(), "seq", seq, "attempt", attempts, "err", err)
-		if sleep(ctx, e.cfg.PushBackoff.Delay(int(attempts), e.jitter())) != nil {
+		if e.sleep(ctx, e.cfg.PushBackoff.Delay(int(attempts), e.jitter())) != nil {
 			return
 		}
 	}
@@ -281,7 +282,7 @@ func (e *Engine) outboxID(ctx context.Context, id streams.PeerID, ahead *outboxR
 // delivery goes on. It reports whether it recorded anything; an account
 // of an epoch that has since ended (a Pull started a new one meanwhile)
 // records nothing.
-func (e *Engine) reconcile(ctx context.Context, p *peer, server domain.ServerID, ahead *outboxReader, res peerclient.PushResult, epoch uint64) bool {
+func (e *Engine) reconcile(ctx context.Context, p *peer, server domain.ServerID, ahead *outboxReader, res domain.PushResult, epoch uint64) bool {
 	has := res.Answer.Applied
 	same := true
 	p.mu.Lock()
@@ -347,33 +348,33 @@ func (e *Engine) reportContinuity(server domain.ServerID, before domain.Outbox, 
 }
 
 // pushOnce makes one attempt, holding one of the global push slots.
-func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (peerclient.PushResult, error) {
+func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (domain.PushResult, error) {
 	select {
 	case e.slots <- struct{}{}:
 	case <-ctx.Done():
-		return peerclient.PushResult{}, ctx.Err()
+		return domain.PushResult{}, ctx.Err()
 	}
 	defer func() { <-e.slots }()
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.AttemptTimeout)
 	defer cancel()
-	start := time.Now()
+	start := e.clock.Now()
 	res, err := e.push(ctx, server, seq, events, claim)
 	delivered := 0
 	if err == nil && (res.Answer == nil || !res.Answer.Refused) {
 		delivered = int(res.Through-seq) + 1
 	}
-	e.cfg.Observer.PushAttempted(server, time.Since(start), delivered, err)
+	e.cfg.Observer.PushAttempted(server, e.clock.Now().Sub(start), delivered, err)
 	return res, err
 }
 
 // scheduleProbeLocked arms the resume probe of a peer in queue mode.
 func (e *Engine) scheduleProbeLocked(p *peer) {
-	if !e.cfg.ResumeProbe || !p.out.NeedsProbe() || p.probeTimer != nil || e.ctx.Err() != nil {
+	if !e.cfg.ResumeProbe || !p.out.NeedsProbe() || p.probeTimer != nil || e.isStopping() {
 		return
 	}
 	p.probeRound++
 	delay := e.cfg.ProbeBackoff.Delay(p.probeRound, e.jitter())
-	p.probeTimer = time.AfterFunc(delay, func() { e.goBackground(func() { e.probe(p) }) })
+	p.probeTimer = e.clock.AfterFunc(delay, func() { e.goBackground(func(ctx context.Context) { e.probe(ctx, p) }) })
 }
 
 // cancelProbeLocked stops a pending or running probe: the peer pulls.
@@ -391,15 +392,15 @@ func (e *Engine) cancelProbeLocked(p *peer) {
 
 // probe pushes the oldest undelivered event of a peer in queue mode that
 // has not pulled; success returns the peer to push mode.
-func (e *Engine) probe(p *peer) {
+func (e *Engine) probe(ctx context.Context, p *peer) {
 	p.mu.Lock()
 	p.probeTimer = nil
-	if err := e.loadLocked(e.ctx, p); err != nil || !p.out.NeedsProbe() || p.serving {
+	if err := e.loadLocked(ctx, p); err != nil || !p.out.NeedsProbe() || p.serving {
 		p.mu.Unlock()
 		return
 	}
 	seq := p.out.Delivered
-	ctx, cancel := context.WithCancel(e.ctx)
+	ctx, cancel := context.WithCancel(ctx)
 	p.probeCancel = cancel
 	p.mu.Unlock()
 	defer cancel()
@@ -410,7 +411,7 @@ func (e *Engine) probe(p *peer) {
 	}
 	var r outboxReader
 	events, err := r.read(ctx, e.store, p.id, seq, seq+1, 1)
-	var res peerclient.PushResult
+	var res domain.PushResult
 	var claim domain.PushClaim
 	if err == nil {
 		e.noteOldest(p, seq, events[0])
@@ -455,6 +456,9 @@ func (e *Engine) probe(p *peer) {
 
 // Resume returns a peer in queue mode to push mode (an operator's call).
 func (e *Engine) Resume(ctx context.Context, server domain.ServerID) error {
+	if err := e.awaitStart(ctx); err != nil {
+		return err
+	}
 	id, ok := e.registry.Lookup(server)
 	if !ok {
 		return fmt.Errorf("%w: %s", domain.ErrUnknownPeer, server)
@@ -526,6 +530,9 @@ func (e *Engine) Stuck() map[domain.ServerID]domain.StuckEvent {
 // never counted as delivered. A peer in queue mode gets a resume probe of
 // what follows soon, as after entering queue mode.
 func (e *Engine) Skip(ctx context.Context, server domain.ServerID, through uint64, reason string) (domain.EventsSkipped, error) {
+	if err := e.awaitStart(ctx); err != nil {
+		return domain.EventsSkipped{}, err
+	}
 	id, ok := e.registry.Lookup(server)
 	if !ok {
 		return domain.EventsSkipped{}, fmt.Errorf("%w: %s", domain.ErrUnknownPeer, server)

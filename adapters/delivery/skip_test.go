@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"testing/synctest"
 
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -34,6 +35,11 @@ func TestSendRefusesAnEventOverTheLimitBeforeStoringAnything(t *testing.T) {
 
 func TestAnOversizedOldestEventIsReportedStuckUntilSkipped(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testAnOversizedOldestEventIsReportedStuckUntilSkipped)
+}
+
+// testAnOversizedOldestEventIsReportedStuckUntilSkipped runs in a synctest bubble: the retries before queue mode wait on the bubble's clock.
+func testAnOversizedOldestEventIsReportedStuckUntilSkipped(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxEventBytes = 1 << 20
 	w := newWorld(t, cfg)

@@ -12,11 +12,11 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb/fakestreams"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/projector"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
-	"github.com/harmony-postbox/postbox/projections"
 )
 
 type tooLargeCounter struct {
@@ -134,7 +134,7 @@ func TestAReceivedEventTooLargeForTheStoreIsStoredAsAMarker(t *testing.T) {
 		t.Fatalf("counted %d and %d events too large, want 3 and 1", n, m)
 	}
 
-	report, err := projections.Audit(ctx, store, projections.AuditOptions{}, nil)
+	report, err := projector.Audit(ctx, store, projector.AuditOptions{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
@@ -40,6 +41,11 @@ func (f *failingInbox) Append(ctx context.Context, stream string, expected event
 // past the pull's own deadline.
 func TestEventsPulledFromAnUpstreamPeerAreStoredEvenPastThePullsDeadline(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testEventsPulledFromAnUpstreamPeerAreStoredEvenPastThePullsDeadline)
+}
+
+// testEventsPulledFromAnUpstreamPeerAreStoredEvenPastThePullsDeadline runs in a synctest bubble: the append's backoff and the pull's deadline pass on the bubble's clock.
+func testEventsPulledFromAnUpstreamPeerAreStoredEvenPastThePullsDeadline(t *testing.T) {
 	w := newWorld(t, testConfig())
 	flaky := &failingInbox{Store: w.engine.store, fails: 3}
 	w.engine.store = flaky

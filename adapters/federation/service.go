@@ -33,7 +33,7 @@ type Postbox interface {
 	// ServeAccountedPull answers a Pull from caller; ack is the caller's
 	// acknowledgement, if it sent one, and account its continuity account,
 	// if it gave one.
-	ServeAccountedPull(ctx context.Context, caller domain.Caller, ack *uint64, account *domain.PullAccount) (PullBatch, error)
+	ServeAccountedPull(ctx context.Context, caller domain.Caller, ack *uint64, account *domain.PullAccount) (domain.PullBatch[*syncv1.Event], error)
 	// AcceptClaimedPush applies pushed events: one, or for a Postbox sender
 	// the first at seq and those that follow it. seq is the sender's
 	// sequence number, if it sent one, and claim its continuity claim, if it
@@ -41,16 +41,6 @@ type Postbox interface {
 	AcceptClaimedPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64, claim *domain.PushClaim) (domain.PushAnswer, error)
 	// AcceptRename records that caller is now called newID.
 	AcceptRename(ctx context.Context, caller domain.Caller, newID domain.ServerID) error
-}
-
-// PullBatch is a Pull reply: events in order, the first at FirstSeq.
-type PullBatch struct {
-	Events   []*syncv1.Event
-	FirstSeq uint64
-	// Epoch is the epoch the sequence numbers count in; LastID the outbox
-	// ID of the last event (continuity extension).
-	Epoch  uint64
-	LastID []byte
 }
 
 // AuthObserver learns of refused federation requests, by reason.

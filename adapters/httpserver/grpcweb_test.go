@@ -25,13 +25,13 @@ import (
 // acknowledgements; pushes are recorded.
 type queuedPostbox struct {
 	*federationtest.Recorder
-	batch federation.PullBatch
+	batch domain.PullBatch[*syncv1.Event]
 
 	mu   sync.Mutex
 	acks []*uint64
 }
 
-func (q *queuedPostbox) ServeAccountedPull(_ context.Context, _ domain.Caller, ack *uint64, _ *domain.PullAccount) (federation.PullBatch, error) {
+func (q *queuedPostbox) ServeAccountedPull(_ context.Context, _ domain.Caller, ack *uint64, _ *domain.PullAccount) (domain.PullBatch[*syncv1.Event], error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.acks = append(q.acks, ack)
@@ -53,7 +53,7 @@ func TestPullAndPushOverGRPCWeb(t *testing.T) {
 	verifier := domain.NewVerifier(domain.AuthPolicy{}, clock, peerkeys.New(keysCfg, clock, discardLogger, nil),
 		domain.NewIdentity(id, domain.DefaultAudienceGrace))
 	queued := []*syncv1.Event{userAdded(42, 7), userAdded(43, 8)}
-	box := &queuedPostbox{Recorder: federationtest.NewRecorder(), batch: federation.PullBatch{Events: queued, FirstSeq: 5}}
+	box := &queuedPostbox{Recorder: federationtest.NewRecorder(), batch: domain.PullBatch[*syncv1.Event]{Events: queued, FirstSeq: 5}}
 	const limit = 4 << 20
 	service := federation.NewPostboxService(verifier, box).AcceptBatches(limit)
 	rec := &recorder{next: httpserver.NewFederationHandler(service, federation.NewKeyService(nil), limit, discardLogger)}

@@ -1,6 +1,6 @@
 // Package metrics exposes Postbox's Prometheus metrics on the admin
 // listener's /metrics. The registry is Postbox's own (no global one); the
-// per-peer gauges are read from the projections at scrape time, the rest
+// per-peer gauges are read from the engine at scrape time, the rest
 // are counted by the engine and the federation handlers as things happen.
 //
 // Every per-peer series is labelled peer="<stable peer ID>", the ID that
@@ -20,9 +20,10 @@ import (
 	"github.com/harmony-postbox/postbox/domain"
 )
 
-// Metrics holds every metric. It implements delivery.Observer and
-// federation.AuthObserver.
-type Metrics struct {
+// Counters counts what happens, as it happens: it implements
+// delivery.Observer and federation.AuthObserver. It needs nothing of the
+// engine, which reports to it, so it is built before the engine.
+type Counters struct {
 	registry     *prometheus.Registry
 	pushLatency  *prometheus.HistogramVec
 	pushFailures *prometheus.CounterVec
@@ -36,6 +37,12 @@ type Metrics struct {
 	ids          PeerIDs
 }
 
+// Metrics is every metric: the counters, and the per-peer gauges read
+// from the engine at scrape time. It is built after the engine.
+type Metrics struct {
+	*Counters
+}
+
 // PeerIDs finds a peer's stable peer ID by its server ID (current or
 // former).
 type PeerIDs interface {
@@ -44,32 +51,22 @@ type PeerIDs interface {
 
 // peer is the label value for a peer: its stable ID, or, for a server
 // not registered as a peer (yet), its server ID.
-func (m *Metrics) peer(server domain.ServerID) string {
+func (m *Counters) peer(server domain.ServerID) string {
 	if id, ok := m.ids.PeerIDOf(server); ok {
 		return id
 	}
 	return server.String()
 }
 
-// PeerGauges is a snapshot of every peer's cursors.
-type PeerGauges struct {
-	PeerID    string // the stable ID, the series' label
-	ServerID  string // the current one, in postbox_peer_info
-	Head      uint64
-	Delivered uint64 // delivered, not counting skipped events
-	Skipped   uint64 // skipped by an operator (postbox skip)
-	Pending   uint64
-	Queue     bool
-}
-
-// PeerSource reads the current per-peer cursors without waiting.
+// PeerSource reads every peer's cursors as the engine holds them now,
+// without waiting.
 type PeerSource interface {
-	PeerGauges() []PeerGauges
+	Cursors() []domain.PeerCursor
 }
 
-// New registers every metric on a fresh registry.
-func New(peers PeerSource, ids PeerIDs) *Metrics {
-	m := &Metrics{
+// NewCounters registers the counters on a fresh registry.
+func NewCounters(ids PeerIDs) *Counters {
+	m := &Counters{
 		ids:      ids,
 		registry: prometheus.NewRegistry(),
 		pushLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -105,9 +102,15 @@ func New(peers PeerSource, ids PeerIDs) *Metrics {
 		}, []string{"peer", "kind"}),
 	}
 	m.registry.MustRegister(m.pushLatency, m.pushFailures, m.pullsServed, m.pullsMade, m.inbound, m.tooLarge, m.delivered, m.authFailures, m.continuity,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&peerCollector{source: peers})
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// New is every metric: the counters, and the per-peer gauges read from
+// peers at scrape time.
+func New(counters *Counters, peers PeerSource) *Metrics {
+	counters.registry.MustRegister(&peerCollector{source: peers})
+	return &Metrics{Counters: counters}
 }
 
 // ObserveDiskFull exports full, read at scrape time, as the gauge
@@ -151,7 +154,7 @@ func (m *Metrics) Handler() http.Handler {
 
 // PushAttempted counts one push attempt, which delivered events events
 // when it succeeded.
-func (m *Metrics) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
+func (m *Counters) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
 	if err != nil {
 		m.pushLatency.WithLabelValues("failure").Observe(took.Seconds())
 		m.pushFailures.WithLabelValues(m.peer(peer)).Inc()
@@ -162,13 +165,13 @@ func (m *Metrics) PushAttempted(peer domain.ServerID, took time.Duration, events
 }
 
 // PullServed counts a Pull reply that carried events.
-func (m *Metrics) PullServed(peer domain.ServerID, events int) {
+func (m *Counters) PullServed(peer domain.ServerID, events int) {
 	m.pullsServed.WithLabelValues(m.peer(peer)).Inc()
 	m.delivered.WithLabelValues(m.peer(peer), "pull").Add(float64(events))
 }
 
 // PullMade counts one pull from a peer.
-func (m *Metrics) PullMade(peer domain.ServerID, err error) {
+func (m *Counters) PullMade(peer domain.ServerID, err error) {
 	outcome := "ok"
 	if err != nil {
 		outcome = "error"
@@ -177,23 +180,23 @@ func (m *Metrics) PullMade(peer domain.ServerID, err error) {
 }
 
 // Received counts events applied from a peer.
-func (m *Metrics) Received(peer domain.ServerID, via string, n int) {
+func (m *Counters) Received(peer domain.ServerID, via string, n int) {
 	m.inbound.WithLabelValues(m.peer(peer), via).Add(float64(n))
 }
 
 // Continuity counts a peer's account that contradicted its outbox.
-func (m *Metrics) Continuity(peer domain.ServerID, kind string) {
+func (m *Counters) Continuity(peer domain.ServerID, kind string) {
 	m.continuity.WithLabelValues(m.peer(peer), kind).Inc()
 }
 
 // ReceivedTooLarge counts received events stored only as a marker, too
 // large for the event store.
-func (m *Metrics) ReceivedTooLarge(peer domain.ServerID, n int) {
+func (m *Counters) ReceivedTooLarge(peer domain.ServerID, n int) {
 	m.tooLarge.WithLabelValues(m.peer(peer)).Add(float64(n))
 }
 
 // AuthFailed counts a refused federation request.
-func (m *Metrics) AuthFailed(identifier string) {
+func (m *Counters) AuthFailed(identifier string) {
 	m.authFailures.WithLabelValues(identifier).Inc()
 }
 
@@ -222,13 +225,14 @@ func (c *peerCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
 	queued := 0
-	for _, p := range c.source.PeerGauges() {
-		ch <- prometheus.MustNewConstMetric(infoDesc, prometheus.GaugeValue, 1, p.PeerID, p.ServerID)
-		ch <- prometheus.MustNewConstMetric(headDesc, prometheus.GaugeValue, float64(p.Head), p.PeerID)
-		ch <- prometheus.MustNewConstMetric(deliveredDesc, prometheus.GaugeValue, float64(p.Delivered), p.PeerID)
-		ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.GaugeValue, float64(p.Skipped), p.PeerID)
-		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(p.Pending), p.PeerID)
-		if p.Queue {
+	for _, p := range c.source.Cursors() {
+		out := p.Outbox
+		ch <- prometheus.MustNewConstMetric(infoDesc, prometheus.GaugeValue, 1, p.PeerID, p.ServerID.String())
+		ch <- prometheus.MustNewConstMetric(headDesc, prometheus.GaugeValue, float64(out.Head), p.PeerID)
+		ch <- prometheus.MustNewConstMetric(deliveredDesc, prometheus.GaugeValue, float64(out.Delivered-out.Skipped), p.PeerID)
+		ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.GaugeValue, float64(out.Skipped), p.PeerID)
+		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(out.Pending()), p.PeerID)
+		if out.Mode == domain.ModeQueue {
 			queued++
 		}
 	}

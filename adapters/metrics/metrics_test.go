@@ -12,15 +12,15 @@ import (
 	"github.com/harmony-postbox/postbox/domain"
 )
 
-type fixedPeers []PeerGauges
+type fixedPeers []domain.PeerCursor
 
-func (f fixedPeers) PeerGauges() []PeerGauges { return f }
+func (f fixedPeers) Cursors() []domain.PeerCursor { return f }
 
 // PeerIDOf finds the peer by its current server ID, or by "old-" and it,
 // a former one.
 func (f fixedPeers) PeerIDOf(server domain.ServerID) (string, bool) {
 	for _, p := range f {
-		if p.ServerID == server.String() || "old-"+p.ServerID == server.String() {
+		if p.ServerID == server || "old-"+p.ServerID.String() == server.String() {
 			return p.PeerID, true
 		}
 	}
@@ -38,10 +38,10 @@ func scrape(t *testing.T, m *Metrics) string {
 func TestMetricsShowWhatHappened(t *testing.T) {
 	t.Parallel()
 	peers := fixedPeers{
-		{PeerID: "pb", ServerID: "b.example:2289", Head: 10, Delivered: 4, Pending: 6, Queue: true},
-		{PeerID: "pc", ServerID: "c.example:2289", Head: 3, Delivered: 3},
+		{PeerID: "pb", ServerID: domain.MustParseServerID("b.example:2289"), Outbox: domain.Outbox{Head: 10, Delivered: 5, Skipped: 1, Mode: domain.ModeQueue}},
+		{PeerID: "pc", ServerID: domain.MustParseServerID("c.example:2289"), Outbox: domain.Outbox{Head: 3, Delivered: 3}},
 	}
-	m := New(peers, peers)
+	m := New(NewCounters(peers), peers)
 	m.ObserveServer(func() string { return "a.example:2289" }, "v1.2.3")
 	b := domain.MustParseServerID("b.example:2289")
 	// One peer, by its former and its current server ID: one series.
@@ -58,7 +58,9 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 		`postbox_server_info{server_id="a.example:2289",version="v1.2.3"} 1`,
 		`postbox_peer_info{peer="pb",server_id="b.example:2289"} 1`,
 		`postbox_peer_info{peer="pc",server_id="c.example:2289"} 1`,
-		`postbox_peer_pending{peer="pb"} 6`,
+		`postbox_peer_pending{peer="pb"} 5`,
+		`postbox_peer_delivered{peer="pb"} 4`,
+		`postbox_peer_skipped{peer="pb"} 1`,
 		`postbox_peer_outbox_head{peer="pc"} 3`,
 		`postbox_peers_in_queue_mode 1`,
 		`postbox_push_failures_total{peer="pb"} 1`,
@@ -78,7 +80,7 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 
 func TestDiskFullGaugeFollowsTheStore(t *testing.T) {
 	t.Parallel()
-	m := New(fixedPeers{}, fixedPeers{})
+	m := New(NewCounters(fixedPeers{}), fixedPeers{})
 	var full atomic.Bool
 	m.ObserveDiskFull(full.Load)
 	if body := scrape(t, m); !strings.Contains(body, "\npostbox_store_disk_full 0\n") {

@@ -66,6 +66,10 @@ type Config struct {
 	PerPeer  map[domain.ServerID]Protocol
 	// MaxReplyBytes bounds a reply (a Pull reply can be large).
 	MaxReplyBytes int64
+	// Transport, if set, carries every call instead of dialling: for a
+	// simulated network (adapters/simnet). Guard, TLS and the dial and
+	// handshake timeouts then do not apply; never set from configuration.
+	Transport http.RoundTripper
 }
 
 // Self tells which of this server's IDs to sign with toward a peer: after a
@@ -123,6 +127,10 @@ func New(cfg Config, signer *authtoken.Signer, self Self) *Client {
 			TLSHandshakeTimeout: cfg.Timeouts.TLSHandshake,
 		}}
 	}
+	if cfg.Transport != nil {
+		simulated := &http.Client{Transport: cfg.Transport}
+		return &Client{cfg: cfg, signer: signer, self: self, web: simulated, h2c: simulated}
+	}
 	return &Client{cfg: cfg, signer: signer, self: self, web: transport(web), h2c: transport(h2c)}
 }
 
@@ -155,7 +163,7 @@ func call[Req, Res any, PReq message[Req], PRes message[Res]](ctx context.Contex
 		res := PRes(new(Res))
 		h := http.Header{authtoken.HeaderName: {header}}
 		if err := hrpc.Call(ctx, c.web, base, procedure, h, req, res, c.cfg.MaxReplyBytes); err != nil {
-			return nil, noAnswer(ctx, err)
+			return nil, noAnswer(ctx, fromPeer(err))
 		}
 		return res, nil
 	}
@@ -171,7 +179,7 @@ func call[Req, Res any, PReq message[Req], PRes message[Res]](ctx context.Contex
 	r.Header().Set(authtoken.HeaderName, header)
 	out, err := viaConnect(client, ctx, r)
 	if err != nil {
-		return nil, noAnswer(ctx, fromConnect(procedure, err))
+		return nil, noAnswer(ctx, fromPeer(fromConnect(procedure, err)))
 	}
 	return PRes(out.Msg), nil
 }
@@ -200,32 +208,26 @@ func fromConnect(procedure string, err error) error {
 	return remote
 }
 
+// fromPeer marks an error answer from the peer as the peer's, read back
+// through the one error table (a domain.RemoteError that errors.Is matches
+// with the sentinel it stands for); an error made on this side (no answer)
+// stays as it is.
+func fromPeer(err error) error {
+	var remote *hrpc.RemoteError
+	if !errors.As(err, &remote) {
+		return err
+	}
+	wait, busy := remote.Busy()
+	return rpcerrors.FromPeer(remote.Identifier, err, busy, wait)
+}
+
 // Busy reports whether err is a peer's refusal for now as too busy (429,
 // hrpc.resource-exhausted, ResourceExhausted), with the wait it asked for
 // (0 when it sent no RetryInfo).
-func Busy(err error) (time.Duration, bool) {
-	var remote *hrpc.RemoteError
-	if !errors.As(err, &remote) {
-		return 0, false
-	}
-	return remote.Busy()
-}
+func Busy(err error) (time.Duration, bool) { return domain.PeerBusy(fromPeer(err)) }
 
 // PushResult is a receiver's answer to a push.
-type PushResult struct {
-	// Through is the last event of the push the receiver took: the first
-	// one's sequence number, unless a Postbox receiver took the following
-	// events too.
-	Through uint64
-	// BatchBytes and BatchEvents are the largest push, in request bytes
-	// and in events, the receiver takes; 0 (an upstream receiver): one
-	// event per push.
-	BatchBytes  uint64
-	BatchEvents uint32
-	// Answer is a continuity-checking receiver's account (nil for others);
-	// when it refused the push, nothing of it was applied.
-	Answer *domain.PushAnswer
-}
+type PushResult = domain.PushResult
 
 // Push delivers events[0] with sequence number seq and, to a receiver that
 // announced it takes them, events[1:] as the events that follow it.
@@ -285,17 +287,7 @@ func fromRef(r *seqext.Ref) *domain.EventRef {
 }
 
 // PullResult is a peer's Pull reply.
-type PullResult struct {
-	Events []*syncv1.Event
-	// FirstSeq is the first event's sequence number; HasSeq is false for a
-	// peer that does not send one (an upstream server).
-	FirstSeq uint64
-	HasSeq   bool
-	// Epoch is the sender's epoch the sequence numbers count in; LastID the
-	// outbox ID of the last event, if the sender sent it.
-	Epoch  uint64
-	LastID []byte
-}
+type PullResult = domain.PullBatch[*syncv1.Event]
 
 // Pull fetches the peer's queue for this server, acknowledging what this
 // server has applied from it when ack is set.

@@ -67,13 +67,13 @@ func serve(t *testing.T, build func(id domain.ServerID) http.Handler) domain.Ser
 // fakePostbox records what the federation endpoints hand it.
 type fakePostbox struct {
 	mu      sync.Mutex
-	batch   federation.PullBatch
+	batch   domain.PullBatch[*syncv1.Event]
 	pulls   []*uint64
 	pushes  []federationtest.Received
 	renames []domain.ServerID
 }
 
-func (f *fakePostbox) ServeAccountedPull(_ context.Context, _ domain.Caller, ack *uint64, _ *domain.PullAccount) (federation.PullBatch, error) {
+func (f *fakePostbox) ServeAccountedPull(_ context.Context, _ domain.Caller, ack *uint64, _ *domain.PullAccount) (domain.PullBatch[*syncv1.Event], error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.pulls = append(f.pulls, ack)
@@ -99,7 +99,7 @@ func (f *fakePostbox) AcceptRename(_ context.Context, _ domain.Caller, newID dom
 	return nil
 }
 
-func (f *fakePostbox) setBatch(b federation.PullBatch) {
+func (f *fakePostbox) setBatch(b domain.PullBatch[*syncv1.Event]) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.batch = b
@@ -243,7 +243,7 @@ func TestClientOverEveryProtocol(t *testing.T) {
 			}
 
 			// Pull: events and first_seq decoded; the acknowledgement sent.
-			srv.box.setBatch(federation.PullBatch{Events: []*syncv1.Event{event(1, 2), removed(3, 4)}, FirstSeq: 41})
+			srv.box.setBatch(domain.PullBatch[*syncv1.Event]{Events: []*syncv1.Event{event(1, 2), removed(3, 4)}, FirstSeq: 41})
 			ack := uint64(40)
 			got, err := client.Pull(ctx, srv.id, &ack)
 			if err != nil {
@@ -253,7 +253,7 @@ func TestClientOverEveryProtocol(t *testing.T) {
 				!proto.Equal(got.Events[0], event(1, 2)) || !proto.Equal(got.Events[1], removed(3, 4)) {
 				t.Errorf("Pull = %+v, want two events from seq 41", got)
 			}
-			srv.box.setBatch(federation.PullBatch{})
+			srv.box.setBatch(domain.PullBatch[*syncv1.Event]{})
 			got, err = client.Pull(ctx, srv.id, nil)
 			if err != nil {
 				t.Fatalf("empty Pull: %v", err)
@@ -291,6 +291,10 @@ func TestClientOverEveryProtocol(t *testing.T) {
 			// Remote errors: an application refusal and an auth refusal.
 			err = client.NotifyNewID(ctx, srv.id, domain.MustParseServerID(takenID))
 			checkRemote(t, err, syncv1connect.PostboxServiceNotifyNewIdProcedure, "postbox.id-taken", http.StatusConflict)
+			// Read back through the one error table, and kept the peer's.
+			if !domain.PeerSaid(err, domain.ErrIDTaken) || domain.PeerSaid(err, domain.ErrUnknownPeer) {
+				t.Errorf("the peer's postbox.id-taken is not read back as its domain.ErrIDTaken: %v", err)
+			}
 
 			// Every request went out in the protocol asked for.
 			for _, r := range srv.requests() {

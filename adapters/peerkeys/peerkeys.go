@@ -42,6 +42,10 @@ type Config struct {
 	Access domain.AccessList
 	// TLS is the client TLS configuration (roots include --peer-ca).
 	TLS *tls.Config
+	// Transport, if set, carries every fetch instead of dialling: for a
+	// simulated network (adapters/simnet). Guard, Access and TLS then do
+	// not apply; never set from configuration.
+	Transport http.RoundTripper
 	// FetchTimeout bounds one fetch, dial to last byte.
 	FetchTimeout time.Duration
 	// RefreshEvery is the least time between two refetches of one peer's key.
@@ -109,7 +113,11 @@ type Resolver struct {
 }
 
 type entry struct {
-	mu          sync.Mutex // serializes fetches of one peer
+	// lock serializes fetches of one peer: full while held. A channel
+	// rather than a mutex, so a caller waiting behind a fetch gives up when
+	// its context ends, and so that inside a testing/synctest bubble the
+	// wait is durable and virtual time can pass for the fetch it waits on.
+	lock        chan struct{}
 	key         ed25519.PublicKey
 	lastFetch   time.Time
 	failedUntil time.Time
@@ -168,8 +176,12 @@ func newClient(cfg Config, dial func(ctx context.Context, network, addr string) 
 		Proxy:       nil,
 		DialContext: dial,
 	}
+	var transport http.RoundTripper = t
+	if cfg.Transport != nil {
+		transport = cfg.Transport
+	}
 	return &http.Client{
-		Transport: t,
+		Transport: transport,
 		Timeout:   cfg.FetchTimeout,
 		// A redirect could point anywhere, past the address guard's intent.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -193,10 +205,22 @@ func (r *Resolver) WithKnownPeers(k KnownPeers) *Resolver {
 // back from the event store at startup.
 func (r *Resolver) Remember(id domain.ServerID, key ed25519.PublicKey) {
 	e := r.entry(id)
-	e.mu.Lock()
+	e.lock <- struct{}{}
 	e.key = key
-	e.mu.Unlock()
+	<-e.lock
 }
+
+// acquire takes e's lock, unless ctx ends first.
+func (e *entry) acquire(ctx context.Context) error {
+	select {
+	case e.lock <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for a key fetch in progress: %w", ctx.Err())
+	}
+}
+
+func (e *entry) release() { <-e.lock }
 
 func (r *Resolver) entry(id domain.ServerID) *entry {
 	r.mu.Lock()
@@ -206,7 +230,7 @@ func (r *Resolver) entry(id domain.ServerID) *entry {
 		if len(r.entries) >= maxEntries {
 			r.pruneLocked()
 		}
-		e = &entry{}
+		e = &entry{lock: make(chan struct{}, 1)}
 		r.entries[id] = e
 	}
 	return e
@@ -218,11 +242,13 @@ const maxEntries = 10000
 
 func (r *Resolver) pruneLocked() {
 	for id, e := range r.entries {
-		if e.mu.TryLock() {
+		select {
+		case e.lock <- struct{}{}:
 			if e.key == nil {
 				delete(r.entries, id)
 			}
-			e.mu.Unlock()
+			<-e.lock
+		default: // a fetch is under way
 		}
 	}
 }
@@ -230,8 +256,10 @@ func (r *Resolver) pruneLocked() {
 // Key returns id's key, fetching it on first use.
 func (r *Resolver) Key(ctx context.Context, id domain.ServerID) (ed25519.PublicKey, error) {
 	e := r.entry(id)
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	if err := e.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer e.release()
 	if e.key != nil {
 		return e.key, nil
 	}
@@ -245,8 +273,10 @@ func (r *Resolver) Key(ctx context.Context, id domain.ServerID) (ed25519.PublicK
 // RefreshKey fetches id's key again, at most once per RefreshEvery.
 func (r *Resolver) RefreshKey(ctx context.Context, id domain.ServerID) (ed25519.PublicKey, bool, error) {
 	e := r.entry(id)
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	if err := e.acquire(ctx); err != nil {
+		return nil, false, err
+	}
+	defer e.release()
 	now := r.clock.Now()
 	if !e.lastFetch.IsZero() && now.Sub(e.lastFetch) < r.cfg.RefreshEvery {
 		return nil, false, nil

@@ -50,33 +50,37 @@ var ErrRequestTooLarge = errors.New("request body too large")
 type rule struct {
 	err   error
 	class Class
+	// ownOnly: a peer's answer with this identifier does not mean err (the
+	// identifier is shared and means another rule's error, or err is about
+	// this side only), so FromPeer does not read it back as err.
+	ownOnly bool
 }
 
 var rules = []rule{
-	{ErrRequestTooLarge, Class{ResourceExhausted, http.StatusRequestEntityTooLarge, connect.CodeResourceExhausted, "", slog.LevelInfo}},
-	{domain.ErrBadAuth, Class{"h.bad-auth", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
-	{domain.ErrBadToken, Class{"h.bad-token", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
-	{domain.ErrBadTokenData, Class{"h.bad-token-data", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
-	{domain.ErrBadTokenSignature, Class{"h.bad-token-signature", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
-	{domain.ErrTokenVerifyFailure, Class{"h.token-verify-failure", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelWarn}},
-	{domain.ErrHostNotAllowed, Class{"h.host-not-allowed", http.StatusForbidden, connect.CodePermissionDenied, "", slog.LevelInfo}},
-	{domain.ErrFederationDisabled, Class{"h.federation-disabled", http.StatusForbidden, connect.CodePermissionDenied, "", slog.LevelInfo}},
-	{domain.ErrTokenReplayed, Class{"postbox.token-replayed", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelWarn}},
-	{domain.ErrWrongAudience, Class{"postbox.wrong-audience", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelWarn}},
-	{domain.ErrExtensionRequired, Class{"postbox.extension-required", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}},
-	{domain.ErrKeyUnavailable, Class{"postbox.key-unavailable", http.StatusBadGateway, connect.CodeUnavailable, "", slog.LevelWarn}},
-	{domain.ErrPeerRenamed, Class{"postbox.peer-renamed", http.StatusBadRequest, connect.CodeFailedPrecondition, "", slog.LevelInfo}},
-	{domain.ErrUnknownPeer, Class{"postbox.unknown-peer", http.StatusBadRequest, connect.CodeNotFound, "", slog.LevelInfo}},
-	{domain.ErrKeyMismatch, Class{"postbox.key-mismatch", http.StatusBadRequest, connect.CodePermissionDenied, "", slog.LevelWarn}},
-	{domain.ErrIDTaken, Class{"postbox.id-taken", http.StatusConflict, connect.CodeAlreadyExists, "", slog.LevelInfo}},
-	{domain.ErrInvalidServerID, Class{BadUnaryRequest, http.StatusBadRequest, connect.CodeInvalidArgument, "", slog.LevelInfo}},
-	{domain.ErrInvalidArgument, Class{BadUnaryRequest, http.StatusBadRequest, connect.CodeInvalidArgument, "", slog.LevelInfo}},
-	{domain.ErrNotFound, Class{NotFound, http.StatusNotFound, connect.CodeNotFound, "", slog.LevelInfo}},
-	{domain.ErrNotImplemented, Class{NotImplemented, http.StatusNotImplemented, connect.CodeUnimplemented, "", slog.LevelInfo}},
-	{domain.ErrStorageFull, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeUnavailable, "", slog.LevelWarn}},
-	{domain.ErrUnavailable, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeUnavailable, "", slog.LevelWarn}},
-	{context.DeadlineExceeded, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeDeadlineExceeded, "deadline exceeded", slog.LevelWarn}},
-	{context.Canceled, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeCanceled, "request canceled", slog.LevelInfo}},
+	{ErrRequestTooLarge, Class{ResourceExhausted, http.StatusRequestEntityTooLarge, connect.CodeResourceExhausted, "", slog.LevelInfo}, true},
+	{domain.ErrBadAuth, Class{"h.bad-auth", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}, false},
+	{domain.ErrBadToken, Class{"h.bad-token", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}, false},
+	{domain.ErrBadTokenData, Class{"h.bad-token-data", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}, false},
+	{domain.ErrBadTokenSignature, Class{"h.bad-token-signature", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}, false},
+	{domain.ErrTokenVerifyFailure, Class{"h.token-verify-failure", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelWarn}, false},
+	{domain.ErrHostNotAllowed, Class{"h.host-not-allowed", http.StatusForbidden, connect.CodePermissionDenied, "", slog.LevelInfo}, false},
+	{domain.ErrFederationDisabled, Class{"h.federation-disabled", http.StatusForbidden, connect.CodePermissionDenied, "", slog.LevelInfo}, false},
+	{domain.ErrTokenReplayed, Class{"postbox.token-replayed", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelWarn}, false},
+	{domain.ErrWrongAudience, Class{"postbox.wrong-audience", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelWarn}, false},
+	{domain.ErrExtensionRequired, Class{"postbox.extension-required", http.StatusBadRequest, connect.CodeUnauthenticated, "", slog.LevelInfo}, false},
+	{domain.ErrKeyUnavailable, Class{"postbox.key-unavailable", http.StatusBadGateway, connect.CodeUnavailable, "", slog.LevelWarn}, false},
+	{domain.ErrPeerRenamed, Class{"postbox.peer-renamed", http.StatusBadRequest, connect.CodeFailedPrecondition, "", slog.LevelInfo}, false},
+	{domain.ErrUnknownPeer, Class{"postbox.unknown-peer", http.StatusBadRequest, connect.CodeNotFound, "", slog.LevelInfo}, false},
+	{domain.ErrKeyMismatch, Class{"postbox.key-mismatch", http.StatusBadRequest, connect.CodePermissionDenied, "", slog.LevelWarn}, false},
+	{domain.ErrIDTaken, Class{"postbox.id-taken", http.StatusConflict, connect.CodeAlreadyExists, "", slog.LevelInfo}, false},
+	{domain.ErrInvalidServerID, Class{BadUnaryRequest, http.StatusBadRequest, connect.CodeInvalidArgument, "", slog.LevelInfo}, true},
+	{domain.ErrInvalidArgument, Class{BadUnaryRequest, http.StatusBadRequest, connect.CodeInvalidArgument, "", slog.LevelInfo}, false},
+	{domain.ErrNotFound, Class{NotFound, http.StatusNotFound, connect.CodeNotFound, "", slog.LevelInfo}, false},
+	{domain.ErrNotImplemented, Class{NotImplemented, http.StatusNotImplemented, connect.CodeUnimplemented, "", slog.LevelInfo}, false},
+	{domain.ErrStorageFull, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeUnavailable, "", slog.LevelWarn}, true},
+	{domain.ErrUnavailable, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeUnavailable, "", slog.LevelWarn}, false},
+	{context.DeadlineExceeded, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeDeadlineExceeded, "deadline exceeded", slog.LevelWarn}, true},
+	{context.Canceled, Class{Unavailable, http.StatusServiceUnavailable, connect.CodeCanceled, "request canceled", slog.LevelInfo}, true},
 }
 
 var internal = Class{InternalServerError, http.StatusInternalServerError, connect.CodeInternal, "internal server error", slog.LevelError}
@@ -88,7 +92,7 @@ func Classify(err error) Class {
 		return Class{ResourceExhausted, http.StatusTooManyRequests, connect.CodeResourceExhausted, busy.Error(), slog.LevelWarn}
 	}
 	for _, r := range rules {
-		if errors.Is(err, r.err) {
+		if isOwn(err, r.err) {
 			c := r.class
 			if c.Message == "" {
 				c.Message = r.err.Error()
@@ -102,6 +106,50 @@ func Classify(err error) Class {
 		return classOfCode(ce.Code(), ce.Message())
 	}
 	return internal
+}
+
+// isOwn is errors.Is(err, target) that does not look inside a peer's
+// refusal (domain.RemoteError): what a peer answered about itself is
+// never this server's answer to its own caller.
+func isOwn(err, target error) bool {
+	switch e := err.(type) {
+	case nil, *domain.RemoteError:
+		return false
+	case interface{ Is(error) bool }:
+		if e.Is(target) {
+			return true
+		}
+	}
+	if err == target {
+		return true
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		return isOwn(u.Unwrap(), target)
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if isOwn(e, target) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// FromPeer reads a peer's error answer back through the same table: the
+// returned error matches, with errors.Is, the sentinel the identifier
+// stands for, but stays the peer's (Classify never answers this server's
+// callers with it). cause is the transport's error; busy and retryAfter
+// say whether the peer asked to be called again later, and when.
+func FromPeer(identifier string, cause error, busy bool, retryAfter time.Duration) *domain.RemoteError {
+	remote := &domain.RemoteError{Cause: cause, Busy: busy, RetryAfter: retryAfter}
+	for _, r := range rules {
+		if r.class.Identifier == identifier && !r.ownOnly {
+			remote.Reason = r.err
+			break
+		}
+	}
+	return remote
 }
 
 // classOfCode maps a Connect code to the nearest hRPC class, for errors that

@@ -18,9 +18,8 @@ import (
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
-// PeerID is the stable ID that names a peer's streams; it never changes,
-// so a rename never moves a stream.
-type PeerID string
+// PeerID is the stable ID that names a peer's streams (domain.PeerID).
+type PeerID = domain.PeerID
 
 // Stream names. The per-peer prefixes end in "-" so a prefix subscription
 // for one kind never matches another.
@@ -300,29 +299,6 @@ func DecodeReceived(r eventstore.RecordedEvent) (Received, error) {
 		}
 	}
 	return Received{Event: event, Via: m.GetVia(), SenderSeq: m.SenderSeq, SenderEpoch: m.GetSenderEpoch(), SenderEventID: m.GetSenderEventId(), TooLargeBytes: m.TooLargeBytes}, nil
-}
-
-// DecodePeers reads a record of the peers stream into its message.
-func DecodePeers(r eventstore.RecordedEvent) (proto.Message, error) {
-	var m proto.Message
-	switch r.Type {
-	case TypePeerSeen:
-		m = &eventsv1.PeerSeen{}
-	case TypePeerKeyLearned:
-		m = &eventsv1.PeerKeyLearned{}
-	case TypePeerRenamed:
-		m = &eventsv1.PeerRenamed{}
-	case TypeOwnServerIDChanged:
-		m = &eventsv1.OwnServerIdChanged{}
-	case TypePeerNotifiedOfNewID:
-		m = &eventsv1.PeerNotifiedOfNewId{}
-	default:
-		return nil, fmt.Errorf("%s@%d: unknown peers record type %q", r.Stream, r.Revision, r.Type)
-	}
-	if err := decode(r, m); err != nil {
-		return nil, err
-	}
-	return m, nil
 }
 
 // decode reads a body in either form: protojson always starts with "{",

@@ -3,10 +3,10 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/pprof"
 	"sync"
@@ -15,46 +15,47 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/harmony-postbox/postbox/adapters/authtoken"
-	"github.com/harmony-postbox/postbox/adapters/clock"
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
-	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
-	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	harmonytypesv1 "github.com/harmony-postbox/postbox/gen/protocol/harmonytypes/v1"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+	"github.com/harmony-postbox/postbox/internal/assembly"
 )
 
-// node is one Postbox server assembled in-process the way
-// cmd/postbox/wire_gen.go assembles `postbox serve` on the embedded store,
-// without the admin listener: its own store in its own directory, registry
-// and delivery engine, a real verifier with a peer key resolver (insecure:
-// loopback peers over http://), the federation handler on a 127.0.0.1
-// listener, and a peer client speaking hRPC. Two things are added in front,
-// both thin: a door that can answer 503 as if the server were down, and a
-// count of accepted pushes, so the bench can wait for deliveries without
-// polling the store.
+// node is one Postbox server, assembled by the injector the server's
+// engine and federation handlers share (internal/assembly.InitNode: the
+// same engine, peer client, federation handlers and admission as
+// `postbox serve --insecure-peers` on the embedded store, without the admin
+// listener): its own store in its own directory, a real verifier with a
+// peer key resolver, the federation handler on a 127.0.0.1 listener, and a
+// peer client speaking hRPC. Two things are added, both thin: a door in
+// front of the handler that can answer 503 as if the server were down, and
+// an observer counting accepted pushes, so the bench can wait for
+// deliveries without polling the store.
 type node struct {
 	id       domain.ServerID
 	role     string
 	store    *embedded.Store
 	codec    *streams.Codec
-	registry *delivery.Registry
+	registry *registry.Registry
 	engine   *delivery.Engine
-	resolver *peerkeys.Resolver
-	pub      ed25519.PublicKey
-	client   *peerclient.Client
-	accepted *counter      // events accepted by push
-	pushes   *atomic.Int64 // pushes accepted
-	door     *door
-	srv      *httpserver.Server
+	// stopEngine ends the engine's Run and waits for it.
+	stopEngine func() error
+	cleanup    func() // closes what the injector opened
+	resolver   *peerkeys.Resolver
+	pub        ed25519.PublicKey
+	accepted   *counter      // events accepted by push
+	pushes     *atomic.Int64 // pushes accepted
+	door       *door
+	srv        *httpserver.Server
 }
 
 type nodeConfig struct {
@@ -83,52 +84,50 @@ func (n *node) as(ctx context.Context, fn func(context.Context)) {
 }
 
 func assemble(ctx context.Context, dir string, cfg nodeConfig, logger *slog.Logger) (*node, error) {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	// The server ID is the listener's address: a free port, found first.
+	addr, err := freeAddr(ctx)
 	if err != nil {
 		return nil, err
 	}
-	n := &node{accepted: new(counter), pushes: new(atomic.Int64), door: new(door), pub: pub}
-	// Listen first: the server ID is the bound address.
-	n.srv, err = httpserver.Listen(ctx, "federation", "127.0.0.1:0", n.door, httpserver.TLSFiles{}, logger)
+	id, err := domain.ParseServerID(addr)
 	if err != nil {
 		return nil, err
 	}
-	if n.id, err = domain.ParseServerID(n.srv.Addr().String()); err != nil {
-		_ = n.srv.Shutdown(ctx)
-		return nil, err
-	}
-	sys := clock.System{}
-	access, err := domain.NewAccessList(nil, nil)
+	n := &node{id: id, accepted: new(counter), pushes: new(atomic.Int64), door: new(door)}
+	assembled, cleanup, err := assembly.InitNode(ctx, assembly.NodeConfig{
+		ID: id, Listen: addr, DataDir: dir, Delivery: cfg.delivery, AuthWindow: cfg.authWindow,
+		MaxRequest: 4 << 20, Observer: pushCounter{accepted: n.accepted, pushes: n.pushes},
+		Front: func(h http.Handler) http.Handler { n.door.next = h; return n.door },
+	}, logger)
 	if err != nil {
 		return nil, err
 	}
-	keysCfg := peerkeys.DefaultConfig()
-	keysCfg.Insecure = true
-	n.resolver = peerkeys.New(keysCfg, sys, logger, nil)
-	identity := domain.NewIdentity(n.id, domain.DefaultAudienceGrace)
-	verifier := domain.NewVerifier(domain.AuthPolicy{Window: cfg.authWindow, Access: access}, sys, n.resolver, identity)
-	if n.store, err = embedded.Open(ctx, dir, embedded.Options{Logger: logger, Clock: sys.Now}); err != nil {
-		_ = n.srv.Shutdown(ctx)
-		return nil, err
-	}
-	n.codec = streams.NewCodecWithBodies(rand.Reader, streams.BinaryBodies)
-	if n.registry, err = delivery.LoadRegistry(ctx, n.store, n.codec, rand.Reader); err != nil {
-		n.close(ctx)
-		return nil, err
-	}
-	signer := authtoken.NewSigner(priv, sys, rand.Reader)
-	n.client = peerclient.New(peerclient.Config{Insecure: true, Protocol: peerclient.HRPC}, signer, self{n.id})
-	n.engine = delivery.New(cfg.delivery, n.store, n.codec, n.registry, n.client, sys, logger, rand.Reader)
-	box := countingPostbox{Engine: n.engine, accepted: n.accepted, pushes: n.pushes}
-	n.door.next = httpserver.NewFederationHandler(federation.NewPostboxService(verifier, box).AcceptBatches(4<<20),
-		federation.NewKeyService(pub), httpserver.MaxRequestBytes(4<<20), logger)
-	if err := n.engine.Start(ctx); err != nil {
-		n.close(ctx)
-		return nil, err
-	}
+	n.cleanup, n.store, n.codec, n.registry, n.engine = cleanup, assembled.Store, assembled.Codec, assembled.Registry, assembled.Engine
+	n.resolver, n.pub, n.srv = assembled.Resolver, assembled.Public, assembled.Listener
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	ran := make(chan error, 1)
+	go func() { ran <- n.engine.Run(runCtx) }()
+	n.stopEngine = func() error { stop(); return <-ran }
 	go func() { _ = n.srv.Serve() }() // returns at Shutdown
-	n.engine.StartupPulls(ctx)        // a new server has no peers: returns at once
+	select {
+	case <-n.engine.Ready(): // a new server has no peers: at once
+	case err := <-ran:
+		n.stopEngine = nil
+		n.close(ctx)
+		return nil, err
+	}
 	return n, nil
+}
+
+// freeAddr finds a free loopback port for a node to listen on.
+func freeAddr(ctx context.Context) (string, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := ln.Addr().String()
+	return addr, ln.Close()
 }
 
 // close stops the listener, then the engine, then the store.
@@ -138,18 +137,13 @@ func (n *node) close(ctx context.Context) {
 	if n.srv != nil {
 		_ = n.srv.Shutdown(ctx)
 	}
-	if n.engine != nil {
-		n.engine.Close()
+	if n.stopEngine != nil {
+		_ = n.stopEngine()
 	}
-	if n.store != nil {
-		_ = n.store.Close()
+	if n.cleanup != nil {
+		n.cleanup()
 	}
 }
-
-// self signs with the one server ID, as cmd/postbox does before any rename.
-type self struct{ id domain.ServerID }
-
-func (s self) IDFor(domain.ServerID) domain.ServerID { return s.id }
 
 // door passes requests to the federation handler, or, while down, answers
 // every one with hrpc.unavailable, as a server behind a failing proxy would.
@@ -170,25 +164,26 @@ func (d *door) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(body)
 }
 
-// countingPostbox is the engine, counting the pushes it accepted and their
-// events: an accepted push is durable in the inbox (AcceptPush returns once the
-// append is synced). A duplicate the engine drops counts too, so every
-// measurement checks the inbox streams afterwards.
-type countingPostbox struct {
-	*delivery.Engine
+// pushCounter counts the pushes the engine accepted and their events,
+// told once they are durable in the inbox (before the push is answered).
+// A duplicate the engine drops is not counted; every measurement checks the
+// inbox streams afterwards.
+type pushCounter struct {
 	accepted *counter
 	pushes   *atomic.Int64
 }
 
-func (b countingPostbox) AcceptClaimedPush(ctx context.Context, caller domain.Caller, events []*syncv1.Event, seq *uint64, claim *domain.PushClaim) (domain.PushAnswer, error) {
-	answer, err := b.Engine.AcceptClaimedPush(ctx, caller, events, seq, claim)
-	if err != nil || answer.Refused {
-		return answer, err
+func (c pushCounter) Received(_ domain.ServerID, via string, n int) {
+	if via == "push" {
+		c.pushes.Add(1)
+		c.accepted.add(int64(n))
 	}
-	b.pushes.Add(1)
-	b.accepted.add(int64(len(events)))
-	return answer, nil
 }
+
+func (pushCounter) PushAttempted(domain.ServerID, time.Duration, int, error) {}
+func (pushCounter) PullServed(domain.ServerID, int)                          {}
+func (pushCounter) PullMade(domain.ServerID, error)                          {}
+func (pushCounter) Continuity(domain.ServerID, string)                       {}
 
 // counter counts, and closes a channel when the count reaches a goal.
 type counter struct {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -178,12 +177,13 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	fs := newFlagSet("watch", "", stdout)
 	a := addAdminFlags(fs)
 	after := fs.Uint64("after", 0, "print the events after this position (each event is printed with its position, so the last one printed resumes there; 0: from the first)")
+	consumer := fs.String("consumer", "", "start after the position this durable consumer acknowledged (postbox ack); not with --after")
 	follow := fs.Bool("follow", false, "keep printing events as they arrive")
 	asJSON := fs.Bool("json", false, "print one protojson object per event and line")
 	if _, err := parseFlags(fs, args, getenv); err != nil {
 		return err
 	}
-	stream, err := a.client().Watch(ctx, connect.NewRequest(&adminv1.WatchRequest{After: *after, Follow: *follow}))
+	stream, err := a.client().Watch(ctx, connect.NewRequest(&adminv1.WatchRequest{After: *after, Follow: *follow, Consumer: *consumer}))
 	if err != nil {
 		return a.failed("watch", err)
 	}
@@ -243,10 +243,6 @@ func runSkip(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	a := addAdminFlags(fs)
 	through := fs.String("through", "", "skip the peer's undelivered events up to and including this sequence number (required)")
 	reason := fs.String("reason", "", "why, recorded for the audit (required)")
-	// The peer may come before the flags, as the usage shows.
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		args = append(slices.Clone(args[1:]), args[0])
-	}
 	if _, err := parseCommand(fs, args, getenv, 1); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
+	"github.com/harmony-postbox/postbox/adapters/projector"
 	"github.com/harmony-postbox/postbox/domain"
 	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
 	"github.com/harmony-postbox/postbox/projections"
@@ -22,7 +23,7 @@ const checkpointFile = "projections.checkpoint"
 
 // auditStore is the store audit reads, closed when it is done.
 type auditStore interface {
-	projections.AuditStore
+	projector.AuditStore
 	Close() error
 }
 
@@ -40,7 +41,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 
 	var (
 		store auditStore
-		opts  projections.AuditOptions
+		opts  projector.AuditOptions
 	)
 	if *storeURL == "" {
 		store, err = embedded.OpenReadOnly(ctx, *dataDir, embedded.Options{})
@@ -59,7 +60,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	defer store.Close()
 
 	progress, done := auditProgress(stderr)
-	report, err := projections.Audit(ctx, store, opts, progress)
+	report, err := projector.Audit(ctx, store, opts, progress)
 	done()
 	if err != nil {
 		return exitError{code: 2, err: err}

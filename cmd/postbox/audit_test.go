@@ -19,6 +19,8 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/projector"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
@@ -63,6 +65,8 @@ func (p *auditPeer) setDown(v bool) { p.mu.Lock(); p.down = v; p.mu.Unlock() }
 type auditClock struct{}
 
 func (auditClock) Now() time.Time { return time.Now() }
+
+func (auditClock) AfterFunc(d time.Duration, f func()) domain.Timer { return time.AfterFunc(d, f) }
 
 func auditEvent(user uint64) *syncv1.Event {
 	return &syncv1.Event{Kind: &syncv1.Event_UserAddedToGuild_{UserAddedToGuild: &syncv1.Event_UserAddedToGuild{UserId: user, GuildId: 1}}}
@@ -113,7 +117,7 @@ func TestAuditCommandEngineStore(t *testing.T) {
 	}
 	defer store.Close()
 	codec := streams.NewCodec(rand.Reader)
-	registry, err := delivery.LoadRegistry(ctx, store, codec, rand.Reader)
+	reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,8 +127,11 @@ func TestAuditCommandEngineStore(t *testing.T) {
 	cfg.ResumeProbe = false
 	cfg.PullInterval = time.Hour
 	peer := &auditPeer{}
-	engine := delivery.New(cfg, store, codec, registry, peer, auditClock{}, slog.New(slog.DiscardHandler), rand.Reader)
-	defer engine.Close()
+	engine := delivery.New(cfg, store, codec, reg, peer, auditClock{}, slog.New(slog.DiscardHandler), rand.Reader)
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- engine.Run(runCtx) }()
+	defer func() { stop(); <-ran }()
 
 	b := domain.MustParseServerID("b.example:2289")
 	for i := range 3 {
@@ -132,7 +139,7 @@ func TestAuditCommandEngineStore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	id, ok := registry.Lookup(b)
+	id, ok := reg.Lookup(b)
 	if !ok {
 		t.Fatal("peer not registered")
 	}
@@ -294,10 +301,10 @@ func TestAuditCommandCheckpoint(t *testing.T) {
 
 	// A checkpoint equal to the replay passes.
 	good := projections.NewState()
-	if err := good.Apply(*item.Event); err != nil {
+	if err := good.Apply(streams.Decode(*item.Event)); err != nil {
 		t.Fatal(err)
 	}
-	if err := projections.WriteCheckpoint(path, good); err != nil {
+	if err := projector.WriteCheckpoint(path, good); err != nil {
 		t.Fatal(err)
 	}
 	code, stdout, _ := runAuditCmd(t, "--data-dir", dir)
@@ -309,10 +316,10 @@ func TestAuditCommandCheckpoint(t *testing.T) {
 	other := *item.Event
 	other.Data = []byte(`{"peerId":"p1","serverId":"z.example:2289"}`)
 	bad := projections.NewState()
-	if err := bad.Apply(other); err != nil {
+	if err := bad.Apply(streams.Decode(other)); err != nil {
 		t.Fatal(err)
 	}
-	if err := projections.WriteCheckpoint(path, bad); err != nil {
+	if err := projector.WriteCheckpoint(path, bad); err != nil {
 		t.Fatal(err)
 	}
 	code, stdout, _ = runAuditCmd(t, "--data-dir", dir)

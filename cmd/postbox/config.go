@@ -40,7 +40,10 @@ type Config struct {
 	PeerProtocol  peerclient.Protocol
 	MaxRequest    httpserver.MaxRequestBytes
 	MaxInflight   int64 // bytes of request bodies in flight; 0: the default
-	Delivery      delivery.Config
+	// ConsumerIdleAfter is when a durable consumer that acknowledged
+	// nothing is reported idle.
+	ConsumerIdleAfter time.Duration
+	Delivery          delivery.Config
 
 	// PlaintextPeers calls peers over http://; PeerNetworks are the
 	// internal networks peers may be in (--insecure-peers sets both).
@@ -66,6 +69,7 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	plaintext := fs.Bool("plaintext-peers", false, "call peers over http:// instead of https:// (h2c for gRPC)")
 	var networks listFlag
 	fs.Var(&networks, "allow-peer-networks", "internal networks peers may be in, CIDR, comma-separated (e.g. 10.0.0.0/8,127.0.0.0/8); public addresses are always allowed")
+	consumerIdle := fs.Duration("consumer-idle-after", 24*time.Hour, "report a durable consumer idle once it acknowledged nothing for this long (postbox consumers)")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate file for the federation listener")
 	tlsKey := fs.String("tls-key", "", "TLS key file for the federation listener")
 	peerCA := fs.String("peer-ca", "", "PEM file of extra CAs trusted for outbound TLS")
@@ -90,24 +94,25 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 		return Config{}, err
 	}
 	cfg := Config{
-		ServerIDGiven: given["server-id"],
-		Rename:        *rename,
-		Listen:        *listen,
-		AdminListen:   *adminListen,
-		DataDir:       *dataDir,
-		KeyFile:       *keyFile,
-		Store:         *store,
-		InsecurePeers: *insecure,
-		TLS:           httpserver.TLSFiles{CertFile: *tlsCert, KeyFile: *tlsKey},
-		PeerCA:        *peerCA,
-		AuthWindow:    *window,
-		AllowPeers:    allow,
-		BlockPeers:    block,
-		RequireExt:    *requireExt,
-		AdminToken:    admin.Token(*adminToken),
-		MaxRequest:    httpserver.MaxRequestBytes(*maxRequest),
-		MaxInflight:   *maxInflight,
-		Delivery:      dc,
+		ServerIDGiven:     given["server-id"],
+		Rename:            *rename,
+		Listen:            *listen,
+		AdminListen:       *adminListen,
+		DataDir:           *dataDir,
+		KeyFile:           *keyFile,
+		Store:             *store,
+		InsecurePeers:     *insecure,
+		TLS:               httpserver.TLSFiles{CertFile: *tlsCert, KeyFile: *tlsKey},
+		PeerCA:            *peerCA,
+		AuthWindow:        *window,
+		AllowPeers:        allow,
+		BlockPeers:        block,
+		RequireExt:        *requireExt,
+		AdminToken:        admin.Token(*adminToken),
+		MaxRequest:        httpserver.MaxRequestBytes(*maxRequest),
+		MaxInflight:       *maxInflight,
+		ConsumerIdleAfter: *consumerIdle,
+		Delivery:          dc,
 	}
 	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
 		return Config{}, flagError("server-id", *serverID, err.Error()+" (a server ID is host:port, the name and port peers reach this server at)", examples["server-id"])
@@ -143,6 +148,8 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 		return Config{}, flagError("push-retries", dc.PushRetries, "must be at least 0", def("push-retries"))
 	case dc.PushBatchEvents < 1:
 		return Config{}, flagError("push-batch", dc.PushBatchEvents, "must be at least 1", def("push-batch"))
+	case cfg.ConsumerIdleAfter <= 0:
+		return Config{}, flagError("consumer-idle-after", cfg.ConsumerIdleAfter, "must be positive", def("consumer-idle-after"))
 	case dc.PullInterval <= 0:
 		return Config{}, flagError("pull-interval", dc.PullInterval, "must be positive", def("pull-interval"))
 	case dc.ProbeBackoff.First <= 0:

@@ -507,12 +507,12 @@ func e2ePeerID(ctx context.Context, s *embedded.Store, peer string) (streams.Pee
 		return "", err
 	}
 	for _, r := range recs {
-		m, err := streams.DecodePeers(r)
+		e, err := streams.DecodePeerEvent(r)
 		if err != nil {
 			return "", err
 		}
-		if seen, ok := m.(*eventsv1.PeerSeen); ok && seen.GetServerId() == peer {
-			return streams.PeerID(seen.GetPeerId()), nil
+		if seen, ok := e.(domain.PeerRegistered); ok && seen.ServerID.String() == peer {
+			return seen.Peer, nil
 		}
 	}
 	return "", nil

@@ -35,6 +35,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
@@ -465,7 +466,7 @@ func (n *opNode) inboxFrom(from string) []streams.Received {
 // under, by its current or a former server ID; "" for a stranger.
 func opLookup(ctx context.Context, t *testing.T, s delivery.Store, serverID string) streams.PeerID {
 	t.Helper()
-	reg, err := delivery.LoadRegistry(ctx, s, streams.NewCodec(rand.Reader), rand.Reader)
+	reg, err := registry.Load(ctx, s, streams.NewCodec(rand.Reader), rand.Reader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 
 	"connectrpc.com/connect"
@@ -29,9 +28,6 @@ func effectsCommand(name string, args []string, stdout io.Writer, getenv func(st
 	fs := newFlagSet(name, "USER", stdout)
 	a := addAdminFlags(fs)
 	asJSON := fs.Bool("json", false, "print one protojson object per line")
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		args = append(append([]string{}, args[1:]...), args[0])
-	}
 	if _, err := parseCommand(fs, args, getenv, 1); err != nil {
 		return adminFlags{}, 0, false, err
 	}

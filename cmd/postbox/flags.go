@@ -58,7 +58,7 @@ func parseCommand(fs *flag.FlagSet, args []string, getenv func(string) string, n
 	out, usage := fs.Output(), fs.Usage
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	err := fs.Parse(args)
+	err := parseInterspersed(fs, args)
 	fs.SetOutput(out)
 	fs.Usage = usage
 	if errors.Is(err, flag.ErrHelp) {
@@ -92,6 +92,31 @@ func parseCommand(fs *flag.FlagSet, args []string, getenv func(string) string, n
 		return nil, exitError{code: 2, err: envErr}
 	}
 	return given, nil
+}
+
+// parseInterspersed parses flags given before, between or after the
+// operands (`ack 17 --consumer hs` as well as `ack --consumer hs 17`), as
+// people type them; after "--" everything is an operand.
+func parseInterspersed(fs *flag.FlagSet, args []string) error {
+	var operands []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			operands = append(operands, rest...)
+			break
+		}
+		operands = append(operands, rest[0])
+		args = rest[1:]
+	}
+	// Parsing "--" and the operands leaves them as fs.Args(), and the flags
+	// as they were set.
+	return fs.Parse(append([]string{"--"}, operands...))
 }
 
 // usageError is a mistake on a command line: exit status 2, with where to
@@ -144,6 +169,7 @@ var examples = map[string]string{
 	"allow-peer-networks": "10.0.0.0/8,127.0.0.0/8",
 	"allow-peers":         "chat.example.com,*.example.org",
 	"block-peers":         "spam.example.com",
+	"consumer":            "homeserver",
 	"data-dir":            "/var/lib/postbox",
 	"event":               `'{"userAddedToGuild":{"userId":"42","guildId":"7"}}'`,
 	"event-file":          "event.json",

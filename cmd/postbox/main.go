@@ -58,8 +58,15 @@ Usage:
   postbox audit [--data-dir DIR | --store esdb://...] [--json]
                             check every stream's invariants (exit 1 on violations)
   postbox peers [--json]    list peers and their delivery state
-  postbox watch [--after N] [--follow] [--json]
-                            print received events in order from position N
+  postbox watch [--after N | --consumer NAME] [--follow] [--json]
+                            print received events in order from position N,
+                            or after what consumer NAME acknowledged
+  postbox ack --consumer NAME POSITION
+                            record that consumer NAME processed every event
+                            through POSITION (durably, in the store)
+  postbox consumers [--json] | postbox consumers delete NAME
+                            list durable consumers (idle ones marked), or
+                            delete one
   postbox pull ID           pull from a peer now
   postbox resume ID         push to a peer in queue mode again
   postbox rename NEW_ID     rename this server and tell every peer
@@ -108,6 +115,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runPeers(ctx, rest, stdout, stderr, getenv)
 	case "watch":
 		return runWatch(ctx, rest, stdout, stderr, getenv)
+	case "ack":
+		return runAck(ctx, rest, stdout, stderr, getenv)
+	case "consumers":
+		return runConsumers(ctx, rest, stdout, stderr, getenv)
 	case "pull":
 		return runPull(ctx, rest, stdout, stderr, getenv)
 	case "resume":

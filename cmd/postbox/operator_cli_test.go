@@ -37,7 +37,7 @@ func (s *cliSender) Send(context.Context, domain.ServerID, *syncv1.Event) (uint6
 
 type noPeers struct{}
 
-func (noPeers) PeerGauges() []metrics.PeerGauges { return nil }
+func (noPeers) Cursors() []domain.PeerCursor { return nil }
 
 func (noPeers) PeerIDOf(domain.ServerID) (string, bool) { return "", false }
 
@@ -49,7 +49,7 @@ func startAdminAPI(t *testing.T, token admin.Token) (addr string, sender *cliSen
 	svc := admin.NewService(domain.NewIdentity(self, domain.DefaultAudienceGrace), nil, "test", sender, nil, nil, nil, nil, nil)
 	health := grpchealth.NewStaticChecker()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	h := httpserver.NewAdminHandler(t.Context(), svc, health, metrics.New(noPeers{}, noPeers{}), token, clock.System{}, logger)
+	h := httpserver.NewAdminHandler(t.Context(), svc, health, metrics.New(metrics.NewCounters(noPeers{}), noPeers{}), token, clock.System{}, logger)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://"), sender

@@ -6,23 +6,22 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
-	"sync/atomic"
 	"time"
 
 	"connectrpc.com/grpchealth"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
+	"github.com/harmony-postbox/postbox/adapters/consumers"
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
-	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/keyfile"
 	"github.com/harmony-postbox/postbox/adapters/metrics"
@@ -30,12 +29,12 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/noncefile"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/projector"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
-	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
 	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
-	"github.com/harmony-postbox/postbox/projections"
 )
 
 // Small providers that turn Config into what the adapters take.
@@ -56,92 +55,53 @@ func providePublicKey(key keyfile.PrivateKey) ed25519.PublicKey { return key.Pub
 func provideRandom() io.Reader { return rand.Reader }
 
 // provideIdentity settles this server's ID against the one stored in the
-// peers stream: the first start records it; a default --server-id never
-// renames, the stored ID stays; a given --server-id that was one of this
-// server's former IDs keeps the current one, with a warning (a command
-// line written before `postbox rename` must not silently rename it back);
-// any other given --server-id renames the server (peers are told once it
-// serves) only with --rename, and is refused without. The IDs this server
-// had before stay accepted audiences for the grace period after each
-// rename, counted from when it was recorded, across restarts.
-func provideIdentity(ctx context.Context, cfg Config, registry *delivery.Registry, clock domain.Clock, logger *slog.Logger) (*domain.Identity, error) {
-	stored, ok := registry.OwnID()
+// peers stream, as domain.DecideStartupID decides (the first start records
+// it; a default --server-id never renames; a former ID given keeps the
+// current one, with a warning; any other given ID renames the server only
+// with --rename), and says what happened. The IDs this server had before
+// stay accepted audiences for the grace period after each rename, counted
+// from when it was recorded, across restarts.
+func provideIdentity(ctx context.Context, cfg Config, registry *registry.Registry, clock domain.Clock, logger *slog.Logger) (*domain.Identity, error) {
+	stored, _ := registry.OwnID()
+	decision, err := registry.SettleStartupID(ctx, cfg.ServerID, cfg.ServerIDGiven, cfg.Rename, clock.Now())
 	switch {
-	case !ok:
-		if err := registry.RecordOwnID(ctx, cfg.ServerID, clock.Now()); err != nil {
-			return nil, err
-		}
-		return domain.NewIdentity(cfg.ServerID, domain.DefaultAudienceGrace), nil
-	case stored == cfg.ServerID:
-		return recordedIdentity(registry, clock, logger), nil
-	case !cfg.ServerIDGiven:
-		logger.Info("using the server ID stored in the data directory", "server_id", stored.String())
-		return recordedIdentity(registry, clock, logger), nil
-	case slices.ContainsFunc(registry.OwnIDs(), func(e delivery.OwnIDEntry) bool { return e.ID == cfg.ServerID }):
-		logger.Warn("--server-id is a former ID of this server: keeping its current ID (to go back, run postbox rename while it serves; drop or update --server-id to silence this)",
-			"server_id", stored.String(), "given", cfg.ServerID.String())
-		return recordedIdentity(registry, clock, logger), nil
-	case !cfg.Rename:
+	case errors.Is(err, domain.ErrRenameNotAllowed):
 		return nil, exitError{code: 2, err: fmt.Errorf("--server-id %s: this server is %s (stored in %s); to rename it, add --rename (peers are told), or run postbox rename %s while it serves; to keep %s, drop --server-id or give that",
 			cfg.ServerID, stored, cfg.DataDir, cfg.ServerID, stored)}
-	}
-	if _, _, taken := registry.Resolve(cfg.ServerID); taken {
+	case errors.Is(err, domain.ErrIDTaken):
 		return nil, exitError{code: 2, err: fmt.Errorf("--server-id %s: %w (a peer has it, or had it before a rename)", cfg.ServerID, domain.ErrIDTaken)}
-	}
-	identity := recordedIdentity(registry, clock, logger)
-	now := clock.Now()
-	if err := registry.RecordOwnID(ctx, cfg.ServerID, now); err != nil {
+	case err != nil:
 		return nil, err
 	}
-	identity.Rename(cfg.ServerID, now)
-	logger.Info("this server renamed; peers will be told", "old", stored.String(), "new", cfg.ServerID.String())
-	return identity, nil
-}
-
-// recordedIdentity replays this server's recorded IDs, so each former one
-// is an audience until the grace after the rename that left it, and logs
-// those still accepted.
-func recordedIdentity(registry *delivery.Registry, clock domain.Clock, logger *slog.Logger) *domain.Identity {
+	switch decision {
+	case domain.StartStored:
+		if stored != cfg.ServerID {
+			logger.Info("using the server ID stored in the data directory", "server_id", stored.String())
+		}
+	case domain.StartFormer:
+		logger.Warn("--server-id is a former ID of this server: keeping its current ID (to go back, run postbox rename while it serves; drop or update --server-id to silence this)",
+			"server_id", stored.String(), "given", cfg.ServerID.String())
+	case domain.StartRename:
+		logger.Info("this server renamed; peers will be told", "old", stored.String(), "new", cfg.ServerID.String())
+	}
 	ids := registry.OwnIDs()
-	identity := domain.NewIdentity(ids[0].ID, domain.DefaultAudienceGrace)
 	now := clock.Now()
 	for i, next := range ids[1:] {
-		identity.Rename(next.ID, next.Since)
 		former, until := ids[i].ID, next.Since.Add(domain.DefaultAudienceGrace)
 		if former != next.ID && now.Before(until) && former != ids[len(ids)-1].ID {
 			logger.Info("tokens addressed to a former ID of this server are still accepted",
 				"former_id", former.String(), "until", until.UTC().Format(time.RFC3339))
 		}
 	}
-	return identity
+	return domain.IdentityFromHistory(ids, domain.DefaultAudienceGrace), nil
 }
 
-// keyRecorder records the keys fetched for peers (for a server that is not
-// a peer yet, once its first call registers it), so they are known after a
-// restart (a renamed peer's old address may be gone).
-type keyRecorder struct {
-	registry *delivery.Registry
-	logger   *slog.Logger
-}
-
-func (k keyRecorder) KeyFetched(ctx context.Context, id domain.ServerID, key ed25519.PublicKey) {
-	if err := k.registry.RecordKey(ctx, id, key); err != nil {
-		k.logger.Warn("recording a peer key failed", "peer", id.String(), "err", err)
-	}
-}
-
-// knownPeers tells the resolver which IDs the registry knows, whose first
-// key fetch is not on the budget of unknown IDs.
-type knownPeers struct{ registry *delivery.Registry }
-
-func (k knownPeers) Knows(id domain.ServerID) bool {
-	_, ok := k.registry.Lookup(id)
-	return ok
-}
-
-// provideResolver fetches peer keys, starting from those recorded.
-func provideResolver(cfg peerkeys.Config, clock domain.Clock, logger *slog.Logger, registry *delivery.Registry) *peerkeys.Resolver {
-	r := peerkeys.New(cfg, clock, logger, keyRecorder{registry, logger}).WithKnownPeers(knownPeers{registry})
+// provideResolver fetches peer keys, starting from those recorded; the
+// registry records the keys it fetches (for a server that is not a peer
+// yet, once its first call registers it), so they are known after a
+// restart, when a renamed peer's old address may be gone.
+func provideResolver(cfg peerkeys.Config, clock domain.Clock, logger *slog.Logger, registry *registry.Registry) *peerkeys.Resolver {
+	r := peerkeys.New(cfg, clock, logger, registry).WithKnownPeers(registry)
 	for id, key := range registry.Keys() {
 		r.Remember(id, key)
 	}
@@ -299,21 +259,8 @@ func provideJSONCodec(random io.Reader) *streams.Codec {
 	return streams.NewCodecWithBodies(random, streams.JSONBodies)
 }
 
-func provideRegistry(ctx context.Context, store delivery.Store, codec *streams.Codec, random io.Reader) (*delivery.Registry, error) {
-	return delivery.LoadRegistry(ctx, store, codec, random)
-}
-
-func provideEngine(cfg Config, store delivery.Store, codec *streams.Codec, registry *delivery.Registry, client delivery.PeerClient,
-	clock domain.Clock, logger *slog.Logger, random io.Reader, observer *forwardingObserver,
-) (*delivery.Engine, func()) {
-	dc := cfg.Delivery
-	dc.Observer = observer
-	// The peer client bounds each call by its size (a silent peer fails an
-	// attempt in about 2 s); the engine's bound must not cut the largest
-	// push on a slow link before that.
-	dc.AttemptTimeout = max(dc.AttemptTimeout, peerclient.DefaultTimeouts().CallBound(dc.PushBatchBytes)+time.Second)
-	e := delivery.New(dc, store, codec, registry, client, clock, logger, random)
-	return e, e.Close
+func provideRegistry(ctx context.Context, store delivery.Store, codec *streams.Codec, random io.Reader, logger *slog.Logger) (*registry.Registry, error) {
+	return registry.Load(ctx, store, codec, random, logger)
 }
 
 func provideFederationListener(ctx context.Context, cfg Config, h *httpserver.FederationHandler, logger *slog.Logger) (federationListener, func(), error) {
@@ -345,114 +292,59 @@ func provideAdminListener(ctx context.Context, cfg Config, h httpserver.AdminHan
 
 func provideMaxRequest(cfg Config) httpserver.MaxRequestBytes { return cfg.MaxRequest }
 
-// provideFederationHandler serves the federation services within
-// --max-inflight-bytes.
-func provideFederationHandler(postbox syncv1connect.PostboxServiceHandler, key authv1connect.AuthServiceHandler, limit httpserver.MaxRequestBytes, cfg Config, logger *slog.Logger) *httpserver.FederationHandler {
-	return httpserver.NewFederationHandler(postbox, key, limit, logger).WithAdmission(httpserver.Admission{InflightBytes: cfg.MaxInflight})
-}
-
 func provideAdminToken(cfg Config) admin.Token { return cfg.AdminToken }
 
-// engineGauges reads the per-peer metrics from the engine's current state.
-type engineGauges struct {
-	engine   *delivery.Engine
-	registry *delivery.Registry
+func provideDeliveryConfig(cfg Config) delivery.Config { return cfg.Delivery }
+
+// provideAdmission bounds the federation request bodies held at once
+// (--max-inflight-bytes).
+func provideAdmission(cfg Config) httpserver.Admission {
+	return httpserver.Admission{InflightBytes: cfg.MaxInflight}
 }
 
-func (g engineGauges) PeerGauges() []metrics.PeerGauges {
-	var out []metrics.PeerGauges
-	for _, c := range g.engine.Cursors() {
-		id, ok := g.PeerIDOf(c.ServerID)
-		if !ok {
-			continue
-		}
-		out = append(out, metrics.PeerGauges{
-			PeerID: id, ServerID: c.ServerID.String(), Head: c.Outbox.Head,
-			Delivered: c.Outbox.Delivered - c.Outbox.Skipped, Skipped: c.Outbox.Skipped,
-			Pending: c.Outbox.Pending(), Queue: c.Outbox.Mode == domain.ModeQueue,
-		})
-	}
-	return out
-}
+// peerIDs labels metrics with the stable peer ID, which a rename keeps.
+type peerIDs struct{ registry *registry.Registry }
 
-// PeerIDOf labels metrics with the stable peer ID, which a rename keeps.
-func (g engineGauges) PeerIDOf(server domain.ServerID) (string, bool) {
-	id, ok := g.registry.Lookup(server)
+func (p peerIDs) PeerIDOf(server domain.ServerID) (string, bool) {
+	id, ok := p.registry.Lookup(server)
 	return string(id), ok
 }
 
-// provideMetrics counts what the engine and the federation handlers do.
-// The engine reports to it through a forwarding observer, because the
-// metrics' gauges read the engine in turn.
-func provideMetrics(observer *forwardingObserver, engine *delivery.Engine, registry *delivery.Registry, disk diskState, identity *domain.Identity) *metrics.Metrics {
-	g := engineGauges{engine: engine, registry: registry}
-	m := metrics.New(g, g)
+// provideCounters counts what the engine and the federation handlers do;
+// the engine reports to them.
+func provideCounters(registry *registry.Registry) *metrics.Counters {
+	return metrics.NewCounters(peerIDs{registry})
+}
+
+// provideMetrics is every metric: the counters, and the gauges read from
+// the engine at scrape time.
+func provideMetrics(counters *metrics.Counters, engine *delivery.Engine, disk diskState, identity *domain.Identity) *metrics.Metrics {
+	m := metrics.New(counters, engine)
 	m.ObserveDiskFull(disk.DiskFull)
 	m.ObserveServer(func() string { return identity.Current().String() }, buildVersion())
-	observer.target.Store(m)
 	return m
-}
-
-// forwardingObserver lets the engine be built before the metrics that
-// observe it.
-type forwardingObserver struct {
-	target atomic.Pointer[metrics.Metrics]
-}
-
-func provideForwardingObserver() *forwardingObserver { return &forwardingObserver{} }
-
-func (f *forwardingObserver) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
-	if m := f.target.Load(); m != nil {
-		m.PushAttempted(peer, took, events, err)
-	}
-}
-
-func (f *forwardingObserver) PullServed(peer domain.ServerID, events int) {
-	if m := f.target.Load(); m != nil {
-		m.PullServed(peer, events)
-	}
-}
-
-func (f *forwardingObserver) PullMade(peer domain.ServerID, err error) {
-	if m := f.target.Load(); m != nil {
-		m.PullMade(peer, err)
-	}
-}
-
-func (f *forwardingObserver) Continuity(peer domain.ServerID, kind string) {
-	if m := f.target.Load(); m != nil {
-		m.Continuity(peer, kind)
-	}
-}
-
-func (f *forwardingObserver) Received(peer domain.ServerID, via string, n int) {
-	if m := f.target.Load(); m != nil {
-		m.Received(peer, via, n)
-	}
-}
-
-func (f *forwardingObserver) ReceivedTooLarge(peer domain.ServerID, n int) {
-	if m := f.target.Load(); m != nil {
-		m.ReceivedTooLarge(peer, n)
-	}
-}
-
-func providePostboxService(cfg Config, auth federation.Authenticator, box federation.Postbox, m *metrics.Metrics) *federation.PostboxService {
-	return federation.NewPostboxService(auth, box).AcceptBatches(int64(cfg.MaxRequest)).ObserveAuthFailures(m)
 }
 
 // provideLive follows the store into the projections, checkpointed in the
 // data directory (where postbox audit compares it with a replay).
-func provideLive(cfg Config, store projections.LiveStore, logger *slog.Logger) *projections.Live {
-	return projections.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
+func provideLive(cfg Config, store projector.LiveStore, logger *slog.Logger) *projector.Live {
+	return projector.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
+}
+
+// provideConsumers reads the durable consumers' positions from the store.
+func provideConsumers(ctx context.Context, store delivery.Store, codec *streams.Codec, clock domain.Clock) (*consumers.Ledger, error) {
+	return consumers.Open(ctx, store, codec, clock)
 }
 
 // provideAdminService is the admin API, which reads the outboxes for the
-// age of each peer's oldest pending event.
-func provideAdminService(identity *domain.Identity, public ed25519.PublicKey, version admin.Version, sender admin.Sender, operator admin.Operator,
+// age of each peer's oldest pending event and keeps the durable consumers.
+func provideAdminService(cfg Config, identity *domain.Identity, public ed25519.PublicKey, version admin.Version, sender admin.Sender, operator admin.Operator,
 	received admin.ReceivedLog, names admin.PeerNames, renamer admin.Renamer, views admin.PeerViews, store delivery.Store,
+	ledger *consumers.Ledger, clock domain.Clock,
 ) *admin.Service {
-	return admin.NewService(identity, public, version, sender, operator, received, names, renamer, views).WithPendingAges(outboxAges{store})
+	return admin.NewService(identity, public, version, sender, operator, received, names, renamer, views).
+		WithPendingAges(outboxAges{store}).
+		WithConsumers(ledger, cfg.ConsumerIdleAfter, clock)
 }
 
 // outboxAges reads when an outbox event was stored: its sequence number

@@ -13,8 +13,8 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/projector"
 	"github.com/harmony-postbox/postbox/domain"
-	"github.com/harmony-postbox/postbox/projections"
 )
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -72,17 +72,16 @@ type server struct {
 	federation federationListener
 	admin      adminListener
 	engine     *delivery.Engine
-	renames    *delivery.Renames
-	live       *projections.Live
+	live       *projector.Live
 	identity   *domain.Identity
 	health     *grpchealth.StaticChecker
 	logger     *slog.Logger
 }
 
 func newServer(cfg Config, federation federationListener, admin adminListener, engine *delivery.Engine,
-	renames *delivery.Renames, live *projections.Live, identity *domain.Identity, health *grpchealth.StaticChecker, logger *slog.Logger,
+	live *projector.Live, identity *domain.Identity, health *grpchealth.StaticChecker, logger *slog.Logger,
 ) *server {
-	return &server{cfg: cfg, federation: federation, admin: admin, engine: engine, renames: renames,
+	return &server{cfg: cfg, federation: federation, admin: admin, engine: engine,
 		live: live, identity: identity, health: health, logger: logger}
 }
 
@@ -90,11 +89,14 @@ func newServer(cfg Config, federation federationListener, admin adminListener, e
 func (s *server) run(ctx context.Context) error {
 	s.logger.Info("postbox serving", "server_id", s.identity.Current().String(), "version", buildVersion(),
 		"federation", s.federation.Addr().String(), "admin", s.admin.Addr().String())
-	// Peers' state comes back from the streams first, with a gate per
-	// peer so that its pushes wait for the startup pull below.
-	if err := s.engine.Start(ctx); err != nil {
-		return err
-	}
+	// The engine runs until the listeners have shut down: it rebuilds the
+	// peers' state (their pushes wait for it, and then for their startup
+	// pull), tells peers that do not know this server's current ID yet,
+	// and pulls every peer federated with before.
+	engineCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEngine()
+	engineDone := make(chan error, 1)
+	go func() { engineDone <- s.engine.Run(engineCtx) }()
 	// The projections follow the store until shutdown, then checkpoint.
 	liveCtx, stopLive := context.WithCancel(context.WithoutCancel(ctx))
 	liveDone := make(chan error, 1)
@@ -102,23 +104,30 @@ func (s *server) run(ctx context.Context) error {
 	errs := make(chan error, 2)
 	go func() { errs <- s.federation.Serve() }()
 	go func() { errs <- s.admin.Serve() }()
-	// The listeners are open: now pull every peer federated with before.
-	// Peers that do not know this server's current ID yet are told again.
-	s.renames.Start()
 	go func() {
-		s.engine.StartupPulls(ctx)
-		s.health.SetStatus("", grpchealth.StatusServing)
-		s.logger.Info("startup pulls done; serving")
+		select {
+		case <-s.engine.Ready():
+			s.health.SetStatus("", grpchealth.StatusServing)
+			s.logger.Info("startup pulls done; serving")
+		case <-engineCtx.Done():
+		}
 	}()
 	var first error
+	engineEnded := false
 	select {
 	case <-ctx.Done():
 	case first = <-errs:
+	case first = <-engineDone:
+		engineEnded = true
 	}
 	s.logger.Info("shutting down")
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	err := errors.Join(first, s.federation.Shutdown(shutdownCtx), s.admin.Shutdown(shutdownCtx))
+	stopEngine()
+	if !engineEnded {
+		err = errors.Join(err, <-engineDone)
+	}
 	stopLive()
 	if lerr := <-liveDone; lerr != nil {
 		err = errors.Join(err, fmt.Errorf("projections checkpoint: %w", lerr))

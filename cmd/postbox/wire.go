@@ -15,13 +15,14 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/projector"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
-	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
-	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
-	"github.com/harmony-postbox/postbox/projections"
+	"github.com/harmony-postbox/postbox/internal/assembly"
 )
 
 // configSet turns Config into what the adapters take.
@@ -31,12 +32,14 @@ var configSet = wire.NewSet(
 	provideSigner, providePeerClientConfig, provideVersion, provideGuard,
 	provideHealth, provideHealthChecker,
 	provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
+	provideDeliveryConfig, provideAdmission,
 )
 
 // authSet verifies federation tokens with keys fetched from peers.
 var authSet = wire.NewSet(
 	wire.Struct(new(clock.System)),
 	wire.Bind(new(domain.Clock), new(clock.System)),
+	wire.Bind(new(domain.Timers), new(clock.System)),
 	provideResolver,
 	wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)),
 	wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)),
@@ -46,32 +49,28 @@ var authSet = wire.NewSet(
 
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
-	provideRegistry, provideEngine, provideForwardingObserver, provideMetrics,
-	peerclient.New,
-	wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)),
-	wire.Bind(new(federation.Postbox), new(*delivery.Engine)),
+	assembly.EngineSet,
+	provideRegistry, provideCounters, provideMetrics,
+	wire.Bind(new(delivery.Observer), new(*metrics.Counters)),
+	wire.Bind(new(federation.AuthObserver), new(*metrics.Counters)),
 	provideAdminSender,
 	wire.Bind(new(admin.Operator), new(*delivery.Engine)),
-	wire.Bind(new(admin.PeerNames), new(*delivery.Registry)),
-	wire.Bind(new(peerclient.Self), new(*delivery.Registry)),
+	wire.Bind(new(admin.PeerNames), new(*registry.Registry)),
+	wire.Bind(new(peerclient.Self), new(*registry.Registry)),
 	// Renames are part of the graph: NewRenames attaches itself to the
 	// engine, which answers NotifyNewId through it.
 	delivery.NewRenames,
 	wire.Bind(new(delivery.Notifier), new(*peerclient.Client)),
 	wire.Bind(new(admin.Renamer), new(*delivery.Renames)),
 	provideLive,
-	wire.Bind(new(admin.PeerViews), new(*projections.Live)),
+	wire.Bind(new(admin.PeerViews), new(*projector.Live)),
 )
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(
-	providePostboxService,
-	wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)),
-	federation.NewKeyService,
-	wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)),
 	provideAdminService,
+	provideConsumers,
 	wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)),
-	provideFederationHandler,
 	httpserver.NewAdminHandler,
 	newServer,
 )
@@ -82,7 +81,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		provideEmbeddedStore, provideBinaryCodec, wire.Bind(new(delivery.Store), new(*embedded.Store)),
 		wire.Bind(new(diskState), new(*embedded.Store)),
 		wire.Bind(new(admin.ReceivedLog), new(*embedded.Store)),
-		wire.Bind(new(projections.LiveStore), new(*embedded.Store)))
+		wire.Bind(new(projector.LiveStore), new(*embedded.Store)))
 	return nil, nil, nil
 }
 
@@ -92,6 +91,6 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		provideESDBStore, provideJSONCodec, wire.Bind(new(delivery.Store), new(*esdb.Store)),
 		wire.InterfaceValue(new(diskState), noDiskState{}),
 		wire.Bind(new(admin.ReceivedLog), new(*esdb.Store)),
-		wire.Bind(new(projections.LiveStore), new(*esdb.Store)))
+		wire.Bind(new(projector.LiveStore), new(*esdb.Store)))
 	return nil, nil, nil
 }

@@ -14,13 +14,14 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/federation"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
+	"github.com/harmony-postbox/postbox/adapters/projector"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
-	"github.com/harmony-postbox/postbox/gen/protocol/auth/v1/authv1connect"
-	"github.com/harmony-postbox/postbox/gen/protocol/sync/v1/syncv1connect"
-	"github.com/harmony-postbox/postbox/projections"
+	"github.com/harmony-postbox/postbox/internal/assembly"
 	"log/slog"
 )
 
@@ -28,6 +29,7 @@ import (
 
 // initEmbeddedServer runs on the embedded store in the data directory.
 func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
+	maxRequestBytes := provideMaxRequest(cfg)
 	accessList, err := provideAccessList(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -46,7 +48,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	}
 	reader := provideRandom()
 	codec := provideBinaryCodec(reader)
-	registry, err := provideRegistry(ctx, store, codec, reader)
+	registry, err := provideRegistry(ctx, store, codec, reader, logger)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -62,6 +64,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		cleanup()
 		return nil, nil, err
 	}
+	deliveryConfig := provideDeliveryConfig(cfg)
 	peerclientConfig := providePeerClientConfig(cfg, config, guard)
 	privateKey, err := provideKey(cfg, logger)
 	if err != nil {
@@ -71,17 +74,15 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	}
 	signer := provideSigner(privateKey, system, reader)
 	client := peerclient.New(peerclientConfig, signer, registry)
-	mainForwardingObserver := provideForwardingObserver()
-	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
-	metrics := provideMetrics(mainForwardingObserver, engine, registry, store, identity)
-	postboxService := providePostboxService(cfg, verifier, engine, metrics)
+	counters := provideCounters(registry)
+	engine := assembly.NewEngine(deliveryConfig, store, codec, registry, client, system, logger, reader, counters)
+	postboxService := assembly.NewPostboxService(maxRequestBytes, verifier, engine, counters)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
-	maxRequestBytes := provideMaxRequest(cfg)
-	federationHandler := provideFederationHandler(postboxService, keyService, maxRequestBytes, cfg, logger)
-	mainFederationListener, cleanup4, err := provideFederationListener(ctx, cfg, federationHandler, logger)
+	admission := provideAdmission(cfg)
+	federationHandler := assembly.NewFederationHandler(postboxService, keyService, maxRequestBytes, admission, logger)
+	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
 	if err != nil {
-		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
@@ -90,22 +91,28 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
-	staticChecker := provideHealth()
-	checker := provideHealthChecker(staticChecker, store)
-	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
-	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	ledger, err := provideConsumers(ctx, store, codec, system)
 	if err != nil {
-		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
 	}
-	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, live, identity, staticChecker, logger)
+	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
+	staticChecker := provideHealth()
+	checker := provideHealthChecker(staticChecker, store)
+	metrics := provideMetrics(counters, engine, store, identity)
+	token := provideAdminToken(cfg)
+	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
+	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	if err != nil {
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, live, identity, staticChecker, logger)
 	return mainServer, func() {
-		cleanup5()
 		cleanup4()
 		cleanup3()
 		cleanup2()
@@ -115,6 +122,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 
 // initESDBServer runs on EventStoreDB (--store esdb://...).
 func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*server, func(), error) {
+	maxRequestBytes := provideMaxRequest(cfg)
 	accessList, err := provideAccessList(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -133,7 +141,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	}
 	reader := provideRandom()
 	codec := provideJSONCodec(reader)
-	registry, err := provideRegistry(ctx, store, codec, reader)
+	registry, err := provideRegistry(ctx, store, codec, reader, logger)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -149,6 +157,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		cleanup()
 		return nil, nil, err
 	}
+	deliveryConfig := provideDeliveryConfig(cfg)
 	peerclientConfig := providePeerClientConfig(cfg, config, guard)
 	privateKey, err := provideKey(cfg, logger)
 	if err != nil {
@@ -158,18 +167,15 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	}
 	signer := provideSigner(privateKey, system, reader)
 	client := peerclient.New(peerclientConfig, signer, registry)
-	mainForwardingObserver := provideForwardingObserver()
-	engine, cleanup3 := provideEngine(cfg, store, codec, registry, client, system, logger, reader, mainForwardingObserver)
-	mainDiskState := _wireNoDiskStateValue
-	metrics := provideMetrics(mainForwardingObserver, engine, registry, mainDiskState, identity)
-	postboxService := providePostboxService(cfg, verifier, engine, metrics)
+	counters := provideCounters(registry)
+	engine := assembly.NewEngine(deliveryConfig, store, codec, registry, client, system, logger, reader, counters)
+	postboxService := assembly.NewPostboxService(maxRequestBytes, verifier, engine, counters)
 	publicKey := providePublicKey(privateKey)
 	keyService := federation.NewKeyService(publicKey)
-	maxRequestBytes := provideMaxRequest(cfg)
-	federationHandler := provideFederationHandler(postboxService, keyService, maxRequestBytes, cfg, logger)
-	mainFederationListener, cleanup4, err := provideFederationListener(ctx, cfg, federationHandler, logger)
+	admission := provideAdmission(cfg)
+	federationHandler := assembly.NewFederationHandler(postboxService, keyService, maxRequestBytes, admission, logger)
+	mainFederationListener, cleanup3, err := provideFederationListener(ctx, cfg, federationHandler, logger)
 	if err != nil {
-		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
@@ -178,22 +184,29 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
 	live := provideLive(cfg, store, logger)
-	service := provideAdminService(identity, publicKey, version, sender, engine, store, registry, renames, live, store)
-	staticChecker := provideHealth()
-	checker := provideHealthChecker(staticChecker, mainDiskState)
-	token := provideAdminToken(cfg)
-	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
-	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	ledger, err := provideConsumers(ctx, store, codec, system)
 	if err != nil {
-		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
 		return nil, nil, err
 	}
-	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, renames, live, identity, staticChecker, logger)
+	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
+	staticChecker := provideHealth()
+	mainDiskState := _wireNoDiskStateValue
+	checker := provideHealthChecker(staticChecker, mainDiskState)
+	metrics := provideMetrics(counters, engine, mainDiskState, identity)
+	token := provideAdminToken(cfg)
+	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
+	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	if err != nil {
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, live, identity, staticChecker, logger)
 	return mainServer, func() {
-		cleanup5()
 		cleanup4()
 		cleanup3()
 		cleanup2()
@@ -214,17 +227,17 @@ var configSet = wire.NewSet(
 	provideSigner, providePeerClientConfig, provideVersion, provideGuard,
 	provideHealth, provideHealthChecker,
 	provideFederationListener, provideAdminListener, provideMaxRequest, provideAdminToken,
+	provideDeliveryConfig, provideAdmission,
 )
 
 // authSet verifies federation tokens with keys fetched from peers.
-var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), provideVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
+var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), wire.Bind(new(domain.Timers), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), provideVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
 
 // engineSet is the delivery engine on whichever store the injector binds.
-var engineSet = wire.NewSet(
-	provideRegistry, provideEngine, provideForwardingObserver, provideMetrics, peerclient.New, wire.Bind(new(delivery.PeerClient), new(*peerclient.Client)), wire.Bind(new(federation.Postbox), new(*delivery.Engine)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*delivery.Registry)), wire.Bind(new(peerclient.Self), new(*delivery.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projections.Live)),
-)
+var engineSet = wire.NewSet(assembly.EngineSet, provideRegistry, provideCounters, provideMetrics, wire.Bind(new(delivery.Observer), new(*metrics.Counters)), wire.Bind(new(federation.AuthObserver), new(*metrics.Counters)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*registry.Registry)), wire.Bind(new(peerclient.Self), new(*registry.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projector.Live)))
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(
-	providePostboxService, wire.Bind(new(syncv1connect.PostboxServiceHandler), new(*federation.PostboxService)), federation.NewKeyService, wire.Bind(new(authv1connect.AuthServiceHandler), new(*federation.KeyService)), provideAdminService, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), provideFederationHandler, httpserver.NewAdminHandler, newServer,
+	provideAdminService,
+	provideConsumers, wire.Bind(new(adminv1connect.AdminServiceHandler), new(*admin.Service)), httpserver.NewAdminHandler, newServer,
 )

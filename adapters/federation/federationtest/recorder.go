@@ -33,8 +33,8 @@ var _ federation.Postbox = (*Recorder)(nil)
 func NewRecorder() *Recorder { return &Recorder{} }
 
 // ServeAccountedPull answers empty.
-func (m *Recorder) ServeAccountedPull(context.Context, domain.Caller, *uint64, *domain.PullAccount) (federation.PullBatch, error) {
-	return federation.PullBatch{}, nil
+func (m *Recorder) ServeAccountedPull(context.Context, domain.Caller, *uint64, *domain.PullAccount) (domain.PullBatch[*syncv1.Event], error) {
+	return domain.PullBatch[*syncv1.Event]{}, nil
 }
 
 // AcceptClaimedPush records the events, each with its sequence number; it

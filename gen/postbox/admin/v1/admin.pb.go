@@ -819,7 +819,10 @@ type WatchRequest struct {
 	// Start after this position (0: from the first event received).
 	After uint64 `protobuf:"varint,1,opt,name=after,proto3" json:"after,omitempty"`
 	// Keep the stream open for events received later.
-	Follow        bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// A durable consumer's name: start after the position it acknowledged
+	// (from the first event if it has none). Not with `after`.
+	Consumer      string `protobuf:"bytes,3,opt,name=consumer,proto3" json:"consumer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -866,6 +869,13 @@ func (x *WatchRequest) GetFollow() bool {
 		return x.Follow
 	}
 	return false
+}
+
+func (x *WatchRequest) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
 }
 
 // One event this server received from a peer.
@@ -1616,6 +1626,349 @@ func (x *ListInvitesResponse) GetInvites() []*PendingInvite {
 	return nil
 }
 
+// Used in `Ack`.
+type AckRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The durable consumer's name: 1 to 64 of a-z, 0-9, '.', '_' and '-'.
+	Consumer string `protobuf:"bytes,1,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	// The position of the last received event it has processed, as Watch
+	// printed it.
+	Position      uint64 `protobuf:"varint,2,opt,name=position,proto3" json:"position,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckRequest) Reset() {
+	*x = AckRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckRequest) ProtoMessage() {}
+
+func (x *AckRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
+func (*AckRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AckRequest) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+func (x *AckRequest) GetPosition() uint64 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
+// Used in `Ack`.
+type AckResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The consumer's acknowledged position now: the one asked for, or a later
+	// one it had already acknowledged.
+	Position      uint64 `protobuf:"varint,1,opt,name=position,proto3" json:"position,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckResponse) Reset() {
+	*x = AckResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckResponse) ProtoMessage() {}
+
+func (x *AckResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
+func (*AckResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AckResponse) GetPosition() uint64 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
+// A durable consumer of received events.
+type Consumer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The position it acknowledged last.
+	Position uint64 `protobuf:"varint,2,opt,name=position,proto3" json:"position,omitempty"`
+	// When it acknowledged last.
+	AcknowledgedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=acknowledged_at,json=acknowledgedAt,proto3" json:"acknowledged_at,omitempty"`
+	// It has not acknowledged anything for longer than the server's
+	// --consumer-idle-after.
+	Idle          bool `protobuf:"varint,4,opt,name=idle,proto3" json:"idle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Consumer) Reset() {
+	*x = Consumer{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Consumer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Consumer) ProtoMessage() {}
+
+func (x *Consumer) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Consumer.ProtoReflect.Descriptor instead.
+func (*Consumer) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Consumer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Consumer) GetPosition() uint64 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
+func (x *Consumer) GetAcknowledgedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AcknowledgedAt
+	}
+	return nil
+}
+
+func (x *Consumer) GetIdle() bool {
+	if x != nil {
+		return x.Idle
+	}
+	return false
+}
+
+// Used in `ListConsumers`.
+type ListConsumersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsumersRequest) Reset() {
+	*x = ListConsumersRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsumersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsumersRequest) ProtoMessage() {}
+
+func (x *ListConsumersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsumersRequest.ProtoReflect.Descriptor instead.
+func (*ListConsumersRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+// Used in `ListConsumers`.
+type ListConsumersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every durable consumer, by name.
+	Consumers     []*Consumer `protobuf:"bytes,1,rep,name=consumers,proto3" json:"consumers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsumersResponse) Reset() {
+	*x = ListConsumersResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsumersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsumersResponse) ProtoMessage() {}
+
+func (x *ListConsumersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsumersResponse.ProtoReflect.Descriptor instead.
+func (*ListConsumersResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListConsumersResponse) GetConsumers() []*Consumer {
+	if x != nil {
+		return x.Consumers
+	}
+	return nil
+}
+
+// Used in `DeleteConsumer`.
+type DeleteConsumerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The consumer's name.
+	Consumer      string `protobuf:"bytes,1,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteConsumerRequest) Reset() {
+	*x = DeleteConsumerRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteConsumerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteConsumerRequest) ProtoMessage() {}
+
+func (x *DeleteConsumerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteConsumerRequest.ProtoReflect.Descriptor instead.
+func (*DeleteConsumerRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DeleteConsumerRequest) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+// Used in `DeleteConsumer`.
+type DeleteConsumerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteConsumerResponse) Reset() {
+	*x = DeleteConsumerResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteConsumerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteConsumerResponse) ProtoMessage() {}
+
+func (x *DeleteConsumerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteConsumerResponse.ProtoReflect.Descriptor instead.
+func (*DeleteConsumerResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
 // Used in `Rename`.
 type RenameRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1627,7 +1980,7 @@ type RenameRequest struct {
 
 func (x *RenameRequest) Reset() {
 	*x = RenameRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1992,7 @@ func (x *RenameRequest) String() string {
 func (*RenameRequest) ProtoMessage() {}
 
 func (x *RenameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +2005,7 @@ func (x *RenameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameRequest.ProtoReflect.Descriptor instead.
 func (*RenameRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RenameRequest) GetNewServerId() string {
@@ -1671,7 +2024,7 @@ type RenameResponse struct {
 
 func (x *RenameResponse) Reset() {
 	*x = RenameResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1683,7 +2036,7 @@ func (x *RenameResponse) String() string {
 func (*RenameResponse) ProtoMessage() {}
 
 func (x *RenameResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1696,7 +2049,7 @@ func (x *RenameResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameResponse.ProtoReflect.Descriptor instead.
 func (*RenameResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 // What `postbox audit` found: every stream replayed from the start and the
@@ -1724,7 +2077,7 @@ type AuditReport struct {
 
 func (x *AuditReport) Reset() {
 	*x = AuditReport{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +2089,7 @@ func (x *AuditReport) String() string {
 func (*AuditReport) ProtoMessage() {}
 
 func (x *AuditReport) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +2102,7 @@ func (x *AuditReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditReport.ProtoReflect.Descriptor instead.
 func (*AuditReport) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AuditReport) GetPeers() []*AuditPeer {
@@ -1826,7 +2179,7 @@ type AuditPeer struct {
 
 func (x *AuditPeer) Reset() {
 	*x = AuditPeer{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +2191,7 @@ func (x *AuditPeer) String() string {
 func (*AuditPeer) ProtoMessage() {}
 
 func (x *AuditPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +2204,7 @@ func (x *AuditPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditPeer.ProtoReflect.Descriptor instead.
 func (*AuditPeer) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AuditPeer) GetServerId() string {
@@ -1927,7 +2280,7 @@ type AuditViolation struct {
 
 func (x *AuditViolation) Reset() {
 	*x = AuditViolation{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1939,7 +2292,7 @@ func (x *AuditViolation) String() string {
 func (*AuditViolation) ProtoMessage() {}
 
 func (x *AuditViolation) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1952,7 +2305,7 @@ func (x *AuditViolation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditViolation.ProtoReflect.Descriptor instead.
 func (*AuditViolation) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AuditViolation) GetStream() string {
@@ -2004,7 +2357,7 @@ type AuditSkip struct {
 
 func (x *AuditSkip) Reset() {
 	*x = AuditSkip{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2369,7 @@ func (x *AuditSkip) String() string {
 func (*AuditSkip) ProtoMessage() {}
 
 func (x *AuditSkip) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2382,7 @@ func (x *AuditSkip) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditSkip.ProtoReflect.Descriptor instead.
 func (*AuditSkip) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AuditSkip) GetStream() string {
@@ -2131,10 +2484,11 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x0eGetPeerRequest\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\"=\n" +
 	"\x0fGetPeerResponse\x12*\n" +
-	"\x04peer\x18\x01 \x01(\v2\x16.postbox.admin.v1.PeerR\x04peer\"<\n" +
+	"\x04peer\x18\x01 \x01(\v2\x16.postbox.admin.v1.PeerR\x04peer\"X\n" +
 	"\fWatchRequest\x12\x14\n" +
 	"\x05after\x18\x01 \x01(\x04R\x05after\x12\x16\n" +
-	"\x06follow\x18\x02 \x01(\bR\x06follow\"\xb3\x01\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x1a\n" +
+	"\bconsumer\x18\x03 \x01(\tR\bconsumer\"\xb3\x01\n" +
 	"\rReceivedEvent\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\x04R\bposition\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\tR\x04from\x12-\n" +
@@ -2176,7 +2530,24 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"inviter_id\x18\x02 \x01(\x04R\tinviterId\x12\x1b\n" +
 	"\tserver_id\x18\x03 \x01(\tR\bserverId\"P\n" +
 	"\x13ListInvitesResponse\x129\n" +
-	"\ainvites\x18\x01 \x03(\v2\x1f.postbox.admin.v1.PendingInviteR\ainvites\"3\n" +
+	"\ainvites\x18\x01 \x03(\v2\x1f.postbox.admin.v1.PendingInviteR\ainvites\"D\n" +
+	"\n" +
+	"AckRequest\x12\x1a\n" +
+	"\bconsumer\x18\x01 \x01(\tR\bconsumer\x12\x1a\n" +
+	"\bposition\x18\x02 \x01(\x04R\bposition\")\n" +
+	"\vAckResponse\x12\x1a\n" +
+	"\bposition\x18\x01 \x01(\x04R\bposition\"\x93\x01\n" +
+	"\bConsumer\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bposition\x18\x02 \x01(\x04R\bposition\x12C\n" +
+	"\x0facknowledged_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0eacknowledgedAt\x12\x12\n" +
+	"\x04idle\x18\x04 \x01(\bR\x04idle\"\x16\n" +
+	"\x14ListConsumersRequest\"Q\n" +
+	"\x15ListConsumersResponse\x128\n" +
+	"\tconsumers\x18\x01 \x03(\v2\x1a.postbox.admin.v1.ConsumerR\tconsumers\"3\n" +
+	"\x15DeleteConsumerRequest\x12\x1a\n" +
+	"\bconsumer\x18\x01 \x01(\tR\bconsumer\"\x18\n" +
+	"\x16DeleteConsumerResponse\"3\n" +
 	"\rRenameRequest\x12\"\n" +
 	"\rnew_server_id\x18\x01 \x01(\tR\vnewServerId\"\x10\n" +
 	"\x0eRenameResponse\"\xbd\x02\n" +
@@ -2216,7 +2587,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tMODE_PUSH\x10\x01\x12\x0e\n" +
 	"\n" +
-	"MODE_QUEUE\x10\x022\xb1\a\n" +
+	"MODE_QUEUE\x10\x022\xc2\t\n" +
 	"\fAdminService\x12b\n" +
 	"\rGetServerInfo\x12&.postbox.admin.v1.GetServerInfoRequest\x1a'.postbox.admin.v1.GetServerInfoResponse\"\x00\x12G\n" +
 	"\x04Send\x12\x1d.postbox.admin.v1.SendRequest\x1a\x1e.postbox.admin.v1.SendResponse\"\x00\x12V\n" +
@@ -2230,7 +2601,10 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"ListGuilds\x12#.postbox.admin.v1.ListGuildsRequest\x1a$.postbox.admin.v1.ListGuildsResponse\"\x00\x12\\\n" +
 	"\vListInvites\x12$.postbox.admin.v1.ListInvitesRequest\x1a%.postbox.admin.v1.ListInvitesResponse\"\x00\x12M\n" +
-	"\x06Rename\x12\x1f.postbox.admin.v1.RenameRequest\x1a .postbox.admin.v1.RenameResponse\"\x00B\xc5\x01\n" +
+	"\x06Rename\x12\x1f.postbox.admin.v1.RenameRequest\x1a .postbox.admin.v1.RenameResponse\"\x00\x12D\n" +
+	"\x03Ack\x12\x1c.postbox.admin.v1.AckRequest\x1a\x1d.postbox.admin.v1.AckResponse\"\x00\x12b\n" +
+	"\rListConsumers\x12&.postbox.admin.v1.ListConsumersRequest\x1a'.postbox.admin.v1.ListConsumersResponse\"\x00\x12e\n" +
+	"\x0eDeleteConsumer\x12'.postbox.admin.v1.DeleteConsumerRequest\x1a(.postbox.admin.v1.DeleteConsumerResponse\"\x00B\xc5\x01\n" +
 	"\x14com.postbox.admin.v1B\n" +
 	"AdminProtoP\x01Z?github.com/harmony-postbox/postbox/gen/postbox/admin/v1;adminv1\xa2\x02\x03PAX\xaa\x02\x10Postbox.Admin.V1\xca\x02\x10Postbox\\Admin\\V1\xe2\x02\x1cPostbox\\Admin\\V1\\GPBMetadata\xea\x02\x12Postbox::Admin::V1b\x06proto3"
 
@@ -2247,90 +2621,105 @@ func file_postbox_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_postbox_admin_v1_admin_proto_goTypes = []any{
-	(Mode)(0),                     // 0: postbox.admin.v1.Mode
-	(*GetServerInfoRequest)(nil),  // 1: postbox.admin.v1.GetServerInfoRequest
-	(*GetServerInfoResponse)(nil), // 2: postbox.admin.v1.GetServerInfoResponse
-	(*SendRequest)(nil),           // 3: postbox.admin.v1.SendRequest
-	(*SendResponse)(nil),          // 4: postbox.admin.v1.SendResponse
-	(*Peer)(nil),                  // 5: postbox.admin.v1.Peer
-	(*SkippedEvents)(nil),         // 6: postbox.admin.v1.SkippedEvents
-	(*StuckEvent)(nil),            // 7: postbox.admin.v1.StuckEvent
-	(*ListPeersRequest)(nil),      // 8: postbox.admin.v1.ListPeersRequest
-	(*ListPeersResponse)(nil),     // 9: postbox.admin.v1.ListPeersResponse
-	(*GetPeerRequest)(nil),        // 10: postbox.admin.v1.GetPeerRequest
-	(*GetPeerResponse)(nil),       // 11: postbox.admin.v1.GetPeerResponse
-	(*WatchRequest)(nil),          // 12: postbox.admin.v1.WatchRequest
-	(*ReceivedEvent)(nil),         // 13: postbox.admin.v1.ReceivedEvent
-	(*WatchResponse)(nil),         // 14: postbox.admin.v1.WatchResponse
-	(*PullNowRequest)(nil),        // 15: postbox.admin.v1.PullNowRequest
-	(*PullNowResponse)(nil),       // 16: postbox.admin.v1.PullNowResponse
-	(*ResumePushRequest)(nil),     // 17: postbox.admin.v1.ResumePushRequest
-	(*ResumePushResponse)(nil),    // 18: postbox.admin.v1.ResumePushResponse
-	(*SkipRequest)(nil),           // 19: postbox.admin.v1.SkipRequest
-	(*SkipResponse)(nil),          // 20: postbox.admin.v1.SkipResponse
-	(*ListGuildsRequest)(nil),     // 21: postbox.admin.v1.ListGuildsRequest
-	(*GuildEntry)(nil),            // 22: postbox.admin.v1.GuildEntry
-	(*ListGuildsResponse)(nil),    // 23: postbox.admin.v1.ListGuildsResponse
-	(*ListInvitesRequest)(nil),    // 24: postbox.admin.v1.ListInvitesRequest
-	(*PendingInvite)(nil),         // 25: postbox.admin.v1.PendingInvite
-	(*ListInvitesResponse)(nil),   // 26: postbox.admin.v1.ListInvitesResponse
-	(*RenameRequest)(nil),         // 27: postbox.admin.v1.RenameRequest
-	(*RenameResponse)(nil),        // 28: postbox.admin.v1.RenameResponse
-	(*AuditReport)(nil),           // 29: postbox.admin.v1.AuditReport
-	(*AuditPeer)(nil),             // 30: postbox.admin.v1.AuditPeer
-	(*AuditViolation)(nil),        // 31: postbox.admin.v1.AuditViolation
-	(*AuditSkip)(nil),             // 32: postbox.admin.v1.AuditSkip
-	(*v1.Event)(nil),              // 33: protocol.sync.v1.Event
-	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
+	(Mode)(0),                      // 0: postbox.admin.v1.Mode
+	(*GetServerInfoRequest)(nil),   // 1: postbox.admin.v1.GetServerInfoRequest
+	(*GetServerInfoResponse)(nil),  // 2: postbox.admin.v1.GetServerInfoResponse
+	(*SendRequest)(nil),            // 3: postbox.admin.v1.SendRequest
+	(*SendResponse)(nil),           // 4: postbox.admin.v1.SendResponse
+	(*Peer)(nil),                   // 5: postbox.admin.v1.Peer
+	(*SkippedEvents)(nil),          // 6: postbox.admin.v1.SkippedEvents
+	(*StuckEvent)(nil),             // 7: postbox.admin.v1.StuckEvent
+	(*ListPeersRequest)(nil),       // 8: postbox.admin.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),      // 9: postbox.admin.v1.ListPeersResponse
+	(*GetPeerRequest)(nil),         // 10: postbox.admin.v1.GetPeerRequest
+	(*GetPeerResponse)(nil),        // 11: postbox.admin.v1.GetPeerResponse
+	(*WatchRequest)(nil),           // 12: postbox.admin.v1.WatchRequest
+	(*ReceivedEvent)(nil),          // 13: postbox.admin.v1.ReceivedEvent
+	(*WatchResponse)(nil),          // 14: postbox.admin.v1.WatchResponse
+	(*PullNowRequest)(nil),         // 15: postbox.admin.v1.PullNowRequest
+	(*PullNowResponse)(nil),        // 16: postbox.admin.v1.PullNowResponse
+	(*ResumePushRequest)(nil),      // 17: postbox.admin.v1.ResumePushRequest
+	(*ResumePushResponse)(nil),     // 18: postbox.admin.v1.ResumePushResponse
+	(*SkipRequest)(nil),            // 19: postbox.admin.v1.SkipRequest
+	(*SkipResponse)(nil),           // 20: postbox.admin.v1.SkipResponse
+	(*ListGuildsRequest)(nil),      // 21: postbox.admin.v1.ListGuildsRequest
+	(*GuildEntry)(nil),             // 22: postbox.admin.v1.GuildEntry
+	(*ListGuildsResponse)(nil),     // 23: postbox.admin.v1.ListGuildsResponse
+	(*ListInvitesRequest)(nil),     // 24: postbox.admin.v1.ListInvitesRequest
+	(*PendingInvite)(nil),          // 25: postbox.admin.v1.PendingInvite
+	(*ListInvitesResponse)(nil),    // 26: postbox.admin.v1.ListInvitesResponse
+	(*AckRequest)(nil),             // 27: postbox.admin.v1.AckRequest
+	(*AckResponse)(nil),            // 28: postbox.admin.v1.AckResponse
+	(*Consumer)(nil),               // 29: postbox.admin.v1.Consumer
+	(*ListConsumersRequest)(nil),   // 30: postbox.admin.v1.ListConsumersRequest
+	(*ListConsumersResponse)(nil),  // 31: postbox.admin.v1.ListConsumersResponse
+	(*DeleteConsumerRequest)(nil),  // 32: postbox.admin.v1.DeleteConsumerRequest
+	(*DeleteConsumerResponse)(nil), // 33: postbox.admin.v1.DeleteConsumerResponse
+	(*RenameRequest)(nil),          // 34: postbox.admin.v1.RenameRequest
+	(*RenameResponse)(nil),         // 35: postbox.admin.v1.RenameResponse
+	(*AuditReport)(nil),            // 36: postbox.admin.v1.AuditReport
+	(*AuditPeer)(nil),              // 37: postbox.admin.v1.AuditPeer
+	(*AuditViolation)(nil),         // 38: postbox.admin.v1.AuditViolation
+	(*AuditSkip)(nil),              // 39: postbox.admin.v1.AuditSkip
+	(*v1.Event)(nil),               // 40: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil),  // 41: google.protobuf.Timestamp
 }
 var file_postbox_admin_v1_admin_proto_depIdxs = []int32{
-	33, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
+	40, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.admin.v1.Peer.mode:type_name -> postbox.admin.v1.Mode
-	34, // 2: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
-	34, // 3: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
+	41, // 2: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
+	41, // 3: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
 	6,  // 4: postbox.admin.v1.Peer.last_skip:type_name -> postbox.admin.v1.SkippedEvents
 	7,  // 5: postbox.admin.v1.Peer.stuck:type_name -> postbox.admin.v1.StuckEvent
-	34, // 6: postbox.admin.v1.Peer.oldest_pending:type_name -> google.protobuf.Timestamp
+	41, // 6: postbox.admin.v1.Peer.oldest_pending:type_name -> google.protobuf.Timestamp
 	5,  // 7: postbox.admin.v1.ListPeersResponse.peers:type_name -> postbox.admin.v1.Peer
 	5,  // 8: postbox.admin.v1.GetPeerResponse.peer:type_name -> postbox.admin.v1.Peer
-	33, // 9: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
+	40, // 9: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
 	13, // 10: postbox.admin.v1.WatchResponse.event:type_name -> postbox.admin.v1.ReceivedEvent
 	6,  // 11: postbox.admin.v1.SkipResponse.skipped:type_name -> postbox.admin.v1.SkippedEvents
 	22, // 12: postbox.admin.v1.ListGuildsResponse.guilds:type_name -> postbox.admin.v1.GuildEntry
 	25, // 13: postbox.admin.v1.ListInvitesResponse.invites:type_name -> postbox.admin.v1.PendingInvite
-	30, // 14: postbox.admin.v1.AuditReport.peers:type_name -> postbox.admin.v1.AuditPeer
-	31, // 15: postbox.admin.v1.AuditReport.violations:type_name -> postbox.admin.v1.AuditViolation
-	32, // 16: postbox.admin.v1.AuditReport.skips:type_name -> postbox.admin.v1.AuditSkip
-	0,  // 17: postbox.admin.v1.AuditPeer.mode:type_name -> postbox.admin.v1.Mode
-	1,  // 18: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
-	3,  // 19: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
-	8,  // 20: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
-	10, // 21: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
-	12, // 22: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
-	15, // 23: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
-	17, // 24: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
-	19, // 25: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
-	21, // 26: postbox.admin.v1.AdminService.ListGuilds:input_type -> postbox.admin.v1.ListGuildsRequest
-	24, // 27: postbox.admin.v1.AdminService.ListInvites:input_type -> postbox.admin.v1.ListInvitesRequest
-	27, // 28: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
-	2,  // 29: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
-	4,  // 30: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
-	9,  // 31: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
-	11, // 32: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
-	14, // 33: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
-	16, // 34: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
-	18, // 35: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
-	20, // 36: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
-	23, // 37: postbox.admin.v1.AdminService.ListGuilds:output_type -> postbox.admin.v1.ListGuildsResponse
-	26, // 38: postbox.admin.v1.AdminService.ListInvites:output_type -> postbox.admin.v1.ListInvitesResponse
-	28, // 39: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
-	29, // [29:40] is the sub-list for method output_type
-	18, // [18:29] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	41, // 14: postbox.admin.v1.Consumer.acknowledged_at:type_name -> google.protobuf.Timestamp
+	29, // 15: postbox.admin.v1.ListConsumersResponse.consumers:type_name -> postbox.admin.v1.Consumer
+	37, // 16: postbox.admin.v1.AuditReport.peers:type_name -> postbox.admin.v1.AuditPeer
+	38, // 17: postbox.admin.v1.AuditReport.violations:type_name -> postbox.admin.v1.AuditViolation
+	39, // 18: postbox.admin.v1.AuditReport.skips:type_name -> postbox.admin.v1.AuditSkip
+	0,  // 19: postbox.admin.v1.AuditPeer.mode:type_name -> postbox.admin.v1.Mode
+	1,  // 20: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
+	3,  // 21: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
+	8,  // 22: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
+	10, // 23: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
+	12, // 24: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
+	15, // 25: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
+	17, // 26: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
+	19, // 27: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
+	21, // 28: postbox.admin.v1.AdminService.ListGuilds:input_type -> postbox.admin.v1.ListGuildsRequest
+	24, // 29: postbox.admin.v1.AdminService.ListInvites:input_type -> postbox.admin.v1.ListInvitesRequest
+	34, // 30: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
+	27, // 31: postbox.admin.v1.AdminService.Ack:input_type -> postbox.admin.v1.AckRequest
+	30, // 32: postbox.admin.v1.AdminService.ListConsumers:input_type -> postbox.admin.v1.ListConsumersRequest
+	32, // 33: postbox.admin.v1.AdminService.DeleteConsumer:input_type -> postbox.admin.v1.DeleteConsumerRequest
+	2,  // 34: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
+	4,  // 35: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
+	9,  // 36: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
+	11, // 37: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
+	14, // 38: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
+	16, // 39: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
+	18, // 40: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
+	20, // 41: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
+	23, // 42: postbox.admin.v1.AdminService.ListGuilds:output_type -> postbox.admin.v1.ListGuildsResponse
+	26, // 43: postbox.admin.v1.AdminService.ListInvites:output_type -> postbox.admin.v1.ListInvitesResponse
+	35, // 44: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
+	28, // 45: postbox.admin.v1.AdminService.Ack:output_type -> postbox.admin.v1.AckResponse
+	31, // 46: postbox.admin.v1.AdminService.ListConsumers:output_type -> postbox.admin.v1.ListConsumersResponse
+	33, // 47: postbox.admin.v1.AdminService.DeleteConsumer:output_type -> postbox.admin.v1.DeleteConsumerResponse
+	34, // [34:48] is the sub-list for method output_type
+	20, // [20:34] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_postbox_admin_v1_admin_proto_init() }
@@ -2349,7 +2738,7 @@ func file_postbox_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_admin_v1_admin_proto_rawDesc), len(file_postbox_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   32,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -10,6 +10,7 @@ import (
 	v1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1125,11 +1126,368 @@ func (x *DatabaseCreated) GetDatabaseId() string {
 	return ""
 }
 
+// Appended to `consumers` when a durable consumer of received events
+// acknowledged everything through a position; a position at or below the one
+// it holds is not recorded again.
+type ConsumerAcknowledged struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The consumer's name.
+	Consumer string `protobuf:"bytes,1,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	// The store position of the last received event it has processed.
+	Position uint64 `protobuf:"varint,2,opt,name=position,proto3" json:"position,omitempty"`
+	// When this server recorded it.
+	At            *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsumerAcknowledged) Reset() {
+	*x = ConsumerAcknowledged{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsumerAcknowledged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsumerAcknowledged) ProtoMessage() {}
+
+func (x *ConsumerAcknowledged) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsumerAcknowledged.ProtoReflect.Descriptor instead.
+func (*ConsumerAcknowledged) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ConsumerAcknowledged) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+func (x *ConsumerAcknowledged) GetPosition() uint64 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
+func (x *ConsumerAcknowledged) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+// Appended to `consumers` when an operator deleted a durable consumer: its
+// position is forgotten, and a later Watch under the name starts from the
+// first event.
+type ConsumerDeleted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The consumer's name.
+	Consumer      string `protobuf:"bytes,1,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsumerDeleted) Reset() {
+	*x = ConsumerDeleted{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsumerDeleted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsumerDeleted) ProtoMessage() {}
+
+func (x *ConsumerDeleted) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsumerDeleted.ProtoReflect.Descriptor instead.
+func (*ConsumerDeleted) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ConsumerDeleted) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+// Appended to `replicas-<hour>` (the UNIX hour of `at_unix_ms`) by each
+// replica of this server that shares the event store with others, every
+// heartbeat interval: one record per replica per interval, whatever the
+// number of peers. Replicas read each other's to know who is live, and so
+// which peers each one runs; streams of past hours are deleted.
+type ReplicaHeartbeat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replica's name (`--replica`), unique among the live replicas.
+	Replica string `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	// A random ID drawn when the process started, so that two processes
+	// given the same name are told apart.
+	Instance []byte `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	// The server ID the replica serves: every replica must serve the same.
+	ServerId string `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// SHA-256 of the replica's raw 32-byte Ed25519 public key: every replica
+	// must sign with the same key.
+	KeyFingerprint []byte `protobuf:"bytes,4,opt,name=key_fingerprint,json=keyFingerprint,proto3" json:"key_fingerprint,omitempty"`
+	// The replica's clock when it wrote the heartbeat, in milliseconds since
+	// the UNIX epoch.
+	AtUnixMs int64 `protobuf:"varint,5,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	// How long after `at_unix_ms` the replica counts as live, in
+	// milliseconds.
+	LeaseMs uint64 `protobuf:"varint,6,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	// True when the replica stopped: its peers go to the others at once.
+	Leaving       bool `protobuf:"varint,7,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaHeartbeat) Reset() {
+	*x = ReplicaHeartbeat{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaHeartbeat) ProtoMessage() {}
+
+func (x *ReplicaHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaHeartbeat.ProtoReflect.Descriptor instead.
+func (*ReplicaHeartbeat) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReplicaHeartbeat) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *ReplicaHeartbeat) GetInstance() []byte {
+	if x != nil {
+		return x.Instance
+	}
+	return nil
+}
+
+func (x *ReplicaHeartbeat) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *ReplicaHeartbeat) GetKeyFingerprint() []byte {
+	if x != nil {
+		return x.KeyFingerprint
+	}
+	return nil
+}
+
+func (x *ReplicaHeartbeat) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
+func (x *ReplicaHeartbeat) GetLeaseMs() uint64 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+func (x *ReplicaHeartbeat) GetLeaving() bool {
+	if x != nil {
+		return x.Leaving
+	}
+	return false
+}
+
+// Appended to `delivery-<peer>` by a replica that takes over the peer's
+// delivery, at the stream's expected revision: a replica that ran it before
+// and appends at the revision it knew is refused from then on (fencing).
+// Written only when the peer changes hands, never to renew.
+type OwnerTermStarted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new term: one more than the last recorded for this peer (the first
+	// owner's is 1).
+	Term uint64 `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
+	// The replica that runs the peer's delivery in this term.
+	Replica string `protobuf:"bytes,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	// The replica that ran it in the previous term, empty for the first.
+	PreviousReplica string `protobuf:"bytes,3,opt,name=previous_replica,json=previousReplica,proto3" json:"previous_replica,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *OwnerTermStarted) Reset() {
+	*x = OwnerTermStarted{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OwnerTermStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OwnerTermStarted) ProtoMessage() {}
+
+func (x *OwnerTermStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OwnerTermStarted.ProtoReflect.Descriptor instead.
+func (*OwnerTermStarted) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *OwnerTermStarted) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *OwnerTermStarted) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *OwnerTermStarted) GetPreviousReplica() string {
+	if x != nil {
+		return x.PreviousReplica
+	}
+	return ""
+}
+
+// Appended to `nonces-<slot>-<shard>` when a replica accepts a federation
+// token that carries a nonce, at the stream's expected revision, so that
+// replicas sharing one event store accept each nonce once. The slot is the
+// minute the token expires in; streams of past slots are deleted.
+type NonceAccepted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server ID that signed the token.
+	ServerId string `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// The token's nonce.
+	Nonce []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// When the token expires, in seconds since the UNIX epoch.
+	ExpiryUnix    int64 `protobuf:"varint,3,opt,name=expiry_unix,json=expiryUnix,proto3" json:"expiry_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NonceAccepted) Reset() {
+	*x = NonceAccepted{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NonceAccepted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NonceAccepted) ProtoMessage() {}
+
+func (x *NonceAccepted) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NonceAccepted.ProtoReflect.Descriptor instead.
+func (*NonceAccepted) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *NonceAccepted) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *NonceAccepted) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+func (x *NonceAccepted) GetExpiryUnix() int64 {
+	if x != nil {
+		return x.ExpiryUnix
+	}
+	return 0
+}
+
 var File_postbox_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1epostbox/events/v1/events.proto\x12\x11postbox.events.v1\x1a\x1bprotocol/sync/v1/sync.proto\">\n" +
+	"\x1epostbox/events/v1/events.proto\x12\x11postbox.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bprotocol/sync/v1/sync.proto\">\n" +
 	"\rEventEnqueued\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\"\\\n" +
 	"\vEventPushed\x12\x10\n" +
@@ -1207,7 +1565,31 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\rnew_server_id\x18\x02 \x01(\tR\vnewServerId\"2\n" +
 	"\x0fDatabaseCreated\x12\x1f\n" +
 	"\vdatabase_id\x18\x01 \x01(\tR\n" +
-	"databaseIdB\xcd\x01\n" +
+	"databaseId\"z\n" +
+	"\x14ConsumerAcknowledged\x12\x1a\n" +
+	"\bconsumer\x18\x01 \x01(\tR\bconsumer\x12\x1a\n" +
+	"\bposition\x18\x02 \x01(\x04R\bposition\x12*\n" +
+	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"-\n" +
+	"\x0fConsumerDeleted\x12\x1a\n" +
+	"\bconsumer\x18\x01 \x01(\tR\bconsumer\"\xe1\x01\n" +
+	"\x10ReplicaHeartbeat\x12\x18\n" +
+	"\areplica\x18\x01 \x01(\tR\areplica\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\fR\binstance\x12\x1b\n" +
+	"\tserver_id\x18\x03 \x01(\tR\bserverId\x12'\n" +
+	"\x0fkey_fingerprint\x18\x04 \x01(\fR\x0ekeyFingerprint\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\x12\x19\n" +
+	"\blease_ms\x18\x06 \x01(\x04R\aleaseMs\x12\x18\n" +
+	"\aleaving\x18\a \x01(\bR\aleaving\"k\n" +
+	"\x10OwnerTermStarted\x12\x12\n" +
+	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x18\n" +
+	"\areplica\x18\x02 \x01(\tR\areplica\x12)\n" +
+	"\x10previous_replica\x18\x03 \x01(\tR\x0fpreviousReplica\"c\n" +
+	"\rNonceAccepted\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12\x1f\n" +
+	"\vexpiry_unix\x18\x03 \x01(\x03R\n" +
+	"expiryUnixB\xcd\x01\n" +
 	"\x15com.postbox.events.v1B\vEventsProtoP\x01ZAgithub.com/harmony-postbox/postbox/gen/postbox/events/v1;eventsv1\xa2\x02\x03PEX\xaa\x02\x11Postbox.Events.V1\xca\x02\x11Postbox\\Events\\V1\xe2\x02\x1dPostbox\\Events\\V1\\GPBMetadata\xea\x02\x13Postbox::Events::V1b\x06proto3"
 
 var (
@@ -1223,38 +1605,45 @@ func file_postbox_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_postbox_events_v1_events_proto_goTypes = []any{
-	(PushResumed_Reason)(0),     // 0: postbox.events.v1.PushResumed.Reason
-	(EventReceived_Via)(0),      // 1: postbox.events.v1.EventReceived.Via
-	(*EventEnqueued)(nil),       // 2: postbox.events.v1.EventEnqueued
-	(*EventPushed)(nil),         // 3: postbox.events.v1.EventPushed
-	(*QueueModeEntered)(nil),    // 4: postbox.events.v1.QueueModeEntered
-	(*PullServed)(nil),          // 5: postbox.events.v1.PullServed
-	(*PullAcknowledged)(nil),    // 6: postbox.events.v1.PullAcknowledged
-	(*PushResumed)(nil),         // 7: postbox.events.v1.PushResumed
-	(*EventsSkipped)(nil),       // 8: postbox.events.v1.EventsSkipped
-	(*EpochStarted)(nil),        // 9: postbox.events.v1.EpochStarted
-	(*ReceiverReported)(nil),    // 10: postbox.events.v1.ReceiverReported
-	(*EventReceived)(nil),       // 11: postbox.events.v1.EventReceived
-	(*PeerSeen)(nil),            // 12: postbox.events.v1.PeerSeen
-	(*PeerKeyLearned)(nil),      // 13: postbox.events.v1.PeerKeyLearned
-	(*PeerRenamed)(nil),         // 14: postbox.events.v1.PeerRenamed
-	(*OwnServerIdChanged)(nil),  // 15: postbox.events.v1.OwnServerIdChanged
-	(*PeerNotifiedOfNewId)(nil), // 16: postbox.events.v1.PeerNotifiedOfNewId
-	(*DatabaseCreated)(nil),     // 17: postbox.events.v1.DatabaseCreated
-	(*v1.Event)(nil),            // 18: protocol.sync.v1.Event
+	(PushResumed_Reason)(0),       // 0: postbox.events.v1.PushResumed.Reason
+	(EventReceived_Via)(0),        // 1: postbox.events.v1.EventReceived.Via
+	(*EventEnqueued)(nil),         // 2: postbox.events.v1.EventEnqueued
+	(*EventPushed)(nil),           // 3: postbox.events.v1.EventPushed
+	(*QueueModeEntered)(nil),      // 4: postbox.events.v1.QueueModeEntered
+	(*PullServed)(nil),            // 5: postbox.events.v1.PullServed
+	(*PullAcknowledged)(nil),      // 6: postbox.events.v1.PullAcknowledged
+	(*PushResumed)(nil),           // 7: postbox.events.v1.PushResumed
+	(*EventsSkipped)(nil),         // 8: postbox.events.v1.EventsSkipped
+	(*EpochStarted)(nil),          // 9: postbox.events.v1.EpochStarted
+	(*ReceiverReported)(nil),      // 10: postbox.events.v1.ReceiverReported
+	(*EventReceived)(nil),         // 11: postbox.events.v1.EventReceived
+	(*PeerSeen)(nil),              // 12: postbox.events.v1.PeerSeen
+	(*PeerKeyLearned)(nil),        // 13: postbox.events.v1.PeerKeyLearned
+	(*PeerRenamed)(nil),           // 14: postbox.events.v1.PeerRenamed
+	(*OwnServerIdChanged)(nil),    // 15: postbox.events.v1.OwnServerIdChanged
+	(*PeerNotifiedOfNewId)(nil),   // 16: postbox.events.v1.PeerNotifiedOfNewId
+	(*DatabaseCreated)(nil),       // 17: postbox.events.v1.DatabaseCreated
+	(*ConsumerAcknowledged)(nil),  // 18: postbox.events.v1.ConsumerAcknowledged
+	(*ConsumerDeleted)(nil),       // 19: postbox.events.v1.ConsumerDeleted
+	(*ReplicaHeartbeat)(nil),      // 20: postbox.events.v1.ReplicaHeartbeat
+	(*OwnerTermStarted)(nil),      // 21: postbox.events.v1.OwnerTermStarted
+	(*NonceAccepted)(nil),         // 22: postbox.events.v1.NonceAccepted
+	(*v1.Event)(nil),              // 23: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_postbox_events_v1_events_proto_depIdxs = []int32{
-	18, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
+	23, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.events.v1.PushResumed.reason:type_name -> postbox.events.v1.PushResumed.Reason
-	18, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
+	23, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
 	1,  // 3: postbox.events.v1.EventReceived.via:type_name -> postbox.events.v1.EventReceived.Via
-	4,  // [4:4] is the sub-list for method output_type
-	4,  // [4:4] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	24, // 4: postbox.events.v1.ConsumerAcknowledged.at:type_name -> google.protobuf.Timestamp
+	5,  // [5:5] is the sub-list for method output_type
+	5,  // [5:5] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_postbox_events_v1_events_proto_init() }
@@ -1269,7 +1658,7 @@ func file_postbox_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_events_v1_events_proto_rawDesc), len(file_postbox_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -57,6 +57,14 @@ const (
 	AdminServiceListInvitesProcedure = "/postbox.admin.v1.AdminService/ListInvites"
 	// AdminServiceRenameProcedure is the fully-qualified name of the AdminService's Rename RPC.
 	AdminServiceRenameProcedure = "/postbox.admin.v1.AdminService/Rename"
+	// AdminServiceAckProcedure is the fully-qualified name of the AdminService's Ack RPC.
+	AdminServiceAckProcedure = "/postbox.admin.v1.AdminService/Ack"
+	// AdminServiceListConsumersProcedure is the fully-qualified name of the AdminService's
+	// ListConsumers RPC.
+	AdminServiceListConsumersProcedure = "/postbox.admin.v1.AdminService/ListConsumers"
+	// AdminServiceDeleteConsumerProcedure is the fully-qualified name of the AdminService's
+	// DeleteConsumer RPC.
+	AdminServiceDeleteConsumerProcedure = "/postbox.admin.v1.AdminService/DeleteConsumer"
 )
 
 // AdminServiceClient is a client for the postbox.admin.v1.AdminService service.
@@ -86,6 +94,13 @@ type AdminServiceClient interface {
 	ListInvites(context.Context, *connect.Request[v1.ListInvitesRequest]) (*connect.Response[v1.ListInvitesResponse], error)
 	// Renames this server and tells every peer.
 	Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error)
+	// Records, durably in the store, that a consumer of Watch has processed the
+	// received events through a position; Watch under its name resumes after it.
+	Ack(context.Context, *connect.Request[v1.AckRequest]) (*connect.Response[v1.AckResponse], error)
+	// Lists the durable consumers.
+	ListConsumers(context.Context, *connect.Request[v1.ListConsumersRequest]) (*connect.Response[v1.ListConsumersResponse], error)
+	// Deletes a durable consumer.
+	DeleteConsumer(context.Context, *connect.Request[v1.DeleteConsumerRequest]) (*connect.Response[v1.DeleteConsumerResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the postbox.admin.v1.AdminService service. By
@@ -165,22 +180,43 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("Rename")),
 			connect.WithClientOptions(opts...),
 		),
+		ack: connect.NewClient[v1.AckRequest, v1.AckResponse](
+			httpClient,
+			baseURL+AdminServiceAckProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("Ack")),
+			connect.WithClientOptions(opts...),
+		),
+		listConsumers: connect.NewClient[v1.ListConsumersRequest, v1.ListConsumersResponse](
+			httpClient,
+			baseURL+AdminServiceListConsumersProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ListConsumers")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteConsumer: connect.NewClient[v1.DeleteConsumerRequest, v1.DeleteConsumerResponse](
+			httpClient,
+			baseURL+AdminServiceDeleteConsumerProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("DeleteConsumer")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // adminServiceClient implements AdminServiceClient.
 type adminServiceClient struct {
-	getServerInfo *connect.Client[v1.GetServerInfoRequest, v1.GetServerInfoResponse]
-	send          *connect.Client[v1.SendRequest, v1.SendResponse]
-	listPeers     *connect.Client[v1.ListPeersRequest, v1.ListPeersResponse]
-	getPeer       *connect.Client[v1.GetPeerRequest, v1.GetPeerResponse]
-	watch         *connect.Client[v1.WatchRequest, v1.WatchResponse]
-	pullNow       *connect.Client[v1.PullNowRequest, v1.PullNowResponse]
-	resumePush    *connect.Client[v1.ResumePushRequest, v1.ResumePushResponse]
-	skip          *connect.Client[v1.SkipRequest, v1.SkipResponse]
-	listGuilds    *connect.Client[v1.ListGuildsRequest, v1.ListGuildsResponse]
-	listInvites   *connect.Client[v1.ListInvitesRequest, v1.ListInvitesResponse]
-	rename        *connect.Client[v1.RenameRequest, v1.RenameResponse]
+	getServerInfo  *connect.Client[v1.GetServerInfoRequest, v1.GetServerInfoResponse]
+	send           *connect.Client[v1.SendRequest, v1.SendResponse]
+	listPeers      *connect.Client[v1.ListPeersRequest, v1.ListPeersResponse]
+	getPeer        *connect.Client[v1.GetPeerRequest, v1.GetPeerResponse]
+	watch          *connect.Client[v1.WatchRequest, v1.WatchResponse]
+	pullNow        *connect.Client[v1.PullNowRequest, v1.PullNowResponse]
+	resumePush     *connect.Client[v1.ResumePushRequest, v1.ResumePushResponse]
+	skip           *connect.Client[v1.SkipRequest, v1.SkipResponse]
+	listGuilds     *connect.Client[v1.ListGuildsRequest, v1.ListGuildsResponse]
+	listInvites    *connect.Client[v1.ListInvitesRequest, v1.ListInvitesResponse]
+	rename         *connect.Client[v1.RenameRequest, v1.RenameResponse]
+	ack            *connect.Client[v1.AckRequest, v1.AckResponse]
+	listConsumers  *connect.Client[v1.ListConsumersRequest, v1.ListConsumersResponse]
+	deleteConsumer *connect.Client[v1.DeleteConsumerRequest, v1.DeleteConsumerResponse]
 }
 
 // GetServerInfo calls postbox.admin.v1.AdminService.GetServerInfo.
@@ -238,6 +274,21 @@ func (c *adminServiceClient) Rename(ctx context.Context, req *connect.Request[v1
 	return c.rename.CallUnary(ctx, req)
 }
 
+// Ack calls postbox.admin.v1.AdminService.Ack.
+func (c *adminServiceClient) Ack(ctx context.Context, req *connect.Request[v1.AckRequest]) (*connect.Response[v1.AckResponse], error) {
+	return c.ack.CallUnary(ctx, req)
+}
+
+// ListConsumers calls postbox.admin.v1.AdminService.ListConsumers.
+func (c *adminServiceClient) ListConsumers(ctx context.Context, req *connect.Request[v1.ListConsumersRequest]) (*connect.Response[v1.ListConsumersResponse], error) {
+	return c.listConsumers.CallUnary(ctx, req)
+}
+
+// DeleteConsumer calls postbox.admin.v1.AdminService.DeleteConsumer.
+func (c *adminServiceClient) DeleteConsumer(ctx context.Context, req *connect.Request[v1.DeleteConsumerRequest]) (*connect.Response[v1.DeleteConsumerResponse], error) {
+	return c.deleteConsumer.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the postbox.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	// Describes this server.
@@ -265,6 +316,13 @@ type AdminServiceHandler interface {
 	ListInvites(context.Context, *connect.Request[v1.ListInvitesRequest]) (*connect.Response[v1.ListInvitesResponse], error)
 	// Renames this server and tells every peer.
 	Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error)
+	// Records, durably in the store, that a consumer of Watch has processed the
+	// received events through a position; Watch under its name resumes after it.
+	Ack(context.Context, *connect.Request[v1.AckRequest]) (*connect.Response[v1.AckResponse], error)
+	// Lists the durable consumers.
+	ListConsumers(context.Context, *connect.Request[v1.ListConsumersRequest]) (*connect.Response[v1.ListConsumersResponse], error)
+	// Deletes a durable consumer.
+	DeleteConsumer(context.Context, *connect.Request[v1.DeleteConsumerRequest]) (*connect.Response[v1.DeleteConsumerResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -340,6 +398,24 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("Rename")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceAckHandler := connect.NewUnaryHandler(
+		AdminServiceAckProcedure,
+		svc.Ack,
+		connect.WithSchema(adminServiceMethods.ByName("Ack")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceListConsumersHandler := connect.NewUnaryHandler(
+		AdminServiceListConsumersProcedure,
+		svc.ListConsumers,
+		connect.WithSchema(adminServiceMethods.ByName("ListConsumers")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceDeleteConsumerHandler := connect.NewUnaryHandler(
+		AdminServiceDeleteConsumerProcedure,
+		svc.DeleteConsumer,
+		connect.WithSchema(adminServiceMethods.ByName("DeleteConsumer")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/postbox.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceGetServerInfoProcedure:
@@ -364,6 +440,12 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceListInvitesHandler.ServeHTTP(w, r)
 		case AdminServiceRenameProcedure:
 			adminServiceRenameHandler.ServeHTTP(w, r)
+		case AdminServiceAckProcedure:
+			adminServiceAckHandler.ServeHTTP(w, r)
+		case AdminServiceListConsumersProcedure:
+			adminServiceListConsumersHandler.ServeHTTP(w, r)
+		case AdminServiceDeleteConsumerProcedure:
+			adminServiceDeleteConsumerHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -415,4 +497,16 @@ func (UnimplementedAdminServiceHandler) ListInvites(context.Context, *connect.Re
 
 func (UnimplementedAdminServiceHandler) Rename(context.Context, *connect.Request[v1.RenameRequest]) (*connect.Response[v1.RenameResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.Rename is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) Ack(context.Context, *connect.Request[v1.AckRequest]) (*connect.Response[v1.AckResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.Ack is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ListConsumers(context.Context, *connect.Request[v1.ListConsumersRequest]) (*connect.Response[v1.ListConsumersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.ListConsumers is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) DeleteConsumer(context.Context, *connect.Request[v1.DeleteConsumerRequest]) (*connect.Response[v1.DeleteConsumerResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.DeleteConsumer is not implemented"))
 }

@@ -1,4 +1,4 @@
-package projections
+package projector
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/domain"
+	"github.com/harmony-postbox/postbox/projections"
 )
 
 // startLive runs l until the test ends; stop ends it early and returns
@@ -53,8 +54,8 @@ func TestProjectionLiveCurrent(t *testing.T) {
 		if !ok || v.Head != uint64(3+i) || v.Delivered != uint64(i+1) {
 			t.Fatalf("round %d: Current = %+v, want head %d, delivered %d", i, v, 3+i, i+1)
 		}
-		if l.Applied().Less(s.Position()) {
-			t.Fatalf("Applied %v is behind the state handed out at %v", l.Applied(), s.Position())
+		if l.Applied().Less(pos(s)) {
+			t.Fatalf("Applied %v is behind the state handed out at %v", l.Applied(), pos(s))
 		}
 	}
 }
@@ -95,7 +96,7 @@ func TestProjectionLiveCheckpoint(t *testing.T) {
 	}
 	eventually(t, "a periodic checkpoint", func() bool {
 		s, err := ReadCheckpoint(path)
-		return err == nil && s.Position() == first.Position()
+		return err == nil && pos(s) == pos(first)
 	})
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -104,7 +105,7 @@ func TestProjectionLiveCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if same, diff := equalStates(first, written); !same {
+	if same, diff := projections.Equal(first, written); !same {
 		t.Fatalf("the checkpoint on exit differs from the state: %s", diff)
 	}
 
@@ -119,7 +120,7 @@ func TestProjectionLiveCheckpoint(t *testing.T) {
 	}
 	// then it equals a replay of everything.
 	replay := given(t, readAll(t, store)...)
-	if same, diff := equalStates(replay, got); !same {
+	if same, diff := projections.Equal(replay, got); !same {
 		t.Fatalf("resumed projection differs from a replay: %s", diff)
 	}
 	if !reflect.DeepEqual(replay.Peers(), got.Peers()) {
@@ -132,8 +133,8 @@ func TestProjectionLiveCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if final.Position() != replay.Position() {
-		t.Fatalf("final checkpoint at %v, want %v", final.Position(), replay.Position())
+	if pos(final) != pos(replay) {
+		t.Fatalf("final checkpoint at %v, want %v", pos(final), pos(replay))
 	}
 	// No temporary file is left behind.
 	left, _ := filepath.Glob(path + ".tmp-*")
@@ -155,7 +156,7 @@ func TestProjectionLiveIgnoresABadCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if same, diff := equalStates(given(t, readAll(t, store)...), got); !same {
+	if same, diff := projections.Equal(given(t, readAll(t, store)...), got); !same {
 		t.Fatalf("rebuilt state differs from a replay: %s", diff)
 	}
 }
@@ -186,7 +187,7 @@ func TestProjectionLiveRetries(t *testing.T) {
 	l.backoffFirst = time.Millisecond
 	startLive(t, l)
 	eventually(t, "the projection to catch up after failures", func() bool {
-		return l.Applied() == given(t, readAll(t, store)...).Position()
+		return l.Applied() == pos(given(t, readAll(t, store)...))
 	})
 }
 

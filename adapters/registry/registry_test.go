@@ -1,14 +1,17 @@
-package delivery
+package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -25,7 +28,7 @@ func openRegistry(t *testing.T, dir string) (reg *Registry, close func()) {
 	var once sync.Once
 	close = func() { once.Do(func() { store.Close() }) }
 	t.Cleanup(close)
-	if reg, err = LoadRegistry(t.Context(), store, streams.NewCodec(rand.Reader), rand.Reader); err != nil {
+	if reg, err = Load(t.Context(), store, streams.NewCodec(rand.Reader), rand.Reader, nil); err != nil {
 		t.Fatal(err)
 	}
 	return reg, close
@@ -43,7 +46,7 @@ func TestRegistryRecordsTheKeyOfAPeerMetByItsOwnCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := LoadRegistry(ctx, store, streams.NewCodec(rand.Reader), rand.Reader)
+	reg, err := Load(ctx, store, streams.NewCodec(rand.Reader), rand.Reader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +121,7 @@ func TestRegistryRemembersOwnIDsWithTheirTimes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := LoadRegistry(ctx, store, streams.NewCodec(rand.Reader), rand.Reader)
+	reg, err := Load(ctx, store, streams.NewCodec(rand.Reader), rand.Reader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,9 +132,58 @@ func TestRegistryRemembersOwnIDsWithTheirTimes(t *testing.T) {
 		}
 	}
 	store.Close()
-	want := []OwnIDEntry{{a1, t0}, {a2, t0}, {a3, t0}}
+	want := []domain.OwnID{{ID: a1, Since: t0}, {ID: a2, Since: t0}, {ID: a3, Since: t0}}
 	reg, _ = openRegistry(t, dir)
-	if got := reg.OwnIDs(); !slices.EqualFunc(got, want, func(x, y OwnIDEntry) bool { return x.ID == y.ID && x.Since.Equal(y.Since) }) {
+	if got := reg.OwnIDs(); !slices.EqualFunc(got, want, func(x, y domain.OwnID) bool { return x.ID == y.ID && x.Since.Equal(y.Since) }) {
 		t.Fatalf("OwnIDs after a restart: %v, want %v", got, want)
+	}
+}
+
+var (
+	peerB  = domain.MustParseServerID("b.example:2289")
+	peerB2 = domain.MustParseServerID("b2.example:2289")
+)
+
+func pubKey(seed byte) ed25519.PublicKey {
+	return ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, 32)).Public().(ed25519.PublicKey)
+}
+
+// A peers stream that renames a peer it never registered was not written
+// by this server: the registry refuses to start on it rather than guess.
+func TestRegistryRefusesARenameOfAPeerNeverRegistered(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	codec := streams.NewCodec(rand.Reader)
+	data, err := codec.EncodePeers(domain.PeerRenamed{Peer: "px", Old: peerB, New: peerB2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, streams.Peers, eventstore.NoStream(), data...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(ctx, store, codec, rand.Reader, nil); !errors.Is(err, domain.ErrUnregisteredPeer) {
+		t.Fatalf("Load = %v, want ErrUnregisteredPeer", err)
+	}
+}
+
+// What the fold would refuse is not appended: a rename or a notice about a
+// peer that is not registered.
+func TestRegistryRecordsNothingAboutAPeerNotRegistered(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reg, _ := openRegistry(t, t.TempDir())
+	if err := reg.RecordRename(ctx, domain.PeerRename{Peer: "px", Old: peerB, New: peerB2}); !errors.Is(err, domain.ErrUnregisteredPeer) {
+		t.Fatalf("RecordRename = %v", err)
+	}
+	if err := reg.RecordNotified(ctx, "px", peerB2); !errors.Is(err, domain.ErrUnregisteredPeer) {
+		t.Fatalf("RecordNotified = %v", err)
+	}
+	if reg.next != 0 {
+		t.Fatalf("%d records appended", reg.next)
 	}
 }

@@ -1,4 +1,9 @@
-package projections
+// Package projector runs the projections (package projections, pure folds)
+// over the event store: Live follows the store into a State and
+// checkpoints it to a file; Audit replays the store through the audit's
+// rules; DatabaseID reads or writes the store's identity. Records are
+// decoded by adapters/streams, the one decoder.
+package projector
 
 import (
 	"cmp"
@@ -13,6 +18,9 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	"github.com/harmony-postbox/postbox/projections"
 )
 
 // LiveStore is what Live needs of the event store: to follow it, and to
@@ -36,7 +44,7 @@ type Live struct {
 	backoffMax      time.Duration
 
 	mu    sync.Mutex
-	state *State
+	state *projections.State
 	// changed is closed, and replaced, whenever state moves on: Current
 	// waits on it without polling.
 	changed chan struct{}
@@ -56,7 +64,7 @@ func NewLive(store LiveStore, checkpointPath string, logger *slog.Logger) *Live 
 		checkpointEvery: 5 * time.Second,
 		backoffFirst:    100 * time.Millisecond,
 		backoffMax:      30 * time.Second,
-		state:           NewState(),
+		state:           projections.NewState(),
 		changed:         make(chan struct{}),
 	}
 }
@@ -77,7 +85,7 @@ func (l *Live) Run(ctx context.Context) error {
 	loopCtx, stopLoop := context.WithCancel(ctx)
 	// The loaded checkpoint needs no rewrite until something is applied.
 	l.mu.Lock()
-	written, wroteAny := l.state.pos, l.state.applied
+	written, wroteAny := l.state.Position()
 	l.mu.Unlock()
 	if l.path != "" {
 		wg.Go(func() { l.checkpointLoop(loopCtx, &written, &wroteAny) })
@@ -119,10 +127,7 @@ func (l *Live) Run(ctx context.Context) error {
 // it reports whether any event was applied.
 func (l *Live) follow(ctx context.Context) (bool, error) {
 	l.mu.Lock()
-	from := eventstore.FromStart()
-	if l.state.applied {
-		from = eventstore.After(l.state.pos)
-	}
+	from := l.from()
 	l.mu.Unlock()
 	sub, err := l.store.Subscribe(ctx, eventstore.Filter{}, from)
 	if errors.Is(err, eventstore.ErrNotAPosition) {
@@ -130,8 +135,8 @@ func (l *Live) follow(ctx context.Context) (bool, error) {
 		// older backup, say): start again from its beginning.
 		l.logger.Warn("the projections' position is no longer in the store; replaying every stream", "err", err)
 		l.mu.Lock()
-		fresh := NewState()
-		fresh.databaseID = l.state.databaseID
+		fresh := projections.NewState()
+		fresh.SetDatabaseID(l.state.DatabaseID())
 		l.state = fresh
 		close(l.changed)
 		l.changed = make(chan struct{})
@@ -161,9 +166,9 @@ func (l *Live) follow(ctx context.Context) (bool, error) {
 
 func (l *Live) apply(r eventstore.RecordedEvent) {
 	l.mu.Lock()
-	before := l.state.pos
-	err := l.state.Apply(r)
-	if l.state.pos != before {
+	before, _ := l.state.Position()
+	err := l.state.Apply(streams.Decode(r))
+	if after, _ := l.state.Position(); after != before {
 		close(l.changed)
 		l.changed = make(chan struct{})
 	}
@@ -201,7 +206,7 @@ func (l *Live) identify(ctx context.Context) (id string, ok bool) {
 func (l *Live) loadCheckpoint(id string) {
 	defer func() {
 		l.mu.Lock()
-		l.state.databaseID = id
+		l.state.SetDatabaseID(id)
 		l.mu.Unlock()
 	}()
 	if l.path == "" {
@@ -215,25 +220,26 @@ func (l *Live) loadCheckpoint(id string) {
 		// Replaying from the start is always correct, only slower.
 		l.logger.Warn("ignoring the projection checkpoint; replaying every stream", "path", l.path, "err", err)
 		return
-	case s.databaseID != id:
+	case s.DatabaseID() != id:
 		// Its positions belong to another database: resuming after one
 		// would skip or repeat this store's events.
 		l.logger.Warn("the projection checkpoint is of another database; replaying every stream", "path", l.path,
-			"checkpoint_database", cmp.Or(s.databaseID, "(none recorded)"), "store_database", id)
+			"checkpoint_database", cmp.Or(s.DatabaseID(), "(none recorded)"), "store_database", id)
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.state.applied {
+	if _, applied := l.state.Position(); applied {
 		return // Run was called again: the state in memory is newer
 	}
 	l.state = s
 	close(l.changed)
 	l.changed = make(chan struct{})
-	l.logger.Info("projections resumed from their checkpoint", "path", l.path, "commit", s.pos.Commit)
+	pos, _ := s.Position()
+	l.logger.Info("projections resumed from their checkpoint", "path", l.path, "commit", pos.Commit)
 }
 
-func (l *Live) checkpointLoop(ctx context.Context, written *eventstore.Position, wroteAny *bool) {
+func (l *Live) checkpointLoop(ctx context.Context, written *domain.Position, wroteAny *bool) {
 	t := time.NewTicker(l.checkpointEvery)
 	defer t.Stop()
 	for {
@@ -252,16 +258,16 @@ func (l *Live) checkpointLoop(ctx context.Context, written *eventstore.Position,
 }
 
 // writeCheckpoint writes the state unless it is still at last.
-func (l *Live) writeCheckpoint(last eventstore.Position, wroteAny bool) (eventstore.Position, error) {
+func (l *Live) writeCheckpoint(last domain.Position, wroteAny bool) (domain.Position, error) {
 	l.mu.Lock()
-	if !l.state.applied || wroteAny && l.state.pos == last {
+	pos, applied := l.state.Position()
+	if !applied || wroteAny && pos == last {
 		l.mu.Unlock()
 		return last, nil
 	}
-	f := l.state.snapshot() // a copy: encoding and I/O happen outside the lock
-	pos := l.state.pos
+	snap := l.state.Snapshot() // a copy: encoding and I/O happen outside the lock
 	l.mu.Unlock()
-	data, err := marshalSnapshot(f)
+	data, err := snap.Marshal()
 	if err != nil {
 		return last, err
 	}
@@ -271,15 +277,21 @@ func (l *Live) writeCheckpoint(last eventstore.Position, wroteAny bool) (eventst
 	return pos, nil
 }
 
+// from is where a subscription picks up after the state. The caller
+// holds mu.
+func (l *Live) from() eventstore.SubscribeFrom {
+	if pos, applied := l.state.Position(); applied {
+		return eventstore.After(eventstore.Position{Commit: pos.Commit, Prepare: pos.Prepare})
+	}
+	return eventstore.FromStart()
+}
+
 // Current returns a clone of the state that includes every event stored
 // when Current was called: it reads the store's events after what has been
 // applied up to the end, then waits until Run has applied that far.
-func (l *Live) Current(ctx context.Context) (*State, error) {
+func (l *Live) Current(ctx context.Context) (*projections.State, error) {
 	l.mu.Lock()
-	from := eventstore.FromStart()
-	if l.state.applied {
-		from = eventstore.After(l.state.pos)
-	}
+	from := l.from()
 	l.mu.Unlock()
 	target, found, err := l.storeEnd(ctx, from)
 	if err != nil {
@@ -287,7 +299,7 @@ func (l *Live) Current(ctx context.Context) (*State, error) {
 	}
 	for {
 		l.mu.Lock()
-		if !found || l.state.applied && !l.state.pos.Less(target) {
+		if pos, applied := l.state.Position(); !found || applied && !pos.Less(target) {
 			c := l.state.Clone()
 			l.mu.Unlock()
 			return c, nil
@@ -303,31 +315,32 @@ func (l *Live) Current(ctx context.Context) (*State, error) {
 }
 
 // storeEnd returns the position of the last event stored after from, if any.
-func (l *Live) storeEnd(ctx context.Context, from eventstore.SubscribeFrom) (eventstore.Position, bool, error) {
+func (l *Live) storeEnd(ctx context.Context, from eventstore.SubscribeFrom) (domain.Position, bool, error) {
 	sub, err := l.store.Subscribe(ctx, eventstore.Filter{}, from)
 	if err != nil {
-		return eventstore.Position{}, false, fmt.Errorf("projections: find the store's end: %w", err)
+		return domain.Position{}, false, fmt.Errorf("projections: find the store's end: %w", err)
 	}
 	defer sub.Close()
-	var last eventstore.Position
+	var last domain.Position
 	found := false
 	for {
 		item, err := sub.Recv(ctx)
 		if err != nil {
-			return eventstore.Position{}, false, fmt.Errorf("projections: find the store's end: %w", err)
+			return domain.Position{}, false, fmt.Errorf("projections: find the store's end: %w", err)
 		}
 		if item.CaughtUp {
 			return last, found, nil
 		}
 		if item.Event != nil {
-			last, found = item.Event.Position, true
+			last, found = domain.Position{Commit: item.Event.Position.Commit, Prepare: item.Event.Position.Prepare}, true
 		}
 	}
 }
 
 // Applied is the position of the last event applied.
-func (l *Live) Applied() eventstore.Position {
+func (l *Live) Applied() domain.Position {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.state.pos
+	pos, _ := l.state.Position()
+	return pos
 }

@@ -1,0 +1,48 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+)
+
+// Store is what the delivery engine needs of the event store.
+type Store interface {
+	Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error)
+	ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]eventstore.RecordedEvent, error)
+	ReadStreamBackward(ctx context.Context, stream string, limit int) ([]eventstore.RecordedEvent, error)
+}
+
+// expectAfter is the expected revision of a stream holding n events.
+func expectAfter(n uint64) eventstore.ExpectedRevision {
+	if n == 0 {
+		return eventstore.NoStream()
+	}
+	return eventstore.Exact(n - 1)
+}
+
+// readAll folds every event of stream, page by page; a missing stream is empty.
+func readAll(ctx context.Context, s Store, stream string, fn func(eventstore.RecordedEvent) error) (uint64, error) {
+	const page = 1024
+	var next uint64
+	for {
+		batch, err := s.ReadStream(ctx, stream, next, page)
+		if errors.Is(err, eventstore.ErrStreamNotFound) {
+			return next, nil
+		}
+		if err != nil {
+			return next, fmt.Errorf("read %s: %w", stream, err)
+		}
+		for _, r := range batch {
+			if err := fn(r); err != nil {
+				return next, err
+			}
+			next = r.Revision + 1
+		}
+		if len(batch) < page {
+			return next, nil
+		}
+	}
+}

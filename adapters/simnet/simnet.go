@@ -1,0 +1,428 @@
+// Package simnet is an in-memory network for simulating a federation in one
+// test process: each simulated server gets an http.Client whose transport
+// calls the other servers' http.Handlers directly, with no sockets, so a
+// whole federation can run inside a testing/synctest bubble under virtual
+// time.
+//
+// Faults are injected by a seeded random source, and each call's fate is a
+// function of the seed, the link (caller, callee) and how many calls that
+// link has carried before it, never of goroutine timing: the k-th call from
+// a to b meets the same fault in every run with the same seed. The faults:
+// drop the request (the handler never runs), drop the reply (the handler
+// ran, the caller gets an error), delay the call (which reorders concurrent
+// calls), deliver it twice (a late copy runs the handler again, its reply
+// discarded), and partitions, which the simulation sets per link. Every
+// fault is recorded, and Digest summarises them.
+package simnet
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Kind is a kind of fault.
+type Kind string
+
+// The faults the network injects or records.
+const (
+	// Refused: nothing listens at the callee (a crashed or stopped server).
+	Refused Kind = "refused"
+	// Partitioned: the link is cut; the call fails without reaching the callee.
+	Partitioned Kind = "partitioned"
+	// DropRequest: the request is lost; the handler never runs.
+	DropRequest Kind = "drop-request"
+	// DropReply: the handler ran, its reply is lost.
+	DropReply Kind = "drop-reply"
+	// Delay: the call is held back before it reaches the callee.
+	Delay Kind = "delay"
+	// Duplicate: the request reaches the callee a second time, later.
+	Duplicate Kind = "duplicate"
+)
+
+// Kinds lists every kind, in a fixed order for reports.
+var Kinds = []Kind{Refused, Partitioned, DropRequest, DropReply, Delay, Duplicate}
+
+// Faults are the chances, per call, of each fault.
+type Faults struct {
+	// DropRequest, DropReply and Duplicate are exclusive chances in [0, 1]
+	// (their sum at most 1); Delay is drawn independently of them.
+	DropRequest, DropReply, Duplicate, Delay float64
+	// MaxDelay bounds a delay, and how late a duplicate comes after the
+	// original; a delay is uniform in [0, MaxDelay).
+	MaxDelay time.Duration
+}
+
+// Fault is one fault the network injected.
+type Fault struct {
+	From, To string
+	// Call is the call's number on its link, counted from 0.
+	Call  uint64
+	Kind  Kind
+	Path  string
+	Delay time.Duration // for Delay and Duplicate
+}
+
+func (f Fault) String() string {
+	s := fmt.Sprintf("%s->%s #%d %s %s", f.From, f.To, f.Call, f.Kind, f.Path)
+	if f.Delay > 0 {
+		s += " " + f.Delay.String()
+	}
+	return s
+}
+
+// ErrUnreachable is what a call that did not get its reply fails with:
+// refused, partitioned, or a request or reply lost on the way.
+var ErrUnreachable = errors.New("simnet: unreachable")
+
+// DuplicateTimeout bounds how long a duplicate's handler may run.
+const DuplicateTimeout = time.Minute
+
+type link struct{ from, to string }
+
+// Network connects simulated servers. It is safe for concurrent use; make
+// it inside the synctest bubble that runs the servers, so its goroutines
+// and timers belong to the bubble.
+type Network struct {
+	seed uint64
+
+	// ctx ends with Close, cancelling duplicates still to come.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	faults   Faults
+	handlers map[string]http.Handler
+	calls    map[link]uint64
+	cut      map[link]bool
+	trace    []Fault
+	addrs    map[string]string // caller's remote address, as a server sees it
+}
+
+// New returns a network whose faults follow seed.
+func New(seed uint64, faults Faults) *Network {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Network{
+		seed: seed, faults: faults, ctx: ctx, cancel: cancel,
+		handlers: map[string]http.Handler{}, calls: map[link]uint64{},
+		cut: map[link]bool{}, addrs: map[string]string{},
+	}
+}
+
+// SetFaults changes the chances of faults from now on (for example to
+// none, to check that everything is delivered once faults stop).
+func (n *Network) SetFaults(f Faults) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.faults = f
+}
+
+// Listen serves h at host (a server ID, "name:port"): calls to
+// http(s)://host reach it. Listening again replaces the handler, as a
+// restarted server does.
+func (n *Network) Listen(host string, h http.Handler) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.handlers[host] = h
+}
+
+// Unlisten stops serving host: calls to it are refused, as to a crashed
+// server. Handlers already running go on.
+func (n *Network) Unlisten(host string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.handlers, host)
+}
+
+// Partition cuts the link from one server to another (one direction).
+func (n *Network) Partition(from, to string) { n.setCut(from, to, true) }
+
+// Heal restores the link from one server to another.
+func (n *Network) Heal(from, to string) { n.setCut(from, to, false) }
+
+func (n *Network) setCut(from, to string, cut bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if cut {
+		n.cut[link{from, to}] = true
+	} else {
+		delete(n.cut, link{from, to})
+	}
+}
+
+// Client returns the http.Client that server from calls others with.
+func (n *Network) Client(from string) *http.Client {
+	return &http.Client{Transport: n.Transport(from)}
+}
+
+// Transport returns the RoundTripper behind Client(from).
+func (n *Network) Transport(from string) http.RoundTripper {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.addrs[from]; !ok {
+		// A documentation address per caller, in the order callers joined.
+		n.addrs[from] = fmt.Sprintf("192.0.2.%d:%d", len(n.addrs)%254+1, 40000+len(n.addrs))
+	}
+	return &transport{n: n, from: from, addr: n.addrs[from]}
+}
+
+// Close cancels duplicates still to be delivered and waits for every
+// handler the network started on its own (duplicates, and handlers whose
+// callers gave up) to return.
+func (n *Network) Close() {
+	n.cancel()
+	n.wg.Wait()
+}
+
+// Trace returns the faults injected so far, ordered by link and call
+// number, so that it is the same whatever order concurrent calls ran in.
+func (n *Network) Trace() []Fault {
+	n.mu.Lock()
+	out := slices.Clone(n.trace)
+	n.mu.Unlock()
+	slices.SortStableFunc(out, func(a, b Fault) int {
+		return cmp.Or(strings.Compare(a.From, b.From), strings.Compare(a.To, b.To), cmp.Compare(a.Call, b.Call),
+			strings.Compare(string(a.Kind), string(b.Kind)))
+	})
+	return out
+}
+
+// Counts returns how many faults of each kind were injected.
+func (n *Network) Counts() map[Kind]int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := map[Kind]int{}
+	for _, f := range n.trace {
+		out[f.Kind]++
+	}
+	return out
+}
+
+// Calls returns how many calls the network carried, over all links.
+func (n *Network) Calls() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var total uint64
+	for _, c := range n.calls {
+		total += c
+	}
+	return total
+}
+
+// Digest is a short hash of the trace: two runs that injected the same
+// faults into the same calls have the same digest.
+func (n *Network) Digest() string {
+	h := sha256.New()
+	for _, f := range n.Trace() {
+		fmt.Fprintln(h, f.String())
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// Summary is a one-line count of the faults by kind.
+func (n *Network) Summary() string {
+	counts := n.Counts()
+	parts := make([]string, 0, len(Kinds))
+	for _, k := range Kinds {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, counts[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+// fate is what happens to one call.
+type fate struct {
+	call    uint64
+	handler http.Handler
+	kind    Kind          // "" for none, else Refused, Partitioned, DropRequest, DropReply or Duplicate
+	delay   time.Duration // before the call reaches the callee
+	lag     time.Duration // of a duplicate after the original
+}
+
+// decide counts the call on its link and draws its fate from the seed, the
+// link and the call's number on it.
+func (n *Network) decide(from, to, path string) fate {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	l := link{from, to}
+	k := n.calls[l]
+	n.calls[l] = k + 1
+	h := fnv.New64a()
+	_, _ = io.WriteString(h, from+"\x00"+to)
+	r := rand.New(rand.NewPCG(n.seed, h.Sum64()^(k+1)*0x9e3779b97f4a7c15))
+	// Every value is drawn for every call, so one fault's chance does not
+	// shift the draws of the others.
+	delayDraw, delayFrac, kindDraw, lagFrac := r.Float64(), r.Float64(), r.Float64(), r.Float64()
+	f := n.faults
+	ft := fate{call: k, handler: n.handlers[to]}
+	if delayDraw < f.Delay && f.MaxDelay > 0 {
+		ft.delay = time.Duration(delayFrac * float64(f.MaxDelay))
+	}
+	switch {
+	case n.cut[l]:
+		ft.kind, ft.delay = Partitioned, 0
+	case ft.handler == nil:
+		ft.kind = Refused
+	case kindDraw < f.DropRequest:
+		ft.kind = DropRequest
+	case kindDraw < f.DropRequest+f.DropReply:
+		ft.kind = DropReply
+	case kindDraw < f.DropRequest+f.DropReply+f.Duplicate:
+		ft.kind = Duplicate
+		ft.lag = time.Duration(lagFrac * float64(f.MaxDelay))
+	}
+	if ft.delay > 0 {
+		n.trace = append(n.trace, Fault{From: from, To: to, Call: k, Kind: Delay, Path: path, Delay: ft.delay})
+	}
+	if ft.kind != "" {
+		n.trace = append(n.trace, Fault{From: from, To: to, Call: k, Kind: ft.kind, Path: path, Delay: ft.lag})
+	}
+	return ft
+}
+
+type transport struct {
+	n    *Network
+	from string
+	addr string
+}
+
+func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	var body []byte
+	if req.Body != nil {
+		var err error
+		body, err = io.ReadAll(req.Body)
+		_ = req.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("simnet: read request body: %w", err)
+		}
+	}
+	ctx := req.Context()
+	to := req.URL.Host
+	ft := t.n.decide(t.from, to, req.URL.Path)
+	fail := func(what string) error {
+		return fmt.Errorf("simnet: %s %s: %s: %w", req.Method, req.URL, what, ErrUnreachable)
+	}
+	if ft.delay > 0 {
+		if err := sleep(ctx, ft.delay); err != nil {
+			return nil, err
+		}
+	}
+	switch ft.kind {
+	case Partitioned:
+		return nil, fail("network partitioned")
+	case Refused:
+		return nil, fail("connection refused")
+	case DropRequest:
+		return nil, fail("request lost")
+	}
+	trace := httptrace.ContextClientTrace(ctx)
+	if trace != nil && trace.GotConn != nil {
+		trace.GotConn(httptrace.GotConnInfo{})
+	}
+	if ft.kind == Duplicate {
+		t.n.duplicate(t, ft, req, body)
+	}
+	resp, err := t.n.serve(ctx, t, ft.handler, req, body)
+	if err != nil {
+		return nil, err
+	}
+	if ft.kind == DropReply {
+		_ = resp.Body.Close()
+		return nil, fail("reply lost")
+	}
+	if trace != nil && trace.GotFirstResponseByte != nil {
+		trace.GotFirstResponseByte()
+	}
+	resp.Request = req
+	return resp, nil
+}
+
+// serve runs h on a copy of req, in its own goroutine as a server would,
+// and returns its reply; if ctx ends first, the caller gets ctx's error
+// and the handler runs on (with its request's context cancelled, as when a
+// client closes its connection).
+func (n *Network) serve(ctx context.Context, t *transport, h http.Handler, req *http.Request, body []byte) (*http.Response, error) {
+	hctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() { cancel(context.Cause(ctx)) })
+	done := make(chan *http.Response, 1)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		defer stop()
+		defer cancel(nil)
+		done <- run(hctx, t, h, req, body)
+	}()
+	select {
+	case resp := <-done:
+		if resp == nil {
+			return nil, fmt.Errorf("simnet: %s %s: the handler aborted: %w", req.Method, req.URL, ErrUnreachable)
+		}
+		return resp, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("simnet: %s %s: %w", req.Method, req.URL, context.Cause(ctx))
+	}
+}
+
+// duplicate delivers req to the callee once more, lag later, in the
+// background; its reply goes nowhere.
+func (n *Network) duplicate(t *transport, ft fate, req *http.Request, body []byte) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, ft.lag+DuplicateTimeout)
+		defer cancel()
+		if sleep(ctx, ft.lag) != nil {
+			return
+		}
+		if resp := run(ctx, t, ft.handler, req, body); resp != nil {
+			_ = resp.Body.Close()
+		}
+	}()
+}
+
+// run calls h with a server-side copy of req and records its reply; nil if
+// the handler aborted (panicked with http.ErrAbortHandler, as a server
+// would take it).
+func run(ctx context.Context, t *transport, h http.Handler, req *http.Request, body []byte) (resp *http.Response) {
+	sreq := httptest.NewRequestWithContext(ctx, req.Method, req.URL.String(), bytes.NewReader(body))
+	sreq.Header = req.Header.Clone()
+	sreq.Host = req.URL.Host
+	sreq.RemoteAddr = t.addr
+	rec := httptest.NewRecorder()
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler { //nolint:errorlint // net/http compares it the same way
+				panic(p)
+			}
+			resp = nil
+		}
+	}()
+	h.ServeHTTP(rec, sreq)
+	return rec.Result()
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
