@@ -35,19 +35,21 @@ type outboxWriter struct {
 	known bool
 }
 
-// outboxSend is one Send waiting for its append. Its event ID is fixed
-// when the event is encoded, and every retry carries it.
+// outboxSend is one Send waiting for its append, or the events of a
+// SendBatch for one peer, which go in the same append (all or none). Its
+// event IDs are fixed when the events are encoded, and every retry carries
+// them.
 type outboxSend struct {
-	data  eventstore.EventData
+	data  []eventstore.EventData
 	taken bool // an append holds it (guarded by outboxWriter.mu)
 	done  chan struct{}
-	seq   uint64
+	seq   uint64 // of its first event
 	err   error
 }
 
 // Bounds of one outbox append and of the retries after conflicts.
 const (
-	maxSendBatch       = 1024
+	maxSendBatch       = 1024 // events, unless one send carries more
 	maxOutboxConflicts = 8
 	outboxAppendLimit  = 30 * time.Second
 )
@@ -135,10 +137,12 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 	w := &p.sends
 	for {
 		w.mu.Lock()
-		batch := w.queue
-		if len(batch) > maxSendBatch {
-			batch = batch[:maxSendBatch:maxSendBatch]
+		n, events := 0, 0
+		for n < len(w.queue) && (n == 0 || events+len(w.queue[n].data) <= maxSendBatch) {
+			events += len(w.queue[n].data)
+			n++
 		}
+		batch := w.queue[:n:n]
 		w.queue = w.queue[len(batch):]
 		if len(w.queue) == 0 {
 			w.queue = nil
@@ -235,24 +239,45 @@ func (e *Engine) awaitCallers(w *outboxWriter, want int) {
 }
 
 // appendOutbox appends batch at the exact revision the writer knows and
-// sets each stored event's seq; it returns how many of batch (a prefix)
-// are stored. On a conflict it rereads the outbox and checks, by event ID
+// sets each stored send's seq; it returns how many of batch (a prefix) are
+// stored whole. A send of several events stored in part (only an append
+// EventStoreDB split, failing midway) counts as not stored.
+func (e *Engine) appendOutbox(ctx context.Context, p *peer, batch []*outboxSend) (int, error) {
+	var data []eventstore.EventData
+	for _, s := range batch {
+		data = append(data, s.data...)
+	}
+	first, err := e.appendOutboxEvents(ctx, p, data)
+	stored, at := 0, 0
+	for _, s := range batch {
+		if at+len(s.data) > len(first) {
+			break
+		}
+		s.seq = first[at]
+		at += len(s.data)
+		stored++
+	}
+	if stored == len(batch) {
+		err = nil
+	}
+	return stored, err
+}
+
+// appendOutboxEvents appends data and returns the seqs of those stored (a
+// prefix). On a conflict it rereads the outbox and checks, by event ID
 // at the expected place, whether the events landed (an earlier try that
 // seemed to fail, or a split append stored in part) before appending again
 // at the head it read.
-func (e *Engine) appendOutbox(ctx context.Context, p *peer, batch []*outboxSend) (int, error) {
+func (e *Engine) appendOutboxEvents(ctx context.Context, p *peer, data []eventstore.EventData) ([]uint64, error) {
 	w := &p.sends
 	stream := streams.Outbox(p.id)
-	data := make([]eventstore.EventData, len(batch))
-	for i, s := range batch {
-		data[i] = s.data
-	}
+	seqs := make([]uint64, 0, len(data))
 	stored := 0
 	for conflicts := 0; ; conflicts++ {
 		if !w.known {
 			head, err := e.outboxLen(ctx, p.id)
 			if err != nil {
-				return stored, err
+				return seqs, err
 			}
 			w.next, w.known = head, true
 		}
@@ -261,13 +286,13 @@ func (e *Engine) appendOutbox(ctx context.Context, p *peer, batch []*outboxSend)
 		if err == nil {
 			if want := w.next + uint64(len(rest)) - 1; res.NextExpectedRevision != want {
 				w.known = false
-				return stored, fmt.Errorf("the store put %d events after revision %d at %d: want %d", len(rest), w.next, res.NextExpectedRevision, want)
+				return seqs, fmt.Errorf("the store put %d events after revision %d at %d: want %d", len(rest), w.next, res.NextExpectedRevision, want)
 			}
 			for i := range rest {
-				batch[stored+i].seq = w.next + uint64(i)
+				seqs = append(seqs, w.next+uint64(i))
 			}
 			w.next += uint64(len(rest))
-			return len(batch), nil
+			return seqs, nil
 		}
 		if !errors.Is(err, eventstore.ErrWrongExpectedRevision) || conflicts >= maxOutboxConflicts {
 			// A failure whose outcome may be unclear: what landed counts as
@@ -275,28 +300,28 @@ func (e *Engine) appendOutbox(ctx context.Context, p *peer, batch []*outboxSend)
 			// next append.
 			if landed, lerr := e.landedAt(ctx, stream, w.next, rest); lerr == nil {
 				for i := range landed {
-					batch[stored+i].seq = w.next + uint64(i)
+					seqs = append(seqs, w.next+uint64(i))
 				}
 				stored += landed
 			}
 			w.known = false
-			if stored == len(batch) {
-				return stored, nil
+			if stored == len(data) {
+				return seqs, nil
 			}
-			return stored, err
+			return seqs, err
 		}
 		landed, err := e.landedAt(ctx, stream, w.next, rest)
 		if err != nil {
 			w.known = false
-			return stored, err
+			return seqs, err
 		}
 		for i := range landed {
-			batch[stored+i].seq = w.next + uint64(i)
+			seqs = append(seqs, w.next+uint64(i))
 		}
 		stored += landed
 		w.next += uint64(landed)
-		if stored == len(batch) {
-			return stored, nil
+		if stored == len(data) {
+			return seqs, nil
 		}
 		if landed == 0 {
 			// Someone else wrote to the outbox: append after them.
