@@ -13,7 +13,6 @@ import (
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
-
 func (w *world) sendKeyed(to domain.ServerID, event *syncv1.Event, key string) uint64 {
 	w.t.Helper()
 	seq, err := w.engine.SendKeyed(context.Background(), to, event, key)
