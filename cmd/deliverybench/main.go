@@ -470,7 +470,9 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	fmt.Fprintln(out, "  sending and receiving, as a homeserver sees them:")
 	ratio(out, fmt.Sprintf("SendBatch %d clients / store %d writers", c.clients, c.writers), batchSend, storeMany, 0.5)
 	if n := len(c.liveRates); n > 1 {
-		p99 := func(i int) time.Duration { return liveMedian(live[i], func(r liveResult) time.Duration { return r.p99 }) }
+		p99 := func(i int) time.Duration {
+			return liveMedian(live[i], func(r liveResult) time.Duration { return r.p99 })
+		}
 		r := float64(p99(n-1)) / float64(p99(0))
 		fmt.Fprintf(out, "  %-44s %9.2f  (%v / %v)  target <= 3.00: %s\n",
 			fmt.Sprintf("live p99 at %.0f/s / at %.0f/s", c.liveRates[n-1], c.liveRates[0]), r, p99(n-1), p99(0), passMiss(r <= 3))
