@@ -29,6 +29,9 @@ type outboxWriter struct {
 	// enough) from awaitCallers.
 	want   int
 	enough chan struct{}
+	// claims are the SendBatches waiting to own the writer, in order; the
+	// writer passes to the first once it is between appends.
+	claims []chan struct{}
 
 	// Owned by the writer.
 	next  uint64 // events in the outbox, if known
@@ -78,12 +81,16 @@ func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint6
 		// No append for the peer is in flight: this caller makes it, with
 		// no hand-over to another goroutine, and leaves what queued
 		// meanwhile to a writer in the background.
+		// It returns once s is answered, or once it passed the writer to
+		// a SendBatch before s was taken.
 		e.writeOutbox(p, s)
 		e.wg.Done()
-		return s.seq, s.err
-	}
-	if lead {
+	} else if lead {
 		w.mu.Lock()
+		if w.handOffLocked() {
+			w.mu.Unlock()
+			return e.awaitSend(ctx, w, s)
+		}
 		w.writing = false
 		queue := w.queue
 		w.queue = nil
@@ -93,6 +100,12 @@ func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint6
 			close(q.done)
 		}
 	}
+	return e.awaitSend(ctx, w, s)
+}
+
+// awaitSend waits for s's append, or withdraws s if ctx ends before an
+// append has taken it.
+func (e *Engine) awaitSend(ctx context.Context, w *outboxWriter, s *outboxSend) (uint64, error) {
 	select {
 	case <-s.done:
 		return s.seq, s.err
@@ -119,6 +132,68 @@ func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint6
 	}
 }
 
+// handOffLocked passes the writer, between appends, to the first
+// SendBatch waiting for it, if one is; it stays writing, now theirs.
+func (w *outboxWriter) handOffLocked() bool {
+	if len(w.claims) == 0 {
+		return false
+	}
+	close(w.claims[0])
+	w.claims = w.claims[1:]
+	return true
+}
+
+// claimWriter makes the caller p's writer, once its current append is
+// done. A SendBatch claims its peers' writers in one order (by peer ID),
+// and a writer of one peer never waits for another's, so claims cannot
+// wait on each other in a circle.
+func (e *Engine) claimWriter(p *peer) {
+	w := &p.sends
+	w.mu.Lock()
+	if !w.writing {
+		w.writing = true
+		w.mu.Unlock()
+		return
+	}
+	ch := make(chan struct{})
+	w.claims = append(w.claims, ch)
+	w.mu.Unlock()
+	<-ch
+}
+
+// releaseWriter gives up a writer claimWriter got: to the next claim, or
+// to a writer for the Sends that queued meanwhile.
+func (e *Engine) releaseWriter(p *peer) {
+	w := &p.sends
+	w.mu.Lock()
+	if w.handOffLocked() {
+		w.mu.Unlock()
+		return
+	}
+	if len(w.queue) == 0 {
+		w.writing = false
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
+	if e.enterWriter() {
+		go func() {
+			defer e.wg.Done()
+			e.writeOutbox(p, nil)
+		}()
+		return
+	}
+	w.mu.Lock()
+	w.writing = false
+	queue := w.queue
+	w.queue = nil
+	w.mu.Unlock()
+	for _, q := range queue {
+		q.err = errEngineClosed
+		close(q.done)
+	}
+}
+
 // enterWriter counts a writer in, unless the engine is closing.
 func (e *Engine) enterWriter() bool {
 	e.mu.Lock()
@@ -137,6 +212,10 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 	w := &p.sends
 	for {
 		w.mu.Lock()
+		if w.handOffLocked() {
+			w.mu.Unlock()
+			return
+		}
 		n, events := 0, 0
 		for n < len(w.queue) && (n == 0 || events+len(w.queue[n].data) <= maxSendBatch) {
 			events += len(w.queue[n].data)
@@ -187,7 +266,7 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 		if own != nil && own.taken {
 			w.mu.Lock()
 			rest := len(w.queue) > 0
-			if !rest {
+			if !rest && !w.handOffLocked() {
 				w.writing = false
 			}
 			w.mu.Unlock()

@@ -1,24 +1,42 @@
 package delivery
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
-// maxBatchPeers bounds the peers of one batch appended at once.
-const maxBatchPeers = 64
+// multiAppender is a store that appends to several streams in one commit
+// (the embedded store); without it each peer's events are one append.
+type multiAppender interface {
+	AppendStreams(ctx context.Context, parts []eventstore.StreamAppend) ([]eventstore.AppendResult, []error)
+}
+
+// batchPart is one peer's share of a SendBatch.
+type batchPart struct {
+	to   domain.ServerID
+	idx  []int // of the batch's sends
+	data []eventstore.EventData
+	p    *peer
+	seq  uint64 // of its first event, once stored
+	err  error
+}
 
 // SendBatch appends many events for many peers and returns an outcome per
-// send, in order. Each peer's events go in one append to its outbox (all
-// or none, in the batch's order), beside the Sends that wait for the same
-// outbox; the peers' appends run concurrently, so on the embedded store
-// they share its group commit, and on EventStoreDB each is its own append.
-// A failure for one peer leaves the others' outcomes as they are.
+// send, in order. Each peer's events are one append to its outbox (all or
+// none, in the batch's order). A batch for one peer goes in that peer's
+// next append beside the Sends that wait for it; a batch for several takes
+// their outbox writers (in the order of their IDs) and appends to all the
+// outboxes at once: in one commit on the embedded store, one append per
+// peer on EventStoreDB. A failure for one peer leaves the others' outcomes
+// as they are.
 func (e *Engine) SendBatch(ctx context.Context, sends []domain.BatchSend[*syncv1.Event]) []domain.SendOutcome {
 	out := make([]domain.SendOutcome, len(sends))
 	if err := e.awaitStart(ctx); err != nil {
@@ -27,63 +45,132 @@ func (e *Engine) SendBatch(ctx context.Context, sends []domain.BatchSend[*syncv1
 		}
 		return out
 	}
-	var order []domain.ServerID
-	byPeer := map[domain.ServerID][]int{}
+	byPeer := map[domain.ServerID]*batchPart{}
+	var parts []*batchPart
 	for i, s := range sends {
-		if _, ok := byPeer[s.To]; !ok {
-			order = append(order, s.To)
+		part, ok := byPeer[s.To]
+		if !ok {
+			part = &batchPart{to: s.To}
+			byPeer[s.To] = part
+			parts = append(parts, part)
 		}
-		byPeer[s.To] = append(byPeer[s.To], i)
+		part.idx = append(part.idx, i)
 	}
-	slots := make(chan struct{}, maxBatchPeers)
-	var wg sync.WaitGroup
-	for _, to := range order {
-		slots <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
-			e.sendPeerBatch(ctx, to, sends, byPeer[to], out)
-		}()
+	var ready []*batchPart
+	for _, part := range parts {
+		if e.prepareBatchPart(ctx, sends, part) {
+			ready = append(ready, part)
+		}
 	}
-	wg.Wait()
+	switch {
+	case len(ready) == 1:
+		part := ready[0]
+		part.seq, part.err = e.enqueueSend(ctx, part.p, &outboxSend{data: part.data})
+	case len(ready) > 1:
+		e.appendBatch(ready)
+	}
+	for _, part := range parts {
+		for n, i := range part.idx {
+			if part.err != nil {
+				out[i].Err = part.err
+				continue
+			}
+			out[i].Seq = part.seq + uint64(n)
+		}
+	}
 	return out
 }
 
-// sendPeerBatch appends the sends at idx, all for to, in one append, and
-// sets their outcomes.
-func (e *Engine) sendPeerBatch(ctx context.Context, to domain.ServerID, sends []domain.BatchSend[*syncv1.Event], idx []int, out []domain.SendOutcome) {
-	fail := func(bad int, err error) {
-		for _, i := range idx {
-			out[i].Err = err
-			if i != bad && bad >= 0 {
-				out[i].Err = fmt.Errorf("%w: not stored: send %d of the batch, for the same peer, was refused, and a peer's sends are stored all or none", domain.ErrInvalidArgument, bad)
-			}
+// prepareBatchPart encodes a peer's events and registers the peer; it
+// reports whether the part is ready to append. A refused event refuses
+// the peer's others: a peer's sends are stored all or none.
+func (e *Engine) prepareBatchPart(ctx context.Context, sends []domain.BatchSend[*syncv1.Event], part *batchPart) bool {
+	part.data = make([]eventstore.EventData, 0, len(part.idx))
+	for _, i := range part.idx {
+		var d eventstore.EventData
+		err := fmt.Errorf("%w: idempotency keys are taken by Send, not yet by SendBatch", domain.ErrInvalidArgument)
+		if sends[i].Key == "" {
+			d, err = e.encodeSend(sends[i].Event, "", [32]byte{})
 		}
-	}
-	data := make([]eventstore.EventData, 0, len(idx))
-	for _, i := range idx {
-		if sends[i].Key != "" {
-			fail(i, fmt.Errorf("%w: idempotency keys are taken by Send, not yet by SendBatch", domain.ErrInvalidArgument))
-			return
-		}
-		d, err := e.encodeSend(sends[i].Event, "", [32]byte{})
 		if err != nil {
-			fail(i, err)
-			return
+			part.err = fmt.Errorf("%w (send %d of the batch; the batch's other sends to %s are not stored either)", err, i, part.to)
+			return false
 		}
-		data = append(data, d)
+		part.data = append(part.data, d)
 	}
-	id, err := e.registry.Register(ctx, to)
+	id, err := e.registry.Register(ctx, part.to)
 	if err != nil {
-		fail(-1, err)
-		return
+		part.err = err
+		return false
 	}
-	first, err := e.enqueueSend(ctx, e.peer(id), &outboxSend{data: data})
-	if err != nil {
-		fail(-1, fmt.Errorf("append to outbox of %s: %w", to, err))
-		return
+	part.p = e.peer(id)
+	return true
+}
+
+// appendBatch appends the parts, each to its peer's outbox, holding their
+// writers, and sets each part's outcome.
+func (e *Engine) appendBatch(parts []*batchPart) {
+	slices.SortFunc(parts, func(a, b *batchPart) int { return cmp.Compare(a.p.id, b.p.id) })
+	for _, part := range parts {
+		e.claimWriter(part.p)
 	}
-	for n, i := range idx {
-		out[i].Seq = first + uint64(n)
+	// Once the writers are held the appends are made even if the caller
+	// goes away, within a bound, as a writer's are.
+	ctx, cancel := context.WithTimeout(context.Background(), outboxAppendLimit)
+	defer cancel()
+	var rest []*batchPart // not stored by the one commit
+	if multi, ok := e.store.(multiAppender); ok {
+		var appends []eventstore.StreamAppend
+		var held []*batchPart
+		for _, part := range parts {
+			w := &part.p.sends
+			if !w.known {
+				head, err := e.outboxLen(ctx, part.p.id)
+				if err != nil {
+					rest = append(rest, part)
+					continue
+				}
+				w.next, w.known = head, true
+			}
+			appends = append(appends, eventstore.StreamAppend{Stream: streams.Outbox(part.p.id), Expected: expectAfter(w.next), Events: part.data})
+			held = append(held, part)
+		}
+		results, errs := multi.AppendStreams(ctx, appends)
+		for i, part := range held {
+			w := &part.p.sends
+			if errs[i] != nil || results[i].NextExpectedRevision != w.next+uint64(len(part.data))-1 {
+				rest = append(rest, part) // appended alone below, which tells what landed
+				continue
+			}
+			part.seq = w.next
+			w.next += uint64(len(part.data))
+		}
+	} else {
+		rest = parts
+	}
+	var wg sync.WaitGroup
+	for _, part := range rest {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			seqs, err := e.appendOutboxEvents(ctx, part.p, part.data)
+			switch {
+			case len(seqs) == len(part.data):
+				part.seq = seqs[0]
+			case err == nil:
+				part.err = fmt.Errorf("append to outbox of %s: %d of %d events stored", part.to, len(seqs), len(part.data))
+			default:
+				part.err = fmt.Errorf("append to outbox of %s: %w", part.to, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, part := range parts {
+		p := part.p
+		p.mu.Lock()
+		p.out.Head = max(p.out.Head, p.sends.next)
+		e.kickLocked(p)
+		p.mu.Unlock()
+		e.releaseWriter(p)
 	}
 }

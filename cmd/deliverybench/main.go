@@ -190,7 +190,7 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	fmt.Fprintf(out, "  pull: a %d-event queue, from the receiver's first Pull to its inbox holding all of it (replies of up to %d events)\n",
 		c.backlog, nc.delivery.PullReplyMaxEvents)
 	fmt.Fprintf(out, "  baselines for %v each: embedded store, 1 append per transaction, 1 writer; no-op hRPC call over HTTP/1.1 loopback\n", c.duration)
-	fmt.Fprintf(out, "  store read: the same %d events read back from the sender's outbox in pages of a Pull reply, as serving the Pull reads them\n", c.backlog)
+	fmt.Fprintf(out, "  store read: the same %d events read back from the sender's outbox by a subscription (the store's catch-up read)\n", c.backlog)
 	fmt.Fprintf(out, "  SendBatch: %d clients of the sender's admin API, each sending %d events per call one call after the other, for %v; pushes go on meanwhile\n", c.clients, c.batch, c.duration)
 	fmt.Fprintf(out, "  store, %d writers: one outbox-sized event per append, each writer to its own stream, for %v\n", c.writers, c.duration)
 	fmt.Fprintf(out, "  every server runs in this process: senders and receiver share the CPUs and the disk\n")
@@ -256,12 +256,14 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	defer sendAPI.close(ctx)
 	// The live phase has servers of its own, so that the receiver's Watch
 	// carries only its events.
-	liveSend, err := startNode(ctx, "sender", filepath.Join(c.dir, "live-sender"), nc, logger)
+	// With the default configuration: what a homeserver's server runs.
+	liveCfg := nodeConfig{delivery: delivery.DefaultConfig(), authWindow: domain.DefaultAuthWindow}
+	liveSend, err := startNode(ctx, "sender", filepath.Join(c.dir, "live-sender"), liveCfg, logger)
 	if err != nil {
 		return err
 	}
 	defer liveSend.close(ctx)
-	liveRecv, err := startNode(ctx, "receiver", filepath.Join(c.dir, "live-receiver"), nc, logger)
+	liveRecv, err := startNode(ctx, "receiver", filepath.Join(c.dir, "live-receiver"), liveCfg, logger)
 	if err != nil {
 		return err
 	}
@@ -381,7 +383,7 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 			}},
 			{pull, "pull", func(p profiler) (result, error) { return pullRun(ctx, p, senders[0], recv, c.backlog, c.timeout) }},
 			{backlogRead, "backlogread", func(p profiler) (result, error) {
-				return backlogReadRun(ctx, p, senders[0], recv, c.backlog, nc.delivery.PullReplyMaxEvents)
+				return backlogReadRun(ctx, p, senders[0], recv, c.backlog)
 			}},
 			{storeMany, "storeN", func(p profiler) (result, error) { return writers.run(ctx, p, c.duration) }},
 			{batchSend, "sendbatch", func(p profiler) (result, error) {

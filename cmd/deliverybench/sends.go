@@ -182,6 +182,7 @@ func batchSendRun(ctx context.Context, prof profiler, send *node, api *adminAPI,
 type liveWatch struct {
 	mu      sync.Mutex
 	arrived map[uint64]time.Time
+	err     error // why the Watch ended, if it did
 	notify  chan struct{}
 }
 
@@ -193,6 +194,15 @@ func startLiveWatch(ctx context.Context, api *adminAPI) (*liveWatch, error) {
 	w := &liveWatch{arrived: map[uint64]time.Time{}, notify: make(chan struct{}, 1)}
 	go func() {
 		defer stream.Close()
+		defer func() {
+			w.mu.Lock()
+			w.err = fmt.Errorf("the receiver's Watch ended: %w", cmpOr(stream.Err(), errors.New("no error")))
+			w.mu.Unlock()
+			select {
+			case w.notify <- struct{}{}:
+			default:
+			}
+		}()
 		for stream.Receive() {
 			ev := stream.Msg().GetEvent()
 			if ev == nil {
@@ -219,41 +229,61 @@ type liveResult struct {
 	sent          int
 }
 
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// liveClients is how many connections the live phase's homeserver sends
+// on, each one Send at a time.
+const liveClients = 64
+
 // liveRun offers rate sends per second for d, each due at its own moment
-// and sent then through the sender's admin API whether or not earlier ones
-// have returned (an open loop: a slow server does not slow the offer), and
-// measures each event's latency from its due time to the receiver's Watch.
+// and handed then to the first free one of liveClients clients of the
+// sender's admin API, whether or not earlier sends have returned (an open
+// loop: a slow server does not slow the offer, and the time a send waits
+// for a free client counts), and measures each event's latency from its
+// due time to the receiver's Watch.
 func liveRun(ctx context.Context, api *adminAPI, recv *node, watch *liveWatch, firstUser uint64, rate float64, d, timeout time.Duration) (liveResult, error) {
 	total := max(int(rate*d.Seconds()), 1)
 	due := make([]time.Time, total)
 	interval := time.Duration(float64(time.Second) / rate)
 	start := time.Now().Add(10 * time.Millisecond)
-	errs := make(chan error, total)
-	var wg sync.WaitGroup
-	for i := 0; i < total; {
-		now := time.Now()
-		next := start.Add(time.Duration(i) * interval)
-		if next.After(now) {
-			time.Sleep(next.Sub(now))
-			continue
-		}
-		for ; i < total && !start.Add(time.Duration(i)*interval).After(now); i++ {
-			due[i] = start.Add(time.Duration(i) * interval)
-			wg.Add(1)
-			go func(user uint64) {
-				defer wg.Done()
+	for i := range due {
+		due[i] = start.Add(time.Duration(i) * interval)
+	}
+	jobs := make(chan uint64, total)
+	errs := make(chan error, liveClients)
+	for range liveClients {
+		go func() {
+			var first error
+			for user := range jobs {
 				ev := event(0)
 				ev.GetUserAddedToGuild().UserId = user
-				if _, err := api.client.Send(ctx, connect.NewRequest(&adminv1.SendRequest{To: recv.id.String(), Event: ev})); err != nil {
-					errs <- err
+				if _, err := api.client.Send(ctx, connect.NewRequest(&adminv1.SendRequest{To: recv.id.String(), Event: ev})); err != nil && first == nil {
+					first = err
 				}
-			}(firstUser + uint64(i))
+			}
+			errs <- first
+		}()
+	}
+	for i := 0; i < total; {
+		if wait := time.Until(due[i]); wait > 0 {
+			time.Sleep(wait)
+		}
+		for now := time.Now(); i < total && !due[i].After(now); i++ {
+			jobs <- firstUser + uint64(i)
 		}
 	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return liveResult{}, err
+	close(jobs)
+	var sendErr error
+	for range liveClients {
+		sendErr = cmpOr(sendErr, <-errs)
+	}
+	if sendErr != nil {
+		return liveResult{}, sendErr
 	}
 	deadline := time.After(timeout)
 	var lat []time.Duration
@@ -265,9 +295,13 @@ func liveRun(ctx context.Context, api *adminAPI, recv *node, watch *liveWatch, f
 				lat = append(lat, at.Sub(due[i]))
 			}
 		}
+		werr := watch.err
 		watch.mu.Unlock()
 		if len(lat) == total {
 			break
+		}
+		if werr != nil {
+			return liveResult{}, werr
 		}
 		select {
 		case <-watch.notify:
@@ -283,9 +317,10 @@ func liveRun(ctx context.Context, api *adminAPI, recv *node, watch *liveWatch, f
 }
 
 // backlogReadRun reads the last backlog events of the sender's outbox for
-// recv as a Pull served from it reads them, in pages of a reply's size:
-// the store's own catch-up read of the events a Pull drain moves.
-func backlogReadRun(ctx context.Context, prof profiler, send, recv *node, backlog, page int) (result, error) {
+// recv through a subscription (the store's catch-up read, as storebench
+// measures it), from the event before them until it has them all: the
+// store's own read of the events a Pull drain moves.
+func backlogReadRun(ctx context.Context, prof profiler, send, recv *node, backlog int) (result, error) {
 	pid, err := send.peerOf(recv.id)
 	if err != nil {
 		return result{}, err
@@ -298,18 +333,31 @@ func backlogReadRun(ctx context.Context, prof profiler, send, recv *node, backlo
 	if head < uint64(backlog) {
 		return result{}, fmt.Errorf("the outbox holds %d events, fewer than the backlog", head)
 	}
+	if head <= uint64(backlog) {
+		return result{}, fmt.Errorf("the outbox holds %d events: none before the backlog to start after", head)
+	}
+	before, err := send.store.ReadStream(ctx, stream, head-uint64(backlog)-1, 1)
+	if err != nil || len(before) != 1 {
+		return result{}, fmt.Errorf("read %s before the backlog: %d events, %w", stream, len(before), err)
+	}
 	var n int64
 	return timed(prof, func() int64 { return n }, func() error {
-		for from := head - uint64(backlog); from < head; {
-			recs, err := send.store.ReadStream(ctx, stream, from, min(page, int(head-from)))
+		sub, err := send.store.Subscribe(ctx, eventstore.Filter{StreamPrefix: stream}, eventstore.After(before[0].Position))
+		if err != nil {
+			return err
+		}
+		defer sub.Close()
+		for n < int64(backlog) {
+			item, err := sub.Recv(ctx)
 			if err != nil {
 				return err
 			}
-			if len(recs) == 0 {
-				return fmt.Errorf("read %s: nothing at %d", stream, from)
+			if item.CaughtUp {
+				return fmt.Errorf("caught up after %d of %d events", n, backlog)
 			}
-			n += int64(len(recs))
-			from += uint64(len(recs))
+			if item.Event.Stream == stream {
+				n++
+			}
 		}
 		return nil
 	})
