@@ -69,9 +69,9 @@ func (k *SendKeys) Expire(now time.Time) {
 		delete(k.byKey, k.order[n])
 		n++
 	}
-	if n > 0 {
-		k.order = append(k.order[:0], k.order[n:]...)
-	}
+	// Resliced, not copied: a copy whenever a key expires would cost every
+	// send a pass over every key remembered.
+	k.order = k.order[n:]
 }
 
 // MaxIdempotencyKeyLen bounds an idempotency key.

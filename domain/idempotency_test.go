@@ -36,9 +36,9 @@ func TestIdempotencyKeys(t *testing.T) {
 			peer   string
 			digest [32]byte
 		}{{"p1", other}, {"p2", ev}} {
-			_, _, err := given(first).Check("k1", c.peer, c.digest, t0)
-			if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "sequence 41") {
-				t.Fatalf("peer %s: %v, want ErrInvalidArgument naming the first send", c.peer, err)
+			_, found, err := given(first).Check("k1", c.peer, c.digest, t0)
+			if found || !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "sequence 41") {
+				t.Fatalf("peer %s: found %v, %v; want not found and ErrInvalidArgument naming the first send", c.peer, found, err)
 			}
 		}
 	})

@@ -182,16 +182,40 @@ func batchSendRun(ctx context.Context, prof profiler, send *node, api *adminAPI,
 type liveWatch struct {
 	mu      sync.Mutex
 	arrived map[uint64]time.Time
-	err     error // why the Watch ended, if it did
+	last    uint64 // position of the last event watched
+	err     error  // why the Watch ended, if it did
 	notify  chan struct{}
+	ctx     context.Context // of the Watch calls
+	api     *adminAPI       // the receiver's
 }
 
 func startLiveWatch(ctx context.Context, api *adminAPI) (*liveWatch, error) {
-	stream, err := api.client.Watch(ctx, connect.NewRequest(&adminv1.WatchRequest{Follow: true}))
-	if err != nil {
-		return nil, err
+	w := &liveWatch{arrived: map[uint64]time.Time{}, notify: make(chan struct{}, 1), ctx: ctx, api: api}
+	return w, w.follow()
+}
+
+// renew watches again, after the last event watched, if the Watch ended
+// (the admin listener's read and write timeouts end a call of more than a
+// minute).
+func (w *liveWatch) renew() error {
+	w.mu.Lock()
+	ended := w.err != nil
+	w.err = nil
+	w.mu.Unlock()
+	if !ended {
+		return nil
 	}
-	w := &liveWatch{arrived: map[uint64]time.Time{}, notify: make(chan struct{}, 1)}
+	return w.follow()
+}
+
+func (w *liveWatch) follow() error {
+	w.mu.Lock()
+	after := w.last
+	w.mu.Unlock()
+	stream, err := w.api.client.Watch(w.ctx, connect.NewRequest(&adminv1.WatchRequest{Follow: true, After: after}))
+	if err != nil {
+		return err
+	}
 	go func() {
 		defer stream.Close()
 		defer func() {
@@ -211,6 +235,7 @@ func startLiveWatch(ctx context.Context, api *adminAPI) (*liveWatch, error) {
 			now := time.Now()
 			w.mu.Lock()
 			w.arrived[ev.GetEvent().GetUserAddedToGuild().GetUserId()] = now
+			w.last = ev.GetPosition()
 			w.mu.Unlock()
 			select {
 			case w.notify <- struct{}{}:
@@ -218,7 +243,7 @@ func startLiveWatch(ctx context.Context, api *adminAPI) (*liveWatch, error) {
 			}
 		}
 	}()
-	return w, nil
+	return nil
 }
 
 // liveResult is the latency from the moment each send was due to its
@@ -247,6 +272,9 @@ const liveClients = 64
 // for a free client counts), and measures each event's latency from its
 // due time to the receiver's Watch.
 func liveRun(ctx context.Context, api *adminAPI, recv *node, watch *liveWatch, firstUser uint64, rate float64, d, timeout time.Duration) (liveResult, error) {
+	if err := watch.renew(); err != nil {
+		return liveResult{}, err
+	}
 	total := max(int(rate*d.Seconds()), 1)
 	due := make([]time.Time, total)
 	interval := time.Duration(float64(time.Second) / rate)
@@ -301,7 +329,10 @@ func liveRun(ctx context.Context, api *adminAPI, recv *node, watch *liveWatch, f
 			break
 		}
 		if werr != nil {
-			return liveResult{}, werr
+			if err := watch.renew(); err != nil {
+				return liveResult{}, fmt.Errorf("%w; watching again: %w", werr, err)
+			}
+			continue
 		}
 		select {
 		case <-watch.notify:
