@@ -19,6 +19,18 @@ func (f *fakeSender) Send(_ context.Context, to domain.ServerID, _ *syncv1.Event
 	return uint64(len(f.sent) - 1), nil
 }
 
+func (f *fakeSender) SendKeyed(ctx context.Context, to domain.ServerID, event *syncv1.Event, _ string) (uint64, error) {
+	return f.Send(ctx, to, event)
+}
+
+func (f *fakeSender) SendBatch(ctx context.Context, sends []domain.BatchSend[*syncv1.Event]) []domain.SendOutcome {
+	out := make([]domain.SendOutcome, len(sends))
+	for i, s := range sends {
+		out[i].Seq, out[i].Err = f.Send(ctx, s.To, s.Event)
+	}
+	return out
+}
+
 func TestSendRefusesBadInputAndHandsOverTheRest(t *testing.T) {
 	t.Parallel()
 	self := domain.MustParseServerID("self.example:2289")

@@ -29,10 +29,45 @@ type checkedSender struct {
 }
 
 func (s checkedSender) Send(ctx context.Context, to domain.ServerID, event *syncv1.Event) (uint64, error) {
+	if err := s.checkPeer(to); err != nil {
+		return 0, err
+	}
+	return s.next.Send(ctx, to, event)
+}
+
+func (s checkedSender) SendKeyed(ctx context.Context, to domain.ServerID, event *syncv1.Event, key string) (uint64, error) {
+	if err := s.checkPeer(to); err != nil {
+		return 0, err
+	}
+	return s.next.SendKeyed(ctx, to, event, key)
+}
+
+// SendBatch refuses the sends to peers check refuses and hands on the rest.
+func (s checkedSender) SendBatch(ctx context.Context, sends []domain.BatchSend[*syncv1.Event]) []domain.SendOutcome {
+	out := make([]domain.SendOutcome, len(sends))
+	var pass []domain.BatchSend[*syncv1.Event]
+	var at []int
+	for i, send := range sends {
+		if err := s.checkPeer(send.To); err != nil {
+			out[i].Err = err
+			continue
+		}
+		pass = append(pass, send)
+		at = append(at, i)
+	}
+	if len(pass) > 0 {
+		for n, o := range s.next.SendBatch(ctx, pass) {
+			out[at[n]] = o
+		}
+	}
+	return out
+}
+
+func (s checkedSender) checkPeer(to domain.ServerID) error {
 	if err := s.check.CheckPeer(to); err != nil {
 		// A Connect error keeps its message on the way to the operator,
 		// who needs the flag it names.
-		return 0, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("to: %w", err))
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("to: %w", err))
 	}
-	return s.next.Send(ctx, to, event)
+	return nil
 }

@@ -87,6 +87,9 @@ type Config struct {
 	PullInterval time.Duration
 	// PullTimeout bounds one pull from a peer (all its rounds).
 	PullTimeout time.Duration
+	// IdempotencyWindow is how long a send's idempotency key is remembered
+	// (0: DefaultIdempotencyWindow).
+	IdempotencyWindow time.Duration
 	// Observer is told what happens, for metrics; nil tells nobody.
 	Observer Observer
 }
@@ -133,6 +136,7 @@ func DefaultConfig() Config {
 		PullReplyMaxEvents:  10000,
 		PullInterval:        time.Minute,
 		PullTimeout:         30 * time.Second,
+		IdempotencyWindow:   DefaultIdempotencyWindow,
 	}
 }
 
@@ -148,6 +152,7 @@ type Engine struct {
 	jitter   func() float64
 	newEpoch func() uint64 // a random epoch, never 0
 	slots    chan struct{}
+	keys     *sendKeys
 
 	// Background work (push loops, probes, pulls, notices) runs under
 	// Run's context: whatever starts it (a Send, a timer, a Pull served)
@@ -239,6 +244,7 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *registry.Regis
 		pulled:  make(chan struct{}),
 		stopped: make(chan struct{}),
 		peers:   map[streams.PeerID]*peer{},
+		keys:    newSendKeys(cfg.IdempotencyWindow),
 	}
 }
 
@@ -271,6 +277,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	if renames != nil {
 		renames.Start()
 	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.rebuildKeys(ctx)
+	}()
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()

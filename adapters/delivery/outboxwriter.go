@@ -29,25 +29,30 @@ type outboxWriter struct {
 	// enough) from awaitCallers.
 	want   int
 	enough chan struct{}
+	// claims are the SendBatches waiting to own the writer, in order; the
+	// writer passes to the first once it is between appends.
+	claims []chan struct{}
 
 	// Owned by the writer.
 	next  uint64 // events in the outbox, if known
 	known bool
 }
 
-// outboxSend is one Send waiting for its append. Its event ID is fixed
-// when the event is encoded, and every retry carries it.
+// outboxSend is one Send waiting for its append, or the events of a
+// SendBatch for one peer, which go in the same append (all or none). Its
+// event IDs are fixed when the events are encoded, and every retry carries
+// them.
 type outboxSend struct {
-	data  eventstore.EventData
+	data  []eventstore.EventData
 	taken bool // an append holds it (guarded by outboxWriter.mu)
 	done  chan struct{}
-	seq   uint64
+	seq   uint64 // of its first event
 	err   error
 }
 
 // Bounds of one outbox append and of the retries after conflicts.
 const (
-	maxSendBatch       = 1024
+	maxSendBatch       = 1024 // events, unless one send carries more
 	maxOutboxConflicts = 8
 	outboxAppendLimit  = 30 * time.Second
 )
@@ -76,12 +81,16 @@ func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint6
 		// No append for the peer is in flight: this caller makes it, with
 		// no hand-over to another goroutine, and leaves what queued
 		// meanwhile to a writer in the background.
+		// It returns once s is answered, or once it passed the writer to
+		// a SendBatch before s was taken.
 		e.writeOutbox(p, s)
 		e.wg.Done()
-		return s.seq, s.err
-	}
-	if lead {
+	} else if lead {
 		w.mu.Lock()
+		if w.handOffLocked() {
+			w.mu.Unlock()
+			return e.awaitSend(ctx, w, s)
+		}
 		w.writing = false
 		queue := w.queue
 		w.queue = nil
@@ -91,6 +100,12 @@ func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint6
 			close(q.done)
 		}
 	}
+	return e.awaitSend(ctx, w, s)
+}
+
+// awaitSend waits for s's append, or withdraws s if ctx ends before an
+// append has taken it.
+func (e *Engine) awaitSend(ctx context.Context, w *outboxWriter, s *outboxSend) (uint64, error) {
 	select {
 	case <-s.done:
 		return s.seq, s.err
@@ -117,6 +132,68 @@ func (e *Engine) enqueueSend(ctx context.Context, p *peer, s *outboxSend) (uint6
 	}
 }
 
+// handOffLocked passes the writer, between appends, to the first
+// SendBatch waiting for it, if one is; it stays writing, now theirs.
+func (w *outboxWriter) handOffLocked() bool {
+	if len(w.claims) == 0 {
+		return false
+	}
+	close(w.claims[0])
+	w.claims = w.claims[1:]
+	return true
+}
+
+// claimWriter makes the caller p's writer, once its current append is
+// done. A SendBatch claims its peers' writers in one order (by peer ID),
+// and a writer of one peer never waits for another's, so claims cannot
+// wait on each other in a circle.
+func (e *Engine) claimWriter(p *peer) {
+	w := &p.sends
+	w.mu.Lock()
+	if !w.writing {
+		w.writing = true
+		w.mu.Unlock()
+		return
+	}
+	ch := make(chan struct{})
+	w.claims = append(w.claims, ch)
+	w.mu.Unlock()
+	<-ch
+}
+
+// releaseWriter gives up a writer claimWriter got: to the next claim, or
+// to a writer for the Sends that queued meanwhile.
+func (e *Engine) releaseWriter(p *peer) {
+	w := &p.sends
+	w.mu.Lock()
+	if w.handOffLocked() {
+		w.mu.Unlock()
+		return
+	}
+	if len(w.queue) == 0 {
+		w.writing = false
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
+	if e.enterWriter() {
+		go func() {
+			defer e.wg.Done()
+			e.writeOutbox(p, nil)
+		}()
+		return
+	}
+	w.mu.Lock()
+	w.writing = false
+	queue := w.queue
+	w.queue = nil
+	w.mu.Unlock()
+	for _, q := range queue {
+		q.err = errEngineClosed
+		close(q.done)
+	}
+}
+
 // enterWriter counts a writer in, unless the engine is closing.
 func (e *Engine) enterWriter() bool {
 	e.mu.Lock()
@@ -135,10 +212,16 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 	w := &p.sends
 	for {
 		w.mu.Lock()
-		batch := w.queue
-		if len(batch) > maxSendBatch {
-			batch = batch[:maxSendBatch:maxSendBatch]
+		if w.handOffLocked() {
+			w.mu.Unlock()
+			return
 		}
+		n, events := 0, 0
+		for n < len(w.queue) && (n == 0 || events+len(w.queue[n].data) <= maxSendBatch) {
+			events += len(w.queue[n].data)
+			n++
+		}
+		batch := w.queue[:n:n]
 		w.queue = w.queue[len(batch):]
 		if len(w.queue) == 0 {
 			w.queue = nil
@@ -183,7 +266,7 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 		if own != nil && own.taken {
 			w.mu.Lock()
 			rest := len(w.queue) > 0
-			if !rest {
+			if !rest && !w.handOffLocked() {
 				w.writing = false
 			}
 			w.mu.Unlock()
@@ -235,24 +318,45 @@ func (e *Engine) awaitCallers(w *outboxWriter, want int) {
 }
 
 // appendOutbox appends batch at the exact revision the writer knows and
-// sets each stored event's seq; it returns how many of batch (a prefix)
-// are stored. On a conflict it rereads the outbox and checks, by event ID
+// sets each stored send's seq; it returns how many of batch (a prefix) are
+// stored whole. A send of several events stored in part (only an append
+// EventStoreDB split, failing midway) counts as not stored.
+func (e *Engine) appendOutbox(ctx context.Context, p *peer, batch []*outboxSend) (int, error) {
+	var data []eventstore.EventData
+	for _, s := range batch {
+		data = append(data, s.data...)
+	}
+	first, err := e.appendOutboxEvents(ctx, p, data)
+	stored, at := 0, 0
+	for _, s := range batch {
+		if at+len(s.data) > len(first) {
+			break
+		}
+		s.seq = first[at]
+		at += len(s.data)
+		stored++
+	}
+	if stored == len(batch) {
+		err = nil
+	}
+	return stored, err
+}
+
+// appendOutboxEvents appends data and returns the seqs of those stored (a
+// prefix). On a conflict it rereads the outbox and checks, by event ID
 // at the expected place, whether the events landed (an earlier try that
 // seemed to fail, or a split append stored in part) before appending again
 // at the head it read.
-func (e *Engine) appendOutbox(ctx context.Context, p *peer, batch []*outboxSend) (int, error) {
+func (e *Engine) appendOutboxEvents(ctx context.Context, p *peer, data []eventstore.EventData) ([]uint64, error) {
 	w := &p.sends
 	stream := streams.Outbox(p.id)
-	data := make([]eventstore.EventData, len(batch))
-	for i, s := range batch {
-		data[i] = s.data
-	}
+	seqs := make([]uint64, 0, len(data))
 	stored := 0
 	for conflicts := 0; ; conflicts++ {
 		if !w.known {
 			head, err := e.outboxLen(ctx, p.id)
 			if err != nil {
-				return stored, err
+				return seqs, err
 			}
 			w.next, w.known = head, true
 		}
@@ -261,13 +365,13 @@ func (e *Engine) appendOutbox(ctx context.Context, p *peer, batch []*outboxSend)
 		if err == nil {
 			if want := w.next + uint64(len(rest)) - 1; res.NextExpectedRevision != want {
 				w.known = false
-				return stored, fmt.Errorf("the store put %d events after revision %d at %d: want %d", len(rest), w.next, res.NextExpectedRevision, want)
+				return seqs, fmt.Errorf("the store put %d events after revision %d at %d: want %d", len(rest), w.next, res.NextExpectedRevision, want)
 			}
 			for i := range rest {
-				batch[stored+i].seq = w.next + uint64(i)
+				seqs = append(seqs, w.next+uint64(i))
 			}
 			w.next += uint64(len(rest))
-			return len(batch), nil
+			return seqs, nil
 		}
 		if !errors.Is(err, eventstore.ErrWrongExpectedRevision) || conflicts >= maxOutboxConflicts {
 			// A failure whose outcome may be unclear: what landed counts as
@@ -275,28 +379,28 @@ func (e *Engine) appendOutbox(ctx context.Context, p *peer, batch []*outboxSend)
 			// next append.
 			if landed, lerr := e.landedAt(ctx, stream, w.next, rest); lerr == nil {
 				for i := range landed {
-					batch[stored+i].seq = w.next + uint64(i)
+					seqs = append(seqs, w.next+uint64(i))
 				}
 				stored += landed
 			}
 			w.known = false
-			if stored == len(batch) {
-				return stored, nil
+			if stored == len(data) {
+				return seqs, nil
 			}
-			return stored, err
+			return seqs, err
 		}
 		landed, err := e.landedAt(ctx, stream, w.next, rest)
 		if err != nil {
 			w.known = false
-			return stored, err
+			return seqs, err
 		}
 		for i := range landed {
-			batch[stored+i].seq = w.next + uint64(i)
+			seqs = append(seqs, w.next+uint64(i))
 		}
 		stored += landed
 		w.next += uint64(landed)
-		if stored == len(batch) {
-			return stored, nil
+		if stored == len(data) {
+			return seqs, nil
 		}
 		if landed == 0 {
 			// Someone else wrote to the outbox: append after them.

@@ -19,20 +19,22 @@ import (
 // Send appends event to the peer's outbox and returns its sequence number.
 // The event is durable before Send returns; delivery happens afterwards.
 func (e *Engine) Send(ctx context.Context, to domain.ServerID, event *syncv1.Event) (uint64, error) {
+	return e.SendKeyed(ctx, to, event, "")
+}
+
+// SendKeyed is Send with an idempotency key (none if empty): a send
+// repeated with the same key, peer and event within the window returns the
+// first one's sequence number and stores nothing.
+func (e *Engine) SendKeyed(ctx context.Context, to domain.ServerID, event *syncv1.Event, key string) (uint64, error) {
 	if err := e.awaitStart(ctx); err != nil {
 		return 0, err
 	}
-	if event.GetKind() == nil {
-		return 0, fmt.Errorf("%w: the event has no kind set", domain.ErrInvalidArgument)
+	if key != "" {
+		return e.sendKeyed(ctx, to, event, key)
 	}
-	data, err := e.codec.EncodeEnqueued(event)
+	data, err := e.encodeSend(event, "", [32]byte{})
 	if err != nil {
 		return 0, err
-	}
-	// Refused before anything is stored: an event no receiver takes would
-	// hold up every later event for the peer.
-	if size := max(proto.Size(event), len(data.Data)); size > e.cfg.MaxEventBytes {
-		return 0, &domain.EventTooLargeError{Size: size, Limit: e.cfg.MaxEventBytes}
 	}
 	id, err := e.registry.Register(ctx, to)
 	if err != nil {
@@ -40,11 +42,34 @@ func (e *Engine) Send(ctx context.Context, to domain.ServerID, event *syncv1.Eve
 	}
 	// The peer's outbox writer appends it at the exact revision, with the
 	// Sends that wait beside it; the revision is the sequence number.
-	seq, err := e.enqueueSend(ctx, e.peer(id), &outboxSend{data: data})
+	seq, err := e.enqueueSend(ctx, e.peer(id), &outboxSend{data: []eventstore.EventData{data}})
 	if err != nil {
 		return 0, fmt.Errorf("append to outbox of %s: %w", to, err)
 	}
 	return seq, nil
+}
+
+// encodeSend checks and encodes the outbox record of a send. An event is
+// refused before anything is stored if no receiver would take it: it would
+// hold up every later event for the peer.
+func (e *Engine) encodeSend(event *syncv1.Event, key string, digest [32]byte) (eventstore.EventData, error) {
+	if event.GetKind() == nil {
+		return eventstore.EventData{}, fmt.Errorf("%w: the event has no kind set", domain.ErrInvalidArgument)
+	}
+	var data eventstore.EventData
+	var err error
+	if key == "" {
+		data, err = e.codec.EncodeEnqueued(event)
+	} else {
+		data, err = e.codec.EncodeEnqueuedKeyed(event, key, digest)
+	}
+	if err != nil {
+		return eventstore.EventData{}, err
+	}
+	if size := max(proto.Size(event), len(data.Data)); size > e.cfg.MaxEventBytes {
+		return eventstore.EventData{}, &domain.EventTooLargeError{Size: size, Limit: e.cfg.MaxEventBytes}
+	}
+	return data, nil
 }
 
 // kickLocked starts p's push loop if p has something to push and none runs.

@@ -61,6 +61,22 @@ type Store interface {
 	Close() error
 }
 
+// MultiAppender is a store that can append to several streams in one
+// commit (the embedded store can; EventStoreDB cannot: an append covers one
+// stream). Each part is checked against its own expected revision and
+// answered on its own, as its own Append would be; the parts that succeed
+// are durable together, in one commit.
+type MultiAppender interface {
+	AppendStreams(ctx context.Context, parts []StreamAppend) ([]AppendResult, []error)
+}
+
+// StreamAppend is one stream's part of an AppendStreams.
+type StreamAppend struct {
+	Stream   string
+	Expected ExpectedRevision
+	Events   []EventData
+}
+
 // EventID identifies an event for idempotent retries (a UUID's 16 bytes).
 type EventID [16]byte
 

@@ -208,6 +208,33 @@ func (c *Codec) EncodeEnqueued(event *syncv1.Event) (eventstore.EventData, error
 	return c.Encode(TypeEventEnqueued, &eventsv1.EventEnqueued{Event: event})
 }
 
+// EncodeEnqueuedKeyed encodes an outbox record of a send made with an
+// idempotency key: the key and digest go in the same record as the event,
+// so they are stored in the same append.
+func (c *Codec) EncodeEnqueuedKeyed(event *syncv1.Event, key string, digest [32]byte) (eventstore.EventData, error) {
+	return c.Encode(TypeEventEnqueued, &eventsv1.EventEnqueued{Event: event, IdempotencyKey: key, Digest: digest[:]})
+}
+
+// DecodeEnqueuedKey reads the idempotency key and digest of an outbox
+// record; ok is false for a send made without a key.
+func DecodeEnqueuedKey(r eventstore.RecordedEvent) (key string, digest [32]byte, ok bool, err error) {
+	if r.Type != TypeEventEnqueued {
+		return "", digest, false, fmt.Errorf("%s@%d: outbox record of type %q", r.Stream, r.Revision, r.Type)
+	}
+	var m eventsv1.EventEnqueued
+	if err := decode(r, &m); err != nil {
+		return "", digest, false, err
+	}
+	if m.GetIdempotencyKey() == "" {
+		return "", digest, false, nil
+	}
+	if len(m.GetDigest()) != len(digest) {
+		return "", digest, false, fmt.Errorf("%s@%d: idempotency digest of %d bytes", r.Stream, r.Revision, len(m.GetDigest()))
+	}
+	copy(digest[:], m.GetDigest())
+	return m.GetIdempotencyKey(), digest, true, nil
+}
+
 // DecodeEnqueued reads an outbox record.
 func DecodeEnqueued(r eventstore.RecordedEvent) (*syncv1.Event, error) {
 	if r.Type != TypeEventEnqueued {

@@ -24,6 +24,8 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/delivery"
@@ -58,6 +60,11 @@ type config struct {
 	cpuprofile       string
 	memprofile       string
 	verbose          bool
+	writers          int
+	clients          int
+	batch            int
+	liveRates        []float64
+	liveDuration     time.Duration
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -79,8 +86,23 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of each measured phase of each round to `prefix`.<phase>.r<round>.pprof\n(merge rounds: go tool pprof prefix.pushN.r*.pprof; split servers: -tagfocus=server=receiver or =sender)")
 	fs.StringVar(&c.memprofile, "memprofile", "", "write a heap profile of the idle server with all its peers to `file`")
 	fs.BoolVar(&c.verbose, "v", false, "log the servers' warnings to stderr")
+	fs.IntVar(&c.writers, "writers", 64, "writers of the store's many-writer append baseline")
+	fs.IntVar(&c.clients, "clients", 64, "concurrent admin API clients sending with SendBatch")
+	fs.IntVar(&c.batch, "batch", 64, "events per SendBatch")
+	liveRates := fs.String("live-rates", "100,1000,4000", "send rates offered in the live phase, events/s, comma-separated; the first and last are compared")
+	fs.DurationVar(&c.liveDuration, "live-duration", 2*time.Second, "length of each offered rate in each round")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	for _, f := range strings.Split(*liveRates, ",") {
+		r, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || r <= 0 {
+			return fmt.Errorf("-live-rates: %q is not a positive rate", f)
+		}
+		c.liveRates = append(c.liveRates, r)
+	}
+	if c.writers < 1 || c.clients < 1 || c.batch < 1 || c.batch > domain.MaxBatchSends || c.liveDuration <= 0 {
+		return fmt.Errorf("-writers, -clients and -live-duration must be positive, -batch 1 to %d", domain.MaxBatchSends)
 	}
 	if c.rounds < 1 || c.duration <= 0 || c.events < 1 || c.eventsOne < 1 || c.peers < 1 || c.eventsPerPeer < 1 || c.eventsPerPeerOne < 1 || c.backlog < 2 ||
 		c.idlePeers < 0 || c.idleEvents < 1 || c.timeout <= 0 {
@@ -168,6 +190,9 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	fmt.Fprintf(out, "  pull: a %d-event queue, from the receiver's first Pull to its inbox holding all of it (replies of up to %d events)\n",
 		c.backlog, nc.delivery.PullReplyMaxEvents)
 	fmt.Fprintf(out, "  baselines for %v each: embedded store, 1 append per transaction, 1 writer; no-op hRPC call over HTTP/1.1 loopback\n", c.duration)
+	fmt.Fprintf(out, "  store read: the same %d events read back from the sender's outbox by a subscription (the store's catch-up read)\n", c.backlog)
+	fmt.Fprintf(out, "  SendBatch: %d clients of the sender's admin API, each sending %d events per call one call after the other, for %v; pushes go on meanwhile\n", c.clients, c.batch, c.duration)
+	fmt.Fprintf(out, "  store, %d writers: one outbox-sized event per append, each writer to its own stream, for %v\n", c.writers, c.duration)
 	fmt.Fprintf(out, "  every server runs in this process: senders and receiver share the CPUs and the disk\n")
 
 	setupStart := time.Now()
@@ -220,6 +245,47 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	defer noop.close(ctx)
 	callers := newNoopCallers(noop, c.peers)
 	defer callers.close()
+	writers, err := newStoreWriters(base.s, c.writers)
+	if err != nil {
+		return err
+	}
+	sendAPI, err := senders[0].serveAdmin(ctx, logger)
+	if err != nil {
+		return err
+	}
+	defer sendAPI.close(ctx)
+	// The live phase has servers of its own, so that the receiver's Watch
+	// carries only its events.
+	// With the default configuration: what a homeserver's server runs.
+	liveCfg := nodeConfig{delivery: delivery.DefaultConfig(), authWindow: domain.DefaultAuthWindow}
+	liveSend, err := startNode(ctx, "sender", filepath.Join(c.dir, "live-sender"), liveCfg, logger)
+	if err != nil {
+		return err
+	}
+	defer liveSend.close(ctx)
+	liveRecv, err := startNode(ctx, "receiver", filepath.Join(c.dir, "live-receiver"), liveCfg, logger)
+	if err != nil {
+		return err
+	}
+	defer liveRecv.close(ctx)
+	liveRecv.resolver.Remember(liveSend.id, liveSend.pub)
+	liveSendAPI, err := liveSend.serveAdmin(ctx, logger)
+	if err != nil {
+		return err
+	}
+	defer liveSendAPI.close(ctx)
+	liveRecvAPI, err := liveRecv.serveAdmin(ctx, logger)
+	if err != nil {
+		return err
+	}
+	defer liveRecvAPI.close(ctx)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	watch, err := startLiveWatch(watchCtx, liveRecvAPI)
+	if err != nil {
+		return err
+	}
+	liveUser := uint64(1 << 40) // user IDs of the live events, each one once
 
 	// Warm up every path: each sender's first push registers it at the
 	// receiver, which fetches its key; a small pull makes the sender fetch
@@ -238,6 +304,13 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	if _, err := callers.run(ctx, noProfile, c.peers, c.duration/5); err != nil {
 		return err
 	}
+	if _, err := liveRun(ctx, liveSendAPI, liveRecv, watch, liveUser, 100, 200*time.Millisecond, c.timeout); err != nil {
+		return fmt.Errorf("warm-up live: %w", err)
+	}
+	liveUser += 1000
+	if _, err := batchSendRun(ctx, noProfile, senders[0], sendAPI, recv, c.clients, c.batch, c.duration/5, c.timeout); err != nil {
+		return fmt.Errorf("warm-up SendBatch: %w", err)
+	}
 	fmt.Fprintf(out, "  setup and warm-up: %v\n", time.Since(setupStart).Round(time.Millisecond))
 
 	storeOne := &series{name: "store, 1 append per tx", unit: "appends/s"}
@@ -251,6 +324,10 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	pushManyStream := &series{name: "  ... sent one by one", unit: "events/s"}
 	pushOneCallers := &series{name: fmt.Sprintf("  ... sent by %d callers", c.peers), unit: "events/s"}
 	pull := &series{name: fmt.Sprintf("pull, %d backlog", c.backlog), unit: "events/s"}
+	storeMany := &series{name: fmt.Sprintf("store, %d writers", c.writers), unit: "appends/s"}
+	batchSend := &series{name: fmt.Sprintf("SendBatch, %d clients", c.clients), unit: "events/s"}
+	backlogRead := &series{name: fmt.Sprintf("store read, %d backlog", c.backlog), unit: "events/s"}
+	live := make([][]liveResult, len(c.liveRates)) // by rate, a result per round
 
 	var profErr error
 	measure := func(s *series, phase string, round int, fn func(profiler) (result, error)) error {
@@ -305,17 +382,32 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 				return pushRun(ctx, p, senders, recv, c.eventsPerPeerOne, oneByOne, c.timeout)
 			}},
 			{pull, "pull", func(p profiler) (result, error) { return pullRun(ctx, p, senders[0], recv, c.backlog, c.timeout) }},
+			{backlogRead, "backlogread", func(p profiler) (result, error) {
+				return backlogReadRun(ctx, p, senders[0], recv, c.backlog)
+			}},
+			{storeMany, "storeN", func(p profiler) (result, error) { return writers.run(ctx, p, c.duration) }},
+			{batchSend, "sendbatch", func(p profiler) (result, error) {
+				return batchSendRun(ctx, p, senders[0], sendAPI, recv, c.clients, c.batch, c.duration, c.timeout)
+			}},
 		}
 		for _, st := range steps {
 			if err := measure(st.s, st.phase, round, st.fn); err != nil {
 				return err
 			}
 		}
+		for i, rate := range c.liveRates {
+			r, err := liveRun(ctx, liveSendAPI, liveRecv, watch, liveUser, rate, c.liveDuration, c.timeout)
+			if err != nil {
+				return fmt.Errorf("live %.0f/s, round %d: %w", rate, round, err)
+			}
+			liveUser += uint64(r.sent)
+			live[i] = append(live[i], r)
+		}
 	}
 
 	fmt.Fprintln(out)
 	fmt.Fprintf(out, "%-28s %10s %10s %10s  %-10s %12s\n", "", "median", "min", "max", "", "CPU/unit")
-	for _, s := range []*series{storeOne, noopOne, noopMany, pushOne, pushOneSingle, pushOneStream, pushOneCallers, pushMany, pushManySingle, pushManyStream, pull} {
+	for _, s := range []*series{storeOne, noopOne, noopMany, pushOne, pushOneSingle, pushOneStream, pushOneCallers, pushMany, pushManySingle, pushManyStream, pull, backlogRead, storeMany, batchSend} {
 		note := ""
 		if n := s.samples[len(s.samples)/2].note; n != "" {
 			note = "  " + n
@@ -325,6 +417,15 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 			float64(s.cpuPer())/float64(time.Microsecond), note)
 	}
 	fmt.Fprintln(out, "(CPU/unit: user+system time of the whole process, every server in it, per event or call)")
+	fmt.Fprintln(out)
+	fmt.Fprintf(out, "live: Send (admin API) on one server to Watch (admin API) on another, each send due at its moment of a fixed offered rate, for %v per rate per round; medians of the rounds\n", c.liveDuration)
+	fmt.Fprintf(out, "%-28s %10s %10s %10s\n", "offered", "p50", "p99", "max")
+	for i, rate := range c.liveRates {
+		fmt.Fprintf(out, "%-28s %10s %10s %10s\n", fmt.Sprintf("%.0f events/s", rate),
+			liveMedian(live[i], func(r liveResult) time.Duration { return r.p50 }),
+			liveMedian(live[i], func(r liveResult) time.Duration { return r.p99 }),
+			liveMedian(live[i], func(r liveResult) time.Duration { return r.max }))
+	}
 
 	// The rate servers go before the idle measurement, so that nothing else
 	// allocates while it reads the heap.
@@ -368,6 +469,17 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	ratio(out, fmt.Sprintf("  one event per push, %d peers / no-op", c.peers), pushManySingle, noopMany, 0)
 	ratio(out, fmt.Sprintf("  sent one by one, %d peers / no-op", c.peers), pushManyStream, noopMany, 0)
 	verdict(out, fmt.Sprintf("pull %d backlog, events/s", c.backlog), pull.median(), ">=", 100000, pull.median() >= 100000)
+	fmt.Fprintln(out, "  sending and receiving, as a homeserver sees them:")
+	ratio(out, fmt.Sprintf("SendBatch %d clients / store %d writers", c.clients, c.writers), batchSend, storeMany, 0.5)
+	if n := len(c.liveRates); n > 1 {
+		p99 := func(i int) time.Duration {
+			return liveMedian(live[i], func(r liveResult) time.Duration { return r.p99 })
+		}
+		r := float64(p99(n-1)) / float64(p99(0))
+		fmt.Fprintf(out, "  %-44s %9.2f  (%v / %v)  target <= 3.00: %s\n",
+			fmt.Sprintf("live p99 at %.0f/s / at %.0f/s", c.liveRates[n-1], c.liveRates[0]), r, p99(n-1), p99(0), passMiss(r <= 3))
+	}
+	ratio(out, fmt.Sprintf("pull %d backlog / store read of it", c.backlog), pull, backlogRead, 0.7)
 	if c.idlePeers > 0 {
 		per := float64(idle.both) / float64(idle.peers)
 		verdict(out, fmt.Sprintf("bytes per idle peer, %d peers", idle.peers), per, "<=", 4096, per <= 4096)
@@ -422,4 +534,13 @@ func startProfile(prefix, phase string, round int) (func(), error) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}, nil
+}
+
+// liveMedian is the median over the rounds of one figure of the live phase.
+func liveMedian(rs []liveResult, f func(liveResult) time.Duration) time.Duration {
+	v := make([]float64, 0, len(rs))
+	for _, r := range rs {
+		v = append(v, float64(f(r)))
+	}
+	return time.Duration(median(v)).Round(10 * time.Microsecond)
 }

@@ -88,6 +88,7 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	fs.DurationVar(&dc.ProbeBackoff.First, "probe-interval", dc.ProbeBackoff.First, "first wait before a resume probe (doubling, up to 10 minutes)")
 	fs.DurationVar(&dc.PullInterval, "pull-interval", dc.PullInterval, "pull each peer this long after its last push")
 	fs.IntVar(&dc.PushBatchEvents, "push-batch", dc.PushBatchEvents, "most events one push carries to a Postbox peer that takes several (1: one event per push, as to upstream peers)")
+	fs.DurationVar(&dc.IdempotencyWindow, "idempotency-window", dc.IdempotencyWindow, "remember send idempotency keys this long; at start the outboxes are read back this far to rebuild them")
 	fs.IntVar(&dc.MaxEventBytes, "max-event-bytes", dc.MaxEventBytes, "largest event send takes (bytes); the default fits every receiver limit Postbox announces and a default EventStoreDB append")
 	given, err := parseFlags(fs, args, getenv)
 	if err != nil {
@@ -152,6 +153,8 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 		return Config{}, flagError("consumer-idle-after", cfg.ConsumerIdleAfter, "must be positive", def("consumer-idle-after"))
 	case dc.PullInterval <= 0:
 		return Config{}, flagError("pull-interval", dc.PullInterval, "must be positive", def("pull-interval"))
+	case dc.IdempotencyWindow <= 0:
+		return Config{}, flagError("idempotency-window", dc.IdempotencyWindow, "must be positive", def("idempotency-window"))
 	case dc.ProbeBackoff.First <= 0:
 		return Config{}, flagError("probe-interval", dc.ProbeBackoff.First, "must be positive", def("probe-interval"))
 	case cfg.MaxRequest <= 0:

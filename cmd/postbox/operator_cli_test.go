@@ -35,6 +35,18 @@ func (s *cliSender) Send(context.Context, domain.ServerID, *syncv1.Event) (uint6
 	return uint64(s.sent - 1), nil
 }
 
+func (s *cliSender) SendKeyed(ctx context.Context, to domain.ServerID, event *syncv1.Event, _ string) (uint64, error) {
+	return s.Send(ctx, to, event)
+}
+
+func (s *cliSender) SendBatch(ctx context.Context, sends []domain.BatchSend[*syncv1.Event]) []domain.SendOutcome {
+	out := make([]domain.SendOutcome, len(sends))
+	for i, send := range sends {
+		out[i].Seq, out[i].Err = s.Send(ctx, send.To, send.Event)
+	}
+	return out
+}
+
 type noPeers struct{}
 
 func (noPeers) Cursors() []domain.PeerCursor { return nil }

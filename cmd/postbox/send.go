@@ -19,6 +19,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	to := fs.String("to", "", "server ID of the peer the event is for")
 	eventJSON := fs.String("event", "", `the event, as protojson of protocol.sync.v1.Event, e.g. {"userAddedToGuild":{"userId":"42","guildId":"7"}}`)
 	eventFile := fs.String("event-file", "", "read the event's protojson from this file instead of --event (/dev/stdin: standard input), for events too long for a command line")
+	key := fs.String("idempotency-key", "", "name this send (e.g. a UUID): repeated with the same key, peer and event within the server's --idempotency-window, it prints the first send's sequence number and stores nothing")
 	if _, err := parseFlags(fs, args, getenv); err != nil {
 		return err
 	}
@@ -43,7 +44,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		}
 		return exitError{code: 2, err: fmt.Errorf("%s is not a protocol.sync.v1.Event in JSON: %w; e.g. --event %s", source, err, examples["event"])}
 	}
-	res, err := a.client().Send(ctx, connect.NewRequest(&adminv1.SendRequest{To: *to, Event: &event}))
+	res, err := a.client().Send(ctx, connect.NewRequest(&adminv1.SendRequest{To: *to, Event: &event, IdempotencyKey: *key}))
 	if err != nil {
 		return a.failed("send", err)
 	}

@@ -48,6 +48,9 @@ type request struct {
 	res      eventstore.AppendResult
 	err      error
 	done     chan struct{}
+	// groupRest: how many requests after this one belong to the same
+	// AppendStreams, which one commit takes together.
+	groupRest int
 }
 
 // streamState is the writer's view of a stream. The writer is the only
@@ -200,6 +203,9 @@ func (s *Store) runWriter(ctx context.Context) {
 
 		for rest := taken; len(rest) > 0; {
 			n := min(len(rest), maxBatch)
+			for n < len(rest) && rest[n-1].groupRest > 0 {
+				n++ // an AppendStreams is not split across commits
+			}
 			s.commitBatch(ctx, rest[:n])
 			rest = rest[n:]
 		}

@@ -156,3 +156,48 @@ func (su *suite) appendConcurrentExact(t *testing.T) {
 	}
 	checkEvents(t, mustRead(t, s, stream, 0, 2*rounds), stream, winners, 0, false)
 }
+
+// A store that appends to several streams in one commit (MultiAppender;
+// EventStoreDB has no such call, and skips this case) checks each part
+// against its own expected revision and answers each as its own Append
+// would: a conflict in one part leaves the others stored.
+func (su *suite) appendStreams(t *testing.T) {
+	s, raw := su.open(t)
+	m, ok := raw.(eventstore.MultiAppender)
+	if !ok {
+		t.Skip("the store has no AppendStreams")
+	}
+	ctx := ctxFor(t)
+	a, b, c := su.stream(t, "a"), su.stream(t, "b"), su.stream(t, "c")
+	mustAppend(t, s, b, eventstore.NoStream(), newEvents(1, "seed")...)
+	res, errs := m.AppendStreams(ctx, []eventstore.StreamAppend{
+		{Stream: a, Expected: eventstore.NoStream(), Events: newEvents(2, "part")},
+		{Stream: b, Expected: eventstore.Exact(5), Events: newEvents(1, "part")},
+		{Stream: c, Expected: eventstore.NoStream(), Events: newEvents(1, "part")},
+		{Stream: c, Expected: eventstore.Any(), Events: nil},
+	})
+	if len(res) != 4 || len(errs) != 4 {
+		t.Fatalf("%d results and %d errors for 4 parts", len(res), len(errs))
+	}
+	if errs[0] != nil || res[0].NextExpectedRevision != 1 {
+		t.Errorf("part a: %+v, %v; want revision 1", res[0], errs[0])
+	}
+	if !errors.Is(errs[1], eventstore.ErrWrongExpectedRevision) {
+		t.Errorf("part b: %v, want a wrong expected revision", errs[1])
+	}
+	if errs[2] != nil || res[2].NextExpectedRevision != 0 {
+		t.Errorf("part c: %+v, %v; want revision 0", res[2], errs[2])
+	}
+	if errs[3] == nil {
+		t.Errorf("a part with no events: no error")
+	}
+	if got := mustRead(t, s, a, 0, 10); len(got) != 2 {
+		t.Errorf("stream a holds %d events, want 2", len(got))
+	}
+	if got := mustRead(t, s, b, 0, 10); len(got) != 1 {
+		t.Errorf("stream b holds %d events, want 1 (the refused part stored nothing)", len(got))
+	}
+	if got := mustRead(t, s, c, 0, 10); len(got) != 1 {
+		t.Errorf("stream c holds %d events, want 1", len(got))
+	}
+}

@@ -55,6 +55,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run("ExactOnMissingStreamConflicts", su.appendExactOnMissingStreamConflicts)
 		t.Run("Any", su.appendAny)
 		t.Run("ConcurrentExactOneWinnerPerRevision", su.appendConcurrentExact)
+		t.Run("StreamsEachCheckedAndAnswered", su.appendStreams)
 	})
 	t.Run("Idempotence", func(t *testing.T) {
 		t.Run("RetryNoStream", su.idempotentNoStream)

@@ -183,9 +183,15 @@ type SendRequest struct {
 	// The server ID of the peer the event is for.
 	To string `protobuf:"bytes,1,opt,name=to,proto3" json:"to,omitempty"`
 	// The event; its kind must be set.
-	Event         *v1.Event `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Event *v1.Event `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	// Optional: 1 to 128 printable ASCII characters (e.g. a UUID) naming this
+	// send. A send repeated with the same key, peer and event within the
+	// server's --idempotency-window returns the first send's sequence number
+	// and stores nothing; the same key with another peer or event is refused
+	// (invalid argument). Empty: every send stores the event.
+	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SendRequest) Reset() {
@@ -232,6 +238,172 @@ func (x *SendRequest) GetEvent() *v1.Event {
 	return nil
 }
 
+func (x *SendRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+// Used in `SendBatch`.
+type SendBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The events, each with its peer and optional idempotency key; at most
+	// 10,000. The events for one peer are stored in this order.
+	Sends         []*SendRequest `protobuf:"bytes,1,rep,name=sends,proto3" json:"sends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendBatchRequest) Reset() {
+	*x = SendBatchRequest{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendBatchRequest) ProtoMessage() {}
+
+func (x *SendBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendBatchRequest.ProtoReflect.Descriptor instead.
+func (*SendBatchRequest) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SendBatchRequest) GetSends() []*SendRequest {
+	if x != nil {
+		return x.Sends
+	}
+	return nil
+}
+
+// Used in `SendBatch`.
+type SendBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per send, in the order of the request.
+	Results       []*SendBatchResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendBatchResponse) Reset() {
+	*x = SendBatchResponse{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendBatchResponse) ProtoMessage() {}
+
+func (x *SendBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendBatchResponse.ProtoReflect.Descriptor instead.
+func (*SendBatchResponse) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SendBatchResponse) GetResults() []*SendBatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// The outcome of one send of a batch.
+type SendBatchResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event's sequence number in the peer's outbox, if error is empty.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Why the event was not stored (nor any other of the batch for the same
+	// peer); empty if it was. Events for other peers are not affected.
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// The error's Connect code (e.g. "invalid_argument", "unavailable"); empty
+	// if the event was stored.
+	Code          string `protobuf:"bytes,3,opt,name=code,proto3" json:"code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendBatchResult) Reset() {
+	*x = SendBatchResult{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendBatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendBatchResult) ProtoMessage() {}
+
+func (x *SendBatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendBatchResult.ProtoReflect.Descriptor instead.
+func (*SendBatchResult) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SendBatchResult) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *SendBatchResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *SendBatchResult) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
 // Used in `Send`.
 type SendResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -243,7 +415,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +427,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +440,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SendResponse) GetSeq() uint64 {
@@ -337,7 +509,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +521,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +534,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Peer) GetServerId() string {
@@ -534,7 +706,7 @@ type SkippedEvents struct {
 
 func (x *SkippedEvents) Reset() {
 	*x = SkippedEvents{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +718,7 @@ func (x *SkippedEvents) String() string {
 func (*SkippedEvents) ProtoMessage() {}
 
 func (x *SkippedEvents) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +731,7 @@ func (x *SkippedEvents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkippedEvents.ProtoReflect.Descriptor instead.
 func (*SkippedEvents) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SkippedEvents) GetFromSeq() uint64 {
@@ -596,7 +768,7 @@ type StuckEvent struct {
 
 func (x *StuckEvent) Reset() {
 	*x = StuckEvent{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +780,7 @@ func (x *StuckEvent) String() string {
 func (*StuckEvent) ProtoMessage() {}
 
 func (x *StuckEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +793,7 @@ func (x *StuckEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StuckEvent.ProtoReflect.Descriptor instead.
 func (*StuckEvent) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StuckEvent) GetSeq() uint64 {
@@ -647,7 +819,7 @@ type ListPeersRequest struct {
 
 func (x *ListPeersRequest) Reset() {
 	*x = ListPeersRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +831,7 @@ func (x *ListPeersRequest) String() string {
 func (*ListPeersRequest) ProtoMessage() {}
 
 func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +844,7 @@ func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPeersRequest.ProtoReflect.Descriptor instead.
 func (*ListPeersRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 // Used in `ListPeers`.
@@ -686,7 +858,7 @@ type ListPeersResponse struct {
 
 func (x *ListPeersResponse) Reset() {
 	*x = ListPeersResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +870,7 @@ func (x *ListPeersResponse) String() string {
 func (*ListPeersResponse) ProtoMessage() {}
 
 func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +883,7 @@ func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPeersResponse.ProtoReflect.Descriptor instead.
 func (*ListPeersResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListPeersResponse) GetPeers() []*Peer {
@@ -732,7 +904,7 @@ type GetPeerRequest struct {
 
 func (x *GetPeerRequest) Reset() {
 	*x = GetPeerRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +916,7 @@ func (x *GetPeerRequest) String() string {
 func (*GetPeerRequest) ProtoMessage() {}
 
 func (x *GetPeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +929,7 @@ func (x *GetPeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPeerRequest.ProtoReflect.Descriptor instead.
 func (*GetPeerRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetPeerRequest) GetServerId() string {
@@ -778,7 +950,7 @@ type GetPeerResponse struct {
 
 func (x *GetPeerResponse) Reset() {
 	*x = GetPeerResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +962,7 @@ func (x *GetPeerResponse) String() string {
 func (*GetPeerResponse) ProtoMessage() {}
 
 func (x *GetPeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +975,7 @@ func (x *GetPeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPeerResponse.ProtoReflect.Descriptor instead.
 func (*GetPeerResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetPeerResponse) GetPeer() *Peer {
@@ -829,7 +1001,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +1013,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +1026,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchRequest) GetAfter() uint64 {
@@ -897,7 +1069,7 @@ type ReceivedEvent struct {
 
 func (x *ReceivedEvent) Reset() {
 	*x = ReceivedEvent{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1081,7 @@ func (x *ReceivedEvent) String() string {
 func (*ReceivedEvent) ProtoMessage() {}
 
 func (x *ReceivedEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1094,7 @@ func (x *ReceivedEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceivedEvent.ProtoReflect.Descriptor instead.
 func (*ReceivedEvent) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReceivedEvent) GetPosition() uint64 {
@@ -976,7 +1148,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1160,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1173,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchResponse) GetItem() isWatchResponse_Item {
@@ -1058,7 +1230,7 @@ type PullNowRequest struct {
 
 func (x *PullNowRequest) Reset() {
 	*x = PullNowRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1242,7 @@ func (x *PullNowRequest) String() string {
 func (*PullNowRequest) ProtoMessage() {}
 
 func (x *PullNowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1255,7 @@ func (x *PullNowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullNowRequest.ProtoReflect.Descriptor instead.
 func (*PullNowRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PullNowRequest) GetServerId() string {
@@ -1102,7 +1274,7 @@ type PullNowResponse struct {
 
 func (x *PullNowResponse) Reset() {
 	*x = PullNowResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1286,7 @@ func (x *PullNowResponse) String() string {
 func (*PullNowResponse) ProtoMessage() {}
 
 func (x *PullNowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1299,7 @@ func (x *PullNowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullNowResponse.ProtoReflect.Descriptor instead.
 func (*PullNowResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 // Used in `ResumePush`.
@@ -1141,7 +1313,7 @@ type ResumePushRequest struct {
 
 func (x *ResumePushRequest) Reset() {
 	*x = ResumePushRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1325,7 @@ func (x *ResumePushRequest) String() string {
 func (*ResumePushRequest) ProtoMessage() {}
 
 func (x *ResumePushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1338,7 @@ func (x *ResumePushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumePushRequest.ProtoReflect.Descriptor instead.
 func (*ResumePushRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResumePushRequest) GetServerId() string {
@@ -1185,7 +1357,7 @@ type ResumePushResponse struct {
 
 func (x *ResumePushResponse) Reset() {
 	*x = ResumePushResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1369,7 @@ func (x *ResumePushResponse) String() string {
 func (*ResumePushResponse) ProtoMessage() {}
 
 func (x *ResumePushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1382,7 @@ func (x *ResumePushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumePushResponse.ProtoReflect.Descriptor instead.
 func (*ResumePushResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 // Used in `Skip`.
@@ -1228,7 +1400,7 @@ type SkipRequest struct {
 
 func (x *SkipRequest) Reset() {
 	*x = SkipRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1412,7 @@ func (x *SkipRequest) String() string {
 func (*SkipRequest) ProtoMessage() {}
 
 func (x *SkipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1425,7 @@ func (x *SkipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkipRequest.ProtoReflect.Descriptor instead.
 func (*SkipRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SkipRequest) GetServerId() string {
@@ -1288,7 +1460,7 @@ type SkipResponse struct {
 
 func (x *SkipResponse) Reset() {
 	*x = SkipResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1300,7 +1472,7 @@ func (x *SkipResponse) String() string {
 func (*SkipResponse) ProtoMessage() {}
 
 func (x *SkipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1313,7 +1485,7 @@ func (x *SkipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkipResponse.ProtoReflect.Descriptor instead.
 func (*SkipResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SkipResponse) GetSkipped() *SkippedEvents {
@@ -1334,7 +1506,7 @@ type ListGuildsRequest struct {
 
 func (x *ListGuildsRequest) Reset() {
 	*x = ListGuildsRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1518,7 @@ func (x *ListGuildsRequest) String() string {
 func (*ListGuildsRequest) ProtoMessage() {}
 
 func (x *ListGuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1531,7 @@ func (x *ListGuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListGuildsRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListGuildsRequest) GetUserId() uint64 {
@@ -1382,7 +1554,7 @@ type GuildEntry struct {
 
 func (x *GuildEntry) Reset() {
 	*x = GuildEntry{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1566,7 @@ func (x *GuildEntry) String() string {
 func (*GuildEntry) ProtoMessage() {}
 
 func (x *GuildEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1579,7 @@ func (x *GuildEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuildEntry.ProtoReflect.Descriptor instead.
 func (*GuildEntry) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GuildEntry) GetGuildId() uint64 {
@@ -1435,7 +1607,7 @@ type ListGuildsResponse struct {
 
 func (x *ListGuildsResponse) Reset() {
 	*x = ListGuildsResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1619,7 @@ func (x *ListGuildsResponse) String() string {
 func (*ListGuildsResponse) ProtoMessage() {}
 
 func (x *ListGuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1632,7 @@ func (x *ListGuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListGuildsResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListGuildsResponse) GetGuilds() []*GuildEntry {
@@ -1481,7 +1653,7 @@ type ListInvitesRequest struct {
 
 func (x *ListInvitesRequest) Reset() {
 	*x = ListInvitesRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1665,7 @@ func (x *ListInvitesRequest) String() string {
 func (*ListInvitesRequest) ProtoMessage() {}
 
 func (x *ListInvitesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1678,7 @@ func (x *ListInvitesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInvitesRequest.ProtoReflect.Descriptor instead.
 func (*ListInvitesRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListInvitesRequest) GetUserId() uint64 {
@@ -1531,7 +1703,7 @@ type PendingInvite struct {
 
 func (x *PendingInvite) Reset() {
 	*x = PendingInvite{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1543,7 +1715,7 @@ func (x *PendingInvite) String() string {
 func (*PendingInvite) ProtoMessage() {}
 
 func (x *PendingInvite) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1556,7 +1728,7 @@ func (x *PendingInvite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PendingInvite.ProtoReflect.Descriptor instead.
 func (*PendingInvite) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PendingInvite) GetInviteId() string {
@@ -1591,7 +1763,7 @@ type ListInvitesResponse struct {
 
 func (x *ListInvitesResponse) Reset() {
 	*x = ListInvitesResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1775,7 @@ func (x *ListInvitesResponse) String() string {
 func (*ListInvitesResponse) ProtoMessage() {}
 
 func (x *ListInvitesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1788,7 @@ func (x *ListInvitesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInvitesResponse.ProtoReflect.Descriptor instead.
 func (*ListInvitesResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListInvitesResponse) GetInvites() []*PendingInvite {
@@ -1640,7 +1812,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1824,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1837,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AckRequest) GetConsumer() string {
@@ -1694,7 +1866,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1878,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +1891,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AckResponse) GetPosition() uint64 {
@@ -1747,7 +1919,7 @@ type Consumer struct {
 
 func (x *Consumer) Reset() {
 	*x = Consumer{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1931,7 @@ func (x *Consumer) String() string {
 func (*Consumer) ProtoMessage() {}
 
 func (x *Consumer) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1944,7 @@ func (x *Consumer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consumer.ProtoReflect.Descriptor instead.
 func (*Consumer) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Consumer) GetName() string {
@@ -1812,7 +1984,7 @@ type ListConsumersRequest struct {
 
 func (x *ListConsumersRequest) Reset() {
 	*x = ListConsumersRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +1996,7 @@ func (x *ListConsumersRequest) String() string {
 func (*ListConsumersRequest) ProtoMessage() {}
 
 func (x *ListConsumersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2009,7 @@ func (x *ListConsumersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsumersRequest.ProtoReflect.Descriptor instead.
 func (*ListConsumersRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 // Used in `ListConsumers`.
@@ -1851,7 +2023,7 @@ type ListConsumersResponse struct {
 
 func (x *ListConsumersResponse) Reset() {
 	*x = ListConsumersResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2035,7 @@ func (x *ListConsumersResponse) String() string {
 func (*ListConsumersResponse) ProtoMessage() {}
 
 func (x *ListConsumersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2048,7 @@ func (x *ListConsumersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsumersResponse.ProtoReflect.Descriptor instead.
 func (*ListConsumersResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListConsumersResponse) GetConsumers() []*Consumer {
@@ -1897,7 +2069,7 @@ type DeleteConsumerRequest struct {
 
 func (x *DeleteConsumerRequest) Reset() {
 	*x = DeleteConsumerRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2081,7 @@ func (x *DeleteConsumerRequest) String() string {
 func (*DeleteConsumerRequest) ProtoMessage() {}
 
 func (x *DeleteConsumerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2094,7 @@ func (x *DeleteConsumerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConsumerRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConsumerRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteConsumerRequest) GetConsumer() string {
@@ -1941,7 +2113,7 @@ type DeleteConsumerResponse struct {
 
 func (x *DeleteConsumerResponse) Reset() {
 	*x = DeleteConsumerResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1953,7 +2125,7 @@ func (x *DeleteConsumerResponse) String() string {
 func (*DeleteConsumerResponse) ProtoMessage() {}
 
 func (x *DeleteConsumerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1966,7 +2138,7 @@ func (x *DeleteConsumerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConsumerResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConsumerResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 // Used in `Rename`.
@@ -1980,7 +2152,7 @@ type RenameRequest struct {
 
 func (x *RenameRequest) Reset() {
 	*x = RenameRequest{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1992,7 +2164,7 @@ func (x *RenameRequest) String() string {
 func (*RenameRequest) ProtoMessage() {}
 
 func (x *RenameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2005,7 +2177,7 @@ func (x *RenameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameRequest.ProtoReflect.Descriptor instead.
 func (*RenameRequest) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RenameRequest) GetNewServerId() string {
@@ -2024,7 +2196,7 @@ type RenameResponse struct {
 
 func (x *RenameResponse) Reset() {
 	*x = RenameResponse{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2036,7 +2208,7 @@ func (x *RenameResponse) String() string {
 func (*RenameResponse) ProtoMessage() {}
 
 func (x *RenameResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2049,7 +2221,7 @@ func (x *RenameResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameResponse.ProtoReflect.Descriptor instead.
 func (*RenameResponse) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 // What `postbox audit` found: every stream replayed from the start and the
@@ -2077,7 +2249,7 @@ type AuditReport struct {
 
 func (x *AuditReport) Reset() {
 	*x = AuditReport{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2089,7 +2261,7 @@ func (x *AuditReport) String() string {
 func (*AuditReport) ProtoMessage() {}
 
 func (x *AuditReport) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2102,7 +2274,7 @@ func (x *AuditReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditReport.ProtoReflect.Descriptor instead.
 func (*AuditReport) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AuditReport) GetPeers() []*AuditPeer {
@@ -2179,7 +2351,7 @@ type AuditPeer struct {
 
 func (x *AuditPeer) Reset() {
 	*x = AuditPeer{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2363,7 @@ func (x *AuditPeer) String() string {
 func (*AuditPeer) ProtoMessage() {}
 
 func (x *AuditPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2376,7 @@ func (x *AuditPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditPeer.ProtoReflect.Descriptor instead.
 func (*AuditPeer) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AuditPeer) GetServerId() string {
@@ -2280,7 +2452,7 @@ type AuditViolation struct {
 
 func (x *AuditViolation) Reset() {
 	*x = AuditViolation{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2292,7 +2464,7 @@ func (x *AuditViolation) String() string {
 func (*AuditViolation) ProtoMessage() {}
 
 func (x *AuditViolation) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2305,7 +2477,7 @@ func (x *AuditViolation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditViolation.ProtoReflect.Descriptor instead.
 func (*AuditViolation) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AuditViolation) GetStream() string {
@@ -2357,7 +2529,7 @@ type AuditSkip struct {
 
 func (x *AuditSkip) Reset() {
 	*x = AuditSkip{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2541,7 @@ func (x *AuditSkip) String() string {
 func (*AuditSkip) ProtoMessage() {}
 
 func (x *AuditSkip) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2554,7 @@ func (x *AuditSkip) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditSkip.ProtoReflect.Descriptor instead.
 func (*AuditSkip) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AuditSkip) GetStream() string {
@@ -2437,10 +2609,19 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\tR\aversion\"L\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\"u\n" +
 	"\vSendRequest\x12\x0e\n" +
 	"\x02to\x18\x01 \x01(\tR\x02to\x12-\n" +
-	"\x05event\x18\x02 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\" \n" +
+	"\x05event\x18\x02 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x12'\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"G\n" +
+	"\x10SendBatchRequest\x123\n" +
+	"\x05sends\x18\x01 \x03(\v2\x1d.postbox.admin.v1.SendRequestR\x05sends\"P\n" +
+	"\x11SendBatchResponse\x12;\n" +
+	"\aresults\x18\x01 \x03(\v2!.postbox.admin.v1.SendBatchResultR\aresults\"M\n" +
+	"\x0fSendBatchResult\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\tR\x04code\" \n" +
 	"\fSendResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xeb\x06\n" +
 	"\x04Peer\x12\x1b\n" +
@@ -2587,10 +2768,12 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tMODE_PUSH\x10\x01\x12\x0e\n" +
 	"\n" +
-	"MODE_QUEUE\x10\x022\xc2\t\n" +
+	"MODE_QUEUE\x10\x022\x9a\n" +
+	"\n" +
 	"\fAdminService\x12b\n" +
 	"\rGetServerInfo\x12&.postbox.admin.v1.GetServerInfoRequest\x1a'.postbox.admin.v1.GetServerInfoResponse\"\x00\x12G\n" +
 	"\x04Send\x12\x1d.postbox.admin.v1.SendRequest\x1a\x1e.postbox.admin.v1.SendResponse\"\x00\x12V\n" +
+	"\tSendBatch\x12\".postbox.admin.v1.SendBatchRequest\x1a#.postbox.admin.v1.SendBatchResponse\"\x00\x12V\n" +
 	"\tListPeers\x12\".postbox.admin.v1.ListPeersRequest\x1a#.postbox.admin.v1.ListPeersResponse\"\x00\x12P\n" +
 	"\aGetPeer\x12 .postbox.admin.v1.GetPeerRequest\x1a!.postbox.admin.v1.GetPeerResponse\"\x00\x12L\n" +
 	"\x05Watch\x12\x1e.postbox.admin.v1.WatchRequest\x1a\x1f.postbox.admin.v1.WatchResponse\"\x000\x01\x12P\n" +
@@ -2621,105 +2804,112 @@ func file_postbox_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_postbox_admin_v1_admin_proto_goTypes = []any{
 	(Mode)(0),                      // 0: postbox.admin.v1.Mode
 	(*GetServerInfoRequest)(nil),   // 1: postbox.admin.v1.GetServerInfoRequest
 	(*GetServerInfoResponse)(nil),  // 2: postbox.admin.v1.GetServerInfoResponse
 	(*SendRequest)(nil),            // 3: postbox.admin.v1.SendRequest
-	(*SendResponse)(nil),           // 4: postbox.admin.v1.SendResponse
-	(*Peer)(nil),                   // 5: postbox.admin.v1.Peer
-	(*SkippedEvents)(nil),          // 6: postbox.admin.v1.SkippedEvents
-	(*StuckEvent)(nil),             // 7: postbox.admin.v1.StuckEvent
-	(*ListPeersRequest)(nil),       // 8: postbox.admin.v1.ListPeersRequest
-	(*ListPeersResponse)(nil),      // 9: postbox.admin.v1.ListPeersResponse
-	(*GetPeerRequest)(nil),         // 10: postbox.admin.v1.GetPeerRequest
-	(*GetPeerResponse)(nil),        // 11: postbox.admin.v1.GetPeerResponse
-	(*WatchRequest)(nil),           // 12: postbox.admin.v1.WatchRequest
-	(*ReceivedEvent)(nil),          // 13: postbox.admin.v1.ReceivedEvent
-	(*WatchResponse)(nil),          // 14: postbox.admin.v1.WatchResponse
-	(*PullNowRequest)(nil),         // 15: postbox.admin.v1.PullNowRequest
-	(*PullNowResponse)(nil),        // 16: postbox.admin.v1.PullNowResponse
-	(*ResumePushRequest)(nil),      // 17: postbox.admin.v1.ResumePushRequest
-	(*ResumePushResponse)(nil),     // 18: postbox.admin.v1.ResumePushResponse
-	(*SkipRequest)(nil),            // 19: postbox.admin.v1.SkipRequest
-	(*SkipResponse)(nil),           // 20: postbox.admin.v1.SkipResponse
-	(*ListGuildsRequest)(nil),      // 21: postbox.admin.v1.ListGuildsRequest
-	(*GuildEntry)(nil),             // 22: postbox.admin.v1.GuildEntry
-	(*ListGuildsResponse)(nil),     // 23: postbox.admin.v1.ListGuildsResponse
-	(*ListInvitesRequest)(nil),     // 24: postbox.admin.v1.ListInvitesRequest
-	(*PendingInvite)(nil),          // 25: postbox.admin.v1.PendingInvite
-	(*ListInvitesResponse)(nil),    // 26: postbox.admin.v1.ListInvitesResponse
-	(*AckRequest)(nil),             // 27: postbox.admin.v1.AckRequest
-	(*AckResponse)(nil),            // 28: postbox.admin.v1.AckResponse
-	(*Consumer)(nil),               // 29: postbox.admin.v1.Consumer
-	(*ListConsumersRequest)(nil),   // 30: postbox.admin.v1.ListConsumersRequest
-	(*ListConsumersResponse)(nil),  // 31: postbox.admin.v1.ListConsumersResponse
-	(*DeleteConsumerRequest)(nil),  // 32: postbox.admin.v1.DeleteConsumerRequest
-	(*DeleteConsumerResponse)(nil), // 33: postbox.admin.v1.DeleteConsumerResponse
-	(*RenameRequest)(nil),          // 34: postbox.admin.v1.RenameRequest
-	(*RenameResponse)(nil),         // 35: postbox.admin.v1.RenameResponse
-	(*AuditReport)(nil),            // 36: postbox.admin.v1.AuditReport
-	(*AuditPeer)(nil),              // 37: postbox.admin.v1.AuditPeer
-	(*AuditViolation)(nil),         // 38: postbox.admin.v1.AuditViolation
-	(*AuditSkip)(nil),              // 39: postbox.admin.v1.AuditSkip
-	(*v1.Event)(nil),               // 40: protocol.sync.v1.Event
-	(*timestamppb.Timestamp)(nil),  // 41: google.protobuf.Timestamp
+	(*SendBatchRequest)(nil),       // 4: postbox.admin.v1.SendBatchRequest
+	(*SendBatchResponse)(nil),      // 5: postbox.admin.v1.SendBatchResponse
+	(*SendBatchResult)(nil),        // 6: postbox.admin.v1.SendBatchResult
+	(*SendResponse)(nil),           // 7: postbox.admin.v1.SendResponse
+	(*Peer)(nil),                   // 8: postbox.admin.v1.Peer
+	(*SkippedEvents)(nil),          // 9: postbox.admin.v1.SkippedEvents
+	(*StuckEvent)(nil),             // 10: postbox.admin.v1.StuckEvent
+	(*ListPeersRequest)(nil),       // 11: postbox.admin.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),      // 12: postbox.admin.v1.ListPeersResponse
+	(*GetPeerRequest)(nil),         // 13: postbox.admin.v1.GetPeerRequest
+	(*GetPeerResponse)(nil),        // 14: postbox.admin.v1.GetPeerResponse
+	(*WatchRequest)(nil),           // 15: postbox.admin.v1.WatchRequest
+	(*ReceivedEvent)(nil),          // 16: postbox.admin.v1.ReceivedEvent
+	(*WatchResponse)(nil),          // 17: postbox.admin.v1.WatchResponse
+	(*PullNowRequest)(nil),         // 18: postbox.admin.v1.PullNowRequest
+	(*PullNowResponse)(nil),        // 19: postbox.admin.v1.PullNowResponse
+	(*ResumePushRequest)(nil),      // 20: postbox.admin.v1.ResumePushRequest
+	(*ResumePushResponse)(nil),     // 21: postbox.admin.v1.ResumePushResponse
+	(*SkipRequest)(nil),            // 22: postbox.admin.v1.SkipRequest
+	(*SkipResponse)(nil),           // 23: postbox.admin.v1.SkipResponse
+	(*ListGuildsRequest)(nil),      // 24: postbox.admin.v1.ListGuildsRequest
+	(*GuildEntry)(nil),             // 25: postbox.admin.v1.GuildEntry
+	(*ListGuildsResponse)(nil),     // 26: postbox.admin.v1.ListGuildsResponse
+	(*ListInvitesRequest)(nil),     // 27: postbox.admin.v1.ListInvitesRequest
+	(*PendingInvite)(nil),          // 28: postbox.admin.v1.PendingInvite
+	(*ListInvitesResponse)(nil),    // 29: postbox.admin.v1.ListInvitesResponse
+	(*AckRequest)(nil),             // 30: postbox.admin.v1.AckRequest
+	(*AckResponse)(nil),            // 31: postbox.admin.v1.AckResponse
+	(*Consumer)(nil),               // 32: postbox.admin.v1.Consumer
+	(*ListConsumersRequest)(nil),   // 33: postbox.admin.v1.ListConsumersRequest
+	(*ListConsumersResponse)(nil),  // 34: postbox.admin.v1.ListConsumersResponse
+	(*DeleteConsumerRequest)(nil),  // 35: postbox.admin.v1.DeleteConsumerRequest
+	(*DeleteConsumerResponse)(nil), // 36: postbox.admin.v1.DeleteConsumerResponse
+	(*RenameRequest)(nil),          // 37: postbox.admin.v1.RenameRequest
+	(*RenameResponse)(nil),         // 38: postbox.admin.v1.RenameResponse
+	(*AuditReport)(nil),            // 39: postbox.admin.v1.AuditReport
+	(*AuditPeer)(nil),              // 40: postbox.admin.v1.AuditPeer
+	(*AuditViolation)(nil),         // 41: postbox.admin.v1.AuditViolation
+	(*AuditSkip)(nil),              // 42: postbox.admin.v1.AuditSkip
+	(*v1.Event)(nil),               // 43: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil),  // 44: google.protobuf.Timestamp
 }
 var file_postbox_admin_v1_admin_proto_depIdxs = []int32{
-	40, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
-	0,  // 1: postbox.admin.v1.Peer.mode:type_name -> postbox.admin.v1.Mode
-	41, // 2: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
-	41, // 3: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
-	6,  // 4: postbox.admin.v1.Peer.last_skip:type_name -> postbox.admin.v1.SkippedEvents
-	7,  // 5: postbox.admin.v1.Peer.stuck:type_name -> postbox.admin.v1.StuckEvent
-	41, // 6: postbox.admin.v1.Peer.oldest_pending:type_name -> google.protobuf.Timestamp
-	5,  // 7: postbox.admin.v1.ListPeersResponse.peers:type_name -> postbox.admin.v1.Peer
-	5,  // 8: postbox.admin.v1.GetPeerResponse.peer:type_name -> postbox.admin.v1.Peer
-	40, // 9: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
-	13, // 10: postbox.admin.v1.WatchResponse.event:type_name -> postbox.admin.v1.ReceivedEvent
-	6,  // 11: postbox.admin.v1.SkipResponse.skipped:type_name -> postbox.admin.v1.SkippedEvents
-	22, // 12: postbox.admin.v1.ListGuildsResponse.guilds:type_name -> postbox.admin.v1.GuildEntry
-	25, // 13: postbox.admin.v1.ListInvitesResponse.invites:type_name -> postbox.admin.v1.PendingInvite
-	41, // 14: postbox.admin.v1.Consumer.acknowledged_at:type_name -> google.protobuf.Timestamp
-	29, // 15: postbox.admin.v1.ListConsumersResponse.consumers:type_name -> postbox.admin.v1.Consumer
-	37, // 16: postbox.admin.v1.AuditReport.peers:type_name -> postbox.admin.v1.AuditPeer
-	38, // 17: postbox.admin.v1.AuditReport.violations:type_name -> postbox.admin.v1.AuditViolation
-	39, // 18: postbox.admin.v1.AuditReport.skips:type_name -> postbox.admin.v1.AuditSkip
-	0,  // 19: postbox.admin.v1.AuditPeer.mode:type_name -> postbox.admin.v1.Mode
-	1,  // 20: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
-	3,  // 21: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
-	8,  // 22: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
-	10, // 23: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
-	12, // 24: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
-	15, // 25: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
-	17, // 26: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
-	19, // 27: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
-	21, // 28: postbox.admin.v1.AdminService.ListGuilds:input_type -> postbox.admin.v1.ListGuildsRequest
-	24, // 29: postbox.admin.v1.AdminService.ListInvites:input_type -> postbox.admin.v1.ListInvitesRequest
-	34, // 30: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
-	27, // 31: postbox.admin.v1.AdminService.Ack:input_type -> postbox.admin.v1.AckRequest
-	30, // 32: postbox.admin.v1.AdminService.ListConsumers:input_type -> postbox.admin.v1.ListConsumersRequest
-	32, // 33: postbox.admin.v1.AdminService.DeleteConsumer:input_type -> postbox.admin.v1.DeleteConsumerRequest
-	2,  // 34: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
-	4,  // 35: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
-	9,  // 36: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
-	11, // 37: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
-	14, // 38: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
-	16, // 39: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
-	18, // 40: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
-	20, // 41: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
-	23, // 42: postbox.admin.v1.AdminService.ListGuilds:output_type -> postbox.admin.v1.ListGuildsResponse
-	26, // 43: postbox.admin.v1.AdminService.ListInvites:output_type -> postbox.admin.v1.ListInvitesResponse
-	35, // 44: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
-	28, // 45: postbox.admin.v1.AdminService.Ack:output_type -> postbox.admin.v1.AckResponse
-	31, // 46: postbox.admin.v1.AdminService.ListConsumers:output_type -> postbox.admin.v1.ListConsumersResponse
-	33, // 47: postbox.admin.v1.AdminService.DeleteConsumer:output_type -> postbox.admin.v1.DeleteConsumerResponse
-	34, // [34:48] is the sub-list for method output_type
-	20, // [20:34] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	43, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
+	3,  // 1: postbox.admin.v1.SendBatchRequest.sends:type_name -> postbox.admin.v1.SendRequest
+	6,  // 2: postbox.admin.v1.SendBatchResponse.results:type_name -> postbox.admin.v1.SendBatchResult
+	0,  // 3: postbox.admin.v1.Peer.mode:type_name -> postbox.admin.v1.Mode
+	44, // 4: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
+	44, // 5: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
+	9,  // 6: postbox.admin.v1.Peer.last_skip:type_name -> postbox.admin.v1.SkippedEvents
+	10, // 7: postbox.admin.v1.Peer.stuck:type_name -> postbox.admin.v1.StuckEvent
+	44, // 8: postbox.admin.v1.Peer.oldest_pending:type_name -> google.protobuf.Timestamp
+	8,  // 9: postbox.admin.v1.ListPeersResponse.peers:type_name -> postbox.admin.v1.Peer
+	8,  // 10: postbox.admin.v1.GetPeerResponse.peer:type_name -> postbox.admin.v1.Peer
+	43, // 11: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
+	16, // 12: postbox.admin.v1.WatchResponse.event:type_name -> postbox.admin.v1.ReceivedEvent
+	9,  // 13: postbox.admin.v1.SkipResponse.skipped:type_name -> postbox.admin.v1.SkippedEvents
+	25, // 14: postbox.admin.v1.ListGuildsResponse.guilds:type_name -> postbox.admin.v1.GuildEntry
+	28, // 15: postbox.admin.v1.ListInvitesResponse.invites:type_name -> postbox.admin.v1.PendingInvite
+	44, // 16: postbox.admin.v1.Consumer.acknowledged_at:type_name -> google.protobuf.Timestamp
+	32, // 17: postbox.admin.v1.ListConsumersResponse.consumers:type_name -> postbox.admin.v1.Consumer
+	40, // 18: postbox.admin.v1.AuditReport.peers:type_name -> postbox.admin.v1.AuditPeer
+	41, // 19: postbox.admin.v1.AuditReport.violations:type_name -> postbox.admin.v1.AuditViolation
+	42, // 20: postbox.admin.v1.AuditReport.skips:type_name -> postbox.admin.v1.AuditSkip
+	0,  // 21: postbox.admin.v1.AuditPeer.mode:type_name -> postbox.admin.v1.Mode
+	1,  // 22: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
+	3,  // 23: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
+	4,  // 24: postbox.admin.v1.AdminService.SendBatch:input_type -> postbox.admin.v1.SendBatchRequest
+	11, // 25: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
+	13, // 26: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
+	15, // 27: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
+	18, // 28: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
+	20, // 29: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
+	22, // 30: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
+	24, // 31: postbox.admin.v1.AdminService.ListGuilds:input_type -> postbox.admin.v1.ListGuildsRequest
+	27, // 32: postbox.admin.v1.AdminService.ListInvites:input_type -> postbox.admin.v1.ListInvitesRequest
+	37, // 33: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
+	30, // 34: postbox.admin.v1.AdminService.Ack:input_type -> postbox.admin.v1.AckRequest
+	33, // 35: postbox.admin.v1.AdminService.ListConsumers:input_type -> postbox.admin.v1.ListConsumersRequest
+	35, // 36: postbox.admin.v1.AdminService.DeleteConsumer:input_type -> postbox.admin.v1.DeleteConsumerRequest
+	2,  // 37: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
+	7,  // 38: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
+	5,  // 39: postbox.admin.v1.AdminService.SendBatch:output_type -> postbox.admin.v1.SendBatchResponse
+	12, // 40: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
+	14, // 41: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
+	17, // 42: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
+	19, // 43: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
+	21, // 44: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
+	23, // 45: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
+	26, // 46: postbox.admin.v1.AdminService.ListGuilds:output_type -> postbox.admin.v1.ListGuildsResponse
+	29, // 47: postbox.admin.v1.AdminService.ListInvites:output_type -> postbox.admin.v1.ListInvitesResponse
+	38, // 48: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
+	31, // 49: postbox.admin.v1.AdminService.Ack:output_type -> postbox.admin.v1.AckResponse
+	34, // 50: postbox.admin.v1.AdminService.ListConsumers:output_type -> postbox.admin.v1.ListConsumersResponse
+	36, // 51: postbox.admin.v1.AdminService.DeleteConsumer:output_type -> postbox.admin.v1.DeleteConsumerResponse
+	37, // [37:52] is the sub-list for method output_type
+	22, // [22:37] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_postbox_admin_v1_admin_proto_init() }
@@ -2727,8 +2917,8 @@ func file_postbox_admin_v1_admin_proto_init() {
 	if File_postbox_admin_v1_admin_proto != nil {
 		return
 	}
-	file_postbox_admin_v1_admin_proto_msgTypes[12].OneofWrappers = []any{}
-	file_postbox_admin_v1_admin_proto_msgTypes[13].OneofWrappers = []any{
+	file_postbox_admin_v1_admin_proto_msgTypes[15].OneofWrappers = []any{}
+	file_postbox_admin_v1_admin_proto_msgTypes[16].OneofWrappers = []any{
 		(*WatchResponse_Event)(nil),
 		(*WatchResponse_CaughtUp)(nil),
 	}
@@ -2738,7 +2928,7 @@ func file_postbox_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_admin_v1_admin_proto_rawDesc), len(file_postbox_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -138,7 +138,14 @@ func (EventReceived_Via) EnumDescriptor() ([]byte, []int) {
 type EventEnqueued struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event to deliver.
-	Event         *v1.Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	Event *v1.Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// The idempotency key the event was sent with, if any: a retry of the send
+	// within the server's --idempotency-window gets this record's sequence
+	// number instead of a new record.
+	IdempotencyKey string `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	// With a key: SHA-256 of the peer's stable ID and the event as sent, to
+	// tell a retry from another event sent with the same key.
+	Digest        []byte `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -176,6 +183,20 @@ func (*EventEnqueued) Descriptor() ([]byte, []int) {
 func (x *EventEnqueued) GetEvent() *v1.Event {
 	if x != nil {
 		return x.Event
+	}
+	return nil
+}
+
+func (x *EventEnqueued) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *EventEnqueued) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
 	}
 	return nil
 }
@@ -1487,9 +1508,11 @@ var File_postbox_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1epostbox/events/v1/events.proto\x12\x11postbox.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bprotocol/sync/v1/sync.proto\">\n" +
+	"\x1epostbox/events/v1/events.proto\x12\x11postbox.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bprotocol/sync/v1/sync.proto\"\x7f\n" +
 	"\rEventEnqueued\x12-\n" +
-	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\"\\\n" +
+	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x12'\n" +
+	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
+	"\x06digest\x18\x03 \x01(\fR\x06digest\"\\\n" +
 	"\vEventPushed\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1f\n" +

@@ -38,6 +38,8 @@ const (
 	AdminServiceGetServerInfoProcedure = "/postbox.admin.v1.AdminService/GetServerInfo"
 	// AdminServiceSendProcedure is the fully-qualified name of the AdminService's Send RPC.
 	AdminServiceSendProcedure = "/postbox.admin.v1.AdminService/Send"
+	// AdminServiceSendBatchProcedure is the fully-qualified name of the AdminService's SendBatch RPC.
+	AdminServiceSendBatchProcedure = "/postbox.admin.v1.AdminService/SendBatch"
 	// AdminServiceListPeersProcedure is the fully-qualified name of the AdminService's ListPeers RPC.
 	AdminServiceListPeersProcedure = "/postbox.admin.v1.AdminService/ListPeers"
 	// AdminServiceGetPeerProcedure is the fully-qualified name of the AdminService's GetPeer RPC.
@@ -73,6 +75,10 @@ type AdminServiceClient interface {
 	GetServerInfo(context.Context, *connect.Request[v1.GetServerInfoRequest]) (*connect.Response[v1.GetServerInfoResponse], error)
 	// Hands an event to Postbox for delivery to a peer.
 	Send(context.Context, *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error)
+	// Hands many events, for one or many peers, to Postbox for delivery, in one
+	// call: each peer's events are stored together (all or none), and each
+	// send gets its own result.
+	SendBatch(context.Context, *connect.Request[v1.SendBatchRequest]) (*connect.Response[v1.SendBatchResponse], error)
 	// Lists every peer with its delivery state, current as of the call.
 	ListPeers(context.Context, *connect.Request[v1.ListPeersRequest]) (*connect.Response[v1.ListPeersResponse], error)
 	// Shows one peer.
@@ -124,6 +130,12 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			httpClient,
 			baseURL+AdminServiceSendProcedure,
 			connect.WithSchema(adminServiceMethods.ByName("Send")),
+			connect.WithClientOptions(opts...),
+		),
+		sendBatch: connect.NewClient[v1.SendBatchRequest, v1.SendBatchResponse](
+			httpClient,
+			baseURL+AdminServiceSendBatchProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SendBatch")),
 			connect.WithClientOptions(opts...),
 		),
 		listPeers: connect.NewClient[v1.ListPeersRequest, v1.ListPeersResponse](
@@ -205,6 +217,7 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 type adminServiceClient struct {
 	getServerInfo  *connect.Client[v1.GetServerInfoRequest, v1.GetServerInfoResponse]
 	send           *connect.Client[v1.SendRequest, v1.SendResponse]
+	sendBatch      *connect.Client[v1.SendBatchRequest, v1.SendBatchResponse]
 	listPeers      *connect.Client[v1.ListPeersRequest, v1.ListPeersResponse]
 	getPeer        *connect.Client[v1.GetPeerRequest, v1.GetPeerResponse]
 	watch          *connect.Client[v1.WatchRequest, v1.WatchResponse]
@@ -227,6 +240,11 @@ func (c *adminServiceClient) GetServerInfo(ctx context.Context, req *connect.Req
 // Send calls postbox.admin.v1.AdminService.Send.
 func (c *adminServiceClient) Send(ctx context.Context, req *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error) {
 	return c.send.CallUnary(ctx, req)
+}
+
+// SendBatch calls postbox.admin.v1.AdminService.SendBatch.
+func (c *adminServiceClient) SendBatch(ctx context.Context, req *connect.Request[v1.SendBatchRequest]) (*connect.Response[v1.SendBatchResponse], error) {
+	return c.sendBatch.CallUnary(ctx, req)
 }
 
 // ListPeers calls postbox.admin.v1.AdminService.ListPeers.
@@ -295,6 +313,10 @@ type AdminServiceHandler interface {
 	GetServerInfo(context.Context, *connect.Request[v1.GetServerInfoRequest]) (*connect.Response[v1.GetServerInfoResponse], error)
 	// Hands an event to Postbox for delivery to a peer.
 	Send(context.Context, *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error)
+	// Hands many events, for one or many peers, to Postbox for delivery, in one
+	// call: each peer's events are stored together (all or none), and each
+	// send gets its own result.
+	SendBatch(context.Context, *connect.Request[v1.SendBatchRequest]) (*connect.Response[v1.SendBatchResponse], error)
 	// Lists every peer with its delivery state, current as of the call.
 	ListPeers(context.Context, *connect.Request[v1.ListPeersRequest]) (*connect.Response[v1.ListPeersResponse], error)
 	// Shows one peer.
@@ -342,6 +364,12 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		AdminServiceSendProcedure,
 		svc.Send,
 		connect.WithSchema(adminServiceMethods.ByName("Send")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceSendBatchHandler := connect.NewUnaryHandler(
+		AdminServiceSendBatchProcedure,
+		svc.SendBatch,
+		connect.WithSchema(adminServiceMethods.ByName("SendBatch")),
 		connect.WithHandlerOptions(opts...),
 	)
 	adminServiceListPeersHandler := connect.NewUnaryHandler(
@@ -422,6 +450,8 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceGetServerInfoHandler.ServeHTTP(w, r)
 		case AdminServiceSendProcedure:
 			adminServiceSendHandler.ServeHTTP(w, r)
+		case AdminServiceSendBatchProcedure:
+			adminServiceSendBatchHandler.ServeHTTP(w, r)
 		case AdminServiceListPeersProcedure:
 			adminServiceListPeersHandler.ServeHTTP(w, r)
 		case AdminServiceGetPeerProcedure:
@@ -461,6 +491,10 @@ func (UnimplementedAdminServiceHandler) GetServerInfo(context.Context, *connect.
 
 func (UnimplementedAdminServiceHandler) Send(context.Context, *connect.Request[v1.SendRequest]) (*connect.Response[v1.SendResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.Send is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SendBatch(context.Context, *connect.Request[v1.SendBatchRequest]) (*connect.Response[v1.SendBatchResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("postbox.admin.v1.AdminService.SendBatch is not implemented"))
 }
 
 func (UnimplementedAdminServiceHandler) ListPeers(context.Context, *connect.Request[v1.ListPeersRequest]) (*connect.Response[v1.ListPeersResponse], error) {
