@@ -400,6 +400,14 @@ func (r *Registry) writeLocked(ctx context.Context, at time.Time, recs []domain.
 	return nil
 }
 
+// Refresh rereads the peers stream, to learn what other replicas sharing
+// the store registered.
+func (r *Registry) Refresh(ctx context.Context) {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	r.reload(ctx)
+}
+
 // reload rereads the peers stream. The caller holds writeMu.
 func (r *Registry) reload(ctx context.Context) {
 	peers, next, err := read(ctx, r.store)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/rand"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -79,5 +80,54 @@ func TestReplicasStartOnOneEventStoreDB(t *testing.T) {
 			t.Errorf("a replica with %s: exit %d\n%s\nwant exit 2 naming the mismatch", tc.name, code, errOut)
 		}
 		t.Logf("a replica with %s refused in %v", tc.name, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// TestReplicasDeliverThroughKills: two replicas of one server on one
+// EventStoreDB stand-in take Sends for Postbox peer B at either, while
+// each in turn is killed with kill -9 and restarted: B holds every event
+// once and in order (the peer's owner runs its pushes, the other takes it
+// over when the owner's lease runs out), and `postbox audit --store`
+// passes.
+func TestReplicasDeliverThroughKills(t *testing.T) {
+	e2eSetup(t)
+	store := startStandin(t, "24.10")
+	keyPath := filepath.Join(t.TempDir(), "key.ed25519")
+	r1 := newE2ENode(t, "R1", "", "--store", store, "--replica", "auto", "--key-file", keyPath)
+	r1.start()
+	r2 := newE2ENode(t, "R2", r1.id, "--store", store, "--replica", "auto", "--key-file", keyPath)
+	r2.start()
+	b := newE2ENode(t, "B", "")
+	b.start()
+
+	ledger := newE2ELedger()
+	const step = 100
+	start := time.Now()
+	r1.sendMany(b, ledger, e2eUsers(1, step))
+	r2.sendMany(b, ledger, e2eUsers(1+step, step))
+	r1.kill()
+	r2.sendMany(b, ledger, e2eUsers(1+2*step, step))
+	r1.start()
+	r2.kill()
+	r1.sendMany(b, ledger, e2eUsers(1+3*step, step))
+	r2.start()
+	r2.sendMany(b, ledger, e2eUsers(1+4*step, step))
+	want := ledger.want(t)
+	e2eWait(t, 60*time.Second, "B to receive every event", func() (bool, string) {
+		got := watchUsers(t, b)
+		return len(got) >= len(want), fmt.Sprint(len(got))
+	})
+	t.Logf("%d events through two kills in %v", len(want), time.Since(start).Round(time.Millisecond))
+	got := watchUsers(t, b)
+	if len(got) != len(want) {
+		t.Fatalf("B received %d events, want %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("B's event %d is user %d, want %d: not once and in order", i, got[i], want[i])
+		}
+	}
+	if out, errOut, code := runCLI(t, "audit", "--store", store); code != 0 {
+		t.Fatalf("audit --store: exit %d\n%s\n%s", code, out, errOut)
 	}
 }

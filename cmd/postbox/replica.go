@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/replicas"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -51,11 +52,11 @@ const nonceTimeout = 5 * time.Second
 const leaveTimeout = 5 * time.Second
 
 // provideReplicas starts this process as a replica when --replica is
-// given (nil otherwise): it refuses to start beside a live replica of
+// given (nil otherwise), whose engine runs only the peers it owns: it refuses to start beside a live replica of
 // another server ID or key (exit 2), heartbeats until shutdown, and then
 // says it left, so that the others take its peers at once.
 func provideReplicas(ctx context.Context, cfg Config, store replicaStore, codec *streams.Codec, clock domain.Clock,
-	identity *domain.Identity, public ed25519.PublicKey, random io.Reader, logger *slog.Logger,
+	identity *domain.Identity, public ed25519.PublicKey, random io.Reader, engine *delivery.Engine, logger *slog.Logger,
 ) (*replicas.Replicas, func(), error) {
 	if cfg.Replica == "" {
 		return nil, func() {}, nil
@@ -71,6 +72,8 @@ func provideReplicas(ctx context.Context, cfg Config, store replicaStore, codec 
 		}
 		return nil, nil, fmt.Errorf("start replica %s: %w", cfg.Replica, err)
 	}
+	// The engine runs only the peers this replica owns.
+	engine.UseOwners(r)
 	logger.Info("running as a replica", "replica", r.Name(), "lease", r.Lease(), "live", r.View().Live)
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})

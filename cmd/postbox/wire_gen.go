@@ -101,7 +101,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, store)
-	replicas, cleanup4, err := provideReplicas(ctx, cfg, store, codec, system, identity, publicKey, reader, logger)
+	replicas, cleanup4, err := provideReplicas(ctx, cfg, store, codec, system, identity, publicKey, reader, engine, logger)
 	if err != nil {
 		cleanup3()
 		cleanup2()
@@ -204,7 +204,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	staticChecker := provideHealth()
 	mainDiskState := _wireNoDiskStateValue
 	checker := provideHealthChecker(staticChecker, mainDiskState)
-	replicas, cleanup4, err := provideReplicas(ctx, cfg, store, codec, system, identity, publicKey, reader, logger)
+	replicas, cleanup4, err := provideReplicas(ctx, cfg, store, codec, system, identity, publicKey, reader, engine, logger)
 	if err != nil {
 		cleanup3()
 		cleanup2()
