@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
@@ -179,5 +180,60 @@ func TestAPushIsFencedByTheDeliveryStream(t *testing.T) {
 	// Nothing was recorded between r2's claim and r1's claim back.
 	if _, ok := recs[12].(domain.OwnerTermStarted); !ok {
 		t.Fatalf("record 12 is %#v, want r1's claim right after r2's", recs[12])
+	}
+}
+
+// BenchmarkPushSingleVsReplica pushes b.N events one per push (an
+// upstream-style peer) on the embedded store: as a single process, whose
+// records are batched behind the pushes, and as a replica, which reads the
+// delivery stream's end before each push and waits for each record. The
+// difference per push is the replica's fence. Run with -benchtime=2000x.
+func BenchmarkPushSingleVsReplica(b *testing.B) {
+	for _, mode := range []string{"single", "replica"} {
+		b.Run(mode, func(b *testing.B) {
+			ctx := context.Background()
+			store, err := embedded.Open(ctx, b.TempDir(), embedded.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer store.Close()
+			codec := streams.NewCodec(rand.Reader)
+			reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			peers := &fakePeers{}
+			e := New(testConfig(), store, codec, reg, peers, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+			if mode == "replica" {
+				e.UseOwners(newFakeOwners("r1", true))
+			}
+			stop := runEngine(b, e)
+			defer stop()
+			// The events are stored first, so that only the pushes are timed.
+			peers.setDown(true)
+			for i := range b.N {
+				if _, err := e.Send(ctx, peerB, added(uint64(i))); err != nil {
+					b.Fatal(err)
+				}
+			}
+			peers.setDown(false)
+			b.ResetTimer()
+			id, _ := reg.Lookup(peerB)
+			p := e.peer(id)
+			p.mu.Lock()
+			if p.out.Mode == domain.ModeQueue {
+				p.mu.Unlock()
+				if err := e.Resume(ctx, peerB); err != nil {
+					b.Fatal(err)
+				}
+			} else {
+				e.kickLocked(p)
+				p.mu.Unlock()
+			}
+			for len(peers.pushes()) < b.N {
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+		})
 	}
 }
