@@ -333,8 +333,10 @@ type Peer struct {
 	OldestPending *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=oldest_pending,json=oldestPending,proto3" json:"oldest_pending,omitempty"`
 	// With several replicas of this server on one store: the replica that
 	// runs the peer's outbound delivery, as last recorded (empty: a single
-	// process, or no replica has run the peer yet), and its term.
-	Owner         string `protobuf:"bytes,23,opt,name=owner,proto3" json:"owner,omitempty"`
+	// process, or no replica has run the peer yet).
+	Owner string `protobuf:"bytes,23,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The owner's term: it grows by one each time the peer changes hands
+	// (0 with no owner recorded).
 	OwnerTerm     uint64 `protobuf:"varint,24,opt,name=owner_term,json=ownerTerm,proto3" json:"owner_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
