@@ -304,6 +304,15 @@ func (e *Engine) outboxID(ctx context.Context, id streams.PeerID, ahead *outboxR
 func (e *Engine) reconcile(ctx context.Context, p *peer, server domain.ServerID, ahead *outboxReader, res domain.PushResult, epoch uint64) bool {
 	has := res.Answer.Applied
 	same := true
+	if e.owners != nil {
+		// Other replicas take Sends too: the receiver may hold events this
+		// replica has not read of the outbox yet, which is no contradiction.
+		if n, err := e.outboxLen(ctx, p.id); err == nil && n > 0 {
+			p.mu.Lock()
+			p.out.Stored(n - 1)
+			p.mu.Unlock()
+		}
+	}
 	p.mu.Lock()
 	head := p.out.Head
 	p.mu.Unlock()
