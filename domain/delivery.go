@@ -108,7 +108,21 @@ type ReceiverReported struct {
 	Has bool
 }
 
+// OwnerTermStarted: replica runs the peer's outbound delivery from here on,
+// under Term (replicas sharing one store; see OwnerTerm). It moves no
+// cursor: a replica that ran the peer before is fenced by the record's
+// place in the stream, not by what it says.
+type OwnerTermStarted struct {
+	Term     uint64
+	Replica  string
+	Previous string // the replica that ran the peer before; "" if none
+}
+
+// Owner is the term the record starts.
+func (e OwnerTermStarted) Owner() OwnerTerm { return OwnerTerm{Term: e.Term, Replica: e.Replica} }
+
 func (EventPushed) deliveryEvent()      {}
+func (OwnerTermStarted) deliveryEvent() {}
 func (EpochStarted) deliveryEvent()     {}
 func (ReceiverReported) deliveryEvent() {}
 func (EventsSkipped) deliveryEvent()    {}
@@ -143,6 +157,9 @@ type Outbox struct {
 	// a push tells a continuity-checking receiver it should hold.
 	Given    uint64
 	HasGiven bool
+	// Owner is the replica running the peer's delivery and its term, as
+	// last recorded (zero: a single process, or no handover yet).
+	Owner OwnerTerm
 }
 
 // Apply folds one recorded event into the state.
@@ -165,6 +182,8 @@ func (o *Outbox) Apply(e DeliveryEvent) {
 		o.give(e.UpToSeq)
 	case PushResumed:
 		o.Mode = ModePush
+	case OwnerTermStarted:
+		o.Owner = o.Owner.Apply(e.Owner())
 	case EventsSkipped:
 		if e.ThroughSeq+1 > o.Delivered {
 			o.Skipped += e.ThroughSeq + 1 - max(o.Delivered, e.FromSeq)

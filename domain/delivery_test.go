@@ -317,3 +317,27 @@ func TestSkip(t *testing.T) {
 		})
 	}
 }
+
+func TestOwnerTermsInTheDeliveryStream(t *testing.T) {
+	t.Parallel()
+	t.Run("an owner record names the owner and moves no cursor", func(t *testing.T) {
+		o := given(5, EventPushed{Seq: 0, Through: 1}, OwnerTermStarted{Term: 1, Replica: "a"})
+		want := given(5, EventPushed{Seq: 0, Through: 1})
+		want.Owner = OwnerTerm{Term: 1, Replica: "a"}
+		if !reflect.DeepEqual(o, want) {
+			t.Fatalf("state %+v, want %+v", o, want)
+		}
+	})
+	t.Run("a later term replaces the owner; an earlier one read again does not", func(t *testing.T) {
+		o := given(1, OwnerTermStarted{Term: 1, Replica: "a"}, OwnerTermStarted{Term: 2, Replica: "b", Previous: "a"},
+			OwnerTermStarted{Term: 1, Replica: "a"})
+		if o.Owner != (OwnerTerm{Term: 2, Replica: "b"}) {
+			t.Fatalf("owner %+v, want term 2 of b", o.Owner)
+		}
+	})
+	t.Run("the record's owner is its term and replica", func(t *testing.T) {
+		if got := (OwnerTermStarted{Term: 3, Replica: "c", Previous: "b"}).Owner(); got != (OwnerTerm{Term: 3, Replica: "c"}) {
+			t.Fatalf("Owner() = %+v", got)
+		}
+	})
+}

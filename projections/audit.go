@@ -28,6 +28,13 @@ const (
 	// RuleInboxSeqIncreasing: in each inbox, the sender sequence numbers of
 	// the records that carry one strictly increase.
 	RuleInboxSeqIncreasing = "inbox-seq-increasing"
+	// RuleOwnerTerms: with replicas, each OwnerTermStarted in a delivery
+	// stream starts the term after the current one and names the replica
+	// that held it: every claim was appended where its replica read the
+	// stream, so no two replicas ran the peer under one term, and every
+	// record after a claim (each push's among them) was written in the
+	// claimant's term.
+	RuleOwnerTerms = "owner-terms"
 	// RuleCheckpointMatchesReplay: the live projections' checkpoint equals a
 	// fresh replay up to the checkpoint's position.
 	RuleCheckpointMatchesReplay = "checkpoint-matches-replay"
@@ -291,6 +298,11 @@ func (a *Auditor) checkDelivery(r domain.Record, ev domain.DeliveryEvent) {
 		}
 		a.skips = append(a.skips, Skip{Stream: r.Stream, Revision: r.Revision, ServerID: a.state.ServerIDOf(peer),
 			FromSeq: e.FromSeq, ThroughSeq: e.ThroughSeq, Reason: e.Reason})
+	case domain.OwnerTermStarted:
+		if e.Term != out.Owner.Term+1 || e.Previous != out.Owner.Replica {
+			a.violate(r.Stream, r.Revision, RuleOwnerTerms, fmt.Sprintf("term %d of %s after %s, but the current term is %d of %q",
+				e.Term, e.Replica, previousName(e.Previous), out.Owner.Term, out.Owner.Replica))
+		}
 	case domain.PushResumed:
 		if e.Reason == domain.ResumeProbe {
 			if _, seen := a.probe[r.Stream]; !seen {
@@ -357,4 +369,11 @@ func (a *Auditor) report() Report {
 		})
 	}
 	return rep
+}
+
+func previousName(replica string) string {
+	if replica == "" {
+		return "no replica"
+	}
+	return fmt.Sprintf("%q", replica)
 }

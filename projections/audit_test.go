@@ -186,6 +186,18 @@ func TestAuditFindsBrokenInvariants(t *testing.T) {
 		},
 		want: []Violation{{Stream: "inbox-pa", Revision: 2, Rule: RuleInboxSeqIncreasing}},
 	}, {
+		name: "owner terms that skip a term, repeat one, or name another predecessor",
+		history: func(h *history) {
+			h.enqueueN("pa", 3).
+				delivery("pa", domain.OwnerTermStarted{Term: 1, Replica: "r1"}, domain.EventPushed{Seq: 0}).
+				delivery("pa", domain.OwnerTermStarted{Term: 2, Replica: "r2", Previous: "r1"}, domain.EventPushed{Seq: 1}).
+				delivery("pa", domain.OwnerTermStarted{Term: 4, Replica: "r1", Previous: "r2"}).
+				delivery("pa", domain.OwnerTermStarted{Term: 4, Replica: "r3", Previous: "r1"}).
+				delivery("pa", domain.OwnerTermStarted{Term: 5, Replica: "r2", Previous: "r3"}, domain.EventPushed{Seq: 2})
+		},
+		want: []Violation{{Stream: deliveryA, Revision: 4, Rule: RuleOwnerTerms}, {Stream: deliveryA, Revision: 5, Rule: RuleOwnerTerms},
+			{Stream: deliveryA, Revision: 6, Rule: RuleOwnerTerms}},
+	}, {
 		name: "an event pushed twice",
 		history: func(h *history) {
 			h.enqueueN("pa", 3).delivery("pa", domain.EventPushed{Seq: 0}, domain.EventPushed{Seq: 1}, domain.EventPushed{Seq: 0})

@@ -96,6 +96,8 @@ type peerSnapshot struct {
 	LastSenderSeq    *uint64       `json:"last_sender_seq,omitempty"`
 	LastSenderEpoch  uint64        `json:"last_sender_epoch,omitempty"`
 	KnowsUsAs        string        `json:"knows_us_as,omitempty"`
+	Owner            string        `json:"owner,omitempty"`
+	OwnerTerm        uint64        `json:"owner_term,omitempty"`
 }
 
 type skipSnapshot struct {
@@ -143,6 +145,7 @@ func (s *State) snapshot() checkpointFile {
 			Mode: p.out.Mode.String(), PulledSinceQueue: p.out.PulledSinceQueue,
 			Attempts: p.attempts, LastPush: p.lastPush, LastPullServed: p.lastPull, LastError: p.lastError,
 			EventsReceived: p.in.Count, KnowsUsAs: entry.KnowsUsAs.String(), Skipped: p.out.Skipped,
+			Owner: p.out.Owner.Replica, OwnerTerm: p.out.Owner.Term,
 		}
 		if s := p.lastSkip; s != nil {
 			ps.LastSkip = &skipSnapshot{FromSeq: s.FromSeq, ThroughSeq: s.ThroughSeq, Reason: s.Reason}
@@ -207,7 +210,8 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 		p := &peerState{
 			out: domain.Outbox{Head: ps.Head, Delivered: ps.Delivered, HandedOver: ps.HandedOver,
 				Mode: mode, PulledSinceQueue: ps.PulledSinceQueue, Skipped: ps.Skipped,
-				Epoch: ps.Epoch, EpochFrom: ps.EpochFrom, PastEpochs: ps.PastEpochs},
+				Epoch: ps.Epoch, EpochFrom: ps.EpochFrom, PastEpochs: ps.PastEpochs,
+				Owner: domain.OwnerTerm{Term: ps.OwnerTerm, Replica: ps.Owner}},
 			in:     domain.Inbox{Count: ps.EventsReceived, Epoch: ps.LastSenderEpoch},
 			epochs: ps.EpochsStarted, rewinds: ps.ReceiverRewinds,
 			attempts: ps.Attempts, lastPush: ps.LastPush.UTC(), lastPull: ps.LastPullServed.UTC(), lastError: ps.LastError,

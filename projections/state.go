@@ -45,6 +45,10 @@ type PeerView struct {
 	LastError                      string    // from the last QueueModeEntered; cleared by a later push
 	EventsReceived                 uint64    // inbox length
 	KnowsOurServerID               bool      // false after OwnServerIdChanged until PeerNotifiedOfNewId for this peer
+	// Owner is the replica that runs the peer's delivery, from the last
+	// OwnerTermStarted ("" if none), under term OwnerTerm.
+	Owner     string
+	OwnerTerm uint64
 }
 
 // Pending is how many outbox events are not yet delivered.
@@ -339,6 +343,8 @@ func (s *State) view(id domain.PeerID) PeerView {
 		LastPush:         p.lastPush,
 		LastPullServed:   p.lastPull,
 		LastError:        p.lastError,
+		Owner:            p.out.Owner.Replica,
+		OwnerTerm:        p.out.Owner.Term,
 		EventsReceived:   p.in.Count,
 		KnowsOurServerID: s.registry.KnowsOurID(id),
 	}

@@ -450,3 +450,28 @@ func TestProjectionRefusesARenameOfAPeerNeverRegistered(t *testing.T) {
 	rep := audit(t, h.store(), AuditOptions{})
 	wantViolations(t, rep, Violation{Stream: streams.Peers, Revision: 1, Rule: RuleRecordReadable})
 }
+
+// A peer's owner is the replica of its last owner record, and a checkpoint
+// keeps it.
+func TestPeerOwnerFromOwnerRecords(t *testing.T) {
+	t.Parallel()
+	h := newHistory(t).seen("pb", "b.example:2289").enqueueN("pb", 2).
+		delivery("pb", domain.OwnerTermStarted{Term: 1, Replica: "r1"}, domain.EventPushed{Seq: 0},
+			domain.OwnerTermStarted{Term: 2, Replica: "r2", Previous: "r1"})
+	s := given(t, h.records()...)
+	v, ok := s.Peer("b.example:2289")
+	if !ok || v.Owner != "r2" || v.OwnerTerm != 2 || v.Delivered != 1 {
+		t.Fatalf("peer %+v; want owner r2 in term 2, one event delivered", v)
+	}
+	b, err := MarshalCheckpoint(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := UnmarshalCheckpoint(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := back.Peer("b.example:2289"); v.Owner != "r2" || v.OwnerTerm != 2 {
+		t.Fatalf("from the checkpoint: peer %+v; want owner r2 in term 2", v)
+	}
+}

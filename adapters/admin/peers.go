@@ -104,6 +104,8 @@ func peerMessage(v projections.PeerView, stuck map[domain.ServerID]domain.StuckE
 		EpochsStarted:    v.EpochsStarted,
 		ReceiverRewinds:  v.ReceiverRewinds,
 		LastSkip:         skippedMessage(v.LastSkip),
+		Owner:            v.Owner,
+		OwnerTerm:        v.OwnerTerm,
 	}
 	if id, err := domain.ParseServerID(v.ServerID); err == nil {
 		// The engine's view may be ahead of the projections: a stuck event

@@ -169,17 +169,21 @@ type Engine struct {
 	stopping bool                    // Run is ending: no new work
 	peers    map[streams.PeerID]*peer
 	renames  *Renames // answers NotifyNewId; set by NewRenames
+	owners   Owners   // nil: a single process; set by UseOwners before Run
 }
 
 // peer is the engine's state for one peer, rebuilt from its streams.
 type peer struct {
 	id streams.PeerID
 
-	mu           sync.Mutex // guards everything below except what recvMu guards
-	loaded       bool
-	out          domain.Outbox
-	deliveryNext uint64 // events in the delivery stream
-	pushing      bool   // a push loop runs
+	mu sync.Mutex // guards everything below except what recvMu guards
+	// owned: this replica holds the peer's term and runs its outbound
+	// work; acquiring: it is claiming it (replica mode only, see Owners).
+	owned, acquiring bool
+	loaded           bool
+	out              domain.Outbox
+	deliveryNext     uint64 // events in the delivery stream
+	pushing          bool   // a push loop runs
 	// batch is the largest push the peer announced in its last answer
 	// (zero: one event per push). Not kept across restarts: the first push
 	// after one carries a single event and learns it again.
@@ -288,6 +292,13 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.startupPulls(ctx)
 		close(e.pulled)
 	}()
+	if e.owners != nil {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.watchOwners(ctx)
+		}()
+	}
 	for {
 		select {
 		case <-ctx.Done():

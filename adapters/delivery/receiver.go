@@ -334,7 +334,7 @@ func (e *Engine) schedulePull(p *peer, d time.Duration) {
 	p.pullTimer = e.clock.AfterFunc(d, func() {
 		e.goBackground(func(ctx context.Context) {
 			server, ok := e.registry.ServerID(p.id)
-			if !ok {
+			if !ok || !e.runs(p.id) {
 				return
 			}
 			err := e.pullFrom(ctx, p, server)
@@ -393,10 +393,21 @@ func (e *Engine) restore(ctx context.Context) error {
 func (e *Engine) startupPulls(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, peer := range e.registry.Peers() {
+		p := e.peer(peer.ID)
+		if e.owners != nil {
+			// A replica pulls a peer when it takes it over (Owners); the
+			// startup gate is this process's, so it opens here.
+			p.mu.Lock()
+			if gate := p.pullGate; gate != nil && p.gateOwnedByStartup {
+				p.pullGate, p.gateOwnedByStartup = nil, false
+				close(gate)
+			}
+			p.mu.Unlock()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p := e.peer(peer.ID)
 			err := e.pullFrom(ctx, p, peer.ServerID)
 			if err != nil {
 				e.logger.Warn("startup pull failed", "peer", peer.ServerID.String(), "err", err)

@@ -109,6 +109,9 @@ func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
 // it is called at startup too, so notices survive restarts.
 func (r *Renames) Start() {
 	for _, p := range r.registry.NoticesDue() {
+		if !r.engine.runs(p.ID) {
+			continue // the peer's owner tells it
+		}
 		r.mu.Lock()
 		_, busy := r.notifying[p.ID]
 		done := make(chan struct{})

@@ -74,7 +74,7 @@ func (e *Engine) encodeSend(event *syncv1.Event, key string, digest [32]byte) (e
 
 // kickLocked starts p's push loop if p has something to push and none runs.
 func (e *Engine) kickLocked(p *peer) {
-	if p.pushing {
+	if p.pushing || !e.runsLocked(p) {
 		return
 	}
 	if p.loaded {
@@ -109,6 +109,15 @@ func (e *Engine) pushLoop(ctx context.Context, p *peer) {
 			e.logger.Error("loading peer state failed", "peer", p.id, "err", err)
 			_ = e.sleep(ctx, time.Second)
 			continue
+		}
+		if e.owners != nil && p.owned && p.out.Owner.Replica != e.owners.Name() {
+			// Another replica recorded a later term: this one stops, and
+			// claims the peer again only if the owners still give it here.
+			p.owned = false
+		}
+		if !e.runsLocked(p) {
+			p.mu.Unlock()
+			return
 		}
 		seq, ok := p.out.NextPush()
 		p.mu.Unlock()
@@ -172,6 +181,13 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			_ = e.sleep(ctx, time.Second)
 			return
 		}
+		if err := e.fence(ctx, p); err != nil {
+			if !errors.Is(err, errFenced) {
+				e.logger.Warn("fencing a push failed", "peer", p.id, "seq", seq, "err", err)
+				_ = e.sleep(ctx, 100*time.Millisecond)
+			}
+			return // the push loop rereads the state and decides again
+		}
 		res, err := e.pushOnce(ctx, server, seq, events, claim)
 		if err == nil && res.Answer != nil && res.Answer.Refused {
 			if e.reconcile(ctx, p, server, ahead, res, claim.Epoch) {
@@ -199,13 +215,16 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			p.batch = res
 			p.given = &domain.EventRef{Seq: res.Through, ID: claimLastID(claim, res.Through, seq+uint64(len(events))-1)}
 			records, derr := p.out.PushSucceeded(seq, res.Through, attempts, false)
+			var done chan error
 			if derr == nil {
 				// Not waited for, and batched: the next pushes overlap its
 				// sync. If it is lost in a crash, the events are pushed
-				// again and the receiver drops them by sequence number.
-				e.recordLocked(p, false, records...)
+				// again and the receiver drops them by sequence number. A
+				// replica waits: its next fence reads where it ends.
+				done = e.recordLocked(p, e.owners != nil, records...)
 			}
 			p.mu.Unlock()
+			_ = waitRecorded(ctx, done)
 			return
 		}
 		p.batch = domain.PushResult{}
@@ -310,6 +329,15 @@ func (e *Engine) outboxID(ctx context.Context, id streams.PeerID, ahead *outboxR
 func (e *Engine) reconcile(ctx context.Context, p *peer, server domain.ServerID, ahead *outboxReader, res domain.PushResult, epoch uint64) bool {
 	has := res.Answer.Applied
 	same := true
+	if e.owners != nil {
+		// Other replicas take Sends too: the receiver may hold events this
+		// replica has not read of the outbox yet, which is no contradiction.
+		if n, err := e.outboxLen(ctx, p.id); err == nil && n > 0 {
+			p.mu.Lock()
+			p.out.Stored(n - 1)
+			p.mu.Unlock()
+		}
+	}
 	p.mu.Lock()
 	head := p.out.Head
 	p.mu.Unlock()
@@ -394,7 +422,7 @@ func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint6
 
 // scheduleProbeLocked arms the resume probe of a peer in queue mode.
 func (e *Engine) scheduleProbeLocked(p *peer) {
-	if !e.cfg.ResumeProbe || !p.out.NeedsProbe() || p.probeTimer != nil || e.isStopping() {
+	if !e.cfg.ResumeProbe || !p.out.NeedsProbe() || p.probeTimer != nil || !e.runsLocked(p) || e.isStopping() {
 		return
 	}
 	p.probeRound++
@@ -420,7 +448,7 @@ func (e *Engine) cancelProbeLocked(p *peer) {
 func (e *Engine) probe(ctx context.Context, p *peer) {
 	p.mu.Lock()
 	p.probeTimer = nil
-	if err := e.loadLocked(ctx, p); err != nil || !p.out.NeedsProbe() || p.serving {
+	if err := e.loadLocked(ctx, p); err != nil || !p.out.NeedsProbe() || p.serving || !e.runsLocked(p) {
 		p.mu.Unlock()
 		return
 	}
@@ -441,6 +469,9 @@ func (e *Engine) probe(ctx context.Context, p *peer) {
 	if err == nil {
 		e.noteOldest(p, seq, events[0])
 		claim, err = e.claimFor(ctx, p, &r, seq, 1)
+	}
+	if err == nil {
+		err = e.fence(ctx, p)
 	}
 	if err == nil {
 		res, err = e.pushOnce(ctx, server, seq, events, claim)

@@ -151,16 +151,37 @@ func (m *Metrics) ObserveServer(serverID func() string, version string) {
 	m.registry.MustRegister(&serverCollector{serverID: serverID, version: version})
 }
 
-var serverDesc = prometheus.NewDesc("postbox_server_info", "This server: its current server ID and its version.", []string{"server_id", "version"}, nil)
+// ObserveReplica is ObserveServer for one of several replicas of the
+// server: postbox_server_info{server_id, version, replica} 1, so that each
+// replica's series stay apart.
+func (m *Metrics) ObserveReplica(serverID func() string, version, replica string) {
+	m.registry.MustRegister(&serverCollector{serverID: serverID, version: version, replica: replica})
+}
+
+var (
+	serverDesc        = prometheus.NewDesc("postbox_server_info", "This server: its current server ID and its version.", []string{"server_id", "version"}, nil)
+	serverReplicaDesc = prometheus.NewDesc("postbox_server_info", "This server: its current server ID, its version and this replica's name.", []string{"server_id", "version", "replica"}, nil)
+)
 
 type serverCollector struct {
 	serverID func() string
 	version  string
+	replica  string // "": a single process
 }
 
-func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) { ch <- serverDesc }
+func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) {
+	if c.replica != "" {
+		ch <- serverReplicaDesc
+		return
+	}
+	ch <- serverDesc
+}
 
 func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.replica != "" {
+		ch <- prometheus.MustNewConstMetric(serverReplicaDesc, prometheus.GaugeValue, 1, c.serverID(), c.version, c.replica)
+		return
+	}
 	ch <- prometheus.MustNewConstMetric(serverDesc, prometheus.GaugeValue, 1, c.serverID(), c.version)
 }
 

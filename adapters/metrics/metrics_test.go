@@ -112,3 +112,13 @@ func TestDiskFullGaugeFollowsTheStore(t *testing.T) {
 		t.Errorf("/metrics on a full disk lacks postbox_store_disk_full 1")
 	}
 }
+
+func TestReplicaNamesItselfInServerInfo(t *testing.T) {
+	t.Parallel()
+	m := New(NewCounters(fixedPeers{}), fixedPeers{})
+	m.ObserveReplica(func() string { return "a.example:2289" }, "v1.2.3", "pod-2")
+	body := scrape(t, m)
+	if want := `postbox_server_info{replica="pod-2",server_id="a.example:2289",version="v1.2.3"} 1`; !strings.Contains(body, want) {
+		t.Errorf("/metrics lacks %s:\n%s", want, body)
+	}
+}

@@ -198,10 +198,25 @@ func (r *Registry) IDFor(peer domain.ServerID) domain.ServerID {
 	return r.peers.IDFor(peer)
 }
 
+// registerAttempts bounds Register's appends while other writers sharing
+// the store (replicas of this server) append to the peers stream first.
+const registerAttempts = 8
+
 // Register returns the peer of id (current or former), registering it on
 // first contact. First contacts that arrive together are recorded in one
-// append, so contacting many new peers at once costs few syncs.
+// append, so contacting many new peers at once costs few syncs. When
+// another replica wrote the peers stream first, the registry has reread it
+// and tries again: that replica may have registered id itself.
 func (r *Registry) Register(ctx context.Context, id domain.ServerID) (domain.PeerID, error) {
+	for attempt := 1; ; attempt++ {
+		peer, err := r.register(ctx, id)
+		if err == nil || !errors.Is(err, eventstore.ErrWrongExpectedRevision) || attempt == registerAttempts || ctx.Err() != nil {
+			return peer, err
+		}
+	}
+}
+
+func (r *Registry) register(ctx context.Context, id domain.ServerID) (domain.PeerID, error) {
 	r.mu.Lock()
 	if peer, ok := r.peers.Lookup(id); ok {
 		r.mu.Unlock()
@@ -230,6 +245,11 @@ func (r *Registry) Register(ctx context.Context, id domain.ServerID) (domain.Pee
 	var recs []domain.PeerEvent
 	var err error
 	for _, p := range batch {
+		if known, ok := r.peers.Lookup(p.server); ok {
+			// Another replica registered it, read since it was queued.
+			p.peer = known
+			continue
+		}
 		var raw [8]byte
 		if _, err = io.ReadFull(r.rand, raw[:]); err != nil {
 			err = fmt.Errorf("new peer ID: %w", err)
@@ -239,7 +259,7 @@ func (r *Registry) Register(ctx context.Context, id domain.ServerID) (domain.Pee
 		recs = append(recs, r.peers.Register(p.peer, p.server, r.unregistered[p.server])...)
 	}
 	r.mu.Unlock()
-	if err == nil {
+	if err == nil && len(recs) > 0 {
 		// The records are shared by every caller in the batch, so the
 		// append does not end with this caller's context.
 		appendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -398,6 +418,14 @@ func (r *Registry) writeLocked(ctx context.Context, at time.Time, recs []domain.
 		}
 	}
 	return nil
+}
+
+// Refresh rereads the peers stream, to learn what other replicas sharing
+// the store registered.
+func (r *Registry) Refresh(ctx context.Context) {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	r.reload(ctx)
 }
 
 // reload rereads the peers stream. The caller holds writeMu.

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -185,5 +186,43 @@ func TestRegistryRecordsNothingAboutAPeerNotRegistered(t *testing.T) {
 	}
 	if reg.next != 0 {
 		t.Fatalf("%d records appended", reg.next)
+	}
+}
+
+// Given two registries on one store (replicas of one server), when both
+// register peers, the one who writes second rereads the peers stream and
+// tries again: every registration succeeds, a peer both registered has one
+// peer ID, and Refresh shows each what the other registered.
+func TestRegistriesSharingAStoreRegisterEveryPeerOnce(t *testing.T) {
+	t.Parallel()
+	store, err := embedded.Open(t.Context(), t.TempDir(), embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	var regs [2]*Registry
+	for i := range regs {
+		if regs[i], err = Load(t.Context(), store, streams.NewCodec(rand.Reader), rand.Reader, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shared := domain.MustParseServerID("both.example:2289")
+	ids := [2]domain.PeerID{}
+	for i, reg := range regs {
+		for j := range 5 {
+			if _, err := reg.Register(t.Context(), domain.MustParseServerID(fmt.Sprintf("p%d-%d.example:2289", i, j))); err != nil {
+				t.Fatalf("registry %d: %v", i, err)
+			}
+		}
+		if ids[i], err = reg.Register(t.Context(), shared); err != nil {
+			t.Fatalf("registry %d, the shared peer: %v", i, err)
+		}
+	}
+	if ids[0] != ids[1] {
+		t.Fatalf("the shared peer has two IDs: %s and %s", ids[0], ids[1])
+	}
+	regs[0].Refresh(t.Context())
+	if n := len(regs[0].Peers()); n != 11 {
+		t.Fatalf("after Refresh the first registry knows %d peers, want 11", n)
 	}
 }

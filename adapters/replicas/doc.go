@@ -15,7 +15,6 @@ package replicas
 //     TermState). The returned state's Expected() is where its next delivery
 //     record must go, so the fenced push intent is appended there, and
 //     Owner.Term is the term to send in the sequence extension.
-//   - streams.DecodeDelivery and the delivery fold do not know
-//     OwnerTermStarted yet and refuse unknown delivery records: they must
-//     learn it (as a record that moves only the revision and the term)
-//     before any replica writes one to a store today's engine reads.
+//   - The delivery fold reads OwnerTermStarted as domain.OwnerTermStarted
+//     (it moves only the revision and Outbox.Owner), so a store holding
+//     owner records stays readable by every part of the server.

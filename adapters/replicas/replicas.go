@@ -453,6 +453,10 @@ func (r *Replicas) View() View {
 	return r.view
 }
 
+// Owns reports whether this replica runs peer's delivery, by the current
+// view.
+func (r *Replicas) Owns(peer streams.PeerID) bool { return r.View().Owns(peer) }
+
 // Changed returns a channel closed at the next change of the view: the
 // engine then starts the peers it gained and stops those it lost.
 func (r *Replicas) Changed() <-chan struct{} {

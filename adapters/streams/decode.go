@@ -96,7 +96,7 @@ func knownPeersType(typ string) bool {
 func knownDeliveryType(typ string) bool {
 	switch typ {
 	case TypeEventPushed, TypeQueueModeEntered, TypePullServed, TypePullAcknowledged, TypePushResumed,
-		TypeEventsSkipped, TypeEpochStarted, TypeReceiverReported:
+		TypeEventsSkipped, TypeEpochStarted, TypeReceiverReported, TypeOwnerTermStarted:
 		return true
 	}
 	return false

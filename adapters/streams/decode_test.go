@@ -54,6 +54,7 @@ func TestDecodeEveryStream(t *testing.T) {
 		Via: eventsv1.EventReceived_VIA_PULL, SenderSeq: &seq, SenderEpoch: 5, SenderEventID: []byte{1}})
 	big, _ := c.EncodeReceived(Received{Via: eventsv1.EventReceived_VIA_PUSH, TooLargeBytes: &size})
 	db, _ := c.EncodeDatabaseCreated("d1")
+	owner, _ := c.EncodeOwnerTerm(domain.OwnerTerm{Term: 4, Replica: "r2"}, "r1")
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	cases := []struct {
 		stream string
@@ -64,6 +65,7 @@ func TestDecodeEveryStream(t *testing.T) {
 	}{
 		{Outbox("pa"), enq, domain.StreamOutbox, "pa", domain.EventEnqueued{Event: domain.UserInvited{UserID: 1, InviterID: 2, InviteID: "x"}}},
 		{Delivery("pa"), del[0], domain.StreamDelivery, "pa", domain.PushResumed{FromSeq: 3, Reason: domain.ResumeProbe}},
+		{Delivery("pa"), owner, domain.StreamDelivery, "pa", domain.OwnerTermStarted{Term: 4, Replica: "r2", Previous: "r1"}},
 		{Inbox("pa"), rec, domain.StreamInbox, "pa", domain.EventReceived{Event: domain.UserRejectedInvite{GuildID: 7, UserID: 8, InviteID: "y"},
 			ViaPull: true, SenderSeq: &seq, SenderEpoch: 5, SenderEventID: []byte{1}}},
 		{Inbox("pa"), big, domain.StreamInbox, "pa", domain.EventReceived{TooLargeBytes: &size}},

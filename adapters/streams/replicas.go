@@ -27,8 +27,8 @@ func Replicas(period int64) string { return fmt.Sprintf("%s%d", ReplicasPrefix, 
 // Type names of the records replicas write.
 const (
 	TypeReplicaHeartbeat = "ReplicaHeartbeat"
-	// TypeOwnerTermStarted goes into delivery-<peer>. The delivery fold
-	// (DecodeDelivery) does not take it yet: only replicas write it.
+	// TypeOwnerTermStarted goes into delivery-<peer>, where only replicas
+	// write it; the delivery fold reads it as domain.OwnerTermStarted.
 	TypeOwnerTermStarted = "OwnerTermStarted"
 )
 
@@ -80,7 +80,8 @@ func DecodeHeartbeat(r eventstore.RecordedEvent) (Heartbeat, error) {
 
 // EncodeOwnerTerm encodes the record of a peer changing hands.
 func (c *Codec) EncodeOwnerTerm(next domain.OwnerTerm, previous string) (eventstore.EventData, error) {
-	return c.Encode(TypeOwnerTermStarted, &eventsv1.OwnerTermStarted{Term: next.Term, Replica: next.Replica, PreviousReplica: previous})
+	typ, m := deliveryMessage(domain.OwnerTermStarted{Term: next.Term, Replica: next.Replica, Previous: previous})
+	return c.Encode(typ, m)
 }
 
 // DecodeOwnerTerm reads the record of a peer changing hands.
@@ -88,14 +89,22 @@ func DecodeOwnerTerm(r eventstore.RecordedEvent) (domain.OwnerTerm, error) {
 	if r.Type != TypeOwnerTermStarted {
 		return domain.OwnerTerm{}, fmt.Errorf("%s@%d: owner record of type %q", r.Stream, r.Revision, r.Type)
 	}
-	var m eventsv1.OwnerTermStarted
-	if err := decode(r, &m); err != nil {
+	e, err := decodeOwnerTermStarted(r)
+	if err != nil {
 		return domain.OwnerTerm{}, err
 	}
-	if m.GetTerm() == 0 || m.GetReplica() == "" {
-		return domain.OwnerTerm{}, fmt.Errorf("%s@%d: owner record without a term or a replica", r.Stream, r.Revision)
+	return e.Owner(), nil
+}
+
+func decodeOwnerTermStarted(r eventstore.RecordedEvent) (domain.OwnerTermStarted, error) {
+	var m eventsv1.OwnerTermStarted
+	if err := decode(r, &m); err != nil {
+		return domain.OwnerTermStarted{}, err
 	}
-	return domain.OwnerTerm{Term: m.GetTerm(), Replica: m.GetReplica()}, nil
+	if m.GetTerm() == 0 || m.GetReplica() == "" {
+		return domain.OwnerTermStarted{}, fmt.Errorf("%s@%d: owner record without a term or a replica", r.Stream, r.Revision)
+	}
+	return domain.OwnerTermStarted{Term: m.GetTerm(), Replica: m.GetReplica(), Previous: m.GetPreviousReplica()}, nil
 }
 
 // NoncesPrefix starts the streams of accepted token nonces, one per

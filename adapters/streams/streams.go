@@ -144,6 +144,8 @@ func deliveryMessage(e domain.DeliveryEvent) (string, proto.Message) {
 		return TypeEpochStarted, &eventsv1.EpochStarted{Epoch: e.Epoch, FromSeq: e.FromSeq, ReceiverSeq: e.ReceiverSeq, ReceiverHas: e.ReceiverHas}
 	case domain.ReceiverReported:
 		return TypeReceiverReported, &eventsv1.ReceiverReported{Seq: e.Seq, Has: e.Has}
+	case domain.OwnerTermStarted:
+		return TypeOwnerTermStarted, &eventsv1.OwnerTermStarted{Term: e.Term, Replica: e.Replica, PreviousReplica: e.Previous}
 	}
 	panic(fmt.Sprintf("streams: unknown delivery event %T", e))
 }
@@ -199,6 +201,8 @@ func DecodeDelivery(r eventstore.RecordedEvent) (domain.DeliveryEvent, error) {
 			return nil, err
 		}
 		return domain.ReceiverReported{Seq: m.GetSeq(), Has: m.GetHas()}, nil
+	case TypeOwnerTermStarted:
+		return decodeOwnerTermStarted(r)
 	}
 	return nil, fmt.Errorf("%s@%d: unknown delivery record type %q", r.Stream, r.Revision, r.Type)
 }

@@ -122,16 +122,20 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	// The last error is the last column, whole: its cause is at its end.
-	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tMODE\tHEAD\tDELIVERED\tSKIPPED\tPENDING\tOLDEST PENDING\tRECEIVED\tLAST PUSH\tLAST ERROR")
+	fmt.Fprintln(tw, "SERVER ID\tPEER ID\tMODE\tHEAD\tDELIVERED\tSKIPPED\tPENDING\tOLDEST PENDING\tRECEIVED\tLAST PUSH\tOWNER\tLAST ERROR")
 	now := time.Now()
 	for _, p := range res.Msg.GetPeers() {
 		lastPush := "-"
 		if p.GetLastPush() != nil {
 			lastPush = p.GetLastPush().AsTime().Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%s\n", p.GetServerId(), p.GetPeerId(),
+		owner := "-" // a single process
+		if p.GetOwner() != "" {
+			owner = p.GetOwner()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%s\t%s\n", p.GetServerId(), p.GetPeerId(),
 			strings.ToLower(strings.TrimPrefix(p.GetMode().String(), "MODE_")),
-			p.GetHead(), p.GetDelivered()-p.GetSkipped(), p.GetSkipped(), p.GetPending(), pendingAge(p, now), p.GetEventsReceived(), lastPush, oneLine(p.GetLastError()))
+			p.GetHead(), p.GetDelivered()-p.GetSkipped(), p.GetSkipped(), p.GetPending(), pendingAge(p, now), p.GetEventsReceived(), lastPush, owner, oneLine(p.GetLastError()))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

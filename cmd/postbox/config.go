@@ -29,6 +29,9 @@ type Config struct {
 	DataDir       string
 	KeyFile       string
 	Store         string
+	// Replica names this process among the replicas of one server sharing
+	// the EventStoreDB at Store; empty: a single process (replica mode off).
+	Replica       string
 	InsecurePeers bool
 	TLS           httpserver.TLSFiles
 	PeerCA        string
@@ -65,6 +68,7 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	dataDir := fs.String("data-dir", "./postbox-data", "data directory")
 	keyFile := fs.String("key-file", "", "Ed25519 key file (default: key.ed25519 in the data directory)")
 	store := fs.String("store", "", "event store: empty for the embedded store, or an esdb:// connection string")
+	replica := fs.String("replica", "", "run as one of several replicas of this server on the EventStoreDB of --store, under this name (auto: host name plus a random instance ID); empty: a single process")
 	insecure := fs.Bool("insecure-peers", false, "shorthand for --plaintext-peers and every network allowed for peers (local work only)")
 	plaintext := fs.Bool("plaintext-peers", false, "call peers over http:// instead of https:// (h2c for gRPC)")
 	var networks listFlag
@@ -137,6 +141,9 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	}
 	if cfg.PeerProtocol, err = peerclient.ParseProtocol(*protocol); err != nil {
 		return Config{}, flagError("peer-protocol", *protocol, err.Error(), "grpc")
+	}
+	if cfg.Replica, err = replicaName(*replica, cfg.Store); err != nil {
+		return Config{}, err
 	}
 	if cfg.KeyFile == "" {
 		cfg.KeyFile = filepath.Join(cfg.DataDir, "key.ed25519")

@@ -194,6 +194,8 @@ func TestParseServeConfigRefuses(t *testing.T) {
 		{"bodies in flight below the request limit", []string{"--max-request-bytes", "2048", "--max-inflight-bytes", "2047"}, nil, "--max-inflight-bytes 2047 is below --max-request-bytes 2048"},
 		{"negative push retries", []string{"--push-retries", "-1"}, nil, "--push-retries"},
 		{"zero pull interval from the environment", nil, map[string]string{"POSTBOX_PULL_INTERVAL": "0s"}, "--pull-interval"},
+		{"replica mode on the embedded store", []string{"--replica", "pod-1"}, nil, "--replica pod-1: replicas of one server share one EventStoreDB"},
+		{"a replica name with a space", []string{"--store", "esdb://127.0.0.1:2113?tls=false", "--replica", "pod 1"}, nil, "--replica"},
 		{"a name as a peer network", []string{"--allow-peer-networks", "10.0.0.0/8,intranet"}, nil, "--allow-peer-networks"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -210,6 +212,24 @@ func TestParseServeConfigRefuses(t *testing.T) {
 				t.Errorf("err = %q, want it to name %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseServeConfigReplica(t *testing.T) {
+	t.Parallel()
+	store := "esdb://127.0.0.1:2113?tls=false"
+	if cfg, err := parseServeConfig([]string{"--store", store}, io.Discard, envOf(nil)); err != nil || cfg.Replica != "" {
+		t.Fatalf("without --replica: replica %q, %v; want a single process", cfg.Replica, err)
+	}
+	cfg, err := parseServeConfig([]string{"--store", store, "--replica", "pod-1"}, io.Discard, envOf(nil))
+	if err != nil || cfg.Replica != "pod-1" {
+		t.Fatalf("--replica pod-1: replica %q, %v", cfg.Replica, err)
+	}
+	// auto: the host name and a random instance ID, new each time.
+	a, errA := parseServeConfig([]string{"--store", store, "--replica", "auto"}, io.Discard, envOf(nil))
+	b, errB := parseServeConfig(nil, io.Discard, envOf(map[string]string{"POSTBOX_STORE": store, "POSTBOX_REPLICA": "auto"}))
+	if errA != nil || errB != nil || a.Replica == "" || a.Replica == "auto" || a.Replica == b.Replica {
+		t.Fatalf("--replica auto twice: %q (%v), %q (%v); want two generated names", a.Replica, errA, b.Replica, errB)
 	}
 }
 

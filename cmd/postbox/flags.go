@@ -176,6 +176,7 @@ var examples = map[string]string{
 	"key-file":            "/etc/postbox/key.ed25519",
 	"peer-ca":             "/etc/postbox/ca.pem",
 	"reason":              `"the peer refuses this event"`,
+	"replica":             "pod-1",
 	"store":               "esdb://127.0.0.1:2113?tls=false",
 	"through":             "41",
 	"tls-cert":            "/etc/postbox/cert.pem",

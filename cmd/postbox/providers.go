@@ -27,10 +27,12 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/metrics"
 	"github.com/harmony-postbox/postbox/adapters/netguard"
 	"github.com/harmony-postbox/postbox/adapters/noncefile"
+	"github.com/harmony-postbox/postbox/adapters/noncestore"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/peerkeys"
 	"github.com/harmony-postbox/postbox/adapters/projector"
 	"github.com/harmony-postbox/postbox/adapters/registry"
+	"github.com/harmony-postbox/postbox/adapters/replicas"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/gen/postbox/admin/v1/adminv1connect"
@@ -122,8 +124,17 @@ func provideAuthPolicy(cfg Config, access domain.AccessList) domain.AuthPolicy {
 
 // provideVerifier checks federation tokens, and keeps what it needs to
 // refuse replays across a restart in the data directory (domain.NonceLedger).
-func provideVerifier(cfg Config, policy domain.AuthPolicy, clock domain.Clock, keys domain.PeerKeys, self *domain.Identity, logger *slog.Logger) (*domain.Verifier, func(), error) {
+// Replicas share the ledger through the store instead, so that a token one
+// accepted is refused by all.
+func provideVerifier(cfg Config, policy domain.AuthPolicy, clock domain.Clock, keys domain.PeerKeys, self *domain.Identity,
+	store replicaStore, codec *streams.Codec, logger *slog.Logger,
+) (*domain.Verifier, func(), error) {
 	v := domain.NewVerifier(policy, clock, keys, self)
+	if cfg.Replica != "" {
+		ledger, previous := noncestore.Open(store, codec, clock.Now, nonceTimeout, logger)
+		v.PersistNonces(previous, ledger)
+		return v, func() {}, nil
+	}
 	rec, previous, err := noncefile.Open(filepath.Join(cfg.DataDir, "nonces"), clock.Now, logger)
 	if err != nil {
 		return nil, nil, err
@@ -319,7 +330,7 @@ func provideCounters(registry *registry.Registry) *metrics.Counters {
 // provideMetrics is every metric: the counters, and the gauges read from
 // the engine at scrape time.
 func provideMetrics(cfg Config, counters *metrics.Counters, engine *delivery.Engine, disk diskState, identity *domain.Identity,
-	ledger *consumers.Ledger, clock domain.Clock,
+	ledger *consumers.Ledger, clock domain.Clock, replica *replicas.Replicas,
 ) *metrics.Metrics {
 	m := metrics.New(counters, engine)
 	m.ObserveDiskFull(disk.DiskFull)
@@ -333,7 +344,11 @@ func provideMetrics(cfg Config, counters *metrics.Counters, engine *delivery.Eng
 		}
 		return idle, err
 	})
-	m.ObserveServer(func() string { return identity.Current().String() }, buildVersion())
+	if replica != nil {
+		m.ObserveReplica(func() string { return identity.Current().String() }, buildVersion(), replica.Name())
+	} else {
+		m.ObserveServer(func() string { return identity.Current().String() }, buildVersion())
+	}
 	return m
 }
 

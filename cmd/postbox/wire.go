@@ -50,7 +50,7 @@ var authSet = wire.NewSet(
 // engineSet is the delivery engine on whichever store the injector binds.
 var engineSet = wire.NewSet(
 	assembly.EngineSet,
-	provideRegistry, provideCounters, provideMetrics,
+	provideRegistry, provideCounters, provideMetrics, provideReplicas,
 	wire.Bind(new(delivery.Observer), new(*metrics.Counters)),
 	wire.Bind(new(federation.AuthObserver), new(*metrics.Counters)),
 	provideAdminSender,
@@ -80,6 +80,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	wire.Build(configSet, authSet, engineSet, handlerSet,
 		provideEmbeddedStore, provideBinaryCodec, wire.Bind(new(delivery.Store), new(*embedded.Store)),
 		wire.Bind(new(diskState), new(*embedded.Store)),
+		wire.Bind(new(replicaStore), new(*embedded.Store)), // --replica is refused without --store
 		wire.Bind(new(admin.ReceivedLog), new(*embedded.Store)),
 		wire.Bind(new(projector.LiveStore), new(*embedded.Store)))
 	return nil, nil, nil
@@ -90,6 +91,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	wire.Build(configSet, authSet, engineSet, handlerSet,
 		provideESDBStore, provideJSONCodec, wire.Bind(new(delivery.Store), new(*esdb.Store)),
 		wire.InterfaceValue(new(diskState), noDiskState{}),
+		wire.Bind(new(replicaStore), new(*esdb.Store)),
 		wire.Bind(new(admin.ReceivedLog), new(*esdb.Store)),
 		wire.Bind(new(projector.LiveStore), new(*esdb.Store)))
 	return nil, nil, nil

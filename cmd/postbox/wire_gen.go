@@ -59,7 +59,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		cleanup()
 		return nil, nil, err
 	}
-	verifier, cleanup2, err := provideVerifier(cfg, authPolicy, system, resolver, identity, logger)
+	verifier, cleanup2, err := provideVerifier(cfg, authPolicy, system, resolver, identity, store, codec, logger)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -101,11 +101,19 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, store)
-	metrics := provideMetrics(cfg, counters, engine, store, identity, ledger, system)
+	replicas, cleanup4, err := provideReplicas(ctx, cfg, store, codec, system, identity, publicKey, reader, engine, logger)
+	if err != nil {
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	metrics := provideMetrics(cfg, counters, engine, store, identity, ledger, system, replicas)
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
-	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
+		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
@@ -113,6 +121,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	}
 	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, live, identity, staticChecker, logger)
 	return mainServer, func() {
+		cleanup5()
 		cleanup4()
 		cleanup3()
 		cleanup2()
@@ -152,7 +161,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		cleanup()
 		return nil, nil, err
 	}
-	verifier, cleanup2, err := provideVerifier(cfg, authPolicy, system, resolver, identity, logger)
+	verifier, cleanup2, err := provideVerifier(cfg, authPolicy, system, resolver, identity, store, codec, logger)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -195,11 +204,19 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	staticChecker := provideHealth()
 	mainDiskState := _wireNoDiskStateValue
 	checker := provideHealthChecker(staticChecker, mainDiskState)
-	metrics := provideMetrics(cfg, counters, engine, mainDiskState, identity, ledger, system)
+	replicas, cleanup4, err := provideReplicas(ctx, cfg, store, codec, system, identity, publicKey, reader, engine, logger)
+	if err != nil {
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	metrics := provideMetrics(cfg, counters, engine, mainDiskState, identity, ledger, system, replicas)
 	token := provideAdminToken(cfg)
 	adminHandler := httpserver.NewAdminHandler(ctx, service, checker, metrics, token, system, logger)
-	mainAdminListener, cleanup4, err := provideAdminListener(ctx, cfg, adminHandler, logger)
+	mainAdminListener, cleanup5, err := provideAdminListener(ctx, cfg, adminHandler, logger)
 	if err != nil {
+		cleanup4()
 		cleanup3()
 		cleanup2()
 		cleanup()
@@ -207,6 +224,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	}
 	mainServer := newServer(cfg, mainFederationListener, mainAdminListener, engine, live, identity, staticChecker, logger)
 	return mainServer, func() {
+		cleanup5()
 		cleanup4()
 		cleanup3()
 		cleanup2()
@@ -234,7 +252,7 @@ var configSet = wire.NewSet(
 var authSet = wire.NewSet(wire.Struct(new(clock.System)), wire.Bind(new(domain.Clock), new(clock.System)), wire.Bind(new(domain.Timers), new(clock.System)), provideResolver, wire.Bind(new(domain.PeerKeys), new(*peerkeys.Resolver)), wire.Bind(new(delivery.RenameKeys), new(*peerkeys.Resolver)), provideVerifier, wire.Bind(new(federation.Authenticator), new(*domain.Verifier)))
 
 // engineSet is the delivery engine on whichever store the injector binds.
-var engineSet = wire.NewSet(assembly.EngineSet, provideRegistry, provideCounters, provideMetrics, wire.Bind(new(delivery.Observer), new(*metrics.Counters)), wire.Bind(new(federation.AuthObserver), new(*metrics.Counters)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*registry.Registry)), wire.Bind(new(peerclient.Self), new(*registry.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projector.Live)))
+var engineSet = wire.NewSet(assembly.EngineSet, provideRegistry, provideCounters, provideMetrics, provideReplicas, wire.Bind(new(delivery.Observer), new(*metrics.Counters)), wire.Bind(new(federation.AuthObserver), new(*metrics.Counters)), provideAdminSender, wire.Bind(new(admin.Operator), new(*delivery.Engine)), wire.Bind(new(admin.PeerNames), new(*registry.Registry)), wire.Bind(new(peerclient.Self), new(*registry.Registry)), delivery.NewRenames, wire.Bind(new(delivery.Notifier), new(*peerclient.Client)), wire.Bind(new(admin.Renamer), new(*delivery.Renames)), provideLive, wire.Bind(new(admin.PeerViews), new(*projector.Live)))
 
 // handlerSet mounts the services on the listeners.
 var handlerSet = wire.NewSet(

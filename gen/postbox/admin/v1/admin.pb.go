@@ -503,6 +503,13 @@ type Peer struct {
 	// When the oldest pending event was handed over for delivery (stored in
 	// the outbox); unset when nothing is pending.
 	OldestPending *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=oldest_pending,json=oldestPending,proto3" json:"oldest_pending,omitempty"`
+	// With several replicas of this server on one store: the replica that
+	// runs the peer's outbound delivery, as last recorded (empty: a single
+	// process, or no replica has run the peer yet).
+	Owner string `protobuf:"bytes,23,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The owner's term: it grows by one each time the peer changes hands
+	// (0 with no owner recorded).
+	OwnerTerm     uint64 `protobuf:"varint,24,opt,name=owner_term,json=ownerTerm,proto3" json:"owner_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -689,6 +696,20 @@ func (x *Peer) GetOldestPending() *timestamppb.Timestamp {
 		return x.OldestPending
 	}
 	return nil
+}
+
+func (x *Peer) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Peer) GetOwnerTerm() uint64 {
+	if x != nil {
+		return x.OwnerTerm
+	}
+	return 0
 }
 
 // Events an operator skipped.
@@ -2623,7 +2644,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\tR\x04code\" \n" +
 	"\fSendResponse\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xeb\x06\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xa0\a\n" +
 	"\x04Peer\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x12\n" +
@@ -2649,7 +2670,10 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x05epoch\x18\x13 \x01(\x04R\x05epoch\x12%\n" +
 	"\x0eepochs_started\x18\x14 \x01(\rR\repochsStarted\x12)\n" +
 	"\x10receiver_rewinds\x18\x15 \x01(\rR\x0freceiverRewinds\x12A\n" +
-	"\x0eoldest_pending\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\roldestPending\"c\n" +
+	"\x0eoldest_pending\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\roldestPending\x12\x14\n" +
+	"\x05owner\x18\x17 \x01(\tR\x05owner\x12\x1d\n" +
+	"\n" +
+	"owner_term\x18\x18 \x01(\x04R\townerTerm\"c\n" +
 	"\rSkippedEvents\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
 	"\vthrough_seq\x18\x02 \x01(\x04R\n" +

@@ -1,0 +1,239 @@
+package delivery
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/registry"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+// fakeOwners gives this replica every peer or none.
+type fakeOwners struct {
+	name    string
+	mu      sync.Mutex
+	all     bool
+	changed chan struct{}
+}
+
+func newFakeOwners(name string, all bool) *fakeOwners {
+	return &fakeOwners{name: name, all: all, changed: make(chan struct{})}
+}
+
+func (o *fakeOwners) Name() string { return o.name }
+
+func (o *fakeOwners) Owns(streams.PeerID) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.all
+}
+
+func (o *fakeOwners) Changed() <-chan struct{} {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.changed
+}
+
+func (o *fakeOwners) set(all bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.all = all
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+// replicaPair is two replicas' engines on one store, pushing to one fake
+// peer.
+type replicaPair struct {
+	store  *embedded.Store
+	peers  *fakePeers
+	owners [2]*fakeOwners
+	engine [2]*Engine
+}
+
+func newReplicaPair(t *testing.T) *replicaPair {
+	t.Helper()
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := &replicaPair{store: store, peers: &fakePeers{}}
+	codec := streams.NewCodec(rand.Reader)
+	for i, name := range []string{"r1", "r2"} {
+		reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rp.owners[i] = newFakeOwners(name, i == 0)
+		rp.engine[i] = New(testConfig(), store, codec, reg, rp.peers, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+		rp.engine[i].UseOwners(rp.owners[i])
+		stop := runEngine(t, rp.engine[i])
+		t.Cleanup(stop)
+	}
+	t.Cleanup(func() { store.Close() })
+	return rp
+}
+
+func (rp *replicaPair) send(t *testing.T, via, from, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := rp.engine[via].Send(context.Background(), peerB, added(uint64(from+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (rp *replicaPair) records(t *testing.T) []domain.DeliveryEvent {
+	t.Helper()
+	id, _ := rp.engine[0].registry.Lookup(peerB)
+	var out []domain.DeliveryEvent
+	_, err := readAll(context.Background(), rp.store, streams.Delivery(id), func(r eventstore.RecordedEvent) error {
+		ev, err := streams.DecodeDelivery(r)
+		out = append(out, ev)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func seqs(n int) []uint64 {
+	out := make([]uint64, n)
+	for i := range out {
+		out[i] = uint64(i)
+	}
+	return out
+}
+
+func ownerRecords(recs []domain.DeliveryEvent) []domain.OwnerTermStarted {
+	var out []domain.OwnerTermStarted
+	for _, r := range recs {
+		if o, ok := r.(domain.OwnerTermStarted); ok {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// Only the owner pushes, whichever replica took the Sends; a handover
+// records the next term and the new owner goes on where the old stopped.
+func TestOnlyThePeersOwnerPushesAndAHandoverGoesOn(t *testing.T) {
+	t.Parallel()
+	rp := newReplicaPair(t)
+	rp.send(t, 1, 0, 20) // at the replica that does not own B
+	eventually(t, "the owner to push the 20 events sent at the other replica", func() bool { return len(rp.peers.pushes()) == 20 })
+
+	rp.owners[0].set(false)
+	rp.owners[1].set(true)
+	rp.send(t, 0, 20, 20)
+	eventually(t, "the new owner to push the next 20", func() bool { return len(rp.peers.pushes()) >= 40 })
+	if got := rp.peers.pushes(); !slices.Equal(got, seqs(40)) {
+		t.Fatalf("pushes %v, want 0..39 once each, in order", got)
+	}
+	want := []domain.OwnerTermStarted{{Term: 1, Replica: "r1"}, {Term: 2, Replica: "r2", Previous: "r1"}}
+	if got := ownerRecords(rp.records(t)); !slices.Equal(got, want) {
+		t.Fatalf("owner records %+v, want %+v", got, want)
+	}
+}
+
+// A replica whose view still gives it the peer after another replica
+// claimed it pushes nothing more under its old term: its fence sees the
+// delivery stream moved on, it reads the other's term, and pushes again
+// only once it has claimed the peer back under a later one.
+func TestAPushIsFencedByTheDeliveryStream(t *testing.T) {
+	t.Parallel()
+	rp := newReplicaPair(t)
+	rp.send(t, 0, 0, 10)
+	eventually(t, "10 pushes", func() bool { return len(rp.peers.pushes()) == 10 })
+	eventually(t, "their records", func() bool { return len(rp.records(t)) == 11 })
+
+	// r2 claims B behind r1's back (r1's view says it still owns B).
+	id, _ := rp.engine[0].registry.Lookup(peerB)
+	ev, err := streams.NewCodec(rand.Reader).EncodeOwnerTerm(domain.OwnerTerm{Term: 2, Replica: "r2"}, "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rp.store.Append(context.Background(), streams.Delivery(id), eventstore.Exact(10), ev); err != nil {
+		t.Fatal(err)
+	}
+	rp.send(t, 0, 10, 10)
+	eventually(t, "the next 10 pushes", func() bool { return len(rp.peers.pushes()) >= 20 })
+	if got := rp.peers.pushes(); !slices.Equal(got, seqs(20)) {
+		t.Fatalf("pushes %v, want 0..19 once each: a push under the ended term went out", got)
+	}
+	recs := rp.records(t)
+	want := []domain.OwnerTermStarted{{Term: 1, Replica: "r1"}, {Term: 2, Replica: "r2", Previous: "r1"}, {Term: 3, Replica: "r1", Previous: "r2"}}
+	if got := ownerRecords(recs); !slices.Equal(got, want) {
+		t.Fatalf("owner records %+v, want %+v", got, want)
+	}
+	// Nothing was recorded between r2's claim and r1's claim back.
+	if _, ok := recs[12].(domain.OwnerTermStarted); !ok {
+		t.Fatalf("record 12 is %#v, want r1's claim right after r2's", recs[12])
+	}
+}
+
+// BenchmarkPushSingleVsReplica pushes b.N events one per push (an
+// upstream-style peer) on the embedded store: as a single process, whose
+// records are batched behind the pushes, and as a replica, which reads the
+// delivery stream's end before each push and waits for each record. The
+// difference per push is the replica's fence. Run with -benchtime=2000x.
+func BenchmarkPushSingleVsReplica(b *testing.B) {
+	for _, mode := range []string{"single", "replica"} {
+		b.Run(mode, func(b *testing.B) {
+			ctx := context.Background()
+			store, err := embedded.Open(ctx, b.TempDir(), embedded.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer store.Close()
+			codec := streams.NewCodec(rand.Reader)
+			reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			peers := &fakePeers{}
+			e := New(testConfig(), store, codec, reg, peers, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+			if mode == "replica" {
+				e.UseOwners(newFakeOwners("r1", true))
+			}
+			stop := runEngine(b, e)
+			defer stop()
+			// The events are stored first, so that only the pushes are timed.
+			peers.setDown(true)
+			for i := range b.N {
+				if _, err := e.Send(ctx, peerB, added(uint64(i))); err != nil {
+					b.Fatal(err)
+				}
+			}
+			peers.setDown(false)
+			b.ResetTimer()
+			id, _ := reg.Lookup(peerB)
+			p := e.peer(id)
+			p.mu.Lock()
+			if p.out.Mode == domain.ModeQueue {
+				p.mu.Unlock()
+				if err := e.Resume(ctx, peerB); err != nil {
+					b.Fatal(err)
+				}
+			} else {
+				e.kickLocked(p)
+				p.mu.Unlock()
+			}
+			for len(peers.pushes()) < b.N {
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+		})
+	}
+}
