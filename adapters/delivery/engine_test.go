@@ -871,3 +871,32 @@ func TestCallsWaitForRunAndEndWithIt(t *testing.T) {
 		t.Errorf("AcceptPush after Run ended = %v, want unavailable", err)
 	}
 }
+
+// A peer this server has only sent to is pulled now and then, as every
+// peer is at startup: that pull tells the peer what this server holds from
+// it, so a peer whose events this server lost (its store went back) sends
+// them again. Before, such a peer was never pulled until a restart.
+func TestAPeerThisServerOnlySendsToIsPulledPeriodically(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.PullInterval = 20 * time.Millisecond
+	w := newWorld(t, cfg)
+	pulls := make(chan struct{}, 16)
+	w.peers.set(func(f *fakePeers) {
+		f.pullFn = func(*uint64) (peerclient.PullResult, error) {
+			select {
+			case pulls <- struct{}{}:
+			default:
+			}
+			return peerclient.PullResult{}, nil
+		}
+	})
+	w.send(1)
+	for range 2 {
+		select {
+		case <-pulls:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the peer this server sent to was not pulled")
+		}
+	}
+}

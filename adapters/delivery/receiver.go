@@ -345,6 +345,16 @@ func (e *Engine) schedulePull(p *peer, d time.Duration) {
 	})
 }
 
+// keepPulling arms p's periodic pull unless it is armed already.
+func (e *Engine) keepPulling(p *peer) {
+	p.mu.Lock()
+	armed := p.pullTimer != nil
+	p.mu.Unlock()
+	if !armed {
+		e.schedulePull(p, e.cfg.PullInterval)
+	}
+}
+
 // restore rebuilds every peer's state from the streams and restarts what
 // was under way: push loops for peers with undelivered events, probes for
 // peers in queue mode. It also closes a gate for every peer, so their
