@@ -147,7 +147,7 @@ func (w *world) start(n *node) error {
 	verifier := domain.NewVerifier(domain.AuthPolicy{}, clock.System{}, resolver, identity)
 	signer := authtoken.NewSigner(n.priv, clock.System{}, rnd)
 	client := peerclient.New(peerclient.Config{Plaintext: true, Transport: w.net.Transport(n.orig.String())}, signer, reg)
-	engine := assembly.NewEngine(delivery.DefaultConfig(), store, codec, reg, client, clock.System{}, logger, rnd, nil)
+	engine := assembly.NewEngine(delivery.DefaultConfig(), store, codec, reg, client, clock.System{}, logger, rnd, observer{logger})
 	renames := delivery.NewRenames(engine, reg, resolver, client, identity, clock.System{}, logger)
 	service := assembly.NewPostboxService(1<<20, verifier, engine, nil)
 	handler := assembly.NewFederationHandler(service, federation.NewKeyService(n.priv.Public().(ed25519.PublicKey)),
@@ -339,4 +339,23 @@ func discardLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
+}
+
+// observer logs, at debug level, what the engine tells its metrics.
+type observer struct{ logger *slog.Logger }
+
+func (o observer) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
+	o.logger.Debug("push", "peer", peer.String(), "events", events, "err", err)
+}
+func (o observer) PullServed(peer domain.ServerID, events int) {
+	o.logger.Debug("pull served", "peer", peer.String(), "events", events)
+}
+func (o observer) PullMade(peer domain.ServerID, err error) {
+	o.logger.Debug("pull made", "peer", peer.String(), "err", err)
+}
+func (o observer) Received(peer domain.ServerID, via string, n int) {
+	o.logger.Debug("received", "peer", peer.String(), "via", via, "events", n)
+}
+func (o observer) Continuity(peer domain.ServerID, kind string) {
+	o.logger.Debug("continuity", "peer", peer.String(), "kind", kind)
 }
