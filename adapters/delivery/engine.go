@@ -190,6 +190,7 @@ type peer struct {
 	// gateOwnedByStartup: Run set the gate before the startup pull runs.
 	gateOwnedByStartup bool
 	pullTimer          domain.Timer
+	pullFailures       int // pulls failed in a row, for pullAgain's backoff
 	// given caches the outbox ID of out.Given, which each push claims.
 	given *domain.EventRef
 	// stuck: the oldest undelivered event looked undeliverable when it was

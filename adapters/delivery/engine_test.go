@@ -900,3 +900,34 @@ func TestAPeerThisServerOnlySendsToIsPulledPeriodically(t *testing.T) {
 		}
 	}
 }
+
+// A failed pull is tried again soon, with backoff, not a whole pull
+// interval later: the peer may be holding a queue for this server.
+func TestAFailedPullIsRetriedBeforeThePullInterval(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig()) // pull interval: an hour
+	w.send(1)
+	pulls := make(chan struct{}, 16)
+	failed := false
+	w.peers.set(func(f *fakePeers) {
+		f.pullFn = func(*uint64) (peerclient.PullResult, error) {
+			f.mu.Lock()
+			first := !failed
+			failed = true
+			f.mu.Unlock()
+			pulls <- struct{}{}
+			if first {
+				return peerclient.PullResult{}, errors.New("connection refused")
+			}
+			return peerclient.PullResult{}, nil
+		}
+	})
+	w.restart() // the startup pull fails
+	for range 2 {
+		select {
+		case <-pulls:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the failed pull was not tried again within 10 s")
+		}
+	}
+}

@@ -337,12 +337,38 @@ func (e *Engine) schedulePull(p *peer, d time.Duration) {
 			if !ok {
 				return
 			}
-			if err := e.pullFrom(ctx, p, server); err != nil && ctx.Err() == nil {
+			err := e.pullFrom(ctx, p, server)
+			if err != nil && ctx.Err() == nil {
 				e.logger.Info("periodic pull failed", "peer", server.String(), "err", err)
 			}
-			e.schedulePull(p, e.cfg.PullInterval)
+			e.pullAgain(p, err)
 		})
 	})
+}
+
+// pullRetry spaces the pulls of a peer after failed ones, up to the pull
+// interval.
+var pullRetry = domain.Backoff{First: 2 * time.Second, Max: time.Hour}
+
+// pullAgain arms p's next pull after one that ended with err: the pull
+// interval after a success, sooner after failures (with backoff, at most
+// the interval), so a peer whose queue waits for this pull (its resume
+// probe stops once it is pulled) does not wait a whole interval because the
+// peer, or this server's store, failed a moment.
+func (e *Engine) pullAgain(p *peer, err error) {
+	p.mu.Lock()
+	if err == nil {
+		p.pullFailures = 0
+	} else {
+		p.pullFailures++
+	}
+	failures := p.pullFailures
+	p.mu.Unlock()
+	d := e.cfg.PullInterval
+	if failures > 0 {
+		d = min(d, pullRetry.Delay(failures, e.jitter()))
+	}
+	e.schedulePull(p, d)
 }
 
 // keepPulling arms p's periodic pull unless it is armed already.
@@ -388,10 +414,11 @@ func (e *Engine) startupPulls(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			p := e.peer(peer.ID)
-			if err := e.pullFrom(ctx, p, peer.ServerID); err != nil {
+			err := e.pullFrom(ctx, p, peer.ServerID)
+			if err != nil {
 				e.logger.Warn("startup pull failed", "peer", peer.ServerID.String(), "err", err)
 			}
-			e.schedulePull(p, e.cfg.PullInterval)
+			e.pullAgain(p, err)
 		}()
 	}
 	wg.Wait()
