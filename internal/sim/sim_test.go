@@ -65,8 +65,8 @@ func TestSimulation(t *testing.T) {
 	if len(failed) > 0 {
 		t.Errorf("%d of %d seeds failed: %v", len(failed), len(seeds), failed)
 	}
-	t.Logf("simulation: %d seeds, %d servers, %d events, faults: %s; virtual %v, real %v",
-		total.seeds, total.servers, total.events, total.faults(), total.virtual, time.Since(began).Round(time.Millisecond))
+	t.Logf("simulation: %d seeds, %d servers, %d events, faults: %s; virtual %v (delivered at most %v after faults stopped), real %v",
+		total.seeds, total.servers, total.events, total.faults(), total.virtual, total.slowest, time.Since(began).Round(time.Millisecond))
 }
 
 func chooseSeeds(t *testing.T) []uint64 {
@@ -103,12 +103,14 @@ func chooseSeeds(t *testing.T) []uint64 {
 
 type result struct {
 	servers, events int
+	calm            time.Duration // from the end of faults to all delivered
 	faults          map[string]int
 	virtual         time.Duration
 }
 
 type summary struct {
 	seeds, servers, events int
+	slowest                time.Duration
 	byKind                 map[string]int
 	virtual                time.Duration
 }
@@ -118,6 +120,7 @@ func (s *summary) add(r result) {
 	s.servers += r.servers
 	s.events += r.events
 	s.virtual += r.virtual
+	s.slowest = max(s.slowest, r.calm)
 	if s.byKind == nil {
 		s.byKind = map[string]int{}
 	}
@@ -335,6 +338,7 @@ func simulate(t *testing.T, seed uint64) result {
 		}
 		time.Sleep(10 * time.Second)
 	}
+	settled := time.Since(calm)
 	w.checkSafety(t, true)
 	w.audit(t)
 	virtual := time.Since(start)
@@ -347,7 +351,7 @@ func simulate(t *testing.T, seed uint64) result {
 	}
 	net.Close()
 
-	res := result{servers: servers, events: events, faults: map[string]int{}, virtual: virtual}
+	res := result{servers: servers, events: events, faults: map[string]int{}, virtual: virtual, calm: settled}
 	if withUpstream {
 		res.servers++
 	}
