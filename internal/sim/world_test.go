@@ -147,7 +147,7 @@ func (w *world) start(n *node) error {
 	verifier := domain.NewVerifier(domain.AuthPolicy{}, clock.System{}, resolver, identity)
 	signer := authtoken.NewSigner(n.priv, clock.System{}, rnd)
 	client := peerclient.New(peerclient.Config{Plaintext: true, Transport: w.net.Transport(n.orig.String())}, signer, reg)
-	engine := assembly.NewEngine(delivery.DefaultConfig(), store, codec, reg, client, clock.System{}, logger, rnd, observer{logger})
+	engine := assembly.NewEngine(delivery.DefaultConfig(), store, codec, reg, client, clock.System{}, logger, rnd, observer{logger, w})
 	renames := delivery.NewRenames(engine, reg, resolver, client, identity, clock.System{}, logger)
 	service := assembly.NewPostboxService(1<<20, verifier, engine, nil)
 	handler := assembly.NewFederationHandler(service, federation.NewKeyService(n.priv.Public().(ed25519.PublicKey)),
@@ -341,8 +341,13 @@ func discardLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// observer logs, at debug level, what the engine tells its metrics.
-type observer struct{ logger *slog.Logger }
+// observer logs, at debug level, what the engine tells its metrics, and
+// counts the repairs of continuity (a receiver's account that contradicted
+// the sender's outbox).
+type observer struct {
+	logger *slog.Logger
+	w      *world
+}
 
 func (o observer) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
 	o.logger.Debug("push", "peer", peer.String(), "events", events, "err", err)
@@ -358,4 +363,5 @@ func (o observer) Received(peer domain.ServerID, via string, n int) {
 }
 func (o observer) Continuity(peer domain.ServerID, kind string) {
 	o.logger.Debug("continuity", "peer", peer.String(), "kind", kind)
+	o.w.count("repair:" + kind)
 }
