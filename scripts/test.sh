@@ -18,6 +18,13 @@ domain/model/check.sh
 step="go test -race"
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
+step="simulation (200 seeds)"
+# The federation simulated under seeded faults (README "Simulation"): 200
+# seeds without the race detector (about 10 s; `go test -race` above runs a
+# few). Each passing seed's own line is left out; the summary line stays.
+echo "== simulation: 200 seeds (internal/sim)"
+POSTBOX_SIM_SEEDS=200 go test -count=1 -timeout 3m -run '^TestSimulation$' -v ./internal/sim |
+	grep -vE '^=== RUN|^ +--- PASS|^ +sim_test.go:[0-9]+: seed [0-9]+: '
 step="go test tools/mutate"
 echo "== go test tools/mutate"
 go -C tools test -count=1 ./mutate

@@ -199,9 +199,7 @@ type peer struct {
 	// gateOwnedByStartup: Run set the gate before the startup pull runs.
 	gateOwnedByStartup bool
 	pullTimer          domain.Timer
-	// pullFailures counts the pulls of the peer that failed in a row, so
-	// the next is tried again sooner than the pull interval (guarded by mu).
-	pullFailures int
+	pullFailures       int // pulls failed in a row, for pullAgain's backoff
 	// given caches the outbox ID of out.Given, which each push claims.
 	given *domain.EventRef
 	// stuck: the oldest undelivered event looked undeliverable when it was

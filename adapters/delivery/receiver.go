@@ -341,27 +341,44 @@ func (e *Engine) schedulePull(p *peer, d time.Duration) {
 			if err != nil && ctx.Err() == nil {
 				e.logger.Info("periodic pull failed", "peer", server.String(), "err", err)
 			}
-			e.schedulePull(p, e.nextPullAfter(p, err))
+			e.pullAgain(p, err)
 		})
 	})
 }
 
-// nextPullAfter is when to pull p next after a pull that ended with err:
-// the pull interval after a success; sooner after a failure, with backoff
-// up to the interval. A failed pull may have been served (a peer in queue
-// mode then stops probing and waits for our next pull with the
-// acknowledgement), and its cause, such as our own disk being full, may
-// clear in seconds.
-func (e *Engine) nextPullAfter(p *peer, err error) time.Duration {
+// pullRetry spaces the pulls of a peer after failed ones, up to the pull
+// interval.
+var pullRetry = domain.Backoff{First: 2 * time.Second, Max: time.Hour}
+
+// pullAgain arms p's next pull after one that ended with err: the pull
+// interval after a success, sooner after failures (with backoff, at most
+// the interval), so a peer whose queue waits for this pull (its resume
+// probe stops once it is pulled) does not wait a whole interval because the
+// peer, or this server's store, failed a moment.
+func (e *Engine) pullAgain(p *peer, err error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if err == nil {
 		p.pullFailures = 0
-		return e.cfg.PullInterval
+	} else {
+		p.pullFailures++
 	}
-	p.pullFailures++
-	retry := domain.Backoff{First: time.Second, Max: e.cfg.PullInterval}
-	return min(retry.Delay(p.pullFailures, e.jitter()), e.cfg.PullInterval)
+	failures := p.pullFailures
+	p.mu.Unlock()
+	d := e.cfg.PullInterval
+	if failures > 0 {
+		d = min(d, pullRetry.Delay(failures, e.jitter()))
+	}
+	e.schedulePull(p, d)
+}
+
+// keepPulling arms p's periodic pull unless it is armed already.
+func (e *Engine) keepPulling(p *peer) {
+	p.mu.Lock()
+	armed := p.pullTimer != nil
+	p.mu.Unlock()
+	if !armed {
+		e.schedulePull(p, e.cfg.PullInterval)
+	}
 }
 
 // restore rebuilds every peer's state from the streams and restarts what
@@ -412,7 +429,7 @@ func (e *Engine) startupPulls(ctx context.Context) {
 			if err != nil {
 				e.logger.Warn("startup pull failed", "peer", peer.ServerID.String(), "err", err)
 			}
-			e.schedulePull(p, e.nextPullAfter(p, err))
+			e.pullAgain(p, err)
 		}()
 	}
 	wg.Wait()

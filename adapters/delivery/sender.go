@@ -42,10 +42,16 @@ func (e *Engine) SendKeyed(ctx context.Context, to domain.ServerID, event *syncv
 	}
 	// The peer's outbox writer appends it at the exact revision, with the
 	// Sends that wait beside it; the revision is the sequence number.
-	seq, err := e.enqueueSend(ctx, e.peer(id), &outboxSend{data: []eventstore.EventData{data}})
+	p := e.peer(id)
+	seq, err := e.enqueueSend(ctx, p, &outboxSend{data: []eventstore.EventData{data}})
 	if err != nil {
 		return 0, fmt.Errorf("append to outbox of %s: %w", to, err)
 	}
+	// A peer this server only sends to is pulled now and then too, as
+	// every peer is at startup: a Pull carries this server's account of
+	// what it holds from the peer, which is how a peer learns that this
+	// server's store went back and lost events it had delivered.
+	e.keepPulling(p)
 	return seq, nil
 }
 
