@@ -90,6 +90,9 @@ type Config struct {
 	PullTimeout time.Duration
 	// Observer is told what happens, for metrics; nil tells nobody.
 	Observer Observer
+	// RetainDelivered: events delivered longer ago than this are removed
+	// from the outbox (retention.go); 0 keeps everything.
+	RetainDelivered time.Duration
 }
 
 // Observer learns what the engine does, for metrics.
@@ -214,6 +217,8 @@ type peer struct {
 	// snapshotAt: the delivery snapshot last read or attempted covers the
 	// records before it; snapshotWritten: the last one known stored.
 	snapshotAt, snapshotWritten uint64
+	// outboxCut and deliveryCut: retention removed the records before them.
+	outboxCut, deliveryCut uint64
 }
 
 type journalEntry struct {
@@ -281,6 +286,13 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.mu.Unlock()
 	if renames != nil {
 		renames.Start()
+	}
+	if e.cfg.RetainDelivered > 0 {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.retainLoop(ctx)
+		}()
 	}
 	e.wg.Add(1)
 	go func() {
