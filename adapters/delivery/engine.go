@@ -616,7 +616,7 @@ func (e *Engine) Cursors() []domain.PeerCursor {
 			continue
 		}
 		p.mu.Lock()
-		out = append(out, domain.PeerCursor{PeerID: string(p.id), ServerID: server, Outbox: p.out})
+		out = append(out, domain.PeerCursor{PeerID: string(p.id), ServerID: server, Outbox: p.out, RetainedFrom: p.outboxCut})
 		p.mu.Unlock()
 	}
 	return out

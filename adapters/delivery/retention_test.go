@@ -53,6 +53,10 @@ func TestDeliveredEventsAreRemovedOnceRetainedLongEnough(t *testing.T) {
 	if err != nil || len(recs) != 1 || recs[0].Revision != 599 {
 		t.Fatalf("outbox after retention: %d records (%v)", len(recs), err)
 	}
+	eventually(t, "the peer's cursor to show the outbox retained from 599", func() bool {
+		c := w.engine.Cursors()
+		return len(c) == 1 && c[0].RetainedFrom == 599
+	})
 	w.restart()
 	if got := w.state(); got.Delivered != want.Delivered || got.Head != want.Head || got.Given != want.Given {
 		t.Fatalf("rebuilt after retention %+v, want %+v", got, want)
