@@ -89,7 +89,7 @@ func TestAKilledReplicasPeersMoveToTheOthersWhenItsLeaseRunsOut(t *testing.T) {
 
 		kill()
 		<-loops
-		clock.forget("c") // c's last wait would count as a running loop's
+		clock.forget("c")                   // c's last wait would count as a running loop's
 		lastBeat, _ := c.lastHeartbeat("c") // its own last beat: a may not have read it yet
 		killedAt := clock.Now()
 		var movedAt time.Time
