@@ -10,6 +10,8 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb/fakestreams"
+	"github.com/harmony-postbox/postbox/adapters/projector"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 )
 
@@ -57,6 +59,9 @@ func TestDeliveredEventsAreRemovedOnceRetainedLongEnough(t *testing.T) {
 		c := w.engine.Cursors()
 		return len(c) == 1 && c[0].RetainedFrom == 599
 	})
+	// The audit starts from the snapshot and the first kept event, and
+	// finds nothing wrong.
+	auditRetained(t, w.store, w.outboxStream(), w.deliveryStream())
 	w.restart()
 	if got := w.state(); got.Delivered != want.Delivered || got.Head != want.Head || got.Given != want.Given {
 		t.Fatalf("rebuilt after retention %+v, want %+v", got, want)
@@ -86,6 +91,46 @@ func TestAnUndeliveredBacklogIsNeverRemoved(t *testing.T) {
 	if err != nil || len(recs) != 100 || recs[0].Revision != 20 {
 		t.Fatalf("the backlog reads %d events (%v), want 100 from 20", len(recs), err)
 	}
+}
+
+func auditRetained(t *testing.T, store projector.AuditStore, outbox, delivery string) {
+	t.Helper()
+	rep, err := projector.Audit(t.Context(), store, projector.AuditOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Clean() {
+		t.Fatalf("audit of a retained store: %v", rep.Violations)
+	}
+	var sawOutbox, sawDelivery bool
+	for _, r := range rep.Retained {
+		sawOutbox = sawOutbox || (r.Stream == outbox && r.From > 0 && !r.FromSnapshot)
+		sawDelivery = sawDelivery || (r.Stream == delivery && r.From > 0 && r.FromSnapshot)
+	}
+	if !sawOutbox || !sawDelivery {
+		t.Fatalf("the audit's range %+v does not name where it started on %s and %s", rep.Retained, outbox, delivery)
+	}
+}
+
+// On EventStoreDB (the stand-in), retention truncates before the delivered
+// cursor and the audit, which reads $all, passes and says where it began.
+func TestRetentionAndAuditOnEventStoreDB(t *testing.T) {
+	t.Parallel()
+	srv := fakestreams.StartServer(t, fakestreams.Options{Profile: "24.10"})
+	engine, store, reg := newESDBEngine(t, srv, "", retainConfig(100*time.Millisecond), nil)
+	const n = snapshotEvery + 40
+	for i := range n {
+		if _, err := engine.Send(t.Context(), peerB, added(uint64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, _ := reg.Lookup(peerB)
+	eventually(t, "the delivered events removed", func() bool {
+		tb, err := store.TruncatedBefore(t.Context(), streams.Outbox(id))
+		dtb, derr := store.TruncatedBefore(t.Context(), streams.Delivery(id))
+		return err == nil && derr == nil && tb == n-1 && dtb > 0
+	})
+	auditRetained(t, store, streams.Outbox(id), streams.Delivery(id))
 }
 
 func dirSize(t *testing.T, dir string) int64 {
