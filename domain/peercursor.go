@@ -7,4 +7,7 @@ type PeerCursor struct {
 	PeerID   string
 	ServerID ServerID
 	Outbox   Outbox
+	// RetainedFrom is the first outbox event still stored: retention
+	// (--retain-delivered) removed the delivered ones before it.
+	RetainedFrom uint64
 }

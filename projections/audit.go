@@ -61,6 +61,9 @@ type Report struct {
 	UnknownRecords uint64 `json:"unknown_records"`
 	// CheckpointChecked: a checkpoint was found and compared.
 	CheckpointChecked bool `json:"checkpoint_checked"`
+	// Retained: the streams retention truncated, and where the audit
+	// started on each; every other stream was checked from its start.
+	Retained []Retained `json:"retained,omitempty"`
 }
 
 // Clean reports whether no invariant was broken.
@@ -128,6 +131,8 @@ type auditor struct {
 	inboxSeq   map[string]domain.Inbox // inbox stream → how far the sender's sequence numbers went
 	probe      map[string]pendingProbe // delivery stream → probe resume awaiting its push
 	probeOrder []string                // streams with a pending probe, for a stable report
+	covered    map[string]uint64       // delivery stream → records before it are in a snapshot (retained.go)
+	retained   []Retained
 
 	checkpoint        *State
 	checkpointDB      string // the checkpoint's database identity
@@ -147,6 +152,7 @@ func NewAuditor() *Auditor {
 		outboxNext: map[string]uint64{},
 		inboxSeq:   map[string]domain.Inbox{},
 		probe:      map[string]pendingProbe{},
+		covered:    map[string]uint64{},
 	}
 }
 
@@ -180,6 +186,9 @@ func (a *Auditor) violate(stream string, rev uint64, rule, detail string) {
 // Check checks one record, then folds it into the replay.
 func (a *Auditor) Check(r domain.Record) {
 	a.records++
+	if r.Kind == domain.StreamDelivery && r.Revision < a.covered[r.Stream] {
+		return // folded into the snapshot the audit started from
+	}
 	if a.state.applied && !a.state.pos.Less(r.Position) {
 		return // a subscription repeating itself: the state skips it too
 	}
@@ -349,6 +358,7 @@ func (a *Auditor) report() Report {
 		Records:           a.records,
 		UnknownRecords:    a.state.unknown,
 		CheckpointChecked: a.checkpointChecked,
+		Retained:          a.retained,
 	}
 	if rep.Violations == nil {
 		rep.Violations = []Violation{} // JSON: [] rather than null

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
@@ -92,6 +93,9 @@ type Config struct {
 	IdempotencyWindow time.Duration
 	// Observer is told what happens, for metrics; nil tells nobody.
 	Observer Observer
+	// RetainDelivered: events delivered longer ago than this are removed
+	// from the outbox (retention.go); 0 keeps everything.
+	RetainDelivered time.Duration
 }
 
 // Observer learns what the engine does, for metrics.
@@ -170,6 +174,10 @@ type Engine struct {
 	peers    map[streams.PeerID]*peer
 	renames  *Renames // answers NotifyNewId; set by NewRenames
 	owners   Owners   // nil: a single process; set by UseOwners before Run
+
+	random      io.Reader     // for the database identity, if the engine writes it
+	dbID        string        // the store's database identity, once read
+	recordsRead atomic.Uint64 // delivery records folded by loads
 }
 
 // peer is the engine's state for one peer, rebuilt from its streams.
@@ -211,6 +219,16 @@ type peer struct {
 	recvMu   sync.Mutex // serializes inbox appends, in order
 	inLoaded bool
 	in       domain.Inbox
+
+	// durable is the fold of the delivery records written (out runs
+	// ahead of it by the journal): what a snapshot at deliveryNext holds.
+	// Guarded by mu.
+	durable domain.Outbox
+	// snapshotAt: the delivery snapshot last read or attempted covers the
+	// records before it; snapshotWritten: the last one known stored.
+	snapshotAt, snapshotWritten uint64
+	// outboxCut and deliveryCut: retention removed the records before them.
+	outboxCut, deliveryCut uint64
 }
 
 type journalEntry struct {
@@ -230,6 +248,7 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *registry.Regis
 	var jitterMu sync.Mutex
 	return &Engine{
 		cfg: cfg, store: store, codec: codec, registry: registry, client: client, clock: clock, logger: logger,
+		random: random,
 		jitter: func() float64 {
 			jitterMu.Lock()
 			defer jitterMu.Unlock()
@@ -278,6 +297,13 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.mu.Unlock()
 	if renames != nil {
 		renames.Start()
+	}
+	if e.cfg.RetainDelivered > 0 {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.retainLoop(ctx)
+		}()
 	}
 	e.wg.Add(1)
 	go func() {
@@ -426,21 +452,18 @@ func (e *Engine) loadLocked(ctx context.Context, p *peer) error {
 	case len(last) == 1:
 		out.Stored(last[0].Revision)
 	}
-	next, err := readAll(ctx, e.store, streams.Delivery(p.id), func(r eventstore.RecordedEvent) error {
-		ev, err := streams.DecodeDelivery(r)
-		if err != nil {
-			return err
-		}
-		out.Apply(ev)
-		return nil
-	})
+	head := out.Head
+	out, next, read, err := e.loadDelivery(ctx, p)
 	if err != nil {
 		return err
 	}
+	e.recordsRead.Add(read)
+	out.Head = max(out.Head, head)
 	// The outbox may have grown since the head was read (an enqueue
 	// racing this load); enqueues raise Head themselves, so keep the max.
 	out.Head = max(out.Head, p.out.Head)
-	p.out, p.deliveryNext, p.loaded = out, next, true
+	p.out, p.durable, p.deliveryNext, p.loaded = out, out, next, true
+	p.snapshotWritten = p.snapshotAt
 	return nil
 }
 
@@ -529,6 +552,9 @@ func (e *Engine) flush(p *peer) {
 		p.mu.Lock()
 		if err == nil {
 			p.deliveryNext += uint64(len(all))
+			for _, ev := range all {
+				p.durable.Apply(ev)
+			}
 		} else {
 			// The in-memory state ran ahead of the stream: rebuild it from
 			// the stream before the next decision. Records queued behind
@@ -542,6 +568,9 @@ func (e *Engine) flush(p *peer) {
 			if j.done != nil {
 				j.done <- err
 			}
+		}
+		if err == nil {
+			e.snapshotAfterFlush(p)
 		}
 	}
 }
@@ -610,7 +639,7 @@ func (e *Engine) Cursors() []domain.PeerCursor {
 			continue
 		}
 		p.mu.Lock()
-		out = append(out, domain.PeerCursor{PeerID: string(p.id), ServerID: server, Outbox: p.out})
+		out = append(out, domain.PeerCursor{PeerID: string(p.id), ServerID: server, Outbox: p.out, RetainedFrom: p.outboxCut})
 		p.mu.Unlock()
 	}
 	return out

@@ -386,7 +386,14 @@ func (e *Engine) keepPulling(p *peer) {
 // peers in queue mode. It also closes a gate for every peer, so their
 // pushes wait until the startup pulls have pulled them.
 func (e *Engine) restore(ctx context.Context) error {
-	for _, peer := range e.registry.Peers() {
+	before, start := e.recordsRead.Load(), e.clock.Now()
+	peers := e.registry.Peers()
+	defer func() {
+		// What a start costs: bounded per peer by the snapshots.
+		e.logger.Info("delivery state rebuilt", "peers", len(peers), "records", e.recordsRead.Load()-before,
+			"took", e.clock.Now().Sub(start).Round(time.Millisecond))
+	}()
+	for _, peer := range peers {
 		p := e.peer(peer.ID)
 		p.mu.Lock()
 		if err := e.loadLocked(ctx, p); err != nil {

@@ -243,6 +243,7 @@ var (
 	deliveredDesc = prometheus.NewDesc("postbox_peer_delivered", "Events delivered to the peer.", []string{"peer"}, nil)
 	skippedDesc   = prometheus.NewDesc("postbox_peer_skipped", "Events an operator skipped (postbox skip): never delivered.", []string{"peer"}, nil)
 	pendingDesc   = prometheus.NewDesc("postbox_peer_pending", "Events not yet delivered to the peer.", []string{"peer"}, nil)
+	retainedDesc  = prometheus.NewDesc("postbox_peer_outbox_retained", "Events still stored in the peer's outbox: --retain-delivered removed the delivered ones before them.", []string{"peer"}, nil)
 	queueDesc     = prometheus.NewDesc("postbox_peers_in_queue_mode", "Peers whose events wait for them to pull.", nil, nil)
 	infoDesc      = prometheus.NewDesc("postbox_peer_info", "A peer's current server ID, by its stable peer ID (the peer label of every per-peer series).", []string{"peer", "server_id"}, nil)
 )
@@ -257,6 +258,7 @@ func (c *peerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- deliveredDesc
 	ch <- skippedDesc
 	ch <- pendingDesc
+	ch <- retainedDesc
 	ch <- queueDesc
 	ch <- infoDesc
 }
@@ -270,6 +272,7 @@ func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(deliveredDesc, prometheus.GaugeValue, float64(out.Delivered-out.Skipped), p.PeerID)
 		ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.GaugeValue, float64(out.Skipped), p.PeerID)
 		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(out.Pending()), p.PeerID)
+		ch <- prometheus.MustNewConstMetric(retainedDesc, prometheus.GaugeValue, float64(out.Head-min(p.RetainedFrom, out.Head)), p.PeerID)
 		if out.Mode == domain.ModeQueue {
 			queued++
 		}

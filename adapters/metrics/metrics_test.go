@@ -38,7 +38,7 @@ func scrape(t *testing.T, m *Metrics) string {
 func TestMetricsShowWhatHappened(t *testing.T) {
 	t.Parallel()
 	peers := fixedPeers{
-		{PeerID: "pb", ServerID: domain.MustParseServerID("b.example:2289"), Outbox: domain.Outbox{Head: 10, Delivered: 5, Skipped: 1, Mode: domain.ModeQueue}},
+		{PeerID: "pb", ServerID: domain.MustParseServerID("b.example:2289"), Outbox: domain.Outbox{Head: 10, Delivered: 5, Skipped: 1, Mode: domain.ModeQueue}, RetainedFrom: 4},
 		{PeerID: "pc", ServerID: domain.MustParseServerID("c.example:2289"), Outbox: domain.Outbox{Head: 3, Delivered: 3}},
 	}
 	m := New(NewCounters(peers), peers)
@@ -62,6 +62,8 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 		`postbox_peer_delivered{peer="pb"} 4`,
 		`postbox_peer_skipped{peer="pb"} 1`,
 		`postbox_peer_outbox_head{peer="pc"} 3`,
+		`postbox_peer_outbox_retained{peer="pb"} 6`,
+		`postbox_peer_outbox_retained{peer="pc"} 3`,
 		`postbox_peers_in_queue_mode 1`,
 		`postbox_push_failures_total{peer="pb"} 1`,
 		`postbox_push_duration_seconds_count{outcome="success"} 2`,

@@ -8,6 +8,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/projections"
 )
 
@@ -34,6 +35,8 @@ const progressEvery = 4096
 // in the Report.
 func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress func(done uint64)) (projections.Report, error) {
 	a := projections.NewAuditor()
+	start := &retainedStart{seen: map[domain.PeerID]bool{}}
+	start.store, _ = store.(retainedStore)
 	// Read the checkpoint before subscribing: a running server may rewrite
 	// it, and its position must not be past the end of what is replayed.
 	if opts.CheckpointPath != "" {
@@ -62,7 +65,11 @@ func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress fu
 		if item.Event == nil {
 			continue
 		}
-		a.Check(streams.Decode(*item.Event))
+		rec := streams.Decode(*item.Event)
+		if err := start.before(ctx, a, rec); err != nil {
+			return projections.Report{}, err
+		}
+		a.Check(rec)
 		if progress != nil && a.Records()%progressEvery == 0 {
 			progress(a.Records())
 		}

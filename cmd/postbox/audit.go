@@ -60,7 +60,9 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	defer store.Close()
 
 	progress, done := auditProgress(stderr)
+	began := time.Now()
 	report, err := projector.Audit(ctx, store, opts, progress)
+	took := time.Since(began)
 	done()
 	if err != nil {
 		return exitError{code: 2, err: err}
@@ -72,6 +74,8 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		}
 	} else if err := printAuditReport(stdout, report); err != nil {
 		return exitError{code: 2, err: fmt.Errorf("audit: write the report: %w", err)}
+	} else {
+		fmt.Fprintf(stdout, "read in %v: %.0f records/s\n", took.Round(time.Millisecond), float64(report.Records)/max(took.Seconds(), 1e-9))
 	}
 	if !report.Clean() {
 		return exitError{code: 1, err: fmt.Errorf("audit found %d violation(s)", len(report.Violations))}
@@ -122,6 +126,19 @@ func printAuditReport(w io.Writer, r projections.Report) error {
 		summary += ", checkpoint compared"
 	}
 	fmt.Fprintf(w, "\n%s\n", summary)
+	if len(r.Retained) == 0 {
+		fmt.Fprintln(w, "range: every stream from its first record (full history)")
+	} else {
+		// What retention removed was not checked: say where checking began.
+		fmt.Fprintf(w, "range: %d stream(s) truncated by retention, checked from:\n", len(r.Retained))
+		for _, t := range r.Retained {
+			from := "its first kept record"
+			if t.FromSnapshot {
+				from = "the snapshot of the records before it"
+			}
+			fmt.Fprintf(w, "  %s revision %d (%s)\n", t.Stream, t.From, from)
+		}
+	}
 	if len(r.Skips) > 0 {
 		fmt.Fprintf(w, "%d skip(s) by an operator, never delivered:\n", len(r.Skips))
 		for _, s := range r.Skips {

@@ -93,6 +93,7 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	fs.DurationVar(&dc.PullInterval, "pull-interval", dc.PullInterval, "pull each peer this long after its last push")
 	fs.IntVar(&dc.PushBatchEvents, "push-batch", dc.PushBatchEvents, "most events one push carries to a Postbox peer that takes several (1: one event per push, as to upstream peers)")
 	fs.DurationVar(&dc.IdempotencyWindow, "idempotency-window", dc.IdempotencyWindow, "remember send idempotency keys this long; at start the outboxes are read back this far to rebuild them")
+	fs.DurationVar(&dc.RetainDelivered, "retain-delivered", 0, "remove each peer's outbox events once delivered (acknowledged) longer ago than this; never an undelivered one (0: keep everything)")
 	fs.IntVar(&dc.MaxEventBytes, "max-event-bytes", dc.MaxEventBytes, "largest event send takes (bytes); the default fits every receiver limit Postbox announces and a default EventStoreDB append")
 	given, err := parseFlags(fs, args, getenv)
 	if err != nil {
@@ -158,6 +159,8 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 		return Config{}, flagError("push-batch", dc.PushBatchEvents, "must be at least 1", def("push-batch"))
 	case cfg.ConsumerIdleAfter <= 0:
 		return Config{}, flagError("consumer-idle-after", cfg.ConsumerIdleAfter, "must be positive", def("consumer-idle-after"))
+	case dc.RetainDelivered < 0:
+		return Config{}, flagError("retain-delivered", dc.RetainDelivered, "must be 0 (keep everything) or positive", def("retain-delivered"))
 	case dc.PullInterval <= 0:
 		return Config{}, flagError("pull-interval", dc.PullInterval, "must be positive", def("pull-interval"))
 	case dc.IdempotencyWindow <= 0:

@@ -35,6 +35,12 @@ func TestParseServeConfigDefaults(t *testing.T) {
 	if cfg.KeyFile != filepath.Join("./postbox-data", "key.ed25519") {
 		t.Errorf("KeyFile = %q", cfg.KeyFile)
 	}
+	if cfg.Delivery.RetainDelivered != 0 {
+		t.Errorf("RetainDelivered = %v by default, want 0 (keep everything)", cfg.Delivery.RetainDelivered)
+	}
+	if c, err := parseServeConfig([]string{"--retain-delivered", "1s"}, io.Discard, envOf(nil)); err != nil || c.Delivery.RetainDelivered != time.Second {
+		t.Errorf("--retain-delivered 1s: %v, %v", c.Delivery.RetainDelivered, err)
+	}
 	if cfg.InsecurePeers || cfg.RequireExt || cfg.AuthWindow != 60*time.Second || cfg.PeerProtocol != peerclient.HRPC || cfg.MaxRequest != 4<<20 {
 		t.Errorf("defaults = %+v", cfg)
 	}
@@ -193,6 +199,7 @@ func TestParseServeConfigRefuses(t *testing.T) {
 		{"zero event limit", []string{"--max-event-bytes", "0"}, nil, "--max-event-bytes 0"},
 		{"bodies in flight below the request limit", []string{"--max-request-bytes", "2048", "--max-inflight-bytes", "2047"}, nil, "--max-inflight-bytes 2047 is below --max-request-bytes 2048"},
 		{"negative push retries", []string{"--push-retries", "-1"}, nil, "--push-retries"},
+		{"negative retention", []string{"--retain-delivered", "-1s"}, nil, "--retain-delivered"},
 		{"zero pull interval from the environment", nil, map[string]string{"POSTBOX_PULL_INTERVAL": "0s"}, "--pull-interval"},
 		{"replica mode on the embedded store", []string{"--replica", "pod-1"}, nil, "--replica pod-1: replicas of one server share one EventStoreDB"},
 		{"a replica name with a space", []string{"--store", "esdb://127.0.0.1:2113?tls=false", "--replica", "pod 1"}, nil, "--replica"},

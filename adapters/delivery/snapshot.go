@@ -1,0 +1,167 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/projector"
+	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+// snapshotEvery is how many delivery records are written between two
+// snapshots of a peer's delivery state: a start reads at most about this
+// many records per peer (plus the records of one batch).
+const snapshotEvery = 256
+
+// databaseID returns the identity of the store's database, which every
+// snapshot carries: one copied from another database is not trusted.
+func (e *Engine) databaseID(ctx context.Context) (string, error) {
+	e.mu.Lock()
+	id := e.dbID
+	e.mu.Unlock()
+	if id != "" {
+		return id, nil
+	}
+	id, err := projector.DatabaseID(ctx, e.store, e.random)
+	if err != nil {
+		return "", err
+	}
+	e.mu.Lock()
+	e.dbID = id
+	e.mu.Unlock()
+	return id, nil
+}
+
+// loadDelivery folds p's delivery stream from its latest trusted snapshot:
+// the state, the stream's length, and how many records were read.
+func (e *Engine) loadDelivery(ctx context.Context, p *peer) (domain.Outbox, uint64, uint64, error) {
+	stream := streams.Delivery(p.id)
+	var out domain.Outbox
+	from := e.trustedDeliverySnapshot(ctx, p, &out)
+	var read uint64
+	next, err := readFrom(ctx, e.store, stream, from, func(r eventstore.RecordedEvent) error {
+		ev, err := streams.DecodeDelivery(r)
+		if err != nil {
+			return err
+		}
+		read++
+		out.Apply(ev)
+		return nil
+	})
+	if err != nil {
+		return domain.Outbox{}, 0, 0, err
+	}
+	return out, max(next, from), read, nil
+}
+
+// trustedDeliverySnapshot sets out to p's latest delivery snapshot and
+// returns the revision it covers, or 0 (and out unchanged) when there is
+// none it can trust: that one is ignored with a warning.
+func (e *Engine) trustedDeliverySnapshot(ctx context.Context, p *peer, out *domain.Outbox) uint64 {
+	p.snapshotAt = 0
+	recs, err := e.store.ReadStreamBackward(ctx, streams.DeliverySnapshot(p.id), 1)
+	if errors.Is(err, eventstore.ErrStreamNotFound) || (err == nil && len(recs) == 0) {
+		return 0
+	}
+	ignore := func(err error) uint64 {
+		e.logger.Warn("delivery snapshot ignored; folding the delivery records instead", "peer", p.id, "err", err)
+		return 0
+	}
+	if err != nil {
+		return ignore(err)
+	}
+	snap, err := streams.DecodeOutboxSnapshot(recs[0])
+	if err != nil {
+		return ignore(err)
+	}
+	db, err := e.databaseID(ctx)
+	if err != nil {
+		return ignore(err)
+	}
+	stream := streams.Delivery(p.id)
+	last, err := e.store.ReadStreamBackward(ctx, stream, 1)
+	if err != nil && !errors.Is(err, eventstore.ErrStreamNotFound) {
+		return ignore(err)
+	}
+	var length uint64
+	if len(last) == 1 {
+		length = last[0].Revision + 1
+	}
+	if err := snap.Check(db, stream, length, len(last) == 1); err != nil {
+		return ignore(err)
+	}
+	*out = snap.Outbox()
+	p.snapshotAt = snap.Revision
+	return snap.Revision
+}
+
+// snapshotAfterFlush writes a snapshot of p's delivery state once
+// snapshotEvery records were written since the last one. It runs in p's
+// flush, after an append, so no other delivery append of p runs meanwhile.
+func (e *Engine) snapshotAfterFlush(p *peer) {
+	p.mu.Lock()
+	if !p.loaded || p.deliveryNext < p.snapshotAt+snapshotEvery {
+		p.mu.Unlock()
+		return
+	}
+	durable, rev := p.durable, p.deliveryNext
+	durable.Head = p.out.Head
+	p.snapshotAt = rev // a failure waits for the next snapshotEvery records
+	p.mu.Unlock()
+	if err := e.writeDeliverySnapshot(p, durable, rev); err != nil {
+		e.logger.Warn("writing a delivery snapshot failed; the next start reads more records", "peer", p.id, "err", err)
+		return
+	}
+	p.mu.Lock()
+	p.snapshotWritten = max(p.snapshotWritten, rev)
+	p.mu.Unlock()
+}
+
+func (e *Engine) writeDeliverySnapshot(p *peer, o domain.Outbox, rev uint64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	db, err := e.databaseID(ctx)
+	if err != nil {
+		return err
+	}
+	data, err := e.codec.EncodeSnapshot(streams.NewOutboxSnapshot(db, streams.Delivery(p.id), rev, o))
+	if err != nil {
+		return err
+	}
+	if _, err := e.store.Append(ctx, streams.DeliverySnapshot(p.id), eventstore.Any(), data); err != nil {
+		return fmt.Errorf("append to %s: %w", streams.DeliverySnapshot(p.id), err)
+	}
+	return nil
+}
+
+// appendTimeout bounds a record's append that outlives its caller.
+const appendTimeout = 30 * time.Second
+
+// readFrom folds the events of stream from revision from, page by page; a
+// missing stream is empty. It returns the revision after the last one read.
+func readFrom(ctx context.Context, s Store, stream string, from uint64, fn func(eventstore.RecordedEvent) error) (uint64, error) {
+	const page = 1024
+	next := from
+	for {
+		batch, err := s.ReadStream(ctx, stream, next, page)
+		if errors.Is(err, eventstore.ErrStreamNotFound) {
+			return next, nil
+		}
+		if err != nil {
+			return next, fmt.Errorf("read %s: %w", stream, err)
+		}
+		for _, r := range batch {
+			if err := fn(r); err != nil {
+				return next, err
+			}
+			next = r.Revision + 1
+		}
+		if len(batch) < page {
+			return next, nil
+		}
+	}
+}

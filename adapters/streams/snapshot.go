@@ -1,0 +1,123 @@
+package streams
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/domain"
+)
+
+// Snapshots are folds written back into the store, so that a start reads
+// the latest one plus the records after it instead of a stream's whole
+// history, and so that a stream can be truncated behind one. They are a
+// cache of what the records say: one that cannot be trusted is ignored and
+// the records are folded instead. Their streams start with "snapshot-",
+// which no Postbox stream kind matches, so projections and the audit's
+// rules pass over them as another application's streams.
+const (
+	SnapshotPrefix         = "snapshot-"
+	DeliverySnapshotPrefix = SnapshotPrefix + DeliveryPrefix
+	TypeSnapshot           = "Snapshot"
+	// SnapshotFormat is the format this build writes and reads; a snapshot
+	// of a newer format is ignored.
+	SnapshotFormat = 1
+)
+
+// DeliverySnapshot is the stream of snapshots of peer's delivery stream.
+func DeliverySnapshot(peer PeerID) string { return DeliverySnapshotPrefix + string(peer) }
+
+// SnapshotHeader says what a snapshot covers: the records of Stream
+// before revision Revision, in the database DatabaseID.
+type SnapshotHeader struct {
+	Format     int    `json:"format"`
+	DatabaseID string `json:"database_id"`
+	Stream     string `json:"stream"`
+	Revision   uint64 `json:"revision"`
+}
+
+// OutboxSnapshot is a delivery stream's fold (domain.Outbox) with its
+// header. JSON with explicit names: a snapshot is never the only copy of
+// anything the records lost, so its format can change with a version bump.
+type OutboxSnapshot struct {
+	SnapshotHeader
+	Head             uint64   `json:"head"`
+	Delivered        uint64   `json:"delivered"`
+	Mode             int      `json:"mode"`
+	HandedOver       uint64   `json:"handed_over"`
+	PulledSinceQueue bool     `json:"pulled_since_queue"`
+	Skipped          uint64   `json:"skipped"`
+	Epoch            uint64   `json:"epoch"`
+	EpochFrom        uint64   `json:"epoch_from"`
+	PastEpochs       []uint64 `json:"past_epochs,omitempty"`
+	Given            uint64   `json:"given"`
+	HasGiven         bool     `json:"has_given"`
+}
+
+// NewOutboxSnapshot records o as the fold of stream's records before rev.
+func NewOutboxSnapshot(databaseID, stream string, rev uint64, o domain.Outbox) OutboxSnapshot {
+	return OutboxSnapshot{
+		SnapshotHeader: SnapshotHeader{Format: SnapshotFormat, DatabaseID: databaseID, Stream: stream, Revision: rev},
+		Head:           o.Head, Delivered: o.Delivered, Mode: int(o.Mode), HandedOver: o.HandedOver,
+		PulledSinceQueue: o.PulledSinceQueue, Skipped: o.Skipped, Epoch: o.Epoch, EpochFrom: o.EpochFrom,
+		PastEpochs: o.PastEpochs, Given: o.Given, HasGiven: o.HasGiven,
+	}
+}
+
+// Outbox is the fold the snapshot holds.
+func (s OutboxSnapshot) Outbox() domain.Outbox {
+	return domain.Outbox{
+		Head: s.Head, Delivered: s.Delivered, Mode: domain.DeliveryMode(s.Mode), HandedOver: s.HandedOver,
+		PulledSinceQueue: s.PulledSinceQueue, Skipped: s.Skipped, Epoch: s.Epoch, EpochFrom: s.EpochFrom,
+		PastEpochs: s.PastEpochs, Given: s.Given, HasGiven: s.HasGiven,
+	}
+}
+
+// EncodeSnapshot encodes a snapshot record (any of the snapshot types).
+func (c *Codec) EncodeSnapshot(s any) (eventstore.EventData, error) {
+	var id eventstore.EventID
+	if _, err := io.ReadFull(c.rand, id[:]); err != nil {
+		return eventstore.EventData{}, fmt.Errorf("event ID: %w", err)
+	}
+	id[6] = id[6]&0x0f | 0x40
+	id[8] = id[8]&0x3f | 0x80
+	data, err := json.Marshal(s)
+	if err != nil {
+		return eventstore.EventData{}, fmt.Errorf("encode snapshot: %w", err)
+	}
+	return eventstore.EventData{ID: id, Type: TypeSnapshot, Data: data}, nil
+}
+
+// DecodeOutboxSnapshot reads a delivery snapshot record. It checks only
+// the encoding; whether the snapshot can be trusted is the reader's call
+// (SnapshotHeader.Check).
+func DecodeOutboxSnapshot(r eventstore.RecordedEvent) (OutboxSnapshot, error) {
+	var s OutboxSnapshot
+	if r.Type != TypeSnapshot {
+		return s, fmt.Errorf("%s@%d: snapshot record of type %q", r.Stream, r.Revision, r.Type)
+	}
+	if err := json.Unmarshal(r.Data, &s); err != nil {
+		return s, fmt.Errorf("%s@%d: decode snapshot: %w", r.Stream, r.Revision, err)
+	}
+	return s, nil
+}
+
+// Check says why a snapshot read for stream, in database databaseID, whose
+// stream holds length records (exists: it has any), cannot be trusted; nil
+// if it can.
+func (h SnapshotHeader) Check(databaseID, stream string, length uint64, exists bool) error {
+	switch {
+	case h.Format > SnapshotFormat || h.Format < 1:
+		return fmt.Errorf("snapshot format %d, this build reads %d", h.Format, SnapshotFormat)
+	case h.Stream != stream:
+		return fmt.Errorf("snapshot of stream %q, not %q", h.Stream, stream)
+	case databaseID == "" || h.DatabaseID != databaseID:
+		return fmt.Errorf("snapshot of database %q, this is %q", h.DatabaseID, databaseID)
+	case !exists:
+		return fmt.Errorf("snapshot of %q, which has no records", stream)
+	case h.Revision > length:
+		return fmt.Errorf("snapshot covers %d records of %q, which holds %d", h.Revision, stream, length)
+	}
+	return nil
+}
