@@ -2,8 +2,6 @@ package delivery
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 )
@@ -25,24 +23,5 @@ func expectAfter(n uint64) eventstore.ExpectedRevision {
 
 // readAll folds every event of stream, page by page; a missing stream is empty.
 func readAll(ctx context.Context, s Store, stream string, fn func(eventstore.RecordedEvent) error) (uint64, error) {
-	const page = 1024
-	var next uint64
-	for {
-		batch, err := s.ReadStream(ctx, stream, next, page)
-		if errors.Is(err, eventstore.ErrStreamNotFound) {
-			return next, nil
-		}
-		if err != nil {
-			return next, fmt.Errorf("read %s: %w", stream, err)
-		}
-		for _, r := range batch {
-			if err := fn(r); err != nil {
-				return next, err
-			}
-			next = r.Revision + 1
-		}
-		if len(batch) < page {
-			return next, nil
-		}
-	}
+	return readFrom(ctx, s, stream, 0, fn)
 }
