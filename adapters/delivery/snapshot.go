@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/projector"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -26,7 +25,7 @@ func (e *Engine) databaseID(ctx context.Context) (string, error) {
 	if id != "" {
 		return id, nil
 	}
-	id, err := projector.DatabaseID(ctx, e.store, e.random)
+	id, err := streams.DatabaseID(ctx, e.store, e.random)
 	if err != nil {
 		return "", err
 	}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/projections"
 )
 
@@ -20,7 +21,7 @@ func TestTheDatabaseIdentityIsWrittenOnceAndKept(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range ids {
 		wg.Go(func() {
-			id, err := DatabaseID(t.Context(), store, rand.Reader)
+			id, err := streams.DatabaseID(t.Context(), store, rand.Reader)
 			if err != nil {
 				t.Error(err)
 			}
@@ -28,11 +29,11 @@ func TestTheDatabaseIdentityIsWrittenOnceAndKept(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	again, err := DatabaseID(t.Context(), store, rand.Reader)
+	again, err := streams.DatabaseID(t.Context(), store, rand.Reader)
 	if err != nil || ids[0] == "" || ids[0] != ids[1] || again != ids[0] || len(again) != 32 {
 		t.Fatalf("identities %q, then %q (%v); want one of 32 hex digits", ids, again, err)
 	}
-	if id, err := DatabaseID(t.Context(), other, rand.Reader); err != nil || id == again {
+	if id, err := streams.DatabaseID(t.Context(), other, rand.Reader); err != nil || id == again {
 		t.Fatalf("another database has identity %q (%v), the same as the first's", id, err)
 	}
 	// The identity record is no peer's and nothing unknown.
@@ -59,7 +60,7 @@ func TestACheckpointOfAnotherDatabaseIsNotUsed(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	firstID, err := DatabaseID(t.Context(), first, rand.Reader)
+	firstID, err := streams.DatabaseID(t.Context(), first, rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func TestACheckpointOfAnotherDatabaseIsNotUsed(t *testing.T) {
 	}
 
 	second := newHistory(t).seen("pz", "z.example:2289").enqueueN("pz", 3).store()
-	if _, err := DatabaseID(t.Context(), second, rand.Reader); err != nil {
+	if _, err := streams.DatabaseID(t.Context(), second, rand.Reader); err != nil {
 		t.Fatal(err)
 	}
 	rep := audit(t, second, AuditOptions{CheckpointPath: path})
@@ -92,7 +93,7 @@ func TestACheckpointOfAnotherDatabaseIsNotUsed(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	secondID, _ := DatabaseID(t.Context(), second, rand.Reader)
+	secondID, _ := streams.DatabaseID(t.Context(), second, rand.Reader)
 	if cp, err := ReadCheckpoint(path); err != nil || cp.DatabaseID() != secondID {
 		t.Fatalf("checkpoint now of database %q (%v), want %q", cp.DatabaseID(), err, secondID)
 	}
@@ -113,7 +114,7 @@ func TestACheckpointWithoutADatabaseIsNotUsed(t *testing.T) {
 	store := newHistory(t).seen("pz", "z.example:2289").store()
 	// The store's identity is written before the projection starts, so
 	// Current (everything stored when it is called) includes it.
-	if _, err := DatabaseID(t.Context(), store, rand.Reader); err != nil {
+	if _, err := streams.DatabaseID(t.Context(), store, rand.Reader); err != nil {
 		t.Fatal(err)
 	}
 	l := NewLive(store, path, testLogger(t))

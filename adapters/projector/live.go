@@ -27,7 +27,7 @@ import (
 // learn (or write) its identity.
 type LiveStore interface {
 	Subscribe(ctx context.Context, filter eventstore.Filter, from eventstore.SubscribeFrom) (eventstore.Subscription, error)
-	IdentityStore
+	streams.IdentityStore
 }
 
 // Live keeps a State current by following the store with a catch-up
@@ -183,7 +183,7 @@ func (l *Live) apply(r eventstore.RecordedEvent) {
 func (l *Live) identify(ctx context.Context) (id string, ok bool) {
 	delay := l.backoffFirst
 	for {
-		id, err := DatabaseID(ctx, l.store, l.random)
+		id, err := streams.DatabaseID(ctx, l.store, l.random)
 		if err == nil {
 			return id, true
 		}

@@ -25,7 +25,6 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/delivery"
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
-	"github.com/harmony-postbox/postbox/adapters/projector"
 	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -96,7 +95,7 @@ func write(ctx context.Context, dir string, records, peers int) error {
 	if err != nil {
 		return err
 	}
-	db, err := projector.DatabaseID(ctx, store, rand.Reader)
+	db, err := streams.DatabaseID(ctx, store, rand.Reader)
 	if err != nil {
 		return err
 	}

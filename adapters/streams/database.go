@@ -1,4 +1,4 @@
-package projector
+package streams
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 	"io"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
-	"github.com/harmony-postbox/postbox/adapters/streams"
 )
 
 // IdentityStore is what DatabaseID needs of the store.
@@ -17,17 +16,18 @@ type IdentityStore interface {
 	ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]eventstore.RecordedEvent, error)
 }
 
-// DatabaseID returns the identity of the database store holds: the ID in
+// DatabaseID returns the identity (the one reader and first writer of the
+// database stream, for the projector and the engine's snapshots alike) of the database store holds: the ID in
 // the first event of its database stream, which the first caller on a
 // database writes (a random ID from random). Positions mean something only
 // within one database, so whatever remembers one (the projections'
 // checkpoint) records this ID beside it.
 func DatabaseID(ctx context.Context, store IdentityStore, random io.Reader) (string, error) {
 	for attempt := 0; ; attempt++ {
-		recs, err := store.ReadStream(ctx, streams.Database, 0, 1)
+		recs, err := store.ReadStream(ctx, Database, 0, 1)
 		switch {
 		case err == nil && len(recs) > 0:
-			return streams.DecodeDatabaseCreated(recs[0])
+			return DecodeDatabaseCreated(recs[0])
 		case err != nil && !errors.Is(err, eventstore.ErrStreamNotFound):
 			return "", fmt.Errorf("read the database identity: %w", err)
 		}
@@ -36,11 +36,11 @@ func DatabaseID(ctx context.Context, store IdentityStore, random io.Reader) (str
 			return "", fmt.Errorf("database identity: %w", err)
 		}
 		id := hex.EncodeToString(raw[:])
-		ev, err := streams.NewCodec(random).EncodeDatabaseCreated(id)
+		ev, err := NewCodec(random).EncodeDatabaseCreated(id)
 		if err != nil {
 			return "", err
 		}
-		_, err = store.Append(ctx, streams.Database, eventstore.NoStream(), ev)
+		_, err = store.Append(ctx, Database, eventstore.NoStream(), ev)
 		switch {
 		case err == nil:
 			return id, nil
