@@ -21,8 +21,9 @@ const (
 	DeliverySnapshotPrefix = SnapshotPrefix + DeliveryPrefix
 	TypeSnapshot           = "Snapshot"
 	// SnapshotFormat is the format this build writes and reads; a snapshot
-	// of a newer format is ignored.
-	SnapshotFormat = 1
+	// of another format is ignored (an older one lacks fields the fold has
+	// now: format 2 added the owner's term).
+	SnapshotFormat = 2
 )
 
 // DeliverySnapshot is the stream of snapshots of peer's delivery stream.
@@ -53,6 +54,8 @@ type OutboxSnapshot struct {
 	PastEpochs       []uint64 `json:"past_epochs,omitempty"`
 	Given            uint64   `json:"given"`
 	HasGiven         bool     `json:"has_given"`
+	OwnerTerm        uint64   `json:"owner_term,omitempty"`
+	OwnerReplica     string   `json:"owner_replica,omitempty"`
 }
 
 // NewOutboxSnapshot records o as the fold of stream's records before rev.
@@ -62,6 +65,7 @@ func NewOutboxSnapshot(databaseID, stream string, rev uint64, o domain.Outbox) O
 		Head:           o.Head, Delivered: o.Delivered, Mode: int(o.Mode), HandedOver: o.HandedOver,
 		PulledSinceQueue: o.PulledSinceQueue, Skipped: o.Skipped, Epoch: o.Epoch, EpochFrom: o.EpochFrom,
 		PastEpochs: o.PastEpochs, Given: o.Given, HasGiven: o.HasGiven,
+		OwnerTerm: o.Owner.Term, OwnerReplica: o.Owner.Replica,
 	}
 }
 
@@ -71,6 +75,7 @@ func (s OutboxSnapshot) Outbox() domain.Outbox {
 		Head: s.Head, Delivered: s.Delivered, Mode: domain.DeliveryMode(s.Mode), HandedOver: s.HandedOver,
 		PulledSinceQueue: s.PulledSinceQueue, Skipped: s.Skipped, Epoch: s.Epoch, EpochFrom: s.EpochFrom,
 		PastEpochs: s.PastEpochs, Given: s.Given, HasGiven: s.HasGiven,
+		Owner: domain.OwnerTerm{Term: s.OwnerTerm, Replica: s.OwnerReplica},
 	}
 }
 
@@ -108,7 +113,7 @@ func DecodeOutboxSnapshot(r eventstore.RecordedEvent) (OutboxSnapshot, error) {
 // if it can.
 func (h SnapshotHeader) Check(databaseID, stream string, length uint64, exists bool) error {
 	switch {
-	case h.Format > SnapshotFormat || h.Format < 1:
+	case h.Format != SnapshotFormat:
 		return fmt.Errorf("snapshot format %d, this build reads %d", h.Format, SnapshotFormat)
 	case h.Stream != stream:
 		return fmt.Errorf("snapshot of stream %q, not %q", h.Stream, stream)
