@@ -191,6 +191,12 @@ func TestDeliveryCrashMidStream(t *testing.T) {
 	e2eSetup(t)
 	start := time.Now()
 	a, b := newE2ENode(t, "A", "", e2eStreamingSender...), newE2ENode(t, "B", "", e2eQuickQueue...)
+	// Each push waits 4 ms on its way to B, so the 800 one-event pushes
+	// take at least 3 s: the kill below lands mid-stream however fast the
+	// machine is, not only on a slow one.
+	px := newE2EProxy(t, b.listen)
+	px.setPushDelay(4 * time.Millisecond)
+	b.id = px.addr
 	a.start()
 	b.start()
 	const n = 800
@@ -208,6 +214,7 @@ func TestDeliveryCrashMidStream(t *testing.T) {
 		return got >= 50, fmt.Sprintf("%d records", got)
 	})
 	a.kill()
+	px.setPushDelay(0)
 	atKillReread, err := b.streamLen(streams.Inbox, a)
 	if err != nil {
 		t.Fatal(err)

@@ -797,6 +797,7 @@ type e2eProxy struct {
 	cutPush      bool
 	refusePushes bool
 	pushCuts     int
+	pushDelay    time.Duration // hold every Push this long before forwarding it
 }
 
 // newE2EProxy listens on a free loopback port and forwards to target
@@ -866,15 +867,30 @@ func (p *e2eProxy) pushesCut() int {
 	return p.pushCuts
 }
 
+// setPushDelay holds every Push d before forwarding it: a stream of
+// one-event pushes then lasts long enough to be cut in the middle.
+func (p *e2eProxy) setPushDelay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.pushDelay = d
+}
+
 func (p *e2eProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == e2ePushPath {
 		p.mu.Lock()
-		cut, refuse := p.cutPush, p.refusePushes
+		cut, refuse, delay := p.cutPush, p.refusePushes, p.pushDelay
 		if cut {
 			p.cutPush = false
 			p.pushCuts++
 		}
 		p.mu.Unlock()
+		if delay > 0 {
+			select {
+			case <-time.After(delay):
+			case <-r.Context().Done():
+				return
+			}
+		}
 		switch {
 		case cut:
 			p.forwardAndCut(r)
