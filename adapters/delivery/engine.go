@@ -157,6 +157,8 @@ type Engine struct {
 	newEpoch func() uint64 // a random epoch, never 0
 	slots    chan struct{}
 	keys     *sendKeys
+	// aheadSlots holds one token per Pull reply read ahead (pullahead.go).
+	aheadSlots chan struct{}
 
 	// Background work (push loops, probes, pulls, notices) runs under
 	// Run's context: whatever starts it (a Send, a timer, a Pull served)
@@ -213,6 +215,8 @@ type peer struct {
 	// stuck: the oldest undelivered event looked undeliverable when it was
 	// last read for a push or a Pull reply; moot once Delivered passes it.
 	stuck *domain.StuckEvent
+	// ahead: the next Pull reply, read while the peer appends the last.
+	ahead *pullAhead
 
 	sends outboxWriter // batches Sends into outbox appends
 
@@ -259,13 +263,14 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *registry.Regis
 			defer jitterMu.Unlock()
 			return jitterSource.Uint64() | 1
 		},
-		slots:   make(chan struct{}, max(cfg.MaxConcurrentPushes, 1)),
-		wake:    make(chan struct{}, 1),
-		started: make(chan struct{}),
-		pulled:  make(chan struct{}),
-		stopped: make(chan struct{}),
-		peers:   map[streams.PeerID]*peer{},
-		keys:    newSendKeys(cfg.IdempotencyWindow),
+		slots:      make(chan struct{}, max(cfg.MaxConcurrentPushes, 1)),
+		aheadSlots: make(chan struct{}, maxPullsAhead),
+		wake:       make(chan struct{}, 1),
+		started:    make(chan struct{}),
+		pulled:     make(chan struct{}),
+		stopped:    make(chan struct{}),
+		peers:      map[streams.PeerID]*peer{},
+		keys:       newSendKeys(cfg.IdempotencyWindow),
 	}
 }
 
@@ -413,18 +418,19 @@ func (e *Engine) untilStopped(ctx context.Context) (context.Context, context.Can
 }
 
 // goBackground hands fn to Run, which runs it under its context, unless
-// the engine is stopping.
-func (e *Engine) goBackground(fn func(ctx context.Context)) {
+// the engine is stopping (then it reports false).
+func (e *Engine) goBackground(fn func(ctx context.Context)) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.stopping {
-		return
+		return false
 	}
 	e.work = append(e.work, fn)
 	select {
 	case e.wake <- struct{}{}:
 	default: // Run has been woken already
 	}
+	return true
 }
 
 func (e *Engine) peer(id streams.PeerID) *peer {

@@ -79,6 +79,7 @@ func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, a
 		return PullBatch{}, waitRecorded(ctx, done)
 	}
 	p.serving = true
+	ahead := e.takeAheadLocked(p, plan.From)
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
@@ -92,7 +93,7 @@ func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, a
 		return PullBatch{}, err
 	}
 
-	events, lastID, err := e.readBatch(ctx, id, plan.From, plan.Available)
+	events, lastID, err := e.readReply(ctx, p, ahead, plan.From, plan.Available)
 	if err != nil || len(events) == 0 {
 		return PullBatch{}, err
 	}
@@ -104,6 +105,7 @@ func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, a
 	p.mu.Lock()
 	done = e.recordLocked(p, true, domain.ServedPull(plan.From, uint64(len(events)), caller.Extended))
 	epoch := p.out.Epoch
+	e.readAheadLocked(p, plan.From+uint64(len(events)))
 	p.mu.Unlock()
 	if err := waitRecorded(ctx, done); err != nil {
 		return PullBatch{}, err

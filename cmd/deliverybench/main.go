@@ -44,6 +44,7 @@ func main() {
 }
 
 type config struct {
+	phases           map[string]bool // nil: all
 	dir              string
 	keep             bool
 	rounds           int
@@ -89,10 +90,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&c.writers, "writers", 64, "writers of the store's many-writer append baseline")
 	fs.IntVar(&c.clients, "clients", 64, "concurrent admin API clients sending with SendBatch")
 	fs.IntVar(&c.batch, "batch", 64, "events per SendBatch")
+	phases := fs.String("phases", "", "measure only these phases, comma-separated (store, push1, push1single, push1stream, push1callers, noop1, noopN, pushN, pushNsingle, pushNstream, pull, backlogread, storeN, sendbatch, live); default: all")
 	liveRates := fs.String("live-rates", "100,1000,4000", "send rates offered in the live phase, events/s, comma-separated; the first and last are compared")
 	fs.DurationVar(&c.liveDuration, "live-duration", 2*time.Second, "length of each offered rate in each round")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *phases != "" {
+		c.phases = map[string]bool{}
+		for _, ph := range strings.Split(*phases, ",") {
+			c.phases[strings.TrimSpace(ph)] = true
+		}
 	}
 	for _, f := range strings.Split(*liveRates, ",") {
 		r, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
@@ -119,6 +127,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	return bench(ctx, c, out)
 }
+
+// measures reports whether phase is to be measured.
+func (c config) measures(phase string) bool { return c.phases == nil || c.phases[phase] }
 
 // series holds one measurement's result from each round.
 type series struct {
@@ -331,6 +342,9 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 
 	var profErr error
 	measure := func(s *series, phase string, round int, fn func(profiler) (result, error)) error {
+		if !c.measures(phase) {
+			return nil
+		}
 		prof := func() func() {
 			stop, err := startProfile(c.cpuprofile, phase, round)
 			if err != nil {
@@ -396,6 +410,9 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 			}
 		}
 		for i, rate := range c.liveRates {
+			if !c.measures("live") {
+				break
+			}
 			r, err := liveRun(ctx, liveSendAPI, liveRecv, watch, liveUser, rate, c.liveDuration, c.timeout)
 			if err != nil {
 				return fmt.Errorf("live %.0f/s, round %d: %w", rate, round, err)
@@ -408,6 +425,9 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	fmt.Fprintln(out)
 	fmt.Fprintf(out, "%-28s %10s %10s %10s  %-10s %12s\n", "", "median", "min", "max", "", "CPU/unit")
 	for _, s := range []*series{storeOne, noopOne, noopMany, pushOne, pushOneSingle, pushOneStream, pushOneCallers, pushMany, pushManySingle, pushManyStream, pull, backlogRead, storeMany, batchSend} {
+		if len(s.samples) == 0 {
+			continue
+		}
 		note := ""
 		if n := s.samples[len(s.samples)/2].note; n != "" {
 			note = "  " + n
@@ -421,6 +441,9 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	fmt.Fprintf(out, "live: Send (admin API) on one server to Watch (admin API) on another, each send due at its moment of a fixed offered rate, for %v per rate per round; medians of the rounds\n", c.liveDuration)
 	fmt.Fprintf(out, "%-28s %10s %10s %10s\n", "offered", "p50", "p99", "max")
 	for i, rate := range c.liveRates {
+		if len(live[i]) == 0 {
+			break
+		}
 		fmt.Fprintf(out, "%-28s %10s %10s %10s\n", fmt.Sprintf("%.0f events/s", rate),
 			liveMedian(live[i], func(r liveResult) time.Duration { return r.p50 }),
 			liveMedian(live[i], func(r liveResult) time.Duration { return r.p99 }),
@@ -468,10 +491,12 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	ratio(out, "  sent one by one, 1 peer / store", pushOneStream, storeOne, 0)
 	ratio(out, fmt.Sprintf("  one event per push, %d peers / no-op", c.peers), pushManySingle, noopMany, 0)
 	ratio(out, fmt.Sprintf("  sent one by one, %d peers / no-op", c.peers), pushManyStream, noopMany, 0)
-	verdict(out, fmt.Sprintf("pull %d backlog, events/s", c.backlog), pull.median(), ">=", 100000, pull.median() >= 100000)
+	if len(pull.samples) > 0 {
+		verdict(out, fmt.Sprintf("pull %d backlog, events/s", c.backlog), pull.median(), ">=", 100000, pull.median() >= 100000)
+	}
 	fmt.Fprintln(out, "  sending and receiving, as a homeserver sees them:")
 	ratio(out, fmt.Sprintf("SendBatch %d clients / store %d writers", c.clients, c.writers), batchSend, storeMany, 0.5)
-	if n := len(c.liveRates); n > 1 {
+	if n := len(c.liveRates); n > 1 && len(live[0]) > 0 {
 		p99 := func(i int) time.Duration {
 			return liveMedian(live[i], func(r liveResult) time.Duration { return r.p99 })
 		}
@@ -505,6 +530,9 @@ func verdict(out io.Writer, name string, v float64, op string, target float64, o
 // ratio prints num/den from the medians, and the median of the ratios of
 // each round's pair, which a slow drift of the machine disturbs less.
 func ratio(out io.Writer, name string, num, den *series, target float64) {
+	if len(num.samples) == 0 || len(den.samples) == 0 {
+		return // a phase not measured
+	}
 	r := num.median() / den.median()
 	var paired []float64
 	for i := range num.samples {
