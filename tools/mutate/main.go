@@ -55,6 +55,7 @@ type options struct {
 	timeout     time.Duration
 	race        bool
 	verbose     bool
+	coverage    bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -66,6 +67,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&o.timeout, "timeout", 0, "time one mutant's tests may take, compiling included (0: 3 times the package's own run, plus 30s)")
 	fs.BoolVar(&o.race, "race", false, "run the tests with the race detector (slower)")
 	fs.BoolVar(&o.verbose, "v", false, "print every mutant's outcome, not only the survivors")
+	fs.BoolVar(&o.coverage, "coverage", true, "run each mutant against only the tests that reach its line (measured once per package); a mutant no test reaches survives untested")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -185,7 +187,7 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 	// the yardstick for each mutant's time limit.
 	baseStart := time.Now()
 	baseSrc := append(bytes.Clone(sources[files[0]]), []byte("\n// mutate: baseline\n")...)
-	if ok, output, err := testWith(ctx, work, "base", pkg, files[0], baseSrc, 0, o.race); err != nil || !ok {
+	if ok, output, err := testWith(ctx, work, "base", pkg, files[0], baseSrc, 0, o.race, ""); err != nil || !ok {
 		if err == nil {
 			err = fmt.Errorf("the package's tests fail without any mutation:\n%s", output)
 		}
@@ -195,11 +197,22 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 	if limit == 0 {
 		limit = 3*time.Since(baseStart) + 30*time.Second
 	}
+	var cov *coverage
+	if o.coverage {
+		covStart := time.Now()
+		cov, err = measureCoverage(ctx, work, dir, pkg, o.jobs, o.race, limit)
+		if err != nil {
+			fmt.Fprintf(out, "%s: no coverage per test, so every mutant runs every test: %v\n", pkg, err)
+		} else {
+			fmt.Fprintf(out, "%s: coverage of each test measured in %s\n", pkg, time.Since(covStart).Round(time.Second))
+		}
+	}
 	fmt.Fprintf(out, "%s: %d mutants, %d at a time, each limited to %s\n", pkg, len(all), o.jobs, limit.Round(time.Second))
 
 	type done struct {
-		m   mutant
-		out outcome
+		m         mutant
+		out       outcome
+		untouched bool // no test runs the mutant's line
 	}
 	jobs := make(chan int)
 	results := make(chan done)
@@ -211,8 +224,26 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 			for i := range jobs {
 				m := all[i]
 				res := notCompiling
-				if codeErr[i] == nil {
-					ok, output, terr := testWith(ctx, work, fmt.Sprint("w", w), pkg, m.File, code[i], limit, o.race)
+				run, untouched := "", false
+				if cov != nil {
+					if tests, known := cov.testsFor(m.File, m.Line); known {
+						run, untouched = runPattern(tests), len(tests) == 0
+					}
+				}
+				switch {
+				case codeErr[i] != nil:
+				case untouched:
+					// No test can notice it; only whether it compiles is left.
+					compiles, err := buildWith(ctx, work, fmt.Sprint("w", w), pkg, m.File, code[i], limit)
+					switch {
+					case err != nil || !compiles:
+					case eq[m.key(dir)]:
+						res = equivalent
+					default:
+						res = survived
+					}
+				default:
+					ok, output, terr := testWith(ctx, work, fmt.Sprint("w", w), pkg, m.File, code[i], limit, o.race, run)
 					switch {
 					case errors.Is(terr, context.DeadlineExceeded):
 						res = timedOut
@@ -229,7 +260,7 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 						res = killed
 					}
 				}
-				results <- done{m, res}
+				results <- done{m, res, untouched && res == survived}
 			}
 		}()
 	}
@@ -249,7 +280,11 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 		r.counts[d.out]++
 		if d.out == survived || o.verbose {
 			rel, _ := filepath.Rel(".", d.m.File)
-			fmt.Fprintf(out, "%-13s %s:%d: %s\n              equivalent.txt key: %s\n", d.out, rel, d.m.Line, d.m.Mutated, d.m.key(dir))
+			note := ""
+			if d.untouched {
+				note = " (no test runs this line)"
+			}
+			fmt.Fprintf(out, "%-13s %s:%d: %s%s\n              equivalent.txt key: %s\n", d.out, rel, d.m.Line, d.m.Mutated, note, d.m.key(dir))
 		}
 	}
 	r.duration = time.Since(start)
@@ -259,43 +294,69 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 	return r, nil
 }
 
-// testWith runs pkg's tests with file replaced by src. ok is whether they
-// passed; err is set when they could not run (or ran out of time).
-func testWith(ctx context.Context, work, slot, pkg, file string, src []byte, limit time.Duration, race bool) (ok bool, output string, err error) {
-	dir := filepath.Join(work, slot)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return false, "", err
-	}
-	abs, err := filepath.Abs(file)
+// testWith runs pkg's tests (those matching run; all when run is empty)
+// with file replaced by src. ok is whether they passed; err is set when
+// they could not run (or ran out of time).
+func testWith(ctx context.Context, work, slot, pkg, file string, src []byte, limit time.Duration, race bool, run string) (ok bool, output string, err error) {
+	overlay, err := writeOverlay(filepath.Join(work, slot), file, src)
 	if err != nil {
 		return false, "", err
 	}
-	mutantPath := filepath.Join(dir, filepath.Base(file))
-	if err := os.WriteFile(mutantPath, src, 0o644); err != nil {
-		return false, "", err
-	}
-	overlay, err := json.Marshal(map[string]map[string]string{"Replace": {abs: mutantPath}})
-	if err != nil {
-		return false, "", err
-	}
-	overlayPath := filepath.Join(dir, "overlay.json")
-	if err := os.WriteFile(overlayPath, overlay, 0o644); err != nil {
-		return false, "", err
-	}
-	if limit > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, limit)
-		defer cancel()
-	}
-	args := []string{"test", "-count=1", "-failfast", "-vet=off", "-overlay=" + overlayPath}
+	args := []string{"test", "-count=1", "-failfast", "-vet=off", "-overlay=" + overlay}
 	if race {
 		args = append(args, "-race")
+	}
+	if run != "" {
+		args = append(args, "-run="+run)
 	}
 	if limit > 0 {
 		// The binary's own limit too, should the kill not reach it.
 		args = append(args, "-timeout="+limit.String())
 	}
-	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
+	return goWith(ctx, limit, append(args, pkg)...)
+}
+
+// buildWith reports whether pkg compiles with file replaced by src.
+func buildWith(ctx context.Context, work, slot, pkg, file string, src []byte, limit time.Duration) (bool, error) {
+	overlay, err := writeOverlay(filepath.Join(work, slot), file, src)
+	if err != nil {
+		return false, err
+	}
+	ok, _, err := goWith(ctx, limit, "build", "-overlay="+overlay, pkg)
+	return ok, err
+}
+
+// writeOverlay writes src and an overlay file replacing file with it, in
+// dir, and returns the overlay file's path.
+func writeOverlay(dir, file string, src []byte) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return "", err
+	}
+	mutantPath := filepath.Join(dir, filepath.Base(file))
+	if err := os.WriteFile(mutantPath, src, 0o644); err != nil {
+		return "", err
+	}
+	overlay, err := json.Marshal(map[string]map[string]string{"Replace": {abs: mutantPath}})
+	if err != nil {
+		return "", err
+	}
+	overlayPath := filepath.Join(dir, "overlay.json")
+	return overlayPath, os.WriteFile(overlayPath, overlay, 0o644)
+}
+
+// goWith runs the go command within limit (0: none); ok is whether it
+// exited 0.
+func goWith(ctx context.Context, limit time.Duration, args ...string) (ok bool, output string, err error) {
+	if limit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, limit)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
 	ownGroup(cmd)
 	cmd.WaitDelay = 5 * time.Second
 	var buf bytes.Buffer

@@ -32,6 +32,28 @@ func TestMutateReportsSurvivorsAndScores(t *testing.T) {
 	if strings.Contains(report, "x <= lo") {
 		t.Errorf("the listed equivalent is reported as a survivor:\n%s", report)
 	}
+	// Check has no test: its mutant survives without a run, and says so;
+	// Clamp's boundary is run by TestClamp, which misses it.
+	if !strings.Contains(report, "calc/calc.go:25: x <= 0 (no test runs this line)") ||
+		strings.Contains(report, "x >= hi (no test runs this line)") {
+		t.Errorf("the report does not tell untested lines from tested ones:\n%s", report)
+	}
+}
+
+// Without coverage every mutant runs every test, and the outcomes are the
+// same.
+func TestMutateWithoutCoverageGivesTheSameScore(t *testing.T) {
+	t.Chdir("testdata/example")
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"-jobs", "2", "-coverage=false", "-equivalents", "equivalent.txt", "./calc"}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := out.String()
+	if !strings.Contains(report, "./calc: score 33.3%: 1 killed, 2 survived, 1 equivalent, 0 timed out, 1 not compiling") ||
+		strings.Contains(report, "no test runs") || strings.Contains(report, "coverage of each test") {
+		t.Errorf("report:\n%s", report)
+	}
 }
 
 func TestMutantsOfEachKind(t *testing.T) {
