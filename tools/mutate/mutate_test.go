@@ -108,3 +108,21 @@ func TestEquivalentsFileMustGiveReasons(t *testing.T) {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o644) }
+
+// -only runs the mutants a saved report lists, and no other.
+func TestOnlyTheListedMutantsRun(t *testing.T) {
+	t.Chdir("testdata/example")
+	keys := t.TempDir() + "/survivors"
+	report := "SURVIVED      calc/calc.go:11: x >= hi\n              equivalent.txt key: calc\tClamp\tcomparison\tx > hi\tx >= hi\n"
+	if err := os.WriteFile(keys, []byte(report), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"-jobs", "1", "-only", keys, "-equivalents", "equivalent.txt", "./calc"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); !strings.Contains(got, "1 of its 5 mutants listed") ||
+		!strings.Contains(got, "score 0.0%: 0 killed, 1 survived, 0 equivalent, 0 timed out, 0 not compiling") {
+		t.Errorf("report:\n%s", got)
+	}
+}
