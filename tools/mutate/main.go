@@ -250,7 +250,7 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 				res := notCompiling
 				run, untouched := "", false
 				if cov != nil {
-					if tests, known := cov.testsFor(m.File, m.Line); known {
+					if tests, known := cov.testsFor(m.File, m.Line, m.Col); known {
 						run, untouched = runPattern(tests), len(tests) == 0
 					}
 				}
@@ -306,7 +306,7 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 			rel, _ := filepath.Rel(".", d.m.File)
 			note := ""
 			if d.untouched {
-				note = " (no test runs this line)"
+				note = " (no test runs this code)"
 			}
 			fmt.Fprintf(out, "%-13s %s:%d: %s%s\n              equivalent.txt key: %s\n", d.out, rel, d.m.Line, d.m.Mutated, note, d.m.key(dir))
 		}

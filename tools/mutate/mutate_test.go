@@ -34,8 +34,8 @@ func TestMutateReportsSurvivorsAndScores(t *testing.T) {
 	}
 	// Check has no test: its mutant survives without a run, and says so;
 	// Clamp's boundary is run by TestClamp, which misses it.
-	if !strings.Contains(report, "calc/calc.go:25: x <= 0 (no test runs this line)") ||
-		strings.Contains(report, "x >= hi (no test runs this line)") {
+	if !strings.Contains(report, "calc/calc.go:25: x <= 0 (no test runs this code)") ||
+		strings.Contains(report, "x >= hi (no test runs this code)") {
 		t.Errorf("the report does not tell untested lines from tested ones:\n%s", report)
 	}
 }
@@ -123,6 +123,20 @@ func TestOnlyTheListedMutantsRun(t *testing.T) {
 	}
 	if got := out.String(); !strings.Contains(got, "1 of its 5 mutants listed") ||
 		!strings.Contains(got, "score 0.0%: 0 killed, 1 survived, 0 equivalent, 0 timed out, 0 not compiling") {
+		t.Errorf("report:\n%s", got)
+	}
+}
+
+// A case expression is evaluated by every test that reaches its switch,
+// though the case's own block (on the same line) runs in none: its mutant
+// must run, and here a test notices it.
+func TestACaseExpressionIsRunByTheTestsOfItsSwitch(t *testing.T) {
+	t.Chdir("testdata/example")
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"-jobs", "1", "-equivalents", "equivalent.txt", "./cases"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); !strings.Contains(got, "./cases: score 100.0%: 1 killed, 0 survived") {
 		t.Errorf("report:\n%s", got)
 	}
 }
