@@ -27,20 +27,29 @@ type coverage struct {
 
 // coverBlock is one block of a coverage profile and the tests that ran it.
 type coverBlock struct {
-	start, end int // lines
+	start, end position
 	tests      map[string]bool
 }
 
-// testsFor returns the tests that run line of file. known is false when the
-// line lies in no block of the profile (code outside function bodies, a
-// case expression): then every test must run.
-func (c *coverage) testsFor(file string, line int) (tests []string, known bool) {
+// position in a file: line, then column.
+type position struct{ line, col int }
+
+func (p position) before(q position) bool {
+	return p.line < q.line || p.line == q.line && p.col < q.col
+}
+
+// testsFor returns the tests that run the code at line and col of file:
+// those of the blocks holding it. known is false when no block holds it
+// (code outside function bodies; a case expression, which the switch
+// evaluates before the case's own block): then every test must run.
+func (c *coverage) testsFor(file string, line, col int) (tests []string, known bool) {
 	if abs, err := filepath.Abs(file); err == nil {
 		file = abs
 	}
+	at := position{line, col}
 	set := map[string]bool{}
 	for _, b := range c.blocks[file] {
-		if b.start <= line && line <= b.end {
+		if !at.before(b.start) && !b.end.before(at) {
 			known = true
 			for t := range b.tests {
 				set[t] = true
@@ -102,7 +111,7 @@ func measureCoverage(ctx context.Context, work, dir, pkg string, jobs int, race 
 		return nil, err
 	}
 	cov := &coverage{blocks: map[string][]coverBlock{}}
-	index := map[string]map[[2]int]int{} // file -> block lines -> index in cov.blocks[file]
+	index := map[string]map[[2]position]int{} // file -> block -> index in cov.blocks[file]
 	var mu sync.Mutex
 	var firstErr error
 	sem := make(chan struct{}, max(jobs, 1))
@@ -128,9 +137,9 @@ func measureCoverage(ctx context.Context, work, dir, pkg string, jobs int, race 
 				return
 			}
 			for _, b := range blocks {
-				at := [2]int{b.start, b.end}
+				at := [2]position{b.start, b.end}
 				if index[b.file] == nil {
-					index[b.file] = map[[2]int]int{}
+					index[b.file] = map[[2]position]int{}
 				}
 				k, ok := index[b.file][at]
 				if !ok {
@@ -166,7 +175,7 @@ func runForProfile(ctx context.Context, bin, dir, test, profile string, limit ti
 
 type profileBlock struct {
 	file       string
-	start, end int
+	start, end position
 	ran        bool
 }
 
@@ -195,8 +204,8 @@ func readProfile(path, importPath, dir string) ([]profileBlock, error) {
 			continue
 		}
 		from, to, ok := strings.Cut(fields[0], ",")
-		start, err1 := strconv.Atoi(strings.Split(from, ".")[0])
-		end, err2 := strconv.Atoi(strings.Split(to, ".")[0])
+		start, err1 := parsePosition(from)
+		end, err2 := parsePosition(to)
 		count, err3 := strconv.Atoi(fields[2])
 		if !ok || errors.Join(err1, err2, err3) != nil {
 			return nil, fmt.Errorf("coverage profile line %q", line)
@@ -204,6 +213,17 @@ func readProfile(path, importPath, dir string) ([]profileBlock, error) {
 		out = append(out, profileBlock{file: filepath.Join(dir, filepath.Base(file)), start: start, end: end, ran: count > 0})
 	}
 	return out, sc.Err()
+}
+
+// parsePosition parses "line.col".
+func parsePosition(s string) (position, error) {
+	l, c, ok := strings.Cut(s, ".")
+	line, err1 := strconv.Atoi(l)
+	col, err2 := strconv.Atoi(c)
+	if !ok || errors.Join(err1, err2) != nil {
+		return position{}, fmt.Errorf("position %q", s)
+	}
+	return position{line, col}, nil
 }
 
 func goList(ctx context.Context, pkg, format string) (string, error) {

@@ -56,6 +56,8 @@ type options struct {
 	race        bool
 	verbose     bool
 	coverage    bool
+	only        string
+	onlyKeys    map[string]bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -67,6 +69,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&o.timeout, "timeout", 0, "time one mutant's tests may take, compiling included (0: 3 times the package's own run, plus 30s)")
 	fs.BoolVar(&o.race, "race", false, "run the tests with the race detector (slower)")
 	fs.BoolVar(&o.verbose, "v", false, "print every mutant's outcome, not only the survivors")
+	fs.StringVar(&o.only, "only", "", "run only the mutants whose keys this file lists, one per line as the report prints them (to check survivors again after new tests)")
 	fs.BoolVar(&o.coverage, "coverage", true, "run each mutant against only the tests that reach its line (measured once per package); a mutant no test reaches survives untested")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -77,6 +80,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	equivalents, err := readEquivalents(o.equivalents)
 	if err != nil {
 		return err
+	}
+	if o.only != "" {
+		if o.onlyKeys, err = readKeys(o.only); err != nil {
+			return err
+		}
 	}
 	var below []string
 	for _, dir := range fs.Args() {
@@ -173,6 +181,22 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 		}
 	}
 	sort.Strings(stale)
+	if o.onlyKeys != nil {
+		var keep []int
+		for i := range all {
+			if o.onlyKeys[all[i].key(dir)] {
+				keep = append(keep, i)
+			}
+		}
+		fmt.Fprintf(out, "%s: %d of its %d mutants listed in %s\n", pkg, len(keep), len(all), o.only)
+		for n, i := range keep {
+			all[n], code[n], codeErr[n] = all[i], code[i], codeErr[i]
+		}
+		all, code, codeErr = all[:len(keep)], code[:len(keep)], codeErr[:len(keep)]
+		if len(all) == 0 {
+			return result{}, nil
+		}
+	}
 	for _, k := range stale {
 		fmt.Fprintf(out, "%s: equivalent.txt lists a change no mutant makes any more: %s\n", pkg, k)
 	}
@@ -226,7 +250,7 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 				res := notCompiling
 				run, untouched := "", false
 				if cov != nil {
-					if tests, known := cov.testsFor(m.File, m.Line); known {
+					if tests, known := cov.testsFor(m.File, m.Line, m.Col); known {
 						run, untouched = runPattern(tests), len(tests) == 0
 					}
 				}
@@ -282,7 +306,7 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 			rel, _ := filepath.Rel(".", d.m.File)
 			note := ""
 			if d.untouched {
-				note = " (no test runs this line)"
+				note = " (no test runs this code)"
 			}
 			fmt.Fprintf(out, "%-13s %s:%d: %s%s\n              equivalent.txt key: %s\n", d.out, rel, d.m.Line, d.m.Mutated, note, d.m.key(dir))
 		}
@@ -402,6 +426,25 @@ func sourceFiles(dir string) ([]string, error) {
 // one function has kind#n (n from 2).
 func (m mutant) key(dir string) string {
 	return strings.Join([]string{filepath.ToSlash(filepath.Clean(dir)), m.Func, m.Kind, m.Original, m.Mutated}, "\t")
+}
+
+// readKeys reads mutant keys, one per line, as the report prints them
+// (with or without its "equivalent.txt key:" label); other lines are
+// skipped, so a saved report can be given as it is.
+func readKeys(path string) (map[string]bool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	keys := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		line = strings.TrimSpace(strings.TrimPrefix(line, "equivalent.txt key:"))
+		if parts := strings.Split(line, "\t"); len(parts) >= 5 && !strings.HasPrefix(line, "#") {
+			keys[strings.Join(parts[:5], "\t")] = true
+		}
+	}
+	return keys, nil
 }
 
 // readEquivalents reads lines of six tab-separated fields: dir, Func, kind,

@@ -15,6 +15,7 @@ import (
 type mutant struct {
 	File     string // absolute path
 	Line     int
+	Col      int    // of the changed node's start: which coverage block holds it
 	Func     string // the enclosing function, "Recv.Name" for methods
 	Kind     string
 	Original string
@@ -44,6 +45,7 @@ var comparisonSwap = map[token.Token]token.Token{
 type site struct {
 	kind  string
 	line  int
+	col   int
 	fn    string
 	apply func() (before, after string)
 }
@@ -60,7 +62,8 @@ func sites(fset *token.FileSet, file *ast.File) []site {
 		}
 		name := funcName(fd)
 		add := func(kind string, n ast.Node, apply func() (string, string)) {
-			out = append(out, site{kind: kind, line: fset.Position(n.Pos()).Line, fn: name, apply: apply})
+			at := fset.Position(n.Pos())
+			out = append(out, site{kind: kind, line: at.Line, col: at.Column, fn: name, apply: apply})
 		}
 		ast.Inspect(fd.Body, func(n ast.Node) bool {
 			switch n := n.(type) {
@@ -140,7 +143,7 @@ func mutants(path string, src []byte) ([]mutant, error) {
 	}
 	var out []mutant
 	for i, s := range sites(fset, file) {
-		out = append(out, mutant{File: path, Line: s.line, Func: s.fn, Kind: s.kind, index: i})
+		out = append(out, mutant{File: path, Line: s.line, Col: s.col, Func: s.fn, Kind: s.kind, index: i})
 	}
 	return out, nil
 }

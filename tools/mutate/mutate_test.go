@@ -34,8 +34,8 @@ func TestMutateReportsSurvivorsAndScores(t *testing.T) {
 	}
 	// Check has no test: its mutant survives without a run, and says so;
 	// Clamp's boundary is run by TestClamp, which misses it.
-	if !strings.Contains(report, "calc/calc.go:25: x <= 0 (no test runs this line)") ||
-		strings.Contains(report, "x >= hi (no test runs this line)") {
+	if !strings.Contains(report, "calc/calc.go:25: x <= 0 (no test runs this code)") ||
+		strings.Contains(report, "x >= hi (no test runs this code)") {
 		t.Errorf("the report does not tell untested lines from tested ones:\n%s", report)
 	}
 }
@@ -108,3 +108,35 @@ func TestEquivalentsFileMustGiveReasons(t *testing.T) {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o644) }
+
+// -only runs the mutants a saved report lists, and no other.
+func TestOnlyTheListedMutantsRun(t *testing.T) {
+	t.Chdir("testdata/example")
+	keys := t.TempDir() + "/survivors"
+	report := "SURVIVED      calc/calc.go:11: x >= hi\n              equivalent.txt key: calc\tClamp\tcomparison\tx > hi\tx >= hi\n"
+	if err := os.WriteFile(keys, []byte(report), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"-jobs", "1", "-only", keys, "-equivalents", "equivalent.txt", "./calc"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); !strings.Contains(got, "1 of its 5 mutants listed") ||
+		!strings.Contains(got, "score 0.0%: 0 killed, 1 survived, 0 equivalent, 0 timed out, 0 not compiling") {
+		t.Errorf("report:\n%s", got)
+	}
+}
+
+// A case expression is evaluated by every test that reaches its switch,
+// though the case's own block (on the same line) runs in none: its mutant
+// must run, and here a test notices it.
+func TestACaseExpressionIsRunByTheTestsOfItsSwitch(t *testing.T) {
+	t.Chdir("testdata/example")
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"-jobs", "1", "-equivalents", "equivalent.txt", "./cases"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); !strings.Contains(got, "./cases: score 100.0%: 1 killed, 0 survived") {
+		t.Errorf("report:\n%s", got)
+	}
+}
