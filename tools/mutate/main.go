@@ -56,6 +56,7 @@ type options struct {
 	race        bool
 	verbose     bool
 	coverage    bool
+	schemata    bool
 	only        string
 	onlyKeys    map[string]bool
 }
@@ -69,6 +70,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&o.timeout, "timeout", 0, "time one mutant's tests may take, compiling included (0: 3 times the package's own run, plus 30s)")
 	fs.BoolVar(&o.race, "race", false, "run the tests with the race detector (slower)")
 	fs.BoolVar(&o.verbose, "v", false, "print every mutant's outcome, not only the survivors")
+	fs.BoolVar(&o.schemata, "schemata", true, "build one test binary holding every mutant behind a switch, instead of compiling each mutant")
 	fs.StringVar(&o.only, "only", "", "run only the mutants whose keys this file lists, one per line as the report prints them (to check survivors again after new tests)")
 	fs.BoolVar(&o.coverage, "coverage", true, "run each mutant against only the tests that reach its line (measured once per package); a mutant no test reaches survives untested")
 	if err := fs.Parse(args); err != nil {
@@ -231,6 +233,30 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 			fmt.Fprintf(out, "%s: coverage of each test measured in %s\n", pkg, time.Since(covStart).Round(time.Second))
 		}
 	}
+	var schemata string // the test binary holding every mutant, if built
+	var checker *typeChecker
+	absDir, err := filepath.Abs(dir)
+	if err != nil {
+		return result{}, err
+	}
+	if o.schemata {
+		bin, err := buildSchemata(ctx, work, dir, pkg, all, sources, o.race)
+		if err == nil {
+			// With every switch off it must be the package itself.
+			var ok bool
+			if ok, err = runSchemata(ctx, bin, absDir, 0, "", limit); err == nil && !ok {
+				err = errors.New("its tests fail with every mutant off")
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(out, "%s: no mutant schemata, so each mutant is compiled on its own: %v\n", pkg, err)
+		} else {
+			schemata = bin
+			if checker, err = newTypeChecker(ctx, pkg, files, sources); err != nil {
+				fmt.Fprintf(out, "%s: deleted calls are compiled to see they compile (%v)\n", pkg, err)
+			}
+		}
+	}
 	fmt.Fprintf(out, "%s: %d mutants, %d at a time, each limited to %s\n", pkg, len(all), o.jobs, limit.Round(time.Second))
 
 	type done struct {
@@ -254,8 +280,39 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 						run, untouched = runPattern(tests), len(tests) == 0
 					}
 				}
+				compiles := func() bool {
+					if checker != nil {
+						return checker.compiles(m.File, code[i])
+					}
+					ok, err := buildWith(ctx, work, fmt.Sprint("w", w), pkg, m.File, code[i], limit)
+					return ok && err == nil
+				}
 				switch {
 				case codeErr[i] != nil:
+				case schemata != "" && !m.schema.unwrappable:
+					// Only a deleted call or a nil for err can leave code that
+					// does not compile (a variable or an import then unused).
+					if (strings.HasPrefix(m.Kind, kindCall) || strings.HasPrefix(m.Kind, kindReturnNil)) && !compiles() {
+						break
+					}
+					if untouched {
+						res = survived
+					} else {
+						ok, terr := runSchemata(ctx, schemata, absDir, i+1, run, limit)
+						switch {
+						case errors.Is(terr, context.DeadlineExceeded):
+							res = timedOut
+						case terr != nil:
+							res = notCompiling
+						case ok:
+							res = survived
+						default:
+							res = killed
+						}
+					}
+					if res == survived && eq[m.key(dir)] {
+						res = equivalent
+					}
 				case untouched:
 					// No test can notice it; only whether it compiles is left.
 					compiles, err := buildWith(ctx, work, fmt.Sprint("w", w), pkg, m.File, code[i], limit)
@@ -364,12 +421,18 @@ func writeOverlay(dir, file string, src []byte) (string, error) {
 	if err := os.WriteFile(mutantPath, src, 0o644); err != nil {
 		return "", err
 	}
-	overlay, err := json.Marshal(map[string]map[string]string{"Replace": {abs: mutantPath}})
+	overlay, err := jsonOverlay(map[string]string{abs: mutantPath})
 	if err != nil {
 		return "", err
 	}
 	overlayPath := filepath.Join(dir, "overlay.json")
 	return overlayPath, os.WriteFile(overlayPath, overlay, 0o644)
+}
+
+// jsonOverlay is the go command's -overlay file replacing each key's file
+// by its value's.
+func jsonOverlay(replace map[string]string) ([]byte, error) {
+	return json.Marshal(map[string]map[string]string{"Replace": replace})
 }
 
 // goWith runs the go command within limit (0: none); ok is whether it

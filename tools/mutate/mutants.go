@@ -21,6 +21,7 @@ type mutant struct {
 	Original string
 	Mutated  string
 	index    int // the index-th site of this kind... in walk order of the file
+	schema   schemaSite
 }
 
 // Kinds of change, named as in the report and the equivalents file.
@@ -43,11 +44,12 @@ var comparisonSwap = map[token.Token]token.Token{
 // site is a place a mutation applies: apply changes the node in place (on
 // a fresh parse of the file) and returns the code before and after.
 type site struct {
-	kind  string
-	line  int
-	col   int
-	fn    string
-	apply func() (before, after string)
+	kind   string
+	line   int
+	col    int
+	fn     string
+	apply  func() (before, after string)
+	schema schemaSite
 }
 
 // sites walks a parsed file and lists every mutation site in a stable
@@ -61,33 +63,46 @@ func sites(fset *token.FileSet, file *ast.File) []site {
 			continue
 		}
 		name := funcName(fd)
-		add := func(kind string, n ast.Node, apply func() (string, string)) {
+		off := func(p token.Pos) int { return fset.Position(p).Offset }
+		consts := constRanges(fd.Body, off)
+		add := func(kind string, n ast.Node, apply func() (string, string), sch schemaSite) {
 			at := fset.Position(n.Pos())
-			out = append(out, site{kind: kind, line: at.Line, col: at.Column, fn: name, apply: apply})
+			sch.kind = kind
+			for _, c := range consts {
+				if c[0] <= sch.start && sch.end <= c[1] {
+					sch.unwrappable = true // a constant cannot hold a run-time switch
+				}
+			}
+			out = append(out, site{kind: kind, line: at.Line, col: at.Column, fn: name, apply: apply, schema: sch})
 		}
 		ast.Inspect(fd.Body, func(n ast.Node) bool {
 			switch n := n.(type) {
 			case *ast.BinaryExpr:
+				opSite := func(to token.Token) schemaSite {
+					return schemaSite{start: off(n.Pos()), end: off(n.End()), opStart: off(n.OpPos),
+						opEnd: off(n.OpPos) + len(n.Op.String()), newOp: to.String()}
+				}
 				if to, ok := comparisonSwap[n.Op]; ok {
 					add(kindComparison, n, func() (string, string) {
 						before := render(fset, n)
 						n.Op = to
 						return before, render(fset, n)
-					})
+					}, opSite(to))
 				}
 				if n.Op == token.LAND || n.Op == token.LOR {
+					to := map[token.Token]token.Token{token.LAND: token.LOR, token.LOR: token.LAND}[n.Op]
 					add(kindLogical, n, func() (string, string) {
 						before := render(fset, n)
-						n.Op = map[token.Token]token.Token{token.LAND: token.LOR, token.LOR: token.LAND}[n.Op]
+						n.Op = to
 						return before, render(fset, n)
-					})
+					}, opSite(to))
 				}
 				if (n.Op == token.ADD || n.Op == token.SUB) && isOne(n.Y) {
 					add(kindOffByOne, n, func() (string, string) {
 						before := render(fset, n)
 						replaceExpr(fd.Body, n, n.X)
 						return before, render(fset, n.X)
-					})
+					}, schemaSite{start: off(n.Pos()), end: off(n.End()), innerStart: off(n.X.Pos()), innerEnd: off(n.X.End()), plus: n.Op == token.ADD})
 				}
 			case *ast.UnaryExpr:
 				if n.Op == token.NOT {
@@ -95,15 +110,16 @@ func sites(fset *token.FileSet, file *ast.File) []site {
 						before := render(fset, n)
 						replaceExpr(fd.Body, n, n.X)
 						return before, render(fset, n.X)
-					})
+					}, schemaSite{start: off(n.Pos()), end: off(n.End()), innerStart: off(n.X.Pos()), innerEnd: off(n.X.End())})
 				}
 			case *ast.Ident:
 				if n.Name == "true" || n.Name == "false" {
+					other := map[string]string{"true": "false", "false": "true"}[n.Name]
 					add(kindBool, n, func() (string, string) {
 						before := n.Name
-						n.Name = map[string]string{"true": "false", "false": "true"}[n.Name]
+						n.Name = other
 						return before, n.Name
-					})
+					}, schemaSite{start: off(n.Pos()), end: off(n.End()), newText: other})
 				}
 			case *ast.ReturnStmt:
 				for i, r := range n.Results {
@@ -112,7 +128,7 @@ func sites(fset *token.FileSet, file *ast.File) []site {
 							before := render(fset, n)
 							n.Results[i] = ast.NewIdent("nil")
 							return before, render(fset, n)
-						})
+						}, schemaSite{start: off(id.Pos()), end: off(id.End())})
 					}
 				}
 			case *ast.BlockStmt:
@@ -123,7 +139,7 @@ func sites(fset *token.FileSet, file *ast.File) []site {
 								before := render(fset, st)
 								n.List[i] = &ast.EmptyStmt{Semicolon: st.Pos(), Implicit: true}
 								return before, "(deleted)"
-							})
+							}, schemaSite{start: off(st.Pos()), end: off(st.End())})
 						}
 					}
 				}
@@ -131,6 +147,18 @@ func sites(fset *token.FileSet, file *ast.File) []site {
 			return true
 		})
 	}
+	return out
+}
+
+// constRanges lists the byte ranges of the constant declarations in body.
+func constRanges(body *ast.BlockStmt, off func(token.Pos) int) [][2]int {
+	var out [][2]int
+	ast.Inspect(body, func(n ast.Node) bool {
+		if g, ok := n.(*ast.GenDecl); ok && g.Tok == token.CONST {
+			out = append(out, [2]int{off(g.Pos()), off(g.End())})
+		}
+		return true
+	})
 	return out
 }
 
@@ -143,7 +171,7 @@ func mutants(path string, src []byte) ([]mutant, error) {
 	}
 	var out []mutant
 	for i, s := range sites(fset, file) {
-		out = append(out, mutant{File: path, Line: s.line, Col: s.col, Func: s.fn, Kind: s.kind, index: i})
+		out = append(out, mutant{File: path, Line: s.line, Col: s.col, Func: s.fn, Kind: s.kind, index: i, schema: s.schema})
 	}
 	return out, nil
 }

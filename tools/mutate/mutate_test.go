@@ -3,7 +3,11 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"go/parser"
+	"go/token"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -32,6 +36,9 @@ func TestMutateReportsSurvivorsAndScores(t *testing.T) {
 	if strings.Contains(report, "x <= lo") {
 		t.Errorf("the listed equivalent is reported as a survivor:\n%s", report)
 	}
+	if strings.Contains(report, "no mutant schemata") || strings.Contains(report, "no coverage") {
+		t.Errorf("the run fell back to compiling each mutant:\n%s", report)
+	}
 	// Check has no test: its mutant survives without a run, and says so;
 	// Clamp's boundary is run by TestClamp, which misses it.
 	if !strings.Contains(report, "calc/calc.go:25: x <= 0 (no test runs this code)") ||
@@ -40,12 +47,12 @@ func TestMutateReportsSurvivorsAndScores(t *testing.T) {
 	}
 }
 
-// Without coverage every mutant runs every test, and the outcomes are the
-// same.
+// Without coverage and schemata every mutant is compiled on its own and
+// runs every test, and the outcomes are the same.
 func TestMutateWithoutCoverageGivesTheSameScore(t *testing.T) {
 	t.Chdir("testdata/example")
 	var out bytes.Buffer
-	err := run(t.Context(), []string{"-jobs", "2", "-coverage=false", "-equivalents", "equivalent.txt", "./calc"}, &out)
+	err := run(t.Context(), []string{"-jobs", "2", "-coverage=false", "-schemata=false", "-equivalents", "equivalent.txt", "./calc"}, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,5 +145,51 @@ func TestACaseExpressionIsRunByTheTestsOfItsSwitch(t *testing.T) {
 	}
 	if got := out.String(); !strings.Contains(got, "./cases: score 100.0%: 1 killed, 0 survived") {
 		t.Errorf("report:\n%s", got)
+	}
+}
+
+// Every site of a file, nested ones too, goes behind its own switch, and
+// the result is Go.
+func TestSchemataWrapEverySite(t *testing.T) {
+	src := []byte(`package p
+
+func f(a, b bool, x int, g func()) (int, error) {
+	var err error
+	g()
+	if !a || b && x == 1 {
+		return x + 1, err
+	}
+	const on = true
+	return x - 1, nil
+}
+`)
+	ms, err := mutants("p.go", src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss := make([]schemaSite, len(ms))
+	ids := make([]int, len(ms))
+	wrappable := 0
+	for i, m := range ms {
+		ss[i], ids[i] = m.schema, i+1
+		if !m.schema.unwrappable {
+			wrappable++
+		}
+	}
+	out, err := schemataSource(src, ss, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parser.ParseFile(token.NewFileSet(), "p.go", out, 0); err != nil {
+		t.Fatalf("not Go: %v\n%s", err, out)
+	}
+	for i, m := range ms {
+		switched := regexp.MustCompile(fmt.Sprintf(`_mutate\w+\(%d[,)]`, ids[i])).MatchString(string(out))
+		if switched == m.schema.unwrappable {
+			t.Errorf("%s %s: behind a switch %v, wrappable %v", m.Kind, m.Original, switched, !m.schema.unwrappable)
+		}
+	}
+	if wrappable != len(ms)-1 || !strings.Contains(string(out), "const on = true") {
+		t.Fatalf("%d of %d sites wrappable; the constant's literal must stay as it is:\n%s", wrappable, len(ms), out)
 	}
 }
