@@ -244,8 +244,14 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 		if err == nil {
 			// With every switch off it must be the package itself.
 			var ok bool
+			offStart := time.Now()
 			if ok, err = runSchemata(ctx, bin, absDir, 0, "", limit); err == nil && !ok {
 				err = errors.New("its tests fail with every mutant off")
+			}
+			if o.timeout == 0 {
+				// No compiling in a mutant's time now: a hung one need
+				// not wait for a build's allowance.
+				limit = 3*time.Since(offStart) + 10*time.Second
 			}
 		}
 		if err != nil {
