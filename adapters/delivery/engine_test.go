@@ -113,6 +113,9 @@ type world struct {
 	engine *Engine
 	stop   func() // ends the engine's Run
 	cfg    Config
+	// beforeRun, if set, runs between New and Run, as the assembly
+	// attaches renames.
+	beforeRun func()
 }
 
 func testConfig() Config {
@@ -153,6 +156,9 @@ func (w *world) open() {
 		clock = w.clock
 	}
 	w.engine = New(w.cfg, store, codec, reg, client, clock, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+	if w.beforeRun != nil {
+		w.beforeRun()
+	}
 	// Pushes from known peers wait until their startup pull is done.
 	w.stop = runEngine(w.t, w.engine)
 	<-w.engine.Ready()

@@ -96,3 +96,31 @@ func TestRunFailsWhenAPeersStateCannotBeRead(t *testing.T) {
 		})
 	}
 }
+
+// Given a push in flight,
+// when the engine is stopped,
+// then Run returns only once that push has ended, so nothing it started
+// still writes to the store after it.
+func TestRunEndsAfterTheWorkItStarted(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	release := w.holdPushes()
+	w.send(1)
+	eventually(t, "the push at the peer", func() bool { return w.peers.gate.arrivedIs(1) })
+	stopped := make(chan struct{})
+	go func() {
+		w.stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		t.Fatal("Run returned while its push was in flight")
+	case <-time.After(200 * time.Millisecond):
+	}
+	release()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return once the push ended")
+	}
+}

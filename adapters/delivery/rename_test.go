@@ -224,11 +224,11 @@ func testAnnouncementsSurviveARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "a first notice", func() bool { return down.count() > 0 })
-	w.restart()
-	// ...and after a restart the notice goes out again and is accepted.
+	// ...and after a restart, with renames attached before Run as the
+	// assembly does, the notice goes out again and is accepted.
 	up := &fakeNotifier{}
-	r := attachRenames(w, &fakeKeys{}, up, newID)
-	r.Start()
+	w.beforeRun = func() { attachRenames(w, &fakeKeys{}, up, newID) }
+	w.restart()
 	eventually(t, "B to accept after the restart", func() bool { return w.engine.registry.IDFor(peerB) == newID })
 }
 
