@@ -22,7 +22,20 @@ import (
 // a package whose tests take seconds (the delivery engine's), that is most
 // of a mutant's time.
 type coverage struct {
-	blocks map[string][]coverBlock // by absolute file path
+	blocks map[string][]coverBlock  // by absolute file path
+	took   map[string]time.Duration // each test's own run
+}
+
+// limitFor is the time tests may take as a mutant's run: three times their
+// own runs (added up, though some run in parallel) plus 10 s, within max.
+// A mutant that hangs one short test then costs seconds, not the whole
+// package's allowance.
+func (c *coverage) limitFor(tests []string, max time.Duration) time.Duration {
+	var sum time.Duration
+	for _, t := range tests {
+		sum += c.took[t]
+	}
+	return min(max, 3*sum+10*time.Second)
 }
 
 // coverBlock is one block of a coverage profile and the tests that ran it.
@@ -110,7 +123,7 @@ func measureCoverage(ctx context.Context, work, dir, pkg string, jobs int, race 
 	if err := os.MkdirAll(profiles, 0o755); err != nil {
 		return nil, err
 	}
-	cov := &coverage{blocks: map[string][]coverBlock{}}
+	cov := &coverage{blocks: map[string][]coverBlock{}, took: map[string]time.Duration{}}
 	index := map[string]map[[2]position]int{} // file -> block -> index in cov.blocks[file]
 	var mu sync.Mutex
 	var firstErr error
@@ -123,7 +136,9 @@ func measureCoverage(ctx context.Context, work, dir, pkg string, jobs int, race 
 			defer wg.Done()
 			defer func() { <-sem }()
 			profile := filepath.Join(profiles, strconv.Itoa(i))
+			start := time.Now()
 			err := runForProfile(ctx, bin, absDir, test, profile, limit)
+			took := time.Since(start)
 			var blocks []profileBlock
 			if err == nil {
 				blocks, err = readProfile(profile, importPath, absDir)
@@ -136,6 +151,7 @@ func measureCoverage(ctx context.Context, work, dir, pkg string, jobs int, race 
 				}
 				return
 			}
+			cov.took[test] = took
 			for _, b := range blocks {
 				at := [2]position{b.start, b.end}
 				if index[b.file] == nil {

@@ -280,10 +280,13 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 			for i := range jobs {
 				m := all[i]
 				res := notCompiling
-				run, untouched := "", false
+				run, untouched, mutantLimit := "", false, limit
 				if cov != nil {
 					if tests, known := cov.testsFor(m.File, m.Line, m.Col); known {
 						run, untouched = runPattern(tests), len(tests) == 0
+						if schemata != "" && o.timeout == 0 {
+							mutantLimit = cov.limitFor(tests, limit)
+						}
 					}
 				}
 				compiles := func() bool {
@@ -304,7 +307,7 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 					if untouched {
 						res = survived
 					} else {
-						ok, terr := runSchemata(ctx, schemata, absDir, i+1, run, limit)
+						ok, terr := runSchemata(ctx, schemata, absDir, i+1, run, mutantLimit)
 						switch {
 						case errors.Is(terr, context.DeadlineExceeded):
 							res = timedOut
