@@ -200,11 +200,11 @@ func TestRetentionShrinksAStoreThatDelivered100000Events(t *testing.T) {
 	eventually(t, "every event delivered", func() bool { return w.state().Delivered == total })
 	t.Logf("%v: delivered", time.Since(start))
 	full := dirSize(t, w.dir)
+	// Retention removes what was delivered a second ago: on a slow machine
+	// a first pass may stop short of the end, and the next one reaches it.
+	eventually(t, "every delivered event removed but the last", func() bool { return w.truncatedBefore(w.outboxStream()) == total-1 })
 	eventually(t, "the store shrunk to under a tenth", func() bool { return dirSize(t, w.dir)*10 < full })
 	t.Logf("%v: removed", time.Since(start))
-	if tb := w.truncatedBefore(w.outboxStream()); tb != total-1 {
-		t.Fatalf("outbox truncated before %d, want %d (the last delivered event stays)", tb, total-1)
-	}
 	w.restart()
 	shrunk := dirSize(t, w.dir)
 	t.Logf("store on disk: %d bytes with %d events delivered, %d after retention and a restart", full, total, shrunk)
