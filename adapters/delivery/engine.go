@@ -418,19 +418,18 @@ func (e *Engine) untilStopped(ctx context.Context) (context.Context, context.Can
 }
 
 // goBackground hands fn to Run, which runs it under its context, unless
-// the engine is stopping (then it reports false).
-func (e *Engine) goBackground(fn func(ctx context.Context)) bool {
+// the engine is stopping.
+func (e *Engine) goBackground(fn func(ctx context.Context)) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.stopping {
-		return false
+		return
 	}
 	e.work = append(e.work, fn)
 	select {
 	case e.wake <- struct{}{}:
 	default: // Run has been woken already
 	}
-	return true
 }
 
 func (e *Engine) peer(id streams.PeerID) *peer {

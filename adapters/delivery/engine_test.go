@@ -116,6 +116,9 @@ type world struct {
 	// beforeRun, if set, runs between New and Run, as the assembly
 	// attaches renames.
 	beforeRun func()
+	// wrap, if set, stands between the engine and its store.
+	wrap func(Store) Store
+	logs *logBuffer // the engine's log, when set
 }
 
 func testConfig() Config {
@@ -155,7 +158,15 @@ func (w *world) open() {
 	if w.clock != nil {
 		clock = w.clock
 	}
-	w.engine = New(w.cfg, store, codec, reg, client, clock, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+	var engineStore Store = store
+	if w.wrap != nil {
+		engineStore = w.wrap(store)
+	}
+	var logTo io.Writer = io.Discard
+	if w.logs != nil {
+		logTo = w.logs
+	}
+	w.engine = New(w.cfg, engineStore, codec, reg, client, clock, slog.New(slog.NewTextHandler(logTo, nil)), rand.Reader)
 	if w.beforeRun != nil {
 		w.beforeRun()
 	}

@@ -124,3 +124,19 @@ func TestRunEndsAfterTheWorkItStarted(t *testing.T) {
 		t.Fatal("Run did not return once the push ended")
 	}
 }
+
+// An engine runs once: a second Run, while the first runs or after it
+// ended, is refused at once.
+func TestAnEngineRunsOnce(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.engine.Run(ctx); err == nil || ctx.Err() != nil {
+		t.Fatalf("a second Run while the first runs: %v", err)
+	}
+	w.stop()
+	if err := w.engine.Run(ctx); err == nil || ctx.Err() != nil {
+		t.Fatalf("Run after the first ended: %v", err)
+	}
+}

@@ -45,12 +45,10 @@ func (e *Engine) readAheadLocked(p *peer, from uint64) {
 	a := &pullAhead{from: from, done: make(chan struct{})}
 	p.ahead = a
 	n := p.out.Head - from
-	if !e.goBackground(func(ctx context.Context) {
+	e.goBackground(func(ctx context.Context) {
 		a.events, a.lastID, a.err = e.readBatch(ctx, p.id, from, n)
 		close(a.done)
-	}) {
-		close(a.done) // the engine stops; the Pull reads for itself
-	}
+	})
 	a.expiry = e.clock.AfterFunc(pullAheadTTL, func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
@@ -90,6 +88,8 @@ func (e *Engine) readReply(ctx context.Context, p *peer, a *pullAhead, from, n u
 			if a.err == nil && len(a.events) > 0 && uint64(len(a.events)) <= n {
 				return a.events, a.lastID, nil
 			}
+		case <-e.stopped:
+			// Run ends: the read ahead may never have started.
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		}
