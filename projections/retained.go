@@ -41,6 +41,7 @@ func (a *Auditor) DeliveryFromSnapshot(peer domain.PeerID, stream string, o doma
 	p.out = o
 	p.out.Head = max(head, o.Head)
 	a.covered[stream] = covers
+	a.keepFold(stream, covers, p.out)
 	a.retained = append(a.retained, Retained{Stream: stream, From: covers, FromSnapshot: true})
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/streams"
@@ -70,6 +71,9 @@ func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress fu
 			return projections.Report{}, err
 		}
 		a.Check(rec)
+		if err := checkSnapshot(ctx, start, a, *item.Event); err != nil {
+			return projections.Report{}, err
+		}
 		if progress != nil && a.Records()%progressEvery == 0 {
 			progress(a.Records())
 		}
@@ -79,4 +83,25 @@ func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress fu
 		progress(a.Records())
 	}
 	return report, nil
+}
+
+// checkSnapshot has the audit compare a delivery snapshot record with the
+// fold of the records it covers. A snapshot of another format, or naming
+// another stream, is one the engine would not trust either: not checked.
+func checkSnapshot(ctx context.Context, start *retainedStart, a *projections.Auditor, r eventstore.RecordedEvent) error {
+	name, ok := strings.CutPrefix(r.Stream, streams.DeliverySnapshotPrefix)
+	if !ok {
+		return nil
+	}
+	peer := streams.PeerID(name)
+	snap, err := streams.DecodeOutboxSnapshot(r)
+	if err != nil || snap.Format != streams.SnapshotFormat || snap.Stream != streams.Delivery(peer) {
+		return nil // ignored, as the engine ignores it
+	}
+	if err := start.beforePeer(ctx, a, peer); err != nil {
+		return err
+	}
+	a.CheckDeliverySnapshot(peer, projections.DeliverySnapshot{Record: r.Stream, RecordRevision: r.Revision,
+		DatabaseID: snap.DatabaseID, Stream: snap.Stream, Covers: snap.Revision, Fold: snap.Outbox()})
+	return nil
 }
