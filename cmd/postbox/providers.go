@@ -20,6 +20,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
 	"github.com/harmony-postbox/postbox/adapters/consumers"
 	"github.com/harmony-postbox/postbox/adapters/delivery"
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
@@ -371,6 +372,7 @@ func provideAdminService(cfg Config, identity *domain.Identity, public ed25519.P
 ) *admin.Service {
 	return admin.NewService(identity, public, version, sender, operator, received, names, renamer, views).
 		WithPendingAges(outboxAges{store}).
+		WithRetention(outboxAges{store}).
 		WithConsumers(ledger, cfg.ConsumerIdleAfter, clock)
 }
 
@@ -387,4 +389,20 @@ func (o outboxAges) HandedOverAt(ctx context.Context, peerID string, seq uint64)
 		return time.Time{}, fmt.Errorf("outbox of %s has no event %d", peerID, seq)
 	}
 	return recs[0].Created, nil
+}
+
+// OutboxRetainedFrom is where retention truncated the peer's outbox; 0 on
+// a store that cannot truncate.
+func (o outboxAges) OutboxRetainedFrom(ctx context.Context, peerID string) (uint64, error) {
+	tr, ok := o.store.(interface {
+		TruncatedBefore(ctx context.Context, stream string) (uint64, error)
+	})
+	if !ok {
+		return 0, nil
+	}
+	from, err := tr.TruncatedBefore(ctx, streams.Outbox(streams.PeerID(peerID)))
+	if errors.Is(err, eventstore.ErrStreamNotFound) {
+		return 0, nil
+	}
+	return from, err
 }

@@ -509,9 +509,14 @@ type Peer struct {
 	Owner string `protobuf:"bytes,23,opt,name=owner,proto3" json:"owner,omitempty"`
 	// The owner's term: it grows by one each time the peer changes hands
 	// (0 with no owner recorded).
-	OwnerTerm     uint64 `protobuf:"varint,24,opt,name=owner_term,json=ownerTerm,proto3" json:"owner_term,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	OwnerTerm uint64 `protobuf:"varint,24,opt,name=owner_term,json=ownerTerm,proto3" json:"owner_term,omitempty"`
+	// The first outbox event still stored: retention (`--retain-delivered`)
+	// removed the delivered events before it; 0 while every event is kept.
+	OutboxRetainedFrom uint64 `protobuf:"varint,25,opt,name=outbox_retained_from,json=outboxRetainedFrom,proto3" json:"outbox_retained_from,omitempty"`
+	// Outbox events still stored (head - outbox_retained_from).
+	OutboxRetained uint64 `protobuf:"varint,26,opt,name=outbox_retained,json=outboxRetained,proto3" json:"outbox_retained,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Peer) Reset() {
@@ -708,6 +713,20 @@ func (x *Peer) GetOwner() string {
 func (x *Peer) GetOwnerTerm() uint64 {
 	if x != nil {
 		return x.OwnerTerm
+	}
+	return 0
+}
+
+func (x *Peer) GetOutboxRetainedFrom() uint64 {
+	if x != nil {
+		return x.OutboxRetainedFrom
+	}
+	return 0
+}
+
+func (x *Peer) GetOutboxRetained() uint64 {
+	if x != nil {
+		return x.OutboxRetained
 	}
 	return 0
 }
@@ -2747,7 +2766,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\tR\x04code\" \n" +
 	"\fSendResponse\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xa0\a\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xfb\a\n" +
 	"\x04Peer\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x12\n" +
@@ -2776,7 +2795,9 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x0eoldest_pending\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\roldestPending\x12\x14\n" +
 	"\x05owner\x18\x17 \x01(\tR\x05owner\x12\x1d\n" +
 	"\n" +
-	"owner_term\x18\x18 \x01(\x04R\townerTerm\"c\n" +
+	"owner_term\x18\x18 \x01(\x04R\townerTerm\x120\n" +
+	"\x14outbox_retained_from\x18\x19 \x01(\x04R\x12outboxRetainedFrom\x12'\n" +
+	"\x0foutbox_retained\x18\x1a \x01(\x04R\x0eoutboxRetained\"c\n" +
 	"\rSkippedEvents\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
 	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
