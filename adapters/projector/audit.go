@@ -9,7 +9,6 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/streams"
-	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/projections"
 )
 
@@ -36,8 +35,10 @@ const progressEvery = 4096
 // in the Report.
 func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress func(done uint64)) (projections.Report, error) {
 	a := projections.NewAuditor()
-	start := &retainedStart{seen: map[domain.PeerID]bool{}}
-	start.store, _ = store.(retainedStore)
+	start := newRetainedStart(store)
+	if err := start.seed(ctx, a); err != nil {
+		return projections.Report{}, err
+	}
 	// Read the checkpoint before subscribing: a running server may rewrite
 	// it, and its position must not be past the end of what is replayed.
 	if opts.CheckpointPath != "" {

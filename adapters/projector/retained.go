@@ -23,15 +23,75 @@ type retainedStore interface {
 // sending streams, where retention truncated them: the outbox's first kept
 // event, and the delivery snapshot to start the delivery rules from.
 type retainedStart struct {
-	store retainedStore
-	seen  map[domain.PeerID]bool
+	store     retainedStore
+	seen      map[domain.PeerID]bool
+	seenInbox map[domain.PeerID]bool
+	seeded    map[domain.PeerID]bool // effects started from the projections snapshot
+}
+
+func newRetainedStart(store AuditStore) *retainedStart {
+	s := &retainedStart{seen: map[domain.PeerID]bool{}, seenInbox: map[domain.PeerID]bool{}, seeded: map[domain.PeerID]bool{}}
+	s.store, _ = store.(retainedStore)
+	return s
 }
 
 func (s *retainedStart) before(ctx context.Context, a *projections.Auditor, rec domain.Record) error {
-	if rec.Kind != domain.StreamOutbox && rec.Kind != domain.StreamDelivery {
+	switch rec.Kind {
+	case domain.StreamOutbox, domain.StreamDelivery:
+		return s.beforePeer(ctx, a, rec.Peer)
+	case domain.StreamInbox:
+		if s.store == nil || s.seenInbox[rec.Peer] {
+			return nil
+		}
+		s.seenInbox[rec.Peer] = true
+		tb, err := s.truncated(ctx, rec.Stream)
+		if err == nil && tb > 0 && !s.seeded[rec.Peer] {
+			a.InboxTruncatedWithoutSnapshot(rec.Stream, tb, "no projections snapshot names the peer")
+		}
+		return err
+	}
+	return nil
+}
+
+// seed starts the audit's effects of each peer whose inbox or outbox
+// retention truncated from the store's projections snapshot, before any
+// record: the removed records made some of them.
+func (s *retainedStart) seed(ctx context.Context, a *projections.Auditor) error {
+	if s.store == nil {
 		return nil
 	}
-	return s.beforePeer(ctx, a, rec.Peer)
+	db, err := s.store.ReadStream(ctx, streams.Database, 0, 1)
+	var id string
+	if err == nil && len(db) == 1 {
+		id, _ = streams.DecodeDatabaseCreated(db[0])
+	}
+	recs, err := s.store.ReadStreamBackward(ctx, streams.ProjectionsSnapshot, 1)
+	if err != nil || len(recs) == 0 {
+		return nil // no snapshot: each inbox is checked as met
+	}
+	snap, err := trustedProjections(recs, nil, id)
+	if err != nil {
+		return nil // not trusted: not started from
+	}
+	at, _ := snap.Position()
+	for _, v := range snap.Peers() {
+		peer := domain.PeerID(v.PeerID)
+		inTB, err := s.truncated(ctx, streams.Inbox(peer))
+		if err != nil {
+			return err
+		}
+		outTB, err := s.truncated(ctx, streams.Outbox(peer))
+		if err != nil {
+			return err
+		}
+		if inTB == 0 && outTB == 0 {
+			continue
+		}
+		a.EffectsFromSnapshot(peer, snap, at)
+		a.InboxTruncated(streams.Inbox(peer), inTB)
+		s.seeded[peer] = true
+	}
+	return nil
 }
 
 func (s *retainedStart) beforePeer(ctx context.Context, a *projections.Auditor, peer domain.PeerID) error {

@@ -354,9 +354,20 @@ func provideMetrics(cfg Config, counters *metrics.Counters, engine *delivery.Eng
 }
 
 // provideLive follows the store into the projections, checkpointed in the
-// data directory (where postbox audit compares it with a replay).
-func provideLive(cfg Config, store projector.LiveStore, logger *slog.Logger) *projector.Live {
-	return projector.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
+// data directory (where postbox audit compares it with a replay); with
+// --retain-received it also removes received events.
+func provideLive(cfg Config, store projector.LiveStore, logger *slog.Logger, ledger *consumers.Ledger, codec *streams.Codec, clock domain.Clock) *projector.Live {
+	live := projector.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
+	if cfg.RetainReceived <= 0 {
+		return live
+	}
+	rs, ok := store.(projector.RetentionStore)
+	if !ok {
+		logger.Warn("this store cannot truncate streams: received events are kept")
+		return live
+	}
+	return live.WithReceivedRetention(&projector.ReceivedRetention{Store: rs, Consumers: ledger, Clock: clock,
+		Keep: cfg.RetainReceived, Logger: logger.With("component", "retention"), Codec: codec})
 }
 
 // provideConsumers reads the durable consumers' positions from the store.
