@@ -44,10 +44,11 @@ func (s *Service) oldestPending(ctx context.Context, p *adminv1.Peer) {
 	}
 }
 
-// Retention tells where retention truncated a peer's outbox: the first
-// event still stored (0 when all are).
+// Retention tells where retention truncated a peer's outbox and inbox: the
+// first event of each still stored (0 when all are).
 type Retention interface {
 	OutboxRetainedFrom(ctx context.Context, peerID string) (uint64, error)
+	InboxRetainedFrom(ctx context.Context, peerID string) (uint64, error)
 }
 
 // WithRetention makes the peers' listings say what their outboxes keep.
@@ -66,6 +67,9 @@ func (s *Service) retained(ctx context.Context, p *adminv1.Peer) {
 	if from, err := s.retention.OutboxRetainedFrom(ctx, p.GetPeerId()); err == nil {
 		p.OutboxRetainedFrom = min(from, p.GetHead())
 		p.OutboxRetained = p.GetHead() - p.OutboxRetainedFrom
+	}
+	if from, err := s.retention.InboxRetainedFrom(ctx, p.GetPeerId()); err == nil {
+		p.InboxRetainedFrom = from
 	}
 }
 

@@ -156,6 +156,10 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 			fmt.Fprintf(stdout, "%s: outbox kept from event %d (%d event(s) stored); retention removed the delivered ones before it\n",
 				p.GetServerId(), from, p.GetOutboxRetained())
 		}
+		if from := p.GetInboxRetainedFrom(); from > 0 {
+			fmt.Fprintf(stdout, "%s: received events kept from %d of %d; retention removed the ones before it\n",
+				p.GetServerId(), from, p.GetEventsReceived())
+		}
 		if s := p.GetLastSkip(); s != nil {
 			fmt.Fprintf(stdout, "%s: %d event(s) skipped, never delivered; last skip: events %d to %d: %q\n",
 				p.GetServerId(), p.GetSkipped(), s.GetFromSeq(), s.GetThroughSeq(), s.GetReason())

@@ -405,13 +405,22 @@ func (o outboxAges) HandedOverAt(ctx context.Context, peerID string, seq uint64)
 // OutboxRetainedFrom is where retention truncated the peer's outbox; 0 on
 // a store that cannot truncate.
 func (o outboxAges) OutboxRetainedFrom(ctx context.Context, peerID string) (uint64, error) {
+	return o.truncatedBefore(ctx, streams.Outbox(streams.PeerID(peerID)))
+}
+
+// InboxRetainedFrom is where retention truncated the peer's inbox.
+func (o outboxAges) InboxRetainedFrom(ctx context.Context, peerID string) (uint64, error) {
+	return o.truncatedBefore(ctx, streams.Inbox(streams.PeerID(peerID)))
+}
+
+func (o outboxAges) truncatedBefore(ctx context.Context, stream string) (uint64, error) {
 	tr, ok := o.store.(interface {
 		TruncatedBefore(ctx context.Context, stream string) (uint64, error)
 	})
 	if !ok {
 		return 0, nil
 	}
-	from, err := tr.TruncatedBefore(ctx, streams.Outbox(streams.PeerID(peerID)))
+	from, err := tr.TruncatedBefore(ctx, stream)
 	if errors.Is(err, eventstore.ErrStreamNotFound) {
 		return 0, nil
 	}

@@ -515,8 +515,11 @@ type Peer struct {
 	OutboxRetainedFrom uint64 `protobuf:"varint,25,opt,name=outbox_retained_from,json=outboxRetainedFrom,proto3" json:"outbox_retained_from,omitempty"`
 	// Outbox events still stored (head - outbox_retained_from).
 	OutboxRetained uint64 `protobuf:"varint,26,opt,name=outbox_retained,json=outboxRetained,proto3" json:"outbox_retained,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The first received event still stored: retention (`--retain-received`)
+	// removed the ones before it; 0 while every received event is kept.
+	InboxRetainedFrom uint64 `protobuf:"varint,27,opt,name=inbox_retained_from,json=inboxRetainedFrom,proto3" json:"inbox_retained_from,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Peer) Reset() {
@@ -727,6 +730,13 @@ func (x *Peer) GetOutboxRetainedFrom() uint64 {
 func (x *Peer) GetOutboxRetained() uint64 {
 	if x != nil {
 		return x.OutboxRetained
+	}
+	return 0
+}
+
+func (x *Peer) GetInboxRetainedFrom() uint64 {
+	if x != nil {
+		return x.InboxRetainedFrom
 	}
 	return 0
 }
@@ -2766,7 +2776,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\tR\x04code\" \n" +
 	"\fSendResponse\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xfb\a\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xab\b\n" +
 	"\x04Peer\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x12\n" +
@@ -2797,7 +2807,8 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"owner_term\x18\x18 \x01(\x04R\townerTerm\x120\n" +
 	"\x14outbox_retained_from\x18\x19 \x01(\x04R\x12outboxRetainedFrom\x12'\n" +
-	"\x0foutbox_retained\x18\x1a \x01(\x04R\x0eoutboxRetained\"c\n" +
+	"\x0foutbox_retained\x18\x1a \x01(\x04R\x0eoutboxRetained\x12.\n" +
+	"\x13inbox_retained_from\x18\x1b \x01(\x04R\x11inboxRetainedFrom\"c\n" +
 	"\rSkippedEvents\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
 	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
