@@ -455,6 +455,7 @@ func (e *Engine) restore(ctx context.Context) error {
 		e.logger.Info("delivery state rebuilt", "peers", len(peers), "records", e.recordsRead.Load()-before,
 			"took", e.clock.Now().Sub(start).Round(time.Millisecond))
 	}()
+	e.preload(ctx, peers)
 	for _, peer := range peers {
 		p := e.peer(peer.ID)
 		p.mu.Lock()
@@ -471,6 +472,32 @@ func (e *Engine) restore(ctx context.Context) error {
 		p.mu.Unlock()
 	}
 	return nil
+}
+
+// restoreWorkers is how many peers a start loads at once: each load is a
+// few short reads, so the store's read connections overlap their waits.
+const restoreWorkers = 4
+
+// preload loads the peers' states a few at a time, for restore: one that
+// fails stays unloaded, and restore's own load reports it.
+func (e *Engine) preload(ctx context.Context, peers []domain.PeerEntry) {
+	work := make(chan domain.PeerID)
+	var wg sync.WaitGroup
+	for range min(restoreWorkers, len(peers)) {
+		wg.Go(func() {
+			for id := range work {
+				p := e.peer(id)
+				p.mu.Lock()
+				_ = e.loadLocked(ctx, p)
+				p.mu.Unlock()
+			}
+		})
+	}
+	for _, peer := range peers {
+		work <- peer.ID
+	}
+	close(work)
+	wg.Wait()
 }
 
 // startupPulls pulls every peer federated with before, each bounded in
