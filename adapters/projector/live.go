@@ -14,6 +14,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,6 +48,9 @@ type Live struct {
 
 	mu    sync.Mutex
 	state *projections.State
+	// lastChange is the position of the last record applied that is not a
+	// snapshot: one a projections snapshot must cover.
+	lastChange domain.Position
 	// changed is closed, and replaced, whenever state moves on: Current
 	// waits on it without polling.
 	changed chan struct{}
@@ -181,6 +185,9 @@ func (l *Live) apply(r eventstore.RecordedEvent) {
 	l.mu.Lock()
 	before, _ := l.state.Position()
 	err := l.state.Apply(streams.Decode(r))
+	if after, _ := l.state.Position(); after != before && !strings.HasPrefix(r.Stream, streams.SnapshotPrefix) {
+		l.lastChange = after
+	}
 	if after, _ := l.state.Position(); after != before {
 		close(l.changed)
 		l.changed = make(chan struct{})

@@ -38,12 +38,21 @@ type Acknowledgements interface {
 // projections' state (guilds, invites) and the peer's inbox fold (the last
 // sender sequence, which drops repeated pushes). The last record of each
 // inbox stays, so that a snapshot's revision can be checked.
+//
+// With Snapshots it also writes a projections snapshot every pass while
+// the store moves (Keep 0: only that): retention of delivered events
+// removes outbox events older than its duration, which are then in a
+// snapshot written since (sent invites are folded from the outbox).
 type ReceivedRetention struct {
 	Store     RetentionStore
 	Live      *Live
 	Consumers Acknowledgements
 	Clock     domain.Clock
 	Keep      time.Duration
+	// Every is how often a pass runs (0: a quarter of Keep, at most a
+	// minute).
+	Every     time.Duration
+	Snapshots bool
 	Logger    *slog.Logger
 	Codec     *streams.Codec
 
@@ -57,7 +66,10 @@ const receivedReadLimit = 1 << 16
 
 // Run removes expired received events every so often until ctx ends.
 func (r *ReceivedRetention) Run(ctx context.Context) {
-	every := min(max(r.Keep/4, 10*time.Millisecond), time.Minute)
+	every := r.Every
+	if every <= 0 {
+		every = min(max(r.Keep/4, 10*time.Millisecond), time.Minute)
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -79,12 +91,26 @@ func (r *ReceivedRetention) Pass(ctx context.Context) error {
 	pos, applied := l.state.Position()
 	db := l.state.DatabaseID()
 	inboxes := l.state.Inboxes()
+	changed := l.lastChange
 	var snap projections.Snapshot
 	if applied {
 		snap = l.state.Snapshot()
 	}
 	l.mu.Unlock()
 	if !applied || db == "" {
+		return nil
+	}
+	if err := r.retainInboxes(ctx, pos, db, inboxes, snap); err != nil {
+		return err
+	}
+	if r.Snapshots && (!r.wroteAny || r.written.Less(changed)) {
+		return r.writeProjections(ctx, pos, snap)
+	}
+	return nil
+}
+
+func (r *ReceivedRetention) retainInboxes(ctx context.Context, pos domain.Position, db string, inboxes map[domain.PeerID]domain.Inbox, snap projections.Snapshot) error {
+	if r.Keep <= 0 {
 		return nil
 	}
 	// Only records the projections' state at pos has folded can go, and

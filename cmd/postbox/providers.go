@@ -358,7 +358,7 @@ func provideMetrics(cfg Config, counters *metrics.Counters, engine *delivery.Eng
 // --retain-received it also removes received events.
 func provideLive(cfg Config, store projector.LiveStore, logger *slog.Logger, ledger *consumers.Ledger, codec *streams.Codec, clock domain.Clock) *projector.Live {
 	live := projector.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
-	if cfg.RetainReceived <= 0 {
+	if cfg.RetainReceived <= 0 && cfg.Delivery.RetainDelivered <= 0 {
 		return live
 	}
 	rs, ok := store.(projector.RetentionStore)
@@ -366,8 +366,17 @@ func provideLive(cfg Config, store projector.LiveStore, logger *slog.Logger, led
 		logger.Warn("this store cannot truncate streams: received events are kept")
 		return live
 	}
-	return live.WithReceivedRetention(&projector.ReceivedRetention{Store: rs, Consumers: ledger, Clock: clock,
-		Keep: cfg.RetainReceived, Logger: logger.With("component", "retention"), Codec: codec})
+	r := &projector.ReceivedRetention{Store: rs, Consumers: ledger, Clock: clock,
+		Keep: cfg.RetainReceived, Logger: logger.With("component", "retention"), Codec: codec}
+	if d := cfg.Delivery.RetainDelivered; d > 0 {
+		// Outbox events removed after d are in a projections snapshot
+		// written since.
+		r.Snapshots, r.Every = true, min(max(d/4, 10*time.Millisecond), time.Minute)
+		if k := cfg.RetainReceived; k > 0 {
+			r.Every = min(r.Every, max(k/4, 10*time.Millisecond))
+		}
+	}
+	return live.WithReceivedRetention(r)
 }
 
 // provideConsumers reads the durable consumers' positions from the store.
