@@ -41,6 +41,7 @@ func (a *Auditor) DeliveryFromSnapshot(peer domain.PeerID, stream string, o doma
 	p.out = o
 	p.out.Head = max(head, o.Head)
 	a.covered[stream] = covers
+	a.keepFold(stream, covers, p.out)
 	a.retained = append(a.retained, Retained{Stream: stream, From: covers, FromSnapshot: true})
 }
 
@@ -49,4 +50,59 @@ func (a *Auditor) DeliveryFromSnapshot(peer domain.PeerID, stream string, o doma
 // an empty fold, which may report what the removed records explained.
 func (a *Auditor) DeliveryTruncatedWithoutSnapshot(stream string, before uint64, why string) {
 	a.violate(stream, before, RuleTruncatedBehindSnapshot, "truncated before "+strconv.FormatUint(before, 10)+" without a snapshot to start from: "+why)
+}
+
+// EffectsFromSnapshot starts the audit, before any record, with what snap
+// (the projections' state at position at, a snapshot retention wrote
+// before it removed records) says of peer's guilds and invites, received
+// or sent: the records that made them may be gone. Replaying the kept
+// records over them ends where a full replay would, since each record
+// sets its key's value whatever it was. A checkpoint older than at cannot
+// be compared with such a replay, and is not.
+func (a *Auditor) EffectsFromSnapshot(peer domain.PeerID, snap *State, at domain.Position) {
+	if !a.seeded || a.seededAt.Less(at) {
+		a.seeded, a.seededAt = true, at
+	}
+	for user, g := range snap.guilds {
+		for k := range g {
+			if k.peer != peer {
+				continue
+			}
+			if a.state.guilds[user] == nil {
+				a.state.guilds[user] = map[guildKey]struct{}{}
+			}
+			a.state.guilds[user][k] = struct{}{}
+		}
+	}
+	for user, inv := range snap.invites {
+		for k, inviter := range inv {
+			if k.peer != peer {
+				continue
+			}
+			if a.state.invites[user] == nil {
+				a.state.invites[user] = map[inviteKey]uint64{}
+			}
+			a.state.invites[user][k] = inviter
+		}
+	}
+	for k, v := range snap.sent {
+		if k.peer == peer {
+			a.state.sent[k] = v
+		}
+	}
+}
+
+// InboxTruncated tells the audit that peer's inbox stream starts at
+// before: the records before it were removed behind an inbox snapshot and
+// the projections snapshot whose effects it started from.
+func (a *Auditor) InboxTruncated(stream string, before uint64) {
+	if before > 0 {
+		a.retained = append(a.retained, Retained{Stream: stream, From: before, FromSnapshot: true})
+	}
+}
+
+// InboxTruncatedWithoutSnapshot reports an inbox stream truncated with no
+// projections snapshot to start its effects from.
+func (a *Auditor) InboxTruncatedWithoutSnapshot(stream string, before uint64, why string) {
+	a.violate(stream, before, RuleTruncatedBehindSnapshot, "truncated before "+strconv.FormatUint(before, 10)+" without a projections snapshot to start from: "+why)
 }

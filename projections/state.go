@@ -428,6 +428,17 @@ func (s *State) SentInvites() []SentInvite {
 	return out
 }
 
+// Inboxes returns each peer's inbox fold, by peer.
+func (s *State) Inboxes() map[domain.PeerID]domain.Inbox {
+	out := make(map[domain.PeerID]domain.Inbox, len(s.peers))
+	for id, p := range s.peers {
+		if p.in.Count > 0 {
+			out[id] = p.in
+		}
+	}
+	return out
+}
+
 // Clone returns a deep copy.
 func (s *State) Clone() *State {
 	c := &State{

@@ -33,16 +33,17 @@ type Sender interface {
 
 // Service implements adminv1connect.AdminServiceHandler.
 type Service struct {
-	identity *domain.Identity
-	public   ed25519.PublicKey
-	version  Version
-	sender   Sender
-	operator Operator
-	received ReceivedLog
-	names    PeerNames
-	renamer  Renamer
-	views    PeerViews
-	ages     PendingAges // optional
+	identity  *domain.Identity
+	public    ed25519.PublicKey
+	version   Version
+	sender    Sender
+	operator  Operator
+	received  ReceivedLog
+	names     PeerNames
+	renamer   Renamer
+	views     PeerViews
+	ages      PendingAges // optional
+	retention Retention   // optional
 
 	consumers consumerSettings // optional
 }

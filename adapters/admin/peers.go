@@ -44,6 +44,35 @@ func (s *Service) oldestPending(ctx context.Context, p *adminv1.Peer) {
 	}
 }
 
+// Retention tells where retention truncated a peer's outbox and inbox: the
+// first event of each still stored (0 when all are).
+type Retention interface {
+	OutboxRetainedFrom(ctx context.Context, peerID string) (uint64, error)
+	InboxRetainedFrom(ctx context.Context, peerID string) (uint64, error)
+}
+
+// WithRetention makes the peers' listings say what their outboxes keep.
+func (s *Service) WithRetention(r Retention) *Service {
+	s.retention = r
+	return s
+}
+
+// retained sets what p's outbox keeps; a failed read leaves it as if
+// every event were kept (the rest of the listing still helps).
+func (s *Service) retained(ctx context.Context, p *adminv1.Peer) {
+	p.OutboxRetained = p.GetHead()
+	if s.retention == nil {
+		return
+	}
+	if from, err := s.retention.OutboxRetainedFrom(ctx, p.GetPeerId()); err == nil {
+		p.OutboxRetainedFrom = min(from, p.GetHead())
+		p.OutboxRetained = p.GetHead() - p.OutboxRetainedFrom
+	}
+	if from, err := s.retention.InboxRetainedFrom(ctx, p.GetPeerId()); err == nil {
+		p.InboxRetainedFrom = from
+	}
+}
+
 // ListPeers lists every peer from the projections, once they have caught
 // up with everything stored when the call arrived.
 func (s *Service) ListPeers(ctx context.Context, _ *connect.Request[adminv1.ListPeersRequest]) (*connect.Response[adminv1.ListPeersResponse], error) {
@@ -56,6 +85,7 @@ func (s *Service) ListPeers(ctx context.Context, _ *connect.Request[adminv1.List
 	for _, v := range state.Peers() {
 		p := peerMessage(v, stuck)
 		s.oldestPending(ctx, p)
+		s.retained(ctx, p)
 		res.Peers = append(res.Peers, p)
 	}
 	return connect.NewResponse(res), nil
@@ -77,6 +107,7 @@ func (s *Service) GetPeer(ctx context.Context, req *connect.Request[adminv1.GetP
 	}
 	p := peerMessage(v, s.operator.Stuck())
 	s.oldestPending(ctx, p)
+	s.retained(ctx, p)
 	return connect.NewResponse(&adminv1.GetPeerResponse{Peer: p}), nil
 }
 

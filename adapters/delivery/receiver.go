@@ -181,31 +181,93 @@ func refString(r *domain.EventRef) string {
 }
 
 // loadInboxLocked rebuilds the receiver state of p from its inbox stream:
-// its length and the last sender sequence number applied.
+// its length and the last sender sequence number applied; from the latest
+// trusted inbox snapshot (retention of received events writes one before
+// it removes any) and the newest records.
 func (e *Engine) loadInboxLocked(ctx context.Context, p *peer) error {
 	if p.inLoaded {
 		return nil
 	}
-	var in domain.Inbox
+	stream := streams.Inbox(p.id)
 	const window = 64
-	recs, err := e.store.ReadStreamBackward(ctx, streams.Inbox(p.id), window)
+	recs, err := e.store.ReadStreamBackward(ctx, stream, window)
 	switch {
 	case errors.Is(err, eventstore.ErrStreamNotFound):
+		recs = nil
 	case err != nil:
-		return fmt.Errorf("read %s: %w", streams.Inbox(p.id), err)
-	default:
-		// Sequence numbers only grow within an epoch, so the newest
-		// records are enough for domain.Inbox's fold: oldest first.
-		for i := len(recs) - 1; i >= 0; i-- {
-			rec, err := streams.DecodeReceived(recs[i])
-			if err != nil {
-				return err
-			}
-			in.Apply(recs[i].Revision, rec.Domain())
+		return fmt.Errorf("read %s: %w", stream, err)
+	}
+	in, from := e.trustedInboxSnapshot(ctx, p, recs)
+	apply := func(r eventstore.RecordedEvent) error {
+		rec, err := streams.DecodeReceived(r)
+		if err != nil {
+			return err
+		}
+		in.Apply(r.Revision, rec.Domain())
+		return nil
+	}
+	// Sequence numbers only grow within an epoch, so the newest records
+	// are enough for domain.Inbox's fold when one of them carries one;
+	// otherwise every record after the snapshot is read.
+	if n := len(recs); from > 0 && n > 0 && recs[n-1].Revision > from && !anySenderSeq(recs) {
+		if _, err := readFrom(ctx, e.store, stream, from, apply); err != nil {
+			return err
+		}
+		recs = nil
+	}
+	for i := len(recs) - 1; i >= 0; i-- { // oldest first
+		if recs[i].Revision < from {
+			continue
+		}
+		if err := apply(recs[i]); err != nil {
+			return err
 		}
 	}
 	p.in, p.inLoaded = in, true
 	return nil
+}
+
+func anySenderSeq(recs []eventstore.RecordedEvent) bool {
+	for _, r := range recs {
+		if rec, err := streams.DecodeReceived(r); err == nil && rec.SenderSeq != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// trustedInboxSnapshot returns p's latest inbox snapshot and the revision
+// it covers, or a zero fold and 0 when there is none it can trust: that
+// one is ignored with a warning. newest are the stream's last records,
+// newest first.
+func (e *Engine) trustedInboxSnapshot(ctx context.Context, p *peer, newest []eventstore.RecordedEvent) (domain.Inbox, uint64) {
+	snaps, err := e.store.ReadStreamBackward(ctx, streams.InboxSnapshot(p.id), 1)
+	if errors.Is(err, eventstore.ErrStreamNotFound) || (err == nil && len(snaps) == 0) {
+		return domain.Inbox{}, 0
+	}
+	ignore := func(err error) (domain.Inbox, uint64) {
+		e.logger.Warn("inbox snapshot ignored; folding the inbox records instead", "peer", p.id, "err", err)
+		return domain.Inbox{}, 0
+	}
+	if err != nil {
+		return ignore(err)
+	}
+	snap, err := streams.DecodeInboxSnapshot(snaps[0])
+	if err != nil {
+		return ignore(err)
+	}
+	db, err := e.databaseID(ctx)
+	if err != nil {
+		return ignore(err)
+	}
+	var length uint64
+	if len(newest) > 0 {
+		length = newest[0].Revision + 1
+	}
+	if err := snap.Check(db, streams.Inbox(p.id), length, len(newest) > 0); err != nil {
+		return ignore(err)
+	}
+	return snap.Inbox(), snap.Revision
 }
 
 // PullFrom pulls everything peer server has queued for this server, again
@@ -393,6 +455,7 @@ func (e *Engine) restore(ctx context.Context) error {
 		e.logger.Info("delivery state rebuilt", "peers", len(peers), "records", e.recordsRead.Load()-before,
 			"took", e.clock.Now().Sub(start).Round(time.Millisecond))
 	}()
+	e.preload(ctx, peers)
 	for _, peer := range peers {
 		p := e.peer(peer.ID)
 		p.mu.Lock()
@@ -409,6 +472,32 @@ func (e *Engine) restore(ctx context.Context) error {
 		p.mu.Unlock()
 	}
 	return nil
+}
+
+// restoreWorkers is how many peers a start loads at once: each load is a
+// few short reads, so the store's read connections overlap their waits.
+const restoreWorkers = 4
+
+// preload loads the peers' states a few at a time, for restore: one that
+// fails stays unloaded, and restore's own load reports it.
+func (e *Engine) preload(ctx context.Context, peers []domain.PeerEntry) {
+	work := make(chan domain.PeerID)
+	var wg sync.WaitGroup
+	for range min(restoreWorkers, len(peers)) {
+		wg.Go(func() {
+			for id := range work {
+				p := e.peer(id)
+				p.mu.Lock()
+				_ = e.loadLocked(ctx, p)
+				p.mu.Unlock()
+			}
+		})
+	}
+	for _, peer := range peers {
+		work <- peer.ID
+	}
+	close(work)
+	wg.Wait()
 }
 
 // startupPulls pulls every peer federated with before, each bounded in

@@ -214,3 +214,19 @@ func TestRetentionShrinksAStoreThatDelivered100000Events(t *testing.T) {
 	w.send(5)
 	eventually(t, "delivery going on after the restart", func() bool { return w.state().Delivered == total+5 })
 }
+
+// The audit compares every snapshot the engine wrote with the fold of the
+// delivery records it covers: on a full history, all of them.
+func TestTheAuditFindsTheEnginesSnapshotsEqualToTheirRecords(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.deliverOneByOne(3*snapshotEvery + 10)
+	rep, err := projector.Audit(t.Context(), w.store, projector.AuditOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Clean() || rep.SnapshotsChecked < 3 || rep.SnapshotsUnchecked != 0 {
+		t.Fatalf("audit: %d snapshots checked, %d not, violations %v; want 3 or more checked, clean",
+			rep.SnapshotsChecked, rep.SnapshotsUnchecked, rep.Violations)
+	}
+}

@@ -39,10 +39,40 @@ func (e *Engine) databaseID(ctx context.Context) (string, error) {
 // the state, the stream's length, and how many records were read.
 func (e *Engine) loadDelivery(ctx context.Context, p *peer) (domain.Outbox, uint64, uint64, error) {
 	stream := streams.Delivery(p.id)
-	var out domain.Outbox
-	from := e.trustedDeliverySnapshot(ctx, p, &out)
+	p.snapshotAt = 0
+	if snap, ok := e.latestDeliverySnapshot(ctx, p); ok {
+		out, next, read, err := foldDelivery(ctx, e.store, stream, snap.Revision, snap.Outbox())
+		if !errors.Is(err, errSnapshotPastEnd) {
+			if err == nil {
+				p.snapshotAt = snap.Revision
+			}
+			return out, next, read, err
+		}
+		e.logger.Warn("delivery snapshot ignored; folding the delivery records instead", "peer", p.id,
+			"err", fmt.Errorf("snapshot covers %d records of %q, which holds fewer", snap.Revision, stream))
+	}
+	return foldDelivery(ctx, e.store, stream, 0, domain.Outbox{})
+}
+
+// errSnapshotPastEnd: the stream does not hold the last record a snapshot
+// covers.
+var errSnapshotPastEnd = errors.New("snapshot past the stream's end")
+
+// foldDelivery folds stream's records from revision from onto out, the
+// fold of those before it. With from > 0 it reads from the record before
+// from, which retention never removes: one read both checks that the
+// stream holds every record the snapshot covers and goes on after them.
+func foldDelivery(ctx context.Context, s Store, stream string, from uint64, out domain.Outbox) (domain.Outbox, uint64, uint64, error) {
 	var read uint64
-	next, err := readFrom(ctx, e.store, stream, from, func(r eventstore.RecordedEvent) error {
+	checked := from == 0
+	next, err := readFrom(ctx, s, stream, from-min(from, 1), func(r eventstore.RecordedEvent) error {
+		if !checked {
+			if r.Revision != from-1 {
+				return errSnapshotPastEnd
+			}
+			checked = true
+			return nil
+		}
 		ev, err := streams.DecodeDelivery(r)
 		if err != nil {
 			return err
@@ -51,24 +81,28 @@ func (e *Engine) loadDelivery(ctx context.Context, p *peer) (domain.Outbox, uint
 		out.Apply(ev)
 		return nil
 	})
+	if err == nil && !checked {
+		err = errSnapshotPastEnd
+	}
 	if err != nil {
 		return domain.Outbox{}, 0, 0, err
 	}
 	return out, max(next, from), read, nil
 }
 
-// trustedDeliverySnapshot sets out to p's latest delivery snapshot and
-// returns the revision it covers, or 0 (and out unchanged) when there is
-// none it can trust: that one is ignored with a warning.
-func (e *Engine) trustedDeliverySnapshot(ctx context.Context, p *peer, out *domain.Outbox) uint64 {
-	p.snapshotAt = 0
+// latestDeliverySnapshot returns p's latest delivery snapshot, if there is
+// one of this format, stream and database; one that is not is ignored
+// with a warning. Whether the stream holds the records it covers is
+// foldDelivery's check.
+func (e *Engine) latestDeliverySnapshot(ctx context.Context, p *peer) (streams.OutboxSnapshot, bool) {
+	var none streams.OutboxSnapshot
 	recs, err := e.store.ReadStreamBackward(ctx, streams.DeliverySnapshot(p.id), 1)
 	if errors.Is(err, eventstore.ErrStreamNotFound) || (err == nil && len(recs) == 0) {
-		return 0
+		return none, false
 	}
-	ignore := func(err error) uint64 {
+	ignore := func(err error) (streams.OutboxSnapshot, bool) {
 		e.logger.Warn("delivery snapshot ignored; folding the delivery records instead", "peer", p.id, "err", err)
-		return 0
+		return none, false
 	}
 	if err != nil {
 		return ignore(err)
@@ -81,21 +115,13 @@ func (e *Engine) trustedDeliverySnapshot(ctx context.Context, p *peer, out *doma
 	if err != nil {
 		return ignore(err)
 	}
-	stream := streams.Delivery(p.id)
-	last, err := e.store.ReadStreamBackward(ctx, stream, 1)
-	if err != nil && !errors.Is(err, eventstore.ErrStreamNotFound) {
+	if err := snap.Check(db, streams.Delivery(p.id), snap.Revision, true); err != nil {
 		return ignore(err)
 	}
-	var length uint64
-	if len(last) == 1 {
-		length = last[0].Revision + 1
+	if snap.Revision == 0 {
+		return none, false // covers nothing
 	}
-	if err := snap.Check(db, stream, length, len(last) == 1); err != nil {
-		return ignore(err)
-	}
-	*out = snap.Outbox()
-	p.snapshotAt = snap.Revision
-	return snap.Revision
+	return snap, true
 }
 
 // snapshotAfterFlush writes a snapshot of p's delivery state once

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/streams"
-	"github.com/harmony-postbox/postbox/domain"
 	"github.com/harmony-postbox/postbox/projections"
 )
 
@@ -35,8 +35,10 @@ const progressEvery = 4096
 // in the Report.
 func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress func(done uint64)) (projections.Report, error) {
 	a := projections.NewAuditor()
-	start := &retainedStart{seen: map[domain.PeerID]bool{}}
-	start.store, _ = store.(retainedStore)
+	start := newRetainedStart(store)
+	if err := start.seed(ctx, a); err != nil {
+		return projections.Report{}, err
+	}
 	// Read the checkpoint before subscribing: a running server may rewrite
 	// it, and its position must not be past the end of what is replayed.
 	if opts.CheckpointPath != "" {
@@ -70,6 +72,9 @@ func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress fu
 			return projections.Report{}, err
 		}
 		a.Check(rec)
+		if err := checkSnapshot(ctx, start, a, *item.Event); err != nil {
+			return projections.Report{}, err
+		}
 		if progress != nil && a.Records()%progressEvery == 0 {
 			progress(a.Records())
 		}
@@ -79,4 +84,25 @@ func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress fu
 		progress(a.Records())
 	}
 	return report, nil
+}
+
+// checkSnapshot has the audit compare a delivery snapshot record with the
+// fold of the records it covers. A snapshot of another format, or naming
+// another stream, is one the engine would not trust either: not checked.
+func checkSnapshot(ctx context.Context, start *retainedStart, a *projections.Auditor, r eventstore.RecordedEvent) error {
+	name, ok := strings.CutPrefix(r.Stream, streams.DeliverySnapshotPrefix)
+	if !ok {
+		return nil
+	}
+	peer := streams.PeerID(name)
+	snap, err := streams.DecodeOutboxSnapshot(r)
+	if err != nil || snap.Format != streams.SnapshotFormat || snap.Stream != streams.Delivery(peer) {
+		return nil // ignored, as the engine ignores it
+	}
+	if err := start.beforePeer(ctx, a, peer); err != nil {
+		return err
+	}
+	a.CheckDeliverySnapshot(peer, projections.DeliverySnapshot{Record: r.Stream, RecordRevision: r.Revision,
+		DatabaseID: snap.DatabaseID, Stream: snap.Stream, Covers: snap.Revision, Fold: snap.Outbox()})
+	return nil
 }

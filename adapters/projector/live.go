@@ -14,6 +14,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,8 +44,13 @@ type Live struct {
 	backoffFirst    time.Duration
 	backoffMax      time.Duration
 
+	retention *ReceivedRetention // optional
+
 	mu    sync.Mutex
 	state *projections.State
+	// lastChange is the position of the last record applied that is not a
+	// snapshot: one a projections snapshot must cover.
+	lastChange domain.Position
 	// changed is closed, and replaced, whenever state moves on: Current
 	// waits on it without polling.
 	changed chan struct{}
@@ -69,6 +75,14 @@ func NewLive(store LiveStore, checkpointPath string, logger *slog.Logger) *Live 
 	}
 }
 
+// WithReceivedRetention makes Run also remove received events as r says,
+// from this state.
+func (l *Live) WithReceivedRetention(r *ReceivedRetention) *Live {
+	r.Live = l
+	l.retention = r
+	return l
+}
+
 // Run loads the checkpoint, if any, follows the store from its position
 // (from the start if none), and writes the checkpoint every few seconds and
 // on exit. After a store error it subscribes again, with backoff. It returns
@@ -79,7 +93,7 @@ func (l *Live) Run(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
-	l.loadCheckpoint(id)
+	l.loadCheckpoint(ctx, id)
 
 	var wg sync.WaitGroup
 	loopCtx, stopLoop := context.WithCancel(ctx)
@@ -89,6 +103,9 @@ func (l *Live) Run(ctx context.Context) error {
 	l.mu.Unlock()
 	if l.path != "" {
 		wg.Go(func() { l.checkpointLoop(loopCtx, &written, &wroteAny) })
+	}
+	if l.retention != nil {
+		wg.Go(func() { l.retention.Run(loopCtx) })
 	}
 
 	failures := 0
@@ -168,6 +185,9 @@ func (l *Live) apply(r eventstore.RecordedEvent) {
 	l.mu.Lock()
 	before, _ := l.state.Position()
 	err := l.state.Apply(streams.Decode(r))
+	if after, _ := l.state.Position(); after != before && !strings.HasPrefix(r.Stream, streams.SnapshotPrefix) {
+		l.lastChange = after
+	}
 	if after, _ := l.state.Position(); after != before {
 		close(l.changed)
 		l.changed = make(chan struct{})
@@ -202,29 +222,23 @@ func (l *Live) identify(ctx context.Context) (id string, ok bool) {
 }
 
 // loadCheckpoint resumes from the checkpoint, if there is one of database
-// id; the state records id either way.
-func (l *Live) loadCheckpoint(id string) {
+// id, or from the store's projections snapshot if that one is later (a
+// checkpoint file lost or older than what retention removed); the state
+// records id either way.
+func (l *Live) loadCheckpoint(ctx context.Context, id string) {
 	defer func() {
 		l.mu.Lock()
 		l.state.SetDatabaseID(id)
 		l.mu.Unlock()
 	}()
-	if l.path == "" {
-		return
+	s := l.readCheckpoint(id)
+	from := "checkpoint"
+	if st := storeSnapshot(ctx, l.store, id, l.logger); st != nil {
+		if s == nil || laterThan(st, s) {
+			s, from = st, "store's snapshot"
+		}
 	}
-	s, err := ReadCheckpoint(l.path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return
-	case err != nil:
-		// Replaying from the start is always correct, only slower.
-		l.logger.Warn("ignoring the projection checkpoint; replaying every stream", "path", l.path, "err", err)
-		return
-	case s.DatabaseID() != id:
-		// Its positions belong to another database: resuming after one
-		// would skip or repeat this store's events.
-		l.logger.Warn("the projection checkpoint is of another database; replaying every stream", "path", l.path,
-			"checkpoint_database", cmp.Or(s.DatabaseID(), "(none recorded)"), "store_database", id)
+	if s == nil {
 		return
 	}
 	l.mu.Lock()
@@ -236,7 +250,37 @@ func (l *Live) loadCheckpoint(id string) {
 	close(l.changed)
 	l.changed = make(chan struct{})
 	pos, _ := s.Position()
-	l.logger.Info("projections resumed from their checkpoint", "path", l.path, "commit", pos.Commit)
+	l.logger.Info("projections resumed from their "+from, "path", l.path, "commit", pos.Commit)
+}
+
+// laterThan reports whether a is at a later position than b.
+func laterThan(a, b *projections.State) bool {
+	pa, _ := a.Position()
+	pb, ok := b.Position()
+	return !ok || pb.Less(pa)
+}
+
+// readCheckpoint reads the checkpoint file, if there is one of database id.
+func (l *Live) readCheckpoint(id string) *projections.State {
+	if l.path == "" {
+		return nil
+	}
+	s, err := ReadCheckpoint(l.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		// Replaying from the start is always correct, only slower.
+		l.logger.Warn("ignoring the projection checkpoint; replaying every stream", "path", l.path, "err", err)
+		return nil
+	case s.DatabaseID() != id:
+		// Its positions belong to another database: resuming after one
+		// would skip or repeat this store's events.
+		l.logger.Warn("the projection checkpoint is of another database; replaying every stream", "path", l.path,
+			"checkpoint_database", cmp.Or(s.DatabaseID(), "(none recorded)"), "store_database", id)
+		return nil
+	}
+	return s
 }
 
 func (l *Live) checkpointLoop(ctx context.Context, written *domain.Position, wroteAny *bool) {

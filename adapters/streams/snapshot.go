@@ -126,3 +126,55 @@ func (h SnapshotHeader) Check(databaseID, stream string, length uint64, exists b
 	}
 	return nil
 }
+
+// Snapshots of the receiving side, which retention of received events
+// (--retain-received) writes before it removes any: each peer's inbox fold,
+// and the projections' state.
+const (
+	InboxSnapshotPrefix = SnapshotPrefix + InboxPrefix
+	// ProjectionsSnapshot is the stream of the projections' state, each
+	// record the checkpoint format (projections.MarshalCheckpoint), which
+	// carries its own version, database and position.
+	ProjectionsSnapshot = SnapshotPrefix + "projections"
+)
+
+// InboxSnapshot is the stream of snapshots of peer's inbox stream.
+func InboxSnapshot(peer PeerID) string { return InboxSnapshotPrefix + string(peer) }
+
+// InboxSnapshotRecord is an inbox stream's fold (domain.Inbox: what drops
+// a repeated push) with its header. Its fields mirror domain.Inbox's one
+// by one, so that one added to the fold is added here with a format bump.
+type InboxSnapshotRecord struct {
+	SnapshotHeader
+	Count   uint64 `json:"count"`
+	LastSeq uint64 `json:"last_seq"`
+	HasSeq  bool   `json:"has_seq"`
+	LastID  []byte `json:"last_id,omitempty"`
+	Epoch   uint64 `json:"epoch"`
+}
+
+// NewInboxSnapshot records in as the fold of stream's records before rev.
+func NewInboxSnapshot(databaseID, stream string, rev uint64, in domain.Inbox) InboxSnapshotRecord {
+	return InboxSnapshotRecord{
+		SnapshotHeader: SnapshotHeader{Format: SnapshotFormat, DatabaseID: databaseID, Stream: stream, Revision: rev},
+		Count:          in.Count, LastSeq: in.LastSeq, HasSeq: in.HasSeq, LastID: in.LastID, Epoch: in.Epoch,
+	}
+}
+
+// Inbox is the fold the snapshot holds.
+func (s InboxSnapshotRecord) Inbox() domain.Inbox {
+	return domain.Inbox{Count: s.Count, LastSeq: s.LastSeq, HasSeq: s.HasSeq, LastID: s.LastID, Epoch: s.Epoch}
+}
+
+// DecodeInboxSnapshot reads an inbox snapshot record; like
+// DecodeOutboxSnapshot, it checks only the encoding.
+func DecodeInboxSnapshot(r eventstore.RecordedEvent) (InboxSnapshotRecord, error) {
+	var s InboxSnapshotRecord
+	if r.Type != TypeSnapshot {
+		return s, fmt.Errorf("%s@%d: snapshot record of type %q", r.Stream, r.Revision, r.Type)
+	}
+	if err := json.Unmarshal(r.Data, &s); err != nil {
+		return s, fmt.Errorf("%s@%d: decode snapshot: %w", r.Stream, r.Revision, err)
+	}
+	return s, nil
+}

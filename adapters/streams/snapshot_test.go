@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/domain"
 )
 
@@ -19,7 +20,7 @@ func fillEvery(t *testing.T, v reflect.Value, n *uint64) {
 		for i := range v.NumField() {
 			fillEvery(t, v.Field(i), n)
 		}
-	case reflect.Uint64, reflect.Uint32, reflect.Uint, reflect.Int, reflect.Int64:
+	case reflect.Uint64, reflect.Uint32, reflect.Uint8, reflect.Uint, reflect.Int, reflect.Int64:
 		if v.CanUint() {
 			v.SetUint(*n)
 		} else {
@@ -65,5 +66,31 @@ func TestADeliverySnapshotKeepsEveryFieldOfTheFold(t *testing.T) {
 	back.Format = SnapshotFormat - 1
 	if err := back.Check("db1", "delivery-p1", 8, true); err == nil {
 		t.Fatal("a snapshot of an older format, which lacks fields, was trusted")
+	}
+}
+
+// An inbox snapshot mirrors domain.Inbox field by field: one added to the
+// fold (the owner's term, say) fails this until the snapshot carries it.
+func TestAnInboxSnapshotKeepsEveryFieldOfTheFold(t *testing.T) {
+	t.Parallel()
+	var in domain.Inbox
+	var n uint64
+	fillEvery(t, reflect.ValueOf(&in).Elem(), &n)
+	d, err := NewCodec(rand.Reader).EncodeSnapshot(NewInboxSnapshot("db1", "inbox-p1", 7, in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeInboxSnapshot(recorded(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := back.Inbox(); !reflect.DeepEqual(got, in) {
+		t.Fatalf("the snapshot gave back\n%+v\nof the fold\n%+v", got, in)
+	}
+	if err := back.Check("db1", "inbox-p1", 7, true); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	if _, err := DecodeInboxSnapshot(recorded(eventstore.EventData{Type: "Other", Data: d.Data})); err == nil {
+		t.Fatal("a record of another type read as an inbox snapshot")
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +45,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	large := fs.Int("records", 10_000_000, "delivery records of the long history")
 	peers := fs.Int("peers", 1000, "peers the records are spread over")
 	dir := fs.String("dir", "", "where to write the stores (default: a temporary directory, removed after)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the long history's first start-up to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -57,29 +59,48 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		root = d
 	}
 	fmt.Fprintf(out, "%-10s %-16s %12s %12s %10s %12s\n", "records", "phase", "start-up", "read", "heap MiB", "store MiB")
-	for _, n := range []int{*small, *large} {
-		if err := bench(ctx, out, fmt.Sprintf("%s/%d", root, n), n, *peers); err != nil {
+	var before [2]time.Duration
+	for i, n := range []int{*small, *large} {
+		profile := ""
+		if i == 1 {
+			profile = *cpuProfile
+		}
+		took, err := bench(ctx, out, fmt.Sprintf("%s/%d", root, n), n, *peers, profile)
+		if err != nil {
 			return err
 		}
+		before[i] = took
 	}
+	fmt.Fprintf(out, "start-up, %d records against %d: %.2fx (target: within 2x)\n", *large, *small,
+		float64(before[1])/float64(max(before[0], 1)))
 	return nil
 }
 
-func bench(ctx context.Context, out io.Writer, dir string, records, peers int) error {
+// bench writes a history of records and starts the engine on it, before,
+// during and after retention; it returns the first start-up's time.
+func bench(ctx context.Context, out io.Writer, dir string, records, peers int, profile string) (time.Duration, error) {
 	began := time.Now()
 	if err := write(ctx, dir, records, peers); err != nil {
-		return err
+		return 0, err
 	}
 	fmt.Fprintf(os.Stderr, "historybench: %d records written in %v\n", records, time.Since(began).Round(time.Millisecond))
-	for _, phase := range []struct {
+	var first time.Duration
+	for i, phase := range []struct {
 		name   string
 		retain time.Duration
 	}{{"before", 0}, {"retention", time.Millisecond}, {"after", 0}} {
-		if err := start(ctx, out, dir, records, phase.name, phase.retain, peers); err != nil {
-			return err
+		if i > 0 {
+			profile = ""
+		}
+		took, err := start(ctx, out, dir, records, phase.name, phase.retain, peers, profile)
+		if err != nil {
+			return 0, err
+		}
+		if i == 0 {
+			first = took
 		}
 	}
-	return nil
+	return first, nil
 }
 
 // write stores, per peer, records/peers outbox events, each delivered by
@@ -218,20 +239,35 @@ func (r *recordsRead) records() string {
 	return "?"
 }
 
-func start(ctx context.Context, out io.Writer, dir string, records int, phase string, retain time.Duration, peers int) error {
+func start(ctx context.Context, out io.Writer, dir string, records int, phase string, retain time.Duration, peers int, profile string) (time.Duration, error) {
 	runtime.GC()
+	stopProfile := func() {}
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return 0, err
+		}
+		stopProfile = pprof.StopCPUProfile
+	}
 	began := time.Now()
 	store, err := embedded.Open(ctx, dir, embedded.Options{})
 	if err != nil {
-		return err
+		stopProfile()
+		return 0, err
 	}
 	defer store.Close()
+	opened := time.Since(began)
 	codec := streams.NewCodecWithBodies(rand.Reader, streams.BinaryBodies)
 	log := &recordsRead{}
 	logger := slog.New(slog.NewTextHandler(log, nil))
 	reg, err := registry.Load(ctx, store, codec, rand.Reader, logger)
 	if err != nil {
-		return err
+		stopProfile()
+		return 0, err
 	}
 	cfg := delivery.DefaultConfig()
 	cfg.ResumeProbe, cfg.PullInterval, cfg.RetainDelivered = false, time.Hour, retain
@@ -243,9 +279,13 @@ func start(ctx context.Context, out io.Writer, dir string, records int, phase st
 	case <-engine.Ready():
 	case err := <-done:
 		cancel()
-		return err
+		stopProfile()
+		return 0, err
 	}
 	took := time.Since(began)
+	stopProfile()
+	fmt.Fprintf(os.Stderr, "historybench: %d records, %s: store opened in %v, engine ready %v later\n", records, phase,
+		opened.Round(time.Millisecond), (took - opened).Round(time.Millisecond))
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
@@ -256,7 +296,7 @@ func start(ctx context.Context, out io.Writer, dir string, records int, phase st
 				tb, err := store.TruncatedBefore(ctx, streams.Outbox(p.ID))
 				if err != nil {
 					cancel()
-					return err
+					return 0, err
 				}
 				if int(tb) >= records/peers-1 {
 					break
@@ -267,13 +307,13 @@ func start(ctx context.Context, out io.Writer, dir string, records int, phase st
 	}
 	cancel()
 	if err := <-done; err != nil {
-		return err
+		return 0, err
 	}
 	size, err := store.DiskUsage()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	fmt.Fprintf(out, "%-10d %-16s %12v %12s %10.1f %12.1f\n", records, phase, took.Round(time.Millisecond), log.records(),
 		float64(m.HeapAlloc)/(1<<20), float64(size)/(1<<20))
-	return nil
+	return took, nil
 }

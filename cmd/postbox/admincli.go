@@ -152,6 +152,14 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		if n := p.GetReceiverRewinds(); n > 0 {
 			fmt.Fprintf(stdout, "%s: the peer lost events it had been given %d time(s) (its store went back): they were sent again\n", p.GetServerId(), n)
 		}
+		if from := p.GetOutboxRetainedFrom(); from > 0 {
+			fmt.Fprintf(stdout, "%s: outbox kept from event %d (%d event(s) stored); retention removed the delivered ones before it\n",
+				p.GetServerId(), from, p.GetOutboxRetained())
+		}
+		if from := p.GetInboxRetainedFrom(); from > 0 {
+			fmt.Fprintf(stdout, "%s: received events kept from %d of %d; retention removed the ones before it\n",
+				p.GetServerId(), from, p.GetEventsReceived())
+		}
 		if s := p.GetLastSkip(); s != nil {
 			fmt.Fprintf(stdout, "%s: %d event(s) skipped, never delivered; last skip: events %d to %d: %q\n",
 				p.GetServerId(), p.GetSkipped(), s.GetFromSeq(), s.GetThroughSeq(), s.GetReason())

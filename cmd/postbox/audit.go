@@ -86,7 +86,11 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 // auditMessage is the report as the admin API's message, so that every
 // --json prints protojson of one.
 func auditMessage(r projections.Report) *adminv1.AuditReport {
-	m := &adminv1.AuditReport{Records: r.Records, UnknownRecords: r.UnknownRecords, CheckpointChecked: r.CheckpointChecked, Clean: r.Clean()}
+	m := &adminv1.AuditReport{Records: r.Records, UnknownRecords: r.UnknownRecords, CheckpointChecked: r.CheckpointChecked, Clean: r.Clean(),
+		FullHistory: len(r.Retained) == 0, SnapshotsChecked: r.SnapshotsChecked, SnapshotsUnchecked: r.SnapshotsUnchecked}
+	for _, t := range r.Retained {
+		m.Retained = append(m.Retained, &adminv1.AuditRetained{Stream: t.Stream, From: t.From, FromSnapshot: t.FromSnapshot})
+	}
 	for _, p := range r.Peers {
 		mode := adminv1.Mode_MODE_PUSH
 		if p.Mode == domain.ModeQueue.String() {
@@ -124,6 +128,12 @@ func printAuditReport(w io.Writer, r projections.Report) error {
 	}
 	if r.CheckpointChecked {
 		summary += ", checkpoint compared"
+	}
+	if r.SnapshotsChecked > 0 || r.SnapshotsUnchecked > 0 {
+		summary += fmt.Sprintf(", %d delivery snapshot(s) compared with their records", r.SnapshotsChecked)
+	}
+	if r.SnapshotsUnchecked > 0 {
+		summary += fmt.Sprintf(" (%d met too late to compare)", r.SnapshotsUnchecked)
 	}
 	fmt.Fprintf(w, "\n%s\n", summary)
 	if len(r.Retained) == 0 {

@@ -361,3 +361,89 @@ func TestAuditCommandProgressOnlyOnATerminal(t *testing.T) {
 		done()
 	}
 }
+
+// auditRetainedDir writes peer p1's 6 events, each pushed, with a
+// snapshot of the delivery records before 3 and one before 5 (its
+// delivered cursor set to lie at 5+lie), and then truncates the outbox
+// before 4 and the delivery stream before 2, as retention would.
+func auditRetainedDir(t *testing.T, lie uint64) string {
+	t.Helper()
+	return auditDataDir(t, func(ctx context.Context, s *embedded.Store, c *streams.Codec) error {
+		db, err := c.EncodeDatabaseCreated("db1")
+		if err != nil {
+			return err
+		}
+		seen, err := c.Encode(streams.TypePeerSeen, &eventsv1.PeerSeen{PeerId: "p1", ServerId: "a.example:2289"})
+		if err != nil {
+			return err
+		}
+		appendTo := func(stream string, data ...eventstore.EventData) error {
+			_, err := s.Append(ctx, stream, eventstore.Any(), data...)
+			return err
+		}
+		if err := errors.Join(appendTo(streams.Database, db), appendTo(streams.Peers, seen)); err != nil {
+			return err
+		}
+		for seq := range uint64(6) {
+			enq, err := c.EncodeEnqueued(auditEvent(seq))
+			if err != nil {
+				return err
+			}
+			push, err := c.EncodeDelivery(domain.EventPushed{Seq: seq, Attempts: 1})
+			if err != nil {
+				return err
+			}
+			if err := errors.Join(appendTo("outbox-p1", enq), appendTo("delivery-p1", push...)); err != nil {
+				return err
+			}
+			if seq == 2 || seq == 4 {
+				n := seq + 1
+				snap, err := c.EncodeSnapshot(streams.NewOutboxSnapshot("db1", "delivery-p1", n, domain.Outbox{
+					Head: n, Delivered: n + lie*(n/5), HandedOver: n, Given: seq, HasGiven: true}))
+				if err != nil {
+					return err
+				}
+				if err := appendTo(streams.DeliverySnapshot("p1"), snap); err != nil {
+					return err
+				}
+			}
+		}
+		return errors.Join(s.Truncate(ctx, "outbox-p1", 4), s.Truncate(ctx, "delivery-p1", 2))
+	})
+}
+
+// On a store retention truncated, the audit says in its JSON where it
+// began on each truncated stream (the outbox at its first kept event, the
+// delivery stream from the oldest snapshot covering what was removed), and
+// compares the later snapshots with the records: a tampered one is found.
+func TestAuditCommandRetainedRangeAndSnapshots(t *testing.T) {
+	t.Parallel()
+	code, stdout, stderr := runAuditCmd(t, "--data-dir", auditRetainedDir(t, 0), "--json")
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, stdout, stderr)
+	}
+	rep, err := decodeAudit(stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []projections.Retained{{Stream: "outbox-p1", From: 4}, {Stream: "delivery-p1", From: 3, FromSnapshot: true}}
+	if len(rep.Retained) != 2 || rep.Retained[0] != want[0] || rep.Retained[1] != want[1] {
+		t.Fatalf("retained %+v, want %+v", rep.Retained, want)
+	}
+	if rep.SnapshotsChecked != 1 {
+		t.Fatalf("%d snapshots checked, want 1 (the one after the one it began from)", rep.SnapshotsChecked)
+	}
+
+	code, stdout, _ = runAuditCmd(t, "--data-dir", auditRetainedDir(t, 1))
+	if code != 1 || !strings.Contains(stdout, "snapshot-delivery-p1 revision 1: "+projections.RuleSnapshotMatchesFold) {
+		t.Fatalf("a tampered snapshot: exit %d\n%s", code, stdout)
+	}
+	if !strings.Contains(stdout, "delivery-p1 revision 3 (the snapshot of the records before it)") {
+		t.Fatalf("the text report does not say where it began:\n%s", stdout)
+	}
+
+	code, stdout, _ = runAuditCmd(t, "--data-dir", auditDataDir(t, auditDoublePush), "--json")
+	if rep, err := decodeAudit(stdout); code != 1 || err != nil || len(rep.Retained) != 0 || !strings.Contains(stdout, `"fullHistory":true`) {
+		t.Fatalf("a full history: exit %d, %v, retained %+v\n%s", code, err, rep.Retained, stdout)
+	}
+}

@@ -46,7 +46,10 @@ type Config struct {
 	// ConsumerIdleAfter is when a durable consumer that acknowledged
 	// nothing is reported idle.
 	ConsumerIdleAfter time.Duration
-	Delivery          delivery.Config
+	// RetainReceived: received events older than this, acknowledged by
+	// every durable consumer, are removed; 0 keeps everything.
+	RetainReceived time.Duration
+	Delivery       delivery.Config
 
 	// PlaintextPeers calls peers over http://; PeerNetworks are the
 	// internal networks peers may be in (--insecure-peers sets both).
@@ -74,6 +77,7 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	var networks listFlag
 	fs.Var(&networks, "allow-peer-networks", "internal networks peers may be in, CIDR, comma-separated (e.g. 10.0.0.0/8,127.0.0.0/8); public addresses are always allowed")
 	consumerIdle := fs.Duration("consumer-idle-after", 24*time.Hour, "report a durable consumer idle once it acknowledged nothing for this long (postbox consumers)")
+	retainReceived := fs.Duration("retain-received", 0, "remove received events once every durable consumer acknowledged them and they are older than this; with no consumers, once older (0: keep everything)")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate file for the federation listener")
 	tlsKey := fs.String("tls-key", "", "TLS key file for the federation listener")
 	peerCA := fs.String("peer-ca", "", "PEM file of extra CAs trusted for outbound TLS")
@@ -118,6 +122,7 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 		MaxRequest:        httpserver.MaxRequestBytes(*maxRequest),
 		MaxInflight:       *maxInflight,
 		ConsumerIdleAfter: *consumerIdle,
+		RetainReceived:    *retainReceived,
 		Delivery:          dc,
 	}
 	if cfg.ServerID, err = domain.ParseServerID(*serverID); err != nil {
@@ -159,6 +164,8 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 		return Config{}, flagError("push-batch", dc.PushBatchEvents, "must be at least 1", def("push-batch"))
 	case cfg.ConsumerIdleAfter <= 0:
 		return Config{}, flagError("consumer-idle-after", cfg.ConsumerIdleAfter, "must be positive", def("consumer-idle-after"))
+	case cfg.RetainReceived < 0:
+		return Config{}, flagError("retain-received", cfg.RetainReceived, "must be 0 (keep everything) or positive", def("retain-received"))
 	case dc.RetainDelivered < 0:
 		return Config{}, flagError("retain-delivered", dc.RetainDelivered, "must be 0 (keep everything) or positive", def("retain-delivered"))
 	case dc.PullInterval <= 0:

@@ -200,6 +200,7 @@ func TestParseServeConfigRefuses(t *testing.T) {
 		{"bodies in flight below the request limit", []string{"--max-request-bytes", "2048", "--max-inflight-bytes", "2047"}, nil, "--max-inflight-bytes 2047 is below --max-request-bytes 2048"},
 		{"negative push retries", []string{"--push-retries", "-1"}, nil, "--push-retries"},
 		{"negative retention", []string{"--retain-delivered", "-1s"}, nil, "--retain-delivered"},
+		{"negative received retention", []string{"--retain-received", "-1s"}, nil, "--retain-received"},
 		{"zero pull interval from the environment", nil, map[string]string{"POSTBOX_PULL_INTERVAL": "0s"}, "--pull-interval"},
 		{"replica mode on the embedded store", []string{"--replica", "pod-1"}, nil, "--replica pod-1: replicas of one server share one EventStoreDB"},
 		{"a replica name with a space", []string{"--store", "esdb://127.0.0.1:2113?tls=false", "--replica", "pod 1"}, nil, "--replica"},

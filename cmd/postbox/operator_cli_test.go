@@ -203,6 +203,13 @@ func decodeAudit(out string) (projections.Report, error) {
 		return rep, err
 	}
 	rep.Records, rep.UnknownRecords, rep.CheckpointChecked = m.GetRecords(), m.GetUnknownRecords(), m.GetCheckpointChecked()
+	rep.SnapshotsChecked, rep.SnapshotsUnchecked = m.GetSnapshotsChecked(), m.GetSnapshotsUnchecked()
+	for _, r := range m.GetRetained() {
+		rep.Retained = append(rep.Retained, projections.Retained{Stream: r.GetStream(), From: r.GetFrom(), FromSnapshot: r.GetFromSnapshot()})
+	}
+	if m.GetFullHistory() != (len(rep.Retained) == 0) {
+		return rep, fmt.Errorf("fullHistory %v with %d truncated streams", m.GetFullHistory(), len(rep.Retained))
+	}
 	for _, p := range m.GetPeers() {
 		mode := domain.ModePush
 		if p.GetMode() == adminv1.Mode_MODE_QUEUE {

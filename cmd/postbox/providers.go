@@ -20,6 +20,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/authtoken"
 	"github.com/harmony-postbox/postbox/adapters/consumers"
 	"github.com/harmony-postbox/postbox/adapters/delivery"
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/esdb"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
@@ -353,9 +354,29 @@ func provideMetrics(cfg Config, counters *metrics.Counters, engine *delivery.Eng
 }
 
 // provideLive follows the store into the projections, checkpointed in the
-// data directory (where postbox audit compares it with a replay).
-func provideLive(cfg Config, store projector.LiveStore, logger *slog.Logger) *projector.Live {
-	return projector.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
+// data directory (where postbox audit compares it with a replay); with
+// --retain-received it also removes received events.
+func provideLive(cfg Config, store projector.LiveStore, logger *slog.Logger, ledger *consumers.Ledger, codec *streams.Codec, clock domain.Clock) *projector.Live {
+	live := projector.NewLive(store, filepath.Join(cfg.DataDir, "projections.checkpoint"), logger)
+	if cfg.RetainReceived <= 0 && cfg.Delivery.RetainDelivered <= 0 {
+		return live
+	}
+	rs, ok := store.(projector.RetentionStore)
+	if !ok {
+		logger.Warn("this store cannot truncate streams: received events are kept")
+		return live
+	}
+	r := &projector.ReceivedRetention{Store: rs, Consumers: ledger, Clock: clock,
+		Keep: cfg.RetainReceived, Logger: logger.With("component", "retention"), Codec: codec}
+	if d := cfg.Delivery.RetainDelivered; d > 0 {
+		// Outbox events removed after d are in a projections snapshot
+		// written since.
+		r.Snapshots, r.Every = true, min(max(d/4, 10*time.Millisecond), time.Minute)
+		if k := cfg.RetainReceived; k > 0 {
+			r.Every = min(r.Every, max(k/4, 10*time.Millisecond))
+		}
+	}
+	return live.WithReceivedRetention(r)
 }
 
 // provideConsumers reads the durable consumers' positions from the store.
@@ -371,6 +392,7 @@ func provideAdminService(cfg Config, identity *domain.Identity, public ed25519.P
 ) *admin.Service {
 	return admin.NewService(identity, public, version, sender, operator, received, names, renamer, views).
 		WithPendingAges(outboxAges{store}).
+		WithRetention(outboxAges{store}).
 		WithConsumers(ledger, cfg.ConsumerIdleAfter, clock)
 }
 
@@ -387,4 +409,29 @@ func (o outboxAges) HandedOverAt(ctx context.Context, peerID string, seq uint64)
 		return time.Time{}, fmt.Errorf("outbox of %s has no event %d", peerID, seq)
 	}
 	return recs[0].Created, nil
+}
+
+// OutboxRetainedFrom is where retention truncated the peer's outbox; 0 on
+// a store that cannot truncate.
+func (o outboxAges) OutboxRetainedFrom(ctx context.Context, peerID string) (uint64, error) {
+	return o.truncatedBefore(ctx, streams.Outbox(streams.PeerID(peerID)))
+}
+
+// InboxRetainedFrom is where retention truncated the peer's inbox.
+func (o outboxAges) InboxRetainedFrom(ctx context.Context, peerID string) (uint64, error) {
+	return o.truncatedBefore(ctx, streams.Inbox(streams.PeerID(peerID)))
+}
+
+func (o outboxAges) truncatedBefore(ctx context.Context, stream string) (uint64, error) {
+	tr, ok := o.store.(interface {
+		TruncatedBefore(ctx context.Context, stream string) (uint64, error)
+	})
+	if !ok {
+		return 0, nil
+	}
+	from, err := tr.TruncatedBefore(ctx, stream)
+	if errors.Is(err, eventstore.ErrStreamNotFound) {
+		return 0, nil
+	}
+	return from, err
 }

@@ -90,7 +90,6 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 	version := provideVersion()
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
-	live := provideLive(cfg, store, logger)
 	ledger, err := provideConsumers(ctx, store, codec, system)
 	if err != nil {
 		cleanup3()
@@ -98,6 +97,7 @@ func initEmbeddedServer(ctx context.Context, cfg Config, logger *slog.Logger) (*
 		cleanup()
 		return nil, nil, err
 	}
+	live := provideLive(cfg, store, logger, ledger, codec, system)
 	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
 	staticChecker := provideHealth()
 	checker := provideHealthChecker(staticChecker, store)
@@ -192,7 +192,6 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 	version := provideVersion()
 	sender := provideAdminSender(engine, guard)
 	renames := delivery.NewRenames(engine, registry, resolver, client, identity, system, logger)
-	live := provideLive(cfg, store, logger)
 	ledger, err := provideConsumers(ctx, store, codec, system)
 	if err != nil {
 		cleanup3()
@@ -200,6 +199,7 @@ func initESDBServer(ctx context.Context, cfg Config, logger *slog.Logger) (*serv
 		cleanup()
 		return nil, nil, err
 	}
+	live := provideLive(cfg, store, logger, ledger, codec, system)
 	service := provideAdminService(cfg, identity, publicKey, version, sender, engine, store, registry, renames, live, store, ledger, system)
 	staticChecker := provideHealth()
 	mainDiskState := _wireNoDiskStateValue

@@ -93,6 +93,7 @@ type writer struct {
 	selEvents *sql.Stmt
 	streams   map[string]*streamState
 	ids       *idCache
+	idsLoaded bool // ids holds the newest event IDs (loadIDs)
 	b         batch
 	args      []any // reused for each INSERT
 	failed    error // sticky: set when the storage failed (failStorage)
@@ -161,14 +162,25 @@ func newWriter(ctx context.Context, db *sql.DB) (*writer, error) {
 	prep(&w.insEvent, insertEvents+eventValues)
 	prep(&w.insEvents, insertEvents+eventValues+strings.Repeat(", "+eventValues, insertRows-1))
 	prep(&w.selEvents, `SELECT revision, event_id, position FROM events WHERE stream_id = ? AND revision >= ? ORDER BY revision LIMIT ?`)
-	if err == nil {
-		err = w.ids.load(ctx, conn)
-	}
 	if err != nil {
 		w.close()
 		return nil, fmt.Errorf("prepare writer: %w", err)
 	}
 	return w, nil
+}
+
+// loadIDs fills the cache of recent event IDs once, before the first
+// append, so that a retry across a restart of the store is recognised.
+func (w *writer) loadIDs(ctx context.Context) error {
+	if w.idsLoaded {
+		return nil
+	}
+	if err := w.ids.load(ctx, w.conn); err != nil {
+		w.ids = newIDCache(len(w.ids.ring)) // the next try starts afresh
+		return err
+	}
+	w.idsLoaded = true
+	return nil
 }
 
 func (w *writer) close() error {
@@ -187,6 +199,9 @@ func (w *writer) close() error {
 // called and the queue is empty.
 func (s *Store) runWriter(ctx context.Context) {
 	defer close(s.writerDone)
+	// The newest event IDs are read here, not in Open: a start reads the
+	// store meanwhile, and only an append needs them (commitBatch waits).
+	_ = s.w.loadIDs(ctx)
 	var taken []*request
 	for {
 		s.queueMu.Lock()
@@ -223,6 +238,10 @@ func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
 	w := s.w
 	if w.failed != nil {
 		answerAll(reqs, w.failed)
+		return
+	}
+	if err := w.loadIDs(ctx); err != nil {
+		answerAll(reqs, err)
 		return
 	}
 	if s.full.Load() && s.clock().Before(w.retryAt) {

@@ -509,9 +509,17 @@ type Peer struct {
 	Owner string `protobuf:"bytes,23,opt,name=owner,proto3" json:"owner,omitempty"`
 	// The owner's term: it grows by one each time the peer changes hands
 	// (0 with no owner recorded).
-	OwnerTerm     uint64 `protobuf:"varint,24,opt,name=owner_term,json=ownerTerm,proto3" json:"owner_term,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	OwnerTerm uint64 `protobuf:"varint,24,opt,name=owner_term,json=ownerTerm,proto3" json:"owner_term,omitempty"`
+	// The first outbox event still stored: retention (`--retain-delivered`)
+	// removed the delivered events before it; 0 while every event is kept.
+	OutboxRetainedFrom uint64 `protobuf:"varint,25,opt,name=outbox_retained_from,json=outboxRetainedFrom,proto3" json:"outbox_retained_from,omitempty"`
+	// Outbox events still stored (head - outbox_retained_from).
+	OutboxRetained uint64 `protobuf:"varint,26,opt,name=outbox_retained,json=outboxRetained,proto3" json:"outbox_retained,omitempty"`
+	// The first received event still stored: retention (`--retain-received`)
+	// removed the ones before it; 0 while every received event is kept.
+	InboxRetainedFrom uint64 `protobuf:"varint,27,opt,name=inbox_retained_from,json=inboxRetainedFrom,proto3" json:"inbox_retained_from,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Peer) Reset() {
@@ -708,6 +716,27 @@ func (x *Peer) GetOwner() string {
 func (x *Peer) GetOwnerTerm() uint64 {
 	if x != nil {
 		return x.OwnerTerm
+	}
+	return 0
+}
+
+func (x *Peer) GetOutboxRetainedFrom() uint64 {
+	if x != nil {
+		return x.OutboxRetainedFrom
+	}
+	return 0
+}
+
+func (x *Peer) GetOutboxRetained() uint64 {
+	if x != nil {
+		return x.OutboxRetained
+	}
+	return 0
+}
+
+func (x *Peer) GetInboxRetainedFrom() uint64 {
+	if x != nil {
+		return x.InboxRetainedFrom
 	}
 	return 0
 }
@@ -2263,9 +2292,19 @@ type AuditReport struct {
 	// A projections checkpoint was found and compared with the replay.
 	CheckpointChecked bool `protobuf:"varint,6,opt,name=checkpoint_checked,json=checkpointChecked,proto3" json:"checkpoint_checked,omitempty"`
 	// No invariant was broken.
-	Clean         bool `protobuf:"varint,7,opt,name=clean,proto3" json:"clean,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Clean bool `protobuf:"varint,7,opt,name=clean,proto3" json:"clean,omitempty"`
+	// The range the audit covered: every stream from its first record (no
+	// retention truncated any).
+	FullHistory bool `protobuf:"varint,8,opt,name=full_history,json=fullHistory,proto3" json:"full_history,omitempty"`
+	// Otherwise every stream from its first record but these, which
+	// retention truncated, and where the audit began on each.
+	Retained []*AuditRetained `protobuf:"bytes,9,rep,name=retained,proto3" json:"retained,omitempty"`
+	// Delivery snapshots compared with the fold of the records they cover.
+	SnapshotsChecked uint64 `protobuf:"varint,10,opt,name=snapshots_checked,json=snapshotsChecked,proto3" json:"snapshots_checked,omitempty"`
+	// Snapshots met too long after their records to compare: not violations.
+	SnapshotsUnchecked uint64 `protobuf:"varint,11,opt,name=snapshots_unchecked,json=snapshotsUnchecked,proto3" json:"snapshots_unchecked,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *AuditReport) Reset() {
@@ -2347,6 +2386,99 @@ func (x *AuditReport) GetClean() bool {
 	return false
 }
 
+func (x *AuditReport) GetFullHistory() bool {
+	if x != nil {
+		return x.FullHistory
+	}
+	return false
+}
+
+func (x *AuditReport) GetRetained() []*AuditRetained {
+	if x != nil {
+		return x.Retained
+	}
+	return nil
+}
+
+func (x *AuditReport) GetSnapshotsChecked() uint64 {
+	if x != nil {
+		return x.SnapshotsChecked
+	}
+	return 0
+}
+
+func (x *AuditReport) GetSnapshotsUnchecked() uint64 {
+	if x != nil {
+		return x.SnapshotsUnchecked
+	}
+	return 0
+}
+
+// Where the audit began on a stream that retention truncated.
+type AuditRetained struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The truncated stream.
+	Stream string `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
+	// The first revision checked.
+	From uint64 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	// The audit began from the snapshot of the records before `from` (a
+	// delivery stream); otherwise from the first kept record (an outbox).
+	FromSnapshot  bool `protobuf:"varint,3,opt,name=from_snapshot,json=fromSnapshot,proto3" json:"from_snapshot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRetained) Reset() {
+	*x = AuditRetained{}
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRetained) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRetained) ProtoMessage() {}
+
+func (x *AuditRetained) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRetained.ProtoReflect.Descriptor instead.
+func (*AuditRetained) Descriptor() ([]byte, []int) {
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *AuditRetained) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *AuditRetained) GetFrom() uint64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *AuditRetained) GetFromSnapshot() bool {
+	if x != nil {
+		return x.FromSnapshot
+	}
+	return false
+}
+
 // One peer's line of an audit report.
 type AuditPeer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2372,7 +2504,7 @@ type AuditPeer struct {
 
 func (x *AuditPeer) Reset() {
 	*x = AuditPeer{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2384,7 +2516,7 @@ func (x *AuditPeer) String() string {
 func (*AuditPeer) ProtoMessage() {}
 
 func (x *AuditPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2397,7 +2529,7 @@ func (x *AuditPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditPeer.ProtoReflect.Descriptor instead.
 func (*AuditPeer) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AuditPeer) GetServerId() string {
@@ -2473,7 +2605,7 @@ type AuditViolation struct {
 
 func (x *AuditViolation) Reset() {
 	*x = AuditViolation{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2485,7 +2617,7 @@ func (x *AuditViolation) String() string {
 func (*AuditViolation) ProtoMessage() {}
 
 func (x *AuditViolation) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2498,7 +2630,7 @@ func (x *AuditViolation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditViolation.ProtoReflect.Descriptor instead.
 func (*AuditViolation) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AuditViolation) GetStream() string {
@@ -2550,7 +2682,7 @@ type AuditSkip struct {
 
 func (x *AuditSkip) Reset() {
 	*x = AuditSkip{}
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2562,7 +2694,7 @@ func (x *AuditSkip) String() string {
 func (*AuditSkip) ProtoMessage() {}
 
 func (x *AuditSkip) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_postbox_admin_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2575,7 +2707,7 @@ func (x *AuditSkip) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditSkip.ProtoReflect.Descriptor instead.
 func (*AuditSkip) Descriptor() ([]byte, []int) {
-	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_postbox_admin_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *AuditSkip) GetStream() string {
@@ -2644,7 +2776,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\tR\x04code\" \n" +
 	"\fSendResponse\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xa0\a\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xab\b\n" +
 	"\x04Peer\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x12\n" +
@@ -2673,7 +2805,10 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x0eoldest_pending\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\roldestPending\x12\x14\n" +
 	"\x05owner\x18\x17 \x01(\tR\x05owner\x12\x1d\n" +
 	"\n" +
-	"owner_term\x18\x18 \x01(\x04R\townerTerm\"c\n" +
+	"owner_term\x18\x18 \x01(\x04R\townerTerm\x120\n" +
+	"\x14outbox_retained_from\x18\x19 \x01(\x04R\x12outboxRetainedFrom\x12'\n" +
+	"\x0foutbox_retained\x18\x1a \x01(\x04R\x0eoutboxRetained\x12.\n" +
+	"\x13inbox_retained_from\x18\x1b \x01(\x04R\x11inboxRetainedFrom\"c\n" +
 	"\rSkippedEvents\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
 	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
@@ -2755,7 +2890,7 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\x16DeleteConsumerResponse\"3\n" +
 	"\rRenameRequest\x12\"\n" +
 	"\rnew_server_id\x18\x01 \x01(\tR\vnewServerId\"\x10\n" +
-	"\x0eRenameResponse\"\xbd\x02\n" +
+	"\x0eRenameResponse\"\xfb\x03\n" +
 	"\vAuditReport\x121\n" +
 	"\x05peers\x18\x01 \x03(\v2\x1b.postbox.admin.v1.AuditPeerR\x05peers\x12@\n" +
 	"\n" +
@@ -2765,7 +2900,16 @@ const file_postbox_admin_v1_admin_proto_rawDesc = "" +
 	"\arecords\x18\x04 \x01(\x04R\arecords\x12'\n" +
 	"\x0funknown_records\x18\x05 \x01(\x04R\x0eunknownRecords\x12-\n" +
 	"\x12checkpoint_checked\x18\x06 \x01(\bR\x11checkpointChecked\x12\x14\n" +
-	"\x05clean\x18\a \x01(\bR\x05clean\"\xef\x01\n" +
+	"\x05clean\x18\a \x01(\bR\x05clean\x12!\n" +
+	"\ffull_history\x18\b \x01(\bR\vfullHistory\x12;\n" +
+	"\bretained\x18\t \x03(\v2\x1f.postbox.admin.v1.AuditRetainedR\bretained\x12+\n" +
+	"\x11snapshots_checked\x18\n" +
+	" \x01(\x04R\x10snapshotsChecked\x12/\n" +
+	"\x13snapshots_unchecked\x18\v \x01(\x04R\x12snapshotsUnchecked\"`\n" +
+	"\rAuditRetained\x12\x16\n" +
+	"\x06stream\x18\x01 \x01(\tR\x06stream\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\x04R\x04from\x12#\n" +
+	"\rfrom_snapshot\x18\x03 \x01(\bR\ffromSnapshot\"\xef\x01\n" +
 	"\tAuditPeer\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x12\n" +
@@ -2828,7 +2972,7 @@ func file_postbox_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_postbox_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_postbox_admin_v1_admin_proto_goTypes = []any{
 	(Mode)(0),                      // 0: postbox.admin.v1.Mode
 	(*GetServerInfoRequest)(nil),   // 1: postbox.admin.v1.GetServerInfoRequest
@@ -2870,70 +3014,72 @@ var file_postbox_admin_v1_admin_proto_goTypes = []any{
 	(*RenameRequest)(nil),          // 37: postbox.admin.v1.RenameRequest
 	(*RenameResponse)(nil),         // 38: postbox.admin.v1.RenameResponse
 	(*AuditReport)(nil),            // 39: postbox.admin.v1.AuditReport
-	(*AuditPeer)(nil),              // 40: postbox.admin.v1.AuditPeer
-	(*AuditViolation)(nil),         // 41: postbox.admin.v1.AuditViolation
-	(*AuditSkip)(nil),              // 42: postbox.admin.v1.AuditSkip
-	(*v1.Event)(nil),               // 43: protocol.sync.v1.Event
-	(*timestamppb.Timestamp)(nil),  // 44: google.protobuf.Timestamp
+	(*AuditRetained)(nil),          // 40: postbox.admin.v1.AuditRetained
+	(*AuditPeer)(nil),              // 41: postbox.admin.v1.AuditPeer
+	(*AuditViolation)(nil),         // 42: postbox.admin.v1.AuditViolation
+	(*AuditSkip)(nil),              // 43: postbox.admin.v1.AuditSkip
+	(*v1.Event)(nil),               // 44: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil),  // 45: google.protobuf.Timestamp
 }
 var file_postbox_admin_v1_admin_proto_depIdxs = []int32{
-	43, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
+	44, // 0: postbox.admin.v1.SendRequest.event:type_name -> protocol.sync.v1.Event
 	3,  // 1: postbox.admin.v1.SendBatchRequest.sends:type_name -> postbox.admin.v1.SendRequest
 	6,  // 2: postbox.admin.v1.SendBatchResponse.results:type_name -> postbox.admin.v1.SendBatchResult
 	0,  // 3: postbox.admin.v1.Peer.mode:type_name -> postbox.admin.v1.Mode
-	44, // 4: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
-	44, // 5: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
+	45, // 4: postbox.admin.v1.Peer.last_push:type_name -> google.protobuf.Timestamp
+	45, // 5: postbox.admin.v1.Peer.last_pull_served:type_name -> google.protobuf.Timestamp
 	9,  // 6: postbox.admin.v1.Peer.last_skip:type_name -> postbox.admin.v1.SkippedEvents
 	10, // 7: postbox.admin.v1.Peer.stuck:type_name -> postbox.admin.v1.StuckEvent
-	44, // 8: postbox.admin.v1.Peer.oldest_pending:type_name -> google.protobuf.Timestamp
+	45, // 8: postbox.admin.v1.Peer.oldest_pending:type_name -> google.protobuf.Timestamp
 	8,  // 9: postbox.admin.v1.ListPeersResponse.peers:type_name -> postbox.admin.v1.Peer
 	8,  // 10: postbox.admin.v1.GetPeerResponse.peer:type_name -> postbox.admin.v1.Peer
-	43, // 11: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
+	44, // 11: postbox.admin.v1.ReceivedEvent.event:type_name -> protocol.sync.v1.Event
 	16, // 12: postbox.admin.v1.WatchResponse.event:type_name -> postbox.admin.v1.ReceivedEvent
 	9,  // 13: postbox.admin.v1.SkipResponse.skipped:type_name -> postbox.admin.v1.SkippedEvents
 	25, // 14: postbox.admin.v1.ListGuildsResponse.guilds:type_name -> postbox.admin.v1.GuildEntry
 	28, // 15: postbox.admin.v1.ListInvitesResponse.invites:type_name -> postbox.admin.v1.PendingInvite
-	44, // 16: postbox.admin.v1.Consumer.acknowledged_at:type_name -> google.protobuf.Timestamp
+	45, // 16: postbox.admin.v1.Consumer.acknowledged_at:type_name -> google.protobuf.Timestamp
 	32, // 17: postbox.admin.v1.ListConsumersResponse.consumers:type_name -> postbox.admin.v1.Consumer
-	40, // 18: postbox.admin.v1.AuditReport.peers:type_name -> postbox.admin.v1.AuditPeer
-	41, // 19: postbox.admin.v1.AuditReport.violations:type_name -> postbox.admin.v1.AuditViolation
-	42, // 20: postbox.admin.v1.AuditReport.skips:type_name -> postbox.admin.v1.AuditSkip
-	0,  // 21: postbox.admin.v1.AuditPeer.mode:type_name -> postbox.admin.v1.Mode
-	1,  // 22: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
-	3,  // 23: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
-	4,  // 24: postbox.admin.v1.AdminService.SendBatch:input_type -> postbox.admin.v1.SendBatchRequest
-	11, // 25: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
-	13, // 26: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
-	15, // 27: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
-	18, // 28: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
-	20, // 29: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
-	22, // 30: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
-	24, // 31: postbox.admin.v1.AdminService.ListGuilds:input_type -> postbox.admin.v1.ListGuildsRequest
-	27, // 32: postbox.admin.v1.AdminService.ListInvites:input_type -> postbox.admin.v1.ListInvitesRequest
-	37, // 33: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
-	30, // 34: postbox.admin.v1.AdminService.Ack:input_type -> postbox.admin.v1.AckRequest
-	33, // 35: postbox.admin.v1.AdminService.ListConsumers:input_type -> postbox.admin.v1.ListConsumersRequest
-	35, // 36: postbox.admin.v1.AdminService.DeleteConsumer:input_type -> postbox.admin.v1.DeleteConsumerRequest
-	2,  // 37: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
-	7,  // 38: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
-	5,  // 39: postbox.admin.v1.AdminService.SendBatch:output_type -> postbox.admin.v1.SendBatchResponse
-	12, // 40: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
-	14, // 41: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
-	17, // 42: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
-	19, // 43: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
-	21, // 44: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
-	23, // 45: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
-	26, // 46: postbox.admin.v1.AdminService.ListGuilds:output_type -> postbox.admin.v1.ListGuildsResponse
-	29, // 47: postbox.admin.v1.AdminService.ListInvites:output_type -> postbox.admin.v1.ListInvitesResponse
-	38, // 48: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
-	31, // 49: postbox.admin.v1.AdminService.Ack:output_type -> postbox.admin.v1.AckResponse
-	34, // 50: postbox.admin.v1.AdminService.ListConsumers:output_type -> postbox.admin.v1.ListConsumersResponse
-	36, // 51: postbox.admin.v1.AdminService.DeleteConsumer:output_type -> postbox.admin.v1.DeleteConsumerResponse
-	37, // [37:52] is the sub-list for method output_type
-	22, // [22:37] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	41, // 18: postbox.admin.v1.AuditReport.peers:type_name -> postbox.admin.v1.AuditPeer
+	42, // 19: postbox.admin.v1.AuditReport.violations:type_name -> postbox.admin.v1.AuditViolation
+	43, // 20: postbox.admin.v1.AuditReport.skips:type_name -> postbox.admin.v1.AuditSkip
+	40, // 21: postbox.admin.v1.AuditReport.retained:type_name -> postbox.admin.v1.AuditRetained
+	0,  // 22: postbox.admin.v1.AuditPeer.mode:type_name -> postbox.admin.v1.Mode
+	1,  // 23: postbox.admin.v1.AdminService.GetServerInfo:input_type -> postbox.admin.v1.GetServerInfoRequest
+	3,  // 24: postbox.admin.v1.AdminService.Send:input_type -> postbox.admin.v1.SendRequest
+	4,  // 25: postbox.admin.v1.AdminService.SendBatch:input_type -> postbox.admin.v1.SendBatchRequest
+	11, // 26: postbox.admin.v1.AdminService.ListPeers:input_type -> postbox.admin.v1.ListPeersRequest
+	13, // 27: postbox.admin.v1.AdminService.GetPeer:input_type -> postbox.admin.v1.GetPeerRequest
+	15, // 28: postbox.admin.v1.AdminService.Watch:input_type -> postbox.admin.v1.WatchRequest
+	18, // 29: postbox.admin.v1.AdminService.PullNow:input_type -> postbox.admin.v1.PullNowRequest
+	20, // 30: postbox.admin.v1.AdminService.ResumePush:input_type -> postbox.admin.v1.ResumePushRequest
+	22, // 31: postbox.admin.v1.AdminService.Skip:input_type -> postbox.admin.v1.SkipRequest
+	24, // 32: postbox.admin.v1.AdminService.ListGuilds:input_type -> postbox.admin.v1.ListGuildsRequest
+	27, // 33: postbox.admin.v1.AdminService.ListInvites:input_type -> postbox.admin.v1.ListInvitesRequest
+	37, // 34: postbox.admin.v1.AdminService.Rename:input_type -> postbox.admin.v1.RenameRequest
+	30, // 35: postbox.admin.v1.AdminService.Ack:input_type -> postbox.admin.v1.AckRequest
+	33, // 36: postbox.admin.v1.AdminService.ListConsumers:input_type -> postbox.admin.v1.ListConsumersRequest
+	35, // 37: postbox.admin.v1.AdminService.DeleteConsumer:input_type -> postbox.admin.v1.DeleteConsumerRequest
+	2,  // 38: postbox.admin.v1.AdminService.GetServerInfo:output_type -> postbox.admin.v1.GetServerInfoResponse
+	7,  // 39: postbox.admin.v1.AdminService.Send:output_type -> postbox.admin.v1.SendResponse
+	5,  // 40: postbox.admin.v1.AdminService.SendBatch:output_type -> postbox.admin.v1.SendBatchResponse
+	12, // 41: postbox.admin.v1.AdminService.ListPeers:output_type -> postbox.admin.v1.ListPeersResponse
+	14, // 42: postbox.admin.v1.AdminService.GetPeer:output_type -> postbox.admin.v1.GetPeerResponse
+	17, // 43: postbox.admin.v1.AdminService.Watch:output_type -> postbox.admin.v1.WatchResponse
+	19, // 44: postbox.admin.v1.AdminService.PullNow:output_type -> postbox.admin.v1.PullNowResponse
+	21, // 45: postbox.admin.v1.AdminService.ResumePush:output_type -> postbox.admin.v1.ResumePushResponse
+	23, // 46: postbox.admin.v1.AdminService.Skip:output_type -> postbox.admin.v1.SkipResponse
+	26, // 47: postbox.admin.v1.AdminService.ListGuilds:output_type -> postbox.admin.v1.ListGuildsResponse
+	29, // 48: postbox.admin.v1.AdminService.ListInvites:output_type -> postbox.admin.v1.ListInvitesResponse
+	38, // 49: postbox.admin.v1.AdminService.Rename:output_type -> postbox.admin.v1.RenameResponse
+	31, // 50: postbox.admin.v1.AdminService.Ack:output_type -> postbox.admin.v1.AckResponse
+	34, // 51: postbox.admin.v1.AdminService.ListConsumers:output_type -> postbox.admin.v1.ListConsumersResponse
+	36, // 52: postbox.admin.v1.AdminService.DeleteConsumer:output_type -> postbox.admin.v1.DeleteConsumerResponse
+	38, // [38:53] is the sub-list for method output_type
+	23, // [23:38] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_postbox_admin_v1_admin_proto_init() }
@@ -2952,7 +3098,7 @@ func file_postbox_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_admin_v1_admin_proto_rawDesc), len(file_postbox_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
