@@ -721,6 +721,10 @@ type EventReceived struct {
 	// is stored instead, so the sender's sequence numbers advance and it is not
 	// held up; the event itself is lost, which is logged, counted and audited.
 	TooLargeBytes *uint64 `protobuf:"varint,7,opt,name=too_large_bytes,json=tooLargeBytes,proto3,oneof" json:"too_large_bytes,omitempty"`
+	// The highest owner term of the sender's pushes this inbox had seen in
+	// `sender_epoch` when the record was written (0: none, a single process).
+	// Every record carries it forward, so the newest one holds it.
+	SenderTerm    uint64 `protobuf:"varint,8,opt,name=sender_term,json=senderTerm,proto3" json:"sender_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -800,6 +804,13 @@ func (x *EventReceived) GetSenderEventId() []byte {
 func (x *EventReceived) GetTooLargeBytes() uint64 {
 	if x != nil && x.TooLargeBytes != nil {
 		return *x.TooLargeBytes
+	}
+	return 0
+}
+
+func (x *EventReceived) GetSenderTerm() uint64 {
+	if x != nil {
+		return x.SenderTerm
 	}
 	return 0
 }
@@ -1551,7 +1562,7 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\freceiver_has\x18\x04 \x01(\bR\vreceiverHas\"6\n" +
 	"\x10ReceiverReported\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
-	"\x03has\x18\x02 \x01(\bR\x03has\"\x8e\x03\n" +
+	"\x03has\x18\x02 \x01(\bR\x03has\"\xaf\x03\n" +
 	"\rEventReceived\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x126\n" +
 	"\x03via\x18\x02 \x01(\x0e2$.postbox.events.v1.EventReceived.ViaR\x03via\x12\"\n" +
@@ -1561,7 +1572,9 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"eventBytes\x12!\n" +
 	"\fsender_epoch\x18\x05 \x01(\x04R\vsenderEpoch\x12&\n" +
 	"\x0fsender_event_id\x18\x06 \x01(\fR\rsenderEventId\x12+\n" +
-	"\x0ftoo_large_bytes\x18\a \x01(\x04H\x01R\rtooLargeBytes\x88\x01\x01\"6\n" +
+	"\x0ftoo_large_bytes\x18\a \x01(\x04H\x01R\rtooLargeBytes\x88\x01\x01\x12\x1f\n" +
+	"\vsender_term\x18\b \x01(\x04R\n" +
+	"senderTerm\"6\n" +
 	"\x03Via\x12\x13\n" +
 	"\x0fVIA_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bVIA_PUSH\x10\x01\x12\f\n" +
