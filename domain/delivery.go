@@ -46,6 +46,9 @@ type EventPushed struct {
 	Seq      uint64
 	Through  uint64 // not above Seq: Seq alone
 	Attempts uint32
+	// Term is the owner term the push went out under (0: none recorded),
+	// so the audit sees that no push went out outside its owner's term.
+	Term uint64
 }
 
 // Last is the last event the push delivered.
@@ -312,7 +315,7 @@ func (o Outbox) PushSucceeded(seq, last uint64, attempts uint32, probe bool) ([]
 	if last < seq || last >= o.Head {
 		return nil, fmt.Errorf("%w: push of %d through %d, but the outbox holds %d events", ErrInvalidArgument, seq, last, o.Head)
 	}
-	pushed := EventPushed{Seq: seq, Attempts: attempts}
+	pushed := EventPushed{Seq: seq, Attempts: attempts, Term: o.Owner.Term}
 	if last > seq {
 		pushed.Through = last
 	}

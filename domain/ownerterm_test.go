@@ -76,3 +76,23 @@ func TestInboxOwnerTerms(t *testing.T) {
 		}
 	})
 }
+
+// A push's record names the owner term it went out under: the audit checks
+// it against the term current where the record lands.
+func TestAPushRecordNamesTheOwnerTerm(t *testing.T) {
+	t.Parallel()
+	t.Run("given a replica's term, when a push succeeds, then its record names the term", func(t *testing.T) {
+		o := given(3, OwnerTermStarted{Term: 4, Replica: "r2", Previous: "r1"}, EventPushed{Seq: 0, Term: 4})
+		got, err := o.PushSucceeded(1, 2, 1, false)
+		then(t, got, err, EventPushed{Seq: 1, Through: 2, Attempts: 1, Term: 4})
+	})
+	t.Run("given a probe under a term, then the push it resumes with names the term", func(t *testing.T) {
+		o := given(2, OwnerTermStarted{Term: 2, Replica: "r1"}, QueueModeEntered{FromSeq: 0, Attempts: 6})
+		got, err := o.PushSucceeded(0, 0, 1, true)
+		then(t, got, err, PushResumed{FromSeq: 0, Reason: ResumeProbe}, EventPushed{Seq: 0, Attempts: 1, Term: 2})
+	})
+	t.Run("given a single process (no term), then the record names none", func(t *testing.T) {
+		got, err := given(1).PushSucceeded(0, 0, 1, false)
+		then(t, got, err, EventPushed{Seq: 0, Attempts: 1})
+	})
+}

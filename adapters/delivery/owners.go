@@ -135,6 +135,7 @@ func (e *Engine) rebalance(ctx context.Context) {
 		p.mu.Unlock()
 	}
 	for _, p := range polled {
+		e.noticeRecordsElsewhere(ctx, p)
 		last, err := e.store.ReadStreamBackward(ctx, streams.Outbox(p.id), 1)
 		if err != nil || len(last) == 0 {
 			continue
@@ -146,6 +147,45 @@ func (e *Engine) rebalance(ctx context.Context) {
 		}
 		p.mu.Unlock()
 	}
+}
+
+// noticeRecordsElsewhere rereads p's state when another replica recorded
+// something in its delivery stream: a Pull the peer made there (which
+// ends this replica's resume probe, as a Pull here does), an operator's
+// resume or skip there. Without it the owner would act on what it last
+// read until its next fence: a probe would wait out its backoff, and events
+// sent after the peer's queue emptied there would wait for that probe.
+func (e *Engine) noticeRecordsElsewhere(ctx context.Context, p *peer) {
+	p.mu.Lock()
+	settled := p.loaded && len(p.journal) == 0 && !p.flushing
+	next := p.deliveryNext
+	p.mu.Unlock()
+	if !settled {
+		return
+	}
+	last, err := e.store.ReadStreamBackward(ctx, streams.Delivery(p.id), 1)
+	if err != nil || len(last) == 0 || last[0].Revision+1 == next {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.loaded || p.deliveryNext != next || len(p.journal) > 0 || p.flushing {
+		return // this replica wrote meanwhile, or rereads anyway
+	}
+	e.cancelProbeLocked(p)
+	p.loaded = false
+	if err := e.loadLocked(ctx, p); err != nil {
+		e.logger.Warn("replica: rereading a peer's state failed", "peer", p.id, "err", err)
+		return
+	}
+	if p.out.Owner.Replica != e.owners.Name() {
+		// Another replica claimed the peer: this one stops, and claims it
+		// back only if the owners still give it here (rebalance).
+		e.releaseLocked(p)
+		return
+	}
+	e.kickLocked(p)
+	e.scheduleProbeLocked(p)
 }
 
 // acquire makes this replica the recorded owner of p (an OwnerTermStarted

@@ -62,6 +62,11 @@ type replicaPair struct {
 
 func newReplicaPair(t *testing.T) *replicaPair {
 	t.Helper()
+	return newReplicaPairWith(t, testConfig())
+}
+
+func newReplicaPairWith(t *testing.T, cfg Config) *replicaPair {
+	t.Helper()
 	ctx := context.Background()
 	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
 	if err != nil {
@@ -75,7 +80,7 @@ func newReplicaPair(t *testing.T) *replicaPair {
 			t.Fatal(err)
 		}
 		rp.owners[i] = newFakeOwners(name, i == 0)
-		rp.engine[i] = New(testConfig(), store, codec, reg, rp.peers, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+		rp.engine[i] = New(cfg, store, codec, reg, rp.peers, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
 		rp.engine[i].UseOwners(rp.owners[i])
 		stop := runEngine(t, rp.engine[i])
 		t.Cleanup(stop)
@@ -236,4 +241,60 @@ func BenchmarkPushSingleVsReplica(b *testing.B) {
 			b.StopTimer()
 		})
 	}
+}
+
+// A Pull the peer makes at a replica that does not own it ends the owner's
+// resume probe, as a Pull at the owner does, and once the queue is empty
+// there the owner pushes what is sent next at once, not after its probe's
+// backoff (40 s here).
+func TestAPullAtAnotherReplicaEndsTheOwnersProbe(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.ResumeProbe = true
+	cfg.ProbeBackoff = domain.Backoff{First: 40 * time.Second, Max: time.Minute}
+	rp := newReplicaPairWith(t, cfg)
+	ctx := context.Background()
+	rp.peers.setDown(true)
+	rp.send(t, 0, 0, 3)
+	eventually(t, "queue mode at the owner", func() bool {
+		return slices.ContainsFunc(rp.records(t), func(e domain.DeliveryEvent) bool { _, ok := e.(domain.QueueModeEntered); return ok })
+	})
+	rp.peers.setDown(false)
+	eventually(t, "the other replica to know B", func() bool { _, ok := rp.engine[1].registry.Lookup(peerB); return ok })
+
+	// B (an upstream-style caller: no acknowledgement) pulls at r2.
+	caller := domain.Caller{ServerID: peerB}
+	batch, err := rp.engine[1].ServePull(ctx, caller, nil)
+	if err != nil || len(batch.Events) != 3 {
+		t.Fatalf("the Pull at r2: %d events, %v; want the 3 queued", len(batch.Events), err)
+	}
+	if batch, err = rp.engine[1].ServePull(ctx, caller, nil); err != nil || len(batch.Events) != 0 {
+		t.Fatalf("the next Pull at r2: %d events, %v; want none", len(batch.Events), err)
+	}
+	rp.send(t, 1, 3, 2)
+	deadline := time.Now().Add(3 * time.Second)
+	for !slices.Equal(rp.peers.pushes(), []uint64{3, 4}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the owner pushed %v within 3 s of the sends, want [3 4]: it still acts on its probe", rp.peers.pushes())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	rp.engine[0].mu.Lock()
+	p := rp.engine[0].peers[mustLookupIn(t, rp.engine[0], peerB)]
+	rp.engine[0].mu.Unlock()
+	p.mu.Lock()
+	armed := p.probeTimer != nil
+	p.mu.Unlock()
+	if armed {
+		t.Fatal("the owner's probe is still armed after the peer pulled at the other replica")
+	}
+}
+
+func mustLookupIn(t *testing.T, e *Engine, server domain.ServerID) streams.PeerID {
+	t.Helper()
+	id, ok := e.registry.Lookup(server)
+	if !ok {
+		t.Fatalf("%s is not a peer", server)
+	}
+	return id
 }

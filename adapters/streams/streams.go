@@ -129,7 +129,7 @@ func (c *Codec) EncodeDelivery(events ...domain.DeliveryEvent) ([]eventstore.Eve
 func deliveryMessage(e domain.DeliveryEvent) (string, proto.Message) {
 	switch e := e.(type) {
 	case domain.EventPushed:
-		return TypeEventPushed, &eventsv1.EventPushed{Seq: e.Seq, Attempts: e.Attempts, ThroughSeq: e.Through}
+		return TypeEventPushed, &eventsv1.EventPushed{Seq: e.Seq, Attempts: e.Attempts, ThroughSeq: e.Through, OwnerTerm: e.Term}
 	case domain.QueueModeEntered:
 		return TypeQueueModeEntered, &eventsv1.QueueModeEntered{FromSeq: e.FromSeq, Attempts: e.Attempts, LastError: e.LastError}
 	case domain.PullServed:
@@ -158,7 +158,7 @@ func DecodeDelivery(r eventstore.RecordedEvent) (domain.DeliveryEvent, error) {
 		if err := decode(r, &m); err != nil {
 			return nil, err
 		}
-		return domain.EventPushed{Seq: m.GetSeq(), Through: m.GetThroughSeq(), Attempts: m.GetAttempts()}, nil
+		return domain.EventPushed{Seq: m.GetSeq(), Through: m.GetThroughSeq(), Attempts: m.GetAttempts(), Term: m.GetOwnerTerm()}, nil
 	case TypeQueueModeEntered:
 		var m eventsv1.QueueModeEntered
 		if err := decode(r, &m); err != nil {

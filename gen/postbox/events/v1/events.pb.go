@@ -211,7 +211,11 @@ type EventPushed struct {
 	// For a push of several events: the sequence number of the last one the
 	// receiver took. A value not above `seq` means the push delivered `seq`
 	// alone.
-	ThroughSeq    uint64 `protobuf:"varint,3,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	ThroughSeq uint64 `protobuf:"varint,3,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	// The owner term the push went out under (replicas; see OwnerTermStarted):
+	// the current term of the stream where the record lands. 0: none yet, or
+	// written by a build before terms were recorded with pushes.
+	OwnerTerm     uint64 `protobuf:"varint,4,opt,name=owner_term,json=ownerTerm,proto3" json:"owner_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -263,6 +267,13 @@ func (x *EventPushed) GetAttempts() uint32 {
 func (x *EventPushed) GetThroughSeq() uint64 {
 	if x != nil {
 		return x.ThroughSeq
+	}
+	return 0
+}
+
+func (x *EventPushed) GetOwnerTerm() uint64 {
+	if x != nil {
+		return x.OwnerTerm
 	}
 	return 0
 }
@@ -1523,12 +1534,14 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\rEventEnqueued\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x12'\n" +
 	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
-	"\x06digest\x18\x03 \x01(\fR\x06digest\"\\\n" +
+	"\x06digest\x18\x03 \x01(\fR\x06digest\"{\n" +
 	"\vEventPushed\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1f\n" +
 	"\vthrough_seq\x18\x03 \x01(\x04R\n" +
-	"throughSeq\"h\n" +
+	"throughSeq\x12\x1d\n" +
+	"\n" +
+	"owner_term\x18\x04 \x01(\x04R\townerTerm\"h\n" +
 	"\x10QueueModeEntered\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1d\n" +
