@@ -7,14 +7,18 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
+	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
 // fakeOwners gives this replica every peer or none.
@@ -297,4 +301,114 @@ func mustLookupIn(t *testing.T, e *Engine, server domain.ServerID) streams.PeerI
 		t.Fatalf("%s is not a peer", server)
 	}
 	return id
+}
+
+// A push from an upstream-style sender (no sequence numbers) that reaches
+// a replica while another replica pulls the sender on taking it over waits
+// for that pull, as in a single process: the pulled events, older, come
+// first in the inbox.
+func TestAPushAtAnotherReplicaWaitsForTheOwnersPull(t *testing.T) {
+	t.Parallel()
+	rp := newReplicaPair(t)
+	ctx := context.Background()
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // before the engines stop, even if the test fails
+	var once sync.Once
+	rp.peers.set(func(f *fakePeers) {
+		f.pullFn = func(*uint64) (peerclient.PullResult, error) {
+			first := false
+			once.Do(func() { first = true; close(arrived) })
+			if !first {
+				return peerclient.PullResult{}, nil
+			}
+			<-release
+			return peerclient.PullResult{Events: []*syncv1.Event{added(100), added(101)}}, nil
+		}
+	})
+	rp.send(t, 0, 0, 1) // B becomes a peer, which r1 takes over and pulls
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("r1 never pulled B on taking it over")
+	}
+	eventually(t, "r2 to know B", func() bool { _, ok := rp.engine[1].registry.Lookup(peerB); return ok })
+	pushed := make(chan error, 1)
+	go func() {
+		pushed <- rp.engine[1].AcceptPush(ctx, domain.Caller{ServerID: peerB}, []*syncv1.Event{added(200)}, nil)
+	}()
+	select {
+	case err := <-pushed:
+		t.Fatalf("the push at r2 returned (%v) while r1's pull of B was under way", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	letGo()
+	select {
+	case err := <-pushed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the push at r2 still waits after r1's pull ended")
+	}
+	if got := inboxUsers(t, rp); !slices.Equal(got, []uint64{100, 101, 200}) {
+		t.Fatalf("inbox %v, want the pulled 100, 101 before the pushed 200", got)
+	}
+}
+
+// Events pulled from an upstream-style sender exist nowhere else once its
+// reply is written: when another writer appended to the inbox between this
+// replica's read of it and its append, they are appended after, not lost.
+func TestPulledEventsAreAppendedAfterAnotherReplicasAppend(t *testing.T) {
+	t.Parallel()
+	rp := newReplicaPair(t)
+	ctx := context.Background()
+	rp.send(t, 0, 0, 1)
+	id := mustLookupIn(t, rp.engine[0], peerB)
+	codec := streams.NewCodec(rand.Reader)
+	var pulled atomic.Bool
+	rp.peers.set(func(f *fakePeers) {
+		f.pullFn = func(*uint64) (peerclient.PullResult, error) {
+			if pulled.Swap(true) {
+				return peerclient.PullResult{}, nil // the next rounds get nothing
+			}
+			// Another replica takes a push from B meanwhile.
+			data, err := codec.EncodeReceived(streams.Received{Event: added(200), Via: eventsv1.EventReceived_VIA_PUSH})
+			if err != nil {
+				return peerclient.PullResult{}, err
+			}
+			if _, err := rp.store.Append(ctx, streams.Inbox(id), eventstore.Any(), data); err != nil {
+				return peerclient.PullResult{}, err
+			}
+			return peerclient.PullResult{Events: []*syncv1.Event{added(100), added(101)}}, nil
+		}
+	})
+	// Reading the inbox first (the pull's acknowledgement does) makes
+	// r1's append expect the inbox as it was.
+	if err := rp.engine[0].PullFrom(ctx, peerB); err != nil {
+		t.Fatalf("PullFrom: %v", err)
+	}
+	got := inboxUsers(t, rp)
+	if !slices.Equal(got, []uint64{200, 100, 101}) && !slices.Equal(got, []uint64{100, 101, 200}) {
+		t.Fatalf("inbox %v, want 200 and the pulled 100, 101 each once", got)
+	}
+}
+
+func inboxUsers(t *testing.T, rp *replicaPair) []uint64 {
+	t.Helper()
+	id := mustLookupIn(t, rp.engine[0], peerB)
+	recs, err := rp.store.ReadStream(context.Background(), streams.Inbox(id), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []uint64
+	for _, r := range recs {
+		rec, err := streams.DecodeReceived(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, rec.Event.GetUserAddedToGuild().GetUserId())
+	}
+	return out
 }

@@ -48,6 +48,11 @@ func (e *Engine) AcceptClaimedPush(ctx context.Context, caller domain.Caller, ev
 			return domain.PushAnswer{}, fmt.Errorf("waiting for this server's pull from %s: %w", caller.ServerID, ctx.Err())
 		}
 	}
+	if e.owners != nil && seq == nil {
+		if err := e.awaitPullElsewhere(ctx, p); err != nil {
+			return domain.PushAnswer{}, err
+		}
+	}
 	var from incoming
 	if claim != nil && seq != nil {
 		from = incoming{epoch: claim.Epoch, lastID: claim.LastID, checked: true, prev: claim.Prev, term: claim.Term}
@@ -76,6 +81,25 @@ type incoming struct {
 // sender's inbox, in order, with their sequence numbers (first, first+1...;
 // nil when the sender sent none).
 func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceived_Via, events []*syncv1.Event, first *uint64, from incoming) (domain.PushAnswer, error) {
+	for conflicts := 0; ; conflicts++ {
+		answer, err := e.receiveOnce(ctx, p, via, events, first, from)
+		if err == nil || via != eventsv1.EventReceived_VIA_PULL || conflicts >= maxInboxConflicts ||
+			!errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+			return answer, err
+		}
+		// Another replica appended to the inbox meanwhile (a push from the
+		// peer reached it). Pulled events are taken after it: an upstream
+		// sender deleted them once its reply was written, so a failed pull
+		// would lose them.
+	}
+}
+
+// maxInboxConflicts bounds how often pulled events are appended again
+// after another writer's append.
+const maxInboxConflicts = 16
+
+// receiveOnce is one attempt of receive.
+func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventReceived_Via, events []*syncv1.Event, first *uint64, from incoming) (domain.PushAnswer, error) {
 	p.recvMu.Lock()
 	defer p.recvMu.Unlock()
 	if err := e.loadInboxLocked(ctx, p); err != nil {

@@ -141,7 +141,9 @@ func TestReplicasDeliverThroughKills(t *testing.T) {
 	for _, n := range postboxes {
 		targets = append(targets, n.id)
 	}
-	targets = append(targets, ups[0].id, ups[1].id)
+	for _, u := range ups {
+		targets = append(targets, u.id)
+	}
 	ledgers := map[string]*e2eLedger{}
 	for _, to := range targets {
 		ledgers[to] = newE2ELedger()
