@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"log/slog"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/registry"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
@@ -71,6 +73,13 @@ func newReplicaPair(t *testing.T) *replicaPair {
 
 func newReplicaPairWith(t *testing.T, cfg Config) *replicaPair {
 	t.Helper()
+	return newReplicaPairClient(t, cfg, nil)
+}
+
+// newReplicaPairClient is newReplicaPairWith calling peers through client
+// (nil: the pair's fakePeers).
+func newReplicaPairClient(t *testing.T, cfg Config, client PeerClient) *replicaPair {
+	t.Helper()
 	ctx := context.Background()
 	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
 	if err != nil {
@@ -84,7 +93,10 @@ func newReplicaPairWith(t *testing.T, cfg Config) *replicaPair {
 			t.Fatal(err)
 		}
 		rp.owners[i] = newFakeOwners(name, i == 0)
-		rp.engine[i] = New(cfg, store, codec, reg, rp.peers, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+		if client == nil {
+			client = rp.peers
+		}
+		rp.engine[i] = New(cfg, store, codec, reg, client, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
 		rp.engine[i].UseOwners(rp.owners[i])
 		stop := runEngine(t, rp.engine[i])
 		t.Cleanup(stop)
@@ -411,4 +423,41 @@ func inboxUsers(t *testing.T, rp *replicaPair) []uint64 {
 		out = append(out, rec.Event.GetUserAddedToGuild().GetUserId())
 	}
 	return out
+}
+
+// termPeers is a Postbox receiver that has seen owner term seen from this
+// server: it refuses pushes under a lower one, as the receiver does.
+type termPeers struct {
+	*fakePeers
+	seen uint64
+}
+
+func (c termPeers) PushClaimed(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (domain.PushResult, error) {
+	if claim.Term < c.seen {
+		return domain.PushResult{}, rpcerrors.FromPeer("postbox.stale-term", errors.New("409 postbox.stale-term"), false, 0)
+	}
+	return c.Push(ctx, peer, seq, events)
+}
+
+func (c termPeers) PullAccounted(ctx context.Context, peer domain.ServerID, ack *uint64, _ domain.PullAccount) (PullBatch, error) {
+	return c.Pull(ctx, peer, ack)
+}
+
+// A replica whose push is refused as stale while the store still gives it
+// that term (the store went back to a backup; the peer saw later terms)
+// starts the next term, recorded as any other, until the peer takes its
+// pushes; nothing is counted as delivered on the way.
+func TestAReplicaStepsPastATermThePeerSawAndTheStoreLost(t *testing.T) {
+	t.Parallel()
+	peers := &fakePeers{}
+	rp := newReplicaPairClient(t, testConfig(), termPeers{fakePeers: peers, seen: 3})
+	rp.send(t, 0, 0, 2)
+	eventually(t, "the pushes to go through under term 3", func() bool { return len(peers.pushes()) == 2 })
+	if got := peers.pushes(); !slices.Equal(got, seqs(2)) {
+		t.Fatalf("pushes %v, want 0, 1", got)
+	}
+	want := []domain.OwnerTermStarted{{Term: 1, Replica: "r1"}, {Term: 2, Replica: "r1", Previous: "r1"}, {Term: 3, Replica: "r1", Previous: "r1"}}
+	if got := ownerRecords(rp.records(t)); !slices.Equal(got, want) {
+		t.Fatalf("owner records %+v, want %+v", got, want)
+	}
 }

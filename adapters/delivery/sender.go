@@ -202,7 +202,18 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			e.logger.Warn("push refused as stale: another replica owns the peer now", "peer", server.String(), "seq", seq, "term", claim.Term)
 			p.mu.Lock()
 			p.loaded = false
+			var done chan error
+			self := e.owners.Name()
+			if lerr := e.loadLocked(ctx, p); lerr == nil && p.out.Owner == (domain.OwnerTerm{Term: claim.Term, Replica: self}) {
+				// The store still gives this replica that term: the peer
+				// saw a later one the store no longer holds (it was
+				// restored from a backup). A new term gets past it, one
+				// step per refusal.
+				e.logger.Warn("the peer saw a later owner term than the store holds (a restored store?): starting the next", "peer", server.String(), "term", claim.Term+1)
+				done = e.recordLocked(p, true, domain.OwnerTermStarted{Term: claim.Term + 1, Replica: self, Previous: self})
+			}
 			p.mu.Unlock()
+			_ = waitRecorded(ctx, done)
 			_ = e.sleep(ctx, time.Second)
 			return
 		}
