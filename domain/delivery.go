@@ -46,6 +46,9 @@ type EventPushed struct {
 	Seq      uint64
 	Through  uint64 // not above Seq: Seq alone
 	Attempts uint32
+	// Term is the owner term the push went out under (0: none recorded),
+	// so the audit sees that no push went out outside its owner's term.
+	Term uint64
 }
 
 // Last is the last event the push delivered.
@@ -312,7 +315,7 @@ func (o Outbox) PushSucceeded(seq, last uint64, attempts uint32, probe bool) ([]
 	if last < seq || last >= o.Head {
 		return nil, fmt.Errorf("%w: push of %d through %d, but the outbox holds %d events", ErrInvalidArgument, seq, last, o.Head)
 	}
-	pushed := EventPushed{Seq: seq, Attempts: attempts}
+	pushed := EventPushed{Seq: seq, Attempts: attempts, Term: o.Owner.Term}
 	if last > seq {
 		pushed.Through = last
 	}
@@ -421,6 +424,11 @@ type Inbox struct {
 	LastID []byte
 	// Epoch is the sender's epoch LastSeq counts in.
 	Epoch uint64
+	// Term is the highest owner term the sender's pushes carried in this
+	// epoch (0: none, a single process): the sender's replicas hand each
+	// peer over under a growing term, so a push under a lower one comes
+	// from a replica that lost the peer, and is refused (Stale).
+	Term uint64
 }
 
 // EventRef names an event of a sender's outbox: its sequence number and
@@ -483,19 +491,37 @@ func (i Inbox) Accepts(seq *uint64) bool {
 // Apply folds the record at revision rev of the sender's inbox stream: the
 // one rule for how far a sender's events are applied, which the receiver,
 // the projections and the audit all read. A sequence number counts in its
-// epoch: one of a new epoch starts again from it.
+// epoch: one of a new epoch starts again from it, and so does the term.
 func (i *Inbox) Apply(rev uint64, e EventReceived) {
 	i.Count = max(i.Count, rev+1)
-	if seq := e.SenderSeq; seq != nil && (!i.HasSeq || e.SenderEpoch != i.Epoch || *seq > i.LastSeq) {
+	seq := e.SenderSeq
+	if seq == nil {
+		return
+	}
+	if e.SenderEpoch != i.Epoch {
+		i.Term = 0
+	}
+	if !i.HasSeq || e.SenderEpoch != i.Epoch || *seq > i.LastSeq {
 		i.LastSeq, i.HasSeq, i.Epoch, i.LastID = *seq, true, e.SenderEpoch, bytes.Clone(e.SenderEventID)
 	}
+	i.Term = max(i.Term, e.SenderTerm)
 }
 
-// Received folds one event being applied now, in the inbox's epoch; id is
-// the sender's outbox ID of it, if known.
+// Received folds one event being applied now, in the inbox's epoch and
+// term; id is the sender's outbox ID of it, if known.
 func (i *Inbox) Received(seq *uint64, id []byte) {
-	i.Apply(i.Count, EventReceived{SenderSeq: seq, SenderEpoch: i.Epoch, SenderEventID: id})
+	i.Apply(i.Count, EventReceived{SenderSeq: seq, SenderEpoch: i.Epoch, SenderEventID: id, SenderTerm: i.Term})
 }
+
+// Stale reports whether a push under the sender's owner term term comes
+// from a replica that has lost the peer: a later term was seen in this
+// epoch. Nothing of such a push is applied, even events above LastSeq,
+// which the current owner pushes in its turn.
+func (i Inbox) Stale(term uint64) bool { return term < i.Term }
+
+// SeeTerm takes the term of a push that is not stale: later pushes under
+// a lower term are.
+func (i *Inbox) SeeTerm(term uint64) { i.Term = max(i.Term, term) }
 
 // Ack is what a Pull to the sender acknowledges, if anything.
 func (i Inbox) Ack() (uint64, bool) { return i.LastSeq, i.HasSeq }
@@ -544,6 +570,9 @@ type PushClaim struct {
 	Epoch  uint64
 	Prev   *EventRef
 	LastID []byte
+	// Term is the owner term the sender's replica pushes under (0: a
+	// single process); see Inbox.Stale.
+	Term uint64
 }
 
 // PushAnswer is a continuity-checking receiver's account after a push:

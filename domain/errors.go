@@ -24,6 +24,10 @@ var (
 	ErrUnknownPeer        = errors.New("unknown peer")
 	ErrKeyMismatch        = errors.New("new server ID does not serve the same key")
 	ErrIDTaken            = errors.New("server ID already belongs to another peer")
+	// ErrStaleTerm refuses a push under a lower owner term than one this
+	// server has seen from the sender: the pushing replica has lost the
+	// peer to another; it should stop, not retry.
+	ErrStaleTerm = errors.New("push under an earlier owner term than one already seen: the sending replica no longer owns this peer")
 )
 
 // Errors that are not federation specific.

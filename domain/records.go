@@ -102,6 +102,10 @@ type EventReceived struct {
 	SenderSeq     *uint64
 	SenderEpoch   uint64
 	SenderEventID []byte
+	// SenderTerm is the highest owner term of the sender's pushes this
+	// inbox had seen when the record was written (0: none); every record
+	// carries it forward, pulled ones too, so the newest record holds it.
+	SenderTerm uint64
 	// TooLargeBytes is set, and Event nil, in the marker stored for an
 	// event too large for the store: the event's size in bytes.
 	TooLargeBytes *uint64

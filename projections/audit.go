@@ -35,6 +35,11 @@ const (
 	// record after a claim (each push's among them) was written in the
 	// claimant's term.
 	RuleOwnerTerms = "owner-terms"
+	// RulePushInOwnerTerm: with replicas, every EventPushed names the
+	// owner term current where it lands: the push went out under the term
+	// of the replica that ran the peer then, not an ended one (a push in
+	// queue mode is RuleNoPushInQueueMode's).
+	RulePushInOwnerTerm = "push-in-owner-term"
 	// RuleCheckpointMatchesReplay: the live projections' checkpoint equals a
 	// fresh replay up to the checkpoint's position.
 	RuleCheckpointMatchesReplay = "checkpoint-matches-replay"
@@ -277,6 +282,10 @@ func (a *Auditor) checkDelivery(r domain.Record, ev domain.DeliveryEvent) {
 	case domain.EventPushed:
 		if out.Mode == domain.ModeQueue {
 			a.violate(r.Stream, r.Revision, RuleNoPushInQueueMode, fmt.Sprintf("event %d pushed in queue mode", e.Seq))
+		}
+		if e.Term != out.Owner.Term {
+			a.violate(r.Stream, r.Revision, RulePushInOwnerTerm, fmt.Sprintf("event %d pushed under term %d, but the current term is %d of %q",
+				e.Seq, e.Term, out.Owner.Term, out.Owner.Replica))
 		}
 		switch {
 		case e.Last() >= out.Head:

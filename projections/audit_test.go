@@ -189,14 +189,26 @@ func TestAuditFindsBrokenInvariants(t *testing.T) {
 		name: "owner terms that skip a term, repeat one, or name another predecessor",
 		history: func(h *history) {
 			h.enqueueN("pa", 3).
-				delivery("pa", domain.OwnerTermStarted{Term: 1, Replica: "r1"}, domain.EventPushed{Seq: 0}).
-				delivery("pa", domain.OwnerTermStarted{Term: 2, Replica: "r2", Previous: "r1"}, domain.EventPushed{Seq: 1}).
+				delivery("pa", domain.OwnerTermStarted{Term: 1, Replica: "r1"}, domain.EventPushed{Seq: 0, Term: 1}).
+				delivery("pa", domain.OwnerTermStarted{Term: 2, Replica: "r2", Previous: "r1"}, domain.EventPushed{Seq: 1, Term: 2}).
 				delivery("pa", domain.OwnerTermStarted{Term: 4, Replica: "r1", Previous: "r2"}).
 				delivery("pa", domain.OwnerTermStarted{Term: 4, Replica: "r3", Previous: "r1"}).
-				delivery("pa", domain.OwnerTermStarted{Term: 5, Replica: "r2", Previous: "r3"}, domain.EventPushed{Seq: 2})
+				delivery("pa", domain.OwnerTermStarted{Term: 5, Replica: "r2", Previous: "r3"}, domain.EventPushed{Seq: 2, Term: 5})
 		},
 		want: []Violation{{Stream: deliveryA, Revision: 4, Rule: RuleOwnerTerms}, {Stream: deliveryA, Revision: 5, Rule: RuleOwnerTerms},
 			{Stream: deliveryA, Revision: 6, Rule: RuleOwnerTerms}},
+	}, {
+		name: "pushes recorded under an ended term, under none after terms began, and in queue mode",
+		history: func(h *history) {
+			h.enqueueN("pa", 5).
+				delivery("pa", domain.EventPushed{Seq: 0}). // a single process before replicas: no term, none current
+				delivery("pa", domain.OwnerTermStarted{Term: 1, Replica: "r1"}, domain.EventPushed{Seq: 1, Term: 1}).
+				delivery("pa", domain.OwnerTermStarted{Term: 2, Replica: "r2", Previous: "r1"}, domain.EventPushed{Seq: 2, Term: 1}).
+				delivery("pa", domain.EventPushed{Seq: 3}).
+				delivery("pa", domain.QueueModeEntered{FromSeq: 4}, domain.EventPushed{Seq: 4, Term: 2})
+		},
+		want: []Violation{{Stream: deliveryA, Revision: 4, Rule: RulePushInOwnerTerm}, {Stream: deliveryA, Revision: 5, Rule: RulePushInOwnerTerm},
+			{Stream: deliveryA, Revision: 7, Rule: RuleNoPushInQueueMode}},
 	}, {
 		name: "an event pushed twice",
 		history: func(h *history) {

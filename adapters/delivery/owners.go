@@ -135,6 +135,7 @@ func (e *Engine) rebalance(ctx context.Context) {
 		p.mu.Unlock()
 	}
 	for _, p := range polled {
+		e.noticeRecordsElsewhere(ctx, p)
 		last, err := e.store.ReadStreamBackward(ctx, streams.Outbox(p.id), 1)
 		if err != nil || len(last) == 0 {
 			continue
@@ -146,6 +147,45 @@ func (e *Engine) rebalance(ctx context.Context) {
 		}
 		p.mu.Unlock()
 	}
+}
+
+// noticeRecordsElsewhere rereads p's state when another replica recorded
+// something in its delivery stream: a Pull the peer made there (which
+// ends this replica's resume probe, as a Pull here does), an operator's
+// resume or skip there. Without it the owner would act on what it last
+// read until its next fence: a probe would wait out its backoff, and events
+// sent after the peer's queue emptied there would wait for that probe.
+func (e *Engine) noticeRecordsElsewhere(ctx context.Context, p *peer) {
+	p.mu.Lock()
+	settled := p.loaded && len(p.journal) == 0 && !p.flushing
+	next := p.deliveryNext
+	p.mu.Unlock()
+	if !settled {
+		return
+	}
+	last, err := e.store.ReadStreamBackward(ctx, streams.Delivery(p.id), 1)
+	if err != nil || len(last) == 0 || last[0].Revision+1 == next {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.loaded || p.deliveryNext != next || len(p.journal) > 0 || p.flushing {
+		return // this replica wrote meanwhile, or rereads anyway
+	}
+	e.cancelProbeLocked(p)
+	p.loaded = false
+	if err := e.loadLocked(ctx, p); err != nil {
+		e.logger.Warn("replica: rereading a peer's state failed", "peer", p.id, "err", err)
+		return
+	}
+	if p.out.Owner.Replica != e.owners.Name() {
+		// Another replica claimed the peer: this one stops, and claims it
+		// back only if the owners still give it here (rebalance).
+		e.releaseLocked(p)
+		return
+	}
+	e.kickLocked(p)
+	e.scheduleProbeLocked(p)
 }
 
 // acquire makes this replica the recorded owner of p (an OwnerTermStarted
@@ -195,7 +235,7 @@ func (e *Engine) runPeer(p *peer) {
 	e.logger.Info("replica: running peer", "peer", p.id, "term", term.Term)
 	if server, ok := e.registry.ServerID(p.id); ok {
 		e.goBackground(func(ctx context.Context) {
-			if err := e.pullFrom(ctx, p, server); err != nil && ctx.Err() == nil {
+			if err := e.announcedPull(ctx, p, server); err != nil && ctx.Err() == nil {
 				e.logger.Info("pull on taking a peer over failed", "peer", server.String(), "err", err)
 			}
 			e.schedulePull(p, e.cfg.PullInterval)
@@ -229,4 +269,52 @@ func (e *Engine) runs(id streams.PeerID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return e.runsLocked(p)
+}
+
+// pullWait is how often a push waiting for another replica's pull of its
+// sender looks whether the pull is over.
+const pullWait = 50 * time.Millisecond
+
+// announcedPull is the pull of a peer this replica takes over, announced in
+// the store (streams.Pulling) before it starts and when it ends, so that a
+// push from the peer at another replica waits for it (awaitPullElsewhere),
+// as the startup pull of a single process holds the peer's pushes. The
+// announcement is best effort: if it cannot be written, the pull goes on.
+func (e *Engine) announcedPull(ctx context.Context, p *peer, server domain.ServerID) error {
+	self := e.owners.Name()
+	announce := func(ctx context.Context, u streams.PullUnderWay) {
+		data, err := e.codec.EncodePullUnderWay(u)
+		if err == nil {
+			_, err = e.store.Append(ctx, streams.Pulling(p.id), eventstore.Any(), data)
+		}
+		if err != nil && ctx.Err() == nil {
+			e.logger.Warn("replica: cannot announce a pull to the other replicas; their pushes from the peer do not wait for it", "peer", p.id, "err", err)
+		}
+	}
+	announce(ctx, streams.PullUnderWay{Replica: self, Until: e.clock.Now().Add(e.cfg.PullTimeout)})
+	err := e.pullFrom(ctx, p, server)
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	announce(endCtx, streams.PullUnderWay{Replica: self, Ended: true})
+	return err
+}
+
+// awaitPullElsewhere holds a push from p's server while another replica
+// pulls p (announcedPull), at most until that pull's timeout. Only pushes
+// without sequence numbers wait (an upstream sender's): a Postbox sender's
+// are kept in order by their numbers and its continuity claim.
+func (e *Engine) awaitPullElsewhere(ctx context.Context, p *peer) error {
+	for {
+		recs, err := e.store.ReadStreamBackward(ctx, streams.Pulling(p.id), 1)
+		if err != nil || len(recs) == 0 {
+			return nil // nothing announced, or the store fails the push anyway
+		}
+		u, err := streams.DecodePullUnderWay(recs[0])
+		if err != nil || u.Ended || u.Replica == e.owners.Name() || !e.clock.Now().Before(u.Until) {
+			return nil // this replica's own pulls hold pushes in memory
+		}
+		if err := e.sleep(ctx, pullWait); err != nil {
+			return fmt.Errorf("waiting for replica %s's pull of the sender: %w", u.Replica, err)
+		}
+	}
 }

@@ -3,18 +3,24 @@ package delivery
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/registry"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
+	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
 // fakeOwners gives this replica every peer or none.
@@ -62,6 +68,18 @@ type replicaPair struct {
 
 func newReplicaPair(t *testing.T) *replicaPair {
 	t.Helper()
+	return newReplicaPairWith(t, testConfig())
+}
+
+func newReplicaPairWith(t *testing.T, cfg Config) *replicaPair {
+	t.Helper()
+	return newReplicaPairClient(t, cfg, nil)
+}
+
+// newReplicaPairClient is newReplicaPairWith calling peers through client
+// (nil: the pair's fakePeers).
+func newReplicaPairClient(t *testing.T, cfg Config, client PeerClient) *replicaPair {
+	t.Helper()
 	ctx := context.Background()
 	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
 	if err != nil {
@@ -75,7 +93,10 @@ func newReplicaPair(t *testing.T) *replicaPair {
 			t.Fatal(err)
 		}
 		rp.owners[i] = newFakeOwners(name, i == 0)
-		rp.engine[i] = New(testConfig(), store, codec, reg, rp.peers, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+		if client == nil {
+			client = rp.peers
+		}
+		rp.engine[i] = New(cfg, store, codec, reg, client, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
 		rp.engine[i].UseOwners(rp.owners[i])
 		stop := runEngine(t, rp.engine[i])
 		t.Cleanup(stop)
@@ -235,5 +256,208 @@ func BenchmarkPushSingleVsReplica(b *testing.B) {
 			}
 			b.StopTimer()
 		})
+	}
+}
+
+// A Pull the peer makes at a replica that does not own it ends the owner's
+// resume probe, as a Pull at the owner does, and once the queue is empty
+// there the owner pushes what is sent next at once, not after its probe's
+// backoff (40 s here).
+func TestAPullAtAnotherReplicaEndsTheOwnersProbe(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.ResumeProbe = true
+	cfg.ProbeBackoff = domain.Backoff{First: 40 * time.Second, Max: time.Minute}
+	rp := newReplicaPairWith(t, cfg)
+	ctx := context.Background()
+	rp.peers.setDown(true)
+	rp.send(t, 0, 0, 3)
+	eventually(t, "queue mode at the owner", func() bool {
+		return slices.ContainsFunc(rp.records(t), func(e domain.DeliveryEvent) bool { _, ok := e.(domain.QueueModeEntered); return ok })
+	})
+	rp.peers.setDown(false)
+	eventually(t, "the other replica to know B", func() bool { _, ok := rp.engine[1].registry.Lookup(peerB); return ok })
+
+	// B (an upstream-style caller: no acknowledgement) pulls at r2.
+	caller := domain.Caller{ServerID: peerB}
+	batch, err := rp.engine[1].ServePull(ctx, caller, nil)
+	if err != nil || len(batch.Events) != 3 {
+		t.Fatalf("the Pull at r2: %d events, %v; want the 3 queued", len(batch.Events), err)
+	}
+	if batch, err = rp.engine[1].ServePull(ctx, caller, nil); err != nil || len(batch.Events) != 0 {
+		t.Fatalf("the next Pull at r2: %d events, %v; want none", len(batch.Events), err)
+	}
+	rp.send(t, 1, 3, 2)
+	deadline := time.Now().Add(3 * time.Second)
+	for !slices.Equal(rp.peers.pushes(), []uint64{3, 4}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the owner pushed %v within 3 s of the sends, want [3 4]: it still acts on its probe", rp.peers.pushes())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	rp.engine[0].mu.Lock()
+	p := rp.engine[0].peers[mustLookupIn(t, rp.engine[0], peerB)]
+	rp.engine[0].mu.Unlock()
+	p.mu.Lock()
+	armed := p.probeTimer != nil
+	p.mu.Unlock()
+	if armed {
+		t.Fatal("the owner's probe is still armed after the peer pulled at the other replica")
+	}
+}
+
+func mustLookupIn(t *testing.T, e *Engine, server domain.ServerID) streams.PeerID {
+	t.Helper()
+	id, ok := e.registry.Lookup(server)
+	if !ok {
+		t.Fatalf("%s is not a peer", server)
+	}
+	return id
+}
+
+// A push from an upstream-style sender (no sequence numbers) that reaches
+// a replica while another replica pulls the sender on taking it over waits
+// for that pull, as in a single process: the pulled events, older, come
+// first in the inbox.
+func TestAPushAtAnotherReplicaWaitsForTheOwnersPull(t *testing.T) {
+	t.Parallel()
+	rp := newReplicaPair(t)
+	ctx := context.Background()
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // before the engines stop, even if the test fails
+	var once sync.Once
+	rp.peers.set(func(f *fakePeers) {
+		f.pullFn = func(*uint64) (peerclient.PullResult, error) {
+			first := false
+			once.Do(func() { first = true; close(arrived) })
+			if !first {
+				return peerclient.PullResult{}, nil
+			}
+			<-release
+			return peerclient.PullResult{Events: []*syncv1.Event{added(100), added(101)}}, nil
+		}
+	})
+	rp.send(t, 0, 0, 1) // B becomes a peer, which r1 takes over and pulls
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("r1 never pulled B on taking it over")
+	}
+	eventually(t, "r2 to know B", func() bool { _, ok := rp.engine[1].registry.Lookup(peerB); return ok })
+	pushed := make(chan error, 1)
+	go func() {
+		pushed <- rp.engine[1].AcceptPush(ctx, domain.Caller{ServerID: peerB}, []*syncv1.Event{added(200)}, nil)
+	}()
+	select {
+	case err := <-pushed:
+		t.Fatalf("the push at r2 returned (%v) while r1's pull of B was under way", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	letGo()
+	select {
+	case err := <-pushed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the push at r2 still waits after r1's pull ended")
+	}
+	if got := inboxUsers(t, rp); !slices.Equal(got, []uint64{100, 101, 200}) {
+		t.Fatalf("inbox %v, want the pulled 100, 101 before the pushed 200", got)
+	}
+}
+
+// Events pulled from an upstream-style sender exist nowhere else once its
+// reply is written: when another writer appended to the inbox between this
+// replica's read of it and its append, they are appended after, not lost.
+func TestPulledEventsAreAppendedAfterAnotherReplicasAppend(t *testing.T) {
+	t.Parallel()
+	rp := newReplicaPair(t)
+	ctx := context.Background()
+	rp.send(t, 0, 0, 1)
+	id := mustLookupIn(t, rp.engine[0], peerB)
+	codec := streams.NewCodec(rand.Reader)
+	var pulled atomic.Bool
+	rp.peers.set(func(f *fakePeers) {
+		f.pullFn = func(*uint64) (peerclient.PullResult, error) {
+			if pulled.Swap(true) {
+				return peerclient.PullResult{}, nil // the next rounds get nothing
+			}
+			// Another replica takes a push from B meanwhile.
+			data, err := codec.EncodeReceived(streams.Received{Event: added(200), Via: eventsv1.EventReceived_VIA_PUSH})
+			if err != nil {
+				return peerclient.PullResult{}, err
+			}
+			if _, err := rp.store.Append(ctx, streams.Inbox(id), eventstore.Any(), data); err != nil {
+				return peerclient.PullResult{}, err
+			}
+			return peerclient.PullResult{Events: []*syncv1.Event{added(100), added(101)}}, nil
+		}
+	})
+	// Reading the inbox first (the pull's acknowledgement does) makes
+	// r1's append expect the inbox as it was.
+	if err := rp.engine[0].PullFrom(ctx, peerB); err != nil {
+		t.Fatalf("PullFrom: %v", err)
+	}
+	got := inboxUsers(t, rp)
+	if !slices.Equal(got, []uint64{200, 100, 101}) && !slices.Equal(got, []uint64{100, 101, 200}) {
+		t.Fatalf("inbox %v, want 200 and the pulled 100, 101 each once", got)
+	}
+}
+
+func inboxUsers(t *testing.T, rp *replicaPair) []uint64 {
+	t.Helper()
+	id := mustLookupIn(t, rp.engine[0], peerB)
+	recs, err := rp.store.ReadStream(context.Background(), streams.Inbox(id), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []uint64
+	for _, r := range recs {
+		rec, err := streams.DecodeReceived(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, rec.Event.GetUserAddedToGuild().GetUserId())
+	}
+	return out
+}
+
+// termPeers is a Postbox receiver that has seen owner term seen from this
+// server: it refuses pushes under a lower one, as the receiver does.
+type termPeers struct {
+	*fakePeers
+	seen uint64
+}
+
+func (c termPeers) PushClaimed(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (domain.PushResult, error) {
+	if claim.Term < c.seen {
+		return domain.PushResult{}, rpcerrors.FromPeer("postbox.stale-term", errors.New("409 postbox.stale-term"), false, 0)
+	}
+	return c.Push(ctx, peer, seq, events)
+}
+
+func (c termPeers) PullAccounted(ctx context.Context, peer domain.ServerID, ack *uint64, _ domain.PullAccount) (PullBatch, error) {
+	return c.Pull(ctx, peer, ack)
+}
+
+// A replica whose push is refused as stale while the store still gives it
+// that term (the store went back to a backup; the peer saw later terms)
+// starts the next term, recorded as any other, until the peer takes its
+// pushes; nothing is counted as delivered on the way.
+func TestAReplicaStepsPastATermThePeerSawAndTheStoreLost(t *testing.T) {
+	t.Parallel()
+	peers := &fakePeers{}
+	rp := newReplicaPairClient(t, testConfig(), termPeers{fakePeers: peers, seen: 3})
+	rp.send(t, 0, 0, 2)
+	eventually(t, "the pushes to go through under term 3", func() bool { return len(peers.pushes()) == 2 })
+	if got := peers.pushes(); !slices.Equal(got, seqs(2)) {
+		t.Fatalf("pushes %v, want 0, 1", got)
+	}
+	want := []domain.OwnerTermStarted{{Term: 1, Replica: "r1"}, {Term: 2, Replica: "r1", Previous: "r1"}, {Term: 3, Replica: "r1", Previous: "r1"}}
+	if got := ownerRecords(rp.records(t)); !slices.Equal(got, want) {
+		t.Fatalf("owner records %+v, want %+v", got, want)
 	}
 }

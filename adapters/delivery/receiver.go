@@ -48,9 +48,14 @@ func (e *Engine) AcceptClaimedPush(ctx context.Context, caller domain.Caller, ev
 			return domain.PushAnswer{}, fmt.Errorf("waiting for this server's pull from %s: %w", caller.ServerID, ctx.Err())
 		}
 	}
+	if e.owners != nil && seq == nil {
+		if err := e.awaitPullElsewhere(ctx, p); err != nil {
+			return domain.PushAnswer{}, err
+		}
+	}
 	var from incoming
 	if claim != nil && seq != nil {
-		from = incoming{epoch: claim.Epoch, lastID: claim.LastID, checked: true, prev: claim.Prev}
+		from = incoming{epoch: claim.Epoch, lastID: claim.LastID, checked: true, prev: claim.Prev, term: claim.Term}
 	}
 	answer, err := e.receive(ctx, p, eventsv1.EventReceived_VIA_PUSH, events, seq, from)
 	if err != nil {
@@ -68,12 +73,33 @@ type incoming struct {
 	lastID  []byte
 	checked bool
 	prev    *domain.EventRef
+	// term: the owner term a checked push came under (domain.Inbox.Stale).
+	term uint64
 }
 
 // receive appends the events this server has not applied yet to the
 // sender's inbox, in order, with their sequence numbers (first, first+1...;
 // nil when the sender sent none).
 func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceived_Via, events []*syncv1.Event, first *uint64, from incoming) (domain.PushAnswer, error) {
+	for conflicts := 0; ; conflicts++ {
+		answer, err := e.receiveOnce(ctx, p, via, events, first, from)
+		if err == nil || via != eventsv1.EventReceived_VIA_PULL || conflicts >= maxInboxConflicts ||
+			!errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+			return answer, err
+		}
+		// Another replica appended to the inbox meanwhile (a push from the
+		// peer reached it). Pulled events are taken after it: an upstream
+		// sender deleted them once its reply was written, so a failed pull
+		// would lose them.
+	}
+}
+
+// maxInboxConflicts bounds how often pulled events are appended again
+// after another writer's append.
+const maxInboxConflicts = 16
+
+// receiveOnce is one attempt of receive.
+func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventReceived_Via, events []*syncv1.Event, first *uint64, from incoming) (domain.PushAnswer, error) {
 	p.recvMu.Lock()
 	defer p.recvMu.Unlock()
 	if err := e.loadInboxLocked(ctx, p); err != nil {
@@ -87,6 +113,16 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 			e.logger.Warn("the sender started a new epoch: its store was restored or recreated; its events are taken anew",
 				"peer", p.id, "epoch", in.Epoch, "was", p.in.Epoch)
 		}
+	}
+	if from.checked && in.Stale(from.term) {
+		// Before continuity: a replica that lost the peer is told so, and
+		// stops, rather than reconcile with what its successor delivered.
+		e.logger.Info("push refused: the sender's replica pushed under an earlier owner term than one seen",
+			"peer", p.id, "term", from.term, "seen", in.Term, "seq", *first)
+		return domain.PushAnswer{}, fmt.Errorf("%w: push %d under term %d, term %d seen", domain.ErrStaleTerm, *first, from.term, in.Term)
+	}
+	if from.checked {
+		in.SeeTerm(from.term)
 	}
 	if from.checked && !in.Continues(from.prev) && !in.Repeats(*first, len(events), from.lastID) {
 		held := in.Last()
@@ -108,7 +144,7 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 		if i == len(events)-1 {
 			id = from.lastID
 		}
-		rec := streams.Received{Event: ev, Via: via, SenderSeq: seq, SenderEventID: id}
+		rec := streams.Received{Event: ev, Via: via, SenderSeq: seq, SenderEventID: id, SenderTerm: in.Term}
 		if seq != nil {
 			rec.SenderEpoch = in.Epoch
 		}
@@ -120,6 +156,12 @@ func (e *Engine) receive(ctx context.Context, p *peer, via eventsv1.EventReceive
 		in.Received(seq, id)
 	}
 	if len(data) == 0 {
+		if in.Epoch == p.in.Epoch {
+			// A new term that carried nothing new (the new owner repeating
+			// its predecessor's last push) is held in memory until the
+			// next record stores it.
+			p.in.SeeTerm(in.Term)
+		}
 		return domain.PushAnswer{Applied: in.Last()}, nil
 	}
 	appendCtx, untilStored := ctx, first == nil && via == eventsv1.EventReceived_VIA_PULL

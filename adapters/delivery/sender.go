@@ -195,6 +195,28 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			return // the push loop rereads the state and decides again
 		}
 		res, err := e.pushOnce(ctx, server, seq, events, claim)
+		if domain.PeerSaid(err, domain.ErrStaleTerm) && e.owners != nil {
+			// Another replica pushed to the peer under a later term: this
+			// one has lost the peer. Not a failed delivery: the push loop
+			// rereads the delivery stream, where that term is recorded.
+			e.logger.Warn("push refused as stale: another replica owns the peer now", "peer", server.String(), "seq", seq, "term", claim.Term)
+			p.mu.Lock()
+			p.loaded = false
+			var done chan error
+			self := e.owners.Name()
+			if lerr := e.loadLocked(ctx, p); lerr == nil && p.out.Owner == (domain.OwnerTerm{Term: claim.Term, Replica: self}) {
+				// The store still gives this replica that term: the peer
+				// saw a later one the store no longer holds (it was
+				// restored from a backup). A new term gets past it, one
+				// step per refusal.
+				e.logger.Warn("the peer saw a later owner term than the store holds (a restored store?): starting the next", "peer", server.String(), "term", claim.Term+1)
+				done = e.recordLocked(p, true, domain.OwnerTermStarted{Term: claim.Term + 1, Replica: self, Previous: self})
+			}
+			p.mu.Unlock()
+			_ = waitRecorded(ctx, done)
+			_ = e.sleep(ctx, time.Second)
+			return
+		}
 		if err == nil && res.Answer != nil && res.Answer.Refused {
 			if e.reconcile(ctx, p, server, ahead, res, claim.Epoch) {
 				return // the records say where delivery goes on
@@ -277,11 +299,11 @@ func busyWait(asked time.Duration) time.Duration {
 // the outbox ID of the push's last event.
 func (e *Engine) claimFor(ctx context.Context, p *peer, ahead *outboxReader, seq uint64, n int) (domain.PushClaim, error) {
 	p.mu.Lock()
-	epoch := p.out.Epoch
+	epoch, term := p.out.Epoch, p.out.Owner.Term
 	given, has := p.out.LastGiven()
 	cached := p.given
 	p.mu.Unlock()
-	claim := domain.PushClaim{Epoch: epoch}
+	claim := domain.PushClaim{Epoch: epoch, Term: term}
 	claim.LastID, _ = ahead.id(seq + uint64(n) - 1)
 	if !has {
 		return claim, nil

@@ -92,7 +92,7 @@ func (e *Engine) shrinkReceived(p *peer, d eventstore.EventData, limit int, comp
 	// The marker keeps where the sender's sequence stands (number, epoch,
 	// outbox ID), which continuity compares with the sender's account.
 	marker, err := e.codec.EncodeReceived(streams.Received{Via: rec.Via, SenderSeq: rec.SenderSeq, TooLargeBytes: &size,
-		SenderEpoch: rec.SenderEpoch, SenderEventID: rec.SenderEventID})
+		SenderEpoch: rec.SenderEpoch, SenderEventID: rec.SenderEventID, SenderTerm: rec.SenderTerm})
 	if err != nil {
 		return d, nil, err
 	}

@@ -229,7 +229,7 @@ func (s *PostboxService) Push(ctx context.Context, req *connect.Request[syncv1.P
 	events = append(events, following...)
 	var claim *domain.PushClaim
 	if c, lastID, ok := seqext.PushContinuity(req.Msg); ok {
-		claim = &domain.PushClaim{Epoch: c.Epoch, LastID: lastID}
+		claim = &domain.PushClaim{Epoch: c.Epoch, LastID: lastID, Term: seqext.PushTerm(req.Msg)}
 		if c.Last != nil {
 			claim.Prev = &domain.EventRef{Seq: c.Last.Seq, ID: c.Last.ID}
 		}

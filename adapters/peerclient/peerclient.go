@@ -252,6 +252,7 @@ func (c *Client) push(ctx context.Context, peer domain.ServerID, seq uint64, eve
 	}
 	if claim != nil {
 		seqext.SetPushContinuity(req, seqext.Continuity{Epoch: claim.Epoch, Last: toRef(claim.Prev)}, claim.LastID)
+		seqext.SetPushTerm(req, claim.Term)
 	}
 	res, err := call(ctx, c, peer, syncv1connect.PostboxServicePushProcedure, "", req, syncv1connect.PostboxServiceClient.Push)
 	if err != nil {

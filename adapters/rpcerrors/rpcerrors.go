@@ -73,6 +73,7 @@ var rules = []rule{
 	{domain.ErrUnknownPeer, Class{"postbox.unknown-peer", http.StatusBadRequest, connect.CodeNotFound, "", slog.LevelInfo}, false},
 	{domain.ErrKeyMismatch, Class{"postbox.key-mismatch", http.StatusBadRequest, connect.CodePermissionDenied, "", slog.LevelWarn}, false},
 	{domain.ErrIDTaken, Class{"postbox.id-taken", http.StatusConflict, connect.CodeAlreadyExists, "", slog.LevelInfo}, false},
+	{domain.ErrStaleTerm, Class{"postbox.stale-term", http.StatusConflict, connect.CodeAborted, "", slog.LevelInfo}, false},
 	{domain.ErrInvalidServerID, Class{BadUnaryRequest, http.StatusBadRequest, connect.CodeInvalidArgument, "", slog.LevelInfo}, true},
 	{domain.ErrInvalidArgument, Class{BadUnaryRequest, http.StatusBadRequest, connect.CodeInvalidArgument, "", slog.LevelInfo}, false},
 	{domain.ErrNotFound, Class{NotFound, http.StatusNotFound, connect.CodeNotFound, "", slog.LevelInfo}, false},

@@ -19,7 +19,7 @@ func TestFromPeerIsTheReverseOfTheTable(t *testing.T) {
 		domain.ErrTokenVerifyFailure, domain.ErrHostNotAllowed, domain.ErrFederationDisabled,
 		domain.ErrTokenReplayed, domain.ErrWrongAudience, domain.ErrExtensionRequired, domain.ErrKeyUnavailable,
 		domain.ErrPeerRenamed, domain.ErrUnknownPeer, domain.ErrKeyMismatch, domain.ErrIDTaken,
-		domain.ErrInvalidArgument, domain.ErrNotFound, domain.ErrNotImplemented, domain.ErrUnavailable,
+		domain.ErrStaleTerm, domain.ErrInvalidArgument, domain.ErrNotFound, domain.ErrNotImplemented, domain.ErrUnavailable,
 	} {
 		id := Classify(sentinel).Identifier
 		remote := FromPeer(id, errors.New("the transport's error"), false, 0)

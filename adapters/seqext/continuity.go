@@ -17,6 +17,7 @@ const (
 	pushPrevSeq       protowire.Number = 104 // PushRequestExt.prev_seq
 	pushPrevID        protowire.Number = 105 // PushRequestExt.prev_id
 	pushLastID        protowire.Number = 106 // PushRequestExt.last_id
+	pushOwnerTerm     protowire.Number = 107 // PushRequestExt.owner_term
 	replyContinuity   protowire.Number = 103 // PushResponseExt.continuity
 	replyRefused      protowire.Number = 104 // PushResponseExt.refused
 	replyAppliedSeq   protowire.Number = 105 // PushResponseExt.applied_seq
@@ -76,6 +77,22 @@ func PushContinuity(m *syncv1.PushRequest) (c Continuity, lastID []byte, ok bool
 	}
 	lastID, _ = lastBytes(raw, pushLastID)
 	return c, lastID, true
+}
+
+// SetPushTerm stamps a push with the owner term its sender's replica
+// pushes under; a term of 0 (a single process) is left out, which reads
+// the same.
+func SetPushTerm(m *syncv1.PushRequest, term uint64) {
+	if term != 0 {
+		setVarint(m, pushOwnerTerm, term)
+	}
+}
+
+// PushTerm reads a push's owner term: 0 when absent (a single process, an
+// older or upstream sender).
+func PushTerm(m *syncv1.PushRequest) uint64 {
+	term, _ := lastVarint(m.ProtoReflect().GetUnknown(), pushOwnerTerm)
+	return term
 }
 
 // PushOutcome is a continuity-checking receiver's account in its answer to

@@ -49,6 +49,31 @@ func TestContinuityMatchesDeclaredMessages(t *testing.T) {
 			t.Fatalf("PushContinuity = %+v, %x, %v", c, lastID, ok)
 		}
 	})
+	t.Run("owner term", func(t *testing.T) {
+		req := &syncv1.PushRequest{Event: added(1, 10)}
+		SetPushSeq(req, 8)
+		SetPushTerm(req, 27)
+		SetPushContinuity(req, Continuity{Epoch: 77}, idB)
+		var declared federationv1.PushRequestExt
+		roundTrip(t, req, &declared)
+		if declared.GetOwnerTerm() != 27 || declared.GetSeq() != 8 {
+			t.Fatalf("declared view: %v", &declared)
+		}
+		var back syncv1.PushRequest
+		roundTrip(t, req, &back)
+		if got := PushTerm(&back); got != 27 {
+			t.Fatalf("PushTerm = %d, want 27", got)
+		}
+		// A single process's term 0 is left out: an older receiver sees
+		// the same bytes as before terms existed, and absent reads as 0.
+		single := &syncv1.PushRequest{Event: added(1, 10)}
+		SetPushSeq(single, 8)
+		before := proto.Size(single)
+		SetPushTerm(single, 0)
+		if proto.Size(single) != before || PushTerm(single) != 0 {
+			t.Fatalf("term 0 added %d bytes, reads %d", proto.Size(single)-before, PushTerm(single))
+		}
+	})
 	t.Run("a claim of nothing given, in epoch 0, is still a claim", func(t *testing.T) {
 		req := &syncv1.PushRequest{Event: added(1, 10)}
 		SetPushContinuity(req, Continuity{}, nil)
@@ -130,6 +155,7 @@ func TestContinuityMatchesDeclaredMessages(t *testing.T) {
 func FuzzContinuity(f *testing.F) {
 	req := &syncv1.PushRequest{Event: added(1, 10)}
 	SetPushContinuity(req, Continuity{Epoch: 3, Last: &Ref{Seq: 2, ID: idA}}, idB)
+	SetPushTerm(req, 5)
 	seed, _ := proto.Marshal(req)
 	f.Add(seed)
 	f.Add([]byte{0xaa, 0x06, 0x20, 0x01})
@@ -139,6 +165,11 @@ func FuzzContinuity(f *testing.F) {
 			c, lastID, _ := PushContinuity(&push)
 			if len(lastID) > maxOutboxIDLength || (c.Last != nil && len(c.Last.ID) > maxOutboxIDLength) {
 				t.Fatal("an ID longer than an outbox ID was taken")
+			}
+			// The term reads as the declared message reads it.
+			var declared federationv1.PushRequestExt
+			if proto.Unmarshal(raw, &declared) == nil && PushTerm(&push) != declared.GetOwnerTerm() {
+				t.Fatalf("PushTerm = %d, the declared message reads %d", PushTerm(&push), declared.GetOwnerTerm())
 			}
 		}
 		var res syncv1.PushResponse

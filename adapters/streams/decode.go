@@ -123,7 +123,7 @@ func Federated(ev *syncv1.Event) domain.FederatedEvent {
 // Domain is the inbox record as the domain reads it.
 func (r Received) Domain() domain.EventReceived {
 	out := domain.EventReceived{ViaPull: r.Via == eventsv1.EventReceived_VIA_PULL, SenderSeq: r.SenderSeq,
-		SenderEpoch: r.SenderEpoch, SenderEventID: r.SenderEventID, TooLargeBytes: r.TooLargeBytes}
+		SenderEpoch: r.SenderEpoch, SenderEventID: r.SenderEventID, TooLargeBytes: r.TooLargeBytes, SenderTerm: r.SenderTerm}
 	if r.Event != nil {
 		out.Event = Federated(r.Event)
 	}

@@ -51,7 +51,7 @@ func TestDecodeEveryStream(t *testing.T) {
 	enq, _ := c.EncodeEnqueued(&syncv1.Event{Kind: &syncv1.Event_UserInvited_{UserInvited: &syncv1.Event_UserInvited{UserId: 1, InviterId: 2, InviteId: "x"}}})
 	del, _ := c.EncodeDelivery(domain.PushResumed{FromSeq: 3, Reason: domain.ResumeProbe})
 	rec, _ := c.EncodeReceived(Received{Event: &syncv1.Event{Kind: &syncv1.Event_UserRejectedInvite_{UserRejectedInvite: &syncv1.Event_UserRejectedInvite{GuildId: 7, UserId: 8, InviteId: "y"}}},
-		Via: eventsv1.EventReceived_VIA_PULL, SenderSeq: &seq, SenderEpoch: 5, SenderEventID: []byte{1}})
+		Via: eventsv1.EventReceived_VIA_PULL, SenderSeq: &seq, SenderEpoch: 5, SenderEventID: []byte{1}, SenderTerm: 3})
 	big, _ := c.EncodeReceived(Received{Via: eventsv1.EventReceived_VIA_PUSH, TooLargeBytes: &size})
 	db, _ := c.EncodeDatabaseCreated("d1")
 	owner, _ := c.EncodeOwnerTerm(domain.OwnerTerm{Term: 4, Replica: "r2"}, "r1")
@@ -67,7 +67,7 @@ func TestDecodeEveryStream(t *testing.T) {
 		{Delivery("pa"), del[0], domain.StreamDelivery, "pa", domain.PushResumed{FromSeq: 3, Reason: domain.ResumeProbe}},
 		{Delivery("pa"), owner, domain.StreamDelivery, "pa", domain.OwnerTermStarted{Term: 4, Replica: "r2", Previous: "r1"}},
 		{Inbox("pa"), rec, domain.StreamInbox, "pa", domain.EventReceived{Event: domain.UserRejectedInvite{GuildID: 7, UserID: 8, InviteID: "y"},
-			ViaPull: true, SenderSeq: &seq, SenderEpoch: 5, SenderEventID: []byte{1}}},
+			ViaPull: true, SenderSeq: &seq, SenderEpoch: 5, SenderEventID: []byte{1}, SenderTerm: 3}},
 		{Inbox("pa"), big, domain.StreamInbox, "pa", domain.EventReceived{TooLargeBytes: &size}},
 		{Database, db, domain.StreamDatabase, "", domain.DatabaseCreated{ID: "d1"}},
 		{"another-app", db, domain.StreamOther, "", nil},

@@ -141,3 +141,39 @@ func DecodeNonce(r eventstore.RecordedEvent) (NonceAccepted, error) {
 	}
 	return NonceAccepted{ServerID: m.GetServerId(), Nonce: m.GetNonce(), Expiry: time.Unix(m.GetExpiryUnix(), 0)}, nil
 }
+
+// PullingPrefix starts the streams where replicas say they are pulling a
+// peer (on taking it over), one per peer.
+const PullingPrefix = "pulling-"
+
+// Pulling is the stream of the pulls of peer that replicas announce.
+func Pulling(peer PeerID) string { return PullingPrefix + string(peer) }
+
+// TypePullUnderWay is the record of a replica's pull of a peer starting or
+// ending.
+const TypePullUnderWay = "PullUnderWay"
+
+// PullUnderWay says that Replica pulls the peer until Until at the latest,
+// or, if Ended, that its pull is over.
+type PullUnderWay struct {
+	Replica string
+	Until   time.Time
+	Ended   bool
+}
+
+// EncodePullUnderWay encodes a pull's start or end.
+func (c *Codec) EncodePullUnderWay(u PullUnderWay) (eventstore.EventData, error) {
+	return c.Encode(TypePullUnderWay, &eventsv1.PullUnderWay{Replica: u.Replica, UntilUnixMs: u.Until.UnixMilli(), Ended: u.Ended})
+}
+
+// DecodePullUnderWay reads a pull's start or end.
+func DecodePullUnderWay(r eventstore.RecordedEvent) (PullUnderWay, error) {
+	if r.Type != TypePullUnderWay {
+		return PullUnderWay{}, fmt.Errorf("%s@%d: pull record of type %q", r.Stream, r.Revision, r.Type)
+	}
+	var m eventsv1.PullUnderWay
+	if err := decode(r, &m); err != nil {
+		return PullUnderWay{}, err
+	}
+	return PullUnderWay{Replica: m.GetReplica(), Until: time.UnixMilli(m.GetUntilUnixMs()), Ended: m.GetEnded()}, nil
+}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/domain"
 )
 
@@ -49,7 +50,32 @@ func TestReplicaRecordsRoundTripInBothBodies(t *testing.T) {
 		if err != nil || n.ServerID != "b.example:2289" || string(n.Nonce) != "0123456789abcdef" || !n.Expiry.Equal(exp) {
 			t.Fatalf("body %d: nonce %+v, %v", body, n, err)
 		}
+
+		for _, u := range []PullUnderWay{{Replica: "r2", Until: at}, {Replica: "r2", Until: time.UnixMilli(0), Ended: true}} {
+			d, err = c.EncodePullUnderWay(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := DecodePullUnderWay(recorded(d))
+			if err != nil || got.Replica != u.Replica || !got.Until.Equal(u.Until) || got.Ended != u.Ended {
+				t.Fatalf("body %d: pull %+v, %v; want %+v", body, got, err, u)
+			}
+			if _, err := DecodeNonce(recorded(d)); err == nil {
+				t.Fatalf("body %d: a pull record decoded as a nonce", body)
+			}
+			if _, err := DecodePullUnderWay(recorded(hb0(c))); err == nil {
+				t.Fatalf("body %d: a heartbeat decoded as a pull record", body)
+			}
+		}
 	}
+	if got := Pulling("p1"); got != "pulling-p1" {
+		t.Errorf("Pulling = %q", got)
+	}
+}
+
+func hb0(c *Codec) eventstore.EventData {
+	d, _ := c.EncodeHeartbeat(Heartbeat{ReplicaHeartbeat: domain.ReplicaHeartbeat{Replica: "a"}})
+	return d
 }
 
 func TestReplicaRecordsOfTheWrongTypeOrIncompleteAreRefused(t *testing.T) {

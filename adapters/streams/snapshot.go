@@ -22,8 +22,9 @@ const (
 	TypeSnapshot           = "Snapshot"
 	// SnapshotFormat is the format this build writes and reads; a snapshot
 	// of another format is ignored (an older one lacks fields the fold has
-	// now: format 2 added the owner's term).
-	SnapshotFormat = 2
+	// now: format 2 added the owner's term to delivery snapshots, format 3
+	// the highest owner term seen to inbox snapshots).
+	SnapshotFormat = 3
 )
 
 // DeliverySnapshot is the stream of snapshots of peer's delivery stream.
@@ -151,19 +152,20 @@ type InboxSnapshotRecord struct {
 	HasSeq  bool   `json:"has_seq"`
 	LastID  []byte `json:"last_id,omitempty"`
 	Epoch   uint64 `json:"epoch"`
+	Term    uint64 `json:"term,omitempty"`
 }
 
 // NewInboxSnapshot records in as the fold of stream's records before rev.
 func NewInboxSnapshot(databaseID, stream string, rev uint64, in domain.Inbox) InboxSnapshotRecord {
 	return InboxSnapshotRecord{
 		SnapshotHeader: SnapshotHeader{Format: SnapshotFormat, DatabaseID: databaseID, Stream: stream, Revision: rev},
-		Count:          in.Count, LastSeq: in.LastSeq, HasSeq: in.HasSeq, LastID: in.LastID, Epoch: in.Epoch,
+		Count:          in.Count, LastSeq: in.LastSeq, HasSeq: in.HasSeq, LastID: in.LastID, Epoch: in.Epoch, Term: in.Term,
 	}
 }
 
 // Inbox is the fold the snapshot holds.
 func (s InboxSnapshotRecord) Inbox() domain.Inbox {
-	return domain.Inbox{Count: s.Count, LastSeq: s.LastSeq, HasSeq: s.HasSeq, LastID: s.LastID, Epoch: s.Epoch}
+	return domain.Inbox{Count: s.Count, LastSeq: s.LastSeq, HasSeq: s.HasSeq, LastID: s.LastID, Epoch: s.Epoch, Term: s.Term}
 }
 
 // DecodeInboxSnapshot reads an inbox snapshot record; like

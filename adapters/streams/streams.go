@@ -129,7 +129,7 @@ func (c *Codec) EncodeDelivery(events ...domain.DeliveryEvent) ([]eventstore.Eve
 func deliveryMessage(e domain.DeliveryEvent) (string, proto.Message) {
 	switch e := e.(type) {
 	case domain.EventPushed:
-		return TypeEventPushed, &eventsv1.EventPushed{Seq: e.Seq, Attempts: e.Attempts, ThroughSeq: e.Through}
+		return TypeEventPushed, &eventsv1.EventPushed{Seq: e.Seq, Attempts: e.Attempts, ThroughSeq: e.Through, OwnerTerm: e.Term}
 	case domain.QueueModeEntered:
 		return TypeQueueModeEntered, &eventsv1.QueueModeEntered{FromSeq: e.FromSeq, Attempts: e.Attempts, LastError: e.LastError}
 	case domain.PullServed:
@@ -158,7 +158,7 @@ func DecodeDelivery(r eventstore.RecordedEvent) (domain.DeliveryEvent, error) {
 		if err := decode(r, &m); err != nil {
 			return nil, err
 		}
-		return domain.EventPushed{Seq: m.GetSeq(), Through: m.GetThroughSeq(), Attempts: m.GetAttempts()}, nil
+		return domain.EventPushed{Seq: m.GetSeq(), Through: m.GetThroughSeq(), Attempts: m.GetAttempts(), Term: m.GetOwnerTerm()}, nil
 	case TypeQueueModeEntered:
 		var m eventsv1.QueueModeEntered
 		if err := decode(r, &m); err != nil {
@@ -262,6 +262,9 @@ type Received struct {
 	// SenderEventID is the ID of the event's record in the sender's
 	// outbox, if the sender sent it.
 	SenderEventID []byte
+	// SenderTerm is the highest owner term of the sender's pushes seen
+	// when the record was written (domain.Inbox.Term).
+	SenderTerm uint64
 	// TooLargeBytes is set, and Event nil, in the marker stored for an
 	// event too large for the store: the event's size in bytes.
 	TooLargeBytes *uint64
@@ -269,7 +272,8 @@ type Received struct {
 
 // EncodeReceived encodes an inbox record.
 func (c *Codec) EncodeReceived(r Received) (eventstore.EventData, error) {
-	m := &eventsv1.EventReceived{Event: r.Event, Via: r.Via, SenderSeq: r.SenderSeq, SenderEpoch: r.SenderEpoch, SenderEventId: r.SenderEventID, TooLargeBytes: r.TooLargeBytes}
+	m := &eventsv1.EventReceived{Event: r.Event, Via: r.Via, SenderSeq: r.SenderSeq, SenderEpoch: r.SenderEpoch, SenderEventId: r.SenderEventID, TooLargeBytes: r.TooLargeBytes,
+		SenderTerm: r.SenderTerm}
 	if r.TooLargeBytes != nil {
 		m.Event = nil
 	} else if c.body == JSONBodies && hasUnknownFields(r.Event.ProtoReflect()) {
@@ -293,7 +297,7 @@ func (c *Codec) EncodeReceivedAsBytes(r Received) (eventstore.EventData, error) 
 		return eventstore.EventData{}, fmt.Errorf("encode received event: %w", err)
 	}
 	return c.Encode(TypeEventReceived, &eventsv1.EventReceived{Via: r.Via, SenderSeq: r.SenderSeq, EventBytes: raw,
-		SenderEpoch: r.SenderEpoch, SenderEventId: r.SenderEventID})
+		SenderEpoch: r.SenderEpoch, SenderEventId: r.SenderEventID, SenderTerm: r.SenderTerm})
 }
 
 // hasUnknownFields reports whether m or a message inside it holds fields
@@ -329,7 +333,8 @@ func DecodeReceived(r eventstore.RecordedEvent) (Received, error) {
 			return Received{}, fmt.Errorf("%s@%d: decode event bytes: %w", r.Stream, r.Revision, err)
 		}
 	}
-	return Received{Event: event, Via: m.GetVia(), SenderSeq: m.SenderSeq, SenderEpoch: m.GetSenderEpoch(), SenderEventID: m.GetSenderEventId(), TooLargeBytes: m.TooLargeBytes}, nil
+	return Received{Event: event, Via: m.GetVia(), SenderSeq: m.SenderSeq, SenderEpoch: m.GetSenderEpoch(), SenderEventID: m.GetSenderEventId(), TooLargeBytes: m.TooLargeBytes,
+		SenderTerm: m.GetSenderTerm()}, nil
 }
 
 // decode reads a body in either form: protojson always starts with "{",

@@ -26,14 +26,14 @@ func TestRecordsRoundTripInBothBodies(t *testing.T) {
 	seq := uint64(7)
 	for _, body := range []Body{JSONBodies, BinaryBodies} {
 		c := NewCodecWithBodies(rand.Reader, body)
-		d, err := c.EncodeDelivery(domain.PullServed{FromSeq: 3, ToSeq: 9, AwaitsAck: true}, domain.EventPushed{})
+		d, err := c.EncodeDelivery(domain.PullServed{FromSeq: 3, ToSeq: 9, AwaitsAck: true}, domain.EventPushed{Seq: 10, Through: 12, Attempts: 2, Term: 6})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if isJSON := bytes.HasPrefix(d[0].Data, []byte("{")); isJSON != (body == JSONBodies) {
 			t.Fatalf("body %d wrote %q", body, d[0].Data)
 		}
-		for i, want := range []domain.DeliveryEvent{domain.PullServed{FromSeq: 3, ToSeq: 9, AwaitsAck: true}, domain.EventPushed{}} {
+		for i, want := range []domain.DeliveryEvent{domain.PullServed{FromSeq: 3, ToSeq: 9, AwaitsAck: true}, domain.EventPushed{Seq: 10, Through: 12, Attempts: 2, Term: 6}} {
 			got, err := DecodeDelivery(recorded(d[i]))
 			if err != nil || got != want {
 				t.Fatalf("body %d: decoded %#v, %v; want %#v", body, got, err, want)

@@ -14,6 +14,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/netguard"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/replicas"
 	"github.com/harmony-postbox/postbox/domain"
 )
 
@@ -31,7 +32,10 @@ type Config struct {
 	Store         string
 	// Replica names this process among the replicas of one server sharing
 	// the EventStoreDB at Store; empty: a single process (replica mode off).
-	Replica       string
+	Replica string
+	// ReplicaLease is how long a replica counts as live after its last
+	// heartbeat: a killed replica's peers move after it.
+	ReplicaLease  time.Duration
 	InsecurePeers bool
 	TLS           httpserver.TLSFiles
 	PeerCA        string
@@ -57,6 +61,10 @@ type Config struct {
 	PeerNetworks   []netip.Prefix
 }
 
+// minReplicaLease is the shortest --replica-lease: heartbeats go every
+// quarter of it, each a store round trip.
+const minReplicaLease = time.Second
+
 // requestOverhead is room in a push request for what surrounds its event.
 const requestOverhead = 1 << 10
 
@@ -72,6 +80,7 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	keyFile := fs.String("key-file", "", "Ed25519 key file (default: key.ed25519 in the data directory)")
 	store := fs.String("store", "", "event store: empty for the embedded store, or an esdb:// connection string")
 	replica := fs.String("replica", "", "run as one of several replicas of this server on the EventStoreDB of --store, under this name (auto: host name plus a random instance ID); empty: a single process")
+	replicaLease := fs.Duration("replica-lease", replicas.DefaultLease, "with --replica: how long a replica counts as live after its last heartbeat (written every quarter of it); a killed replica's peers move to the others after this, so shorter moves them sooner and costs more heartbeats")
 	insecure := fs.Bool("insecure-peers", false, "shorthand for --plaintext-peers and every network allowed for peers (local work only)")
 	plaintext := fs.Bool("plaintext-peers", false, "call peers over http:// instead of https:// (h2c for gRPC)")
 	var networks listFlag
@@ -151,11 +160,17 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	if cfg.Replica, err = replicaName(*replica, cfg.Store); err != nil {
 		return Config{}, err
 	}
+	cfg.ReplicaLease = *replicaLease
+	if given["replica-lease"] && cfg.Replica == "" {
+		return Config{}, exitError{code: 2, err: fmt.Errorf("--replica-lease %s is for replicas: add --replica NAME (and --store), or drop it", cfg.ReplicaLease)}
+	}
 	if cfg.KeyFile == "" {
 		cfg.KeyFile = filepath.Join(cfg.DataDir, "key.ed25519")
 	}
 	def := func(name string) string { return fs.Lookup(name).DefValue }
 	switch {
+	case cfg.ReplicaLease < minReplicaLease:
+		return Config{}, flagError("replica-lease", cfg.ReplicaLease, fmt.Sprintf("must be at least %s, well above a store round trip, or live replicas would seem dead", minReplicaLease), def("replica-lease"))
 	case cfg.AuthWindow <= 0:
 		return Config{}, flagError("auth-window", cfg.AuthWindow, "must be positive", def("auth-window"))
 	case dc.PushRetries < 0:

@@ -204,6 +204,8 @@ func TestParseServeConfigRefuses(t *testing.T) {
 		{"zero pull interval from the environment", nil, map[string]string{"POSTBOX_PULL_INTERVAL": "0s"}, "--pull-interval"},
 		{"replica mode on the embedded store", []string{"--replica", "pod-1"}, nil, "--replica pod-1: replicas of one server share one EventStoreDB"},
 		{"a replica name with a space", []string{"--store", "esdb://127.0.0.1:2113?tls=false", "--replica", "pod 1"}, nil, "--replica"},
+		{"a replica lease without --replica", []string{"--store", "esdb://127.0.0.1:2113?tls=false", "--replica-lease", "5s"}, nil, "--replica-lease 5s is for replicas"},
+		{"a replica lease under a second", []string{"--store", "esdb://127.0.0.1:2113?tls=false", "--replica", "pod-1", "--replica-lease", "900ms"}, nil, "--replica-lease 900ms: must be at least 1s"},
 		{"a name as a peer network", []string{"--allow-peer-networks", "10.0.0.0/8,intranet"}, nil, "--allow-peer-networks"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -230,8 +232,12 @@ func TestParseServeConfigReplica(t *testing.T) {
 		t.Fatalf("without --replica: replica %q, %v; want a single process", cfg.Replica, err)
 	}
 	cfg, err := parseServeConfig([]string{"--store", store, "--replica", "pod-1"}, io.Discard, envOf(nil))
-	if err != nil || cfg.Replica != "pod-1" {
-		t.Fatalf("--replica pod-1: replica %q, %v", cfg.Replica, err)
+	if err != nil || cfg.Replica != "pod-1" || cfg.ReplicaLease != 10*time.Second {
+		t.Fatalf("--replica pod-1: replica %q, lease %v, %v; want the 10 s lease by default", cfg.Replica, cfg.ReplicaLease, err)
+	}
+	cfg, err = parseServeConfig([]string{"--store", store, "--replica", "pod-1"}, io.Discard, envOf(map[string]string{"POSTBOX_REPLICA_LEASE": "3s"}))
+	if err != nil || cfg.ReplicaLease != 3*time.Second {
+		t.Fatalf("POSTBOX_REPLICA_LEASE=3s: lease %v, %v", cfg.ReplicaLease, err)
 	}
 	// auto: the host name and a random instance ID, new each time.
 	a, errA := parseServeConfig([]string{"--store", store, "--replica", "auto"}, io.Discard, envOf(nil))

@@ -120,18 +120,30 @@ func TestReplicasDeliverThroughKills(t *testing.T) {
 		r.start()
 		reps = append(reps, r)
 	}
+	// POSTBOX_E2E_REPLICA_LARGE=1: the larger run, 10,000 events to 20
+	// Postbox peers and 5 upstream-style peers (minutes; not in CI).
+	large := os.Getenv("POSTBOX_E2E_REPLICA_LARGE") == "1"
+	nPostbox, nUpstream := 4, 2
+	if large {
+		nPostbox, nUpstream = 20, 5
+	}
 	var postboxes []*e2eNode
-	for _, name := range []string{"B", "C", "D", "E"} {
-		n := newE2ENode(t, name, "")
+	for i := range nPostbox {
+		n := newE2ENode(t, fmt.Sprintf("P%d", i+1), "")
 		n.start()
 		postboxes = append(postboxes, n)
 	}
-	ups := []*upstreamPeer{newUpstreamPeer(t), newUpstreamPeer(t)}
+	var ups []*upstreamPeer
+	for range nUpstream {
+		ups = append(ups, newUpstreamPeer(t))
+	}
 	var targets []string
 	for _, n := range postboxes {
 		targets = append(targets, n.id)
 	}
-	targets = append(targets, ups[0].id, ups[1].id)
+	for _, u := range ups {
+		targets = append(targets, u.id)
+	}
 	ledgers := map[string]*e2eLedger{}
 	for _, to := range targets {
 		ledgers[to] = newE2ELedger()
@@ -143,6 +155,9 @@ func TestReplicasDeliverThroughKills(t *testing.T) {
 	// POSTBOX_E2E_REPLICA_EVENTS sets another number.
 	const rounds = 5
 	perRound := 400
+	if large {
+		perRound = 10000 / rounds
+	}
 	if v := os.Getenv("POSTBOX_E2E_REPLICA_EVENTS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < rounds {

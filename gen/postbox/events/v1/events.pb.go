@@ -211,7 +211,11 @@ type EventPushed struct {
 	// For a push of several events: the sequence number of the last one the
 	// receiver took. A value not above `seq` means the push delivered `seq`
 	// alone.
-	ThroughSeq    uint64 `protobuf:"varint,3,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	ThroughSeq uint64 `protobuf:"varint,3,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	// The owner term the push went out under (replicas; see OwnerTermStarted):
+	// the current term of the stream where the record lands. 0: none yet, or
+	// written by a build before terms were recorded with pushes.
+	OwnerTerm     uint64 `protobuf:"varint,4,opt,name=owner_term,json=ownerTerm,proto3" json:"owner_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -263,6 +267,13 @@ func (x *EventPushed) GetAttempts() uint32 {
 func (x *EventPushed) GetThroughSeq() uint64 {
 	if x != nil {
 		return x.ThroughSeq
+	}
+	return 0
+}
+
+func (x *EventPushed) GetOwnerTerm() uint64 {
+	if x != nil {
+		return x.OwnerTerm
 	}
 	return 0
 }
@@ -721,6 +732,10 @@ type EventReceived struct {
 	// is stored instead, so the sender's sequence numbers advance and it is not
 	// held up; the event itself is lost, which is logged, counted and audited.
 	TooLargeBytes *uint64 `protobuf:"varint,7,opt,name=too_large_bytes,json=tooLargeBytes,proto3,oneof" json:"too_large_bytes,omitempty"`
+	// The highest owner term of the sender's pushes this inbox had seen in
+	// `sender_epoch` when the record was written (0: none, a single process).
+	// Every record carries it forward, so the newest one holds it.
+	SenderTerm    uint64 `protobuf:"varint,8,opt,name=sender_term,json=senderTerm,proto3" json:"sender_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -800,6 +815,13 @@ func (x *EventReceived) GetSenderEventId() []byte {
 func (x *EventReceived) GetTooLargeBytes() uint64 {
 	if x != nil && x.TooLargeBytes != nil {
 		return *x.TooLargeBytes
+	}
+	return 0
+}
+
+func (x *EventReceived) GetSenderTerm() uint64 {
+	if x != nil {
+		return x.SenderTerm
 	}
 	return 0
 }
@@ -1369,6 +1391,75 @@ func (x *ReplicaHeartbeat) GetLeaving() bool {
 	return false
 }
 
+// Appended to `pulling-<peer>` by a replica of this server when it starts
+// pulling the peer on taking it over, and again when that pull is done
+// (`ended`): a push from the peer that reaches another replica meanwhile
+// waits for the pull, as one reaching the same process does. Written only
+// on handovers, so the stream stays short.
+type PullUnderWay struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replica pulling.
+	Replica string `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	// Until when the pull may run (its timeout), in milliseconds since the
+	// UNIX epoch: a push waits no longer, should the replica die meanwhile.
+	UntilUnixMs int64 `protobuf:"varint,2,opt,name=until_unix_ms,json=untilUnixMs,proto3" json:"until_unix_ms,omitempty"`
+	// The pull is over.
+	Ended         bool `protobuf:"varint,3,opt,name=ended,proto3" json:"ended,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PullUnderWay) Reset() {
+	*x = PullUnderWay{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PullUnderWay) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PullUnderWay) ProtoMessage() {}
+
+func (x *PullUnderWay) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PullUnderWay.ProtoReflect.Descriptor instead.
+func (*PullUnderWay) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *PullUnderWay) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *PullUnderWay) GetUntilUnixMs() int64 {
+	if x != nil {
+		return x.UntilUnixMs
+	}
+	return 0
+}
+
+func (x *PullUnderWay) GetEnded() bool {
+	if x != nil {
+		return x.Ended
+	}
+	return false
+}
+
 // Appended to `delivery-<peer>` by a replica that takes over the peer's
 // delivery, at the stream's expected revision: a replica that ran it before
 // and appends at the revision it knew is refused from then on (fencing).
@@ -1388,7 +1479,7 @@ type OwnerTermStarted struct {
 
 func (x *OwnerTermStarted) Reset() {
 	*x = OwnerTermStarted{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1491,7 @@ func (x *OwnerTermStarted) String() string {
 func (*OwnerTermStarted) ProtoMessage() {}
 
 func (x *OwnerTermStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1504,7 @@ func (x *OwnerTermStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OwnerTermStarted.ProtoReflect.Descriptor instead.
 func (*OwnerTermStarted) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{19}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *OwnerTermStarted) GetTerm() uint64 {
@@ -1455,7 +1546,7 @@ type NonceAccepted struct {
 
 func (x *NonceAccepted) Reset() {
 	*x = NonceAccepted{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1558,7 @@ func (x *NonceAccepted) String() string {
 func (*NonceAccepted) ProtoMessage() {}
 
 func (x *NonceAccepted) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1571,7 @@ func (x *NonceAccepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NonceAccepted.ProtoReflect.Descriptor instead.
 func (*NonceAccepted) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{20}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NonceAccepted) GetServerId() string {
@@ -1512,12 +1603,14 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\rEventEnqueued\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x12'\n" +
 	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
-	"\x06digest\x18\x03 \x01(\fR\x06digest\"\\\n" +
+	"\x06digest\x18\x03 \x01(\fR\x06digest\"{\n" +
 	"\vEventPushed\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1f\n" +
 	"\vthrough_seq\x18\x03 \x01(\x04R\n" +
-	"throughSeq\"h\n" +
+	"throughSeq\x12\x1d\n" +
+	"\n" +
+	"owner_term\x18\x04 \x01(\x04R\townerTerm\"h\n" +
 	"\x10QueueModeEntered\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1d\n" +
@@ -1551,7 +1644,7 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\freceiver_has\x18\x04 \x01(\bR\vreceiverHas\"6\n" +
 	"\x10ReceiverReported\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
-	"\x03has\x18\x02 \x01(\bR\x03has\"\x8e\x03\n" +
+	"\x03has\x18\x02 \x01(\bR\x03has\"\xaf\x03\n" +
 	"\rEventReceived\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x126\n" +
 	"\x03via\x18\x02 \x01(\x0e2$.postbox.events.v1.EventReceived.ViaR\x03via\x12\"\n" +
@@ -1561,7 +1654,9 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"eventBytes\x12!\n" +
 	"\fsender_epoch\x18\x05 \x01(\x04R\vsenderEpoch\x12&\n" +
 	"\x0fsender_event_id\x18\x06 \x01(\fR\rsenderEventId\x12+\n" +
-	"\x0ftoo_large_bytes\x18\a \x01(\x04H\x01R\rtooLargeBytes\x88\x01\x01\"6\n" +
+	"\x0ftoo_large_bytes\x18\a \x01(\x04H\x01R\rtooLargeBytes\x88\x01\x01\x12\x1f\n" +
+	"\vsender_term\x18\b \x01(\x04R\n" +
+	"senderTerm\"6\n" +
 	"\x03Via\x12\x13\n" +
 	"\x0fVIA_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bVIA_PUSH\x10\x01\x12\f\n" +
@@ -1603,7 +1698,11 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\x12\x19\n" +
 	"\blease_ms\x18\x06 \x01(\x04R\aleaseMs\x12\x18\n" +
-	"\aleaving\x18\a \x01(\bR\aleaving\"k\n" +
+	"\aleaving\x18\a \x01(\bR\aleaving\"b\n" +
+	"\fPullUnderWay\x12\x18\n" +
+	"\areplica\x18\x01 \x01(\tR\areplica\x12\"\n" +
+	"\runtil_unix_ms\x18\x02 \x01(\x03R\vuntilUnixMs\x12\x14\n" +
+	"\x05ended\x18\x03 \x01(\bR\x05ended\"k\n" +
 	"\x10OwnerTermStarted\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x18\n" +
 	"\areplica\x18\x02 \x01(\tR\areplica\x12)\n" +
@@ -1628,7 +1727,7 @@ func file_postbox_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_postbox_events_v1_events_proto_goTypes = []any{
 	(PushResumed_Reason)(0),       // 0: postbox.events.v1.PushResumed.Reason
 	(EventReceived_Via)(0),        // 1: postbox.events.v1.EventReceived.Via
@@ -1651,17 +1750,18 @@ var file_postbox_events_v1_events_proto_goTypes = []any{
 	(*ConsumerAcknowledged)(nil),  // 18: postbox.events.v1.ConsumerAcknowledged
 	(*ConsumerDeleted)(nil),       // 19: postbox.events.v1.ConsumerDeleted
 	(*ReplicaHeartbeat)(nil),      // 20: postbox.events.v1.ReplicaHeartbeat
-	(*OwnerTermStarted)(nil),      // 21: postbox.events.v1.OwnerTermStarted
-	(*NonceAccepted)(nil),         // 22: postbox.events.v1.NonceAccepted
-	(*v1.Event)(nil),              // 23: protocol.sync.v1.Event
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*PullUnderWay)(nil),          // 21: postbox.events.v1.PullUnderWay
+	(*OwnerTermStarted)(nil),      // 22: postbox.events.v1.OwnerTermStarted
+	(*NonceAccepted)(nil),         // 23: postbox.events.v1.NonceAccepted
+	(*v1.Event)(nil),              // 24: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
 }
 var file_postbox_events_v1_events_proto_depIdxs = []int32{
-	23, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
+	24, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.events.v1.PushResumed.reason:type_name -> postbox.events.v1.PushResumed.Reason
-	23, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
+	24, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
 	1,  // 3: postbox.events.v1.EventReceived.via:type_name -> postbox.events.v1.EventReceived.Via
-	24, // 4: postbox.events.v1.ConsumerAcknowledged.at:type_name -> google.protobuf.Timestamp
+	25, // 4: postbox.events.v1.ConsumerAcknowledged.at:type_name -> google.protobuf.Timestamp
 	5,  // [5:5] is the sub-list for method output_type
 	5,  // [5:5] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
@@ -1681,7 +1781,7 @@ func file_postbox_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_events_v1_events_proto_rawDesc), len(file_postbox_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -130,7 +130,12 @@ type PushRequestExt struct {
 	// The ID of that event's record in the sender's outbox (16 bytes).
 	PrevId []byte `protobuf:"bytes,105,opt,name=prev_id,json=prevId,proto3" json:"prev_id,omitempty"`
 	// The ID of the outbox record of this push's last event.
-	LastId        []byte `protobuf:"bytes,106,opt,name=last_id,json=lastId,proto3" json:"last_id,omitempty"`
+	LastId []byte `protobuf:"bytes,106,opt,name=last_id,json=lastId,proto3" json:"last_id,omitempty"`
+	// The owner term under which the sender's replica pushes (replicas of one
+	// server hand each peer over under a growing term; absent or 0: a single
+	// process). A Postbox receiver refuses, with postbox.stale-term, a push
+	// under a lower term than it has seen from the sender in `epoch`.
+	OwnerTerm     uint64 `protobuf:"varint,107,opt,name=owner_term,json=ownerTerm,proto3" json:"owner_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -219,6 +224,13 @@ func (x *PushRequestExt) GetLastId() []byte {
 		return x.LastId
 	}
 	return nil
+}
+
+func (x *PushRequestExt) GetOwnerTerm() uint64 {
+	if x != nil {
+		return x.OwnerTerm
+	}
+	return 0
 }
 
 // Postbox's view of the bytes of a `protocol.sync.v1.PushResponse`. A
@@ -503,7 +515,7 @@ const file_postbox_federation_v1_federation_proto_rawDesc = "" +
 	"\x04time\x18\x02 \x01(\x04R\x04time\x12\x1a\n" +
 	"\baudience\x18d \x01(\tR\baudience\x12\x14\n" +
 	"\x05nonce\x18e \x01(\fR\x05nonce\x12\"\n" +
-	"\rnew_server_id\x18f \x01(\tR\vnewServerId\"\x8b\x02\n" +
+	"\rnew_server_id\x18f \x01(\tR\vnewServerId\"\xaa\x02\n" +
 	"\x0ePushRequestExt\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.protocol.sync.v1.EventR\x05event\x12\x10\n" +
 	"\x03seq\x18d \x01(\x04R\x03seq\x125\n" +
@@ -514,7 +526,9 @@ const file_postbox_federation_v1_federation_proto_rawDesc = "" +
 	"continuity\x12\x19\n" +
 	"\bprev_seq\x18h \x01(\x04R\aprevSeq\x12\x17\n" +
 	"\aprev_id\x18i \x01(\fR\x06prevId\x12\x17\n" +
-	"\alast_id\x18j \x01(\fR\x06lastId\"\x8b\x02\n" +
+	"\alast_id\x18j \x01(\fR\x06lastId\x12\x1d\n" +
+	"\n" +
+	"owner_term\x18k \x01(\x04R\townerTerm\"\x8b\x02\n" +
 	"\x0fPushResponseExt\x12\x19\n" +
 	"\blast_seq\x18d \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vbatch_bytes\x18e \x01(\x04R\n" +
