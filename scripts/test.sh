@@ -20,7 +20,7 @@ echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
 step="simulation (200 seeds)"
 # The federation simulated under seeded faults (README "Simulation"): 200
-# seeds without the race detector (about 10 s; `go test -race` above runs a
+# seeds without the race detector (about 40 s; `go test -race` above runs a
 # few). Each passing seed's own line is left out; the summary line stays.
 echo "== simulation: 200 seeds (internal/sim)"
 POSTBOX_SIM_SEEDS=200 go test -count=1 -timeout 3m -run '^TestSimulation$' -v ./internal/sim |

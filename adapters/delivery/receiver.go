@@ -102,7 +102,7 @@ const maxInboxConflicts = 16
 func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventReceived_Via, events []*syncv1.Event, first *uint64, from incoming) (domain.PushAnswer, error) {
 	p.recvMu.Lock()
 	defer p.recvMu.Unlock()
-	if err := e.loadInboxLocked(ctx, p); err != nil {
+	if err := e.freshInboxLocked(ctx, p); err != nil {
 		return domain.PushAnswer{}, err
 	}
 	in := p.in
@@ -312,6 +312,28 @@ func (e *Engine) trustedInboxSnapshot(ctx context.Context, p *peer, newest []eve
 	return snap.Inbox(), snap.Revision
 }
 
+// freshInboxLocked is loadInboxLocked for a decision on what p's inbox
+// holds: a replica reads it again each time, since other replicas apply to
+// the shared inbox too, and its own view may be behind (an account from
+// it would tell the sender this server lost events, and a push refused or
+// acknowledged on it would be answered wrongly).
+func (e *Engine) freshInboxLocked(ctx context.Context, p *peer) error {
+	if e.owners == nil {
+		return e.loadInboxLocked(ctx, p)
+	}
+	held, wasLoaded := p.in, p.inLoaded
+	p.inLoaded = false
+	if err := e.loadInboxLocked(ctx, p); err != nil {
+		return err
+	}
+	// A higher owner term seen in a push that brought no new event is held
+	// in memory only: the store's records do not know it.
+	if wasLoaded && held.Epoch == p.in.Epoch {
+		p.in.Term = max(p.in.Term, held.Term)
+	}
+	return nil
+}
+
 // PullFrom pulls everything peer server has queued for this server, again
 // and again until a reply is empty, acknowledging what was applied. Pushes
 // from that server wait until it is done.
@@ -378,7 +400,7 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 	retries := 0
 	for round := 0; round < maxRounds; round++ {
 		p.recvMu.Lock()
-		err := e.loadInboxLocked(ctx, p)
+		err := e.freshInboxLocked(ctx, p)
 		var ack *uint64
 		if seq, ok := p.in.Ack(); ok {
 			ack = &seq

@@ -5,9 +5,12 @@
 // time.
 //
 // Faults are injected by a seeded random source, and each call's fate is a
-// function of the seed, the link (caller, callee) and how many calls that
-// link has carried before it, never of goroutine timing: the k-th call from
-// a to b meets the same fault in every run with the same seed. The faults:
+// function of the seed, the link (caller, callee), the call's method (its
+// path) and content (a key the simulation derives from the body, see
+// KeyBy), and how many calls with that same method and content the link
+// carried before it, never of goroutine timing: the k-th push of event 7
+// from a to b meets the same fault in every run with the same seed, whether
+// a pull on the same link ran before it or after. The faults:
 // drop the request (the handler never runs), drop the reply (the handler
 // ran, the caller gets an error), delay the call (which reorders concurrent
 // calls), deliver it twice (a late copy runs the handler again, its reply
@@ -70,15 +73,18 @@ type Faults struct {
 // Fault is one fault the network injected.
 type Fault struct {
 	From, To string
-	// Call is the call's number on its link, counted from 0.
+	Path     string
+	// Content is the key of the call's content (KeyBy); "" without one.
+	Content string
+	// Call is the call's number among those with its link, path and
+	// content, counted from 0.
 	Call  uint64
 	Kind  Kind
-	Path  string
 	Delay time.Duration // for Delay and Duplicate
 }
 
 func (f Fault) String() string {
-	s := fmt.Sprintf("%s->%s #%d %s %s", f.From, f.To, f.Call, f.Kind, f.Path)
+	s := fmt.Sprintf("%s->%s %s [%s] #%d %s", f.From, f.To, f.Path, f.Content, f.Call, f.Kind)
 	if f.Delay > 0 {
 		s += " " + f.Delay.String()
 	}
@@ -94,6 +100,15 @@ const DuplicateTimeout = time.Minute
 
 type link struct{ from, to string }
 
+// callKey is what a call's fate depends on besides the seed and its count.
+type callKey struct{ from, to, path, content string }
+
+// ContentKey derives, from a call's path and body, a key of what the call
+// carries that does not depend on goroutine timing (say, the sequence
+// numbers of a push, not its token's nonce), so that two concurrent calls
+// on one link keep their fates whichever goes first.
+type ContentKey func(path string, body []byte) string
+
 // Network connects simulated servers. It is safe for concurrent use; make
 // it inside the synctest bubble that runs the servers, so its goroutines
 // and timers belong to the bubble.
@@ -107,8 +122,9 @@ type Network struct {
 
 	mu       sync.Mutex
 	faults   Faults
+	key      ContentKey
 	handlers map[string]http.Handler
-	calls    map[link]uint64
+	calls    map[callKey]uint64
 	cut      map[link]bool
 	trace    []Fault
 	addrs    map[string]string // caller's remote address, as a server sees it
@@ -119,7 +135,7 @@ func New(seed uint64, faults Faults) *Network {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Network{
 		seed: seed, faults: faults, ctx: ctx, cancel: cancel,
-		handlers: map[string]http.Handler{}, calls: map[link]uint64{},
+		handlers: map[string]http.Handler{}, calls: map[callKey]uint64{},
 		cut: map[link]bool{}, addrs: map[string]string{},
 	}
 }
@@ -130,6 +146,14 @@ func (n *Network) SetFaults(f Faults) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.faults = f
+}
+
+// KeyBy sets how calls' content is keyed (nil: by path alone). Set it
+// before the first call.
+func (n *Network) KeyBy(key ContentKey) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.key = key
 }
 
 // Listen serves h at host (a server ID, "name:port"): calls to
@@ -189,15 +213,16 @@ func (n *Network) Close() {
 	n.wg.Wait()
 }
 
-// Trace returns the faults injected so far, ordered by link and call
-// number, so that it is the same whatever order concurrent calls ran in.
+// Trace returns the faults injected so far, ordered by link, path,
+// content and call number, so that it is the same whatever order
+// concurrent calls ran in.
 func (n *Network) Trace() []Fault {
 	n.mu.Lock()
 	out := slices.Clone(n.trace)
 	n.mu.Unlock()
 	slices.SortStableFunc(out, func(a, b Fault) int {
-		return cmp.Or(strings.Compare(a.From, b.From), strings.Compare(a.To, b.To), cmp.Compare(a.Call, b.Call),
-			strings.Compare(string(a.Kind), string(b.Kind)))
+		return cmp.Or(strings.Compare(a.From, b.From), strings.Compare(a.To, b.To), strings.Compare(a.Path, b.Path),
+			strings.Compare(a.Content, b.Content), cmp.Compare(a.Call, b.Call), strings.Compare(string(a.Kind), string(b.Kind)))
 	})
 	return out
 }
@@ -253,16 +278,21 @@ type fate struct {
 	lag     time.Duration // of a duplicate after the original
 }
 
-// decide counts the call on its link and draws its fate from the seed, the
-// link and the call's number on it.
-func (n *Network) decide(from, to, path string) fate {
+// decide counts the call among those of its link, path and content, and
+// draws its fate from the seed, those and the count.
+func (n *Network) decide(from, to, path string, body []byte) fate {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	l := link{from, to}
-	k := n.calls[l]
-	n.calls[l] = k + 1
+	var content string
+	if n.key != nil {
+		content = n.key(path, body)
+	}
+	ck := callKey{from, to, path, content}
+	k := n.calls[ck]
+	n.calls[ck] = k + 1
 	h := fnv.New64a()
-	_, _ = io.WriteString(h, from+"\x00"+to)
+	_, _ = io.WriteString(h, from+"\x00"+to+"\x00"+path+"\x00"+content)
 	r := rand.New(rand.NewPCG(n.seed, h.Sum64()^(k+1)*0x9e3779b97f4a7c15))
 	// Every value is drawn for every call, so one fault's chance does not
 	// shift the draws of the others.
@@ -286,10 +316,10 @@ func (n *Network) decide(from, to, path string) fate {
 		ft.lag = time.Duration(lagFrac * float64(f.MaxDelay))
 	}
 	if ft.delay > 0 {
-		n.trace = append(n.trace, Fault{From: from, To: to, Call: k, Kind: Delay, Path: path, Delay: ft.delay})
+		n.trace = append(n.trace, Fault{From: from, To: to, Path: path, Content: content, Call: k, Kind: Delay, Delay: ft.delay})
 	}
 	if ft.kind != "" {
-		n.trace = append(n.trace, Fault{From: from, To: to, Call: k, Kind: ft.kind, Path: path, Delay: ft.lag})
+		n.trace = append(n.trace, Fault{From: from, To: to, Path: path, Content: content, Call: k, Kind: ft.kind, Delay: ft.lag})
 	}
 	return ft
 }
@@ -312,7 +342,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx := req.Context()
 	to := req.URL.Host
-	ft := t.n.decide(t.from, to, req.URL.Path)
+	ft := t.n.decide(t.from, to, req.URL.Path, body)
 	fail := func(what string) error {
 		return fmt.Errorf("simnet: %s %s: %s: %w", req.Method, req.URL, what, ErrUnreachable)
 	}

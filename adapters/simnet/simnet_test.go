@@ -332,6 +332,50 @@ func TestFaultsFollowTheSeedAndPerLinkCallCounts(t *testing.T) {
 	}
 }
 
+// callsOnOneLink makes, on the link a->b, calls to two methods and with
+// several contents, in the order given, with the body as the content key,
+// and returns the trace.
+func callsOnOneLink(t *testing.T, order []string) []simnet.Fault {
+	t.Helper()
+	var trace []simnet.Fault
+	synctest.Test(t, func(t *testing.T) {
+		n := simnet.New(7, heavy)
+		n.KeyBy(func(_ string, body []byte) string { return string(body) })
+		n.Listen(b, &counter{})
+		client := n.Client(a)
+		for _, call := range order {
+			path, body, _ := strings.Cut(call, " ")
+			_, _ = post(t, client, "http://"+b+path, body)
+		}
+		n.Close()
+		trace = n.Trace()
+	})
+	return trace
+}
+
+// Concurrent calls on one link may reach the network in either order; a
+// call's fate follows its method and content (and how many calls alike
+// came before it), not its place among the link's calls.
+func TestACallsFateDoesNotDependOnTheOtherCallsOfItsLink(t *testing.T) {
+	var first, second []string
+	for i := range 40 {
+		push, pull := fmt.Sprintf("/push seq %d", i), fmt.Sprintf("/pull ack %d", i)
+		first = append(first, push, push, pull) // a retried push, then a pull
+		second = append(second, pull, push, push)
+	}
+	t1, t2 := callsOnOneLink(t, first), callsOnOneLink(t, second)
+	if len(t1) < 20 || !slices.Equal(t1, t2) {
+		t.Errorf("the same calls in another order met other faults:\n%v\n%v", t1, t2)
+	}
+	retried := false
+	for _, f := range t1 {
+		retried = retried || f.Call == 1
+	}
+	if !retried {
+		t.Errorf("no fault on the second push of the same content: retries are not told apart")
+	}
+}
+
 // The real RPC stacks run over the network: hRPC through hrpc.Call and the
 // hRPC handler, and Connect and gRPC through connect-go, all to one
 // generated handler.

@@ -29,6 +29,8 @@ import (
 // regressionSeeds failed once; each runs on every `go test`.
 var regressionSeeds = []uint64{
 	11, // a restored receiver never pulled a peer it had only sent to since
+	16, // a replica refused a push continuing what another replica applied
+	21, // a replica's Pull account came from its own older view of an inbox another replica applied to
 }
 
 // The phases of a run, in virtual time: faults and workload, then a calm
@@ -181,6 +183,7 @@ func simulate(t *testing.T, seed uint64) result {
 		MaxDelay:    time.Duration(1+rng.IntN(3000)) * time.Millisecond,
 	}
 	net := simnet.New(seed, faults)
+	net.KeyBy(contentKey)
 	w := newWorld(seed, net, discardLogger())
 	servers := 2 + rng.IntN(2)
 	for range servers {
@@ -189,6 +192,15 @@ func simulate(t *testing.T, seed uint64) result {
 	withUpstream := rng.IntN(3) > 0
 	if withUpstream {
 		w.addUpstream()
+	}
+	// In one run of three, one server runs as 2 or 3 replicas sharing its
+	// store, drawn from a stream of its own so that the seed's other
+	// draws (and the regression seeds' runs) stay as they were.
+	rrng := rand.New(rand.NewPCG(seed, 0x7265706c696361))
+	replicated := -1
+	if rrng.IntN(3) == 0 {
+		replicated = rrng.IntN(servers)
+		w.nodes[replicated].replicas = 2 + rrng.IntN(2)
 	}
 	start := time.Now()
 	// Everything stops however the run ends (t.Fatal too), or the bubble
@@ -268,6 +280,20 @@ func simulate(t *testing.T, seed uint64) result {
 			at(restoreAt, func() { w.restore(t, victim, backup) })
 		}
 	}
+	// Replicas killed (restarted a while later) and one paused for longer
+	// than its lease.
+	if replicated >= 0 {
+		replicaTime := func() time.Duration { return time.Duration(rrng.Int64N(int64(faultPhase))) }
+		for range 1 + rrng.IntN(2) {
+			when, down, k := replicaTime(), time.Duration(5+rrng.IntN(60))*time.Second, rrng.IntN(3)
+			at(when, func() { w.killReplica(replicated, k) })
+			at(when+down, func() { w.restart(t, replicated) })
+		}
+		when, length, k := replicaTime(), time.Duration(15+rrng.IntN(30))*time.Second, rrng.IntN(3)
+		resume := func() {}
+		at(when, func() { resume = w.pauseReplica(replicated, k) })
+		at(when+length, func() { resume() })
+	}
 	ids := append([]string(nil), hostsOf(w)...)
 	for range rng.IntN(3) {
 		a, b := ids[rng.IntN(len(ids))], ids[rng.IntN(len(ids))]
@@ -323,9 +349,12 @@ func simulate(t *testing.T, seed uint64) result {
 		if n.armed {
 			w.stop(n) // the crash armed but not reached yet happens now
 		}
-		if !n.running() {
-			w.restart(t, n.index)
+		for _, p := range n.live() {
+			if p.paused {
+				w.resume(n, p)
+			}
 		}
+		w.restart(t, n.index)
 	}
 	// A receiver restored to a copy from before its first contact with a
 	// sender has forgotten that sender, and nothing tells the sender until
@@ -371,8 +400,14 @@ func simulate(t *testing.T, seed uint64) result {
 	for k, v := range w.counts {
 		res.faults[k] += v
 	}
-	t.Logf("seed %d: %d servers (upstream %v), %d events (%d applied), faults %s [%s], state %s, virtual %v",
-		seed, res.servers, withUpstream, events, applied, net.Summary(), net.Digest(), digest, virtual)
+	t.Logf("seed %d: %d servers (upstream %v, replicas %d), %d events (%d applied), faults %s [%s], state %s, virtual %v",
+		seed, res.servers, withUpstream, w.replicasOf(replicated), events, applied, net.Summary(), net.Digest(), digest, virtual)
+	if os.Getenv("POSTBOX_SIM_TRACE") != "" {
+		// Every fault, to compare two runs whose digests differ.
+		for _, f := range net.Trace() {
+			t.Logf("fault %s", f)
+		}
+	}
 	return res
 }
 
@@ -416,6 +451,9 @@ func (w *world) send(t *testing.T, from, to int, serial uint64) {
 	if !n.running() || n.store.Crashed() {
 		return
 	}
+	w.mu.Lock()
+	w.sentTo[serial] = to
+	w.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := n.engine.Send(ctx, w.addressFor(n, to), event(from, serial)); err != nil {
@@ -477,25 +515,74 @@ func (w *world) crash(i, inCalls int, afterWrite bool) {
 	n.armed = true
 }
 
-// reapCrashed stops the servers whose store crashed at an armed call.
+// reapCrashed stops the processes whose store crashed at an armed call:
+// the server, or one of its replicas.
 func (w *world) reapCrashed() {
 	for _, n := range w.nodes {
-		if n.running() && n.store.Crashed() {
-			w.logger.Info("sim: crashed at an armed call", "node", n.orig.String())
-			w.stop(n)
+		for _, p := range n.live() {
+			if p.store.Crashed() {
+				w.logger.Info("sim: crashed at an armed call", "node", n.orig.String(), "replica", p.name)
+				w.kill(n, p)
+				n.armed = false
+			}
 		}
 	}
 }
 
+// restart starts server i again if it is down, or the replicas it lost.
 func (w *world) restart(t *testing.T, i int) {
 	n := w.nodes[i]
 	w.reapCrashed()
-	if n.running() {
+	live := len(n.live())
+	if live >= max(n.replicas, 1) {
 		return
 	}
-	w.logger.Info("sim: restart", "node", n.orig.String())
-	if err := w.start(n); err != nil {
-		t.Fatalf("restart %s: %v", n.orig, err)
+	w.logger.Info("sim: restart", "node", n.orig.String(), "running", live)
+	if live == 0 {
+		if err := w.start(n); err != nil {
+			t.Fatalf("restart %s: %v", n.orig, err)
+		}
+		return
+	}
+	for range n.replicas - live {
+		if err := w.startProcess(n); err != nil {
+			t.Fatalf("restart a replica of %s: %v", n.orig, err)
+		}
+	}
+}
+
+// killReplica kills one replica of server i (its k-th process, counted
+// among those running), as a crash of its process does.
+func (w *world) killReplica(i, k int) {
+	n := w.nodes[i]
+	live := n.live()
+	if len(live) == 0 {
+		return
+	}
+	p := live[k%len(live)]
+	w.count("replica-kill")
+	w.logger.Info("sim: kill replica", "node", n.orig.String(), "replica", p.name)
+	w.kill(n, p)
+}
+
+// pauseReplica pauses one replica of server i for d: longer than its
+// lease, so the others take its peers over while it still believes it
+// runs them, and it goes on from where it stopped.
+func (w *world) pauseReplica(i, k int) (resume func()) {
+	n := w.nodes[i]
+	live := n.live()
+	if len(live) == 0 {
+		return func() {}
+	}
+	p := live[k%len(live)]
+	w.count("replica-pause")
+	w.logger.Info("sim: pause replica", "node", n.orig.String(), "replica", p.name)
+	w.pause(n, p)
+	return func() {
+		if slices.Contains(n.live(), p) {
+			w.logger.Info("sim: resume replica", "node", n.orig.String(), "replica", p.name)
+			w.resume(n, p)
+		}
 	}
 }
 
@@ -509,7 +596,9 @@ func (w *world) restore(t *testing.T, i int, backup *memory.Storage) {
 	w.count("restore")
 	w.logger.Info("sim: restore", "node", n.orig.String())
 	w.stop(n)
+	before := n.storage
 	n.storage, n.restored = backup.Copy(), true
+	w.noteRestore(t, n, before, n.storage)
 	if err := w.start(n); err != nil {
 		t.Fatalf("restart %s from a copy: %v", n.orig, err)
 	}
@@ -518,8 +607,8 @@ func (w *world) restore(t *testing.T, i int, backup *memory.Storage) {
 // rename gives server i a new ID, reachable alongside the old one.
 func (w *world) rename(i int) {
 	n := w.nodes[i]
-	if !n.running() || n.renamed {
-		return
+	if !n.running() || n.renamed || n.replicas > 0 {
+		return // replicas of a renamed server are not simulated
 	}
 	newID := domain.MustParseServerID(fmt.Sprintf("renamed%d.sim:2289", i))
 	n.addHost(newID)
@@ -627,6 +716,7 @@ func (w *world) outbox(t *testing.T, s *node, to int) []uint64 {
 // in the sender's outbox, unless the sender was rolled back since.
 func (w *world) checkSafety(t *testing.T, final bool) {
 	t.Helper()
+	w.checkDelivered(t)
 	for _, r := range w.nodes {
 		if !r.running() {
 			continue
@@ -707,6 +797,9 @@ func (w *world) undelivered(t *testing.T) []string {
 	for _, s := range w.nodes {
 		for to := range len(w.nodes) + 1 {
 			if to == s.index || (to == len(w.nodes) && w.up == nil) {
+				continue
+			}
+			if to < len(w.nodes) && w.split(w.nodes[to], s) {
 				continue
 			}
 			want := w.outbox(t, s, to)
@@ -810,4 +903,12 @@ func (w *world) applied(t *testing.T) int {
 		}
 	}
 	return total
+}
+
+// replicasOf is how many replicas server i runs as (0: none, or no server).
+func (w *world) replicasOf(i int) int {
+	if i < 0 {
+		return 0
+	}
+	return w.nodes[i].replicas
 }

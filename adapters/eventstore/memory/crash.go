@@ -23,6 +23,11 @@ var ErrCrashed = errors.New("simulated crash: the store is gone")
 // Calls are counted (Append, Delete, ReadStream, ReadStreamBackward and
 // Subscribe; not a subscription's Recv), so a crash point is a call number,
 // which a seeded simulation can choose.
+//
+// A simulation can also pause the process holding the store (Pause): every
+// call, and every item a subscription would yield, then waits until Resume
+// or a crash, as the calls of a process stopped by its scheduler or a long
+// garbage collection do.
 type Crashing struct {
 	inner eventstore.Store
 
@@ -31,6 +36,7 @@ type Crashing struct {
 	crashAt    int  // the call that crashes, counted from 1; 0: none armed
 	afterWrite bool // that call, if it writes, is applied before the crash
 	crashed    bool
+	resumed    chan struct{} // closed at Resume; nil while not paused
 
 	// dead is cancelled at the crash, ending calls that wait.
 	dead context.Context
@@ -72,6 +78,49 @@ func (c *Crashing) crashLocked() {
 	_ = c.inner.Close()
 }
 
+// Pause makes every call wait from now on until Resume (or a crash, which
+// fails them). Calls already inside the store finish.
+func (c *Crashing) Pause() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.resumed == nil {
+		c.resumed = make(chan struct{})
+	}
+}
+
+// Resume lets the calls waiting since Pause go on.
+func (c *Crashing) Resume() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.resumed != nil {
+		close(c.resumed)
+		c.resumed = nil
+	}
+}
+
+// Paused reports whether the store is paused.
+func (c *Crashing) Paused() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.resumed != nil
+}
+
+// waitResumed waits while the store is paused and not crashed, and
+// reports whether it waited.
+func (c *Crashing) waitResumed() bool {
+	c.mu.Lock()
+	resumed := c.resumed
+	c.mu.Unlock()
+	if resumed == nil {
+		return false
+	}
+	select {
+	case <-resumed:
+	case <-c.dead.Done():
+	}
+	return true
+}
+
 // Crashed reports whether the store has crashed.
 func (c *Crashing) Crashed() bool {
 	c.mu.Lock()
@@ -92,6 +141,7 @@ func (c *Crashing) Calls() int {
 // enter counts a call and says what to do: fail now, or run the call and
 // (after) crash once it is done.
 func (c *Crashing) enter(writes bool) (after bool, err error) {
+	c.waitResumed()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.crashed {
@@ -214,7 +264,8 @@ func (s *crashingSub) Recv(ctx context.Context) (eventstore.Item, error) {
 	stop := context.AfterFunc(s.c.dead, func() { cancel(ErrCrashed) })
 	defer stop()
 	item, err := s.inner.Recv(ctx)
-	if err != nil && s.c.Crashed() {
+	waited := s.c.waitResumed()
+	if (err != nil || waited) && s.c.Crashed() {
 		return eventstore.Item{}, fmt.Errorf("subscription: %w", ErrCrashed)
 	}
 	return item, err

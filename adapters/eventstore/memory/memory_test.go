@@ -204,3 +204,59 @@ func TestSubscriptionInsideASynctestBubble(t *testing.T) {
 		}
 	})
 }
+
+func TestPausedStoreHoldsEveryCallUntilResumedOrCrashed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// Given a paused store with a subscription.
+		c := memory.NewCrashing(memory.New(memory.Options{}))
+		sub, err := c.Subscribe(t.Context(), eventstore.Filter{}, eventstore.FromStart())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Close()
+		if item, err := sub.Recv(t.Context()); err != nil || !item.CaughtUp {
+			t.Fatalf("first item: %+v, %v; want CaughtUp", item, err)
+		}
+		c.Pause()
+		if !c.Paused() {
+			t.Fatal("not paused")
+		}
+		// When a call and the subscription wait on it.
+		appended, received := make(chan error, 1), make(chan error, 1)
+		go func() {
+			_, err := c.Append(t.Context(), "s", eventstore.NoStream(), event(1))
+			appended <- err
+		}()
+		go func() {
+			_, err := sub.Recv(t.Context())
+			received <- err
+		}()
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		// Then nothing happens until Resume, however long it takes.
+		if len(appended) > 0 || len(received) > 0 {
+			t.Fatal("a call of a paused store returned")
+		}
+		if n := streamLen(t, memory.NewCrashing(c.Unwrap()), "s"); n != 0 {
+			t.Fatalf("the paused append wrote %d events", n)
+		}
+		c.Resume()
+		if err := <-appended; err != nil {
+			t.Fatalf("append after Resume: %v", err)
+		}
+		if err := <-received; err != nil {
+			t.Fatalf("subscription after Resume: %v", err)
+		}
+		// And a crash during a pause fails the calls that wait.
+		c.Pause()
+		go func() {
+			_, err := c.ReadStream(t.Context(), "s", 0, 10)
+			appended <- err
+		}()
+		synctest.Wait()
+		c.Crash()
+		if err := <-appended; !errors.Is(err, memory.ErrCrashed) {
+			t.Errorf("a paused call at the crash: %v, want ErrCrashed", err)
+		}
+	})
+}
