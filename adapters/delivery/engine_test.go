@@ -172,7 +172,11 @@ func (w *world) open() {
 	}
 	// Pushes from known peers wait until their startup pull is done.
 	w.stop = runEngine(w.t, w.engine)
-	<-w.engine.Ready()
+	select {
+	case <-w.engine.Ready():
+	case <-time.After(10 * time.Second):
+		w.t.Fatal("the startup pulls did not end within 10 s")
+	}
 	w.t.Cleanup(w.close)
 }
 
@@ -191,18 +195,28 @@ func runEngine(t testing.TB, e *Engine) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
+	// Bounded waits: an engine that never starts or never stops fails the
+	// test in seconds rather than hanging the whole run.
 	select {
 	case <-e.started:
 	case err := <-done:
 		cancel()
 		t.Fatalf("Run: %v", err)
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatal("Run did not rebuild the state within 10 s")
 	}
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
 			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Run: %v", err)
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("Run did not return within 10 s of being stopped")
 			}
 		})
 	}
