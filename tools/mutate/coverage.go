@@ -26,8 +26,8 @@ type coverage struct {
 	took   map[string]time.Duration // each test's own run
 }
 
-// limitFor is the time tests may take as a mutant's run: three times their
-// own runs (added up, though some run in parallel) plus 10 s, within max.
+// limitFor is the time tests may take as a mutant's run: twice their own
+// runs (added up, though some run in parallel) plus 5 s, within max.
 // A mutant that hangs one short test then costs seconds, not the whole
 // package's allowance.
 func (c *coverage) limitFor(tests []string, max time.Duration) time.Duration {
@@ -35,7 +35,7 @@ func (c *coverage) limitFor(tests []string, max time.Duration) time.Duration {
 	for _, t := range tests {
 		sum += c.took[t]
 	}
-	return min(max, 3*sum+10*time.Second)
+	return min(max, 2*sum+5*time.Second)
 }
 
 // coverBlock is one block of a coverage profile and the tests that ran it.

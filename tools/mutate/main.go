@@ -59,6 +59,8 @@ type options struct {
 	schemata    bool
 	only        string
 	onlyKeys    map[string]bool
+	skip        string
+	skipKeys    map[string]bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -71,6 +73,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.BoolVar(&o.race, "race", false, "run the tests with the race detector (slower)")
 	fs.BoolVar(&o.verbose, "v", false, "print every mutant's outcome, not only the survivors")
 	fs.BoolVar(&o.schemata, "schemata", true, "build one test binary holding every mutant behind a switch, instead of compiling each mutant")
+	fs.StringVar(&o.skip, "skip", "", "do not run the mutants whose keys this file lists (a stopped run's report: to go on where it stopped)")
 	fs.StringVar(&o.only, "only", "", "run only the mutants whose keys this file lists, one per line as the report prints them (to check survivors again after new tests)")
 	fs.BoolVar(&o.coverage, "coverage", true, "run each mutant against only the tests that reach its line (measured once per package); a mutant no test reaches survives untested")
 	if err := fs.Parse(args); err != nil {
@@ -85,6 +88,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if o.only != "" {
 		if o.onlyKeys, err = readKeys(o.only); err != nil {
+			return err
+		}
+	}
+	if o.skip != "" {
+		if o.skipKeys, err = readKeys(o.skip); err != nil {
 			return err
 		}
 	}
@@ -183,14 +191,15 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 		}
 	}
 	sort.Strings(stale)
-	if o.onlyKeys != nil {
+	if o.onlyKeys != nil || o.skipKeys != nil {
 		var keep []int
 		for i := range all {
-			if o.onlyKeys[all[i].key(dir)] {
+			k := all[i].key(dir)
+			if (o.onlyKeys == nil || o.onlyKeys[k]) && !o.skipKeys[k] {
 				keep = append(keep, i)
 			}
 		}
-		fmt.Fprintf(out, "%s: %d of its %d mutants listed in %s\n", pkg, len(keep), len(all), o.only)
+		fmt.Fprintf(out, "%s: %d of its %d mutants (-only %q, -skip %q)\n", pkg, len(keep), len(all), o.only, o.skip)
 		for n, i := range keep {
 			all[n], code[n], codeErr[n] = all[i], code[i], codeErr[i]
 		}

@@ -128,7 +128,7 @@ func TestOnlyTheListedMutantsRun(t *testing.T) {
 	if err := run(t.Context(), []string{"-jobs", "1", "-only", keys, "-equivalents", "equivalent.txt", "./calc"}, &out); err != nil {
 		t.Fatal(err)
 	}
-	if got := out.String(); !strings.Contains(got, "1 of its 5 mutants listed") ||
+	if got := out.String(); !strings.Contains(got, "1 of its 5 mutants (-only") ||
 		!strings.Contains(got, "score 0.0%: 0 killed, 1 survived, 0 equivalent, 0 timed out, 0 not compiling") {
 		t.Errorf("report:\n%s", got)
 	}
@@ -191,5 +191,21 @@ func f(a, b bool, x int, g func()) (int, error) {
 	}
 	if wrappable != len(ms)-1 || !strings.Contains(string(out), "const on = true") {
 		t.Fatalf("%d of %d sites wrappable; the constant's literal must stay as it is:\n%s", wrappable, len(ms), out)
+	}
+}
+
+// -skip leaves out the mutants a saved report lists, to go on with a
+// stopped run.
+func TestSkippedMutantsDoNotRun(t *testing.T) {
+	t.Chdir("testdata/example")
+	keys := t.TempDir() + "/done"
+	report := "killed        calc/calc.go:11: x >= hi\n              equivalent.txt key: calc\tClamp\tcomparison\tx > hi\tx >= hi\n"
+	if err := os.WriteFile(keys, []byte(report), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	run(t.Context(), []string{"-jobs", "2", "-skip", keys, "-equivalents", "equivalent.txt", "./calc"}, &out)
+	if got := out.String(); !strings.Contains(got, "4 of its 5 mutants (-only") || strings.Contains(got, "x >= hi") {
+		t.Errorf("report:\n%s", got)
 	}
 }
