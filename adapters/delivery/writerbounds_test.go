@@ -1,0 +1,121 @@
+package delivery
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+)
+
+// batchOf is a SendBatch of n events to peerB, users from first on.
+func batchOf(first, n int) []domain.BatchSend[*syncv1.Event] {
+	out := make([]domain.BatchSend[*syncv1.Event], n)
+	for i := range out {
+		out[i] = domain.BatchSend[*syncv1.Event]{To: peerB, Event: added(uint64(first + i))}
+	}
+	return out
+}
+
+// Given two batches for one peer waiting behind an append, together over
+// the events one append takes, when the append is done, then the first
+// goes in the next append and the second in the one after, and both are
+// answered.
+func TestSendsWaitingOverOneAppendsBoundGoInTheNext(t *testing.T) {
+	t.Parallel()
+	w, spy := newSpiedWorld(t)
+	w.peers.setDown(true) // the pushes do not matter here
+	w.send(1)
+	release := make(chan struct{})
+	spy.setHook(func(n int, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+		if n == 0 {
+			hold(t, release)
+		}
+		return spy.Store.Append(context.Background(), stream, expected, events...)
+	})
+	go func() {
+		if _, err := w.engine.Send(t.Context(), peerB, added(1)); err != nil {
+			t.Error(err)
+		}
+	}()
+	eventually(t, "the first append", func() bool { return len(spy.appends()) == 1 })
+	const big, small = maxSendBatch - 24, 100
+	outcomes := make(chan []domain.SendOutcome, 2)
+	go func() { outcomes <- w.engine.SendBatch(t.Context(), batchOf(2, big)) }()
+	eventually(t, "the big batch waiting", func() bool { return w.queuedSends() == 1 })
+	go func() { outcomes <- w.engine.SendBatch(t.Context(), batchOf(2+big, small)) }()
+	eventually(t, "the small batch waiting", func() bool { return w.queuedSends() == 2 })
+	close(release)
+	for range 2 {
+		select {
+		case out := <-outcomes:
+			for i, o := range out {
+				if o.Err != nil || o.Seq != out[0].Seq+uint64(i) {
+					t.Fatalf("batch of %d, send %d: seq %d, %v", len(out), i, o.Seq, o.Err)
+				}
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a batch was not answered")
+		}
+	}
+	var sizes []int
+	for _, c := range spy.appends() {
+		sizes = append(sizes, c.events)
+	}
+	if !slices.Equal(sizes, []int{1, big, small}) {
+		t.Fatalf("events per append: %v, want [1 %d %d]", sizes, big, small)
+	}
+	if users, _ := w.outboxUsers(); len(users) != 2+big+small || users[2+big] != 2+big {
+		t.Fatalf("the outbox holds %d events, want %d in order", len(users), 2+big+small)
+	}
+}
+
+// Given a Send making the append for its peer and another Send waiting
+// behind it, when its own append is done and the next one is slow, then
+// the first Send is answered without waiting for the next append.
+func TestASendIsAnsweredOnceItsOwnAppendIsDone(t *testing.T) {
+	t.Parallel()
+	w, spy := newSpiedWorld(t)
+	w.send(1)
+	first, second := make(chan struct{}), make(chan struct{})
+	spy.setHook(func(n int, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+		switch n {
+		case 0:
+			hold(t, first)
+		case 1:
+			hold(t, second)
+		}
+		return spy.Store.Append(context.Background(), stream, expected, events...)
+	})
+	answered := make(chan error, 2)
+	go func() {
+		_, err := w.engine.Send(t.Context(), peerB, added(1))
+		answered <- err
+	}()
+	eventually(t, "the first append", func() bool { return len(spy.appends()) == 1 })
+	go func() {
+		_, err := w.engine.Send(t.Context(), peerB, added(2))
+		answered <- err
+	}()
+	eventually(t, "the second Send waiting", func() bool { return w.queuedSends() == 1 })
+	close(first)
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first Send waited for the append after its own")
+	}
+	eventually(t, "the second append", func() bool { return len(spy.appends()) == 2 })
+	close(second)
+	if err := <-answered; err != nil {
+		t.Fatal(err)
+	}
+	if users, _ := w.outboxUsers(); !slices.Equal(users, []uint64{0, 1, 2}) {
+		t.Fatalf("outbox users %v, want [0 1 2]", users)
+	}
+}
