@@ -430,3 +430,21 @@ func TestASendWaitingBehindABatchCaughtByAStopIsRefused(t *testing.T) {
 		t.Fatalf("outbox users %v, want [0 10]", users)
 	}
 }
+
+// Given an outbox record with an empty body (a binary record of a send
+// without event or key), when the engine starts, then the index of keys
+// is rebuilt all the same: keyed sends are answered.
+func TestAnEmptyOutboxRecordDoesNotStopTheKeysRebuild(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.peers.setDown(true)
+	w.sendKeyed(peerB, added(1), "k1")
+	empty := eventstore.EventData{ID: eventstore.EventID{1, 2, 3, 4, 5, 6, 0x40, 8, 0x80}, Type: streams.TypeEventEnqueued}
+	if _, err := w.store.Append(t.Context(), streams.Outbox(mustLookup(t, w, peerB)), expectAfter(1), empty); err != nil {
+		t.Fatal(err)
+	}
+	w.restart()
+	if seq := w.sendKeyed(peerB, added(1), "k1"); seq != 0 {
+		t.Fatalf("retry after a restart: seq %d, want 0", seq)
+	}
+}

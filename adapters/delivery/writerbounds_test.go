@@ -2,11 +2,14 @@ package delivery
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
@@ -117,5 +120,30 @@ func TestASendIsAnsweredOnceItsOwnAppendIsDone(t *testing.T) {
 	}
 	if users, _ := w.outboxUsers(); !slices.Equal(users, []uint64{0, 1, 2}) {
 		t.Fatalf("outbox users %v, want [0 1 2]", users)
+	}
+}
+
+// Given an outbox append that fails, then the Send is refused (not
+// answered as stored), an operator is told, and the next Send is stored
+// at the outbox's head.
+func TestASendWhoseAppendFailsIsRefusedAndLogged(t *testing.T) {
+	t.Parallel()
+	appends := &failingAppends{prefix: streams.OutboxPrefix}
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: testConfig(), logs: &logBuffer{},
+		wrap: func(s Store) Store { appends.Store = s; return appends }}
+	w.open()
+	w.send(1)
+	appends.fail.Store(1)
+	if seq, err := w.engine.Send(t.Context(), peerB, added(1)); !errors.Is(err, errAppendFailed) {
+		t.Fatalf("a Send whose append failed: seq %d, %v", seq, err)
+	}
+	if !strings.Contains(w.logs.String(), "appending to an outbox failed") {
+		t.Fatalf("log:\n%s", w.logs.String())
+	}
+	if seq, err := w.engine.Send(t.Context(), peerB, added(2)); err != nil || seq != 1 {
+		t.Fatalf("the next Send: seq %d, %v; want 1", seq, err)
+	}
+	if users, _ := w.outboxUsers(); !slices.Equal(users, []uint64{0, 2}) {
+		t.Fatalf("outbox users %v, want [0 2]", users)
 	}
 }
