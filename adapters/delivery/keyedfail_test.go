@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -446,5 +447,23 @@ func TestAnEmptyOutboxRecordDoesNotStopTheKeysRebuild(t *testing.T) {
 	w.restart()
 	if seq := w.sendKeyed(peerB, added(1), "k1"); seq != 0 {
 		t.Fatalf("retry after a restart: seq %d, want 0", seq)
+	}
+}
+
+// Given keyed sends to several peers, when they are retried after a
+// restart, then the keys of every peer are known again.
+func TestTheKeysOfEveryPeerAreRebuilt(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.peers.setDown(true)
+	servers := []domain.ServerID{peerB, peerC, domain.MustParseServerID("d.example:2289")}
+	for i, to := range servers {
+		w.sendKeyed(to, added(uint64(i)), fmt.Sprint("k", i))
+	}
+	w.restart()
+	for i, to := range servers {
+		if seq := w.sendKeyed(to, added(uint64(i)), fmt.Sprint("k", i)); seq != 0 {
+			t.Fatalf("retry to %s after a restart: seq %d, want 0", to, seq)
+		}
 	}
 }
