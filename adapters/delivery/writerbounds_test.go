@@ -133,6 +133,9 @@ func TestASendWhoseAppendFailsIsRefusedAndLogged(t *testing.T) {
 		wrap: func(s Store) Store { appends.Store = s; return appends }}
 	w.open()
 	w.send(1)
+	if strings.Contains(w.logs.String(), "appending to an outbox failed") {
+		t.Fatalf("a stored Send logged as failed:\n%s", w.logs.String())
+	}
 	appends.fail.Store(1)
 	if seq, err := w.engine.Send(t.Context(), peerB, added(1)); !errors.Is(err, errAppendFailed) {
 		t.Fatalf("a Send whose append failed: seq %d, %v", seq, err)
