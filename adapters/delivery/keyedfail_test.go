@@ -467,3 +467,21 @@ func TestTheKeysOfEveryPeerAreRebuilt(t *testing.T) {
 		}
 	}
 }
+
+// Given a SendBatch to a peer that cannot be registered, then its sends
+// fail with the store's failure and nothing is stored for it.
+func TestABatchToAPeerThatCannotBeRegisteredFails(t *testing.T) {
+	t.Parallel()
+	f := &faultyStore{}
+	w := newRegistryWorld(t, testConfig(), f)
+	f.failPeers.Store(true)
+	out := w.engine.SendBatch(t.Context(), batchOf(0, 2))
+	for i, o := range out {
+		if !errors.Is(o.Err, errAppendFailed) {
+			t.Fatalf("send %d of a batch to a peer that cannot be registered: seq %d, %v", i, o.Seq, o.Err)
+		}
+	}
+	if _, ok := w.engine.registry.Lookup(peerB); ok {
+		t.Fatal("the peer was registered")
+	}
+}

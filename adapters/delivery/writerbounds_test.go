@@ -150,3 +150,29 @@ func TestASendWhoseAppendFailsIsRefusedAndLogged(t *testing.T) {
 		t.Fatalf("outbox users %v, want [0 2]", users)
 	}
 }
+
+// Given a SendBatch for two peers whose append to one outbox fails, then
+// that peer's sends fail with the store's failure and the other's are
+// stored.
+func TestABatchWhoseAppendFailsForOnePeerTellsWhy(t *testing.T) {
+	t.Parallel()
+	appends := &failingAppends{prefix: streams.OutboxPrefix}
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: testConfig(),
+		wrap: func(s Store) Store { appends.Store = s; return appends }}
+	w.open()
+	appends.fail.Store(1)
+	out := w.engine.SendBatch(t.Context(), []domain.BatchSend[*syncv1.Event]{{To: peerB, Event: added(1)}, {To: peerC, Event: added(2)}})
+	failed := 0
+	for i, o := range out {
+		switch {
+		case o.Err == nil && o.Seq == 0:
+		case errors.Is(o.Err, errAppendFailed):
+			failed++
+		default:
+			t.Fatalf("send %d: seq %d, %v; want stored at 0 or the store's failure", i, o.Seq, o.Err)
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d sends failed, want 1: %+v", failed, out)
+	}
+}
