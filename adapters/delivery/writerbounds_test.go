@@ -176,3 +176,18 @@ func TestABatchWhoseAppendFailsForOnePeerTellsWhy(t *testing.T) {
 		t.Fatalf("%d sends failed, want 1: %+v", failed, out)
 	}
 }
+
+// Given retention asked of a store that cannot truncate streams, then an
+// operator is told that delivered events are kept.
+func TestRetentionOnAStoreThatCannotTruncateIsLogged(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.RetainDelivered = time.Hour
+	appends := &failingAppends{} // a Store and nothing more: no Truncate
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: cfg, logs: &logBuffer{},
+		wrap: func(s Store) Store { appends.Store = s; return appends }}
+	w.open()
+	eventually(t, "the warning", func() bool {
+		return strings.Contains(w.logs.String(), "this store cannot truncate streams: delivered events are kept")
+	})
+}
