@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -190,4 +191,47 @@ func TestRetentionOnAStoreThatCannotTruncateIsLogged(t *testing.T) {
 	eventually(t, "the warning", func() bool {
 		return strings.Contains(w.logs.String(), "this store cannot truncate streams: delivered events are kept")
 	})
+}
+
+// failingTruncates fails every Truncate while fail is set.
+type failingTruncates struct {
+	Store
+	fail atomic.Bool
+}
+
+func (f *failingTruncates) Truncate(ctx context.Context, stream string, before uint64) error {
+	if f.fail.Load() {
+		return errors.New("truncate failed")
+	}
+	return f.Store.(truncater).Truncate(ctx, stream, before)
+}
+
+// Given delivered events retained long enough and fewer delivery records
+// than a snapshot takes, when truncating fails, then an operator is told
+// and the events stay; once it works, the outbox is cut (all but the last
+// event) and no delivery record goes, since no snapshot covers them.
+func TestRetentionTellsOfAFailedCutAndKeepsUnsnapshottedRecords(t *testing.T) {
+	t.Parallel()
+	tr := &failingTruncates{}
+	tr.fail.Store(true)
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: retainConfig(20 * time.Millisecond), logs: &logBuffer{},
+		wrap: func(s Store) Store { tr.Store = s; return tr }}
+	w.open()
+	w.send(3)
+	eventually(t, "the events delivered", func() bool { return w.state().Delivered == 3 })
+	eventually(t, "the failed cut logged", func() bool {
+		return strings.Contains(w.logs.String(), "removing delivered events failed")
+	})
+	if got := w.truncatedBefore(w.outboxStream()); got != 0 {
+		t.Fatalf("the outbox is cut before %d although truncating failed", got)
+	}
+	tr.fail.Store(false)
+	eventually(t, "the outbox cut", func() bool { return w.truncatedBefore(w.outboxStream()) == 2 })
+	time.Sleep(50 * time.Millisecond) // a few more passes
+	if got := w.truncatedBefore(w.deliveryStream()); got != 0 {
+		t.Fatalf("delivery records cut before %d with no snapshot", got)
+	}
+	if records := w.deliveryRecords(); len(records) != 3 {
+		t.Fatalf("%d delivery records, want 3", len(records))
+	}
 }
