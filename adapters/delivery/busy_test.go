@@ -125,23 +125,31 @@ func (r *busyReceiver) holdBudget(t *testing.T) (release func()) {
 	var once sync.Once
 	release = func() { once.Do(func() { pw.CloseWithError(errors.New("released")); <-done }) }
 	t.Cleanup(release)
-	eventually(t, "the receiver's budget to be held", func() bool {
+	// Probes take budget for a moment too, so they are spaced out: one that
+	// holds it when the hold arrives gets the hold refused (then it is sent
+	// again, and given time to be admitted before the next probe).
+	deadline := time.Now().Add(20 * time.Second)
+	time.Sleep(20 * time.Millisecond)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out waiting for the receiver's budget to be held")
+		}
 		select {
 		case <-done:
-			// A probe below held budget when the hold arrived, so the hold
-			// was refused: hold again.
 			hold()
-			return false
+			time.Sleep(50 * time.Millisecond)
+			continue
 		default:
 		}
 		resp, err := post(bytes.NewReader([]byte{0x0a, 0x00})) // a body needs budget; an empty one does not
-		if err != nil {
-			return false
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusTooManyRequests {
+				return release
+			}
 		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusTooManyRequests
-	})
-	return release
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // A receiver at its budget answers 429 with RetryInfo: the sender waits as
