@@ -45,12 +45,12 @@ func TestTheFenceLetsAPushOutOnlyUnderItsOwnCurrentTerm(t *testing.T) {
 		t.Fatalf("given its own term, a loaded state and the stream's end: %v", err)
 	}
 	for name, fn := range map[string]func(){
-		"not owned":                      func() { p.owned = false },
-		"not loaded":                     func() { p.loaded = false },
-		"not owned nor loaded":           func() { p.owned, p.loaded = false, false },
-		"another replica's term":         func() { p.out.Owner = domain.OwnerTerm{Term: p.out.Owner.Term, Replica: "r2"} },
-		"records waiting to be written":  func() { p.journal = append(p.journal, journalEntry{}) },
-		"records being written":          func() { p.flushing = true },
+		"not owned":                     func() { p.owned = false },
+		"not loaded":                    func() { p.loaded = false },
+		"not owned nor loaded":          func() { p.owned, p.loaded = false, false },
+		"another replica's term":        func() { p.out.Owner = domain.OwnerTerm{Term: p.out.Owner.Term, Replica: "r2"} },
+		"records waiting to be written": func() { p.journal = append(p.journal, journalEntry{}) },
+		"records being written":         func() { p.flushing = true },
 	} {
 		undo := change(fn)
 		if err := fence(); !errors.Is(err, errFenced) {
