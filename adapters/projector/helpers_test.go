@@ -234,7 +234,7 @@ func rejected(guild, user uint64, invite string) *syncv1.Event {
 
 func u64(v uint64) *uint64 { return &v }
 
-// eventually polls cond until it holds or 10 seconds pass.
+// eventually polls cond until it holds or 30 seconds pass.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
