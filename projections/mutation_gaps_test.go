@@ -5,9 +5,11 @@ package projections
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -427,5 +429,34 @@ func TestPeersAreListedByServerID(t *testing.T) {
 	want := []string{"pz", "pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("Peers in the order %v, want %v", got, want)
+	}
+}
+
+// Guilds and Invites are sorted, not in the map's order: with sixteen of
+// each, an unsorted list is in order by chance about once in 2*10^13 runs.
+func TestGuildsAndInvitesAreListedInOrder(t *testing.T) {
+	t.Parallel()
+	h := newHistory(t).seen("pa", "a.example:2289").seen("pb", "b.example:2289")
+	var seq uint64
+	for i := range uint64(8) {
+		for _, peer := range []string{"pb", "pa"} {
+			h.received(peer, u64(seq), added(42, 100-i), invited(42, 5, fmt.Sprintf("inv-%02d", 20-i)))
+		}
+		seq++
+	}
+	s := given(t, h.records()...)
+	guilds, invites := s.Guilds(42), s.Invites(42)
+	if len(guilds) != 16 || len(invites) != 16 {
+		t.Fatalf("%d guilds, %d invites, want 16 of each", len(guilds), len(invites))
+	}
+	if !slices.IsSortedFunc(guilds, func(a, b GuildRef) int {
+		return cmp.Or(cmp.Compare(a.ServerID, b.ServerID), cmp.Compare(a.GuildID, b.GuildID))
+	}) {
+		t.Fatalf("guilds out of order: %+v", guilds)
+	}
+	if !slices.IsSortedFunc(invites, func(a, b Invite) int {
+		return cmp.Or(cmp.Compare(a.ServerID, b.ServerID), cmp.Compare(a.InviteID, b.InviteID))
+	}) {
+		t.Fatalf("invites out of order: %+v", invites)
 	}
 }
