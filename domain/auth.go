@@ -54,6 +54,10 @@ type Caller struct {
 	// Extended is true when the caller sent Postbox's token extension, so it
 	// is a Postbox server that also speaks the sequence extension.
 	Extended bool
+	// Audience is the ID of this server the caller addressed (an extended
+	// token's audience: the current ID or a recent former one); zero
+	// without the extension.
+	Audience ServerID
 }
 
 // PeerKeys finds the public key of a server. RefreshKey fetches it again,
@@ -131,7 +135,12 @@ func (v *Verifier) Verify(ctx context.Context, tok SignedToken, op Operation, ne
 	if len(c.Nonce) > 0 && !v.nonces.Remember(id, c.Nonce, stamped.Add(v.policy.Window), now) {
 		return Caller{}, fmt.Errorf("%w: nonce seen before", ErrTokenReplayed)
 	}
-	return Caller{ServerID: id, Extended: c.Extended()}, nil
+	caller := Caller{ServerID: id, Extended: c.Extended()}
+	if caller.Extended {
+		// checkExtension parsed it already.
+		caller.Audience, _ = ParseServerID(c.Audience)
+	}
+	return caller, nil
 }
 
 func (v *Verifier) checkExtension(c Claims, op Operation, newServerID string, now, stamped time.Time) error {

@@ -272,6 +272,36 @@ func TestVerifier(t *testing.T) {
 	}
 }
 
+// Given a server renamed from old to self, when a peer calls addressing
+// either ID with the extension, or with a plain token, then the caller
+// says which ID it addressed (none for a plain token): a first contact is
+// registered as knowing that one.
+func TestTheCallerSaysWhichOfOurIDsItAddressed(t *testing.T) {
+	t.Parallel()
+	w := givenAServer(t, AuthPolicy{})
+	old := MustParseServerID("old.example:2289")
+	identity := NewIdentity(old, DefaultAudienceGrace)
+	identity.Rename(w.self, w.clock.Now())
+	w.verifier = NewVerifier(AuthPolicy{}, w.clock, w.keys, identity)
+	w.clock.Advance(time.Second)
+	toOld := w.extended(1)
+	toOld.Audience = old.String()
+	for _, tc := range []struct {
+		name   string
+		claims Claims
+		want   Caller
+	}{
+		{"addressed to the former ID", toOld, Caller{ServerID: w.peer, Extended: true, Audience: old}},
+		{"addressed to the current ID", w.extended(2), Caller{ServerID: w.peer, Extended: true, Audience: w.self}},
+		{"a plain token", w.plain(), Caller{ServerID: w.peer}},
+	} {
+		got, err := w.verify(token(w.peerKey, tc.claims), OpPush, "")
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %+v, %v; want %+v", tc.name, got, err, tc.want)
+		}
+	}
+}
+
 func TestNonceExpiresWithItsToken(t *testing.T) {
 	t.Parallel()
 	l := NewNonceLedger()

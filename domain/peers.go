@@ -273,10 +273,20 @@ func (p *Peers) Keys() map[ServerID]ed25519.PublicKey {
 }
 
 // Register decides the records of a first contact with server, which
-// becomes peer id: its registration, naming this server's current ID, and
-// its key, if one is known already.
-func (p *Peers) Register(id PeerID, server ServerID, key ed25519.PublicKey) []PeerEvent {
-	out := []PeerEvent{PeerRegistered{Peer: id, ServerID: server, OurServerID: p.own}}
+// becomes peer id: its registration, naming the ID of this server the peer
+// knows, and its key, if one is known already. addressed is the ID the
+// peer's own first call was addressed to, when it said; otherwise (zero,
+// or not an ID this server has had) the peer meets the current one. A
+// peer that addressed a former ID knows only that one, so it is signed to
+// with it and told of the rename: registered as knowing the current ID, it
+// would be signed to with an ID it never met, and register that as a
+// second peer.
+func (p *Peers) Register(id PeerID, server ServerID, key ed25519.PublicKey, addressed ServerID) []PeerEvent {
+	ours := p.own
+	if !addressed.IsZero() && slices.ContainsFunc(p.ownIDs, func(o OwnID) bool { return o.ID == addressed }) {
+		ours = addressed
+	}
+	out := []PeerEvent{PeerRegistered{Peer: id, ServerID: server, OurServerID: ours}}
 	if key != nil {
 		out = append(out, PeerKeyLearned{Peer: id, Key: key})
 	}

@@ -244,11 +244,30 @@ func TestPeersDecisions(t *testing.T) {
 	)
 	t.Run("a first contact records the registration naming our ID, and a key held for it", func(t *testing.T) {
 		want := []PeerEvent{PeerRegistered{Peer: "pc", ServerID: srvC, OurServerID: us1}, PeerKeyLearned{Peer: "pc", Key: testKey(5)}}
-		if got := p.Register("pc", srvC, testKey(5)); !reflect.DeepEqual(got, want) {
+		if got := p.Register("pc", srvC, testKey(5), ServerID{}); !reflect.DeepEqual(got, want) {
 			t.Fatalf("Register = %v", got)
 		}
-		if got := p.Register("pc", srvC, nil); !reflect.DeepEqual(got, want[:1]) {
+		if got := p.Register("pc", srvC, nil, ServerID{}); !reflect.DeepEqual(got, want[:1]) {
 			t.Fatalf("Register without a key = %v", got)
+		}
+	})
+	t.Run("a peer whose first call addressed a former ID of ours is registered as knowing that one", func(t *testing.T) {
+		renamed := givenPeers(t, OwnServerIDChanged{New: us1}, OwnServerIDChanged{Old: us1, New: us2})
+		cases := []struct {
+			name      string
+			addressed ServerID
+			want      ServerID
+		}{
+			{"our former ID", us1, us1},
+			{"our current ID", us2, us2},
+			{"nothing said (an upstream caller, or our own send)", ServerID{}, us2},
+			{"an ID we never had", srvC, us2},
+		}
+		for _, tc := range cases {
+			want := []PeerEvent{PeerRegistered{Peer: "pc", ServerID: srvB, OurServerID: tc.want}}
+			if got := renamed.Register("pc", srvB, nil, tc.addressed); !reflect.DeepEqual(got, want) {
+				t.Errorf("%s: Register = %v, want %v", tc.name, got, want)
+			}
 		}
 	})
 	t.Run("a key is recorded only when new or changed for a peer's current ID", func(t *testing.T) {

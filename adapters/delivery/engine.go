@@ -96,6 +96,10 @@ type Config struct {
 	// RetainDelivered: events delivered longer ago than this are removed
 	// from the outbox (retention.go); 0 keeps everything.
 	RetainDelivered time.Duration
+	// AuthWindow is how far from its clock a peer takes a token's time
+	// (--auth-window, assumed the same at peers): a rename waits twice it
+	// for pushes signed with an old ID to expire (rename.go).
+	AuthWindow time.Duration
 }
 
 // Observer learns what the engine does, for metrics.
@@ -141,6 +145,7 @@ func DefaultConfig() Config {
 		PullInterval:        time.Minute,
 		PullTimeout:         30 * time.Second,
 		IdempotencyWindow:   DefaultIdempotencyWindow,
+		AuthWindow:          domain.DefaultAuthWindow,
 	}
 }
 
@@ -177,6 +182,7 @@ type Engine struct {
 	renames  *Renames // answers NotifyNewId; set by NewRenames
 	owners   Owners   // nil: a single process; set by UseOwners before Run
 
+	made        time.Time     // when New ran: no push of this process is older
 	random      io.Reader     // for the database identity, if the engine writes it
 	dbID        string        // the store's database identity, once read
 	recordsRead atomic.Uint64 // delivery records folded by loads
@@ -233,6 +239,15 @@ type peer struct {
 	snapshotAt, snapshotWritten uint64
 	// outboxCut and deliveryCut: retention removed the records before them.
 	outboxCut, deliveryCut uint64
+
+	// pushHeld is closed when a rename notice stops holding the peer's
+	// pushes (nil: none holds them); pushesOut counts pushes under way,
+	// lastPushEnd is when the last one ended, and pushesIdle is closed
+	// when pushesOut drops to zero (renamehold.go).
+	pushHeld    chan struct{}
+	pushesOut   int
+	lastPushEnd time.Time
+	pushesIdle  chan struct{}
 }
 
 type journalEntry struct {
@@ -252,7 +267,7 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *registry.Regis
 	var jitterMu sync.Mutex
 	return &Engine{
 		cfg: cfg, store: store, codec: codec, registry: registry, client: client, clock: clock, logger: logger,
-		random: random,
+		random: random, made: clock.Now(),
 		jitter: func() float64 {
 			jitterMu.Lock()
 			defer jitterMu.Unlock()
@@ -297,10 +312,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		return err
 	}
 	close(e.started)
-	e.mu.Lock()
-	renames := e.renames
-	e.mu.Unlock()
-	if renames != nil {
+	if renames := e.renamesOf(); renames != nil {
 		renames.Start()
 	}
 	if e.cfg.RetainDelivered > 0 {

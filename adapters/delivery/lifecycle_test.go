@@ -35,6 +35,7 @@ func TestTheDefaultConfiguration(t *testing.T) {
 		PullInterval:        time.Minute,
 		PullTimeout:         30 * time.Second,
 		IdempotencyWindow:   24 * time.Hour,
+		AuthWindow:          time.Minute,
 	}
 	if c != want {
 		t.Fatalf("DefaultConfig() = %+v\nwant %+v", c, want)

@@ -33,9 +33,12 @@ func (e *Engine) AcceptClaimedPush(ctx context.Context, caller domain.Caller, ev
 	if _, _, err := domain.CheckCaller(e.registry, caller.ServerID); err != nil {
 		return domain.PushAnswer{}, err
 	}
-	id, err := e.registry.Register(ctx, caller.ServerID)
+	id, err := e.registry.RegisterCaller(ctx, caller)
 	if err != nil {
 		return domain.PushAnswer{}, err
+	}
+	if renames := e.renamesOf(); renames != nil {
+		renames.TellIfDue(id)
 	}
 	p := e.peer(id)
 	p.mu.Lock()
@@ -383,10 +386,7 @@ func (e *Engine) pullFrom(ctx context.Context, p *peer, server domain.ServerID) 
 
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PullTimeout)
 	defer cancel()
-	e.mu.Lock()
-	renames := e.renames
-	e.mu.Unlock()
-	if renames != nil {
+	if renames := e.renamesOf(); renames != nil {
 		renames.awaitNotice(ctx, p.id)
 	}
 	err := e.pullRounds(ctx, p, server)

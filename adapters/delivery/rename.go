@@ -106,66 +106,125 @@ func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
 }
 
 // Start tells every peer that does not know this server's current ID yet;
-// it is called at startup too, so notices survive restarts.
+// it is called at startup too, so notices survive restarts. Pushes to a
+// peer wait from now until it has answered the notice (notifyUntilAccepted).
 func (r *Renames) Start() {
 	for _, p := range r.registry.NoticesDue() {
-		if !r.engine.runs(p.ID) {
-			continue // the peer's owner tells it
-		}
-		r.mu.Lock()
-		_, busy := r.notifying[p.ID]
-		done := make(chan struct{})
-		if !busy {
-			r.notifying[p.ID] = done
-		}
-		r.mu.Unlock()
-		if !busy {
-			r.engine.goBackground(func(ctx context.Context) {
-				defer close(done)
-				r.notifyUntilAccepted(ctx, p.ID)
-			})
-		}
+		r.tell(p.ID)
 	}
 }
 
+// TellIfDue tells peer this server's current ID if it knows another: a
+// peer whose first call addressed a former ID.
+func (r *Renames) TellIfDue(peer streams.PeerID) {
+	if !r.knows(peer) {
+		r.tell(peer)
+	}
+}
+
+// tell starts telling peer this server's current ID, unless that is under
+// way already or another replica runs the peer.
+func (r *Renames) tell(peer streams.PeerID) {
+	if !r.engine.runs(peer) {
+		return // the peer's owner tells it
+	}
+	r.mu.Lock()
+	_, busy := r.notifying[peer]
+	done := make(chan struct{})
+	if !busy {
+		r.notifying[peer] = done
+	}
+	r.mu.Unlock()
+	if busy {
+		return
+	}
+	hold := r.engine.holdPushes(r.engine.peer(peer))
+	r.engine.goBackground(func(ctx context.Context) {
+		defer close(done)
+		r.notifyUntilAccepted(ctx, peer, hold)
+	})
+}
+
 // notifyUntilAccepted calls NotifyNewId on one peer, with backoff, until it
-// accepts this server's current ID or the engine closes.
-func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID) {
+// accepts this server's current ID or the engine closes. Pushes to the
+// peer are held (hold) until the peer answers: a push signed with the old
+// ID that the peer takes before it has heard of the rename registers the
+// old ID there, and the peer may have met the new ID meanwhile (its users
+// may address this server by it), leaving two peers there for one server.
+// A peer that does not implement the notice (upstream) gets pushes under
+// the old ID again at once.
+func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID, hold *pushHold) {
 	defer func() {
 		r.mu.Lock()
 		delete(r.notifying, peer)
 		r.mu.Unlock()
 	}()
+	defer func() { hold.release() }()
+	held := true
 	for attempt := 1; ctx.Err() == nil; attempt++ {
 		own, _ := r.registry.OwnID()
 		server, ok := r.registry.ServerID(peer)
 		if !ok || r.knows(peer) {
 			return
 		}
+		if !held {
+			hold, held = r.engine.holdPushes(r.engine.peer(peer)), true
+		}
 		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := r.notifier.NotifyNewID(callCtx, server, own)
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			if err := r.registry.RecordNotified(ctx, peer, own); err != nil {
 				r.logger.Error("recording a peer's acceptance of our new ID failed", "peer", server.String(), "err", err)
 			} else {
 				r.logger.Info("peer accepted our new ID", "peer", server.String(), "id", own.String())
 				return
 			}
-		} else if unknownToPeer(err) {
-			// Not an acceptance: the peer has no record of the ID it is
-			// told about. Toward it this server keeps signing with that
-			// ID; the next push registers it there, and then a notice is
-			// accepted as a rename, leaving the peer one entry for us.
-			r.logger.Warn("a peer does not know our old ID, so has not accepted the new one; will retry",
-				"peer", server.String(), "old", known(r.registry, peer).String(), "attempt", attempt, "err", err)
-		} else {
-			r.logger.Warn("telling a peer our new ID failed; will retry", "peer", server.String(), "attempt", attempt, "err", err)
+		case unknownToPeer(err):
+			switched, err := r.useNewIDWhenQuiet(ctx, peer, server, own, hold)
+			if switched || err != nil {
+				return
+			}
+			continue // told again at once: the wait was the backoff
+		case refusedForGood(err):
+			// The peer cannot take the notice (an upstream server), or
+			// knows the old ID and refused the new one: pushes under the
+			// old ID register nothing new there.
+			hold.release()
+			held = false
+			r.logger.Warn("a peer refused our new ID; pushes go on under the ID it knows, and it will be told again", "peer", server.String(), "attempt", attempt, "err", err)
+		default:
+			r.logger.Warn("telling a peer our new ID failed; pushes to it wait, and it will be told again", "peer", server.String(), "attempt", attempt, "err", err)
 		}
 		if r.engine.sleep(ctx, r.backoff.Delay(attempt, r.engine.jitter())) != nil {
 			return
 		}
 	}
+}
+
+// useNewIDWhenQuiet handles a peer that holds no record of the old ID this
+// server signed with: it never took a push under it. Once no push signed
+// with that ID can reach it any more (the tokens of pushes under way are
+// past twice the time window, a peer's clock being at most a window off),
+// it never will, and this server signs with its new ID toward it from then
+// on (recorded as the peer knowing it); until then, pushes wait.
+func (r *Renames) useNewIDWhenQuiet(ctx context.Context, peer streams.PeerID, server, own domain.ServerID, hold *pushHold) (switched bool, err error) {
+	last, err := hold.lastSigned(ctx)
+	if err != nil {
+		return false, err
+	}
+	if wait := last.Add(2 * r.engine.cfg.AuthWindow).Sub(r.clock.Now()); wait > 0 {
+		r.logger.Info("a peer does not know our old ID: pushes to it wait until none signed with it can arrive, then it is told again",
+			"peer", server.String(), "old", known(r.registry, peer).String(), "wait", wait)
+		return false, r.engine.sleep(ctx, wait)
+	}
+	if err := r.registry.RecordNotified(ctx, peer, own); err != nil {
+		r.logger.Error("recording that a peer knows us by our new ID failed", "peer", server.String(), "err", err)
+		return false, r.engine.sleep(ctx, time.Second)
+	}
+	r.logger.Info("a peer never knew our old ID: it meets us by the new one", "peer", server.String(), "id", own.String())
+	return true, nil
 }
 
 // awaitNotice waits while peer is being told this server's new ID, so a
@@ -184,6 +243,15 @@ func (r *Renames) awaitNotice(ctx context.Context, peer streams.PeerID) {
 	}
 }
 
+// refusedForGood reports whether a peer's answer to a rename notice means
+// it will not take it as it stands: it does not implement NotifyNewId, or
+// it knows the old ID and finds the new one another peer's or serving
+// another key. Other failures (no answer, a key it could not fetch, busy)
+// say nothing about what it knows.
+func refusedForGood(err error) bool {
+	return domain.PeerSaid(err, domain.ErrNotImplemented) || domain.PeerSaid(err, domain.ErrIDTaken) || domain.PeerSaid(err, domain.ErrKeyMismatch)
+}
+
 // unknownToPeer reports whether a peer answered that it does not know the ID
 // this server signed with.
 func unknownToPeer(err error) bool {
@@ -198,4 +266,11 @@ func known(reg *registry.Registry, peer streams.PeerID) domain.ServerID {
 
 func (r *Renames) knows(peer streams.PeerID) bool {
 	return r.registry.KnowsOurID(peer)
+}
+
+// renamesOf is the engine's rename handling, nil if none is attached.
+func (e *Engine) renamesOf() *Renames {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.renames
 }

@@ -259,55 +259,152 @@ func (n *scriptedNotifier) NotifyNewID(context.Context, domain.ServerID, domain.
 
 func (n *scriptedNotifier) count() int { n.mu.Lock(); defer n.mu.Unlock(); return n.calls }
 
-// Given a peer registered while this server was oldID, when this server
-// renames and the peer answers postbox.unknown-peer (it has no record of
-// oldID), then that is not an acceptance: nothing is recorded, this server
-// keeps signing as oldID toward it and asks again, until it accepts.
-func TestUnknownPeerAnswerIsNotAnAcceptance(t *testing.T) {
-	t.Parallel()
-	synctest.Test(t, testUnknownPeerAnswerIsNotAnAcceptance)
-}
-
-// testUnknownPeerAnswerIsNotAnAcceptance runs in a synctest bubble: the notices' backoff passes on the bubble's clock.
-func testUnknownPeerAnswerIsNotAnAcceptance(t *testing.T) {
-	w := newWorld(t, testConfig())
-	ctx := context.Background()
-	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
-	if err := w.engine.registry.RecordOwnID(ctx, oldID, time.Now()); err != nil {
+// renamedWorld is a world whose server was oldID when it delivered one
+// event to B, and whose rename handling tells peers through notifier,
+// retrying every 50 ms.
+func renamedWorld(t *testing.T, cfg Config, notifier Notifier) (w *world, renames *Renames, oldID, newID domain.ServerID) {
+	t.Helper()
+	w = newWorld(t, cfg)
+	oldID, newID = domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	if err := w.engine.registry.RecordOwnID(context.Background(), oldID, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	w.send(1)
-	unknown := fromPeer(&hrpc.RemoteError{Procedure: "/protocol.sync.v1.PostboxService/NotifyNewId", HTTPStatus: 400,
-		Identifier: "postbox.unknown-peer", HumanMessage: "unknown peer: a.example:2289"})
-	notifier := &scriptedNotifier{answers: []error{unknown, unknown}}
-	var notified func() int
-	notifier.called = func(call int) {
-		// Each call follows the last answer: an unknown-peer answer
-		// recorded nothing, and this server still signs as oldID.
-		if n, signing := notified(), w.engine.registry.IDFor(peerB); call > 1 && (n != 0 || signing != oldID) {
-			t.Errorf("after %d unknown-peer answers: %d PeerNotifiedOfNewId recorded, signing as %s toward B; want none, and the old ID %s",
-				call-1, n, signing, oldID)
-		}
-	}
-	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, notifier, domain.NewIdentity(oldID, domain.DefaultAudienceGrace),
+	eventually(t, "the first event delivered", func() bool { return w.state().Delivered == 1 })
+	renames = NewRenames(w.engine, w.engine.registry, &fakeKeys{}, notifier, domain.NewIdentity(oldID, domain.DefaultAudienceGrace),
 		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	renames.backoff = domain.Backoff{First: 50 * time.Millisecond, Max: 50 * time.Millisecond}
-	if err := renames.Rename(ctx, newID); err != nil {
+	return w, renames, oldID, newID
+}
+
+// notifiedRecords counts the PeerNotifiedOfNewId records of w's peers stream.
+func notifiedRecords(w *world) int {
+	n := 0
+	readAll(context.Background(), w.store, streams.Peers, func(r eventstore.RecordedEvent) error {
+		if r.Type == streams.TypePeerNotifiedOfNewID {
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
+var unknownPeerAnswer = fromPeer(&hrpc.RemoteError{Procedure: "/protocol.sync.v1.PostboxService/NotifyNewId", HTTPStatus: 400,
+	Identifier: "postbox.unknown-peer", HumanMessage: "unknown peer: a.example:2289"})
+
+// Given B, registered while this server was oldID, which answers our
+// rename notice with postbox.unknown-peer (it never took a push signed
+// with oldID), when this server renames and has a new event for B, then
+// nothing is pushed to B until no push signed with oldID can reach it any
+// more (twice the auth window after the last one ended); B is asked
+// again, and, still not knowing oldID, is recorded as knowing this server
+// by its new ID, which the held push is signed with. Had the push gone
+// out under oldID, B would register oldID as a peer beside the new ID its
+// users may have addressed this server by.
+func TestAPeerThatNeverKnewOurOldIDMeetsUsByTheNewOne(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, testAPeerThatNeverKnewOurOldIDMeetsUsByTheNewOne)
+}
+
+// testAPeerThatNeverKnewOurOldIDMeetsUsByTheNewOne runs in a synctest bubble: the wait passes on the bubble's clock.
+func testAPeerThatNeverKnewOurOldIDMeetsUsByTheNewOne(t *testing.T) {
+	cfg := testConfig()
+	cfg.AuthWindow = 2 * time.Second
+	notifier := &scriptedNotifier{answers: []error{unknownPeerAnswer, unknownPeerAnswer, errors.New("no third notice expected")}}
+	w, renames, oldID, newID := renamedWorld(t, cfg, notifier)
+	delivered := time.Now() // the push of event 0 ended before this
+	var calls []time.Time
+	var pushedAtCall []int
+	notifier.called = func(int) {
+		calls = append(calls, time.Now())
+		pushedAtCall = append(pushedAtCall, len(w.peers.pushes()))
+	}
+	if err := renames.Rename(context.Background(), newID); err != nil {
 		t.Fatal(err)
 	}
-	notified = func() int {
-		n := 0
-		readAll(ctx, w.store, streams.Peers, func(r eventstore.RecordedEvent) error {
-			if r.Type == streams.TypePeerNotifiedOfNewID {
-				n++
-			}
-			return nil
-		})
-		return n
+	if _, err := w.engine.Send(context.Background(), peerB, added(1)); err != nil {
+		t.Fatal(err)
 	}
-	eventually(t, "B to accept", func() bool { return w.engine.registry.IDFor(peerB) == newID })
-	if n, calls := notified(), notifier.count(); n != 1 || calls != 3 {
-		t.Fatalf("%d notices, %d recorded as accepted; want 3 and 1", calls, n)
+	eventually(t, "the held event delivered", func() bool { return w.state().Delivered == 2 })
+	if got := w.engine.registry.IDFor(peerB); got != newID {
+		t.Fatalf("toward B after the switch: signing as %s, want the new ID %s (old %s)", got, newID, oldID)
+	}
+	if n := notifiedRecords(w); n != 1 || notifier.count() != 2 {
+		t.Fatalf("%d notices, %d PeerNotifiedOfNewId recorded; want 2 and 1", notifier.count(), n)
+	}
+	if wait := calls[1].Sub(delivered); wait < 2*cfg.AuthWindow-50*time.Millisecond {
+		t.Fatalf("asked again %s after the last push under the old ID ended; want twice the auth window, %s", wait, 2*cfg.AuthWindow)
+	}
+	if pushedAtCall[1] != 1 {
+		t.Fatalf("%d pushes before the switch; want only the one before the rename", pushedAtCall[1])
+	}
+}
+
+// Given B, which our rename notices cannot reach, then reach when it
+// cannot fetch our key (neither says what B knows of us), when this server renames and has a new event for
+// B, then it is not pushed under the old ID meanwhile: it goes once B
+// accepts the new ID, signed with it.
+func TestPushesWaitForTheRenameNoticesAnswer(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, testPushesWaitForTheRenameNoticesAnswer)
+}
+
+// testPushesWaitForTheRenameNoticesAnswer runs in a synctest bubble: the notices' backoff passes on the bubble's clock.
+func testPushesWaitForTheRenameNoticesAnswer(t *testing.T) {
+	refused := errors.New("connection refused")
+	keyUnavailable := fromPeer(&hrpc.RemoteError{Procedure: "/protocol.sync.v1.PostboxService/NotifyNewId", HTTPStatus: 502,
+		Identifier: "postbox.key-unavailable", HumanMessage: "caller's public key could not be fetched"})
+	notifier := &scriptedNotifier{answers: []error{refused, keyUnavailable}}
+	w, renames, _, newID := renamedWorld(t, testConfig(), notifier)
+	var pushedAtCall []int
+	notifier.called = func(int) { pushedAtCall = append(pushedAtCall, len(w.peers.pushes())) }
+	if err := renames.Rename(context.Background(), newID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.engine.Send(context.Background(), peerB, added(1)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the held event delivered", func() bool { return w.state().Delivered == 2 })
+	if notifier.count() != 3 || pushedAtCall[2] != 1 {
+		t.Fatalf("%d notices, pushes before each %v; want 3, and no push before the third (the acceptance)", notifier.count(), pushedAtCall)
+	}
+	if got := w.engine.registry.IDFor(peerB); got != newID {
+		t.Fatalf("toward B after its acceptance: signing as %s, want %s", got, newID)
+	}
+}
+
+// Given B, which answers our rename notices with a refusal of its own (an
+// upstream server does not implement NotifyNewId), when this server
+// renames and has a new event for B, then the event is pushed at once,
+// under the ID B knows, while the notices go on.
+func TestARefusedRenameNoticeHoldsNoPush(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, testARefusedRenameNoticeHoldsNoPush)
+}
+
+// testARefusedRenameNoticeHoldsNoPush runs in a synctest bubble: the notices' backoff passes on the bubble's clock.
+func testARefusedRenameNoticeHoldsNoPush(t *testing.T) {
+	unimplemented := fromPeer(&hrpc.RemoteError{Procedure: "/protocol.sync.v1.PostboxService/NotifyNewId", HTTPStatus: 501,
+		Identifier: "hrpc.not-implemented", HumanMessage: "not implemented"})
+	answers := make([]error, 1000)
+	for i := range answers {
+		answers[i] = unimplemented
+	}
+	notifier := &scriptedNotifier{answers: answers}
+	w, renames, oldID, newID := renamedWorld(t, testConfig(), notifier)
+	if err := renames.Rename(context.Background(), newID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a first notice", func() bool { return notifier.count() > 0 })
+	if _, err := w.engine.Send(context.Background(), peerB, added(1)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the event delivered", func() bool { return w.state().Delivered == 2 })
+	if got := w.engine.registry.IDFor(peerB); got != oldID {
+		t.Fatalf("toward B, which refused the new ID: signing as %s, want the old ID %s", got, oldID)
+	}
+	if n := notifiedRecords(w); n != 0 {
+		t.Fatalf("%d PeerNotifiedOfNewId recorded for a refused notice", n)
 	}
 }
 
@@ -334,4 +431,45 @@ func TestOurRenameReachesAPeerMetBeforeOurIDWasRecorded(t *testing.T) {
 		t.Fatalf("toward B after the rename, before it accepted: %s, want the old %s", got, oldID)
 	}
 	eventually(t, "B to be told the new ID", func() bool { return notifier.count() > 0 })
+}
+
+// Given this server renamed from oldID to newID, when a peer it never met
+// pushes addressing oldID (it learned that ID before the rename), then the
+// peer is registered as knowing oldID, told newID at once, and signed to
+// with newID once it accepted; registered as knowing newID it would have
+// been signed to with an ID it never met, and registered it as a second
+// peer for this server.
+func TestAFirstPushAddressedToOurFormerIDIsToldOurNewOne(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	if err := w.engine.registry.RecordOwnID(ctx, oldID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	notifier := &fakeNotifier{}
+	renames := attachRenames(w, &fakeKeys{}, notifier, oldID)
+	if err := renames.Rename(ctx, newID); err != nil {
+		t.Fatal(err)
+	}
+	caller := domain.Caller{ServerID: peerC, Extended: true, Audience: oldID}
+	if err := w.engine.AcceptPush(ctx, caller, []*syncv1.Event{added(1)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the peer told our new ID", func() bool { return w.engine.registry.IDFor(peerC) == newID })
+	if n := notifier.count(); n != 1 {
+		t.Fatalf("%d notices, want 1", n)
+	}
+	// A peer that addressed the current ID needs no notice.
+	fresh := domain.MustParseServerID("d.example:2289")
+	if err := w.engine.AcceptPush(ctx, domain.Caller{ServerID: fresh, Extended: true, Audience: newID}, []*syncv1.Event{added(2)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.engine.registry.IDFor(fresh); got != newID {
+		t.Fatalf("toward a peer that addressed the new ID: %s", got)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := notifier.count(); n != 1 {
+		t.Fatalf("%d notices, want still 1", n)
+	}
 }

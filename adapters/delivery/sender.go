@@ -194,7 +194,10 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			}
 			return // the push loop rereads the state and decides again
 		}
-		res, err := e.pushOnce(ctx, server, seq, events, claim)
+		res, err := e.pushOnce(ctx, p, server, seq, events, claim)
+		if errors.Is(err, errHeldForRename) {
+			return // the push loop decides again, under the ID the peer knows now
+		}
 		if domain.PeerSaid(err, domain.ErrStaleTerm) && e.owners != nil {
 			// Another replica pushed to the peer under a later term: this
 			// one has lost the peer. Not a failed delivery: the push loop
@@ -429,7 +432,11 @@ func (e *Engine) reportContinuity(server domain.ServerID, before domain.Outbox, 
 }
 
 // pushOnce makes one attempt, holding one of the global push slots.
-func (e *Engine) pushOnce(ctx context.Context, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (domain.PushResult, error) {
+func (e *Engine) pushOnce(ctx context.Context, p *peer, server domain.ServerID, seq uint64, events []*syncv1.Event, claim domain.PushClaim) (domain.PushResult, error) {
+	if err := e.beginPush(ctx, p); err != nil {
+		return domain.PushResult{}, err
+	}
+	defer e.endPush(p)
 	select {
 	case e.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -502,7 +509,7 @@ func (e *Engine) probe(ctx context.Context, p *peer) {
 		err = e.fence(ctx, p)
 	}
 	if err == nil {
-		res, err = e.pushOnce(ctx, server, seq, events, claim)
+		res, err = e.pushOnce(ctx, p, server, seq, events, claim)
 	}
 	if err == nil && res.Answer != nil && res.Answer.Refused {
 		if e.reconcile(ctx, p, server, &r, res, claim.Epoch) {
@@ -522,7 +529,9 @@ func (e *Engine) probe(ctx context.Context, p *peer) {
 	}
 	p.probeCancel = nil
 	if err != nil {
-		e.logger.Info("resume probe failed", "peer", server.String(), "seq", seq, "err", err)
+		if !errors.Is(err, errHeldForRename) {
+			e.logger.Info("resume probe failed", "peer", server.String(), "seq", seq, "err", err)
+		}
 		e.scheduleProbeLocked(p)
 		return
 	}

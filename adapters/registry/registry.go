@@ -61,6 +61,9 @@ type Registry struct {
 // registration is a first contact waiting to be recorded.
 type registration struct {
 	server domain.ServerID
+	// addressed is the ID of this server the peer's call addressed (zero:
+	// not known, or this server's own send).
+	addressed domain.ServerID
 	done   chan struct{} // closed once recorded or failed
 	peer   domain.PeerID
 	err    error
@@ -208,15 +211,22 @@ const registerAttempts = 8
 // another replica wrote the peers stream first, the registry has reread it
 // and tries again: that replica may have registered id itself.
 func (r *Registry) Register(ctx context.Context, id domain.ServerID) (domain.PeerID, error) {
+	return r.RegisterCaller(ctx, domain.Caller{ServerID: id})
+}
+
+// RegisterCaller is Register for a peer's own call: on first contact the
+// peer is recorded as knowing this server by the ID it addressed
+// (domain.Peers.Register).
+func (r *Registry) RegisterCaller(ctx context.Context, caller domain.Caller) (domain.PeerID, error) {
 	for attempt := 1; ; attempt++ {
-		peer, err := r.register(ctx, id)
+		peer, err := r.register(ctx, caller.ServerID, caller.Audience)
 		if err == nil || !errors.Is(err, eventstore.ErrWrongExpectedRevision) || attempt == registerAttempts || ctx.Err() != nil {
 			return peer, err
 		}
 	}
 }
 
-func (r *Registry) register(ctx context.Context, id domain.ServerID) (domain.PeerID, error) {
+func (r *Registry) register(ctx context.Context, id, addressed domain.ServerID) (domain.PeerID, error) {
 	r.mu.Lock()
 	if peer, ok := r.peers.Lookup(id); ok {
 		r.mu.Unlock()
@@ -224,7 +234,7 @@ func (r *Registry) register(ctx context.Context, id domain.ServerID) (domain.Pee
 	}
 	w, queued := r.pending[id]
 	if !queued {
-		w = &registration{server: id, done: make(chan struct{})}
+		w = &registration{server: id, addressed: addressed, done: make(chan struct{})}
 		r.pending[id] = w
 	}
 	r.mu.Unlock()
@@ -256,7 +266,7 @@ func (r *Registry) register(ctx context.Context, id domain.ServerID) (domain.Pee
 			break
 		}
 		p.peer = domain.PeerID("p" + hex.EncodeToString(raw[:]))
-		recs = append(recs, r.peers.Register(p.peer, p.server, r.unregistered[p.server])...)
+		recs = append(recs, r.peers.Register(p.peer, p.server, r.unregistered[p.server], p.addressed)...)
 	}
 	r.mu.Unlock()
 	if err == nil && len(recs) > 0 {

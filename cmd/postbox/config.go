@@ -112,6 +112,7 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	if err != nil {
 		return Config{}, err
 	}
+	dc.AuthWindow = *window
 	cfg := Config{
 		ServerIDGiven:     given["server-id"],
 		Rename:            *rename,

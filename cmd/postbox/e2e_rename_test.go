@@ -183,7 +183,7 @@ func TestRenameOwnReachesPeerAfterDowntime(t *testing.T) {
 	// A keeps trying: a second failed attempt is logged, and B does not
 	// know A's new ID meanwhile.
 	opWait(t, 15*time.Second, "A's second failed announcement to B", func() (bool, string) {
-		return strings.Contains(a.logText(), `msg="telling a peer our new ID failed; will retry" peer=`+b.id+" attempt=2"), "not logged"
+		return strings.Contains(a.logText(), `msg="telling a peer our new ID failed; pushes to it wait, and it will be told again" peer=`+b.id+" attempt=2"), "not logged"
 	})
 	_, peers := a.peersCLI()
 	if len(peers) != 1 || peers[0].GetServerId() != b.id || peers[0].GetKnowsOurServerId() {
