@@ -133,7 +133,7 @@ func (w *world) checkDelivered(t *testing.T) {
 		if r == nil || r.reg == nil {
 			continue // judged once r runs again
 		}
-		if w.split(r, w.nodes[rp.by]) {
+		if w.splitByRestore(r, w.nodes[rp.by]) {
 			continue
 		}
 		w.mu.Lock()
@@ -222,14 +222,35 @@ type repair struct {
 	counted bool // as one to a receiver run by replicas
 }
 
-// split reports whether receiver r and sender s know each other as more
-// than one peer: s renamed while a first contact with r was under way, and
-// r holds its old and its new ID as two peers, each with its own inbox and
-// account, which contradict s's one outbox (README "Simulation": found,
-// not fixed). Such a pair is left out of the repair and liveness checks,
-// and counted once.
-func (w *world) split(r, s *node) bool {
-	if (r.reg == nil || len(peersOf(r.reg, s)) < 2) && (s.reg == nil || len(peersOf(s.reg, r)) < 2) {
+// checkOnePeerEach checks that no server knows another as two peers, under
+// two of its IDs. A server renamed while a first contact with a peer was
+// under way once left it so: its pushes signed with the old ID registered
+// that one there, beside the new ID the peer's users addressed it by.
+// Allowed, and counted (split-after-restore), is what a restore does: a
+// receiver restored to a copy from before it accepted a rename forgets
+// it, and the renamed server's next push under its new ID registers that
+// as a second peer (README "Simulation": found, not fixed).
+func (w *world) checkOnePeerEach(t *testing.T) {
+	t.Helper()
+	for _, r := range w.nodes {
+		if r.reg == nil || !r.running() {
+			continue
+		}
+		for _, s := range w.nodes {
+			if peers := peersOf(r.reg, s); s != r && len(peers) > 1 && !w.splitByRestore(r, s) {
+				t.Fatalf("%s knows %s as %d peers %v (IDs %v)\n%s's peers stream:\n%s%s's peers stream:\n%s",
+					r.orig, s.orig, len(peers), peers, s.hosts, r.orig, peerRecords(t, r), s.orig, peerRecords(t, s))
+			}
+		}
+	}
+}
+
+// splitByRestore reports whether receiver r, restored from an earlier
+// copy, knows sender s as more than one peer (checkOnePeerEach). Such a
+// pair's accounts contradict s's one outbox, so it is left out of the
+// repair and liveness checks.
+func (w *world) splitByRestore(r, s *node) bool {
+	if !r.restored || r.reg == nil || len(peersOf(r.reg, s)) < 2 {
 		return false
 	}
 	w.mu.Lock()
@@ -238,9 +259,19 @@ func (w *world) split(r, s *node) bool {
 	w.splits[key] = true
 	w.mu.Unlock()
 	if !seen {
-		w.count("split-peer")
+		w.count("split-after-restore")
 	}
 	return true
+}
+
+// peerRecords lists the records of n's peers stream, one per line.
+func peerRecords(t *testing.T, n *node) string {
+	var b strings.Builder
+	for _, rec := range readPrefix(t, n.storage, streams.Peers)[streams.Peers] {
+		e, err := streams.DecodePeerEvent(rec)
+		fmt.Fprintf(&b, "  %d %T %+v %v\n", rec.Revision, e, e, err)
+	}
+	return b.String()
 }
 
 // nodeAt is the Postbox server reachable at host, if any.

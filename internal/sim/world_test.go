@@ -225,10 +225,11 @@ type world struct {
 	// repairs: each time a sender found a receiver behind what it had
 	// been given.
 	repairs []repair
-	splits  map[[2]int]bool // receiver, sender: known as two peers
 	// replicaChanged: when a replica of each server last started, died,
 	// paused or resumed.
 	replicaChanged map[int]time.Time
+	// splits: receiver, sender pairs counted by splitByRestore.
+	splits map[[2]int]bool
 }
 
 func newWorld(seed uint64, net *simnet.Network, logger *slog.Logger) *world {
