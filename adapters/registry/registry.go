@@ -64,9 +64,9 @@ type registration struct {
 	// addressed is the ID of this server the peer's call addressed (zero:
 	// not known, or this server's own send).
 	addressed domain.ServerID
-	done   chan struct{} // closed once recorded or failed
-	peer   domain.PeerID
-	err    error
+	done      chan struct{} // closed once recorded or failed
+	peer      domain.PeerID
+	err       error
 }
 
 // Load reads the peers stream. A nil logger discards logs.
