@@ -34,6 +34,17 @@ type PullBatch[E any] struct {
 	// ID of the last event, if the sender gave it (continuity extension).
 	Epoch  uint64
 	LastID []byte
+	// Held is what the replying server holds of the caller's own events
+	// (nil: it did not say, an upstream server).
+	Held *Held
+}
+
+// Held is what a continuity-checking server holds of a peer's events, as
+// its Pull replies to that peer say: the peer's epoch they count in (0:
+// none at all) and the last one applied there (nil: none).
+type Held struct {
+	Epoch uint64
+	Last  *EventRef
 }
 
 // RemoteError is a peer's refusal of a call this server made. Reason is

@@ -5,8 +5,11 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
 // continuityObserver records the continuity findings reported.
@@ -140,5 +143,156 @@ func TestAnAcknowledgementPastTheOutboxStartsANewEpoch(t *testing.T) {
 	}
 	if got := obs.reported(); !slices.Equal(got, []string{"epoch_started"}) {
 		t.Fatalf("reported %v", got)
+	}
+}
+
+// heldReply is a Pull reply of nothing but what the peer holds of this
+// server's events.
+func heldReply(epoch uint64, last *uint64) func(*uint64) (peerclient.PullResult, error) {
+	return func(*uint64) (peerclient.PullResult, error) {
+		held := &domain.Held{Epoch: epoch}
+		if last != nil {
+			held.Last = &domain.EventRef{Seq: *last}
+		}
+		return peerclient.PullResult{Held: held}, nil
+	}
+}
+
+func receiverReports(w *world) []domain.ReceiverReported {
+	var out []domain.ReceiverReported
+	for _, r := range w.deliveryRecords() {
+		if rr, ok := r.(domain.ReceiverReported); ok {
+			out = append(out, rr)
+		}
+	}
+	return out
+}
+
+// Given three events pushed to B, when B's reply to this server's next
+// Pull says it holds none of them (its store was restored to a copy from
+// before it met this server, so it does not pull this server itself), then
+// this server records that B lost them and pushes them again, with no new
+// event to send.
+func TestAPeerWhosePullReplySaysItLostEventsGetsThemAgain(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.send(3)
+	w.pushedInOrder(3)
+	w.peers.mu.Lock()
+	w.peers.pullFn = heldReply(0, nil)
+	w.peers.mu.Unlock()
+	if err := w.engine.PullFrom(context.Background(), peerB); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the lost events pushed again", func() bool { return len(w.peers.pushes()) == 6 })
+	if got := w.peers.pushes(); !slices.Equal(got, []uint64{0, 1, 2, 0, 1, 2}) {
+		t.Fatalf("pushes %v, want 0 to 2 twice", got)
+	}
+	if reports := receiverReports(w); len(reports) != 1 || reports[0].Has {
+		t.Fatalf("records of B's account: %+v, want one of nothing held", reports)
+	}
+}
+
+// Given three events pushed to B, when B's Pull reply says it holds the
+// first one of this epoch only, then the two after it go again; when it
+// says it holds all three, or holds a later epoch's, or says nothing (an
+// upstream server), nothing is recorded.
+func TestAPullReplysAccountIsComparedWithWhatWasGiven(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		held    func(epoch uint64) func(*uint64) (peerclient.PullResult, error)
+		resent  []uint64
+		reports int
+	}{
+		{"holds the first", func(e uint64) func(*uint64) (peerclient.PullResult, error) { return heldReply(e, new(uint64(0))) }, []uint64{1, 2}, 1},
+		{"holds all", func(e uint64) func(*uint64) (peerclient.PullResult, error) { return heldReply(e, new(uint64(2))) }, nil, 0},
+		{"holds nothing of this epoch", func(e uint64) func(*uint64) (peerclient.PullResult, error) { return heldReply(e+1, new(uint64(2))) }, []uint64{0, 1, 2}, 1},
+		{"says nothing", func(uint64) func(*uint64) (peerclient.PullResult, error) {
+			return func(*uint64) (peerclient.PullResult, error) { return peerclient.PullResult{}, nil }
+		}, nil, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, testConfig())
+			w.send(3)
+			w.pushedInOrder(3)
+			w.peers.mu.Lock()
+			w.peers.pullFn = tc.held(w.state().Epoch)
+			w.peers.mu.Unlock()
+			if err := w.engine.PullFrom(context.Background(), peerB); err != nil {
+				t.Fatal(err)
+			}
+			want := append([]uint64{0, 1, 2}, tc.resent...)
+			eventually(t, "what B lacks pushed again", func() bool { return len(w.peers.pushes()) >= len(want) })
+			time.Sleep(20 * time.Millisecond)
+			if got := w.peers.pushes(); !slices.Equal(got, want) {
+				t.Fatalf("pushes %v, want %v", got, want)
+			}
+			if n := len(receiverReports(w)); n != tc.reports {
+				t.Fatalf("%d accounts of B recorded, want %d", n, tc.reports)
+			}
+		})
+	}
+}
+
+// Given two events pushed to B, when a third is pushed while this
+// server's Pull is on its way, and B's reply says it holds the first two
+// (it read the Pull before applying the third), then that is no loss:
+// only what was given before the Pull is compared.
+func TestAPushCrossingAPullIsNoLoss(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.send(2)
+	w.pushedInOrder(2)
+	epoch := w.state().Epoch
+	w.peers.mu.Lock()
+	w.peers.pullFn = func(*uint64) (peerclient.PullResult, error) {
+		if _, err := w.engine.Send(context.Background(), peerB, added(2)); err != nil {
+			return peerclient.PullResult{}, err
+		}
+		eventually(t, "the third event delivered", func() bool { return w.state().Delivered == 3 })
+		return heldReply(epoch, new(uint64(1)))(nil)
+	}
+	w.peers.mu.Unlock()
+	if err := w.engine.PullFrom(context.Background(), peerB); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if got := w.peers.pushes(); !slices.Equal(got, []uint64{0, 1, 2}) {
+		t.Fatalf("pushes %v, want each event once", got)
+	}
+	if reports := receiverReports(w); len(reports) != 0 {
+		t.Fatalf("records of B's account: %+v, want none", reports)
+	}
+}
+
+// Given a Postbox sender whose events 0 and 1 (epoch 7) this server
+// applied, when it pulls, then the reply says so; a Postbox server this
+// one never met is told it holds nothing; an upstream caller (no token
+// extension) is told nothing, as it would not read it.
+func TestAPullReplySaysWhatThisServerHoldsOfTheCaller(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	sender := domain.Caller{ServerID: domain.MustParseServerID("s.example:2289"), Extended: true}
+	first := uint64(0)
+	answer, err := w.engine.AcceptClaimedPush(ctx, sender, []*syncv1.Event{added(0), added(1)}, &first, &domain.PushClaim{Epoch: 7})
+	if err != nil || answer.Refused {
+		t.Fatalf("push: %+v, %v", answer, err)
+	}
+	batch, err := w.engine.ServeAccountedPull(ctx, sender, nil, &domain.PullAccount{})
+	if err != nil || batch.Held == nil || batch.Held.Epoch != 7 || batch.Held.Last == nil || batch.Held.Last.Seq != 1 {
+		t.Fatalf("the sender's Pull reply: held %+v, %v; want epoch 7 through seq 1", batch.Held, err)
+	}
+	stranger := domain.Caller{ServerID: domain.MustParseServerID("new.example:2289"), Extended: true}
+	batch, err = w.engine.ServeAccountedPull(ctx, stranger, nil, nil)
+	if err != nil || batch.Held == nil || batch.Held.Epoch != 0 || batch.Held.Last != nil {
+		t.Fatalf("a stranger's Pull reply: held %+v, %v; want nothing held", batch.Held, err)
+	}
+	upstream := domain.Caller{ServerID: sender.ServerID}
+	if batch, err = w.engine.ServeAccountedPull(ctx, upstream, nil, nil); err != nil || batch.Held != nil {
+		t.Fatalf("an upstream caller's Pull reply: held %+v, %v; want none", batch.Held, err)
 	}
 }

@@ -23,8 +23,41 @@ func (e *Engine) ServePull(ctx context.Context, caller domain.Caller, ack *uint6
 
 // ServeAccountedPull is ServePull for a caller that gave an account of
 // what it applied (nil: none): one that contradicts the outbox is recorded
-// first, so the reply carries what the caller really lacks.
+// first, so the reply carries what the caller really lacks. A Postbox
+// caller (it signs the token extension) is also told what this server
+// holds of its own events, so it learns when this server lost some even
+// if it has nothing new to push (checkHeld).
 func (e *Engine) ServeAccountedPull(ctx context.Context, caller domain.Caller, ack *uint64, account *domain.PullAccount) (PullBatch, error) {
+	batch, err := e.serveAccountedPull(ctx, caller, ack, account)
+	if err != nil || !caller.Extended {
+		return batch, err
+	}
+	batch.Held, err = e.heldFrom(ctx, caller.ServerID)
+	return batch, err
+}
+
+// heldFrom is what this server holds of server's events: nothing at all
+// for a server that is not a peer. In replica mode the inbox is read
+// again, as another replica may have applied some.
+func (e *Engine) heldFrom(ctx context.Context, server domain.ServerID) (*domain.Held, error) {
+	id, ok := e.registry.Lookup(server)
+	if !ok {
+		return &domain.Held{}, nil
+	}
+	p := e.peer(id)
+	p.recvMu.Lock()
+	defer p.recvMu.Unlock()
+	if err := e.freshInboxLocked(ctx, p); err != nil {
+		return nil, err
+	}
+	held := &domain.Held{Epoch: p.in.Epoch}
+	if p.in.HasSeq {
+		held.Last = &domain.EventRef{Seq: p.in.LastSeq, ID: bytes.Clone(p.in.LastID)}
+	}
+	return held, nil
+}
+
+func (e *Engine) serveAccountedPull(ctx context.Context, caller domain.Caller, ack *uint64, account *domain.PullAccount) (PullBatch, error) {
 	if err := e.awaitStart(ctx); err != nil {
 		return PullBatch{}, err
 	}

@@ -410,6 +410,7 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 		if err != nil {
 			return err
 		}
+		before := e.givenBefore(p)
 		res, err := e.pull(ctx, server, ack, account)
 		if err != nil && refusedAsPredatingStart(err) && retries < 3 {
 			// The peer restarted within the second this token was signed
@@ -424,6 +425,9 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 		}
 		if err != nil {
 			return fmt.Errorf("pull from %s: %w", server, err)
+		}
+		if err := e.checkHeld(ctx, p, server, before, res.Held); err != nil {
+			return err
 		}
 		if len(res.Events) == 0 {
 			return nil
@@ -607,4 +611,67 @@ func (e *Engine) AcceptRename(ctx context.Context, caller domain.Caller, newID d
 		return fmt.Errorf("%w: renames are not handled by this engine", domain.ErrNotImplemented)
 	}
 	return r.AcceptRename(ctx, caller, newID)
+}
+
+// givenMark is what this server counted as given to a peer (in its current
+// epoch) before it asked the peer something.
+type givenMark struct {
+	loaded bool
+	epoch  uint64
+	has    bool
+	seq    uint64
+}
+
+// givenBefore notes what p was given so far, before a Pull to it: the
+// peer had applied all of it before it read the request.
+func (e *Engine) givenBefore(p *peer) givenMark {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return givenMark{loaded: p.loaded, epoch: p.out.Epoch, has: p.out.HasGiven, seq: p.out.Given}
+}
+
+// checkHeld compares what a peer says in a Pull reply it holds of this
+// server's events with what this server had given it before the Pull (so
+// a push or acknowledgement that crossed the Pull cannot look like a
+// loss). A peer that holds less lost events (its store went back, perhaps
+// to before it ever met this server, when it does not pull this server
+// itself and nothing else would tell): that is recorded as for a push's
+// answer, and the events go again. Anything else in the account (more
+// than given, another history) is left to the next push's continuity
+// check.
+func (e *Engine) checkHeld(ctx context.Context, p *peer, server domain.ServerID, before givenMark, held *domain.Held) error {
+	if held == nil || !before.loaded || !before.has {
+		return nil
+	}
+	if held.Epoch == before.epoch && held.Last != nil && held.Last.Seq >= before.seq {
+		return nil
+	}
+	var has *uint64
+	if held.Epoch == before.epoch && held.Last != nil {
+		has = &held.Last.Seq
+	}
+	p.mu.Lock()
+	if !p.loaded || p.out.Epoch != before.epoch || !e.runsLocked(p) {
+		p.mu.Unlock()
+		return nil
+	}
+	records := p.out.CheckAck(has, true, e.newEpoch())
+	if len(records) != 1 {
+		p.mu.Unlock()
+		return nil
+	}
+	if _, behind := records[0].(domain.ReceiverReported); !behind {
+		p.mu.Unlock()
+		return nil
+	}
+	out := p.out
+	done := e.recordLocked(p, true, records...)
+	p.given = nil
+	e.kickLocked(p)
+	p.mu.Unlock()
+	if err := waitRecorded(ctx, done); err != nil {
+		return err
+	}
+	e.reportContinuity(server, out, records[0], "pull reply")
+	return nil
 }

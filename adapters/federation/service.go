@@ -194,6 +194,13 @@ func (s *PostboxService) Pull(ctx context.Context, req *connect.Request[syncv1.P
 		seqext.SetFirstSeq(res, batch.FirstSeq)
 		seqext.SetPullReplyContinuity(res, batch.Epoch, batch.LastID)
 	}
+	if h := batch.Held; h != nil {
+		held := seqext.Continuity{Epoch: h.Epoch}
+		if h.Last != nil {
+			held.Last = &seqext.Ref{Seq: h.Last.Seq, ID: h.Last.ID}
+		}
+		seqext.SetPullReplyHeld(res, held)
+	}
 	return connect.NewResponse(res), nil
 }
 

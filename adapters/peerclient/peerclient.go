@@ -317,7 +317,14 @@ func (c *Client) pull(ctx context.Context, peer domain.ServerID, ack *uint64, ac
 	}
 	first, ok := seqext.FirstSeq(res)
 	epoch, lastID := seqext.PullReplyContinuity(res)
-	return PullResult{Events: res.GetEventQueue(), FirstSeq: first, HasSeq: ok, Epoch: epoch, LastID: lastID}, nil
+	out := PullResult{Events: res.GetEventQueue(), FirstSeq: first, HasSeq: ok, Epoch: epoch, LastID: lastID}
+	if held, ok := seqext.PullReplyHeld(res); ok {
+		out.Held = &domain.Held{Epoch: held.Epoch}
+		if held.Last != nil {
+			out.Held.Last = &domain.EventRef{Seq: held.Last.Seq, ID: held.Last.ID}
+		}
+	}
+	return out, nil
 }
 
 // NotifyNewID tells peer that this server is now newID.

@@ -12,23 +12,28 @@ import (
 // by the ID of the sender's outbox record, so a restored or recreated store
 // on either side is noticed instead of silently dropping or skipping events.
 const (
-	pushEpoch         protowire.Number = 102 // PushRequestExt.epoch
-	pushContinuity    protowire.Number = 103 // PushRequestExt.continuity
-	pushPrevSeq       protowire.Number = 104 // PushRequestExt.prev_seq
-	pushPrevID        protowire.Number = 105 // PushRequestExt.prev_id
-	pushLastID        protowire.Number = 106 // PushRequestExt.last_id
-	pushOwnerTerm     protowire.Number = 107 // PushRequestExt.owner_term
-	replyContinuity   protowire.Number = 103 // PushResponseExt.continuity
-	replyRefused      protowire.Number = 104 // PushResponseExt.refused
-	replyAppliedSeq   protowire.Number = 105 // PushResponseExt.applied_seq
-	replyAppliedID    protowire.Number = 106 // PushResponseExt.applied_id
-	replyHasApplied   protowire.Number = 107 // PushResponseExt.has_applied
-	pullContinuity    protowire.Number = 102 // PullRequestExt.continuity
-	pullEpoch         protowire.Number = 103 // PullRequestExt.epoch
-	pullAckID         protowire.Number = 104 // PullRequestExt.ack_id
-	pullReplyEpoch    protowire.Number = 101 // PullResponseExt.epoch
-	pullReplyLastID   protowire.Number = 102 // PullResponseExt.last_id
-	maxOutboxIDLength                  = 16
+	pushEpoch           protowire.Number = 102 // PushRequestExt.epoch
+	pushContinuity      protowire.Number = 103 // PushRequestExt.continuity
+	pushPrevSeq         protowire.Number = 104 // PushRequestExt.prev_seq
+	pushPrevID          protowire.Number = 105 // PushRequestExt.prev_id
+	pushLastID          protowire.Number = 106 // PushRequestExt.last_id
+	pushOwnerTerm       protowire.Number = 107 // PushRequestExt.owner_term
+	replyContinuity     protowire.Number = 103 // PushResponseExt.continuity
+	replyRefused        protowire.Number = 104 // PushResponseExt.refused
+	replyAppliedSeq     protowire.Number = 105 // PushResponseExt.applied_seq
+	replyAppliedID      protowire.Number = 106 // PushResponseExt.applied_id
+	replyHasApplied     protowire.Number = 107 // PushResponseExt.has_applied
+	pullContinuity      protowire.Number = 102 // PullRequestExt.continuity
+	pullEpoch           protowire.Number = 103 // PullRequestExt.epoch
+	pullAckID           protowire.Number = 104 // PullRequestExt.ack_id
+	pullReplyEpoch      protowire.Number = 101 // PullResponseExt.epoch
+	pullReplyLastID     protowire.Number = 102 // PullResponseExt.last_id
+	pullReplyHeld       protowire.Number = 103 // PullResponseExt.held
+	pullReplyHeldEpoch  protowire.Number = 104 // PullResponseExt.held_epoch
+	pullReplyHeldSeq    protowire.Number = 105 // PullResponseExt.held_seq
+	pullReplyHeldID     protowire.Number = 106 // PullResponseExt.held_id
+	pullReplyHasHeldSeq protowire.Number = 107 // PullResponseExt.has_held_seq
+	maxOutboxIDLength                    = 16
 )
 
 // Ref names one event of a sender's outbox: its sequence number and the ID
@@ -175,6 +180,38 @@ func PullReplyContinuity(m *syncv1.PullResponse) (epoch uint64, lastID []byte) {
 	epoch, _ = lastVarint(raw, pullReplyEpoch)
 	lastID, _ = lastBytes(raw, pullReplyLastID)
 	return epoch, lastID
+}
+
+// SetPullReplyHeld adds to a Pull reply what the replying server holds of
+// the caller's own events: their epoch and the last one applied there
+// (Continuity.Last nil: none; Epoch 0: nothing at all).
+func SetPullReplyHeld(m *syncv1.PullResponse, held Continuity) {
+	setVarint(m, pullReplyHeld, 1)
+	if held.Epoch != 0 {
+		setVarint(m, pullReplyHeldEpoch, held.Epoch)
+	}
+	if held.Last != nil {
+		setVarint(m, pullReplyHasHeldSeq, 1)
+		setVarint(m, pullReplyHeldSeq, held.Last.Seq)
+		setBytes(m, pullReplyHeldID, held.Last.ID)
+	}
+}
+
+// PullReplyHeld reads what a Pull reply says its server holds of the
+// caller's events; ok is false for a server that does not say (upstream,
+// or an older Postbox).
+func PullReplyHeld(m *syncv1.PullResponse) (held Continuity, ok bool) {
+	raw := m.ProtoReflect().GetUnknown()
+	if v, _ := lastVarint(raw, pullReplyHeld); v == 0 {
+		return Continuity{}, false
+	}
+	held.Epoch, _ = lastVarint(raw, pullReplyHeldEpoch)
+	if has, _ := lastVarint(raw, pullReplyHasHeldSeq); has != 0 {
+		seq, _ := lastVarint(raw, pullReplyHeldSeq)
+		id, _ := lastBytes(raw, pullReplyHeldID)
+		held.Last = &Ref{Seq: seq, ID: id}
+	}
+	return held, true
 }
 
 func setBytes(m proto.Message, n protowire.Number, v []byte) {

@@ -147,6 +147,32 @@ func TestContinuityMatchesDeclaredMessages(t *testing.T) {
 			t.Fatalf("PullReplyContinuity = %d, %x", epoch, id)
 		}
 	})
+	t.Run("what a Pull reply's server holds of the caller", func(t *testing.T) {
+		res := &syncv1.PullResponse{}
+		SetPullReplyHeld(res, Continuity{Epoch: 9, Last: &Ref{Seq: 0, ID: idA}})
+		var declared federationv1.PullResponseExt
+		roundTrip(t, res, &declared)
+		if !declared.GetHeld() || declared.GetHeldEpoch() != 9 || !declared.GetHasHeldSeq() || declared.GetHeldSeq() != 0 ||
+			!bytes.Equal(declared.GetHeldId(), idA) {
+			t.Fatalf("declared view: %v", &declared)
+		}
+		var back syncv1.PullResponse
+		roundTrip(t, res, &back)
+		held, ok := PullReplyHeld(&back)
+		if !ok || held.Epoch != 9 || held.Last == nil || held.Last.Seq != 0 || !bytes.Equal(held.Last.ID, idA) {
+			t.Fatalf("PullReplyHeld = %+v, %v", held, ok)
+		}
+		// Nothing at all held is still an account, unlike no account.
+		nothing := &syncv1.PullResponse{}
+		SetPullReplyHeld(nothing, Continuity{})
+		roundTrip(t, nothing, &back)
+		if held, ok := PullReplyHeld(&back); !ok || held.Epoch != 0 || held.Last != nil {
+			t.Fatalf("nothing held reads %+v, %v", held, ok)
+		}
+		if _, ok := PullReplyHeld(&syncv1.PullResponse{}); ok {
+			t.Fatal("a reply without the extension reads as an account")
+		}
+	})
 }
 
 // FuzzContinuity feeds arbitrary bytes, as a peer could send them, to every
@@ -183,6 +209,17 @@ func FuzzContinuity(f *testing.F) {
 		var reply syncv1.PullResponse
 		if proto.Unmarshal(raw, &reply) == nil {
 			_, _ = PullReplyContinuity(&reply)
+			held, ok := PullReplyHeld(&reply)
+			if held.Last != nil && len(held.Last.ID) > maxOutboxIDLength {
+				t.Fatal("a held ID longer than an outbox ID was taken")
+			}
+			// What is read agrees with the declared message.
+			var declared federationv1.PullResponseExt
+			if proto.Unmarshal(raw, &declared) == nil && (ok != declared.GetHeld() ||
+				ok && (held.Epoch != declared.GetHeldEpoch() || (held.Last != nil) != declared.GetHasHeldSeq() ||
+					held.Last != nil && held.Last.Seq != declared.GetHeldSeq())) {
+				t.Fatalf("PullReplyHeld = %+v, %v; the declared message reads %v", held, ok, &declared)
+			}
 		}
 	})
 }

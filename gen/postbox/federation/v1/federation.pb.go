@@ -442,7 +442,20 @@ type PullResponseExt struct {
 	// The sender's epoch for the caller (absent: 0).
 	Epoch uint64 `protobuf:"varint,101,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// The ID of the outbox record of the last event.
-	LastId        []byte `protobuf:"bytes,102,opt,name=last_id,json=lastId,proto3" json:"last_id,omitempty"`
+	LastId []byte `protobuf:"bytes,102,opt,name=last_id,json=lastId,proto3" json:"last_id,omitempty"`
+	// Set by a server that checks continuity: `held_*` say what it holds of
+	// the caller's own events (each of its replies has it, empty ones too).
+	// A caller that counts more as given to it than that knows the server
+	// lost some (its store went back) and sends them again.
+	Held bool `protobuf:"varint,103,opt,name=held,proto3" json:"held,omitempty"`
+	// The caller's epoch those events count in (0: it holds none).
+	HeldEpoch uint64 `protobuf:"varint,104,opt,name=held_epoch,json=heldEpoch,proto3" json:"held_epoch,omitempty"`
+	// The last of the caller's events it applied in `held_epoch`.
+	HeldSeq uint64 `protobuf:"varint,105,opt,name=held_seq,json=heldSeq,proto3" json:"held_seq,omitempty"`
+	// The caller's outbox ID of that event, if known.
+	HeldId []byte `protobuf:"bytes,106,opt,name=held_id,json=heldId,proto3" json:"held_id,omitempty"`
+	// Whether `held_seq` is set: false when it holds none in the epoch.
+	HasHeldSeq    bool `protobuf:"varint,107,opt,name=has_held_seq,json=hasHeldSeq,proto3" json:"has_held_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -505,6 +518,41 @@ func (x *PullResponseExt) GetLastId() []byte {
 	return nil
 }
 
+func (x *PullResponseExt) GetHeld() bool {
+	if x != nil {
+		return x.Held
+	}
+	return false
+}
+
+func (x *PullResponseExt) GetHeldEpoch() uint64 {
+	if x != nil {
+		return x.HeldEpoch
+	}
+	return 0
+}
+
+func (x *PullResponseExt) GetHeldSeq() uint64 {
+	if x != nil {
+		return x.HeldSeq
+	}
+	return 0
+}
+
+func (x *PullResponseExt) GetHeldId() []byte {
+	if x != nil {
+		return x.HeldId
+	}
+	return nil
+}
+
+func (x *PullResponseExt) GetHasHeldSeq() bool {
+	if x != nil {
+		return x.HasHeldSeq
+	}
+	return false
+}
+
 var File_postbox_federation_v1_federation_proto protoreflect.FileDescriptor
 
 const file_postbox_federation_v1_federation_proto_rawDesc = "" +
@@ -551,13 +599,20 @@ const file_postbox_federation_v1_federation_proto_rawDesc = "" +
 	"continuity\x18f \x01(\bR\n" +
 	"continuity\x12\x14\n" +
 	"\x05epoch\x18g \x01(\x04R\x05epoch\x12\x15\n" +
-	"\x06ack_id\x18h \x01(\fR\x05ackId\"\x97\x01\n" +
+	"\x06ack_id\x18h \x01(\fR\x05ackId\"\xa0\x02\n" +
 	"\x0fPullResponseExt\x128\n" +
 	"\vevent_queue\x18\x01 \x03(\v2\x17.protocol.sync.v1.EventR\n" +
 	"eventQueue\x12\x1b\n" +
 	"\tfirst_seq\x18d \x01(\x04R\bfirstSeq\x12\x14\n" +
 	"\x05epoch\x18e \x01(\x04R\x05epoch\x12\x17\n" +
-	"\alast_id\x18f \x01(\fR\x06lastIdB\xed\x01\n" +
+	"\alast_id\x18f \x01(\fR\x06lastId\x12\x12\n" +
+	"\x04held\x18g \x01(\bR\x04held\x12\x1d\n" +
+	"\n" +
+	"held_epoch\x18h \x01(\x04R\theldEpoch\x12\x19\n" +
+	"\bheld_seq\x18i \x01(\x04R\aheldSeq\x12\x17\n" +
+	"\aheld_id\x18j \x01(\fR\x06heldId\x12 \n" +
+	"\fhas_held_seq\x18k \x01(\bR\n" +
+	"hasHeldSeqB\xed\x01\n" +
 	"\x19com.postbox.federation.v1B\x0fFederationProtoP\x01ZIgithub.com/harmony-postbox/postbox/gen/postbox/federation/v1;federationv1\xa2\x02\x03PFX\xaa\x02\x15Postbox.Federation.V1\xca\x02\x15Postbox\\Federation\\V1\xe2\x02!Postbox\\Federation\\V1\\GPBMetadata\xea\x02\x17Postbox::Federation::V1b\x06proto3"
 
 var (
