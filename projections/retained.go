@@ -6,9 +6,9 @@ import (
 	"github.com/harmony-postbox/postbox/domain"
 )
 
-// RuleTruncatedBehindSnapshot: a delivery stream is truncated only behind
-// a snapshot of its fold, which the audit starts from; one truncated
-// without such a snapshot cannot be checked.
+// RuleTruncatedBehindSnapshot: a delivery stream, or the peers stream, is
+// truncated only behind a snapshot of its fold, which the audit starts
+// from; one truncated without such a snapshot cannot be checked.
 const RuleTruncatedBehindSnapshot = "truncated-behind-snapshot"
 
 // Retained says where the audit started on a stream that retention

@@ -31,10 +31,9 @@ type snapshotReader interface {
 // how many records were read, and the revision the snapshot it started
 // from covers (0: none).
 type folded struct {
-	peers          *domain.Peers
-	next, read     uint64
-	snapshot       uint64
-	snapshotRecord uint64 // the snapshot's own revision in its stream
+	peers      *domain.Peers
+	next, read uint64
+	snapshot   uint64
 }
 
 // errSnapshotUnusable: the peers stream does not hold the last record a
@@ -45,10 +44,10 @@ var errSnapshotUnusable = errors.New("the peers stream does not hold the snapsho
 // trusted; one that cannot is ignored with a warning and the stream is
 // folded from its start.
 func (r *Registry) load(ctx context.Context) (folded, error) {
-	if peers, snap, rev, ok := r.latestSnapshot(ctx); ok {
+	if peers, snap, ok := r.latestSnapshot(ctx); ok {
 		f, err := fold(ctx, r.store, peers, snap.Revision)
 		if !errors.Is(err, errSnapshotUnusable) {
-			f.snapshot, f.snapshotRecord = snap.Revision, rev
+			f.snapshot = snap.Revision
 			return f, err
 		}
 		r.logger.Warn("peers snapshot ignored; folding the peers stream instead",
@@ -110,22 +109,22 @@ func fold(ctx context.Context, store Store, peers *domain.Peers, from uint64) (f
 }
 
 // latestSnapshot returns the fold in the latest peers snapshot, if there is
-// one of this format, stream and database (and its own revision); one
-// that is not is ignored with a warning. Whether the stream holds the
+// one of this format, stream and database; one that is not is ignored
+// with a warning. Whether the stream holds the
 // records it covers is fold's check.
-func (r *Registry) latestSnapshot(ctx context.Context) (*domain.Peers, streams.PeersSnapshotRecord, uint64, bool) {
+func (r *Registry) latestSnapshot(ctx context.Context) (*domain.Peers, streams.PeersSnapshotRecord, bool) {
 	var none streams.PeersSnapshotRecord
 	sr, ok := r.store.(snapshotReader)
 	if !ok {
-		return nil, none, 0, false
+		return nil, none, false
 	}
 	recs, err := sr.ReadStreamBackward(ctx, streams.PeersSnapshot, 1)
 	if errors.Is(err, eventstore.ErrStreamNotFound) || (err == nil && len(recs) == 0) {
-		return nil, none, 0, false
+		return nil, none, false
 	}
-	ignore := func(err error) (*domain.Peers, streams.PeersSnapshotRecord, uint64, bool) {
+	ignore := func(err error) (*domain.Peers, streams.PeersSnapshotRecord, bool) {
 		r.logger.Warn("peers snapshot ignored; folding the peers stream instead", "err", err)
-		return nil, none, 0, false
+		return nil, none, false
 	}
 	if err != nil {
 		return ignore(err)
@@ -138,7 +137,7 @@ func (r *Registry) latestSnapshot(ctx context.Context) (*domain.Peers, streams.P
 		return ignore(err)
 	}
 	if snap.Revision == 0 {
-		return nil, none, 0, false // covers nothing
+		return nil, none, false // covers nothing
 	}
 	img, err := snap.Image()
 	if err != nil {
@@ -148,7 +147,7 @@ func (r *Registry) latestSnapshot(ctx context.Context) (*domain.Peers, streams.P
 	if err != nil {
 		return ignore(err)
 	}
-	return peers, snap, recs[0].Revision, true
+	return peers, snap, true
 }
 
 // storedDatabaseID is the store's identity if it has one ("" if not):
@@ -172,24 +171,30 @@ func (r *Registry) RecordsRead() uint64 {
 
 // Compact writes a snapshot of the peers stream once it holds
 // SnapshotEvery records after the latest one, then truncates the stream
-// before the last record the snapshot covers (kept, so that a reader can
-// check the stream holds what the snapshot covers), and the snapshots
-// before it. Retention of delivered events calls it: without retention
-// the peers stream keeps everything. The snapshot is the fold of what is
-// stored, read as a start reads it, not the fold in memory: the two may
-// differ in the times of this server's IDs (appended records are folded
-// as of the time the caller gave, read ones as of when they were stored).
+// behind the snapshot before it: before the last record that one covers
+// (kept, so that a reader can check the stream holds what a snapshot
+// covers), and the snapshots before it. The records between the two
+// snapshots stay, so that the audit starts from the older and checks the
+// latest, the one a start reads, against them. Retention of delivered
+// events calls it: without retention the peers stream keeps everything.
+// The snapshot is the fold of what is stored, read as a start reads it,
+// not the fold in memory: the two may differ in the times of this
+// server's IDs (appended records are folded as of the time the caller
+// gave, read ones as of when they were stored).
 func (r *Registry) Compact(ctx context.Context, tr Truncater) error {
+	sr, ok := r.store.(snapshotReader)
+	if !ok {
+		return nil
+	}
 	r.mu.Lock()
 	next, snapshotAt, cut, every := r.next, r.snapshotAt, r.cut, r.snapshotEvery
 	r.mu.Unlock()
-	var snapshotRecord uint64
 	if next >= snapshotAt+every {
 		f, err := r.load(ctx)
 		if err != nil {
 			return err
 		}
-		snapshotAt, snapshotRecord = f.snapshot, f.snapshotRecord
+		snapshotAt = f.snapshot
 		if f.next > f.snapshot {
 			db, err := streams.DatabaseID(ctx, r.store, r.rand)
 			if err != nil {
@@ -199,31 +204,40 @@ func (r *Registry) Compact(ctx context.Context, tr Truncater) error {
 			if err != nil {
 				return err
 			}
-			res, err := r.store.Append(ctx, streams.PeersSnapshot, eventstore.Any(), data)
-			if err != nil {
+			if _, err := r.store.Append(ctx, streams.PeersSnapshot, eventstore.Any(), data); err != nil {
 				return fmt.Errorf("append to %s: %w", streams.PeersSnapshot, err)
 			}
-			snapshotAt, snapshotRecord = f.next, res.NextExpectedRevision
+			snapshotAt = f.next
 		}
 		r.mu.Lock()
 		r.snapshotAt = max(r.snapshotAt, snapshotAt)
+		snapshotAt = r.snapshotAt
 		r.mu.Unlock()
 	}
-	if snapshotAt <= 1 || snapshotAt-1 <= cut {
+	recs, err := sr.ReadStreamBackward(ctx, streams.PeersSnapshot, 2)
+	if errors.Is(err, eventstore.ErrStreamNotFound) || (err == nil && len(recs) < 2) {
 		return nil
 	}
-	if err := tr.Truncate(ctx, streams.Peers, snapshotAt-1); err != nil {
+	if err != nil {
+		return fmt.Errorf("read %s: %w", streams.PeersSnapshot, err)
+	}
+	prev, err := streams.DecodePeersSnapshot(recs[1])
+	if err != nil || prev.Stream != streams.Peers {
+		return nil // not one of ours: the next snapshot goes past it
+	}
+	// Never past the snapshot this registry read or wrote itself.
+	before := min(prev.Revision, snapshotAt)
+	if before <= 1 || before-1 <= cut {
+		return nil
+	}
+	if err := tr.Truncate(ctx, streams.Peers, before-1); err != nil {
 		return fmt.Errorf("compact %s: %w", streams.Peers, err)
 	}
 	r.mu.Lock()
-	r.cut = max(r.cut, snapshotAt-1)
+	r.cut = max(r.cut, before-1)
 	r.mu.Unlock()
-	// The snapshots before the one the stream is now read from are of no
-	// more use.
-	if snapshotRecord > 0 {
-		if err := tr.Truncate(ctx, streams.PeersSnapshot, snapshotRecord); err != nil {
-			return fmt.Errorf("compact %s: %w", streams.PeersSnapshot, err)
-		}
+	if err := tr.Truncate(ctx, streams.PeersSnapshot, recs[1].Revision); err != nil {
+		return fmt.Errorf("compact %s: %w", streams.PeersSnapshot, err)
 	}
 	return nil
 }

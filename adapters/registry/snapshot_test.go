@@ -160,11 +160,13 @@ func truncatedBefore(t *testing.T, store compactStore, stream string) uint64 {
 }
 
 // testCompaction: given a registry with a long history, when it is
-// compacted (a snapshot, the stream truncated behind it), more is recorded
-// and the server restarts, then the registry read again holds every peer,
-// former ID, key, own ID and notice, and read only the records after the
-// snapshot; a second registry on the store (a replica) learns by Refresh
-// what the first recorded after it was compacted.
+// compacted twice (a snapshot each time, the stream truncated behind the
+// one before the latest), more is recorded and the server restarts, then
+// the registry read again holds every peer, former ID, key, own ID and
+// notice, and read only the records after the latest snapshot; a second
+// registry on the store (a replica) learns by Refresh what the first
+// recorded after the compaction.
+//
 // The stand-in of EventStoreDB stamps records with its own clock: there,
 // the times of own IDs are not compared (sameTimes false).
 func testCompaction(t *testing.T, store compactStore, sameTimes bool, reopen func() compactStore) {
@@ -185,24 +187,33 @@ func testCompaction(t *testing.T, store compactStore, sameTimes bool, reopen fun
 	if err := reg.Compact(ctx, store); err != nil {
 		t.Fatal(err)
 	}
-	length := reg.next
-	if tb := truncatedBefore(t, store, streams.Peers); tb != length-1 {
-		t.Fatalf("the peers stream of %d records is truncated before %d, want %d", length, tb, length-1)
+	first := reg.next
+	if tb := truncatedBefore(t, store, streams.Peers); tb != 0 {
+		t.Fatalf("with one snapshot the peers stream is truncated before %d, want kept whole", tb)
 	}
 	writeHistory(t, reg, 5, "b")
 	if err := reg.Compact(ctx, store); err != nil { // under the threshold: nothing
 		t.Fatal(err)
 	}
-	if tb := truncatedBefore(t, store, streams.Peers); tb != length-1 {
-		t.Fatalf("compacted again before %d records were written: truncated before %d", reg.snapshotEvery, tb)
+	if tb := truncatedBefore(t, store, streams.Peers); tb != 0 {
+		t.Fatalf("compacted before %d records were written: truncated before %d", reg.snapshotEvery, tb)
 	}
+	writeHistory(t, reg, 15, "c")
+	if err := reg.Compact(ctx, store); err != nil {
+		t.Fatal(err)
+	}
+	second := reg.next
+	if tb := truncatedBefore(t, store, streams.Peers); tb != first-1 {
+		t.Fatalf("the peers stream is truncated before %d, want %d: before the last record the first snapshot covers", tb, first-1)
+	}
+	writeHistory(t, reg, 2, "d")
 	want := image(reg)
 
 	replica.Refresh(ctx)
 	if got := image(replica); !reflect.DeepEqual(got, want) {
 		t.Fatalf("a replica refreshed after the compaction holds\n%+v\nwant\n%+v", got, want)
 	}
-	if _, err := replica.Register(ctx, domain.MustParseServerID("c.example:2289")); err != nil {
+	if _, err := replica.Register(ctx, domain.MustParseServerID("e.example:2289")); err != nil {
 		t.Fatalf("a replica registers after the compaction: %v", err)
 	}
 	reg.Refresh(ctx)
@@ -214,26 +225,27 @@ func testCompaction(t *testing.T, store compactStore, sameTimes bool, reopen fun
 	if got := image(again); !reflect.DeepEqual(got, want) {
 		t.Fatalf("after the restart the registry holds\n%+v\nwant\n%+v", got, want)
 	}
-	if read, after := again.RecordsRead(), again.next-length; read != after {
-		t.Fatalf("the restart read %d records of the peers stream, want the %d after the snapshot", read, after)
+	if read, after := again.RecordsRead(), again.next-second; read != after {
+		t.Fatalf("the restart read %d records of the peers stream, want the %d after the latest snapshot", read, after)
 	}
 	if strings.Contains(logs.String(), "ignored") {
 		t.Fatalf("the snapshot was ignored: %s", logs.String())
 	}
-	// Compacting again drops the snapshot before the new one.
+	// Compacting again drops the oldest snapshot and the records behind
+	// the second.
 	again.snapshotEvery = 1
 	if err := again.Compact(ctx, store); err != nil {
 		t.Fatal(err)
 	}
-	if tb := truncatedBefore(t, store, streams.Peers); tb != again.next-1 {
-		t.Fatalf("truncated before %d, want %d", tb, again.next-1)
+	if tb := truncatedBefore(t, store, streams.Peers); tb != second-1 {
+		t.Fatalf("truncated before %d, want %d", tb, second-1)
 	}
 	snaps, err := store.ReadStream(ctx, streams.PeersSnapshot, 0, 10)
-	if err != nil || len(snaps) != 1 || snaps[0].Revision != 1 {
-		t.Fatalf("the snapshots stream holds %d records (%v), want the latest only", len(snaps), err)
+	if err != nil || len(snaps) != 2 || snaps[0].Revision != 1 {
+		t.Fatalf("the snapshots stream holds %d records (%v), want the latest two", len(snaps), err)
 	}
 	if got := image(load(t, store, nil)); !reflect.DeepEqual(got, want) {
-		t.Fatalf("after a second compaction the registry holds\n%+v\nwant\n%+v", got, want)
+		t.Fatalf("after a third compaction the registry holds\n%+v\nwant\n%+v", got, want)
 	}
 }
 
