@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -429,10 +430,15 @@ func TestPeersImageRebuildsTheSameFold(t *testing.T) {
 		PeerNotifiedOfNewID{Peer: "pa", NewID: us2},
 		PeerRegistered{Peer: "pc", ServerID: srvC, OurServerID: us2},
 	}
+	// Sixteen more peers: the map's own order is then never sorted by
+	// chance.
+	for i := range 16 {
+		records = append(records, PeerRegistered{Peer: PeerID(fmt.Sprintf("px%02d", 15-i)), ServerID: MustParseServerID(fmt.Sprintf("x%d.example:1", i))})
+	}
 	orig := givenPeers(t, records...)
 	img := orig.Image()
-	if !slices.IsSortedFunc(img.Peers, func(a, b PeerEntry) int { return strings.Compare(string(a.ID), string(b.ID)) }) || len(img.Peers) != 3 {
-		t.Fatalf("image peers %+v: want 3, sorted by peer ID", img.Peers)
+	if !slices.IsSortedFunc(img.Peers, func(a, b PeerEntry) int { return strings.Compare(string(a.ID), string(b.ID)) }) || len(img.Peers) != 19 {
+		t.Fatalf("image peers %+v: want 19, sorted by peer ID", img.Peers)
 	}
 	rebuilt, err := PeersFromImage(img)
 	if err != nil {

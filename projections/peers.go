@@ -39,10 +39,7 @@ type PeersSnapshot struct {
 // be compared with such a replay, and is not.
 func (a *Auditor) RegistryFromSnapshot(stream string, peers *domain.Peers, covers uint64, at domain.Position) {
 	a.state.SeedRegistry(peers, covers)
-	a.peersNext = covers
-	if !a.seeded || a.seededAt.Less(at) {
-		a.seeded, a.seededAt = true, at
-	}
+	a.seedAt(at)
 	a.retained = append(a.retained, Retained{Stream: stream, From: covers, FromSnapshot: true})
 }
 

@@ -94,6 +94,7 @@ func TestTheAuditComparesPeersSnapshotsWithTheirRecords(t *testing.T) {
 	}
 	cases := []struct {
 		name               string
+		noDB               bool   // the audit meets no database record
 		from               uint64 // the snapshot the audit started from covers this
 		snap               PeersSnapshot
 		checked, unchecked uint64
@@ -105,6 +106,7 @@ func TestTheAuditComparesPeersSnapshotsWithTheirRecords(t *testing.T) {
 		{name: "met after later records", snap: snap(snapshotDB, 2, other), unchecked: 1},
 		{name: "of another database", snap: snap("d2", 3, other)},
 		{name: "the one started from", from: 3, snap: snap(snapshotDB, 3, other)},
+		{name: "with no database known", noDB: true, snap: snap("", 3, other)},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -114,6 +116,9 @@ func TestTheAuditComparesPeersSnapshotsWithTheirRecords(t *testing.T) {
 				a.RegistryFromSnapshot(streams.Peers, given(t, recs...).registry, c.from, domain.Position{Commit: 4, Prepare: 4})
 			}
 			for _, r := range recs {
+				if c.noDB && r.Stream == streams.Database {
+					continue
+				}
 				a.Check(streams.Decode(r))
 			}
 			a.CheckPeersSnapshot(c.snap)
@@ -208,6 +213,29 @@ func TestAnAuditStartedFromARegistrySnapshot(t *testing.T) {
 		}
 		if got := a.state.ServerIDOf("pz"); got != "z2.example:2289" {
 			t.Fatalf("pz is %q, want renamed by the record after the snapshot", got)
+		}
+	}
+	// Seeded twice (effects and registry, in either order), the later
+	// position bounds the checkpoints compared.
+	for _, registryFirst := range []bool{false, true} {
+		a := NewAuditor()
+		a.CompareCheckpoint("cp", cp.Clone())
+		seedRegistry := func() {
+			a.RegistryFromSnapshot(streams.Peers, foldOf(t, domain.PeerRegistered{Peer: "pz", ServerID: domain.MustParseServerID("z.example:2289")}), 1,
+				domain.Position{Commit: 3, Prepare: 3})
+		}
+		if registryFirst {
+			seedRegistry()
+		}
+		a.EffectsFromSnapshot("pa", NewState(), domain.Position{Commit: 1, Prepare: 1})
+		if !registryFirst {
+			seedRegistry()
+		}
+		for _, r := range recs {
+			a.Check(streams.Decode(r))
+		}
+		if rep := a.Report(); !rep.Clean() || rep.CheckpointChecked {
+			t.Fatalf("registry first %v: violations %v, checkpoint checked %v; want none, not checked", registryFirst, rep.Violations, rep.CheckpointChecked)
 		}
 	}
 	a := NewAuditor()
