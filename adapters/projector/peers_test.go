@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -83,14 +84,14 @@ func compactedHistory(t *testing.T, store compactedStore) uint64 {
 }
 
 // wantRegistry checks that peers lists every peer of compactedHistory, the
-// renamed ones under their new IDs.
-func wantRegistry(t *testing.T, peers []projections.PeerView) {
+// renamed ones under their new IDs, and more registered before it.
+func wantRegistry(t *testing.T, peers []projections.PeerView, more int) {
 	t.Helper()
 	ids := map[string]bool{}
 	for _, p := range peers {
 		ids[p.ServerID] = true
 	}
-	if n := 2 * (registry.SnapshotEvery + 4); len(peers) != n {
+	if n := 2*(registry.SnapshotEvery+4) + more; len(peers) != n {
 		t.Fatalf("%d peers, want %d", len(peers), n)
 	}
 	for _, id := range []string{"a0.example:2289", "a1-renamed.example:2289", "a2-renamed.example:2289", "b3.example:2289"} {
@@ -121,7 +122,7 @@ func testAuditOfACompactedPeersStream(t *testing.T, store compactedStore) {
 	for _, p := range rep.Peers {
 		views = append(views, projections.PeerView{ServerID: p.ServerID, PeerID: p.PeerID})
 	}
-	wantRegistry(t, views)
+	wantRegistry(t, views, 0)
 
 	// A snapshot whose fold is not the records'.
 	db, err := streams.DatabaseID(ctx, store, rand.Reader)
@@ -192,8 +193,39 @@ func TestLiveProjectionsStartFromTheRegistrySnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantRegistry(t, s.Peers())
+	wantRegistry(t, s.Peers(), 0)
 	if strings.Contains(logs.String(), "unreadable") || !strings.Contains(logs.String(), "registry started from") {
 		t.Fatalf("log: %s", logs.String())
 	}
+}
+
+// Given projections checkpointed when three peers were registered, when
+// the peers stream is then compacted past the checkpoint and the
+// projections resume from it, they start their registry from the snapshot:
+// the peers registered in the removed records are known.
+func TestLiveProjectionsResumingFromAnOlderCheckpointStartFromTheRegistrySnapshot(t *testing.T) {
+	t.Parallel()
+	store := openStore(t, t.TempDir())
+	path := filepath.Join(t.TempDir(), "projections.checkpoint")
+	reg, err := registry.Load(t.Context(), store, streams.NewCodec(rand.Reader), rand.Reader, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	registerMany(t, reg, "early", 3)
+	l := NewLive(store, path, testLogger(t))
+	stop := startLive(t, l)
+	if _, err := l.Current(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil { // writes the checkpoint
+		t.Fatal(err)
+	}
+	compactedHistory(t, store)
+	resumed := NewLive(store, path, testLogger(t))
+	startLive(t, resumed)
+	s, err := resumed.Current(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRegistry(t, s.Peers(), 3)
 }
