@@ -89,7 +89,7 @@ func fold(ctx context.Context, store Store, peers *domain.Peers, from uint64) (f
 		}
 		for _, rec := range batch {
 			if rec.Revision < from {
-				continue // the snapshot's last record, checked below
+				continue // the snapshot's last record, checked above
 			}
 			e, err := streams.DecodePeerEvent(rec)
 			if err != nil {
@@ -110,8 +110,8 @@ func fold(ctx context.Context, store Store, peers *domain.Peers, from uint64) (f
 
 // latestSnapshot returns the fold in the latest peers snapshot, if there is
 // one of this format, stream and database; one that is not is ignored
-// with a warning. Whether the stream holds the
-// records it covers is fold's check.
+// with a warning. Whether the stream holds the records it covers is
+// fold's check.
 func (r *Registry) latestSnapshot(ctx context.Context) (*domain.Peers, streams.PeersSnapshotRecord, bool) {
 	var none streams.PeersSnapshotRecord
 	sr, ok := r.store.(snapshotReader)
