@@ -316,3 +316,51 @@ func (p *Peers) ChangeOwnID(id ServerID) []PeerEvent {
 	}
 	return []PeerEvent{OwnServerIDChanged{Old: p.own, New: id}}
 }
+
+// PeersImage is the fold in plain values: what a snapshot of the peers
+// stream holds, so that a start reads it and the records after it instead
+// of the whole stream.
+type PeersImage struct {
+	// Peers are sorted by peer ID.
+	Peers []PeerEntry
+	// Servers names the peer of every server ID, current or former, as
+	// the fold resolves it.
+	Servers map[ServerID]PeerID
+	OwnIDs  []OwnID
+}
+
+// Image returns the fold as plain values. The fold never changes an
+// entry's slices or maps in place (it replaces them), so sharing them is
+// safe.
+func (p *Peers) Image() PeersImage {
+	img := PeersImage{Peers: make([]PeerEntry, 0, len(p.byPeer)), Servers: make(map[ServerID]PeerID, len(p.byServer)), OwnIDs: p.ownIDs}
+	for _, entry := range p.byPeer {
+		img.Peers = append(img.Peers, *entry)
+	}
+	slices.SortFunc(img.Peers, func(a, b PeerEntry) int { return cmp.Compare(a.ID, b.ID) })
+	for server, entry := range p.byServer {
+		img.Servers[server] = entry.ID
+	}
+	return img
+}
+
+// PeersFromImage returns the fold img shows. An image naming, for a server
+// ID, a peer it does not hold is refused with ErrUnregisteredPeer.
+func PeersFromImage(img PeersImage) (*Peers, error) {
+	p := NewPeers()
+	for _, entry := range img.Peers {
+		p.byPeer[entry.ID] = &entry
+	}
+	for server, id := range img.Servers {
+		entry, ok := p.byPeer[id]
+		if !ok {
+			return nil, fmt.Errorf("%w: server %s names %s", ErrUnregisteredPeer, server, id)
+		}
+		p.byServer[server] = entry
+	}
+	p.ownIDs = img.OwnIDs // Apply appends to a clipped copy
+	if n := len(img.OwnIDs); n > 0 {
+		p.own = img.OwnIDs[n-1].ID
+	}
+	return p, nil
+}

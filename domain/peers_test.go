@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -426,5 +428,103 @@ func TestOutboxStored(t *testing.T) {
 	o.Stored(2) // read again, out of order
 	if o.Head != 5 {
 		t.Fatalf("Head = %d, want 5", o.Head)
+	}
+}
+
+// Given a fold of registrations, keys, renames (one back to a former ID),
+// this server's renames and a notice, when its image is taken and a fold
+// rebuilt from it, then the rebuilt fold answers every question as the
+// original does, and goes on from there as the original does.
+func TestPeersImageRebuildsTheSameFold(t *testing.T) {
+	t.Parallel()
+	records := []PeerEvent{
+		OwnServerIDChanged{New: us1},
+		PeerRegistered{Peer: "pb", ServerID: srvB, OurServerID: us1},
+		PeerKeyLearned{Peer: "pb", Key: testKey(1)},
+		PeerRenamed{Peer: "pb", Old: srvB, New: srvB2},
+		PeerKeyLearned{Peer: "pb", Key: testKey(2)},
+		PeerRenamed{Peer: "pb", Old: srvB2, New: srvB},
+		PeerRegistered{Peer: "pa", ServerID: srvA},
+		OwnServerIDChanged{Old: us1, New: us2},
+		PeerNotifiedOfNewID{Peer: "pa", NewID: us2},
+		PeerRegistered{Peer: "pc", ServerID: srvC, OurServerID: us2},
+	}
+	// Sixteen more peers: the map's own order is then never sorted by
+	// chance.
+	for i := range 16 {
+		records = append(records, PeerRegistered{Peer: PeerID(fmt.Sprintf("px%02d", 15-i)), ServerID: MustParseServerID(fmt.Sprintf("x%d.example:1", i))})
+	}
+	orig := givenPeers(t, records...)
+	img := orig.Image()
+	if !slices.IsSortedFunc(img.Peers, func(a, b PeerEntry) int { return strings.Compare(string(a.ID), string(b.ID)) }) || len(img.Peers) != 19 {
+		t.Fatalf("image peers %+v: want 19, sorted by peer ID", img.Peers)
+	}
+	rebuilt, err := PeersFromImage(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := func(when string) {
+		t.Helper()
+		if !reflect.DeepEqual(rebuilt.Image(), orig.Image()) {
+			t.Fatalf("%s: rebuilt %+v, original %+v", when, rebuilt.Image(), orig.Image())
+		}
+		if !reflect.DeepEqual(rebuilt.List(), orig.List()) || !reflect.DeepEqual(rebuilt.Keys(), orig.Keys()) ||
+			!reflect.DeepEqual(rebuilt.OwnIDs(), orig.OwnIDs()) {
+			t.Fatalf("%s: the rebuilt fold lists other peers, keys or own IDs", when)
+		}
+		own, ok := rebuilt.OwnID()
+		if want, _ := orig.OwnID(); !ok || own != want {
+			t.Fatalf("%s: own ID %s, %v; want %s", when, own, ok, want)
+		}
+		for _, id := range []ServerID{srvA, srvB, srvB2, srvC, us1} {
+			p1, c1, ok1 := rebuilt.Resolve(id)
+			p2, c2, ok2 := orig.Resolve(id)
+			if p1 != p2 || c1 != c2 || ok1 != ok2 || rebuilt.IDFor(id) != orig.IDFor(id) {
+				t.Fatalf("%s: %s resolves to %q %s %v (signed as %s), want %q %s %v (%s)", when, id, p1, c1, ok1, rebuilt.IDFor(id), p2, c2, ok2, orig.IDFor(id))
+			}
+		}
+		for _, peer := range []PeerID{"pa", "pb", "pc"} {
+			if rebuilt.KnowsOurID(peer) != orig.KnowsOurID(peer) {
+				t.Fatalf("%s: KnowsOurID(%s) differs", when, peer)
+			}
+		}
+	}
+	same("rebuilt")
+	if _, ok := rebuilt.Peer("pc"); !ok {
+		t.Fatal("the rebuilt fold lacks pc")
+	}
+	// The records after the image fold alike into both.
+	for _, e := range []PeerEvent{
+		PeerRenamed{Peer: "pb", Old: srvB, New: srvB3},
+		OwnServerIDChanged{Old: us2, New: us3},
+		PeerKeyLearned{Peer: "pc", Key: testKey(3)},
+	} {
+		for _, p := range []*Peers{orig, rebuilt} {
+			if err := p.Apply(e, t0.Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	same("after more records")
+	if img.OwnIDs[len(img.OwnIDs)-1].ID != us2 || len(img.Peers[1].Former) != 2 {
+		t.Fatalf("the image taken before changed with the folds: %+v", img)
+	}
+}
+
+// Given an image whose server IDs name a peer it does not hold, then no
+// fold is rebuilt from it.
+func TestPeersFromAnImageNamingAnUnknownPeerIsRefused(t *testing.T) {
+	t.Parallel()
+	img := givenPeers(t, PeerRegistered{Peer: "pb", ServerID: srvB}).Image()
+	img.Servers[srvA] = "pa"
+	if _, err := PeersFromImage(img); !errors.Is(err, ErrUnregisteredPeer) {
+		t.Fatalf("PeersFromImage: %v, want ErrUnregisteredPeer", err)
+	}
+	empty, err := PeersFromImage(PeersImage{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := empty.OwnID(); ok || len(empty.List()) != 0 {
+		t.Fatal("an empty image rebuilt a fold with peers or an own ID")
 	}
 }

@@ -69,9 +69,9 @@ type Report struct {
 	// Retained: the streams retention truncated, and where the audit
 	// started on each; every other stream was checked from its start.
 	Retained []Retained `json:"retained,omitempty"`
-	// SnapshotsChecked: delivery snapshots compared with the fold of the
-	// records they cover; SnapshotsUnchecked: those met too long after
-	// the records they cover to compare (not violations).
+	// SnapshotsChecked: delivery and peers snapshots compared with the
+	// fold of the records they cover; SnapshotsUnchecked: those met too
+	// long after the records they cover to compare (not violations).
 	SnapshotsChecked   uint64 `json:"snapshots_checked"`
 	SnapshotsUnchecked uint64 `json:"snapshots_unchecked,omitempty"`
 }
@@ -144,6 +144,7 @@ type auditor struct {
 	covered    map[string]uint64       // delivery stream → records before it are in a snapshot (retained.go)
 	retained   []Retained
 	folds      map[string][]foldAt // delivery stream → its latest folds, oldest first (snapshots.go)
+	peersNext  uint64              // the revision after the last peers record met (peers.go)
 
 	snapshotsChecked, snapshotsUnchecked uint64
 	// seeded: some effects started from a projections snapshot at
@@ -230,8 +231,11 @@ func (a *Auditor) Check(r domain.Record) {
 	if err := a.state.Apply(r); err != nil {
 		a.violate(r.Stream, r.Revision, RuleRecordReadable, err.Error())
 	}
-	if r.Kind == domain.StreamDelivery {
+	switch r.Kind {
+	case domain.StreamDelivery:
 		a.keepFold(r.Stream, r.Revision+1, a.state.peer(r.Peer).out)
+	case domain.StreamPeers:
+		a.peersNext = max(a.peersNext, r.Revision+1)
 	}
 }
 

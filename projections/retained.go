@@ -6,9 +6,9 @@ import (
 	"github.com/harmony-postbox/postbox/domain"
 )
 
-// RuleTruncatedBehindSnapshot: a delivery stream is truncated only behind
-// a snapshot of its fold, which the audit starts from; one truncated
-// without such a snapshot cannot be checked.
+// RuleTruncatedBehindSnapshot: a delivery stream, or the peers stream, is
+// truncated only behind a snapshot of its fold, which the audit starts
+// from; one truncated without such a snapshot cannot be checked.
 const RuleTruncatedBehindSnapshot = "truncated-behind-snapshot"
 
 // Retained says where the audit started on a stream that retention
@@ -60,9 +60,7 @@ func (a *Auditor) DeliveryTruncatedWithoutSnapshot(stream string, before uint64,
 // sets its key's value whatever it was. A checkpoint older than at cannot
 // be compared with such a replay, and is not.
 func (a *Auditor) EffectsFromSnapshot(peer domain.PeerID, snap *State, at domain.Position) {
-	if !a.seeded || a.seededAt.Less(at) {
-		a.seeded, a.seededAt = true, at
-	}
+	a.seedAt(at)
 	for user, g := range snap.guilds {
 		for k := range g {
 			if k.peer != peer {
@@ -89,6 +87,15 @@ func (a *Auditor) EffectsFromSnapshot(peer domain.PeerID, snap *State, at domain
 		if k.peer == peer {
 			a.state.sent[k] = v
 		}
+	}
+}
+
+// seedAt records that the replay holds, from its start, what a snapshot
+// at position at says: the latest such position bounds the checkpoints
+// it can be compared with.
+func (a *Auditor) seedAt(at domain.Position) {
+	if !a.seeded || a.seededAt.Less(at) {
+		a.seeded, a.seededAt = true, at
 	}
 }
 

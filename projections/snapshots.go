@@ -11,7 +11,9 @@ import (
 // RuleSnapshotMatchesFold: each delivery snapshot the audit meets (after
 // the one it started from) equals the fold of its delivery stream's
 // records before the revision it covers; a start trusts snapshots, so one
-// that lies would make the engine push again or skip events.
+// that lies would make the engine push again or skip events. The same
+// holds for each snapshot of the peers stream (peers.go): one that lies
+// would lose or invent peers, keys or renames.
 const RuleSnapshotMatchesFold = "snapshot-matches-fold"
 
 // foldsKept is how many recent folds of each delivery stream the audit

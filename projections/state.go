@@ -93,9 +93,12 @@ type State struct {
 	unknown uint64
 	// databaseID is the store's identity (its database stream), once known.
 	databaseID string
-	// registry is the peers stream, folded by its one fold.
-	registry *domain.Peers
-	peers    map[domain.PeerID]*peerState
+	// registry is the peers stream, folded by its one fold; when it was
+	// started from a snapshot, peersFrom is the revision the snapshot
+	// covers up to, and the records before it are passed over.
+	registry  *domain.Peers
+	peersFrom uint64
+	peers     map[domain.PeerID]*peerState
 	// Effects are keyed by the stable peer ID, not the server ID, so a
 	// rename keeps them; readers see the peer's current server ID.
 	guilds  map[uint64]map[guildKey]struct{}
@@ -190,6 +193,9 @@ func (s *State) Apply(r domain.Record) error {
 	}
 	switch e := r.Event.(type) {
 	case domain.PeerEvent:
+		if r.Revision < s.peersFrom {
+			return nil // in the snapshot the registry started from
+		}
 		return s.registry.Apply(e, r.Created)
 	case domain.EventEnqueued:
 		s.applyOutbox(r.Peer, r.Revision, e)
@@ -443,10 +449,10 @@ func (s *State) Inboxes() map[domain.PeerID]domain.Inbox {
 func (s *State) Clone() *State {
 	c := &State{
 		pos: s.pos, applied: s.applied, unknown: s.unknown, databaseID: s.databaseID,
-		registry: s.registry.Clone(),
-		peers:    make(map[domain.PeerID]*peerState, len(s.peers)),
-		guilds:   make(map[uint64]map[guildKey]struct{}, len(s.guilds)),
-		invites:  make(map[uint64]map[inviteKey]uint64, len(s.invites)),
+		registry: s.registry.Clone(), peersFrom: s.peersFrom,
+		peers:   make(map[domain.PeerID]*peerState, len(s.peers)),
+		guilds:  make(map[uint64]map[guildKey]struct{}, len(s.guilds)),
+		invites: make(map[uint64]map[inviteKey]uint64, len(s.invites)),
 	}
 	for id, p := range s.peers {
 		cp := *p

@@ -520,7 +520,9 @@ func (e *Engine) restore(ctx context.Context) error {
 	peers := e.registry.Peers()
 	defer func() {
 		// What a start costs: bounded per peer by the snapshots.
-		e.logger.Info("delivery state rebuilt", "peers", len(peers), "records", e.recordsRead.Load()-before,
+		// The peers stream's records, which the registry read, count too.
+		e.logger.Info("delivery state rebuilt", "peers", len(peers), "records", e.recordsRead.Load()-before+e.registry.RecordsRead(),
+			"registry_records", e.registry.RecordsRead(),
 			"took", e.clock.Now().Sub(start).Round(time.Millisecond))
 	}()
 	e.preload(ctx, peers)

@@ -23,8 +23,9 @@ type sighting struct {
 }
 
 // retainLoop removes, every so often, the outbox events each peer has had
-// for longer than cfg.RetainDelivered, and the delivery records behind the
-// peer's latest snapshot. It never removes an undelivered event: the
+// for longer than cfg.RetainDelivered, the delivery records behind the
+// peer's latest snapshot, and the peers stream's records behind the
+// registry's (registry.Compact). It never removes an undelivered event: the
 // outbox is cut only below a delivered cursor seen RetainDelivered ago.
 // The last delivered event (which a push's claim names) and the last
 // delivery record (which a snapshot is checked against) always stay.
@@ -40,6 +41,10 @@ func (e *Engine) retainLoop(ctx context.Context) {
 	for e.sleep(ctx, every) == nil {
 		for _, peer := range e.registry.Peers() {
 			e.retainPeer(ctx, tr, e.peer(peer.ID), seen)
+		}
+		// The peers stream too, behind a snapshot of the registry.
+		if err := e.registry.Compact(ctx, tr); err != nil && ctx.Err() == nil {
+			e.logger.Warn("compacting the peers stream failed; tried again later", "err", err)
 		}
 	}
 }

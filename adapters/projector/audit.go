@@ -90,6 +90,10 @@ func Audit(ctx context.Context, store AuditStore, opts AuditOptions, progress fu
 // fold of the records it covers. A snapshot of another format, or naming
 // another stream, is one the engine would not trust either: not checked.
 func checkSnapshot(ctx context.Context, start *retainedStart, a *projections.Auditor, r eventstore.RecordedEvent) error {
+	if r.Stream == streams.PeersSnapshot {
+		checkPeersSnapshot(a, r)
+		return nil
+	}
 	name, ok := strings.CutPrefix(r.Stream, streams.DeliverySnapshotPrefix)
 	if !ok {
 		return nil

@@ -143,6 +143,7 @@ func (l *Live) Run(ctx context.Context) error {
 // follow applies events from one subscription until it fails or ctx ends;
 // it reports whether any event was applied.
 func (l *Live) follow(ctx context.Context) (bool, error) {
+	l.seedRegistry(ctx)
 	l.mu.Lock()
 	from := l.from()
 	l.mu.Unlock()

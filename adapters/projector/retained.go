@@ -65,6 +65,9 @@ func (s *retainedStart) seed(ctx context.Context, a *projections.Auditor) error 
 	if err == nil && len(db) == 1 {
 		id, _ = streams.DecodeDatabaseCreated(db[0])
 	}
+	if err := s.seedRegistry(ctx, a, id); err != nil {
+		return err
+	}
 	recs, err := s.store.ReadStreamBackward(ctx, streams.ProjectionsSnapshot, 1)
 	if err != nil || len(recs) == 0 {
 		return nil // no snapshot: each inbox is checked as met

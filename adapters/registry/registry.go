@@ -56,6 +56,12 @@ type Registry struct {
 	// key that verified a peer's own first call is recorded with it.
 	unregistered      map[domain.ServerID]ed25519.PublicKey
 	unregisteredOrder []domain.ServerID
+
+	// Snapshots (snapshot.go): records read by Load, the records the
+	// latest snapshot known covers, where the stream was truncated, and
+	// how many records are written between two snapshots.
+	loadRead, snapshotAt, cut uint64
+	snapshotEvery             uint64
 }
 
 // registration is a first contact waiting to be recorded.
@@ -69,45 +75,17 @@ type registration struct {
 	err       error
 }
 
-// Load reads the peers stream. A nil logger discards logs.
+// Load reads the peers stream: its latest snapshot that can be trusted and
+// the records after it (snapshot.go). A nil logger discards logs.
 func Load(ctx context.Context, store Store, codec *streams.Codec, rand io.Reader, logger *slog.Logger) (*Registry, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	r := &Registry{store: store, codec: codec, rand: rand, logger: logger,
+	r := &Registry{store: store, codec: codec, rand: rand, logger: logger, snapshotEvery: SnapshotEvery,
 		pending: map[domain.ServerID]*registration{}, unregistered: map[domain.ServerID]ed25519.PublicKey{}}
-	peers, next, err := read(ctx, store)
-	r.peers, r.next = peers, next
+	f, err := r.load(ctx)
+	r.peers, r.next, r.loadRead, r.snapshotAt = f.peers, f.next, f.read, f.snapshot
 	return r, err
-}
-
-// read folds the whole peers stream.
-func read(ctx context.Context, store Store) (*domain.Peers, uint64, error) {
-	const page = 1024
-	peers := domain.NewPeers()
-	var next uint64
-	for {
-		batch, err := store.ReadStream(ctx, streams.Peers, next, page)
-		if errors.Is(err, eventstore.ErrStreamNotFound) {
-			return peers, next, nil
-		}
-		if err != nil {
-			return peers, next, fmt.Errorf("read %s: %w", streams.Peers, err)
-		}
-		for _, rec := range batch {
-			e, err := streams.DecodePeerEvent(rec)
-			if err != nil {
-				return peers, next, fmt.Errorf("peers stream: %w", err)
-			}
-			if err := peers.Apply(e, rec.Created); err != nil {
-				return peers, next, fmt.Errorf("peers stream at %d: %w", rec.Revision, err)
-			}
-			next = rec.Revision + 1
-		}
-		if len(batch) < page {
-			return peers, next, nil
-		}
-	}
 }
 
 // Resolve finds the peer id names, by its current or a former server ID;
@@ -438,13 +416,15 @@ func (r *Registry) Refresh(ctx context.Context) {
 	r.reload(ctx)
 }
 
-// reload rereads the peers stream. The caller holds writeMu.
+// reload rereads the peers stream, from its latest snapshot. The caller
+// holds writeMu.
 func (r *Registry) reload(ctx context.Context) {
-	peers, next, err := read(ctx, r.store)
+	f, err := r.load(ctx)
 	if err != nil {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.peers, r.next = peers, next
+	r.peers, r.next = f.peers, f.next
+	r.snapshotAt = max(r.snapshotAt, f.snapshot)
 }

@@ -1,9 +1,13 @@
 package streams
 
 import (
+	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/domain"
@@ -172,6 +176,147 @@ func (s InboxSnapshotRecord) Inbox() domain.Inbox {
 // DecodeOutboxSnapshot, it checks only the encoding.
 func DecodeInboxSnapshot(r eventstore.RecordedEvent) (InboxSnapshotRecord, error) {
 	var s InboxSnapshotRecord
+	if r.Type != TypeSnapshot {
+		return s, fmt.Errorf("%s@%d: snapshot record of type %q", r.Stream, r.Revision, r.Type)
+	}
+	if err := json.Unmarshal(r.Data, &s); err != nil {
+		return s, fmt.Errorf("%s@%d: decode snapshot: %w", r.Stream, r.Revision, err)
+	}
+	return s, nil
+}
+
+// PeersSnapshot is the stream of snapshots of the peers stream (the
+// registry), which retention of delivered events writes before it compacts
+// the peers stream.
+const PeersSnapshot = SnapshotPrefix + Peers
+
+// PeersSnapshotRecord is the peers stream's fold (domain.Peers, through
+// domain.PeersImage) with its header.
+type PeersSnapshotRecord struct {
+	SnapshotHeader
+	Peers   []PeerSnapshotEntry `json:"peers"`
+	Servers []ServerSnapshot    `json:"servers"`
+	OwnIDs  []OwnIDSnapshot     `json:"own_ids,omitempty"`
+}
+
+// PeerSnapshotEntry is one peer (domain.PeerEntry).
+type PeerSnapshotEntry struct {
+	Peer       string            `json:"peer_id"`
+	ServerID   string            `json:"server_id"`
+	Former     []string          `json:"former_server_ids,omitempty"`
+	Key        []byte            `json:"key,omitempty"`
+	FormerKeys map[string][]byte `json:"former_keys,omitempty"`
+	KnowsUsAs  string            `json:"knows_us_as,omitempty"`
+}
+
+// ServerSnapshot says which peer a server ID (current or former) names.
+type ServerSnapshot struct {
+	ServerID string `json:"server_id"`
+	Peer     string `json:"peer_id"`
+}
+
+// OwnIDSnapshot is one of this server's IDs (domain.OwnID).
+type OwnIDSnapshot struct {
+	ServerID string    `json:"server_id"`
+	Since    time.Time `json:"since"`
+}
+
+// NewPeersSnapshot records img as the fold of the peers stream's records
+// before rev.
+func NewPeersSnapshot(databaseID string, rev uint64, img domain.PeersImage) PeersSnapshotRecord {
+	s := PeersSnapshotRecord{
+		SnapshotHeader: SnapshotHeader{Format: SnapshotFormat, DatabaseID: databaseID, Stream: Peers, Revision: rev},
+		Peers:          make([]PeerSnapshotEntry, 0, len(img.Peers)), Servers: make([]ServerSnapshot, 0, len(img.Servers)),
+	}
+	for _, e := range img.Peers {
+		p := PeerSnapshotEntry{Peer: string(e.ID), ServerID: e.ServerID.String(), Key: e.Key}
+		if !e.KnowsUsAs.IsZero() {
+			p.KnowsUsAs = e.KnowsUsAs.String()
+		}
+		for _, f := range e.Former {
+			p.Former = append(p.Former, f.String())
+		}
+		for id, key := range e.FormerKeys {
+			if p.FormerKeys == nil {
+				p.FormerKeys = map[string][]byte{}
+			}
+			p.FormerKeys[id.String()] = key
+		}
+		s.Peers = append(s.Peers, p)
+	}
+	for id, peer := range img.Servers {
+		s.Servers = append(s.Servers, ServerSnapshot{ServerID: id.String(), Peer: string(peer)})
+	}
+	slices.SortFunc(s.Servers, func(a, b ServerSnapshot) int { return strings.Compare(a.ServerID, b.ServerID) })
+	for _, o := range img.OwnIDs {
+		s.OwnIDs = append(s.OwnIDs, OwnIDSnapshot{ServerID: o.ID.String(), Since: o.Since})
+	}
+	return s
+}
+
+// Image is the fold the snapshot holds; an ID that does not parse makes
+// the snapshot unreadable.
+func (s PeersSnapshotRecord) Image() (domain.PeersImage, error) {
+	img := domain.PeersImage{Servers: make(map[domain.ServerID]domain.PeerID, len(s.Servers))}
+	parse := func(what, id string) (domain.ServerID, error) {
+		if id == "" {
+			return domain.ServerID{}, nil
+		}
+		parsed, err := domain.ParseServerID(id)
+		if err != nil {
+			return parsed, fmt.Errorf("peers snapshot: %s: %w", what, err)
+		}
+		return parsed, nil
+	}
+	for _, p := range s.Peers {
+		e := domain.PeerEntry{ID: domain.PeerID(p.Peer), Key: p.Key}
+		var err error
+		if e.ServerID, err = parse("server ID", p.ServerID); err != nil {
+			return img, err
+		}
+		if e.KnowsUsAs, err = parse("known as", p.KnowsUsAs); err != nil {
+			return img, err
+		}
+		for _, f := range p.Former {
+			id, err := parse("former ID", f)
+			if err != nil {
+				return img, err
+			}
+			e.Former = append(e.Former, id)
+		}
+		for f, key := range p.FormerKeys {
+			id, err := parse("former key's ID", f)
+			if err != nil {
+				return img, err
+			}
+			if e.FormerKeys == nil {
+				e.FormerKeys = map[domain.ServerID]ed25519.PublicKey{}
+			}
+			e.FormerKeys[id] = key
+		}
+		img.Peers = append(img.Peers, e)
+	}
+	for _, sv := range s.Servers {
+		id, err := parse("server ID", sv.ServerID)
+		if err != nil {
+			return img, err
+		}
+		img.Servers[id] = domain.PeerID(sv.Peer)
+	}
+	for _, o := range s.OwnIDs {
+		id, err := parse("own ID", o.ServerID)
+		if err != nil {
+			return img, err
+		}
+		img.OwnIDs = append(img.OwnIDs, domain.OwnID{ID: id, Since: o.Since})
+	}
+	return img, nil
+}
+
+// DecodePeersSnapshot reads a peers snapshot record; like
+// DecodeOutboxSnapshot, it checks only the encoding.
+func DecodePeersSnapshot(r eventstore.RecordedEvent) (PeersSnapshotRecord, error) {
+	var s PeersSnapshotRecord
 	if r.Type != TypeSnapshot {
 		return s, fmt.Errorf("%s@%d: snapshot record of type %q", r.Stream, r.Revision, r.Type)
 	}

@@ -130,7 +130,7 @@ func printAuditReport(w io.Writer, r projections.Report) error {
 		summary += ", checkpoint compared"
 	}
 	if r.SnapshotsChecked > 0 || r.SnapshotsUnchecked > 0 {
-		summary += fmt.Sprintf(", %d delivery snapshot(s) compared with their records", r.SnapshotsChecked)
+		summary += fmt.Sprintf(", %d snapshot(s) (delivery, peers) compared with their records", r.SnapshotsChecked)
 	}
 	if r.SnapshotsUnchecked > 0 {
 		summary += fmt.Sprintf(" (%d met too late to compare)", r.SnapshotsUnchecked)

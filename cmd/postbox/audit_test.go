@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -445,5 +446,56 @@ func TestAuditCommandRetainedRangeAndSnapshots(t *testing.T) {
 	code, stdout, _ = runAuditCmd(t, "--data-dir", auditDataDir(t, auditDoublePush), "--json")
 	if rep, err := decodeAudit(stdout); code != 1 || err != nil || len(rep.Retained) != 0 || !strings.Contains(stdout, `"fullHistory":true`) {
 		t.Fatalf("a full history: exit %d, %v, retained %+v\n%s", code, err, rep.Retained, stdout)
+	}
+}
+
+// On a store whose peers stream retention compacted behind registry
+// snapshots, postbox audit passes, says it began the peers stream from a
+// snapshot, and compares the later snapshot with the records.
+func TestAuditCommandCompactedPeersStream(t *testing.T) {
+	t.Parallel()
+	var tb uint64
+	dir := auditDataDir(t, func(ctx context.Context, s *embedded.Store, c *streams.Codec) error {
+		reg, err := registry.Load(ctx, s, c, rand.Reader, nil)
+		if err != nil {
+			return err
+		}
+		for round := range 2 {
+			// Concurrent first contacts go in few appends.
+			var wg sync.WaitGroup
+			errs := make(chan error, registry.SnapshotEvery+1)
+			for i := range registry.SnapshotEvery + 1 {
+				wg.Go(func() {
+					if _, err := reg.Register(ctx, domain.MustParseServerID(fmt.Sprintf("r%d-%d.example:2289", round, i))); err != nil {
+						errs <- err
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			if err := errors.Join(<-errs, reg.Compact(ctx, s)); err != nil {
+				return err
+			}
+		}
+		if err := reg.Compact(ctx, s); err != nil {
+			return err
+		}
+		tb, err = s.TruncatedBefore(ctx, streams.Peers)
+		return err
+	})
+	if tb == 0 {
+		t.Fatal("the peers stream was not compacted")
+	}
+	code, stdout, stderr := runAuditCmd(t, "--data-dir", dir)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("peers revision %d (the snapshot of the records before it)", tb+1),
+		fmt.Sprintf("%d peers, 1 snapshot(s)", 2*(registry.SnapshotEvery+1)),
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Fatalf("the report does not say %q:\n%s", want, stdout)
+		}
 	}
 }
