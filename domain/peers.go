@@ -308,6 +308,16 @@ func (p *Peers) LearnKey(server ServerID, key ed25519.PublicKey) (records []Peer
 	return []PeerEvent{PeerKeyLearned{Peer: entry.ID, Key: key}}, true
 }
 
+// KeyHolder finds the peer whose recorded key is key, if any.
+func (p *Peers) KeyHolder(key ed25519.PublicKey) (PeerEntry, bool) {
+	for _, entry := range p.byPeer {
+		if entry.Key != nil && entry.Key.Equal(key) {
+			return *entry, true
+		}
+	}
+	return PeerEntry{}, false
+}
+
 // ChangeOwnID decides the record of this server's ID becoming id: the
 // first one, or a rename; nothing if it is the current one.
 func (p *Peers) ChangeOwnID(id ServerID) []PeerEvent {

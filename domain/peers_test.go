@@ -272,6 +272,14 @@ func TestPeersDecisions(t *testing.T) {
 			}
 		}
 	})
+	t.Run("the holder of a key is the peer whose recorded key it is", func(t *testing.T) {
+		if holder, ok := p.KeyHolder(testKey(1)); !ok || holder.ID != "pb" || holder.ServerID != srvB2 {
+			t.Fatalf("KeyHolder(B's key) = %+v, %v", holder, ok)
+		}
+		if holder, ok := p.KeyHolder(testKey(9)); ok {
+			t.Fatalf("KeyHolder(a key no peer has) = %+v", holder)
+		}
+	})
 	t.Run("a key is recorded only when new or changed for a peer's current ID", func(t *testing.T) {
 		cases := []struct {
 			name       string

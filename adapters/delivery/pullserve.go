@@ -62,12 +62,21 @@ func (e *Engine) serveAccountedPull(ctx context.Context, caller domain.Caller, a
 		return PullBatch{}, err
 	}
 	peerID, found, err := domain.CheckCaller(e.registry, caller.ServerID)
+	if err == nil && !found {
+		err = e.registry.StrangerCheck(caller.ServerID)
+	}
 	if err != nil || !found {
 		return PullBatch{}, err
 	}
 	id := streams.PeerID(peerID)
 	p := e.peer(id)
 	p.mu.Lock()
+	if e.owners != nil && !p.owned && !p.serving && len(p.journal) == 0 && !p.flushing {
+		// Another replica runs the peer: the outbox and the delivery
+		// records moved on without this one, which must serve what they
+		// hold now, not what it read when it last looked.
+		p.loaded = false
+	}
 	if err := e.loadLocked(ctx, p); err != nil {
 		p.mu.Unlock()
 		return PullBatch{}, err

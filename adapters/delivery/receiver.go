@@ -424,6 +424,9 @@ func (e *Engine) pullRounds(ctx context.Context, p *peer, server domain.ServerID
 			continue
 		}
 		if err != nil {
+			if renames := e.renamesOf(); renames != nil && unknownToPeer(err) {
+				renames.forgotten(p.id)
+			}
 			return fmt.Errorf("pull from %s: %w", server, err)
 		}
 		if err := e.checkHeld(ctx, p, server, before, res.Held); err != nil {

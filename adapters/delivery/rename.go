@@ -46,12 +46,19 @@ type Renames struct {
 
 	mu        sync.Mutex
 	notifying map[streams.PeerID]chan struct{} // closed when the notice is done
+	// keyAsked: the key of the peer was fetched to be recorded (learnKey).
+	keyAsked map[streams.PeerID]bool
+	// steppedBack is where in this server's IDs (OwnIDs) the former ID
+	// last signed with toward a peer that lost our rename (forgotten)
+	// is, until it accepts the current one.
+	steppedBack map[streams.PeerID]int
 }
 
 // NewRenames returns the rename handling and attaches it to engine.
 func NewRenames(engine *Engine, registry *registry.Registry, keys RenameKeys, notifier Notifier, identity *domain.Identity, clock domain.Clock, logger *slog.Logger) *Renames {
 	r := &Renames{engine: engine, registry: registry, keys: keys, notifier: notifier, identity: identity,
-		clock: clock, logger: logger, backoff: domain.Backoff{First: time.Second, Max: 5 * time.Minute}, notifying: map[streams.PeerID]chan struct{}{}}
+		clock: clock, logger: logger, backoff: domain.Backoff{First: time.Second, Max: 5 * time.Minute}, notifying: map[streams.PeerID]chan struct{}{},
+		steppedBack: map[streams.PeerID]int{}, keyAsked: map[streams.PeerID]bool{}}
 	engine.mu.Lock()
 	engine.renames = r
 	engine.mu.Unlock()
@@ -179,6 +186,9 @@ func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID, 
 				r.logger.Error("recording a peer's acceptance of our new ID failed", "peer", server.String(), "err", err)
 			} else {
 				r.logger.Info("peer accepted our new ID", "peer", server.String(), "id", own.String())
+				r.mu.Lock()
+				delete(r.steppedBack, peer)
+				r.mu.Unlock()
 				return
 			}
 		case unknownToPeer(err):
@@ -225,6 +235,75 @@ func (r *Renames) useNewIDWhenQuiet(ctx context.Context, peer streams.PeerID, se
 	}
 	r.logger.Info("a peer never knew our old ID: it meets us by the new one", "peer", server.String(), "id", own.String())
 	return true, nil
+}
+
+// forgotten handles a peer's answer that it does not know the ID this
+// server signed a push or pull with. If the peer had accepted that ID (the
+// registry says it knows our current one), its store went back to before
+// it accepted our rename, and it refuses to meet that ID as a second peer
+// (registry.StrangerCheck): it is told again, signed with the former ID
+// before it, and if it does not know that one either (after the wait of
+// useNewIDWhenQuiet), with the one before, and so on. A notice under way
+// handles the answer itself.
+func (r *Renames) forgotten(peer streams.PeerID) {
+	if !r.knows(peer) {
+		return
+	}
+	own, _ := r.registry.OwnID()
+	ids := r.registry.OwnIDs()
+	r.mu.Lock()
+	from, stepped := r.steppedBack[peer]
+	if !stepped {
+		from = len(ids) - 1
+	}
+	former, at := formerBefore(ids, from, own)
+	if !former.IsZero() {
+		r.steppedBack[peer] = at
+	}
+	r.mu.Unlock()
+	server, _ := r.registry.ServerID(peer)
+	if former.IsZero() {
+		r.logger.Error("a peer knows none of our IDs any more, and refuses our current one as another peer's (two servers sharing our key?)",
+			"peer", server.String(), "id", own.String())
+		return
+	}
+	r.logger.Warn("a peer no longer knows our current ID (its store went back?): telling it again, signed as a former ID",
+		"peer", server.String(), "former", former.String(), "id", own.String())
+	r.registry.SignAs(peer, former)
+	r.tell(peer)
+}
+
+// formerBefore is the latest of this server's IDs (ids, oldest first)
+// before position from that is neither the ID there nor own, and its
+// position; zero if none. Each step goes further back, so stepping ends.
+func formerBefore(ids []domain.OwnID, from int, own domain.ServerID) (domain.ServerID, int) {
+	for i := min(from, len(ids)) - 1; i >= 0; i-- {
+		if id := ids[i].ID; id != own && (from >= len(ids) || id != ids[from].ID) {
+			return id, i
+		}
+	}
+	return domain.ServerID{}, -1
+}
+
+// learnKey fetches, once per process, the key of a peer that took a push
+// and whose key is not recorded (it never called this server), so it is
+// recorded (registry.KeyFetched). Should this server's store go back to
+// before it accepted that peer's rename, the peer's new ID is then known by
+// its key and refused as a second peer (registry.StrangerCheck) instead of
+// registered as one.
+func (r *Renames) learnKey(peer streams.PeerID, server domain.ServerID) {
+	r.mu.Lock()
+	asked := r.keyAsked[peer]
+	r.keyAsked[peer] = true
+	r.mu.Unlock()
+	if asked || r.registry.HasKey(peer) {
+		return
+	}
+	r.engine.goBackground(func(ctx context.Context) {
+		if _, err := r.keys.Key(ctx, server); err != nil {
+			r.logger.Info("fetching a peer's key to record it failed", "peer", server.String(), "err", err)
+		}
+	})
 }
 
 // awaitNotice waits while peer is being told this server's new ID, so a

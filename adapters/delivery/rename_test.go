@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -471,5 +472,155 @@ func TestAFirstPushAddressedToOurFormerIDIsToldOurNewOne(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if n := notifier.count(); n != 1 {
 		t.Fatalf("%d notices, want still 1", n)
+	}
+}
+
+// forgetfulPeer is B after its store went back to before it accepted this
+// server's new ID: it refuses pushes signed with that ID as from a stranger,
+// and accepts a notice signed with the old one.
+type forgetfulPeer struct {
+	*fakePeers
+	w            *world
+	newID        domain.ServerID
+	mu           sync.Mutex
+	relearned    bool
+	refused      int
+	noticeSigned domain.ServerID
+}
+
+func (f *forgetfulPeer) Push(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event) (domain.PushResult, error) {
+	f.mu.Lock()
+	stranger := !f.relearned && f.w.engine.registry.IDFor(peer) == f.newID
+	if stranger {
+		f.refused++
+	}
+	f.mu.Unlock()
+	if stranger {
+		return domain.PushResult{}, fromPeer(&hrpc.RemoteError{Procedure: "/protocol.sync.v1.PostboxService/Push", HTTPStatus: 400,
+			Identifier: "postbox.unknown-peer", HumanMessage: "unknown peer: a2.example:2289 signs with the key of a peer known here"})
+	}
+	return f.fakePeers.Push(ctx, peer, seq, events)
+}
+
+func (f *forgetfulPeer) NotifyNewID(_ context.Context, peer, newID domain.ServerID) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.noticeSigned = f.w.engine.registry.IDFor(peer)
+	f.relearned = true
+	return nil
+}
+
+// Given B, which accepted this server's rename from oldID to newID, when
+// B's store goes back to before that and B refuses a push signed with
+// newID as from a stranger (postbox.unknown-peer), then this server tells
+// B the rename again, signed with oldID, and once B accepts, pushes go on
+// under newID: the event B refused is delivered, once.
+func TestAPeerThatLostOurRenameIsToldAgainUnderTheFormerID(t *testing.T) {
+	t.Parallel()
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: testConfig()}
+	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	b := &forgetfulPeer{fakePeers: w.peers, w: w, newID: newID, relearned: true}
+	w.client = b
+	w.open()
+	ctx := context.Background()
+	if err := w.engine.registry.RecordOwnID(ctx, oldID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	w.send(1)
+	w.pushedInOrder(1)
+	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, b, domain.NewIdentity(oldID, domain.DefaultAudienceGrace),
+		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := renames.Rename(ctx, newID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "B to accept", func() bool { return w.engine.registry.KnowsOurID(mustLookup(t, w, peerB)) })
+	b.mu.Lock()
+	b.relearned = false // B's store goes back
+	b.noticeSigned = domain.ServerID{}
+	b.mu.Unlock()
+	if _, err := w.engine.Send(ctx, peerB, added(1)); err != nil {
+		t.Fatal(err)
+	}
+	w.pushedInOrder(2)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.refused == 0 || b.noticeSigned != oldID {
+		t.Fatalf("%d pushes refused, the notice after them signed as %s; want at least one, and %s", b.refused, b.noticeSigned, oldID)
+	}
+	if got := w.engine.registry.IDFor(peerB); got != newID {
+		t.Fatalf("toward B after it accepted again: signing as %s, want %s", got, newID)
+	}
+}
+
+func TestFormerBeforeStepsBackThroughOurIDs(t *testing.T) {
+	t.Parallel()
+	a, b, c := domain.MustParseServerID("a.example:1"), domain.MustParseServerID("b.example:1"), domain.MustParseServerID("c.example:1")
+	ids := []domain.OwnID{{ID: a}, {ID: b}, {ID: a}, {ID: c}} // renamed back to a once; c now
+	var got []domain.ServerID
+	for from := len(ids) - 1; ; {
+		id, at := formerBefore(ids, from, c)
+		if id.IsZero() {
+			break
+		}
+		if at >= from {
+			t.Fatalf("stepped from %d to %d: not back", from, at)
+		}
+		got, from = append(got, id), at
+	}
+	if want := []domain.ServerID{a, b, a}; !slices.Equal(got, want) {
+		t.Fatalf("steps back %v, want %v", got, want)
+	}
+	if id, _ := formerBefore([]domain.OwnID{{ID: c}}, 0, c); !id.IsZero() {
+		t.Errorf("a server never renamed has no former ID: %s", id)
+	}
+}
+
+// recordingKeys records the key of each ID it is asked for, as the peer
+// key resolver does through registry.KeyFetched.
+type recordingKeys struct {
+	fakeKeys
+	reg interface {
+		KeyFetched(context.Context, domain.ServerID, ed25519.PublicKey)
+	}
+	mu    sync.Mutex
+	asked []domain.ServerID
+}
+
+func (k *recordingKeys) Key(ctx context.Context, id domain.ServerID) (ed25519.PublicKey, error) {
+	k.mu.Lock()
+	k.asked = append(k.asked, id)
+	k.mu.Unlock()
+	key, err := k.fakeKeys.Key(ctx, id)
+	if err == nil {
+		k.reg.KeyFetched(ctx, id, key)
+	}
+	return key, err
+}
+
+func (k *recordingKeys) count() int { k.mu.Lock(); defer k.mu.Unlock(); return len(k.asked) }
+
+// Given B, a peer this server only sends to (it never called, so its key
+// was never recorded), when a push to it succeeds, then B's key is fetched
+// once and recorded: after a restore to before this server accepted a
+// rename of B's, B's new ID is known by that key (and refused as a second
+// peer). Later pushes fetch nothing.
+func TestThePushedPeersKeyIsRecorded(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	keys := &recordingKeys{fakeKeys: fakeKeys{served: map[domain.ServerID]ed25519.PublicKey{peerB: pubKey(1)}}, reg: w.engine.registry}
+	NewRenames(w.engine, w.engine.registry, keys, &fakeNotifier{}, domain.NewIdentity(domain.MustParseServerID("a.example:2289"), domain.DefaultAudienceGrace),
+		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	w.send(1)
+	w.pushedInOrder(1)
+	eventually(t, "B's key recorded", func() bool { return w.engine.registry.HasKey(mustLookup(t, w, peerB)) })
+	if !w.engine.registry.Keys()[peerB].Equal(pubKey(1)) {
+		t.Fatalf("B's recorded key: %x", w.engine.registry.Keys()[peerB])
+	}
+	if _, err := w.engine.Send(context.Background(), peerB, added(1)); err != nil {
+		t.Fatal(err)
+	}
+	w.pushedInOrder(2)
+	if n := keys.count(); n != 1 {
+		t.Fatalf("B's key asked for %d times, want once", n)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
+	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
@@ -77,5 +78,36 @@ func TestAReplicaTakesAPushContinuingWhatAnotherReplicaApplied(t *testing.T) {
 	}
 	if answer.Refused || answer.Applied == nil || answer.Applied.Seq != 2 {
 		t.Fatalf("answer %+v (applied %v), want seq 2 applied", answer, answer.Applied)
+	}
+}
+
+// A Pull served at a replica that does not run the peer serves the outbox
+// as it is now: one that served the peer before, then kept its old view
+// while the owner appended, answered every later Pull empty, and the
+// events never arrived (found by the simulation, seed 290 with replicas).
+func TestAPullAtAReplicaNotRunningThePeerServesWhatTheOwnerAppended(t *testing.T) {
+	t.Parallel()
+	// Given B in queue mode at the owner, r1, with two events; B pulls
+	// them at the other replica, r2.
+	rp := newReplicaPair(t)
+	rp.peers.setDown(true)
+	rp.send(t, 0, 0, 2)
+	id := func() streams.PeerID { i, _ := rp.engine[0].registry.Lookup(peerB); return i }
+	eventually(t, "queue mode", func() bool { return rp.engine[0].Cursors()[0].Outbox.Mode == domain.ModeQueue })
+	ctx := context.Background()
+	b := domain.Caller{ServerID: peerB, Extended: true}
+	rp.engine[1].registry.Refresh(ctx)
+	batch, err := rp.engine[1].ServeAccountedPull(ctx, b, nil, &domain.PullAccount{})
+	if err != nil || len(batch.Events) != 2 {
+		t.Fatalf("B's first Pull at r2: %d events, %v; want 2", len(batch.Events), err)
+	}
+	// When the owner appends two more and B pulls at r2 again,
+	// acknowledging the first two.
+	rp.send(t, 0, 2, 2)
+	ack := uint64(1)
+	batch, err = rp.engine[1].ServeAccountedPull(ctx, b, &ack, &domain.PullAccount{Epoch: batch.Epoch, AckID: batch.LastID})
+	// Then it gets them.
+	if err != nil || len(batch.Events) != 2 || batch.FirstSeq != 2 {
+		t.Fatalf("B's second Pull at r2 (outbox %s): %d events from %d, %v; want 2 from 2", id(), len(batch.Events), batch.FirstSeq, err)
 	}
 }

@@ -198,6 +198,11 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 		if errors.Is(err, errHeldForRename) {
 			return // the push loop decides again, under the ID the peer knows now
 		}
+		if unknownToPeer(err) {
+			if renames := e.renamesOf(); renames != nil {
+				renames.forgotten(p.id)
+			}
+		}
 		if domain.PeerSaid(err, domain.ErrStaleTerm) && e.owners != nil {
 			// Another replica pushed to the peer under a later term: this
 			// one has lost the peer. Not a failed delivery: the push loop
@@ -255,6 +260,9 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 				done = e.recordLocked(p, e.owners != nil, records...)
 			}
 			p.mu.Unlock()
+			if renames := e.renamesOf(); renames != nil {
+				renames.learnKey(p.id, server)
+			}
 			_ = waitRecorded(ctx, done)
 			return
 		}

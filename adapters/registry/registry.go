@@ -56,6 +56,10 @@ type Registry struct {
 	// key that verified a peer's own first call is recorded with it.
 	unregistered      map[domain.ServerID]ed25519.PublicKey
 	unregisteredOrder []domain.ServerID
+	// signAs holds, in memory, the former ID of this server to sign with
+	// toward a peer that showed it lost the rename it had accepted (its
+	// store went back), until it accepts the current ID again.
+	signAs map[domain.PeerID]domain.ServerID
 
 	// Snapshots (snapshot.go): records read by Load, the records the
 	// latest snapshot known covers, where the stream was truncated, and
@@ -82,7 +86,8 @@ func Load(ctx context.Context, store Store, codec *streams.Codec, rand io.Reader
 		logger = slog.New(slog.DiscardHandler)
 	}
 	r := &Registry{store: store, codec: codec, rand: rand, logger: logger, snapshotEvery: SnapshotEvery,
-		pending: map[domain.ServerID]*registration{}, unregistered: map[domain.ServerID]ed25519.PublicKey{}}
+		pending: map[domain.ServerID]*registration{}, unregistered: map[domain.ServerID]ed25519.PublicKey{},
+		signAs: map[domain.PeerID]domain.ServerID{}}
 	f, err := r.load(ctx)
 	r.peers, r.next, r.loadRead, r.snapshotAt = f.peers, f.next, f.read, f.snapshot
 	return r, err
@@ -137,14 +142,68 @@ func (r *Registry) KnowsUsAs(peer domain.PeerID) (domain.ServerID, bool) {
 func (r *Registry) KnowsOurID(peer domain.PeerID) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.peers.KnowsOurID(peer)
+	_, lost := r.signAs[peer]
+	return !lost && r.peers.KnowsOurID(peer)
 }
 
 // NoticesDue lists the peers to tell this server's current ID.
 func (r *Registry) NoticesDue() []domain.PeerEntry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return domain.NoticesDue(r.peers)
+	due := domain.NoticesDue(r.peers)
+	for peer := range r.signAs {
+		if r.peers.KnowsOurID(peer) {
+			entry, _ := r.peers.Peer(peer)
+			due = append(due, entry)
+		}
+	}
+	return due
+}
+
+// HasKey reports whether peer's key is recorded.
+func (r *Registry) HasKey(peer domain.PeerID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	entry, ok := r.peers.Peer(peer)
+	return ok && entry.Key != nil
+}
+
+// SignAs makes this server sign with its former ID id toward peer, in
+// memory, until peer accepts the current ID again (RecordNotified): peer
+// answered a call signed with the current ID as from a stranger, so it
+// lost the rename it had accepted (its store went back), and only a
+// notice signed with an ID it still knows can tell it again.
+func (r *Registry) SignAs(peer domain.PeerID, id domain.ServerID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.signAs[peer] = id
+}
+
+// StrangerCheck refuses a call from server id, which is no peer, when the
+// key that verified it is a peer's: that peer renamed itself to id and this
+// server lost the rename (its store went back), or two servers share a
+// key. Registering id would make it a second peer for one server, so the
+// caller is told it is unknown here and must announce its rename again.
+func (r *Registry) StrangerCheck(id domain.ServerID) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.strangerCheckLocked(id)
+}
+
+func (r *Registry) strangerCheckLocked(id domain.ServerID) error {
+	if _, known := r.peers.Lookup(id); known {
+		return nil
+	}
+	key := r.unregistered[id]
+	if key == nil {
+		return nil
+	}
+	if holder, ok := r.peers.KeyHolder(key); ok {
+		return fmt.Errorf("%w: %s signs with the key of the peer known here as %s; if that peer was renamed to %s, "+
+			"this server lost the rename (its store went back): it must announce it again, signed as %s",
+			domain.ErrUnknownPeer, id, holder.ServerID, id, holder.ServerID)
+	}
+	return nil
 }
 
 // Keys returns the recorded public key of every peer, by current and
@@ -176,6 +235,11 @@ func (r *Registry) OwnID() (domain.ServerID, bool) {
 func (r *Registry) IDFor(peer domain.ServerID) domain.ServerID {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if id, ok := r.peers.Lookup(peer); ok {
+		if former, lost := r.signAs[id]; lost {
+			return former
+		}
+	}
 	return r.peers.IDFor(peer)
 }
 
@@ -189,7 +253,12 @@ const registerAttempts = 8
 // another replica wrote the peers stream first, the registry has reread it
 // and tries again: that replica may have registered id itself.
 func (r *Registry) Register(ctx context.Context, id domain.ServerID) (domain.PeerID, error) {
-	return r.RegisterCaller(ctx, domain.Caller{ServerID: id})
+	for attempt := 1; ; attempt++ {
+		peer, err := r.register(ctx, id, domain.ServerID{}, false)
+		if err == nil || !errors.Is(err, eventstore.ErrWrongExpectedRevision) || attempt == registerAttempts || ctx.Err() != nil {
+			return peer, err
+		}
+	}
 }
 
 // RegisterCaller is Register for a peer's own call: on first contact the
@@ -197,18 +266,24 @@ func (r *Registry) Register(ctx context.Context, id domain.ServerID) (domain.Pee
 // (domain.Peers.Register).
 func (r *Registry) RegisterCaller(ctx context.Context, caller domain.Caller) (domain.PeerID, error) {
 	for attempt := 1; ; attempt++ {
-		peer, err := r.register(ctx, caller.ServerID, caller.Audience)
+		peer, err := r.register(ctx, caller.ServerID, caller.Audience, true)
 		if err == nil || !errors.Is(err, eventstore.ErrWrongExpectedRevision) || attempt == registerAttempts || ctx.Err() != nil {
 			return peer, err
 		}
 	}
 }
 
-func (r *Registry) register(ctx context.Context, id, addressed domain.ServerID) (domain.PeerID, error) {
+func (r *Registry) register(ctx context.Context, id, addressed domain.ServerID, theirCall bool) (domain.PeerID, error) {
 	r.mu.Lock()
 	if peer, ok := r.peers.Lookup(id); ok {
 		r.mu.Unlock()
 		return peer, nil
+	}
+	if theirCall {
+		if err := r.strangerCheckLocked(id); err != nil {
+			r.mu.Unlock()
+			return "", err
+		}
 	}
 	w, queued := r.pending[id]
 	if !queued {
@@ -347,9 +422,15 @@ func (r *Registry) SettleStartupID(ctx context.Context, id domain.ServerID, give
 
 // RecordNotified records that peer accepted this server's ID newID.
 func (r *Registry) RecordNotified(ctx context.Context, peer domain.PeerID, newID domain.ServerID) error {
-	return r.write(ctx, time.Time{}, func(peers *domain.Peers) ([]domain.PeerEvent, error) {
+	err := r.write(ctx, time.Time{}, func(peers *domain.Peers) ([]domain.PeerEvent, error) {
 		return registered(peers, domain.PeerNotifiedOfNewID{Peer: peer, NewID: newID}, peer)
 	})
+	if err == nil {
+		r.mu.Lock()
+		delete(r.signAs, peer)
+		r.mu.Unlock()
+	}
+	return err
 }
 
 // registered is the record e about peer, if peer is registered: the fold

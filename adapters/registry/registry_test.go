@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -224,5 +225,83 @@ func TestRegistriesSharingAStoreRegisterEveryPeerOnce(t *testing.T) {
 	regs[0].Refresh(t.Context())
 	if n := len(regs[0].Peers()); n != 11 {
 		t.Fatalf("after Refresh the first registry knows %d peers, want 11", n)
+	}
+}
+
+// Given peer B with a recorded key, when a server that is no peer calls
+// signing with B's key (B renamed itself, and this server's store went back
+// to before it accepted the rename), then its first call is refused as
+// from an unknown peer, saying to announce the rename, and nothing is
+// registered; a stranger with a key of its own registers, and this
+// server's own send to B's new ID (which knows no key) is not refused.
+func TestRegistryRefusesAStrangerSigningWithAPeersKey(t *testing.T) {
+	t.Parallel()
+	reg, _ := openRegistry(t, t.TempDir())
+	ctx := context.Background()
+	if err := reg.RecordKey(ctx, peerB, pubKey(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Register(ctx, peerB); err != nil {
+		t.Fatal(err)
+	}
+	renamedB := domain.MustParseServerID("b2.example:2289")
+	reg.KeyFetched(ctx, renamedB, pubKey(1))
+	_, err := reg.RegisterCaller(ctx, domain.Caller{ServerID: renamedB, Extended: true})
+	if !errors.Is(err, domain.ErrUnknownPeer) || !strings.Contains(err.Error(), "announce it again, signed as "+peerB.String()) {
+		t.Fatalf("B's new ID's first call: %v; want unknown peer, saying to announce the rename signed as %s", err, peerB)
+	}
+	if err := reg.StrangerCheck(renamedB); !errors.Is(err, domain.ErrUnknownPeer) {
+		t.Fatalf("StrangerCheck(B's new ID) = %v", err)
+	}
+	if reg.Knows(renamedB) {
+		t.Fatal("the refused call registered B's new ID")
+	}
+	other := domain.MustParseServerID("c.example:2289")
+	reg.KeyFetched(ctx, other, pubKey(3))
+	if err := reg.StrangerCheck(other); err != nil {
+		t.Fatalf("StrangerCheck(a stranger with its own key) = %v", err)
+	}
+	if _, err := reg.RegisterCaller(ctx, domain.Caller{ServerID: other, Extended: true}); err != nil {
+		t.Fatalf("a stranger with its own key: %v", err)
+	}
+	if _, err := reg.Register(ctx, renamedB); err != nil {
+		t.Fatalf("this server's own send to B's new ID: %v", err)
+	}
+}
+
+// Given peer B that accepted this server's current ID, when B shows it lost
+// that (SignAs a former ID), then this server signs as that ID toward B,
+// counts B as not knowing the current ID and due a notice, until B accepts
+// the current ID again.
+func TestRegistrySignsAsAFormerIDTowardAPeerThatLostOurRename(t *testing.T) {
+	t.Parallel()
+	reg, _ := openRegistry(t, t.TempDir())
+	ctx := context.Background()
+	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	if err := reg.RecordOwnID(ctx, oldID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := reg.Register(ctx, peerB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.RenameOwn(ctx, newID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.RecordNotified(ctx, peer, newID); err != nil {
+		t.Fatal(err)
+	}
+	if got := reg.IDFor(peerB); got != newID || !reg.KnowsOurID(peer) || len(reg.NoticesDue()) != 0 {
+		t.Fatalf("after B accepted: signing as %s, knows %v, due %v", got, reg.KnowsOurID(peer), reg.NoticesDue())
+	}
+	reg.SignAs(peer, oldID)
+	if got, due := reg.IDFor(peerB), reg.NoticesDue(); got != oldID || reg.KnowsOurID(peer) || len(due) != 1 || due[0].ID != peer {
+		t.Fatalf("after B lost it: signing as %s, knows %v, due %v; want %s, false, B", got, reg.KnowsOurID(peer), due, oldID)
+	}
+	if err := reg.RecordNotified(ctx, peer, newID); err != nil {
+		t.Fatal(err)
+	}
+	if got := reg.IDFor(peerB); got != newID || !reg.KnowsOurID(peer) || len(reg.NoticesDue()) != 0 {
+		t.Fatalf("after B accepted again: signing as %s, knows %v", got, reg.KnowsOurID(peer))
 	}
 }

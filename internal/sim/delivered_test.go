@@ -133,9 +133,6 @@ func (w *world) checkDelivered(t *testing.T) {
 		if r == nil || r.reg == nil {
 			continue // judged once r runs again
 		}
-		if w.splitByRestore(r, w.nodes[rp.by]) {
-			continue
-		}
 		w.mu.Lock()
 		changed, ok := w.replicaChanged[r.index]
 		w.mu.Unlock()
@@ -223,13 +220,11 @@ type repair struct {
 }
 
 // checkOnePeerEach checks that no server knows another as two peers, under
-// two of its IDs. A server renamed while a first contact with a peer was
-// under way once left it so: its pushes signed with the old ID registered
-// that one there, beside the new ID the peer's users addressed it by.
-// Allowed, and counted (split-after-restore), is what a restore does: a
-// receiver restored to a copy from before it accepted a rename forgets
-// it, and the renamed server's next push under its new ID registers that
-// as a second peer (README "Simulation": found, not fixed).
+// two of its IDs. Renames once left servers so: a server renamed while a
+// first contact with a peer was under way, whose pushes under the old ID
+// registered that one there beside the new ID the peer's users addressed
+// it by; and a receiver restored to before it accepted a rename, which
+// met the renamed server's next push under its new ID as a stranger.
 func (w *world) checkOnePeerEach(t *testing.T) {
 	t.Helper()
 	for _, r := range w.nodes {
@@ -237,31 +232,12 @@ func (w *world) checkOnePeerEach(t *testing.T) {
 			continue
 		}
 		for _, s := range w.nodes {
-			if peers := peersOf(r.reg, s); s != r && len(peers) > 1 && !w.splitByRestore(r, s) {
+			if peers := peersOf(r.reg, s); s != r && len(peers) > 1 {
 				t.Fatalf("%s knows %s as %d peers %v (IDs %v)\n%s's peers stream:\n%s%s's peers stream:\n%s",
 					r.orig, s.orig, len(peers), peers, s.hosts, r.orig, peerRecords(t, r), s.orig, peerRecords(t, s))
 			}
 		}
 	}
-}
-
-// splitByRestore reports whether receiver r, restored from an earlier
-// copy, knows sender s as more than one peer (checkOnePeerEach). Such a
-// pair's accounts contradict s's one outbox, so it is left out of the
-// repair and liveness checks.
-func (w *world) splitByRestore(r, s *node) bool {
-	if !r.restored || r.reg == nil || len(peersOf(r.reg, s)) < 2 {
-		return false
-	}
-	w.mu.Lock()
-	key := [2]int{r.index, s.index}
-	seen := w.splits[key]
-	w.splits[key] = true
-	w.mu.Unlock()
-	if !seen {
-		w.count("split-after-restore")
-	}
-	return true
 }
 
 // peerRecords lists the records of n's peers stream, one per line.

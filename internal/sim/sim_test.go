@@ -35,6 +35,9 @@ var regressionSeeds = []uint64{
 	263, // renamed during a first contact: pushes under the old ID registered it beside the new one
 	3,   // as 263, with the hold on pushes let go at a transient refusal of the notice
 	454, // a receiver restored to before it met a sender: nothing told the sender until it sent again
+	416, // a receiver restored to before it accepted a rename met the renamed sender as a second peer
+	61,  // as 416, with no key recorded for a peer the receiver had only pushed to
+	290, // a replica not running a peer served its Pulls from a view of the outbox it read long before
 }
 
 // The phases of a run, in virtual time: faults and workload, then a calm
@@ -787,9 +790,6 @@ func (w *world) undelivered(t *testing.T) []string {
 	for _, s := range w.nodes {
 		for to := range len(w.nodes) + 1 {
 			if to == s.index || (to == len(w.nodes) && w.up == nil) {
-				continue
-			}
-			if to < len(w.nodes) && w.splitByRestore(w.nodes[to], s) {
 				continue
 			}
 			want := w.outbox(t, s, to)

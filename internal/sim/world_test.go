@@ -228,15 +228,13 @@ type world struct {
 	// replicaChanged: when a replica of each server last started, died,
 	// paused or resumed.
 	replicaChanged map[int]time.Time
-	// splits: receiver, sender pairs counted by splitByRestore.
-	splits map[[2]int]bool
 }
 
 func newWorld(seed uint64, net *simnet.Network, logger *slog.Logger) *world {
 	return &world{seed: seed, net: net, logger: logger, acked: map[int]map[int][]uint64{},
 		excused: map[int]map[uint64]bool{}, counts: map[string]int{},
 		sentTo: map[uint64]int{}, restoredAt: map[int]time.Time{}, lost: map[int]map[int]lostEvents{},
-		splits: map[[2]int]bool{}, replicaChanged: map[int]time.Time{}}
+		replicaChanged: map[int]time.Time{}}
 }
 
 func nodeID(i int) domain.ServerID { return domain.MustParseServerID(fmt.Sprintf("pb%d.sim:2289", i)) }
