@@ -1,0 +1,112 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+)
+
+// errInjected is the store failure the fault-injecting store returns.
+var errInjected = errors.New("injected store failure")
+
+// faults fails the store calls a test chooses: an operation ("append",
+// "read", "readBackward") on streams with a prefix, the next n times (n < 0:
+// until cleared). It stands between an engine and its store (world.wrap).
+type faults struct {
+	Store
+	mu    sync.Mutex
+	rules []*faultRule
+}
+
+type faultRule struct {
+	op, prefix string
+	n          int
+	err        error
+	hits       int
+}
+
+// fail makes the next n calls of op on streams starting with prefix fail
+// (n < 0: every call until clear). It returns the rule, to count its hits.
+func (f *faults) fail(op, prefix string, n int) *faultRule {
+	return f.failWith(op, prefix, n, errInjected)
+}
+
+// failWith is fail with the error the calls return.
+func (f *faults) failWith(op, prefix string, n int, err error) *faultRule {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := &faultRule{op: op, prefix: prefix, n: n, err: err}
+	f.rules = append(f.rules, r)
+	return r
+}
+
+func (f *faults) clear() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rules = nil
+}
+
+func (f *faults) hit(op, stream string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range f.rules {
+		if r.op == op && strings.HasPrefix(stream, r.prefix) && r.n != 0 {
+			if r.n > 0 {
+				r.n--
+			}
+			r.hits++
+			return r.err
+		}
+	}
+	return nil
+}
+
+func (r *faultRule) count(f *faults) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return r.hits
+}
+
+func (f *faults) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
+	if err := f.hit("append", stream); err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	return f.Store.Append(ctx, stream, expected, events...)
+}
+
+func (f *faults) ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]eventstore.RecordedEvent, error) {
+	if err := f.hit("read", stream); err != nil {
+		return nil, err
+	}
+	return f.Store.ReadStream(ctx, stream, from, limit)
+}
+
+func (f *faults) ReadStreamBackward(ctx context.Context, stream string, limit int) ([]eventstore.RecordedEvent, error) {
+	if err := f.hit("readBackward", stream); err != nil {
+		return nil, err
+	}
+	return f.Store.ReadStreamBackward(ctx, stream, limit)
+}
+
+// Truncate passes on to the store, failing as told ("truncate").
+func (f *faults) Truncate(ctx context.Context, stream string, before uint64) error {
+	if err := f.hit("truncate", stream); err != nil {
+		return err
+	}
+	return f.Store.(truncater).Truncate(ctx, stream, before)
+}
+
+// faultWorld opens a world whose store fails what the returned faults is
+// told to, logging to a buffer the test reads.
+func faultWorld(t *testing.T, cfg Config) (*world, *faults) {
+	t.Helper()
+	f := &faults{}
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: cfg, logs: &logBuffer{},
+		wrap: func(s Store) Store { f.Store = s; return f }}
+	w.open()
+	return w, f
+}
