@@ -20,6 +20,9 @@ type faults struct {
 	Store
 	mu    sync.Mutex
 	rules []*faultRule
+	// conflicts counts the appends the store itself refused as
+	// conflicting.
+	conflicts int
 }
 
 type faultRule struct {
@@ -27,6 +30,9 @@ type faultRule struct {
 	n          int
 	err        error
 	hits       int
+	// through: the call is made, then its answer replaced: err, or for
+	// an append with a nil err a result naming another revision.
+	through bool
 }
 
 // fail makes the next n calls of op on streams starting with prefix fail
@@ -44,6 +50,24 @@ func (f *faults) failWith(op, prefix string, n int, err error) *faultRule {
 	return r
 }
 
+// landedButFailed makes the next n appends to streams with prefix happen
+// and answer err (an outcome lost on the way), or with err nil answer a
+// revision 5 past the real one (a store that put them elsewhere).
+func (f *faults) landedButFailed(prefix string, n int, err error) *faultRule {
+	r := f.failWith("append", prefix, n, err)
+	f.mu.Lock()
+	r.through = true
+	f.mu.Unlock()
+	return r
+}
+
+// conflictCount is how many appends the store refused as conflicting.
+func (f *faults) conflictCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.conflicts
+}
+
 func (f *faults) clear() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -51,6 +75,15 @@ func (f *faults) clear() {
 }
 
 func (f *faults) hit(op, stream string) error {
+	r := f.match(op, stream)
+	if r == nil || r.through {
+		return nil
+	}
+	return r.err
+}
+
+// match returns the rule a call meets, counting it, or nil.
+func (f *faults) match(op, stream string) *faultRule {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, r := range f.rules {
@@ -59,7 +92,7 @@ func (f *faults) hit(op, stream string) error {
 				r.n--
 			}
 			r.hits++
-			return r.err
+			return r
 		}
 	}
 	return nil
@@ -72,10 +105,24 @@ func (r *faultRule) count(f *faults) int {
 }
 
 func (f *faults) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
-	if err := f.hit("append", stream); err != nil {
-		return eventstore.AppendResult{}, err
+	r := f.match("append", stream)
+	if r != nil && !r.through {
+		return eventstore.AppendResult{}, r.err
 	}
-	return f.Store.Append(ctx, stream, expected, events...)
+	res, err := f.Store.Append(ctx, stream, expected, events...)
+	if errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+		f.mu.Lock()
+		f.conflicts++
+		f.mu.Unlock()
+	}
+	switch {
+	case r == nil || err != nil:
+		return res, err
+	case r.err != nil:
+		return eventstore.AppendResult{}, r.err
+	}
+	res.NextExpectedRevision += 5
+	return res, nil
 }
 
 func (f *faults) ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]eventstore.RecordedEvent, error) {
