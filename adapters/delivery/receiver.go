@@ -109,7 +109,9 @@ func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventRec
 	if first != nil {
 		// A sender's new epoch starts its sequence numbers again.
 		in = in.InEpoch(from.epoch)
-		if in.Epoch != p.in.Epoch {
+		// Only a sender whose events this server holds can have started
+		// anew: its first contact is in an epoch too.
+		if in.Epoch != p.in.Epoch && p.in.HasSeq {
 			e.logger.Warn("the sender started a new epoch: its store was restored or recreated; its events are taken anew",
 				"peer", p.id, "epoch", in.Epoch, "was", p.in.Epoch)
 		}
