@@ -23,6 +23,21 @@ type faults struct {
 	// conflicts counts the appends the store itself refused as
 	// conflicting.
 	conflicts int
+	// calls counts the calls per operation and stream.
+	calls map[string]int
+}
+
+// callCount is how many calls of op were made on streams with prefix.
+func (f *faults) callCount(op, prefix string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for k, c := range f.calls {
+		if strings.HasPrefix(k, op+" "+prefix) {
+			n += c
+		}
+	}
+	return n
 }
 
 type faultRule struct {
@@ -30,6 +45,8 @@ type faultRule struct {
 	n          int
 	err        error
 	hits       int
+	// skip: the first calls it matches pass.
+	skip int
 	// through: the call is made, then its answer replaced: err, or for
 	// an append with a nil err a result naming another revision.
 	through bool
@@ -39,6 +56,15 @@ type faultRule struct {
 // (n < 0: every call until clear). It returns the rule, to count its hits.
 func (f *faults) fail(op, prefix string, n int) *faultRule {
 	return f.failWith(op, prefix, n, errInjected)
+}
+
+// failAfter is fail, once skip calls have passed.
+func (f *faults) failAfter(op, prefix string, skip, n int) *faultRule {
+	r := f.fail(op, prefix, n)
+	f.mu.Lock()
+	r.skip = skip
+	f.mu.Unlock()
+	return r
 }
 
 // failWith is fail with the error the calls return.
@@ -86,8 +112,16 @@ func (f *faults) hit(op, stream string) error {
 func (f *faults) match(op, stream string) *faultRule {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.calls == nil {
+		f.calls = map[string]int{}
+	}
+	f.calls[op+" "+stream]++
 	for _, r := range f.rules {
 		if r.op == op && strings.HasPrefix(stream, r.prefix) && r.n != 0 {
+			if r.skip > 0 {
+				r.skip--
+				continue
+			}
 			if r.n > 0 {
 				r.n--
 			}

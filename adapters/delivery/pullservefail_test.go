@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -81,7 +83,7 @@ func TestAPullWhoseOutboxCannotBeReadFails(t *testing.T) {
 		t.Fatalf("a failed pull reported served: %v", got)
 	}
 	batch, err := w.engine.ServePull(t.Context(), callerB, nil)
-	if err != nil || len(batch.Events) != 3 || batch.FirstSeq != 0 {
+	if err != nil || len(batch.Events) != 3 || batch.FirstSeq != 0 || !batch.HasSeq {
 		t.Fatalf("pull after: %d events from %d, %v", len(batch.Events), batch.FirstSeq, err)
 	}
 	if got := obs.seen("served"); !slices.Equal(got, []string{"served " + peerB.String() + " 3"}) {
@@ -154,4 +156,177 @@ func (w *world) outboxIDs() ([][]byte, error) {
 		out[i] = slices.Clone(r.ID[:])
 	}
 	return out, nil
+}
+
+// Given a stopped engine, a Pull is refused as unavailable.
+func TestAPullAfterTheEngineStoppedIsRefused(t *testing.T) {
+	t.Parallel()
+	w, _, _ := queuedFaultWorld(t, 1)
+	w.stop()
+	if batch, err := w.engine.ServePull(context.Background(), callerB, nil); !errors.Is(err, domain.ErrUnavailable) {
+		t.Fatalf("pull after the stop: %d events, %v", len(batch.Events), err)
+	}
+}
+
+// Given a peer known only as a sender (its delivery state not read yet),
+// whose outbox cannot be read,
+// when it pulls,
+// then the Pull fails with the store's error rather than answer from a
+// state never read.
+func TestAPullWhoseStateCannotBeReadFails(t *testing.T) {
+	t.Parallel()
+	w, f := faultWorld(t, testConfig())
+	caller := domain.Caller{ServerID: sender, Extended: true}
+	if err := w.engine.AcceptPush(t.Context(), caller, events(0), seqOf(0)); err != nil {
+		t.Fatal(err)
+	}
+	f.fail("readBackward", streams.OutboxPrefix, 1)
+	if _, err := w.engine.ServePull(t.Context(), caller, nil); !errors.Is(err, errInjected) {
+		t.Fatalf("pull whose state cannot be read: %v", err)
+	}
+}
+
+// Given a peer in queue mode with 4 events, a Pull acknowledging past the
+// outbox is refused as an invalid argument (with no account to say the
+// history diverged).
+func TestAnAcknowledgementPastTheOutboxIsRefused(t *testing.T) {
+	t.Parallel()
+	w, _, _ := queuedFaultWorld(t, 4)
+	ack := uint64(4)
+	if _, err := w.engine.ServePull(t.Context(), callerB, &ack); !errors.Is(err, domain.ErrInvalidArgument) {
+		t.Fatalf("pull acknowledging event 4 of 4: %v", err)
+	}
+}
+
+// Given records that cannot be written, a Pull whose records are needed
+// before the reply fails: an accounted Pull that starts a new epoch, and a
+// Pull acknowledging part of the queue.
+func TestAPullWhoseRecordsFailFails(t *testing.T) {
+	t.Parallel()
+	t.Run("new epoch", func(t *testing.T) {
+		t.Parallel()
+		w, f, _ := queuedFaultWorld(t, 4)
+		epoch := w.state().Epoch
+		f.fail("append", streams.DeliveryPrefix, 1)
+		ack := uint64(1)
+		if _, err := w.engine.ServeAccountedPull(t.Context(), callerB, &ack, &domain.PullAccount{Epoch: epoch + 99}); !errors.Is(err, errInjected) {
+			t.Fatalf("accounted pull whose records fail: %v", err)
+		}
+	})
+	t.Run("acknowledgement", func(t *testing.T) {
+		t.Parallel()
+		w, f, _ := queuedFaultWorld(t, 4)
+		if _, err := w.engine.ServePull(t.Context(), callerB, nil); err != nil {
+			t.Fatal(err)
+		}
+		f.fail("append", streams.DeliveryPrefix, 1)
+		ack := uint64(1)
+		if _, err := w.engine.ServePull(t.Context(), callerB, &ack); !errors.Is(err, errInjected) {
+			t.Fatalf("acknowledging pull whose records fail: %v", err)
+		}
+	})
+}
+
+// Given delivery records that are written only after a delay, a Pull
+// whose account starts a new epoch returns once that record is durable:
+// the reply is in the new epoch, which a restart must know.
+func TestANewEpochIsDurableBeforeThePullReplies(t *testing.T) {
+	t.Parallel()
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: testConfig(), clock: heldBatchClock{}}
+	w.open()
+	w.peers.setDown(true)
+	w.send(2)
+	eventually(t, "queue mode", func() bool { return w.state().Mode == domain.ModeQueue })
+	epoch := w.state().Epoch
+	ack := uint64(1)
+	batch := w.accountedPull(&ack, domain.PullAccount{Epoch: epoch + 99})
+	if batch.Epoch == epoch {
+		t.Fatalf("no new epoch: %+v", batch)
+	}
+	found := false
+	for _, r := range w.deliveryRecords() {
+		if e, ok := r.(domain.EpochStarted); ok && e.Epoch == batch.Epoch {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("the reply's epoch %d is not recorded: %v", batch.Epoch, w.deliveryRecords())
+	}
+}
+
+// A Pull reply holds as many events as fit its byte cap, counting each
+// event's bytes and 6 more, and at least one however large.
+func TestAPullReplyFillsItsByteCapAndHoldsAtLeastOne(t *testing.T) {
+	t.Parallel()
+	cost := proto.Size(added(1)) + 6
+	for _, c := range []struct {
+		maxBytes int
+		want     int
+	}{{2 * cost, 2}, {2*cost - 1, 1}, {1, 1}} {
+		t.Run(fmt.Sprint(c.maxBytes), func(t *testing.T) {
+			t.Parallel()
+			cfg := testConfig()
+			cfg.PullReplyMaxBytes = c.maxBytes
+			w := newWorld(t, cfg)
+			w.peers.setDown(true)
+			for u := range uint64(4) {
+				if _, err := w.engine.Send(t.Context(), peerB, added(1+u)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			eventually(t, "queue mode", func() bool { return w.state().Mode == domain.ModeQueue })
+			batch, err := w.engine.ServePull(t.Context(), callerB, nil)
+			if err != nil || len(batch.Events) != c.want || !batch.HasSeq {
+				t.Fatalf("reply within %d bytes: %d events (has seq %v), %v; want %d", c.maxBytes, len(batch.Events), batch.HasSeq, err, c.want)
+			}
+		})
+	}
+}
+
+// Given a peer draining its queue two events a reply, the next reply is
+// read ahead while it applies the last: its next Pull reads nothing more
+// from the outbox. If the read ahead failed, the Pull reads the store.
+func TestTheNextPullTakesTheReplyReadAhead(t *testing.T) {
+	t.Parallel()
+	for _, aheadFails := range []bool{false, true} {
+		t.Run(fmt.Sprint("ahead fails ", aheadFails), func(t *testing.T) {
+			t.Parallel()
+			cfg := testConfig()
+			cfg.PullReplyMaxEvents = 2
+			w, f := faultWorld(t, cfg)
+			w.peers.setDown(true)
+			w.send(4)
+			eventually(t, "queue mode", func() bool { return w.state().Mode == domain.ModeQueue })
+			if aheadFails {
+				f.failAfter("read", streams.OutboxPrefix, 1, 1)
+			}
+			first, err := w.engine.ServePull(t.Context(), callerB, nil)
+			if err != nil || len(first.Events) != 2 {
+				t.Fatalf("first pull: %d events, %v", len(first.Events), err)
+			}
+			p := w.engine.peer(mustLookup(t, w, peerB))
+			eventually(t, "the read ahead", func() bool {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				if p.ahead == nil {
+					return false
+				}
+				select {
+				case <-p.ahead.done:
+					return true
+				default:
+					return false
+				}
+			})
+			reads := f.callCount("read", streams.OutboxPrefix)
+			ack := uint64(1)
+			next, err := w.engine.ServePull(t.Context(), callerB, &ack)
+			if err != nil || len(next.Events) != 2 || next.FirstSeq != 2 {
+				t.Fatalf("next pull: %d events from %d, %v", len(next.Events), next.FirstSeq, err)
+			}
+			if n := f.callCount("read", streams.OutboxPrefix) - reads; !aheadFails && n != 0 {
+				t.Fatalf("the next pull read the outbox %d times: the read ahead was not taken", n)
+			}
+		})
+	}
 }
