@@ -252,8 +252,9 @@ func (e *Engine) loadInboxLocked(ctx context.Context, p *peer) error {
 	}
 	// Sequence numbers only grow within an epoch, so the newest records
 	// are enough for domain.Inbox's fold when one of them carries one;
-	// otherwise every record after the snapshot is read.
-	if n := len(recs); from > 0 && n > 0 && recs[n-1].Revision > from && !anySenderSeq(recs) {
+	// otherwise every record after the snapshot (or from the first, with
+	// none) is read.
+	if n := len(recs); n > 0 && recs[n-1].Revision > from && !anySenderSeq(recs) {
 		if _, err := readFrom(ctx, e.store, stream, from, apply); err != nil {
 			return err
 		}

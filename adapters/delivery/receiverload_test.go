@@ -221,3 +221,20 @@ func TestAPushOnAnInboxThatCannotBeFoldedFails(t *testing.T) {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+// Given a sender's sequence-numbered events followed by more events
+// without one than the receiver reads back at start, and no snapshot,
+// when the receiver starts again,
+// then it still knows the last sequence number applied: a repeated push
+// is dropped.
+func TestTheReceiverKnowsItsLastSequenceNumberPastItsWindowWithoutASnapshot(t *testing.T) {
+	t.Parallel()
+	w, _ := faultWorld(t, testConfig())
+	pushSeqs(t, w, seqRange(0, 3)...)
+	pushSeqs(t, w, seqless(70)...)
+	w.restart()
+	pushSeqs(t, w, seqOf(2)) // a repeat: dropped
+	if n := len(inboxOf(t, w, sender)); n != 73 {
+		t.Fatalf("inbox holds %d records, want 73: a repeated push was taken again", n)
+	}
+}
