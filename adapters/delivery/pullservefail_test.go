@@ -330,3 +330,21 @@ func TestTheNextPullTakesTheReplyReadAhead(t *testing.T) {
 		})
 	}
 }
+
+// Given an outbox that started a new epoch, a peer whose account is of the
+// epoch before (one this outbox had) holds nothing of the current one: it
+// gets the queue in the current epoch, and no other epoch starts.
+func TestAnAccountOfAPastEpochStartsNoOther(t *testing.T) {
+	t.Parallel()
+	w, _, _ := queuedFaultWorld(t, 2)
+	old := w.state().Epoch
+	ack := uint64(1)
+	current := w.accountedPull(&ack, domain.PullAccount{Epoch: old + 12345}).Epoch
+	if current == old {
+		t.Fatal("no new epoch")
+	}
+	batch := w.accountedPull(nil, domain.PullAccount{Epoch: old})
+	if batch.Epoch != current || len(batch.Events) != 2 || batch.FirstSeq != 0 {
+		t.Fatalf("pull with an account of the past epoch: epoch %d (current %d), %d events from %d", batch.Epoch, current, len(batch.Events), batch.FirstSeq)
+	}
+}
