@@ -240,3 +240,19 @@ func TestPeriodicPullsFollowTheInterval(t *testing.T) {
 		})
 	})
 }
+
+// Given renames attached and no notice under way, a pull does not wait
+// for one.
+func TestAPullFromWaitsForNoNoticeWhenNoneIsUnderWay(t *testing.T) {
+	t.Parallel()
+	w, _ := faultWorld(t, testConfig())
+	registerSender(t, w)
+	attachRenames(w, &fakeKeys{}, &fakeNotifier{}, serverA)
+	start := time.Now()
+	if err := w.engine.PullFrom(t.Context(), sender); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the pull took %s", took)
+	}
+}

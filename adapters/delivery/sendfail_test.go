@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -79,5 +81,31 @@ func TestASendBatchWhoseCommitFailsIsStoredAlone(t *testing.T) {
 	}
 	if users, _ := w.outboxUsers(); !slices.Equal(users, []uint64{7}) {
 		t.Fatalf("outbox holds %v, want [7]", users)
+	}
+}
+
+// An event exactly at the per-event limit is taken; one byte over, it is
+// refused as too large.
+func TestAnEventExactlyAtTheLimitIsTaken(t *testing.T) {
+	t.Parallel()
+	ev := added(7)
+	w := newWorld(t, testConfig())
+	data, err := w.engine.codec.EncodeEnqueued(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := max(proto.Size(ev), len(data.Data))
+	for _, c := range []struct {
+		limit int
+		taken bool
+	}{{size, true}, {size - 1, false}} {
+		cfg := testConfig()
+		cfg.MaxEventBytes = c.limit
+		w := newWorld(t, cfg)
+		_, err := w.engine.Send(t.Context(), peerB, ev)
+		var tooLarge *domain.EventTooLargeError
+		if c.taken != (err == nil) || (!c.taken && !errors.As(err, &tooLarge)) {
+			t.Fatalf("an event of %d bytes at a limit of %d: %v", size, c.limit, err)
+		}
 	}
 }
