@@ -41,20 +41,28 @@ func TestASendWhoseConflictCannotBeCheckedIsRefused(t *testing.T) {
 	t.Parallel()
 	w, f := faultWorld(t, testConfig())
 	w.send(1)
-	f.failWith("append", streams.OutboxPrefix, 1, eventstore.ErrWrongExpectedRevision)
+	// Another writer (a replica) appends: this writer's next append
+	// conflicts, and what landed cannot be read.
+	other, err := w.engine.codec.EncodeEnqueued(added(50))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.store.Append(t.Context(), w.outboxStream(), eventstore.Exact(0), other); err != nil {
+		t.Fatal(err)
+	}
 	f.fail("read", streams.OutboxPrefix, 1)
 	if seq, err := w.engine.Send(t.Context(), peerB, added(7)); !errors.Is(err, errInjected) {
 		t.Fatalf("Send whose conflict cannot be checked: seq %d, %v", seq, err)
 	}
 	before := f.conflictCount()
-	if seq, err := w.engine.Send(t.Context(), peerB, added(8)); err != nil || seq != 1 {
-		t.Fatalf("Send after: seq %d, %v; want 1", seq, err)
+	if seq, err := w.engine.Send(t.Context(), peerB, added(8)); err != nil || seq != 2 {
+		t.Fatalf("Send after: seq %d, %v; want 2", seq, err)
 	}
 	if n := f.conflictCount() - before; n != 0 {
 		t.Fatalf("the next Send conflicted %d times: it appended at a head it had not read again", n)
 	}
-	if users, _ := w.outboxUsers(); !slices.Equal(users, []uint64{0, 8}) {
-		t.Fatalf("outbox holds users %v, want [0 8]", users)
+	if users, _ := w.outboxUsers(); !slices.Equal(users, []uint64{0, 50, 8}) {
+		t.Fatalf("outbox holds users %v, want [0 50 8]", users)
 	}
 }
 
