@@ -47,6 +47,8 @@ type faultRule struct {
 	hits       int
 	// skip: the first calls it matches pass.
 	skip int
+	// hold, if set, is waited for (then the call is made as usual).
+	hold chan struct{}
 	// through: the call is made, then its answer replaced: err, or for
 	// an append with a nil err a result naming another revision.
 	through bool
@@ -102,10 +104,25 @@ func (f *faults) clear() {
 
 func (f *faults) hit(op, stream string) error {
 	r := f.match(op, stream)
+	if r != nil && r.hold != nil {
+		<-r.hold
+		return nil
+	}
 	if r == nil || r.through {
 		return nil
 	}
 	return r.err
+}
+
+// holdNext makes the next call of op on streams with prefix wait until
+// the returned channel is closed, then go on as usual.
+func (f *faults) holdNext(op, prefix string) chan struct{} {
+	hold := make(chan struct{})
+	r := f.fail(op, prefix, 1)
+	f.mu.Lock()
+	r.hold = hold
+	f.mu.Unlock()
+	return hold
 }
 
 // match returns the rule a call meets, counting it, or nil.

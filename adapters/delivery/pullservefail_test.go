@@ -11,6 +11,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -346,5 +348,85 @@ func TestAnAccountOfAPastEpochStartsNoOther(t *testing.T) {
 	batch := w.accountedPull(nil, domain.PullAccount{Epoch: old})
 	if batch.Epoch != current || len(batch.Events) != 2 || batch.FirstSeq != 0 {
 		t.Fatalf("pull with an account of the past epoch: epoch %d (current %d), %d events from %d", batch.Epoch, current, len(batch.Events), batch.FirstSeq)
+	}
+}
+
+// Given a damaged outbox record, a Pull that reaches it fails.
+func TestAPullReachingADamagedOutboxRecordFails(t *testing.T) {
+	t.Parallel()
+	w, _, _ := queuedFaultWorld(t, 1)
+	damaged := eventstore.EventData{Type: streams.TypeEventEnqueued, Data: []byte("{not json")}
+	if _, err := w.store.Append(t.Context(), w.outboxStream(), eventstore.Exact(0), damaged); err != nil {
+		t.Fatal(err)
+	}
+	w.restart()
+	if batch, err := w.engine.ServePull(t.Context(), callerB, nil); err == nil {
+		t.Fatalf("a pull over a damaged record: %d events", len(batch.Events))
+	}
+}
+
+// Given a Pull being served, a second one from the same peer meanwhile is
+// answered empty at once (one Pull at a time per peer).
+func TestASecondPullMeanwhileIsAnsweredEmpty(t *testing.T) {
+	t.Parallel()
+	w, f, _ := queuedFaultWorld(t, 2)
+	hold := f.holdNext("read", streams.OutboxPrefix)
+	first := make(chan int, 1)
+	go func() {
+		batch, _ := w.engine.ServePull(context.Background(), callerB, nil)
+		first <- len(batch.Events)
+	}()
+	p := w.engine.peer(mustLookup(t, w, peerB))
+	eventually(t, "the first pull being served", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.serving
+	})
+	batch, err := w.engine.ServePull(t.Context(), callerB, nil)
+	close(hold)
+	if err != nil || len(batch.Events) != 0 {
+		t.Fatalf("a second pull meanwhile: %d events, %v", len(batch.Events), err)
+	}
+	if n := <-first; n != 2 {
+		t.Fatalf("the first pull got %d events", n)
+	}
+}
+
+// Given a peer in queue mode with a probe pending, its Pull stops the
+// probe: no timer is left for a peer that pulls.
+func TestAPullInQueueModeStopsTheProbe(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, probeConfig())
+	w.peers.setDown(true)
+	w.send(2)
+	eventually(t, "queue mode", func() bool { return w.state().Mode == domain.ModeQueue })
+	p := w.engine.peer(mustLookup(t, w, peerB))
+	probing := func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.probeTimer != nil
+	}
+	if !probing() {
+		t.Fatal("no probe pending in queue mode")
+	}
+	if _, err := w.engine.ServePull(t.Context(), callerB, nil); err != nil {
+		t.Fatal(err)
+	}
+	if probing() {
+		t.Fatal("a probe is still pending after the peer pulled")
+	}
+}
+
+// Given a Postbox peer acknowledging exactly up to the outbox's head with
+// an event ID (it holds one more event than the outbox: the store went
+// back), a new epoch starts; nothing fails.
+func TestAnAcknowledgementAtTheHeadWithAnIDStartsANewEpoch(t *testing.T) {
+	t.Parallel()
+	w, _, _ := queuedFaultWorld(t, 2)
+	epoch := w.state().Epoch
+	ack := uint64(2)
+	batch := w.accountedPull(&ack, domain.PullAccount{Epoch: epoch, AckID: []byte("an event this outbox lost")})
+	if batch.Epoch == epoch || len(batch.Events) != 2 {
+		t.Fatalf("reply: epoch %d (was %d), %d events", batch.Epoch, epoch, len(batch.Events))
 	}
 }

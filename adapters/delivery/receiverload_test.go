@@ -214,8 +214,11 @@ func TestAPushOnAnInboxThatCannotBeFoldedFails(t *testing.T) {
 		}
 		w.restart()
 		caller := domain.Caller{ServerID: sender, Extended: true}
-		if err := w.engine.AcceptPush(t.Context(), caller, events(2), seqOf(2)); err == nil {
-			t.Fatal("a push on an inbox holding a damaged record was taken")
+		// Refused for the damaged record, not for a conflict (which a fold
+		// that skipped the record would meet, counting one record less).
+		err := w.engine.AcceptPush(t.Context(), caller, events(2), seqOf(2))
+		if err == nil || errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+			t.Fatalf("a push on an inbox holding a damaged record: %v", err)
 		}
 	})
 }
