@@ -12,6 +12,7 @@ import (
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
+	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
@@ -223,5 +224,53 @@ func TestASenderIsPulledPeriodicallyAfterItsPush(t *testing.T) {
 	case <-pulled:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the sender was not pulled within 5 s of its push")
+	}
+}
+
+// Given a sender's replica pushing under an owner term earlier than one
+// seen, the push is refused and the refusal logged.
+func TestAStaleTermPushIsLogged(t *testing.T) {
+	t.Parallel()
+	w, _ := faultWorld(t, testConfig())
+	caller := domain.Caller{ServerID: sender, Extended: true}
+	first := uint64(0)
+	if _, err := w.engine.AcceptClaimedPush(t.Context(), caller, events(0), &first, &domain.PushClaim{Term: 2}); err != nil {
+		t.Fatal(err)
+	}
+	next := uint64(1)
+	_, err := w.engine.AcceptClaimedPush(t.Context(), caller, events(1), &next, &domain.PushClaim{Term: 1, Prev: &domain.EventRef{Seq: 0}})
+	if !errors.Is(err, domain.ErrStaleTerm) {
+		t.Fatalf("a push under an earlier term: %v", err)
+	}
+	if !strings.Contains(w.logs.String(), "push refused: the sender's replica pushed under an earlier owner term") {
+		t.Fatalf("log:\n%s", w.logs.String())
+	}
+}
+
+// Given events pulled from an upstream sender (they exist nowhere else)
+// whose append keeps failing, each failure is logged as an error, and once
+// the engine stops the pull fails: it never reports them stored.
+func TestPulledEventsThatCannotBeStoredFailWhenTheEngineStops(t *testing.T) {
+	t.Parallel()
+	w, f := faultWorld(t, testConfig())
+	registerSender(t, w)
+	p := w.engine.peer(mustLookup(t, w, sender))
+	f.fail("append", streams.InboxPrefix, -1)
+	done := make(chan error, 1)
+	go func() {
+		_, err := w.engine.receive(context.Background(), p, eventsv1.EventReceived_VIA_PULL, events(1), nil, incoming{})
+		done <- err
+	}()
+	eventually(t, "the failure logged", func() bool {
+		return strings.Contains(w.logs.String(), "storing events pulled from an upstream peer failed")
+	})
+	go w.stop()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("pulled events never stored were reported stored")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pull did not end with the engine")
 	}
 }
