@@ -430,3 +430,18 @@ func TestAnAcknowledgementAtTheHeadWithAnIDStartsANewEpoch(t *testing.T) {
 		t.Fatalf("reply: epoch %d (was %d), %d events", batch.Epoch, epoch, len(batch.Events))
 	}
 }
+
+// Given a peer in push mode, an accounted Pull that starts a new epoch
+// fails when that record cannot be written, though its reply is empty.
+func TestAnEmptyPullWhoseEpochRecordFailsFails(t *testing.T) {
+	t.Parallel()
+	w, f := faultWorld(t, testConfig())
+	w.send(1)
+	eventually(t, "delivered", func() bool { return w.state().Delivered == 1 })
+	eventually(t, "its record written", func() bool { return len(w.deliveryRecords()) == 1 })
+	f.fail("append", streams.DeliveryPrefix, 1)
+	epoch := w.state().Epoch
+	if _, err := w.engine.ServeAccountedPull(t.Context(), callerB, nil, &domain.PullAccount{Epoch: epoch + 99}); !errors.Is(err, errInjected) {
+		t.Fatalf("an empty pull whose epoch record fails: %v", err)
+	}
+}
