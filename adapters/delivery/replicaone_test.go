@@ -85,11 +85,21 @@ func TestAReplicaLetsAPeerGoWhenItMoves(t *testing.T) {
 	w.send(1)
 	eventually(t, "delivered", func() bool { return w.state().Delivered == 1 && w.owned() })
 	p := w.engine.peer(mustLookup(t, w, peerB))
-	eventually(t, "the periodic pull armed", func() bool {
+	// The takeover's pull ends (its end announced), then arms the
+	// periodic one.
+	eventually(t, "the takeover pull over and the periodic pull armed", func() bool {
+		recs, err := w.store.ReadStreamBackward(t.Context(), streams.Pulling(p.id), 1)
+		if err != nil || len(recs) != 1 {
+			return false
+		}
+		if u, err := streams.DecodePullUnderWay(recs[0]); err != nil || !u.Ended {
+			return false
+		}
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		return p.pullTimer != nil
 	})
+	time.Sleep(100 * time.Millisecond) // the takeover's goroutine arms it right after the end
 	owners.set(false)
 	eventually(t, "the peer let go", func() bool { return !w.owned() })
 	p.mu.Lock()
