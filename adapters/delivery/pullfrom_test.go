@@ -256,3 +256,73 @@ func TestAPullFromWaitsForNoNoticeWhenNoneIsUnderWay(t *testing.T) {
 		t.Fatalf("the pull took %s", took)
 	}
 }
+
+// Given a sender whose pull fails for any other reason, PullFrom fails at
+// once: only a token refused as predating the peer's start is retried.
+func TestAFailedPullFromIsNotRetriedAtOnce(t *testing.T) {
+	t.Parallel()
+	w, _ := faultWorld(t, testConfig())
+	registerSender(t, w)
+	pulls := &pullCounter{fn: func(int64, *uint64) (peerclient.PullResult, error) {
+		return peerclient.PullResult{}, errors.New("connection refused")
+	}}
+	pulls.install(w)
+	if err := w.engine.PullFrom(t.Context(), sender); err == nil {
+		t.Fatal("a failing pull succeeded")
+	}
+	if n := pulls.n.Load(); n != 1 {
+		t.Fatalf("%d pulls made, want 1", n)
+	}
+}
+
+// Given this server's rename being told to a peer, a pull from that peer
+// waits for the notice to end (the peer would refuse a pull signed with
+// the old ID once it accepts the new one).
+func TestAPullFromWaitsForARenameNoticeUnderWay(t *testing.T) {
+	t.Parallel()
+	w, _ := faultWorld(t, testConfig())
+	ctx := t.Context()
+	if err := w.engine.registry.RecordOwnID(ctx, serverA, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	registerSender(t, w)
+	release := make(chan struct{})
+	notifier := &blockingNotifier{release: release}
+	pulls := &pullCounter{}
+	pulls.install(w)
+	r := loggedRenames(w, &fakeKeys{}, notifier, serverA)
+	if err := r.Rename(ctx, domain.MustParseServerID("a2.example:2289")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the notice under way", func() bool { return notifier.calls.Load() == 1 })
+	done := make(chan error, 1)
+	go func() { done <- w.engine.PullFrom(context.Background(), sender) }()
+	time.Sleep(50 * time.Millisecond)
+	if n := pulls.n.Load(); n != 0 {
+		t.Fatalf("%d pulls made while the notice was under way", n)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := pulls.n.Load(); n != 1 {
+		t.Fatalf("%d pulls, want 1 after the notice", n)
+	}
+}
+
+// blockingNotifier holds each notice until release is closed, then
+// accepts it.
+type blockingNotifier struct {
+	release chan struct{}
+	calls   atomic.Int64
+}
+
+func (n *blockingNotifier) NotifyNewID(ctx context.Context, _, _ domain.ServerID) error {
+	n.calls.Add(1)
+	select {
+	case <-n.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -168,6 +168,20 @@ func TestWhichInboxSnapshotsAreTrusted(t *testing.T) {
 			t.Fatalf("no warning:\n%s", w.logs.String())
 		}
 	})
+	t.Run("unreadable", func(t *testing.T) {
+		t.Parallel()
+		w, f := faultWorld(t, testConfig())
+		pushSeqs(t, w, seqRange(0, 3)...)
+		f.fail("readBackward", streams.InboxSnapshotPrefix, -1)
+		w.restart()
+		pushSeqs(t, w, seqOf(2), seqOf(3))
+		if n := len(inboxOf(t, w, sender)); n != 4 {
+			t.Fatalf("inbox holds %d records, want 4", n)
+		}
+		if !strings.Contains(w.logs.String(), "inbox snapshot ignored") {
+			t.Fatalf("no warning:\n%s", w.logs.String())
+		}
+	})
 	t.Run("none", func(t *testing.T) {
 		t.Parallel()
 		w, _ := faultWorld(t, testConfig())
