@@ -112,7 +112,9 @@ func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventRec
 	if first != nil {
 		// A sender's new epoch starts its sequence numbers again.
 		in = in.InEpoch(from.epoch)
-		if in.Epoch != p.in.Epoch {
+		// Only a sender whose events this server holds can have started
+		// anew: its first contact is in an epoch too.
+		if in.Epoch != p.in.Epoch && p.in.HasSeq {
 			e.logger.Warn("the sender started a new epoch: its store was restored or recreated; its events are taken anew",
 				"peer", p.id, "epoch", in.Epoch, "was", p.in.Epoch)
 		}
@@ -253,8 +255,9 @@ func (e *Engine) loadInboxLocked(ctx context.Context, p *peer) error {
 	}
 	// Sequence numbers only grow within an epoch, so the newest records
 	// are enough for domain.Inbox's fold when one of them carries one;
-	// otherwise every record after the snapshot is read.
-	if n := len(recs); from > 0 && n > 0 && recs[n-1].Revision > from && !anySenderSeq(recs) {
+	// otherwise every record after the snapshot (or from the first, with
+	// none) is read.
+	if n := len(recs); n > 0 && recs[n-1].Revision > from && !anySenderSeq(recs) {
 		if _, err := readFrom(ctx, e.store, stream, from, apply); err != nil {
 			return err
 		}

@@ -142,7 +142,7 @@ func measureCoverage(ctx context.Context, work, dir, pkg string, jobs int, race 
 			var took time.Duration
 			for try := 0; try < 3; try++ {
 				start := time.Now()
-				err = runForProfile(ctx, bin, absDir, test, profile, limit)
+				err = runForProfile(ctx, work, bin, absDir, test, profile, limit)
 				took = time.Since(start)
 				if err == nil || ctx.Err() != nil {
 					break
@@ -185,13 +185,20 @@ func measureCoverage(ctx context.Context, work, dir, pkg string, jobs int, race 
 	return cov, nil
 }
 
-func runForProfile(ctx context.Context, bin, dir, test, profile string, limit time.Duration) error {
+// runForProfile runs one test of the coverage binary, with a temporary
+// directory of its own under work.
+func runForProfile(ctx context.Context, work, bin, dir, test, profile string, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "-test.run", runPattern([]string{test}), "-test.count=1", "-test.coverprofile="+profile)
 	cmd.Dir = dir
 	ownGroup(cmd)
 	cmd.WaitDelay = 5 * time.Second
+	remove, err := ownTmp(cmd, work)
+	if err != nil {
+		return err
+	}
+	defer remove()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%w\n%s", err, lastLines(out, 20))
 	}

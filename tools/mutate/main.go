@@ -257,7 +257,7 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 			var offStart time.Time
 			for try := 0; try < 3 && !ok; try++ {
 				offStart = time.Now()
-				ok, err = runSchemata(ctx, bin, absDir, 0, "", limit)
+				ok, err = runSchemata(ctx, work, bin, absDir, 0, "", limit)
 			}
 			if err == nil && !ok {
 				err = errors.New("its tests fail with every mutant off")
@@ -321,7 +321,7 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 					if untouched {
 						res = survived
 					} else {
-						ok, terr := runSchemata(ctx, schemata, absDir, i+1, run, mutantLimit)
+						ok, terr := runSchemata(ctx, work, schemata, absDir, i+1, run, mutantLimit)
 						switch {
 						case errors.Is(terr, context.DeadlineExceeded):
 							res = timedOut
@@ -417,7 +417,7 @@ func testWith(ctx context.Context, work, slot, pkg, file string, src []byte, lim
 		// The binary's own limit too, should the kill not reach it.
 		args = append(args, "-timeout="+limit.String())
 	}
-	return goWith(ctx, limit, append(args, pkg)...)
+	return goWith(ctx, work, limit, append(args, pkg)...)
 }
 
 // buildWith reports whether pkg compiles with file replaced by src.
@@ -426,7 +426,7 @@ func buildWith(ctx context.Context, work, slot, pkg, file string, src []byte, li
 	if err != nil {
 		return false, err
 	}
-	ok, _, err := goWith(ctx, limit, "build", "-overlay="+overlay, pkg)
+	ok, _, err := goWith(ctx, work, limit, "build", "-overlay="+overlay, pkg)
 	return ok, err
 }
 
@@ -458,9 +458,9 @@ func jsonOverlay(replace map[string]string) ([]byte, error) {
 	return json.Marshal(map[string]map[string]string{"Replace": replace})
 }
 
-// goWith runs the go command within limit (0: none); ok is whether it
-// exited 0.
-func goWith(ctx context.Context, limit time.Duration, args ...string) (ok bool, output string, err error) {
+// goWith runs the go command within limit (0: none), with a temporary
+// directory of its own under work; ok is whether it exited 0.
+func goWith(ctx context.Context, work string, limit time.Duration, args ...string) (ok bool, output string, err error) {
 	if limit > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, limit)
@@ -469,6 +469,11 @@ func goWith(ctx context.Context, limit time.Duration, args ...string) (ok bool, 
 	cmd := exec.CommandContext(ctx, "go", args...)
 	ownGroup(cmd)
 	cmd.WaitDelay = 5 * time.Second
+	remove, err := ownTmp(cmd, work)
+	if err != nil {
+		return false, "", err
+	}
+	defer remove()
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	runErr := cmd.Run()

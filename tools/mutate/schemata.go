@@ -265,8 +265,9 @@ func buildSchemata(ctx context.Context, work, dir, pkg string, all []mutant, sou
 
 // runSchemata runs the tests matching run (all when empty) of the schemata
 // binary with mutant id switched on. ok is whether they passed; err is set
-// when they ran out of time or could not run.
-func runSchemata(ctx context.Context, bin, dir string, id int, run string, limit time.Duration) (ok bool, err error) {
+// when they ran out of time or could not run. The tests get a temporary
+// directory of their own under work.
+func runSchemata(ctx context.Context, work, bin, dir string, id int, run string, limit time.Duration) (ok bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	args := []string{"-test.count=1", "-test.failfast", "-test.timeout=" + limit.String()}
@@ -279,6 +280,11 @@ func runSchemata(ctx context.Context, bin, dir string, id int, run string, limit
 	ownGroup(cmd)
 	cmd.WaitDelay = 5 * time.Second
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	remove, err := ownTmp(cmd, work)
+	if err != nil {
+		return false, err
+	}
+	defer remove()
 	runErr := cmd.Run()
 	if ctx.Err() != nil {
 		return false, ctx.Err()
