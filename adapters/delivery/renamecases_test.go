@@ -169,12 +169,15 @@ func TestOurRenameChangesTheIdentityOnceRecorded(t *testing.T) {
 }
 
 // Given this server's rename told to a peer that first fails, then does
-// not know the old ID, then accepts, each answer is logged as such; and a
-// second rename after it is told too.
+// not know the old ID, then (asked again once no push signed with the old
+// ID can reach it, twice the auth window later) accepts, each answer is
+// logged as such; and a second rename after it is told too.
 func TestOurRenameNoticesAreLoggedAndEachRenameIsTold(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: testConfig(), logs: &logBuffer{}}
+		cfg := testConfig()
+		cfg.AuthWindow = 2 * time.Second
+		w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: cfg, logs: &logBuffer{}}
 		w.open()
 		ctx := t.Context()
 		a1, a2, a3 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289"), domain.MustParseServerID("a3.example:2289")

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 
@@ -93,7 +94,9 @@ func TestAPullAtAReplicaNotRunningThePeerServesWhatTheOwnerAppended(t *testing.T
 	rp.peers.setDown(true)
 	rp.send(t, 0, 0, 2)
 	id := func() streams.PeerID { i, _ := rp.engine[0].registry.Lookup(peerB); return i }
-	eventually(t, "queue mode", func() bool { return rp.engine[0].Cursors()[0].Outbox.Mode == domain.ModeQueue })
+	eventually(t, "queue mode recorded", func() bool {
+		return slices.ContainsFunc(rp.records(t), func(r domain.DeliveryEvent) bool { _, ok := r.(domain.QueueModeEntered); return ok })
+	})
 	ctx := context.Background()
 	b := domain.Caller{ServerID: peerB, Extended: true}
 	rp.engine[1].registry.Refresh(ctx)
