@@ -149,20 +149,27 @@ func TestContinuityMatchesDeclaredMessages(t *testing.T) {
 	})
 	t.Run("what a Pull reply's server holds of the caller", func(t *testing.T) {
 		res := &syncv1.PullResponse{}
-		SetPullReplyHeld(res, Continuity{Epoch: 9, Last: &Ref{Seq: 0, ID: idA}})
+		SetPullReplyHeld(res, Continuity{Epoch: 9, Last: &Ref{Seq: 5, ID: idA}})
 		var declared federationv1.PullResponseExt
 		roundTrip(t, res, &declared)
-		if !declared.GetHeld() || declared.GetHeldEpoch() != 9 || !declared.GetHasHeldSeq() || declared.GetHeldSeq() != 0 ||
+		if !declared.GetHeld() || declared.GetHeldEpoch() != 9 || !declared.GetHasHeldSeq() || declared.GetHeldSeq() != 5 ||
 			!bytes.Equal(declared.GetHeldId(), idA) {
 			t.Fatalf("declared view: %v", &declared)
 		}
 		var back syncv1.PullResponse
 		roundTrip(t, res, &back)
 		held, ok := PullReplyHeld(&back)
-		if !ok || held.Epoch != 9 || held.Last == nil || held.Last.Seq != 0 || !bytes.Equal(held.Last.ID, idA) {
+		if !ok || held.Epoch != 9 || held.Last == nil || held.Last.Seq != 5 || !bytes.Equal(held.Last.ID, idA) {
 			t.Fatalf("PullReplyHeld = %+v, %v", held, ok)
 		}
-		// Nothing at all held is still an account, unlike no account.
+		// Held at seq 0 is held, unlike nothing at all, which is still an
+		// account, unlike no account.
+		zero := &syncv1.PullResponse{}
+		SetPullReplyHeld(zero, Continuity{Epoch: 9, Last: &Ref{}})
+		roundTrip(t, zero, &back)
+		if held, ok := PullReplyHeld(&back); !ok || held.Last == nil || held.Last.Seq != 0 {
+			t.Fatalf("held at seq 0 reads %+v, %v", held, ok)
+		}
 		nothing := &syncv1.PullResponse{}
 		SetPullReplyHeld(nothing, Continuity{})
 		roundTrip(t, nothing, &back)
