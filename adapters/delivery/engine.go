@@ -176,6 +176,7 @@ type Engine struct {
 	peers    map[streams.PeerID]*peer
 	renames  *Renames // answers NotifyNewId; set by NewRenames
 	owners   Owners   // nil: a single process; set by UseOwners before Run
+	watch    watchTuning
 
 	random      io.Reader     // for the database identity, if the engine writes it
 	dbID        string        // the store's database identity, once read
