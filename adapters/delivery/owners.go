@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -160,6 +161,12 @@ func (e *Engine) watchOwners(ctx context.Context) {
 	for {
 		changed := e.owners.Changed()
 		e.registry.Refresh(ctx)
+		e.mu.Lock()
+		renames := e.renames
+		e.mu.Unlock()
+		if renames != nil {
+			renames.followOwnID()
+		}
 		e.rebalance()
 		due, stop := e.after(ownerPoll)
 		select {
@@ -549,4 +556,23 @@ func (e *Engine) awaitPullElsewhere(ctx context.Context, p *peer) error {
 			return fmt.Errorf("waiting for replica %s's pull of the sender: %w", u.Replica, err)
 		}
 	}
+}
+
+// followOwnID takes up a rename of this server that another replica
+// recorded (postbox rename there): the new ID becomes this replica's too,
+// as an audience of tokens and in what it says of itself (the IDs it signs
+// with come from the registry already), and the peers this replica runs
+// are told of it.
+func (r *Renames) followOwnID() {
+	ids := r.registry.OwnIDs()
+	current := r.identity.Current()
+	if len(ids) == 0 || ids[len(ids)-1].ID == current {
+		return
+	}
+	at := slices.IndexFunc(ids, func(id domain.OwnID) bool { return id.ID == current })
+	for _, next := range ids[at+1:] {
+		r.identity.Rename(next.ID, next.Since)
+	}
+	r.logger.Info("this server was renamed at another replica", "old", current.String(), "new", r.identity.Current().String())
+	r.Start()
 }
