@@ -514,20 +514,37 @@ func (e *Engine) runs(id streams.PeerID) bool {
 // sender looks whether the pull is over.
 const pullWait = 50 * time.Millisecond
 
-// announcedPull is the pull of a peer this replica takes over, announced in
-// the store (streams.Pulling) before it starts and when it ends, so that a
-// push from the peer at another replica waits for it (awaitPullElsewhere),
-// as the startup pull of a single process holds the peer's pushes. The
-// announcement is best effort: if it cannot be written, the pull goes on.
+// pullPeer pulls p: as a replica, announced (announcedPull).
+func (e *Engine) pullPeer(ctx context.Context, p *peer, server domain.ServerID) error {
+	if e.owners == nil {
+		return e.pullFrom(ctx, p, server)
+	}
+	return e.announcedPull(ctx, p, server)
+}
+
+// announcedPull is a replica's pull of a peer (on taking it over, periodic,
+// or asked for by an operator), announced in the store (streams.Pulling)
+// before it starts and when it ends, so that a push from the peer at
+// another replica waits for it (awaitPullElsewhere), as a single process
+// holds the peer's pushes during its pulls. Only the last announcement is
+// read: each end truncates the stream before it, so a pull every minute
+// keeps one record per peer. The announcement is best effort: if it cannot
+// be written, the pull goes on.
 func (e *Engine) announcedPull(ctx context.Context, p *peer, server domain.ServerID) error {
 	self := e.owners.Name()
 	announce := func(ctx context.Context, u streams.PullUnderWay) {
 		data, err := e.codec.EncodePullUnderWay(u)
+		var res eventstore.AppendResult
 		if err == nil {
-			_, err = e.store.Append(ctx, streams.Pulling(p.id), eventstore.Any(), data)
+			res, err = e.store.Append(ctx, streams.Pulling(p.id), eventstore.Any(), data)
 		}
 		if err != nil && ctx.Err() == nil {
 			e.logger.Warn("replica: cannot announce a pull to the other replicas; their pushes from the peer do not wait for it", "peer", p.id, "err", err)
+		}
+		if t, ok := e.store.(truncater); ok && err == nil && u.Ended && res.NextExpectedRevision > 0 {
+			if err := t.Truncate(ctx, streams.Pulling(p.id), res.NextExpectedRevision); err != nil && ctx.Err() == nil {
+				e.logger.Info("replica: dropping a peer's older pull announcements failed", "peer", p.id, "err", err)
+			}
 		}
 	}
 	announce(ctx, streams.PullUnderWay{Replica: self, Until: e.clock.Now().Add(e.cfg.PullTimeout)})

@@ -8,15 +8,18 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
+	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
 // watchedStore is the embedded store counting the engines' reads of the
@@ -146,4 +149,69 @@ func TestTheOwnerLearnsOfAPullElsewhereFromItsSubscription(t *testing.T) {
 	}
 	rp.send(t, 1, 3, 1)
 	eventually(t, "r1 to push the event sent after the Pull", func() bool { return slices.Equal(rp.peers.pushes(), []uint64{3}) })
+}
+
+// Given two replicas, r1 owning upstream-style sender B and pulling it
+// every 300 ms,
+// when B pushes at r2 while one of r1's periodic pulls of B is under way,
+// then the push waits for that pull, as in a single process: the pulled
+// events, older, come first in the inbox; and B's pull announcements keep
+// only the last one readable.
+func TestAPushAtAnotherReplicaWaitsForTheOwnersPeriodicPull(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.PullInterval = 300 * time.Millisecond
+	rp := newReplicaPairWith(t, cfg)
+	ctx := context.Background()
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // before the engines stop, even if the test fails
+	var pulls atomic.Int32
+	rp.peers.set(func(f *fakePeers) {
+		f.pullFn = func(*uint64) (peerclient.PullResult, error) {
+			// The first pull is r1's on taking B over; the second, a
+			// periodic one, is held.
+			if pulls.Add(1) != 2 {
+				return peerclient.PullResult{}, nil
+			}
+			close(arrived)
+			<-release
+			return peerclient.PullResult{Events: []*syncv1.Event{added(100), added(101)}}, nil
+		}
+	})
+	rp.send(t, 0, 0, 1)
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("r1 never pulled B periodically")
+	}
+	eventually(t, "r2 to know B", func() bool { _, ok := rp.engine[1].registry.Lookup(peerB); return ok })
+	pushed := make(chan error, 1)
+	go func() {
+		pushed <- rp.engine[1].AcceptPush(ctx, domain.Caller{ServerID: peerB}, []*syncv1.Event{added(200)}, nil)
+	}()
+	select {
+	case err := <-pushed:
+		t.Fatalf("the push at r2 returned (%v) while r1's periodic pull of B was under way", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	letGo()
+	select {
+	case err := <-pushed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the push at r2 still waits after r1's pull ended")
+	}
+	if got := inboxUsers(t, rp); !slices.Equal(got, []uint64{100, 101, 200}) {
+		t.Fatalf("inbox %v, want the pulled 100, 101 before the pushed 200", got)
+	}
+	id := mustLookupIn(t, rp.engine[0], peerB)
+	eventually(t, "more periodic pulls", func() bool { return pulls.Load() >= 6 })
+	eventually(t, "one pull announcement readable", func() bool {
+		recs, err := rp.store.ReadStream(ctx, streams.Pulling(id), 0, 100)
+		return err == nil && len(recs) >= 1 && len(recs) <= 2 && recs[len(recs)-1].Revision >= 6
+	})
 }
