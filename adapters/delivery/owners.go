@@ -38,12 +38,12 @@ const ownerPoll = 250 * time.Millisecond
 // outbox- and delivery- prefixes, from the end), at once and at no cost
 // while nothing is written. A slow sweep rereads the ends of its peers'
 // streams anyway, after each (re)subscription and then every sweepEvery,
-// or sweepPace per peer if that is longer (at most about 200 reads a
+// or sweepPace per peer if that is longer (at most about 100 reads a
 // second however many peers), so that a missed notification cannot stall
 // a peer for long.
 const (
 	sweepEvery = 10 * time.Second
-	sweepPace  = 10 * time.Millisecond
+	sweepPace  = 20 * time.Millisecond
 	// recheckDelay: a delivery stream's news that arrived while this
 	// replica's own records for the peer were being written is looked at
 	// again after it, to tell its own records from another replica's.
@@ -592,4 +592,18 @@ func (r *Renames) followOwnID() {
 	}
 	r.logger.Info("this server was renamed at another replica", "old", current.String(), "new", r.identity.Current().String())
 	r.Start()
+}
+
+// recordNotified records that peer accepted this server's ID id. A
+// conflict with another replica's write to the peers stream (after which
+// the registry has reread it) is tried again, rather than telling the peer
+// again.
+func (r *Renames) recordNotified(ctx context.Context, peer streams.PeerID, id domain.ServerID) error {
+	var err error
+	for range 3 {
+		if err = r.registry.RecordNotified(ctx, peer, id); !errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+			return err
+		}
+	}
+	return err
 }

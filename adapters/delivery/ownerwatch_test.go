@@ -215,3 +215,46 @@ func TestAPushAtAnotherReplicaWaitsForTheOwnersPeriodicPull(t *testing.T) {
 		return err == nil && len(recs) >= 1 && len(recs) <= 2 && recs[len(recs)-1].Revision >= 6
 	})
 }
+
+// Given a replica's registry that has not read another replica's latest
+// write to the peers stream,
+// when a peer accepts this server's new ID there,
+// then the acceptance is recorded (the registry rereads and tries again),
+// rather than failing, which would tell the peer again.
+func TestAnAcceptanceIsRecordedAfterAnotherReplicasWrite(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	codec := streams.NewCodec(rand.Reader)
+	mine, err := registry.Load(ctx, store, codec, rand.Reader, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newID := domain.MustParseServerID("renamed.example:2289")
+	if err := mine.RecordOwnID(ctx, newID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	id, err := mine.Register(ctx, peerB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := registry.Load(ctx, store, codec, rand.Reader, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := theirs.Register(ctx, domain.MustParseServerID("c.example:2289")); err != nil {
+		t.Fatal(err)
+	}
+	e := New(testConfig(), store, codec, mine, &fakePeers{}, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+	r := NewRenames(e, mine, nil, nil, domain.NewIdentity(newID, time.Hour), systemClock{}, slog.New(slog.DiscardHandler))
+	if err := r.recordNotified(ctx, id, newID); err != nil {
+		t.Fatalf("recording the acceptance: %v", err)
+	}
+	if !mine.KnowsOurID(id) {
+		t.Fatal("the registry does not show the peer knows our ID")
+	}
+}

@@ -146,7 +146,7 @@ func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID) 
 		err := r.notifier.NotifyNewID(callCtx, server, own)
 		cancel()
 		if err == nil {
-			if err := r.registry.RecordNotified(ctx, peer, own); err != nil {
+			if err := r.recordNotified(ctx, peer, own); err != nil {
 				r.logger.Error("recording a peer's acceptance of our new ID failed", "peer", server.String(), "err", err)
 			} else {
 				r.logger.Info("peer accepted our new ID", "peer", server.String(), "id", own.String())
