@@ -607,3 +607,15 @@ func (r *Renames) recordNotified(ctx context.Context, peer streams.PeerID, id do
 	}
 	return err
 }
+
+// renameOwn records this server's rename to id, as registry.RenameOwn
+// does, trying again after a conflict with another replica's write to the
+// peers stream (the registry has reread it by then).
+func (r *Renames) renameOwn(ctx context.Context, id domain.ServerID, at time.Time) (renamed bool, err error) {
+	for range 3 {
+		if renamed, err = r.registry.RenameOwn(ctx, id, at); !errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+			return renamed, err
+		}
+	}
+	return renamed, err
+}

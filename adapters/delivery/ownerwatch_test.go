@@ -258,3 +258,42 @@ func TestAnAcceptanceIsRecordedAfterAnotherReplicasWrite(t *testing.T) {
 		t.Fatal("the registry does not show the peer knows our ID")
 	}
 }
+
+// Given a replica's registry that has not read another replica's latest
+// write to the peers stream,
+// when the operator renames the server there (postbox rename),
+// then the rename is recorded (the registry rereads and tries again).
+func TestARenameIsRecordedAfterAnotherReplicasWrite(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	codec := streams.NewCodec(rand.Reader)
+	mine, err := registry.Load(ctx, store, codec, rand.Reader, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("renamed.example:2289")
+	if err := mine.RecordOwnID(ctx, oldID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := registry.Load(ctx, store, codec, rand.Reader, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := theirs.Register(ctx, peerB); err != nil {
+		t.Fatal(err)
+	}
+	e := New(testConfig(), store, codec, mine, &fakePeers{}, systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)), rand.Reader)
+	identity := domain.NewIdentity(oldID, time.Hour)
+	r := NewRenames(e, mine, nil, nil, identity, systemClock{}, slog.New(slog.DiscardHandler))
+	if err := r.Rename(ctx, newID); err != nil {
+		t.Fatalf("postbox rename: %v", err)
+	}
+	if own, _ := mine.OwnID(); own != newID || identity.Current() != newID {
+		t.Fatalf("recorded ID %s, identity %s; want %s", own, identity.Current(), newID)
+	}
+}

@@ -95,7 +95,7 @@ func (r *Renames) AcceptRename(ctx context.Context, caller domain.Caller, newID 
 func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
 	old := r.identity.Current()
 	now := r.clock.Now()
-	renamed, err := r.registry.RenameOwn(ctx, newID, now)
+	renamed, err := r.renameOwn(ctx, newID, now)
 	if err != nil || !renamed {
 		return err
 	}
