@@ -306,11 +306,13 @@ func (w *streamWatch) recheck(p *peer, end uint64) {
 
 // sweepLoop sweeps every interval (longer with many peers, see sweepPace)
 // and when asked, and looks again at the delivery news kept for later.
+// The next sweep's time is kept across those looks, so that steady news
+// does not put the sweeps off.
 func (w *streamWatch) sweepLoop(ctx context.Context, interval time.Duration) {
 	e := w.e
+	next := e.clock.Now().Add(interval)
 	for {
-		wait := interval
-		due, stop := e.after(wait)
+		due, stop := e.after(max(next.Sub(e.clock.Now()), 0))
 		var sweep bool
 		select {
 		case <-ctx.Done():
@@ -345,11 +347,7 @@ func (w *streamWatch) sweepLoop(ctx context.Context, interval time.Duration) {
 			}
 			e.sweepPeer(ctx, p)
 		}
-		if paced := time.Duration(len(owned)) * sweepPace; paced > interval {
-			if e.sleep(ctx, paced-interval) != nil {
-				return
-			}
-		}
+		next = e.clock.Now().Add(max(interval, time.Duration(len(owned))*sweepPace))
 	}
 }
 
