@@ -205,6 +205,7 @@ type peer struct {
 	probeRound  int
 	journal     []journalEntry
 	flushing    bool
+	inFlight    uint64        // records of the append a flush has under way
 	flushTimer  domain.Timer  // a batch of records nobody waits for is due
 	pullGate    chan struct{} // set while this server pulls from the peer; closed when done
 	// gateOwnedByStartup: Run set the gate before the startup pull runs.
@@ -547,15 +548,17 @@ func (e *Engine) flush(p *peer) {
 			return
 		}
 		expected := expectAfter(p.deliveryNext)
-		p.mu.Unlock()
-
 		var all []domain.DeliveryEvent
 		for _, j := range batch {
 			all = append(all, j.events...)
 		}
+		p.inFlight = uint64(len(all))
+		p.mu.Unlock()
+
 		err := e.appendDelivery(p, expected, all)
 
 		p.mu.Lock()
+		p.inFlight = 0
 		if err == nil {
 			p.deliveryNext += uint64(len(all))
 			for _, ev := range all {

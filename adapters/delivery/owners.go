@@ -395,14 +395,16 @@ func (e *Engine) noticeRecordsElsewhere(ctx context.Context, p *peer) {
 }
 
 // deliveryMoved takes the news that p's delivery stream holds end records:
-// if that is more than this replica wrote, another replica recorded
-// something, and p's state is read again. It reports true when it cannot
-// tell yet, because this replica's own records for p are being written;
-// then the news must be looked at again after them.
+// if that is more than this replica wrote (or is writing), another replica
+// recorded something, and p's state is read again. It reports true when
+// that must wait for this replica's own records being written; then the
+// news must be looked at again after them.
 func (e *Engine) deliveryMoved(ctx context.Context, p *peer, end uint64) (later bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.owned || !p.loaded || end <= p.deliveryNext {
+	// Records up to deliveryNext+inFlight are this replica's; if its
+	// append under way fails, the flush has the state reread anyway.
+	if !p.owned || !p.loaded || end <= p.deliveryNext+p.inFlight {
 		return false
 	}
 	if len(p.journal) > 0 || p.flushing {
