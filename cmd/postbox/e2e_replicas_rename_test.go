@@ -45,22 +45,22 @@ func TestRenameAcrossReplicas(t *testing.T) {
 	// they agree on each peer's owner from the first event on.
 	for _, r := range reps {
 		e2eWait(t, 10*time.Second, r.name+" to see both replicas live", func() (bool, string) {
-			return strings.Contains(string(must(os.ReadFile(r.logPath))), `live="[r1 r2]"`), "not yet"
+			return strings.Contains(string(rnrMust(os.ReadFile(r.logPath))), `live="[r1 r2]"`), "not yet"
 		})
 	}
 
 	const nPeers = 4
 	var peers []*e2eNode
-	notices := map[string]*noticeCounter{}
+	notices := map[string]*rnrNoticeCounter{}
 	for i := range nPeers {
 		ln := e2eListen(t)
 		p := newE2ENode(t, fmt.Sprintf("P%d", i+1), ln.Addr().String())
-		notices[p.id] = serveNoticeCounter(t, ln, p.listen)
+		notices[p.id] = rnrServeNoticeCounter(t, ln, p.listen)
 		p.start()
 		peers = append(peers, p)
 	}
 	for i, p := range peers {
-		sendTo(t, []*e2eNode{r1, r2}[i%2], p.id, 1)
+		rnrSend(t, []*e2eNode{r1, r2}[i%2], p.id, 1)
 	}
 	for _, p := range peers {
 		e2eWait(t, 30*time.Second, p.name+" to receive its first event", func() (bool, string) {
@@ -70,8 +70,8 @@ func TestRenameAcrossReplicas(t *testing.T) {
 	}
 
 	// Rename at a replica that does not own every peer, so that the other
-	// must tell some of them; the new ID routes to the other replica.
-	owners := peerOwners(t, r1, nPeers)
+	// rnrMust tell some of them; the new ID routes to the other replica.
+	owners := rnrOwners(t, r1, nPeers)
 	at, other := r1, r2
 	if !slices.ContainsFunc(peers, func(p *e2eNode) bool { return owners[p.id] == "r2" }) {
 		at, other = r2, r1
@@ -83,7 +83,7 @@ func TestRenameAcrossReplicas(t *testing.T) {
 	}
 	for _, p := range peers {
 		e2eWait(t, 30*time.Second, p.name+" to accept the rename", func() (bool, string) {
-			peer := peerEntry(t, p, newID)
+			peer := rnrPeer(t, p, newID)
 			return peer != nil && slices.Equal(peer.GetFormerServerIds(), []string{oldID}), fmt.Sprint(peer)
 		})
 	}
@@ -116,8 +116,8 @@ func TestRenameAcrossReplicas(t *testing.T) {
 
 	// Sent through either replica, events arrive under the new ID.
 	for i, p := range peers {
-		sendTo(t, r1, p.id, uint64(100+i))
-		sendTo(t, r2, p.id, uint64(200+i))
+		rnrSend(t, r1, p.id, uint64(100+i))
+		rnrSend(t, r2, p.id, uint64(200+i))
 	}
 	for i, p := range peers {
 		want := []uint64{1, uint64(100 + i), uint64(200 + i)}
@@ -128,22 +128,22 @@ func TestRenameAcrossReplicas(t *testing.T) {
 		if got := watchUsers(t, p); !slices.Equal(got, want) {
 			t.Errorf("%s holds %v, want %v", p.name, got, want)
 		}
-		if from := watchFrom(t, p); !slices.Equal(from, []string{newID, newID, newID}) {
+		if from := rnrWatchFrom(t, p); !slices.Equal(from, []string{newID, newID, newID}) {
 			t.Errorf("%s's events come from %v, want the new ID %s for all (a rename shows the current ID)", p.name, from, newID)
 		}
 	}
 	// Sent to the new ID, events reach the other replica and are taken.
 	for i, p := range peers {
-		sendTo(t, p, newID, uint64(300+i))
+		rnrSend(t, p, newID, uint64(300+i))
 	}
 	for _, p := range peers {
 		e2eWait(t, 30*time.Second, p.name+"'s event to the new ID delivered", func() (bool, string) {
-			peer := peerEntry(t, p, newID)
+			peer := rnrPeer(t, p, newID)
 			return peer != nil && peer.GetDelivered() == 1, fmt.Sprint(peer)
 		})
 	}
 	for _, r := range []*e2eNode{r1, r2} {
-		for _, line := range strings.Split(string(must(os.ReadFile(r.logPath))), "\n") {
+		for _, line := range strings.Split(string(rnrMust(os.ReadFile(r.logPath))), "\n") {
 			if strings.Contains(line, "peer-renamed") {
 				t.Errorf("%s sent under the old ID after the rename: %s", r.name, line)
 			}
@@ -154,15 +154,15 @@ func TestRenameAcrossReplicas(t *testing.T) {
 	}
 }
 
-func must[T any](v T, err error) T {
+func rnrMust[T any](v T, err error) T {
 	if err != nil {
 		panic(err)
 	}
 	return v
 }
 
-// sendTo sends one event for user to peer through n's admin API.
-func sendTo(t *testing.T, n *e2eNode, to string, user uint64) {
+// rnrSend sends one event for user to peer through n's admin API.
+func rnrSend(t *testing.T, n *e2eNode, to string, user uint64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
 	defer cancel()
@@ -171,14 +171,14 @@ func sendTo(t *testing.T, n *e2eNode, to string, user uint64) {
 	}
 }
 
-// peerOwners is each peer's owner replica, once r's peers --json names an
+// rnrOwners is each peer's owner replica, once r's peers --json names an
 // owner for all n.
-func peerOwners(t *testing.T, r *e2eNode, n int) map[string]string {
+func rnrOwners(t *testing.T, r *e2eNode, n int) map[string]string {
 	t.Helper()
 	owners := map[string]string{}
 	e2eWait(t, 10*time.Second, "an owner for every peer", func() (bool, string) {
 		clear(owners)
-		for _, p := range peersJSON(t, r) {
+		for _, p := range rnrPeersJSON(t, r) {
 			if p.GetOwner() != "" {
 				owners[p.GetServerId()] = p.GetOwner()
 			}
@@ -188,7 +188,7 @@ func peerOwners(t *testing.T, r *e2eNode, n int) map[string]string {
 	return owners
 }
 
-func peersJSON(t *testing.T, n *e2eNode) []*adminv1.Peer {
+func rnrPeersJSON(t *testing.T, n *e2eNode) []*adminv1.Peer {
 	t.Helper()
 	out, errOut, code := runCLI(t, "peers", "--json", "--admin", n.admin)
 	if code != 0 {
@@ -205,10 +205,10 @@ func peersJSON(t *testing.T, n *e2eNode) []*adminv1.Peer {
 	return peers
 }
 
-// peerEntry is n's entry for server id, or nil.
-func peerEntry(t *testing.T, n *e2eNode, id string) *adminv1.Peer {
+// rnrPeer is n's entry for server id, or nil.
+func rnrPeer(t *testing.T, n *e2eNode, id string) *adminv1.Peer {
 	t.Helper()
-	for _, p := range peersJSON(t, n) {
+	for _, p := range rnrPeersJSON(t, n) {
 		if p.GetServerId() == id {
 			return p
 		}
@@ -216,8 +216,8 @@ func peerEntry(t *testing.T, n *e2eNode, id string) *adminv1.Peer {
 	return nil
 }
 
-// watchFrom is the sender of each event n received, in order.
-func watchFrom(t *testing.T, n *e2eNode) []string {
+// rnrWatchFrom is the sender of each event n received, in order.
+func rnrWatchFrom(t *testing.T, n *e2eNode) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
@@ -238,35 +238,35 @@ func watchFrom(t *testing.T, n *e2eNode) []string {
 	return from
 }
 
-// noticeCounter forwards everything to a server and counts the
+// rnrNoticeCounter forwards everything to a server and counts the
 // NotifyNewId requests it answered OK.
-type noticeCounter struct {
+type rnrNoticeCounter struct {
 	mu sync.Mutex
 	n  int
 }
 
-func (c *noticeCounter) count() int {
+func (c *rnrNoticeCounter) count() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n
 }
 
-// okRecorder notes whether the response status is 200.
-type okRecorder struct {
+// rnrOKRecorder notes whether the response status is 200.
+type rnrOKRecorder struct {
 	http.ResponseWriter
 	status int
 }
 
-func (w *okRecorder) WriteHeader(code int) {
+func (w *rnrOKRecorder) WriteHeader(code int) {
 	w.status = code
 	w.ResponseWriter.WriteHeader(code)
 }
 
-// serveNoticeCounter serves a noticeCounter on ln, forwarding to target
+// rnrServeNoticeCounter serves a rnrNoticeCounter on ln, forwarding to target
 // (host:port); it stops in t.Cleanup.
-func serveNoticeCounter(t *testing.T, ln net.Listener, target string) *noticeCounter {
+func rnrServeNoticeCounter(t *testing.T, ln net.Listener, target string) *rnrNoticeCounter {
 	t.Helper()
-	c := &noticeCounter{}
+	c := &rnrNoticeCounter{}
 	u := &url.URL{Scheme: "http", Host: target}
 	transport := &http.Transport{}
 	fwd := &httputil.ReverseProxy{
@@ -279,7 +279,7 @@ func serveNoticeCounter(t *testing.T, ln net.Listener, target string) *noticeCou
 			fwd.ServeHTTP(w, r)
 			return
 		}
-		rec := &okRecorder{ResponseWriter: w, status: http.StatusOK}
+		rec := &rnrOKRecorder{ResponseWriter: w, status: http.StatusOK}
 		fwd.ServeHTTP(rec, r)
 		if rec.status == http.StatusOK {
 			c.mu.Lock()
