@@ -181,6 +181,7 @@ type Engine struct {
 	peers    map[streams.PeerID]*peer
 	renames  *Renames // answers NotifyNewId; set by NewRenames
 	owners   Owners   // nil: a single process; set by UseOwners before Run
+	watch    watchTuning
 
 	made        time.Time     // when New ran: no push of this process is older
 	random      io.Reader     // for the database identity, if the engine writes it
@@ -210,6 +211,7 @@ type peer struct {
 	probeRound  int
 	journal     []journalEntry
 	flushing    bool
+	inFlight    uint64        // records of the append a flush has under way
 	flushTimer  domain.Timer  // a batch of records nobody waits for is due
 	pullGate    chan struct{} // set while this server pulls from the peer; closed when done
 	// gateOwnedByStartup: Run set the gate before the startup pull runs.
@@ -558,15 +560,17 @@ func (e *Engine) flush(p *peer) {
 			return
 		}
 		expected := expectAfter(p.deliveryNext)
-		p.mu.Unlock()
-
 		var all []domain.DeliveryEvent
 		for _, j := range batch {
 			all = append(all, j.events...)
 		}
+		p.inFlight = uint64(len(all))
+		p.mu.Unlock()
+
 		err := e.appendDelivery(p, expected, all)
 
 		p.mu.Lock()
+		p.inFlight = 0
 		if err == nil {
 			p.deliveryNext += uint64(len(all))
 			for _, ev := range all {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
@@ -26,10 +29,40 @@ type Owners interface {
 	Changed() <-chan struct{}
 }
 
-// ownerPoll is how often a replica looks for what other replicas wrote
-// that its own peers' work depends on: peers they registered and events
-// they appended to the outboxes of the peers this replica runs.
+// ownerPoll is how often a replica looks for peers other replicas
+// registered (the peers stream) and checks which peers it runs.
 const ownerPoll = 250 * time.Millisecond
+
+// What other replicas append to the outboxes and delivery streams of the
+// peers this replica runs reaches it through two store subscriptions (the
+// outbox- and delivery- prefixes, from the end), at once and at no cost
+// while nothing is written. A slow sweep rereads the ends of its peers'
+// streams anyway, after each (re)subscription and then every sweepEvery,
+// or sweepPace per peer if that is longer (at most about 100 reads a
+// second however many peers), so that a missed notification cannot stall
+// a peer for long.
+const (
+	sweepEvery = 10 * time.Second
+	sweepPace  = 20 * time.Millisecond
+	// recheckDelay: a delivery stream's news that arrived while this
+	// replica's own records for the peer were being written is looked at
+	// again after it, to tell its own records from another replica's.
+	recheckDelay = 20 * time.Millisecond
+)
+
+// watchTuning overrides the watch's timing (tests); zero values keep the
+// defaults.
+type watchTuning struct {
+	sweepEvery time.Duration
+	// off: no news and no sweeps, for tests of what else rereads a peer.
+	off bool
+}
+
+// subscriber is a store that can follow streams (every store Postbox
+// runs on; without it, a replica sweeps at every ownerPoll instead).
+type subscriber interface {
+	Subscribe(ctx context.Context, filter eventstore.Filter, from eventstore.SubscribeFrom) (eventstore.Subscription, error)
+}
 
 // UseOwners makes the engine run only the peers owners gives this replica.
 // Call it before Run.
@@ -98,10 +131,43 @@ func (e *Engine) fence(ctx context.Context, p *peer) error {
 // it claims and starts the peers it gains, stops those it loses, and
 // learns of peers and outbox events other replicas wrote.
 func (e *Engine) watchOwners(ctx context.Context) {
+	w := &streamWatch{e: e, resweep: make(chan struct{}, 1), rechecks: map[*peer]uint64{}, recheckDue: make(chan struct{}, 1)}
+	sweepInterval := sweepEvery
+	if e.watch.sweepEvery > 0 {
+		sweepInterval = e.watch.sweepEvery
+	}
+	sub, ok := e.store.(subscriber)
+	switch {
+	case e.watch.off:
+	case ok:
+		for _, prefix := range []string{streams.OutboxPrefix, streams.DeliveryPrefix} {
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				w.follow(ctx, sub, prefix)
+			}()
+		}
+	default:
+		sweepInterval = ownerPoll
+		w.sweepNow()
+	}
+	if !e.watch.off {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			w.sweepLoop(ctx, sweepInterval)
+		}()
+	}
 	for {
 		changed := e.owners.Changed()
 		e.registry.Refresh(ctx)
-		e.rebalance(ctx)
+		e.mu.Lock()
+		renames := e.renames
+		e.mu.Unlock()
+		if renames != nil {
+			renames.followOwnID()
+		}
+		e.rebalance()
 		due, stop := e.after(ownerPoll)
 		select {
 		case <-ctx.Done():
@@ -114,10 +180,8 @@ func (e *Engine) watchOwners(ctx context.Context) {
 	}
 }
 
-// rebalance starts what this replica gained and stops what it lost, and
-// wakes the push loops of its peers whose outboxes grew elsewhere.
-func (e *Engine) rebalance(ctx context.Context) {
-	var polled []*peer
+// rebalance starts what this replica gained and stops what it lost.
+func (e *Engine) rebalance() {
 	for _, entry := range e.registry.Peers() {
 		p := e.peer(entry.ID)
 		owns := e.owners.Owns(p.id)
@@ -129,23 +193,183 @@ func (e *Engine) rebalance(ctx context.Context) {
 		case !owns && p.owned:
 			e.releaseLocked(p)
 			e.logger.Info("replica: peer moved to another replica", "peer", p.id)
-		case owns && p.owned:
-			polled = append(polled, p)
 		}
 		p.mu.Unlock()
 	}
-	for _, p := range polled {
-		e.noticeRecordsElsewhere(ctx, p)
-		last, err := e.store.ReadStreamBackward(ctx, streams.Outbox(p.id), 1)
-		if err != nil || len(last) == 0 {
-			continue
-		}
+}
+
+// ownedPeers returns the peers this replica runs now.
+func (e *Engine) ownedPeers() []*peer {
+	e.mu.Lock()
+	all := make([]*peer, 0, len(e.peers))
+	for _, p := range e.peers {
+		all = append(all, p)
+	}
+	e.mu.Unlock()
+	owned := all[:0]
+	for _, p := range all {
 		p.mu.Lock()
-		if last[0].Revision >= p.out.Head {
-			p.out.Stored(last[0].Revision)
-			e.kickLocked(p)
+		if p.owned {
+			owned = append(owned, p)
 		}
 		p.mu.Unlock()
+	}
+	return owned
+}
+
+// knownPeer returns the engine's state of id, if it has any.
+func (e *Engine) knownPeer(id streams.PeerID) *peer {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.peers[id]
+}
+
+// streamWatch brings what other replicas append to the streams of this
+// replica's peers to their owner: news from the subscriptions, and sweeps.
+type streamWatch struct {
+	e       *Engine
+	resweep chan struct{} // a sweep is wanted now; capacity 1
+
+	mu         sync.Mutex
+	rechecks   map[*peer]uint64 // delivery stream ends to look at again
+	recheckDue chan struct{}    // rechecks has entries; capacity 1
+}
+
+func (w *streamWatch) sweepNow() {
+	select {
+	case w.resweep <- struct{}{}:
+	default:
+	}
+}
+
+// follow subscribes to the streams starting with prefix from their end and
+// hands each appended event's stream and revision to notice, until ctx
+// ends; it subscribes again after a failure, and asks for a sweep after
+// each subscription starts (what was appended before it is not news).
+func (w *streamWatch) follow(ctx context.Context, store subscriber, prefix string) {
+	e := w.e
+	backoff := domain.Backoff{First: 100 * time.Millisecond, Max: 5 * time.Second}
+	for attempt := 1; ctx.Err() == nil; attempt++ {
+		sub, err := store.Subscribe(ctx, eventstore.Filter{StreamPrefix: prefix}, eventstore.FromEnd())
+		if err == nil {
+			w.sweepNow()
+			for {
+				var it eventstore.Item
+				it, err = sub.Recv(ctx)
+				if err != nil {
+					break
+				}
+				if it.Event != nil {
+					attempt = 0
+					w.notice(ctx, it.Event.Stream, it.Event.Revision)
+				}
+			}
+			_ = sub.Close()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		e.logger.Warn("replica: following other replicas' appends failed; sweeping meanwhile", "streams", prefix+"*", "err", err)
+		w.sweepNow()
+		if e.sleep(ctx, backoff.Delay(max(attempt, 1), e.jitter())) != nil {
+			return
+		}
+	}
+}
+
+// notice takes the news that stream reached revision rev.
+func (w *streamWatch) notice(ctx context.Context, stream string, rev uint64) {
+	e := w.e
+	if id, ok := strings.CutPrefix(stream, streams.OutboxPrefix); ok {
+		if p := e.knownPeer(streams.PeerID(id)); p != nil {
+			e.outboxGrew(p, rev)
+		}
+		return
+	}
+	if id, ok := strings.CutPrefix(stream, streams.DeliveryPrefix); ok {
+		if p := e.knownPeer(streams.PeerID(id)); p != nil && e.deliveryMoved(ctx, p, rev+1) {
+			w.recheck(p, rev+1)
+		}
+	}
+}
+
+// recheck keeps end to look at again after recheckDelay.
+func (w *streamWatch) recheck(p *peer, end uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.rechecks[p] = max(w.rechecks[p], end)
+	select {
+	case w.recheckDue <- struct{}{}:
+	default:
+	}
+}
+
+// sweepLoop sweeps every interval (longer with many peers, see sweepPace)
+// and when asked, and looks again at the delivery news kept for later.
+// The next sweep's time is kept across those looks, so that steady news
+// does not put the sweeps off.
+func (w *streamWatch) sweepLoop(ctx context.Context, interval time.Duration) {
+	e := w.e
+	next := e.clock.Now().Add(interval)
+	for {
+		due, stop := e.after(max(next.Sub(e.clock.Now()), 0))
+		var sweep bool
+		select {
+		case <-ctx.Done():
+			stop()
+			return
+		case <-due:
+			sweep = true
+		case <-w.resweep:
+			sweep = true
+		case <-w.recheckDue:
+		}
+		stop()
+		if !sweep {
+			if e.sleep(ctx, recheckDelay) != nil {
+				return
+			}
+			w.mu.Lock()
+			rechecks := w.rechecks
+			w.rechecks = map[*peer]uint64{}
+			w.mu.Unlock()
+			for p, end := range rechecks {
+				if e.deliveryMoved(ctx, p, end) {
+					w.recheck(p, end)
+				}
+			}
+			continue
+		}
+		owned := e.ownedPeers()
+		for _, p := range owned {
+			if ctx.Err() != nil {
+				return
+			}
+			e.sweepPeer(ctx, p)
+		}
+		next = e.clock.Now().Add(max(interval, time.Duration(len(owned))*sweepPace))
+	}
+}
+
+// sweepPeer rereads the ends of p's outbox and delivery stream, in case
+// their news was missed.
+func (e *Engine) sweepPeer(ctx context.Context, p *peer) {
+	e.noticeRecordsElsewhere(ctx, p)
+	last, err := e.store.ReadStreamBackward(ctx, streams.Outbox(p.id), 1)
+	if err != nil || len(last) == 0 {
+		return
+	}
+	e.outboxGrew(p, last[0].Revision)
+}
+
+// outboxGrew wakes p's push loop if its outbox reached rev, appended by
+// another replica (this one's own Sends raise the head themselves).
+func (e *Engine) outboxGrew(p *peer, rev uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.owned && rev >= p.out.Head {
+		p.out.Stored(rev)
+		e.kickLocked(p)
 	}
 }
 
@@ -167,25 +391,40 @@ func (e *Engine) noticeRecordsElsewhere(ctx context.Context, p *peer) {
 	if err != nil || len(last) == 0 || last[0].Revision+1 == next {
 		return
 	}
+	e.deliveryMoved(ctx, p, last[0].Revision+1)
+}
+
+// deliveryMoved takes the news that p's delivery stream holds end records:
+// if that is more than this replica wrote (or is writing), another replica
+// recorded something, and p's state is read again. It reports true when
+// that must wait for this replica's own records being written; then the
+// news must be looked at again after them.
+func (e *Engine) deliveryMoved(ctx context.Context, p *peer, end uint64) (later bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.loaded || p.deliveryNext != next || len(p.journal) > 0 || p.flushing {
-		return // this replica wrote meanwhile, or rereads anyway
+	// Records up to deliveryNext+inFlight are this replica's; if its
+	// append under way fails, the flush has the state reread anyway.
+	if !p.owned || !p.loaded || end <= p.deliveryNext+p.inFlight {
+		return false
+	}
+	if len(p.journal) > 0 || p.flushing {
+		return true
 	}
 	e.cancelProbeLocked(p)
 	p.loaded = false
 	if err := e.loadLocked(ctx, p); err != nil {
 		e.logger.Warn("replica: rereading a peer's state failed", "peer", p.id, "err", err)
-		return
+		return false
 	}
 	if p.out.Owner.Replica != e.owners.Name() {
 		// Another replica claimed the peer: this one stops, and claims it
 		// back only if the owners still give it here (rebalance).
 		e.releaseLocked(p)
-		return
+		return false
 	}
 	e.kickLocked(p)
 	e.scheduleProbeLocked(p)
+	return false
 }
 
 // acquire makes this replica the recorded owner of p (an OwnerTermStarted
@@ -275,20 +514,37 @@ func (e *Engine) runs(id streams.PeerID) bool {
 // sender looks whether the pull is over.
 const pullWait = 50 * time.Millisecond
 
-// announcedPull is the pull of a peer this replica takes over, announced in
-// the store (streams.Pulling) before it starts and when it ends, so that a
-// push from the peer at another replica waits for it (awaitPullElsewhere),
-// as the startup pull of a single process holds the peer's pushes. The
-// announcement is best effort: if it cannot be written, the pull goes on.
+// pullPeer pulls p: as a replica, announced (announcedPull).
+func (e *Engine) pullPeer(ctx context.Context, p *peer, server domain.ServerID) error {
+	if e.owners == nil {
+		return e.pullFrom(ctx, p, server)
+	}
+	return e.announcedPull(ctx, p, server)
+}
+
+// announcedPull is a replica's pull of a peer (on taking it over, periodic,
+// or asked for by an operator), announced in the store (streams.Pulling)
+// before it starts and when it ends, so that a push from the peer at
+// another replica waits for it (awaitPullElsewhere), as a single process
+// holds the peer's pushes during its pulls. Only the last announcement is
+// read: each end truncates the stream before it, so a pull every minute
+// keeps one record per peer. The announcement is best effort: if it cannot
+// be written, the pull goes on.
 func (e *Engine) announcedPull(ctx context.Context, p *peer, server domain.ServerID) error {
 	self := e.owners.Name()
 	announce := func(ctx context.Context, u streams.PullUnderWay) {
 		data, err := e.codec.EncodePullUnderWay(u)
+		var res eventstore.AppendResult
 		if err == nil {
-			_, err = e.store.Append(ctx, streams.Pulling(p.id), eventstore.Any(), data)
+			res, err = e.store.Append(ctx, streams.Pulling(p.id), eventstore.Any(), data)
 		}
 		if err != nil && ctx.Err() == nil {
 			e.logger.Warn("replica: cannot announce a pull to the other replicas; their pushes from the peer do not wait for it", "peer", p.id, "err", err)
+		}
+		if t, ok := e.store.(truncater); ok && err == nil && u.Ended && res.NextExpectedRevision > 0 {
+			if err := t.Truncate(ctx, streams.Pulling(p.id), res.NextExpectedRevision); err != nil && ctx.Err() == nil {
+				e.logger.Info("replica: dropping a peer's older pull announcements failed", "peer", p.id, "err", err)
+			}
 		}
 	}
 	announce(ctx, streams.PullUnderWay{Replica: self, Until: e.clock.Now().Add(e.cfg.PullTimeout)})
@@ -317,4 +573,49 @@ func (e *Engine) awaitPullElsewhere(ctx context.Context, p *peer) error {
 			return fmt.Errorf("waiting for replica %s's pull of the sender: %w", u.Replica, err)
 		}
 	}
+}
+
+// followOwnID takes up a rename of this server that another replica
+// recorded (postbox rename there): the new ID becomes this replica's too,
+// as an audience of tokens and in what it says of itself (the IDs it signs
+// with come from the registry already), and the peers this replica runs
+// are told of it.
+func (r *Renames) followOwnID() {
+	ids := r.registry.OwnIDs()
+	current := r.identity.Current()
+	if len(ids) == 0 || ids[len(ids)-1].ID == current {
+		return
+	}
+	at := slices.IndexFunc(ids, func(id domain.OwnID) bool { return id.ID == current })
+	for _, next := range ids[at+1:] {
+		r.identity.Rename(next.ID, next.Since)
+	}
+	r.logger.Info("this server was renamed at another replica", "old", current.String(), "new", r.identity.Current().String())
+	r.Start()
+}
+
+// recordNotified records that peer accepted this server's ID id. A
+// conflict with another replica's write to the peers stream (after which
+// the registry has reread it) is tried again, rather than telling the peer
+// again.
+func (r *Renames) recordNotified(ctx context.Context, peer streams.PeerID, id domain.ServerID) error {
+	var err error
+	for range 3 {
+		if err = r.registry.RecordNotified(ctx, peer, id); !errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+			return err
+		}
+	}
+	return err
+}
+
+// renameOwn records this server's rename to id, as registry.RenameOwn
+// does, trying again after a conflict with another replica's write to the
+// peers stream (the registry has reread it by then).
+func (r *Renames) renameOwn(ctx context.Context, id domain.ServerID, at time.Time) (renamed bool, err error) {
+	for range 3 {
+		if renamed, err = r.registry.RenameOwn(ctx, id, at); !errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+			return renamed, err
+		}
+	}
+	return renamed, err
 }

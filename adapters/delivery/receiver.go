@@ -353,7 +353,7 @@ func (e *Engine) PullFrom(ctx context.Context, server domain.ServerID) error {
 	}
 	// server may be a former ID of the peer: call it by its current one.
 	current, _ := e.registry.ServerID(id)
-	if err := e.pullFrom(ctx, e.peer(id), current); err != nil {
+	if err := e.pullPeer(ctx, e.peer(id), current); err != nil {
 		// The operator is told the peer could not be pulled, not that this
 		// server failed.
 		return fmt.Errorf("%w: %w", domain.ErrUnavailable, err)
@@ -473,7 +473,7 @@ func (e *Engine) schedulePull(p *peer, d time.Duration) {
 			if !ok || !e.runs(p.id) {
 				return
 			}
-			err := e.pullFrom(ctx, p, server)
+			err := e.pullPeer(ctx, p, server)
 			if err != nil && ctx.Err() == nil {
 				e.logger.Info("periodic pull failed", "peer", server.String(), "err", err)
 			}

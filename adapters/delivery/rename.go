@@ -102,7 +102,7 @@ func (r *Renames) AcceptRename(ctx context.Context, caller domain.Caller, newID 
 func (r *Renames) Rename(ctx context.Context, newID domain.ServerID) error {
 	old := r.identity.Current()
 	now := r.clock.Now()
-	renamed, err := r.registry.RenameOwn(ctx, newID, now)
+	renamed, err := r.renameOwn(ctx, newID, now)
 	if err != nil || !renamed {
 		return err
 	}
@@ -182,7 +182,7 @@ func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID, 
 		cancel()
 		switch {
 		case err == nil:
-			if err := r.registry.RecordNotified(ctx, peer, own); err != nil {
+			if err := r.recordNotified(ctx, peer, own); err != nil {
 				r.logger.Error("recording a peer's acceptance of our new ID failed", "peer", server.String(), "err", err)
 			} else {
 				r.logger.Info("peer accepted our new ID", "peer", server.String(), "id", own.String())
@@ -229,7 +229,7 @@ func (r *Renames) useNewIDWhenQuiet(ctx context.Context, peer streams.PeerID, se
 			"peer", server.String(), "old", known(r.registry, peer).String(), "wait", wait)
 		return false, r.engine.sleep(ctx, wait)
 	}
-	if err := r.registry.RecordNotified(ctx, peer, own); err != nil {
+	if err := r.recordNotified(ctx, peer, own); err != nil {
 		r.logger.Error("recording that a peer knows us by our new ID failed", "peer", server.String(), "err", err)
 		return false, r.engine.sleep(ctx, time.Second)
 	}

@@ -182,11 +182,18 @@ type Filter struct {
 // SubscribeFrom is where a subscription starts, exclusive.
 type SubscribeFrom struct {
 	start bool
+	end   bool
 	after Position
 }
 
 // FromStart starts a subscription before the first event.
 func FromStart() SubscribeFrom { return SubscribeFrom{start: true} }
+
+// FromEnd starts a subscription after the last event stored when it is
+// made, as EventStoreDB's subscription from End does: it is caught up at
+// once and yields only what is appended later. For a watcher that reads
+// the current state itself after subscribing and wants only news.
+func FromEnd() SubscribeFrom { return SubscribeFrom{end: true} }
 
 // After starts a subscription with the first event after p.
 func After(p Position) SubscribeFrom { return SubscribeFrom{after: p} }
@@ -194,7 +201,11 @@ func After(p Position) SubscribeFrom { return SubscribeFrom{after: p} }
 // IsStart reports whether the subscription starts before the first event.
 func (f SubscribeFrom) IsStart() bool { return f.start }
 
-// Position returns the exclusive start of a subscription that is not FromStart.
+// IsEnd reports whether the subscription starts after the last event.
+func (f SubscribeFrom) IsEnd() bool { return f.end }
+
+// Position returns the exclusive start of a subscription that is neither
+// FromStart nor FromEnd.
 func (f SubscribeFrom) Position() Position { return f.after }
 
 // Subscription yields events in global order.

@@ -62,6 +62,12 @@ type Config struct {
 	// have the same.
 	ServerID  string
 	PublicKey ed25519.PublicKey
+	// Identity, if set, is this server's identity, whose current ID
+	// replaces ServerID once the server is renamed (postbox rename at
+	// any replica): heartbeats carry the current ID, and a live replica
+	// that heartbeats a former one still in its grace period is the same
+	// server (it has not taken the rename up yet, or started before it).
+	Identity Identity
 	// Lease is how long after a heartbeat a replica counts as live;
 	// DefaultLease if zero.
 	Lease time.Duration
@@ -69,6 +75,13 @@ type Config struct {
 	// the lease if zero, so that a heartbeat or two may fail or be late
 	// without the replica's peers moving.
 	Interval time.Duration
+}
+
+// Identity is what a replica needs of this server's identity
+// (domain.Identity).
+type Identity interface {
+	Current() domain.ServerID
+	IsAudience(id domain.ServerID, now time.Time) bool
 }
 
 // Replicas is this replica's view of the live replicas, kept current by
@@ -314,12 +327,29 @@ func (r *Replicas) checkPeers(now time.Time) (*streams.Heartbeat, error) {
 }
 
 func (r *Replicas) sameIdentity(h streams.Heartbeat) error {
-	if h.ServerID != r.cfg.ServerID || !bytes.Equal(h.KeyFingerprint, r.fingerprint) {
+	if !r.sameServer(h.ServerID) || !bytes.Equal(h.KeyFingerprint, r.fingerprint) {
 		return fmt.Errorf("replica %s serves %s with key SHA-256 %x, but live replica %s serves %s with key SHA-256 %x: %w; "+
 			"every replica of a server needs the same --server-id and key file",
-			r.cfg.Name, r.cfg.ServerID, r.fingerprint[:8], h.Replica, h.ServerID, truncate(h.KeyFingerprint, 8), ErrIdentityMismatch)
+			r.cfg.Name, r.serverID(), r.fingerprint[:8], h.Replica, h.ServerID, truncate(h.KeyFingerprint, 8), ErrIdentityMismatch)
 	}
 	return nil
+}
+
+// serverID is this server's ID now.
+func (r *Replicas) serverID() string {
+	if r.cfg.Identity != nil {
+		return r.cfg.Identity.Current().String()
+	}
+	return r.cfg.ServerID
+}
+
+// sameServer reports whether a heartbeat's server ID is this server's.
+func (r *Replicas) sameServer(id string) bool {
+	if r.cfg.Identity == nil {
+		return id == r.cfg.ServerID
+	}
+	sid, err := domain.ParseServerID(id)
+	return err == nil && r.cfg.Identity.IsAudience(sid, r.clock.Now())
 }
 
 func truncate(b []byte, n int) []byte { return b[:min(len(b), n)] }
@@ -338,7 +368,7 @@ func (r *Replicas) Leave(ctx context.Context) error {
 func (r *Replicas) write(ctx context.Context, leaving bool) error {
 	h := streams.Heartbeat{
 		ReplicaHeartbeat: domain.ReplicaHeartbeat{Replica: r.cfg.Name, At: r.clock.Now(), Lease: r.cfg.Lease, Leaving: leaving},
-		Instance:         r.instance, ServerID: r.cfg.ServerID, KeyFingerprint: r.fingerprint,
+		Instance:         r.instance, ServerID: r.serverID(), KeyFingerprint: r.fingerprint,
 	}
 	ev, err := r.codec.EncodeHeartbeat(h)
 	if err != nil {

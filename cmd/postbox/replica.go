@@ -61,7 +61,7 @@ func provideReplicas(ctx context.Context, cfg Config, store replicaStore, codec 
 	if cfg.Replica == "" {
 		return nil, func() {}, nil
 	}
-	r, err := replicas.New(replicas.Config{Name: cfg.Replica, ServerID: identity.Current().String(), PublicKey: public, Lease: cfg.ReplicaLease},
+	r, err := replicas.New(replicas.Config{Name: cfg.Replica, ServerID: identity.Current().String(), Identity: identity, PublicKey: public, Lease: cfg.ReplicaLease},
 		store, codec, clock, random, logger)
 	if err != nil {
 		return nil, nil, exitError{code: 2, err: fmt.Errorf("--replica %s: %w", cfg.Replica, err)}

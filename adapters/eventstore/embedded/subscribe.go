@@ -58,7 +58,7 @@ func (s *Store) Subscribe(ctx context.Context, filter eventstore.Filter, from ev
 		system: strings.HasPrefix(filter.StreamPrefix, "$"),
 		done:   make(chan struct{}),
 	}
-	if !from.IsStart() {
+	if !from.IsStart() && !from.IsEnd() {
 		sub.seen = from.Position().Commit
 	}
 	if s.readOnly {
@@ -67,6 +67,9 @@ func (s *Store) Subscribe(ctx context.Context, filter eventstore.Filter, from ev
 			return nil, fmt.Errorf("subscribe: %w", err)
 		}
 		s.advanceHead(head)
+		if from.IsEnd() {
+			sub.seen = head
+		}
 		if sub.seen > head {
 			return nil, fmt.Errorf("subscribe after %d, past the last event at %d: %w", sub.seen, head, eventstore.ErrNotAPosition)
 		}
@@ -87,6 +90,9 @@ func (s *Store) Subscribe(ctx context.Context, filter eventstore.Filter, from ev
 	s.nsubs.Add(1)
 	s.subsMu.Unlock()
 	sub.target = s.head.Load()
+	if from.IsEnd() {
+		sub.seen = sub.target
+	}
 	return sub, nil
 }
 

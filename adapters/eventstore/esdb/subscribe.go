@@ -42,7 +42,8 @@ func (s *Store) Subscribe(ctx context.Context, filter eventstore.Filter, from ev
 		ended:  make(chan struct{}),
 	}
 	ctx, sub.cancel = s.bind(ctx)
-	if !from.IsStart() && from.Position() != (eventstore.Position{}) {
+	sub.fromEnd = from.IsEnd()
+	if !from.IsStart() && !from.IsEnd() && from.Position() != (eventstore.Position{}) {
 		p := from.Position()
 		sub.last = &p
 	}
@@ -69,6 +70,25 @@ func (sub *subscription) start(ctx context.Context) (*esdb.Subscription, error) 
 		return nil, err
 	}
 	defer s.release(ref)
+	if sub.fromEnd {
+		// After the last event of $all, whatever its stream: a position
+		// of an event, which every server version starts after exactly.
+		// Nothing matching the filter comes before it, so this is caught up.
+		evs, err := s.readAllBackward(ctx, ref, esdb.End{}, 1)
+		if err != nil {
+			return nil, s.mapError(ctx, ref, err)
+		}
+		if len(evs) == 1 {
+			p := eventstore.Position{Commit: evs[0].Position.Commit, Prepare: evs[0].Position.Prepare}
+			sub.last = &p
+		}
+		sub.head = sub.last
+		cs, err := sub.open(ctx, ref)
+		if err != nil {
+			return nil, s.mapError(ctx, ref, err)
+		}
+		return cs, nil
+	}
 	if sub.last != nil {
 		if err := s.checkStart(ctx, ref, *sub.last); err != nil {
 			return nil, err
@@ -181,6 +201,8 @@ type subscription struct {
 	filter eventstore.Filter
 	head   *eventstore.Position
 	cancel context.CancelFunc
+	// fromEnd: start after the last event stored when subscribing.
+	fromEnd bool
 
 	// Owned by run.
 	last     *eventstore.Position

@@ -357,12 +357,15 @@ func (s *Store) Subscribe(ctx context.Context, filter eventstore.Filter, from ev
 		return nil, fmt.Errorf("subscribe: %w", err)
 	}
 	sub := &subscription{s: s, prefix: filter.StreamPrefix, done: make(chan struct{})}
-	if !from.IsStart() {
+	if !from.IsStart() && !from.IsEnd() {
 		sub.seen = from.Position().Commit
 	}
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
 	head := uint64(len(s.st.log))
+	if from.IsEnd() {
+		sub.seen = head
+	}
 	if sub.seen > head {
 		return nil, fmt.Errorf("subscribe after %d, past the last event at %d: %w", sub.seen, head, eventstore.ErrNotAPosition)
 	}

@@ -77,6 +77,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run("FromStartHistoryThenCaughtUpThenLive", su.subscribeFromStart)
 		t.Run("FromPositionIsExclusive", su.subscribeFromPositionExclusive)
 		t.Run("FromPositionPastTheEndRefused", su.subscribePastTheEnd)
+		t.Run("FromEndOnlyLaterEvents", su.subscribeFromEnd)
 		t.Run("PrefixFilter", su.subscribePrefix)
 		t.Run("SystemStreamsExcluded", su.subscribeExcludesSystemStreams)
 		t.Run("NoGapNorDuplicateAcrossCatchUp", su.subscribeAcrossCatchUp)

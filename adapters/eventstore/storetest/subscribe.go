@@ -356,3 +356,24 @@ func (su *suite) subscribePastTheEnd(t *testing.T) {
 		t.Fatalf("subscribe after a position past the end: %v, want ErrNotAPosition", err)
 	}
 }
+
+// EventStoreDB: a subscription to $all from End is caught up at once and
+// delivers only what is appended after it was made, here with a prefix
+// filter (as a watcher of some streams' news subscribes).
+func (su *suite) subscribeFromEnd(t *testing.T) {
+	t.Parallel()
+	s, _ := su.open(t)
+	prefix := su.prefix(t)
+	a, other := prefix+"in-a", prefix+"out"
+	mustAppend(t, s, a, eventstore.NoStream(), newEvents(2, "A")...)
+	mustAppend(t, s, other, eventstore.NoStream(), newEvents(1, "X")...)
+
+	sub := subscribe(t, s, eventstore.Filter{StreamPrefix: prefix + "in-"}, eventstore.FromEnd())
+	expectCaughtUp(t, sub)
+	a2, b1 := newEvents(1, "A"), newEvents(2, "B")
+	mustAppend(t, s, other, eventstore.Exact(0), newEvents(1, "X")...)
+	mustAppend(t, s, a, eventstore.Exact(1), a2...)
+	mustAppend(t, s, prefix+"in-b", eventstore.NoStream(), b1...)
+	expectEvents(t, sub, eventstore.Position{}, append(refs(a, 2, a2), refs(prefix+"in-b", 0, b1)...)...)
+	expectQuiet(t, sub)
+}
