@@ -29,14 +29,16 @@ type Owners interface {
 	Changed() <-chan struct{}
 }
 
-// ownerPoll is how often a replica looks for peers other replicas
-// registered (the peers stream) and checks which peers it runs.
+// ownerPoll is how often a replica on a store without subscriptions
+// looks for what other replicas wrote (peers, renames, outbox events,
+// delivery records).
 const ownerPoll = 250 * time.Millisecond
 
 // What other replicas append to the outboxes and delivery streams of the
-// peers this replica runs reaches it through two store subscriptions (the
-// outbox- and delivery- prefixes, from the end), at once and at no cost
-// while nothing is written. A slow sweep rereads the ends of its peers'
+// peers this replica runs, and to the peers stream, reaches it through
+// three store subscriptions (the outbox- and delivery- prefixes and the
+// peers stream, from the end), at once and at no cost while nothing is
+// written; the peers stream is also reread every sweepEvery. A slow sweep rereads the ends of its peers'
 // streams anyway, after each (re)subscription and then every sweepEvery,
 // or sweepPace per peer if that is longer (at most about 100 reads a
 // second however many peers), so that a missed notification cannot stall
@@ -131,16 +133,22 @@ func (e *Engine) fence(ctx context.Context, p *peer) error {
 // it claims and starts the peers it gains, stops those it loses, and
 // learns of peers and outbox events other replicas wrote.
 func (e *Engine) watchOwners(ctx context.Context) {
-	w := &streamWatch{e: e, resweep: make(chan struct{}, 1), rechecks: map[*peer]uint64{}, recheckDue: make(chan struct{}, 1)}
+	w := &streamWatch{e: e, resweep: make(chan struct{}, 1), rechecks: map[*peer]uint64{}, recheckDue: make(chan struct{}, 1),
+		peersNews: make(chan struct{}, 1)}
 	sweepInterval := sweepEvery
 	if e.watch.sweepEvery > 0 {
 		sweepInterval = e.watch.sweepEvery
 	}
+	// The peers stream is read again when it moves (another replica
+	// registered a peer, or recorded a rename), and anyway every
+	// sweepInterval; without subscriptions, every ownerPoll.
+	peersEvery := sweepInterval
 	sub, ok := e.store.(subscriber)
 	switch {
 	case e.watch.off:
+		peersEvery = ownerPoll
 	case ok:
-		for _, prefix := range []string{streams.OutboxPrefix, streams.DeliveryPrefix} {
+		for _, prefix := range []string{streams.OutboxPrefix, streams.DeliveryPrefix, streams.Peers} {
 			e.wg.Add(1)
 			go func() {
 				defer e.wg.Done()
@@ -148,7 +156,7 @@ func (e *Engine) watchOwners(ctx context.Context) {
 			}()
 		}
 	default:
-		sweepInterval = ownerPoll
+		sweepInterval, peersEvery = ownerPoll, ownerPoll
 		w.sweepNow()
 	}
 	if !e.watch.off {
@@ -168,12 +176,13 @@ func (e *Engine) watchOwners(ctx context.Context) {
 			renames.followOwnID()
 		}
 		e.rebalance()
-		due, stop := e.after(ownerPoll)
+		due, stop := e.after(peersEvery)
 		select {
 		case <-ctx.Done():
 			stop()
 			return
 		case <-changed:
+		case <-w.peersNews:
 		case <-due:
 		}
 		stop()
@@ -230,9 +239,20 @@ type streamWatch struct {
 	e       *Engine
 	resweep chan struct{} // a sweep is wanted now; capacity 1
 
+	// peersNews: the peers stream moved, or its news may have been
+	// missed; capacity 1.
+	peersNews chan struct{}
+
 	mu         sync.Mutex
 	rechecks   map[*peer]uint64 // delivery stream ends to look at again
 	recheckDue chan struct{}    // rechecks has entries; capacity 1
+}
+
+func (w *streamWatch) peersMoved() {
+	select {
+	case w.peersNews <- struct{}{}:
+	default:
+	}
 }
 
 func (w *streamWatch) sweepNow() {
@@ -253,6 +273,7 @@ func (w *streamWatch) follow(ctx context.Context, store subscriber, prefix strin
 		sub, err := store.Subscribe(ctx, eventstore.Filter{StreamPrefix: prefix}, eventstore.FromEnd())
 		if err == nil {
 			w.sweepNow()
+			w.peersMoved()
 			for {
 				var it eventstore.Item
 				it, err = sub.Recv(ctx)
@@ -271,6 +292,7 @@ func (w *streamWatch) follow(ctx context.Context, store subscriber, prefix strin
 		}
 		e.logger.Warn("replica: following other replicas' appends failed; sweeping meanwhile", "streams", prefix+"*", "err", err)
 		w.sweepNow()
+		w.peersMoved()
 		if e.sleep(ctx, backoff.Delay(max(attempt, 1), e.jitter())) != nil {
 			return
 		}
@@ -280,6 +302,10 @@ func (w *streamWatch) follow(ctx context.Context, store subscriber, prefix strin
 // notice takes the news that stream reached revision rev.
 func (w *streamWatch) notice(ctx context.Context, stream string, rev uint64) {
 	e := w.e
+	if stream == streams.Peers {
+		w.peersMoved()
+		return
+	}
 	if id, ok := strings.CutPrefix(stream, streams.OutboxPrefix); ok {
 		if p := e.knownPeer(streams.PeerID(id)); p != nil {
 			e.outboxGrew(p, rev)

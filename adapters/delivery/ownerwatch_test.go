@@ -23,12 +23,21 @@ import (
 )
 
 // watchedStore is the embedded store counting the engines' reads of the
-// ends of outbox and delivery streams; deaf, its subscriptions never
-// deliver an event (notifications lost).
+// ends of outbox and delivery streams, and the registries' reads of the
+// peers stream; deaf, its subscriptions never deliver an event
+// (notifications lost).
 type watchedStore struct {
 	*embedded.Store
-	tailReads atomic.Int64
-	deaf      bool
+	tailReads  atomic.Int64
+	peersReads atomic.Int64
+	deaf       bool
+}
+
+func (s *watchedStore) ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]eventstore.RecordedEvent, error) {
+	if stream == streams.Peers {
+		s.peersReads.Add(1)
+	}
+	return s.Store.ReadStream(ctx, stream, from, limit)
 }
 
 func (s *watchedStore) ReadStreamBackward(ctx context.Context, stream string, limit int) ([]eventstore.RecordedEvent, error) {
@@ -68,7 +77,7 @@ func newWatchedPair(t *testing.T, deaf bool, tune watchTuning) (*replicaPair, *w
 	rp := &replicaPair{store: raw, peers: &fakePeers{}}
 	codec := streams.NewCodec(rand.Reader)
 	for i, name := range []string{"r1", "r2"} {
-		reg, err := registry.Load(ctx, raw, codec, rand.Reader, nil)
+		reg, err := registry.Load(ctx, store, codec, rand.Reader, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,8 +93,9 @@ func newWatchedPair(t *testing.T, deaf bool, tune watchTuning) (*replicaPair, *w
 // Given two replicas, r1 owning twenty peers whose events are all
 // delivered, and no sweep due,
 // when nothing is sent for a second,
-// then neither reads the end of any outbox or delivery stream; and an event
-// then sent at r2 is pushed by r1 at once, learnt from its subscription.
+// then neither reads the end of any outbox or delivery stream, nor the
+// peers stream; an event then sent at r2 is pushed by r1 at once, learnt
+// from its subscription, and a peer r2 then registers is known at r1.
 func TestIdleReplicasReadNoStreamEndsAndLearnOfAppendsAtOnce(t *testing.T) {
 	t.Parallel()
 	rp, store := newWatchedPair(t, false, watchTuning{sweepEvery: time.Hour})
@@ -99,10 +109,13 @@ func TestIdleReplicasReadNoStreamEndsAndLearnOfAppendsAtOnce(t *testing.T) {
 	eventually(t, "one push to each peer", func() bool { return len(rp.peers.pushes()) == peers })
 	eventually(t, "r1 to run every peer", func() bool { return len(rp.engine[0].ownedPeers()) == peers })
 	time.Sleep(200 * time.Millisecond) // the records of the pushes land
-	before := store.tailReads.Load()
+	before, peersBefore := store.tailReads.Load(), store.peersReads.Load()
 	time.Sleep(time.Second)
 	if n := store.tailReads.Load() - before; n != 0 {
 		t.Fatalf("idle replicas read the ends of outbox and delivery streams %d times in a second, want none", n)
+	}
+	if n := store.peersReads.Load() - peersBefore; n != 0 {
+		t.Fatalf("idle replicas read the peers stream %d times in a second, want none", n)
 	}
 
 	start := time.Now()
@@ -111,6 +124,11 @@ func TestIdleReplicasReadNoStreamEndsAndLearnOfAppendsAtOnce(t *testing.T) {
 	}
 	eventually(t, "r1 to push the event r2 stored", func() bool { return len(rp.peers.pushes()) == peers+1 })
 	t.Logf("pushed %v after the send at the other replica", time.Since(start).Round(time.Millisecond))
+
+	if _, err := rp.engine[1].registry.Register(context.Background(), server(peers)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "r1 to know the peer r2 registered", func() bool { return rp.engine[0].registry.Knows(server(peers)) })
 }
 
 // Given two replicas whose subscriptions deliver nothing (every
