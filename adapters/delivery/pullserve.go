@@ -102,6 +102,13 @@ func (e *Engine) serveAccountedPull(ctx context.Context, caller domain.Caller, a
 			ack, p.given = nil, nil
 			defer e.reportContinuity(caller.ServerID, before, checked[0], "pull")
 		}
+		if account.Epoch != p.out.Epoch {
+			// The caller acknowledges an event of an earlier epoch: it has
+			// nothing of this one, so its acknowledgement counts nothing
+			// here (taken at its number, it would count this epoch's
+			// event there delivered, though the caller never got it).
+			ack = nil
+		}
 	}
 	plan, err := p.out.PlanPull(ack)
 	if err != nil {
