@@ -81,6 +81,12 @@ func (e *Engine) runsLocked(p *peer) bool {
 	return e.owners == nil || p.owned
 }
 
+// ownersRefresher is Owners that can read the other replicas' heartbeats
+// at once (adapters/replicas does).
+type ownersRefresher interface {
+	Refresh(ctx context.Context) error
+}
+
 // errFenced: the peer's delivery stream moved on without this replica (its
 // term ended, or another replica recorded something): no push goes out
 // until the state is read again.
@@ -459,6 +465,7 @@ func (e *Engine) deliveryMoved(ctx context.Context, p *peer, end uint64) (later 
 func (e *Engine) acquire(ctx context.Context, p *peer) {
 	self := e.owners.Name()
 	backoff := domain.Backoff{First: 50 * time.Millisecond, Max: 2 * time.Second}
+	refresher, canRefresh := e.owners.(ownersRefresher)
 	for attempt := 1; ctx.Err() == nil; attempt++ {
 		if !e.owners.Owns(p.id) {
 			break
@@ -466,6 +473,19 @@ func (e *Engine) acquire(ctx context.Context, p *peer) {
 		p.mu.Lock()
 		p.loaded = false
 		err := e.loadLocked(ctx, p)
+		if err == nil && canRefresh && p.out.Owner.Replica != self && p.out.Owner.Replica != "" {
+			// Another replica holds the peer's term: this one may only
+			// not have read its heartbeat yet (it started a moment ago),
+			// and claiming now would start a tug of war that lasts until
+			// it has. Read the heartbeats first, once.
+			p.mu.Unlock()
+			canRefresh = false
+			if rerr := refresher.Refresh(ctx); rerr != nil {
+				e.logger.Warn("replica: reading heartbeats before claiming a peer failed", "peer", p.id, "err", rerr)
+			}
+			attempt--
+			continue
+		}
 		var done chan error
 		if err == nil && p.out.Owner.Replica != self {
 			done = e.recordLocked(p, true, domain.OwnerTermStarted{Term: p.out.Owner.Term + 1, Replica: self, Previous: p.out.Owner.Replica})

@@ -29,6 +29,20 @@ type fakeOwners struct {
 	mu      sync.Mutex
 	all     bool
 	changed chan struct{}
+	// afterRefresh, if set, is what Owns says once the heartbeats are
+	// read again (Refresh): a replica whose view was behind.
+	afterRefresh *bool
+	refreshes    int
+}
+
+func (o *fakeOwners) Refresh(context.Context) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.refreshes++
+	if o.afterRefresh != nil {
+		o.all, o.afterRefresh = *o.afterRefresh, nil
+	}
+	return nil
 }
 
 func newFakeOwners(name string, all bool) *fakeOwners {
@@ -459,5 +473,42 @@ func TestAReplicaStepsPastATermThePeerSawAndTheStoreLost(t *testing.T) {
 	want := []domain.OwnerTermStarted{{Term: 1, Replica: "r1"}, {Term: 2, Replica: "r1", Previous: "r1"}, {Term: 3, Replica: "r1", Previous: "r1"}}
 	if got := ownerRecords(rp.records(t)); !slices.Equal(got, want) {
 		t.Fatalf("owner records %+v, want %+v", got, want)
+	}
+}
+
+// Given r2 holding B's term after a handover, when r1, whose view of the
+// replicas is behind (it has not read r2's heartbeat yet), believes it runs
+// B, then it reads the heartbeats before claiming B, learns it does not,
+// and claims nothing: no tug of war of terms between the two.
+func TestAReplicaReadsHeartbeatsBeforeClaimingAPeerAnotherHolds(t *testing.T) {
+	t.Parallel()
+	rp := newReplicaPair(t)
+	rp.send(t, 0, 0, 1)
+	eventually(t, "the event pushed", func() bool { return len(rp.peers.pushes()) == 1 })
+	rp.owners[0].set(false)
+	rp.owners[1].set(true)
+	terms := func() []domain.OwnerTermStarted {
+		var out []domain.OwnerTermStarted
+		for _, r := range rp.records(t) {
+			if o, ok := r.(domain.OwnerTermStarted); ok {
+				out = append(out, o)
+			}
+		}
+		return out
+	}
+	eventually(t, "r2 to claim B", func() bool { ts := terms(); return len(ts) > 0 && ts[len(ts)-1].Replica == "r2" })
+	behind := false
+	rp.owners[0].mu.Lock()
+	rp.owners[0].afterRefresh = &behind
+	rp.owners[0].mu.Unlock()
+	rp.owners[0].set(true)
+	eventually(t, "r1 to read the heartbeats", func() bool {
+		rp.owners[0].mu.Lock()
+		defer rp.owners[0].mu.Unlock()
+		return rp.owners[0].refreshes > 0
+	})
+	time.Sleep(100 * time.Millisecond)
+	if ts := terms(); ts[len(ts)-1].Replica != "r2" {
+		t.Fatalf("terms %+v: r1 claimed B from r2 on a view that was behind", ts)
 	}
 }

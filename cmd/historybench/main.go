@@ -18,6 +18,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	peers := fs.Int("peers", 1000, "peers the records are spread over")
 	dir := fs.String("dir", "", "where to write the stores (default: a temporary directory, removed after)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the long history's first start-up to this file")
+	rounds := fs.Int("rounds", 5, "start-ups of each history before retention; the ratio compares their medians")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -65,42 +67,45 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if i == 1 {
 			profile = *cpuProfile
 		}
-		took, err := bench(ctx, out, fmt.Sprintf("%s/%d", root, n), n, *peers, profile)
+		took, err := bench(ctx, out, fmt.Sprintf("%s/%d", root, n), n, *peers, profile, max(*rounds, 1))
 		if err != nil {
 			return err
 		}
 		before[i] = took
 	}
-	fmt.Fprintf(out, "start-up, %d records against %d: %.2fx (target: within 2x)\n", *large, *small,
-		float64(before[1])/float64(max(before[0], 1)))
+	fmt.Fprintf(out, "start-up, %d records against %d: %.2fx, medians of %d (target: within 2x)\n", *large, *small,
+		float64(before[1])/float64(max(before[0], 1)), max(*rounds, 1))
 	return nil
 }
 
-// bench writes a history of records and starts the engine on it, before,
-// during and after retention; it returns the first start-up's time.
-func bench(ctx context.Context, out io.Writer, dir string, records, peers int, profile string) (time.Duration, error) {
+// bench writes a history of records and starts the engine on it, before
+// (rounds times), during and after retention; it returns the median of the
+// start-ups before retention.
+func bench(ctx context.Context, out io.Writer, dir string, records, peers int, profile string, rounds int) (time.Duration, error) {
 	began := time.Now()
 	if err := write(ctx, dir, records, peers); err != nil {
 		return 0, err
 	}
 	fmt.Fprintf(os.Stderr, "historybench: %d records written in %v\n", records, time.Since(began).Round(time.Millisecond))
-	var first time.Duration
-	for i, phase := range []struct {
-		name   string
-		retain time.Duration
-	}{{"before", 0}, {"retention", time.Millisecond}, {"after", 0}} {
-		if i > 0 {
-			profile = ""
-		}
-		took, err := start(ctx, out, dir, records, phase.name, phase.retain, peers, profile)
+	var befores []time.Duration
+	for range rounds {
+		took, err := start(ctx, out, dir, records, "before", 0, peers, profile)
 		if err != nil {
 			return 0, err
 		}
-		if i == 0 {
-			first = took
+		profile = ""
+		befores = append(befores, took)
+	}
+	for _, phase := range []struct {
+		name   string
+		retain time.Duration
+	}{{"retention", time.Millisecond}, {"after", 0}} {
+		if _, err := start(ctx, out, dir, records, phase.name, phase.retain, peers, ""); err != nil {
+			return 0, err
 		}
 	}
-	return first, nil
+	slices.Sort(befores)
+	return befores[len(befores)/2], nil
 }
 
 // write stores, per peer, records/peers outbox events, each delivered by
