@@ -29,9 +29,9 @@ type Owners interface {
 	Changed() <-chan struct{}
 }
 
-// ownerPoll is how often a replica on a store without subscriptions
-// looks for what other replicas wrote (peers, renames, outbox events,
-// delivery records).
+// ownerPoll is how often a replica looks at which peers it runs (in
+// memory), and, on a store without subscriptions, for what other replicas
+// wrote (peers, renames, outbox events, delivery records).
 const ownerPoll = 250 * time.Millisecond
 
 // What other replicas append to the outboxes and delivery streams of the
@@ -82,9 +82,9 @@ func (e *Engine) runsLocked(p *peer) bool {
 }
 
 // ownersRefresher is Owners that can read the other replicas' heartbeats
-// at once (adapters/replicas does).
+// at once (adapters/replicas does), unless a read is under way already.
 type ownersRefresher interface {
-	Refresh(ctx context.Context) error
+	RefreshIfIdle(ctx context.Context) error
 }
 
 // errFenced: the peer's delivery stream moved on without this replica (its
@@ -172,26 +172,34 @@ func (e *Engine) watchOwners(ctx context.Context) {
 			w.sweepLoop(ctx, sweepInterval)
 		}()
 	}
+	// Ownership is looked at again every ownerPoll (in memory: the
+	// owners' view and the registry); the peers stream is read again only
+	// when it moved, or every peersEvery.
+	refresh, lastRead := true, e.clock.Now()
 	for {
 		changed := e.owners.Changed()
-		e.registry.Refresh(ctx)
-		e.mu.Lock()
-		renames := e.renames
-		e.mu.Unlock()
-		if renames != nil {
+		if refresh {
+			e.registry.Refresh(ctx)
+			refresh, lastRead = false, e.clock.Now()
+		}
+		if renames := e.renamesOf(); renames != nil {
 			renames.followOwnID()
 		}
 		e.rebalance()
-		due, stop := e.after(peersEvery)
+		due, stop := e.after(ownerPoll)
 		select {
 		case <-ctx.Done():
 			stop()
 			return
 		case <-changed:
 		case <-w.peersNews:
+			refresh = true
 		case <-due:
 		}
 		stop()
+		if e.clock.Now().Sub(lastRead) >= peersEvery {
+			refresh = true
+		}
 	}
 }
 
@@ -480,7 +488,7 @@ func (e *Engine) acquire(ctx context.Context, p *peer) {
 			// it has. Read the heartbeats first, once.
 			p.mu.Unlock()
 			canRefresh = false
-			if rerr := refresher.Refresh(ctx); rerr != nil {
+			if rerr := refresher.RefreshIfIdle(ctx); rerr != nil {
 				e.logger.Warn("replica: reading heartbeats before claiming a peer failed", "peer", p.id, "err", rerr)
 			}
 			attempt--

@@ -35,7 +35,7 @@ type fakeOwners struct {
 	refreshes    int
 }
 
-func (o *fakeOwners) Refresh(context.Context) error {
+func (o *fakeOwners) RefreshIfIdle(context.Context) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.refreshes++

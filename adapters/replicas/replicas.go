@@ -389,6 +389,22 @@ func (r *Replicas) write(ctx context.Context, leaving bool) error {
 func (r *Replicas) Refresh(ctx context.Context) error {
 	r.ioMu.Lock()
 	defer r.ioMu.Unlock()
+	return r.refreshLocked(ctx)
+}
+
+// RefreshIfIdle is Refresh unless a read of the heartbeats is under way
+// already, which updates the view itself: a caller that needs a recent
+// view does not queue behind it.
+func (r *Replicas) RefreshIfIdle(ctx context.Context) error {
+	if !r.ioMu.TryLock() {
+		return nil
+	}
+	defer r.ioMu.Unlock()
+	return r.refreshLocked(ctx)
+}
+
+// refreshLocked is Refresh; the caller holds ioMu.
+func (r *Replicas) refreshLocked(ctx context.Context) error {
 	now := r.clock.Now()
 	first, last := r.periods(now)
 	var err error

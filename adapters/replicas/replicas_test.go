@@ -391,3 +391,33 @@ func TestHeartbeatStreamsTurnEachHourAndOldOnesAreDeleted(t *testing.T) {
 		}
 	})
 }
+
+// Given replica a, which has not read b's heartbeat since b started, when
+// a reads the heartbeats if idle, then it sees b; while another read of
+// a's holds its reader, RefreshIfIdle does not wait for it (that read
+// updates the view itself).
+func TestRefreshIfIdleReadsTheHeartbeatsUnlessAReadIsUnderWay(t *testing.T) {
+	t.Parallel()
+	eachStore(t, func(t *testing.T, store eventstore.Store) {
+		clock := newFakeClock()
+		a := newReplica(t, store, clock, "a")
+		mustStart(t, a)
+		b := newReplica(t, store, clock, "b")
+		mustStart(t, b)
+		if v := a.View(); slices.Contains(v.Live, "b") {
+			t.Fatalf("a saw b before reading its heartbeat: %+v", v)
+		}
+		a.ioMu.Lock()
+		err := a.RefreshIfIdle(t.Context())
+		a.ioMu.Unlock()
+		if v := a.View(); err != nil || slices.Contains(v.Live, "b") {
+			t.Fatalf("with a read under way: %+v, %v; want no read", v, err)
+		}
+		if err := a.RefreshIfIdle(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if v := a.View(); !slices.Equal(v.Live, []string{"a", "b"}) {
+			t.Fatalf("a sees %+v after reading the heartbeats, want a and b", v)
+		}
+	})
+}
