@@ -359,28 +359,7 @@ func TestAPushAtAnotherReplicaWaitsForTheOwnersPull(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("r1 never pulled B on taking it over")
 	}
-	eventually(t, "r2 to know B", func() bool { _, ok := rp.engine[1].registry.Lookup(peerB); return ok })
-	pushed := make(chan error, 1)
-	go func() {
-		pushed <- rp.engine[1].AcceptPush(ctx, domain.Caller{ServerID: peerB}, []*syncv1.Event{added(200)}, nil)
-	}()
-	select {
-	case err := <-pushed:
-		t.Fatalf("the push at r2 returned (%v) while r1's pull of B was under way", err)
-	case <-time.After(300 * time.Millisecond):
-	}
-	letGo()
-	select {
-	case err := <-pushed:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the push at r2 still waits after r1's pull ended")
-	}
-	if got := inboxUsers(t, rp); !slices.Equal(got, []uint64{100, 101, 200}) {
-		t.Fatalf("inbox %v, want the pulled 100, 101 before the pushed 200", got)
-	}
+	rp.pushAtR2WaitsFor(t, ctx, "r1's pull of B", letGo)
 }
 
 // Events pulled from an upstream-style sender exist nowhere else once its
@@ -510,5 +489,34 @@ func TestAReplicaReadsHeartbeatsBeforeClaimingAPeerAnotherHolds(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if ts := terms(); ts[len(ts)-1].Replica != "r2" {
 		t.Fatalf("terms %+v: r1 claimed B from r2 on a view that was behind", ts)
+	}
+}
+
+// pushAtR2WaitsFor checks that B's push at r2 waits while r1's pull of B
+// (what) is under way, and, once letGo ends that pull, is applied after the
+// two pulled events.
+func (rp *replicaPair) pushAtR2WaitsFor(t *testing.T, ctx context.Context, what string, letGo func()) {
+	t.Helper()
+	eventually(t, "r2 to know B", func() bool { _, ok := rp.engine[1].registry.Lookup(peerB); return ok })
+	pushed := make(chan error, 1)
+	go func() {
+		pushed <- rp.engine[1].AcceptPush(ctx, domain.Caller{ServerID: peerB}, []*syncv1.Event{added(200)}, nil)
+	}()
+	select {
+	case err := <-pushed:
+		t.Fatalf("the push at r2 returned (%v) while %s was under way", err, what)
+	case <-time.After(300 * time.Millisecond):
+	}
+	letGo()
+	select {
+	case err := <-pushed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the push at r2 still waits after r1's pull ended")
+	}
+	if got := inboxUsers(t, rp); !slices.Equal(got, []uint64{100, 101, 200}) {
+		t.Fatalf("inbox %v, want the pulled 100, 101 before the pushed 200", got)
 	}
 }

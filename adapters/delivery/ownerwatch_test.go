@@ -204,28 +204,7 @@ func TestAPushAtAnotherReplicaWaitsForTheOwnersPeriodicPull(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("r1 never pulled B periodically")
 	}
-	eventually(t, "r2 to know B", func() bool { _, ok := rp.engine[1].registry.Lookup(peerB); return ok })
-	pushed := make(chan error, 1)
-	go func() {
-		pushed <- rp.engine[1].AcceptPush(ctx, domain.Caller{ServerID: peerB}, []*syncv1.Event{added(200)}, nil)
-	}()
-	select {
-	case err := <-pushed:
-		t.Fatalf("the push at r2 returned (%v) while r1's periodic pull of B was under way", err)
-	case <-time.After(300 * time.Millisecond):
-	}
-	letGo()
-	select {
-	case err := <-pushed:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the push at r2 still waits after r1's pull ended")
-	}
-	if got := inboxUsers(t, rp); !slices.Equal(got, []uint64{100, 101, 200}) {
-		t.Fatalf("inbox %v, want the pulled 100, 101 before the pushed 200", got)
-	}
+	rp.pushAtR2WaitsFor(t, ctx, "r1's periodic pull of B", letGo)
 	id := mustLookupIn(t, rp.engine[0], peerB)
 	eventually(t, "more periodic pulls", func() bool { return pulls.Load() >= 6 })
 	eventually(t, "one pull announcement readable", func() bool {
