@@ -41,6 +41,8 @@ func TestASendWhoseConflictCannotBeCheckedIsRefused(t *testing.T) {
 	t.Parallel()
 	w, f := faultWorld(t, testConfig())
 	w.send(1)
+	// The push of event 0 reads the outbox too: done before the read fails.
+	eventually(t, "event 0 delivered", func() bool { return w.state().Delivered == 1 })
 	// Another writer (a replica) appends: this writer's next append
 	// conflicts, and what landed cannot be read.
 	other, err := w.engine.codec.EncodeEnqueued(added(50))
