@@ -9,6 +9,7 @@ package delivery
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -158,8 +159,8 @@ type Engine struct {
 	client   PeerClient
 	clock    domain.Timers // every wait and timer of the engine runs on it
 	logger   *slog.Logger
-	jitter   func() float64
-	newEpoch func() uint64 // a random epoch, never 0
+	jitterSeed uint64
+	newEpoch   func() uint64 // a random epoch, never 0
 	slots    chan struct{}
 	keys     *sendKeys
 	// aheadSlots holds one token per Pull reply read ahead (pullahead.go).
@@ -265,20 +266,16 @@ func New(cfg Config, store Store, codec *streams.Codec, registry *registry.Regis
 	}
 	var seed [32]byte
 	_, _ = io.ReadFull(random, seed[:])
-	jitterSource := rand.New(rand.NewChaCha8(seed))
-	var jitterMu sync.Mutex
+	epochSource := rand.New(rand.NewChaCha8(seed))
+	var epochMu sync.Mutex
 	return &Engine{
 		cfg: cfg, store: store, codec: codec, registry: registry, client: client, clock: clock, logger: logger,
 		random: random, made: clock.Now(),
-		jitter: func() float64 {
-			jitterMu.Lock()
-			defer jitterMu.Unlock()
-			return jitterSource.Float64()
-		},
+		jitterSeed: binary.LittleEndian.Uint64(seed[:]),
 		newEpoch: func() uint64 {
-			jitterMu.Lock()
-			defer jitterMu.Unlock()
-			return jitterSource.Uint64() | 1
+			epochMu.Lock()
+			defer epochMu.Unlock()
+			return epochSource.Uint64() | 1
 		},
 		slots:      make(chan struct{}, max(cfg.MaxConcurrentPushes, 1)),
 		aheadSlots: make(chan struct{}, maxPullsAhead),

@@ -962,3 +962,51 @@ func TestAFailedPullIsRetriedBeforeThePullInterval(t *testing.T) {
 		}
 	}
 }
+
+// Given a pull of a peer that failed (its retry due in seconds), when the
+// peer pushes, then the retry still comes: a push puts off the periodic
+// pull only while pulls succeed, so the next pull does not depend on
+// whether the push or the failure came first.
+func TestAPushDoesNotPutOffTheRetryOfAFailedPull(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig()) // pull interval: an hour
+	w.send(1)
+	pulls := make(chan struct{}, 16)
+	failed := false
+	w.peers.set(func(f *fakePeers) {
+		f.pullFn = func(*uint64) (peerclient.PullResult, error) {
+			f.mu.Lock()
+			first := !failed
+			failed = true
+			f.mu.Unlock()
+			pulls <- struct{}{}
+			if first {
+				return peerclient.PullResult{}, errors.New("connection refused")
+			}
+			return peerclient.PullResult{}, nil
+		}
+	})
+	w.restart() // the startup pull fails
+	select {
+	case <-pulls:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no startup pull")
+	}
+	eventually(t, "the failure counted", func() bool {
+		p := w.engine.knownPeer(mustLookup(t, w, peerB))
+		if p == nil {
+			return false
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.pullFailures > 0
+	})
+	if err := w.engine.AcceptPush(context.Background(), domain.Caller{ServerID: peerB}, []*syncv1.Event{added(0)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-pulls:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the push put the failed pull's retry off by the pull interval")
+	}
+}

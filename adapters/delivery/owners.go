@@ -307,7 +307,7 @@ func (w *streamWatch) follow(ctx context.Context, store subscriber, prefix strin
 		e.logger.Warn("replica: following other replicas' appends failed; sweeping meanwhile", "streams", prefix+"*", "err", err)
 		w.sweepNow()
 		w.peersMoved()
-		if e.sleep(ctx, backoff.Delay(max(attempt, 1), e.jitter())) != nil {
+		if e.sleep(ctx, backoff.Delay(max(attempt, 1), e.jitterOf("follow", uint64(max(attempt, 1)), prefix))) != nil {
 			return
 		}
 	}
@@ -507,7 +507,7 @@ func (e *Engine) acquire(ctx context.Context, p *peer) {
 			return
 		}
 		e.logger.Warn("replica: claiming a peer failed; trying again", "peer", p.id, "attempt", attempt, "err", err)
-		if e.sleep(ctx, backoff.Delay(attempt, e.jitter())) != nil {
+		if e.sleep(ctx, backoff.Delay(attempt, e.jitterOf("claim", uint64(attempt), string(p.id)))) != nil {
 			break
 		}
 	}

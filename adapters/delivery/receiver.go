@@ -64,7 +64,7 @@ func (e *Engine) AcceptClaimedPush(ctx context.Context, caller domain.Caller, ev
 	if err != nil {
 		return domain.PushAnswer{}, err
 	}
-	e.schedulePull(p, e.cfg.PullInterval)
+	e.postponePull(p)
 	return answer, nil
 }
 
@@ -214,7 +214,7 @@ func (e *Engine) appendInbox(ctx context.Context, p *peer, data []eventstore.Eve
 		}
 		e.logger.Error("storing events pulled from an upstream peer failed; they exist nowhere else, so this is tried again",
 			"peer", p.id, "events", len(data), "attempt", attempt, "err", err)
-		if e.sleep(ctx, backoff.Delay(attempt, e.jitter())) != nil {
+		if e.sleep(ctx, backoff.Delay(attempt, e.jitterOf("inbox", uint64(attempt), string(p.id)))) != nil {
 			return err
 		}
 	}
@@ -502,9 +502,23 @@ func (e *Engine) pullAgain(p *peer, err error) {
 	p.mu.Unlock()
 	d := e.cfg.PullInterval
 	if failures > 0 {
-		d = min(d, pullRetry.Delay(failures, e.jitter()))
+		d = min(d, pullRetry.Delay(failures, e.jitterOf("pull", uint64(failures), string(p.id))))
 	}
 	e.schedulePull(p, d)
+}
+
+// postponePull puts p's periodic pull a whole interval off, after a push
+// from it: the pull is a safety net a pushing peer does not need. Not
+// while pulls are failing: their retry stays due, so the next pull is the
+// same whichever came first, the push or the failure (a simulation seed
+// replays either way).
+func (e *Engine) postponePull(p *peer) {
+	p.mu.Lock()
+	failing := p.pullFailures > 0
+	p.mu.Unlock()
+	if !failing {
+		e.schedulePull(p, e.cfg.PullInterval)
+	}
 }
 
 // keepPulling arms p's periodic pull unless it is armed already.

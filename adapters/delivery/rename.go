@@ -46,8 +46,9 @@ type Renames struct {
 
 	mu        sync.Mutex
 	notifying map[streams.PeerID]chan struct{} // closed when the notice is done
-	// keyAsked: the key of the peer was fetched to be recorded (learnKey).
-	keyAsked map[streams.PeerID]bool
+	// keyAsked: when the key of the peer was last fetched to be recorded
+	// (learnKey), while it is not.
+	keyAsked map[streams.PeerID]time.Time
 	// steppedBack is where in this server's IDs (OwnIDs) the former ID
 	// last signed with toward a peer that lost our rename (forgotten)
 	// is, until it accepts the current one.
@@ -58,7 +59,7 @@ type Renames struct {
 func NewRenames(engine *Engine, registry *registry.Registry, keys RenameKeys, notifier Notifier, identity *domain.Identity, clock domain.Clock, logger *slog.Logger) *Renames {
 	r := &Renames{engine: engine, registry: registry, keys: keys, notifier: notifier, identity: identity,
 		clock: clock, logger: logger, backoff: domain.Backoff{First: time.Second, Max: 5 * time.Minute}, notifying: map[streams.PeerID]chan struct{}{},
-		steppedBack: map[streams.PeerID]int{}, keyAsked: map[streams.PeerID]bool{}}
+		steppedBack: map[streams.PeerID]int{}, keyAsked: map[streams.PeerID]time.Time{}}
 	engine.mu.Lock()
 	engine.renames = r
 	engine.mu.Unlock()
@@ -207,7 +208,7 @@ func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID, 
 		default:
 			r.logger.Warn("telling a peer our new ID failed; pushes to it wait, and it will be told again", "peer", server.String(), "attempt", attempt, "err", err)
 		}
-		if r.engine.sleep(ctx, r.backoff.Delay(attempt, r.engine.jitter())) != nil {
+		if r.engine.sleep(ctx, r.backoff.Delay(attempt, r.engine.jitterOf("rename", uint64(attempt), server.String()))) != nil {
 			return
 		}
 	}
@@ -285,26 +286,40 @@ func formerBefore(ids []domain.OwnID, from int, own domain.ServerID) (domain.Ser
 	return domain.ServerID{}, -1
 }
 
-// learnKey fetches, once per process, the key of a peer that took a push
-// and whose key is not recorded (it never called this server), so it is
-// recorded (registry.KeyFetched). Should this server's store go back to
-// before it accepted that peer's rename, the peer's new ID is then known by
-// its key and refused as a second peer (registry.StrangerCheck) instead of
-// registered as one.
+// learnKey fetches the key of a peer this server pushes to and whose key is
+// not recorded (it never called this server), so it is recorded
+// (registry.KeyFetched); from the first push on, not the first that
+// succeeds, and again every keyAskInterval until it is. Should the peer
+// rename itself before it ever accepts a push, or this server's store go
+// back to before it accepted the peer's rename, the peer's new ID is then
+// known by its key and refused as a second peer (registry.StrangerCheck)
+// instead of registered as one.
 func (r *Renames) learnKey(peer streams.PeerID, server domain.ServerID) {
-	r.mu.Lock()
-	asked := r.keyAsked[peer]
-	r.keyAsked[peer] = true
-	r.mu.Unlock()
-	if asked || r.registry.HasKey(peer) {
+	if r.registry.HasKey(peer) {
 		return
 	}
+	now := r.clock.Now()
+	r.mu.Lock()
+	asked, ok := r.keyAsked[peer]
+	if ok && now.Sub(asked) < keyAskInterval {
+		r.mu.Unlock()
+		return
+	}
+	r.keyAsked[peer] = now
+	r.mu.Unlock()
 	r.engine.goBackground(func(ctx context.Context) {
 		if _, err := r.keys.Key(ctx, server); err != nil {
-			r.logger.Info("fetching a peer's key to record it failed", "peer", server.String(), "err", err)
+			r.logger.Info("fetching a peer's key to record it failed; asked again later", "peer", server.String(), "err", err)
+			return
 		}
+		r.mu.Lock()
+		delete(r.keyAsked, peer)
+		r.mu.Unlock()
 	})
 }
+
+// keyAskInterval spaces learnKey's fetches of a key not recorded yet.
+const keyAskInterval = 30 * time.Second
 
 // awaitNotice waits while peer is being told this server's new ID, so a
 // pull signed with the old ID does not race the peer's acceptance of the

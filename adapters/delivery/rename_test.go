@@ -624,3 +624,23 @@ func TestThePushedPeersKeyIsRecorded(t *testing.T) {
 		t.Fatalf("B's key asked for %d times, want once", n)
 	}
 }
+
+// Given B, a peer this server sends to that refuses every push (say, it
+// cannot fetch this server's key), when a push to it is tried, then B's key
+// is fetched and recorded all the same: should B rename itself before it
+// ever takes a push, its first call under the new ID is known by that key
+// (and refused as a second peer) instead of registered as one (simulation
+// seed 113 under other timing).
+func TestAPeerThatRefusesOurPushesHasItsKeyRecorded(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.peers.setDown(true)
+	keys := &recordingKeys{fakeKeys: fakeKeys{served: map[domain.ServerID]ed25519.PublicKey{peerB: pubKey(1)}}, reg: w.engine.registry}
+	NewRenames(w.engine, w.engine.registry, keys, &fakeNotifier{}, domain.NewIdentity(domain.MustParseServerID("a.example:2289"), domain.DefaultAudienceGrace),
+		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	w.send(1)
+	eventually(t, "B's key recorded", func() bool { return w.engine.registry.HasKey(mustLookup(t, w, peerB)) })
+	if len(w.peers.pushes()) != 0 {
+		t.Fatalf("B took pushes %v; it was to refuse them", w.peers.pushes())
+	}
+}

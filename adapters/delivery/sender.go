@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -260,9 +261,6 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 				done = e.recordLocked(p, e.owners != nil, records...)
 			}
 			p.mu.Unlock()
-			if renames := e.renamesOf(); renames != nil {
-				renames.learnKey(p.id, server)
-			}
 			_ = waitRecorded(ctx, done)
 			return
 		}
@@ -280,7 +278,7 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 		}
 		p.mu.Unlock()
 		e.logger.Info("push failed; retrying", "peer", server.String(), "seq", seq, "attempt", attempts, "err", err)
-		if e.sleep(ctx, e.cfg.PushBackoff.Delay(int(attempts), e.jitter())) != nil {
+		if e.sleep(ctx, e.cfg.PushBackoff.Delay(int(attempts), e.jitterOf("push", uint64(attempts), string(p.id), strconv.FormatUint(seq, 10)))) != nil {
 			return
 		}
 	}
@@ -445,6 +443,9 @@ func (e *Engine) pushOnce(ctx context.Context, p *peer, server domain.ServerID, 
 		return domain.PushResult{}, err
 	}
 	defer e.endPush(p)
+	if renames := e.renamesOf(); renames != nil {
+		renames.learnKey(p.id, server)
+	}
 	select {
 	case e.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -469,7 +470,7 @@ func (e *Engine) scheduleProbeLocked(p *peer) {
 		return
 	}
 	p.probeRound++
-	delay := e.cfg.ProbeBackoff.Delay(p.probeRound, e.jitter())
+	delay := e.cfg.ProbeBackoff.Delay(p.probeRound, e.jitterOf("probe", uint64(p.probeRound), string(p.id)))
 	p.probeTimer = e.clock.AfterFunc(delay, func() { e.goBackground(func(ctx context.Context) { e.probe(ctx, p) }) })
 }
 

@@ -122,6 +122,7 @@ type Network struct {
 
 	mu       sync.Mutex
 	faults   Faults
+	latency  time.Duration
 	key      ContentKey
 	handlers map[string]http.Handler
 	calls    map[callKey]uint64
@@ -146,6 +147,18 @@ func (n *Network) SetFaults(f Faults) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.faults = f
+}
+
+// SetLatency gives every call a transit time between half and one and a
+// half times d, drawn like its faults (from the seed, the call and its
+// count), and not a fault: with none, every call and what it causes
+// happen at the instant it is made, and goroutines of several servers
+// woken at one instant run in an order Go does not fix; spread apart,
+// they seldom meet, and a seed replays (README "Simulation").
+func (n *Network) SetLatency(d time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.latency = d
 }
 
 // KeyBy sets how calls' content is keyed (nil: by path alone). Set it
@@ -274,7 +287,8 @@ type fate struct {
 	call    uint64
 	handler http.Handler
 	kind    Kind          // "" for none, else Refused, Partitioned, DropRequest, DropReply or Duplicate
-	delay   time.Duration // before the call reaches the callee
+	delay   time.Duration // before the call reaches the callee, a fault
+	transit time.Duration // before the call reaches the callee, not a fault (SetLatency)
 	lag     time.Duration // of a duplicate after the original
 }
 
@@ -296,9 +310,9 @@ func (n *Network) decide(from, to, path string, body []byte) fate {
 	r := rand.New(rand.NewPCG(n.seed, h.Sum64()^(k+1)*0x9e3779b97f4a7c15))
 	// Every value is drawn for every call, so one fault's chance does not
 	// shift the draws of the others.
-	delayDraw, delayFrac, kindDraw, lagFrac := r.Float64(), r.Float64(), r.Float64(), r.Float64()
+	delayDraw, delayFrac, kindDraw, lagFrac, transitFrac := r.Float64(), r.Float64(), r.Float64(), r.Float64(), r.Float64()
 	f := n.faults
-	ft := fate{call: k, handler: n.handlers[to]}
+	ft := fate{call: k, handler: n.handlers[to], transit: time.Duration((0.5 + transitFrac) * float64(n.latency))}
 	if delayDraw < f.Delay && f.MaxDelay > 0 {
 		ft.delay = time.Duration(delayFrac * float64(f.MaxDelay))
 	}
@@ -346,8 +360,8 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	fail := func(what string) error {
 		return fmt.Errorf("simnet: %s %s: %s: %w", req.Method, req.URL, what, ErrUnreachable)
 	}
-	if ft.delay > 0 {
-		if err := sleep(ctx, ft.delay); err != nil {
+	if wait := ft.delay + ft.transit; wait > 0 {
+		if err := sleep(ctx, wait); err != nil {
 			return nil, err
 		}
 	}

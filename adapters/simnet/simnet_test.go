@@ -169,6 +169,46 @@ func TestDelayHoldsTheCallInVirtualTime(t *testing.T) {
 	})
 }
 
+// With a latency, every call takes between half and one and a half of it,
+// is no fault, and takes the same time in a second network with the same
+// seed: the k-th call alike on a link has its transit fixed like its fate.
+func TestLatencySpreadsCallsApartAndReplays(t *testing.T) {
+	took := func() []time.Duration {
+		var out []time.Duration
+		synctest.Test(t, func(t *testing.T) {
+			n := simnet.New(5, simnet.Faults{})
+			defer n.Close()
+			n.SetLatency(10 * time.Millisecond)
+			n.Listen(b, &counter{})
+			for range 5 {
+				start := time.Now()
+				if _, err := post(t, n.Client(a), "http://"+b+"/x", ""); err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, time.Since(start))
+			}
+			if trace := n.Trace(); len(trace) != 0 {
+				t.Errorf("latency recorded as faults: %v", trace)
+			}
+		})
+		return out
+	}
+	first, second := took(), took()
+	if !slices.Equal(first, second) {
+		t.Errorf("transit times %v, then %v with the same seed", first, second)
+	}
+	distinct := map[time.Duration]bool{}
+	for _, d := range first {
+		if d < 5*time.Millisecond || d >= 15*time.Millisecond {
+			t.Errorf("a call took %v, want [5ms, 15ms)", d)
+		}
+		distinct[d] = true
+	}
+	if len(distinct) < 2 {
+		t.Errorf("every call took %v: no spread", first[0])
+	}
+}
+
 // Delays reorder concurrent calls: the one sent first can arrive last.
 func TestDelaysReorderConcurrentCalls(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
