@@ -152,17 +152,17 @@ func DefaultConfig() Config {
 
 // Engine delivers and receives. It is safe for concurrent use.
 type Engine struct {
-	cfg      Config
-	store    Store
-	codec    *streams.Codec
-	registry *registry.Registry
-	client   PeerClient
-	clock    domain.Timers // every wait and timer of the engine runs on it
-	logger   *slog.Logger
+	cfg        Config
+	store      Store
+	codec      *streams.Codec
+	registry   *registry.Registry
+	client     PeerClient
+	clock      domain.Timers // every wait and timer of the engine runs on it
+	logger     *slog.Logger
 	jitterSeed uint64
 	newEpoch   func() uint64 // a random epoch, never 0
-	slots    chan struct{}
-	keys     *sendKeys
+	slots      chan struct{}
+	keys       *sendKeys
 	// aheadSlots holds one token per Pull reply read ahead (pullahead.go).
 	aheadSlots chan struct{}
 
