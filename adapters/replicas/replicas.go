@@ -496,6 +496,15 @@ func (r *Replicas) recomputeLocked(now time.Time) {
 func (r *Replicas) View() View {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if slices.Contains(r.view.Live, r.cfg.Name) {
+		if own, ok := r.set.Latest(r.cfg.Name); ok && !own.LiveAt(r.clock.Now()) {
+			// This replica's heartbeat I/O is stuck (a write or read that
+			// does not return): its lease ended by time alone and the
+			// others take its peers, so it stops believing it runs them
+			// now, not when the I/O returns, or it claims them back.
+			r.recomputeLocked(r.clock.Now())
+		}
+	}
 	return r.view
 }
 

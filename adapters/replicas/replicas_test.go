@@ -421,3 +421,40 @@ func TestRefreshIfIdleReadsTheHeartbeatsUnlessAReadIsUnderWay(t *testing.T) {
 		}
 	})
 }
+
+// Given a replica whose heartbeat I/O hangs (a write or read that does not
+// return, as under a stalled disk or a paused heartbeat loop), when its own
+// lease ends, then its view leaves it out at once, without waiting for the
+// I/O: the others take its peers then, and a replica that still believed
+// it ran them would claim them back, a new term each time, until the I/O
+// returned (the simulation saw such a tug of war for a whole pause).
+func TestAReplicaWhoseHeartbeatsHangLeavesItsOwnViewWhenItsLeaseEnds(t *testing.T) {
+	t.Parallel()
+	eachStore(t, func(t *testing.T, store eventstore.Store) {
+		clock := newFakeClock()
+		a, b := newReplica(t, store, clock, "a"), newReplica(t, store, clock, "b")
+		mustStart(t, a, b)
+		refreshAll(t, a, b)
+		a.ioMu.Lock() // a's heartbeat read hangs
+		defer a.ioMu.Unlock()
+		clock.Advance(a.Lease() - time.Millisecond)
+		if v := a.View(); !slices.Contains(v.Live, "a") {
+			t.Fatalf("within its lease a sees %v", v.Live)
+		}
+		changed := a.Changed()
+		clock.Advance(2 * time.Millisecond)
+		if v := a.View(); slices.Contains(v.Live, "a") {
+			t.Fatalf("a's lease ended, a still sees itself live: %v", v.Live)
+		}
+		select {
+		case <-changed:
+		default:
+			t.Fatal("the view changed and Changed was not closed")
+		}
+		for i := range 50 {
+			if peer := streams.PeerID(fmt.Sprintf("peer-%d", i)); a.Owns(peer) {
+				t.Fatalf("a owns %s after its lease ended", peer)
+			}
+		}
+	})
+}
