@@ -228,6 +228,19 @@ func (p *Peers) List() []PeerEntry {
 	return out
 }
 
+// Keyless returns the server IDs of the peers whose key is not recorded,
+// in order, at most limit of them.
+func (p *Peers) Keyless(limit int) []ServerID {
+	var out []ServerID
+	for _, entry := range p.byPeer {
+		if entry.Key == nil {
+			out = append(out, entry.ServerID)
+		}
+	}
+	slices.SortFunc(out, func(a, b ServerID) int { return cmp.Compare(a.String(), b.String()) })
+	return out[:min(len(out), max(limit, 0))]
+}
+
 // OwnID returns this server's recorded ID, if any.
 func (p *Peers) OwnID() (ServerID, bool) { return p.own, !p.own.IsZero() }
 

@@ -103,6 +103,27 @@ func TestPeersFormerIDsWithoutAKeyTakeTheCurrentOne(t *testing.T) {
 	}
 }
 
+// Given peers with and without a recorded key, then Keyless lists those
+// without, by server ID, at most as many as asked for.
+func TestPeersListThoseWithoutAKey(t *testing.T) {
+	t.Parallel()
+	p := givenPeers(t,
+		PeerRegistered{Peer: "pc", ServerID: srvC},
+		PeerRegistered{Peer: "pb", ServerID: srvB},
+		PeerKeyLearned{Peer: "pb", Key: testKey(2)},
+		PeerRegistered{Peer: "pa", ServerID: srvA},
+	)
+	if got := p.Keyless(5); !slices.Equal(got, []ServerID{srvA, srvC}) {
+		t.Fatalf("Keyless(5) = %v, want %s and %s", got, srvA, srvC)
+	}
+	if got := p.Keyless(1); !slices.Equal(got, []ServerID{srvA}) {
+		t.Fatalf("Keyless(1) = %v, want %s", got, srvA)
+	}
+	if got := p.Keyless(0); len(got) != 0 {
+		t.Fatalf("Keyless(0) = %v, want none", got)
+	}
+}
+
 // The rule that won between the registry and the projections: a record
 // about a peer no earlier record registered (the engine never writes one)
 // is refused and changes nothing, rather than inventing a peer.

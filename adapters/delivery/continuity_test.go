@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
@@ -324,5 +325,27 @@ func TestAnAcknowledgementOfAnEarlierEpochCountsNothing(t *testing.T) {
 	}
 	if d := w.state().Delivered; d != 0 {
 		t.Fatalf("delivered %d after an acknowledgement of the earlier epoch, want 0", d)
+	}
+}
+
+// Given a push loop retrying event 3 while delivery no longer stands there
+// (a Pull account rewound it to an event the peer lost, or a pull
+// delivered it), when the retry builds its claim, then no push is made:
+// its claim would say the peer holds what stands before delivery now, and
+// a peer that lost event 2 would take event 3 over the gap (simulation
+// seed 579). At the event delivery stands at, the claim is built.
+func TestAPushIsNotRetriedOnceDeliveryMovedFromIt(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	w.send(4)
+	w.pushedInOrder(4)
+	p := w.engine.knownPeer(mustLookup(t, w, peerB))
+	var ahead outboxReader
+	if _, err := w.engine.claimFor(context.Background(), p, &ahead, 3, 1); !errors.Is(err, errPushMoved) {
+		t.Fatalf("claim for event 3 with delivery at 4: %v, want errPushMoved", err)
+	}
+	claim, err := w.engine.claimFor(context.Background(), p, &ahead, 4, 1)
+	if err != nil || claim.Prev == nil || claim.Prev.Seq != 3 {
+		t.Fatalf("claim for event 4 with delivery at 4: %+v, %v; want one after event 3", claim, err)
 	}
 }

@@ -63,6 +63,9 @@ func (e *Engine) serveAccountedPull(ctx context.Context, caller domain.Caller, a
 	}
 	peerID, found, err := domain.CheckCaller(e.registry, caller.ServerID)
 	if err == nil && !found {
+		if renames := e.renamesOf(); renames != nil {
+			renames.learnKeylessPeers(ctx)
+		}
 		err = e.registry.StrangerCheck(caller.ServerID)
 	}
 	if err != nil || !found {

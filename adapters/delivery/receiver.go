@@ -30,8 +30,12 @@ func (e *Engine) AcceptClaimedPush(ctx context.Context, caller domain.Caller, ev
 	if err := e.awaitStart(ctx); err != nil {
 		return domain.PushAnswer{}, err
 	}
-	if _, _, err := domain.CheckCaller(e.registry, caller.ServerID); err != nil {
+	_, known, err := domain.CheckCaller(e.registry, caller.ServerID)
+	if err != nil {
 		return domain.PushAnswer{}, err
+	}
+	if renames := e.renamesOf(); renames != nil && !known {
+		renames.learnKeylessPeers(ctx)
 	}
 	id, err := e.registry.RegisterCaller(ctx, caller)
 	if err != nil {

@@ -295,27 +295,58 @@ func formerBefore(ids []domain.OwnID, from int, own domain.ServerID) (domain.Ser
 // known by its key and refused as a second peer (registry.StrangerCheck)
 // instead of registered as one.
 func (r *Renames) learnKey(peer streams.PeerID, server domain.ServerID) {
-	if r.registry.HasKey(peer) {
+	if !r.mayAskKey(peer) {
 		return
+	}
+	r.engine.goBackground(func(ctx context.Context) { r.fetchKey(ctx, peer, server) })
+}
+
+// learnKeylessPeers fetches, before a call from a server that is no peer
+// is taken, the keys of a few peers whose keys are not recorded (each at
+// most once per keyAskInterval, at once): should the caller be one of them
+// under a new ID this server lost or never learned, its key then tells,
+// and it is refused as a second peer (registry.StrangerCheck) instead of
+// registered as one.
+func (r *Renames) learnKeylessPeers(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, server := range r.registry.KeylessPeers(keylessPerStranger) {
+		peer, ok := r.registry.Lookup(server)
+		if !ok || !r.mayAskKey(peer) {
+			continue
+		}
+		wg.Go(func() { r.fetchKey(ctx, peer, server) })
+	}
+	wg.Wait()
+}
+
+// keylessPerStranger bounds the keys learnKeylessPeers fetches for one call.
+const keylessPerStranger = 4
+
+// mayAskKey reports whether peer's key, not recorded, may be fetched now,
+// and notes the ask.
+func (r *Renames) mayAskKey(peer streams.PeerID) bool {
+	if r.registry.HasKey(peer) {
+		return false
 	}
 	now := r.clock.Now()
 	r.mu.Lock()
-	asked, ok := r.keyAsked[peer]
-	if ok && now.Sub(asked) < keyAskInterval {
-		r.mu.Unlock()
-		return
+	defer r.mu.Unlock()
+	if asked, ok := r.keyAsked[peer]; ok && now.Sub(asked) < keyAskInterval {
+		return false
 	}
 	r.keyAsked[peer] = now
+	return true
+}
+
+// fetchKey fetches server's key, which records it (registry.KeyFetched).
+func (r *Renames) fetchKey(ctx context.Context, peer streams.PeerID, server domain.ServerID) {
+	if _, err := r.keys.Key(ctx, server); err != nil {
+		r.logger.Info("fetching a peer's key to record it failed; asked again later", "peer", server.String(), "err", err)
+		return
+	}
+	r.mu.Lock()
+	delete(r.keyAsked, peer)
 	r.mu.Unlock()
-	r.engine.goBackground(func(ctx context.Context) {
-		if _, err := r.keys.Key(ctx, server); err != nil {
-			r.logger.Info("fetching a peer's key to record it failed; asked again later", "peer", server.String(), "err", err)
-			return
-		}
-		r.mu.Lock()
-		delete(r.keyAsked, peer)
-		r.mu.Unlock()
-	})
 }
 
 // keyAskInterval spaces learnKey's fetches of a key not recorded yet.

@@ -644,3 +644,40 @@ func TestAPeerThatRefusesOurPushesHasItsKeyRecorded(t *testing.T) {
 		t.Fatalf("B took pushes %v; it was to refuse them", w.peers.pushes())
 	}
 }
+
+// Given B, a peer this server knows with no key recorded (it registered B
+// to send to it, and B's key could not be fetched then, or the store went
+// back to before it was), and B renamed to B2 without this server knowing,
+// when B2 makes its first call, signing with B's key, then B's key is
+// fetched before the call is taken, and B2 is refused as unknown here (to
+// announce its rename again) instead of registered as a second peer
+// (simulation seed 772).
+func TestAStrangersFirstCallFetchesTheKeysOfPeersWithoutOne(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	keys := &recordingKeys{fakeKeys: fakeKeys{served: map[domain.ServerID]ed25519.PublicKey{peerB: pubKey(1)}}, reg: w.engine.registry}
+	NewRenames(w.engine, w.engine.registry, keys, &fakeNotifier{}, domain.NewIdentity(domain.MustParseServerID("a.example:2289"), domain.DefaultAudienceGrace),
+		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if _, err := w.engine.registry.Register(ctx, peerB); err != nil {
+		t.Fatal(err)
+	}
+	b2 := domain.MustParseServerID("b2.example:2289")
+	w.engine.registry.KeyFetched(ctx, b2, pubKey(1)) // as the verifier does for B2's call
+	err := w.engine.AcceptPush(ctx, domain.Caller{ServerID: b2}, []*syncv1.Event{added(0)}, nil)
+	if !errors.Is(err, domain.ErrUnknownPeer) {
+		t.Fatalf("B2's first push: %v, want unknown-peer", err)
+	}
+	if _, ok := w.engine.registry.Lookup(b2); ok {
+		t.Fatal("B2 was registered as a second peer")
+	}
+	if !w.engine.registry.HasKey(mustLookup(t, w, peerB)) {
+		t.Fatal("B's key was not recorded")
+	}
+	// A stranger that is no peer under another name is taken.
+	c := domain.MustParseServerID("c.example:2289")
+	w.engine.registry.KeyFetched(ctx, c, pubKey(3))
+	if err := w.engine.AcceptPush(ctx, domain.Caller{ServerID: c}, []*syncv1.Event{added(0)}, nil); err != nil {
+		t.Fatalf("C's first push: %v", err)
+	}
+}

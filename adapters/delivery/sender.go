@@ -183,6 +183,9 @@ func (e *Engine) pushWithRetries(ctx context.Context, p *peer, server domain.Ser
 			return
 		}
 		claim, err := e.claimFor(ctx, p, ahead, seq, len(events))
+		if errors.Is(err, errPushMoved) {
+			return // the push loop decides again from where delivery stands now
+		}
 		if err != nil {
 			e.logger.Error("reading the outbox failed", "peer", p.id, "seq", seq, "err", err)
 			_ = e.sleep(ctx, time.Second)
@@ -308,6 +311,10 @@ func busyWait(asked time.Duration) time.Duration {
 // the outbox ID of the push's last event.
 func (e *Engine) claimFor(ctx context.Context, p *peer, ahead *outboxReader, seq uint64, n int) (domain.PushClaim, error) {
 	p.mu.Lock()
+	if p.out.Delivered != seq {
+		p.mu.Unlock()
+		return domain.PushClaim{}, fmt.Errorf("%w: pushing %d, delivery stands at %d", errPushMoved, seq, p.out.Delivered)
+	}
 	epoch, term := p.out.Epoch, p.out.Owner.Term
 	given, has := p.out.LastGiven()
 	cached := p.given
@@ -331,6 +338,13 @@ func (e *Engine) claimFor(ctx context.Context, p *peer, ahead *outboxReader, seq
 	p.mu.Unlock()
 	return claim, nil
 }
+
+// errPushMoved: delivery no longer stands at the event a push loop is
+// retrying (a pull's account rewound it to events the peer lost, or a pull
+// delivered it). The push is not made: its claim would say the peer holds
+// the events before it as of now, and a peer that lost some would take it
+// over the gap.
+var errPushMoved = errors.New("delivery moved from the push under way")
 
 // claimLastID is the outbox ID of through, the last event a push
 // delivered, when it is the last one the push carried.

@@ -168,6 +168,15 @@ func (r *Registry) HasKey(peer domain.PeerID) bool {
 	return ok && entry.Key != nil
 }
 
+// KeylessPeers returns the server IDs of the peers whose key is not
+// recorded (peers this server only sent to, whose key it could not fetch
+// yet), at most limit of them.
+func (r *Registry) KeylessPeers(limit int) []domain.ServerID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.peers.Keyless(limit)
+}
+
 // SignAs makes this server sign with its former ID id toward peer, in
 // memory, until peer accepts the current ID again (RecordNotified): peer
 // answered a call signed with the current ID as from a stranger, so it

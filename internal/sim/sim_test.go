@@ -38,6 +38,8 @@ var regressionSeeds = []uint64{
 	416, // a receiver restored to before it accepted a rename met the renamed sender as a second peer
 	61,  // as 416, with no key recorded for a peer the receiver had only pushed to
 	290, // a replica not running a peer served its Pulls from a view of the outbox it read long before
+	579, // a push retried after a Pull account rewound delivery claimed the rewound state: taken over the gap
+	772, // a receiver restored to before it had the key of a peer it sent to met that peer's new ID as a stranger
 }
 
 // The phases of a run, in virtual time: faults and workload, then a calm
