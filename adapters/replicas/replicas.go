@@ -95,9 +95,10 @@ type Replicas struct {
 	instance    []byte
 	fingerprint []byte
 
-	// ioMu orders reads of the heartbeat streams; mu guards the state,
-	// and is never held across a store call, so View stays cheap.
-	ioMu    sync.Mutex
+	// io, a one-slot semaphore, orders reads of the heartbeat streams
+	// (lockIO); mu guards the state, and is never held across a store
+	// call, so View stays cheap.
+	io      chan struct{}
 	cursors map[int64]uint64 // by period: the next revision of its stream to read
 	swept   int64            // the streams of periods up to this one are deleted
 
@@ -169,7 +170,7 @@ func New(cfg Config, store Store, codec *streams.Codec, clock domain.Clock, rand
 		cfg: cfg, store: store, codec: codec, clock: clock, log: logger.With("replica", cfg.Name),
 		instance: instance, fingerprint: Fingerprint(cfg.PublicKey),
 		records: make(map[string]streams.Heartbeat), reported: make(map[string]bool), cursors: make(map[int64]uint64),
-		view: View{Self: cfg.Name}, changed: make(chan struct{}),
+		view: View{Self: cfg.Name}, changed: make(chan struct{}), io: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -236,8 +237,10 @@ func (r *Replicas) periods(now time.Time) (first, last int64) {
 // heartbeat can still be live, to follow them from their heads.
 func (r *Replicas) readRecent(ctx context.Context) error {
 	now := r.clock.Now()
-	r.ioMu.Lock()
-	defer r.ioMu.Unlock()
+	if err := r.lockIO(ctx); err != nil {
+		return err
+	}
+	defer r.unlockIO()
 	first, last := r.periods(now)
 	for p := first; p <= last; p++ {
 		pages, next, err := r.readTail(ctx, streams.Replicas(p), now)
@@ -387,23 +390,41 @@ func (r *Replicas) write(ctx context.Context, leaving bool) error {
 // Refresh reads the heartbeats written since the last read and updates
 // the view. It deletes the heartbeat streams of hours past.
 func (r *Replicas) Refresh(ctx context.Context) error {
-	r.ioMu.Lock()
-	defer r.ioMu.Unlock()
+	if err := r.lockIO(ctx); err != nil {
+		return err
+	}
+	defer r.unlockIO()
 	return r.refreshLocked(ctx)
 }
+
+// lockIO waits for the reads of the heartbeats under way to end, or for
+// ctx: a read that hangs (a stalled store) holds up the next one only as
+// long as its caller lets it. unlockIO ends the hold.
+func (r *Replicas) lockIO(ctx context.Context) error {
+	select {
+	case r.io <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("replica %s: waiting for a read of the heartbeats under way: %w", r.cfg.Name, context.Cause(ctx))
+	}
+}
+
+func (r *Replicas) unlockIO() { <-r.io }
 
 // RefreshIfIdle is Refresh unless a read of the heartbeats is under way
 // already, which updates the view itself: a caller that needs a recent
 // view does not queue behind it.
 func (r *Replicas) RefreshIfIdle(ctx context.Context) error {
-	if !r.ioMu.TryLock() {
+	select {
+	case r.io <- struct{}{}:
+	default:
 		return nil
 	}
-	defer r.ioMu.Unlock()
+	defer r.unlockIO()
 	return r.refreshLocked(ctx)
 }
 
-// refreshLocked is Refresh; the caller holds ioMu.
+// refreshLocked is Refresh; the caller holds the io slot (lockIO).
 func (r *Replicas) refreshLocked(ctx context.Context) error {
 	now := r.clock.Now()
 	first, last := r.periods(now)

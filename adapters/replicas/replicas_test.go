@@ -407,9 +407,11 @@ func TestRefreshIfIdleReadsTheHeartbeatsUnlessAReadIsUnderWay(t *testing.T) {
 		if v := a.View(); slices.Contains(v.Live, "b") {
 			t.Fatalf("a saw b before reading its heartbeat: %+v", v)
 		}
-		a.ioMu.Lock()
+		if err := a.lockIO(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 		err := a.RefreshIfIdle(t.Context())
-		a.ioMu.Unlock()
+		a.unlockIO()
 		if v := a.View(); err != nil || slices.Contains(v.Live, "b") {
 			t.Fatalf("with a read under way: %+v, %v; want no read", v, err)
 		}
@@ -435,8 +437,10 @@ func TestAReplicaWhoseHeartbeatsHangLeavesItsOwnViewWhenItsLeaseEnds(t *testing.
 		a, b := newReplica(t, store, clock, "a"), newReplica(t, store, clock, "b")
 		mustStart(t, a, b)
 		refreshAll(t, a, b)
-		a.ioMu.Lock() // a's heartbeat read hangs
-		defer a.ioMu.Unlock()
+		if err := a.lockIO(t.Context()); err != nil { // a's heartbeat read hangs
+			t.Fatal(err)
+		}
+		defer a.unlockIO()
 		clock.Advance(a.Lease() - time.Millisecond)
 		if v := a.View(); !slices.Contains(v.Live, "a") {
 			t.Fatalf("within its lease a sees %v", v.Live)
@@ -455,6 +459,28 @@ func TestAReplicaWhoseHeartbeatsHangLeavesItsOwnViewWhenItsLeaseEnds(t *testing.
 			if peer := streams.PeerID(fmt.Sprintf("peer-%d", i)); a.Owns(peer) {
 				t.Fatalf("a owns %s after its lease ended", peer)
 			}
+		}
+	})
+}
+
+// A Refresh behind a read of the heartbeats that hangs (a stalled store)
+// waits only as long as its context: it does not hang with it.
+func TestARefreshBehindAHangingReadEndsWithItsContext(t *testing.T) {
+	t.Parallel()
+	eachStore(t, func(t *testing.T, store eventstore.Store) {
+		a := newReplica(t, store, newFakeClock(), "a")
+		mustStart(t, a)
+		if err := a.lockIO(t.Context()); err != nil { // a read under way hangs
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		defer cancel()
+		if err := a.Refresh(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Refresh behind a hanging read: %v, want the context's deadline", err)
+		}
+		a.unlockIO()
+		if err := a.Refresh(t.Context()); err != nil {
+			t.Fatalf("Refresh once the read ended: %v", err)
 		}
 	})
 }
