@@ -441,7 +441,7 @@ func (e *Engine) reportContinuity(server domain.ServerID, before domain.Outbox, 
 	case domain.ReceiverReported:
 		if before.HasGiven && (!r.Has || r.Seq < before.Given) {
 			e.cfg.Observer.Continuity(server, "receiver_behind")
-			e.logger.Error("the peer lost events it had received (its store went back): they are sent again",
+			e.logger.Error("the peer lost events it had received (its store went back; or, for a peer running as replicas, a push to one crossed another's pull): they are sent again",
 				"peer", server.String(), "via", via, "peer_has", r.Has, "peer_last_seq", r.Seq, "was_given", before.Given)
 			return
 		}
