@@ -31,18 +31,18 @@ import (
 // whole seconds (README "Simulation"); they now replay other runs, and
 // each bug they found has a focused test beside its fix.
 var regressionSeeds = []uint64{
-	11,  // a restored receiver never pulled a peer it had only sent to since
-	16,  // a replica refused a push continuing what another replica applied
-	21,  // a replica's Pull account came from its own older view of an inbox another replica applied to
-	113, // a peer pushing to our former ID was registered as knowing the new one: two peers for us there
-	263, // renamed during a first contact: pushes under the old ID registered it beside the new one
-	3,   // as 263, with the hold on pushes let go at a transient refusal of the notice
-	454, // a receiver restored to before it met a sender: nothing told the sender until it sent again
-	416, // a receiver restored to before it accepted a rename met the renamed sender as a second peer
-	61,  // as 416, with no key recorded for a peer the receiver had only pushed to
-	290, // a replica not running a peer served its Pulls from a view of the outbox it read long before
-	579, // a push retried after a Pull account rewound delivery claimed the rewound state: taken over the gap
-	772, // a receiver restored to before it had the key of a peer it sent to met that peer's new ID as a stranger
+	11,   // a restored receiver never pulled a peer it had only sent to since
+	16,   // a replica refused a push continuing what another replica applied
+	21,   // a replica's Pull account came from its own older view of an inbox another replica applied to
+	113,  // a peer pushing to our former ID was registered as knowing the new one: two peers for us there
+	263,  // renamed during a first contact: pushes under the old ID registered it beside the new one
+	3,    // as 263, with the hold on pushes let go at a transient refusal of the notice
+	454,  // a receiver restored to before it met a sender: nothing told the sender until it sent again
+	416,  // a receiver restored to before it accepted a rename met the renamed sender as a second peer
+	61,   // as 416, with no key recorded for a peer the receiver had only pushed to
+	290,  // a replica not running a peer served its Pulls from a view of the outbox it read long before
+	579,  // a push retried after a Pull account rewound delivery claimed the rewound state: taken over the gap
+	772,  // a receiver restored to before it had the key of a peer it sent to met that peer's new ID as a stranger
 	1982, // a paused replica's hung heartbeat read held a mutex the next read waited on: virtual time stopped
 	1621, // a push at one replica of a receiver crossed another's Pull: its stale account is no loss
 }
