@@ -123,6 +123,7 @@ type Network struct {
 	mu       sync.Mutex
 	faults   Faults
 	latency  time.Duration
+	onCall   func(Call)
 	key      ContentKey
 	handlers map[string]http.Handler
 	calls    map[callKey]uint64
@@ -159,6 +160,26 @@ func (n *Network) SetLatency(d time.Duration) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.latency = d
+}
+
+// Call is one call as the network carried it, for OnCall.
+type Call struct {
+	From, To, Path string
+	// Content is the key of the call's content (KeyBy).
+	Content string
+	// Count is the call's number among those with its link, path and
+	// content, from 0.
+	Count uint64
+}
+
+// OnCall makes the network tell f of every call as it is made, before its
+// fate: a simulation checks what senders do with it (say, that no push
+// loop spins). f runs with the network's lock held, so it must not call
+// the network. Set it before the first call.
+func (n *Network) OnCall(f func(Call)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.onCall = f
 }
 
 // KeyBy sets how calls' content is keyed (nil: by path alone). Set it
@@ -305,6 +326,9 @@ func (n *Network) decide(from, to, path string, body []byte) fate {
 	ck := callKey{from, to, path, content}
 	k := n.calls[ck]
 	n.calls[ck] = k + 1
+	if n.onCall != nil {
+		n.onCall(Call{From: from, To: to, Path: path, Content: content, Count: k})
+	}
 	h := fnv.New64a()
 	_, _ = io.WriteString(h, from+"\x00"+to+"\x00"+path+"\x00"+content)
 	r := rand.New(rand.NewPCG(n.seed, h.Sum64()^(k+1)*0x9e3779b97f4a7c15))

@@ -209,6 +209,34 @@ func TestLatencySpreadsCallsApartAndReplays(t *testing.T) {
 	}
 }
 
+// OnCall hears of every call as it is made, with its content key and its
+// count among calls alike on its link, refused ones too.
+func TestOnCallHearsOfEveryCall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := simnet.New(1, simnet.Faults{})
+		defer n.Close()
+		n.KeyBy(func(path string, body []byte) string { return string(body) })
+		var heard []simnet.Call
+		n.OnCall(func(c simnet.Call) { heard = append(heard, c) })
+		n.Listen(b, &counter{})
+		for _, body := range []string{"x", "y", "x"} {
+			if _, err := post(t, n.Client(a), "http://"+b+"/p", body); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, _ = post(t, n.Client(a), "http://"+c+"/p", "x") // nothing listens
+		want := []simnet.Call{
+			{From: a, To: b, Path: "/p", Content: "x", Count: 0},
+			{From: a, To: b, Path: "/p", Content: "y", Count: 0},
+			{From: a, To: b, Path: "/p", Content: "x", Count: 1},
+			{From: a, To: c, Path: "/p", Content: "x", Count: 0},
+		}
+		if !slices.Equal(heard, want) {
+			t.Errorf("heard %+v, want %+v", heard, want)
+		}
+	})
+}
+
 // Delays reorder concurrent calls: the one sent first can arrive last.
 func TestDelaysReorderConcurrentCalls(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {

@@ -205,6 +205,7 @@ func simulate(t *testing.T, seed uint64) result {
 	net.KeyBy(contentKey)
 	net.SetLatency(time.Millisecond)
 	w := newWorld(seed, net, discardLogger())
+	net.OnCall(w.pushes.note)
 	servers := 2 + rng.IntN(2)
 	for range servers {
 		w.addNode()
@@ -723,6 +724,9 @@ func (w *world) checkSafety(t *testing.T, final bool) {
 	t.Helper()
 	w.checkDelivered(t)
 	w.checkOnePeerEach(t)
+	if storms := w.pushes.found(); len(storms) > 0 {
+		t.Fatalf("%s", strings.Join(storms, "\n"))
+	}
 	for _, r := range w.nodes {
 		if !r.running() {
 			continue

@@ -228,6 +228,11 @@ type world struct {
 	// replicaChanged: when a replica of each server last started, died,
 	// paused or resumed.
 	replicaChanged map[int]time.Time
+
+	// pushes (pushes.go) holds the recent push attempts of each event on
+	// each link, and storms what they showed; behind a lock of their own,
+	// as the network reports calls with its lock held.
+	pushes pushLog
 }
 
 func newWorld(seed uint64, net *simnet.Network, logger *slog.Logger) *world {
