@@ -932,12 +932,9 @@ func TestAPeerThisServerOnlySendsToIsPulledPeriodically(t *testing.T) {
 	}
 }
 
-// A failed pull is tried again soon, with backoff, not a whole pull
-// interval later: the peer may be holding a queue for this server.
-func TestAFailedPullIsRetriedBeforeThePullInterval(t *testing.T) {
-	t.Parallel()
-	w := newWorld(t, testConfig()) // pull interval: an hour
-	w.send(1)
+// failFirstPull makes the peer fail the first pull and answer the others
+// empty; the channel hears of each pull.
+func (w *world) failFirstPull() <-chan struct{} {
 	pulls := make(chan struct{}, 16)
 	failed := false
 	w.peers.set(func(f *fakePeers) {
@@ -953,6 +950,16 @@ func TestAFailedPullIsRetriedBeforeThePullInterval(t *testing.T) {
 			return peerclient.PullResult{}, nil
 		}
 	})
+	return pulls
+}
+
+// A failed pull is tried again soon, with backoff, not a whole pull
+// interval later: the peer may be holding a queue for this server.
+func TestAFailedPullIsRetriedBeforeThePullInterval(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig()) // pull interval: an hour
+	w.send(1)
+	pulls := w.failFirstPull()
 	w.restart() // the startup pull fails
 	for range 2 {
 		select {
@@ -971,21 +978,7 @@ func TestAPushDoesNotPutOffTheRetryOfAFailedPull(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, testConfig()) // pull interval: an hour
 	w.send(1)
-	pulls := make(chan struct{}, 16)
-	failed := false
-	w.peers.set(func(f *fakePeers) {
-		f.pullFn = func(*uint64) (peerclient.PullResult, error) {
-			f.mu.Lock()
-			first := !failed
-			failed = true
-			f.mu.Unlock()
-			pulls <- struct{}{}
-			if first {
-				return peerclient.PullResult{}, errors.New("connection refused")
-			}
-			return peerclient.PullResult{}, nil
-		}
-	})
+	pulls := w.failFirstPull()
 	w.restart() // the startup pull fails
 	select {
 	case <-pulls:
