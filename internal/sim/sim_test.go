@@ -74,17 +74,33 @@ func TestSimulation(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	var total summary
 	began := time.Now()
-	var failed []uint64
+	var failed, differed []uint64
+	replay := os.Getenv("POSTBOX_SIM_REPLAY") != ""
 	for _, seed := range seeds {
 		res, ok := runSeed(t, seed)
 		total.add(res)
 		if !ok {
 			failed = append(failed, seed)
 			t.Logf("FAILED seed %d: rerun with POSTBOX_SIM_SEED=%d go test -run TestSimulation -v ./internal/sim", seed, seed)
+			continue
+		}
+		if replay {
+			// Every seed again: a passing seed must print the same
+			// digests (README "Simulation").
+			again, ok := runSeed(t, seed)
+			if ok && again.digests != res.digests {
+				differed = append(differed, seed)
+				t.Logf("seed %d replayed with other digests: %s, then %s", seed, res.digests, again.digests)
+			}
 		}
 	}
 	if len(failed) > 0 {
 		t.Errorf("%d of %d seeds failed: %v", len(failed), len(seeds), failed)
+	}
+	if len(differed) > 0 {
+		t.Errorf("%d of %d seeds replayed with other digests: %v", len(differed), len(seeds)-len(failed), differed)
+	} else if replay {
+		t.Logf("replay: every passing seed printed the same digests twice")
 	}
 	t.Logf("simulation: %d seeds, %d servers, %d events, faults: %s; virtual %v (delivered at most %v after faults stopped), real %v",
 		total.seeds, total.servers, total.events, total.faults(), total.virtual, total.slowest, time.Since(began).Round(time.Millisecond))
@@ -130,6 +146,8 @@ type result struct {
 	calm            time.Duration // from the end of faults to all delivered
 	faults          map[string]int
 	virtual         time.Duration
+	// digests: of the faults injected and of the final state, as printed.
+	digests string
 }
 
 type summary struct {
@@ -396,7 +414,8 @@ func simulate(t *testing.T, seed uint64) result {
 	digest := w.stateDigest(t)
 	applied := w.applied(t)
 
-	res := result{servers: servers, events: events, faults: map[string]int{}, virtual: virtual, calm: settled}
+	res := result{servers: servers, events: events, faults: map[string]int{}, virtual: virtual, calm: settled,
+		digests: net.Digest() + " " + digest}
 	if withUpstream {
 		res.servers++
 	}
