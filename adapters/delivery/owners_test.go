@@ -171,6 +171,12 @@ func TestOnlyThePeersOwnerPushesAndAHandoverGoesOn(t *testing.T) {
 
 	rp.owners[0].set(false)
 	rp.owners[1].set(true)
+	// The old owner lets B go at its next look at the owners. A Send there
+	// before that may set both pushing event 20 at once, one under each
+	// term, which a Postbox receiver sorts out by term and sequence number
+	// and this upstream-style fake would take twice.
+	id := mustLookupIn(t, rp.engine[0], peerB)
+	eventually(t, "the old owner to let B go", func() bool { return !rp.engine[0].runs(id) })
 	rp.send(t, 0, 20, 20)
 	eventually(t, "the new owner to push the next 20", func() bool { return len(rp.peers.pushes()) >= 40 })
 	if got := rp.peers.pushes(); !slices.Equal(got, seqs(40)) {
