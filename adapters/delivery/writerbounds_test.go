@@ -30,6 +30,32 @@ func batchOf(first, n int) []domain.BatchSend[*syncv1.Event] {
 // answered.
 func TestSendsWaitingOverOneAppendsBoundGoInTheNext(t *testing.T) {
 	t.Parallel()
+	const big, small = maxSendBatch - 24, 100
+	w, sizes := sendTwoBatchesBehindAnAppend(t, big, small)
+	if !slices.Equal(sizes, []int{1, big, small}) {
+		t.Fatalf("events per append: %v, want [1 %d %d]", sizes, big, small)
+	}
+	if users, _ := w.outboxUsers(); len(users) != 2+big+small || users[2+big] != 2+big {
+		t.Fatalf("the outbox holds %d events, want %d in order", len(users), 2+big+small)
+	}
+}
+
+// Given sends waiting whose events make exactly one append's bound, they
+// go in one append.
+func TestSendsWaitingUpToExactlyOneAppendsBoundGoTogether(t *testing.T) {
+	t.Parallel()
+	_, sizes := sendTwoBatchesBehindAnAppend(t, maxSendBatch-100, 100)
+	if !slices.Equal(sizes, []int{1, maxSendBatch}) {
+		t.Fatalf("events per append: %v, want [1 %d]", sizes, maxSendBatch)
+	}
+}
+
+// sendTwoBatchesBehindAnAppend holds the first append to peer B's outbox,
+// queues a batch of big events and then one of small behind it, lets the
+// append go, and returns the events of each append once both batches are
+// answered, each with consecutive sequence numbers.
+func sendTwoBatchesBehindAnAppend(t *testing.T, big, small int) (*world, []int) {
+	t.Helper()
 	w, spy := newSpiedWorld(t)
 	w.peers.setDown(true) // the pushes do not matter here
 	w.send(1)
@@ -46,7 +72,6 @@ func TestSendsWaitingOverOneAppendsBoundGoInTheNext(t *testing.T) {
 		}
 	}()
 	eventually(t, "the first append", func() bool { return len(spy.appends()) == 1 })
-	const big, small = maxSendBatch - 24, 100
 	outcomes := make(chan []domain.SendOutcome, 2)
 	go func() { outcomes <- w.engine.SendBatch(t.Context(), batchOf(2, big)) }()
 	eventually(t, "the big batch waiting", func() bool { return w.queuedSends() == 1 })
@@ -69,12 +94,7 @@ func TestSendsWaitingOverOneAppendsBoundGoInTheNext(t *testing.T) {
 	for _, c := range spy.appends() {
 		sizes = append(sizes, c.events)
 	}
-	if !slices.Equal(sizes, []int{1, big, small}) {
-		t.Fatalf("events per append: %v, want [1 %d %d]", sizes, big, small)
-	}
-	if users, _ := w.outboxUsers(); len(users) != 2+big+small || users[2+big] != 2+big {
-		t.Fatalf("the outbox holds %d events, want %d in order", len(users), 2+big+small)
-	}
+	return w, sizes
 }
 
 // Given a Send making the append for its peer and another Send waiting
