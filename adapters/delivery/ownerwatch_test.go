@@ -221,16 +221,7 @@ func TestAPushAtAnotherReplicaWaitsForTheOwnersPeriodicPull(t *testing.T) {
 func TestAnAcceptanceIsRecordedAfterAnotherReplicasWrite(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	codec := streams.NewCodec(rand.Reader)
-	mine, err := registry.Load(ctx, store, codec, rand.Reader, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, codec, mine := registryOnAStore(t)
 	newID := domain.MustParseServerID("renamed.example:2289")
 	if err := mine.RecordOwnID(ctx, newID, time.Now()); err != nil {
 		t.Fatal(err)
@@ -263,16 +254,7 @@ func TestAnAcceptanceIsRecordedAfterAnotherReplicasWrite(t *testing.T) {
 func TestARenameIsRecordedAfterAnotherReplicasWrite(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := embedded.Open(ctx, t.TempDir(), embedded.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	codec := streams.NewCodec(rand.Reader)
-	mine, err := registry.Load(ctx, store, codec, rand.Reader, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, codec, mine := registryOnAStore(t)
 	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("renamed.example:2289")
 	if err := mine.RecordOwnID(ctx, oldID, time.Now()); err != nil {
 		t.Fatal(err)
@@ -293,4 +275,22 @@ func TestARenameIsRecordedAfterAnotherReplicasWrite(t *testing.T) {
 	if own, _ := mine.OwnID(); own != newID || identity.Current() != newID {
 		t.Fatalf("recorded ID %s, identity %s; want %s", own, identity.Current(), newID)
 	}
+}
+
+// registryOnAStore opens an embedded store and loads a registry on it, as
+// a replica does; another registry loaded on the store is another
+// replica's.
+func registryOnAStore(t *testing.T) (*embedded.Store, *streams.Codec, *registry.Registry) {
+	t.Helper()
+	store, err := embedded.Open(context.Background(), t.TempDir(), embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	codec := streams.NewCodec(rand.Reader)
+	reg, err := registry.Load(context.Background(), store, codec, rand.Reader, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store, codec, reg
 }
