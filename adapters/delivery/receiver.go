@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
@@ -34,8 +35,13 @@ func (e *Engine) AcceptClaimedPush(ctx context.Context, caller domain.Caller, ev
 	if err != nil {
 		return domain.PushAnswer{}, err
 	}
-	if renames := e.renamesOf(); renames != nil && !known {
-		renames.learnKeylessPeers(ctx)
+	if renames := e.renamesOf(); renames != nil && !known &&
+		renames.learnKeylessPeers(ctx) && renames.holdStranger(caller.ServerID) {
+		// The caller may be a peer whose key this server never got, under
+		// a new ID: it is asked to come back rather than registered as a
+		// second peer now.
+		return domain.PushAnswer{}, &rpcerrors.Busy{Budget: "first contacts while the key of a peer without one cannot be fetched",
+			RetryAfter: strangerKeyInterval}
 	}
 	id, err := e.registry.RegisterCaller(ctx, caller)
 	if err != nil {

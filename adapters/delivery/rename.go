@@ -47,8 +47,12 @@ type Renames struct {
 	mu        sync.Mutex
 	notifying map[streams.PeerID]chan struct{} // closed when the notice is done
 	// keyAsked: when the key of the peer was last fetched to be recorded
-	// (learnKey), while it is not.
-	keyAsked map[streams.PeerID]time.Time
+	// (learnKey), while it is not; strangerAsked: the same for the
+	// fetches before a new caller is taken (learnKeylessPeers).
+	keyAsked      map[streams.PeerID]time.Time
+	strangerAsked map[streams.PeerID]keyAsk
+	// strangers: when each server held off by holdStranger first called.
+	strangers map[domain.ServerID]time.Time
 	// steppedBack is where in this server's IDs (OwnIDs) the former ID
 	// last signed with toward a peer that lost our rename (forgotten)
 	// is, until it accepts the current one.
@@ -59,7 +63,8 @@ type Renames struct {
 func NewRenames(engine *Engine, registry *registry.Registry, keys RenameKeys, notifier Notifier, identity *domain.Identity, clock domain.Clock, logger *slog.Logger) *Renames {
 	r := &Renames{engine: engine, registry: registry, keys: keys, notifier: notifier, identity: identity,
 		clock: clock, logger: logger, backoff: domain.Backoff{First: time.Second, Max: 5 * time.Minute}, notifying: map[streams.PeerID]chan struct{}{},
-		steppedBack: map[streams.PeerID]int{}, keyAsked: map[streams.PeerID]time.Time{}}
+		steppedBack: map[streams.PeerID]int{}, keyAsked: map[streams.PeerID]time.Time{}, strangerAsked: map[streams.PeerID]keyAsk{},
+		strangers: map[domain.ServerID]time.Time{}}
 	engine.mu.Lock()
 	engine.renames = r
 	engine.mu.Unlock()
@@ -302,25 +307,97 @@ func (r *Renames) learnKey(peer streams.PeerID, server domain.ServerID) {
 }
 
 // learnKeylessPeers fetches, before a call from a server that is no peer
-// is taken, the keys of a few peers whose keys are not recorded (each at
-// most once per keyAskInterval, at once): should the caller be one of them
-// under a new ID this server lost or never learned, its key then tells,
-// and it is refused as a second peer (registry.StrangerCheck) instead of
-// registered as one.
-func (r *Renames) learnKeylessPeers(ctx context.Context) {
+// is taken, the keys of a few peers whose keys are not recorded, at once
+// and past any cache of a failed fetch (each peer at most once per
+// strangerKeyInterval): should the caller be one of them under a new ID
+// this server lost or never learned, its key then tells, and it is refused
+// as a second peer (registry.StrangerCheck) instead of registered as one.
+// It reports whether a key among them could not be fetched (now, or at
+// the last try), when the caller might still be that peer.
+func (r *Renames) learnKeylessPeers(ctx context.Context) (unknown bool) {
 	var wg sync.WaitGroup
+	now := r.clock.Now()
 	for _, server := range r.registry.KeylessPeers(keylessPerStranger) {
 		peer, ok := r.registry.Lookup(server)
-		if !ok || !r.mayAskKey(peer) {
+		if !ok {
 			continue
 		}
-		wg.Go(func() { r.fetchKey(ctx, peer, server) })
+		r.mu.Lock()
+		last, was := r.strangerAsked[peer]
+		due := !was || now.Sub(last.at) >= strangerKeyInterval
+		if due {
+			r.strangerAsked[peer] = keyAsk{at: now, failed: last.failed}
+		} else if last.failed {
+			unknown = true
+		}
+		r.mu.Unlock()
+		if !due {
+			continue
+		}
+		wg.Go(func() {
+			key, err := r.keys.Fetch(ctx, server)
+			if err == nil {
+				err = r.registry.RecordKey(ctx, server, key)
+			}
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if err == nil {
+				delete(r.strangerAsked, peer)
+				return
+			}
+			r.strangerAsked[peer] = keyAsk{at: now, failed: true}
+			unknown = true
+			r.logger.Info("fetching the key of a peer without one, before a new caller is taken, failed", "peer", server.String(), "err", err)
+		})
 	}
 	wg.Wait()
+	return unknown
 }
 
-// keylessPerStranger bounds the keys learnKeylessPeers fetches for one call.
-const keylessPerStranger = 4
+// keyAsk is learnKeylessPeers' last fetch of one peer's key.
+type keyAsk struct {
+	at     time.Time
+	failed bool
+}
+
+// holdStranger reports whether a first call from server, a stranger, is
+// to be answered busy because the key of a peer without one could not be
+// fetched (learnKeylessPeers): so the stranger comes back, and the fetch is
+// tried again, for strangerHold from its first call. A peer whose key
+// server is gone for good (a misspelt address users send to) then delays
+// each new peer's first contact by that much, no more. At most
+// maxHeldStrangers are remembered; one forgotten is held afresh.
+func (r *Renames) holdStranger(server domain.ServerID) bool {
+	now := r.clock.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	first, seen := r.strangers[server]
+	if !seen {
+		if len(r.strangers) >= maxHeldStrangers {
+			clear(r.strangers)
+		}
+		r.strangers[server] = now
+		return true
+	}
+	return now.Sub(first) < strangerHold
+}
+
+// strangerHold bounds how long holdStranger holds one stranger off, and
+// maxHeldStrangers how many first calls it remembers.
+const (
+	strangerHold     = time.Minute
+	maxHeldStrangers = 4096
+)
+
+// keylessPerStranger bounds the keys learnKeylessPeers fetches for one
+// call, and strangerKeyInterval how often it fetches one peer's: new
+// callers come at the rate the verifier lets them (each has a key of its
+// own), and this keeps them from making this server call a peer's key
+// server at that rate.
+const (
+	keylessPerStranger  = 4
+	strangerKeyInterval = 5 * time.Second
+)
 
 // mayAskKey reports whether peer's key, not recorded, may be fetched now,
 // and notes the ask.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/hrpc"
+	"github.com/harmony-postbox/postbox/adapters/rpcerrors"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -449,7 +450,9 @@ func TestAFirstPushAddressedToOurFormerIDIsToldOurNewOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	notifier := &fakeNotifier{}
-	renames := attachRenames(w, &fakeKeys{}, notifier, oldID)
+	// C's key is served: a peer's key is recorded, or fetched before a
+	// new caller is taken.
+	renames := attachRenames(w, &fakeKeys{served: map[domain.ServerID]ed25519.PublicKey{peerC: pubKey(3)}}, notifier, oldID)
 	if err := renames.Rename(ctx, newID); err != nil {
 		t.Fatal(err)
 	}
@@ -645,23 +648,25 @@ func TestAPeerThatRefusesOurPushesHasItsKeyRecorded(t *testing.T) {
 	}
 }
 
-// Given B, a peer this server knows with no key recorded (it registered B
-// to send to it, and B's key could not be fetched then, or the store went
-// back to before it was), and B renamed to B2 without this server knowing,
+// Given B, a peer this server sends to with no key recorded (B's key
+// server did not answer a moment ago, or the store went back to before the
+// key was recorded), and B renamed to B2 without this server knowing,
 // when B2 makes its first call, signing with B's key, then B's key is
-// fetched before the call is taken, and B2 is refused as unknown here (to
-// announce its rename again) instead of registered as a second peer
-// (simulation seed 772).
+// fetched again before the call is taken, and B2 is refused as unknown
+// here (to announce its rename again) instead of registered as a second
+// peer (simulation seeds 772 and 4206).
 func TestAStrangersFirstCallFetchesTheKeysOfPeersWithoutOne(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, testConfig())
 	ctx := context.Background()
-	keys := &recordingKeys{fakeKeys: fakeKeys{served: map[domain.ServerID]ed25519.PublicKey{peerB: pubKey(1)}}, reg: w.engine.registry}
+	keys := &recordingKeys{fakeKeys: fakeKeys{served: map[domain.ServerID]ed25519.PublicKey{}}, reg: w.engine.registry}
 	NewRenames(w.engine, w.engine.registry, keys, &fakeNotifier{}, domain.NewIdentity(domain.MustParseServerID("a.example:2289"), domain.DefaultAudienceGrace),
 		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if _, err := w.engine.registry.Register(ctx, peerB); err != nil {
-		t.Fatal(err)
-	}
+	// A push to B asked for its key a moment ago, and B did not answer.
+	w.peers.setDown(true)
+	w.send(1)
+	eventually(t, "B's key asked for", func() bool { return keys.count() > 0 })
+	keys.Remember(peerB, pubKey(1))
 	b2 := domain.MustParseServerID("b2.example:2289")
 	w.engine.registry.KeyFetched(ctx, b2, pubKey(1)) // as the verifier does for B2's call
 	err := w.engine.AcceptPush(ctx, domain.Caller{ServerID: b2}, []*syncv1.Event{added(0)}, nil)
@@ -679,5 +684,75 @@ func TestAStrangersFirstCallFetchesTheKeysOfPeersWithoutOne(t *testing.T) {
 	w.engine.registry.KeyFetched(ctx, c, pubKey(3))
 	if err := w.engine.AcceptPush(ctx, domain.Caller{ServerID: c}, []*syncv1.Event{added(0)}, nil); err != nil {
 		t.Fatalf("C's first push: %v", err)
+	}
+}
+
+// movableClock is a clock the test moves.
+type movableClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *movableClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *movableClock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// Given B, a peer without a recorded key whose key server does not answer,
+// when C, a server that is no peer, pushes for the first time, then C is
+// answered busy and not registered (it may be B under a new ID); once B's
+// key is fetched and is not C's, C's next push is taken. A stranger is held
+// off at most a minute from its first push, even if B's key never comes
+// (simulation seed 4206).
+func TestAStrangerIsHeldOffWhileAKeylessPeersKeyCannotBeFetched(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testConfig())
+	ctx := context.Background()
+	clock := &movableClock{now: time.Now()}
+	keys := &recordingKeys{fakeKeys: fakeKeys{served: map[domain.ServerID]ed25519.PublicKey{}}, reg: w.engine.registry}
+	NewRenames(w.engine, w.engine.registry, keys, &fakeNotifier{}, domain.NewIdentity(domain.MustParseServerID("a.example:2289"), domain.DefaultAudienceGrace),
+		clock, slog.New(slog.DiscardHandler))
+	if _, err := w.engine.registry.Register(ctx, peerB); err != nil {
+		t.Fatal(err)
+	}
+	push := func(from domain.ServerID) error {
+		return w.engine.AcceptPush(ctx, domain.Caller{ServerID: from}, []*syncv1.Event{added(0)}, nil)
+	}
+	busy := func(err error) bool {
+		var b *rpcerrors.Busy
+		return errors.As(err, &b) && b.RetryAfter > 0
+	}
+	c := domain.MustParseServerID("c.example:2289")
+	w.engine.registry.KeyFetched(ctx, c, pubKey(3))
+	if err := push(c); !busy(err) {
+		t.Fatalf("C's first push while B's key cannot be fetched: %v, want busy", err)
+	}
+	if _, ok := w.engine.registry.Lookup(c); ok {
+		t.Fatal("C was registered while it might be B")
+	}
+	keys.Remember(peerB, pubKey(1))
+	clock.add(strangerKeyInterval)
+	if err := push(c); err != nil {
+		t.Fatalf("C's push once B's key is known and not C's: %v", err)
+	}
+
+	// D meets a peer whose key server never answers: held off a minute.
+	e := domain.MustParseServerID("e.example:2289")
+	if _, err := w.engine.registry.Register(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	d := domain.MustParseServerID("d.example:2289")
+	w.engine.registry.KeyFetched(ctx, d, pubKey(4))
+	for range 3 {
+		if err := push(d); !busy(err) {
+			t.Fatalf("D's push within a minute of its first: %v, want busy", err)
+		}
+		clock.add(strangerHold / 4)
+	}
+	clock.add(strangerHold / 4)
+	if err := push(d); err != nil {
+		t.Fatalf("D's push a minute after its first: %v", err)
 	}
 }

@@ -45,6 +45,7 @@ var regressionSeeds = []uint64{
 	772,  // a receiver restored to before it had the key of a peer it sent to met that peer's new ID as a stranger
 	1982, // a paused replica's hung heartbeat read held a mutex the next read waited on: virtual time stopped
 	1621, // a push at one replica of a receiver crossed another's Pull: its stale account is no loss
+	4206, // a renamed peer met as a stranger while the key of its old ID could not be fetched: a second peer
 }
 
 // The phases of a run, in virtual time: faults and workload, then a calm
