@@ -82,8 +82,8 @@ func sameReceived(a, b Received) bool {
 		bytes.Equal(a.SenderEventID, b.SenderEventID) && a.SenderTerm == b.SenderTerm && eq(a.TooLargeBytes, b.TooLargeBytes)
 }
 
-// The records share buffers: each one's data is capped at its end, so an
-// append to one cannot write into the next. Many records span buffers.
+// The records share one buffer: each one's data is capped at its end, so an
+// append to one cannot write into the next.
 func TestEncodeReceivedAllKeepsRecordsApart(t *testing.T) {
 	t.Parallel()
 	c := NewCodecWithBodies(rand.Reader, BinaryBodies)
@@ -128,7 +128,8 @@ func TestAppendReceivedKnowsEveryField(t *testing.T) {
 	}
 }
 
-// Any record, encoded field by field, is what proto.Marshal makes of it.
+// Any record, encoded field by field, is what proto.Marshal makes of it,
+// in a buffer of exactly its size.
 func FuzzAppendReceivedIsProtoMarshal(f *testing.F) {
 	f.Add([]byte{8, 1}, uint8(2), true, uint64(7), uint64(1), []byte("id"), false, uint64(0), uint64(3))
 	f.Add([]byte{}, uint8(0), false, uint64(0), uint64(0), []byte{}, true, uint64(1<<40), uint64(0))
@@ -159,6 +160,15 @@ func FuzzAppendReceivedIsProtoMarshal(f *testing.F) {
 		}
 		if !bytes.Equal(got[0].Data, want) {
 			t.Fatalf("%x, want %x", got[0].Data, want)
+		}
+		// The buffer is sized by receivedSize, neither grown nor larger
+		// than needed.
+		eventSize := 0
+		if !tooLarge {
+			eventSize = proto.Size(ev)
+		}
+		if n := receivedSize(r, eventSize); n != len(want) {
+			t.Fatalf("receivedSize %d, want %d", n, len(want))
 		}
 	})
 }

@@ -5,7 +5,6 @@
 package streams
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io"
 
@@ -302,15 +301,11 @@ func (c *Codec) receivedMessage(m *eventsv1.EventReceived, r Received) error {
 	return nil
 }
 
-// receivedChunk is the size of the buffers EncodeReceivedAll shares
-// between binary bodies.
-const receivedChunk = 64 << 10
-
 // EncodeReceivedAll encodes inbox records, each as EncodeReceived would:
 // the thousands of one pull reply take one read of the random source for
-// their IDs and, with binary bodies, share a few buffers instead of an
-// allocation (and a read) each, and are written field by field
-// (appendReceived) rather than through the message's reflection.
+// their IDs and, with binary bodies, one buffer instead of an allocation
+// (and a read) each, and are written field by field (appendReceived)
+// rather than through the message's reflection.
 func (c *Codec) EncodeReceivedAll(recs []Received) ([]eventstore.EventData, error) {
 	if c.body != BinaryBodies {
 		out := make([]eventstore.EventData, 0, len(recs))
@@ -327,19 +322,22 @@ func (c *Codec) EncodeReceivedAll(recs []Received) ([]eventstore.EventData, erro
 	if _, err := io.ReadFull(c.rand, ids); err != nil {
 		return nil, fmt.Errorf("event ID: %w", err)
 	}
-	out := make([]eventstore.EventData, len(recs))
-	var buf []byte
+	// The events' sizes first, so that the buffer is allocated once, at its
+	// size; Size also sets the sizes that Marshal then reads.
+	eventSizes := make([]int, len(recs))
+	total := 0
 	for i, r := range recs {
-		size := 0
 		if r.TooLargeBytes == nil && r.Event != nil {
-			size = proto.Size(r.Event)
+			eventSizes[i] = proto.Size(r.Event)
 		}
-		if room := receivedFixedMax + len(r.SenderEventID) + size; cap(buf)-len(buf) < room {
-			buf = make([]byte, 0, max(room, receivedChunk))
-		}
+		total += receivedSize(r, eventSizes[i])
+	}
+	buf := make([]byte, 0, total)
+	out := make([]eventstore.EventData, len(recs))
+	for i, r := range recs {
 		at := len(buf)
 		var err error
-		if buf, err = appendReceived(buf, r, size); err != nil {
+		if buf, err = appendReceived(buf, r, eventSizes[i]); err != nil {
 			return nil, fmt.Errorf("encode %s: %w", TypeEventReceived, err)
 		}
 		d := &out[i]
@@ -352,14 +350,36 @@ func (c *Codec) EncodeReceivedAll(recs []Received) ([]eventstore.EventData, erro
 	return out, nil
 }
 
-// receivedFixedMax bounds the bytes of an EventReceived besides its
-// event's and sender_event_id's: a one-byte tag and a varint (a value, or
-// a length) for each of its eight fields.
-const receivedFixedMax = 8 * (1 + binary.MaxVarintLen64)
+// receivedSize is the length of what appendReceived appends for r.
+func receivedSize(r Received, eventSize int) int {
+	n := 0
+	if r.TooLargeBytes == nil && r.Event != nil {
+		n += 1 + protowire.SizeBytes(eventSize)
+	}
+	if r.Via != 0 {
+		n += 1 + protowire.SizeVarint(uint64(r.Via))
+	}
+	if r.SenderSeq != nil {
+		n += 1 + protowire.SizeVarint(*r.SenderSeq)
+	}
+	if r.SenderEpoch != 0 {
+		n += 1 + protowire.SizeVarint(r.SenderEpoch)
+	}
+	if len(r.SenderEventID) > 0 {
+		n += 1 + protowire.SizeBytes(len(r.SenderEventID))
+	}
+	if r.TooLargeBytes != nil {
+		n += 1 + protowire.SizeVarint(*r.TooLargeBytes)
+	}
+	if r.SenderTerm != 0 {
+		n += 1 + protowire.SizeVarint(r.SenderTerm)
+	}
+	return n
+}
 
 // appendReceived appends r as the binary EventReceived that proto.Marshal
 // makes of EncodeReceived's message with binary bodies, byte for byte
-// (TestAppendReceivedIsProtoMarshal), to b; eventSize is proto.Size of
+// (FuzzAppendReceivedIsProtoMarshal), to b; eventSize is proto.Size of
 // r.Event when it goes in, which has also set the sizes Marshal reads.
 // Its field numbers are those of postbox/events/v1/events.proto.
 func appendReceived(b []byte, r Received, eventSize int) ([]byte, error) {
