@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"runtime"
 
 	"google.golang.org/protobuf/proto"
 
@@ -157,11 +158,15 @@ func (e *Engine) serveAccountedPull(ctx context.Context, caller domain.Caller, a
 	p.mu.Lock()
 	done = e.recordLocked(p, true, domain.ServedPull(plan.From, uint64(len(events)), caller.Extended))
 	epoch := p.out.Epoch
-	e.readAheadLocked(p, plan.From+uint64(len(events)))
 	p.mu.Unlock()
 	if err := waitRecorded(ctx, done); err != nil {
 		return PullBatch{}, err
 	}
+	// The next reply is read once this one's record is durable: started
+	// before, the read took a CPU the record's commit then waited for.
+	p.mu.Lock()
+	e.readAheadLocked(p, plan.From+uint64(len(events)))
+	p.mu.Unlock()
 	e.cfg.Observer.PullServed(caller.ServerID, len(events))
 	return PullBatch{Events: events, FirstSeq: plan.From, HasSeq: true, Epoch: epoch, LastID: lastID}, nil
 }
@@ -196,6 +201,13 @@ func (e *Engine) readBatch(ctx context.Context, id streams.PeerID, from, n uint6
 	var lastID eventstore.EventID
 	size := 0
 	for uint64(len(out)) < n {
+		if len(out) > 0 {
+			// A read ahead runs beside the peer's append and this server's
+			// own commits: between pages it lets a goroutine that waits for
+			// a CPU (a commit back from its sync) run, rather than wait for
+			// the scheduler to preempt the read.
+			runtime.Gosched()
+		}
 		recs, err := e.store.ReadStream(ctx, streams.Outbox(id), from+uint64(len(out)), int(min(n-uint64(len(out)), 1024)))
 		if err != nil {
 			return nil, nil, fmt.Errorf("read outbox of %s: %w", id, err)

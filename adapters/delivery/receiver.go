@@ -145,7 +145,7 @@ func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventRec
 			"peer", p.id, "claimed", refString(from.prev), "held", refString(held))
 		return domain.PushAnswer{Refused: true, Applied: held}, nil
 	}
-	var data []eventstore.EventData
+	var recs []streams.Received
 	for i, ev := range events {
 		var seq *uint64
 		if first != nil {
@@ -163,12 +163,12 @@ func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventRec
 		if seq != nil {
 			rec.SenderEpoch = in.Epoch
 		}
-		d, err := e.codec.EncodeReceived(rec)
-		if err != nil {
-			return domain.PushAnswer{}, err
-		}
-		data = append(data, d)
+		recs = append(recs, rec)
 		in.Received(seq, id)
+	}
+	data, err := e.codec.EncodeReceivedAll(recs)
+	if err != nil {
+		return domain.PushAnswer{}, err
 	}
 	if len(data) == 0 {
 		if in.Epoch == p.in.Epoch {
@@ -189,7 +189,7 @@ func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventRec
 		appendCtx, cancel = e.untilStopped(ctx)
 		defer cancel()
 	}
-	err := e.appendInbox(appendCtx, p, data, untilStored)
+	err = e.appendInbox(appendCtx, p, data, untilStored)
 	if err != nil {
 		err = e.storeTooLargeAsMarkers(ctx, p, data, err)
 	}

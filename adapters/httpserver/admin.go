@@ -29,7 +29,8 @@ func NewAdminHandler(ctx context.Context, svc adminv1connect.AdminServiceHandler
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle(admin.LivePrefix, admin.LivePage(ctx, svc, token, time.Second, clock.Now))
-	mux.Handle(adminv1connect.NewAdminServiceHandler(svc, connect.WithInterceptors(admin.ErrorsInFull(logger))))
+	mux.Handle(adminv1connect.NewAdminServiceHandler(svc, connect.WithInterceptors(admin.ErrorsInFull(logger)),
+		connect.WithCompressMinBytes(compressMinBytes)))
 	mux.Handle(grpchealth.NewHandler(health))
 	reflector := grpcreflect.NewStaticReflector(adminv1connect.AdminServiceName)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))

@@ -53,6 +53,7 @@ func NewFederationHandler(postbox syncv1connect.PostboxServiceHandler, auth auth
 		// Decompression stops at the size limit, instead of connect-go's
 		// own, which inflates a whole gzip bomb to report its size.
 		connect.WithCompression(gzipName, newCappedGzip(int64(limit)), newGzipWriter),
+		connect.WithCompressMinBytes(compressMinBytes),
 	}
 	mux := http.NewServeMux()
 	mux.Handle(syncv1connect.NewPostboxServiceHandler(postbox, opts...))

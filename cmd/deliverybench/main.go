@@ -84,7 +84,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&c.idlePeers, "idle-peers", 10000, "peers of the server whose idle memory is measured (0: skip)")
 	fs.IntVar(&c.idleEvents, "idle-events", 3, "events delivered each way per idle peer")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "longest wait for any one delivery before the run fails")
-	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of each measured phase of each round to `prefix`.<phase>.r<round>.pprof\n(merge rounds: go tool pprof prefix.pushN.r*.pprof; split servers: -tagfocus=server=receiver or =sender)")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of each measured phase of each round to `prefix`.<phase>.r<round>.pprof (the live phase: live<rate>)\n(merge rounds: go tool pprof prefix.pushN.r*.pprof; split servers: -tagfocus=server=receiver or =sender)")
 	fs.StringVar(&c.memprofile, "memprofile", "", "write a heap profile of the idle server with all its peers to `file`")
 	fs.BoolVar(&c.verbose, "v", false, "log the servers' warnings to stderr")
 	fs.IntVar(&c.writers, "writers", 64, "writers of the store's many-writer append baseline")
@@ -413,7 +413,12 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 			if !c.measures("live") {
 				break
 			}
+			stop, err := startProfile(c.cpuprofile, fmt.Sprintf("live%.0f", rate), round)
+			if err != nil {
+				return err
+			}
 			r, err := liveRun(ctx, liveSendAPI, liveRecv, watch, liveUser, rate, c.liveDuration, c.timeout)
+			stop()
 			if err != nil {
 				return fmt.Errorf("live %.0f/s, round %d: %w", rate, round, err)
 			}

@@ -20,11 +20,15 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
 
 	"github.com/harmony-postbox/postbox/adapters/admin"
+	"github.com/harmony-postbox/postbox/adapters/clock"
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/eventstore/embedded"
 	"github.com/harmony-postbox/postbox/adapters/httpserver"
+	"github.com/harmony-postbox/postbox/adapters/metrics"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	adminv1 "github.com/harmony-postbox/postbox/gen/postbox/admin/v1"
@@ -42,15 +46,25 @@ type adminAPI struct {
 func (n *node) serveAdmin(ctx context.Context, logger *slog.Logger) (*adminAPI, error) {
 	svc := admin.NewService(domain.NewIdentity(n.id, domain.DefaultAudienceGrace), n.pub, "deliverybench", n.engine, nil,
 		n.store, n.registry, nil, nil)
-	mux := http.NewServeMux()
-	mux.Handle(adminv1connect.NewAdminServiceHandler(svc))
-	srv, err := httpserver.Listen(ctx, "admin", "127.0.0.1:0", mux, httpserver.TLSFiles{}, logger)
+	// The server's own admin handler, as postbox serve mounts it (with no
+	// token), so that the bench measures what a homeserver gets.
+	m := metrics.New(metrics.NewCounters(peerIDs{n.registry}), n.engine)
+	h := httpserver.NewAdminHandler(ctx, svc, grpchealth.NewStaticChecker(), m, "", clock.System{}, logger)
+	srv, err := httpserver.Listen(ctx, "admin", "127.0.0.1:0", h, httpserver.TLSFiles{}, logger)
 	if err != nil {
 		return nil, err
 	}
 	go func() { _ = srv.Serve() }()
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512}}
 	return &adminAPI{srv: srv, http: hc, client: adminv1connect.NewAdminServiceClient(hc, "http://"+srv.Addr().String())}, nil
+}
+
+// peerIDs names peers in metrics by their stable IDs, as the server does.
+type peerIDs struct{ registry *registry.Registry }
+
+func (p peerIDs) PeerIDOf(server domain.ServerID) (string, bool) {
+	id, ok := p.registry.Lookup(server)
+	return string(id), ok
 }
 
 func (a *adminAPI) close(ctx context.Context) {

@@ -312,3 +312,53 @@ func TestLargeAppendsKeepTheirOrderAndPositions(t *testing.T) {
 		}
 	}
 }
+
+// A live subscriber gets the events' data as appended, even when the
+// appender reuses its buffers once Append returns; the data of one event
+// never runs into the next one's; and empty data stays empty.
+func TestLiveEventsHoldTheirOwnCopyOfTheData(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	sub, err := s.Subscribe(t.Context(), eventstore.Filter{StreamPrefix: "copy-"}, eventstore.FromStart())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if !recvItem(t, sub).CaughtUp {
+		t.Fatal("want CaughtUp first")
+	}
+	// More than one INSERT statement's rows, with an empty event among them.
+	const n = 150
+	events := make([]eventstore.EventData, n)
+	want := make([]string, n)
+	for i := range events {
+		data := fmt.Appendf(nil, "event %d", i)
+		if i == 70 {
+			data = nil
+		}
+		want[i] = string(data)
+		events[i] = eventstore.EventData{ID: newID(), Type: "T", Data: data}
+	}
+	if _, err := s.Append(t.Context(), "copy-a", eventstore.NoStream(), events...); err != nil {
+		t.Fatal(err)
+	}
+	for i := range events {
+		for j := range events[i].Data {
+			events[i].Data[j] = 'x'
+		}
+	}
+	for i := range n {
+		got := recvEvent(t, sub)
+		if string(got.Data) != want[i] {
+			t.Fatalf("live event %d: data %q, want %q", i, got.Data, want[i])
+		}
+		if len(got.Data) > 0 {
+			// Appending to one event's data must not write over the next.
+			_ = append(got.Data, '!')
+		}
+		if len(got.Data) == 0 && got.Data != nil {
+			t.Errorf("live event %d: empty data is %#v, want nil", i, got.Data)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -299,7 +300,6 @@ func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
 	if w.fullBackoff != 0 || s.full.Load() {
 		s.clearFull()
 	}
-	w.merge(b)
 	s.commits.Add(1)
 	s.appends.Add(uint64(b.applied))
 	if b.last > b.from {
@@ -314,6 +314,11 @@ func (s *Store) commitBatch(ctx context.Context, reqs []*request) {
 	for _, r := range reqs {
 		close(r.done)
 	}
+	// The writer's own view is brought up to date after the answers: only
+	// this goroutine reads it, before the next batch, and merging the event
+	// IDs of a large append (a pull reply's thousands) would otherwise delay
+	// every caller of the batch.
+	w.merge(b)
 }
 
 func (w *writer) execCommit(ctx context.Context) error {
@@ -467,6 +472,16 @@ func (w *writer) apply(ctx context.Context, b *batch, r *request) error {
 	if st.exists {
 		rev = st.last + 1
 	}
+	var liveData []byte // the subscribers' copy of every event's data, one allocation
+	if b.live {
+		b.events = slices.Grow(b.events, len(r.events))
+		size := 0
+		for i := range r.events {
+			size += len(r.events[i].Data)
+		}
+		liveData = make([]byte, 0, size)
+	}
+	created := time.Unix(0, b.created).UTC()
 	for done := 0; done < len(r.events); {
 		// Many events go in insertRows to a statement, the rest one by one.
 		rows, stmt := r.events[done:done+1], w.insEvent
@@ -499,16 +514,22 @@ func (w *writer) apply(ctx context.Context, b *batch, r *request) error {
 			pos := uint64(last) - uint64(len(rows)-1-i)
 			b.ids[idKey{st.id, e.ID}] = rev
 			if b.live {
+				// The caller owns e.Data once Append returns; subscribers
+				// get their own copy.
+				var data []byte // nil for empty data, as an append to nil gives
+				if len(e.Data) > 0 {
+					at := len(liveData)
+					liveData = append(liveData, e.Data...)
+					data = liveData[at:len(liveData):len(liveData)]
+				}
 				b.events = append(b.events, eventstore.RecordedEvent{
 					Stream:   r.stream,
 					Revision: rev,
 					Position: eventstore.Position{Commit: pos, Prepare: pos},
 					ID:       e.ID,
 					Type:     e.Type,
-					// The caller owns e.Data once Append returns; subscribers
-					// get their own copy.
-					Data:    append([]byte(nil), e.Data...),
-					Created: time.Unix(0, b.created).UTC(),
+					Data:     data,
+					Created:  created,
 				})
 			}
 			st.last, st.exists = rev, true
