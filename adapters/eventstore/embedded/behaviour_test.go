@@ -79,6 +79,31 @@ func TestIdempotentRetryReturnsTheOriginalResult(t *testing.T) {
 	}
 }
 
+// A retry with Any after the store was closed and opened again is still
+// recognised: the recent event IDs are read back at open.
+func TestAnAnyRetryAfterAReopenIsRecognised(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := t.Context()
+	s := openStore(t, dir)
+	first := eventstore.EventData{ID: newID(), Type: "A"}
+	want, err := s.Append(ctx, "idem", eventstore.Any(), first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, "idem", 1, 2) // the retried event is not the stream's last
+	s.Close()
+	s = openStore(t, dir)
+	defer s.Close()
+	got, err := s.Append(ctx, "idem", eventstore.Any(), first)
+	if err != nil || got != want {
+		t.Fatalf("retry after reopening: %+v, %v; want the original %+v", got, err, want)
+	}
+	if evs, err := s.ReadStream(ctx, "idem", 0, 10); err != nil || len(evs) != 3 {
+		t.Fatalf("the stream holds %d events (%v), want 3: the retry appended again", len(evs), err)
+	}
+}
+
 func TestEmptyAppendIsRefused(t *testing.T) {
 	t.Parallel()
 	s := openStore(t, t.TempDir())

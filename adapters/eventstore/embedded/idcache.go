@@ -21,16 +21,18 @@ type idKey struct {
 
 // idCache remembers the revisions of the most recently written event IDs,
 // like EventStoreDB's cache behind idempotent appends with expected revision
-// Any. A ring evicts the oldest entries.
+// Any. A ring evicts the oldest entries. Both grow as IDs come, up to size:
+// a store that has written little holds little (a full cache is about 6 MB).
 type idCache struct {
 	revs map[idKey]uint64
 	ring []idKey
+	size int
 	next int
 	full bool
 }
 
 func newIDCache(size int) *idCache {
-	return &idCache{revs: make(map[idKey]uint64, size), ring: make([]idKey, size)}
+	return &idCache{revs: map[idKey]uint64{}, size: size}
 }
 
 func (c *idCache) lookup(k idKey) (uint64, bool) {
@@ -39,14 +41,18 @@ func (c *idCache) lookup(k idKey) (uint64, bool) {
 }
 
 func (c *idCache) add(k idKey, rev uint64) {
-	if c.full {
-		delete(c.revs, c.ring[c.next])
+	if !c.full {
+		c.ring = append(c.ring, k)
+		c.revs[k] = rev
+		c.full = len(c.ring) == c.size
+		return
 	}
+	delete(c.revs, c.ring[c.next])
 	c.ring[c.next] = k
 	c.revs[k] = rev
 	c.next++
 	if c.next == len(c.ring) {
-		c.next, c.full = 0, true
+		c.next = 0
 	}
 }
 
@@ -56,7 +62,7 @@ func (c *idCache) load(ctx context.Context, conn *sql.Conn) error {
 	rows, err := conn.QueryContext(ctx,
 		`SELECT stream_id, revision, event_id FROM (
 			SELECT position, stream_id, revision, event_id FROM events ORDER BY position DESC LIMIT ?
-		) ORDER BY position`, len(c.ring))
+		) ORDER BY position`, c.size)
 	if err != nil {
 		return fmt.Errorf("load recent event IDs: %w", err)
 	}
