@@ -85,16 +85,14 @@ func (cs *Consumers) All() []Consumer {
 // Ack decides what acknowledging position for consumer name records: an
 // event when it moves the consumer forward, none when the consumer is
 // already there or past it (a repeated or late acknowledgement), so retries
-// are harmless. It returns the consumer's position after the
-// acknowledgement.
+// are harmless. Position 0, which Watch gives the events of a first run of
+// events before any other, acknowledges nothing. It returns the consumer's
+// position after the acknowledgement.
 func (cs *Consumers) Ack(name string, position uint64, at time.Time) (recorded []ConsumerEvent, now uint64, err error) {
 	if err := CheckConsumerName(name); err != nil {
 		return nil, 0, err
 	}
-	if position == 0 {
-		return nil, 0, fmt.Errorf("%w: position: 0 is not the position of an event; acknowledge a position watch printed", ErrInvalidArgument)
-	}
-	if c, ok := cs.byName[name]; ok && position <= c.Position {
+	if c, ok := cs.byName[name]; (ok && position <= c.Position) || position == 0 {
 		return nil, c.Position, nil
 	}
 	return []ConsumerEvent{ConsumerAcknowledged{Consumer: name, Position: position, At: at}}, position, nil

@@ -43,10 +43,13 @@ func TestConsumerAck(t *testing.T) {
 			}
 		})
 	}
-	t.Run("position 0 is refused", func(t *testing.T) {
-		_, _, err := givenConsumers().Ack("hs", 0, t0)
-		if !errors.Is(err, ErrInvalidArgument) {
-			t.Fatalf("got %v, want ErrInvalidArgument", err)
+	t.Run("position 0 acknowledges nothing", func(t *testing.T) {
+		for _, cs := range []*Consumers{givenConsumers(), givenConsumers(ConsumerAcknowledged{Consumer: "hs", Position: 7, At: t0})} {
+			before := cs.byName["hs"].Position
+			rec, now, err := cs.Ack("hs", 0, t0)
+			if err != nil || now != before || len(rec) != 0 {
+				t.Fatalf("got %v, %d, %v; want nothing recorded, still at %d", rec, now, err, before)
+			}
 		}
 	})
 	t.Run("consumers are independent", func(t *testing.T) {

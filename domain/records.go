@@ -44,8 +44,8 @@ type Record struct {
 	// Peer is the peer a per-peer stream (outbox, delivery, inbox) is of.
 	Peer PeerID
 	// Event is what the record says: a PeerEvent (peers), EventEnqueued
-	// (outbox), a DeliveryEvent (delivery), EventReceived (inbox) or
-	// DatabaseCreated (database). It is nil when Unknown or Err is set, and
+	// (outbox), a DeliveryEvent (delivery), EventReceived or EventsReceived
+	// (inbox) or DatabaseCreated (database). It is nil when Unknown or Err is set, and
 	// in a stream of another application.
 	Event any
 	// Unknown: a record of a type this build does not know (a newer build
@@ -109,6 +109,26 @@ type EventReceived struct {
 	// TooLargeBytes is set, and Event nil, in the marker stored for an
 	// event too large for the store: the event's size in bytes.
 	TooLargeBytes *uint64
+}
+
+// EventsReceived is a record of a peer's inbox holding a run of events
+// received together, in the order they were applied: each counts as if it
+// were a record of its own at the run's revision.
+type EventsReceived struct {
+	Events []EventReceived
+}
+
+// ReceivedIn returns the events an inbox record's Event holds, in order,
+// whether one (EventReceived) or a run (EventsReceived); ok is false for
+// anything else.
+func ReceivedIn(event any) (events []EventReceived, ok bool) {
+	switch e := event.(type) {
+	case EventReceived:
+		return []EventReceived{e}, true
+	case EventsReceived:
+		return e.Events, true
+	}
+	return nil, false
 }
 
 // DatabaseCreated is the record of the database's identity.

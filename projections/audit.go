@@ -223,7 +223,8 @@ func (a *Auditor) Check(r domain.Record) {
 				a.checkDelivery(r, ev)
 			}
 		case domain.StreamInbox:
-			if rec, ok := r.Event.(domain.EventReceived); ok {
+			events, _ := domain.ReceivedIn(r.Event)
+			for _, rec := range events {
 				a.checkInbox(r, rec)
 			}
 		}

@@ -186,6 +186,14 @@ func TestAuditFindsBrokenInvariants(t *testing.T) {
 		},
 		want: []Violation{{Stream: "inbox-pa", Revision: 2, Rule: RuleInboxSeqIncreasing}},
 	}, {
+		name: "inbox sequence numbers must rise within a run and across runs",
+		history: func(h *history) {
+			h.receivedRun("pa", 0, added(1, 1), added(1, 2)).
+				receivedRun("pa", 2, added(1, 3), added(1, 4)).
+				receivedRun("pa", 3, added(1, 5), added(1, 6))
+		},
+		want: []Violation{{Stream: "inbox-pa", Revision: 2, Rule: RuleInboxSeqIncreasing}},
+	}, {
 		name: "owner terms that skip a term, repeat one, or name another predecessor",
 		history: func(h *history) {
 			h.enqueueN("pa", 3).

@@ -31,7 +31,7 @@ import (
 //	      "pulled_since_queue": true, "attempts": 6,
 //	      "last_push": "2025-01-02T03:04:05.000000006Z",
 //	      "last_pull_served": "2025-01-02T03:04:06Z", "last_error": "refused",
-//	      "events_received": 4, "last_sender_seq": 3, "knows_us_as": "old.example:2289"
+//	      "events_received": 4, "inbox_records": 2, "last_sender_seq": 3, "knows_us_as": "old.example:2289"
 //	    }],
 //	    "guilds": [{"user_id": 42, "guild_id": 7, "peer_id": "p0123456789abcdef"}],
 //	    "invites": [{"user_id": 42, "peer_id": "p0123456789abcdef", "invite_id": "x", "inviter_id": 9}],
@@ -93,6 +93,7 @@ type peerSnapshot struct {
 	LastPullServed   time.Time     `json:"last_pull_served,omitzero"`
 	LastError        string        `json:"last_error,omitempty"`
 	EventsReceived   uint64        `json:"events_received,omitempty"`
+	InboxRecords     uint64        `json:"inbox_records,omitempty"` // absent before runs: events_received then`
 	LastSenderSeq    *uint64       `json:"last_sender_seq,omitempty"`
 	LastSenderEpoch  uint64        `json:"last_sender_epoch,omitempty"`
 	KnowsUsAs        string        `json:"knows_us_as,omitempty"`
@@ -144,7 +145,7 @@ func (s *State) snapshot() checkpointFile {
 			Head: p.out.Head, Delivered: p.out.Delivered, HandedOver: p.out.HandedOver,
 			Mode: p.out.Mode.String(), PulledSinceQueue: p.out.PulledSinceQueue,
 			Attempts: p.attempts, LastPush: p.lastPush, LastPullServed: p.lastPull, LastError: p.lastError,
-			EventsReceived: p.in.Count, KnowsUsAs: entry.KnowsUsAs.String(), Skipped: p.out.Skipped,
+			EventsReceived: p.received, InboxRecords: p.in.Count, KnowsUsAs: entry.KnowsUsAs.String(), Skipped: p.out.Skipped,
 			Owner: p.out.Owner.Replica, OwnerTerm: p.out.Owner.Term,
 		}
 		if s := p.lastSkip; s != nil {
@@ -212,8 +213,8 @@ func stateFromSnapshot(f checkpointFile) (*State, error) {
 				Mode: mode, PulledSinceQueue: ps.PulledSinceQueue, Skipped: ps.Skipped,
 				Epoch: ps.Epoch, EpochFrom: ps.EpochFrom, PastEpochs: ps.PastEpochs,
 				Owner: domain.OwnerTerm{Term: ps.OwnerTerm, Replica: ps.Owner}},
-			in:     domain.Inbox{Count: ps.EventsReceived, Epoch: ps.LastSenderEpoch},
-			epochs: ps.EpochsStarted, rewinds: ps.ReceiverRewinds,
+			in:     domain.Inbox{Count: cmp.Or(ps.InboxRecords, ps.EventsReceived), Epoch: ps.LastSenderEpoch},
+			epochs: ps.EpochsStarted, rewinds: ps.ReceiverRewinds, received: ps.EventsReceived,
 			attempts: ps.Attempts, lastPush: ps.LastPush.UTC(), lastPull: ps.LastPullServed.UTC(), lastError: ps.LastError,
 		}
 		if ps.LastSenderSeq != nil {

@@ -118,6 +118,23 @@ func (h *history) receivedIn(peer string, epoch uint64, seq *uint64, events ...*
 	return h
 }
 
+// receivedRun appends the events as one inbox record, a run, with sender
+// sequence numbers from seq.
+func (h *history) receivedRun(peer string, seq uint64, events ...*syncv1.Event) *history {
+	h.t.Helper()
+	recs := make([]streams.Received, len(events))
+	for i, ev := range events {
+		s := seq + uint64(i)
+		recs[i] = streams.Received{Event: ev, Via: eventsv1.EventReceived_VIA_PULL, SenderSeq: &s}
+	}
+	data, err := h.codec.EncodeReceivedRuns(recs)
+	if err != nil || len(data) != 1 {
+		h.t.Fatalf("%d records (%v), want one run", len(data), err)
+	}
+	h.steps = append(h.steps, step{streams.Inbox(streams.PeerID(peer)), data[0]})
+	return h
+}
+
 // raw appends a record with a given type and body.
 func (h *history) raw(stream, typ string, data []byte) *history {
 	h.steps = append(h.steps, step{stream, eventstore.EventData{Type: typ, Data: data}})

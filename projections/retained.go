@@ -61,6 +61,13 @@ func (a *Auditor) DeliveryTruncatedWithoutSnapshot(stream string, before uint64,
 // be compared with such a replay, and is not.
 func (a *Auditor) EffectsFromSnapshot(peer domain.PeerID, snap *State, at domain.Position) {
 	a.seedAt(at)
+	// Unlike the effects, a count is not set again by the kept records: it
+	// starts from the snapshot's, which counted the records up to at.
+	p := a.state.peer(peer)
+	if sp, ok := snap.peers[peer]; ok {
+		p.received = sp.received
+	}
+	p.receivedAt, p.receivedSeeded = at, true
 	for user, g := range snap.guilds {
 		for k := range g {
 			if k.peer != peer {

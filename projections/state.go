@@ -43,7 +43,7 @@ type PeerView struct {
 	Attempts                       uint32    // attempts of the last EventPushed/QueueModeEntered
 	LastPush, LastPullServed       time.Time // Record.Created of the last EventPushed / PullServed
 	LastError                      string    // from the last QueueModeEntered; cleared by a later push
-	EventsReceived                 uint64    // inbox length
+	EventsReceived                 uint64    // events in the inbox (a record may hold a run of them)
 	KnowsOurServerID               bool      // false after OwnServerIdChanged until PeerNotifiedOfNewId for this peer
 	// Owner is the replica that runs the peer's delivery, from the last
 	// OwnerTermStarted ("" if none), under term OwnerTerm.
@@ -117,6 +117,19 @@ type peerState struct {
 	lastSkip  *domain.EventsSkipped
 	epochs    uint32 // EpochStarted records
 	rewinds   uint32 // ReceiverReported records that sent events again
+	received  uint64 // events in the inbox records, which may hold runs
+	// receivedAt: received was seeded from a snapshot at this position,
+	// which counted the records up to it (receivedSeeded).
+	receivedAt     domain.Position
+	receivedSeeded bool
+}
+
+// countReceived counts the n events of the inbox record at position at,
+// unless a snapshot p's count started from counted it.
+func (p *peerState) countReceived(at domain.Position, n uint64) {
+	if !p.receivedSeeded || p.receivedAt.Less(at) {
+		p.received += n
+	}
 }
 
 type guildKey struct {
@@ -187,7 +200,10 @@ func (s *State) Apply(r domain.Record) error {
 			s.peer(r.Peer).out.Stored(r.Revision)
 		case domain.StreamInbox:
 			p := s.peer(r.Peer)
-			p.in.Count = max(p.in.Count, r.Revision+1)
+			if r.Revision+1 > p.in.Count {
+				p.in.Count = r.Revision + 1
+				p.countReceived(r.Position, 1) // however many events it holds
+			}
 		}
 		return r.Err
 	}
@@ -201,8 +217,12 @@ func (s *State) Apply(r domain.Record) error {
 		s.applyOutbox(r.Peer, r.Revision, e)
 	case domain.DeliveryEvent:
 		s.applyDelivery(r.Peer, r.Created, e)
-	case domain.EventReceived:
-		s.applyInbox(r.Peer, r.Revision, e)
+	case domain.EventReceived, domain.EventsReceived:
+		events, _ := domain.ReceivedIn(e)
+		for _, rec := range events {
+			s.applyInbox(r.Peer, r.Revision, rec)
+		}
+		s.peer(r.Peer).countReceived(r.Position, uint64(len(events)))
 	case domain.DatabaseCreated:
 		if s.databaseID == "" {
 			s.databaseID = e.ID
@@ -351,7 +371,7 @@ func (s *State) view(id domain.PeerID) PeerView {
 		LastError:        p.lastError,
 		Owner:            p.out.Owner.Replica,
 		OwnerTerm:        p.out.Owner.Term,
-		EventsReceived:   p.in.Count,
+		EventsReceived:   p.received,
 		KnowsOurServerID: s.registry.KnowsOurID(id),
 	}
 }

@@ -184,6 +184,23 @@ func TestProjectionGuildsAndInvites(t *testing.T) {
 			t.Fatalf("EventsReceived = %d, want 4", v.EventsReceived)
 		}
 	})
+	t.Run("each event of a run counts and takes effect", func(t *testing.T) {
+		recs := newHistory(t).
+			seen("pa", "a.example:2289").
+			received("pa", u64(0), added(alice, 7)).
+			receivedRun("pa", 1, added(alice, 8), invited(alice, 5, "inv"), removed(alice, 7)).
+			records()
+		s := given(t, recs...)
+		if got, want := s.Guilds(alice), []GuildRef{{GuildID: 8, ServerID: "a.example:2289"}}; !reflect.DeepEqual(got, want) {
+			t.Fatalf("Guilds = %+v, want %+v", got, want)
+		}
+		if got := s.Invites(alice); len(got) != 1 || got[0].InviteID != "inv" {
+			t.Fatalf("Invites = %+v", got)
+		}
+		if v, _ := s.Peer("a.example:2289"); v.EventsReceived != 4 {
+			t.Fatalf("EventsReceived = %d, want 4", v.EventsReceived)
+		}
+	})
 	t.Run("entries follow a renamed sender", func(t *testing.T) {
 		recs := newHistory(t).
 			seen("pa", "a.example:2289").

@@ -65,10 +65,11 @@ func (s *Service) Ack(ctx context.Context, req *connect.Request[adminv1.AckReque
 	return connect.NewResponse(&adminv1.AckResponse{Position: now}), nil
 }
 
-// checkPosition refuses a position that is not one of this store's events.
+// checkPosition refuses a position that is not one of this store's events,
+// or 0 (which acknowledges nothing).
 func (s *Service) checkPosition(ctx context.Context, position uint64) error {
 	if position == 0 {
-		return fmt.Errorf("%w: position: 0 is not the position of an event; acknowledge a position watch printed", domain.ErrInvalidArgument)
+		return nil
 	}
 	sub, err := s.received.Subscribe(ctx, eventstore.Filter{StreamPrefix: streams.InboxPrefix},
 		eventstore.After(eventstore.Position{Commit: position, Prepare: position}))

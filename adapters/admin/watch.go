@@ -65,18 +65,26 @@ func (s *Service) Watch(ctx context.Context, req *connect.Request[adminv1.WatchR
 			}
 			continue
 		}
-		ev, err := s.receivedEvent(item.Event)
+		events, err := s.receivedEvents(item.Event, after)
 		if err != nil {
 			return err
 		}
-		if err := stream.Send(&adminv1.WatchResponse{Item: &adminv1.WatchResponse_Event{Event: ev}}); err != nil {
-			return err
+		for _, ev := range events {
+			if err := stream.Send(&adminv1.WatchResponse{Item: &adminv1.WatchResponse_Event{Event: ev}}); err != nil {
+				return err
+			}
 		}
+		after = item.Event.Position.Commit
 	}
 }
 
-func (s *Service) receivedEvent(r *eventstore.RecordedEvent) (*adminv1.ReceivedEvent, error) {
-	rec, err := streams.DecodeReceived(*r)
+// receivedEvents are the events of the inbox record r, which follows the
+// record at position prev (0: none) in what the caller watches. The last
+// one carries r's position; the others of a run carry prev, so that resuming
+// after the position of any event processed gets each one not yet
+// processed: a run is stored whole and comes again whole.
+func (s *Service) receivedEvents(r *eventstore.RecordedEvent, prev uint64) ([]*adminv1.ReceivedEvent, error) {
+	recs, err := streams.DecodeReceivedRecord(*r)
 	if err != nil {
 		return nil, err
 	}
@@ -85,15 +93,23 @@ func (s *Service) receivedEvent(r *eventstore.RecordedEvent) (*adminv1.ReceivedE
 	if id, ok := s.names.ServerID(peer); ok {
 		from = id.String()
 	}
-	via := "push"
-	if rec.Via == eventsv1.EventReceived_VIA_PULL {
-		via = "pull"
+	out := make([]*adminv1.ReceivedEvent, len(recs))
+	for i, rec := range recs {
+		via := "push"
+		if rec.Via == eventsv1.EventReceived_VIA_PULL {
+			via = "pull"
+		}
+		position := prev
+		if i == len(recs)-1 {
+			position = r.Position.Commit
+		}
+		out[i] = &adminv1.ReceivedEvent{
+			Position:  position,
+			From:      from,
+			Event:     rec.Event,
+			Via:       via,
+			SenderSeq: rec.SenderSeq,
+		}
 	}
-	return &adminv1.ReceivedEvent{
-		Position:  r.Position.Commit,
-		From:      from,
-		Event:     rec.Event,
-		Via:       via,
-		SenderSeq: rec.SenderSeq,
-	}, nil
+	return out, nil
 }

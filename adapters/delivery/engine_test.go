@@ -575,15 +575,11 @@ func TestReceivedEventsAreAppliedOnceAndInOrder(t *testing.T) {
 		}
 	}
 	id, _ := w.engine.registry.Lookup(sender.ServerID)
-	recs, err := w.store.ReadStream(ctx, streams.Inbox(id), 0, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
+	recs := receivedIn(t, w.store, streams.Inbox(id))
 	if len(recs) != 3 {
 		t.Fatalf("inbox holds %d events, want 3", len(recs))
 	}
-	for i, r := range recs {
-		rec, _ := streams.DecodeReceived(r)
+	for i, rec := range recs {
 		if *rec.SenderSeq != uint64(i) || rec.Via != eventsv1.EventReceived_VIA_PUSH || rec.Event.GetUserAddedToGuild().GetUserId() != uint64(i) {
 			t.Fatalf("inbox[%d] = %+v", i, rec)
 		}
@@ -593,12 +589,11 @@ func TestReceivedEventsAreAppliedOnceAndInOrder(t *testing.T) {
 	if err := w.engine.AcceptPush(ctx, sender, []*syncv1.Event{added(1), added(2), added(3), added(4)}, seq(1)); err != nil {
 		t.Fatal(err)
 	}
-	recs, err = w.store.ReadStream(ctx, streams.Inbox(id), 0, 100)
-	if err != nil || len(recs) != 5 {
-		t.Fatalf("inbox holds %d events (%v), want 5", len(recs), err)
+	recs = receivedIn(t, w.store, streams.Inbox(id))
+	if len(recs) != 5 {
+		t.Fatalf("inbox holds %d events, want 5", len(recs))
 	}
-	for i, r := range recs {
-		rec, _ := streams.DecodeReceived(r)
+	for i, rec := range recs {
 		if *rec.SenderSeq != uint64(i) || rec.Event.GetUserAddedToGuild().GetUserId() != uint64(i) {
 			t.Fatalf("inbox[%d] = %+v", i, rec)
 		}
@@ -608,7 +603,7 @@ func TestReceivedEventsAreAppliedOnceAndInOrder(t *testing.T) {
 	if err := w.engine.AcceptPush(ctx, sender, []*syncv1.Event{added(2)}, seq(2)); err != nil {
 		t.Fatal(err)
 	}
-	if recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 100); len(recs) != 5 {
+	if recs := receivedIn(t, w.store, streams.Inbox(id)); len(recs) != 5 {
 		t.Fatalf("a replayed push was applied after a restart: %d events", len(recs))
 	}
 }
@@ -667,10 +662,8 @@ func testAPushWaitsForThisServersPullFromTheSender(t *testing.T) {
 		t.Fatal(err)
 	}
 	id, _ := w.engine.registry.Lookup(sender.ServerID)
-	recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 100)
 	var order []uint64
-	for _, r := range recs {
-		rec, _ := streams.DecodeReceived(r)
+	for _, rec := range receivedIn(t, w.store, streams.Inbox(id)) {
 		order = append(order, *rec.SenderSeq)
 	}
 	if len(order) != 4 || order[1] != 1 || order[2] != 2 || order[3] != 3 {
@@ -726,7 +719,7 @@ func testAPullRefusedAsPredatingThePeersStartIsRetried(t *testing.T) {
 		t.Errorf("retried after %s, want a second: a token signed in the same second is refused again", waited)
 	}
 	id, _ := w.engine.registry.Lookup(sender)
-	if recs, _ := w.store.ReadStream(ctx, streams.Inbox(id), 0, 10); len(recs) != 1 || calls != 3 {
+	if recs := receivedIn(t, w.store, streams.Inbox(id)); len(recs) != 1 || calls != 3 {
 		t.Fatalf("inbox %d events after %d calls, want 1 after 3", len(recs), calls)
 	}
 }
@@ -830,15 +823,11 @@ func TestALostReplyToAPushOfSeveralEventsDeliversEachOnce(t *testing.T) {
 	// event once, in order.
 	eventually(t, "every event delivered", func() bool { return a.state().Delivered == 50 })
 	id, _ := b.engine.registry.Lookup(aID)
-	recs, err := b.store.ReadStream(t.Context(), streams.Inbox(id), 0, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
+	recs := receivedIn(t, b.store, streams.Inbox(id))
 	if len(recs) != 50 {
 		t.Fatalf("B's inbox holds %d events, want 50", len(recs))
 	}
-	for i, r := range recs {
-		rec, _ := streams.DecodeReceived(r)
+	for i, rec := range recs {
 		if *rec.SenderSeq != uint64(i) || rec.Event.GetUserAddedToGuild().GetUserId() != uint64(i) {
 			t.Fatalf("B's inbox[%d] = %+v", i, rec)
 		}

@@ -409,16 +409,8 @@ func TestPulledEventsAreAppendedAfterAnotherReplicasAppend(t *testing.T) {
 func inboxUsers(t *testing.T, rp *replicaPair) []uint64 {
 	t.Helper()
 	id := mustLookupIn(t, rp.engine[0], peerB)
-	recs, err := rp.store.ReadStream(context.Background(), streams.Inbox(id), 0, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []uint64
-	for _, r := range recs {
-		rec, err := streams.DecodeReceived(r)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, rec := range receivedIn(t, rp.store, streams.Inbox(id)) {
 		out = append(out, rec.Event.GetUserAddedToGuild().GetUserId())
 	}
 	return out

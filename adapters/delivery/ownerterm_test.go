@@ -45,11 +45,7 @@ func TestAReceiverRefusesAPushUnderAnEarlierOwnerTerm(t *testing.T) {
 	}
 	inboxLen := func() int {
 		id, _ := w.engine.registry.Lookup(sender.ServerID)
-		recs, err := w.store.ReadStream(ctx, streams.Inbox(id), 0, 100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(recs)
+		return len(receivedIn(t, w.store, streams.Inbox(id)))
 	}
 	if err := push(0, 2, 1); err != nil {
 		t.Fatal(err)

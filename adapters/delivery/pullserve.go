@@ -158,15 +158,13 @@ func (e *Engine) serveAccountedPull(ctx context.Context, caller domain.Caller, a
 	p.mu.Lock()
 	done = e.recordLocked(p, true, domain.ServedPull(plan.From, uint64(len(events)), caller.Extended))
 	epoch := p.out.Epoch
+	// The next reply is read from now, while this one's record commits and
+	// the peer stores this one: the read is what a drain waits for most.
+	e.readAheadLocked(p, plan.From+uint64(len(events)))
 	p.mu.Unlock()
 	if err := waitRecorded(ctx, done); err != nil {
 		return PullBatch{}, err
 	}
-	// The next reply is read once this one's record is durable: started
-	// before, the read took a CPU the record's commit then waited for.
-	p.mu.Lock()
-	e.readAheadLocked(p, plan.From+uint64(len(events)))
-	p.mu.Unlock()
 	e.cfg.Observer.PullServed(caller.ServerID, len(events))
 	return PullBatch{Events: events, FirstSeq: plan.From, HasSeq: true, Epoch: epoch, LastID: lastID}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -166,7 +167,7 @@ func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventRec
 		recs = append(recs, rec)
 		in.Received(seq, id)
 	}
-	data, err := e.codec.EncodeReceivedAll(recs)
+	data, err := e.codec.EncodeReceivedRuns(recs)
 	if err != nil {
 		return domain.PushAnswer{}, err
 	}
@@ -189,9 +190,10 @@ func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventRec
 		appendCtx, cancel = e.untilStopped(ctx)
 		defer cancel()
 	}
+	stored := len(data)
 	err = e.appendInbox(appendCtx, p, data, untilStored)
 	if err != nil {
-		err = e.storeTooLargeAsMarkers(ctx, p, data, err)
+		stored, err = e.storeTooLargeAsMarkers(ctx, p, data, err)
 	}
 	if err != nil {
 		if errors.Is(err, eventstore.ErrWrongExpectedRevision) {
@@ -199,13 +201,15 @@ func (e *Engine) receiveOnce(ctx context.Context, p *peer, via eventsv1.EventRec
 		}
 		return domain.PushAnswer{}, fmt.Errorf("append to %s: %w", streams.Inbox(p.id), err)
 	}
+	// The inbox counts records, and a run of events is one.
+	in.Count = p.in.Count + uint64(stored)
 	p.in = in
 	if server, ok := e.registry.ServerID(p.id); ok {
 		viaName := "push"
 		if via == eventsv1.EventReceived_VIA_PULL {
 			viaName = "pull"
 		}
-		e.cfg.Observer.Received(server, viaName, len(data))
+		e.cfg.Observer.Received(server, viaName, len(recs))
 	}
 	return domain.PushAnswer{Applied: in.Last()}, nil
 }
@@ -256,11 +260,13 @@ func (e *Engine) loadInboxLocked(ctx context.Context, p *peer) error {
 	}
 	in, from := e.trustedInboxSnapshot(ctx, p, recs)
 	apply := func(r eventstore.RecordedEvent) error {
-		rec, err := streams.DecodeReceived(r)
+		recs, err := streams.DecodeReceivedRecord(r)
 		if err != nil {
 			return err
 		}
-		in.Apply(r.Revision, rec.Domain())
+		for _, rec := range recs {
+			in.Apply(r.Revision, rec.Domain())
+		}
 		return nil
 	}
 	// Sequence numbers only grow within an epoch, so the newest records
@@ -287,7 +293,8 @@ func (e *Engine) loadInboxLocked(ctx context.Context, p *peer) error {
 
 func anySenderSeq(recs []eventstore.RecordedEvent) bool {
 	for _, r := range recs {
-		if rec, err := streams.DecodeReceived(r); err == nil && rec.SenderSeq != nil {
+		run, err := streams.DecodeReceivedRecord(r)
+		if err == nil && slices.ContainsFunc(run, func(r streams.Received) bool { return r.SenderSeq != nil }) {
 			return true
 		}
 	}

@@ -16,16 +16,23 @@ import (
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
-// inboxRecords returns the records of server's inbox, decoded.
+// inboxRecords returns the events of server's inbox, decoded.
 func inboxRecords(t *testing.T, w *world, server domain.ServerID) []streams.Received {
 	t.Helper()
+	return receivedIn(t, w.store, streams.Inbox(mustLookup(t, w, server)))
+}
+
+// receivedIn returns the events of an inbox stream, in order, runs
+// expanded.
+func receivedIn(t testing.TB, s Store, stream string) []streams.Received {
+	t.Helper()
 	var out []streams.Received
-	_, err := readAll(context.Background(), w.store, streams.Inbox(mustLookup(t, w, server)), func(r eventstore.RecordedEvent) error {
-		rec, err := streams.DecodeReceived(r)
-		out = append(out, rec)
+	_, err := readAll(context.Background(), s, stream, func(r eventstore.RecordedEvent) error {
+		run, err := streams.DecodeReceivedRecord(r)
+		out = append(out, run...)
 		return err
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, eventstore.ErrStreamNotFound) {
 		t.Fatal(err)
 	}
 	return out

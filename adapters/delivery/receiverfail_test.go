@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"context"
 	"errors"
 	"testing"
 
@@ -24,16 +23,8 @@ func inboxOf(t *testing.T, w *world, server domain.ServerID) []uint64 {
 		return nil
 	}
 	var out []uint64
-	_, err := readAll(context.Background(), w.store, streams.Inbox(id), func(r eventstore.RecordedEvent) error {
-		rec, err := streams.DecodeReceived(r)
-		if err != nil {
-			return err
-		}
+	for _, rec := range receivedIn(t, w.store, streams.Inbox(id)) {
 		out = append(out, rec.Event.GetUserAddedToGuild().GetUserId())
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	return out
 }

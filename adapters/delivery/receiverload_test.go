@@ -54,8 +54,10 @@ func snapshotInbox(t *testing.T, w *world, revision uint64, db string, fold *dom
 				t.Fatal(err)
 			}
 			for _, r := range recs {
-				rec, _ := streams.DecodeReceived(r)
-				fold.Apply(r.Revision, rec.Domain())
+				run, _ := streams.DecodeReceivedRecord(r)
+				for _, rec := range run {
+					fold.Apply(r.Revision, rec.Domain())
+				}
 			}
 		}
 	}

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -84,16 +83,8 @@ func inboxFromA(t *testing.T, b *world) []uint64 {
 		return nil
 	}
 	var out []uint64
-	recs, err := b.store.ReadStream(context.Background(), streams.Inbox(id), 0, 1000)
-	if err != nil {
-		return nil
-	}
-	for _, r := range recs {
-		rec, err := decodeReceivedForTest(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, rec)
+	for _, rec := range receivedIn(t, b.store, streams.Inbox(id)) {
+		out = append(out, rec.Event.GetUserAddedToGuild().GetUserId())
 	}
 	return out
 }
@@ -212,12 +203,4 @@ func TestAReceiverThatLostEventsGetsThemAgain(t *testing.T) {
 	if !strings.Contains(a.logs.String(), "the peer lost events it had received") {
 		t.Fatalf("log:\n%s", a.logs.String())
 	}
-}
-
-func decodeReceivedForTest(r eventstore.RecordedEvent) (uint64, error) {
-	rec, err := streams.DecodeReceived(r)
-	if err != nil {
-		return 0, err
-	}
-	return rec.Event.GetUserAddedToGuild().GetUserId(), nil
 }

@@ -18,45 +18,73 @@ type TooLargeObserver interface {
 	ReceivedTooLarge(peer domain.ServerID, n int)
 }
 
-// storeTooLargeAsMarkers handles an inbox append that failed with err. If
-// the store refused events as too large for any append (EventStoreDB's
-// MaxAppendSize), they would be refused on every retry and hold the sender
-// up forever. So each is stored in its compact form (wire bytes only) if
-// that fits the store's budget, and otherwise replaced by a small marker
-// recording its sender sequence number and size; the append is made again,
-// and each loss is logged at error level and counted. Any other err is
-// returned as is.
-func (e *Engine) storeTooLargeAsMarkers(ctx context.Context, p *peer, data []eventstore.EventData, err error) error {
-	data = slices.Clone(data)
+// storeTooLargeAsMarkers handles an inbox append of data that failed with
+// err, and returns how many records it stored. If the store refused records
+// as too large for any append (EventStoreDB's MaxAppendSize), they would be
+// refused on every retry and hold the sender up forever. So a run is stored
+// as one record per event instead, and an event is stored in its compact
+// form (wire bytes only) if that fits the store's budget, and otherwise
+// replaced by a small marker recording its sender sequence number and size;
+// the append is made again after each step, and each loss is logged at
+// error level and counted. Any other err is returned as is.
+func (e *Engine) storeTooLargeAsMarkers(ctx context.Context, p *peer, data []eventstore.EventData, err error) (int, error) {
 	var lost []tooLargeLoss
-	// Round one tries the compact form where it looks as if it fits; a
-	// store that counts otherwise refuses it, and round two stores a
-	// marker.
-	for round := 0; round < 2; round++ {
+	compacted := map[eventstore.EventID]bool{}
+	// Each round takes every refused record one step: a run apart, an
+	// event to its compact form where it looks as if it fits (a store that
+	// counts otherwise refuses it again), a compact event to a marker.
+	for round := 0; round < 3; round++ {
 		var tooLarge *eventstore.EventTooLargeError
 		if !errors.As(err, &tooLarge) {
-			return err
+			return 0, err
 		}
-		for i, d := range data {
+		next := make([]eventstore.EventData, 0, len(data))
+		for _, d := range data {
 			if !slices.Contains(tooLarge.IDs, d.ID) {
+				next = append(next, d)
 				continue
 			}
-			replaced, loss, rerr := e.shrinkReceived(p, d, tooLarge.Limit, round == 0)
-			if rerr != nil {
-				return errors.Join(err, rerr)
+			if d.Type == streams.TypeEventsReceived {
+				apart, rerr := e.runApart(p, d)
+				if rerr != nil {
+					return 0, errors.Join(err, rerr)
+				}
+				next = append(next, apart...)
+				continue
 			}
-			data[i] = replaced
+			replaced, loss, rerr := e.shrinkReceived(p, d, tooLarge.Limit, !compacted[d.ID])
+			if rerr != nil {
+				return 0, errors.Join(err, rerr)
+			}
+			compacted[d.ID] = true
+			next = append(next, replaced)
 			if loss != nil {
 				lost = append(lost, *loss)
 			}
 		}
+		data = next
 		_, err = e.store.Append(ctx, streams.Inbox(p.id), expectAfter(p.in.Count), data...)
 		if err == nil {
 			e.reportTooLarge(p, lost)
-			return nil
+			return len(data), nil
 		}
 	}
-	return err
+	return 0, err
+}
+
+// runApart returns the records of the events of d, a run, one each.
+func (e *Engine) runApart(p *peer, d eventstore.EventData) ([]eventstore.EventData, error) {
+	run, err := streams.DecodeReceivedRecord(eventstore.RecordedEvent{Stream: streams.Inbox(p.id), Type: d.Type, Data: d.Data})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]eventstore.EventData, len(run))
+	for i, r := range run {
+		if out[i], err = e.codec.EncodeReceived(r); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 type tooLargeLoss struct {

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"crypto/rand"
+	"fmt"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -93,16 +94,8 @@ func TestAReceivedEventTooLargeForTheStoreIsStoredAsAMarker(t *testing.T) {
 	}
 
 	id, _ := reg.Lookup(peerB)
-	recs, err := store.ReadStream(ctx, streams.Inbox(id), 0, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got []string
-	for _, r := range recs {
-		rec, err := streams.DecodeReceived(r)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, rec := range receivedIn(t, store, streams.Inbox(id)) {
 		switch {
 		case rec.TooLargeBytes != nil:
 			if *rec.TooLargeBytes < 10000 || *rec.TooLargeBytes > 11000 {
@@ -177,5 +170,55 @@ func TestTheLargestEventSendTakesFitsOneEventStoreDBAppend(t *testing.T) {
 	}
 	if cost := len(full.Data) + 2*len(full.Type); cost <= esdb.DefaultMaxAppendBytes {
 		t.Fatalf("as protojson it counts %d: the worst case is not the worst", cost)
+	}
+}
+
+// Given a store whose appends take a few KiB, and a Pull reply of events
+// that each fit but whose run does not,
+// when the reply is stored,
+// then the run is stored as one record per event: every event is kept, in
+// order, and none is counted as too large.
+func TestARunTooLargeForTheStoreIsStoredEventByEvent(t *testing.T) {
+	t.Parallel()
+	srv := fakestreams.StartServer(t, fakestreams.Options{Profile: "24.10", MaxAppendSize: 4096})
+	counter := &tooLargeCounter{}
+	cfg := testConfig()
+	cfg.Observer = counter
+	peers := &fakePeers{}
+	engine, store, reg := newESDBEngine(t, srv, "&maxAppendBytes=4000", cfg, peers)
+	const n = 40
+	var reply []*syncv1.Event
+	for i := range n {
+		reply = append(reply, invite(fmt.Sprintf("%03d-%s", i, strings.Repeat("x", 200))))
+	}
+	peers.set(func(f *fakePeers) {
+		f.pullFn = func(ack *uint64) (peerclient.PullResult, error) {
+			if ack != nil {
+				return peerclient.PullResult{}, nil
+			}
+			return peerclient.PullResult{Events: reply, FirstSeq: 0, HasSeq: true}, nil
+		}
+	})
+	id, err := reg.Register(t.Context(), peerB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.PullFrom(t.Context(), peerB); err != nil {
+		t.Fatalf("pull: %v", err)
+	}
+	got := receivedIn(t, store, streams.Inbox(id))
+	if len(got) != n {
+		t.Fatalf("inbox holds %d events, want %d", len(got), n)
+	}
+	for i, rec := range got {
+		if rec.TooLargeBytes != nil || !proto.Equal(rec.Event, reply[i]) || rec.SenderSeq == nil || *rec.SenderSeq != uint64(i) {
+			t.Fatalf("event %d: %+v, want the %d-th of the reply", i, rec, i)
+		}
+	}
+	if records, err := store.ReadStream(t.Context(), streams.Inbox(id), 0, 100); err != nil || len(records) != n {
+		t.Fatalf("%d records (%v), want one per event", len(records), err)
+	}
+	if c := counter.count(peerB); c != 0 {
+		t.Fatalf("%d events counted as too large, want none", c)
 	}
 }

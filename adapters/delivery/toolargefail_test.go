@@ -73,16 +73,8 @@ func TestAReceivedEventTooLargeIsLoggedAndItsMarkerMustBeStored(t *testing.T) {
 		t.Fatalf("the push again: %v", err)
 	}
 	id := mustLookup(t, w, sender.ServerID)
-	recs, err := w.store.ReadStream(t.Context(), streams.Inbox(id), 0, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got []string
-	for _, r := range recs {
-		rec, err := streams.DecodeReceived(r)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, rec := range receivedIn(t, w.store, streams.Inbox(id)) {
 		if rec.TooLargeBytes != nil {
 			got = append(got, "marker")
 		} else {

@@ -61,9 +61,8 @@ func testEventsPulledFromAnUpstreamPeerAreStoredEvenPastThePullsDeadline(t *test
 	if _, err := w.engine.receive(ctx, p, eventsv1.EventReceived_VIA_PULL, events, nil, incoming{}); err != nil {
 		t.Fatalf("receive: %v", err)
 	}
-	recs, err := flaky.ReadStream(t.Context(), streams.Inbox(id), 0, 10)
-	if err != nil || len(recs) != 2 {
-		t.Fatalf("inbox holds %d records (%v), want both pulled events", len(recs), err)
+	if recs := receivedIn(t, flaky, streams.Inbox(id)); len(recs) != 2 {
+		t.Fatalf("inbox holds %d events, want both pulled events", len(recs))
 	}
 
 	// A Postbox sender keeps what it sent until acknowledged: its events

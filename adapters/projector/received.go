@@ -165,11 +165,13 @@ func (r *ReceivedRetention) retainInbox(ctx context.Context, peer domain.PeerID,
 				break
 			}
 			if rec.Revision >= from {
-				received, err := streams.DecodeReceived(rec)
+				received, err := streams.DecodeReceivedRecord(rec)
 				if err != nil {
 					return err
 				}
-				fold.Apply(rec.Revision, received.Domain())
+				for _, r := range received {
+					fold.Apply(rec.Revision, r.Domain())
+				}
 			}
 			cut = rec.Revision + 1
 			read++

@@ -44,13 +44,13 @@ func Decode(r eventstore.RecordedEvent) domain.Record {
 		}
 		rec.Event, err = DecodeDelivery(r)
 	case domain.StreamInbox:
-		if r.Type != TypeEventReceived {
+		if !IsReceivedType(r.Type) {
 			rec.Unknown = true
 			return rec
 		}
-		var in Received
-		if in, err = DecodeReceived(r); err == nil {
-			rec.Event = in.Domain()
+		var in []Received
+		if in, err = DecodeReceivedRecord(r); err == nil {
+			rec.Event = ReceivedDomain(in)
 		}
 	case domain.StreamDatabase:
 		if r.Type != TypeDatabaseCreated {
@@ -128,6 +128,19 @@ func (r Received) Domain() domain.EventReceived {
 		out.Event = Federated(r.Event)
 	}
 	return out
+}
+
+// ReceivedDomain is an inbox record's events as the domain reads them: one
+// EventReceived, or an EventsReceived run.
+func ReceivedDomain(in []Received) any {
+	if len(in) == 1 {
+		return in[0].Domain()
+	}
+	run := domain.EventsReceived{Events: make([]domain.EventReceived, len(in))}
+	for i, r := range in {
+		run.Events[i] = r.Domain()
+	}
+	return run
 }
 
 // DecodePeerEvent reads a record of the peers stream.

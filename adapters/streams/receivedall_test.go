@@ -3,6 +3,7 @@ package streams
 import (
 	"bytes"
 	"crypto/rand"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -33,46 +34,140 @@ func receivedCases() []Received {
 	}
 }
 
-// EncodeReceivedAll writes what EncodeReceived writes, in both bodies: with
-// binary ones, the very bytes of proto.Marshal; every record has a fresh
-// version 4 UUID.
-func TestEncodeReceivedAllIsEncodeReceived(t *testing.T) {
+// EncodeReceivedRuns writes records that read back as the events given, in
+// order, in both bodies: a run of one as EncodeReceived's record, longer
+// ones as EventsReceived; with binary bodies, the very bytes of
+// proto.Marshal. Every record has a fresh version 4 UUID.
+func TestEncodeReceivedRunsReadBackAsTheirEvents(t *testing.T) {
 	t.Parallel()
-	recs := receivedCases()
+	var recs []Received
+	for range 100 {
+		recs = append(recs, receivedCases()...)
+	}
 	for _, body := range []Body{JSONBodies, BinaryBodies} {
 		c := NewCodecWithBodies(rand.Reader, body)
-		got, err := c.EncodeReceivedAll(recs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(got) != len(recs) {
-			t.Fatalf("body %d: %d records for %d", body, len(got), len(recs))
-		}
-		ids := map[eventstore.EventID]bool{}
-		for i, r := range recs {
-			one, err := c.EncodeReceived(r)
+		for _, n := range []int{1, 2, len(recs)} {
+			got, err := c.EncodeReceivedRuns(recs[:n])
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got[i].Type != one.Type {
-				t.Errorf("body %d, record %d: type %q, want %q", body, i, got[i].Type, one.Type)
+			ids := map[eventstore.EventID]bool{}
+			var back []Received
+			at := 0
+			for i, d := range got {
+				run, err := DecodeReceivedRecord(recorded(d))
+				if err != nil {
+					t.Fatalf("body %d, record %d: %v", body, i, err)
+				}
+				if want := map[bool]string{true: TypeEventReceived, false: TypeEventsReceived}[len(run) == 1]; d.Type != want {
+					t.Errorf("body %d, record %d of %d events: type %q, want %q", body, i, len(run), d.Type, want)
+				}
+				if body == BinaryBodies {
+					if want := marshalRun(t, c, recs[at:at+len(run)]); !bytes.Equal(d.Data, want) {
+						t.Errorf("record %d: %x, want %x", i, d.Data, want)
+					}
+				}
+				at += len(run)
+				back = append(back, run...)
+				if ids[d.ID] || d.ID[6]>>4 != 4 || d.ID[8]>>6 != 2 {
+					t.Errorf("body %d, record %d: ID %v is not a fresh version 4 UUID", body, i, d.ID)
+				}
+				ids[d.ID] = true
 			}
-			if body == BinaryBodies && !bytes.Equal(got[i].Data, one.Data) {
-				t.Errorf("record %d: %x, want %x", i, got[i].Data, one.Data)
+			if len(back) != n {
+				t.Fatalf("body %d: %d events read back from %d", body, len(back), n)
 			}
-			back, err := DecodeReceived(recorded(got[i]))
-			if err != nil {
-				t.Fatalf("body %d, record %d: %v", body, i, err)
+			for i, r := range recs[:n] {
+				one, err := c.EncodeReceived(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, _ := DecodeReceived(recorded(one))
+				if !sameReceived(back[i], want) {
+					t.Errorf("body %d, event %d: decoded %+v, want %+v", body, i, back[i], want)
+				}
 			}
-			want, _ := DecodeReceived(recorded(one))
-			if !sameReceived(back, want) {
-				t.Errorf("body %d, record %d: decoded %+v, want %+v", body, i, back, want)
-			}
-			if ids[got[i].ID] || got[i].ID[6]>>4 != 4 || got[i].ID[8]>>6 != 2 {
-				t.Errorf("body %d, record %d: ID %v is not a fresh version 4 UUID", body, i, got[i].ID)
-			}
-			ids[got[i].ID] = true
 		}
+	}
+}
+
+// marshalRun is proto.Marshal of recs' record: EventReceived for one,
+// EventsReceived for more.
+func marshalRun(t *testing.T, c *Codec, recs []Received) []byte {
+	t.Helper()
+	run := &eventsv1.EventsReceived{}
+	for _, r := range recs {
+		m := &eventsv1.EventReceived{}
+		if err := c.receivedMessage(m, r); err != nil {
+			t.Fatal(err)
+		}
+		run.Events = append(run.Events, m)
+	}
+	var msg proto.Message = run
+	if len(recs) == 1 {
+		msg = run.Events[0]
+	}
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Runs hold at most RunMaxEvents events and RunMaxBytes bytes; an event
+// larger than that is a record of its own.
+func TestReceivedRunsAreBounded(t *testing.T) {
+	t.Parallel()
+	c := NewCodecWithBodies(rand.Reader, BinaryBodies)
+	withData := func(n int) Received {
+		ev := &syncv1.Event{Kind: &syncv1.Event_UserInvited_{UserInvited: &syncv1.Event_UserInvited{InviteId: string(bytes.Repeat([]byte("i"), n))}}}
+		return Received{Event: ev, Via: eventsv1.EventReceived_VIA_PULL}
+	}
+	lengths := func(recs []Received) []int {
+		got, err := c.EncodeReceivedRuns(recs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []int
+		for _, d := range got {
+			run, err := DecodeReceivedRecord(recorded(d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(d.Data) > RunMaxBytes && len(run) > 1 {
+				t.Errorf("a run of %d events takes %d bytes, over %d", len(run), len(d.Data), RunMaxBytes)
+			}
+			out = append(out, len(run))
+		}
+		return out
+	}
+	small := make([]Received, 3*RunMaxEvents+10)
+	for i := range small {
+		small[i] = withData(10)
+	}
+	if got, want := lengths(small), []int{RunMaxEvents, RunMaxEvents, RunMaxEvents, 10}; !slices.Equal(got, want) {
+		t.Errorf("small events: runs of %v, want %v", got, want)
+	}
+	// 20 KiB each: three fit in a run, four do not.
+	large := []Received{withData(20 << 10), withData(20 << 10), withData(20 << 10), withData(20 << 10), withData(100 << 10), withData(1)}
+	if got, want := lengths(large), []int{3, 1, 1, 1}; !slices.Equal(got, want) {
+		t.Errorf("large events: runs of %v, want %v", got, want)
+	}
+	if got := lengths(nil); len(got) != 0 {
+		t.Errorf("no events: runs of %v", got)
+	}
+}
+
+// A run that holds no event is no inbox record.
+func TestARunOfNoEventsIsRefused(t *testing.T) {
+	t.Parallel()
+	for _, data := range [][]byte{nil, []byte("{}")} {
+		if _, err := DecodeReceivedRecord(eventstore.RecordedEvent{Stream: "inbox-p", Type: TypeEventsReceived, Data: data}); err == nil {
+			t.Errorf("%q: a run of no events was read", data)
+		}
+	}
+	if _, err := DecodeReceivedRecord(eventstore.RecordedEvent{Stream: "inbox-p", Type: TypeEventEnqueued}); err == nil {
+		t.Error("an outbox record was read as an inbox record")
 	}
 }
 
@@ -84,16 +179,19 @@ func sameReceived(a, b Received) bool {
 
 // The records share one buffer: each one's data is capped at its end, so an
 // append to one cannot write into the next.
-func TestEncodeReceivedAllKeepsRecordsApart(t *testing.T) {
+func TestEncodeReceivedRunsKeepsRecordsApart(t *testing.T) {
 	t.Parallel()
 	c := NewCodecWithBodies(rand.Reader, BinaryBodies)
 	recs := make([]Received, 0, 20_000)
 	for range 20_000 / len(receivedCases()) {
 		recs = append(recs, receivedCases()...)
 	}
-	got, err := c.EncodeReceivedAll(recs)
+	got, err := c.EncodeReceivedRuns(recs)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(got) < 2 {
+		t.Fatalf("%d records: nothing to keep apart", len(got))
 	}
 	want := make([][]byte, len(got))
 	for i := range got {
@@ -154,12 +252,27 @@ func FuzzAppendReceivedIsProtoMarshal(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := c.EncodeReceivedAll([]Received{r})
+		got, err := c.EncodeReceivedRuns([]Received{r})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(got[0].Data, want) {
 			t.Fatalf("%x, want %x", got[0].Data, want)
+		}
+		if len(want) > RunMaxBytes/2-16 {
+			return // two of it are no run
+		}
+		// In a run, each event is that record, length-delimited.
+		two, err := c.EncodeReceivedRuns([]Received{r, r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantRun, err := proto.Marshal(&eventsv1.EventsReceived{Events: []*eventsv1.EventReceived{m, m}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(two) != 1 || !bytes.Equal(two[0].Data, wantRun) {
+			t.Fatalf("a run of two: %d records, %x, want %x", len(two), two[0].Data, wantRun)
 		}
 		// The buffer is sized by receivedSize, neither grown nor larger
 		// than needed.

@@ -54,6 +54,7 @@ const (
 	TypeEpochStarted        = "EpochStarted"
 	TypeReceiverReported    = "ReceiverReported"
 	TypeEventReceived       = "EventReceived"
+	TypeEventsReceived      = "EventsReceived"
 	TypePeerSeen            = "PeerSeen"
 	TypePeerKeyLearned      = "PeerKeyLearned"
 	TypePeerRenamed         = "PeerRenamed"
@@ -301,55 +302,6 @@ func (c *Codec) receivedMessage(m *eventsv1.EventReceived, r Received) error {
 	return nil
 }
 
-// EncodeReceivedAll encodes inbox records, each as EncodeReceived would:
-// the thousands of one pull reply take one read of the random source for
-// their IDs and, with binary bodies, one buffer instead of an allocation
-// (and a read) each, and are written field by field (appendReceived)
-// rather than through the message's reflection.
-func (c *Codec) EncodeReceivedAll(recs []Received) ([]eventstore.EventData, error) {
-	if c.body != BinaryBodies {
-		out := make([]eventstore.EventData, 0, len(recs))
-		for _, r := range recs {
-			d, err := c.EncodeReceived(r)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, d)
-		}
-		return out, nil
-	}
-	ids := make([]byte, len(recs)*len(eventstore.EventID{}))
-	if _, err := io.ReadFull(c.rand, ids); err != nil {
-		return nil, fmt.Errorf("event ID: %w", err)
-	}
-	// The events' sizes first, so that the buffer is allocated once, at its
-	// size; Size also sets the sizes that Marshal then reads.
-	eventSizes := make([]int, len(recs))
-	total := 0
-	for i, r := range recs {
-		if r.TooLargeBytes == nil && r.Event != nil {
-			eventSizes[i] = proto.Size(r.Event)
-		}
-		total += receivedSize(r, eventSizes[i])
-	}
-	buf := make([]byte, 0, total)
-	out := make([]eventstore.EventData, len(recs))
-	for i, r := range recs {
-		at := len(buf)
-		var err error
-		if buf, err = appendReceived(buf, r, eventSizes[i]); err != nil {
-			return nil, fmt.Errorf("encode %s: %w", TypeEventReceived, err)
-		}
-		d := &out[i]
-		ids = ids[copy(d.ID[:], ids):]
-		uuid4(&d.ID)
-		// Capped, so that nothing appended to one record's data can reach
-		// the next one's.
-		d.Type, d.Data = TypeEventReceived, buf[at:len(buf):len(buf)]
-	}
-	return out, nil
-}
-
 // receivedSize is the length of what appendReceived appends for r.
 func receivedSize(r Received, eventSize int) int {
 	n := 0
@@ -381,7 +333,9 @@ func receivedSize(r Received, eventSize int) int {
 // makes of EncodeReceived's message with binary bodies, byte for byte
 // (FuzzAppendReceivedIsProtoMarshal), to b; eventSize is proto.Size of
 // r.Event when it goes in, which has also set the sizes Marshal reads.
-// Its field numbers are those of postbox/events/v1/events.proto.
+// Its field numbers are those of postbox/events/v1/events.proto. Written
+// field by field, not through the message's reflection: the thousands of
+// a Pull reply cost half as much.
 func appendReceived(b []byte, r Received, eventSize int) ([]byte, error) {
 	if r.TooLargeBytes == nil && r.Event != nil {
 		b = protowire.AppendTag(b, 1, protowire.BytesType)
@@ -449,7 +403,8 @@ func hasUnknownFields(m protoreflect.Message) bool {
 	return found
 }
 
-// DecodeReceived reads an inbox record.
+// DecodeReceived reads an inbox record of one event; DecodeReceivedRecord
+// reads runs too.
 func DecodeReceived(r eventstore.RecordedEvent) (Received, error) {
 	if r.Type != TypeEventReceived {
 		return Received{}, fmt.Errorf("%s@%d: inbox record of type %q", r.Stream, r.Revision, r.Type)
@@ -458,6 +413,11 @@ func DecodeReceived(r eventstore.RecordedEvent) (Received, error) {
 	if err := decode(r, &m); err != nil {
 		return Received{}, err
 	}
+	return receivedFrom(r, &m)
+}
+
+// receivedFrom is the inbox record m, read from the stored r.
+func receivedFrom(r eventstore.RecordedEvent, m *eventsv1.EventReceived) (Received, error) {
 	event := m.GetEvent()
 	if raw := m.GetEventBytes(); len(raw) > 0 {
 		// The wire bytes are the full event; JSON kept only what it knew.

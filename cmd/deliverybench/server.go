@@ -281,7 +281,26 @@ func (n *node) inboxLen(ctx context.Context, server domain.ServerID) (uint64, er
 	if !ok {
 		return 0, nil // not a peer yet: nothing received
 	}
-	return streamLen(ctx, n.store, streams.Inbox(id))
+	// Events, not records: a receive of several is stored as runs.
+	var count uint64
+	for next := uint64(0); ; {
+		recs, err := n.store.ReadStream(ctx, streams.Inbox(id), next, 4096)
+		if errors.Is(err, eventstore.ErrStreamNotFound) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		events, err := streams.ReceivedOf(recs)
+		if err != nil {
+			return 0, err
+		}
+		count += uint64(len(events))
+		if len(recs) < 4096 {
+			return count, nil
+		}
+		next = recs[len(recs)-1].Revision + 1
+	}
 }
 
 // preload appends count events to n's outbox for server directly, as Send

@@ -157,7 +157,7 @@ func runPeers(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 				p.GetServerId(), from, p.GetOutboxRetained())
 		}
 		if from := p.GetInboxRetainedFrom(); from > 0 {
-			fmt.Fprintf(stdout, "%s: received events kept from %d of %d; retention removed the ones before it\n",
+			fmt.Fprintf(stdout, "%s: retention removed the inbox records before record %d (%d events received)\n",
 				p.GetServerId(), from, p.GetEventsReceived())
 		}
 		if s := p.GetLastSkip(); s != nil {

@@ -26,8 +26,8 @@ func runAck(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 		return flagError("consumer", `""`, "name the consumer", examples["consumer"])
 	}
 	pos, err := strconv.ParseUint(fs.Arg(0), 10, 64)
-	if err != nil || pos == 0 {
-		return exitError{code: 2, err: fmt.Errorf("ack: POSITION must be the position of an event, as watch printed it, such as 17, not %q", fs.Arg(0))}
+	if err != nil {
+		return exitError{code: 2, err: fmt.Errorf("ack: POSITION must be a position watch printed, such as 17, not %q", fs.Arg(0))}
 	}
 	res, err := a.client().Ack(ctx, connect.NewRequest(&adminv1.AckRequest{Consumer: *consumer, Position: pos}))
 	if err != nil {

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
-	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
 	eventsv1 "github.com/harmony-postbox/postbox/gen/postbox/events/v1"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
@@ -206,19 +205,20 @@ func TestDeliveryCrashMidStream(t *testing.T) {
 	// Kill A once B has some of the stream but not all of it.
 	var atKill int
 	e2eWait(t, 30*time.Second, "B to receive part of the stream", func() (bool, string) {
-		got, err := b.streamLen(streams.Inbox, a)
+		got, err := b.inbox(a)
 		if err != nil {
 			return false, err.Error()
 		}
-		atKill = got
-		return got >= 50, fmt.Sprintf("%d records", got)
+		atKill = len(got)
+		return atKill >= 50, fmt.Sprintf("%d events", atKill)
 	})
 	a.kill()
 	px.setPushDelay(0)
-	atKillReread, err := b.streamLen(streams.Inbox, a)
+	reread, err := b.inbox(a)
 	if err != nil {
 		t.Fatal(err)
 	}
+	atKillReread := len(reread)
 	dAtKill, err := a.delivery(b)
 	if err != nil {
 		t.Fatal(err)
@@ -731,12 +731,12 @@ func TestDeliveryReceiverCrashMidStream(t *testing.T) {
 
 	var atKill int
 	e2eWait(t, 30*time.Second, "B to receive part of the stream", func() (bool, string) {
-		got, err := b.streamLen(streams.Inbox, a)
+		got, err := b.inbox(a)
 		if err != nil {
 			return false, err.Error()
 		}
-		atKill = got
-		return got >= 50, fmt.Sprintf("%d records", got)
+		atKill = len(got)
+		return atKill >= 50, fmt.Sprintf("%d events", atKill)
 	})
 	b.kill()
 	if err := <-sendDone; err != nil {

@@ -583,15 +583,7 @@ func (n *e2eNode) inbox(peer *e2eNode) ([]streams.Received, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]streams.Received, 0, len(recs))
-	for _, r := range recs {
-		rec, err := streams.DecodeReceived(r)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, rec)
-	}
-	return out, nil
+	return streams.ReceivedOf(recs)
 }
 
 // delivery decodes n's delivery stream for peer.
@@ -612,15 +604,15 @@ func (n *e2eNode) delivery(peer *e2eNode) ([]domain.DeliveryEvent, error) {
 }
 
 // waitInboxLen waits until n's inbox from peer holds at least count
-// records.
+// events.
 func (n *e2eNode) waitInboxLen(peer *e2eNode, count int, within time.Duration) {
 	n.t.Helper()
 	e2eWait(n.t, within, fmt.Sprintf("%s's inbox from %s to hold %d events", n.name, peer.name, count), func() (bool, string) {
-		got, err := n.streamLen(streams.Inbox, peer)
+		got, err := n.inbox(peer)
 		if err != nil {
 			return false, err.Error()
 		}
-		return got >= count, fmt.Sprintf("%d records", got)
+		return len(got) >= count, fmt.Sprintf("%d events", len(got))
 	})
 }
 
@@ -650,7 +642,7 @@ func (n *e2eNode) checkInbox(peer *e2eNode, l *e2eLedger) []streams.Received {
 		n.t.Fatalf("read %s's inbox from %s: %v", n.name, peer.name, err)
 	}
 	if problems := compareE2EInbox(got, want); len(problems) > 0 {
-		n.t.Errorf("%s's inbox from %s: %d records, want exactly the %d sent events in order:\n  %s",
+		n.t.Errorf("%s's inbox from %s: %d events, want exactly the %d sent events in order:\n  %s",
 			n.name, peer.name, len(got), len(want), strings.Join(problems, "\n  "))
 	}
 	return got
@@ -666,7 +658,7 @@ func compareE2EInbox(got []streams.Received, want []uint64) []string {
 		}
 	}
 	if len(got) != len(want) {
-		report("%d records, want %d", len(got), len(want))
+		report("%d events, want %d", len(got), len(want))
 	}
 	for i, r := range got {
 		user := r.Event.GetUserAddedToGuild().GetUserId()

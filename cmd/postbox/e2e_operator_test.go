@@ -441,8 +441,8 @@ func (n *opNode) inboxFrom(from string) []streams.Received {
 		return nil
 	}
 	var out []streams.Received
-	for {
-		recs, err := s.ReadStream(ctx, streams.Inbox(peer), uint64(len(out)), 1000)
+	for next := uint64(0); ; {
+		recs, err := s.ReadStream(ctx, streams.Inbox(peer), next, 1000)
 		if errors.Is(err, eventstore.ErrStreamNotFound) {
 			return out
 		}
@@ -450,11 +450,12 @@ func (n *opNode) inboxFrom(from string) []streams.Received {
 			n.t.Fatal(err)
 		}
 		for _, r := range recs {
-			rec, err := streams.DecodeReceived(r)
+			run, err := streams.DecodeReceivedRecord(r)
 			if err != nil {
 				n.t.Fatalf("%s's inbox from %s, record %d: %v", n.name, from, r.Revision, err)
 			}
-			out = append(out, rec)
+			out = append(out, run...)
+			next = r.Revision + 1
 		}
 		if len(recs) < 1000 {
 			return out
@@ -750,15 +751,26 @@ func TestOperatorSurface(t *testing.T) {
 				ev.GetEvent().GetUserAddedToGuild().GetUserId() != 100+uint64(i) || ev.GetVia() != wantVia[i] {
 				t.Errorf("watch event %d: %s; want from %s, seq %d, user %d, via %s", i, opJSON(ev), a.id, i, 100+i, wantVia[i])
 			}
-			if i > 0 && ev.GetPosition() <= all[i-1].GetPosition() {
+			// The 4 pulled events (3 to 6) are one run in the store: the
+			// first three carry the position before it, the last its own.
+			sharesPosition := i >= 3 && i <= 5
+			if i > 0 && (ev.GetPosition() < all[i-1].GetPosition() || !sharesPosition && ev.GetPosition() == all[i-1].GetPosition()) {
 				t.Errorf("watch event %d at position %d after %d", i, ev.GetPosition(), all[i-1].GetPosition())
 			}
 		}
-		// --after N starts with the event after position N.
-		after := all[3].GetPosition()
-		tail := opWatch(t, b, "--json", "--after", strconv.FormatUint(after, 10))
-		if len(tail) != n-4 || tail[0].GetPosition() != all[4].GetPosition() || tail[0].GetSenderSeq() != 4 {
-			t.Errorf("watch --after %d: %d events from %v; want the last %d, from sequence 4", after, len(tail), opFirst(tail), n-4)
+		if all[3].GetPosition() != all[2].GetPosition() || all[6].GetPosition() <= all[5].GetPosition() {
+			t.Errorf("the pulled run's positions: %d %d %d %d after %d; want the one before the run for all but the last",
+				all[3].GetPosition(), all[4].GetPosition(), all[5].GetPosition(), all[6].GetPosition(), all[2].GetPosition())
+		}
+		// --after N starts with the event after position N: resuming after
+		// an event inside the run gets the whole run again (at least once);
+		// after its last, what follows the run.
+		for _, c := range []struct{ after, from int }{{3, 3}, {5, 3}, {6, 7}} {
+			after := all[c.after].GetPosition()
+			tail := opWatch(t, b, "--json", "--after", strconv.FormatUint(after, 10))
+			if len(tail) != n-c.from || tail[0].GetSenderSeq() != uint64(c.from) {
+				t.Errorf("watch --after %d (event %d's): %d events from %v; want the last %d, from sequence %d", after, c.after, len(tail), opFirst(tail), n-c.from, c.from)
+			}
 		}
 		// The text form: one line per event, position first.
 		out, _, code := runCLI(t, "watch", "--admin", b.admin, "--after", strconv.FormatUint(all[n-2].GetPosition(), 10))

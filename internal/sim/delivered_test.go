@@ -49,11 +49,11 @@ func readPrefix(t *testing.T, storage *memory.Storage, prefix string) map[string
 func heldBy(t *testing.T, storage *memory.Storage) map[int]map[heldKey]uint64 {
 	out := map[int]map[heldKey]uint64{}
 	for stream, recs := range readPrefix(t, storage, streams.InboxPrefix) {
-		for _, rec := range recs {
-			got, err := streams.DecodeReceived(rec)
-			if err != nil {
-				t.Fatalf("decode %s@%d: %v", stream, rec.Revision, err)
-			}
+		events, err := streams.ReceivedOf(recs)
+		if err != nil {
+			t.Fatalf("decode %s: %v", stream, err)
+		}
+		for _, got := range events {
 			if got.SenderSeq == nil {
 				continue
 			}

@@ -672,12 +672,12 @@ func (w *world) inboxes(t *testing.T, r, s *node) [][]inboxRecord {
 		if err != nil {
 			t.Fatalf("read the inbox of %s from %s: %v", r.orig, s.orig, err)
 		}
-		stream := make([]inboxRecord, 0, len(recs))
-		for _, rec := range recs {
-			got, err := streams.DecodeReceived(rec)
-			if err != nil {
-				t.Fatalf("decode the inbox of %s from %s: %v", r.orig, s.orig, err)
-			}
+		events, err := streams.ReceivedOf(recs)
+		if err != nil {
+			t.Fatalf("decode the inbox of %s from %s: %v", r.orig, s.orig, err)
+		}
+		stream := make([]inboxRecord, 0, len(events))
+		for _, got := range events {
 			ir := inboxRecord{serial: serialOf(got.Event), epoch: got.SenderEpoch}
 			if got.SenderSeq != nil {
 				ir.seq, ir.hasSeq = *got.SenderSeq, true

@@ -515,8 +515,9 @@ type Peer struct {
 	OutboxRetainedFrom uint64 `protobuf:"varint,25,opt,name=outbox_retained_from,json=outboxRetainedFrom,proto3" json:"outbox_retained_from,omitempty"`
 	// Outbox events still stored (head - outbox_retained_from).
 	OutboxRetained uint64 `protobuf:"varint,26,opt,name=outbox_retained,json=outboxRetained,proto3" json:"outbox_retained,omitempty"`
-	// The first received event still stored: retention (`--retain-received`)
-	// removed the ones before it; 0 while every received event is kept.
+	// The first inbox record still stored (a record holds one received event
+	// or a run of them): retention (`--retain-received`) removed the ones
+	// before it; 0 while every received event is kept.
 	InboxRetainedFrom uint64 `protobuf:"varint,27,opt,name=inbox_retained_from,json=inboxRetainedFrom,proto3" json:"inbox_retained_from,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -1103,7 +1104,11 @@ func (x *WatchRequest) GetConsumer() string {
 // One event this server received from a peer.
 type ReceivedEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Its position in the store's global order: pass it as `after` to resume.
+	// Where to resume after it: pass it as `after`, or acknowledge it, once
+	// it is processed. Events received together (a Pull reply) are stored as
+	// runs; the last event of a run carries the run's position in the store's
+	// global order, the others the position before the run (0: none), so that
+	// resuming after any of them gets the run again, whole: at least once.
 	Position uint64 `protobuf:"varint,1,opt,name=position,proto3" json:"position,omitempty"`
 	// The server ID of the peer it came from (its current one).
 	From string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
@@ -1854,7 +1859,7 @@ type AckRequest struct {
 	// The durable consumer's name: 1 to 64 of a-z, 0-9, '.', '_' and '-'.
 	Consumer string `protobuf:"bytes,1,opt,name=consumer,proto3" json:"consumer,omitempty"`
 	// The position of the last received event it has processed, as Watch
-	// printed it.
+	// printed it (0 acknowledges nothing).
 	Position      uint64 `protobuf:"varint,2,opt,name=position,proto3" json:"position,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -710,7 +710,7 @@ func (x *ReceiverReported) GetHas() bool {
 }
 
 // Appended to `inbox-<peer>` for every event received from that peer, in the
-// order it was applied.
+// order it was applied: alone, or as one of an `EventsReceived` run.
 type EventReceived struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event as received.
@@ -826,6 +826,55 @@ func (x *EventReceived) GetSenderTerm() uint64 {
 	return 0
 }
 
+// Appended to `inbox-<peer>` for a run of events received together (one
+// push or Pull reply of several), in the order they were applied: one record
+// instead of one each, which is most of what storing a large Pull reply
+// costs. The runs of one reply are bounded in events and bytes.
+type EventsReceived struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The events, in order, each as it would be stored alone.
+	Events        []*EventReceived `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsReceived) Reset() {
+	*x = EventsReceived{}
+	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsReceived) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsReceived) ProtoMessage() {}
+
+func (x *EventsReceived) ProtoReflect() protoreflect.Message {
+	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsReceived.ProtoReflect.Descriptor instead.
+func (*EventsReceived) Descriptor() ([]byte, []int) {
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *EventsReceived) GetEvents() []*EventReceived {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 // Appended to `peers` the first time this server deals with a peer.
 type PeerSeen struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -842,7 +891,7 @@ type PeerSeen struct {
 
 func (x *PeerSeen) Reset() {
 	*x = PeerSeen{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +903,7 @@ func (x *PeerSeen) String() string {
 func (*PeerSeen) ProtoMessage() {}
 
 func (x *PeerSeen) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[10]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +916,7 @@ func (x *PeerSeen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerSeen.ProtoReflect.Descriptor instead.
 func (*PeerSeen) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{10}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PeerSeen) GetPeerId() string {
@@ -904,7 +953,7 @@ type PeerKeyLearned struct {
 
 func (x *PeerKeyLearned) Reset() {
 	*x = PeerKeyLearned{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +965,7 @@ func (x *PeerKeyLearned) String() string {
 func (*PeerKeyLearned) ProtoMessage() {}
 
 func (x *PeerKeyLearned) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[11]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +978,7 @@ func (x *PeerKeyLearned) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerKeyLearned.ProtoReflect.Descriptor instead.
 func (*PeerKeyLearned) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PeerKeyLearned) GetPeerId() string {
@@ -961,7 +1010,7 @@ type PeerRenamed struct {
 
 func (x *PeerRenamed) Reset() {
 	*x = PeerRenamed{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[12]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1022,7 @@ func (x *PeerRenamed) String() string {
 func (*PeerRenamed) ProtoMessage() {}
 
 func (x *PeerRenamed) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[12]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1035,7 @@ func (x *PeerRenamed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerRenamed.ProtoReflect.Descriptor instead.
 func (*PeerRenamed) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{12}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PeerRenamed) GetPeerId() string {
@@ -1023,7 +1072,7 @@ type OwnServerIdChanged struct {
 
 func (x *OwnServerIdChanged) Reset() {
 	*x = OwnServerIdChanged{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[13]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1084,7 @@ func (x *OwnServerIdChanged) String() string {
 func (*OwnServerIdChanged) ProtoMessage() {}
 
 func (x *OwnServerIdChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[13]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1097,7 @@ func (x *OwnServerIdChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OwnServerIdChanged.ProtoReflect.Descriptor instead.
 func (*OwnServerIdChanged) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{13}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *OwnServerIdChanged) GetOldServerId() string {
@@ -1078,7 +1127,7 @@ type PeerNotifiedOfNewId struct {
 
 func (x *PeerNotifiedOfNewId) Reset() {
 	*x = PeerNotifiedOfNewId{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[14]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1139,7 @@ func (x *PeerNotifiedOfNewId) String() string {
 func (*PeerNotifiedOfNewId) ProtoMessage() {}
 
 func (x *PeerNotifiedOfNewId) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[14]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1152,7 @@ func (x *PeerNotifiedOfNewId) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerNotifiedOfNewId.ProtoReflect.Descriptor instead.
 func (*PeerNotifiedOfNewId) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{14}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PeerNotifiedOfNewId) GetPeerId() string {
@@ -1134,7 +1183,7 @@ type DatabaseCreated struct {
 
 func (x *DatabaseCreated) Reset() {
 	*x = DatabaseCreated{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[15]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1195,7 @@ func (x *DatabaseCreated) String() string {
 func (*DatabaseCreated) ProtoMessage() {}
 
 func (x *DatabaseCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[15]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1208,7 @@ func (x *DatabaseCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatabaseCreated.ProtoReflect.Descriptor instead.
 func (*DatabaseCreated) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{15}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DatabaseCreated) GetDatabaseId() string {
@@ -1186,7 +1235,7 @@ type ConsumerAcknowledged struct {
 
 func (x *ConsumerAcknowledged) Reset() {
 	*x = ConsumerAcknowledged{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[16]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1247,7 @@ func (x *ConsumerAcknowledged) String() string {
 func (*ConsumerAcknowledged) ProtoMessage() {}
 
 func (x *ConsumerAcknowledged) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[16]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1260,7 @@ func (x *ConsumerAcknowledged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumerAcknowledged.ProtoReflect.Descriptor instead.
 func (*ConsumerAcknowledged) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{16}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ConsumerAcknowledged) GetConsumer() string {
@@ -1248,7 +1297,7 @@ type ConsumerDeleted struct {
 
 func (x *ConsumerDeleted) Reset() {
 	*x = ConsumerDeleted{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[17]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1309,7 @@ func (x *ConsumerDeleted) String() string {
 func (*ConsumerDeleted) ProtoMessage() {}
 
 func (x *ConsumerDeleted) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[17]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1322,7 @@ func (x *ConsumerDeleted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumerDeleted.ProtoReflect.Descriptor instead.
 func (*ConsumerDeleted) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{17}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ConsumerDeleted) GetConsumer() string {
@@ -1314,7 +1363,7 @@ type ReplicaHeartbeat struct {
 
 func (x *ReplicaHeartbeat) Reset() {
 	*x = ReplicaHeartbeat{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[18]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1375,7 @@ func (x *ReplicaHeartbeat) String() string {
 func (*ReplicaHeartbeat) ProtoMessage() {}
 
 func (x *ReplicaHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[18]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1388,7 @@ func (x *ReplicaHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaHeartbeat.ProtoReflect.Descriptor instead.
 func (*ReplicaHeartbeat) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{18}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReplicaHeartbeat) GetReplica() string {
@@ -1411,7 +1460,7 @@ type PullUnderWay struct {
 
 func (x *PullUnderWay) Reset() {
 	*x = PullUnderWay{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1472,7 @@ func (x *PullUnderWay) String() string {
 func (*PullUnderWay) ProtoMessage() {}
 
 func (x *PullUnderWay) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[19]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1485,7 @@ func (x *PullUnderWay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullUnderWay.ProtoReflect.Descriptor instead.
 func (*PullUnderWay) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{19}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PullUnderWay) GetReplica() string {
@@ -1479,7 +1528,7 @@ type OwnerTermStarted struct {
 
 func (x *OwnerTermStarted) Reset() {
 	*x = OwnerTermStarted{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1540,7 @@ func (x *OwnerTermStarted) String() string {
 func (*OwnerTermStarted) ProtoMessage() {}
 
 func (x *OwnerTermStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[20]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1553,7 @@ func (x *OwnerTermStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OwnerTermStarted.ProtoReflect.Descriptor instead.
 func (*OwnerTermStarted) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{20}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *OwnerTermStarted) GetTerm() uint64 {
@@ -1546,7 +1595,7 @@ type NonceAccepted struct {
 
 func (x *NonceAccepted) Reset() {
 	*x = NonceAccepted{}
-	mi := &file_postbox_events_v1_events_proto_msgTypes[21]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1607,7 @@ func (x *NonceAccepted) String() string {
 func (*NonceAccepted) ProtoMessage() {}
 
 func (x *NonceAccepted) ProtoReflect() protoreflect.Message {
-	mi := &file_postbox_events_v1_events_proto_msgTypes[21]
+	mi := &file_postbox_events_v1_events_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1620,7 @@ func (x *NonceAccepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NonceAccepted.ProtoReflect.Descriptor instead.
 func (*NonceAccepted) Descriptor() ([]byte, []int) {
-	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{21}
+	return file_postbox_events_v1_events_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NonceAccepted) GetServerId() string {
@@ -1662,7 +1711,9 @@ const file_postbox_events_v1_events_proto_rawDesc = "" +
 	"\bVIA_PUSH\x10\x01\x12\f\n" +
 	"\bVIA_PULL\x10\x02B\r\n" +
 	"\v_sender_seqB\x12\n" +
-	"\x10_too_large_bytes\"d\n" +
+	"\x10_too_large_bytes\"J\n" +
+	"\x0eEventsReceived\x128\n" +
+	"\x06events\x18\x01 \x03(\v2 .postbox.events.v1.EventReceivedR\x06events\"d\n" +
 	"\bPeerSeen\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x1b\n" +
 	"\tserver_id\x18\x02 \x01(\tR\bserverId\x12\"\n" +
@@ -1727,7 +1778,7 @@ func file_postbox_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_postbox_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_postbox_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_postbox_events_v1_events_proto_goTypes = []any{
 	(PushResumed_Reason)(0),       // 0: postbox.events.v1.PushResumed.Reason
 	(EventReceived_Via)(0),        // 1: postbox.events.v1.EventReceived.Via
@@ -1741,32 +1792,34 @@ var file_postbox_events_v1_events_proto_goTypes = []any{
 	(*EpochStarted)(nil),          // 9: postbox.events.v1.EpochStarted
 	(*ReceiverReported)(nil),      // 10: postbox.events.v1.ReceiverReported
 	(*EventReceived)(nil),         // 11: postbox.events.v1.EventReceived
-	(*PeerSeen)(nil),              // 12: postbox.events.v1.PeerSeen
-	(*PeerKeyLearned)(nil),        // 13: postbox.events.v1.PeerKeyLearned
-	(*PeerRenamed)(nil),           // 14: postbox.events.v1.PeerRenamed
-	(*OwnServerIdChanged)(nil),    // 15: postbox.events.v1.OwnServerIdChanged
-	(*PeerNotifiedOfNewId)(nil),   // 16: postbox.events.v1.PeerNotifiedOfNewId
-	(*DatabaseCreated)(nil),       // 17: postbox.events.v1.DatabaseCreated
-	(*ConsumerAcknowledged)(nil),  // 18: postbox.events.v1.ConsumerAcknowledged
-	(*ConsumerDeleted)(nil),       // 19: postbox.events.v1.ConsumerDeleted
-	(*ReplicaHeartbeat)(nil),      // 20: postbox.events.v1.ReplicaHeartbeat
-	(*PullUnderWay)(nil),          // 21: postbox.events.v1.PullUnderWay
-	(*OwnerTermStarted)(nil),      // 22: postbox.events.v1.OwnerTermStarted
-	(*NonceAccepted)(nil),         // 23: postbox.events.v1.NonceAccepted
-	(*v1.Event)(nil),              // 24: protocol.sync.v1.Event
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*EventsReceived)(nil),        // 12: postbox.events.v1.EventsReceived
+	(*PeerSeen)(nil),              // 13: postbox.events.v1.PeerSeen
+	(*PeerKeyLearned)(nil),        // 14: postbox.events.v1.PeerKeyLearned
+	(*PeerRenamed)(nil),           // 15: postbox.events.v1.PeerRenamed
+	(*OwnServerIdChanged)(nil),    // 16: postbox.events.v1.OwnServerIdChanged
+	(*PeerNotifiedOfNewId)(nil),   // 17: postbox.events.v1.PeerNotifiedOfNewId
+	(*DatabaseCreated)(nil),       // 18: postbox.events.v1.DatabaseCreated
+	(*ConsumerAcknowledged)(nil),  // 19: postbox.events.v1.ConsumerAcknowledged
+	(*ConsumerDeleted)(nil),       // 20: postbox.events.v1.ConsumerDeleted
+	(*ReplicaHeartbeat)(nil),      // 21: postbox.events.v1.ReplicaHeartbeat
+	(*PullUnderWay)(nil),          // 22: postbox.events.v1.PullUnderWay
+	(*OwnerTermStarted)(nil),      // 23: postbox.events.v1.OwnerTermStarted
+	(*NonceAccepted)(nil),         // 24: postbox.events.v1.NonceAccepted
+	(*v1.Event)(nil),              // 25: protocol.sync.v1.Event
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
 }
 var file_postbox_events_v1_events_proto_depIdxs = []int32{
-	24, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
+	25, // 0: postbox.events.v1.EventEnqueued.event:type_name -> protocol.sync.v1.Event
 	0,  // 1: postbox.events.v1.PushResumed.reason:type_name -> postbox.events.v1.PushResumed.Reason
-	24, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
+	25, // 2: postbox.events.v1.EventReceived.event:type_name -> protocol.sync.v1.Event
 	1,  // 3: postbox.events.v1.EventReceived.via:type_name -> postbox.events.v1.EventReceived.Via
-	25, // 4: postbox.events.v1.ConsumerAcknowledged.at:type_name -> google.protobuf.Timestamp
-	5,  // [5:5] is the sub-list for method output_type
-	5,  // [5:5] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	11, // 4: postbox.events.v1.EventsReceived.events:type_name -> postbox.events.v1.EventReceived
+	26, // 5: postbox.events.v1.ConsumerAcknowledged.at:type_name -> google.protobuf.Timestamp
+	6,  // [6:6] is the sub-list for method output_type
+	6,  // [6:6] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_postbox_events_v1_events_proto_init() }
@@ -1781,7 +1834,7 @@ func file_postbox_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postbox_events_v1_events_proto_rawDesc), len(file_postbox_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
