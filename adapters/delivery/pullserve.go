@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"runtime"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/streams"
 	"github.com/harmony-postbox/postbox/domain"
@@ -214,12 +212,12 @@ func (e *Engine) readBatch(ctx context.Context, id streams.PeerID, from, n uint6
 			break
 		}
 		for _, r := range recs {
-			ev, err := streams.DecodeEnqueued(r)
+			ev, eventSize, err := streams.DecodeEnqueuedSized(r)
 			if err != nil {
 				return nil, nil, err
 			}
 			// Each event costs its bytes plus a tag and a length prefix.
-			cost := proto.Size(ev) + 6
+			cost := eventSize + 6
 			if len(out) > 0 && size+cost > e.cfg.PullReplyMaxBytes {
 				return out, bytes.Clone(lastID[:]), nil
 			}

@@ -7,6 +7,7 @@ package streams
 import (
 	"fmt"
 	"io"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -244,6 +245,59 @@ func DecodeEnqueuedKey(r eventstore.RecordedEvent) (key string, digest [32]byte,
 	}
 	copy(digest[:], m.GetDigest())
 	return m.GetIdempotencyKey(), digest, true, nil
+}
+
+// DecodeEnqueuedSized reads an outbox record, and the size of the event's
+// binary encoding: what a Pull reply counts against its cap. A binary body
+// is read field by field, its event straight from its bytes (whose length
+// is that size): serving a large Pull reads thousands of them.
+func DecodeEnqueuedSized(r eventstore.RecordedEvent) (*syncv1.Event, int, error) {
+	general := func() (*syncv1.Event, int, error) {
+		ev, err := DecodeEnqueued(r)
+		if err != nil {
+			return nil, 0, err
+		}
+		return ev, proto.Size(ev), nil
+	}
+	if r.Type != TypeEventEnqueued || len(r.Data) == 0 || r.Data[0] == '{' {
+		return general()
+	}
+	var raw []byte
+	found := false
+	for b := r.Data; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || num > protowire.MaxValidNumber {
+			return general() // malformed: its error
+		}
+		b = b[n:]
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return general()
+		}
+		if num == 1 {
+			if found || typ != protowire.BytesType {
+				// A message field given twice is merged, one of another
+				// wire type refused: the general path does either.
+				return general()
+			}
+			raw, _ = protowire.ConsumeBytes(b)
+			found = true
+		}
+		if num == 2 && typ == protowire.BytesType {
+			if key, _ := protowire.ConsumeBytes(b); !utf8.Valid(key) {
+				return general() // a key proto3 refuses
+			}
+		}
+		b = b[m:]
+	}
+	if !found {
+		return nil, 0, nil // no event, as DecodeEnqueued reads it
+	}
+	ev := &syncv1.Event{}
+	if err := proto.Unmarshal(raw, ev); err != nil {
+		return nil, 0, fmt.Errorf("%s@%d: decode %s: %w", r.Stream, r.Revision, r.Type, err)
+	}
+	return ev, len(raw), nil
 }
 
 // DecodeEnqueued reads an outbox record.
