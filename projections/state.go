@@ -200,10 +200,8 @@ func (s *State) Apply(r domain.Record) error {
 			s.peer(r.Peer).out.Stored(r.Revision)
 		case domain.StreamInbox:
 			p := s.peer(r.Peer)
-			if r.Revision+1 > p.in.Count {
-				p.in.Count = r.Revision + 1
-				p.countReceived(r.Position, 1) // however many events it holds
-			}
+			p.in.Count = max(p.in.Count, r.Revision+1)
+			p.countReceived(r.Position, 1) // however many events it holds
 		}
 		return r.Err
 	}

@@ -2,9 +2,11 @@ package projections
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
@@ -32,6 +34,20 @@ func TestProjectionPeerRegistry(t *testing.T) {
 		}
 		if !peers[0].KnowsOurServerID {
 			t.Fatal("a peer knows our server ID until we change it")
+		}
+	})
+	t.Run("many peers are listed in server ID order whatever the order met", func(t *testing.T) {
+		h := newHistory(t)
+		servers := []string{"e", "b", "f", "a", "d", "c"}
+		for i, name := range servers {
+			h.seen(fmt.Sprintf("p%d", i), name+".example:2289")
+		}
+		var got []string
+		for _, v := range given(t, h.records()...).Peers() {
+			got = append(got, strings.TrimSuffix(v.ServerID, ".example:2289"))
+		}
+		if want := []string{"a", "b", "c", "d", "e", "f"}; !slices.Equal(got, want) {
+			t.Fatalf("peers %v, want %v", got, want)
 		}
 	})
 	t.Run("a rename moves the server ID to the former IDs, oldest first", func(t *testing.T) {
@@ -407,6 +423,8 @@ func TestProjectionUnknownAndUnreadableRecords(t *testing.T) {
 		raw("someone-elses-stream", "Whatever", []byte(`{}`)).
 		raw(streams.Delivery("p1"), streams.TypeEventPushed, []byte(`not json`)).
 		enqueueN("p1", 1).
+		received("p1", u64(0), added(1, 2)).
+		raw(streams.Inbox("p1"), streams.TypeEventsReceived, []byte(`not json`)).
 		records()
 	s := NewState()
 	var errs int
@@ -418,8 +436,13 @@ func TestProjectionUnknownAndUnreadableRecords(t *testing.T) {
 	if s.UnknownRecords() != 2 {
 		t.Fatalf("UnknownRecords = %d, want 2", s.UnknownRecords())
 	}
-	if errs != 1 {
-		t.Fatalf("%d errors, want 1 for the unreadable record", errs)
+	if errs != 2 {
+		t.Fatalf("%d errors, want 2 for the unreadable records", errs)
+	}
+	// The unreadable inbox record still counts: as one record, and one
+	// event of however many it holds.
+	if v, _ := s.Peer("a.example:2289"); v.EventsReceived != 2 || s.peers["p1"].in.Count != 2 {
+		t.Fatalf("EventsReceived %d and inbox length %d after an unreadable inbox record, want 2 and 2", v.EventsReceived, s.peers["p1"].in.Count)
 	}
 	if v, _ := s.Peer("a.example:2289"); v.Head != 1 || s.pos != streams.Decode(recs[len(recs)-1]).Position {
 		t.Fatalf("the records after them were not applied: %+v at %v", v, s.pos)
