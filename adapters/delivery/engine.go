@@ -228,6 +228,9 @@ type peer struct {
 	ahead *pullAhead
 
 	sends outboxWriter // batches Sends into outbox appends
+	// fresh: what the outbox writer appended last, for the push loop.
+	// Guarded by mu.
+	fresh freshOutbox
 
 	recvMu   sync.Mutex // serializes inbox appends, in order
 	inLoaded bool

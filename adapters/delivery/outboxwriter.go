@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 	"sync"
 	"time"
 
@@ -242,9 +244,15 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 		stored, err := e.appendOutbox(ctx, p, batch)
 		cancel()
 		if stored > 0 {
+			fresh := e.freshOf(batch[:stored])
 			p.mu.Lock()
 			// The outbox may also hold events another writer appended.
 			p.out.Head = max(p.out.Head, w.next)
+			if p.out.Mode == domain.ModePush {
+				for _, f := range fresh {
+					p.fresh.add(f.seq, f.events, f.ids)
+				}
+			}
 			e.kickLocked(p)
 			p.mu.Unlock()
 		}
@@ -340,6 +348,30 @@ func (e *Engine) appendOutbox(ctx context.Context, p *peer, batch []*outboxSend)
 		err = nil
 	}
 	return stored, err
+}
+
+type freshSend struct {
+	seq    uint64
+	events []*syncv1.Event
+	ids    []eventstore.EventID
+}
+
+// freshOf decodes the events of stored sends for the push loop; a send
+// that does not decode is left to the store's copy.
+func (e *Engine) freshOf(stored []*outboxSend) []freshSend {
+	out := make([]freshSend, 0, len(stored))
+	for _, s := range stored {
+		f := freshSend{seq: s.seq, events: make([]*syncv1.Event, 0, len(s.data)), ids: make([]eventstore.EventID, 0, len(s.data))}
+		for _, d := range s.data {
+			ev, err := streams.DecodeEnqueued(eventstore.RecordedEvent{Type: d.Type, Data: d.Data})
+			if err != nil {
+				return out
+			}
+			f.events, f.ids = append(f.events, ev), append(f.ids, d.ID)
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // appendOutboxEvents appends data and returns the seqs of those stored (a

@@ -1,6 +1,10 @@
 package delivery
 
 import (
+	"crypto/rand"
+	"github.com/harmony-postbox/postbox/adapters/eventstore"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -20,8 +24,11 @@ func TestAPushWhoseOutboxReadFailsIsLoggedAndMadeLater(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		name string
-		skip int // outbox reads that pass first
-	}{{"events", 0}, {"claim", 1}} {
+		// elsewhere: the event is appended to the outbox by another
+		// writer, so the push reads it from the store (an event this
+		// server's writer appended is pushed from memory).
+		elsewhere bool
+	}{{"events", true}, {"claim", false}} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			synctest.Test(t, func(t *testing.T) {
@@ -33,15 +40,25 @@ func TestAPushWhoseOutboxReadFailsIsLoggedAndMadeLater(t *testing.T) {
 				if err := w.engine.awaitKeys(t.Context()); err != nil {
 					t.Fatal(err)
 				}
-				f.failAfter("read", streams.OutboxPrefix, c.skip, 1)
+				f.failAfter("read", streams.OutboxPrefix, 0, 1)
+				if c.elsewhere {
+					appendElsewhere(t, w, added(7))
+				}
 				w.send(1)
 				time.Sleep(3 * time.Second)
 				synctest.Wait()
-				if s := w.state(); s.Delivered != 2 {
+				want := uint64(2)
+				if c.elsewhere {
+					want = 3
+				}
+				if s := w.state(); s.Delivered != want {
 					t.Fatalf("after a failed outbox read: %+v", s)
 				}
 				if !strings.Contains(w.logs.String(), "reading the outbox failed") {
 					t.Fatalf("log:\n%s", w.logs.String())
+				}
+				if c.elsewhere && !regexp.MustCompile(`reading the outbox failed.* seq=1 `).MatchString(w.logs.String()) {
+					t.Fatalf("the push of event 1 did not read it from the store; log:\n%s", w.logs.String())
 				}
 			})
 		})
@@ -107,5 +124,18 @@ func TestAPushCarriesTheEventsThatFitItsBytesExactly(t *testing.T) {
 	sizes, _ := w.peers.pushSizes()
 	if !slices.Equal(sizes, []int{1, 1, 2}) {
 		t.Fatalf("events per push %v, want [1 1 2]: two events fit exactly %d bytes", sizes, budget)
+	}
+}
+
+// appendElsewhere appends ev to peer B's outbox as another writer would
+// (another replica): this engine's writer learns of it at its next append.
+func appendElsewhere(t *testing.T, w *world, ev *syncv1.Event) {
+	t.Helper()
+	data, err := streams.NewCodec(rand.Reader).EncodeEnqueued(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.store.Append(t.Context(), streams.Outbox(mustLookup(t, w, peerB)), eventstore.Any(), data); err != nil {
+		t.Fatal(err)
 	}
 }

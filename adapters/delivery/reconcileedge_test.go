@@ -120,9 +120,9 @@ func TestARefusalThatCannotBeCheckedIsLoggedAndPushedAgain(t *testing.T) {
 	peer.mu.Lock()
 	peer.refusals = []*domain.EventRef{{Seq: 0, ID: []byte("some id")}}
 	peer.mu.Unlock()
-	// The push of event 1 reads it from the outbox; the check of event 0
-	// is the next read.
-	f.failAfter("read", streams.OutboxPrefix, 1, 1)
+	// The push of event 1 takes it from what the outbox writer just
+	// appended; the check of event 0 reads the outbox.
+	f.failAfter("read", streams.OutboxPrefix, 0, 1)
 	w.send(1)
 	eventually(t, "delivered", func() bool { return w.state().Delivered == 2 })
 	if !strings.Contains(w.logs.String(), "reading the outbox failed") {

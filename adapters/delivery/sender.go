@@ -123,10 +123,16 @@ func (e *Engine) pushLoop(ctx context.Context, p *peer) {
 			p.owned = false
 		}
 		if !e.runsLocked(p) {
+			p.fresh.clear()
 			p.mu.Unlock()
 			return
 		}
 		seq, ok := p.out.NextPush()
+		if ok {
+			p.fresh.dropBefore(seq)
+		} else {
+			p.fresh.clear()
+		}
 		p.mu.Unlock()
 		if !ok {
 			return
@@ -145,6 +151,7 @@ func (e *Engine) pushLoop(ctx context.Context, p *peer) {
 func (e *Engine) nextPush(ctx context.Context, p *peer, seq uint64, ahead *outboxReader) ([]*syncv1.Event, error) {
 	p.mu.Lock()
 	head, batch := p.out.Head, p.batch
+	ahead.take(p.id, seq, &p.fresh)
 	p.mu.Unlock()
 	budget := min(batch.BatchBytes, uint64(max(e.cfg.PushBatchBytes, 0)))
 	maxEvents := 1
