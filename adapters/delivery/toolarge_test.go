@@ -3,6 +3,7 @@ package delivery
 import (
 	"crypto/rand"
 	"fmt"
+	"github.com/harmony-postbox/postbox/adapters/registry"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -41,6 +42,19 @@ func (c *tooLargeCounter) count(peer domain.ServerID) int {
 	return c.n[peer]
 }
 
+// smallAppendsEngine runs an engine on a store whose appends take 4,000
+// bytes, counting the received events too large for it.
+func smallAppendsEngine(t *testing.T) (*Engine, *esdb.Store, *registry.Registry, *fakePeers, *tooLargeCounter) {
+	t.Helper()
+	srv := fakestreams.StartServer(t, fakestreams.Options{Profile: "24.10", MaxAppendSize: 4096})
+	counter := &tooLargeCounter{}
+	cfg := testConfig()
+	cfg.Observer = counter
+	peers := &fakePeers{}
+	engine, store, reg := newESDBEngine(t, srv, "&maxAppendBytes=4000", cfg, peers)
+	return engine, store, reg, peers, counter
+}
+
 // On a store that takes appends of a few KiB, a received event too large
 // for any append is stored as a marker of its sender sequence number and
 // size: the push is answered, the sequence numbers go on, the next push is
@@ -49,13 +63,8 @@ func (c *tooLargeCounter) count(peer domain.ServerID) int {
 // sender (no sequence numbers) and for events that came by Pull.
 func TestAReceivedEventTooLargeForTheStoreIsStoredAsAMarker(t *testing.T) {
 	t.Parallel()
-	srv := fakestreams.StartServer(t, fakestreams.Options{Profile: "24.10", MaxAppendSize: 4096})
-	counter := &tooLargeCounter{}
-	cfg := testConfig()
-	cfg.Observer = counter
+	engine, store, reg, peers, counter := smallAppendsEngine(t)
 	upstream := domain.MustParseServerID("up.example:2289")
-	peers := &fakePeers{}
-	engine, store, reg := newESDBEngine(t, srv, "&maxAppendBytes=4000", cfg, peers)
 	ctx := t.Context()
 	huge := invite(strings.Repeat("x", 10000))
 	// 1.5 KB on the wire, 9 KB as protojson (each byte escaped as \u0001):
@@ -180,12 +189,7 @@ func TestTheLargestEventSendTakesFitsOneEventStoreDBAppend(t *testing.T) {
 // order, and none is counted as too large.
 func TestARunTooLargeForTheStoreIsStoredEventByEvent(t *testing.T) {
 	t.Parallel()
-	srv := fakestreams.StartServer(t, fakestreams.Options{Profile: "24.10", MaxAppendSize: 4096})
-	counter := &tooLargeCounter{}
-	cfg := testConfig()
-	cfg.Observer = counter
-	peers := &fakePeers{}
-	engine, store, reg := newESDBEngine(t, srv, "&maxAppendBytes=4000", cfg, peers)
+	engine, store, reg, peers, counter := smallAppendsEngine(t)
 	const n = 40
 	var reply []*syncv1.Event
 	for i := range n {
