@@ -33,6 +33,10 @@ func runAck(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	if err != nil {
 		return a.failed("ack", err)
 	}
+	if pos == 0 {
+		fmt.Fprintf(stdout, "0 acknowledges nothing; %s is at %d\n", *consumer, res.Msg.GetPosition())
+		return nil
+	}
 	if now := res.Msg.GetPosition(); now != pos {
 		fmt.Fprintf(stdout, "%s had already acknowledged %d; still at %d\n", *consumer, now, now)
 		return nil

@@ -108,6 +108,10 @@ func TestADurableConsumerResumesAfterWhatItAcknowledged(t *testing.T) {
 	if out, _, code := runCLI(t, "ack", "--consumer", "hs", last, "--admin", b.admin); code != 0 || !strings.Contains(out, "already acknowledged") {
 		t.Fatalf("postbox ack of an earlier position: exit %d, %q", code, out)
 	}
+	// 0, which watch gives the events of a first run, moves nothing.
+	if out, _, code := runCLI(t, "ack", "--consumer", "hs", "0", "--admin", b.admin); code != 0 || !strings.Contains(out, fmt.Sprintf("0 acknowledges nothing; hs is at %d\n", c.GetPosition())) {
+		t.Fatalf("postbox ack 0: exit %d, %q", code, out)
+	}
 	if _, errOut, code := runCLI(t, "ack", "--consumer", "hs", "999999", "--admin", b.admin); code != 1 || !strings.Contains(errOut, "not the position of an event") {
 		t.Fatalf("postbox ack past the store's end: exit %d, %q; want 1 naming the position", code, errOut)
 	}
