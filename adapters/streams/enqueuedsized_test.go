@@ -47,6 +47,40 @@ func TestDecodeEnqueuedSizedIsDecodeEnqueued(t *testing.T) {
 	}
 }
 
+// An event field given twice is merged, as proto.Unmarshal merges it.
+func TestDecodeEnqueuedSizedMergesAnEventGivenTwice(t *testing.T) {
+	t.Parallel()
+	part := func(ev *syncv1.Event) []byte {
+		b, err := proto.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), b)
+	}
+	data := append(part(&syncv1.Event{Kind: &syncv1.Event_UserAddedToGuild_{UserAddedToGuild: &syncv1.Event_UserAddedToGuild{UserId: 1}}}),
+		part(&syncv1.Event{Kind: &syncv1.Event_UserAddedToGuild_{UserAddedToGuild: &syncv1.Event_UserAddedToGuild{GuildId: 2}}})...)
+	ev, _, err := DecodeEnqueuedSized(eventstore.RecordedEvent{Stream: "outbox-p", Type: TypeEventEnqueued, Data: data})
+	if g := ev.GetUserAddedToGuild(); err != nil || g.GetUserId() != 1 || g.GetGuildId() != 2 {
+		t.Fatalf("%v, %v; want user 1 in guild 2", ev, err)
+	}
+}
+
+// An empty outbox record holds no event; a record of another type is
+// refused.
+func TestDecodeEnqueuedSizedOfEmptyAndOtherRecords(t *testing.T) {
+	t.Parallel()
+	if ev, size, err := DecodeEnqueuedSized(eventstore.RecordedEvent{Stream: "outbox-p", Type: TypeEventEnqueued}); ev != nil || size != 0 || err != nil {
+		t.Errorf("empty record: %v, %d, %v; want no event", ev, size, err)
+	}
+	d, err := NewCodecWithBodies(rand.Reader, BinaryBodies).EncodeEnqueued(&syncv1.Event{Kind: &syncv1.Event_UserAddedToGuild_{UserAddedToGuild: &syncv1.Event_UserAddedToGuild{UserId: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, _, err := DecodeEnqueuedSized(eventstore.RecordedEvent{Stream: "outbox-p", Type: TypeEventReceived, Data: d.Data}); err == nil {
+		t.Errorf("a record of another type read as %v", ev)
+	}
+}
+
 // On any bytes, DecodeEnqueuedSized agrees with DecodeEnqueued: the same
 // event, or an error from both.
 func FuzzDecodeEnqueuedSized(f *testing.F) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -66,6 +67,8 @@ func TestEncodeReceivedRunsReadBackAsTheirEvents(t *testing.T) {
 					if want := marshalRun(t, c, recs[at:at+len(run)]); !bytes.Equal(d.Data, want) {
 						t.Errorf("record %d: %x, want %x", i, d.Data, want)
 					}
+				} else if len(d.Data) == 0 || d.Data[0] != '{' {
+					t.Errorf("record %d with JSON bodies: %q", i, d.Data)
 				}
 				at += len(run)
 				back = append(back, run...)
@@ -158,6 +161,51 @@ func TestReceivedRunsAreBounded(t *testing.T) {
 	}
 }
 
+// A run takes events up to exactly RunMaxBytes, not one byte more.
+func TestARunFillsRunMaxBytesExactly(t *testing.T) {
+	t.Parallel()
+	c := NewCodecWithBodies(rand.Reader, BinaryBodies)
+	withID := func(n int) Received {
+		return Received{Event: &syncv1.Event{Kind: &syncv1.Event_UserInvited_{UserInvited: &syncv1.Event_UserInvited{InviteId: strings.Repeat("i", n)}}}}
+	}
+	inRun := func(r Received) int {
+		n := receivedSize(r, proto.Size(r.Event))
+		return 1 + protowire.SizeBytes(n)
+	}
+	// Two events whose run is exactly RunMaxBytes.
+	first := withID(30_000)
+	n := 30_000
+	for inRun(first)+inRun(withID(n)) < RunMaxBytes {
+		n++
+	}
+	if inRun(first)+inRun(withID(n)) != RunMaxBytes {
+		t.Skipf("no event makes the run exactly %d bytes", RunMaxBytes)
+	}
+	for _, tc := range []struct {
+		second Received
+		want   int
+	}{{withID(n), 1}, {withID(n + 1), 2}} {
+		got, err := c.EncodeReceivedRuns([]Received{first, tc.second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != tc.want {
+			t.Errorf("a run of %d bytes: %d records, want %d", inRun(first)+inRun(tc.second), len(got), tc.want)
+		}
+	}
+}
+
+// An event ID the random source cannot give fails the encoding.
+func TestEncodeReceivedRunsFailsWithoutEventIDs(t *testing.T) {
+	t.Parallel()
+	for _, body := range []Body{JSONBodies, BinaryBodies} {
+		c := NewCodecWithBodies(strings.NewReader(""), body)
+		if _, err := c.EncodeReceivedRuns(receivedCases()); err == nil {
+			t.Errorf("body %d: encoded without event IDs", body)
+		}
+	}
+}
+
 // A run that holds no event is no inbox record.
 func TestARunOfNoEventsIsRefused(t *testing.T) {
 	t.Parallel()
@@ -168,6 +216,32 @@ func TestARunOfNoEventsIsRefused(t *testing.T) {
 	}
 	if _, err := DecodeReceivedRecord(eventstore.RecordedEvent{Stream: "inbox-p", Type: TypeEventEnqueued}); err == nil {
 		t.Error("an outbox record was read as an inbox record")
+	}
+}
+
+// Records that do not decode are errors, alone and among others; a run
+// whose event bytes do not decode too.
+func TestUnreadableInboxRecordsAreErrors(t *testing.T) {
+	t.Parallel()
+	badEventBytes, err := proto.Marshal(&eventsv1.EventsReceived{Events: []*eventsv1.EventReceived{{EventBytes: []byte{0xff}}, {}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := NewCodecWithBodies(rand.Reader, BinaryBodies).EncodeReceivedRuns(receivedCases())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []eventstore.RecordedEvent{
+		{Stream: "inbox-p", Type: TypeEventReceived, Data: []byte{0xff}},
+		{Stream: "inbox-p", Type: TypeEventsReceived, Data: []byte{0xff}},
+		{Stream: "inbox-p", Type: TypeEventsReceived, Data: badEventBytes},
+	} {
+		if got, err := DecodeReceivedRecord(bad); err == nil {
+			t.Errorf("%s %x read as %v", bad.Type, bad.Data, got)
+		}
+		if got, err := ReceivedOf([]eventstore.RecordedEvent{recorded(good[0]), bad}); err == nil {
+			t.Errorf("%s %x among others read as %d events", bad.Type, bad.Data, len(got))
+		}
 	}
 }
 

@@ -54,11 +54,10 @@ func (c *Codec) EncodeReceivedRuns(recs []Received) ([]eventstore.EventData, err
 	}
 	if c.body != BinaryBodies {
 		for i, b := range bounds {
-			d, err := c.jsonRun(recs[b.from:b.to])
-			if err != nil {
+			var err error
+			if out[i].Type, out[i].Data, err = c.jsonRun(recs[b.from:b.to]); err != nil {
 				return nil, err
 			}
-			out[i].Type, out[i].Data = d.Type, d.Data
 		}
 		return out, nil
 	}
@@ -93,19 +92,24 @@ func (c *Codec) EncodeReceivedRuns(recs []Received) ([]eventstore.EventData, err
 	return out, nil
 }
 
-// jsonRun encodes one run with JSON bodies.
-func (c *Codec) jsonRun(recs []Received) (eventstore.EventData, error) {
-	if len(recs) == 1 {
-		return c.EncodeReceived(recs[0])
-	}
-	m := &eventsv1.EventsReceived{Events: make([]*eventsv1.EventReceived, len(recs))}
+// jsonRun encodes one run with JSON bodies: its type and data.
+func (c *Codec) jsonRun(recs []Received) (string, []byte, error) {
+	events := make([]*eventsv1.EventReceived, len(recs))
 	for i, r := range recs {
-		m.Events[i] = &eventsv1.EventReceived{}
-		if err := c.receivedMessage(m.Events[i], r); err != nil {
-			return eventstore.EventData{}, err
+		events[i] = &eventsv1.EventReceived{}
+		if err := c.receivedMessage(events[i], r); err != nil {
+			return "", nil, err
 		}
 	}
-	return c.Encode(TypeEventsReceived, m)
+	typ, m := TypeEventsReceived, proto.Message(&eventsv1.EventsReceived{Events: events})
+	if len(recs) == 1 {
+		typ, m = TypeEventReceived, events[0]
+	}
+	data, err := jsonOut.Marshal(m)
+	if err != nil {
+		return "", nil, fmt.Errorf("encode %s: %w", typ, err)
+	}
+	return typ, data, nil
 }
 
 type runBound struct {
