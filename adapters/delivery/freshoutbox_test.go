@@ -2,9 +2,11 @@ package delivery
 
 import (
 	"testing"
+	"testing/synctest"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
 	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
@@ -29,6 +31,44 @@ func TestEventsThisServerAppendedArePushedWithoutReadingTheOutbox(t *testing.T) 
 	}
 	if n := reads() - before; n != 0 {
 		t.Fatalf("%d outbox reads for 20 events this server appended, want none", n)
+	}
+}
+
+// Given a peer in queue mode,
+// when Sends follow,
+// then nothing is held for a push loop that does not run.
+func TestNoFreshEventsAreHeldForAPeerInQueueMode(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t, testConfig())
+		w.peers.setDown(true)
+		w.send(1)
+		eventually(t, "queue mode", func() bool { return w.state().Mode == domain.ModeQueue })
+		synctest.Wait() // the push loop has exited
+		w.send(5)
+		synctest.Wait()
+		p := w.engine.peer(mustLookup(t, w, peerB))
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if n := len(p.fresh.events); n != 0 || p.pushing {
+			t.Fatalf("%d fresh events held (push loop running: %v), want none", n, p.pushing)
+		}
+	})
+}
+
+// Given two replicas, one of which owns peer B,
+// when Sends reach the other,
+// then that one holds no fresh events: it runs no push loop for B.
+func TestAReplicaThatDoesNotRunAPeerHoldsNoFreshEvents(t *testing.T) {
+	t.Parallel()
+	rp := newReplicaPair(t)
+	rp.send(t, 1, 0, 20) // at the replica that does not own B
+	eventually(t, "the owner to push the 20 events", func() bool { return len(rp.peers.pushes()) == 20 })
+	p := rp.engine[1].peer(mustLookupIn(t, rp.engine[1], peerB))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.fresh.events); n != 0 {
+		t.Fatalf("the replica that does not run B holds %d fresh events, want none", n)
 	}
 }
 

@@ -248,12 +248,14 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 			p.mu.Lock()
 			// The outbox may also hold events another writer appended.
 			p.out.Head = max(p.out.Head, w.next)
-			if p.out.Mode == domain.ModePush {
+			e.kickLocked(p)
+			// Only for a push loop that runs (this replica owns the peer,
+			// in push mode), which takes them or drops them as it goes.
+			if p.pushing && p.out.Mode == domain.ModePush {
 				for _, f := range fresh {
 					p.fresh.add(f.seq, f.events, f.ids)
 				}
 			}
-			e.kickLocked(p)
 			p.mu.Unlock()
 		}
 		if err != nil {
