@@ -126,6 +126,11 @@ func TestFreshOutboxKeepsTheLastContiguousEvents(t *testing.T) {
 	if f.from != 107 || usersOf(f.events)[0] != 107 || f.ids[0] != (eventstore.EventID{107}) {
 		t.Fatalf("after dropping below 107: from %d, first %d", f.from, usersOf(f.events)[0])
 	}
+	// Below what it holds (delivery went back): it keeps everything.
+	f.dropBefore(50)
+	if f.from != 107 || len(f.events) != freshOutboxMax-2 {
+		t.Fatalf("after dropping below 50: from %d, %d events", f.from, len(f.events))
+	}
 }
 
 func TestAReaderTakesWhatItLacksFromTheFreshEvents(t *testing.T) {
