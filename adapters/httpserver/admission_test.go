@@ -196,15 +196,27 @@ func holdBody(t *testing.T, url, auth string) (release func()) {
 	client := http1Client()
 	client.Timeout = 0 // held until released, however slow the machine
 	done := make(chan struct{})
+	var released atomic.Bool
 	go func() {
 		defer close(done)
-		if resp, err := client.Do(req); err == nil {
+		resp, err := client.Do(req)
+		if err == nil {
 			resp.Body.Close()
+		}
+		// Some holds are meant to be refused at once (a forged token);
+		// for the others, this names why a budget was not held.
+		switch {
+		case released.Load():
+		case err != nil:
+			t.Logf("a held body's call failed before its release: %v", err)
+		default:
+			t.Logf("a held body was answered %d before its release", resp.StatusCode)
 		}
 	}()
 	var once sync.Once
 	release = func() {
 		once.Do(func() {
+			released.Store(true)
 			pw.CloseWithError(errors.New("released"))
 			<-done
 			client.CloseIdleConnections()
