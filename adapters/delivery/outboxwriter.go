@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/harmony-postbox/postbox/domain"
-	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 	"sync"
 	"time"
 
 	"github.com/harmony-postbox/postbox/adapters/eventstore"
 	"github.com/harmony-postbox/postbox/adapters/streams"
+	"github.com/harmony-postbox/postbox/domain"
+	syncv1 "github.com/harmony-postbox/postbox/gen/protocol/sync/v1"
 )
 
 // outboxWriter serialises and batches the appends of concurrent Sends to
@@ -244,13 +244,21 @@ func (e *Engine) writeOutbox(p *peer, own *outboxSend) {
 		stored, err := e.appendOutbox(ctx, p, batch)
 		cancel()
 		if stored > 0 {
-			fresh := e.freshOf(batch[:stored])
+			// The events go to the push loop before it is kicked, and are
+			// decoded only for a peer this replica pushes to.
+			p.mu.Lock()
+			willPush := e.runsLocked(p) && p.out.Mode == domain.ModePush
+			p.mu.Unlock()
+			var fresh []freshSend
+			if willPush {
+				fresh = freshOf(batch[:stored])
+			}
 			p.mu.Lock()
 			// The outbox may also hold events another writer appended.
 			p.out.Head = max(p.out.Head, w.next)
 			e.kickLocked(p)
-			// Only for a push loop that runs (this replica owns the peer,
-			// in push mode), which takes them or drops them as it goes.
+			// Only for a push loop that runs, which takes them or drops
+			// them as it goes.
 			if p.pushing && p.out.Mode == domain.ModePush {
 				for _, f := range fresh {
 					p.fresh.add(f.seq, f.events, f.ids)
@@ -352,15 +360,16 @@ func (e *Engine) appendOutbox(ctx context.Context, p *peer, batch []*outboxSend)
 	return stored, err
 }
 
+// freshSend is a stored send's events, decoded for the push loop.
 type freshSend struct {
 	seq    uint64
 	events []*syncv1.Event
 	ids    []eventstore.EventID
 }
 
-// freshOf decodes the events of stored sends for the push loop; a send
-// that does not decode is left to the store's copy.
-func (e *Engine) freshOf(stored []*outboxSend) []freshSend {
+// freshOf decodes the events of stored sends; a send that does not decode
+// is left to the store's copy.
+func freshOf(stored []*outboxSend) []freshSend {
 	out := make([]freshSend, 0, len(stored))
 	for _, s := range stored {
 		f := freshSend{seq: s.seq, events: make([]*syncv1.Event, 0, len(s.data)), ids: make([]eventstore.EventID, 0, len(s.data))}
