@@ -205,6 +205,7 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 	fmt.Fprintf(out, "  SendBatch: %d clients of the sender's admin API, each sending %d events per call one call after the other, for %v; pushes go on meanwhile\n", c.clients, c.batch, c.duration)
 	fmt.Fprintf(out, "  store, %d writers: one outbox-sized event per append, each writer to its own stream, for %v\n", c.writers, c.duration)
 	fmt.Fprintf(out, "  every server runs in this process: senders and receiver share the CPUs and the disk\n")
+	fmt.Fprintf(out, "  live: after every round above, with their servers closed: two servers and the senders' and watcher's clients\n")
 
 	setupStart := time.Now()
 	recv, err := startNode(ctx, "receiver", filepath.Join(c.dir, "receiver"), nc, logger)
@@ -409,6 +410,19 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 				return err
 			}
 		}
+	}
+
+	// The rate servers go before the live phase, so that it measures its
+	// two servers and their clients alone, not the garbage collection and
+	// background work of some seventy servers the rounds above left loaded;
+	// and before the idle measurement, so that nothing else allocates while
+	// it reads the heap.
+	sendAPI.close(ctx)
+	closeServers()
+	callers.close()
+	noop.close(ctx)
+	runtime.GC()
+	for round := 1; round <= c.rounds; round++ {
 		for i, rate := range c.liveRates {
 			if !c.measures("live") {
 				break
@@ -454,12 +468,6 @@ func bench(ctx context.Context, c config, out io.Writer) error {
 			liveMedian(live[i], func(r liveResult) time.Duration { return r.p99 }),
 			liveMedian(live[i], func(r liveResult) time.Duration { return r.max }))
 	}
-
-	// The rate servers go before the idle measurement, so that nothing else
-	// allocates while it reads the heap.
-	closeServers()
-	callers.close()
-	noop.close(ctx)
 
 	var idle idleResult
 	if c.idlePeers > 0 {
