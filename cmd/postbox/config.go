@@ -181,9 +181,9 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	case cfg.ConsumerIdleAfter <= 0:
 		return Config{}, flagError("consumer-idle-after", cfg.ConsumerIdleAfter, "must be positive", def("consumer-idle-after"))
 	case cfg.RetainReceived < 0:
-		return Config{}, flagError("retain-received", cfg.RetainReceived, "must be 0 (keep everything) or positive", def("retain-received"))
+		return Config{}, flagError("retain-received", cfg.RetainReceived, "must be 0 (keep everything) or positive", "720h")
 	case dc.RetainDelivered < 0:
-		return Config{}, flagError("retain-delivered", dc.RetainDelivered, "must be 0 (keep everything) or positive", def("retain-delivered"))
+		return Config{}, flagError("retain-delivered", dc.RetainDelivered, "must be 0 (keep everything) or positive", "720h")
 	case dc.PullInterval <= 0:
 		return Config{}, flagError("pull-interval", dc.PullInterval, "must be positive", def("pull-interval"))
 	case dc.IdempotencyWindow <= 0:
