@@ -28,6 +28,7 @@ type Counters struct {
 	registry     *prometheus.Registry
 	pushLatency  *prometheus.HistogramVec
 	pushFailures *prometheus.CounterVec
+	pushBusy     *prometheus.CounterVec
 	pullsServed  *prometheus.CounterVec
 	pullsMade    *prometheus.CounterVec
 	inbound      *prometheus.CounterVec
@@ -76,7 +77,10 @@ func NewCounters(ids PeerIDs) *Counters {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"outcome"}),
 		pushFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "postbox_push_failures_total", Help: "Failed push attempts, by peer.",
+			Name: "postbox_push_failures_total", Help: "Failed push attempts, by peer; a peer's busy answers are counted apart.",
+		}, []string{"peer"}),
+		pushBusy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbox_push_busy_total", Help: "Push attempts the peer answered busy (it asked to be tried later), by peer.",
 		}, []string{"peer"}),
 		pullsServed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postbox_pulls_served_total", Help: "Pull requests served to peers that carried events, by peer.",
@@ -102,7 +106,7 @@ func NewCounters(ids PeerIDs) *Counters {
 			Help: "Peers' accounts that contradicted an outbox, by kind: epoch_started (this server's store went back), receiver_behind (the peer's did), receiver_ahead (a lost reply or record).",
 		}, []string{"peer", "kind"}),
 	}
-	m.registry.MustRegister(m.pushLatency, m.pushFailures, m.pullsServed, m.pullsMade, m.inbound, m.tooLarge, m.delivered, m.authFailures, m.continuity,
+	m.registry.MustRegister(m.pushLatency, m.pushFailures, m.pushBusy, m.pullsServed, m.pullsMade, m.inbound, m.tooLarge, m.delivered, m.authFailures, m.continuity,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -191,8 +195,15 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // PushAttempted counts one push attempt, which delivered events events
-// when it succeeded.
+// when it succeeded. A busy answer is counted apart from failures: a peer
+// shedding load is working as meant, and an alert on failures should not
+// fire for it.
 func (m *Counters) PushAttempted(peer domain.ServerID, took time.Duration, events int, err error) {
+	if _, busy := domain.PeerBusy(err); busy {
+		m.pushLatency.WithLabelValues("busy").Observe(took.Seconds())
+		m.pushBusy.WithLabelValues(m.peer(peer)).Inc()
+		return
+	}
 	if err != nil {
 		m.pushLatency.WithLabelValues("failure").Observe(took.Seconds())
 		m.pushFailures.WithLabelValues(m.peer(peer)).Inc()

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http/httptest"
 	"strings"
@@ -48,6 +49,8 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 	m.PushAttempted(domain.MustParseServerID("old-b.example:2289"), 3*time.Millisecond, 1, nil)
 	m.PushAttempted(b, 3*time.Millisecond, 3, nil)
 	m.PushAttempted(b, time.Second, 0, errors.New("refused"))
+	m.PushAttempted(b, time.Millisecond, 0, fmt.Errorf("push: %w", &domain.RemoteError{Busy: true, RetryAfter: time.Second}))
+	m.PushAttempted(b, time.Millisecond, 0, fmt.Errorf("push: %w", &domain.RemoteError{Busy: true}))
 	m.PullServed(b, 5)
 	m.PullMade(b, nil)
 	m.Received(b, "pull", 7)
@@ -66,6 +69,9 @@ func TestMetricsShowWhatHappened(t *testing.T) {
 		`postbox_peer_outbox_retained{peer="pc"} 3`,
 		`postbox_peers_in_queue_mode 1`,
 		`postbox_push_failures_total{peer="pb"} 1`,
+		`postbox_push_busy_total{peer="pb"} 2`,
+		`postbox_push_duration_seconds_count{outcome="busy"} 2`,
+		`postbox_push_duration_seconds_count{outcome="failure"} 1`,
 		`postbox_push_duration_seconds_count{outcome="success"} 2`,
 		`postbox_delivered_events_total{peer="pb",via="pull"} 5`,
 		`postbox_delivered_events_total{peer="pb",via="push"} 4`,
