@@ -1,6 +1,7 @@
 package httpserver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -42,8 +43,8 @@ func DefaultInflightBytes(maxRequest int64) int64 {
 // seconds (800 bytes/s) while it is read. A 4 MiB push needs about 90
 // minutes at that rate, so slow links pass; a 1 byte/s body is cut after 10 s.
 const (
-	defaultMinBodyBytes = 8 << 10
-	defaultBodyWindow   = 10 * time.Second
+	DefaultMinBodyBytes = 8 << 10
+	DefaultBodyWindow   = 10 * time.Second
 )
 
 // keyBodyBytes bounds the body of a call that needs no token
@@ -65,6 +66,23 @@ func ValidateInflight(inflight, maxRequest int64) error {
 	return nil
 }
 
+// ValidatePeerInflight checks one peer's budget against the request size
+// limit and the budget of all callers (inflight, 0 for its default): a
+// peer's budget below the limit could never admit its largest request,
+// and one above the whole budget would be the whole budget.
+func ValidatePeerInflight(peer, inflight, maxRequest int64) error {
+	if peer == 0 {
+		return nil
+	}
+	if peer < maxRequest {
+		return fmt.Errorf("--max-peer-inflight-bytes %d is below --max-request-bytes %d: the largest request could never be admitted", peer, maxRequest)
+	}
+	if all := cmp.Or(inflight, DefaultInflightBytes(maxRequest)); peer > all {
+		return fmt.Errorf("--max-peer-inflight-bytes %d is above --max-inflight-bytes %d, the budget of all callers together", peer, all)
+	}
+	return nil
+}
+
 func (a Admission) withDefaults(maxRequest int64) Admission {
 	if a.InflightBytes <= 0 {
 		a.InflightBytes = DefaultInflightBytes(maxRequest)
@@ -75,7 +93,7 @@ func (a Admission) withDefaults(maxRequest int64) Admission {
 	}
 	a.PeerBytes = min(max(a.PeerBytes, maxRequest+framingBytes), a.InflightBytes)
 	if a.MinBodyBytes <= 0 || a.BodyWindow <= 0 {
-		a.MinBodyBytes, a.BodyWindow = defaultMinBodyBytes, defaultBodyWindow
+		a.MinBodyBytes, a.BodyWindow = DefaultMinBodyBytes, DefaultBodyWindow
 	}
 	if a.RetryAfter <= 0 {
 		a.RetryAfter = time.Second

@@ -47,6 +47,12 @@ type Config struct {
 	PeerProtocol  peerclient.Protocol
 	MaxRequest    httpserver.MaxRequestBytes
 	MaxInflight   int64 // bytes of request bodies in flight; 0: the default
+	// MaxPeerInflight bounds one authenticated peer's bodies in flight; 0:
+	// a quarter of MaxInflight.
+	MaxPeerInflight int64
+	// MinBodyBytes must arrive in every BodyWindow while a body is read.
+	MinBodyBytes int64
+	BodyWindow   time.Duration
 	// ConsumerIdleAfter is when a durable consumer that acknowledged
 	// nothing is reported idle.
 	ConsumerIdleAfter time.Duration
@@ -99,6 +105,9 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 	protocol := fs.String("peer-protocol", "hrpc", "protocol for calls to peers: hrpc, connect or grpc")
 	maxRequest := fs.Int64("max-request-bytes", 4<<20, "largest federation request body accepted")
 	maxInflight := fs.Int64("max-inflight-bytes", 0, "bytes of federation request bodies held at once, all callers together; at least --max-request-bytes (default: 16 times it, at least 64 MiB)")
+	maxPeerInflight := fs.Int64("max-peer-inflight-bytes", 0, "bytes of request bodies one authenticated peer holds at once; at least --max-request-bytes, at most --max-inflight-bytes (default: a quarter of --max-inflight-bytes)")
+	minBodyBytes := fs.Int64("min-body-bytes", httpserver.DefaultMinBodyBytes, "bytes a request body must bring in every --body-window while it is read, or the call is cut")
+	bodyWindow := fs.Duration("body-window", httpserver.DefaultBodyWindow, "the window of --min-body-bytes")
 	dc := delivery.DefaultConfig()
 	fs.IntVar(&dc.PushRetries, "push-retries", dc.PushRetries, "retries after a failed push before the peer's events go to its queue")
 	fs.BoolVar(&dc.ResumeProbe, "resume-probe", dc.ResumeProbe, "while a peer in queue mode does not pull, push its oldest queued event now and then; false follows the spec strictly")
@@ -131,6 +140,9 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 		AdminToken:        admin.Token(*adminToken),
 		MaxRequest:        httpserver.MaxRequestBytes(*maxRequest),
 		MaxInflight:       *maxInflight,
+		MaxPeerInflight:   *maxPeerInflight,
+		MinBodyBytes:      *minBodyBytes,
+		BodyWindow:        *bodyWindow,
 		ConsumerIdleAfter: *consumerIdle,
 		RetainReceived:    *retainReceived,
 		Delivery:          dc,
@@ -192,6 +204,10 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 		return Config{}, flagError("probe-interval", dc.ProbeBackoff.First, "must be positive", def("probe-interval"))
 	case cfg.MaxRequest <= 0:
 		return Config{}, flagError("max-request-bytes", int64(cfg.MaxRequest), "must be positive", def("max-request-bytes"))
+	case cfg.MinBodyBytes <= 0:
+		return Config{}, flagError("min-body-bytes", cfg.MinBodyBytes, "must be positive", def("min-body-bytes"))
+	case cfg.BodyWindow <= 0:
+		return Config{}, flagError("body-window", cfg.BodyWindow, "must be positive", def("body-window"))
 	}
 	// An event must fit one push to a receiver of our own kind, with room
 	// for the request around it, and one Pull reply. A smaller request
@@ -206,6 +222,9 @@ func parseServeConfig(args []string, help io.Writer, getenv func(string) string)
 			room, dc.PullReplyMaxBytes), strconv.FormatInt(min(room, int64(dc.PullReplyMaxBytes)), 10))
 	}
 	if err := httpserver.ValidateInflight(cfg.MaxInflight, int64(cfg.MaxRequest)); err != nil {
+		return Config{}, exitError{code: 2, err: err}
+	}
+	if err := httpserver.ValidatePeerInflight(cfg.MaxPeerInflight, cfg.MaxInflight, int64(cfg.MaxRequest)); err != nil {
 		return Config{}, exitError{code: 2, err: err}
 	}
 	return cfg, nil

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/harmony-postbox/postbox/adapters/httpserver"
 	"github.com/harmony-postbox/postbox/adapters/peerclient"
 	"github.com/harmony-postbox/postbox/domain"
 )
@@ -43,6 +44,37 @@ func TestParseServeConfigDefaults(t *testing.T) {
 	}
 	if cfg.InsecurePeers || cfg.RequireExt || cfg.AuthWindow != 60*time.Second || cfg.PeerProtocol != peerclient.HRPC || cfg.MaxRequest != 4<<20 {
 		t.Errorf("defaults = %+v", cfg)
+	}
+}
+
+func TestParseServeConfigAdmission(t *testing.T) {
+	t.Parallel()
+	// Given no admission flags, the server gets the defaults: all callers'
+	// budget and a peer's share derived from the request limit, 8 KiB a 10 s.
+	cfg, err := parseServeConfig(nil, io.Discard, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := httpserver.Admission{MinBodyBytes: 8 << 10, BodyWindow: 10 * time.Second}
+	if got := provideAdmission(cfg); got != want {
+		t.Errorf("default admission = %+v, want %+v", got, want)
+	}
+	// When each is given, by flag or variable, the server gets it.
+	cfg, err = parseServeConfig([]string{"--max-inflight-bytes", "67108864", "--max-peer-inflight-bytes", "8388608", "--min-body-bytes", "1024"}, io.Discard,
+		envOf(map[string]string{"POSTBOX_BODY_WINDOW": "5s"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = httpserver.Admission{InflightBytes: 64 << 20, PeerBytes: 8 << 20, MinBodyBytes: 1024, BodyWindow: 5 * time.Second}
+	if got := provideAdmission(cfg); got != want {
+		t.Errorf("admission = %+v, want %+v", got, want)
+	}
+	// A peer's budget may be as small as the request limit or as large as
+	// all callers' budget.
+	for _, peer := range []string{"2048", "8192"} {
+		if _, err := parseServeConfig([]string{"--max-request-bytes", "2048", "--max-inflight-bytes", "8192", "--max-peer-inflight-bytes", peer}, io.Discard, envOf(nil)); err != nil {
+			t.Errorf("--max-peer-inflight-bytes %s: %v", peer, err)
+		}
 	}
 }
 
@@ -198,6 +230,11 @@ func TestParseServeConfigRefuses(t *testing.T) {
 		{"event limit over a Pull reply", []string{"--max-request-bytes", "16777216", "--max-event-bytes", "4194304"}, nil, "a Pull reply"},
 		{"zero event limit", []string{"--max-event-bytes", "0"}, nil, "--max-event-bytes 0"},
 		{"bodies in flight below the request limit", []string{"--max-request-bytes", "2048", "--max-inflight-bytes", "2047"}, nil, "--max-inflight-bytes 2047 is below --max-request-bytes 2048"},
+		{"a peer's bodies in flight below the request limit", []string{"--max-request-bytes", "2048", "--max-peer-inflight-bytes", "2047"}, nil, "--max-peer-inflight-bytes 2047 is below --max-request-bytes 2048"},
+		{"a peer's bodies in flight above all callers'", []string{"--max-inflight-bytes", "8192", "--max-request-bytes", "2048", "--max-peer-inflight-bytes", "8193"}, nil, "--max-peer-inflight-bytes 8193 is above --max-inflight-bytes 8192"},
+		{"a peer's bodies in flight above the default for all callers", []string{"--max-peer-inflight-bytes", "67108865"}, nil, "--max-peer-inflight-bytes 67108865 is above --max-inflight-bytes 67108864"},
+		{"zero body bytes", []string{"--min-body-bytes", "0"}, nil, "--min-body-bytes 0: must be positive; e.g. --min-body-bytes 8192"},
+		{"zero body window", []string{"--body-window", "0s"}, nil, "--body-window 0s: must be positive; e.g. --body-window 10s"},
 		{"negative push retries", []string{"--push-retries", "-1"}, nil, "--push-retries"},
 		{"negative retention", []string{"--retain-delivered", "-1s"}, nil, "--retain-delivered -1s: must be 0 (keep everything) or positive; e.g. --retain-delivered 720h"},
 		{"negative received retention", []string{"--retain-received", "-1s"}, nil, "--retain-received -1s: must be 0 (keep everything) or positive; e.g. --retain-received 720h"},

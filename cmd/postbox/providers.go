@@ -309,9 +309,15 @@ func provideAdminToken(cfg Config) admin.Token { return cfg.AdminToken }
 func provideDeliveryConfig(cfg Config) delivery.Config { return cfg.Delivery }
 
 // provideAdmission bounds the federation request bodies held at once
-// (--max-inflight-bytes).
+// (--max-inflight-bytes, --max-peer-inflight-bytes) and how slowly one may
+// arrive (--min-body-bytes per --body-window).
 func provideAdmission(cfg Config) httpserver.Admission {
-	return httpserver.Admission{InflightBytes: cfg.MaxInflight}
+	return httpserver.Admission{
+		InflightBytes: cfg.MaxInflight,
+		PeerBytes:     cfg.MaxPeerInflight,
+		MinBodyBytes:  cfg.MinBodyBytes,
+		BodyWindow:    cfg.BodyWindow,
+	}
 }
 
 // peerIDs labels metrics with the stable peer ID, which a rename keeps.
