@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -53,17 +54,17 @@ type Renames struct {
 	strangerAsked map[streams.PeerID]keyAsk
 	// strangers: when each server held off by holdStranger first called.
 	strangers map[domain.ServerID]time.Time
-	// steppedBack is where in this server's IDs (OwnIDs) the former ID
-	// last signed with toward a peer that lost our rename (forgotten)
-	// is, until it accepts the current one.
-	steppedBack map[streams.PeerID]int
+	// signedAt is where in this server's IDs (OwnIDs) the ID last signed
+	// with toward a peer is, once that was corrected (registry.SignAs),
+	// until the peer accepts the current ID.
+	signedAt map[streams.PeerID]signedID
 }
 
 // NewRenames returns the rename handling and attaches it to engine.
 func NewRenames(engine *Engine, registry *registry.Registry, keys RenameKeys, notifier Notifier, identity *domain.Identity, clock domain.Clock, logger *slog.Logger) *Renames {
 	r := &Renames{engine: engine, registry: registry, keys: keys, notifier: notifier, identity: identity,
 		clock: clock, logger: logger, backoff: domain.Backoff{First: time.Second, Max: 5 * time.Minute}, notifying: map[streams.PeerID]chan struct{}{},
-		steppedBack: map[streams.PeerID]int{}, keyAsked: map[streams.PeerID]time.Time{}, strangerAsked: map[streams.PeerID]keyAsk{},
+		signedAt: map[streams.PeerID]signedID{}, keyAsked: map[streams.PeerID]time.Time{}, strangerAsked: map[streams.PeerID]keyAsk{},
 		strangers: map[domain.ServerID]time.Time{}}
 	engine.mu.Lock()
 	engine.renames = r
@@ -193,16 +194,29 @@ func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID, 
 			} else {
 				r.logger.Info("peer accepted our new ID", "peer", server.String(), "id", own.String())
 				r.mu.Lock()
-				delete(r.steppedBack, peer)
+				delete(r.signedAt, peer)
 				r.mu.Unlock()
 				return
 			}
+		case unknownToPeer(err) && r.steppingForward(peer) && r.signLater(peer, server):
+			// An ID of ours between the one the peer said was renamed
+			// and the one it knows: our notice skipped it (it was
+			// renamed again before the peer was told).
+			continue
 		case unknownToPeer(err):
 			switched, err := r.useNewIDWhenQuiet(ctx, peer, server, own, hold)
 			if switched || err != nil {
 				return
 			}
 			continue // told again at once: the wait was the backoff
+		case domain.PeerSaid(err, domain.ErrPeerRenamed):
+			// The peer knows a later ID of ours than the one signed with:
+			// it took a notice whose answer was lost (or not recorded
+			// before a crash), and this server was renamed again since.
+			if r.signLater(peer, server) {
+				continue // told again at once, under the next ID
+			}
+			r.logger.Warn("a peer says the ID we signed with was renamed, and we have no later one but the current; it will be told again", "peer", server.String(), "attempt", attempt, "err", err)
 		case refusedForGood(err):
 			// The peer cannot take the notice (an upstream server), or
 			// knows the old ID and refused the new one: pushes under the
@@ -258,13 +272,14 @@ func (r *Renames) forgotten(peer streams.PeerID) {
 	own, _ := r.registry.OwnID()
 	ids := r.registry.OwnIDs()
 	r.mu.Lock()
-	from, stepped := r.steppedBack[peer]
+	last, stepped := r.signedAt[peer]
+	from := last.at
 	if !stepped {
 		from = len(ids) - 1
 	}
 	former, at := formerBefore(ids, from, own)
 	if !former.IsZero() {
-		r.steppedBack[peer] = at
+		r.signedAt[peer] = signedID{at: at}
 	}
 	r.mu.Unlock()
 	server, _ := r.registry.ServerID(peer)
@@ -277,6 +292,51 @@ func (r *Renames) forgotten(peer streams.PeerID) {
 		"peer", server.String(), "former", former.String(), "id", own.String())
 	r.registry.SignAs(peer, former)
 	r.tell(peer)
+}
+
+// signLater makes this server sign toward peer (at server) with the ID of
+// its own that followed the one it signs with now, and reports whether
+// there was one. Our IDs reach a peer only through our notices, in the
+// order we took them, so a peer that says an ID of ours was renamed knows
+// one that came after it; stepping one at a time finds it, past any ID
+// between that the peer never knew (answered unknown).
+func (r *Renames) signLater(peer streams.PeerID, server domain.ServerID) bool {
+	ids := r.registry.OwnIDs()
+	signed := r.registry.IDFor(server)
+	r.mu.Lock()
+	last, corrected := r.signedAt[peer]
+	at := last.at
+	if !corrected || at >= len(ids) || ids[at].ID != signed {
+		at = slices.IndexFunc(ids, func(o domain.OwnID) bool { return o.ID == signed })
+	}
+	if at < 0 || at+1 >= len(ids) {
+		r.mu.Unlock()
+		return false
+	}
+	r.signedAt[peer] = signedID{at: at + 1, forward: true}
+	r.mu.Unlock()
+	next := ids[at+1].ID
+	r.logger.Warn("a peer knows a later ID of ours than the one we signed with (a notice whose answer was lost): telling it again, signed as the next",
+		"peer", server.String(), "signed", signed.String(), "next", next.String())
+	r.registry.SignAs(peer, next)
+	return true
+}
+
+// signedID is where in this server's IDs the ID signed with toward a peer
+// is, and whether it was reached stepping forward (signLater) rather than
+// back (forgotten).
+type signedID struct {
+	at      int
+	forward bool
+}
+
+// steppingForward reports whether the ID signed with toward peer was
+// reached by signLater: the peer said an earlier one was renamed, so it
+// knows a later one.
+func (r *Renames) steppingForward(peer streams.PeerID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.signedAt[peer].forward
 }
 
 // formerBefore is the latest of this server's IDs (ids, oldest first)

@@ -756,3 +756,169 @@ func TestAStrangerIsHeldOffWhileAKeylessPeersKeyCannotBeFetched(t *testing.T) {
 		t.Fatalf("D's push a minute after its first: %v", err)
 	}
 }
+
+// rememberingPeer is B as it keeps this server's IDs: it takes a notice
+// or a push signed with the ID it knows us by, answers
+// postbox.peer-renamed to one signed with an ID of ours it knew before
+// (but a notice of the rename it took, which it answers OK), and
+// postbox.unknown-peer to any other.
+type rememberingPeer struct {
+	*fakePeers
+	w      *world
+	mu     sync.Mutex
+	knows  domain.ServerID
+	former []domain.ServerID
+	signed []domain.ServerID // the ID each notice was signed with
+	// onNotice, if set, is called at the n-th notice before B reads it:
+	// down, B does not answer; lose, B takes it and the answer is lost.
+	onNotice func(n int) (down, lose bool)
+}
+
+func (p *rememberingPeer) refusal(signed domain.ServerID, procedure string) error {
+	if slices.Contains(p.former, signed) {
+		return fromPeer(&hrpc.RemoteError{Procedure: procedure, HTTPStatus: 400,
+			Identifier: "postbox.peer-renamed", HumanMessage: "server ID was renamed: " + signed.String() + " is now " + p.knows.String()})
+	}
+	return fromPeer(&hrpc.RemoteError{Procedure: procedure, HTTPStatus: 400, Identifier: "postbox.unknown-peer", HumanMessage: "unknown peer: " + signed.String()})
+}
+
+func (p *rememberingPeer) Push(ctx context.Context, peer domain.ServerID, seq uint64, events []*syncv1.Event) (domain.PushResult, error) {
+	signed := p.w.engine.registry.IDFor(peer)
+	p.mu.Lock()
+	var err error
+	if signed != p.knows {
+		err = p.refusal(signed, "/protocol.sync.v1.PostboxService/Push")
+	}
+	p.mu.Unlock()
+	if err != nil {
+		return domain.PushResult{}, err
+	}
+	return p.fakePeers.Push(ctx, peer, seq, events)
+}
+
+func (p *rememberingPeer) NotifyNewID(_ context.Context, peer, newID domain.ServerID) error {
+	signed := p.w.engine.registry.IDFor(peer)
+	p.mu.Lock()
+	p.signed = append(p.signed, signed)
+	n, hook := len(p.signed), p.onNotice
+	p.mu.Unlock()
+	var down, lose bool
+	if hook != nil {
+		down, lose = hook(n)
+	}
+	if down {
+		return errors.New("connection refused")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case signed != p.knows && newID == p.knows && slices.Contains(p.former, signed):
+		return nil // the same rename announced again
+	case signed != p.knows:
+		return p.refusal(signed, "/protocol.sync.v1.PostboxService/NotifyNewId")
+	case newID != p.knows:
+		p.former = append(p.former, p.knows)
+		p.knows = newID
+	}
+	if lose {
+		return errors.New("connection reset by peer")
+	}
+	return nil
+}
+
+func (p *rememberingPeer) state() (knows domain.ServerID, signed []domain.ServerID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.knows, slices.Clone(p.signed)
+}
+
+// renameRemembered runs this server, a.example:2289, which delivered one
+// event to B (a rememberingPeer) and is renamed to ids[0] (the others
+// follow at B's notices as onNotice has them, given renames); then a
+// second event is sent. It returns once B has it, and what B knows us as
+// and the IDs its notices were signed with.
+func renameRemembered(t *testing.T, ids []domain.ServerID, onNotice func(n int, renames *Renames) (down, lose bool)) (domain.ServerID, []domain.ServerID) {
+	t.Helper()
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: testConfig()}
+	a := domain.MustParseServerID("a.example:2289")
+	b := &rememberingPeer{fakePeers: w.peers, w: w, knows: a}
+	w.client = b
+	w.open()
+	ctx := context.Background()
+	if err := w.engine.registry.RecordOwnID(ctx, a, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	w.send(1)
+	w.pushedInOrder(1)
+	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, b, domain.NewIdentity(a, domain.DefaultAudienceGrace),
+		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	renames.backoff = domain.Backoff{First: 50 * time.Millisecond, Max: 50 * time.Millisecond}
+	b.onNotice = func(n int) (bool, bool) { return onNotice(n, renames) }
+	if err := renames.Rename(ctx, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	w.send(1)
+	w.pushedInOrder(2)
+	knows, signed := b.state()
+	if current := ids[len(ids)-1]; !w.engine.registry.KnowsOurID(mustLookup(t, w, peerB)) || w.engine.registry.IDFor(peerB) != current {
+		t.Fatalf("toward B we sign as %s, want %s", w.engine.registry.IDFor(peerB), current)
+	}
+	return knows, signed
+}
+
+// renameTo renames this server from a notice's hook.
+func renameTo(t *testing.T, renames *Renames, id domain.ServerID) {
+	if err := renames.Rename(context.Background(), id); err != nil {
+		t.Error(err)
+	}
+}
+
+// Given B, which accepted this server's rename from a to a2 but whose
+// answer was lost, when this server is renamed again to a3 before B is
+// told again, then B, asked under a, says a was renamed; it is told again
+// signed as a2, the ID it knows, accepts a3, and pushes go on under a3:
+// the notice does not retry under a for ever, holding B's pushes.
+func TestAPeerWhoseAcceptanceWasLostIsToldTheNextRenameUnderTheIDItKnows(t *testing.T) {
+	t.Parallel()
+	a, a2, a3 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289"), domain.MustParseServerID("a3.example:2289")
+	knows, signed := renameRemembered(t, []domain.ServerID{a2, a3}, func(n int, renames *Renames) (down, lose bool) {
+		if n == 1 {
+			renameTo(t, renames, a3)
+			return false, true
+		}
+		return false, false
+	})
+	if knows != a3 {
+		t.Fatalf("B knows us as %s, want %s", knows, a3)
+	}
+	if want := []domain.ServerID{a, a, a2}; !slices.Equal(signed, want) {
+		t.Fatalf("notices signed as %v, want %v (the lost answer, the refusal under a, then a2)", signed, want)
+	}
+}
+
+// Given B, told nothing while this server went from a to a2 to a3 (down),
+// which then accepted a3 but whose answer was lost, when this server is
+// renamed to a4, then B is told a4 signed as a (renamed), a2 (unknown to
+// it: the notice skipped it) and a3, which it knows, and accepts.
+func TestAPeerWhoseAcceptanceWasLostIsFoundPastAnIDItNeverKnew(t *testing.T) {
+	t.Parallel()
+	a, a2 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	a3, a4 := domain.MustParseServerID("a3.example:2289"), domain.MustParseServerID("a4.example:2289")
+	knows, signed := renameRemembered(t, []domain.ServerID{a2, a3, a4}, func(n int, renames *Renames) (down, lose bool) {
+		switch n {
+		case 1:
+			renameTo(t, renames, a3)
+			return true, false
+		case 2:
+			renameTo(t, renames, a4)
+			return false, true
+		}
+		return false, false
+	})
+	if knows != a4 {
+		t.Fatalf("B knows us as %s, want %s", knows, a4)
+	}
+	if want := []domain.ServerID{a, a, a, a2, a3}; !slices.Equal(signed, want) {
+		t.Fatalf("notices signed as %v, want %v", signed, want)
+	}
+}
