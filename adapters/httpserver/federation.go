@@ -106,9 +106,15 @@ func (f *FederationHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (f *FederationHandler) refuse(w http.ResponseWriter, r *http.Request, isHRPC bool, err error) {
 	c := rpcerrors.Classify(err)
 	f.logger.Log(r.Context(), c.Level, "federation request refused before its body", "procedure", r.URL.Path, "identifier", c.Identifier, "err", err)
-	// The body is left unread: net/http closes an HTTP/1 connection
-	// rather than drain more than a little of it, and resets an HTTP/2
-	// stream, leaving the connection to the caller's other calls.
+	// The body is left unread. On HTTP/1, net/http would first drain up
+	// to 256 KiB of it, so a caller still sending (or holding back) its
+	// body would not see the answer until then; closing the connection
+	// after the answer sends it at once. On HTTP/2 the stream is reset,
+	// leaving the connection to the caller's other calls (there a
+	// Connection header would end them all).
+	if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		w.Header().Set("Connection", "close")
+	}
 	if isHRPC {
 		hrpc.WriteError(w, err)
 		return
