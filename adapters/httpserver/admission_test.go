@@ -91,13 +91,19 @@ func TestUnauthenticatedBodiesAreRefusedWithoutBeingRead(t *testing.T) {
 	}
 	const size = 4 << 20
 
-	for _, tc := range []struct{ name, auth, identifier string }{
-		{"no token", "", "h.bad-auth"},
-		{"forged token", forgedAuth, "h.token-verify-failure"},
+	for _, tc := range []struct {
+		name, auth, identifier string
+		size                   int
+	}{
+		{"no token", "", "h.bad-auth", size},
+		{"forged token", forgedAuth, "h.token-verify-failure", size},
+		// Under 256 KiB, net/http would wait to drain it unless told to
+		// close the connection instead.
+		{"forged token, small body", forgedAuth, "h.token-verify-failure", 2048},
 	} {
 		t.Run("hrpc "+tc.name, func(t *testing.T) {
 			// Headers only: the body never comes.
-			resp, body, took := rawResponse(t, addr, hrpcHead(pathPush, tc.auth, size), nil, 5*time.Second)
+			resp, body, took := rawResponse(t, addr, hrpcHead(pathPush, tc.auth, tc.size), nil, 5*time.Second)
 			if resp.StatusCode != http.StatusBadRequest || hrpcIdentifier(t, body) != tc.identifier {
 				t.Errorf("reply %d %q, want 400 %s", resp.StatusCode, hrpcIdentifier(t, body), tc.identifier)
 			}
@@ -179,45 +185,79 @@ func grpcNeverEndingBody(ctx context.Context, client *http.Client, url, auth str
 	return resp.Trailer.Get("Grpc-Status"), nil
 }
 
-// holdBody starts a push from auth whose body (of unknown length, so it
-// counts as the largest) is held open until the returned release is called.
+// holdBody starts a push with a token from auth whose body (of unknown
+// length, so it counts as the largest) is held open until the returned
+// release is called. A hold answered busy (the test's other calls held the
+// budget when it came) is made again, with a new token, so the test's
+// polling finds it held soon after.
 //
 // It sends no byte: the server's body rate rule cuts it after a
 // BodyWindow, so tests holding one set heldBodyWindow.
-func holdBody(t *testing.T, url, auth string) (release func()) {
+func holdBody(t *testing.T, url string, auth func() (string, error)) (release func()) {
 	t.Helper()
-	pr, pw := io.Pipe()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+pathPush, pr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/hrpc")
-	req.Header.Set("Authorization", auth)
+	var (
+		mu       sync.Mutex
+		released bool
+		body     *io.PipeWriter
+	)
 	client := http1Client()
 	client.Timeout = 0 // held until released, however slow the machine
 	done := make(chan struct{})
-	var released atomic.Bool
 	go func() {
 		defer close(done)
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-		}
-		// Some holds are meant to be refused at once (a forged token);
-		// for the others, this names why a budget was not held.
-		switch {
-		case released.Load():
-		case err != nil:
-			t.Logf("a held body's call failed before its release: %v", err)
-		default:
-			t.Logf("a held body was answered %d before its release", resp.StatusCode)
+		for {
+			pr, pw := io.Pipe()
+			mu.Lock()
+			if released {
+				mu.Unlock()
+				return
+			}
+			body = pw
+			mu.Unlock()
+			token, err := auth()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+pathPush, pr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			req.Header.Set("Content-Type", "application/hrpc")
+			req.Header.Set("Authorization", token)
+			resp, err := client.Do(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			mu.Lock()
+			wasReleased := released
+			mu.Unlock()
+			// Some holds are meant to be refused at once (a forged token);
+			// for the others, this names why a budget was not held.
+			switch {
+			case wasReleased:
+				return
+			case err != nil:
+				t.Logf("a held body's call failed before its release: %v", err)
+				return
+			case resp.StatusCode == http.StatusTooManyRequests:
+				time.Sleep(10 * time.Millisecond)
+			default:
+				t.Logf("a held body was answered %d before its release", resp.StatusCode)
+				return
+			}
 		}
 	}()
 	var once sync.Once
 	release = func() {
 		once.Do(func() {
-			released.Store(true)
-			pw.CloseWithError(errors.New("released"))
+			mu.Lock()
+			released = true
+			if body != nil {
+				body.CloseWithError(errors.New("released"))
+			}
+			mu.Unlock()
 			<-done
 			client.CloseIdleConnections()
 		})
@@ -259,7 +299,7 @@ func TestCallsOverTheBudgetAreAskedToRetry(t *testing.T) {
 		return rawHRPC(t, http.MethodPost, f.url+pathPush, "application/hrpc", b.extended(t, f.clock, f.id), unhex(t, fixturePushSeqHex))
 	}
 	checkOK(t, push())
-	release := holdBody(t, f.url, a.extended(t, f.clock, f.id))
+	release := holdBody(t, f.url, a.tokens(f.clock, f.id))
 
 	r := untilStatus(t, http.StatusTooManyRequests, push)
 	e := checkHRPCError(t, r, http.StatusTooManyRequests, "hrpc.resource-exhausted")
@@ -322,12 +362,12 @@ func TestAPeersBudgetIsSpentOnlyByThatPeerAuthenticated(t *testing.T) {
 	}
 	// Forged tokens naming a, holding bodies open, spend nothing of a's.
 	for range 4 {
-		holdBody(t, f.url, forgedA())
+		holdBody(t, f.url, func() (string, error) { return forger.signer(f.clock).Extended(a.id, f.id, "") })
 	}
 	checkOK(t, pushAs(a.extended(t, f.clock, f.id)))
 
 	// a itself fills its share: its next push waits, b's does not.
-	release := holdBody(t, f.url, a.extended(t, f.clock, f.id))
+	release := holdBody(t, f.url, a.tokens(f.clock, f.id))
 	untilStatus(t, http.StatusTooManyRequests, func() hrpcReply { return pushAs(a.extended(t, f.clock, f.id)) })
 	checkOK(t, pushAs(b.extended(t, f.clock, f.id)))
 	// A forged token naming a is refused for what it is, not as busy.

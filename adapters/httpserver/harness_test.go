@@ -207,6 +207,12 @@ func (p *peer) extended(t testing.TB, clock domain.Clock, audience domain.Server
 	return h
 }
 
+// tokens returns a source of extended tokens from p for audience, each
+// with its own nonce, for use where t.Fatal cannot be called.
+func (p *peer) tokens(clock domain.Clock, audience domain.ServerID) func() (string, error) {
+	return func() (string, error) { return p.signer(clock).Extended(p.id, audience, "") }
+}
+
 // plain signs an upstream token (server ID and time only) from p.
 func (p *peer) plain(t testing.TB, clock domain.Clock) string {
 	t.Helper()
