@@ -23,10 +23,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -61,6 +63,7 @@ type options struct {
 	onlyKeys    map[string]bool
 	skip        string
 	skipKeys    map[string]bool
+	files       map[string]bool // base names; nil: every file
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -75,6 +78,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.BoolVar(&o.schemata, "schemata", true, "build one test binary holding every mutant behind a switch, instead of compiling each mutant")
 	fs.StringVar(&o.skip, "skip", "", "do not run the mutants whose keys this file lists (a stopped run's report: to go on where it stopped)")
 	fs.StringVar(&o.only, "only", "", "run only the mutants whose keys this file lists, one per line as the report prints them (to check survivors again after new tests)")
+	files := fs.String("files", "", "run only the mutants of these source files, comma-separated base names (rename.go,sender.go): a change's own code")
 	fs.BoolVar(&o.coverage, "coverage", true, "run each mutant against only the tests that reach its line (measured once per package); a mutant no test reaches survives untested")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -94,6 +98,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if o.skip != "" {
 		if o.skipKeys, err = readKeys(o.skip); err != nil {
 			return err
+		}
+	}
+	if *files != "" {
+		o.files = map[string]bool{}
+		for _, f := range strings.Split(*files, ",") {
+			o.files[strings.TrimSpace(f)] = true
 		}
 	}
 	var below []string
@@ -191,15 +201,15 @@ func mutatePackage(ctx context.Context, dir string, o options, eq map[string]boo
 		}
 	}
 	sort.Strings(stale)
-	if o.onlyKeys != nil || o.skipKeys != nil {
+	if o.onlyKeys != nil || o.skipKeys != nil || o.files != nil {
 		var keep []int
 		for i := range all {
 			k := all[i].key(dir)
-			if (o.onlyKeys == nil || o.onlyKeys[k]) && !o.skipKeys[k] {
+			if (o.onlyKeys == nil || o.onlyKeys[k]) && !o.skipKeys[k] && (o.files == nil || o.files[filepath.Base(all[i].File)]) {
 				keep = append(keep, i)
 			}
 		}
-		fmt.Fprintf(out, "%s: %d of its %d mutants (-only %q, -skip %q)\n", pkg, len(keep), len(all), o.only, o.skip)
+		fmt.Fprintf(out, "%s: %d of its %d mutants (-only %q, -skip %q, -files %q)\n", pkg, len(keep), len(all), o.only, o.skip, strings.Join(slices.Sorted(maps.Keys(o.files)), ","))
 		for n, i := range keep {
 			all[n], code[n], codeErr[n] = all[i], code[i], codeErr[i]
 		}

@@ -209,3 +209,20 @@ func TestSkippedMutantsDoNotRun(t *testing.T) {
 		t.Errorf("report:\n%s", got)
 	}
 }
+
+// -files runs only the mutants of the files named, whatever the package's
+// other files hold.
+func TestOnlyTheNamedFilesAreMutated(t *testing.T) {
+	t.Chdir("testdata/example")
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"-jobs", "1", "-v", "-files", "high.go", "-equivalents", "equivalent.txt", "./twofiles"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	if !strings.Contains(got, `-files "high.go"`) || strings.Contains(got, "low.go:") || !strings.Contains(got, "high.go:") {
+		t.Errorf("report:\n%s", got)
+	}
+	if m := regexp.MustCompile(`(\d+) of its (\d+) mutants`).FindStringSubmatch(got); m == nil || m[1] == m[2] || m[1] == "0" {
+		t.Errorf("report:\n%s\nwant some of the package's mutants, not all", got)
+	}
+}
