@@ -196,7 +196,10 @@ func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID, 
 				r.mu.Lock()
 				delete(r.signedAt, peer)
 				r.mu.Unlock()
-				return
+				// Done, unless this server was renamed again while the
+				// notice was under way (its own telling found this one
+				// busy): then the peer is told that at once.
+				continue
 			}
 		case unknownToPeer(err) && r.steppingForward(peer) && r.signLater(peer, server):
 			// An ID of ours between the one the peer said was renamed

@@ -922,3 +922,56 @@ func TestAPeerWhoseAcceptanceWasLostIsFoundPastAnIDItNeverKnew(t *testing.T) {
 		t.Fatalf("notices signed as %v, want %v", signed, want)
 	}
 }
+
+// Given B, told this server's rename from a to a2, when this server is
+// renamed again to a3 while that notice is under way and B accepts a2,
+// then B is told a3 next, signed as a2: the rename made meanwhile is not
+// lost because a notice was already under way (which made the new one's
+// telling a no-op).
+func TestARenameWhileANoticeIsUnderWayIsToldNext(t *testing.T) {
+	t.Parallel()
+	a, a2, a3 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289"), domain.MustParseServerID("a3.example:2289")
+	knows, signed := renameRemembered(t, []domain.ServerID{a2, a3}, func(n int, renames *Renames) (down, lose bool) {
+		if n == 1 {
+			renameTo(t, renames, a3)
+		}
+		return false, false
+	})
+	if knows != a3 {
+		t.Fatalf("B knows us as %s, want %s", knows, a3)
+	}
+	if want := []domain.ServerID{a, a2}; !slices.Equal(signed, want) {
+		t.Fatalf("notices signed as %v, want %v", signed, want)
+	}
+}
+
+// Given this server renamed from a to a2 and back to a (B accepted both,
+// the second answer lost), then to a3 (B accepted, the answer lost again),
+// when it is renamed to a4, then B is told a4 signed as a2, a (the second
+// time we had it), then a3, which it knows: stepping forward goes on from
+// where it stands in our IDs, not from the first time an ID was ours,
+// which would step between a2 and a for ever.
+func TestSteppingForwardThroughAnIDWeHadTwiceGoesOnFromTheLaterTime(t *testing.T) {
+	t.Parallel()
+	a, a2 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	a3, a4 := domain.MustParseServerID("a3.example:2289"), domain.MustParseServerID("a4.example:2289")
+	knows, signed := renameRemembered(t, []domain.ServerID{a2, a, a3, a4}, func(n int, renames *Renames) (down, lose bool) {
+		switch n {
+		case 1:
+			renameTo(t, renames, a)
+		case 2:
+			renameTo(t, renames, a3)
+			return false, true
+		case 4:
+			renameTo(t, renames, a4)
+			return false, true
+		}
+		return false, false
+	})
+	if knows != a4 {
+		t.Fatalf("B knows us as %s, want %s", knows, a4)
+	}
+	if want := []domain.ServerID{a, a2, a2, a, a, a3}; !slices.Equal(signed, want) {
+		t.Fatalf("notices signed as %v, want %v", signed, want)
+	}
+}
