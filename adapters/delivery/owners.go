@@ -656,8 +656,15 @@ func (r *Renames) recordNotified(ctx context.Context, peer streams.PeerID, id do
 	var err error
 	for range 3 {
 		if err = r.registry.RecordNotified(ctx, peer, id); !errors.Is(err, eventstore.ErrWrongExpectedRevision) {
-			return err
+			break
 		}
+	}
+	if err == nil {
+		// The registry no longer signs as a corrected ID toward peer
+		// (RecordNotified drops it), so where that one was goes too.
+		r.mu.Lock()
+		delete(r.signedAt, peer)
+		r.mu.Unlock()
 	}
 	return err
 }

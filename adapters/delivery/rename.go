@@ -193,9 +193,6 @@ func (r *Renames) notifyUntilAccepted(ctx context.Context, peer streams.PeerID, 
 				r.logger.Error("recording a peer's acceptance of our new ID failed", "peer", server.String(), "err", err)
 			} else {
 				r.logger.Info("peer accepted our new ID", "peer", server.String(), "id", own.String())
-				r.mu.Lock()
-				delete(r.signedAt, peer)
-				r.mu.Unlock()
 				// Done, unless this server was renamed again while the
 				// notice was under way (its own telling found this one
 				// busy): then the peer is told that at once.
@@ -307,9 +304,11 @@ func (r *Renames) signLater(peer streams.PeerID, server domain.ServerID) bool {
 	ids := r.registry.OwnIDs()
 	signed := r.registry.IDFor(server)
 	r.mu.Lock()
+	// Where a correction left us, else the first time the ID was ours
+	// (the one the registry records is where no correction was made).
 	last, corrected := r.signedAt[peer]
 	at := last.at
-	if !corrected || at >= len(ids) || ids[at].ID != signed {
+	if !corrected {
 		at = slices.IndexFunc(ids, func(o domain.OwnID) bool { return o.ID == signed })
 	}
 	if at < 0 || at+1 >= len(ids) {

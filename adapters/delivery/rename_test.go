@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -973,5 +974,49 @@ func TestSteppingForwardThroughAnIDWeHadTwiceGoesOnFromTheLaterTime(t *testing.T
 	}
 	if want := []domain.ServerID{a, a2, a2, a, a, a3}; !slices.Equal(signed, want) {
 		t.Fatalf("notices signed as %v, want %v", signed, want)
+	}
+}
+
+// Given B, which says every ID of ours was renamed (its record of us was
+// renamed by another server holding our key), when this server renames
+// from a to a2, then B is told under a, then under a2, and again under a2
+// after each backoff, never past our last ID; pushes to it stay held.
+func TestAPeerSayingEveryIDOfOursWasRenamedIsNotSteppedPastOurLast(t *testing.T) {
+	t.Parallel()
+	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: testConfig()}
+	a, a2 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
+	b := &rememberingPeer{fakePeers: w.peers, w: w, knows: a}
+	w.client = b
+	w.open()
+	ctx := context.Background()
+	if err := w.engine.registry.RecordOwnID(ctx, a, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	w.send(1)
+	w.pushedInOrder(1)
+	b.mu.Lock()
+	b.knows, b.former = domain.MustParseServerID("z.example:2289"), []domain.ServerID{a, a2}
+	b.mu.Unlock()
+	var logs logBuffer
+	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, b, domain.NewIdentity(a, domain.DefaultAudienceGrace),
+		systemClock{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	renames.backoff = domain.Backoff{First: 20 * time.Millisecond, Max: 20 * time.Millisecond}
+	if err := renames.Rename(ctx, a2); err != nil {
+		t.Fatal(err)
+	}
+	w.send(1)
+	eventually(t, "four notices", func() bool { _, signed := b.state(); return len(signed) >= 4 })
+	_, signed := b.state()
+	if want := []domain.ServerID{a, a2, a2, a2}; !slices.Equal(signed[:4], want) {
+		t.Fatalf("notices signed as %v, want %v first", signed, want)
+	}
+	if d := w.state().Delivered; d != 1 {
+		t.Fatalf("%d events delivered, want the one from before the rename: pushes wait for the notice", d)
+	}
+	for _, want := range []string{"a peer knows a later ID of ours than the one we signed with", "signed=a.example:2289 next=a2.example:2289",
+		"a peer says the ID we signed with was renamed, and we have no later one"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the log lacks %q:\n%s", want, logs.String())
+		}
 	}
 }
