@@ -12,6 +12,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -146,6 +148,33 @@ func TestUnauthenticatedBodiesAreRefusedWithoutBeingRead(t *testing.T) {
 	}
 	if n := len(f.postbox.Received()); n != 0 {
 		t.Errorf("%d events accepted from unauthenticated calls", n)
+	}
+}
+
+// A call refused before its body is read ends only its own stream on
+// HTTP/2: the caller's next call goes on the same connection (a Connection
+// header there would make the server send GOAWAY, ending every call on it).
+func TestARefusalOnHTTP2KeepsTheConnection(t *testing.T) {
+	t.Parallel()
+	f := startFederation(t, fedOptions{})
+	p, forger := startPeer(t), startPeer(t)
+	forged, err := forger.signer(f.clock).Extended(p.id, f.id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := syncv1connect.NewPostboxServiceClient(closeIdle(t, h2cClient()), f.url, connect.WithGRPC())
+	var reused []bool
+	for range 2 {
+		trace := &httptrace.ClientTrace{GotConn: func(c httptrace.GotConnInfo) { reused = append(reused, c.Reused) }}
+		req := connect.NewRequest(&syncv1.PushRequest{Event: e2eLikeEvent(1024)})
+		req.Header().Set("Authorization", forged)
+		_, err := client.Push(httptrace.WithClientTrace(t.Context(), trace), req)
+		if connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Fatalf("Push: %v, want Unauthenticated", err)
+		}
+	}
+	if !slices.Equal(reused, []bool{false, true}) {
+		t.Fatalf("connections reused per call: %v, want the second call on the first call's connection", reused)
 	}
 }
 
