@@ -521,19 +521,13 @@ func (f *forgetfulPeer) NotifyNewID(_ context.Context, peer, newID domain.Server
 // under newID: the event B refused is delivered, once.
 func TestAPeerThatLostOurRenameIsToldAgainUnderTheFormerID(t *testing.T) {
 	t.Parallel()
-	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: testConfig()}
-	oldID, newID := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
-	b := &forgetfulPeer{fakePeers: w.peers, w: w, newID: newID, relearned: true}
-	w.client = b
-	w.open()
+	oldID, newID := ourA, ourA2
+	var b *forgetfulPeer
+	w, renames := renamingPeer(t, func(w *world) PeerClient {
+		b = &forgetfulPeer{fakePeers: w.peers, w: w, newID: newID, relearned: true}
+		return b
+	}, io.Discard)
 	ctx := context.Background()
-	if err := w.engine.registry.RecordOwnID(ctx, oldID, time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	w.send(1)
-	w.pushedInOrder(1)
-	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, b, domain.NewIdentity(oldID, domain.DefaultAudienceGrace),
-		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err := renames.Rename(ctx, newID); err != nil {
 		t.Fatal(err)
 	}
@@ -833,44 +827,76 @@ func (p *rememberingPeer) state() (knows domain.ServerID, signed []domain.Server
 	return p.knows, slices.Clone(p.signed)
 }
 
-// renameRemembered runs this server, a.example:2289, which delivered one
-// event to B (a rememberingPeer) and is renamed to ids[0] (the others
-// follow at B's notices as onNotice has them, given renames); then a
-// second event is sent. It returns once B has it, and what B knows us as
-// and the IDs its notices were signed with.
-func renameRemembered(t *testing.T, ids []domain.ServerID, onNotice func(n int, renames *Renames) (down, lose bool)) (domain.ServerID, []domain.ServerID) {
+// This server's IDs in the tests of a peer that remembers them.
+var (
+	ourA  = domain.MustParseServerID("a.example:2289")
+	ourA2 = domain.MustParseServerID("a2.example:2289")
+	ourA3 = domain.MustParseServerID("a3.example:2289")
+	ourA4 = domain.MustParseServerID("a4.example:2289")
+)
+
+// renamingPeer starts a world whose B is the peer client makes (with the
+// world, which it may consult), this server being ourA, with one event
+// delivered to B; rename handling is attached, logging to logTo, with
+// notices retried every 20 ms.
+func renamingPeer(t *testing.T, client func(w *world) PeerClient, logTo io.Writer) (*world, *Renames) {
 	t.Helper()
 	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: testConfig()}
-	a := domain.MustParseServerID("a.example:2289")
-	b := &rememberingPeer{fakePeers: w.peers, w: w, knows: a}
-	w.client = b
+	w.client = client(w)
 	w.open()
-	ctx := context.Background()
-	if err := w.engine.registry.RecordOwnID(ctx, a, time.Now()); err != nil {
+	if err := w.engine.registry.RecordOwnID(context.Background(), ourA, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	w.send(1)
 	w.pushedInOrder(1)
-	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, b, domain.NewIdentity(a, domain.DefaultAudienceGrace),
-		systemClock{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	renames.backoff = domain.Backoff{First: 50 * time.Millisecond, Max: 50 * time.Millisecond}
-	b.onNotice = func(n int) (bool, bool) { return onNotice(n, renames) }
+	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, w.client.(Notifier), domain.NewIdentity(ourA, domain.DefaultAudienceGrace),
+		systemClock{}, slog.New(slog.NewTextHandler(logTo, nil)))
+	renames.backoff = domain.Backoff{First: 20 * time.Millisecond, Max: 20 * time.Millisecond}
+	return w, renames
+}
+
+// noticeStep is what happens at one of B's notices, before B reads it:
+// this server is renamed (if rename is set); B is down, or takes the
+// notice and its answer is lost.
+type noticeStep struct {
+	rename     domain.ServerID
+	down, lose bool
+}
+
+// renameRemembered runs this server, ourA, which delivered one event to B
+// (a rememberingPeer) and is renamed to ids[0]; at B's notices, steps
+// happen (by notice number, from 1). Then a second event is sent. It
+// checks that B gets it, that B knows us by our last ID, which we sign
+// with toward it, and that B's notices were signed as wantSigned.
+func renameRemembered(t *testing.T, ids []domain.ServerID, steps map[int]noticeStep, wantSigned []domain.ServerID) {
+	t.Helper()
+	var b *rememberingPeer
+	w, renames := renamingPeer(t, func(w *world) PeerClient {
+		b = &rememberingPeer{fakePeers: w.peers, w: w, knows: ourA}
+		return b
+	}, io.Discard)
+	ctx := context.Background()
+	b.onNotice = func(n int) (bool, bool) {
+		st := steps[n]
+		if !st.rename.IsZero() {
+			if err := renames.Rename(context.Background(), st.rename); err != nil {
+				t.Error(err)
+			}
+		}
+		return st.down, st.lose
+	}
 	if err := renames.Rename(ctx, ids[0]); err != nil {
 		t.Fatal(err)
 	}
 	w.send(1)
 	w.pushedInOrder(2)
 	knows, signed := b.state()
-	if current := ids[len(ids)-1]; !w.engine.registry.KnowsOurID(mustLookup(t, w, peerB)) || w.engine.registry.IDFor(peerB) != current {
-		t.Fatalf("toward B we sign as %s, want %s", w.engine.registry.IDFor(peerB), current)
+	current := ids[len(ids)-1]
+	if knows != current || !w.engine.registry.KnowsOurID(mustLookup(t, w, peerB)) || w.engine.registry.IDFor(peerB) != current {
+		t.Fatalf("B knows us as %s, we sign toward it as %s; want %s both", knows, w.engine.registry.IDFor(peerB), current)
 	}
-	return knows, signed
-}
-
-// renameTo renames this server from a notice's hook.
-func renameTo(t *testing.T, renames *Renames, id domain.ServerID) {
-	if err := renames.Rename(context.Background(), id); err != nil {
-		t.Error(err)
+	if !slices.Equal(signed, wantSigned) {
+		t.Fatalf("notices signed as %v, want %v", signed, wantSigned)
 	}
 }
 
@@ -881,20 +907,8 @@ func renameTo(t *testing.T, renames *Renames, id domain.ServerID) {
 // the notice does not retry under a for ever, holding B's pushes.
 func TestAPeerWhoseAcceptanceWasLostIsToldTheNextRenameUnderTheIDItKnows(t *testing.T) {
 	t.Parallel()
-	a, a2, a3 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289"), domain.MustParseServerID("a3.example:2289")
-	knows, signed := renameRemembered(t, []domain.ServerID{a2, a3}, func(n int, renames *Renames) (down, lose bool) {
-		if n == 1 {
-			renameTo(t, renames, a3)
-			return false, true
-		}
-		return false, false
-	})
-	if knows != a3 {
-		t.Fatalf("B knows us as %s, want %s", knows, a3)
-	}
-	if want := []domain.ServerID{a, a, a2}; !slices.Equal(signed, want) {
-		t.Fatalf("notices signed as %v, want %v (the lost answer, the refusal under a, then a2)", signed, want)
-	}
+	renameRemembered(t, []domain.ServerID{ourA2, ourA3}, map[int]noticeStep{1: {rename: ourA3, lose: true}},
+		[]domain.ServerID{ourA, ourA, ourA2})
 }
 
 // Given B, told nothing while this server went from a to a2 to a3 (down),
@@ -903,25 +917,9 @@ func TestAPeerWhoseAcceptanceWasLostIsToldTheNextRenameUnderTheIDItKnows(t *test
 // it: the notice skipped it) and a3, which it knows, and accepts.
 func TestAPeerWhoseAcceptanceWasLostIsFoundPastAnIDItNeverKnew(t *testing.T) {
 	t.Parallel()
-	a, a2 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
-	a3, a4 := domain.MustParseServerID("a3.example:2289"), domain.MustParseServerID("a4.example:2289")
-	knows, signed := renameRemembered(t, []domain.ServerID{a2, a3, a4}, func(n int, renames *Renames) (down, lose bool) {
-		switch n {
-		case 1:
-			renameTo(t, renames, a3)
-			return true, false
-		case 2:
-			renameTo(t, renames, a4)
-			return false, true
-		}
-		return false, false
-	})
-	if knows != a4 {
-		t.Fatalf("B knows us as %s, want %s", knows, a4)
-	}
-	if want := []domain.ServerID{a, a, a, a2, a3}; !slices.Equal(signed, want) {
-		t.Fatalf("notices signed as %v, want %v", signed, want)
-	}
+	renameRemembered(t, []domain.ServerID{ourA2, ourA3, ourA4},
+		map[int]noticeStep{1: {rename: ourA3, down: true}, 2: {rename: ourA4, lose: true}},
+		[]domain.ServerID{ourA, ourA, ourA, ourA2, ourA3})
 }
 
 // Given B, told this server's rename from a to a2, when this server is
@@ -931,19 +929,7 @@ func TestAPeerWhoseAcceptanceWasLostIsFoundPastAnIDItNeverKnew(t *testing.T) {
 // telling a no-op).
 func TestARenameWhileANoticeIsUnderWayIsToldNext(t *testing.T) {
 	t.Parallel()
-	a, a2, a3 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289"), domain.MustParseServerID("a3.example:2289")
-	knows, signed := renameRemembered(t, []domain.ServerID{a2, a3}, func(n int, renames *Renames) (down, lose bool) {
-		if n == 1 {
-			renameTo(t, renames, a3)
-		}
-		return false, false
-	})
-	if knows != a3 {
-		t.Fatalf("B knows us as %s, want %s", knows, a3)
-	}
-	if want := []domain.ServerID{a, a2}; !slices.Equal(signed, want) {
-		t.Fatalf("notices signed as %v, want %v", signed, want)
-	}
+	renameRemembered(t, []domain.ServerID{ourA2, ourA3}, map[int]noticeStep{1: {rename: ourA3}}, []domain.ServerID{ourA, ourA2})
 }
 
 // Given this server renamed from a to a2 and back to a (B accepted both,
@@ -954,27 +940,9 @@ func TestARenameWhileANoticeIsUnderWayIsToldNext(t *testing.T) {
 // which would step between a2 and a for ever.
 func TestSteppingForwardThroughAnIDWeHadTwiceGoesOnFromTheLaterTime(t *testing.T) {
 	t.Parallel()
-	a, a2 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
-	a3, a4 := domain.MustParseServerID("a3.example:2289"), domain.MustParseServerID("a4.example:2289")
-	knows, signed := renameRemembered(t, []domain.ServerID{a2, a, a3, a4}, func(n int, renames *Renames) (down, lose bool) {
-		switch n {
-		case 1:
-			renameTo(t, renames, a)
-		case 2:
-			renameTo(t, renames, a3)
-			return false, true
-		case 4:
-			renameTo(t, renames, a4)
-			return false, true
-		}
-		return false, false
-	})
-	if knows != a4 {
-		t.Fatalf("B knows us as %s, want %s", knows, a4)
-	}
-	if want := []domain.ServerID{a, a2, a2, a, a, a3}; !slices.Equal(signed, want) {
-		t.Fatalf("notices signed as %v, want %v", signed, want)
-	}
+	renameRemembered(t, []domain.ServerID{ourA2, ourA, ourA3, ourA4},
+		map[int]noticeStep{1: {rename: ourA}, 2: {rename: ourA3, lose: true}, 4: {rename: ourA4, lose: true}},
+		[]domain.ServerID{ourA, ourA2, ourA2, ourA, ourA, ourA3})
 }
 
 // Given B, which says every ID of ours was renamed (its record of us was
@@ -983,24 +951,17 @@ func TestSteppingForwardThroughAnIDWeHadTwiceGoesOnFromTheLaterTime(t *testing.T
 // after each backoff, never past our last ID; pushes to it stay held.
 func TestAPeerSayingEveryIDOfOursWasRenamedIsNotSteppedPastOurLast(t *testing.T) {
 	t.Parallel()
-	w := &world{t: t, dir: t.TempDir(), peers: &fakePeers{}, cfg: testConfig()}
-	a, a2 := domain.MustParseServerID("a.example:2289"), domain.MustParseServerID("a2.example:2289")
-	b := &rememberingPeer{fakePeers: w.peers, w: w, knows: a}
-	w.client = b
-	w.open()
+	a, a2 := ourA, ourA2
+	var b *rememberingPeer
+	var logs logBuffer
+	w, renames := renamingPeer(t, func(w *world) PeerClient {
+		b = &rememberingPeer{fakePeers: w.peers, w: w, knows: a}
+		return b
+	}, &logs)
 	ctx := context.Background()
-	if err := w.engine.registry.RecordOwnID(ctx, a, time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	w.send(1)
-	w.pushedInOrder(1)
 	b.mu.Lock()
 	b.knows, b.former = domain.MustParseServerID("z.example:2289"), []domain.ServerID{a, a2}
 	b.mu.Unlock()
-	var logs logBuffer
-	renames := NewRenames(w.engine, w.engine.registry, &fakeKeys{}, b, domain.NewIdentity(a, domain.DefaultAudienceGrace),
-		systemClock{}, slog.New(slog.NewTextHandler(&logs, nil)))
-	renames.backoff = domain.Backoff{First: 20 * time.Millisecond, Max: 20 * time.Millisecond}
 	if err := renames.Rename(ctx, a2); err != nil {
 		t.Fatal(err)
 	}
