@@ -611,3 +611,32 @@ func openStreams(t *testing.T, conn net.Conn, n int) (advertised uint32, refused
 	}
 	return advertised, refused
 }
+
+// A budget of bodies in flight is refused below the largest request it
+// must admit; a peer's, also above the budget of all callers (its default
+// when that is not given).
+func TestInflightBudgetsAreCheckedAgainstTheRequestLimit(t *testing.T) {
+	t.Parallel()
+	const req = 4096
+	all := httpserver.DefaultInflightBytes(req)
+	for _, tc := range []struct {
+		inflight int64
+		ok       bool
+	}{{0, true}, {req, true}, {req - 1, false}, {-1, false}} {
+		if err := httpserver.ValidateInflight(tc.inflight, req); (err == nil) != tc.ok {
+			t.Errorf("ValidateInflight(%d, %d) = %v, want ok %v", tc.inflight, req, err, tc.ok)
+		}
+	}
+	for _, tc := range []struct {
+		peer, inflight int64
+		ok             bool
+	}{
+		{0, 0, true}, {req, 0, true}, {req - 1, 0, false}, {-1, 0, false},
+		{all, 0, true}, {all + 1, 0, false},
+		{8192, 8192, true}, {8193, 8192, false},
+	} {
+		if err := httpserver.ValidatePeerInflight(tc.peer, tc.inflight, req); (err == nil) != tc.ok {
+			t.Errorf("ValidatePeerInflight(%d, %d, %d) = %v, want ok %v", tc.peer, tc.inflight, req, err, tc.ok)
+		}
+	}
+}
