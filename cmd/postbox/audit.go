@@ -122,7 +122,7 @@ func printAuditReport(w io.Writer, r projections.Report) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	summary := fmt.Sprintf("%d records, %d peers", r.Records, len(r.Peers))
+	summary := fmt.Sprintf("%d records, %s", r.Records, countOf(len(r.Peers), "peer", "peers"))
 	if r.UnknownRecords > 0 {
 		summary += fmt.Sprintf(", %d records of unknown types skipped", r.UnknownRecords)
 	}
@@ -203,4 +203,12 @@ func auditProgress(stderr io.Writer) (progress func(uint64), done func()) {
 func isTerminal(f *os.File) bool {
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// countOf is n and the noun for it: "1 peer", "3 peers".
+func countOf(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

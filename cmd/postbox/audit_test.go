@@ -499,3 +499,12 @@ func TestAuditCommandCompactedPeersStream(t *testing.T) {
 		}
 	}
 }
+
+func TestAuditSummaryCountsInWords(t *testing.T) {
+	t.Parallel()
+	for n, want := range map[int]string{0: "0 peers", 1: "1 peer", 2: "2 peers"} {
+		if got := countOf(n, "peer", "peers"); got != want {
+			t.Errorf("countOf(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
