@@ -102,7 +102,10 @@ func sites(fset *token.FileSet, file *ast.File) []site {
 						before := render(fset, n)
 						replaceExpr(fd.Body, n, n.X)
 						return before, render(fset, n.X)
-					}, schemaSite{start: off(n.Pos()), end: off(n.End()), innerStart: off(n.X.Pos()), innerEnd: off(n.X.End()), plus: n.Op == token.ADD})
+					}, schemaSite{start: off(n.Pos()), end: off(n.End()), innerStart: off(n.X.Pos()), innerEnd: off(n.X.End()), plus: n.Op == token.ADD,
+						// A switch would turn the untyped constant into an int
+						// (1<<63 overflows it; a float context refuses it).
+						unwrappable: literalConstant(n.X)})
 				}
 			case *ast.UnaryExpr:
 				if n.Op == token.NOT {
@@ -211,6 +214,22 @@ func funcName(fd *ast.FuncDecl) string {
 		return id.Name + "." + fd.Name.Name
 	}
 	return fd.Name.Name
+}
+
+// literalConstant reports whether e is a constant made of literals alone
+// (1<<63, 60*60): untyped, it takes the type its context gives it.
+func literalConstant(e ast.Expr) bool {
+	switch e := e.(type) {
+	case *ast.BasicLit:
+		return e.Kind != token.STRING
+	case *ast.ParenExpr:
+		return literalConstant(e.X)
+	case *ast.UnaryExpr:
+		return literalConstant(e.X)
+	case *ast.BinaryExpr:
+		return literalConstant(e.X) && literalConstant(e.Y)
+	}
+	return false
 }
 
 func isOne(e ast.Expr) bool {

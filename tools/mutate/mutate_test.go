@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"go/parser"
 	"go/token"
+	"maps"
 	"os"
 	"regexp"
 	"strings"
@@ -224,5 +225,36 @@ func TestOnlyTheNamedFilesAreMutated(t *testing.T) {
 	}
 	if m := regexp.MustCompile(`(\d+) of its (\d+) mutants`).FindStringSubmatch(got); m == nil || m[1] == m[2] || m[1] == "0" {
 		t.Errorf("report:\n%s\nwant some of the package's mutants, not all", got)
+	}
+}
+
+// An off-by-one of a constant made of literals is left out of the switch:
+// as the switch's argument it would be an int, which 1<<63 overflows; it is
+// compiled on its own instead. One of a variable goes behind the switch.
+func TestALiteralConstantStaysOutOfTheSwitch(t *testing.T) {
+	src := []byte(`package p
+
+import "time"
+
+func f(x int64) (time.Duration, int64) {
+	return time.Duration(1<<63 - 1), x - 1
+}
+`)
+	ms, err := mutants("p.go", src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped := map[string]bool{}
+	for i := range ms {
+		if ms[i].Kind != kindOffByOne {
+			continue
+		}
+		if _, err := apply(&ms[i], src); err != nil {
+			t.Fatal(err)
+		}
+		wrapped[ms[i].Original] = !ms[i].schema.unwrappable
+	}
+	if want := map[string]bool{"1<<63 - 1": false, "x - 1": true}; !maps.Equal(wrapped, want) {
+		t.Fatalf("off-by-one sites behind the switch: %v, want %v", wrapped, want)
 	}
 }
