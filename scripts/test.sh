@@ -36,3 +36,7 @@ echo "== mutation testing: domain, authtoken, seqext, hrpc (min score 95%)"
 scripts/mutate.sh -jobs 2 -min-score 95 ./domain ./adapters/authtoken ./adapters/seqext ./adapters/hrpc
 echo "== mutation testing: projections (min score 90%)"
 scripts/mutate.sh -jobs 2 -min-score 90 ./projections
+# The store records' codec: much of it is tested from the packages that
+# use it, so its own score is lower; the floor keeps it from falling.
+echo "== mutation testing: streams (min score 70%)"
+scripts/mutate.sh -jobs 2 -min-score 70 ./adapters/streams
